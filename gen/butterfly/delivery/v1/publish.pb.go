@@ -28,11 +28,10 @@ const (
 // PublishHello opens a publish stream.
 type PublishHello struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The producer's configured name. Every message on the stream must carry
-	// it in its id.
+	// The sender's configured name. Messages a producer creates carry it in
+	// their ids; messages a stage forwards keep their original ids.
 	ProducerId string `protobuf:"bytes,1,opt,name=producer_id,json=producerId,proto3" json:"producer_id,omitempty"`
-	// The producer's incarnation. Every message on the stream must carry it in
-	// its id.
+	// The sender's incarnation.
 	Incarnation uint64 `protobuf:"varint,2,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
 	// The instance the producer meant to reach. When set and the server is
 	// another instance, the server refuses the stream with FAILED_PRECONDITION.
@@ -195,12 +194,74 @@ func (x *PublishWelcome) GetMaxInFlight() uint32 {
 	return 0
 }
 
+// PublishBatch is a group of messages sent on a publish stream in one gRPC
+// message. Every message on a stream has a stream sequence number: the first
+// message sent on the stream has 1, and each next one the number after.
+// Acknowledgements refer to stream sequence numbers, which are contiguous on
+// a stream even when a producer spreads its messages over many streams, so
+// acknowledgements are compact ranges.
+type PublishBatch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The stream sequence number of the first message of the batch; the others
+	// follow in order.
+	FirstSeq uint64 `protobuf:"varint,1,opt,name=first_seq,json=firstSeq,proto3" json:"first_seq,omitempty"`
+	// The messages.
+	Messages      []*v1.Message `protobuf:"bytes,2,rep,name=messages,proto3" json:"messages,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PublishBatch) Reset() {
+	*x = PublishBatch{}
+	mi := &file_butterfly_delivery_v1_publish_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PublishBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PublishBatch) ProtoMessage() {}
+
+func (x *PublishBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_butterfly_delivery_v1_publish_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PublishBatch.ProtoReflect.Descriptor instead.
+func (*PublishBatch) Descriptor() ([]byte, []int) {
+	return file_butterfly_delivery_v1_publish_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *PublishBatch) GetFirstSeq() uint64 {
+	if x != nil {
+		return x.FirstSeq
+	}
+	return 0
+}
+
+func (x *PublishBatch) GetMessages() []*v1.Message {
+	if x != nil {
+		return x.Messages
+	}
+	return nil
+}
+
 // PublishAck acknowledges, or hands back, messages of one publish stream.
 type PublishAck struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Sequence numbers acknowledged end to end: a consumer handled them.
+	// Stream sequence numbers acknowledged end to end: a consumer handled them.
 	Acked []*v1.SeqRange `protobuf:"bytes,1,rep,name=acked,proto3" json:"acked,omitempty"`
-	// Messages handed back, each with a reason.
+	// Messages handed back, each with a reason; Nack.seq is the stream
+	// sequence number.
 	Nacked        []*v1.Nack `protobuf:"bytes,2,rep,name=nacked,proto3" json:"nacked,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -208,7 +269,7 @@ type PublishAck struct {
 
 func (x *PublishAck) Reset() {
 	*x = PublishAck{}
-	mi := &file_butterfly_delivery_v1_publish_proto_msgTypes[2]
+	mi := &file_butterfly_delivery_v1_publish_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -220,7 +281,7 @@ func (x *PublishAck) String() string {
 func (*PublishAck) ProtoMessage() {}
 
 func (x *PublishAck) ProtoReflect() protoreflect.Message {
-	mi := &file_butterfly_delivery_v1_publish_proto_msgTypes[2]
+	mi := &file_butterfly_delivery_v1_publish_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -233,7 +294,7 @@ func (x *PublishAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishAck.ProtoReflect.Descriptor instead.
 func (*PublishAck) Descriptor() ([]byte, []int) {
-	return file_butterfly_delivery_v1_publish_proto_rawDescGZIP(), []int{2}
+	return file_butterfly_delivery_v1_publish_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *PublishAck) GetAcked() []*v1.SeqRange {
@@ -267,7 +328,7 @@ type PublishRequest struct {
 
 func (x *PublishRequest) Reset() {
 	*x = PublishRequest{}
-	mi := &file_butterfly_delivery_v1_publish_proto_msgTypes[3]
+	mi := &file_butterfly_delivery_v1_publish_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -279,7 +340,7 @@ func (x *PublishRequest) String() string {
 func (*PublishRequest) ProtoMessage() {}
 
 func (x *PublishRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_butterfly_delivery_v1_publish_proto_msgTypes[3]
+	mi := &file_butterfly_delivery_v1_publish_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -292,7 +353,7 @@ func (x *PublishRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishRequest.ProtoReflect.Descriptor instead.
 func (*PublishRequest) Descriptor() ([]byte, []int) {
-	return file_butterfly_delivery_v1_publish_proto_rawDescGZIP(), []int{3}
+	return file_butterfly_delivery_v1_publish_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PublishRequest) GetKind() isPublishRequest_Kind {
@@ -311,7 +372,7 @@ func (x *PublishRequest) GetHello() *PublishHello {
 	return nil
 }
 
-func (x *PublishRequest) GetBatch() *v1.MessageBatch {
+func (x *PublishRequest) GetBatch() *PublishBatch {
 	if x != nil {
 		if x, ok := x.Kind.(*PublishRequest_Batch); ok {
 			return x.Batch
@@ -340,7 +401,7 @@ type PublishRequest_Hello struct {
 
 type PublishRequest_Batch struct {
 	// Messages to process and deliver.
-	Batch *v1.MessageBatch `protobuf:"bytes,2,opt,name=batch,proto3,oneof"`
+	Batch *PublishBatch `protobuf:"bytes,2,opt,name=batch,proto3,oneof"`
 }
 
 type PublishRequest_Heartbeat struct {
@@ -372,7 +433,7 @@ type PublishResponse struct {
 
 func (x *PublishResponse) Reset() {
 	*x = PublishResponse{}
-	mi := &file_butterfly_delivery_v1_publish_proto_msgTypes[4]
+	mi := &file_butterfly_delivery_v1_publish_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -384,7 +445,7 @@ func (x *PublishResponse) String() string {
 func (*PublishResponse) ProtoMessage() {}
 
 func (x *PublishResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_butterfly_delivery_v1_publish_proto_msgTypes[4]
+	mi := &file_butterfly_delivery_v1_publish_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -397,7 +458,7 @@ func (x *PublishResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishResponse.ProtoReflect.Descriptor instead.
 func (*PublishResponse) Descriptor() ([]byte, []int) {
-	return file_butterfly_delivery_v1_publish_proto_rawDescGZIP(), []int{4}
+	return file_butterfly_delivery_v1_publish_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PublishResponse) GetKind() isPublishResponse_Kind {
@@ -492,14 +553,17 @@ const file_butterfly_delivery_v1_publish_proto_rawDesc = "" +
 	"\x15heartbeat_interval_ms\x18\x03 \x01(\rR\x13heartbeatIntervalMs\x12,\n" +
 	"\x12max_batch_messages\x18\x04 \x01(\rR\x10maxBatchMessages\x12&\n" +
 	"\x0fmax_batch_bytes\x18\x05 \x01(\rR\rmaxBatchBytes\x12\"\n" +
-	"\rmax_in_flight\x18\x06 \x01(\rR\vmaxInFlight\"v\n" +
+	"\rmax_in_flight\x18\x06 \x01(\rR\vmaxInFlight\"f\n" +
+	"\fPublishBatch\x12\x1b\n" +
+	"\tfirst_seq\x18\x01 \x01(\x04R\bfirstSeq\x129\n" +
+	"\bmessages\x18\x02 \x03(\v2\x1d.butterfly.message.v1.MessageR\bmessages\"v\n" +
 	"\n" +
 	"PublishAck\x124\n" +
 	"\x05acked\x18\x01 \x03(\v2\x1e.butterfly.message.v1.SeqRangeR\x05acked\x122\n" +
-	"\x06nacked\x18\x02 \x03(\v2\x1a.butterfly.message.v1.NackR\x06nacked\"\xd2\x01\n" +
+	"\x06nacked\x18\x02 \x03(\v2\x1a.butterfly.message.v1.NackR\x06nacked\"\xd3\x01\n" +
 	"\x0ePublishRequest\x12;\n" +
-	"\x05hello\x18\x01 \x01(\v2#.butterfly.delivery.v1.PublishHelloH\x00R\x05hello\x12:\n" +
-	"\x05batch\x18\x02 \x01(\v2\".butterfly.message.v1.MessageBatchH\x00R\x05batch\x12?\n" +
+	"\x05hello\x18\x01 \x01(\v2#.butterfly.delivery.v1.PublishHelloH\x00R\x05hello\x12;\n" +
+	"\x05batch\x18\x02 \x01(\v2#.butterfly.delivery.v1.PublishBatchH\x00R\x05batch\x12?\n" +
 	"\theartbeat\x18\x03 \x01(\v2\x1f.butterfly.message.v1.HeartbeatH\x00R\theartbeatB\x06\n" +
 	"\x04kind\"\x8f\x02\n" +
 	"\x0fPublishResponse\x12A\n" +
@@ -524,36 +588,38 @@ func file_butterfly_delivery_v1_publish_proto_rawDescGZIP() []byte {
 	return file_butterfly_delivery_v1_publish_proto_rawDescData
 }
 
-var file_butterfly_delivery_v1_publish_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_butterfly_delivery_v1_publish_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_butterfly_delivery_v1_publish_proto_goTypes = []any{
 	(*PublishHello)(nil),    // 0: butterfly.delivery.v1.PublishHello
 	(*PublishWelcome)(nil),  // 1: butterfly.delivery.v1.PublishWelcome
-	(*PublishAck)(nil),      // 2: butterfly.delivery.v1.PublishAck
-	(*PublishRequest)(nil),  // 3: butterfly.delivery.v1.PublishRequest
-	(*PublishResponse)(nil), // 4: butterfly.delivery.v1.PublishResponse
-	(*v1.SeqRange)(nil),     // 5: butterfly.message.v1.SeqRange
-	(*v1.Nack)(nil),         // 6: butterfly.message.v1.Nack
-	(*v1.MessageBatch)(nil), // 7: butterfly.message.v1.MessageBatch
-	(*v1.Heartbeat)(nil),    // 8: butterfly.message.v1.Heartbeat
-	(*v1.DrainNotice)(nil),  // 9: butterfly.message.v1.DrainNotice
+	(*PublishBatch)(nil),    // 2: butterfly.delivery.v1.PublishBatch
+	(*PublishAck)(nil),      // 3: butterfly.delivery.v1.PublishAck
+	(*PublishRequest)(nil),  // 4: butterfly.delivery.v1.PublishRequest
+	(*PublishResponse)(nil), // 5: butterfly.delivery.v1.PublishResponse
+	(*v1.Message)(nil),      // 6: butterfly.message.v1.Message
+	(*v1.SeqRange)(nil),     // 7: butterfly.message.v1.SeqRange
+	(*v1.Nack)(nil),         // 8: butterfly.message.v1.Nack
+	(*v1.Heartbeat)(nil),    // 9: butterfly.message.v1.Heartbeat
+	(*v1.DrainNotice)(nil),  // 10: butterfly.message.v1.DrainNotice
 }
 var file_butterfly_delivery_v1_publish_proto_depIdxs = []int32{
-	5,  // 0: butterfly.delivery.v1.PublishAck.acked:type_name -> butterfly.message.v1.SeqRange
-	6,  // 1: butterfly.delivery.v1.PublishAck.nacked:type_name -> butterfly.message.v1.Nack
-	0,  // 2: butterfly.delivery.v1.PublishRequest.hello:type_name -> butterfly.delivery.v1.PublishHello
-	7,  // 3: butterfly.delivery.v1.PublishRequest.batch:type_name -> butterfly.message.v1.MessageBatch
-	8,  // 4: butterfly.delivery.v1.PublishRequest.heartbeat:type_name -> butterfly.message.v1.Heartbeat
-	1,  // 5: butterfly.delivery.v1.PublishResponse.welcome:type_name -> butterfly.delivery.v1.PublishWelcome
-	2,  // 6: butterfly.delivery.v1.PublishResponse.ack:type_name -> butterfly.delivery.v1.PublishAck
-	9,  // 7: butterfly.delivery.v1.PublishResponse.drain:type_name -> butterfly.message.v1.DrainNotice
-	8,  // 8: butterfly.delivery.v1.PublishResponse.heartbeat:type_name -> butterfly.message.v1.Heartbeat
-	3,  // 9: butterfly.delivery.v1.PublishService.Publish:input_type -> butterfly.delivery.v1.PublishRequest
-	4,  // 10: butterfly.delivery.v1.PublishService.Publish:output_type -> butterfly.delivery.v1.PublishResponse
-	10, // [10:11] is the sub-list for method output_type
-	9,  // [9:10] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	6,  // 0: butterfly.delivery.v1.PublishBatch.messages:type_name -> butterfly.message.v1.Message
+	7,  // 1: butterfly.delivery.v1.PublishAck.acked:type_name -> butterfly.message.v1.SeqRange
+	8,  // 2: butterfly.delivery.v1.PublishAck.nacked:type_name -> butterfly.message.v1.Nack
+	0,  // 3: butterfly.delivery.v1.PublishRequest.hello:type_name -> butterfly.delivery.v1.PublishHello
+	2,  // 4: butterfly.delivery.v1.PublishRequest.batch:type_name -> butterfly.delivery.v1.PublishBatch
+	9,  // 5: butterfly.delivery.v1.PublishRequest.heartbeat:type_name -> butterfly.message.v1.Heartbeat
+	1,  // 6: butterfly.delivery.v1.PublishResponse.welcome:type_name -> butterfly.delivery.v1.PublishWelcome
+	3,  // 7: butterfly.delivery.v1.PublishResponse.ack:type_name -> butterfly.delivery.v1.PublishAck
+	10, // 8: butterfly.delivery.v1.PublishResponse.drain:type_name -> butterfly.message.v1.DrainNotice
+	9,  // 9: butterfly.delivery.v1.PublishResponse.heartbeat:type_name -> butterfly.message.v1.Heartbeat
+	4,  // 10: butterfly.delivery.v1.PublishService.Publish:input_type -> butterfly.delivery.v1.PublishRequest
+	5,  // 11: butterfly.delivery.v1.PublishService.Publish:output_type -> butterfly.delivery.v1.PublishResponse
+	11, // [11:12] is the sub-list for method output_type
+	10, // [10:11] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_butterfly_delivery_v1_publish_proto_init() }
@@ -561,12 +627,12 @@ func file_butterfly_delivery_v1_publish_proto_init() {
 	if File_butterfly_delivery_v1_publish_proto != nil {
 		return
 	}
-	file_butterfly_delivery_v1_publish_proto_msgTypes[3].OneofWrappers = []any{
+	file_butterfly_delivery_v1_publish_proto_msgTypes[4].OneofWrappers = []any{
 		(*PublishRequest_Hello)(nil),
 		(*PublishRequest_Batch)(nil),
 		(*PublishRequest_Heartbeat)(nil),
 	}
-	file_butterfly_delivery_v1_publish_proto_msgTypes[4].OneofWrappers = []any{
+	file_butterfly_delivery_v1_publish_proto_msgTypes[5].OneofWrappers = []any{
 		(*PublishResponse_Welcome)(nil),
 		(*PublishResponse_Ack)(nil),
 		(*PublishResponse_Drain)(nil),
@@ -578,7 +644,7 @@ func file_butterfly_delivery_v1_publish_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_butterfly_delivery_v1_publish_proto_rawDesc), len(file_butterfly_delivery_v1_publish_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -152,7 +152,8 @@ func (NackReason) EnumDescriptor() ([]byte, []int) {
 }
 
 // MessageId is the stable identity of one message. It never changes on the way
-// through intermediates and stages, so consumers can drop duplicates and sinks
+// through intermediates and stages (a stage forwards a message under the id
+// its original producer gave it), so consumers can drop duplicates and sinks
 // can be idempotent.
 type MessageId struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -367,53 +368,7 @@ func (x *Message) GetTrace() *TraceContext {
 	return nil
 }
 
-// MessageBatch is a group of messages that travel in one gRPC message.
-type MessageBatch struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// The messages, in the order the sender sent them.
-	Messages      []*Message `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *MessageBatch) Reset() {
-	*x = MessageBatch{}
-	mi := &file_butterfly_message_v1_message_proto_msgTypes[3]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *MessageBatch) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*MessageBatch) ProtoMessage() {}
-
-func (x *MessageBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_butterfly_message_v1_message_proto_msgTypes[3]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use MessageBatch.ProtoReflect.Descriptor instead.
-func (*MessageBatch) Descriptor() ([]byte, []int) {
-	return file_butterfly_message_v1_message_proto_rawDescGZIP(), []int{3}
-}
-
-func (x *MessageBatch) GetMessages() []*Message {
-	if x != nil {
-		return x.Messages
-	}
-	return nil
-}
-
-// SeqRange is an inclusive range of sequence numbers or delivery ids.
+// SeqRange is an inclusive range of stream sequence numbers or delivery ids.
 type SeqRange struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The first number in the range.
@@ -426,7 +381,7 @@ type SeqRange struct {
 
 func (x *SeqRange) Reset() {
 	*x = SeqRange{}
-	mi := &file_butterfly_message_v1_message_proto_msgTypes[4]
+	mi := &file_butterfly_message_v1_message_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -438,7 +393,7 @@ func (x *SeqRange) String() string {
 func (*SeqRange) ProtoMessage() {}
 
 func (x *SeqRange) ProtoReflect() protoreflect.Message {
-	mi := &file_butterfly_message_v1_message_proto_msgTypes[4]
+	mi := &file_butterfly_message_v1_message_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -451,7 +406,7 @@ func (x *SeqRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SeqRange.ProtoReflect.Descriptor instead.
 func (*SeqRange) Descriptor() ([]byte, []int) {
-	return file_butterfly_message_v1_message_proto_rawDescGZIP(), []int{4}
+	return file_butterfly_message_v1_message_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *SeqRange) GetFirst() uint64 {
@@ -482,7 +437,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_butterfly_message_v1_message_proto_msgTypes[5]
+	mi := &file_butterfly_message_v1_message_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -494,7 +449,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_butterfly_message_v1_message_proto_msgTypes[5]
+	mi := &file_butterfly_message_v1_message_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -507,7 +462,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_butterfly_message_v1_message_proto_rawDescGZIP(), []int{5}
+	return file_butterfly_message_v1_message_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Heartbeat) GetSendTimeUnixNano() int64 {
@@ -534,7 +489,7 @@ type DrainNotice struct {
 
 func (x *DrainNotice) Reset() {
 	*x = DrainNotice{}
-	mi := &file_butterfly_message_v1_message_proto_msgTypes[6]
+	mi := &file_butterfly_message_v1_message_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -546,7 +501,7 @@ func (x *DrainNotice) String() string {
 func (*DrainNotice) ProtoMessage() {}
 
 func (x *DrainNotice) ProtoReflect() protoreflect.Message {
-	mi := &file_butterfly_message_v1_message_proto_msgTypes[6]
+	mi := &file_butterfly_message_v1_message_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -559,7 +514,7 @@ func (x *DrainNotice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNotice.ProtoReflect.Descriptor instead.
 func (*DrainNotice) Descriptor() ([]byte, []int) {
-	return file_butterfly_message_v1_message_proto_rawDescGZIP(), []int{6}
+	return file_butterfly_message_v1_message_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *DrainNotice) GetInstance() string {
@@ -586,8 +541,8 @@ func (x *DrainNotice) GetDeadlineUnixNano() int64 {
 // Nack hands one message back to its sender with a reason.
 type Nack struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The sequence number (on a publish stream) or delivery id (on a subscribe
-	// stream) of the message handed back.
+	// The stream sequence number (on a publish stream) or delivery id (on a
+	// subscribe stream) of the message handed back.
 	Seq uint64 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
 	// Why the message is handed back.
 	Reason NackReason `protobuf:"varint,2,opt,name=reason,proto3,enum=butterfly.message.v1.NackReason" json:"reason,omitempty"`
@@ -599,7 +554,7 @@ type Nack struct {
 
 func (x *Nack) Reset() {
 	*x = Nack{}
-	mi := &file_butterfly_message_v1_message_proto_msgTypes[7]
+	mi := &file_butterfly_message_v1_message_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -611,7 +566,7 @@ func (x *Nack) String() string {
 func (*Nack) ProtoMessage() {}
 
 func (x *Nack) ProtoReflect() protoreflect.Message {
-	mi := &file_butterfly_message_v1_message_proto_msgTypes[7]
+	mi := &file_butterfly_message_v1_message_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -624,7 +579,7 @@ func (x *Nack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Nack.ProtoReflect.Descriptor instead.
 func (*Nack) Descriptor() ([]byte, []int) {
-	return file_butterfly_message_v1_message_proto_rawDescGZIP(), []int{7}
+	return file_butterfly_message_v1_message_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Nack) GetSeq() uint64 {
@@ -672,9 +627,7 @@ const file_butterfly_message_v1_message_proto_rawDesc = "" +
 	"\x05trace\x18\x06 \x01(\v2\".butterfly.message.v1.TraceContextR\x05trace\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"I\n" +
-	"\fMessageBatch\x129\n" +
-	"\bmessages\x18\x01 \x03(\v2\x1d.butterfly.message.v1.MessageR\bmessages\"4\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"4\n" +
 	"\bSeqRange\x12\x14\n" +
 	"\x05first\x18\x01 \x01(\x04R\x05first\x12\x12\n" +
 	"\x04last\x18\x02 \x01(\x04R\x04last\":\n" +
@@ -716,32 +669,30 @@ func file_butterfly_message_v1_message_proto_rawDescGZIP() []byte {
 }
 
 var file_butterfly_message_v1_message_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_butterfly_message_v1_message_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_butterfly_message_v1_message_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_butterfly_message_v1_message_proto_goTypes = []any{
 	(DrainReason)(0),     // 0: butterfly.message.v1.DrainReason
 	(NackReason)(0),      // 1: butterfly.message.v1.NackReason
 	(*MessageId)(nil),    // 2: butterfly.message.v1.MessageId
 	(*TraceContext)(nil), // 3: butterfly.message.v1.TraceContext
 	(*Message)(nil),      // 4: butterfly.message.v1.Message
-	(*MessageBatch)(nil), // 5: butterfly.message.v1.MessageBatch
-	(*SeqRange)(nil),     // 6: butterfly.message.v1.SeqRange
-	(*Heartbeat)(nil),    // 7: butterfly.message.v1.Heartbeat
-	(*DrainNotice)(nil),  // 8: butterfly.message.v1.DrainNotice
-	(*Nack)(nil),         // 9: butterfly.message.v1.Nack
-	nil,                  // 10: butterfly.message.v1.Message.HeadersEntry
+	(*SeqRange)(nil),     // 5: butterfly.message.v1.SeqRange
+	(*Heartbeat)(nil),    // 6: butterfly.message.v1.Heartbeat
+	(*DrainNotice)(nil),  // 7: butterfly.message.v1.DrainNotice
+	(*Nack)(nil),         // 8: butterfly.message.v1.Nack
+	nil,                  // 9: butterfly.message.v1.Message.HeadersEntry
 }
 var file_butterfly_message_v1_message_proto_depIdxs = []int32{
-	2,  // 0: butterfly.message.v1.Message.id:type_name -> butterfly.message.v1.MessageId
-	10, // 1: butterfly.message.v1.Message.headers:type_name -> butterfly.message.v1.Message.HeadersEntry
-	3,  // 2: butterfly.message.v1.Message.trace:type_name -> butterfly.message.v1.TraceContext
-	4,  // 3: butterfly.message.v1.MessageBatch.messages:type_name -> butterfly.message.v1.Message
-	0,  // 4: butterfly.message.v1.DrainNotice.reason:type_name -> butterfly.message.v1.DrainReason
-	1,  // 5: butterfly.message.v1.Nack.reason:type_name -> butterfly.message.v1.NackReason
-	6,  // [6:6] is the sub-list for method output_type
-	6,  // [6:6] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	2, // 0: butterfly.message.v1.Message.id:type_name -> butterfly.message.v1.MessageId
+	9, // 1: butterfly.message.v1.Message.headers:type_name -> butterfly.message.v1.Message.HeadersEntry
+	3, // 2: butterfly.message.v1.Message.trace:type_name -> butterfly.message.v1.TraceContext
+	0, // 3: butterfly.message.v1.DrainNotice.reason:type_name -> butterfly.message.v1.DrainReason
+	1, // 4: butterfly.message.v1.Nack.reason:type_name -> butterfly.message.v1.NackReason
+	5, // [5:5] is the sub-list for method output_type
+	5, // [5:5] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_butterfly_message_v1_message_proto_init() }
@@ -755,7 +706,7 @@ func file_butterfly_message_v1_message_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_butterfly_message_v1_message_proto_rawDesc), len(file_butterfly_message_v1_message_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   9,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
