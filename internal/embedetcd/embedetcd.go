@@ -1,0 +1,197 @@
+// Package embedetcd runs an etcd member inside the process, for the
+// development set-up (`butterfly etcd`, `butterfly demo`, `butterfly bench`).
+//
+//	srv, err := embedetcd.Start(ctx, embedetcd.Config{DataDir: dir})
+//	if err != nil { ... }
+//	defer srv.Close()
+//	cli, err := clientv3.New(clientv3.Config{Endpoints: srv.ClientEndpoints()})
+package embedetcd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+// Config describes one member. Zero values give a single-member cluster
+// listening on 127.0.0.1:2379 (clients) and 127.0.0.1:2380 (peers).
+type Config struct {
+	// Name is the member name; default "default".
+	Name string
+	// DataDir is where the member keeps its data; required.
+	DataDir string
+	// ListenClient is the client URL, e.g. "http://127.0.0.1:2379".
+	ListenClient string
+	// AdvertiseClient is the client URL told to clients; default ListenClient.
+	AdvertiseClient string
+	// ListenPeer is the peer URL, e.g. "http://127.0.0.1:2380".
+	ListenPeer string
+	// AdvertisePeer is the peer URL told to other members; default ListenPeer.
+	AdvertisePeer string
+	// InitialCluster is "name=peerURL,…"; default this member alone.
+	InitialCluster string
+	// InitialClusterState is "new" or "existing"; default "new".
+	InitialClusterState string
+	// InitialClusterToken identifies the cluster; default "butterfly".
+	InitialClusterToken string
+	// LogLevel is etcd's own log level ("debug", "info", "warn", "error");
+	// default "error", logs off when "off".
+	LogLevel string
+	// StartTimeout bounds how long Start waits for the member to be ready;
+	// default 60s (a member of a new cluster waits for a quorum).
+	StartTimeout time.Duration
+}
+
+func (c *Config) setDefaults() {
+	if c.Name == "" {
+		c.Name = "default"
+	}
+	if c.ListenClient == "" {
+		c.ListenClient = "http://127.0.0.1:2379"
+	}
+	if c.AdvertiseClient == "" {
+		c.AdvertiseClient = c.ListenClient
+	}
+	if c.ListenPeer == "" {
+		c.ListenPeer = "http://127.0.0.1:2380"
+	}
+	if c.AdvertisePeer == "" {
+		c.AdvertisePeer = c.ListenPeer
+	}
+	if c.InitialCluster == "" {
+		c.InitialCluster = c.Name + "=" + c.AdvertisePeer
+	}
+	if c.InitialClusterState == "" {
+		c.InitialClusterState = embed.ClusterStateFlagNew
+	}
+	if c.InitialClusterToken == "" {
+		c.InitialClusterToken = "butterfly"
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = "error"
+	}
+	if c.StartTimeout == 0 {
+		c.StartTimeout = 60 * time.Second
+	}
+}
+
+// Validate reports the first field that is wrong, naming it as the
+// command-line flag that sets it.
+func (c Config) Validate() error {
+	if c.DataDir == "" {
+		return errors.New("--data-dir is required")
+	}
+	for flag, v := range map[string]string{
+		"--listen-client": c.ListenClient, "--advertise-client": c.AdvertiseClient,
+		"--listen-peer": c.ListenPeer, "--advertise-peer": c.AdvertisePeer,
+	} {
+		if v == "" {
+			continue
+		}
+		if _, err := parseURL(v); err != nil {
+			return fmt.Errorf("%s: %w", flag, err)
+		}
+	}
+	if c.InitialClusterState != "" && c.InitialClusterState != embed.ClusterStateFlagNew && c.InitialClusterState != embed.ClusterStateFlagExisting {
+		return fmt.Errorf("--initial-cluster-state: %q is neither new nor existing", c.InitialClusterState)
+	}
+	return nil
+}
+
+func parseURL(s string) (url.URL, error) {
+	if !strings.Contains(s, "://") {
+		s = "http://" + s
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return url.URL{}, err
+	}
+	if u.Host == "" {
+		return url.URL{}, fmt.Errorf("%q has no host:port", s)
+	}
+	return *u, nil
+}
+
+// Server is a running member.
+type Server struct {
+	e       *embed.Etcd
+	clients []string
+}
+
+// Start starts the member and waits until it serves clients.
+func Start(ctx context.Context, cfg Config) (*Server, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	ec := embed.NewConfig()
+	ec.Name = cfg.Name
+	ec.Dir = cfg.DataDir
+	var err error
+	var lc, ac, lp, ap url.URL
+	if lc, err = parseURL(cfg.ListenClient); err != nil {
+		return nil, err
+	}
+	if ac, err = parseURL(cfg.AdvertiseClient); err != nil {
+		return nil, err
+	}
+	if lp, err = parseURL(cfg.ListenPeer); err != nil {
+		return nil, err
+	}
+	if ap, err = parseURL(cfg.AdvertisePeer); err != nil {
+		return nil, err
+	}
+	ec.ListenClientUrls = []url.URL{lc}
+	ec.AdvertiseClientUrls = []url.URL{ac}
+	ec.ListenPeerUrls = []url.URL{lp}
+	ec.AdvertisePeerUrls = []url.URL{ap}
+	ec.InitialCluster = cfg.InitialCluster
+	ec.ClusterState = cfg.InitialClusterState
+	ec.InitialClusterToken = cfg.InitialClusterToken
+	if cfg.LogLevel == "off" {
+		ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	} else {
+		ec.LogLevel = cfg.LogLevel
+	}
+	e, err := embed.StartEtcd(ec)
+	if err != nil {
+		return nil, fmt.Errorf("embedetcd: start: %w", err)
+	}
+	timer := time.NewTimer(cfg.StartTimeout)
+	defer timer.Stop()
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		e.Close()
+		return nil, fmt.Errorf("embedetcd: %w", err)
+	case <-timer.C:
+		e.Close()
+		return nil, fmt.Errorf("embedetcd: not ready after %v (is a quorum of --initial-cluster up?)", cfg.StartTimeout)
+	case <-ctx.Done():
+		e.Close()
+		return nil, ctx.Err()
+	}
+	s := &Server{e: e}
+	for _, l := range e.Clients {
+		s.clients = append(s.clients, l.Addr().String())
+	}
+	return s, nil
+}
+
+// ClientEndpoints returns the "host:port" addresses clients reach the member at.
+func (s *Server) ClientEndpoints() []string { return s.clients }
+
+// Err reports a fatal error of the running member.
+func (s *Server) Err() <-chan error { return s.e.Err() }
+
+// Close stops the member and waits for it.
+func (s *Server) Close() {
+	s.e.Close()
+	<-s.e.Server.StopNotify()
+}
