@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // DefaultPrefix is the etcd key prefix used when none is configured.
@@ -88,10 +89,14 @@ func ControlKey(prefix, service, instance string) string {
 }
 
 // ValidateName reports whether s may be used as a prefix element, service or
-// instance name: non-empty, no '/', no white space or control characters.
+// instance name: non-empty UTF-8, no '/', no white space or control
+// characters.
 func ValidateName(what, s string) error {
 	if s == "" {
 		return fmt.Errorf("registry: %s is empty", what)
+	}
+	if !utf8.ValidString(s) {
+		return fmt.Errorf("registry: %s %q is not valid UTF-8", what, s)
 	}
 	for _, r := range s {
 		if r == '/' || r <= ' ' || r == 0x7f {
@@ -102,11 +107,14 @@ func ValidateName(what, s string) error {
 }
 
 // ParseValue decodes and checks a service key's value. The instance name is
-// the last element of the key; a value whose Metadata.instance disagrees with
-// it, or that has no valid Addr, is rejected. A missing Metadata.instance is
-// filled from the key, so values written by other tools (etcdctl, etcd's
-// endpoints manager) are accepted.
+// the last element of the key; an invalid name (see ValidateName), a value
+// whose Metadata.instance disagrees with it, or that has no valid Addr, is
+// rejected. A missing Metadata.instance is filled from the key, so values
+// written by other tools (etcdctl, etcd's endpoints manager) are accepted.
 func ParseValue(instance string, data []byte) (Value, error) {
+	if err := ValidateName("instance", instance); err != nil {
+		return Value{}, fmt.Errorf("%w: %v", ErrInvalidValue, err)
+	}
 	var v Value
 	if err := json.Unmarshal(data, &v); err != nil {
 		return Value{}, fmt.Errorf("%w: %v", ErrInvalidValue, err)

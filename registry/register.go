@@ -1,0 +1,361 @@
+package registry
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+var (
+	// ErrReplaced is returned by SetDraining once another incarnation of the
+	// instance took the key over.
+	ErrReplaced = errors.New("registry: replaced by another incarnation")
+	// ErrClosed is returned by SetDraining after Close.
+	ErrClosed = errors.New("registry: registration closed")
+)
+
+// maxTxnAttempts bounds the compare-and-put retries of one write when the
+// key keeps changing under it.
+const maxTxnAttempts = 8
+
+// Registration keeps one instance registered in etcd until Close. See
+// Register.
+type Registration struct {
+	cli         *clientv3.Client
+	logger      *slog.Logger
+	instance    string
+	addr        string
+	key         string
+	ctlKey      string
+	ttl         int64
+	callTimeout time.Duration
+	meta        Metadata // valueLocked fills in Epoch and Draining
+
+	replaced     chan struct{}
+	replacedOnce sync.Once
+	drain        chan struct{}
+	drainOnce    sync.Once
+	closing      atomic.Bool
+
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	startRev int64  // revision of the first put; set before the goroutines start
+	epoch    uint64 // set by claimLocked in Register, then fixed
+
+	// opMu serialises every write to the key and to the lease. It is held
+	// across etcd calls, each bounded by a timeout.
+	opMu        sync.Mutex
+	lease       clientv3.LeaseID
+	staleLeases []clientv3.LeaseID // granted before lease; revoked once the key is on lease
+	needLease   bool               // the keep-alive of lease stopped: grant a new one
+	lastValue   []byte             // what our last successful write stored
+	draining    bool
+}
+
+// Register puts <prefix>/services/<service>/<instance> with the value
+// {Addr: addr, Metadata: ...} on a lease of the configured TTL, with an epoch
+// one above the one the key holds now (or 1), and keeps it there until Close:
+// the lease is kept alive, a lost lease is re-granted and the key put back, a
+// deleted key is put back. A stale control key of the instance is removed in
+// the same transaction. Register returns once the key is in etcd.
+//
+// ctx bounds Register only; the registration lives until Close.
+func Register(ctx context.Context, cli *clientv3.Client, service, instance, addr string, opts ...Option) (*Registration, error) {
+	o := newOptions(opts)
+	for _, n := range [][2]string{{"prefix", o.prefix}, {"service", service}, {"instance", instance}} {
+		if err := ValidateName(n[0], n[1]); err != nil {
+			return nil, err
+		}
+	}
+	if err := ValidateAddr(addr); err != nil {
+		return nil, fmt.Errorf("registry: %w", err)
+	}
+	key := ServiceKey(o.prefix, service, instance)
+	r := &Registration{
+		cli:         cli,
+		logger:      o.logger.With("key", key),
+		instance:    instance,
+		addr:        addr,
+		key:         key,
+		ctlKey:      ControlKey(o.prefix, service, instance),
+		ttl:         o.leaseTTL(),
+		callTimeout: max(time.Duration(o.leaseTTL())*time.Second, 2*time.Second),
+		meta: Metadata{
+			Instance: instance,
+			Weight:   o.weight,
+			Zone:     o.zone,
+			Started:  time.Now().UTC(),
+			Version:  o.version,
+		},
+		replaced: make(chan struct{}),
+		drain:    make(chan struct{}),
+	}
+	r.opMu.Lock()
+	defer r.opMu.Unlock()
+	grant, err := cli.Grant(ctx, r.ttl)
+	if err != nil {
+		return nil, fmt.Errorf("registry: grant lease for %s: %w", key, err)
+	}
+	r.lease = grant.ID
+	rev, err := r.claimLocked(ctx)
+	if err != nil {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.callTimeout)
+		defer cancel()
+		if _, rerr := cli.Revoke(rctx, r.lease); rerr != nil {
+			r.logger.Warn("registry: revoke lease after failed register", "err", rerr)
+		}
+		return nil, err
+	}
+	r.startRev = rev
+	r.logger = r.logger.With("epoch", r.epoch)
+	r.logger.Info("registry: registered", "addr", addr, "lease", int64(r.lease))
+	r.ctx, r.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	r.wg.Add(2)
+	go r.keep()
+	go r.watchControl()
+	return r, nil
+}
+
+// Epoch returns the epoch of this incarnation.
+func (r *Registration) Epoch() uint64 { return r.epoch }
+
+// Key returns the etcd key of the registration.
+func (r *Registration) Key() string { return r.key }
+
+// Replaced is closed when another incarnation overwrote the key (a higher
+// epoch or another Addr). From then on the registration never writes or
+// deletes the key again: the process should stop serving and hand back what
+// it holds.
+func (r *Registration) Replaced() <-chan struct{} { return r.replaced }
+
+// DrainRequested is closed when the instance's control key holds
+// {"drain":true} (see RequestDrain).
+func (r *Registration) DrainRequested() <-chan struct{} { return r.drain }
+
+// SetDraining sets Metadata.draining in the key, keeping lease and epoch, if
+// the key is still ours. Later re-puts keep the flag.
+func (r *Registration) SetDraining(ctx context.Context) error {
+	r.opMu.Lock()
+	defer r.opMu.Unlock()
+	if r.closing.Load() {
+		return ErrClosed
+	}
+	if r.isReplaced() {
+		return ErrReplaced
+	}
+	r.draining = true
+	if _, err := r.writeLocked(ctx); err != nil {
+		if errors.Is(err, ErrReplaced) {
+			r.fence()
+		}
+		return err
+	}
+	r.logger.Info("registry: draining")
+	return nil
+}
+
+// Close stops keeping the registration, deletes the key and the control key
+// if the key is still ours, and revokes the lease. It is safe to call twice;
+// the second call returns nil at once.
+func (r *Registration) Close(ctx context.Context) error {
+	if !r.closing.CompareAndSwap(false, true) {
+		return nil
+	}
+	r.cancel()
+	r.wg.Wait()
+	r.opMu.Lock()
+	defer r.opMu.Unlock()
+	var errs []error
+	if !r.isReplaced() {
+		if err := r.removeLocked(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, id := range append(r.staleLeases, r.lease) {
+		if _, err := r.cli.Revoke(ctx, id); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			errs = append(errs, fmt.Errorf("registry: revoke lease %x: %w", int64(id), err))
+		}
+	}
+	r.staleLeases = nil
+	r.logger.Info("registry: closed")
+	return errors.Join(errs...)
+}
+
+func (r *Registration) isReplaced() bool {
+	select {
+	case <-r.replaced:
+		return true
+	default:
+		return false
+	}
+}
+
+// fence marks the registration replaced; it never touches the key again.
+func (r *Registration) fence() {
+	r.replacedOnce.Do(func() {
+		r.logger.Warn("registry: replaced by another incarnation; no longer touching the key")
+		close(r.replaced)
+	})
+}
+
+// keyState is what a value found at the key means to this registration.
+type keyState int
+
+const (
+	keyOurs  keyState = iota // our epoch and address
+	keyTaken                 // another incarnation: higher epoch or other address
+	keyStale                 // malformed or older: ours to overwrite
+)
+
+func (r *Registration) classify(data []byte) keyState {
+	v, err := ParseValue(r.instance, data)
+	switch {
+	case err != nil:
+		return keyStale
+	case v.Addr != r.addr || v.Metadata.Epoch > r.epoch:
+		return keyTaken
+	case v.Metadata.Epoch == r.epoch:
+		return keyOurs
+	default:
+		return keyStale
+	}
+}
+
+// valueLocked returns the JSON the key should hold now.
+func (r *Registration) valueLocked() ([]byte, error) {
+	m := r.meta
+	m.Epoch = r.epoch
+	m.Draining = r.draining
+	b, err := Value{Addr: r.addr, Metadata: m}.Marshal()
+	if err != nil {
+		return nil, fmt.Errorf("registry: encode value of %s: %w", r.key, err)
+	}
+	return b, nil
+}
+
+// claimLocked raises the epoch over the key's current value and puts the key,
+// in a transaction on the key's revision, so that of two racing incarnations
+// only one wins a given epoch. It returns the revision of the put.
+func (r *Registration) claimLocked(ctx context.Context) (int64, error) {
+	for range maxTxnAttempts {
+		get, err := r.cli.Get(ctx, r.key)
+		if err != nil {
+			return 0, fmt.Errorf("registry: get %s: %w", r.key, err)
+		}
+		cmp := clientv3.Compare(clientv3.CreateRevision(r.key), "=", 0)
+		r.epoch = 1
+		if len(get.Kvs) > 0 {
+			kv := get.Kvs[0]
+			cmp = clientv3.Compare(clientv3.ModRevision(r.key), "=", kv.ModRevision)
+			r.epoch = currentEpoch(kv.Value) + 1
+		}
+		val, err := r.valueLocked()
+		if err != nil {
+			return 0, err
+		}
+		resp, err := r.cli.Txn(ctx).If(cmp).Then(
+			clientv3.OpPut(r.key, string(val), clientv3.WithLease(r.lease)),
+			clientv3.OpDelete(r.ctlKey),
+		).Commit()
+		if err != nil {
+			return 0, fmt.Errorf("registry: put %s: %w", r.key, err)
+		}
+		if resp.Succeeded {
+			r.lastValue = val
+			return resp.Header.Revision, nil
+		}
+	}
+	return 0, fmt.Errorf("registry: put %s: key changed %d times in a row", r.key, maxTxnAttempts)
+}
+
+// currentEpoch reads the epoch of a value leniently: a value without one, or
+// that is not JSON at all, counts as epoch 0.
+func currentEpoch(data []byte) uint64 {
+	var v struct {
+		Metadata struct {
+			Epoch uint64 `json:"epoch"`
+		} `json:"Metadata"`
+	}
+	if err := json.Unmarshal(data, &v); err != nil {
+		return 0
+	}
+	return v.Metadata.Epoch
+}
+
+// writeLocked puts the current value on the current lease if the key is
+// absent, ours or stale, and returns the revision of the put. It returns
+// ErrReplaced, writing nothing, if another incarnation holds the key.
+func (r *Registration) writeLocked(ctx context.Context) (int64, error) {
+	val, err := r.valueLocked()
+	if err != nil {
+		return 0, err
+	}
+	cmp := clientv3.Compare(clientv3.CreateRevision(r.key), "=", 0)
+	if r.lastValue != nil {
+		cmp = clientv3.Compare(clientv3.Value(r.key), "=", string(r.lastValue))
+	}
+	for range maxTxnAttempts {
+		resp, err := r.cli.Txn(ctx).If(cmp).
+			Then(clientv3.OpPut(r.key, string(val), clientv3.WithLease(r.lease))).
+			Else(clientv3.OpGet(r.key)).Commit()
+		if err != nil {
+			return 0, fmt.Errorf("registry: put %s: %w", r.key, err)
+		}
+		if resp.Succeeded {
+			r.lastValue = val
+			return resp.Header.Revision, nil
+		}
+		kvs := resp.Responses[0].GetResponseRange().GetKvs()
+		if len(kvs) == 0 {
+			cmp = clientv3.Compare(clientv3.CreateRevision(r.key), "=", 0)
+			continue
+		}
+		if r.classify(kvs[0].Value) == keyTaken {
+			return 0, ErrReplaced
+		}
+		cmp = clientv3.Compare(clientv3.ModRevision(r.key), "=", kvs[0].ModRevision)
+	}
+	return 0, fmt.Errorf("registry: put %s: key changed %d times in a row", r.key, maxTxnAttempts)
+}
+
+// removeLocked deletes the key and the control key unless another
+// incarnation holds the key.
+func (r *Registration) removeLocked(ctx context.Context) error {
+	cmp := clientv3.Compare(clientv3.Value(r.key), "=", string(r.lastValue))
+	for range maxTxnAttempts {
+		resp, err := r.cli.Txn(ctx).If(cmp).
+			Then(clientv3.OpDelete(r.key), clientv3.OpDelete(r.ctlKey)).
+			Else(clientv3.OpGet(r.key)).Commit()
+		if err != nil {
+			return fmt.Errorf("registry: delete %s: %w", r.key, err)
+		}
+		if resp.Succeeded {
+			return nil
+		}
+		kvs := resp.Responses[0].GetResponseRange().GetKvs()
+		if len(kvs) == 0 {
+			cmp = clientv3.Compare(clientv3.CreateRevision(r.key), "=", 0)
+			continue
+		}
+		if r.classify(kvs[0].Value) == keyTaken {
+			r.fence()
+			return nil
+		}
+		cmp = clientv3.Compare(clientv3.ModRevision(r.key), "=", kvs[0].ModRevision)
+	}
+	return fmt.Errorf("registry: delete %s: key changed %d times in a row", r.key, maxTxnAttempts)
+}
+
+// isLeaseNotFound reports whether err says the lease no longer exists.
+func isLeaseNotFound(err error) bool {
+	return errors.Is(err, rpctypes.ErrLeaseNotFound)
+}

@@ -1,0 +1,377 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/butterfly-mesh/butterfly/internal/etcdtest"
+)
+
+// TestRegister_PutsValue checks the key, value and lease of a new registration.
+func TestRegister_PutsValue(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	before := time.Now()
+	r := register(t, cli, "svc", "i1", "127.0.0.1:7001",
+		WithTTL(3*time.Second), WithWeight(7), WithZone("z1"), WithVersion("v1.2"))
+
+	if got, want := r.Key(), "butterfly/services/svc/i1"; got != want {
+		t.Errorf("Key() = %q, want %q", got, want)
+	}
+	if got := r.Epoch(); got != 1 {
+		t.Errorf("Epoch() = %d, want 1", got)
+	}
+	v, lease, ok := getValue(t, cli, r.Key())
+	if !ok {
+		t.Fatalf("Get(%q) found nothing, want the registration", r.Key())
+	}
+	want := Value{Addr: "127.0.0.1:7001", Metadata: Metadata{
+		Instance: "i1", Epoch: 1, Weight: 7, Zone: "z1", Version: "v1.2",
+	}}
+	if diff := cmp.Diff(want, v, cmpopts.IgnoreFields(Metadata{}, "Started")); diff != "" {
+		t.Errorf("value of %s (-want +got):\n%s", r.Key(), diff)
+	}
+	if v.Metadata.Started.Before(before.Add(-time.Second)) || v.Metadata.Started.After(time.Now()) {
+		t.Errorf("Metadata.Started = %v, want about %v", v.Metadata.Started, before)
+	}
+	ttl, err := cli.TimeToLive(testContext(t), clientv3.LeaseID(lease))
+	if err != nil {
+		t.Fatalf("TimeToLive(%x) = %v", lease, err)
+	}
+	if ttl.GrantedTTL != 3 {
+		t.Errorf("TimeToLive(%x).GrantedTTL = %d, want 3", lease, ttl.GrantedTTL)
+	}
+}
+
+// TestRegister_InvalidArguments checks that bad names and addresses are
+// refused before anything is written.
+func TestRegister_InvalidArguments(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	tests := []struct {
+		name, service, instance, addr string
+		opts                          []Option
+	}{
+		{name: "service with slash", service: "a/b", instance: "i", addr: "127.0.0.1:1"},
+		{name: "empty instance", service: "svc", instance: "", addr: "127.0.0.1:1"},
+		{name: "instance with space", service: "svc", instance: "a b", addr: "127.0.0.1:1"},
+		{name: "no port", service: "svc", instance: "i", addr: "127.0.0.1"},
+		{name: "port zero", service: "svc", instance: "i", addr: "127.0.0.1:0"},
+		{name: "bad prefix", service: "svc", instance: "i", addr: "127.0.0.1:1", opts: []Option{WithPrefix("a/b")}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := Register(testContext(t), cli, tc.service, tc.instance, tc.addr, tc.opts...)
+			if err == nil {
+				r.Close(testContext(t))
+				t.Fatalf("Register(%q, %q, %q) = nil error, want an error", tc.service, tc.instance, tc.addr)
+			}
+		})
+	}
+	resp, err := cli.Get(testContext(t), "", clientv3.WithFromKey(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatalf("Get(all) = %v", err)
+	}
+	if resp.Count != 0 {
+		t.Errorf("Get(all).Count = %d, want 0", resp.Count)
+	}
+}
+
+// TestRegister_SecondIncarnationFencesFirst checks that a host move fences
+// the old incarnation, whose Close leaves the new key alone.
+func TestRegister_SecondIncarnationFencesFirst(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	old := register(t, cli, "svc", "i1", "127.0.0.1:7001")
+	moved := register(t, cli, "svc", "i1", "127.0.0.2:7002")
+
+	if got := moved.Epoch(); got != 2 {
+		t.Errorf("Epoch() of the second incarnation = %d, want 2", got)
+	}
+	waitClosed(t, "Replaced() of the first incarnation", old.Replaced())
+	if closed(moved.Replaced()) {
+		t.Errorf("Replaced() of the second incarnation is closed, want open")
+	}
+	if err := old.SetDraining(testContext(t)); !errors.Is(err, ErrReplaced) {
+		t.Errorf("SetDraining() of the first incarnation = %v, want %v", err, ErrReplaced)
+	}
+	if err := old.Close(testContext(t)); err != nil {
+		t.Errorf("Close() of the first incarnation = %v, want nil", err)
+	}
+	v, _, ok := getValue(t, cli, moved.Key())
+	if !ok || v.Addr != "127.0.0.2:7002" || v.Metadata.Epoch != 2 || v.Metadata.Draining {
+		t.Fatalf("Get(%q) after the first Close = %+v (found %v), want Addr 127.0.0.2:7002 epoch 2", moved.Key(), v, ok)
+	}
+	if err := moved.Close(testContext(t)); err != nil {
+		t.Fatalf("Close() of the second incarnation = %v", err)
+	}
+	if _, _, ok := getValue(t, cli, moved.Key()); ok {
+		t.Errorf("Get(%q) after the second Close found the key, want it deleted", moved.Key())
+	}
+}
+
+// TestRegister_RacingIncarnationsGetDistinctEpochs checks that concurrent
+// registrations of one instance each win a different epoch and that all but
+// the last are fenced.
+func TestRegister_RacingIncarnationsGetDistinctEpochs(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	const n = 4
+	regs := make(chan *Registration, n)
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			r, err := Register(testContext(t), cli, "svc", "i1", "127.0.0.1:7001")
+			if err != nil {
+				errs <- err
+				return
+			}
+			regs <- r
+		}()
+	}
+	epochs := map[uint64]*Registration{}
+	for range n {
+		select {
+		case err := <-errs:
+			t.Fatalf("Register() = %v", err)
+		case r := <-regs:
+			t.Cleanup(func() { r.Close(context.Background()) })
+			epochs[r.Epoch()] = r
+		}
+	}
+	for e := uint64(1); e <= n; e++ {
+		if epochs[e] == nil {
+			t.Fatalf("epochs won = %v, want each of 1..%d once", keys(epochs), n)
+		}
+	}
+	v, _, _ := getValue(t, cli, epochs[n].Key())
+	if v.Metadata.Epoch != n {
+		t.Errorf("epoch in etcd = %d, want %d", v.Metadata.Epoch, n)
+	}
+	for e := uint64(1); e < n; e++ {
+		waitClosed(t, "Replaced() of an older incarnation", epochs[e].Replaced())
+	}
+	if closed(epochs[n].Replaced()) {
+		t.Errorf("Replaced() of epoch %d is closed, want open", n)
+	}
+}
+
+func keys(m map[uint64]*Registration) []uint64 {
+	var ks []uint64
+	for k := range m {
+		ks = append(ks, k)
+	}
+	return ks
+}
+
+// TestRegistration_DeletedKeyIsPutBack checks that a deleted key comes back
+// with the same epoch and lease.
+func TestRegistration_DeletedKeyIsPutBack(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	r := register(t, cli, "svc", "i1", "127.0.0.1:7001")
+	want, lease, _ := getValue(t, cli, r.Key())
+	if _, err := cli.Delete(testContext(t), r.Key()); err != nil {
+		t.Fatalf("Delete(%q) = %v", r.Key(), err)
+	}
+	var got Value
+	var gotLease int64
+	waitUntil(t, "the key to be put back", func() bool {
+		var ok bool
+		got, gotLease, ok = getValue(t, cli, r.Key())
+		return ok
+	})
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("value put back (-want +got):\n%s", diff)
+	}
+	if gotLease != lease {
+		t.Errorf("lease of the key put back = %x, want %x", gotLease, lease)
+	}
+	if closed(r.Replaced()) {
+		t.Errorf("Replaced() is closed after a delete, want open")
+	}
+}
+
+// TestRegistration_RevokedLeaseIsRegranted checks that a lost lease is
+// replaced by a new one and the key put back on it.
+func TestRegistration_RevokedLeaseIsRegranted(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	r := register(t, cli, "svc", "i1", "127.0.0.1:7001", WithTTL(2*time.Second))
+	want, lease, _ := getValue(t, cli, r.Key())
+	if _, err := cli.Revoke(testContext(t), clientv3.LeaseID(lease)); err != nil {
+		t.Fatalf("Revoke(%x) = %v", lease, err)
+	}
+	var got Value
+	var gotLease int64
+	waitUntil(t, "the key to be put back on a new lease", func() bool {
+		var ok bool
+		got, gotLease, ok = getValue(t, cli, r.Key())
+		return ok
+	})
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("value put back (-want +got):\n%s", diff)
+	}
+	if gotLease == lease || gotLease == 0 {
+		t.Fatalf("lease of the key put back = %x, want a new lease (old %x)", gotLease, lease)
+	}
+	ttl, err := cli.TimeToLive(testContext(t), clientv3.LeaseID(gotLease))
+	if err != nil || ttl.TTL <= 0 {
+		t.Errorf("TimeToLive(%x) = %+v, %v, want a live lease", gotLease, ttl, err)
+	}
+}
+
+// TestRegistration_OverwrittenKey checks which foreign values fence the
+// registration and which are overwritten with ours.
+func TestRegistration_OverwrittenKey(t *testing.T) {
+	tests := []struct {
+		name         string
+		value        string
+		wantReplaced bool
+	}{
+		{name: "not JSON", value: "garbage", wantReplaced: false},
+		{name: "same address, older epoch", value: `{"Addr":"127.0.0.1:7001","Metadata":{"epoch":0}}`, wantReplaced: false},
+		{name: "same address, newer epoch", value: `{"Addr":"127.0.0.1:7001","Metadata":{"epoch":5}}`, wantReplaced: true},
+		{name: "other address", value: `{"Addr":"127.0.0.9:7009"}`, wantReplaced: true},
+	}
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			instance := string(rune('a' + i))
+			r := register(t, cli, "svc", instance, "127.0.0.1:7001")
+			want, _, _ := getValue(t, cli, r.Key())
+			if _, err := cli.Put(testContext(t), r.Key(), tc.value); err != nil {
+				t.Fatalf("Put(%q) = %v", r.Key(), err)
+			}
+			if tc.wantReplaced {
+				waitClosed(t, "Replaced()", r.Replaced())
+				resp, err := cli.Get(testContext(t), r.Key())
+				if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != tc.value {
+					t.Fatalf("Get(%q) = %v, %v, want the foreign value %s left alone", r.Key(), resp, err, tc.value)
+				}
+				if err := r.Close(testContext(t)); err != nil {
+					t.Fatalf("Close() = %v", err)
+				}
+				resp, err = cli.Get(testContext(t), r.Key())
+				if err != nil || len(resp.Kvs) != 1 {
+					t.Errorf("Get(%q) after Close = %v, %v, want the foreign value kept", r.Key(), resp, err)
+				}
+				return
+			}
+			waitUntil(t, "our value to be put back", func() bool {
+				resp, err := cli.Get(testContext(t), r.Key())
+				if err != nil || len(resp.Kvs) != 1 {
+					return false
+				}
+				got, err := ParseValue(instance, resp.Kvs[0].Value)
+				return err == nil && cmp.Equal(want, got)
+			})
+			if closed(r.Replaced()) {
+				t.Errorf("Replaced() is closed, want open")
+			}
+		})
+	}
+}
+
+// TestRegistration_SetDraining checks that draining is set in place and
+// kept by a later re-put.
+func TestRegistration_SetDraining(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	r := register(t, cli, "svc", "i1", "127.0.0.1:7001")
+	_, lease, _ := getValue(t, cli, r.Key())
+	if err := r.SetDraining(testContext(t)); err != nil {
+		t.Fatalf("SetDraining() = %v", err)
+	}
+	v, gotLease, ok := getValue(t, cli, r.Key())
+	if !ok || !v.Metadata.Draining || v.Metadata.Epoch != 1 || gotLease != lease {
+		t.Fatalf("Get(%q) after SetDraining = %+v lease %x (found %v), want draining, epoch 1, lease %x", r.Key(), v, gotLease, ok, lease)
+	}
+	if _, err := cli.Delete(testContext(t), r.Key()); err != nil {
+		t.Fatalf("Delete(%q) = %v", r.Key(), err)
+	}
+	waitUntil(t, "the draining key to be put back", func() bool {
+		v, _, ok := getValue(t, cli, r.Key())
+		return ok && v.Metadata.Draining
+	})
+}
+
+// TestRequestDrain_ClosesDrainRequested checks the control key round trip.
+func TestRequestDrain_ClosesDrainRequested(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	r := register(t, cli, "svc", "i1", "127.0.0.1:7001", WithPrefix("bf"))
+	other := register(t, cli, "svc", "i2", "127.0.0.1:7002", WithPrefix("bf"))
+	if err := RequestDrain(testContext(t), cli, "svc", "i1", WithPrefix("bf")); err != nil {
+		t.Fatalf("RequestDrain(svc, i1) = %v", err)
+	}
+	waitClosed(t, "DrainRequested()", r.DrainRequested())
+	select {
+	case <-other.DrainRequested():
+		t.Errorf("DrainRequested() of i2 is closed, want open")
+	case <-time.After(defaultTestShortTimeout):
+	}
+	if err := r.Close(testContext(t)); err != nil {
+		t.Fatalf("Close() = %v", err)
+	}
+	resp, err := cli.Get(testContext(t), ControlKey("bf", "svc", "i1"))
+	if err != nil || len(resp.Kvs) != 0 {
+		t.Errorf("Get(control key) after Close = %v, %v, want no key", resp.Kvs, err)
+	}
+}
+
+// TestRegister_StaleDrainRequestIgnored checks that a drain requested of an
+// earlier incarnation does not drain a new one.
+func TestRegister_StaleDrainRequestIgnored(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	if err := RequestDrain(testContext(t), cli, "svc", "i1"); err != nil {
+		t.Fatalf("RequestDrain(svc, i1) = %v", err)
+	}
+	r := register(t, cli, "svc", "i1", "127.0.0.1:7001")
+	resp, err := cli.Get(testContext(t), ControlKey(DefaultPrefix, "svc", "i1"))
+	if err != nil || len(resp.Kvs) != 0 {
+		t.Errorf("Get(control key) after Register = %v, %v, want no key", resp.Kvs, err)
+	}
+	select {
+	case <-r.DrainRequested():
+		t.Errorf("DrainRequested() is closed by a stale request, want open")
+	case <-time.After(defaultTestShortTimeout):
+	}
+	if err := RequestDrain(testContext(t), cli, "svc", "i1"); err != nil {
+		t.Fatalf("RequestDrain(svc, i1) = %v", err)
+	}
+	waitClosed(t, "DrainRequested()", r.DrainRequested())
+}
+
+// TestRegistration_Close checks that Close deletes the key, revokes the lease
+// and is safe to call twice.
+func TestRegistration_Close(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	r := register(t, cli, "svc", "i1", "127.0.0.1:7001")
+	_, lease, _ := getValue(t, cli, r.Key())
+	if err := r.Close(testContext(t)); err != nil {
+		t.Fatalf("Close() = %v", err)
+	}
+	if _, _, ok := getValue(t, cli, r.Key()); ok {
+		t.Errorf("Get(%q) after Close found the key, want it deleted", r.Key())
+	}
+	ttl, err := cli.TimeToLive(testContext(t), clientv3.LeaseID(lease))
+	if err != nil || ttl.TTL != -1 {
+		t.Errorf("TimeToLive(%x) after Close = %+v, %v, want TTL -1", lease, ttl, err)
+	}
+	if err := r.Close(testContext(t)); err != nil {
+		t.Errorf("second Close() = %v, want nil", err)
+	}
+	if err := r.SetDraining(testContext(t)); !errors.Is(err, ErrClosed) {
+		t.Errorf("SetDraining() after Close = %v, want %v", err, ErrClosed)
+	}
+}

@@ -1,0 +1,97 @@
+package resolver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	gresolver "google.golang.org/grpc/resolver"
+
+	"github.com/butterfly-mesh/butterfly/registry"
+)
+
+// Scheme is the URI scheme of Butterfly targets: "butterfly:///<service>".
+const Scheme = "butterfly"
+
+// Option configures the builder.
+type Option func(*options)
+
+type options struct {
+	prefix string
+	logger *slog.Logger
+}
+
+// WithPrefix sets the etcd key prefix; the default is registry.DefaultPrefix.
+func WithPrefix(p string) Option {
+	return func(o *options) { o.prefix = p }
+}
+
+// WithLogger sets the logger; the default discards everything.
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) {
+		if l != nil {
+			o.logger = l
+		}
+	}
+}
+
+// NewBuilder returns a resolver builder for targets "butterfly:///<service>"
+// that follows the service's registrations in etcd through cli. The
+// resolvers it builds stop when they are closed or when cli is closed.
+func NewBuilder(cli *clientv3.Client, opts ...Option) gresolver.Builder {
+	o := options{prefix: registry.DefaultPrefix, logger: slog.New(slog.DiscardHandler)}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return &builder{cli: cli, o: o}
+}
+
+type builder struct {
+	cli *clientv3.Client
+	o   options
+}
+
+var _ gresolver.Builder = (*builder)(nil)
+
+// Scheme returns Scheme.
+func (b *builder) Scheme() string { return Scheme }
+
+// Build starts watching the target's service. It fails for a target with an
+// authority or an invalid service name.
+func (b *builder) Build(target gresolver.Target, cc gresolver.ClientConn, _ gresolver.BuildOptions) (gresolver.Resolver, error) {
+	if b.cli == nil {
+		return nil, errors.New("resolver: no etcd client")
+	}
+	if target.URL.Host != "" {
+		return nil, fmt.Errorf("resolver: target %q has an authority; want %s:///<service>", target.String(), Scheme)
+	}
+	service := target.Endpoint()
+	if err := registry.ValidateName("service", service); err != nil {
+		return nil, fmt.Errorf("resolver: target %q: %w", target.String(), err)
+	}
+	if err := registry.ValidateName("prefix", b.o.prefix); err != nil {
+		return nil, fmt.Errorf("resolver: %w", err)
+	}
+	// The resolver lives until Close or until the etcd client closes.
+	ctx, cancel := context.WithCancel(b.cli.Ctx())
+	r := &etcdResolver{
+		cc:     cc,
+		logger: b.o.logger.With("service", service),
+		cancel: cancel,
+		resync: make(chan struct{}, 1),
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		err := registry.Watch(ctx, b.cli, service, r.update,
+			registry.WithPrefix(b.o.prefix),
+			registry.WithLogger(b.o.logger),
+			registry.WithErrorHandler(r.reportError),
+			registry.WithResync(r.resync),
+		)
+		r.logger.Debug("resolver: watch ended", "err", err)
+	}()
+	return r, nil
+}
