@@ -1,0 +1,127 @@
+package butterfly
+
+import (
+	"log/slog"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	gresolver "google.golang.org/grpc/resolver"
+
+	"github.com/butterfly-mesh/butterfly/balancer"
+	"github.com/butterfly-mesh/butterfly/registry"
+	"github.com/butterfly-mesh/butterfly/resolver"
+)
+
+// DialOption configures DialOptions.
+type DialOption func(*dialOptions)
+
+type dialOptions struct {
+	prefix   string
+	logger   *slog.Logger
+	creds    credentials.TransportCredentials
+	lbConfig string
+}
+
+// minConnectTimeout bounds one connection attempt: on a LAN a live instance
+// answers well within it, and a dead host is given up on quickly.
+const minConnectTimeout = 3 * time.Second
+
+// WithPrefix sets the etcd key prefix the resolver reads (default
+// registry.DefaultPrefix).
+func WithPrefix(prefix string) DialOption {
+	return func(o *dialOptions) { o.prefix = prefix }
+}
+
+// WithLogger sets the logger of the resolver and of the balancer.
+func WithLogger(l *slog.Logger) DialOption {
+	return func(o *dialOptions) {
+		if l != nil {
+			o.logger = l
+		}
+	}
+}
+
+// WithTransportCredentials sets the credentials of the connections to the
+// instances (default insecure).
+func WithTransportCredentials(c credentials.TransportCredentials) DialOption {
+	return func(o *dialOptions) {
+		if c != nil {
+			o.creds = c
+		}
+	}
+}
+
+// WithBalancerConfig sets the JSON configuration of the butterfly balancer
+// (see balancer.Config), e.g. `{"localZone":"eu-1a"}`. Its backoff also
+// paces the channel's connection attempts (grpc.WithConnectParams); without
+// it they back off from 100ms to 3s. An invalid config makes grpc.NewClient
+// fail.
+func WithBalancerConfig(js string) DialOption {
+	return func(o *dialOptions) { o.lbConfig = js }
+}
+
+// DialOptions returns the grpc.DialOption set that gives a client the
+// butterfly resolver and balancer:
+//
+//	conn, err := grpc.NewClient("butterfly:///intermediate", butterfly.DialOptions(cli)...)
+//
+// The client follows the instances registered in etcd under the service
+// named by the target, keeps one connection per instance and balances over
+// them (see package balancer). Options given to grpc.NewClient after these
+// override them.
+func DialOptions(cli *clientv3.Client, opts ...DialOption) []grpc.DialOption {
+	o := dialOptions{
+		prefix: registry.DefaultPrefix,
+		logger: slog.New(slog.DiscardHandler),
+		creds:  insecure.NewCredentials(),
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	rb := resolver.NewBuilder(cli, resolver.WithPrefix(o.prefix), resolver.WithLogger(o.logger))
+	return []grpc.DialOption{
+		grpc.WithResolvers(loggingBuilder{Builder: rb, logger: o.logger}),
+		grpc.WithDefaultServiceConfig(balancer.ServiceConfig(o.lbConfig)),
+		grpc.WithTransportCredentials(o.creds),
+		grpc.WithConnectParams(o.connectParams()),
+	}
+}
+
+// connectParams is the channel's connection backoff: the balancer config's
+// backoff when it has a valid one, else 100ms to 3s.
+func (o dialOptions) connectParams() grpc.ConnectParams {
+	cfg := balancer.DefaultConfig()
+	if parsed, err := balancer.ParseConfig([]byte(o.lbConfig)); err == nil {
+		cfg = parsed
+	}
+	bc := backoff.DefaultConfig
+	bc.BaseDelay = cfg.Backoff.BaseDelay
+	bc.MaxDelay = cfg.Backoff.MaxDelay
+	return grpc.ConnectParams{Backoff: bc, MinConnectTimeout: minConnectTimeout}
+}
+
+// loggingBuilder wraps the resolver builder so that every resolver state
+// carries the logger for the balancer.
+type loggingBuilder struct {
+	gresolver.Builder
+	logger *slog.Logger
+}
+
+func (b loggingBuilder) Build(target gresolver.Target, cc gresolver.ClientConn, opts gresolver.BuildOptions) (gresolver.Resolver, error) {
+	return b.Builder.Build(target, loggingClientConn{ClientConn: cc, logger: b.logger}, opts)
+}
+
+// loggingClientConn attaches the logger to every state it passes on.
+type loggingClientConn struct {
+	gresolver.ClientConn
+	logger *slog.Logger
+}
+
+func (cc loggingClientConn) UpdateState(s gresolver.State) error {
+	s.Attributes = balancer.AttachLogger(s.Attributes, cc.logger)
+	return cc.ClientConn.UpdateState(s)
+}
