@@ -1,0 +1,195 @@
+package intermediate
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/butterfly-mesh/butterfly/registry"
+)
+
+// Defaults of the options.
+const (
+	DefaultDrainTimeout       = 10 * time.Second
+	DefaultHeartbeatInterval  = 200 * time.Millisecond
+	DefaultMaxInFlight        = 10000
+	DefaultMaxBatchMessages   = 256
+	DefaultMaxBatchBytes      = 1 << 20
+	DefaultNoConsumerTimeout  = 5 * time.Second
+	DefaultLeaseTTL           = 5 * time.Second
+	DefaultStopTimeout        = 2 * time.Second
+	DefaultRoutingSettle      = 500 * time.Millisecond
+	heartbeatMisses           = 5
+	defaultDrainFlushTimeout  = time.Second
+	minHeartbeatInterval      = time.Millisecond
+	maxHeartbeatIntervalMilli = 60_000
+)
+
+// Option configures a Server.
+type Option func(*options)
+
+type options struct {
+	prefix            string
+	logger            *slog.Logger
+	processor         Processor
+	leaseTTL          time.Duration
+	drainTimeout      time.Duration
+	stopTimeout       time.Duration
+	heartbeatInterval time.Duration
+	advertiseAddr     string
+	maxInFlight       int
+	maxBatchMessages  int
+	maxBatchBytes     int
+	noConsumerTimeout time.Duration
+	routingSettle     time.Duration
+	serverOptions     []grpc.ServerOption
+	registryOptions   []registry.Option
+	version           string
+}
+
+func defaultOptions() options {
+	return options{
+		prefix:            registry.DefaultPrefix,
+		logger:            slog.New(slog.DiscardHandler),
+		processor:         Passthrough(),
+		leaseTTL:          DefaultLeaseTTL,
+		drainTimeout:      DefaultDrainTimeout,
+		stopTimeout:       DefaultStopTimeout,
+		heartbeatInterval: DefaultHeartbeatInterval,
+		maxInFlight:       DefaultMaxInFlight,
+		maxBatchMessages:  DefaultMaxBatchMessages,
+		maxBatchBytes:     DefaultMaxBatchBytes,
+		noConsumerTimeout: DefaultNoConsumerTimeout,
+		routingSettle:     DefaultRoutingSettle,
+	}
+}
+
+func (o *options) validate() error {
+	var errs []error
+	if err := registry.ValidateName("prefix", o.prefix); err != nil {
+		errs = append(errs, err)
+	}
+	if o.processor == nil {
+		errs = append(errs, errors.New("processor is nil"))
+	}
+	if o.leaseTTL < time.Second {
+		errs = append(errs, fmt.Errorf("lease TTL %v is under 1s", o.leaseTTL))
+	}
+	if o.drainTimeout < 0 {
+		errs = append(errs, fmt.Errorf("drain timeout %v is negative", o.drainTimeout))
+	}
+	if o.heartbeatInterval < minHeartbeatInterval || o.heartbeatInterval > maxHeartbeatIntervalMilli*time.Millisecond {
+		errs = append(errs, fmt.Errorf("heartbeat interval %v is out of range [%v, %v]", o.heartbeatInterval, minHeartbeatInterval, maxHeartbeatIntervalMilli*time.Millisecond))
+	}
+	if o.maxInFlight < 1 {
+		errs = append(errs, fmt.Errorf("max in flight %d is under 1", o.maxInFlight))
+	}
+	if o.maxBatchMessages < 1 || o.maxBatchBytes < 1 {
+		errs = append(errs, fmt.Errorf("max batch (%d messages, %d bytes) must be positive", o.maxBatchMessages, o.maxBatchBytes))
+	}
+	if o.noConsumerTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("no-consumer timeout %v is not positive", o.noConsumerTimeout))
+	}
+	if o.routingSettle < 0 || o.routingSettle >= o.noConsumerTimeout {
+		errs = append(errs, fmt.Errorf("routing settle %v must be in [0, no-consumer timeout %v)", o.routingSettle, o.noConsumerTimeout))
+	}
+	if o.advertiseAddr != "" {
+		if err := registry.ValidateAddr(o.advertiseAddr); err != nil {
+			errs = append(errs, fmt.Errorf("advertise address: %w", err))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("intermediate: invalid options: %w", err)
+	}
+	return nil
+}
+
+// WithPrefix sets the etcd key prefix (default registry.DefaultPrefix).
+func WithPrefix(prefix string) Option { return func(o *options) { o.prefix = prefix } }
+
+// WithLogger sets the logger (default: discard).
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) {
+		if l != nil {
+			o.logger = l
+		}
+	}
+}
+
+// WithProcessor sets the processing step (default Passthrough).
+func WithProcessor(p Processor) Option { return func(o *options) { o.processor = p } }
+
+// WithLeaseTTL sets the TTL of the registration lease (default 5s): how long
+// the key outlives a crashed server.
+func WithLeaseTTL(d time.Duration) Option { return func(o *options) { o.leaseTTL = d } }
+
+// WithDrainTimeout sets how long a drain keeps delivering what the server
+// holds before it hands the rest back to the producers (default 10s).
+func WithDrainTimeout(d time.Duration) Option { return func(o *options) { o.drainTimeout = d } }
+
+// WithStopTimeout bounds the graceful stop of the gRPC server at the end of a
+// drain (default 2s); open streams are then cut.
+func WithStopTimeout(d time.Duration) Option { return func(o *options) { o.stopTimeout = d } }
+
+// WithHeartbeatInterval sets the heartbeat interval of every stream (default
+// 200ms). A stream on which nothing arrived for five of the peer's intervals
+// is dead.
+func WithHeartbeatInterval(d time.Duration) Option {
+	return func(o *options) { o.heartbeatInterval = d }
+}
+
+// WithAdvertiseAddr sets the address registered in etcd (default: the
+// listener's address).
+func WithAdvertiseAddr(addr string) Option { return func(o *options) { o.advertiseAddr = addr } }
+
+// WithMaxInFlight sets how many unacknowledged messages one publish stream
+// may hold (default 10000). It is advertised in the welcome; a producer that
+// exceeds it gets RESOURCE_EXHAUSTED.
+func WithMaxInFlight(n int) Option { return func(o *options) { o.maxInFlight = n } }
+
+// WithMaxBatch sets the largest batch accepted from producers and sent to
+// consumers, in messages and in bytes (defaults 256 and 1 MiB). A single
+// message larger than bytes is refused with NACK_REASON_INVALID.
+func WithMaxBatch(messages, bytes int) Option {
+	return func(o *options) {
+		o.maxBatchMessages = messages
+		o.maxBatchBytes = bytes
+	}
+}
+
+// WithNoConsumerTimeout sets how long a message waits for a consumer before
+// it is handed back with NACK_REASON_UNAVAILABLE (default 5s).
+func WithNoConsumerTimeout(d time.Duration) Option {
+	return func(o *options) { o.noConsumerTimeout = d }
+}
+
+// WithRoutingSettle sets how long routing waits for consumers to connect
+// (default 500ms): a consumer group that just appeared on this server waits
+// that long for the rest of its consumers before messages are routed in it,
+// and the deliveries of a consumer whose stream broke (without a drain) wait
+// that long for it to come back before they go to the group's other
+// consumers. Consumers connect to every intermediate at about the same time;
+// routing over a set that is still changing would send a message to another
+// consumer than a replica that sees the full set does, and a message sent
+// again through that replica would then be handled twice. 0 routes at once.
+func WithRoutingSettle(d time.Duration) Option {
+	return func(o *options) { o.routingSettle = d }
+}
+
+// WithGRPCServerOptions adds options to the gRPC server.
+func WithGRPCServerOptions(opts ...grpc.ServerOption) Option {
+	return func(o *options) { o.serverOptions = append(o.serverOptions, opts...) }
+}
+
+// WithRegistryOptions adds options to the registration (weight, zone,
+// version). The prefix, logger and lease TTL come from the server's own
+// options.
+func WithRegistryOptions(opts ...registry.Option) Option {
+	return func(o *options) { o.registryOptions = append(o.registryOptions, opts...) }
+}
+
+// WithVersion sets the software version reported by GetStatus.
+func WithVersion(v string) Option { return func(o *options) { o.version = v } }

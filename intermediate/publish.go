@@ -1,0 +1,318 @@
+package intermediate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
+	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+)
+
+// publishService serves PublishService.
+type publishService struct {
+	deliveryv1.UnimplementedPublishServiceServer
+	s *Server
+}
+
+var _ deliveryv1.PublishServiceServer = (*publishService)(nil)
+
+// pubStream is one producer's publish stream.
+type pubStream struct {
+	streamBase
+	srv         *Server
+	producerID  string
+	incarnation uint64
+	expectSeq   uint64 // next stream sequence number; receive goroutine only
+
+	// Guarded by Server.mu.
+	held       map[uint64]*held
+	inFlight   int
+	acks       []uint64
+	nacks      []*messagev1.Nack
+	noticeSent bool
+	closed     bool
+	received   uint64
+	ackedN     uint64
+	nackedN    uint64
+}
+
+// Publish serves one publish stream: a receive goroutine admits batches, a
+// send goroutine sends acknowledgements, notices and heartbeats, and the
+// handler itself only waits for the stream to end, so that a send blocked on
+// a frozen peer never keeps the handler from returning.
+func (ps *publishService) Publish(stream deliveryv1.PublishService_PublishServer) error {
+	s := ps.s
+	ctx, cancel := context.WithCancelCause(stream.Context())
+	defer cancel(nil)
+	if err := s.waitReady(ctx); err != nil {
+		return err
+	}
+	first, err := firstFrame(s, ctx, stream.Recv)
+	if err != nil {
+		return err
+	}
+	hello := first.GetHello()
+	switch {
+	case hello == nil:
+		return status.Error(codes.InvalidArgument, "intermediate: the first frame must be a hello")
+	case hello.GetProducerId() == "":
+		return status.Error(codes.InvalidArgument, "intermediate: hello without producer_id")
+	case hello.GetInstance() != "" && hello.GetInstance() != s.instance:
+		return status.Errorf(codes.FailedPrecondition, "intermediate: this is instance %q, not %q", s.instance, hello.GetInstance())
+	}
+	p := &pubStream{
+		srv:         s,
+		producerID:  hello.GetProducerId(),
+		incarnation: hello.GetIncarnation(),
+		expectSeq:   1,
+		held:        make(map[uint64]*held),
+	}
+	p.init(ctx, cancel, hello.GetHeartbeatIntervalMs(), s.opts.heartbeatInterval)
+	s.mu.Lock()
+	if s.draining {
+		s.mu.Unlock()
+		return status.Error(codes.Unavailable, "intermediate: draining")
+	}
+	s.pubs[p] = struct{}{}
+	epoch := s.epoch
+	s.mu.Unlock()
+	log := s.log.With("producer", p.producerID, "incarnation", p.incarnation, "peer", p.peer)
+	log.Debug("intermediate: publish stream opened")
+
+	welcome := &deliveryv1.PublishWelcome{
+		Instance:            s.instance,
+		Epoch:               epoch,
+		HeartbeatIntervalMs: uint32(s.opts.heartbeatInterval / time.Millisecond),
+		MaxBatchMessages:    uint32(s.opts.maxBatchMessages),
+		MaxBatchBytes:       uint32(s.opts.maxBatchBytes),
+		MaxInFlight:         uint32(s.opts.maxInFlight),
+	}
+	s.wg.Add(2)
+	go func() {
+		defer s.wg.Done()
+		p.sendLoop(ctx, stream, welcome)
+	}()
+	go func() {
+		defer s.wg.Done()
+		p.recvLoop(ctx, stream)
+	}()
+	select {
+	case <-ctx.Done():
+	case <-s.stopCh:
+		cancel(errServerStopping)
+	}
+	s.mu.Lock()
+	s.abandonLocked(p)
+	s.mu.Unlock()
+	err = endStatus(ctx)
+	log.Debug("intermediate: publish stream closed", "cause", context.Cause(ctx))
+	return err
+}
+
+func (p *pubStream) recvLoop(ctx context.Context, stream deliveryv1.PublishService_PublishServer) {
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = errPeerClosed
+			}
+			p.cancel(err)
+			return
+		}
+		p.touch()
+		switch k := req.GetKind().(type) {
+		case *deliveryv1.PublishRequest_Batch:
+			if err := p.admit(ctx, k.Batch); err != nil {
+				p.cancel(err)
+				return
+			}
+		case *deliveryv1.PublishRequest_Heartbeat:
+		case *deliveryv1.PublishRequest_Hello:
+			p.cancel(status.Error(codes.InvalidArgument, "intermediate: second hello on a publish stream"))
+			return
+		}
+	}
+}
+
+// admit validates, processes and routes one batch. A stream-level violation
+// ends the stream with the returned status.
+func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error {
+	s := p.srv
+	msgs := b.GetMessages()
+	n := uint64(len(msgs))
+	if n == 0 {
+		return nil
+	}
+	if b.GetFirstSeq() != p.expectSeq {
+		return status.Errorf(codes.InvalidArgument, "intermediate: batch first_seq %d, want %d", b.GetFirstSeq(), p.expectSeq)
+	}
+	if len(msgs) > s.opts.maxBatchMessages {
+		return status.Errorf(codes.ResourceExhausted, "intermediate: batch of %d messages exceeds the limit of %d", len(msgs), s.opts.maxBatchMessages)
+	}
+	first := p.expectSeq
+	p.expectSeq += n
+	s.received.Add(n)
+
+	s.mu.Lock()
+	p.received += n
+	// What the producer has not heard back about: held, or answered in a
+	// frame not yet sent. A producer within its limit never exceeds it.
+	if inFlight := len(p.held) + len(p.acks) + len(p.nacks); inFlight+len(msgs) > s.opts.maxInFlight {
+		s.mu.Unlock()
+		return status.Errorf(codes.ResourceExhausted, "intermediate: %d messages in flight plus a batch of %d exceed the limit of %d", inFlight, len(msgs), s.opts.maxInFlight)
+	}
+	if s.draining {
+		for i := range msgs {
+			p.nackLocked(first+uint64(i), messagev1.NackReason_NACK_REASON_DRAINING, "intermediate is draining")
+		}
+		s.mu.Unlock()
+		return nil
+	}
+	s.mu.Unlock()
+
+	type outcome struct {
+		h    *held
+		nack *messagev1.Nack
+	}
+	out := make([]outcome, len(msgs))
+	total := 0
+	for i, m := range msgs {
+		seq := first + uint64(i)
+		size := proto.Size(m)
+		total += size
+		if err := validate(m, size, s.opts.maxBatchBytes); err != nil {
+			out[i].nack = &messagev1.Nack{Reason: messagev1.NackReason_NACK_REASON_INVALID, Detail: err.Error()}
+			continue
+		}
+		res, err := s.process(ctx, m)
+		if err != nil {
+			out[i].nack = &messagev1.Nack{Reason: messagev1.NackReason_NACK_REASON_PROCESSING_FAILED, Detail: err.Error()}
+			continue
+		}
+		out[i].h = &held{pub: p, seq: seq, msg: res, size: proto.Size(res), routeKey: routeKey(res)}
+	}
+	if len(msgs) > 1 && total > s.opts.maxBatchBytes {
+		return status.Errorf(codes.ResourceExhausted, "intermediate: batch of %d bytes exceeds the limit of %d", total, s.opts.maxBatchBytes)
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p.closed {
+		return nil
+	}
+	for i, o := range out {
+		seq := first + uint64(i)
+		switch {
+		case o.nack != nil:
+			p.nackLocked(seq, o.nack.Reason, o.nack.Detail)
+		case s.draining:
+			p.nackLocked(seq, messagev1.NackReason_NACK_REASON_DRAINING, "intermediate is draining")
+		default:
+			s.admitLocked(o.h)
+		}
+	}
+	return nil
+}
+
+// nackLocked hands back a message that was never held.
+func (p *pubStream) nackLocked(seq uint64, reason messagev1.NackReason, detail string) {
+	p.nacks = append(p.nacks, &messagev1.Nack{Seq: seq, Reason: reason, Detail: detail})
+	p.wakeUp()
+}
+
+// validate checks the envelope of a published message.
+func validate(m *messagev1.Message, size, maxBytes int) error {
+	id := m.GetId()
+	switch {
+	case id == nil:
+		return errors.New("message has no id")
+	case id.GetProducerId() == "":
+		return errors.New("message id has no producer_id")
+	case id.GetSeq() == 0:
+		return errors.New("message id has seq 0")
+	case size > maxBytes:
+		return fmt.Errorf("message of %d bytes exceeds the limit of %d", size, maxBytes)
+	}
+	return nil
+}
+
+// process runs the processor; the result keeps the message's id.
+func (s *Server) process(ctx context.Context, m *messagev1.Message) (*messagev1.Message, error) {
+	res, err := s.opts.processor.Process(ctx, m)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", s.opts.processor.Name(), err)
+	}
+	if res == nil {
+		return nil, fmt.Errorf("%s: processor returned no message", s.opts.processor.Name())
+	}
+	if res != m && !proto.Equal(res.GetId(), m.GetId()) {
+		res.Id = m.GetId()
+	}
+	return res, nil
+}
+
+// sendLoop sends the welcome, then acknowledgements, the drain notice and
+// heartbeats, until the stream ends. While the server drains it ends the
+// stream once the notice is out and nothing is held or owed any more.
+func (p *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishService_PublishServer, welcome *deliveryv1.PublishWelcome) {
+	s := p.srv
+	if err := stream.Send(&deliveryv1.PublishResponse{Kind: &deliveryv1.PublishResponse_Welcome{Welcome: welcome}}); err != nil {
+		p.cancel(err)
+		return
+	}
+	ticker := time.NewTicker(s.opts.heartbeatInterval)
+	defer ticker.Stop()
+	for {
+		s.mu.Lock()
+		acks, nacks := p.acks, p.nacks
+		p.acks, p.nacks = nil, nil
+		var notice *messagev1.DrainNotice
+		if s.draining && !p.noticeSent {
+			notice = s.drainNotice
+			p.noticeSent = true
+		}
+		end := s.draining && p.noticeSent && len(p.held) == 0 && len(acks) == 0 && len(nacks) == 0 && notice == nil
+		if len(acks) > 0 || len(nacks) > 0 {
+			p.ackedN += uint64(len(acks))
+			p.nackedN += uint64(len(nacks))
+		}
+		s.mu.Unlock()
+		if end {
+			p.cancel(errStreamEnded)
+			return
+		}
+		if len(acks) > 0 || len(nacks) > 0 {
+			s.acked.Add(uint64(len(acks)))
+			s.nacked.Add(uint64(len(nacks)))
+			ack := &deliveryv1.PublishAck{Acked: buildRanges(acks), Nacked: nacks}
+			if err := stream.Send(&deliveryv1.PublishResponse{Kind: &deliveryv1.PublishResponse_Ack{Ack: ack}}); err != nil {
+				p.cancel(err)
+				return
+			}
+		}
+		if notice != nil {
+			if err := stream.Send(&deliveryv1.PublishResponse{Kind: &deliveryv1.PublishResponse_Drain{Drain: notice}}); err != nil {
+				p.cancel(err)
+				return
+			}
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.wake:
+		case <-ticker.C:
+			if err := stream.Send(&deliveryv1.PublishResponse{Kind: &deliveryv1.PublishResponse_Heartbeat{Heartbeat: heartbeat()}}); err != nil {
+				p.cancel(err)
+				return
+			}
+		}
+	}
+}

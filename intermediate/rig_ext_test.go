@@ -1,0 +1,197 @@
+package intermediate_test
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
+	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/intermediate"
+	"github.com/butterfly-mesh/butterfly/internal/etcdtest"
+)
+
+const (
+	defaultTestTimeout = 10 * time.Second
+	prefix             = "it"
+	service            = "intermediate"
+	quietHeartbeatMs   = 60000 // raw test clients send no heartbeats
+)
+
+// rig is one intermediate on an embedded etcd, with a raw client
+// connection to it.
+type rig struct {
+	t    *testing.T
+	cli  *clientv3.Client
+	srv  *intermediate.Server
+	conn *grpc.ClientConn
+	done chan error
+}
+
+func newRig(t *testing.T, opts ...intermediate.Option) *rig {
+	t.Helper()
+	cli := etcdtest.Start(t).Client(t)
+	base := []intermediate.Option{
+		intermediate.WithPrefix(prefix),
+		intermediate.WithLeaseTTL(2 * time.Second),
+		intermediate.WithRoutingSettle(0),
+		intermediate.WithStopTimeout(300 * time.Millisecond),
+		intermediate.WithVersion("v-test"),
+	}
+	srv, err := intermediate.New(cli, service, "i1", append(base, opts...)...)
+	if err != nil {
+		t.Fatalf("New() = %v", err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("net.Listen() = %v", err)
+	}
+	r := &rig{t: t, cli: cli, srv: srv, done: make(chan error, 1)}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { r.done <- srv.Serve(ctx, lis) }()
+	select {
+	case <-srv.Ready():
+	case err := <-r.done:
+		t.Fatalf("Serve() = %v before it was ready", err)
+	case <-time.After(defaultTestTimeout):
+		t.Fatalf("Serve() not ready in time")
+	}
+	r.conn, err = grpc.NewClient(srv.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatalf("grpc.NewClient() = %v", err)
+	}
+	t.Cleanup(func() {
+		r.conn.Close()
+		cancel()
+		r.wait()
+	})
+	return r
+}
+
+// wait returns Serve's result.
+func (r *rig) wait() error {
+	r.t.Helper()
+	select {
+	case err := <-r.done:
+		r.done <- err
+		return err
+	case <-time.After(defaultTestTimeout):
+		r.t.Fatalf("Serve() did not return")
+		return nil
+	}
+}
+
+func (r *rig) ctx() context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	r.t.Cleanup(cancel)
+	return ctx
+}
+
+// publish opens a publish stream and reads the welcome.
+func (r *rig) publish(hello *deliveryv1.PublishHello) (deliveryv1.PublishService_PublishClient, *deliveryv1.PublishWelcome) {
+	r.t.Helper()
+	ctx, cancel := context.WithCancel(r.ctx())
+	r.t.Cleanup(cancel)
+	stream, err := deliveryv1.NewPublishServiceClient(r.conn).Publish(ctx)
+	if err != nil {
+		r.t.Fatalf("Publish() = %v", err)
+	}
+	if err := stream.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Hello{Hello: hello}}); err != nil {
+		r.t.Fatalf("Send(hello) = %v", err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		return stream, nil
+	}
+	return stream, resp.GetWelcome()
+}
+
+func (r *rig) producer(id string) deliveryv1.PublishService_PublishClient {
+	r.t.Helper()
+	stream, w := r.publish(&deliveryv1.PublishHello{ProducerId: id, Incarnation: 1, Instance: "i1", HeartbeatIntervalMs: quietHeartbeatMs})
+	if w == nil {
+		r.t.Fatalf("publish stream of %s got no welcome", id)
+	}
+	return stream
+}
+
+// subscribe opens a subscribe stream and reads the welcome.
+func (r *rig) subscribe(id string, credit uint32) deliveryv1.SubscribeService_SubscribeClient {
+	r.t.Helper()
+	ctx, cancel := context.WithCancel(r.ctx())
+	r.t.Cleanup(cancel)
+	return r.subscribeCtx(ctx, id, credit)
+}
+
+// subscribeCtx is subscribe on a stream that ends with ctx.
+func (r *rig) subscribeCtx(ctx context.Context, id string, credit uint32) deliveryv1.SubscribeService_SubscribeClient {
+	r.t.Helper()
+	stream, err := deliveryv1.NewSubscribeServiceClient(r.conn).Subscribe(ctx)
+	if err != nil {
+		r.t.Fatalf("Subscribe() = %v", err)
+	}
+	hello := &deliveryv1.SubscribeHello{ConsumerId: id, Instance: "i1", HeartbeatIntervalMs: quietHeartbeatMs, InitialCredit: credit}
+	if err := stream.Send(&deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Hello{Hello: hello}}); err != nil {
+		r.t.Fatalf("Send(hello) = %v", err)
+	}
+	resp, err := stream.Recv()
+	if err != nil || resp.GetWelcome() == nil {
+		r.t.Fatalf("subscribe welcome = %v, %v", resp, err)
+	}
+	if resp.GetWelcome().GetEpoch() != r.srv.Epoch() || resp.GetWelcome().GetInstance() != "i1" {
+		r.t.Errorf("welcome = %v, want instance i1 epoch %d", resp.GetWelcome(), r.srv.Epoch())
+	}
+	return stream
+}
+
+func msg(producer string, seq uint64, payload string) *messagev1.Message {
+	return &messagev1.Message{Id: &messagev1.MessageId{ProducerId: producer, Incarnation: 1, Seq: seq}, Payload: []byte(payload)}
+}
+
+func sendBatch(t *testing.T, stream deliveryv1.PublishService_PublishClient, first uint64, msgs ...*messagev1.Message) {
+	t.Helper()
+	b := &deliveryv1.PublishBatch{FirstSeq: first, Messages: msgs}
+	if err := stream.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Batch{Batch: b}}); err != nil {
+		t.Fatalf("Send(batch) = %v", err)
+	}
+}
+
+// nextAck returns the next PublishAck, skipping heartbeats.
+func nextAck(t *testing.T, stream deliveryv1.PublishService_PublishClient) *deliveryv1.PublishAck {
+	t.Helper()
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("Recv() waiting for an ack = %v", err)
+		}
+		if a := resp.GetAck(); a != nil {
+			return a
+		}
+	}
+}
+
+// nextDeliveries returns the next DeliveryBatch, skipping heartbeats.
+func nextDeliveries(t *testing.T, stream deliveryv1.SubscribeService_SubscribeClient) []*deliveryv1.Delivery {
+	t.Helper()
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("Recv() waiting for deliveries = %v", err)
+		}
+		if b := resp.GetBatch(); b != nil {
+			return b.GetDeliveries()
+		}
+	}
+}
+
+func ackDeliveries(t *testing.T, stream deliveryv1.SubscribeService_SubscribeClient, a *deliveryv1.DeliveryAck) {
+	t.Helper()
+	if err := stream.Send(&deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Ack{Ack: a}}); err != nil {
+		t.Fatalf("Send(ack) = %v", err)
+	}
+}

@@ -1,0 +1,340 @@
+package intermediate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+
+	adminv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/admin/v1"
+	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
+	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/registry"
+)
+
+// Errors returned by the Server.
+var (
+	// ErrServing is returned by Serve when it is called twice.
+	ErrServing = errors.New("intermediate: Serve already called")
+	// ErrNotServing is returned by Drain before Serve registered the server.
+	ErrNotServing = errors.New("intermediate: not serving")
+)
+
+// Server is one intermediate instance. See the package documentation.
+type Server struct {
+	cli      *clientv3.Client
+	service  string
+	instance string
+	opts     options
+	log      *slog.Logger
+	grpc     *grpc.Server
+	started  time.Time
+
+	ready    chan struct{} // closed once registered; stream handlers wait for it
+	drainCh  chan drainRequest
+	stopCh   chan struct{} // closed by Stop
+	stopOnce sync.Once
+	done     chan struct{} // closed when Serve returns
+	changed  chan struct{} // poked when held messages or streams go away
+	wg       sync.WaitGroup
+
+	received  atomic.Uint64
+	acked     atomic.Uint64
+	nacked    atomic.Uint64
+	delivered atomic.Uint64
+
+	// mu guards the fields below and every field of pubStream, subStream,
+	// group, held and delivery documented as guarded by Server.mu. It is the
+	// only lock of the package and is never held across gRPC, etcd or
+	// processor calls.
+	mu          sync.Mutex
+	serveCalled bool
+	addr        string
+	epoch       uint64
+	reg         *registry.Registration
+	draining    bool                   // no new batches; DrainNotice on publish streams
+	drainNotice *messagev1.DrainNotice // set with draining
+	drainHeld   uint64                 // messages held when the drain started
+	leaving     bool                   // end of drain: DrainNotice on subscribe streams, streams end
+	heldTotal   int
+	pubs        map[*pubStream]struct{}
+	subs        map[*subStream]struct{}
+	groups      map[string]*group
+	unrouted    []*held                // waiting for any consumer at all
+	parked      map[string][]*delivery // waiting for a consumer of the group
+}
+
+type drainRequest struct {
+	reason  messagev1.DrainReason
+	timeout time.Duration
+	started chan drainStarted // receives once the drain started; may be nil
+}
+
+type drainStarted struct {
+	already bool
+	held    uint64
+}
+
+// New returns a server for instance of service. It serves nothing until
+// Serve.
+func New(cli *clientv3.Client, service, instance string, opts ...Option) (*Server, error) {
+	if cli == nil {
+		return nil, errors.New("intermediate: etcd client is nil")
+	}
+	if err := registry.ValidateName("service", service); err != nil {
+		return nil, fmt.Errorf("intermediate: %w", err)
+	}
+	if err := registry.ValidateName("instance", instance); err != nil {
+		return nil, fmt.Errorf("intermediate: %w", err)
+	}
+	o := defaultOptions()
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cli:      cli,
+		service:  service,
+		instance: instance,
+		opts:     o,
+		log:      o.logger.With("service", service, "instance", instance),
+		started:  time.Now(),
+		ready:    make(chan struct{}),
+		drainCh:  make(chan drainRequest, 1),
+		stopCh:   make(chan struct{}),
+		done:     make(chan struct{}),
+		changed:  make(chan struct{}, 1),
+		pubs:     make(map[*pubStream]struct{}),
+		subs:     make(map[*subStream]struct{}),
+		groups:   make(map[string]*group),
+		parked:   make(map[string][]*delivery),
+	}
+	sopts := append([]grpc.ServerOption{
+		grpc.MaxRecvMsgSize(2*o.maxBatchBytes + 1<<16),
+	}, o.serverOptions...)
+	s.grpc = grpc.NewServer(sopts...)
+	deliveryv1.RegisterPublishServiceServer(s.grpc, &publishService{s: s})
+	deliveryv1.RegisterSubscribeServiceServer(s.grpc, &subscribeService{s: s})
+	deliveryv1.RegisterProcessServiceServer(s.grpc, &processService{s: s})
+	adminv1.RegisterAdminServiceServer(s.grpc, &adminService{s: s})
+	return s, nil
+}
+
+// Addr returns the address the server is registered at, once Serve started.
+func (s *Server) Addr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.addr
+}
+
+// Instance returns the instance name.
+func (s *Server) Instance() string { return s.instance }
+
+// Epoch returns the registration epoch, 0 before the server is registered.
+func (s *Server) Epoch() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.epoch
+}
+
+// Ready returns a channel closed once Serve serves and the server is
+// registered in etcd.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// Draining reports whether the server drains (or drained).
+func (s *Server) Draining() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.draining
+}
+
+// Serve serves the Publish, Subscribe, Process and Admin services on lis,
+// registers the server in etcd once it is serving, and runs until ctx is
+// done, Drain is called, the control key asks for a drain or another
+// incarnation replaces the registration: then it drains and returns nil.
+// After Stop it returns nil at once. lis is closed when Serve returns.
+func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
+	s.mu.Lock()
+	if s.serveCalled {
+		s.mu.Unlock()
+		return ErrServing
+	}
+	s.serveCalled = true
+	s.addr = s.opts.advertiseAddr
+	if s.addr == "" {
+		s.addr = lis.Addr().String()
+	}
+	addr := s.addr
+	s.mu.Unlock()
+	defer close(s.done)
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- s.grpc.Serve(lis) }()
+
+	ropts := append([]registry.Option{
+		registry.WithPrefix(s.opts.prefix),
+		registry.WithLogger(s.opts.logger),
+		registry.WithTTL(s.opts.leaseTTL),
+	}, s.opts.registryOptions...)
+	if s.opts.version != "" {
+		ropts = append(ropts, registry.WithVersion(s.opts.version))
+	}
+	reg, err := s.registerUntilStopped(ctx, addr, ropts)
+	if err != nil {
+		s.grpc.Stop()
+		<-serveErr
+		s.wg.Wait()
+		if s.stopped() {
+			return nil
+		}
+		return err
+	}
+	s.mu.Lock()
+	s.reg = reg
+	s.epoch = reg.Epoch()
+	s.mu.Unlock()
+	close(s.ready)
+	s.log.Info("intermediate: serving", "addr", addr, "epoch", reg.Epoch(), "processor", s.opts.processor.Name())
+
+	jctx, jcancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.wg.Add(1)
+	go s.janitor(jctx)
+	defer func() {
+		jcancel()
+		s.wg.Wait()
+	}()
+
+	req := drainRequest{timeout: s.opts.drainTimeout}
+	select {
+	case <-ctx.Done():
+		req.reason = messagev1.DrainReason_DRAIN_REASON_SHUTDOWN
+	case req = <-s.drainCh:
+	case <-reg.DrainRequested():
+		req.reason = messagev1.DrainReason_DRAIN_REASON_OPERATOR
+	case <-reg.Replaced():
+		req.reason = messagev1.DrainReason_DRAIN_REASON_FENCED
+	case <-s.stopCh:
+		s.crash(ctx, reg, serveErr)
+		return nil
+	case err := <-serveErr:
+		// The listener failed: nothing can reach the server any more.
+		s.log.Error("intermediate: serve failed", "err", err)
+		s.crash(ctx, reg, nil)
+		return fmt.Errorf("intermediate: serve: %w", err)
+	}
+	s.drain(context.WithoutCancel(ctx), reg, req, serveErr)
+	return nil
+}
+
+// registerUntilStopped registers the server, giving up when ctx is done or
+// Stop is called.
+func (s *Server) registerUntilStopped(ctx context.Context, addr string, ropts []registry.Option) (*registry.Registration, error) {
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		select {
+		case <-s.stopCh:
+			cancel()
+		case <-rctx.Done():
+		}
+	}()
+	reg, err := registry.Register(rctx, s.cli, s.service, s.instance, addr, ropts...)
+	if err != nil {
+		return nil, fmt.Errorf("intermediate: register %s: %w", s.instance, err)
+	}
+	return reg, nil
+}
+
+// crash stops everything at once, like a killed process: the key is left to
+// expire with its lease and no peer is told anything.
+func (s *Server) crash(ctx context.Context, reg *registry.Registration, serveErr <-chan error) {
+	s.log.Warn("intermediate: stopped hard")
+	s.grpc.Stop()
+	if serveErr != nil {
+		<-serveErr
+	}
+	// A canceled context stops the registration's goroutines without a single
+	// etcd call: the key stays until its lease expires.
+	cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	cancel()
+	_ = reg.Close(cctx)
+}
+
+// Drain starts a drain (reason: shutdown) and returns when it finished and
+// Serve returned, or when ctx is done.
+func (s *Server) Drain(ctx context.Context) error {
+	if _, err := s.requestDrain(ctx, messagev1.DrainReason_DRAIN_REASON_SHUTDOWN, s.opts.drainTimeout); err != nil {
+		return err
+	}
+	select {
+	case <-s.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("intermediate: drain: %w", ctx.Err())
+	}
+}
+
+// requestDrain asks Serve to drain and waits until the drain started.
+func (s *Server) requestDrain(ctx context.Context, reason messagev1.DrainReason, timeout time.Duration) (drainStarted, error) {
+	select {
+	case <-s.ready:
+	default:
+		return drainStarted{}, ErrNotServing
+	}
+	started := make(chan drainStarted, 1)
+	select {
+	case s.drainCh <- drainRequest{reason: reason, timeout: timeout, started: started}:
+	default:
+		// A drain was already requested.
+		s.mu.Lock()
+		held := s.drainHeld
+		s.mu.Unlock()
+		return drainStarted{already: true, held: held}, nil
+	}
+	select {
+	case st := <-started:
+		return st, nil
+	case <-s.done:
+		return drainStarted{already: true}, nil
+	case <-ctx.Done():
+		return drainStarted{}, fmt.Errorf("intermediate: drain: %w", ctx.Err())
+	}
+}
+
+// Stop stops the server at once, like a crash: connections are cut, the
+// listener is closed, the registration key is left to expire with its lease
+// and no peer is told anything. Serve then returns nil. Stop is safe to call
+// more than once and before Serve.
+func (s *Server) Stop() {
+	s.stopOnce.Do(func() { close(s.stopCh) })
+	s.grpc.Stop()
+}
+
+// poke wakes whoever waits on s.changed.
+func (s *Server) poke() {
+	select {
+	case s.changed <- struct{}{}:
+	default:
+	}
+}
+
+// stopped reports whether Stop was called.
+func (s *Server) stopped() bool {
+	select {
+	case <-s.stopCh:
+		return true
+	default:
+		return false
+	}
+}

@@ -1,0 +1,181 @@
+package intermediate
+
+import (
+	"context"
+	"errors"
+	"io"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+)
+
+// Causes with which a stream's context is canceled.
+var (
+	// errStreamEnded ends a stream without an error: the drain is over.
+	errStreamEnded = errors.New("intermediate: stream ended")
+	// errPeerClosed ends a stream whose peer closed its side.
+	errPeerClosed = errors.New("intermediate: peer closed the stream")
+	// errServerStopping ends streams when the server stops.
+	errServerStopping = status.Error(codes.Unavailable, "intermediate: server stopping")
+)
+
+// streamBase is what publish and subscribe streams share: liveness and the
+// wake-up of their send goroutine.
+type streamBase struct {
+	peer         string
+	peerInterval time.Duration // the peer's heartbeat interval
+	cancel       context.CancelCauseFunc
+	lastRecv     atomic.Int64 // unix nanoseconds of the last frame received
+	wake         chan struct{}
+}
+
+func (b *streamBase) init(ctx context.Context, cancel context.CancelCauseFunc, intervalMs uint32, own time.Duration) {
+	b.peerInterval = own
+	b.cancel = cancel
+	b.wake = make(chan struct{}, 1)
+	if intervalMs > 0 && intervalMs <= maxHeartbeatIntervalMilli {
+		b.peerInterval = time.Duration(intervalMs) * time.Millisecond
+	}
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		b.peer = p.Addr.String()
+	}
+	b.touch()
+}
+
+func (b *streamBase) wakeUp() {
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (b *streamBase) touch() { b.lastRecv.Store(time.Now().UnixNano()) }
+
+// expired reports whether nothing arrived for heartbeatMisses of the peer's
+// intervals.
+func (b *streamBase) expired(now time.Time) bool {
+	return now.UnixNano()-b.lastRecv.Load() > int64(heartbeatMisses*b.peerInterval)
+}
+
+func heartbeat() *messagev1.Heartbeat {
+	return &messagev1.Heartbeat{SendTimeUnixNano: time.Now().UnixNano()}
+}
+
+// firstFrame receives the first frame of a stream, giving up when nothing
+// arrived for heartbeatMisses of the server's intervals. The receiving
+// goroutine is owned by the server; it ends when the stream ends, which the
+// handler's return causes.
+func firstFrame[T any](s *Server, ctx context.Context, recv func() (*T, error)) (*T, error) {
+	type result struct {
+		req *T
+		err error
+	}
+	ch := make(chan result, 1)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		req, err := recv()
+		ch <- result{req, err}
+	}()
+	t := time.NewTimer(heartbeatMisses * s.opts.heartbeatInterval)
+	defer t.Stop()
+	select {
+	case r := <-ch:
+		return r.req, r.err
+	case <-t.C:
+		return nil, status.Error(codes.DeadlineExceeded, "intermediate: no hello received in time")
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	case <-s.stopCh:
+		return nil, errServerStopping
+	}
+}
+
+// waitReady waits until the server is registered, so that welcomes carry the
+// epoch.
+func (s *Server) waitReady(ctx context.Context) error {
+	select {
+	case <-s.ready:
+		return nil
+	case <-ctx.Done():
+		return status.FromContextError(ctx.Err()).Err()
+	case <-s.stopCh:
+		return errServerStopping
+	}
+}
+
+// endStatus turns the cause that ended a stream into the handler's result.
+func endStatus(ctx context.Context) error {
+	cause := context.Cause(ctx)
+	switch {
+	case cause == nil, errors.Is(cause, errStreamEnded), errors.Is(cause, errPeerClosed), errors.Is(cause, io.EOF):
+		return nil
+	case errors.Is(cause, context.Canceled), errors.Is(cause, context.DeadlineExceeded):
+		return status.FromContextError(cause).Err()
+	}
+	if _, ok := status.FromError(cause); ok {
+		return cause
+	}
+	return status.Error(codes.Unavailable, cause.Error())
+}
+
+// deliveryQueue is a FIFO of deliveries waiting for a consumer's credit.
+// It is guarded by Server.mu.
+type deliveryQueue struct {
+	items []*delivery
+	head  int
+}
+
+func (q *deliveryQueue) len() int { return len(q.items) - q.head }
+
+func (q *deliveryQueue) push(d *delivery) { q.items = append(q.items, d) }
+
+func (q *deliveryQueue) front() *delivery { return q.items[q.head] }
+
+func (q *deliveryQueue) pop() {
+	q.items[q.head] = nil
+	q.head++
+	if q.head == len(q.items) {
+		q.items = q.items[:0]
+		q.head = 0
+	} else if q.head > 1024 && q.head*2 > len(q.items) {
+		n := copy(q.items, q.items[q.head:])
+		clear(q.items[n:])
+		q.items = q.items[:n]
+		q.head = 0
+	}
+}
+
+// drain empties the queue and returns the deliveries still meant for sub.
+func (q *deliveryQueue) drain(sub *subStream) []*delivery {
+	var out []*delivery
+	for _, d := range q.items[q.head:] {
+		if !d.h.done && d.sub == sub {
+			out = append(out, d)
+		}
+	}
+	clear(q.items)
+	q.items, q.head = nil, 0
+	return out
+}
+
+func sortDeliveries(ds []*delivery) {
+	slices.SortFunc(ds, func(a, b *delivery) int {
+		switch {
+		case a.id < b.id:
+			return -1
+		case a.id > b.id:
+			return 1
+		}
+		return 0
+	})
+}
+
+// errHeartbeat ends a stream on which nothing arrived for too long.
+var errHeartbeat = status.Error(codes.Unavailable, "intermediate: peer missed its heartbeats")

@@ -1,0 +1,281 @@
+package intermediate
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
+	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+)
+
+// subscribeService serves SubscribeService.
+type subscribeService struct {
+	deliveryv1.UnimplementedSubscribeServiceServer
+	s *Server
+}
+
+var _ deliveryv1.SubscribeServiceServer = (*subscribeService)(nil)
+
+// maxCredit bounds the credit a consumer can accumulate.
+const maxCredit = 1 << 20
+
+// subStream is one consumer's subscribe stream.
+type subStream struct {
+	streamBase
+	srv        *Server
+	consumerID string
+	group      string
+
+	// Guarded by Server.mu.
+	credit     uint64
+	queue      deliveryQueue
+	unacked    map[uint64]*delivery
+	nextID     uint64
+	draining   bool // the consumer announced it leaves
+	closed     bool
+	noticeSent bool
+	delivered  uint64
+	ackedN     uint64
+}
+
+// Subscribe serves one subscribe stream, with the same goroutine layout as
+// Publish.
+func (ss *subscribeService) Subscribe(stream deliveryv1.SubscribeService_SubscribeServer) error {
+	s := ss.s
+	ctx, cancel := context.WithCancelCause(stream.Context())
+	defer cancel(nil)
+	if err := s.waitReady(ctx); err != nil {
+		return err
+	}
+	first, err := firstFrame(s, ctx, stream.Recv)
+	if err != nil {
+		return err
+	}
+	hello := first.GetHello()
+	switch {
+	case hello == nil:
+		return status.Error(codes.InvalidArgument, "intermediate: the first frame must be a hello")
+	case hello.GetConsumerId() == "":
+		return status.Error(codes.InvalidArgument, "intermediate: hello without consumer_id")
+	case hello.GetInstance() != "" && hello.GetInstance() != s.instance:
+		return status.Errorf(codes.FailedPrecondition, "intermediate: this is instance %q, not %q", s.instance, hello.GetInstance())
+	}
+	sub := &subStream{
+		srv:        s,
+		consumerID: hello.GetConsumerId(),
+		group:      hello.GetGroup(),
+		credit:     min(uint64(hello.GetInitialCredit()), maxCredit),
+		unacked:    make(map[uint64]*delivery),
+	}
+	if sub.group == "" {
+		sub.group = DefaultGroup
+	}
+	sub.init(ctx, cancel, hello.GetHeartbeatIntervalMs(), s.opts.heartbeatInterval)
+	s.mu.Lock()
+	if s.leaving {
+		s.mu.Unlock()
+		return status.Error(codes.Unavailable, "intermediate: leaving")
+	}
+	s.joinLocked(sub)
+	epoch := s.epoch
+	s.mu.Unlock()
+	log := s.log.With("consumer", sub.consumerID, "group", sub.group, "peer", sub.peer)
+	log.Debug("intermediate: subscribe stream opened")
+
+	welcome := &deliveryv1.SubscribeWelcome{
+		Instance:            s.instance,
+		Epoch:               epoch,
+		HeartbeatIntervalMs: uint32(s.opts.heartbeatInterval / time.Millisecond),
+	}
+	s.wg.Add(2)
+	go func() {
+		defer s.wg.Done()
+		sub.sendLoop(ctx, stream, welcome)
+	}()
+	go func() {
+		defer s.wg.Done()
+		sub.recvLoop(stream)
+	}()
+	select {
+	case <-ctx.Done():
+	case <-s.stopCh:
+		cancel(errServerStopping)
+	}
+	s.mu.Lock()
+	s.leaveLocked(sub)
+	s.mu.Unlock()
+	err = endStatus(ctx)
+	log.Debug("intermediate: subscribe stream closed", "cause", context.Cause(ctx))
+	return err
+}
+
+func (sub *subStream) recvLoop(stream deliveryv1.SubscribeService_SubscribeServer) {
+	s := sub.srv
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = errPeerClosed
+			}
+			sub.cancel(err)
+			return
+		}
+		sub.touch()
+		switch k := req.GetKind().(type) {
+		case *deliveryv1.SubscribeRequest_Credit:
+			s.mu.Lock()
+			sub.credit = min(sub.credit+uint64(k.Credit.GetMessages()), maxCredit)
+			s.mu.Unlock()
+			sub.wakeUp()
+		case *deliveryv1.SubscribeRequest_Ack:
+			s.mu.Lock()
+			sub.ackLocked(k.Ack)
+			s.mu.Unlock()
+		case *deliveryv1.SubscribeRequest_Drain:
+			s.mu.Lock()
+			s.consumerDrainLocked(sub)
+			s.mu.Unlock()
+		case *deliveryv1.SubscribeRequest_Heartbeat:
+		case *deliveryv1.SubscribeRequest_Hello:
+			sub.cancel(status.Error(codes.InvalidArgument, "intermediate: second hello on a subscribe stream"))
+			return
+		}
+	}
+}
+
+// ackLocked applies a consumer's acknowledgements: a message is acknowledged
+// to its producer once every group's delivery was; a nack hands it back to
+// the producer at once.
+func (sub *subStream) ackLocked(a *deliveryv1.DeliveryAck) {
+	s := sub.srv
+	forEachInRanges(a.GetAcked(), func(id uint64) {
+		d := sub.unacked[id]
+		if d == nil {
+			return
+		}
+		delete(sub.unacked, id)
+		sub.ackedN++
+		if d.h.done || d.sub != sub || d.acked {
+			return
+		}
+		d.acked = true
+		d.h.pending--
+		if d.h.pending == 0 {
+			s.finishLocked(d.h, nil)
+		}
+	})
+	for _, n := range a.GetNacked() {
+		d := sub.unacked[n.GetSeq()]
+		if d == nil {
+			continue
+		}
+		delete(sub.unacked, n.GetSeq())
+		sub.ackedN++
+		if d.h.done || d.sub != sub {
+			continue
+		}
+		s.finishLocked(d.h, &messagev1.Nack{
+			Reason: messagev1.NackReason_NACK_REASON_HANDLER_FAILED,
+			Detail: "consumer " + sub.consumerID + ": " + n.GetDetail(),
+		})
+	}
+	if sub.leavingDoneLocked() {
+		sub.wakeUp()
+	}
+}
+
+// takeLocked moves the next batch of queued deliveries, within the credit and
+// the batch limits, to the unacknowledged set and returns them.
+func (sub *subStream) takeLocked() []*deliveryv1.Delivery {
+	s := sub.srv
+	var (
+		out   []*deliveryv1.Delivery
+		bytes int
+	)
+	for sub.credit > 0 && len(out) < s.opts.maxBatchMessages && sub.queue.len() > 0 {
+		d := sub.queue.front()
+		if d.h.done || d.sub != sub {
+			sub.queue.pop()
+			continue
+		}
+		if len(out) > 0 && bytes+d.h.size > s.opts.maxBatchBytes {
+			break
+		}
+		sub.queue.pop()
+		sub.nextID++
+		d.id = sub.nextID
+		sub.unacked[d.id] = d
+		sub.credit--
+		sub.delivered++
+		out = append(out, &deliveryv1.Delivery{DeliveryId: d.id, Message: d.h.msg, Redeliveries: d.h.sends})
+		d.h.sends++
+		bytes += d.h.size
+	}
+	return out
+}
+
+// leavingDoneLocked reports whether the server is leaving and this stream has
+// nothing more to do: the notice is out.
+func (sub *subStream) leavingDoneLocked() bool {
+	return sub.srv.leaving && sub.noticeSent
+}
+
+// sendLoop sends the welcome, then deliveries within credit, the drain
+// notice and heartbeats, until the stream ends.
+func (sub *subStream) sendLoop(ctx context.Context, stream deliveryv1.SubscribeService_SubscribeServer, welcome *deliveryv1.SubscribeWelcome) {
+	s := sub.srv
+	if err := stream.Send(&deliveryv1.SubscribeResponse{Kind: &deliveryv1.SubscribeResponse_Welcome{Welcome: welcome}}); err != nil {
+		sub.cancel(err)
+		return
+	}
+	ticker := time.NewTicker(s.opts.heartbeatInterval)
+	defer ticker.Stop()
+	for {
+		s.mu.Lock()
+		var batch []*deliveryv1.Delivery
+		if !sub.draining && !s.leaving {
+			batch = sub.takeLocked()
+		}
+		var notice *messagev1.DrainNotice
+		if s.leaving && !sub.noticeSent {
+			notice = s.drainNotice
+			sub.noticeSent = true
+		}
+		end := notice == nil && sub.leavingDoneLocked()
+		s.mu.Unlock()
+		if end {
+			sub.cancel(errStreamEnded)
+			return
+		}
+		if len(batch) > 0 {
+			s.delivered.Add(uint64(len(batch)))
+			if err := stream.Send(&deliveryv1.SubscribeResponse{Kind: &deliveryv1.SubscribeResponse_Batch{Batch: &deliveryv1.DeliveryBatch{Deliveries: batch}}}); err != nil {
+				sub.cancel(err)
+				return
+			}
+			continue
+		}
+		if notice != nil {
+			if err := stream.Send(&deliveryv1.SubscribeResponse{Kind: &deliveryv1.SubscribeResponse_Drain{Drain: notice}}); err != nil {
+				sub.cancel(err)
+				return
+			}
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-sub.wake:
+		case <-ticker.C:
+			if err := stream.Send(&deliveryv1.SubscribeResponse{Kind: &deliveryv1.SubscribeResponse_Heartbeat{Heartbeat: heartbeat()}}); err != nil {
+				sub.cancel(err)
+				return
+			}
+		}
+	}
+}
