@@ -1,0 +1,88 @@
+package components
+
+import (
+	"testing"
+
+	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+)
+
+// newTestStream returns a ready stream of a bare producer, for the batching
+// tests.
+func newTestStream(maxBatch, maxBytes, maxInFlight int) (*Producer, *pubStream) {
+	p := &Producer{streams: make(map[*pubStream]struct{}), window: make(chan struct{}, 1000), settled: make(chan struct{}, 1)}
+	st := &pubStream{
+		link:        &pubLink{p: p},
+		wake:        make(chan struct{}, 1),
+		ready:       true,
+		maxBatch:    maxBatch,
+		maxBytes:    maxBytes,
+		maxInFlight: maxInFlight,
+		unacked:     make(map[uint64]*outMsg),
+	}
+	p.streams[st] = struct{}{}
+	return p, st
+}
+
+func queue(p *Producer, sizes ...int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, n := range sizes {
+		msg := &messagev1.Message{Id: &messagev1.MessageId{ProducerId: "p", Seq: uint64(i + 1)}, Payload: make([]byte, n)}
+		p.window <- struct{}{}
+		p.outbox.pushBack(&outMsg{msg: msg, size: n})
+		p.unsettled++
+	}
+	p.dispatchLocked()
+}
+
+// TestPubStream_TakeBatches checks that take packs queued messages up to the
+// count and byte limits, with contiguous stream sequence numbers, and that a
+// single message over the byte limit still goes alone.
+func TestPubStream_TakeBatches(t *testing.T) {
+	p, st := newTestStream(3, 100, 100)
+	queue(p, 10, 10, 10, 10, 60, 60, 200, 5)
+	var got [][2]uint64 // first seq, count
+	for b := st.take(); b != nil; b = st.take() {
+		got = append(got, [2]uint64{b.GetFirstSeq(), uint64(len(b.GetMessages()))})
+	}
+	want := [][2]uint64{{1, 3}, {4, 2}, {6, 1}, {7, 1}, {8, 1}}
+	if len(got) != len(want) {
+		t.Fatalf("take() batches = %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("take() batch %d = %v, want %v", i, got[i], want[i])
+		}
+	}
+	if n := len(st.unacked); n != 8 {
+		t.Errorf("unacked after take = %d, want 8", n)
+	}
+}
+
+// TestProducer_DispatchLeastLoaded checks that messages go to the stream with
+// the fewest unacknowledged messages, within its in-flight limit, and that a
+// dropped stream's messages return to the head of the outbox in order.
+func TestProducer_DispatchLeastLoaded(t *testing.T) {
+	p, a := newTestStream(2, 1000, 4)
+	b := &pubStream{link: &pubLink{p: p}, wake: make(chan struct{}, 1), ready: true, maxBatch: 2, maxBytes: 1000, maxInFlight: 4, unacked: make(map[uint64]*outMsg)}
+	p.streams[b] = struct{}{}
+	queue(p, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(a.unacked) != 4 || len(b.unacked) != 4 || p.outbox.len() != 2 {
+		t.Fatalf("after dispatch: unacked a=%d b=%d outbox=%d, want 4, 4, 2", len(a.unacked), len(b.unacked), p.outbox.len())
+	}
+	p.requeueLocked(a)
+	// a's four messages are back at the head, but only b remains and it is full.
+	if got := p.outbox.len(); got != 6 {
+		t.Fatalf("outbox after dropping a = %d, want 6", got)
+	}
+	prev := uint64(0)
+	for i := p.outbox.head; i < len(p.outbox.items) && i < p.outbox.head+4; i++ {
+		seq := p.outbox.items[i].msg.GetId().GetSeq()
+		if seq <= prev {
+			t.Errorf("outbox head seqs not in order: %d after %d", seq, prev)
+		}
+		prev = seq
+	}
+}

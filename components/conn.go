@@ -1,0 +1,84 @@
+package components
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+
+	"github.com/butterfly-mesh/butterfly"
+	"github.com/butterfly-mesh/butterfly/balancer"
+	"github.com/butterfly-mesh/butterfly/registry"
+)
+
+// dial returns the one client connection of a service: the butterfly
+// resolver follows its instances and the butterfly balancer routes pinned
+// streams to them.
+func dial(cli *clientv3.Client, service string, c commonConfig) (*grpc.ClientConn, error) {
+	opts := butterfly.DialOptions(cli, butterfly.WithPrefix(c.prefix), butterfly.WithLogger(c.logger))
+	opts = append(opts, c.dialOptions...)
+	conn, err := grpc.NewClient("butterfly:///"+service, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("dial service %q: %w", service, err)
+	}
+	return conn, nil
+}
+
+// pin returns ctx with its streams pinned to one instance.
+func pin(ctx context.Context, instance string) context.Context {
+	return balancer.WithInstance(ctx, instance)
+}
+
+// follow calls update with the membership of service until ctx is done.
+func follow(ctx context.Context, cli *clientv3.Client, service string, c commonConfig, update func(registry.View)) {
+	log := c.logger.With("service", service)
+	err := registry.Watch(ctx, cli, service, update,
+		registry.WithPrefix(c.prefix),
+		registry.WithLogger(c.logger),
+		registry.WithErrorHandler(func(err error) {
+			log.Warn("membership watch halted", "err", err)
+		}))
+	if err != nil && !errors.Is(err, context.Canceled) {
+		log.Error("membership watch ended", "err", err)
+	}
+}
+
+func (c *commonConfig) validate() error {
+	var errs []error
+	if err := registry.ValidateName("prefix", c.prefix); err != nil {
+		errs = append(errs, err)
+	}
+	if c.heartbeat < time.Millisecond || c.heartbeat > time.Minute {
+		errs = append(errs, fmt.Errorf("heartbeat interval %v is out of range [1ms, 1m]", c.heartbeat))
+	}
+	return errors.Join(errs...)
+}
+
+// backoff is an exponential backoff with jitter between minBackoff and
+// maxBackoff.
+type backoff struct{ n int }
+
+func (b *backoff) reset() { b.n = 0 }
+
+func (b *backoff) next() time.Duration {
+	d := minBackoff << min(b.n, 10)
+	b.n++
+	d = min(d, maxBackoff)
+	return d/2 + rand.N(d/2+1)
+}
+
+// sleepCtx waits d or until ctx is done; it reports whether d passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

@@ -1,0 +1,378 @@
+package components
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+
+	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
+	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/registry"
+)
+
+// Delivery is one message handed to a consumer's handler.
+type Delivery struct {
+	// Message is the processed message, under the id its producer gave it.
+	Message *messagev1.Message
+	// Instance is the intermediate instance it came through.
+	Instance string
+	// Redeliveries is how many times that intermediate delivered it before.
+	Redeliveries uint32
+}
+
+// Handler handles one delivery. nil acknowledges it; an error hands it back
+// to its producer (NACK_REASON_HANDLER_FAILED) with the error's text.
+type Handler func(ctx context.Context, d *Delivery) error
+
+// ConsumerStats are a consumer's counters.
+type ConsumerStats struct {
+	// Delivered is how many messages the handler handled without error.
+	Delivered uint64
+	// DuplicatesDropped is how many deliveries of an already handled (or
+	// being handled) message were acknowledged without calling the handler.
+	DuplicatesDropped uint64
+	// Nacked is how many handler calls returned an error.
+	Nacked uint64
+}
+
+// deliveryRef names one delivery on one stream.
+type deliveryRef struct {
+	st *subStream
+	id uint64
+}
+
+// job is one message to hand to the handler, with the duplicates that
+// arrived while it runs.
+type job struct {
+	key     msgKey
+	keyed   bool // the message has a complete id and takes part in dedup
+	d       *Delivery
+	origin  deliveryRef
+	waiters []deliveryRef
+}
+
+// Consumer receives messages from every intermediate of a service (one
+// pinned stream per instance, draining ones included), drops duplicates and
+// hands the rest to its handler.
+type Consumer struct {
+	cli         *clientv3.Client
+	id          string
+	handler     Handler
+	cfg         consumerConfig
+	log         *slog.Logger
+	conn        *grpc.ClientConn
+	client      deliveryv1.SubscribeServiceClient
+	ctx         context.Context // handler context; canceled at the end of Close
+	cancel      context.CancelFunc
+	watchCancel context.CancelFunc
+	wg          sync.WaitGroup
+	workReady   chan struct{} // poked when a job is queued
+	changed     chan struct{} // poked when a job ends or a stream ends
+	closeOnce   sync.Once
+	closeErr    error
+
+	delivered atomic.Uint64
+	dups      atomic.Uint64
+	nacked    atomic.Uint64
+
+	// mu guards the fields below and the guarded fields of subLink and
+	// subStream. It is never held across gRPC or etcd calls or the handler.
+	mu         sync.Mutex
+	closing    bool
+	links      map[string]*subLink
+	streams    map[*subStream]struct{}
+	dedup      *dedupSet
+	inProgress map[msgKey]*job
+	queue      []*job
+	pending    int // jobs queued or running
+}
+
+// NewConsumer returns a consumer named id that hands every message routed to
+// it to h, and starts it.
+func NewConsumer(cli *clientv3.Client, id string, h Handler, opts ...ConsumerOption) (*Consumer, error) {
+	cfg := consumerConfig{
+		commonConfig: defaultCommon(),
+		service:      DefaultService,
+		credit:       DefaultCredit,
+		concurrency:  DefaultConcurrency,
+		dedupWindow:  DefaultDedupWindow,
+		dedupProds:   DefaultDedupProducers,
+	}
+	for _, o := range opts {
+		o.applyConsumer(&cfg)
+	}
+	if err := cfg.validate(cli, id, h); err != nil {
+		return nil, err
+	}
+	conn, err := dial(cli, cfg.service, cfg.commonConfig)
+	if err != nil {
+		return nil, fmt.Errorf("components: consumer %s: %w", id, err)
+	}
+	ctx, cancel := context.WithCancel(cli.Ctx())
+	wctx, wcancel := context.WithCancel(ctx)
+	c := &Consumer{
+		cli:         cli,
+		id:          id,
+		handler:     h,
+		cfg:         cfg,
+		log:         cfg.logger.With("consumer", id, "group", cfg.group, "service", cfg.service),
+		conn:        conn,
+		client:      deliveryv1.NewSubscribeServiceClient(conn),
+		ctx:         ctx,
+		cancel:      cancel,
+		watchCancel: wcancel,
+		workReady:   make(chan struct{}, 1),
+		changed:     make(chan struct{}, 1),
+		links:       make(map[string]*subLink),
+		streams:     make(map[*subStream]struct{}),
+		dedup:       newDedupSet(cfg.dedupWindow, cfg.dedupProds),
+		inProgress:  make(map[msgKey]*job),
+	}
+	c.wg.Add(2 + cfg.concurrency)
+	go func() {
+		defer c.wg.Done()
+		follow(wctx, cli, cfg.service, cfg.commonConfig, c.reconcile)
+	}()
+	go c.watchdog(ctx)
+	for range cfg.concurrency {
+		go c.worker()
+	}
+	return c, nil
+}
+
+func (c *consumerConfig) validate(cli *clientv3.Client, id string, h Handler) error {
+	var errs []error
+	if cli == nil {
+		errs = append(errs, errors.New("etcd client is nil"))
+	}
+	if h == nil {
+		errs = append(errs, errors.New("handler is nil"))
+	}
+	if err := registry.ValidateName("consumer id", id); err != nil {
+		errs = append(errs, err)
+	}
+	if err := registry.ValidateName("service", c.service); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.commonConfig.validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.credit < 1 || c.credit > 1<<20 {
+		errs = append(errs, fmt.Errorf("credit %d is out of range [1, %d]", c.credit, 1<<20))
+	}
+	if c.concurrency < 1 {
+		errs = append(errs, fmt.Errorf("concurrency %d is under 1", c.concurrency))
+	}
+	if c.dedupWindow < 64 {
+		errs = append(errs, fmt.Errorf("dedup window %d is under 64", c.dedupWindow))
+	}
+	if c.dedupProds < 1 {
+		errs = append(errs, fmt.Errorf("dedup producers %d is under 1", c.dedupProds))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("components: invalid consumer options: %w", err)
+	}
+	return nil
+}
+
+// ID returns the consumer's name.
+func (c *Consumer) ID() string { return c.id }
+
+// Stats returns the consumer's counters.
+func (c *Consumer) Stats() ConsumerStats {
+	return ConsumerStats{
+		Delivered:         c.delivered.Load(),
+		DuplicatesDropped: c.dups.Load(),
+		Nacked:            c.nacked.Load(),
+	}
+}
+
+// receive takes a batch of deliveries from st: a duplicate of a handled
+// message is acknowledged at once, a duplicate of a message being handled
+// waits for the original's outcome, the rest are queued for the handler.
+func (c *Consumer) receive(st *subStream, batch *deliveryv1.DeliveryBatch) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st.drainWanted || st.dead {
+		// Left unanswered: the intermediate hands them to another consumer
+		// when this stream ends.
+		return
+	}
+	queued := false
+	for _, d := range batch.GetDeliveries() {
+		ref := deliveryRef{st: st, id: d.GetDeliveryId()}
+		id := d.GetMessage().GetId()
+		key := msgKey{producerKey{id.GetProducerId(), id.GetIncarnation()}, id.GetSeq()}
+		keyed := key.producer != "" && key.seq != 0
+		if keyed {
+			if j := c.inProgress[key]; j != nil {
+				j.waiters = append(j.waiters, ref)
+				st.inHand++
+				continue
+			}
+			if c.dedup.seen(key) {
+				st.acks = append(st.acks, ref.id)
+				st.credit++
+				c.dups.Add(1)
+				st.wakeUp()
+				continue
+			}
+		}
+		j := &job{
+			key:    key,
+			keyed:  keyed,
+			d:      &Delivery{Message: d.GetMessage(), Instance: st.link.inst.Name, Redeliveries: d.GetRedeliveries()},
+			origin: ref,
+		}
+		if keyed {
+			c.inProgress[key] = j
+		}
+		st.inHand++
+		c.queue = append(c.queue, j)
+		c.pending++
+		queued = true
+	}
+	if queued {
+		c.pokeWork()
+	}
+}
+
+func (c *Consumer) pokeWork() {
+	select {
+	case c.workReady <- struct{}{}:
+	default:
+	}
+}
+
+func (c *Consumer) poke() {
+	select {
+	case c.changed <- struct{}{}:
+	default:
+	}
+}
+
+// worker runs the handler on queued jobs until the consumer stops.
+func (c *Consumer) worker() {
+	defer c.wg.Done()
+	for c.ctx.Err() == nil {
+		c.mu.Lock()
+		var j *job
+		if len(c.queue) > 0 {
+			j = c.queue[0]
+			c.queue[0] = nil
+			c.queue = c.queue[1:]
+			if len(c.queue) > 0 {
+				c.pokeWork()
+			} else {
+				c.queue = nil
+			}
+		}
+		c.mu.Unlock()
+		if j == nil {
+			select {
+			case <-c.ctx.Done():
+				return
+			case <-c.workReady:
+			}
+			continue
+		}
+		c.finish(j, c.handle(j))
+	}
+}
+
+// handle runs the handler, turning a panic into an error.
+func (c *Consumer) handle(j *job) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("handler panicked: %v", r)
+		}
+	}()
+	return c.handler(c.ctx, j.d)
+}
+
+// finish answers a job's delivery and the duplicates that waited for it.
+func (c *Consumer) finish(j *job, err error) {
+	c.mu.Lock()
+	if j.keyed {
+		delete(c.inProgress, j.key)
+		if err == nil {
+			c.dedup.mark(j.key)
+		}
+	}
+	refs := append([]deliveryRef{j.origin}, j.waiters...)
+	for _, r := range refs {
+		r.st.inHand--
+		if r.st.dead {
+			continue
+		}
+		if err == nil {
+			r.st.acks = append(r.st.acks, r.id)
+		} else {
+			r.st.nacks = append(r.st.nacks, &messagev1.Nack{Seq: r.id, Reason: messagev1.NackReason_NACK_REASON_HANDLER_FAILED, Detail: err.Error()})
+		}
+		r.st.credit++
+		r.st.wakeUp()
+	}
+	c.pending--
+	c.mu.Unlock()
+	c.poke()
+	if err != nil {
+		c.nacked.Add(1)
+		id := j.d.Message.GetId()
+		c.log.Warn("handler failed", "producer", id.GetProducerId(), "seq", id.GetSeq(), "err", err)
+		return
+	}
+	c.delivered.Add(1)
+	c.dups.Add(uint64(len(j.waiters)))
+}
+
+// Close drains the consumer: it tells every intermediate it leaves, finishes
+// and acknowledges the messages in hand, closes its streams and stops. It
+// returns an error when ctx ended first (the handlers' context is then
+// canceled). Close is safe to call twice.
+func (c *Consumer) Close(ctx context.Context) error {
+	c.mu.Lock()
+	c.closing = true
+	for st := range c.streams {
+		st.drainWanted = true
+		st.wakeUp()
+	}
+	for _, l := range c.links {
+		l.retired = true
+	}
+	c.mu.Unlock()
+	c.watchCancel()
+	var waitErr error
+	for {
+		c.mu.Lock()
+		done := len(c.streams) == 0 && c.pending == 0
+		c.mu.Unlock()
+		if done {
+			break
+		}
+		select {
+		case <-c.changed:
+			continue
+		case <-ctx.Done():
+			waitErr = fmt.Errorf("components: consumer close: %w", ctx.Err())
+		case <-c.ctx.Done():
+		}
+		break
+	}
+	c.closeOnce.Do(func() {
+		c.cancel()
+		c.wg.Wait()
+		if err := c.conn.Close(); err != nil {
+			c.log.Debug("close connection", "err", err)
+		}
+		c.closeErr = waitErr
+		c.log.Info("consumer closed", "delivered", c.delivered.Load(), "duplicates", c.dups.Load(), "nacked", c.nacked.Load())
+	})
+	return c.closeErr
+}

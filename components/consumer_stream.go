@@ -1,0 +1,312 @@
+package components
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
+	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/registry"
+)
+
+// subLink keeps one subscribe stream open to one incarnation of an
+// instance, reopening it with backoff until it is retired.
+type subLink struct {
+	c      *Consumer
+	inst   registry.Instance
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// Guarded by Consumer.mu.
+	retired bool // gone from the membership, moved, drained or closing: do not reopen
+	stream  *subStream
+}
+
+// subStream is one open subscribe stream.
+type subStream struct {
+	link         *subLink
+	cancel       context.CancelCauseFunc
+	lastRecv     atomic.Int64
+	peerInterval atomic.Int64 // nanoseconds
+	wake         chan struct{}
+
+	// Guarded by Consumer.mu.
+	dead        bool
+	acks        []uint64
+	nacks       []*messagev1.Nack
+	credit      uint32
+	inHand      int  // deliveries received and not answered
+	drainWanted bool // the consumer leaves: send SubscribeDrain
+	drainSent   bool
+	closeSent   bool
+}
+
+func (st *subStream) wakeUp() {
+	select {
+	case st.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (st *subStream) touch() { st.lastRecv.Store(time.Now().UnixNano()) }
+
+func (st *subStream) expired(now time.Time) bool {
+	return now.UnixNano()-st.lastRecv.Load() > heartbeatMisses*st.peerInterval.Load()
+}
+
+// reconcile follows the membership: one link per instance, draining ones
+// included, since they still deliver what they hold. A moved instance gets a
+// new link; the old one keeps its stream until that ends.
+func (c *Consumer) reconcile(v registry.View) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing || c.ctx.Err() != nil {
+		return
+	}
+	seen := make(map[string]bool, len(v.Instances))
+	for _, inst := range v.Instances {
+		seen[inst.Name] = true
+		l := c.links[inst.Name]
+		if l != nil && l.inst.Addr == inst.Addr && l.inst.Metadata.Epoch == inst.Metadata.Epoch {
+			continue
+		}
+		if l != nil {
+			c.log.Info("instance moved", "instance", inst.Name, "addr", inst.Addr, "epoch", inst.Metadata.Epoch)
+			c.retireLocked(l)
+		}
+		ctx, cancel := context.WithCancel(c.ctx)
+		nl := &subLink{c: c, inst: inst, ctx: ctx, cancel: cancel}
+		c.links[inst.Name] = nl
+		c.wg.Add(1)
+		go nl.run()
+	}
+	for name, l := range c.links {
+		if !seen[name] {
+			c.retireLocked(l)
+			delete(c.links, name)
+		}
+	}
+}
+
+// retireLocked stops a link from reopening its stream; an open stream runs
+// until the intermediate ends it or it misses its heartbeats, so that what the
+// instance still delivers is handled and acknowledged.
+func (c *Consumer) retireLocked(l *subLink) {
+	l.retired = true
+	if l.stream == nil {
+		l.cancel()
+	}
+}
+
+func (l *subLink) run() {
+	c := l.c
+	defer c.wg.Done()
+	defer l.cancel()
+	var bo backoff
+	for {
+		welcomed := l.once()
+		c.mu.Lock()
+		retired := l.retired || c.closing
+		c.mu.Unlock()
+		if retired || l.ctx.Err() != nil {
+			return
+		}
+		if welcomed {
+			bo.reset()
+		}
+		if !sleepCtx(l.ctx, bo.next()) {
+			return
+		}
+	}
+}
+
+// once opens one stream and runs it until it ends; it reports whether the
+// stream was welcomed.
+func (l *subLink) once() (welcomed bool) {
+	c := l.c
+	ctx, cancel := context.WithCancelCause(l.ctx)
+	st := &subStream{link: l, cancel: cancel, wake: make(chan struct{}, 1)}
+	st.touch()
+	st.peerInterval.Store(int64(c.cfg.heartbeat))
+	c.mu.Lock()
+	if c.closing || l.retired {
+		c.mu.Unlock()
+		cancel(nil)
+		return false
+	}
+	l.stream = st
+	c.streams[st] = struct{}{}
+	c.mu.Unlock()
+
+	var sender sync.WaitGroup
+	defer func() {
+		cancel(nil)
+		sender.Wait()
+		c.mu.Lock()
+		st.dead = true
+		st.acks, st.nacks = nil, nil
+		delete(c.streams, st)
+		if l.stream == st {
+			l.stream = nil
+		}
+		c.mu.Unlock()
+		c.poke()
+	}()
+	log := c.log.With("instance", l.inst.Name, "addr", l.inst.Addr, "epoch", l.inst.Metadata.Epoch)
+
+	stream, err := c.client.Subscribe(pin(ctx, l.inst.Name))
+	if err != nil {
+		log.Debug("open subscribe stream", "err", err)
+		return false
+	}
+	hello := &deliveryv1.SubscribeHello{
+		ConsumerId:          c.id,
+		Group:               c.cfg.group,
+		Instance:            l.inst.Name,
+		HeartbeatIntervalMs: uint32(max(c.cfg.heartbeat/time.Millisecond, 1)),
+		InitialCredit:       uint32(c.cfg.credit),
+	}
+	if err := stream.Send(&deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Hello{Hello: hello}}); err != nil {
+		log.Debug("send hello", "err", err)
+		return false
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		log.Debug("receive welcome", "err", err, "cause", context.Cause(ctx))
+		return false
+	}
+	st.touch()
+	w := first.GetWelcome()
+	switch {
+	case w == nil:
+		log.Warn("subscribe stream: first frame is not a welcome")
+		return false
+	case w.GetInstance() != l.inst.Name:
+		log.Warn("subscribe stream reached another instance", "got", w.GetInstance())
+		return false
+	case w.GetEpoch() < l.inst.Metadata.Epoch:
+		log.Debug("subscribe stream reached an older incarnation", "got_epoch", w.GetEpoch())
+		return false
+	}
+	if ms := w.GetHeartbeatIntervalMs(); ms > 0 {
+		st.peerInterval.Store(int64(time.Duration(ms) * time.Millisecond))
+	}
+	log.Debug("subscribe stream open")
+
+	sender.Add(1)
+	go func() {
+		defer sender.Done()
+		if err := st.sendLoop(ctx, stream); err != nil {
+			cancel(err)
+		}
+	}()
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+				err = cause
+			}
+			log.Debug("subscribe stream ended", "err", err)
+			return true
+		}
+		st.touch()
+		switch k := resp.GetKind().(type) {
+		case *deliveryv1.SubscribeResponse_Batch:
+			c.receive(st, k.Batch)
+		case *deliveryv1.SubscribeResponse_Drain:
+			log.Info("instance drains", "reason", k.Drain.GetReason().String())
+			c.mu.Lock()
+			l.retired = true
+			c.mu.Unlock()
+		case *deliveryv1.SubscribeResponse_Heartbeat, *deliveryv1.SubscribeResponse_Welcome:
+		}
+	}
+}
+
+// sendLoop sends acknowledgements, credit, the drain and heartbeats. Once
+// the consumer drains and everything in hand is answered, it closes its side
+// of the stream and the intermediate ends it.
+func (st *subStream) sendLoop(ctx context.Context, stream deliveryv1.SubscribeService_SubscribeClient) error {
+	c := st.link.c
+	ticker := time.NewTicker(c.cfg.heartbeat)
+	defer ticker.Stop()
+	for {
+		c.mu.Lock()
+		acks, nacks, credit := st.acks, st.nacks, st.credit
+		st.acks, st.nacks, st.credit = nil, nil, 0
+		leaving := st.drainWanted
+		drain := st.drainWanted && !st.drainSent
+		if drain {
+			st.drainSent = true
+		}
+		closeNow := st.drainSent && !drain && !st.closeSent && st.inHand == 0 && len(acks) == 0 && len(nacks) == 0
+		if closeNow {
+			st.closeSent = true
+		}
+		closed := st.closeSent && !closeNow
+		c.mu.Unlock()
+		if len(acks) > 0 || len(nacks) > 0 {
+			a := &deliveryv1.DeliveryAck{Acked: buildRanges(acks), Nacked: nacks}
+			if err := stream.Send(&deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Ack{Ack: a}}); err != nil {
+				return fmt.Errorf("send ack: %w", err)
+			}
+		}
+		if credit > 0 && !leaving {
+			if err := stream.Send(&deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Credit{Credit: &deliveryv1.Credit{Messages: credit}}}); err != nil {
+				return fmt.Errorf("send credit: %w", err)
+			}
+		}
+		if drain {
+			d := &deliveryv1.SubscribeDrain{Reason: messagev1.DrainReason_DRAIN_REASON_SHUTDOWN}
+			if err := stream.Send(&deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Drain{Drain: d}}); err != nil {
+				return fmt.Errorf("send drain: %w", err)
+			}
+			continue
+		}
+		if closeNow {
+			if err := stream.CloseSend(); err != nil {
+				return fmt.Errorf("close send: %w", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-st.wake:
+		case <-ticker.C:
+			if closed || closeNow {
+				continue
+			}
+			hb := &messagev1.Heartbeat{SendTimeUnixNano: time.Now().UnixNano()}
+			if err := stream.Send(&deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Heartbeat{Heartbeat: hb}}); err != nil {
+				return fmt.Errorf("send heartbeat: %w", err)
+			}
+		}
+	}
+}
+
+// watchdog cancels every stream on which nothing arrived for
+// heartbeatMisses of the peer's intervals.
+func (c *Consumer) watchdog(ctx context.Context) {
+	defer c.wg.Done()
+	ticker := time.NewTicker(c.cfg.heartbeat)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-ticker.C:
+			c.mu.Lock()
+			for st := range c.streams {
+				if st.expired(now) {
+					c.log.Warn("stream missed its heartbeats", "instance", st.link.inst.Name)
+					st.cancel(errHeartbeat)
+				}
+			}
+			c.mu.Unlock()
+		}
+	}
+}

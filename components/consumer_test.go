@@ -1,0 +1,125 @@
+package components
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
+	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/registry"
+)
+
+// newTestConsumer returns a consumer without connections, and two streams
+// of it on two instances.
+func newTestConsumer() (*Consumer, *subStream, *subStream) {
+	c := &Consumer{
+		log:        slog.New(slog.DiscardHandler),
+		workReady:  make(chan struct{}, 1),
+		changed:    make(chan struct{}, 1),
+		streams:    make(map[*subStream]struct{}),
+		dedup:      newDedupSet(1024, 8),
+		inProgress: make(map[msgKey]*job),
+		ctx:        context.Background(),
+	}
+	mk := func(name string) *subStream {
+		st := &subStream{link: &subLink{c: c, inst: registry.Instance{Name: name}}, wake: make(chan struct{}, 1)}
+		c.streams[st] = struct{}{}
+		return st
+	}
+	return c, mk("i1"), mk("i2")
+}
+
+func batchOf(ids ...[2]uint64) *deliveryv1.DeliveryBatch {
+	b := &deliveryv1.DeliveryBatch{}
+	for _, id := range ids {
+		b.Deliveries = append(b.Deliveries, &deliveryv1.Delivery{
+			DeliveryId: id[0],
+			Message:    &messagev1.Message{Id: &messagev1.MessageId{ProducerId: "p", Incarnation: 1, Seq: id[1]}},
+		})
+	}
+	return b
+}
+
+func (c *Consumer) popJob(t *testing.T) *job {
+	t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.queue) == 0 {
+		t.Fatalf("job queue is empty, want a job")
+	}
+	j := c.queue[0]
+	c.queue = c.queue[1:]
+	return j
+}
+
+// TestConsumer_DuplicateWaitsForOriginal checks that a duplicate arriving
+// while the original's handler runs is acknowledged only once the original
+// succeeded, and that a later duplicate is acknowledged at once.
+func TestConsumer_DuplicateWaitsForOriginal(t *testing.T) {
+	c, s1, s2 := newTestConsumer()
+	c.receive(s1, batchOf([2]uint64{1, 10}))
+	c.receive(s2, batchOf([2]uint64{7, 10}))
+	j := c.popJob(t)
+	c.mu.Lock()
+	if len(c.queue) != 0 || len(s2.acks) != 0 || s2.inHand != 1 {
+		t.Errorf("while the original runs: queue=%d, s2 acks=%v, s2 inHand=%d, want 0, [], 1", len(c.queue), s2.acks, s2.inHand)
+	}
+	c.mu.Unlock()
+	c.finish(j, nil)
+	c.mu.Lock()
+	if diff := cmp.Diff([]uint64{1}, s1.acks); diff != "" {
+		t.Errorf("s1 acks (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]uint64{7}, s2.acks); diff != "" {
+		t.Errorf("s2 acks (-want +got):\n%s", diff)
+	}
+	if s1.credit != 1 || s2.credit != 1 {
+		t.Errorf("credits = %d, %d, want 1, 1", s1.credit, s2.credit)
+	}
+	c.mu.Unlock()
+	c.receive(s2, batchOf([2]uint64{8, 10}))
+	c.mu.Lock()
+	if diff := cmp.Diff([]uint64{7, 8}, s2.acks); diff != "" {
+		t.Errorf("s2 acks after a late duplicate (-want +got):\n%s", diff)
+	}
+	c.mu.Unlock()
+	if st := c.Stats(); st.Delivered != 1 || st.DuplicatesDropped != 2 {
+		t.Errorf("Stats() = %+v, want Delivered=1 DuplicatesDropped=2", st)
+	}
+}
+
+// TestConsumer_FailedOriginalNacksWaiters checks that a handler error nacks
+// the original and its waiting duplicates, and leaves the message unmarked so
+// that a later copy is handled again.
+func TestConsumer_FailedOriginalNacksWaiters(t *testing.T) {
+	c, s1, s2 := newTestConsumer()
+	c.receive(s1, batchOf([2]uint64{1, 10}))
+	c.receive(s2, batchOf([2]uint64{2, 10}))
+	c.finish(c.popJob(t), errors.New("boom"))
+	c.mu.Lock()
+	if len(s1.nacks) != 1 || len(s2.nacks) != 1 || s1.nacks[0].GetSeq() != 1 || s2.nacks[0].GetSeq() != 2 ||
+		s2.nacks[0].GetReason() != messagev1.NackReason_NACK_REASON_HANDLER_FAILED {
+		t.Errorf("nacks = %v, %v, want delivery 1 on s1 and 2 on s2 with HANDLER_FAILED", s1.nacks, s2.nacks)
+	}
+	c.mu.Unlock()
+	c.receive(s1, batchOf([2]uint64{3, 10}))
+	c.popJob(t)
+}
+
+// TestConsumer_IgnoresDeliveriesWhileDraining checks that deliveries that
+// arrive after the consumer asked to drain are left unanswered, for the
+// intermediate to hand to another consumer.
+func TestConsumer_IgnoresDeliveriesWhileDraining(t *testing.T) {
+	c, s1, _ := newTestConsumer()
+	s1.drainWanted = true
+	c.receive(s1, batchOf([2]uint64{1, 10}))
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.queue) != 0 || s1.inHand != 0 || len(s1.acks) != 0 {
+		t.Errorf("after a delivery while draining: queue=%d inHand=%d acks=%v, want 0, 0, []", len(c.queue), s1.inHand, s1.acks)
+	}
+}

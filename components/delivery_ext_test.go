@@ -1,0 +1,44 @@
+package components_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/butterfly-mesh/butterfly/components"
+)
+
+// TestDelivery_TwoProducersTwoHubsTwoConsumers checks that every message of two
+// producers through two intermediates to two consumers is handled exactly
+// once.
+func TestDelivery_TwoProducersTwoHubsTwoConsumers(t *testing.T) {
+	m := newMesh(t)
+	n := messageCount(t, 50000)
+	i1 := m.startHub("intermediate", "i1", "127.0.0.1")
+	i2 := m.startHub("intermediate", "i2", "127.0.0.2")
+	m.waitMembers("intermediate", 2)
+	led := newLedger()
+	c1 := m.consumer("c1", led.handler(), components.WithConcurrency(4))
+	c2 := m.consumer("c2", led.handler(), components.WithConcurrency(4))
+	waitConsumers(t, 2, i1, i2)
+	p1 := m.producer("p1")
+	p2 := m.producer("p2")
+
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	sent := startLoad(ctx, n, p1, p2).wait(t)
+	closeProducers(t, p1, p2)
+	led.checkExactlyOnce(t, sent)
+	if got := c1.Stats().Delivered + c2.Stats().Delivered; got != uint64(2*n) {
+		t.Errorf("Delivered(c1)+Delivered(c2) = %d, want %d", got, 2*n)
+	}
+	for _, inst := range []string{"i1", "i2"} {
+		if led.instance(inst) == 0 {
+			t.Errorf("messages through %s = 0, want > 0", inst)
+		}
+	}
+	for _, p := range []*components.Producer{p1, p2} {
+		if st := p.Stats(); st.Sent != uint64(n) || st.Acked != uint64(n) || st.Nacked != 0 || st.InFlight != 0 {
+			t.Errorf("Stats(%s) = %+v, want Sent=Acked=%d, Nacked=InFlight=0", p.ID(), st, n)
+		}
+	}
+}

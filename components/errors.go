@@ -1,0 +1,60 @@
+package components
+
+import (
+	"errors"
+	"fmt"
+
+	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+)
+
+// ErrClosed is returned by Send after Close.
+var ErrClosed = errors.New("components: closed")
+
+// NackError is a message handed back for good; SendWait returns it.
+type NackError struct {
+	ID     *messagev1.MessageId
+	Reason messagev1.NackReason
+	Detail string
+}
+
+func (e *NackError) Error() string {
+	return fmt.Sprintf("components: message %s/%d/%d handed back: %s: %s",
+		e.ID.GetProducerId(), e.ID.GetIncarnation(), e.ID.GetSeq(), e.Reason, e.Detail)
+}
+
+// CloseError is returned by Producer.Close when not every message sent was
+// acknowledged.
+type CloseError struct {
+	// Unacked is how many messages were still unacknowledged.
+	Unacked int
+	// Failed is how many messages were handed back for good.
+	Failed int
+	// Err is why Close stopped waiting, if it did (the context's error).
+	Err error
+}
+
+func (e *CloseError) Error() string {
+	msg := fmt.Sprintf("components: producer closed with %d messages unacknowledged and %d handed back", e.Unacked, e.Failed)
+	if e.Err != nil {
+		msg += ": " + e.Err.Error()
+	}
+	return msg
+}
+
+func (e *CloseError) Unwrap() error { return e.Err }
+
+// ProducerStats are a producer's counters.
+type ProducerStats struct {
+	// Sent is how many messages Send accepted.
+	Sent uint64
+	// Acked is how many were acknowledged end to end.
+	Acked uint64
+	// Resent is how many times a message went out again after its stream
+	// broke, drained, moved or handed it back transiently.
+	Resent uint64
+	// Nacked is how many were handed back for good.
+	Nacked uint64
+	// InFlight is how many are accepted and not yet acknowledged or handed
+	// back for good.
+	InFlight uint64
+}

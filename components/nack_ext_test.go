@@ -1,0 +1,141 @@
+package components_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/butterfly-mesh/butterfly/components"
+	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/intermediate"
+)
+
+// failOn is a processor that fails on payloads starting with "bad".
+type failOn struct{}
+
+func (failOn) Name() string { return "fail-on-bad" }
+
+func (failOn) Process(_ context.Context, msg *messagev1.Message) (*messagev1.Message, error) {
+	if strings.HasPrefix(string(msg.GetPayload()), "bad") {
+		return nil, errors.New("payload is bad")
+	}
+	return msg, nil
+}
+
+// nackLog records a producer's permanent nacks.
+type nackLog struct {
+	mu      sync.Mutex
+	reasons map[uint64]messagev1.NackReason
+}
+
+func (l *nackLog) handler() func(*messagev1.Message, messagev1.NackReason, string) {
+	return func(msg *messagev1.Message, reason messagev1.NackReason, _ string) {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		l.reasons[msg.GetId().GetSeq()] = reason
+	}
+}
+
+func (l *nackLog) get() map[uint64]messagev1.NackReason {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make(map[uint64]messagev1.NackReason, len(l.reasons))
+	for k, v := range l.reasons {
+		out[k] = v
+	}
+	return out
+}
+
+// TestDelivery_ProcessorErrors checks that messages the processor fails on
+// come back to the producer as negative acknowledgements, counted and never
+// dropped, while the others are delivered.
+func TestDelivery_ProcessorErrors(t *testing.T) {
+	m := newMesh(t)
+	m.startHub("intermediate", "i1", "127.0.0.1", intermediate.WithProcessor(failOn{}))
+	m.startHub("intermediate", "i2", "127.0.0.2", intermediate.WithProcessor(failOn{}))
+	m.waitMembers("intermediate", 2)
+	led := newLedger()
+	m.consumer("c1", led.handler())
+	nacks := &nackLog{reasons: make(map[uint64]messagev1.NackReason)}
+	p := m.producer("p1", components.WithNackHandler(nacks.handler()))
+
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	const n = 200
+	wantNacks := make(map[uint64]messagev1.NackReason)
+	for i := 1; i <= n; i++ {
+		payload := fmt.Sprintf("good-%d", i)
+		if i%10 == 0 {
+			payload = fmt.Sprintf("bad-%d", i)
+			wantNacks[uint64(i)] = messagev1.NackReason_NACK_REASON_PROCESSING_FAILED
+		}
+		if _, err := p.Send(ctx, &messagev1.Message{Payload: []byte(payload)}); err != nil {
+			t.Fatalf("Send(#%d) = %v", i, err)
+		}
+	}
+	err := p.Close(ctx)
+	var ce *components.CloseError
+	if !errors.As(err, &ce) || ce.Unacked != 0 || ce.Failed != len(wantNacks) {
+		t.Fatalf("Close() = %v, want a CloseError with 0 unacknowledged and %d failed", err, len(wantNacks))
+	}
+	if got := nacks.get(); !mapsEqual(got, wantNacks) {
+		t.Errorf("nacked seqs = %v, want %v", got, wantNacks)
+	}
+	if st := p.Stats(); st.Nacked != uint64(len(wantNacks)) || st.Acked != uint64(n-len(wantNacks)) {
+		t.Errorf("Stats() = %+v, want Nacked=%d Acked=%d", st, len(wantNacks), n-len(wantNacks))
+	}
+	led.mu.Lock()
+	defer led.mu.Unlock()
+	for i := 1; i <= n; i++ {
+		want := 1
+		if i%10 == 0 {
+			want = 0
+		}
+		if got := led.counts["p1"][uint64(i)]; got != want {
+			t.Errorf("message p1/%d handled %d times, want %d", i, got, want)
+		}
+	}
+}
+
+// TestDelivery_HandlerErrors checks that a handler error comes back to
+// SendWait as a NackError with NACK_REASON_HANDLER_FAILED.
+func TestDelivery_HandlerErrors(t *testing.T) {
+	m := newMesh(t)
+	m.startHub("intermediate", "i1", "127.0.0.1")
+	m.waitMembers("intermediate", 1)
+	c := m.consumer("c1", func(_ context.Context, d *components.Delivery) error {
+		if strings.HasPrefix(string(d.Message.GetPayload()), "bad") {
+			return errors.New("refused")
+		}
+		return nil
+	})
+	p := m.producer("p1")
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	if err := p.SendWait(ctx, &messagev1.Message{Payload: []byte("good")}); err != nil {
+		t.Errorf("SendWait(good) = %v, want nil", err)
+	}
+	err := p.SendWait(ctx, &messagev1.Message{Payload: []byte("bad")})
+	var ne *components.NackError
+	if !errors.As(err, &ne) || ne.Reason != messagev1.NackReason_NACK_REASON_HANDLER_FAILED || !strings.Contains(ne.Detail, "refused") || ne.ID.GetSeq() != 2 {
+		t.Errorf("SendWait(bad) = %v, want a NackError for seq 2 with HANDLER_FAILED naming the error", err)
+	}
+	if st := c.Stats(); st.Delivered != 1 || st.Nacked != 1 {
+		t.Errorf("consumer Stats() = %+v, want Delivered=1 Nacked=1", st)
+	}
+}
+
+func mapsEqual[K comparable, V comparable](a, b map[K]V) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}

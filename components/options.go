@@ -1,0 +1,221 @@
+package components
+
+import (
+	"log/slog"
+	"time"
+
+	"google.golang.org/grpc"
+
+	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/registry"
+)
+
+// Defaults of the options.
+const (
+	DefaultService           = registry.DefaultService
+	DefaultWindow            = 10000
+	DefaultBatchMessages     = 64
+	DefaultBatchBytes        = 512 << 10
+	DefaultLinger            = 200 * time.Microsecond
+	DefaultHeartbeatInterval = 200 * time.Millisecond
+	DefaultCredit            = 1000
+	DefaultConcurrency       = 1
+	DefaultDedupWindow       = 1 << 17
+	DefaultStageConcurrency  = 256
+	// DefaultDedupProducers bounds how many producer incarnations a consumer
+	// tracks for deduplication; the least recently seen is forgotten first.
+	DefaultDedupProducers = 1024
+	heartbeatMisses       = 5
+	minBackoff            = 20 * time.Millisecond
+	maxBackoff            = time.Second
+)
+
+// commonConfig is what producers, consumers and stages share.
+type commonConfig struct {
+	prefix      string
+	logger      *slog.Logger
+	heartbeat   time.Duration
+	dialOptions []grpc.DialOption
+}
+
+func defaultCommon() commonConfig {
+	return commonConfig{
+		prefix:    registry.DefaultPrefix,
+		logger:    slog.New(slog.DiscardHandler),
+		heartbeat: DefaultHeartbeatInterval,
+	}
+}
+
+type producerConfig struct {
+	commonConfig
+	service     string
+	window      int
+	batchMsgs   int
+	batchBytes  int
+	linger      time.Duration
+	nackHandler func(msg *messagev1.Message, reason messagev1.NackReason, detail string)
+}
+
+type consumerConfig struct {
+	commonConfig
+	service     string
+	group       string
+	credit      int
+	concurrency int
+	dedupWindow int
+	dedupProds  int
+}
+
+type stageConfig struct {
+	commonConfig
+	processor Processor
+	producer  []ProducerOption
+	consumer  []ConsumerOption
+}
+
+// ProducerOption configures NewProducer.
+type ProducerOption interface{ applyProducer(*producerConfig) }
+
+// ConsumerOption configures NewConsumer.
+type ConsumerOption interface{ applyConsumer(*consumerConfig) }
+
+// StageOption configures NewStage.
+type StageOption interface{ applyStage(*stageConfig) }
+
+// Option configures producers, consumers and stages alike.
+type Option interface {
+	ProducerOption
+	ConsumerOption
+	StageOption
+}
+
+// ServiceOption configures producers and consumers.
+type ServiceOption interface {
+	ProducerOption
+	ConsumerOption
+}
+
+type commonOption func(*commonConfig)
+
+func (f commonOption) applyProducer(c *producerConfig) { f(&c.commonConfig) }
+func (f commonOption) applyConsumer(c *consumerConfig) { f(&c.commonConfig) }
+func (f commonOption) applyStage(c *stageConfig)       { f(&c.commonConfig) }
+
+type serviceOption string
+
+func (s serviceOption) applyProducer(c *producerConfig) { c.service = string(s) }
+func (s serviceOption) applyConsumer(c *consumerConfig) { c.service = string(s) }
+
+type producerOption func(*producerConfig)
+
+func (f producerOption) applyProducer(c *producerConfig) { f(c) }
+
+type consumerOption func(*consumerConfig)
+
+func (f consumerOption) applyConsumer(c *consumerConfig) { f(c) }
+
+type stageOption func(*stageConfig)
+
+func (f stageOption) applyStage(c *stageConfig) { f(c) }
+
+// WithPrefix sets the etcd key prefix (default registry.DefaultPrefix).
+func WithPrefix(prefix string) Option {
+	return commonOption(func(c *commonConfig) { c.prefix = prefix })
+}
+
+// WithLogger sets the logger (default: discard).
+func WithLogger(l *slog.Logger) Option {
+	return commonOption(func(c *commonConfig) {
+		if l != nil {
+			c.logger = l
+		}
+	})
+}
+
+// WithHeartbeatInterval sets the heartbeat interval of every stream (default
+// 200ms). A stream on which nothing arrived for five of the peer's intervals
+// is dead.
+func WithHeartbeatInterval(d time.Duration) Option {
+	return commonOption(func(c *commonConfig) { c.heartbeat = d })
+}
+
+// WithDialOptions adds options to the gRPC client connection, after those of
+// butterfly.DialOptions (for example transport credentials).
+func WithDialOptions(opts ...grpc.DialOption) Option {
+	return commonOption(func(c *commonConfig) { c.dialOptions = append(c.dialOptions, opts...) })
+}
+
+// WithService sets the service of the intermediates to use (default
+// "intermediate").
+func WithService(service string) ServiceOption { return serviceOption(service) }
+
+// WithWindow sets how many messages a producer keeps unacknowledged before
+// Send blocks (default 10000).
+func WithWindow(n int) ProducerOption {
+	return producerOption(func(c *producerConfig) { c.window = n })
+}
+
+// WithBatch sets the batching of a producer: at most maxMessages messages and
+// maxBytes bytes per batch (also bounded by what each intermediate accepts),
+// and how long a stream waits for more messages before it sends a batch that
+// is not full (defaults 64, 512 KiB, 200µs; 0 sends at once).
+func WithBatch(maxMessages, maxBytes int, linger time.Duration) ProducerOption {
+	return producerOption(func(c *producerConfig) {
+		c.batchMsgs, c.batchBytes, c.linger = maxMessages, maxBytes, linger
+	})
+}
+
+// WithNackHandler sets the function called, from a producer goroutine, for
+// every message an intermediate handed back for good (processing failed,
+// handler failed, invalid). Transient hand-backs are sent again instead.
+func WithNackHandler(f func(msg *messagev1.Message, reason messagev1.NackReason, detail string)) ProducerOption {
+	return producerOption(func(c *producerConfig) { c.nackHandler = f })
+}
+
+// WithGroup sets the consumer group (default "default"). Every group receives
+// every message; within a group each message goes to one consumer.
+func WithGroup(group string) ConsumerOption {
+	return consumerOption(func(c *consumerConfig) { c.group = group })
+}
+
+// WithCredit sets how many deliveries each intermediate may send before the
+// consumer answered them (default 1000 per stream).
+func WithCredit(n int) ConsumerOption {
+	return consumerOption(func(c *consumerConfig) { c.credit = n })
+}
+
+// WithConcurrency sets how many handler calls run at once (default 1).
+func WithConcurrency(n int) ConsumerOption {
+	return consumerOption(func(c *consumerConfig) { c.concurrency = n })
+}
+
+// WithDedupWindow sets how many sequence numbers per producer incarnation a
+// consumer remembers to drop duplicates (default 1<<17, rounded up to a
+// multiple of 64). Memory is window/8 bytes per tracked producer
+// incarnation, whatever the number of messages.
+func WithDedupWindow(n int) ConsumerOption {
+	return consumerOption(func(c *consumerConfig) { c.dedupWindow = n })
+}
+
+// WithDedupProducers sets how many producer incarnations a consumer tracks for
+// deduplication (default 1024); the least recently seen is forgotten first.
+func WithDedupProducers(n int) ConsumerOption {
+	return consumerOption(func(c *consumerConfig) { c.dedupProds = n })
+}
+
+// WithProcessor sets a processing step a stage runs on every message before
+// forwarding it (default: none). The result is forwarded under the original
+// id.
+func WithProcessor(p Processor) StageOption {
+	return stageOption(func(c *stageConfig) { c.processor = p })
+}
+
+// WithProducerOptions configures the producer side of a stage.
+func WithProducerOptions(opts ...ProducerOption) StageOption {
+	return stageOption(func(c *stageConfig) { c.producer = append(c.producer, opts...) })
+}
+
+// WithConsumerOptions configures the consumer side of a stage.
+func WithConsumerOptions(opts ...ConsumerOption) StageOption {
+	return stageOption(func(c *stageConfig) { c.consumer = append(c.consumer, opts...) })
+}

@@ -1,0 +1,57 @@
+package components
+
+import messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+
+// outMsg is one message accepted by Send. Its fields other than msg and
+// done are guarded by Producer.mu.
+type outMsg struct {
+	msg    *messagev1.Message
+	size   int
+	done   chan error // SendWait's; nil for Send
+	stream *pubStream // the stream it is assigned to, nil in the outbox
+	seq    uint64     // its stream sequence number on stream
+	sent   bool       // handed to gRPC on stream
+}
+
+func compareSeq(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// outQueue is a FIFO of messages that also takes messages back at its head.
+type outQueue struct {
+	items []*outMsg
+	head  int
+}
+
+func (q *outQueue) len() int { return len(q.items) - q.head }
+
+func (q *outQueue) pushBack(m *outMsg) { q.items = append(q.items, m) }
+
+func (q *outQueue) popFront() *outMsg {
+	m := q.items[q.head]
+	q.items[q.head] = nil
+	q.head++
+	if q.head == len(q.items) {
+		q.items, q.head = q.items[:0], 0
+	}
+	return m
+}
+
+// pushFront puts ms, in their order, before everything queued.
+func (q *outQueue) pushFront(ms []*outMsg) {
+	if len(ms) <= q.head {
+		q.head -= len(ms)
+		copy(q.items[q.head:], ms)
+		return
+	}
+	items := make([]*outMsg, 0, len(ms)+q.len())
+	items = append(items, ms...)
+	items = append(items, q.items[q.head:]...)
+	q.items, q.head = items, 0
+}

@@ -1,0 +1,394 @@
+package components
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
+	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/registry"
+)
+
+// Causes with which a stream's context is canceled.
+var (
+	errHeartbeat = errors.New("components: peer missed its heartbeats")
+	errDrained   = errors.New("components: instance drains")
+	errRetired   = errors.New("components: stream retired")
+)
+
+// pubLink keeps one publish stream open to one incarnation of an instance
+// (name, address, epoch), reopening it with backoff while it is in the
+// membership.
+type pubLink struct {
+	p      *Producer
+	inst   registry.Instance
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// Guarded by Producer.mu.
+	prev    *pubLink // the link of the instance's previous incarnation, retired once this one is welcomed
+	drained bool     // a DrainNotice arrived: do not reopen
+	stream  *pubStream
+}
+
+// pubStream is one open publish stream.
+type pubStream struct {
+	link         *pubLink
+	cancel       context.CancelCauseFunc
+	lastRecv     atomic.Int64
+	peerInterval atomic.Int64 // nanoseconds
+	wake         chan struct{}
+
+	// Guarded by Producer.mu.
+	ready       bool // welcomed
+	retired     bool // gets nothing new
+	dead        bool // abandoned; its messages went back to the outbox
+	maxInFlight int
+	maxBatch    int
+	maxBytes    int
+	nextSeq     uint64
+	sendq       []*outMsg
+	unacked     map[uint64]*outMsg // assigned: queued or sent, not acknowledged
+}
+
+func (st *pubStream) dispatchable() bool {
+	return st.ready && !st.retired && !st.dead &&
+		len(st.unacked) < st.maxInFlight && len(st.sendq) < 2*st.maxBatch
+}
+
+func (st *pubStream) wakeUp() {
+	select {
+	case st.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (st *pubStream) touch() { st.lastRecv.Store(time.Now().UnixNano()) }
+
+func (st *pubStream) expired(now time.Time) bool {
+	return now.UnixNano()-st.lastRecv.Load() > heartbeatMisses*st.peerInterval.Load()
+}
+
+// reconcile follows the membership: one link per live, non-draining
+// instance; a moved instance gets a new link that takes over once welcomed.
+func (p *Producer) reconcile(v registry.View) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ctx.Err() != nil {
+		return
+	}
+	seen := make(map[string]bool, len(v.Instances))
+	for _, inst := range v.Instances {
+		seen[inst.Name] = true
+		l := p.links[inst.Name]
+		if inst.Metadata.Draining {
+			if l != nil {
+				p.dropLinkLocked(l, errDrained)
+				delete(p.links, inst.Name)
+			}
+			continue
+		}
+		if l != nil && l.inst.Addr == inst.Addr && l.inst.Metadata.Epoch == inst.Metadata.Epoch {
+			continue
+		}
+		nl := p.startLinkLocked(inst)
+		if l != nil {
+			p.log.Info("instance moved", "instance", inst.Name, "addr", inst.Addr, "epoch", inst.Metadata.Epoch, "old_addr", l.inst.Addr, "old_epoch", l.inst.Metadata.Epoch)
+			if l.prev != nil {
+				p.dropLinkLocked(l.prev, errRetired)
+				l.prev = nil
+			}
+			if l.stream != nil {
+				l.stream.retired = true
+			}
+			nl.prev = l
+		}
+		p.links[inst.Name] = nl
+	}
+	for name, l := range p.links {
+		if !seen[name] {
+			p.dropLinkLocked(l, errRetired)
+			delete(p.links, name)
+		}
+	}
+}
+
+func (p *Producer) startLinkLocked(inst registry.Instance) *pubLink {
+	ctx, cancel := context.WithCancel(p.ctx)
+	l := &pubLink{p: p, inst: inst, ctx: ctx, cancel: cancel}
+	p.wg.Add(1)
+	go l.run()
+	return l
+}
+
+// dropLinkLocked stops a link and sends its messages through the others at
+// once.
+func (p *Producer) dropLinkLocked(l *pubLink, cause error) {
+	l.cancel()
+	if l.prev != nil {
+		p.dropLinkLocked(l.prev, cause)
+		l.prev = nil
+	}
+	if st := l.stream; st != nil {
+		st.cancel(cause)
+		p.requeueLocked(st)
+	}
+}
+
+func (l *pubLink) run() {
+	p := l.p
+	defer p.wg.Done()
+	var bo backoff
+	for {
+		welcomed := l.once()
+		p.mu.Lock()
+		drained := l.drained
+		p.mu.Unlock()
+		if drained || l.ctx.Err() != nil {
+			return
+		}
+		if welcomed {
+			bo.reset()
+		}
+		if !sleepCtx(l.ctx, bo.next()) {
+			return
+		}
+	}
+}
+
+// once opens one stream and runs it until it ends; it reports whether the
+// stream was welcomed.
+func (l *pubLink) once() (welcomed bool) {
+	p := l.p
+	ctx, cancel := context.WithCancelCause(l.ctx)
+	st := &pubStream{
+		link:    l,
+		cancel:  cancel,
+		wake:    make(chan struct{}, 1),
+		unacked: make(map[uint64]*outMsg),
+	}
+	st.touch()
+	st.peerInterval.Store(int64(p.cfg.heartbeat))
+	p.mu.Lock()
+	if l.ctx.Err() != nil {
+		p.mu.Unlock()
+		cancel(nil)
+		return false
+	}
+	l.stream = st
+	p.streams[st] = struct{}{}
+	p.mu.Unlock()
+
+	var sender sync.WaitGroup
+	defer func() {
+		cancel(nil)
+		sender.Wait()
+		p.mu.Lock()
+		p.requeueLocked(st)
+		if l.stream == st {
+			l.stream = nil
+		}
+		p.mu.Unlock()
+	}()
+	log := p.log.With("instance", l.inst.Name, "addr", l.inst.Addr, "epoch", l.inst.Metadata.Epoch)
+
+	stream, err := p.client.Publish(pin(ctx, l.inst.Name))
+	if err != nil {
+		log.Debug("open publish stream", "err", err)
+		return false
+	}
+	hello := &deliveryv1.PublishHello{
+		ProducerId:          p.id,
+		Incarnation:         p.incarnation,
+		Instance:            l.inst.Name,
+		HeartbeatIntervalMs: uint32(max(p.cfg.heartbeat/time.Millisecond, 1)),
+	}
+	if err := stream.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Hello{Hello: hello}}); err != nil {
+		log.Debug("send hello", "err", err)
+		return false
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		log.Debug("receive welcome", "err", err, "cause", context.Cause(ctx))
+		return false
+	}
+	st.touch()
+	w := first.GetWelcome()
+	switch {
+	case w == nil:
+		log.Warn("publish stream: first frame is not a welcome")
+		return false
+	case w.GetInstance() != l.inst.Name:
+		log.Warn("publish stream reached another instance", "got", w.GetInstance())
+		return false
+	case w.GetEpoch() < l.inst.Metadata.Epoch:
+		log.Debug("publish stream reached an older incarnation", "got_epoch", w.GetEpoch())
+		return false
+	}
+	if ms := w.GetHeartbeatIntervalMs(); ms > 0 {
+		st.peerInterval.Store(int64(time.Duration(ms) * time.Millisecond))
+	}
+	p.mu.Lock()
+	st.ready = true
+	st.maxInFlight = limit(p.cfg.window, w.GetMaxInFlight())
+	st.maxBatch = limit(p.cfg.batchMsgs, w.GetMaxBatchMessages())
+	st.maxBytes = limit(p.cfg.batchBytes, w.GetMaxBatchBytes())
+	if prev := l.prev; prev != nil {
+		l.prev = nil
+		p.dropLinkLocked(prev, errRetired)
+	}
+	p.dispatchLocked()
+	p.mu.Unlock()
+	log.Debug("publish stream open")
+
+	sender.Add(1)
+	go func() {
+		defer sender.Done()
+		if err := st.sendLoop(ctx, stream); err != nil {
+			cancel(err)
+		}
+	}()
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+				err = cause
+			}
+			log.Debug("publish stream ended", "err", err)
+			return true
+		}
+		st.touch()
+		switch k := resp.GetKind().(type) {
+		case *deliveryv1.PublishResponse_Ack:
+			p.handleAck(st, k.Ack)
+		case *deliveryv1.PublishResponse_Drain:
+			log.Info("instance drains", "reason", k.Drain.GetReason().String())
+			p.mu.Lock()
+			l.drained = true
+			p.requeueLocked(st)
+			p.mu.Unlock()
+			cancel(errDrained)
+		case *deliveryv1.PublishResponse_Heartbeat, *deliveryv1.PublishResponse_Welcome:
+		}
+	}
+}
+
+// limit is the smaller of ours and a positive advertised limit.
+func limit(ours int, theirs uint32) int {
+	if theirs > 0 && int(theirs) < ours {
+		return int(theirs)
+	}
+	return ours
+}
+
+// sendLoop sends the stream's queued messages in batches and heartbeats
+// while idle. A batch that is not full waits for the linger first.
+func (st *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishService_PublishClient) error {
+	p := st.link.p
+	ticker := time.NewTicker(p.cfg.heartbeat)
+	defer ticker.Stop()
+	var linger *time.Timer
+	if p.cfg.linger > 0 {
+		linger = time.NewTimer(p.cfg.linger)
+		defer linger.Stop()
+	}
+	fresh := true // the queue was empty before: a short batch may wait
+	for {
+		p.mu.Lock()
+		n, full := len(st.sendq), st.maxBatch
+		p.mu.Unlock()
+		if n > 0 && n < full && fresh && linger != nil {
+			linger.Reset(p.cfg.linger)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-linger.C:
+			}
+		}
+		if batch := st.take(); batch != nil {
+			fresh = false
+			if err := stream.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Batch{Batch: batch}}); err != nil {
+				return fmt.Errorf("send batch: %w", err)
+			}
+			continue
+		}
+		fresh = true
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-st.wake:
+		case <-ticker.C:
+			hb := &messagev1.Heartbeat{SendTimeUnixNano: time.Now().UnixNano()}
+			if err := stream.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Heartbeat{Heartbeat: hb}}); err != nil {
+				return fmt.Errorf("send heartbeat: %w", err)
+			}
+		}
+	}
+}
+
+// take removes the next batch from the stream's queue.
+func (st *pubStream) take() *deliveryv1.PublishBatch {
+	p := st.link.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if st.dead || len(st.sendq) == 0 {
+		return nil
+	}
+	var (
+		n     int
+		bytes int
+	)
+	for n < len(st.sendq) && n < st.maxBatch {
+		m := st.sendq[n]
+		if n > 0 && bytes+m.size > st.maxBytes {
+			break
+		}
+		bytes += m.size
+		n++
+	}
+	b := &deliveryv1.PublishBatch{FirstSeq: st.sendq[0].seq, Messages: make([]*messagev1.Message, n)}
+	for i, m := range st.sendq[:n] {
+		b.Messages[i] = m.msg
+		m.sent = true
+	}
+	clear(st.sendq[:n])
+	st.sendq = st.sendq[n:]
+	if len(st.sendq) == 0 {
+		st.sendq = nil
+	}
+	p.dispatchLocked()
+	return b
+}
+
+// watchdog cancels every stream on which nothing arrived for
+// heartbeatMisses of the peer's intervals.
+func (p *Producer) watchdog(ctx context.Context) {
+	defer p.wg.Done()
+	ticker := time.NewTicker(p.cfg.heartbeat)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-ticker.C:
+			p.mu.Lock()
+			for st := range p.streams {
+				if st.expired(now) {
+					p.log.Warn("stream missed its heartbeats", "instance", st.link.inst.Name)
+					st.cancel(errHeartbeat)
+					p.requeueLocked(st)
+				}
+			}
+			p.mu.Unlock()
+		}
+	}
+}
+
+// msgSize is the wire size of a message, as batches count it.
+func msgSize(m *messagev1.Message) int { return proto.Size(m) }
