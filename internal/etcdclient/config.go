@@ -1,0 +1,124 @@
+package etcdclient
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+)
+
+// DefaultDialTimeout is the dial timeout of a Config that sets none.
+const DefaultDialTimeout = 5 * time.Second
+
+// Config is how to reach and authenticate to etcd, with the meaning of
+// etcdctl's flags of the same names.
+type Config struct {
+	// Endpoints are "host:port" or "https://host:port" URLs (--etcd-endpoints).
+	Endpoints []string
+	// DialTimeout bounds the first connection and authentication
+	// (--etcd-dial-timeout); zero means DefaultDialTimeout.
+	DialTimeout time.Duration
+	// CACert verifies the servers' certificates (--etcd-cacert); empty
+	// means the system roots.
+	CACert string
+	// Cert and Key are the client certificate and key (--etcd-cert, --etcd-key).
+	Cert, Key string
+	// User is "user" or "user:password" (--etcd-user), like etcdctl --user.
+	User string
+	// Password is the password of User (--etcd-password), when User does
+	// not carry one.
+	Password string
+	// InsecureSkipVerify accepts any server certificate
+	// (--etcd-insecure-skip-tls-verify). For tests only.
+	InsecureSkipVerify bool
+}
+
+// Validate checks the configuration without touching the network or the
+// files, naming the flag that is wrong.
+func (c Config) Validate() error {
+	if len(c.Endpoints) == 0 {
+		return errors.New("etcdclient: --etcd-endpoints is empty")
+	}
+	for _, ep := range c.Endpoints {
+		if strings.TrimSpace(ep) == "" {
+			return fmt.Errorf("etcdclient: --etcd-endpoints %q has an empty endpoint", strings.Join(c.Endpoints, ","))
+		}
+	}
+	if c.DialTimeout < 0 {
+		return fmt.Errorf("etcdclient: --etcd-dial-timeout %v is negative", c.DialTimeout)
+	}
+	switch {
+	case c.Cert != "" && c.Key == "":
+		return errors.New("etcdclient: --etcd-cert is set but --etcd-key is not")
+	case c.Key != "" && c.Cert == "":
+		return errors.New("etcdclient: --etcd-key is set but --etcd-cert is not")
+	}
+	user, password, hasPassword := strings.Cut(c.User, ":")
+	switch {
+	case c.User == "" && c.Password != "":
+		return errors.New("etcdclient: --etcd-password is set but --etcd-user is not")
+	case c.User != "" && user == "":
+		return fmt.Errorf("etcdclient: --etcd-user %q has no user name before ':'", c.User)
+	case hasPassword && c.Password != "":
+		return errors.New("etcdclient: --etcd-user carries a password (user:password) and --etcd-password is set too; give one")
+	case c.User != "" && !hasPassword && c.Password == "":
+		return fmt.Errorf("etcdclient: --etcd-user %q has no password: use --etcd-user %s:PASSWORD or --etcd-password", c.User, user)
+	case hasPassword && password == "":
+		return fmt.Errorf("etcdclient: --etcd-user %q has an empty password", c.User)
+	}
+	return nil
+}
+
+// credentials returns the user name and password, or "" when there is no
+// user.
+func (c Config) credentials() (user, password string) {
+	user, password, ok := strings.Cut(c.User, ":")
+	if !ok {
+		password = c.Password
+	}
+	return user, password
+}
+
+// tlsEnabled reports whether the client speaks TLS: a TLS flag is set, or an
+// endpoint is an https:// or unixs:// URL.
+func (c Config) tlsEnabled() bool {
+	if c.CACert != "" || c.Cert != "" || c.InsecureSkipVerify {
+		return true
+	}
+	for _, ep := range c.Endpoints {
+		if strings.HasPrefix(ep, "https://") || strings.HasPrefix(ep, "unixs:") {
+			return true
+		}
+	}
+	return false
+}
+
+// tlsConfig loads the TLS files, as etcdctl does, or returns nil without TLS.
+func (c Config) tlsConfig() (*tls.Config, error) {
+	if !c.tlsEnabled() {
+		return nil, nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: c.InsecureSkipVerify}
+	if c.CACert != "" {
+		pem, err := os.ReadFile(c.CACert)
+		if err != nil {
+			return nil, fmt.Errorf("etcdclient: --etcd-cacert: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("etcdclient: --etcd-cacert %s: no PEM certificate found", c.CACert)
+		}
+		cfg.RootCAs = pool
+	}
+	if c.Cert != "" {
+		cert, err := tls.LoadX509KeyPair(c.Cert, c.Key)
+		if err != nil {
+			return nil, fmt.Errorf("etcdclient: --etcd-cert, --etcd-key: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
+}

@@ -1,0 +1,101 @@
+package etcdclient
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+
+	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
+)
+
+// startTLSEtcd starts an etcd that serves clients over TLS and requires
+// client certificates of the CA in pki, and returns its client endpoint.
+func startTLSEtcd(t *testing.T, pki string) string {
+	t.Helper()
+	clientURL := url.URL{Scheme: "https", Host: freeAddr(t)}
+	peerURL := url.URL{Scheme: "http", Host: freeAddr(t)}
+	cfg := embed.NewConfig()
+	cfg.Name = "tls"
+	cfg.Dir = t.TempDir()
+	cfg.ListenClientUrls = []url.URL{clientURL}
+	cfg.AdvertiseClientUrls = []url.URL{clientURL}
+	cfg.ListenPeerUrls = []url.URL{peerURL}
+	cfg.AdvertisePeerUrls = []url.URL{peerURL}
+	cfg.InitialCluster = fmt.Sprintf("%s=%s", cfg.Name, peerURL.String())
+	cfg.LogLevel = "error"
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	cfg.TickMs = 10
+	cfg.ElectionMs = 100
+	cfg.ClientTLSInfo = transport.TLSInfo{
+		CertFile:       filepath.Join(pki, tlsutil.ServerFile),
+		KeyFile:        filepath.Join(pki, tlsutil.ServerKeyFile),
+		TrustedCAFile:  filepath.Join(pki, tlsutil.CAFile),
+		ClientCertAuth: true,
+	}
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		t.Fatalf("embed.StartEtcd(TLS) = %v", err)
+	}
+	t.Cleanup(func() {
+		e.Close()
+		<-e.Server.StopNotify()
+	})
+	select {
+	case <-e.Server.ReadyNotify():
+	case <-time.After(defaultTestTimeout):
+		t.Fatalf("TLS etcd not ready after %v", defaultTestTimeout)
+	}
+	return clientURL.String()
+}
+
+// freeAddr returns a loopback address with a port that was free a moment ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("net.Listen() = %v", err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// TestNew_MutualTLS checks that a client with --etcd-cacert, --etcd-cert and
+// --etcd-key works against an etcd that requires client certificates, with
+// the endpoint given as an https:// URL or as host:port, and with
+// --etcd-insecure-skip-tls-verify instead of the CA.
+func TestNew_MutualTLS(t *testing.T) {
+	pki := t.TempDir()
+	if err := tlsutil.GenerateDev(pki, []string{"127.0.0.1"}); err != nil {
+		t.Fatalf("GenerateDev() = %v", err)
+	}
+	endpoint := startTLSEtcd(t, pki)
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		t.Fatalf("url.Parse(%s) = %v", endpoint, err)
+	}
+	ctx := testContext(t)
+	ca := filepath.Join(pki, tlsutil.CAFile)
+	cert, key := filepath.Join(pki, tlsutil.ClientFile), filepath.Join(pki, tlsutil.ClientKeyFile)
+	for _, cfg := range []Config{
+		{Endpoints: []string{endpoint}, CACert: ca, Cert: cert, Key: key},
+		{Endpoints: []string{u.Host}, CACert: ca, Cert: cert, Key: key},
+		{Endpoints: []string{u.Host}, Cert: cert, Key: key, InsecureSkipVerify: true},
+	} {
+		ep := cfg.Endpoints[0]
+		cli := newClient(t, cfg)
+		if _, err := cli.Put(ctx, "butterfly/tls", ep); err != nil {
+			t.Fatalf("Put(butterfly/tls) via %s = %v, want nil", ep, err)
+		}
+		resp, err := cli.Get(ctx, "butterfly/tls")
+		if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != ep {
+			t.Fatalf("Get(butterfly/tls) via %s = %v, %v; want %s", ep, resp, err, ep)
+		}
+	}
+}
