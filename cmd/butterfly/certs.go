@@ -1,0 +1,112 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
+	"github.com/butterfly-mesh/butterfly/registry"
+)
+
+func newCertsCommand(r *rootCommand) *cobra.Command {
+	var dir, clientID string
+	var hosts []string
+	var validity time.Duration
+	c := &cobra.Command{
+		Use:   "certs",
+		Short: "Write a development CA and TLS certificates",
+		Long: `Write a development PKI into --dir, all ECDSA P-256:
+
+  ca.pem, ca-key.pem          a CA valid for one year
+  server.pem, server-key.pem  a server certificate for --hosts
+  client.pem, client-key.pem  a client certificate, CommonName butterfly-client
+
+IP addresses in --hosts become IP SANs and names DNS SANs, in both the server
+and the client certificate. With --client-id the client certificate is also
+bound to that producer id by the URI SAN butterfly://producer/<id>: a server
+that requires client certificates holds the producer to that id.
+
+A CA already in --dir is kept, so running the command again issues new
+certificates that running processes still trust; servers and clients read
+rewritten files for their new connections within a second, without a
+restart. Keys are written with mode 0600. The CA key lies beside the
+certificates: this is for development and tests, not for production.`,
+		Example: `  butterfly certs --dir ./certs --hosts localhost,127.0.0.1
+  butterfly certs --dir ./certs --hosts 127.0.0.1,127.0.0.2,127.0.0.3 --client-id p1
+  butterfly certs --dir ./certs --hosts mesh.internal --validity 24h`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := requireFlag("dir", dir); err != nil {
+				return err
+			}
+			if len(hosts) == 0 {
+				return usagef("--hosts is required")
+			}
+			for _, h := range hosts {
+				if h == "" || strings.ContainsAny(h, " \t\n/") {
+					return usagef("--hosts: %q is not an IP address or DNS name", h)
+				}
+			}
+			var opts []tlsutil.GenerateOption
+			if clientID != "" {
+				if err := registry.ValidateName("--client-id", clientID); err != nil {
+					return &usageError{err}
+				}
+				opts = append(opts, tlsutil.WithClientID(clientID))
+			}
+			if validity <= 0 {
+				return usagef("--validity %v is not positive", validity)
+			}
+			opts = append(opts, tlsutil.WithValidity(validity))
+			_, err := os.Stat(filepath.Join(dir, tlsutil.CAFile))
+			keptCA := err == nil
+			if err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("certs: %w", err)
+			}
+			if err := tlsutil.GenerateDev(dir, hosts, opts...); err != nil {
+				return err
+			}
+			r.logger.Debug("certificates written", "dir", dir, "hosts", hosts, "client_id", clientID, "kept_ca", keptCA)
+			printCerts(cmd, dir, hosts, clientID, keptCA)
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&dir, "dir", "", "directory to write the files into (required; created 0700)")
+	f.StringSliceVar(&hosts, "hosts", nil, "IP addresses and DNS names of the servers, comma-separated (required)")
+	f.StringVar(&clientID, "client-id", "", "producer id to bind the client certificate to")
+	f.DurationVar(&validity, "validity", 365*24*time.Hour, "how long the server and client certificates are valid (at most as long as the CA)")
+	return c
+}
+
+func printCerts(cmd *cobra.Command, dir string, hosts []string, clientID string, keptCA bool) {
+	ca := "a new CA"
+	if keptCA {
+		ca = "the CA already there (kept)"
+	}
+	client := "CommonName " + tlsutil.ClientCommonName
+	if clientID != "" {
+		client += ", producer id " + clientID
+	}
+	out := cmd.OutOrStdout()
+	fmt.Fprintf(out, "wrote %s with %s:\n", dir, ca)
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	for _, row := range [][2]string{
+		{tlsutil.CAFile, "CA certificate: the --tls-ca of servers and clients"},
+		{tlsutil.CAKeyFile, "CA key (0600): keep it to issue more certificates"},
+		{tlsutil.ServerFile, "server certificate for " + strings.Join(hosts, ", ")},
+		{tlsutil.ServerKeyFile, "server key (0600)"},
+		{tlsutil.ClientFile, "client certificate, " + client},
+		{tlsutil.ClientKeyFile, "client key (0600)"},
+	} {
+		fmt.Fprintf(tw, "  %s\t%s\n", filepath.Join(dir, row[0]), row[1])
+	}
+	tw.Flush()
+}

@@ -1,0 +1,124 @@
+package main
+
+import (
+	"bytes"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"go.uber.org/goleak"
+
+	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// executeCommand runs the butterfly command line args and returns what it
+// printed.
+func executeCommand(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	root := newRootCommand()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs(args)
+	err := root.ExecuteContext(t.Context())
+	return out.String(), err
+}
+
+// TestCertsCommand_WritesPKI checks that `butterfly certs` writes the CA,
+// server and client files, and keeps the CA when run again.
+func TestCertsCommand_WritesPKI(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "certs")
+	out, err := executeCommand(t, "certs", "--dir", dir, "--hosts", "127.0.0.2,mesh.local", "--client-id", "p1")
+	if err != nil {
+		t.Fatalf("butterfly certs = %v, want nil; output:\n%s", err, out)
+	}
+	if !strings.Contains(out, "with a new CA") {
+		t.Fatalf("butterfly certs output = %q, want it to mention a new CA", out)
+	}
+	for _, name := range []string{tlsutil.CAFile, tlsutil.CAKeyFile, tlsutil.ServerFile, tlsutil.ServerKeyFile, tlsutil.ClientFile, tlsutil.ClientKeyFile} {
+		if !strings.Contains(out, filepath.Join(dir, name)) {
+			t.Errorf("butterfly certs output = %q, want it to list %s", out, name)
+		}
+	}
+	client := readPEMCert(t, filepath.Join(dir, tlsutil.ClientFile))
+	if len(client.URIs) != 1 || client.URIs[0].String() != "butterfly://producer/p1" {
+		t.Errorf("client certificate URIs = %v, want [butterfly://producer/p1]", client.URIs)
+	}
+	server := readPEMCert(t, filepath.Join(dir, tlsutil.ServerFile))
+	if len(server.IPAddresses) != 1 || server.IPAddresses[0].String() != "127.0.0.2" || len(server.DNSNames) != 1 || server.DNSNames[0] != "mesh.local" {
+		t.Errorf("server certificate SANs = %v %v, want [127.0.0.2] [mesh.local]", server.IPAddresses, server.DNSNames)
+	}
+	caBefore, err := os.ReadFile(filepath.Join(dir, tlsutil.CAFile))
+	if err != nil {
+		t.Fatalf("os.ReadFile(ca) = %v", err)
+	}
+
+	out, err = executeCommand(t, "certs", "--dir", dir, "--hosts", "127.0.0.3")
+	if err != nil {
+		t.Fatalf("butterfly certs again = %v, want nil; output:\n%s", err, out)
+	}
+	if !strings.Contains(out, "(kept)") {
+		t.Fatalf("butterfly certs again output = %q, want it to say the CA was kept", out)
+	}
+	caAfter, err := os.ReadFile(filepath.Join(dir, tlsutil.CAFile))
+	if err != nil {
+		t.Fatalf("os.ReadFile(ca) = %v", err)
+	}
+	if !bytes.Equal(caBefore, caAfter) {
+		t.Fatalf("butterfly certs again replaced %s, want it kept", tlsutil.CAFile)
+	}
+	if got := readPEMCert(t, filepath.Join(dir, tlsutil.ClientFile)).URIs; len(got) != 0 {
+		t.Fatalf("client certificate URIs without --client-id = %v, want none", got)
+	}
+}
+
+// TestCertsCommand_UsageErrors checks that wrong flags are usage errors that
+// name the flag, and write nothing.
+func TestCertsCommand_UsageErrors(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "certs")
+	for _, tc := range []struct {
+		args    []string
+		wantErr string
+	}{
+		{[]string{"certs", "--hosts", "127.0.0.1"}, "--dir is required"},
+		{[]string{"certs", "--dir", dir}, "--hosts is required"},
+		{[]string{"certs", "--dir", dir, "--hosts", "127.0.0.1,,x"}, `--hosts: "" is not`},
+		{[]string{"certs", "--dir", dir, "--hosts", "127.0.0.1", "--client-id", "a/b"}, "--client-id"},
+		{[]string{"certs", "--dir", dir, "--hosts", "127.0.0.1", "--validity", "0s"}, "--validity 0s is not positive"},
+		{[]string{"certs", "--dir", dir, "--hosts", "127.0.0.1", "extra"}, "takes no arguments"},
+	} {
+		_, err := executeCommand(t, tc.args...)
+		var ue *usageError
+		if !errors.As(err, &ue) || !strings.Contains(err.Error(), tc.wantErr) {
+			t.Errorf("butterfly %s = %v, want a usage error containing %q", strings.Join(tc.args, " "), err, tc.wantErr)
+		}
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("os.Stat(%s) = %v, want nothing written", dir, err)
+	}
+}
+
+func readPEMCert(t *testing.T, path string) *x509.Certificate {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("os.ReadFile(%s) = %v", path, err)
+	}
+	block, _ := pem.Decode(b)
+	if block == nil {
+		t.Fatalf("pem.Decode(%s) found no block", path)
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatalf("x509.ParseCertificate(%s) = %v", path, err)
+	}
+	return cert
+}

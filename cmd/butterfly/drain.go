@@ -1,0 +1,102 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/butterfly-mesh/butterfly/registry"
+)
+
+func newDrainCommand(r *rootCommand) *cobra.Command {
+	var service string
+	var wait bool
+	var timeout time.Duration
+	c := &cobra.Command{
+		Use:   "drain INSTANCE",
+		Short: "Ask an instance to drain and leave",
+		Long: `Ask an instance to drain through its control key
+<prefix>/control/<service>/<instance>: it marks itself draining, finishes what
+it holds, hands back what it cannot finish, removes its registration and
+exits. With --wait the command returns once the registration is gone.`,
+		Example: `  butterfly drain intermediate2
+  butterfly drain intermediate2 --service requests --wait --timeout 1m`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return usagef("drain takes exactly one argument, INSTANCE, got %d", len(args))
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			instance := args[0]
+			if err := registry.ValidateName("INSTANCE", instance); err != nil {
+				return &usageError{err}
+			}
+			if err := registry.ValidateName("--service", service); err != nil {
+				return &usageError{err}
+			}
+			cli, err := r.etcdClient()
+			if err != nil {
+				return err
+			}
+			defer cli.Close()
+			ctx := cmd.Context()
+			key := registry.ServiceKey(r.prefix, service, instance)
+			getCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			resp, err := cli.Get(getCtx, key)
+			cancel()
+			if err != nil {
+				return fmt.Errorf("etcd get %s: %w", key, err)
+			}
+			if len(resp.Kvs) == 0 {
+				return fmt.Errorf("no instance %q of service %q is registered (%s)", instance, service, key)
+			}
+			if err := registry.RequestDrain(ctx, cli, service, instance, registry.WithPrefix(r.prefix)); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "drain requested: %s/%s\n", service, instance)
+			if !wait {
+				return nil
+			}
+			waitCtx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			if err := waitKeyGone(waitCtx, cli, key, resp.Header.Revision); err != nil {
+				return fmt.Errorf("waiting for %s to leave: %w", key, err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "drained: %s/%s\n", service, instance)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&service, "service", registry.DefaultService, "the instance's service")
+	c.Flags().BoolVar(&wait, "wait", false, "return only once the instance's registration is gone")
+	c.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long --wait waits")
+	return c
+}
+
+// waitKeyGone waits until key is deleted, watching from the revision after rev.
+func waitKeyGone(ctx context.Context, cli *clientv3.Client, key string, rev int64) error {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	for wr := range cli.Watch(wctx, key, clientv3.WithRev(rev+1)) {
+		if err := wr.Err(); err != nil {
+			// Compacted or halted: fall back to a read.
+			resp, gerr := cli.Get(ctx, key)
+			if gerr != nil {
+				return gerr
+			}
+			if len(resp.Kvs) == 0 {
+				return nil
+			}
+			return waitKeyGone(ctx, cli, key, resp.Header.Revision)
+		}
+		for _, ev := range wr.Events {
+			if ev.Type == clientv3.EventTypeDelete {
+				return nil
+			}
+		}
+	}
+	return ctx.Err()
+}

@@ -1,0 +1,128 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/butterfly-mesh/butterfly/registry"
+)
+
+// lsEntry is one row of `butterfly ls`, and its JSON form.
+type lsEntry struct {
+	Service  string    `json:"service"`
+	Instance string    `json:"instance"`
+	Addr     string    `json:"addr"`
+	Epoch    uint64    `json:"epoch"`
+	Draining bool      `json:"draining"`
+	Weight   uint32    `json:"weight,omitempty"`
+	Zone     string    `json:"zone,omitempty"`
+	Version  string    `json:"version,omitempty"`
+	Started  time.Time `json:"started"`
+	Key      string    `json:"key"`
+}
+
+func newLsCommand(r *rootCommand) *cobra.Command {
+	var service string
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "ls",
+		Short: "List the registered instances",
+		Long: `List the instances registered in etcd under <prefix>/services/, with their
+service, instance name, address, epoch, draining flag and age. Values that are
+not valid registrations are reported on stderr and skipped.`,
+		Example: `  butterfly ls
+  butterfly ls --service intermediate --json
+  BUTTERFLY_ETCD_ENDPOINTS=10.0.0.5:2379 butterfly ls`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if service != "" {
+				if err := registry.ValidateName("--service", service); err != nil {
+					return &usageError{err}
+				}
+			}
+			cli, err := r.etcdClient()
+			if err != nil {
+				return err
+			}
+			defer cli.Close()
+			entries, err := listInstances(cmd.Context(), cli, r.prefix, service, func(key string, err error) {
+				fmt.Fprintf(cmd.ErrOrStderr(), "butterfly: skipping %s: %v\n", key, err)
+			})
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(entries)
+			}
+			printInstances(cmd.OutOrStdout(), entries, time.Now())
+			return nil
+		},
+	}
+	c.Flags().StringVar(&service, "service", "", "only this service (default all)")
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON instead of a table")
+	return c
+}
+
+// listInstances reads every registration under prefix (of one service, or of
+// all when service is empty), sorted by service and instance.
+func listInstances(ctx context.Context, cli *clientv3.Client, prefix, service string, bad func(key string, err error)) ([]lsEntry, error) {
+	root := prefix + "/services/"
+	if service != "" {
+		root = registry.ServicesPrefix(prefix, service)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, root, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("etcd get %s: %w", root, err)
+	}
+	entries := []lsEntry{}
+	for _, kv := range resp.Kvs {
+		key := string(kv.Key)
+		parts := strings.Split(strings.TrimPrefix(key, prefix+"/services/"), "/")
+		if len(parts) != 2 {
+			bad(key, fmt.Errorf("key is not %s/services/<service>/<instance>", prefix))
+			continue
+		}
+		v, err := registry.ParseValue(parts[1], kv.Value)
+		if err != nil {
+			bad(key, err)
+			continue
+		}
+		entries = append(entries, lsEntry{
+			Service: parts[0], Instance: parts[1], Addr: v.Addr, Epoch: v.Metadata.Epoch,
+			Draining: v.Metadata.Draining, Weight: v.Metadata.Weight, Zone: v.Metadata.Zone,
+			Version: v.Metadata.Version, Started: v.Metadata.Started, Key: key,
+		})
+	}
+	sort.Slice(entries, func(i, j int) bool {
+		if entries[i].Service != entries[j].Service {
+			return entries[i].Service < entries[j].Service
+		}
+		return entries[i].Instance < entries[j].Instance
+	})
+	return entries, nil
+}
+
+func printInstances(w io.Writer, entries []lsEntry, now time.Time) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SERVICE\tINSTANCE\tADDRESS\tEPOCH\tDRAINING\tAGE")
+	for _, e := range entries {
+		age := "-"
+		if !e.Started.IsZero() {
+			age = now.Sub(e.Started).Truncate(time.Second).String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%t\t%s\n", e.Service, e.Instance, e.Addr, e.Epoch, e.Draining, age)
+	}
+	tw.Flush()
+}

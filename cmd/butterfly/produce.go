@@ -1,0 +1,173 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/butterfly-mesh/butterfly/components"
+	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/registry"
+)
+
+// produceSummary is the JSON line `butterfly produce` prints last.
+type produceSummary struct {
+	Sent    uint64 `json:"sent"`
+	Acked   uint64 `json:"acked"`
+	Resent  uint64 `json:"resent"`
+	Nacked  uint64 `json:"nacked"`
+	Unacked uint64 `json:"unacked"`
+}
+
+func newProduceCommand(r *rootCommand) *cobra.Command {
+	var (
+		id, service  string
+		count        uint64
+		rate         float64
+		size, window int
+		closeTimeout time.Duration
+	)
+	c := &cobra.Command{
+		Use:   "produce",
+		Short: "Send messages into the mesh (component1)",
+		Long: `Send messages to the intermediates of --service. With --count it sends
+messages with seq 1..N and payloads of --size bytes; without it, one message
+per line of standard input. It exits 0 only when every message was
+acknowledged end to end. SIGTERM or SIGINT stops taking messages and waits
+(up to --close-timeout) for what was sent to be acknowledged.
+
+The last line on stdout is a JSON summary:
+  {"sent":…,"acked":…,"resent":…,"nacked":…,"unacked":…}`,
+		Example: `  butterfly produce --id p1 --count 20000
+  butterfly produce --id p1 --count 100000 --rate 5000 --size 256
+  printf 'hello\nworld\n' | butterfly produce --id p2`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := requireFlag("id", id); err != nil {
+				return err
+			}
+			if err := registry.ValidateName("--id", id); err != nil {
+				return &usageError{err}
+			}
+			if err := registry.ValidateName("--service", service); err != nil {
+				return &usageError{err}
+			}
+			if rate < 0 {
+				return usagef("--rate %v: must not be negative", rate)
+			}
+			if size < 0 {
+				return usagef("--size %d: must not be negative", size)
+			}
+			if window < 1 {
+				return usagef("--window %d: must be at least 1", window)
+			}
+			cli, err := r.etcdClient()
+			if err != nil {
+				return err
+			}
+			defer cli.Close()
+			p, err := components.NewProducer(cli, id,
+				components.WithService(service), components.WithPrefix(r.prefix),
+				components.WithLogger(r.logger.With("producer", id)), components.WithWindow(window))
+			if err != nil {
+				return err
+			}
+			sendErr := produce(cmd.Context(), p, cmd.InOrStdin(), count, rate, size, cmd.Flags().Changed("count"))
+			// Close even after SIGTERM: flush what was accepted.
+			closeCtx, cancel := context.WithTimeout(context.WithoutCancel(cmd.Context()), closeTimeout)
+			closeErr := p.Close(closeCtx)
+			cancel()
+			st := p.Stats()
+			sum := produceSummary{Sent: st.Sent, Acked: st.Acked, Resent: st.Resent, Nacked: st.Nacked, Unacked: st.Sent - st.Acked - st.Nacked}
+			line, _ := json.Marshal(sum)
+			fmt.Fprintln(cmd.OutOrStdout(), string(line))
+			if sendErr != nil && !errors.Is(sendErr, context.Canceled) {
+				return sendErr
+			}
+			if closeErr != nil {
+				return &incompleteError{closeErr}
+			}
+			if sum.Nacked > 0 {
+				return &incompleteError{fmt.Errorf("%d messages were handed back (negative acknowledgements)", sum.Nacked)}
+			}
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&id, "id", "", "producer id (required)")
+	f.StringVar(&service, "service", registry.DefaultService, "service to send to")
+	f.Uint64Var(&count, "count", 0, "send N messages with seq 1..N (default: one per stdin line)")
+	f.Float64Var(&rate, "rate", 0, "messages per second, 0 for as fast as the window allows")
+	f.IntVar(&size, "size", 64, "payload size in bytes with --count")
+	f.IntVar(&window, "window", 10000, "most unacknowledged messages")
+	f.DurationVar(&closeTimeout, "close-timeout", 60*time.Second, "how long to wait for acknowledgements at the end")
+	return c
+}
+
+// produce sends --count messages, or one per line of in. It stops early,
+// returning ctx's error, when ctx is canceled.
+func produce(ctx context.Context, p *components.Producer, in io.Reader, count uint64, rate float64, size int, counted bool) error {
+	var tick *time.Ticker
+	if rate > 0 {
+		interval := time.Duration(float64(time.Second) / rate)
+		if interval <= 0 {
+			interval = time.Nanosecond
+		}
+		tick = time.NewTicker(interval)
+		defer tick.Stop()
+	}
+	pace := func() error {
+		if tick == nil {
+			return ctx.Err()
+		}
+		select {
+		case <-tick.C:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if counted {
+		for i := uint64(1); i <= count; i++ {
+			if err := pace(); err != nil {
+				return err
+			}
+			if _, err := p.Send(ctx, &messagev1.Message{Payload: payload(i, size)}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	sc := bufio.NewScanner(in)
+	sc.Buffer(make([]byte, 64*1024), 4<<20)
+	for sc.Scan() {
+		if err := pace(); err != nil {
+			return err
+		}
+		line := append([]byte(nil), sc.Bytes()...)
+		if _, err := p.Send(ctx, &messagev1.Message{Payload: line}); err != nil {
+			return err
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("reading stdin: %w", err)
+	}
+	return nil
+}
+
+// payload returns size bytes that start with the message number, so a
+// printed payload says which message it is.
+func payload(i uint64, size int) []byte {
+	b := make([]byte, size)
+	for j := range b {
+		b[j] = 'x'
+	}
+	copy(b, strconv.AppendUint(nil, i, 10))
+	return b
+}

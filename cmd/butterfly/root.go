@@ -1,0 +1,147 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/butterfly-mesh/butterfly/registry"
+)
+
+const exitCodesHelp = `Exit codes:
+  0  success
+  1  runtime error
+  2  usage error: a wrong or missing flag or argument
+  3  incomplete: unacknowledged or lost messages`
+
+// rootCommand is the butterfly command with the state its subcommands share.
+type rootCommand struct {
+	*cobra.Command
+	// ran is set once a subcommand's RunE starts; an error before that is a
+	// usage error.
+	ran bool
+
+	etcdEndpoints []string
+	prefix        string
+	logLevel      string
+	dialTimeout   time.Duration
+
+	logger *slog.Logger
+}
+
+func newRootCommand() *rootCommand {
+	r := &rootCommand{}
+	r.Command = &cobra.Command{
+		Use:   "butterfly",
+		Short: "A fault-tolerant mesh of pipeline components over gRPC and etcd",
+		Long: `Butterfly streams messages from producers through any number of intermediate
+replicas to consumers, with end-to-end acknowledgements: an intermediate that
+crashes, drains or moves to another host loses nothing.
+
+Every flag can also be set in the environment as BUTTERFLY_<FLAG>, with dashes
+as underscores: --etcd-endpoints is BUTTERFLY_ETCD_ENDPOINTS.
+
+` + exitCodesHelp,
+		Example: `  butterfly demo
+  butterfly etcd --data-dir /tmp/etcd
+  butterfly intermediate --name i1 --listen 127.0.0.2:0
+  butterfly consume --id c1 --out c1.tsv
+  butterfly produce --id p1 --count 1000
+  butterfly ls`,
+		SilenceUsage:      true,
+		SilenceErrors:     true,
+		PersistentPreRunE: r.preRun,
+	}
+	r.CompletionOptions.DisableDefaultCmd = true
+	r.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err} })
+	pf := r.PersistentFlags()
+	pf.StringSliceVar(&r.etcdEndpoints, "etcd-endpoints", []string{"127.0.0.1:2379"}, "etcd client endpoints, comma-separated")
+	pf.StringVar(&r.prefix, "prefix", registry.DefaultPrefix, "etcd key prefix of the mesh")
+	pf.StringVar(&r.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	pf.DurationVar(&r.dialTimeout, "etcd-dial-timeout", 5*time.Second, "how long to wait for etcd at start")
+
+	for _, c := range []*cobra.Command{
+		newEtcdCommand(r), newIntermediateCommand(r), newProduceCommand(r), newConsumeCommand(r),
+		newStageCommand(r), newLsCommand(r), newDrainCommand(r), newDemoCommand(r), newCertsCommand(r), newVersionCommand(r),
+	} {
+		c.Long = strings.TrimSpace(c.Long) + "\n\n" + exitCodesHelp
+		if c.Args == nil {
+			c.Args = noArgs
+		}
+		r.AddCommand(c)
+	}
+	return r
+}
+
+// noArgs rejects positional arguments with a message that names them.
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usagef("%s takes no arguments, got %q", cmd.CommandPath(), args)
+	}
+	return nil
+}
+
+// preRun applies BUTTERFLY_* environment variables to flags not set on the
+// command line, and sets up logging.
+func (r *rootCommand) preRun(cmd *cobra.Command, _ []string) error {
+	var err error
+	cmd.Flags().VisitAll(func(f *pflag.Flag) {
+		if err != nil || f.Changed {
+			return
+		}
+		env := "BUTTERFLY_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		v, ok := os.LookupEnv(env)
+		if !ok {
+			return
+		}
+		if serr := f.Value.Set(v); serr != nil {
+			err = usagef("%s=%q (for --%s): %v", env, v, f.Name, serr)
+			return
+		}
+		f.Changed = true
+	})
+	if err != nil {
+		return err
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(r.logLevel)); err != nil {
+		return usagef("--log-level: %q is not debug, info, warn or error", r.logLevel)
+	}
+	if err := registry.ValidateName("--prefix", r.prefix); err != nil {
+		return &usageError{err}
+	}
+	if len(r.etcdEndpoints) == 0 {
+		return usagef("--etcd-endpoints is empty")
+	}
+	r.logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	r.ran = true
+	return nil
+}
+
+// etcdClient connects to --etcd-endpoints.
+func (r *rootCommand) etcdClient() (*clientv3.Client, error) {
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   r.etcdEndpoints,
+		DialTimeout: r.dialTimeout,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("etcd %v: %w", r.etcdEndpoints, err)
+	}
+	return cli, nil
+}
+
+// requireFlag returns a usage error naming flag when value is empty.
+func requireFlag(flag, value string) error {
+	if value == "" {
+		return usagef("--%s is required", flag)
+	}
+	return nil
+}
