@@ -94,7 +94,7 @@ The last line on stdout is a JSON summary:
 			}
 			cons, err := components.NewConsumer(cli, id, handler,
 				components.WithService(service), components.WithGroup(group), components.WithPrefix(r.prefix),
-				components.WithLogger(r.logger.With("consumer", id)))
+				components.WithLogger(r.logger))
 			if err != nil {
 				return err
 			}

@@ -79,7 +79,7 @@ When ready it prints one JSON line on stdout:
 			logger := r.logger.With("service", service, "instance", name)
 			opts := []intermediate.Option{
 				intermediate.WithPrefix(r.prefix),
-				intermediate.WithLogger(logger),
+				intermediate.WithLogger(r.logger),
 				intermediate.WithProcessor(proc),
 				intermediate.WithLeaseTTL(leaseTTL),
 				intermediate.WithDrainTimeout(drainTimeout),

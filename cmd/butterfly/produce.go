@@ -74,7 +74,7 @@ The last line on stdout is a JSON summary:
 			defer cli.Close()
 			p, err := components.NewProducer(cli, id,
 				components.WithService(service), components.WithPrefix(r.prefix),
-				components.WithLogger(r.logger.With("producer", id)), components.WithWindow(window))
+				components.WithLogger(r.logger), components.WithWindow(window))
 			if err != nil {
 				return err
 			}

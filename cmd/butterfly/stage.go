@@ -54,7 +54,7 @@ The last line on stdout is a JSON summary of the stage's consumer and producer.`
 			defer cli.Close()
 			st, err := components.NewStage(cli, id, from, to,
 				components.WithConsumerOptions(components.WithGroup(group)), components.WithPrefix(r.prefix),
-				components.WithProcessor(proc), components.WithLogger(r.logger.With("stage", id)))
+				components.WithProcessor(proc), components.WithLogger(r.logger))
 			if err != nil {
 				return err
 			}
