@@ -50,7 +50,28 @@ type group struct {
 	// the rendezvous, so that their keys wait for them instead of going to
 	// another consumer, which would handle again what they already handled.
 	ghosts map[string]time.Time
+	// keepUntil is when a group with neither streams nor ghosts is
+	// forgotten. Until then its deliveries park (and go back to their
+	// producers when no consumer comes), so a group whose only consumer
+	// restarts misses no message.
+	keepUntil time.Time
 }
+
+// ghostGrace is how long a consumer id whose stream ended without a drain
+// keeps its place in the rendezvous. It covers the time the consumer needs
+// to notice the break (heartbeats, about a second) and reconnect (its
+// backoff reaches one second), so a consumer that is still alive gets its
+// keys back instead of another consumer handling them again.
+const ghostGrace = 3 * time.Second
+
+// ghostGraceLocked is ghostGrace, kept below the no-consumer timeout so a
+// ghost never outlives the deliveries waiting for it.
+func (s *Server) ghostGraceLocked() time.Duration {
+	return min(max(ghostGrace, s.opts.routingSettle), s.opts.noConsumerTimeout/2)
+}
+
+// vacantLocked reports whether g has no stream and no ghost.
+func (g *group) vacantLocked() bool { return len(g.subs) == 0 && len(g.ghosts) == 0 }
 
 // pickLocked returns the stream of the group that key's deliveries go to: the
 // consumer id with the highest rendezvous score among the consumers that are
@@ -212,6 +233,10 @@ func (s *Server) joinLocked(sub *subStream) {
 	if g == nil {
 		g = &group{name: sub.group, settled: time.Now().Add(s.opts.routingSettle)}
 		s.groups[sub.group] = g
+	} else if g.vacantLocked() {
+		// The group's consumers come back: wait for the others as for a
+		// new group, so the first one does not take every key.
+		g.settled = time.Now().Add(s.opts.routingSettle)
 	}
 	g.subs = append(g.subs, sub)
 	delete(g.ghosts, sub.consumerID)
@@ -259,10 +284,10 @@ func (s *Server) leaveLocked(sub *subStream) {
 			if g.ghosts == nil {
 				g.ghosts = make(map[string]time.Time)
 			}
-			g.ghosts[sub.consumerID] = time.Now().Add(s.opts.routingSettle)
+			g.ghosts[sub.consumerID] = time.Now().Add(s.ghostGraceLocked())
 		}
-		if len(g.subs) == 0 && len(g.ghosts) == 0 {
-			delete(s.groups, sub.group)
+		if g.vacantLocked() {
+			g.keepUntil = time.Now().Add(s.opts.noConsumerTimeout)
 		}
 	}
 	var moved []*delivery
@@ -299,9 +324,12 @@ func (s *Server) settleLocked(now time.Time) {
 		for id, until := range g.ghosts {
 			if now.After(until) {
 				delete(g.ghosts, id)
+				if g.vacantLocked() {
+					g.keepUntil = now.Add(s.opts.noConsumerTimeout)
+				}
 			}
 		}
-		if len(g.subs) == 0 && len(g.ghosts) == 0 {
+		if g.vacantLocked() && now.After(g.keepUntil) {
 			delete(s.groups, name)
 		}
 	}

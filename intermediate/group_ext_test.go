@@ -1,0 +1,108 @@
+package intermediate_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	adminv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/admin/v1"
+	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
+	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+)
+
+// subscribeGroup opens a subscribe stream of consumer id in group, ending
+// with ctx, and reads the welcome.
+func (r *rig) subscribeGroup(ctx context.Context, id, group string, credit uint32) deliveryv1.SubscribeService_SubscribeClient {
+	r.t.Helper()
+	stream, err := deliveryv1.NewSubscribeServiceClient(r.conn).Subscribe(ctx)
+	if err != nil {
+		r.t.Fatalf("Subscribe() = %v", err)
+	}
+	hello := &deliveryv1.SubscribeHello{ConsumerId: id, Group: group, Instance: "i1", HeartbeatIntervalMs: quietHeartbeatMs, InitialCredit: credit}
+	if err := stream.Send(&deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Hello{Hello: hello}}); err != nil {
+		r.t.Fatalf("Send(hello) = %v", err)
+	}
+	if resp, err := stream.Recv(); err != nil || resp.GetWelcome() == nil {
+		r.t.Fatalf("subscribe welcome = %v, %v", resp, err)
+	}
+	return stream
+}
+
+// waitConsumers polls the admin status until n consumer streams are connected.
+func (r *rig) waitConsumers(n int) {
+	r.t.Helper()
+	admin := adminv1.NewAdminServiceClient(r.conn)
+	deadline := time.Now().Add(defaultTestTimeout)
+	for {
+		st, err := admin.GetStatus(r.ctx(), &adminv1.GetStatusRequest{})
+		if err == nil && len(st.GetConsumers()) == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("GetStatus() consumers = %v, %v; want %d", st.GetConsumers(), err, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestServer_GroupRestartMissesNothing checks that a group whose only
+// consumer is away for a moment still receives every message: the message is
+// acknowledged to its producer only once that group's returning consumer has
+// acknowledged it too.
+func TestServer_GroupRestartMissesNothing(t *testing.T) {
+	r := newRig(t)
+	ctxA, cancelA := context.WithCancel(r.ctx())
+	defer cancelA()
+	subA := r.subscribeGroup(ctxA, "a", "audit", 10)
+	ctxB, cancelB := context.WithCancel(r.ctx())
+	r.subscribeGroup(ctxB, "b", "billing", 10)
+	r.waitConsumers(2)
+	cancelB() // billing's only consumer restarts
+	r.waitConsumers(1)
+
+	pub := r.producer("p1")
+	sendBatch(t, pub, 1, msg("p1", 1, "x"))
+	d := nextDeliveries(t, subA)
+	if len(d) != 1 || d[0].GetMessage().GetId().GetSeq() != 1 {
+		t.Fatalf("audit deliveries = %v, want seq 1", d)
+	}
+	ackDeliveries(t, subA, &deliveryv1.DeliveryAck{Acked: []*messagev1.SeqRange{{First: d[0].GetDeliveryId(), Last: d[0].GetDeliveryId()}}})
+
+	acks := make(chan *deliveryv1.PublishAck, 1)
+	go func() {
+		for {
+			resp, err := pub.Recv()
+			if err != nil {
+				close(acks)
+				return
+			}
+			if a := resp.GetAck(); a != nil {
+				acks <- a
+			}
+		}
+	}()
+	select {
+	case a := <-acks:
+		t.Fatalf("PublishAck %v while billing has no consumer, want none until billing handled it", a)
+	case <-time.After(50 * time.Millisecond):
+	}
+
+	ctxB2, cancelB2 := context.WithCancel(r.ctx())
+	defer cancelB2()
+	subB := r.subscribeGroup(ctxB2, "b", "billing", 10)
+	d = nextDeliveries(t, subB)
+	if len(d) != 1 || d[0].GetMessage().GetId().GetSeq() != 1 {
+		t.Fatalf("billing deliveries after its consumer came back = %v, want seq 1", d)
+	}
+	ackDeliveries(t, subB, &deliveryv1.DeliveryAck{Acked: []*messagev1.SeqRange{{First: d[0].GetDeliveryId(), Last: d[0].GetDeliveryId()}}})
+	select {
+	case a := <-acks:
+		if len(a.GetAcked()) != 1 || a.GetAcked()[0].GetFirst() != 1 || a.GetAcked()[0].GetLast() != 1 {
+			t.Fatalf("PublishAck = %v, want seq 1", a)
+		}
+	case <-time.After(defaultTestTimeout):
+		t.Fatalf("no PublishAck after both groups acknowledged")
+	}
+	cancelA()
+	cancelB2()
+}
