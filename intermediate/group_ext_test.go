@@ -8,6 +8,7 @@ import (
 	adminv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/admin/v1"
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/intermediate"
 )
 
 // subscribeGroup opens a subscribe stream of consumer id in group, ending
@@ -105,4 +106,41 @@ func TestServer_GroupRestartMissesNothing(t *testing.T) {
 	}
 	cancelA()
 	cancelB2()
+}
+
+// slowProcessor takes longer over each message than a publish stream may be
+// silent.
+type slowProcessor struct{ d time.Duration }
+
+func (slowProcessor) Name() string { return "slow" }
+
+func (p slowProcessor) Process(ctx context.Context, m *messagev1.Message) (*messagev1.Message, error) {
+	select {
+	case <-time.After(p.d):
+		return m, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// TestServer_SlowProcessorKeepsStream checks that a processor slower than the
+// heartbeat timeout does not get a healthy publish stream declared dead: the
+// producer's heartbeats wait in the stream while the batch is processed.
+func TestServer_SlowProcessorKeepsStream(t *testing.T) {
+	r := newRig(t, intermediate.WithProcessor(slowProcessor{d: 800 * time.Millisecond}))
+	sub := r.subscribe("a", 10)
+	// 100ms heartbeats: silent for 500ms is dead.
+	pub, w := r.publish(&deliveryv1.PublishHello{ProducerId: "p1", Incarnation: 1, Instance: "i1", HeartbeatIntervalMs: 100})
+	if w == nil {
+		t.Fatalf("publish stream got no welcome")
+	}
+	sendBatch(t, pub, 1, msg("p1", 1, "x"))
+	d := nextDeliveries(t, sub)
+	if len(d) != 1 {
+		t.Fatalf("deliveries = %v, want 1", d)
+	}
+	ackDeliveries(t, sub, &deliveryv1.DeliveryAck{Acked: []*messagev1.SeqRange{{First: d[0].GetDeliveryId(), Last: d[0].GetDeliveryId()}}})
+	if a := nextAck(t, pub); len(a.GetAcked()) != 1 || a.GetAcked()[0].GetFirst() != 1 {
+		t.Fatalf("PublishAck = %v, want seq 1", a)
+	}
 }

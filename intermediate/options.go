@@ -22,6 +22,9 @@ const (
 	DefaultLeaseTTL           = 5 * time.Second
 	DefaultStopTimeout        = 2 * time.Second
 	DefaultRoutingSettle      = 500 * time.Millisecond
+	DefaultMaxHeaders         = 64
+	DefaultMaxHeaderBytes     = 16 << 10
+	DefaultMaxStreamsPerPeer  = 1000
 	heartbeatMisses           = 5
 	defaultDrainFlushTimeout  = time.Second
 	minHeartbeatInterval      = time.Millisecond
@@ -46,6 +49,11 @@ type options struct {
 	noConsumerTimeout time.Duration
 	routingSettle     time.Duration
 	serverOptions     []grpc.ServerOption
+	observe           observeOptions
+	maxMessageBytes   int // 0: the batch byte limit
+	maxHeaders        int
+	maxHeaderBytes    int
+	maxStreamsPerPeer int // 0: no limit
 	registryOptions   []registry.Option
 	version           string
 }
@@ -64,6 +72,9 @@ func defaultOptions() options {
 		maxBatchBytes:     DefaultMaxBatchBytes,
 		noConsumerTimeout: DefaultNoConsumerTimeout,
 		routingSettle:     DefaultRoutingSettle,
+		maxHeaders:        DefaultMaxHeaders,
+		maxHeaderBytes:    DefaultMaxHeaderBytes,
+		maxStreamsPerPeer: DefaultMaxStreamsPerPeer,
 	}
 }
 
@@ -89,6 +100,12 @@ func (o *options) validate() error {
 	}
 	if o.maxBatchMessages < 1 || o.maxBatchBytes < 1 {
 		errs = append(errs, fmt.Errorf("max batch (%d messages, %d bytes) must be positive", o.maxBatchMessages, o.maxBatchBytes))
+	}
+	if o.maxMessageBytes < 0 || o.maxMessageBytes > o.maxBatchBytes {
+		errs = append(errs, fmt.Errorf("max message bytes %d must be in [0, max batch bytes %d]", o.maxMessageBytes, o.maxBatchBytes))
+	}
+	if o.maxHeaders < 0 || o.maxHeaderBytes < 0 || o.maxStreamsPerPeer < 0 {
+		errs = append(errs, fmt.Errorf("max headers (%d, %d bytes) and max streams per peer %d must not be negative", o.maxHeaders, o.maxHeaderBytes, o.maxStreamsPerPeer))
 	}
 	if o.noConsumerTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("no-consumer timeout %v is not positive", o.noConsumerTimeout))
@@ -193,3 +210,24 @@ func WithRegistryOptions(opts ...registry.Option) Option {
 
 // WithVersion sets the software version reported by GetStatus.
 func WithVersion(v string) Option { return func(o *options) { o.version = v } }
+
+// WithMaxMessageBytes sets the largest message accepted, encoded (default 0:
+// the batch byte limit of WithMaxBatch, which it may not exceed). A larger
+// message is handed back with NACK_REASON_INVALID, a detail naming
+// max-message-bytes, and the stream goes on; a Process call with one fails
+// with RESOURCE_EXHAUSTED.
+func WithMaxMessageBytes(n int) Option { return func(o *options) { o.maxMessageBytes = n } }
+
+// WithMaxHeaders sets how many headers a message may carry and how many bytes
+// their names and values may add up to (defaults 64 and 16 KiB). A message
+// over either is handed back with NACK_REASON_INVALID naming max-headers or
+// max-header-bytes.
+func WithMaxHeaders(count, bytes int) Option {
+	return func(o *options) { o.maxHeaders, o.maxHeaderBytes = count, bytes }
+}
+
+// WithMaxStreamsPerPeer sets how many streams (publish and subscribe) one
+// peer may have open at once (default 1000, 0 for no limit). A peer is the
+// identity of its verified client certificate, else its IP address. A stream
+// over the limit fails with RESOURCE_EXHAUSTED naming max-streams-per-peer.
+func WithMaxStreamsPerPeer(n int) Option { return func(o *options) { o.maxStreamsPerPeer = n } }

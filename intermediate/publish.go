@@ -13,6 +13,7 @@ import (
 
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
 )
 
 // publishService serves PublishService.
@@ -67,6 +68,12 @@ func (ps *publishService) Publish(stream deliveryv1.PublishService_PublishServer
 	case hello.GetInstance() != "" && hello.GetInstance() != s.instance:
 		return status.Errorf(codes.FailedPrecondition, "intermediate: this is instance %q, not %q", s.instance, hello.GetInstance())
 	}
+	// A verified client certificate binds the stream to its producer id.
+	// Messages forwarded by a stage keep their original ids: an
+	// authenticated stream is trusted with the ids of the messages it carries.
+	if id, ok := tlsutil.PeerIdentity(ctx); ok && id != hello.GetProducerId() {
+		return status.Errorf(codes.PermissionDenied, "intermediate: hello producer_id %q is not %q, the identity of the client certificate", hello.GetProducerId(), id)
+	}
 	p := &pubStream{
 		srv:         s,
 		producerID:  hello.GetProducerId(),
@@ -109,7 +116,11 @@ func (ps *publishService) Publish(stream deliveryv1.PublishService_PublishServer
 		cancel(errServerStopping)
 	}
 	s.mu.Lock()
+	abandoned := len(p.held)
 	s.abandonLocked(p)
+	if abandoned > 0 {
+		s.pruneQueuesLocked()
+	}
 	s.mu.Unlock()
 	err = endStatus(ctx)
 	log.Debug("intermediate: publish stream closed", "cause", context.Cause(ctx))
@@ -129,7 +140,11 @@ func (p *pubStream) recvLoop(ctx context.Context, stream deliveryv1.PublishServi
 		p.touch()
 		switch k := req.GetKind().(type) {
 		case *deliveryv1.PublishRequest_Batch:
-			if err := p.admit(ctx, k.Batch); err != nil {
+			p.busy.Store(true)
+			err := p.admit(ctx, k.Batch)
+			p.touch()
+			p.busy.Store(false)
+			if err != nil {
 				p.cancel(err)
 				return
 			}
@@ -153,9 +168,6 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 	if b.GetFirstSeq() != p.expectSeq {
 		return status.Errorf(codes.InvalidArgument, "intermediate: batch first_seq %d, want %d", b.GetFirstSeq(), p.expectSeq)
 	}
-	if len(msgs) > s.opts.maxBatchMessages {
-		return status.Errorf(codes.ResourceExhausted, "intermediate: batch of %d messages exceeds the limit of %d", len(msgs), s.opts.maxBatchMessages)
-	}
 	first := p.expectSeq
 	p.expectSeq += n
 	s.received.Add(n)
@@ -166,7 +178,7 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 	// frame not yet sent. A producer within its limit never exceeds it.
 	if inFlight := len(p.held) + len(p.acks) + len(p.nacks); inFlight+len(msgs) > s.opts.maxInFlight {
 		s.mu.Unlock()
-		return status.Errorf(codes.ResourceExhausted, "intermediate: %d messages in flight plus a batch of %d exceed the limit of %d", inFlight, len(msgs), s.opts.maxInFlight)
+		return status.Errorf(codes.ResourceExhausted, "intermediate: %d messages in flight plus a batch of %d exceed max-in-flight %d", inFlight, len(msgs), s.opts.maxInFlight)
 	}
 	if s.draining {
 		for i := range msgs {
@@ -182,13 +194,12 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 		nack *messagev1.Nack
 	}
 	out := make([]outcome, len(msgs))
-	total := 0
+	lim := s.opts.limits()
 	for i, m := range msgs {
 		seq := first + uint64(i)
-		size := proto.Size(m)
-		total += size
-		if err := validate(m, size, s.opts.maxBatchBytes); err != nil {
-			out[i].nack = &messagev1.Nack{Reason: messagev1.NackReason_NACK_REASON_INVALID, Detail: err.Error()}
+		if err := validateEnvelope(m, proto.Size(m), lim); err != nil {
+			detail := fmt.Sprintf("message %d of the batch: %v", i+1, err)
+			out[i].nack = &messagev1.Nack{Reason: messagev1.NackReason_NACK_REASON_INVALID, Detail: detail}
 			continue
 		}
 		res, err := s.process(ctx, m)
@@ -198,10 +209,6 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 		}
 		out[i].h = &held{pub: p, seq: seq, msg: res, size: proto.Size(res), routeKey: routeKey(res)}
 	}
-	if len(msgs) > 1 && total > s.opts.maxBatchBytes {
-		return status.Errorf(codes.ResourceExhausted, "intermediate: batch of %d bytes exceeds the limit of %d", total, s.opts.maxBatchBytes)
-	}
-
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if p.closed {
@@ -227,25 +234,9 @@ func (p *pubStream) nackLocked(seq uint64, reason messagev1.NackReason, detail s
 	p.wakeUp()
 }
 
-// validate checks the envelope of a published message.
-func validate(m *messagev1.Message, size, maxBytes int) error {
-	id := m.GetId()
-	switch {
-	case id == nil:
-		return errors.New("message has no id")
-	case id.GetProducerId() == "":
-		return errors.New("message id has no producer_id")
-	case id.GetSeq() == 0:
-		return errors.New("message id has seq 0")
-	case size > maxBytes:
-		return fmt.Errorf("message of %d bytes exceeds the limit of %d", size, maxBytes)
-	}
-	return nil
-}
-
 // process runs the processor; the result keeps the message's id.
 func (s *Server) process(ctx context.Context, m *messagev1.Message) (*messagev1.Message, error) {
-	res, err := s.opts.processor.Process(ctx, m)
+	res, err := s.runProcessor(ctx, m)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", s.opts.processor.Name(), err)
 	}

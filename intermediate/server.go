@@ -36,6 +36,7 @@ type Server struct {
 	log      *slog.Logger
 	grpc     *grpc.Server
 	started  time.Time
+	obs      observer // health, metrics and tracing; see observe.go
 
 	ready    chan struct{} // closed once registered; stream handlers wait for it
 	drainCh  chan drainRequest
@@ -120,12 +121,21 @@ func New(cli *clientv3.Client, service, instance string, opts ...Option) (*Serve
 	}
 	sopts := append([]grpc.ServerOption{
 		grpc.MaxRecvMsgSize(2*o.maxBatchBytes + 1<<16),
-	}, o.serverOptions...)
+	}, s.interceptorOptions()...)
+	obsOpts, err := s.observeServerOptions()
+	if err != nil {
+		return nil, err
+	}
+	sopts = append(sopts, obsOpts...)
+	sopts = append(sopts, o.serverOptions...)
 	s.grpc = grpc.NewServer(sopts...)
 	deliveryv1.RegisterPublishServiceServer(s.grpc, &publishService{s: s})
 	deliveryv1.RegisterSubscribeServiceServer(s.grpc, &subscribeService{s: s})
 	deliveryv1.RegisterProcessServiceServer(s.grpc, &processService{s: s})
 	adminv1.RegisterAdminServiceServer(s.grpc, &adminService{s: s})
+	if err := s.observe(); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -203,6 +213,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	s.epoch = reg.Epoch()
 	s.mu.Unlock()
 	close(s.ready)
+	s.setServing()
 	s.log.Info("intermediate: serving", "addr", addr, "epoch", reg.Epoch(), "processor", s.opts.processor.Name())
 
 	jctx, jcancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -231,7 +242,10 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		s.crash(ctx, reg, nil)
 		return fmt.Errorf("intermediate: serve: %w", err)
 	}
+	s.setNotServing()
+	drainStart := time.Now()
 	s.drain(context.WithoutCancel(ctx), reg, req, serveErr)
+	s.drained(req.reason, time.Since(drainStart))
 	return nil
 }
 

@@ -32,7 +32,11 @@ type streamBase struct {
 	peerInterval time.Duration // the peer's heartbeat interval
 	cancel       context.CancelCauseFunc
 	lastRecv     atomic.Int64 // unix nanoseconds of the last frame received
-	wake         chan struct{}
+	// busy is set while the receive loop works on a frame (a publish batch
+	// in the processor): the peer's heartbeats then wait unread in the
+	// stream, so silence is not judged.
+	busy atomic.Bool
+	wake chan struct{}
 }
 
 func (b *streamBase) init(ctx context.Context, cancel context.CancelCauseFunc, intervalMs uint32, own time.Duration) {
@@ -60,7 +64,7 @@ func (b *streamBase) touch() { b.lastRecv.Store(time.Now().UnixNano()) }
 // expired reports whether nothing arrived for heartbeatMisses of the peer's
 // intervals.
 func (b *streamBase) expired(now time.Time) bool {
-	return now.UnixNano()-b.lastRecv.Load() > int64(heartbeatMisses*b.peerInterval)
+	return !b.busy.Load() && now.UnixNano()-b.lastRecv.Load() > int64(heartbeatMisses*b.peerInterval)
 }
 
 func heartbeat() *messagev1.Heartbeat {

@@ -1,0 +1,212 @@
+package intermediate_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
+	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/intermediate"
+)
+
+// panicky panics on the payload "boom" and passes everything else through.
+type panicky struct{}
+
+func (panicky) Name() string { return "panicky" }
+
+func (panicky) Process(_ context.Context, m *messagev1.Message) (*messagev1.Message, error) {
+	if string(m.GetPayload()) == "boom" {
+		panic("processor bug")
+	}
+	return m, nil
+}
+
+// collectAcks reads acks until n messages were answered, and returns the
+// acknowledged seqs and the nacks by seq.
+func collectAcks(t *testing.T, pub deliveryv1.PublishService_PublishClient, n int) (map[uint64]bool, map[uint64]*messagev1.Nack) {
+	t.Helper()
+	acked, nacked := map[uint64]bool{}, map[uint64]*messagev1.Nack{}
+	for len(acked)+len(nacked) < n {
+		a := nextAck(t, pub)
+		for _, r := range a.GetAcked() {
+			for seq := r.GetFirst(); seq <= r.GetLast(); seq++ {
+				acked[seq] = true
+			}
+		}
+		for _, nk := range a.GetNacked() {
+			nacked[nk.GetSeq()] = nk
+		}
+	}
+	return acked, nacked
+}
+
+// ackAll acknowledges every delivery of the next batch and returns their
+// payloads.
+func ackAll(t *testing.T, sub deliveryv1.SubscribeService_SubscribeClient) []string {
+	t.Helper()
+	ds := nextDeliveries(t, sub)
+	var payloads []string
+	for _, d := range ds {
+		payloads = append(payloads, string(d.GetMessage().GetPayload()))
+		ackDeliveries(t, sub, &deliveryv1.DeliveryAck{Acked: []*messagev1.SeqRange{{First: d.GetDeliveryId(), Last: d.GetDeliveryId()}}})
+	}
+	return payloads
+}
+
+// TestPublish_ProcessorPanic checks that a panicking processor hands back
+// only the message it panicked on, and that the stream and the server go on.
+func TestPublish_ProcessorPanic(t *testing.T) {
+	r := newRig(t, intermediate.WithProcessor(panicky{}))
+	sub := r.subscribe("c1", 100)
+	pub := r.producer("p1")
+	sendBatch(t, pub, 1, msg("p1", 1, "a"), msg("p1", 2, "boom"), msg("p1", 3, "c"))
+	var delivered []string
+	for len(delivered) < 2 {
+		delivered = append(delivered, ackAll(t, sub)...)
+	}
+	acked, nacked := collectAcks(t, pub, 3)
+	if !acked[1] || !acked[3] || len(acked) != 2 {
+		t.Errorf("acked = %v, want seqs 1 and 3", acked)
+	}
+	n := nacked[2]
+	if n.GetReason() != messagev1.NackReason_NACK_REASON_PROCESSING_FAILED || !strings.Contains(n.GetDetail(), "panicky: processor panicked: processor bug") {
+		t.Errorf("nack of seq 2 = %v, want PROCESSING_FAILED naming the panic", n)
+	}
+	// The same stream keeps working.
+	sendBatch(t, pub, 4, msg("p1", 4, "d"))
+	if got := ackAll(t, sub); len(got) != 1 || got[0] != "d" {
+		t.Errorf("deliveries after the panic = %q, want [d]", got)
+	}
+	if acked, _ := collectAcks(t, pub, 1); !acked[4] {
+		t.Errorf("acked after the panic = %v, want seq 4", acked)
+	}
+	// A unary Process call that panics fails alone.
+	c := deliveryv1.NewProcessServiceClient(r.conn)
+	if _, err := c.Process(r.ctx(), &deliveryv1.ProcessRequest{Message: &messagev1.Message{Payload: []byte("boom")}}); status.Code(err) != codes.Aborted || !strings.Contains(err.Error(), "processor panicked") {
+		t.Errorf("Process(boom) = %v, want ABORTED naming the panic", err)
+	}
+	if res, err := c.Process(r.ctx(), &deliveryv1.ProcessRequest{Message: &messagev1.Message{Payload: []byte("ok")}}); err != nil || string(res.GetMessage().GetPayload()) != "ok" {
+		t.Errorf("Process(ok) after a panic = %v, %v, want ok", res, err)
+	}
+}
+
+// TestPublish_MessageLimits checks that messages over the size and header
+// limits are handed back INVALID with a detail naming the limit, while the
+// rest of their batch and the stream go on.
+func TestPublish_MessageLimits(t *testing.T) {
+	r := newRig(t, intermediate.WithMaxMessageBytes(200), intermediate.WithMaxHeaders(2, 32))
+	sub := r.subscribe("c1", 100)
+	pub := r.producer("p1")
+	big := msg("p1", 2, strings.Repeat("x", 300))
+	headers := msg("p1", 3, "h")
+	headers.Headers = map[string]string{"a": "1", "b": "2", "c": "3"}
+	long := msg("p1", 4, "l")
+	long.Headers = map[string]string{"k": strings.Repeat("v", 40)}
+	sendBatch(t, pub, 1, msg("p1", 1, "ok1"), big, headers, long, msg("p1", 5, "ok5"))
+	var delivered []string
+	for len(delivered) < 2 {
+		delivered = append(delivered, ackAll(t, sub)...)
+	}
+	acked, nacked := collectAcks(t, pub, 5)
+	if !acked[1] || !acked[5] || len(acked) != 2 {
+		t.Errorf("acked = %v, want seqs 1 and 5", acked)
+	}
+	for seq, want := range map[uint64]string{
+		2: "message 2 of the batch: message of 3",
+		3: "message 3 of the batch: 3 headers exceeds max-headers 2",
+		4: "message 4 of the batch: headers of 41 bytes exceeds max-header-bytes 32",
+	} {
+		n := nacked[seq]
+		if n.GetReason() != messagev1.NackReason_NACK_REASON_INVALID || !strings.Contains(n.GetDetail(), want) {
+			t.Errorf("nack of seq %d = %v, want INVALID containing %q", seq, n, want)
+		}
+	}
+	if !strings.Contains(nacked[2].GetDetail(), "exceeds max-message-bytes 200") {
+		t.Errorf("nack of seq 2 = %q, want it to name max-message-bytes 200", nacked[2].GetDetail())
+	}
+	c := deliveryv1.NewProcessServiceClient(r.conn)
+	_, err := c.Process(r.ctx(), &deliveryv1.ProcessRequest{Message: &messagev1.Message{Payload: []byte(strings.Repeat("x", 300))}})
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "max-message-bytes 200") {
+		t.Errorf("Process(300 bytes) = %v, want RESOURCE_EXHAUSTED naming max-message-bytes 200", err)
+	}
+}
+
+// TestPublish_FrameLimits checks that a batch over the batch limits, or a
+// hello with an invalid producer id, ends the stream with a status naming
+// the limit.
+func TestPublish_FrameLimits(t *testing.T) {
+	r := newRig(t, intermediate.WithMaxBatch(3, 1000))
+	pub := r.producer("p1")
+	sendBatch(t, pub, 1, msg("p1", 1, "a"), msg("p1", 2, "b"), msg("p1", 3, "c"), msg("p1", 4, "d"))
+	if err := recvEnd(pub); status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "batch of 4 messages exceeds the batch limit max-batch-messages 3") {
+		t.Errorf("batch of 4 messages ended the stream with %v, want RESOURCE_EXHAUSTED naming max-batch-messages 3", err)
+	}
+	pub = r.producer("p2")
+	sendBatch(t, pub, 1, msg("p2", 1, strings.Repeat("a", 600)), msg("p2", 2, strings.Repeat("b", 600)))
+	if err := recvEnd(pub); status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "max-batch-bytes 1000") {
+		t.Errorf("batch of 1200 bytes ended the stream with %v, want RESOURCE_EXHAUSTED naming max-batch-bytes 1000", err)
+	}
+	if _, err := openPublish(t, r, r.ctx(), &deliveryv1.PublishHello{ProducerId: "bad/id"}); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "producer_id") {
+		t.Errorf("hello with producer_id bad/id = %v, want INVALID_ARGUMENT naming producer_id", err)
+	}
+	// A batch before the hello.
+	stream, err := deliveryv1.NewPublishServiceClient(r.conn).Publish(r.ctx())
+	if err != nil {
+		t.Fatalf("Publish() = %v", err)
+	}
+	sendBatch(t, stream, 1, msg("p3", 1, "a"))
+	if err := recvEnd(stream); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("batch before hello = %v, want INVALID_ARGUMENT", err)
+	}
+}
+
+// openPublish opens a publish stream, sends hello and returns the stream and
+// the result of the first Recv: the welcome, or the status that ended it.
+func openPublish(t *testing.T, r *rig, ctx context.Context, hello *deliveryv1.PublishHello) (deliveryv1.PublishService_PublishClient, error) {
+	t.Helper()
+	stream, err := deliveryv1.NewPublishServiceClient(r.conn).Publish(ctx)
+	if err != nil {
+		t.Fatalf("Publish() = %v", err)
+	}
+	if err := stream.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Hello{Hello: hello}}); err != nil {
+		t.Fatalf("Send(hello) = %v", err)
+	}
+	resp, err := stream.Recv()
+	if err == nil && resp.GetWelcome() == nil {
+		t.Fatalf("first frame = %v, want a welcome", resp)
+	}
+	return stream, err
+}
+
+// TestPublish_StreamsPerPeer checks that a peer cannot open more streams
+// than max-streams-per-peer, and can again once one closed.
+func TestPublish_StreamsPerPeer(t *testing.T) {
+	r := newRig(t, intermediate.WithMaxStreamsPerPeer(2))
+	r.producer("p1")
+	ctx, cancel := context.WithCancel(r.ctx())
+	if _, err := openPublish(t, r, ctx, &deliveryv1.PublishHello{ProducerId: "p2", HeartbeatIntervalMs: quietHeartbeatMs}); err != nil {
+		t.Fatalf("second stream = %v, want a welcome", err)
+	}
+	_, err := openPublish(t, r, r.ctx(), &deliveryv1.PublishHello{ProducerId: "p3", HeartbeatIntervalMs: quietHeartbeatMs})
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "127.0.0.1 has 2 streams open, the limit of max-streams-per-peer") {
+		t.Fatalf("third stream = %v, want RESOURCE_EXHAUSTED naming max-streams-per-peer", err)
+	}
+	cancel()
+	// The stream is released when its handler returns: poll.
+	deadline := time.Now().Add(defaultTestTimeout)
+	for {
+		_, err := openPublish(t, r, r.ctx(), &deliveryv1.PublishHello{ProducerId: "p4", HeartbeatIntervalMs: quietHeartbeatMs})
+		if err == nil {
+			break
+		}
+		if status.Code(err) != codes.ResourceExhausted || time.Now().After(deadline) {
+			t.Fatalf("stream after one closed = %v, want a welcome", err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

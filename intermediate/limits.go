@@ -1,0 +1,200 @@
+package intermediate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"unicode/utf8"
+
+	"google.golang.org/grpc/peer"
+
+	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
+)
+
+// MaxProducerIDBytes is the longest producer id an intermediate accepts, in
+// hellos and in message ids.
+const MaxProducerIDBytes = 256
+
+// Errors that name a limit. A refused message or frame wraps one of them, so
+// errors.Is tells the limits apart; the text names the option (and the
+// butterfly intermediate flag of the same name).
+var (
+	// ErrMessageTooLarge: a message is larger than max-message-bytes.
+	ErrMessageTooLarge = errors.New("exceeds max-message-bytes")
+	// ErrTooManyHeaders: a message has more headers than max-headers.
+	ErrTooManyHeaders = errors.New("exceeds max-headers")
+	// ErrHeadersTooLarge: a message's header names and values add up to
+	// more than max-header-bytes.
+	ErrHeadersTooLarge = errors.New("exceeds max-header-bytes")
+	// ErrBatchTooLarge: a batch has more messages than max-batch-messages or
+	// more bytes than max-batch-bytes.
+	ErrBatchTooLarge = errors.New("exceeds the batch limit")
+	// ErrInvalidEnvelope: a message's id is missing or malformed.
+	ErrInvalidEnvelope = errors.New("invalid envelope")
+)
+
+// limits bound what one peer may send.
+type limits struct {
+	maxMessageBytes  int
+	maxHeaders       int
+	maxHeaderBytes   int
+	maxBatchMessages int
+	maxBatchBytes    int
+}
+
+func (o *options) limits() limits {
+	return limits{
+		maxMessageBytes:  o.effectiveMaxMessageBytes(),
+		maxHeaders:       o.maxHeaders,
+		maxHeaderBytes:   o.maxHeaderBytes,
+		maxBatchMessages: o.maxBatchMessages,
+		maxBatchBytes:    o.maxBatchBytes,
+	}
+}
+
+// effectiveMaxMessageBytes is max-message-bytes, or the batch byte limit when
+// it is not set.
+func (o *options) effectiveMaxMessageBytes() int {
+	if o.maxMessageBytes == 0 {
+		return o.maxBatchBytes
+	}
+	return o.maxMessageBytes
+}
+
+// validateProducerID applies the rules of producer ids: non-empty valid UTF-8
+// of at most MaxProducerIDBytes, without '/', spaces or control characters.
+func validateProducerID(id string) error {
+	switch {
+	case id == "":
+		return fmt.Errorf("%w: producer_id is empty", ErrInvalidEnvelope)
+	case len(id) > MaxProducerIDBytes:
+		return fmt.Errorf("%w: producer_id of %d bytes is longer than %d", ErrInvalidEnvelope, len(id), MaxProducerIDBytes)
+	case !utf8.ValidString(id):
+		return fmt.Errorf("%w: producer_id %q is not valid UTF-8", ErrInvalidEnvelope, id)
+	}
+	for _, r := range id {
+		if r == '/' || r <= ' ' || r == 0x7f {
+			return fmt.Errorf("%w: producer_id %q contains %q", ErrInvalidEnvelope, id, r)
+		}
+	}
+	return nil
+}
+
+// validateEnvelope checks one published message of size bytes (its encoded
+// size): a well-formed id (producer id, seq > 0) and the size and header
+// limits.
+func validateEnvelope(m *messagev1.Message, size int, l limits) error {
+	id := m.GetId()
+	switch {
+	case id == nil:
+		return fmt.Errorf("%w: message has no id", ErrInvalidEnvelope)
+	case id.GetSeq() == 0:
+		return fmt.Errorf("%w: message id has seq 0", ErrInvalidEnvelope)
+	case id.GetIncarnation() == 0:
+		// Consumers drop a repeated (producer id, incarnation, seq): a
+		// producer that restarted under incarnation 0 and counted from 1
+		// again would have its new messages dropped as duplicates.
+		return fmt.Errorf("%w: message id has incarnation 0 (it must be new at every producer start)", ErrInvalidEnvelope)
+	}
+	if err := validateProducerID(id.GetProducerId()); err != nil {
+		return err
+	}
+	return checkMessageLimits(m, size, l)
+}
+
+// checkMessageLimits checks the size and the headers of a message of size
+// bytes.
+func checkMessageLimits(m *messagev1.Message, size int, l limits) error {
+	if size > l.maxMessageBytes {
+		return fmt.Errorf("message of %d bytes %w %d", size, ErrMessageTooLarge, l.maxMessageBytes)
+	}
+	h := m.GetHeaders()
+	if len(h) > l.maxHeaders {
+		return fmt.Errorf("%d headers %w %d", len(h), ErrTooManyHeaders, l.maxHeaders)
+	}
+	n := 0
+	for k, v := range h {
+		n += len(k) + len(v)
+	}
+	if n > l.maxHeaderBytes {
+		return fmt.Errorf("headers of %d bytes %w %d", n, ErrHeadersTooLarge, l.maxHeaderBytes)
+	}
+	return nil
+}
+
+// peerKey names the peer of a stream for max-streams-per-peer: the identity
+// of its verified client certificate, else its IP address.
+func peerKey(ctx context.Context) string {
+	if id, ok := tlsutil.PeerIdentity(ctx); ok {
+		return "identity " + id
+	}
+	p, ok := peer.FromContext(ctx)
+	if !ok || p.Addr == nil {
+		return "unknown peer"
+	}
+	addr := p.Addr.String()
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		return host
+	}
+	return addr
+}
+
+// streamLimiter counts the open streams of every peer.
+type streamLimiter struct {
+	max int // 0: no limit
+
+	mu   sync.Mutex
+	open map[string]int
+}
+
+func newStreamLimiter(max int) *streamLimiter {
+	return &streamLimiter{max: max, open: make(map[string]int)}
+}
+
+// acquire counts a new stream of key, or reports how many are open when the
+// limit is reached.
+func (l *streamLimiter) acquire(key string) (open int, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := l.open[key]
+	if l.max > 0 && n >= l.max {
+		return n, false
+	}
+	l.open[key] = n + 1
+	return n + 1, true
+}
+
+// release forgets one stream of key.
+func (l *streamLimiter) release(key string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.open[key] <= 1 {
+		delete(l.open, key)
+		return
+	}
+	l.open[key]--
+}
+
+// prune drops the deliveries of finished messages from the queue. A queue
+// only sheds them as its consumer's credit reaches them, so without pruning a
+// consumer that grants no credit would keep every abandoned message alive.
+func (q *deliveryQueue) prune() {
+	kept := q.items[:0]
+	for _, d := range q.items[q.head:] {
+		if !d.h.done {
+			kept = append(kept, d)
+		}
+	}
+	clear(q.items[len(kept):])
+	q.items, q.head = kept, 0
+}
+
+// pruneQueuesLocked prunes the queue of every subscribe stream.
+func (s *Server) pruneQueuesLocked() {
+	for sub := range s.subs {
+		sub.queue.prune()
+	}
+}
