@@ -7,12 +7,17 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.opentelemetry.io/otel/attribute"
+	otelcodes "go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/internal/telemetry"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
 
@@ -76,6 +81,8 @@ type Consumer struct {
 	changed     chan struct{} // poked when a job ends or a stream ends
 	closeOnce   sync.Once
 	closeErr    error
+	metrics     *telemetry.ConsumerMetrics // nil without WithMetrics
+	tracer      trace.Tracer               // nil without WithTracerProvider
 
 	delivered atomic.Uint64
 	dups      atomic.Uint64
@@ -110,7 +117,11 @@ func NewConsumer(cli *clientv3.Client, id string, h Handler, opts ...ConsumerOpt
 	if err := cfg.validate(cli, id, h); err != nil {
 		return nil, err
 	}
-	conn, err := dial(cli, cfg.service, cfg.commonConfig)
+	observed, err := cfg.commonConfig.observed()
+	if err != nil {
+		return nil, err
+	}
+	conn, err := dial(cli, cfg.service, observed)
 	if err != nil {
 		return nil, fmt.Errorf("components: consumer %s: %w", id, err)
 	}
@@ -134,10 +145,21 @@ func NewConsumer(cli *clientv3.Client, id string, h Handler, opts ...ConsumerOpt
 		dedup:       newDedupSet(cfg.dedupWindow, cfg.dedupProds),
 		inProgress:  make(map[msgKey]*job),
 	}
+	c.tracer = telemetry.Tracer(cfg.tracer)
+	c.metrics, err = telemetry.NewConsumerMetrics(cfg.metrics, cfg.service, cfg.group, id, c.inHand)
+	if err != nil {
+		wcancel()
+		cancel()
+		conn.Close()
+		return nil, fmt.Errorf("components: consumer %s: %w", id, err)
+	}
 	c.wg.Add(2 + cfg.concurrency)
 	go func() {
 		defer c.wg.Done()
-		follow(wctx, cli, cfg.service, cfg.commonConfig, c.reconcile)
+		follow(wctx, cli, cfg.service, cfg.commonConfig, func(v registry.View) {
+			c.metrics.MembershipUpdate()
+			c.reconcile(v)
+		})
 	}()
 	go c.watchdog(ctx)
 	for range cfg.concurrency {
@@ -193,6 +215,13 @@ func (c *Consumer) Stats() ConsumerStats {
 	}
 }
 
+// inHand is how many messages are queued for or in the handler.
+func (c *Consumer) inHand() float64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return float64(c.pending)
+}
+
 // receive takes a batch of deliveries from st: a duplicate of a handled
 // message is acknowledged at once, a duplicate of a message being handled
 // waits for the original's outcome, the rest are queued for the handler.
@@ -205,6 +234,8 @@ func (c *Consumer) receive(st *subStream, batch *deliveryv1.DeliveryBatch) {
 		return
 	}
 	queued := false
+	dups := 0
+	defer func() { c.metrics.Duplicates(dups) }()
 	for _, d := range batch.GetDeliveries() {
 		ref := deliveryRef{st: st, id: d.GetDeliveryId()}
 		id := d.GetMessage().GetId()
@@ -220,6 +251,7 @@ func (c *Consumer) receive(st *subStream, batch *deliveryv1.DeliveryBatch) {
 				st.acks = append(st.acks, ref.id)
 				st.credit++
 				c.dups.Add(1)
+				dups++
 				st.wakeUp()
 				continue
 			}
@@ -293,7 +325,28 @@ func (c *Consumer) handle(j *job) (err error) {
 			err = fmt.Errorf("handler panicked: %v", r)
 		}
 	}()
-	return c.handler(c.ctx, j.d)
+	if c.tracer == nil {
+		return c.handler(c.ctx, j.d)
+	}
+	id := j.d.Message.GetId()
+	ctx, span := c.tracer.Start(telemetry.Extract(c.ctx, j.d.Message), "butterfly.consume "+c.cfg.service,
+		trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(
+			attribute.String("butterfly.service", c.cfg.service),
+			attribute.String("butterfly.consumer_id", c.id),
+			attribute.String("butterfly.group", c.cfg.group),
+			attribute.String("butterfly.instance", j.d.Instance),
+			attribute.String("butterfly.producer_id", id.GetProducerId()),
+			attribute.Int64("butterfly.seq", int64(id.GetSeq())),
+		))
+	defer func() {
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(otelcodes.Error, err.Error())
+		}
+		span.End()
+	}()
+	return c.handler(ctx, j.d)
 }
 
 // finish answers a job's delivery and the duplicates that waited for it.
@@ -324,12 +377,15 @@ func (c *Consumer) finish(j *job, err error) {
 	c.poke()
 	if err != nil {
 		c.nacked.Add(1)
+		c.metrics.Nacked()
 		id := j.d.Message.GetId()
 		c.log.Warn("handler failed", "producer", id.GetProducerId(), "seq", id.GetSeq(), "err", err)
 		return
 	}
 	c.delivered.Add(1)
 	c.dups.Add(uint64(len(j.waiters)))
+	c.metrics.Delivered(j.d.Message.GetCreateTimeUnixNano(), time.Now())
+	c.metrics.Duplicates(len(j.waiters))
 }
 
 // Close drains the consumer: it tells every intermediate it leaves, finishes
@@ -371,6 +427,7 @@ func (c *Consumer) Close(ctx context.Context) error {
 		if err := c.conn.Close(); err != nil {
 			c.log.Debug("close connection", "err", err)
 		}
+		c.metrics.Close()
 		c.closeErr = waitErr
 		c.log.Info("consumer closed", "delivered", c.delivered.Load(), "duplicates", c.dups.Load(), "nacked", c.nacked.Load())
 	})

@@ -24,6 +24,7 @@ type subLink struct {
 	// Guarded by Consumer.mu.
 	retired bool // gone from the membership, moved, drained or closing: do not reopen
 	stream  *subStream
+	prev    *subLink // the link this one replaced when the instance moved, until this one is welcomed
 }
 
 // subStream is one open subscribe stream.
@@ -36,6 +37,7 @@ type subStream struct {
 
 	// Guarded by Consumer.mu.
 	dead        bool
+	retireBy    time.Time // when set: the end of the grace of a retired stream
 	acks        []uint64
 	nacks       []*messagev1.Nack
 	credit      uint32
@@ -60,7 +62,10 @@ func (st *subStream) expired(now time.Time) bool {
 
 // reconcile follows the membership: one link per instance, draining ones
 // included, since they still deliver what they hold. A moved instance gets a
-// new link; the old one keeps its stream until that ends.
+// new link; the old one keeps its stream until that ends, or until
+// retireGraceBeats heartbeat intervals after the new one was welcomed. The
+// stream of an instance gone from the membership gets the same grace from
+// then: an old process that cannot reach etcd would hold it forever.
 func (c *Consumer) reconcile(v registry.View) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -74,12 +79,13 @@ func (c *Consumer) reconcile(v registry.View) {
 		if l != nil && l.inst.Addr == inst.Addr && l.inst.Metadata.Epoch == inst.Metadata.Epoch {
 			continue
 		}
+		ctx, cancel := context.WithCancel(c.ctx)
+		nl := &subLink{c: c, inst: inst, ctx: ctx, cancel: cancel}
 		if l != nil {
 			c.log.Info("instance moved", "instance", inst.Name, "addr", inst.Addr, "epoch", inst.Metadata.Epoch)
 			c.retireLocked(l)
+			nl.prev = l
 		}
-		ctx, cancel := context.WithCancel(c.ctx)
-		nl := &subLink{c: c, inst: inst, ctx: ctx, cancel: cancel}
 		c.links[inst.Name] = nl
 		c.wg.Add(1)
 		go nl.run()
@@ -87,14 +93,34 @@ func (c *Consumer) reconcile(v registry.View) {
 	for name, l := range c.links {
 		if !seen[name] {
 			c.retireLocked(l)
+			c.endRetiredLocked(l, time.Now().Add(c.retireGrace()))
 			delete(c.links, name)
 		}
 	}
 }
 
+// retireGrace is how long a retired stream may still deliver.
+func (c *Consumer) retireGrace() time.Duration {
+	return retireGraceBeats * c.cfg.heartbeat
+}
+
+// endRetiredLocked sets when the watchdog cancels the streams of retired
+// link l and of the links it replaced, if they are still open by then.
+func (c *Consumer) endRetiredLocked(l *subLink, by time.Time) {
+	for l != nil {
+		if st := l.stream; st != nil && !st.dead && st.retireBy.IsZero() {
+			st.retireBy = by
+		}
+		prev := l.prev
+		l.prev = nil
+		l = prev
+	}
+}
+
 // retireLocked stops a link from reopening its stream; an open stream runs
-// until the intermediate ends it or it misses its heartbeats, so that what the
-// instance still delivers is handled and acknowledged.
+// until the intermediate ends it, it misses its heartbeats or its grace runs
+// out (see reconcile), so that what the instance still delivers is handled
+// and acknowledged.
 func (c *Consumer) retireLocked(l *subLink) {
 	l.retired = true
 	if l.stream == nil {
@@ -195,6 +221,12 @@ func (l *subLink) once() (welcomed bool) {
 	if ms := w.GetHeartbeatIntervalMs(); ms > 0 {
 		st.peerInterval.Store(int64(time.Duration(ms) * time.Millisecond))
 	}
+	c.mu.Lock()
+	if prev := l.prev; prev != nil {
+		l.prev = nil
+		c.endRetiredLocked(prev, time.Now().Add(c.retireGrace()))
+	}
+	c.mu.Unlock()
 	log.Debug("subscribe stream open")
 
 	sender.Add(1)
@@ -289,7 +321,8 @@ func (st *subStream) sendLoop(ctx context.Context, stream deliveryv1.SubscribeSe
 }
 
 // watchdog cancels every stream on which nothing arrived for
-// heartbeatMisses of the peer's intervals.
+// heartbeatMisses of the peer's intervals, and every retired stream whose
+// grace ran out.
 func (c *Consumer) watchdog(ctx context.Context) {
 	defer c.wg.Done()
 	ticker := time.NewTicker(c.cfg.heartbeat)
@@ -301,9 +334,14 @@ func (c *Consumer) watchdog(ctx context.Context) {
 		case now := <-ticker.C:
 			c.mu.Lock()
 			for st := range c.streams {
-				if st.expired(now) {
+				switch {
+				case st.expired(now):
 					c.log.Warn("stream missed its heartbeats", "instance", st.link.inst.Name)
 					st.cancel(errHeartbeat)
+				case !st.retireBy.IsZero() && now.After(st.retireBy):
+					c.log.Warn("retired stream outlived its grace", "instance", st.link.inst.Name, "addr", st.link.inst.Addr, "in_hand", st.inHand)
+					st.cancel(errGrace)
+					st.retireBy = time.Time{}
 				}
 			}
 			c.mu.Unlock()

@@ -1,12 +1,18 @@
 package components
 
 import (
+	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/internal/telemetry"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
 
@@ -36,6 +42,8 @@ type commonConfig struct {
 	logger      *slog.Logger
 	heartbeat   time.Duration
 	dialOptions []grpc.DialOption
+	metrics     prometheus.Registerer
+	tracer      trace.TracerProvider
 }
 
 func defaultCommon() commonConfig {
@@ -145,6 +153,14 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 	return commonOption(func(c *commonConfig) { c.dialOptions = append(c.dialOptions, opts...) })
 }
 
+// WithTransportCredentials sets the credentials of the connections to the
+// intermediates, such as tlsutil.ClientCredentials for mutual TLS (default:
+// plaintext). It is WithDialOptions(grpc.WithTransportCredentials(c)): of
+// several credentials, the last given wins. A stage uses them on both sides.
+func WithTransportCredentials(c credentials.TransportCredentials) Option {
+	return WithDialOptions(grpc.WithTransportCredentials(c))
+}
+
 // WithService sets the service of the intermediates to use (default
 // "intermediate").
 func WithService(service string) ServiceOption { return serviceOption(service) }
@@ -218,4 +234,43 @@ func WithProducerOptions(opts ...ProducerOption) StageOption {
 // WithConsumerOptions configures the consumer side of a stage.
 func WithConsumerOptions(opts ...ConsumerOption) StageOption {
 	return stageOption(func(c *stageConfig) { c.consumer = append(c.consumer, opts...) })
+}
+
+// observeOption sets a field of commonConfig for producers and consumers,
+// and for both sides of a stage.
+type observeOption func(*commonConfig)
+
+func (f observeOption) applyProducer(c *producerConfig) { f(&c.commonConfig) }
+func (f observeOption) applyConsumer(c *consumerConfig) { f(&c.commonConfig) }
+func (f observeOption) applyStage(c *stageConfig) {
+	c.producer = append(c.producer, f)
+	c.consumer = append(c.consumer, f)
+}
+
+// WithMetrics registers the metrics of producers and consumers on reg:
+// butterfly_producer_* and butterfly_consumer_* (labeled with the service
+// and the component's id) and the gRPC client metrics of go-grpc-middleware
+// (grpc_client_*). Default: none.
+func WithMetrics(reg prometheus.Registerer) Option {
+	return observeOption(func(c *commonConfig) { c.metrics = reg })
+}
+
+// WithTracerProvider turns tracing on (default off): a producer starts a
+// span for every Send, child of the span in Send's context, and carries its
+// context in Message.trace; a consumer runs its handler in a span, child of
+// the span the message carries (the intermediate's), so one message's way
+// is one trace. otelgrpc traces the RPCs.
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return observeOption(func(c *commonConfig) { c.tracer = tp })
+}
+
+// observed returns c with the dial options that observe its connection
+// (metrics, logging, otelgrpc) after its own.
+func (c commonConfig) observed() (commonConfig, error) {
+	opts, err := telemetry.DialOptions(telemetry.Observe{Registry: c.metrics, Logger: c.logger, TracerProvider: c.tracer})
+	if err != nil {
+		return c, fmt.Errorf("components: %w", err)
+	}
+	c.dialOptions = slices.Concat(c.dialOptions, opts)
+	return c, nil
 }

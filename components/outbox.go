@@ -23,6 +23,10 @@ func compareSeq(a, b uint64) int {
 	return 0
 }
 
+// compactAfter is how many popped slots an outQueue leaves before its head
+// before it copies its live messages down.
+const compactAfter = 1024
+
 // outQueue is a FIFO of messages that also takes messages back at its head.
 type outQueue struct {
 	items []*outMsg
@@ -33,12 +37,22 @@ func (q *outQueue) len() int { return len(q.items) - q.head }
 
 func (q *outQueue) pushBack(m *outMsg) { q.items = append(q.items, m) }
 
+// popFront removes the first message. The dead space before head is
+// reclaimed when the queue empties, and, under a standing backlog, once it
+// is over compactAfter slots and more than half of the backing array, by
+// copying the live messages down: the array stays within about twice the
+// largest backlog.
 func (q *outQueue) popFront() *outMsg {
 	m := q.items[q.head]
 	q.items[q.head] = nil
 	q.head++
-	if q.head == len(q.items) {
+	switch {
+	case q.head == len(q.items):
 		q.items, q.head = q.items[:0], 0
+	case q.head > compactAfter && q.head*2 > len(q.items):
+		n := copy(q.items, q.items[q.head:])
+		clear(q.items[n:])
+		q.items, q.head = q.items[:n], 0
 	}
 	return m
 }

@@ -11,17 +11,33 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/internal/telemetry"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
+
+// ErrMessageTooLarge is returned, wrapped with the sizes, by Send for a
+// message whose encoding is larger than the batch byte limit (WithBatch) or
+// than the max_batch_bytes a connected intermediate advertised. Such a
+// message is never queued.
+var ErrMessageTooLarge = errors.New("components: message too large")
 
 // Producer sends messages through every live intermediate of a service: one
 // pinned stream per instance, each batch on the least loaded stream, every
 // message kept until acknowledged end to end and sent again when its stream
-// breaks, drains or moves.
+// breaks or its instance moves or drains. A stream whose instance moves or
+// drains gets nothing new but stays open until what it was sent is answered,
+// so that a draining intermediate finishes what it holds.
+//
+// The nack handler (WithNackHandler) runs on a goroutine of its own, never
+// on a stream's: it may block or call Send, though not Close.
 type Producer struct {
 	cli         *clientv3.Client
 	id          string
@@ -36,7 +52,12 @@ type Producer struct {
 	window      chan struct{} // one token per unsettled message
 	closeOnce   sync.Once
 	closeErr    error
-	settled     chan struct{} // poked when unsettled reaches 0
+	settled     chan struct{}              // poked when unsettled reaches 0
+	nackWake    chan struct{}              // poked when nacks grows; nil without a nack handler
+	nackStop    chan struct{}              // closed by Close once the streams stopped
+	nackDone    chan struct{}              // closed when deliverNacks returns
+	metrics     *telemetry.ProducerMetrics // nil without WithMetrics
+	tracer      trace.Tracer               // nil without WithTracerProvider
 
 	sent   atomic.Uint64
 	acked  atomic.Uint64
@@ -54,6 +75,15 @@ type Producer struct {
 	streams   map[*pubStream]struct{}
 	unsettled int
 	failed    int
+	msgLimit  int         // the largest message Send accepts, encoded
+	nacks     []nackEvent // handed back for good, waiting for the nack handler
+}
+
+// nackEvent is a message handed back for good, waiting for the nack handler.
+type nackEvent struct {
+	msg    *messagev1.Message
+	reason messagev1.NackReason
+	detail string
 }
 
 // incarnations makes incarnations of producers in one process distinct even
@@ -78,7 +108,11 @@ func NewProducer(cli *clientv3.Client, id string, opts ...ProducerOption) (*Prod
 	if err := cfg.validate(cli, id); err != nil {
 		return nil, err
 	}
-	conn, err := dial(cli, cfg.service, cfg.commonConfig)
+	observed, err := cfg.commonConfig.observed()
+	if err != nil {
+		return nil, err
+	}
+	conn, err := dial(cli, cfg.service, observed)
 	if err != nil {
 		return nil, fmt.Errorf("components: producer %s: %w", id, err)
 	}
@@ -96,14 +130,31 @@ func NewProducer(cli *clientv3.Client, id string, opts ...ProducerOption) (*Prod
 		settled:     make(chan struct{}, 1),
 		links:       make(map[string]*pubLink),
 		streams:     make(map[*pubStream]struct{}),
+		msgLimit:    cfg.batchBytes,
 	}
 	p.log = cfg.logger.With("producer", id, "incarnation", p.incarnation, "service", cfg.service)
+	p.tracer = telemetry.Tracer(cfg.tracer)
+	p.metrics, err = telemetry.NewProducerMetrics(cfg.metrics, cfg.service, id, func() float64 { return float64(p.Stats().InFlight) }, cfg.window)
+	if err != nil {
+		cancel()
+		conn.Close()
+		return nil, fmt.Errorf("components: producer %s: %w", id, err)
+	}
 	p.wg.Add(2)
 	go func() {
 		defer p.wg.Done()
-		follow(ctx, cli, cfg.service, cfg.commonConfig, p.reconcile)
+		follow(ctx, cli, cfg.service, cfg.commonConfig, func(v registry.View) {
+			p.metrics.MembershipUpdate()
+			p.reconcile(v)
+		})
 	}()
 	go p.watchdog(ctx)
+	if cfg.nackHandler != nil {
+		p.nackWake = make(chan struct{}, 1)
+		p.nackStop = make(chan struct{})
+		p.nackDone = make(chan struct{})
+		go p.deliverNacks()
+	}
 	return p, nil
 }
 
@@ -158,13 +209,15 @@ func (p *Producer) Stats() ProducerStats {
 // set (a stage forwarding a message under its original id), it sets msg.Id to
 // {producer id, incarnation, next seq}; it sets msg.CreateTimeUnixNano when
 // zero. msg must not be modified afterwards. Send blocks while the window of
-// unacknowledged messages is full, until ctx is done.
+// unacknowledged messages is full, until ctx is done. A message larger than
+// the batch byte limit is refused with ErrMessageTooLarge.
 func (p *Producer) Send(ctx context.Context, msg *messagev1.Message) (*messagev1.MessageId, error) {
 	return p.send(ctx, msg, nil)
 }
 
-// SendWait sends msg and waits until it is acknowledged end to end (nil) or
-// handed back for good (a *NackError), or ctx is done.
+// SendWait sends msg and waits until it is acknowledged end to end (nil),
+// handed back for good (a *NackError) or given up by Close (ErrClosed), or
+// ctx is done.
 func (p *Producer) SendWait(ctx context.Context, msg *messagev1.Message) error {
 	done := make(chan error, 1)
 	if _, err := p.send(ctx, msg, done); err != nil {
@@ -185,6 +238,18 @@ func (p *Producer) send(ctx context.Context, msg *messagev1.Message, done chan e
 	if p.isClosed() {
 		return nil, ErrClosed
 	}
+	if p.tracer != nil {
+		var span trace.Span
+		ctx, span = p.tracer.Start(ctx, "butterfly.produce "+p.cfg.service, trace.WithSpanKind(trace.SpanKindProducer),
+			trace.WithAttributes(attribute.String("butterfly.service", p.cfg.service), attribute.String("butterfly.producer_id", p.id)))
+		defer span.End()
+		telemetry.Inject(ctx, msg)
+	}
+	// The id and the creation time Send may add are counted below, exactly.
+	size := msgSize(msg)
+	if size > p.cfg.batchBytes {
+		return nil, fmt.Errorf("%w: %d bytes encoded, over the limit of %d", ErrMessageTooLarge, size, p.cfg.batchBytes)
+	}
 	select {
 	case p.window <- struct{}{}:
 	case <-ctx.Done():
@@ -198,19 +263,36 @@ func (p *Producer) send(ctx context.Context, msg *messagev1.Message, done chan e
 		<-p.window
 		return nil, ErrClosed
 	}
-	if msg.Id == nil {
+	setID, setTime := msg.Id == nil, msg.CreateTimeUnixNano == 0
+	if setID {
 		p.nextSeq++
 		msg.Id = &messagev1.MessageId{ProducerId: p.id, Incarnation: p.incarnation, Seq: p.nextSeq}
+		size += protowire.SizeTag(messageIDField) + protowire.SizeBytes(proto.Size(msg.Id))
 	}
-	if msg.CreateTimeUnixNano == 0 {
+	if setTime {
 		msg.CreateTimeUnixNano = time.Now().UnixNano()
+		size += protowire.SizeTag(messageCreateTimeField) + protowire.SizeVarint(uint64(msg.CreateTimeUnixNano))
 	}
-	m := &outMsg{msg: msg, size: msgSize(msg), done: done}
+	if size > p.msgLimit {
+		if setID {
+			p.nextSeq--
+			msg.Id = nil
+		}
+		if setTime {
+			msg.CreateTimeUnixNano = 0
+		}
+		lim := p.msgLimit
+		p.mu.Unlock()
+		<-p.window
+		return nil, fmt.Errorf("%w: %d bytes encoded, over the limit of %d", ErrMessageTooLarge, size, lim)
+	}
+	m := &outMsg{msg: msg, size: size, done: done}
 	p.outbox.pushBack(m)
 	p.unsettled++
 	p.dispatchLocked()
 	p.mu.Unlock()
 	p.sent.Add(1)
+	p.metrics.Published(1)
 	return msg.Id, nil
 }
 
@@ -277,6 +359,14 @@ func (p *Producer) requeueLocked(st *pubStream) {
 	}
 	st.dead = true
 	delete(p.streams, st)
+	if st.ready && !st.retired {
+		p.updateMsgLimitLocked()
+	}
+	var reason string
+	if p.metrics != nil {
+		reason = p.streamEndReasonLocked(st)
+		p.metrics.StreamEnded(reason)
+	}
 	if len(st.unacked) == 0 {
 		return
 	}
@@ -296,7 +386,28 @@ func (p *Producer) requeueLocked(st *pubStream) {
 	}
 	p.outbox.pushFront(back)
 	p.resent.Add(uint64(resent))
+	p.metrics.Resent(reason, resent)
 	p.dispatchLocked()
+}
+
+// streamEndReasonLocked tells why st ended, for the metrics: the producer
+// closes; the instance drains (in-band notice, or its link was dropped
+// because the registry shows it draining or gone); it moved; nothing arrived
+// for too long; the stream was never welcomed; else it broke.
+func (p *Producer) streamEndReasonLocked(st *pubStream) string {
+	switch {
+	case p.ctx.Err() != nil:
+		return telemetry.ReasonClose
+	case errors.Is(st.retireCause, errDrained), errors.Is(st.retireCause, errGone):
+		return telemetry.ReasonDrain
+	case st.retired:
+		return telemetry.ReasonMove
+	case st.expired(time.Now()):
+		return telemetry.ReasonHeartbeat
+	case !st.ready:
+		return telemetry.ReasonConnect
+	}
+	return telemetry.ReasonCrash
 }
 
 // handleAck applies a PublishAck received on st; acks from a stream already
@@ -319,6 +430,7 @@ func (p *Producer) handleAck(st *pubStream, a *deliveryv1.PublishAck) {
 		acked++
 	})
 	var transient []*outMsg
+	draining := false
 	for _, n := range a.GetNacked() {
 		m := st.unacked[n.GetSeq()]
 		if m == nil {
@@ -329,32 +441,87 @@ func (p *Producer) handleAck(st *pubStream, a *deliveryv1.PublishAck) {
 		case messagev1.NackReason_NACK_REASON_DRAINING, messagev1.NackReason_NACK_REASON_UNAVAILABLE:
 			m.stream, m.seq, m.sent = nil, 0, false
 			transient = append(transient, m)
+			if n.GetReason() == messagev1.NackReason_NACK_REASON_DRAINING {
+				draining = true
+				p.metrics.Resent(telemetry.ReasonDrain, 1)
+			} else {
+				p.metrics.Resent(telemetry.ReasonUnavailable, 1)
+			}
 		default:
 			p.settleLocked(m, &NackError{ID: m.msg.GetId(), Reason: n.GetReason(), Detail: n.GetDetail()})
 			failed = append(failed, permanent{m, n})
+			if p.nackWake != nil {
+				p.nacks = append(p.nacks, nackEvent{msg: m.msg, reason: n.GetReason(), detail: n.GetDetail()})
+			}
 		}
+	}
+	if draining {
+		// Only a draining instance hands messages back so: it gets nothing
+		// more, these included, and answers what it holds.
+		st.link.retired = true
+		p.retireLocked(st, errDrained, time.Now().Add(p.retireGrace()))
 	}
 	if len(transient) > 0 {
 		p.outbox.pushFront(transient)
 		p.resent.Add(uint64(len(transient)))
 	}
+	p.endIfAnsweredLocked(st)
 	p.dispatchLocked()
 	p.mu.Unlock()
 	p.acked.Add(uint64(acked))
 	p.nacked.Add(uint64(len(failed)))
+	p.metrics.Acked(acked)
 	for _, f := range failed {
+		p.metrics.Nacked(f.nack.GetReason())
 		p.log.Warn("message handed back", "seq", f.m.msg.GetId().GetSeq(), "reason", f.nack.GetReason().String(), "detail", f.nack.GetDetail())
-		if p.cfg.nackHandler != nil {
-			p.cfg.nackHandler(f.m.msg, f.nack.GetReason(), f.nack.GetDetail())
+	}
+	if len(failed) > 0 && p.nackWake != nil {
+		select {
+		case p.nackWake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// deliverNacks calls the nack handler for every message handed back for
+// good, in the order the hand-backs arrived, until Close stops it once the
+// streams stopped; it delivers everything queued before it returns. It runs
+// apart from the streams, so a handler that blocks holds back no
+// acknowledgement, and it may call Send: a message handed back frees its
+// window slot at once, before its handler call. For the same reason the
+// queue is not bounded by the window: while the handler lags, it grows by
+// every message handed back meanwhile.
+func (p *Producer) deliverNacks() {
+	defer close(p.nackDone)
+	stopping := false
+	for {
+		p.mu.Lock()
+		batch := p.nacks
+		p.nacks = nil
+		p.mu.Unlock()
+		for _, n := range batch {
+			p.cfg.nackHandler(n.msg, n.reason, n.detail)
+		}
+		switch {
+		case len(batch) > 0:
+			continue
+		case stopping:
+			return
+		}
+		select {
+		case <-p.nackWake:
+		case <-p.nackStop:
+			stopping = true
 		}
 	}
 }
 
 // Close stops taking messages and waits until every message sent was
 // acknowledged or handed back for good, or ctx is done; then it closes the
-// streams. It returns nil only when every message was acknowledged, else a
-// *CloseError. Close is safe to call twice; the second call returns the
-// first call's result.
+// streams, waits for the nack handler's calls, and ends the SendWait of
+// every message still unacknowledged with ErrClosed. It returns nil only
+// when every message was acknowledged, else a *CloseError. Close is safe to
+// call twice; the second call returns the first call's result.
 func (p *Producer) Close(ctx context.Context) error {
 	p.mu.Lock()
 	p.closed = true
@@ -379,11 +546,17 @@ func (p *Producer) Close(ctx context.Context) error {
 	p.closeOnce.Do(func() {
 		p.cancel()
 		p.wg.Wait()
+		if p.nackStop != nil {
+			close(p.nackStop)
+			<-p.nackDone
+		}
 		if err := p.conn.Close(); err != nil {
 			p.log.Debug("close connection", "err", err)
 		}
+		p.metrics.Close()
 		p.mu.Lock()
 		unsettled, failed := p.unsettled, p.failed
+		p.abandonLocked()
 		p.mu.Unlock()
 		if unsettled > 0 || failed > 0 || waitErr != nil {
 			p.closeErr = &CloseError{Unacked: unsettled, Failed: failed, Err: waitErr}
@@ -391,4 +564,16 @@ func (p *Producer) Close(ctx context.Context) error {
 		p.log.Info("producer closed", "sent", p.sent.Load(), "acked", p.acked.Load(), "resent", p.resent.Load(), "nacked", p.nacked.Load(), "unacked", unsettled)
 	})
 	return p.closeErr
+}
+
+// abandonLocked ends the SendWait of every message still unacknowledged once
+// the streams stopped: their messages are all back in the outbox.
+func (p *Producer) abandonLocked() {
+	for p.outbox.len() > 0 {
+		m := p.outbox.popFront()
+		if m.done != nil {
+			id := m.msg.GetId()
+			m.done <- fmt.Errorf("%w: message %s/%d/%d not acknowledged", ErrClosed, id.GetProducerId(), id.GetIncarnation(), id.GetSeq())
+		}
+	}
 }

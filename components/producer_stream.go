@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
@@ -20,11 +21,32 @@ var (
 	errHeartbeat = errors.New("components: peer missed its heartbeats")
 	errDrained   = errors.New("components: instance drains")
 	errRetired   = errors.New("components: stream retired")
+	errGone      = errors.New("components: instance left the membership")
+	errGrace     = errors.New("components: retired stream outlived its grace")
+)
+
+// Bounds on how long a retired stream stays open for the answers to what it
+// carried.
+const (
+	// retireGraceBeats is the grace of a retired stream, in heartbeat
+	// intervals, when no drain notice names a deadline: its instance moved,
+	// left the membership or shows draining in the registry. 60 intervals
+	// are 12s at the default interval: the default drain timeout of an
+	// intermediate (10s) and the time for its last answers to arrive. A
+	// producer counts it from the retirement, a consumer from the welcome of
+	// the stream that replaced it.
+	retireGraceBeats = 60
+	// drainGraceSlack is added to a drain notice's deadline, by which the
+	// intermediate has finished or handed back everything: time for its last
+	// answers to arrive.
+	drainGraceSlack = 2 * time.Second
+	// maxDrainGrace caps the wait for a drain notice's deadline, which comes
+	// from another host's clock.
+	maxDrainGrace = 5 * time.Minute
 )
 
 // pubLink keeps one publish stream open to one incarnation of an instance
-// (name, address, epoch), reopening it with backoff while it is in the
-// membership.
+// (name, address, epoch), reopening it with backoff until it is retired.
 type pubLink struct {
 	p      *Producer
 	inst   registry.Instance
@@ -32,8 +54,7 @@ type pubLink struct {
 	cancel context.CancelFunc
 
 	// Guarded by Producer.mu.
-	prev    *pubLink // the link of the instance's previous incarnation, retired once this one is welcomed
-	drained bool     // a DrainNotice arrived: do not reopen
+	retired bool // the instance drains, moved or left the membership: do not reopen
 	stream  *pubStream
 }
 
@@ -46,9 +67,11 @@ type pubStream struct {
 	wake         chan struct{}
 
 	// Guarded by Producer.mu.
-	ready       bool // welcomed
-	retired     bool // gets nothing new
-	dead        bool // abandoned; its messages went back to the outbox
+	ready       bool      // welcomed
+	retired     bool      // gets nothing new; ends once what it was sent is answered
+	retireBy    time.Time // when retired: the end of its grace
+	retireCause error     // why it was retired: errDrained, errGone or errRetired (moved)
+	dead        bool      // abandoned; its messages went back to the outbox
 	maxInFlight int
 	maxBatch    int
 	maxBytes    int
@@ -76,7 +99,9 @@ func (st *pubStream) expired(now time.Time) bool {
 }
 
 // reconcile follows the membership: one link per live, non-draining
-// instance; a moved instance gets a new link that takes over once welcomed.
+// instance. A moved instance gets a new link, opened first; the old one is
+// retired, like the link of an instance that drains or left: its stream
+// gets nothing new but stays open for the answers to what it was sent.
 func (p *Producer) reconcile(v registry.View) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -89,7 +114,7 @@ func (p *Producer) reconcile(v registry.View) {
 		l := p.links[inst.Name]
 		if inst.Metadata.Draining {
 			if l != nil {
-				p.dropLinkLocked(l, errDrained)
+				p.retireLinkLocked(l, errDrained)
 				delete(p.links, inst.Name)
 			}
 			continue
@@ -100,20 +125,13 @@ func (p *Producer) reconcile(v registry.View) {
 		nl := p.startLinkLocked(inst)
 		if l != nil {
 			p.log.Info("instance moved", "instance", inst.Name, "addr", inst.Addr, "epoch", inst.Metadata.Epoch, "old_addr", l.inst.Addr, "old_epoch", l.inst.Metadata.Epoch)
-			if l.prev != nil {
-				p.dropLinkLocked(l.prev, errRetired)
-				l.prev = nil
-			}
-			if l.stream != nil {
-				l.stream.retired = true
-			}
-			nl.prev = l
+			p.retireLinkLocked(l, errRetired)
 		}
 		p.links[inst.Name] = nl
 	}
 	for name, l := range p.links {
 		if !seen[name] {
-			p.dropLinkLocked(l, errRetired)
+			p.retireLinkLocked(l, errGone)
 			delete(p.links, name)
 		}
 	}
@@ -127,30 +145,113 @@ func (p *Producer) startLinkLocked(inst registry.Instance) *pubLink {
 	return l
 }
 
-// dropLinkLocked stops a link and sends its messages through the others at
-// once.
-func (p *Producer) dropLinkLocked(l *pubLink, cause error) {
-	l.cancel()
-	if l.prev != nil {
-		p.dropLinkLocked(l.prev, cause)
-		l.prev = nil
-	}
+// retireLinkLocked stops l from reopening its stream and retires the
+// stream it has.
+func (p *Producer) retireLinkLocked(l *pubLink, cause error) {
+	l.retired = true
 	if st := l.stream; st != nil {
+		p.retireLocked(st, cause, time.Now().Add(p.retireGrace()))
+		return
+	}
+	l.cancel()
+}
+
+// retireGrace is how long a retired stream waits for answers when no drain
+// notice names a deadline.
+func (p *Producer) retireGrace() time.Duration {
+	return retireGraceBeats * p.cfg.heartbeat
+}
+
+// retireLocked stops dispatching to st, keeping it open for the answers to
+// what it was sent: what is queued on it and not yet sent goes back to the
+// outbox at once; what was sent stays assigned to it until acknowledged or
+// handed back. st ends once nothing sent on it is left unanswered, or when
+// the intermediate ends it, its heartbeats stop or by passes (the watchdog);
+// what is left then goes back to the outbox. A stream never welcomed, or
+// with nothing unanswered, ends at once. A later call changes nothing but
+// the reason, to errDrained: the grace of a retired stream is set once, save
+// by a drain notice.
+func (p *Producer) retireLocked(st *pubStream, cause error, by time.Time) {
+	if st.dead {
+		return
+	}
+	if st.retireCause == nil || errors.Is(cause, errDrained) {
+		st.retireCause = cause
+	}
+	if !st.retired {
+		st.retired = true
+		st.retireBy = by
+		p.takeBackLocked(st)
+		p.updateMsgLimitLocked()
+	}
+	if !st.ready || len(st.unacked) == 0 {
 		st.cancel(cause)
 		p.requeueLocked(st)
 	}
+	p.dispatchLocked()
+}
+
+// takeBackLocked puts what is queued on st and not yet sent back at the
+// head of the outbox. The queue holds the highest sequence numbers of st, so
+// what was sent stays contiguous.
+func (p *Producer) takeBackLocked(st *pubStream) {
+	if len(st.sendq) == 0 {
+		return
+	}
+	back := st.sendq
+	st.sendq = nil
+	for _, m := range back {
+		delete(st.unacked, m.seq)
+		m.stream, m.seq, m.sent = nil, 0, false
+	}
+	p.outbox.pushFront(back)
+}
+
+// endIfAnsweredLocked ends a retired stream once nothing sent on it is left
+// unanswered.
+func (p *Producer) endIfAnsweredLocked(st *pubStream) {
+	if st.retired && !st.dead && len(st.unacked) == 0 {
+		st.cancel(errRetired)
+		p.requeueLocked(st)
+	}
+}
+
+// updateMsgLimitLocked sets the largest message Send accepts: the batch byte
+// limit, lowered to the smallest max_batch_bytes a stream that takes
+// messages was welcomed with, so that any intermediate a message may reach
+// takes it.
+func (p *Producer) updateMsgLimitLocked() {
+	lim := p.cfg.batchBytes
+	for st := range p.streams {
+		if st.ready && !st.retired && !st.dead {
+			lim = min(lim, st.maxBytes)
+		}
+	}
+	p.msgLimit = lim
+}
+
+// drainDeadline is when a stream whose instance sent n stops waiting for
+// answers: the notice's deadline plus drainGraceSlack, within maxDrainGrace
+// of now; the default grace when the notice names none.
+func (p *Producer) drainDeadline(n *messagev1.DrainNotice, now time.Time) time.Time {
+	if n.GetDeadlineUnixNano() == 0 {
+		return now.Add(p.retireGrace())
+	}
+	left := min(max(time.Unix(0, n.GetDeadlineUnixNano()).Sub(now), 0), maxDrainGrace)
+	return now.Add(left + drainGraceSlack)
 }
 
 func (l *pubLink) run() {
 	p := l.p
 	defer p.wg.Done()
+	defer l.cancel()
 	var bo backoff
 	for {
 		welcomed := l.once()
 		p.mu.Lock()
-		drained := l.drained
+		retired := l.retired
 		p.mu.Unlock()
-		if drained || l.ctx.Err() != nil {
+		if retired || l.ctx.Err() != nil {
 			return
 		}
 		if welcomed {
@@ -176,7 +277,7 @@ func (l *pubLink) once() (welcomed bool) {
 	st.touch()
 	st.peerInterval.Store(int64(p.cfg.heartbeat))
 	p.mu.Lock()
-	if l.ctx.Err() != nil {
+	if l.retired || l.ctx.Err() != nil {
 		p.mu.Unlock()
 		cancel(nil)
 		return false
@@ -239,10 +340,7 @@ func (l *pubLink) once() (welcomed bool) {
 	st.maxInFlight = limit(p.cfg.window, w.GetMaxInFlight())
 	st.maxBatch = limit(p.cfg.batchMsgs, w.GetMaxBatchMessages())
 	st.maxBytes = limit(p.cfg.batchBytes, w.GetMaxBatchBytes())
-	if prev := l.prev; prev != nil {
-		l.prev = nil
-		p.dropLinkLocked(prev, errRetired)
-	}
+	p.updateMsgLimitLocked()
 	p.dispatchLocked()
 	p.mu.Unlock()
 	log.Debug("publish stream open")
@@ -268,12 +366,18 @@ func (l *pubLink) once() (welcomed bool) {
 		case *deliveryv1.PublishResponse_Ack:
 			p.handleAck(st, k.Ack)
 		case *deliveryv1.PublishResponse_Drain:
-			log.Info("instance drains", "reason", k.Drain.GetReason().String())
+			// Finish what the instance holds: nothing new goes to it, and
+			// the stream stays open for its answers until it ends the
+			// stream, by the notice's deadline at the latest. The
+			// deadline is the instance's own word: it replaces a grace
+			// set before, when the registry showed the drain first.
+			log.Info("instance drains", "reason", k.Drain.GetReason().String(), "deadline", time.Unix(0, k.Drain.GetDeadlineUnixNano()))
 			p.mu.Lock()
-			l.drained = true
-			p.requeueLocked(st)
+			l.retired = true
+			by := p.drainDeadline(k.Drain, time.Now())
+			p.retireLocked(st, errDrained, by)
+			st.retireBy = by
 			p.mu.Unlock()
-			cancel(errDrained)
 		case *deliveryv1.PublishResponse_Heartbeat, *deliveryv1.PublishResponse_Welcome:
 		}
 	}
@@ -367,7 +471,8 @@ func (st *pubStream) take() *deliveryv1.PublishBatch {
 }
 
 // watchdog cancels every stream on which nothing arrived for
-// heartbeatMisses of the peer's intervals.
+// heartbeatMisses of the peer's intervals, and every retired stream whose
+// grace ran out; their messages go back to the outbox.
 func (p *Producer) watchdog(ctx context.Context) {
 	defer p.wg.Done()
 	ticker := time.NewTicker(p.cfg.heartbeat)
@@ -379,9 +484,14 @@ func (p *Producer) watchdog(ctx context.Context) {
 		case now := <-ticker.C:
 			p.mu.Lock()
 			for st := range p.streams {
-				if st.expired(now) {
+				switch {
+				case st.expired(now):
 					p.log.Warn("stream missed its heartbeats", "instance", st.link.inst.Name)
 					st.cancel(errHeartbeat)
+					p.requeueLocked(st)
+				case st.retired && now.After(st.retireBy):
+					p.log.Warn("retired stream outlived its grace", "instance", st.link.inst.Name, "unanswered", len(st.unacked))
+					st.cancel(errGrace)
 					p.requeueLocked(st)
 				}
 			}
@@ -389,6 +499,12 @@ func (p *Producer) watchdog(ctx context.Context) {
 		}
 	}
 }
+
+// Field numbers of the Message fields Send may set (message.proto).
+const (
+	messageIDField         protowire.Number = 1
+	messageCreateTimeField protowire.Number = 5
+)
 
 // msgSize is the wire size of a message, as batches count it.
 func msgSize(m *messagev1.Message) int { return proto.Size(m) }

@@ -1,0 +1,195 @@
+package components
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+
+	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
+	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+)
+
+// BenchmarkProducer_BatchCycle measures a producer's hot path for one batch:
+// queue n messages, dispatch them to a stream, pack the batch, and settle it
+// with one ranged ack.
+func BenchmarkProducer_BatchCycle(b *testing.B) {
+	for _, n := range []int{1, 64, 256} {
+		b.Run(fmt.Sprintf("batch=%d", n), func(b *testing.B) {
+			p, st := newTestStream(n, 1<<20, 1<<20)
+			p.window = make(chan struct{}, n)
+			msgs := make([]*messagev1.Message, n)
+			for i := range msgs {
+				msgs[i] = &messagev1.Message{Id: &messagev1.MessageId{ProducerId: "p", Incarnation: 1, Seq: uint64(i + 1)}, Payload: make([]byte, 256)}
+			}
+			rng := &messagev1.SeqRange{}
+			ack := &deliveryv1.PublishAck{Acked: []*messagev1.SeqRange{rng}}
+			b.ReportAllocs()
+			for b.Loop() {
+				p.mu.Lock()
+				for _, m := range msgs {
+					p.window <- struct{}{}
+					p.outbox.pushBack(&outMsg{msg: m, size: 270})
+					p.unsettled++
+				}
+				p.dispatchLocked()
+				p.mu.Unlock()
+				batch := st.take()
+				if len(batch.GetMessages()) != n {
+					b.Fatalf("take() = %d messages, want %d", len(batch.GetMessages()), n)
+				}
+				rng.First, rng.Last = batch.FirstSeq, batch.FirstSeq+uint64(n)-1
+				p.handleAck(st, ack)
+			}
+			b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "msgs/s")
+		})
+	}
+}
+
+// BenchmarkConsumer_ReceiveAndFinish measures a consumer's hot path for a
+// batch of 64 deliveries: dedup check, queueing, and the handler's outcome
+// turned into acks and credit (the handler itself is not run).
+func BenchmarkConsumer_ReceiveAndFinish(b *testing.B) {
+	c, st, _ := newTestConsumer()
+	c.dedup = newDedupSet(DefaultDedupWindow, DefaultDedupProducers)
+	const n = 64
+	batch := &deliveryv1.DeliveryBatch{Deliveries: make([]*deliveryv1.Delivery, n)}
+	for i := range batch.Deliveries {
+		batch.Deliveries[i] = &deliveryv1.Delivery{Message: &messagev1.Message{Id: &messagev1.MessageId{ProducerId: "p", Incarnation: 1}}}
+	}
+	var seq uint64
+	b.ReportAllocs()
+	for b.Loop() {
+		for _, d := range batch.Deliveries {
+			seq++
+			d.DeliveryId, d.Message.Id.Seq = seq, seq
+		}
+		c.receive(st, batch)
+		c.mu.Lock()
+		jobs := c.queue
+		c.queue = nil
+		c.mu.Unlock()
+		for _, j := range jobs {
+			c.finish(j, nil)
+		}
+		c.mu.Lock()
+		st.acks, st.credit = st.acks[:0], 0
+		c.mu.Unlock()
+	}
+	b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "msgs/s")
+}
+
+// BenchmarkDedup measures the consumer's dedup window: a miss (new message,
+// in order), a hit (a duplicate), out-of-order arrival within 1024, and many
+// producer incarnations at once (LRU upkeep).
+func BenchmarkDedup(b *testing.B) {
+	key := func(seq uint64) msgKey { return msgKey{producerKey{"p", 1}, seq} }
+	b.Run("miss", func(b *testing.B) {
+		d := newDedupSet(DefaultDedupWindow, DefaultDedupProducers)
+		var seq uint64
+		b.ReportAllocs()
+		for b.Loop() {
+			seq++
+			k := key(seq)
+			if d.seen(k) {
+				b.Fatalf("seen(%d) = true on first sight", seq)
+			}
+			d.mark(k)
+		}
+	})
+	b.Run("hit", func(b *testing.B) {
+		d := newDedupSet(DefaultDedupWindow, DefaultDedupProducers)
+		const marked = 1 << 16
+		for seq := uint64(1); seq <= marked; seq++ {
+			d.mark(key(seq))
+		}
+		var i uint64
+		b.ReportAllocs()
+		for b.Loop() {
+			i++
+			if !d.seen(key(i%marked + 1)) {
+				b.Fatalf("seen(%d) = false for a marked seq", i%marked+1)
+			}
+		}
+	})
+	b.Run("out-of-order", func(b *testing.B) {
+		d := newDedupSet(DefaultDedupWindow, DefaultDedupProducers)
+		perm := rand.New(rand.NewPCG(1, 2)).Perm(1024)
+		var base, i uint64
+		b.ReportAllocs()
+		for b.Loop() {
+			k := key(base + uint64(perm[i]) + 1)
+			if !d.seen(k) {
+				d.mark(k)
+			}
+			if i++; i == uint64(len(perm)) {
+				i, base = 0, base+uint64(len(perm))
+			}
+		}
+	})
+	b.Run("producers=1024", func(b *testing.B) {
+		d := newDedupSet(DefaultDedupWindow, DefaultDedupProducers)
+		names := make([]string, 1024)
+		for i := range names {
+			names[i] = fmt.Sprintf("p%d", i)
+		}
+		var i, seq uint64
+		b.ReportAllocs()
+		for b.Loop() {
+			k := msgKey{producerKey{names[i], 1}, seq/1024 + 1}
+			if !d.seen(k) {
+				d.mark(k)
+			}
+			i, seq = (i+1)%1024, seq+1
+		}
+	})
+}
+
+// BenchmarkBuildRanges measures turning a batch's acknowledged numbers into
+// ranges: contiguous, every other one, and shuffled.
+func BenchmarkBuildRanges(b *testing.B) {
+	for _, tc := range []struct {
+		name string
+		seqs func() []uint64
+	}{
+		{"contiguous-64", func() []uint64 { return seqRun(64, 1) }},
+		{"gaps-64", func() []uint64 { return seqRun(64, 2) }},
+		{"shuffled-1000", func() []uint64 {
+			s := seqRun(1000, 1)
+			rand.New(rand.NewPCG(3, 4)).Shuffle(len(s), func(i, j int) { s[i], s[j] = s[j], s[i] })
+			return s
+		}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			src := tc.seqs()
+			seqs := make([]uint64, len(src))
+			b.ReportAllocs()
+			for b.Loop() {
+				copy(seqs, src)
+				if r := buildRanges(seqs); len(r) == 0 {
+					b.Fatal("buildRanges() = no ranges")
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkForEachInRanges measures walking an ack of one 64-number range.
+func BenchmarkForEachInRanges(b *testing.B) {
+	ranges := []*messagev1.SeqRange{{First: 1, Last: 64}}
+	var sum uint64
+	b.ReportAllocs()
+	for b.Loop() {
+		forEachInRanges(ranges, func(n uint64) { sum += n })
+	}
+	if sum == 0 {
+		b.Fatal("forEachInRanges() called f for nothing")
+	}
+}
+
+func seqRun(n int, step uint64) []uint64 {
+	s := make([]uint64, n)
+	for i := range s {
+		s[i] = 1 + uint64(i)*step
+	}
+	return s
+}

@@ -1,0 +1,217 @@
+package components_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/butterfly-mesh/butterfly/components"
+	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/intermediate"
+)
+
+// scrape GETs /metrics from a promhttp handler of reg and returns every
+// sample by its series, as written: name{label="value",...}.
+func scrape(t *testing.T, reg *prometheus.Registry) map[string]float64 {
+	t.Helper()
+	srv := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/metrics")
+	if err != nil {
+		t.Fatalf("GET /metrics = %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /metrics = %s, want 200", resp.Status)
+	}
+	samples := make(map[string]float64)
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			t.Fatalf("metrics line %q: %v", line, err)
+		}
+		samples[line[:i]] = v
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatalf("reading /metrics: %v", err)
+	}
+	return samples
+}
+
+// TestMetrics_ExactCountersAfterKnownRun sends 1000 messages of which the
+// handler refuses 10, scrapes /metrics and finds every Butterfly counter of
+// the producer, the intermediate and the consumer at its exact value.
+func TestMetrics_ExactCountersAfterKnownRun(t *testing.T) {
+	const n, refused = 1000, 10
+	reg := prometheus.NewRegistry()
+	m := newMesh(t)
+	h := m.startHub("intermediate", "i1", "127.0.0.1", intermediate.WithMetrics(reg))
+	m.waitMembers("intermediate", 1)
+	led := newLedger()
+	c := m.consumer("c1", func(ctx context.Context, d *components.Delivery) error {
+		if d.Message.GetId().GetSeq()%(n/refused) == 0 {
+			return errors.New("refused")
+		}
+		return led.handler()(ctx, d)
+	}, components.WithMetrics(reg))
+	waitConsumers(t, 1, h)
+	p := m.producer("p1", components.WithMetrics(reg), components.WithWindow(500))
+
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	for i := range n {
+		if _, err := p.Send(ctx, &messagev1.Message{Payload: []byte(strconv.Itoa(i))}); err != nil {
+			t.Fatalf("Send(%d) = %v", i, err)
+		}
+	}
+	var ce *components.CloseError
+	if err := p.Close(ctx); !errors.As(err, &ce) || ce.Failed != refused || ce.Unacked != 0 {
+		t.Fatalf("Close() = %v, want a CloseError with %d handed back and 0 unacknowledged", err, refused)
+	}
+	waitUntil(t, "the consumer's counters", func() bool {
+		st := c.Stats()
+		return st.Delivered == n-refused && st.Nacked == refused
+	})
+
+	got := scrape(t, reg)
+	const (
+		pl = `{producer="p1",service="intermediate"}`
+		cl = `{consumer="c1",group="default",service="intermediate"}`
+		il = `{instance="i1",service="intermediate"}`
+	)
+	want := map[string]float64{
+		"butterfly_producer_published_total" + pl:                                                                                          n,
+		"butterfly_producer_acked_total" + pl:                                                                                              n - refused,
+		`butterfly_producer_nacked_total{producer="p1",reason="handler_failed",service="intermediate"}`:                                    refused,
+		`butterfly_producer_nacked_total{producer="p1",reason="invalid",service="intermediate"}`:                                           0,
+		`butterfly_producer_resent_total{producer="p1",reason="crash",service="intermediate"}`:                                             0,
+		`butterfly_producer_resent_total{producer="p1",reason="drain",service="intermediate"}`:                                             0,
+		`butterfly_producer_resent_total{producer="p1",reason="move",service="intermediate"}`:                                              0,
+		`butterfly_producer_resent_total{producer="p1",reason="heartbeat",service="intermediate"}`:                                         0,
+		`butterfly_producer_resent_total{producer="p1",reason="unavailable",service="intermediate"}`:                                       0,
+		`butterfly_producer_stream_ends_total{producer="p1",reason="close",service="intermediate"}`:                                        1,
+		`butterfly_producer_stream_ends_total{producer="p1",reason="crash",service="intermediate"}`:                                        0,
+		"butterfly_consumer_delivered_total" + cl:                                                                                          n - refused,
+		"butterfly_consumer_duplicates_total" + cl:                                                                                         0,
+		"butterfly_consumer_nacked_total" + cl:                                                                                             refused,
+		"butterfly_consumer_latency_seconds_count" + cl:                                                                                    n - refused,
+		"butterfly_consumer_in_flight" + cl:                                                                                                0,
+		"butterfly_intermediate_received_total" + il:                                                                                       n,
+		"butterfly_intermediate_acked_total" + il:                                                                                          n - refused,
+		"butterfly_intermediate_nacked_total" + il:                                                                                         refused,
+		"butterfly_intermediate_delivered_total" + il:                                                                                      n,
+		"butterfly_intermediate_in_flight" + il:                                                                                            0,
+		"butterfly_intermediate_draining" + il:                                                                                             0,
+		`grpc_server_started_total{grpc_method="Publish",grpc_service="butterfly.delivery.v1.PublishService",grpc_type="bidi_stream"}`:     1,
+		`grpc_client_started_total{grpc_method="Subscribe",grpc_service="butterfly.delivery.v1.SubscribeService",grpc_type="bidi_stream"}`: 1,
+	}
+	for series, w := range want {
+		v, ok := got[series]
+		if !ok {
+			t.Errorf("/metrics has no %s", series)
+			continue
+		}
+		if v != w {
+			t.Errorf("/metrics %s = %v, want %v", series, v, w)
+		}
+	}
+	if v := got["butterfly_consumer_membership_updates_total"+cl]; v < 1 {
+		t.Errorf("/metrics butterfly_consumer_membership_updates_total%s = %v, want at least 1", cl, v)
+	}
+	// Closed producers leave their gauges out; their counters stay.
+	if _, ok := got["butterfly_producer_in_flight"+pl]; ok {
+		t.Errorf("/metrics has butterfly_producer_in_flight%s after Close, want it gone", pl)
+	}
+}
+
+// TestTracing_OneTraceProducerIntermediateConsumer sends one message with
+// tracing on and finds one trace: the producer's span, the intermediate's
+// span as its child and the consumer's span as the intermediate's child.
+func TestTracing_OneTraceProducerIntermediateConsumer(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+
+	m := newMesh(t)
+	h := m.startHub("intermediate", "i1", "127.0.0.1", intermediate.WithTracerProvider(tp))
+	m.waitMembers("intermediate", 1)
+	led := newLedger()
+	m.consumer("c1", led.handler(), components.WithTracerProvider(tp))
+	waitConsumers(t, 1, h)
+	p := m.producer("p1", components.WithTracerProvider(tp))
+
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	if err := p.SendWait(ctx, &messagev1.Message{Payload: []byte("traced")}); err != nil {
+		t.Fatalf("SendWait() = %v", err)
+	}
+	led.waitHandled(t, 1)
+
+	byName := func() map[string][]sdktrace.ReadOnlySpan {
+		out := make(map[string][]sdktrace.ReadOnlySpan)
+		for _, s := range rec.Ended() {
+			out[s.Name()] = append(out[s.Name()], s)
+		}
+		return out
+	}
+	const (
+		produce = "butterfly.produce intermediate"
+		process = "butterfly.intermediate intermediate"
+		consume = "butterfly.consume intermediate"
+	)
+	waitUntil(t, "the consumer's span to end", func() bool { return len(byName()[consume]) > 0 })
+	spans := byName()
+	for _, name := range []string{produce, process, consume} {
+		if len(spans[name]) != 1 {
+			t.Fatalf("spans named %q = %d, want 1 (ended: %v)", name, len(spans[name]), names(rec.Ended()))
+		}
+	}
+	ps, is, cs := spans[produce][0], spans[process][0], spans[consume][0]
+	if ps.Parent().IsValid() {
+		t.Errorf("producer span parent = %v, want none (a root)", ps.Parent())
+	}
+	checkChild(t, "intermediate", is, ps)
+	checkChild(t, "consumer", cs, is)
+	if k := ps.SpanKind(); k != trace.SpanKindProducer {
+		t.Errorf("producer span kind = %v, want %v", k, trace.SpanKindProducer)
+	}
+	if k := cs.SpanKind(); k != trace.SpanKindConsumer {
+		t.Errorf("consumer span kind = %v, want %v", k, trace.SpanKindConsumer)
+	}
+}
+
+func checkChild(t *testing.T, what string, child, parent sdktrace.ReadOnlySpan) {
+	t.Helper()
+	if child.SpanContext().TraceID() != parent.SpanContext().TraceID() {
+		t.Errorf("%s span trace = %s, want %s", what, child.SpanContext().TraceID(), parent.SpanContext().TraceID())
+	}
+	if child.Parent().SpanID() != parent.SpanContext().SpanID() {
+		t.Errorf("%s span parent = %s, want %s", what, child.Parent().SpanID(), parent.SpanContext().SpanID())
+	}
+}
+
+func names(spans []sdktrace.ReadOnlySpan) []string {
+	out := make([]string, len(spans))
+	for i, s := range spans {
+		out[i] = fmt.Sprintf("%s(%s)", s.Name(), s.SpanContext().TraceID())
+	}
+	return out
+}

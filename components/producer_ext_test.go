@@ -1,0 +1,182 @@
+package components_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/butterfly-mesh/butterfly/components"
+	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/intermediate"
+)
+
+// TestProducer_SendTooLarge checks that Send refuses, without queueing it,
+// a message larger than the producer's batch byte limit or than the
+// max_batch_bytes the intermediate advertised, and that the stream carries
+// on.
+func TestProducer_SendTooLarge(t *testing.T) {
+	m := newMesh(t)
+	const advertised = 2000
+	i1 := m.startHub("intermediate", "i1", "127.0.0.1", intermediate.WithMaxBatch(64, advertised))
+	m.waitMembers("intermediate", 1)
+	led := newLedger()
+	m.consumer("c1", led.handler())
+	waitConsumers(t, 1, i1)
+	p := m.producer("p1", components.WithBatch(64, 8000, 0))
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+
+	if err := p.SendWait(ctx, &messagev1.Message{Payload: []byte("small")}); err != nil {
+		t.Fatalf("SendWait(small) = %v, want nil", err)
+	}
+	for _, tc := range []struct {
+		size  int
+		limit string
+	}{
+		{size: 3000, limit: "limit of 2000"},
+		{size: 9000, limit: "limit of 8000"},
+	} {
+		_, err := p.Send(ctx, &messagev1.Message{Payload: make([]byte, tc.size)})
+		if !errors.Is(err, components.ErrMessageTooLarge) || !strings.Contains(err.Error(), tc.limit) {
+			t.Errorf("Send(%d bytes) = %v, want %v naming the %s", tc.size, err, components.ErrMessageTooLarge, tc.limit)
+		}
+	}
+	if err := p.SendWait(ctx, &messagev1.Message{Payload: make([]byte, advertised-100)}); err != nil {
+		t.Errorf("SendWait(%d bytes) = %v, want nil", advertised-100, err)
+	}
+	closeProducers(t, p)
+	if st := p.Stats(); st.Sent != 2 || st.Acked != 2 || st.Resent != 0 {
+		t.Errorf("Stats() = %+v, want Sent=2 Acked=2 Resent=0", st)
+	}
+	if got := i1.status(t).GetReceived(); got != 2 {
+		t.Errorf("GetStatus(i1).Received = %d, want 2", got)
+	}
+	led.checkExactlyOnce(t, map[string]int{"p1": 2})
+}
+
+// TestProducer_NackHandlerBlocks checks that a nack handler that blocks
+// holds back no acknowledgement: another message is acknowledged while it
+// runs, and Close waits for it.
+func TestProducer_NackHandlerBlocks(t *testing.T) {
+	m := newMesh(t)
+	m.startHub("intermediate", "i1", "127.0.0.1", intermediate.WithProcessor(failOn{}))
+	m.waitMembers("intermediate", 1)
+	m.consumer("c1", newLedger().handler())
+	entered := make(chan uint64, 10)
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	var calls []messagev1.NackReason
+	var mu sync.Mutex
+	p := m.producer("p1", components.WithNackHandler(func(msg *messagev1.Message, reason messagev1.NackReason, _ string) {
+		entered <- msg.GetId().GetSeq()
+		<-release
+		mu.Lock()
+		calls = append(calls, reason)
+		mu.Unlock()
+	}))
+	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+
+	if _, err := p.Send(ctx, &messagev1.Message{Payload: []byte("bad-1")}); err != nil {
+		t.Fatalf("Send(bad-1) = %v", err)
+	}
+	select {
+	case seq := <-entered:
+		if seq != 1 {
+			t.Errorf("nack handler called for seq %d, want 1", seq)
+		}
+	case <-ctx.Done():
+		t.Fatalf("nack handler not called for bad-1")
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer wcancel()
+	if err := p.SendWait(wctx, &messagev1.Message{Payload: []byte("good-2")}); err != nil {
+		t.Errorf("SendWait(good-2) while the nack handler blocks = %v, want nil", err)
+	}
+	releaseOnce.Do(func() { close(release) })
+	err := p.Close(ctx)
+	var ce *components.CloseError
+	if !errors.As(err, &ce) || ce.Unacked != 0 || ce.Failed != 1 {
+		t.Errorf("Close() = %v, want a CloseError with 0 unacknowledged and 1 failed", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(calls) != 1 || calls[0] != messagev1.NackReason_NACK_REASON_PROCESSING_FAILED {
+		t.Errorf("nack handler calls after Close = %v, want [%v]", calls, messagev1.NackReason_NACK_REASON_PROCESSING_FAILED)
+	}
+}
+
+// TestProducer_NackHandlerSends checks that a nack handler may send, and
+// wait for, a message of its own producer with a window of one.
+func TestProducer_NackHandlerSends(t *testing.T) {
+	m := newMesh(t)
+	m.startHub("intermediate", "i1", "127.0.0.1", intermediate.WithProcessor(failOn{}))
+	m.waitMembers("intermediate", 1)
+	led := newLedger()
+	m.consumer("c1", led.handler())
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	result := make(chan error, 1)
+	var p *components.Producer
+	p = m.producer("p1", components.WithWindow(1), components.WithNackHandler(func(msg *messagev1.Message, _ messagev1.NackReason, _ string) {
+		wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+		defer wcancel()
+		result <- p.SendWait(wctx, &messagev1.Message{Payload: []byte("retry-of-" + string(msg.GetPayload()))})
+	}))
+
+	if _, err := p.Send(ctx, &messagev1.Message{Payload: []byte("bad-1")}); err != nil {
+		t.Fatalf("Send(bad-1) = %v", err)
+	}
+	select {
+	case err := <-result:
+		if err != nil {
+			t.Errorf("SendWait(retry) in the nack handler = %v, want nil", err)
+		}
+	case <-ctx.Done():
+		t.Fatalf("nack handler did not finish")
+	}
+	err := p.Close(ctx)
+	var ce *components.CloseError
+	if !errors.As(err, &ce) || ce.Unacked != 0 || ce.Failed != 1 {
+		t.Errorf("Close() = %v, want a CloseError with 0 unacknowledged and 1 failed", err)
+	}
+	led.mu.Lock()
+	defer led.mu.Unlock()
+	if got := led.counts["p1"][2]; got != 1 || led.total != 1 {
+		t.Errorf("handled p1/2 %d times of %d handled, want 1 of 1", got, led.total)
+	}
+}
+
+// TestProducer_SendWaitAfterCloseTimeout checks that SendWait returns
+// ErrClosed when Close gives up waiting for its message's acknowledgement.
+func TestProducer_SendWaitAfterCloseTimeout(t *testing.T) {
+	m := newMesh(t)
+	m.startHub("intermediate", "i1", "127.0.0.1")
+	m.waitMembers("intermediate", 1)
+	p := m.producer("p1")
+	wctx, wcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer wcancel()
+	result := make(chan error, 1)
+	go func() { result <- p.SendWait(wctx, &messagev1.Message{Payload: []byte("nobody listens")}) }()
+	waitUntil(t, "the message accepted", func() bool { return p.Stats().InFlight == 1 })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	err := p.Close(ctx)
+	var ce *components.CloseError
+	if !errors.As(err, &ce) || ce.Unacked != 1 || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Close() = %v, want a CloseError with 1 unacknowledged, wrapping %v", err, context.DeadlineExceeded)
+	}
+	select {
+	case err := <-result:
+		if !errors.Is(err, components.ErrClosed) {
+			t.Errorf("SendWait() after Close = %v, want %v", err, components.ErrClosed)
+		}
+	case <-time.After(defaultTestTimeout):
+		t.Fatalf("SendWait() did not return after Close")
+	}
+}

@@ -1,0 +1,209 @@
+package components_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	"github.com/butterfly-mesh/butterfly/components"
+	adminv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/admin/v1"
+	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
+	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/intermediate"
+	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
+)
+
+// devPKI writes a development PKI for 127.0.0.1 whose client certificate is
+// bound to producer id clientID.
+func devPKI(t *testing.T, clientID string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := tlsutil.GenerateDev(dir, []string{"127.0.0.1", "localhost"}, tlsutil.WithClientID(clientID)); err != nil {
+		t.Fatalf("GenerateDev(%s) = %v", dir, err)
+	}
+	return dir
+}
+
+// clientFiles names the client certificate of pki, trusting caDir's CA.
+func clientFiles(pki, caDir string) tlsutil.Files {
+	return tlsutil.Files{
+		Cert: filepath.Join(pki, tlsutil.ClientFile),
+		Key:  filepath.Join(pki, tlsutil.ClientKeyFile),
+		CA:   filepath.Join(caDir, tlsutil.CAFile),
+	}
+}
+
+// writeExpiredClient issues, with the CA of pki, a client certificate bound
+// to producer id that expired an hour ago, and returns its files.
+func writeExpiredClient(t *testing.T, pki, id string) tlsutil.Files {
+	t.Helper()
+	readPEM := func(name string) []byte {
+		b, err := os.ReadFile(filepath.Join(pki, name))
+		if err != nil {
+			t.Fatalf("os.ReadFile(%s) = %v", name, err)
+		}
+		block, _ := pem.Decode(b)
+		if block == nil {
+			t.Fatalf("%s holds no PEM block", name)
+		}
+		return block.Bytes
+	}
+	ca, err := x509.ParseCertificate(readPEM(tlsutil.CAFile))
+	if err != nil {
+		t.Fatalf("x509.ParseCertificate(CA) = %v", err)
+	}
+	caKey, err := x509.ParsePKCS8PrivateKey(readPEM(tlsutil.CAKeyFile))
+	if err != nil {
+		t.Fatalf("x509.ParsePKCS8PrivateKey(CA key) = %v", err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatalf("ecdsa.GenerateKey() = %v", err)
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(now.UnixNano()),
+		Subject:      pkix.Name{CommonName: id},
+		NotBefore:    now.Add(-2 * time.Hour),
+		NotAfter:     now.Add(-time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatalf("x509.CreateCertificate() = %v", err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatalf("x509.MarshalPKCS8PrivateKey() = %v", err)
+	}
+	dir := t.TempDir()
+	f := tlsutil.Files{Cert: filepath.Join(dir, "expired.pem"), Key: filepath.Join(dir, "expired-key.pem"), CA: filepath.Join(pki, tlsutil.CAFile)}
+	for name, block := range map[string]*pem.Block{f.Cert: {Type: "CERTIFICATE", Bytes: der}, f.Key: {Type: "PRIVATE KEY", Bytes: keyDER}} {
+		if err := os.WriteFile(name, pem.EncodeToMemory(block), 0o600); err != nil {
+			t.Fatalf("os.WriteFile(%s) = %v", name, err)
+		}
+	}
+	return f
+}
+
+// startTLSHub starts an intermediate that requires client certificates
+// signed by the CA of pki.
+func (m *mesh) startTLSHub(pki, instance string) *hub {
+	m.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	m.t.Cleanup(cancel)
+	cfg, err := tlsutil.ServerConfig(ctx, tlsutil.Files{
+		Cert:       filepath.Join(pki, tlsutil.ServerFile),
+		Key:        filepath.Join(pki, tlsutil.ServerKeyFile),
+		CA:         filepath.Join(pki, tlsutil.CAFile),
+		ClientAuth: tlsutil.ClientAuthRequire,
+	}, m.log)
+	if err != nil {
+		m.t.Fatalf("tlsutil.ServerConfig() = %v", err)
+	}
+	return m.startHub(components.DefaultService, instance, "127.0.0.1",
+		intermediate.WithGRPCServerOptions(grpc.Creds(credentials.NewTLS(cfg))))
+}
+
+func clientCreds(t *testing.T, f tlsutil.Files) credentials.TransportCredentials {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	creds, err := tlsutil.ClientCredentials(ctx, f, "", nil)
+	if err != nil {
+		t.Fatalf("tlsutil.ClientCredentials(%+v) = %v", f, err)
+	}
+	return creds
+}
+
+// rawConn dials addr with creds, closed when the test ends.
+func rawConn(t *testing.T, addr string, creds credentials.TransportCredentials) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		t.Fatalf("grpc.NewClient(%s) = %v", addr, err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// TestMutualTLS_EndToEnd checks that a producer and a consumer with
+// certificates of the mesh's CA exchange every message exactly once through
+// an intermediate requiring client certificates, while a client without a
+// certificate, with one of another CA, or with an expired one is refused,
+// and a certificate bound to p1 cannot publish as p2.
+func TestMutualTLS_EndToEnd(t *testing.T) {
+	m := newMesh(t)
+	pki := devPKI(t, "p1")
+	h := m.startTLSHub(pki, "i1")
+	good := clientCreds(t, clientFiles(pki, pki))
+	led := newLedger()
+	m.consumer("c1", led.handler(), components.WithTransportCredentials(good))
+	waitUntil(t, "consumer c1 on i1", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		st, err := adminv1.NewAdminServiceClient(rawConn(t, h.addr, good)).GetStatus(ctx, &adminv1.GetStatusRequest{})
+		return err == nil && len(st.GetConsumers()) == 1
+	})
+	p := m.producer("p1", components.WithTransportCredentials(good))
+	const n = 50
+	for i := range n {
+		if _, err := p.Send(context.Background(), &messagev1.Message{Payload: []byte(fmt.Sprint(i))}); err != nil {
+			t.Fatalf("Send(#%d) = %v", i+1, err)
+		}
+	}
+	closeProducers(t, p)
+	led.waitHandled(t, n)
+	led.checkExactlyOnce(t, map[string]int{"p1": n})
+
+	other := devPKI(t, "p1")
+	for _, tc := range []struct {
+		name  string
+		files tlsutil.Files
+	}{
+		{"no certificate", tlsutil.Files{CA: filepath.Join(pki, tlsutil.CAFile)}},
+		{"another CA", clientFiles(other, pki)},
+		{"expired", writeExpiredClient(t, pki, "p1")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+			defer cancel()
+			_, err := adminv1.NewAdminServiceClient(rawConn(t, h.addr, clientCreds(t, tc.files))).GetStatus(ctx, &adminv1.GetStatusRequest{})
+			if status.Code(err) != codes.Unavailable {
+				t.Fatalf("GetStatus() with %s = %v, want UNAVAILABLE (handshake refused)", tc.name, err)
+			}
+		})
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	stream, err := deliveryv1.NewPublishServiceClient(rawConn(t, h.addr, good)).Publish(ctx)
+	if err != nil {
+		t.Fatalf("Publish() = %v", err)
+	}
+	hello := &deliveryv1.PublishHello{ProducerId: "p2", Incarnation: 1}
+	if err := stream.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Hello{Hello: hello}}); err != nil {
+		t.Fatalf("Send(hello p2) = %v", err)
+	}
+	_, err = stream.Recv()
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), `"p2" is not "p1"`) {
+		t.Fatalf("publish as p2 with the certificate of p1 = %v, want PERMISSION_DENIED naming both", err)
+	}
+}
