@@ -24,6 +24,10 @@ import (
 // of one hop. BaselineRelay is what a user would write by hand instead of
 // Butterfly: producer -> relay -> consumer, the relay acknowledging a batch
 // to the producer only once the consumer acknowledged it (end to end).
+//
+// Both reuse what a careful user would reuse: the request and response
+// objects and the message structs of a batch (gRPC serialises a message
+// before Send returns), so that they are honest upper bounds.
 
 // ackSink is a PublishService that acknowledges every batch on receipt.
 type ackSink struct {
@@ -32,6 +36,7 @@ type ackSink struct {
 }
 
 func (s *ackSink) Publish(stream deliveryv1.PublishService_PublishServer) error {
+	ack := newAck()
 	for {
 		req, err := stream.Recv()
 		if err != nil {
@@ -45,17 +50,32 @@ func (s *ackSink) Publish(stream deliveryv1.PublishService_PublishServer) error 
 			continue
 		}
 		s.received.Add(uint64(len(b.Messages)))
-		last := b.FirstSeq + uint64(len(b.Messages)) - 1
-		if err := stream.Send(ackResponse(b.FirstSeq, last)); err != nil {
+		if err := stream.Send(ack.set(b.FirstSeq, b.FirstSeq+uint64(len(b.Messages))-1)); err != nil {
 			return err
 		}
 	}
 }
 
-func ackResponse(first, last uint64) *deliveryv1.PublishResponse {
-	return &deliveryv1.PublishResponse{Kind: &deliveryv1.PublishResponse_Ack{Ack: &deliveryv1.PublishAck{
-		Acked: []*messagev1.SeqRange{{First: first, Last: last}},
-	}}}
+// reusableAck is one acknowledgement frame with a single range, reused for
+// every batch of a stream.
+type reusableAck struct {
+	resp *deliveryv1.PublishResponse
+	rng  *messagev1.SeqRange
+}
+
+func newAck() reusableAck {
+	rng := &messagev1.SeqRange{}
+	return reusableAck{
+		resp: &deliveryv1.PublishResponse{Kind: &deliveryv1.PublishResponse_Ack{Ack: &deliveryv1.PublishAck{
+			Acked: []*messagev1.SeqRange{rng},
+		}}},
+		rng: rng,
+	}
+}
+
+func (a reusableAck) set(first, last uint64) *deliveryv1.PublishResponse {
+	a.rng.First, a.rng.Last = first, last
+	return a.resp
 }
 
 // relay is a PublishService that forwards each batch downstream and
@@ -77,7 +97,13 @@ func (r *relay) Publish(up deliveryv1.PublishService_PublishServer) error {
 	type span struct{ first, last uint64 }
 	pending := make(chan span, 1<<16)
 	errc := make(chan error, 1)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Add(1)
 	go func() {
+		defer wg.Done()
+		ack := newAck()
 		for {
 			resp, err := down.Recv()
 			if err != nil {
@@ -85,14 +111,22 @@ func (r *relay) Publish(up deliveryv1.PublishService_PublishServer) error {
 				return
 			}
 			for range resp.GetAck().GetAcked() {
-				sp := <-pending
-				if err := up.Send(ackResponse(sp.first, sp.last)); err != nil {
+				var sp span
+				select {
+				case sp = <-pending:
+				case <-ctx.Done():
+					errc <- ctx.Err()
+					return
+				}
+				if err := up.Send(ack.set(sp.first, sp.last)); err != nil {
 					errc <- err
 					return
 				}
 			}
 		}
 	}()
+	batch := &deliveryv1.PublishBatch{}
+	fwd := &deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Batch{Batch: batch}}
 	var downSeq uint64 = 1
 	for {
 		req, err := up.Recv()
@@ -107,10 +141,12 @@ func (r *relay) Publish(up deliveryv1.PublishService_PublishServer) error {
 		if b == nil || len(b.Messages) == 0 {
 			continue
 		}
-		pending <- span{b.FirstSeq, b.FirstSeq + uint64(len(b.Messages)) - 1}
-		fwd := &deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Batch{Batch: &deliveryv1.PublishBatch{
-			FirstSeq: downSeq, Messages: b.Messages,
-		}}}
+		select {
+		case pending <- span{b.FirstSeq, b.FirstSeq + uint64(len(b.Messages)) - 1}:
+		case err := <-errc:
+			return err
+		}
+		batch.FirstSeq, batch.Messages = downSeq, b.Messages
 		downSeq += uint64(len(b.Messages))
 		if err := down.Send(fwd); err != nil {
 			return err
@@ -147,7 +183,7 @@ func Baseline1Hop(ctx context.Context, cfg Config) (Result, error) {
 	sink := &ackSink{}
 	addr, stop, err := serve(func(s *grpc.Server) { deliveryv1.RegisterPublishServiceServer(s, sink) })
 	if err != nil {
-		return Result{}, err
+		return Result{}, fmt.Errorf("bench: 1-hop baseline: %w", err)
 	}
 	defer stop()
 	return drive(ctx, cfg, addr)
@@ -159,19 +195,19 @@ func BaselineRelay(ctx context.Context, cfg Config) (Result, error) {
 	sink := &ackSink{}
 	sinkAddr, stopSink, err := serve(func(s *grpc.Server) { deliveryv1.RegisterPublishServiceServer(s, sink) })
 	if err != nil {
-		return Result{}, err
+		return Result{}, fmt.Errorf("bench: relay baseline: %w", err)
 	}
 	defer stopSink()
 	cc, err := grpc.NewClient(sinkAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		return Result{}, err
+		return Result{}, fmt.Errorf("bench: relay baseline: %w", err)
 	}
 	defer cc.Close()
 	addr, stop, err := serve(func(s *grpc.Server) {
 		deliveryv1.RegisterPublishServiceServer(s, &relay{down: deliveryv1.NewPublishServiceClient(cc)})
 	})
 	if err != nil {
-		return Result{}, err
+		return Result{}, fmt.Errorf("bench: relay baseline: %w", err)
 	}
 	defer stop()
 	return drive(ctx, cfg, addr)
@@ -183,14 +219,14 @@ func BaselineRelay(ctx context.Context, cfg Config) (Result, error) {
 func drive(ctx context.Context, cfg Config, addr string) (Result, error) {
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		return Result{}, err
+		return Result{}, fmt.Errorf("bench: baseline client: %w", err)
 	}
 	defer cc.Close()
 	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()
-	lat := newLatencies()
+	lat := &histogram{}
 	var acked atomic.Uint64
-	start := time.Now()
+	start, cpu0 := time.Now(), cpuTime()
 	var wg sync.WaitGroup
 	errs := make(chan error, cfg.Producers)
 	for p := 0; p < cfg.Producers; p++ {
@@ -203,15 +239,17 @@ func drive(ctx context.Context, cfg Config, addr string) (Result, error) {
 		}()
 	}
 	wg.Wait()
-	elapsed := time.Since(start)
+	elapsed, cpu := time.Since(start), cpuTime()-cpu0
 	close(errs)
 	for err := range errs {
-		return Result{}, err
+		return Result{}, fmt.Errorf("bench: baseline stream: %w", err)
 	}
-	return newResult(acked.Load(), elapsed, lat), nil
+	r := newResult(acked.Load(), elapsed, lat)
+	r.CPUPerMillion = cpuPerMillion(cpu, r.Messages)
+	return r, nil
 }
 
-func driveStream(ctx context.Context, cfg Config, client deliveryv1.PublishServiceClient, id string, acked *atomic.Uint64, lat *latencies) error {
+func driveStream(ctx context.Context, cfg Config, client deliveryv1.PublishServiceClient, id string, acked *atomic.Uint64, lat *histogram) error {
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	stream, err := client.Publish(sctx)
@@ -230,12 +268,20 @@ func driveStream(ctx context.Context, cfg Config, client deliveryv1.PublishServi
 			}
 			for _, r := range resp.GetAck().GetAcked() {
 				acked.Add(r.Last - r.First + 1)
-				lat.add(time.Since(<-sent))
+				lat.record(time.Since(<-sent))
 				<-window
 			}
 		}
 	}()
+	// One batch of messages, rewritten in place for every send: gRPC has
+	// serialised it when Send returns.
 	payload := make([]byte, cfg.Payload)
+	msgs := make([]*messagev1.Message, cfg.BatchMessages)
+	for i := range msgs {
+		msgs[i] = &messagev1.Message{Id: &messagev1.MessageId{ProducerId: id, Incarnation: 1}, Payload: payload}
+	}
+	batch := &deliveryv1.PublishBatch{Messages: msgs}
+	req := &deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Batch{Batch: batch}}
 	var seq uint64 = 1
 	for ctx.Err() == nil {
 		select {
@@ -243,25 +289,23 @@ func driveStream(ctx context.Context, cfg Config, client deliveryv1.PublishServi
 		case <-ctx.Done():
 			continue
 		}
-		msgs := make([]*messagev1.Message, cfg.BatchMessages)
 		now := time.Now()
-		for i := range msgs {
-			msgs[i] = &messagev1.Message{
-				Id:                 &messagev1.MessageId{ProducerId: id, Incarnation: 1, Seq: seq + uint64(i)},
-				Payload:            payload,
-				CreateTimeUnixNano: now.UnixNano(),
-			}
+		nano := now.UnixNano()
+		for i, m := range msgs {
+			m.Id.Seq = seq + uint64(i)
+			m.CreateTimeUnixNano = nano
 		}
+		batch.FirstSeq = seq
 		sent <- now
-		if err := stream.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Batch{Batch: &deliveryv1.PublishBatch{
-			FirstSeq: seq, Messages: msgs,
-		}}}); err != nil {
-			return err
+		if err := stream.Send(req); err != nil {
+			break
 		}
 		seq += uint64(len(msgs))
 	}
 	stream.CloseSend()
 	cancel()
-	<-recvDone
+	if err := <-recvDone; err != nil && !errors.Is(err, io.EOF) && ctx.Err() == nil {
+		return err
+	}
 	return nil
 }

@@ -6,9 +6,11 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/butterfly-mesh/butterfly/internal/etcdtest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, etcdtest.LeakOptions()...) }
 
 // TestBaselines_Deliver checks that both baselines move and acknowledge
 // messages, in whole batches.
@@ -28,7 +30,7 @@ func TestBaselines_Deliver(t *testing.T) {
 			if r.P50 <= 0 || r.P99 < r.P50 {
 				t.Fatalf("%s() latencies p50 %v p99 %v, want 0 < p50 <= p99", name, r.P50, r.P99)
 			}
-			t.Logf("%s: %.0f msgs/s, p50 %v, p99 %v", name, r.MsgsPerSec, r.P50, r.P99)
+			t.Logf("%s: %.0f msgs/s, p50 %v, p99 %v, %.2f CPU s per million", name, r.MsgsPerSec, r.P50, r.P99, r.CPUPerMillion)
 		})
 	}
 }

@@ -1,14 +1,15 @@
-// Package bench measures Butterfly beside plain-gRPC baselines in the same
-// run, for `butterfly bench`.
 package bench
 
 import (
-	"slices"
-	"sync"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
 	"time"
 )
 
-// Config is what a benchmark run sends and how.
+// Config is what a benchmark run sends and how. The baselines use Payload,
+// Producers, Duration, Window and BatchMessages; Run uses all of it.
 type Config struct {
 	// Payload is the payload size in bytes.
 	Payload int
@@ -20,6 +21,77 @@ type Config struct {
 	Window int
 	// BatchMessages is the most messages in one batch.
 	BatchMessages int
+
+	// BatchBytes and Linger are the rest of a producer's batching.
+	BatchBytes int
+	Linger     time.Duration
+	// Credit is how many deliveries a consumer lets each intermediate send
+	// ahead of its acknowledgements.
+	Credit int
+	// Heartbeat is the heartbeat interval of every stream; a frozen peer is
+	// detected after five.
+	Heartbeat time.Duration
+	// RoutingSettle is the intermediates' routing settle time.
+	RoutingSettle time.Duration
+	// LeaseTTL is the intermediates' registration lease TTL.
+	LeaseTTL time.Duration
+	// Warmup runs before every measured phase.
+	Warmup time.Duration
+	// FaultGap is how long the load runs between two faults.
+	FaultGap time.Duration
+	// FaultLoad is the load offered during the faults, as a fraction of the
+	// measured saturation; the drain always runs at full load.
+	FaultLoad float64
+	// SampleInterval is the resolution of the throughput series.
+	SampleInterval time.Duration
+
+	// Logger receives the progress of the run.
+	Logger *slog.Logger
+	// CPUProfile, when set, receives a CPU profile of Butterfly's saturation
+	// phase.
+	CPUProfile io.Writer
+}
+
+// Default values of Config, for `butterfly bench`.
+const (
+	DefaultPayload        = 256
+	DefaultProducers      = 2
+	DefaultIntermediates  = 2
+	DefaultConsumers      = 2
+	DefaultDuration       = 5 * time.Second
+	DefaultFaultLoad      = 0.5
+	DefaultSampleInterval = 10 * time.Millisecond
+)
+
+// Validate reports every invalid field of c.
+func (c *Config) Validate() error {
+	var errs []error
+	check := func(ok bool, format string, args ...any) {
+		if !ok {
+			errs = append(errs, fmt.Errorf(format, args...))
+		}
+	}
+	check(c.Payload >= 0 && c.Payload <= 4<<20, "payload %d is out of range [0, 4MiB]", c.Payload)
+	check(c.Producers >= 1, "producers %d is under 1", c.Producers)
+	check(c.Intermediates >= 2, "intermediates %d is under 2 (the faults need one to break and one to carry on)", c.Intermediates)
+	check(c.Consumers >= 1, "consumers %d is under 1", c.Consumers)
+	check(c.Duration > 0, "duration %v is not positive", c.Duration)
+	check(c.Window >= 1, "window %d is under 1", c.Window)
+	check(c.BatchMessages >= 1, "batch messages %d is under 1", c.BatchMessages)
+	check(c.BatchBytes >= 1, "batch bytes %d is under 1", c.BatchBytes)
+	check(c.Linger >= 0, "linger %v is negative", c.Linger)
+	check(c.Credit >= 1, "credit %d is under 1", c.Credit)
+	check(c.Heartbeat >= time.Millisecond, "heartbeat %v is under 1ms", c.Heartbeat)
+	check(c.RoutingSettle >= 0, "routing settle %v is negative", c.RoutingSettle)
+	check(c.LeaseTTL >= time.Second, "lease TTL %v is under 1s", c.LeaseTTL)
+	check(c.Warmup >= 0, "warmup %v is negative", c.Warmup)
+	check(c.FaultGap > 0, "fault gap %v is not positive", c.FaultGap)
+	check(c.FaultLoad > 0 && c.FaultLoad <= 1, "fault load %v is out of range (0, 1]", c.FaultLoad)
+	check(c.SampleInterval >= time.Millisecond, "sample interval %v is under 1ms", c.SampleInterval)
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("bench: invalid config: %w", err)
+	}
+	return nil
 }
 
 // Result is one measured phase.
@@ -29,53 +101,21 @@ type Result struct {
 	MsgsPerSec float64
 	P50, P99   time.Duration
 	P999       time.Duration
+	// CPUPerMillion is the process's CPU seconds (user and system) per
+	// million messages, 0 where the platform does not report it.
+	CPUPerMillion float64
 }
 
-func newResult(n uint64, elapsed time.Duration, lat *latencies) Result {
+func newResult(n uint64, elapsed time.Duration, lat *histogram) Result {
 	r := Result{Messages: n, Elapsed: elapsed, MsgsPerSec: float64(n) / elapsed.Seconds()}
 	r.P50, r.P99, r.P999 = lat.quantiles()
 	return r
 }
 
-// latencies collects samples; bounded by keeping every k-th sample once full.
-type latencies struct {
-	mu      sync.Mutex
-	samples []time.Duration
-	skip    int
-	n       int
-}
-
-const maxSamples = 1 << 20
-
-func newLatencies() *latencies { return &latencies{skip: 1} }
-
-func (l *latencies) add(d time.Duration) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.n++
-	if l.n%l.skip != 0 {
-		return
+// cpuPerMillion is CPU seconds per million of n messages.
+func cpuPerMillion(cpu time.Duration, n uint64) float64 {
+	if n == 0 {
+		return 0
 	}
-	if len(l.samples) == maxSamples {
-		// Keep every other sample and sample half as often from now on.
-		kept := l.samples[:0]
-		for i := 0; i < len(l.samples); i += 2 {
-			kept = append(kept, l.samples[i])
-		}
-		l.samples = kept
-		l.skip *= 2
-	}
-	l.samples = append(l.samples, d)
-}
-
-func (l *latencies) quantiles() (p50, p99, p999 time.Duration) {
-	l.mu.Lock()
-	s := slices.Clone(l.samples)
-	l.mu.Unlock()
-	if len(s) == 0 {
-		return 0, 0, 0
-	}
-	slices.Sort(s)
-	q := func(f float64) time.Duration { return s[min(len(s)-1, int(f*float64(len(s))))] }
-	return q(0.50), q(0.99), q(0.999)
+	return cpu.Seconds() / (float64(n) / 1e6)
 }

@@ -1,0 +1,200 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+)
+
+// Report is what a run measured. Latencies are end to end, from Send to the
+// consumer's handler, in microseconds; times under faults are in
+// milliseconds, -1 where the event was not seen.
+type Report struct {
+	Payload         int     `json:"payload_bytes"`
+	Producers       int     `json:"producers"`
+	Intermediates   int     `json:"intermediates"`
+	Consumers       int     `json:"consumers"`
+	DurationS       float64 `json:"duration_s"`
+	Window          int     `json:"window"`
+	BatchMessages   int     `json:"batch_messages"`
+	BatchBytes      int     `json:"batch_bytes"`
+	LingerUS        float64 `json:"linger_us"`
+	HeartbeatMS     float64 `json:"heartbeat_ms"`
+	RoutingSettleMS float64 `json:"routing_settle_ms"`
+
+	Baseline1HopUnbatched float64 `json:"baseline_1hop_unbatched_msgs_per_s"`
+	Baseline1Hop          float64 `json:"baseline_1hop_msgs_per_s"`
+	Baseline1HopP50US     float64 `json:"baseline_1hop_batch_rtt_p50_us"`
+	Baseline1HopP99US     float64 `json:"baseline_1hop_batch_rtt_p99_us"`
+	Baseline1HopCPU       float64 `json:"baseline_1hop_cpu_s_per_million"`
+	BaselineRelay         float64 `json:"baseline_relay_msgs_per_s"`
+	BaselineRelayP50US    float64 `json:"baseline_relay_batch_rtt_p50_us"`
+	BaselineRelayP99US    float64 `json:"baseline_relay_batch_rtt_p99_us"`
+	BaselineRelayCPU      float64 `json:"baseline_relay_cpu_s_per_million"`
+
+	Butterfly         float64 `json:"butterfly_msgs_per_s"`
+	RatioVs1Hop       float64 `json:"ratio_vs_1hop"`
+	RatioVsRelay      float64 `json:"ratio_vs_relay"`
+	P50US             float64 `json:"p50_us"`
+	P99US             float64 `json:"p99_us"`
+	P999US            float64 `json:"p999_us"`
+	CPUPerMillion     float64 `json:"cpu_s_per_million"`
+	HalfLoadOffered   float64 `json:"half_load_offered_msgs_per_s"`
+	HalfLoad          float64 `json:"half_load_msgs_per_s"`
+	P50HalfLoadUS     float64 `json:"p50_half_load_us"`
+	P99HalfLoadUS     float64 `json:"p99_half_load_us"`
+	P999HalfLoadUS    float64 `json:"p999_half_load_us"`
+	CPUPerMillionHalf float64 `json:"cpu_s_per_million_half_load"`
+	PeakHeapBytes     uint64  `json:"peak_heap_bytes"`
+
+	FailoverLost      uint64  `json:"failover_lost"`
+	FailoverRecoverMS float64 `json:"failover_recover_ms"`
+	FailoverResendMS  float64 `json:"failover_resend_ms"`
+	MoveRerouteMS     float64 `json:"move_reroute_ms"`
+	FreezeDetectMS    float64 `json:"freeze_detect_ms"`
+	DrainMS           float64 `json:"drain_ms"`
+
+	Sent              uint64 `json:"sent"`
+	Delivered         uint64 `json:"delivered"`
+	HandledTwice      uint64 `json:"handled_twice"`
+	DuplicatesDropped uint64 `json:"duplicates_dropped"`
+	Resent            uint64 `json:"resent"`
+	Strangers         uint64 `json:"unknown_messages"`
+
+	// Samples is the throughput over the Butterfly run, Events what was
+	// done to it and when.
+	Samples []Sample `json:"-"`
+	Events  []Event  `json:"-"`
+}
+
+func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
+
+func (r *Report) setConfig(c Config) {
+	r.Payload, r.Producers, r.Intermediates, r.Consumers = c.Payload, c.Producers, c.Intermediates, c.Consumers
+	r.DurationS, r.Window, r.BatchMessages, r.BatchBytes = c.Duration.Seconds(), c.Window, c.BatchMessages, c.BatchBytes
+	r.LingerUS, r.HeartbeatMS, r.RoutingSettleMS = us(c.Linger), ms(c.Heartbeat), ms(c.RoutingSettle)
+}
+
+func (r *Report) setBaseline1Hop(res Result) {
+	r.Baseline1Hop, r.Baseline1HopP50US, r.Baseline1HopP99US = res.MsgsPerSec, us(res.P50), us(res.P99)
+	r.Baseline1HopCPU = res.CPUPerMillion
+}
+
+func (r *Report) setBaselineRelay(res Result) {
+	r.BaselineRelay, r.BaselineRelayP50US, r.BaselineRelayP99US = res.MsgsPerSec, us(res.P50), us(res.P99)
+	r.BaselineRelayCPU = res.CPUPerMillion
+}
+
+func (r *Report) setButterfly(res Result) {
+	r.Butterfly = res.MsgsPerSec
+	r.P50US, r.P99US, r.P999US = us(res.P50), us(res.P99), us(res.P999)
+	r.CPUPerMillion = res.CPUPerMillion
+	if r.Baseline1Hop > 0 {
+		r.RatioVs1Hop = res.MsgsPerSec / r.Baseline1Hop
+	}
+	if r.BaselineRelay > 0 {
+		r.RatioVsRelay = res.MsgsPerSec / r.BaselineRelay
+	}
+}
+
+func (r *Report) setHalfLoad(offered float64, res Result) {
+	r.HalfLoadOffered, r.HalfLoad = offered, res.MsgsPerSec
+	r.P50HalfLoadUS, r.P99HalfLoadUS, r.P999HalfLoadUS = us(res.P50), us(res.P99), us(res.P999)
+	r.CPUPerMillionHalf = res.CPUPerMillion
+}
+
+// Target is one goal of the benchmark and whether the run met it.
+type Target struct {
+	Name  string
+	Got   string
+	Want  string
+	Met   bool
+	Miss  string // by how much it was missed
+	Known bool   // the value was measured
+}
+
+// Targets are the goals set for Butterfly on two cores with 256-byte
+// payloads, checked against this run.
+func (r *Report) Targets() []Target {
+	atMost := func(name string, got, limit float64, unit string) Target {
+		t := Target{Name: name, Got: fmt.Sprintf("%.1f %s", got, unit), Want: fmt.Sprintf("<= %g %s", limit, unit), Known: got >= 0}
+		t.Met = t.Known && got <= limit
+		if t.Known && !t.Met {
+			t.Miss = fmt.Sprintf("%.1fx over", got/limit)
+		}
+		if !t.Known {
+			t.Got = "not seen"
+		}
+		return t
+	}
+	ratio := Target{Name: "throughput vs hand-rolled relay", Got: fmt.Sprintf("%.2fx", r.RatioVsRelay), Want: ">= 0.5x", Known: true, Met: r.RatioVsRelay >= 0.5}
+	if !ratio.Met {
+		ratio.Miss = fmt.Sprintf("%.0f%% of target", 100*r.RatioVsRelay/0.5)
+	}
+	lost := Target{Name: "lost under faults", Got: fmt.Sprint(r.FailoverLost), Want: "0", Known: true, Met: r.FailoverLost == 0}
+	if !lost.Met {
+		lost.Miss = fmt.Sprintf("%d messages", r.FailoverLost)
+	}
+	return []Target{
+		ratio,
+		atMost("p99 at half load", r.P99HalfLoadUS/1000, 2, "ms"),
+		lost,
+		atMost("hard stop: back to 80%", r.FailoverRecoverMS, 250, "ms"),
+		atMost("move: first message via new address", r.MoveRerouteMS, 50, "ms"),
+		atMost("frozen intermediate detected", r.FreezeDetectMS, 1500, "ms"),
+	}
+}
+
+// WriteTable writes r as a readable table.
+func (r *Report) WriteTable(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	rate := func(v float64) string { return fmt.Sprintf("%.0f msgs/s", v) }
+	lat := func(v float64) string {
+		if v >= 1000 {
+			return fmt.Sprintf("%.2f ms", v/1000)
+		}
+		return fmt.Sprintf("%.0f µs", v)
+	}
+	fault := func(v float64) string {
+		if v < 0 {
+			return "not seen"
+		}
+		return fmt.Sprintf("%.1f ms", v)
+	}
+	fmt.Fprintf(w, "%d B payload, %d producers, %d intermediates, %d consumers, %.1fs phases, window %d, batch %d msgs / %d B, linger %.0fµs\n\n",
+		r.Payload, r.Producers, r.Intermediates, r.Consumers, r.DurationS, r.Window, r.BatchMessages, r.BatchBytes, r.LingerUS)
+	fmt.Fprintf(tw, "BASELINES (same run)\tthroughput\tbatch round trip p50 / p99\tCPU s per M msgs\t\n")
+	fmt.Fprintf(tw, "raw gRPC 1 hop, 1 msg per gRPC msg\t%s\t\t\t\n", rate(r.Baseline1HopUnbatched))
+	fmt.Fprintf(tw, "raw gRPC 1 hop, batched\t%s\t%s / %s\t%.2f\t\n", rate(r.Baseline1Hop), lat(r.Baseline1HopP50US), lat(r.Baseline1HopP99US), r.Baseline1HopCPU)
+	fmt.Fprintf(tw, "hand-rolled relay, end-to-end acks\t%s\t%s / %s\t%.2f\t\n", rate(r.BaselineRelay), lat(r.BaselineRelayP50US), lat(r.BaselineRelayP99US), r.BaselineRelayCPU)
+	fmt.Fprintf(tw, "\t\t\n")
+	fmt.Fprintf(tw, "BUTTERFLY\tthroughput\tend-to-end p50 / p99 / p999\tCPU s per M msgs\t\n")
+	fmt.Fprintf(tw, "saturation\t%s\t%s / %s / %s\t%.2f\t\n", rate(r.Butterfly), lat(r.P50US), lat(r.P99US), lat(r.P999US), r.CPUPerMillion)
+	fmt.Fprintf(tw, "half of saturation\t%s\t%s / %s / %s\t%.2f\t\n", rate(r.HalfLoad), lat(r.P50HalfLoadUS), lat(r.P99HalfLoadUS), lat(r.P999HalfLoadUS), r.CPUPerMillionHalf)
+	fmt.Fprintf(tw, "vs 1 hop / vs relay\t%.2fx / %.2fx\t\t\t\n", r.RatioVs1Hop, r.RatioVsRelay)
+	fmt.Fprintf(tw, "peak heap in use\t%.1f MiB\t\t\t\n", float64(r.PeakHeapBytes)/(1<<20))
+	fmt.Fprintf(tw, "\t\t\n")
+	fmt.Fprintf(tw, "FAULTS UNDER LOAD\t\t\n")
+	fmt.Fprintf(tw, "hard stop: lost\t%d\t\n", r.FailoverLost)
+	fmt.Fprintf(tw, "hard stop: back to 80%% throughput\t%s\t\n", fault(r.FailoverRecoverMS))
+	fmt.Fprintf(tw, "hard stop: all resent messages delivered\t%s\t\n", fault(r.FailoverResendMS))
+	fmt.Fprintf(tw, "move: etcd update to first message via new address\t%s\t\n", fault(r.MoveRerouteMS))
+	fmt.Fprintf(tw, "frozen intermediate: detected (messages resent)\t%s\t\n", fault(r.FreezeDetectMS))
+	fmt.Fprintf(tw, "drain at full load: Server.Drain\t%s\t\n", fault(r.DrainMS))
+	fmt.Fprintf(tw, "sent / delivered / handled twice / dups dropped / resent\t%d / %d / %d / %d / %d\t\n",
+		r.Sent, r.Delivered, r.HandledTwice, r.DuplicatesDropped, r.Resent)
+	fmt.Fprintf(tw, "\t\t\n")
+	fmt.Fprintf(tw, "TARGETS\tgot\twant\tverdict\t\n")
+	for _, t := range r.Targets() {
+		verdict := "met"
+		if !t.Met {
+			verdict = "MISSED"
+			if t.Miss != "" {
+				verdict += " (" + t.Miss + ")"
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", t.Name, t.Got, t.Want, verdict)
+	}
+	return tw.Flush()
+}

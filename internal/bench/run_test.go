@@ -1,0 +1,53 @@
+package bench
+
+import (
+	"bytes"
+	"testing"
+	"time"
+)
+
+// TestRun_QuickFaultsLoseNothing runs the whole benchmark with short phases
+// and checks that every message sent reached a handler exactly once in
+// count, that every fault was seen, and that the report renders.
+func TestRun_QuickFaultsLoseNothing(t *testing.T) {
+	cfg := Config{
+		Payload: 256, Producers: 2, Intermediates: 2, Consumers: 2,
+		Duration: 300 * time.Millisecond, Window: 2000, BatchMessages: 64, BatchBytes: 512 << 10,
+		Linger: 200 * time.Microsecond, Credit: 1000, Heartbeat: 50 * time.Millisecond,
+		RoutingSettle: 50 * time.Millisecond, LeaseTTL: 5 * time.Second, Warmup: 200 * time.Millisecond,
+		FaultGap: 300 * time.Millisecond, FaultLoad: 0.5, SampleInterval: 10 * time.Millisecond,
+	}
+	r, err := Run(t.Context(), cfg)
+	if err != nil {
+		t.Fatalf("Run() = %v", err)
+	}
+	var table bytes.Buffer
+	if err := r.WriteTable(&table); err != nil {
+		t.Fatalf("WriteTable() = %v", err)
+	}
+	t.Logf("report:\n%s", table.String())
+	if r.FailoverLost != 0 || r.Sent == 0 || r.Delivered != r.Sent {
+		t.Errorf("Run() lost %d, sent %d, delivered %d, want 0 lost and delivered == sent > 0", r.FailoverLost, r.Sent, r.Delivered)
+	}
+	if r.Strangers != 0 {
+		t.Errorf("Run() unknown messages = %d, want 0", r.Strangers)
+	}
+	for name, v := range map[string]float64{
+		"FailoverResendMS": r.FailoverResendMS, "MoveRerouteMS": r.MoveRerouteMS,
+		"FreezeDetectMS": r.FreezeDetectMS, "DrainMS": r.DrainMS,
+	} {
+		if v < 0 {
+			t.Errorf("Run() %s = %v, want the fault seen", name, v)
+		}
+	}
+	if r.Butterfly <= 0 || r.Baseline1Hop <= 0 || r.BaselineRelay <= 0 || r.P99HalfLoadUS <= 0 {
+		t.Errorf("Run() rates %v/%v/%v and p99 at half load %v, want all > 0", r.Butterfly, r.Baseline1Hop, r.BaselineRelay, r.P99HalfLoadUS)
+	}
+	if len(r.Samples) == 0 || len(r.Events) < 8 {
+		t.Errorf("Run() samples %d, events %d, want a series and every event", len(r.Samples), len(r.Events))
+	}
+	var svg bytes.Buffer
+	if err := WritePlot(&svg, r); err != nil || !bytes.Contains(svg.Bytes(), []byte("<svg")) {
+		t.Errorf("WritePlot() = %v, %d bytes, want an SVG", err, svg.Len())
+	}
+}
