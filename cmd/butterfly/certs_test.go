@@ -12,11 +12,12 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/butterfly-mesh/butterfly/internal/etcdtest"
 	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m, etcdtest.LeakOptions()...)
 }
 
 // executeCommand runs the butterfly command line args and returns what it

@@ -28,7 +28,9 @@ func newConsumeCommand(r *rootCommand) *cobra.Command {
 		id, service, group, out string
 		count                   uint64
 		closeTimeout            time.Duration
+		tlsf                    *tlsFlags
 	)
+	var obsf *observeFlags
 	c := &cobra.Command{
 		Use:   "consume",
 		Short: "Receive messages from every intermediate (component2)",
@@ -42,7 +44,9 @@ exits after N handled messages. SIGTERM or SIGINT drains: no new deliveries,
 the messages in hand are finished and acknowledged.
 
 The last line on stdout is a JSON summary:
-  {"delivered":…,"duplicates_dropped":…}`,
+  {"delivered":…,"duplicates_dropped":…}
+
+` + tlsHelp,
 		Example: `  butterfly consume --id c1
   butterfly consume --id c1 --group audit --out c1.tsv --count 40000`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -63,6 +67,10 @@ The last line on stdout is a JSON summary:
 				}
 				defer f.Close()
 				w = f
+			}
+			creds, err := tlsf.clientCreds(cmd.Context(), r.logger)
+			if err != nil {
+				return err
 			}
 			cli, err := r.etcdClient()
 			if err != nil {
@@ -92,9 +100,18 @@ The last line on stdout is a JSON summary:
 				}
 				return nil
 			}
+			obs, err := obsf.start(cmd.Context(), "consumer", r.logger)
+			if err != nil {
+				return err
+			}
+			defer obs.Close()
+			if err := obs.serveAdmin(obsf.admin, nil); err != nil {
+				return err
+			}
 			cons, err := components.NewConsumer(cli, id, handler,
 				components.WithService(service), components.WithGroup(group), components.WithPrefix(r.prefix),
-				components.WithLogger(r.logger))
+				components.WithLogger(r.logger), components.WithTransportCredentials(creds),
+				components.WithMetrics(obs.Registry), components.WithTracerProvider(obs.TracerProvider))
 			if err != nil {
 				return err
 			}
@@ -109,11 +126,13 @@ The last line on stdout is a JSON summary:
 		},
 	}
 	f := c.Flags()
+	obsf = addObserveFlags(f, true)
 	f.StringVar(&id, "id", "", "consumer id, stable across restarts (required)")
 	f.StringVar(&service, "service", registry.DefaultService, "service to receive from")
 	f.StringVar(&group, "group", "default", "consumer group: every group gets every message")
 	f.StringVar(&out, "out", "", "append producer_id<TAB>seq<TAB>intermediate per message to FILE instead of printing payloads")
 	f.Uint64Var(&count, "count", 0, "exit after N handled messages")
 	f.DurationVar(&closeTimeout, "close-timeout", 30*time.Second, "how long draining may take at the end")
+	tlsf = addTLSFlags(r, f, false)
 	return c
 }

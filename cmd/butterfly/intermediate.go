@@ -18,6 +18,9 @@ func newIntermediateCommand(r *rootCommand) *cobra.Command {
 		name, listen, advertise, service, processor, admin, zone string
 		weight                                                   uint32
 		leaseTTL, drainTimeout                                   time.Duration
+		tlsf                                                     *tlsFlags
+		lim                                                      *limitFlags
+		obsf                                                     *observeFlags
 	)
 	c := &cobra.Command{
 		Use:   "intermediate",
@@ -33,7 +36,21 @@ and exits 0. Starting another process with the same --name elsewhere moves the
 instance: this one sees its key taken, drains and exits.
 
 When ready it prints one JSON line on stdout:
-  {"event":"serving","service":…,"instance":…,"addr":…,"epoch":…}`,
+  {"event":"serving","service":…,"instance":…,"addr":…,"epoch":…}
+
+` + tlsHelp + `
+With --tls-ca, client certificates are required (--tls-client-auth require)
+and a verified certificate binds its publish streams to one producer id: the
+<id> of its URI SAN butterfly://producer/<id> (butterfly certs --client-id),
+else its CommonName. A hello under another producer id is refused with
+PERMISSION_DENIED. The ids of the messages a stream carries are trusted: a
+stage forwards messages under their original ids.
+
+Limits: a message over --max-message-bytes, --max-headers or
+--max-header-bytes is handed back (INVALID) naming the limit, and its stream
+goes on; a batch over --max-batch-messages or --max-batch-bytes, a stream
+over --max-in-flight, or a peer over --max-streams-per-peer is refused with
+RESOURCE_EXHAUSTED naming the limit.`,
 		Example: `  butterfly intermediate --name intermediate1 --listen 127.0.0.2:7001
   butterfly intermediate --name intermediate2 --listen 0.0.0.0:7001 --advertise host2.example:7001 --processor upper`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -49,8 +66,12 @@ When ready it prints one JSON line on stdout:
 			if err := requireFlag("listen", listen); err != nil {
 				return err
 			}
-			if _, _, err := net.SplitHostPort(listen); err != nil {
+			host, _, err := net.SplitHostPort(listen)
+			if err != nil {
 				return usagef("--listen %q: %v", listen, err)
+			}
+			if ip := net.ParseIP(host); (host == "" || ip != nil && ip.IsUnspecified()) && advertise == "" {
+				return usagef("--listen %q listens on every address, which others cannot dial: give --advertise HOST:PORT", listen)
 			}
 			if advertise != "" {
 				if err := registry.ValidateAddr(advertise); err != nil {
@@ -66,6 +87,14 @@ When ready it prints one JSON line on stdout:
 			}
 			if drainTimeout <= 0 {
 				return usagef("--drain-timeout %v: must be positive", drainTimeout)
+			}
+			limitOpts, err := lim.options()
+			if err != nil {
+				return err
+			}
+			creds, err := tlsf.serverOption(cmd.Context(), r.logger, listen)
+			if err != nil {
+				return err
 			}
 			cli, err := r.etcdClient()
 			if err != nil {
@@ -84,7 +113,16 @@ When ready it prints one JSON line on stdout:
 				intermediate.WithLeaseTTL(leaseTTL),
 				intermediate.WithDrainTimeout(drainTimeout),
 				intermediate.WithRegistryOptions(registry.WithWeight(weight), registry.WithZone(zone), registry.WithVersion(buildVersion())),
+				intermediate.WithGRPCServerOptions(creds),
 			}
+			opts = append(opts, limitOpts...)
+			obs, err := obsf.start(cmd.Context(), "intermediate", logger)
+			if err != nil {
+				lis.Close()
+				return err
+			}
+			defer obs.Close()
+			opts = append(opts, intermediate.WithMetrics(obs.Registry), intermediate.WithTracerProvider(obs.TracerProvider))
 			if advertise != "" {
 				opts = append(opts, intermediate.WithAdvertiseAddr(advertise))
 			}
@@ -93,14 +131,9 @@ When ready it prints one JSON line on stdout:
 				lis.Close()
 				return err
 			}
-			var adminSrv *adminServer
-			if admin != "" {
-				adminSrv, err = startAdmin(admin, srv, logger)
-				if err != nil {
-					lis.Close()
-					return err
-				}
-				defer adminSrv.Close()
+			if err := obs.serveAdmin(admin, srv); err != nil {
+				lis.Close()
+				return err
 			}
 			ready := make(chan struct{})
 			go func() {
@@ -116,6 +149,12 @@ When ready it prints one JSON line on stdout:
 			}()
 			err = srv.Serve(cmd.Context(), lis)
 			close(ready)
+			if err != nil && cmd.Context().Err() != nil && !isClosed(srv.Ready()) {
+				// Stopped by a signal before it was registered: nothing was
+				// served, nothing is held.
+				logger.Info("intermediate stopped before it was registered", "err", err)
+				return nil
+			}
 			if err != nil {
 				return err
 			}
@@ -123,16 +162,30 @@ When ready it prints one JSON line on stdout:
 			return nil
 		},
 	}
+	c.Long += "\n\n" + observeHelp
 	f := c.Flags()
 	f.StringVar(&name, "name", "", "instance name, stable across restarts and moves (required)")
 	f.StringVar(&listen, "listen", "", "host:port to listen on; port 0 picks a free port (required)")
 	f.StringVar(&advertise, "advertise", "", "host:port to register (default: the listener's address)")
 	f.StringVar(&service, "service", registry.DefaultService, "service to register under")
 	f.StringVar(&processor, "processor", "passthrough", "processing step: "+strings.Join(intermediate.ProcessorNames(), ", "))
-	f.StringVar(&admin, "admin", "", "host:port for the HTTP admin endpoint (/healthz, /readyz)")
+	f.StringVar(&admin, "admin", "", "host:port for the HTTP admin endpoint (/metrics, /healthz, /readyz)")
 	f.DurationVar(&leaseTTL, "lease-ttl", 5*time.Second, "etcd lease TTL of the registration")
 	f.DurationVar(&drainTimeout, "drain-timeout", 10*time.Second, "how long a drain may take before the rest is handed back")
 	f.Uint32Var(&weight, "weight", 1, "relative share of new work")
 	f.StringVar(&zone, "zone", "", "zone of the instance, for zone-local picks")
+	tlsf = addTLSFlags(r, f, true)
+	lim = addLimitFlags(f)
+	obsf = addObserveFlags(f, false)
 	return c
+}
+
+// isClosed reports whether ch is closed.
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }

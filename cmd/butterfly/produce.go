@@ -33,7 +33,9 @@ func newProduceCommand(r *rootCommand) *cobra.Command {
 		rate         float64
 		size, window int
 		closeTimeout time.Duration
+		tlsf         *tlsFlags
 	)
+	var obsf *observeFlags
 	c := &cobra.Command{
 		Use:   "produce",
 		Short: "Send messages into the mesh (component1)",
@@ -44,7 +46,11 @@ acknowledged end to end. SIGTERM or SIGINT stops taking messages and waits
 (up to --close-timeout) for what was sent to be acknowledged.
 
 The last line on stdout is a JSON summary:
-  {"sent":…,"acked":…,"resent":…,"nacked":…,"unacked":…}`,
+  {"sent":…,"acked":…,"resent":…,"nacked":…,"unacked":…}
+
+` + tlsHelp + `
+With mutual TLS, the intermediates accept only the producer id bound to the
+client certificate (butterfly certs --client-id).`,
 		Example: `  butterfly produce --id p1 --count 20000
   butterfly produce --id p1 --count 100000 --rate 5000 --size 256
   printf 'hello\nworld\n' | butterfly produce --id p2`,
@@ -67,14 +73,28 @@ The last line on stdout is a JSON summary:
 			if window < 1 {
 				return usagef("--window %d: must be at least 1", window)
 			}
+			creds, err := tlsf.clientCreds(cmd.Context(), r.logger)
+			if err != nil {
+				return err
+			}
 			cli, err := r.etcdClient()
 			if err != nil {
 				return err
 			}
 			defer cli.Close()
+			obs, err := obsf.start(cmd.Context(), "producer", r.logger)
+			if err != nil {
+				return err
+			}
+			defer obs.Close()
+			if err := obs.serveAdmin(obsf.admin, nil); err != nil {
+				return err
+			}
 			p, err := components.NewProducer(cli, id,
 				components.WithService(service), components.WithPrefix(r.prefix),
-				components.WithLogger(r.logger), components.WithWindow(window))
+				components.WithLogger(r.logger), components.WithWindow(window),
+				components.WithTransportCredentials(creds),
+				components.WithMetrics(obs.Registry), components.WithTracerProvider(obs.TracerProvider))
 			if err != nil {
 				return err
 			}
@@ -100,6 +120,7 @@ The last line on stdout is a JSON summary:
 		},
 	}
 	f := c.Flags()
+	obsf = addObserveFlags(f, true)
 	f.StringVar(&id, "id", "", "producer id (required)")
 	f.StringVar(&service, "service", registry.DefaultService, "service to send to")
 	f.Uint64Var(&count, "count", 0, "send N messages with seq 1..N (default: one per stdin line)")
@@ -107,6 +128,7 @@ The last line on stdout is a JSON summary:
 	f.IntVar(&size, "size", 64, "payload size in bytes with --count")
 	f.IntVar(&window, "window", 10000, "most unacknowledged messages")
 	f.DurationVar(&closeTimeout, "close-timeout", 60*time.Second, "how long to wait for acknowledgements at the end")
+	tlsf = addTLSFlags(r, f, false)
 	return c
 }
 

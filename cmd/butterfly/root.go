@@ -10,8 +10,8 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
+	"github.com/butterfly-mesh/butterfly/internal/etcdclient"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
 
@@ -32,12 +32,15 @@ type rootCommand struct {
 	prefix        string
 	logLevel      string
 	dialTimeout   time.Duration
+	etcd          etcdclient.Config // TLS and auth flags; endpoints and timeout are set by etcdClient
 
 	logger *slog.Logger
+	// fromEnv maps the flags set from BUTTERFLY_* variables to the variable.
+	fromEnv map[string]string
 }
 
 func newRootCommand() *rootCommand {
-	r := &rootCommand{}
+	r := &rootCommand{fromEnv: map[string]string{}}
 	r.Command = &cobra.Command{
 		Use:   "butterfly",
 		Short: "A fault-tolerant mesh of pipeline components over gRPC and etcd",
@@ -66,10 +69,16 @@ as underscores: --etcd-endpoints is BUTTERFLY_ETCD_ENDPOINTS.
 	pf.StringVar(&r.prefix, "prefix", registry.DefaultPrefix, "etcd key prefix of the mesh")
 	pf.StringVar(&r.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	pf.DurationVar(&r.dialTimeout, "etcd-dial-timeout", 5*time.Second, "how long to wait for etcd at start")
+	pf.StringVar(&r.etcd.CACert, "etcd-cacert", "", "PEM CA bundle that signs the etcd servers' certificates (TLS to etcd)")
+	pf.StringVar(&r.etcd.Cert, "etcd-cert", "", "PEM client certificate for etcd")
+	pf.StringVar(&r.etcd.Key, "etcd-key", "", "PEM private key of --etcd-cert")
+	pf.StringVar(&r.etcd.User, "etcd-user", "", "etcd user, as user or user:password")
+	pf.StringVar(&r.etcd.Password, "etcd-password", "", "password of --etcd-user (prefer BUTTERFLY_ETCD_PASSWORD)")
+	pf.BoolVar(&r.etcd.InsecureSkipVerify, "etcd-insecure-skip-tls-verify", false, "accept any etcd server certificate (tests only)")
 
 	for _, c := range []*cobra.Command{
 		newEtcdCommand(r), newIntermediateCommand(r), newProduceCommand(r), newConsumeCommand(r),
-		newStageCommand(r), newLsCommand(r), newDrainCommand(r), newDemoCommand(r), newCertsCommand(r), newVersionCommand(r),
+		newStageCommand(r), newLsCommand(r), newStatusCommand(r), newDrainCommand(r), newDemoCommand(r), newBenchCommand(r), newCertsCommand(r), newVersionCommand(r),
 	} {
 		c.Long = strings.TrimSpace(c.Long) + "\n\n" + exitCodesHelp
 		if c.Args == nil {
@@ -106,15 +115,16 @@ func (r *rootCommand) preRun(cmd *cobra.Command, _ []string) error {
 			return
 		}
 		f.Changed = true
+		r.fromEnv[f.Name] = env
 	})
 	if err != nil {
 		return err
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(r.logLevel)); err != nil {
-		return usagef("--log-level: %q is not debug, info, warn or error", r.logLevel)
+		return usagef("%s: %q is not debug, info, warn or error", r.flagName("log-level"), r.logLevel)
 	}
-	if err := registry.ValidateName("--prefix", r.prefix); err != nil {
+	if err := registry.ValidateName(r.flagName("prefix"), r.prefix); err != nil {
 		return &usageError{err}
 	}
 	if len(r.etcdEndpoints) == 0 {
@@ -125,13 +135,26 @@ func (r *rootCommand) preRun(cmd *cobra.Command, _ []string) error {
 	return nil
 }
 
-// etcdClient connects to --etcd-endpoints.
+// flagName names a flag in an error message: "--name", or "--name (from
+// BUTTERFLY_NAME)" when the environment set it.
+func (r *rootCommand) flagName(name string) string {
+	if env, ok := r.fromEnv[name]; ok {
+		return "--" + name + " (from " + env + ")"
+	}
+	return "--" + name
+}
+
+// etcdClient connects to --etcd-endpoints with the --etcd-* TLS and
+// authentication flags. A flag combination that cannot work is a usage
+// error; an authentication failure names the flag to fix.
 func (r *rootCommand) etcdClient() (*clientv3.Client, error) {
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   r.etcdEndpoints,
-		DialTimeout: r.dialTimeout,
-		Logger:      zap.NewNop(),
-	})
+	cfg := r.etcd
+	cfg.Endpoints = r.etcdEndpoints
+	cfg.DialTimeout = r.dialTimeout
+	if err := cfg.Validate(); err != nil {
+		return nil, &usageError{err}
+	}
+	cli, err := etcdclient.New(cfg, r.logger)
 	if err != nil {
 		return nil, fmt.Errorf("etcd %v: %w", r.etcdEndpoints, err)
 	}

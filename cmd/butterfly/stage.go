@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -18,7 +19,9 @@ func newStageCommand(r *rootCommand) *cobra.Command {
 	var (
 		id, from, to, group, processor string
 		closeTimeout                   time.Duration
+		tlsf                           *tlsFlags
 	)
+	var obsf *observeFlags
 	c := &cobra.Command{
 		Use:   "stage",
 		Short: "Consume from one service and produce to the next",
@@ -28,7 +31,11 @@ message is acknowledged upstream only once the downstream send is
 acknowledged (ack chaining), so a pipeline of stages is loss-free end to end
 with no durable state in the middle. SIGTERM or SIGINT drains.
 
-The last line on stdout is a JSON summary of the stage's consumer and producer.`,
+The last line on stdout is a JSON summary of the stage's consumer and producer.
+
+` + tlsHelp + `
+With mutual TLS, the client certificate must be bound to the stage's --id,
+under which it publishes to --to.`,
 		Example: `  butterfly stage --id component1-a --from requests --to intermediate
   butterfly stage --id component2-a --from intermediate --to replies --processor upper`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -47,14 +54,28 @@ The last line on stdout is a JSON summary of the stage's consumer and producer.`
 			if err != nil {
 				return usagef("--processor: %v", err)
 			}
+			creds, err := tlsf.clientCreds(cmd.Context(), r.logger)
+			if err != nil {
+				return err
+			}
 			cli, err := r.etcdClient()
 			if err != nil {
 				return err
 			}
 			defer cli.Close()
+			obs, err := obsf.start(cmd.Context(), "stage", r.logger)
+			if err != nil {
+				return err
+			}
+			defer obs.Close()
+			if err := obs.serveAdmin(obsf.admin, nil); err != nil {
+				return err
+			}
 			st, err := components.NewStage(cli, id, from, to,
 				components.WithConsumerOptions(components.WithGroup(group)), components.WithPrefix(r.prefix),
-				components.WithProcessor(proc), components.WithLogger(r.logger))
+				components.WithProcessor(proc), components.WithLogger(r.logger),
+				components.WithTransportCredentials(creds),
+				components.WithMetrics(obs.Registry), components.WithTracerProvider(obs.TracerProvider))
 			if err != nil {
 				return err
 			}
@@ -64,15 +85,21 @@ The last line on stdout is a JSON summary of the stage's consumer and producer.`
 			closeErr := st.Close(closeCtx)
 			line, _ := json.Marshal(st.Stats())
 			fmt.Fprintln(cmd.OutOrStdout(), string(line))
+			var ce *components.CloseError
+			if errors.As(closeErr, &ce) {
+				return &incompleteError{closeErr}
+			}
 			return closeErr
 		},
 	}
 	f := c.Flags()
+	obsf = addObserveFlags(f, true)
 	f.StringVar(&id, "id", "", "stage id, used as consumer and producer id (required)")
 	f.StringVar(&from, "from", "", "service to consume from (required)")
 	f.StringVar(&to, "to", "", "service to produce to (required)")
 	f.StringVar(&group, "group", "default", "consumer group on --from")
 	f.StringVar(&processor, "processor", "passthrough", "processing step: "+strings.Join(intermediate.ProcessorNames(), ", "))
 	f.DurationVar(&closeTimeout, "close-timeout", 30*time.Second, "how long draining may take at the end")
+	tlsf = addTLSFlags(r, f, false)
 	return c
 }

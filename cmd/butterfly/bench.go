@@ -1,0 +1,201 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/butterfly-mesh/butterfly/components"
+	"github.com/butterfly-mesh/butterfly/intermediate"
+	"github.com/butterfly-mesh/butterfly/internal/bench"
+)
+
+// benchFlags are the flags of `butterfly bench`.
+type benchFlags struct {
+	cfg        bench.Config
+	asJSON     bool
+	plot       string
+	cpuprofile string
+	quick      bool
+}
+
+// quickBench are the settings --quick applies to flags not set explicitly:
+// a whole run in a few seconds, for smoke tests (its numbers are not
+// steady-state figures).
+var quickBench = map[string]string{
+	"duration":       "300ms",
+	"warmup":         "200ms",
+	"fault-gap":      "300ms",
+	"heartbeat":      "50ms",
+	"routing-settle": "50ms",
+	"window":         "2000",
+}
+
+func newBenchCommand(r *rootCommand) *cobra.Command {
+	var f benchFlags
+	c := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure Butterfly beside plain-gRPC baselines, with faults",
+		Long: `Measure, in one process and in the same run, so that the numbers mean
+something beside each other:
+
+  baselines   raw gRPC bidirectional streaming over one hop (one message per
+              gRPC message, then batched as Butterfly batches), and a
+              hand-rolled two-hop relay with end-to-end acks in plain gRPC;
+  butterfly   producers -> intermediates -> consumers on an embedded etcd,
+              with end-to-end acks and dedup: messages/s at saturation,
+              end-to-end latency p50/p99/p999 at saturation and at half of it
+              (rate-limited producers), CPU seconds per million messages and
+              peak heap;
+  faults      under steady load: one intermediate stopped hard (messages lost,
+              from exact ids; time until throughput is back to 80%; time until
+              every resent message is delivered), the same intermediate back
+              at a new address under the same name (etcd update to first
+              message through it), frozen behind a blackholing proxy (time to
+              detect), and another one drained at full load (Server.Drain).
+
+It prints a table, or one JSON object with --json, and can draw throughput
+over time with the faults marked (--plot). It exits 3 if a message was lost.
+Needs nothing running: etcd is embedded and every server listens on loopback
+(127.0.0.2 and up stand in for other hosts). Run it on a quiet machine.`,
+		Example: `  butterfly bench
+  butterfly bench --json --plot bench.svg
+  butterfly bench --payload 1024 --producers 4 --duration 10s --cpuprofile cpu.out
+  go tool pprof -top cpu.out
+  butterfly bench --quick --json`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if f.quick {
+				for name, v := range quickBench {
+					if fl := cmd.Flags().Lookup(name); fl != nil && !fl.Changed {
+						if err := fl.Value.Set(v); err != nil {
+							return err
+						}
+					}
+				}
+			}
+			if err := f.validate(); err != nil {
+				return err
+			}
+			cfg := f.cfg
+			cfg.Logger = r.logger
+			if f.asJSON && !cmd.Flags().Changed("log-level") && os.Getenv("BUTTERFLY_LOG_LEVEL") == "" {
+				cfg.Logger = slog.New(slog.DiscardHandler)
+			}
+			if f.cpuprofile != "" {
+				pf, err := os.Create(f.cpuprofile)
+				if err != nil {
+					return err
+				}
+				defer pf.Close()
+				cfg.CPUProfile = pf
+			}
+			rep, err := bench.Run(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if f.asJSON {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(rep); err != nil {
+					return err
+				}
+			} else if err := rep.WriteTable(out); err != nil {
+				return err
+			}
+			if f.plot != "" {
+				if err := writePlot(f.plot, rep); err != nil {
+					return err
+				}
+			}
+			if rep.FailoverLost > 0 {
+				return &incompleteError{fmt.Errorf("%d messages lost under faults", rep.FailoverLost)}
+			}
+			return nil
+		},
+	}
+	fl := c.Flags()
+	fl.IntVar(&f.cfg.Payload, "payload", bench.DefaultPayload, "payload size in bytes")
+	fl.IntVar(&f.cfg.Producers, "producers", bench.DefaultProducers, "producers (and baseline streams)")
+	fl.IntVar(&f.cfg.Intermediates, "intermediates", bench.DefaultIntermediates, "intermediates (at least 2)")
+	fl.IntVar(&f.cfg.Consumers, "consumers", bench.DefaultConsumers, "consumers")
+	fl.DurationVar(&f.cfg.Duration, "duration", bench.DefaultDuration, "length of each measured phase")
+	fl.DurationVar(&f.cfg.Warmup, "warmup", time.Second, "load before each measured phase")
+	fl.DurationVar(&f.cfg.FaultGap, "fault-gap", time.Second, "steady load between two faults")
+	fl.Float64Var(&f.cfg.FaultLoad, "fault-load", bench.DefaultFaultLoad, "load during the faults, as a fraction of saturation (the drain runs at full load)")
+	fl.IntVar(&f.cfg.Window, "window", components.DefaultWindow, "most unacknowledged messages per producer")
+	fl.IntVar(&f.cfg.BatchMessages, "batch-messages", components.DefaultBatchMessages, "most messages per batch")
+	fl.IntVar(&f.cfg.BatchBytes, "batch-bytes", components.DefaultBatchBytes, "most bytes per batch")
+	fl.DurationVar(&f.cfg.Linger, "linger", components.DefaultLinger, "how long a batch that is not full waits for more")
+	fl.IntVar(&f.cfg.Credit, "credit", components.DefaultCredit, "deliveries each intermediate may send a consumer ahead of its acks")
+	fl.DurationVar(&f.cfg.Heartbeat, "heartbeat", components.DefaultHeartbeatInterval, "heartbeat interval of every stream (a freeze is detected after five)")
+	fl.DurationVar(&f.cfg.RoutingSettle, "routing-settle", intermediate.DefaultRoutingSettle, "intermediates' routing settle time")
+	fl.DurationVar(&f.cfg.LeaseTTL, "lease-ttl", intermediate.DefaultLeaseTTL, "intermediates' registration lease TTL")
+	fl.DurationVar(&f.cfg.SampleInterval, "sample-interval", bench.DefaultSampleInterval, "resolution of the throughput series")
+	fl.BoolVar(&f.asJSON, "json", false, "print one JSON object instead of the table")
+	fl.StringVar(&f.plot, "plot", "", "write throughput over time, faults marked, to this SVG file")
+	fl.StringVar(&f.cpuprofile, "cpuprofile", "", "write a CPU profile of Butterfly's saturation phase to this file")
+	fl.BoolVar(&f.quick, "quick", false, "short phases and heartbeats: the whole run in a few seconds (smoke test)")
+	return c
+}
+
+// validate checks the flags, naming the wrong one.
+func (f *benchFlags) validate() error {
+	c := &f.cfg
+	switch {
+	case c.Payload < 0 || c.Payload > 4<<20:
+		return usagef("--payload %d: must be in [0, 4194304]", c.Payload)
+	case c.Producers < 1:
+		return usagef("--producers %d: must be at least 1", c.Producers)
+	case c.Intermediates < 2:
+		return usagef("--intermediates %d: must be at least 2 (one breaks, one carries on)", c.Intermediates)
+	case c.Intermediates > 200:
+		return usagef("--intermediates %d: at most 200 (one loopback address each)", c.Intermediates)
+	case c.Consumers < 1:
+		return usagef("--consumers %d: must be at least 1", c.Consumers)
+	case c.Duration <= 0:
+		return usagef("--duration %v: must be positive", c.Duration)
+	case c.Warmup < 0:
+		return usagef("--warmup %v: must not be negative", c.Warmup)
+	case c.FaultGap <= 0:
+		return usagef("--fault-gap %v: must be positive", c.FaultGap)
+	case c.FaultLoad <= 0 || c.FaultLoad > 1:
+		return usagef("--fault-load %v: must be in (0, 1]", c.FaultLoad)
+	case c.Window < 1:
+		return usagef("--window %d: must be at least 1", c.Window)
+	case c.BatchMessages < 1:
+		return usagef("--batch-messages %d: must be at least 1", c.BatchMessages)
+	case c.BatchBytes < 1:
+		return usagef("--batch-bytes %d: must be at least 1", c.BatchBytes)
+	case c.Linger < 0:
+		return usagef("--linger %v: must not be negative", c.Linger)
+	case c.Credit < 1 || c.Credit > 1<<20:
+		return usagef("--credit %d: must be in [1, 1048576]", c.Credit)
+	case c.Heartbeat < time.Millisecond || c.Heartbeat > time.Minute:
+		return usagef("--heartbeat %v: must be in [1ms, 1m]", c.Heartbeat)
+	case c.RoutingSettle < 0:
+		return usagef("--routing-settle %v: must not be negative", c.RoutingSettle)
+	case c.LeaseTTL < time.Second:
+		return usagef("--lease-ttl %v: must be at least 1s", c.LeaseTTL)
+	case c.SampleInterval < time.Millisecond:
+		return usagef("--sample-interval %v: must be at least 1ms", c.SampleInterval)
+	}
+	return nil
+}
+
+// writePlot writes the throughput plot of rep to path.
+func writePlot(path string, rep *bench.Report) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := bench.WritePlot(f, rep); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}

@@ -1,0 +1,104 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// executeBench runs `butterfly bench args...` and returns what it printed
+// to stdout.
+func executeBench(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	root := newRootCommand()
+	registered := false
+	for _, c := range root.Commands() {
+		registered = registered || c.Name() == "bench"
+	}
+	if !registered {
+		root.AddCommand(newBenchCommand(root))
+	}
+	var out, errOut bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&errOut)
+	root.SetArgs(append([]string{"bench"}, args...))
+	err := root.ExecuteContext(t.Context())
+	return out.String(), err
+}
+
+// TestBenchCommand_QuickJSON checks that a quick run prints one JSON object
+// with every reported field, that nothing was lost under the faults, and
+// that every fault was seen and the plot written.
+func TestBenchCommand_QuickJSON(t *testing.T) {
+	plot := filepath.Join(t.TempDir(), "bench.svg")
+	out, err := executeBench(t, "--quick", "--json", "--plot", plot, "--log-level", "error")
+	if err != nil {
+		t.Fatalf("bench --quick --json = %v, output:\n%s", err, out)
+	}
+	var got map[string]any
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("json.Unmarshal(bench output) = %v, output:\n%s", err, out)
+	}
+	for _, field := range []string{
+		"baseline_1hop_msgs_per_s", "baseline_relay_msgs_per_s", "butterfly_msgs_per_s",
+		"ratio_vs_1hop", "ratio_vs_relay", "p50_us", "p99_us", "p99_half_load_us",
+		"failover_lost", "failover_recover_ms", "move_reroute_ms", "freeze_detect_ms", "drain_ms",
+	} {
+		if _, ok := got[field]; !ok {
+			t.Errorf("bench JSON has no %q, want every reported field", field)
+		}
+	}
+	if lost := got["failover_lost"]; lost != 0.0 {
+		t.Errorf("bench JSON failover_lost = %v, want 0", lost)
+	}
+	for _, field := range []string{"baseline_1hop_msgs_per_s", "baseline_relay_msgs_per_s", "butterfly_msgs_per_s", "p50_us", "p99_half_load_us"} {
+		if v, _ := got[field].(float64); v <= 0 {
+			t.Errorf("bench JSON %s = %v, want > 0", field, got[field])
+		}
+	}
+	for _, field := range []string{"failover_resend_ms", "move_reroute_ms", "freeze_detect_ms", "drain_ms"} {
+		if v, _ := got[field].(float64); v < 0 {
+			t.Errorf("bench JSON %s = %v, want the fault seen (>= 0)", field, got[field])
+		}
+	}
+	if sent, delivered := got["sent"].(float64), got["delivered"].(float64); sent <= 0 || delivered != sent {
+		t.Errorf("bench JSON sent, delivered = %v, %v, want equal and > 0", sent, delivered)
+	}
+	if t.Failed() {
+		t.Logf("bench output:\n%s", out)
+	}
+	svg, err := os.ReadFile(plot)
+	if err != nil {
+		t.Fatalf("os.ReadFile(%s) = %v", plot, err)
+	}
+	if !bytes.Contains(svg, []byte("<svg")) || !bytes.Contains(svg, []byte("stop i0")) {
+		t.Errorf("plot %s is not an SVG with the stop marked (%d bytes)", plot, len(svg))
+	}
+}
+
+// TestBenchCommand_BadFlags checks that wrong flags are usage errors that
+// name the flag.
+func TestBenchCommand_BadFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		flag string
+	}{
+		{[]string{"--intermediates", "1"}, "--intermediates"},
+		{[]string{"--producers", "0"}, "--producers"},
+		{[]string{"--fault-load", "1.5"}, "--fault-load"},
+		{[]string{"--duration", "0s"}, "--duration"},
+		{[]string{"--heartbeat", "0s"}, "--heartbeat"},
+	} {
+		t.Run(tc.flag, func(t *testing.T) {
+			_, err := executeBench(t, tc.args...)
+			var ue *usageError
+			if !errors.As(err, &ue) || !strings.Contains(err.Error(), tc.flag) {
+				t.Errorf("bench %v = %v, want a usage error naming %s", tc.args, err, tc.flag)
+			}
+		})
+	}
+}

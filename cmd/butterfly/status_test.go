@@ -1,0 +1,167 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/butterfly-mesh/butterfly/components"
+	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/intermediate"
+	"github.com/butterfly-mesh/butterfly/internal/etcdtest"
+	"github.com/butterfly-mesh/butterfly/registry"
+)
+
+const statusPrefix = "st"
+
+// statusMesh is an etcd with a live intermediate i1 that carried 5 messages
+// (its producer and consumer still connected) and a registration i2 whose
+// address answers nothing.
+func statusMesh(t *testing.T) (endpoint string) {
+	t.Helper()
+	etc := etcdtest.Start(t)
+	cli := etc.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+
+	srv, err := intermediate.New(cli, "intermediate", "i1", intermediate.WithPrefix(statusPrefix),
+		intermediate.WithRoutingSettle(0), intermediate.WithStopTimeout(300*time.Millisecond))
+	if err != nil {
+		t.Fatalf("intermediate.New() = %v", err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("net.Listen() = %v", err)
+	}
+	sctx, stop := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(sctx, lis) }()
+	t.Cleanup(func() {
+		stop()
+		<-served
+	})
+	select {
+	case <-srv.Ready():
+	case <-ctx.Done():
+		t.Fatalf("intermediate not ready: %v", ctx.Err())
+	}
+
+	dead, err := registry.Register(ctx, cli, "intermediate", "i2", "127.0.0.1:1", registry.WithPrefix(statusPrefix))
+	if err != nil {
+		t.Fatalf("registry.Register(i2) = %v", err)
+	}
+	t.Cleanup(func() { _ = dead.Close(context.Background()) })
+
+	handled := make(chan struct{}, 5)
+	c, err := components.NewConsumer(cli, "c1", func(context.Context, *components.Delivery) error {
+		handled <- struct{}{}
+		return nil
+	}, components.WithPrefix(statusPrefix))
+	if err != nil {
+		t.Fatalf("NewConsumer() = %v", err)
+	}
+	t.Cleanup(func() { _ = c.Close(context.Background()) })
+	p, err := components.NewProducer(cli, "p1", components.WithPrefix(statusPrefix))
+	if err != nil {
+		t.Fatalf("NewProducer() = %v", err)
+	}
+	t.Cleanup(func() { _ = p.Close(context.Background()) })
+	for range 5 {
+		if err := p.SendWait(ctx, &messagev1.Message{Payload: []byte("x")}); err != nil {
+			t.Fatalf("SendWait() = %v", err)
+		}
+	}
+	return etc.Endpoint()
+}
+
+// TestStatusCommand_JoinsRegistryWithLiveStatus checks `butterfly status
+// --json`: the live instance with its exact counters and peers, the dead
+// one as unreachable.
+func TestStatusCommand_JoinsRegistryWithLiveStatus(t *testing.T) {
+	ep := statusMesh(t)
+	out, err := executeCommand(t, "status", "--etcd-endpoints", ep, "--prefix", statusPrefix, "--json", "--timeout", "500ms")
+	if err != nil {
+		t.Fatalf("butterfly status --json = %v; output:\n%s", err, out)
+	}
+	var got []statusEntry
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("butterfly status --json output %q: %v", out, err)
+	}
+	if len(got) != 2 {
+		t.Fatalf("butterfly status --json = %d entries, want 2: %s", len(got), out)
+	}
+	i1, i2 := got[0], got[1]
+	if i1.Instance != "i1" || i1.State != stateServing || i1.Received != 5 || i1.Acked != 5 || i1.Delivered != 5 ||
+		i1.InFlight != 0 || i1.Producers != 1 || i1.Consumers != 1 || i1.Processor != "passthrough" || i1.RecvRate <= 0 {
+		t.Errorf("status of i1 = %+v, want serving, 5 received/acked/delivered, 0 in flight, 1 producer, 1 consumer, a positive rate", i1)
+	}
+	if i2.Instance != "i2" || i2.State != stateUnreachable || i2.Error == "" || i2.Addr != "127.0.0.1:1" {
+		t.Errorf("status of i2 = %+v, want unreachable at 127.0.0.1:1 with an error", i2)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader at once; it
+// signals every write.
+type syncBuffer struct {
+	mu    sync.Mutex
+	buf   bytes.Buffer
+	wrote chan struct{}
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	select {
+	case b.wrote <- struct{}{}:
+	default:
+	}
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// TestStatusCommand_WatchRefreshes checks that `butterfly status --watch`
+// prints the table again every interval, with the unreachable instance
+// marked, until its context ends.
+func TestStatusCommand_WatchRefreshes(t *testing.T) {
+	ep := statusMesh(t)
+	out := &syncBuffer{wrote: make(chan struct{}, 1)}
+	root := newRootCommand()
+	root.SetOut(out)
+	root.SetErr(out)
+	root.SetArgs([]string{"status", "--etcd-endpoints", ep, "--prefix", statusPrefix, "--watch", "--interval", "50ms", "--timeout", "500ms"})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- root.ExecuteContext(ctx) }()
+	deadline := time.NewTimer(20 * time.Second)
+	defer deadline.Stop()
+	for strings.Count(out.String(), "SERVICE") < 3 {
+		select {
+		case <-out.wrote:
+		case err := <-done:
+			t.Fatalf("butterfly status --watch = %v before three tables; output:\n%s", err, out.String())
+		case <-deadline.C:
+			t.Fatalf("butterfly status --watch printed %d tables, want 3; output:\n%s", strings.Count(out.String(), "SERVICE"), out.String())
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("butterfly status --watch after cancel = %v, want nil", err)
+	}
+	text := out.String()
+	for _, want := range []string{"STATE", "IN-FLIGHT", "RECV/S", "serving", "unreachable", "127.0.0.1:1"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("butterfly status --watch output lacks %q:\n%s", want, text)
+		}
+	}
+}

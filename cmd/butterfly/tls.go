@@ -1,0 +1,199 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"log/slog"
+	"net"
+	"net/url"
+	"strings"
+
+	"github.com/spf13/pflag"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/butterfly-mesh/butterfly/intermediate"
+	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
+)
+
+// tlsHelp is the part of a gRPC command's help about transport security.
+const tlsHelp = `Transport security: with --tls-cert and --tls-key (servers), or --tls-ca
+(clients, plus --tls-cert and --tls-key for mutual TLS), every gRPC connection
+uses TLS 1.2 or later, and the files are read again when they change.
+Without them gRPC is plaintext, which is allowed only with --insecure, or when
+every --etcd-endpoints (and an intermediate's --listen) is a loopback address;
+either way a warning is logged. Otherwise the command refuses to start.`
+
+// tlsFlags are the --tls-* and --insecure flags of a command that speaks
+// gRPC.
+type tlsFlags struct {
+	root       *rootCommand
+	server     bool
+	files      tlsutil.Files
+	serverName string
+	insecure   bool
+}
+
+// addTLSFlags registers the flags on f: --tls-client-auth only for servers,
+// --tls-server-name only for clients.
+func addTLSFlags(r *rootCommand, f *pflag.FlagSet, server bool) *tlsFlags {
+	t := &tlsFlags{root: r, server: server}
+	if server {
+		f.StringVar(&t.files.Cert, "tls-cert", "", "PEM certificate (chain) the server presents")
+		f.StringVar(&t.files.Key, "tls-key", "", "PEM private key of --tls-cert")
+		f.StringVar(&t.files.CA, "tls-ca", "", "PEM bundle of the CAs that sign client certificates")
+		f.StringVar(&t.files.ClientAuth, "tls-client-auth", "", "client certificates: none, request or require (default require with --tls-ca, else none)")
+	} else {
+		f.StringVar(&t.files.Cert, "tls-cert", "", "PEM client certificate for mutual TLS")
+		f.StringVar(&t.files.Key, "tls-key", "", "PEM private key of --tls-cert")
+		f.StringVar(&t.files.CA, "tls-ca", "", "PEM bundle of the CAs that sign server certificates (default: the system roots)")
+		f.StringVar(&t.serverName, "tls-server-name", "", "name every server certificate must be valid for (default: the registered host)")
+	}
+	f.BoolVar(&t.insecure, "insecure", false, "use plaintext gRPC even off loopback (a warning is logged)")
+	return t
+}
+
+// enabled reports whether any TLS flag is set.
+func (t *tlsFlags) enabled() bool { return t.files.Enabled() || t.serverName != "" }
+
+// plaintext reports whether gRPC runs without TLS, logging a warning when it
+// does, or returns a usage error when plaintext was not asked for and the
+// mesh is not on loopback. hosts are further addresses (a listener) that
+// must be loopback for plaintext without --insecure.
+func (t *tlsFlags) plaintext(logger *slog.Logger, hosts ...string) (bool, error) {
+	if t.enabled() {
+		if t.insecure {
+			return false, usagef("--insecure and --tls-* are both set; give one")
+		}
+		if err := t.files.Validate(); err != nil {
+			return false, &usageError{err}
+		}
+		if t.server && t.files.Cert == "" {
+			return false, usagef("--tls-ca or --tls-client-auth without --tls-cert and --tls-key: a TLS server needs its certificate")
+		}
+		return false, nil
+	}
+	if t.insecure {
+		logger.Warn("plaintext gRPC (--insecure): connections are neither encrypted nor authenticated")
+		return true, nil
+	}
+	all := append(append([]string(nil), t.root.etcdEndpoints...), hosts...)
+	for _, h := range all {
+		if !isLoopback(h) {
+			return false, usagef("no --tls-cert, --tls-key or --tls-ca and %q is not a loopback address: "+
+				"pass the TLS flags (see `butterfly certs`), or --insecure to accept plaintext gRPC", h)
+		}
+	}
+	logger.Warn("plaintext gRPC on loopback: no --tls-* flags; pass them (or --insecure) for other networks")
+	return true, nil
+}
+
+// clientCreds returns the transport credentials of a client: TLS from the
+// flags, or plaintext as plaintext allows.
+func (t *tlsFlags) clientCreds(ctx context.Context, logger *slog.Logger) (credentials.TransportCredentials, error) {
+	plain, err := t.plaintext(logger)
+	if err != nil {
+		return nil, err
+	}
+	if plain {
+		return insecure.NewCredentials(), nil
+	}
+	return tlsutil.ClientCredentials(ctx, t.files, t.serverName, logger)
+}
+
+// serverOption returns the gRPC server option of the transport credentials
+// of a server listening on listen.
+func (t *tlsFlags) serverOption(ctx context.Context, logger *slog.Logger, listen string) (grpc.ServerOption, error) {
+	plain, err := t.plaintext(logger, listen)
+	if err != nil {
+		return nil, err
+	}
+	if plain {
+		return grpc.Creds(insecure.NewCredentials()), nil
+	}
+	cfg, err := tlsutil.ServerConfig(ctx, t.files, logger)
+	if err != nil {
+		return nil, err
+	}
+	logger.Info("gRPC over TLS", "cert", t.files.Cert, "client_auth", clientAuthName(cfg.ClientAuth))
+	return grpc.Creds(credentials.NewTLS(cfg)), nil
+}
+
+func clientAuthName(a tls.ClientAuthType) string {
+	switch a {
+	case tls.RequireAndVerifyClientCert:
+		return tlsutil.ClientAuthRequire
+	case tls.VerifyClientCertIfGiven:
+		return tlsutil.ClientAuthRequest
+	}
+	return tlsutil.ClientAuthNone
+}
+
+// isLoopback reports whether an address ("host:port", "host", or a URL such
+// as http://127.0.0.1:2379) names a loopback host. An empty host (all
+// interfaces) is not loopback.
+func isLoopback(addr string) bool {
+	if strings.Contains(addr, "://") {
+		u, err := url.Parse(addr)
+		if err != nil {
+			return false
+		}
+		addr = u.Host
+	}
+	host := addr
+	if h, _, err := net.SplitHostPort(addr); err == nil {
+		host = h
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// limitFlags are the intermediate's limits on what peers send.
+type limitFlags struct {
+	maxMessageBytes, maxHeaders, maxHeaderBytes, maxStreamsPerPeer int
+	maxBatchMessages, maxBatchBytes, maxInFlight                   int
+}
+
+func addLimitFlags(f *pflag.FlagSet) *limitFlags {
+	l := &limitFlags{}
+	f.IntVar(&l.maxMessageBytes, "max-message-bytes", 0, "largest message accepted, encoded (default: --max-batch-bytes)")
+	f.IntVar(&l.maxHeaders, "max-headers", intermediate.DefaultMaxHeaders, "most headers per message")
+	f.IntVar(&l.maxHeaderBytes, "max-header-bytes", intermediate.DefaultMaxHeaderBytes, "most bytes of header names and values per message")
+	f.IntVar(&l.maxStreamsPerPeer, "max-streams-per-peer", intermediate.DefaultMaxStreamsPerPeer, "most open streams per client certificate identity, else per IP address (0: no limit)")
+	f.IntVar(&l.maxBatchMessages, "max-batch-messages", intermediate.DefaultMaxBatchMessages, "most messages per batch")
+	f.IntVar(&l.maxBatchBytes, "max-batch-bytes", intermediate.DefaultMaxBatchBytes, "most bytes per batch")
+	f.IntVar(&l.maxInFlight, "max-in-flight", intermediate.DefaultMaxInFlight, "most unacknowledged messages per publish stream")
+	return l
+}
+
+// options returns the intermediate options of the limits, or a usage error
+// naming a flag out of range.
+func (l *limitFlags) options() ([]intermediate.Option, error) {
+	for _, f := range []struct {
+		name string
+		v    int
+		min  int
+	}{
+		{"max-message-bytes", l.maxMessageBytes, 0}, {"max-headers", l.maxHeaders, 0}, {"max-header-bytes", l.maxHeaderBytes, 0},
+		{"max-streams-per-peer", l.maxStreamsPerPeer, 0}, {"max-batch-messages", l.maxBatchMessages, 1},
+		{"max-batch-bytes", l.maxBatchBytes, 1}, {"max-in-flight", l.maxInFlight, 1},
+	} {
+		if f.v < f.min {
+			return nil, usagef("--%s %d: must be at least %d", f.name, f.v, f.min)
+		}
+	}
+	if l.maxMessageBytes > l.maxBatchBytes {
+		return nil, usagef("--max-message-bytes %d exceeds --max-batch-bytes %d", l.maxMessageBytes, l.maxBatchBytes)
+	}
+	return []intermediate.Option{
+		intermediate.WithMaxMessageBytes(l.maxMessageBytes),
+		intermediate.WithMaxHeaders(l.maxHeaders, l.maxHeaderBytes),
+		intermediate.WithMaxStreamsPerPeer(l.maxStreamsPerPeer),
+		intermediate.WithMaxBatch(l.maxBatchMessages, l.maxBatchBytes),
+		intermediate.WithMaxInFlight(l.maxInFlight),
+	}, nil
+}

@@ -1,0 +1,169 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+// runCLI runs the binary to completion and returns its exit code, stdout and
+// stderr.
+func runCLI(t *testing.T, timeout time.Duration, args ...string) (int, string, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatalf("butterfly %v still running after %v", args, timeout)
+	}
+	if err != nil {
+		if _, ok := err.(*exec.ExitError); !ok {
+			t.Fatalf("butterfly %v: %v", args, err)
+		}
+	}
+	return cmd.ProcessState.ExitCode(), stdout.String(), stderr.String()
+}
+
+// TestCLI_Mesh drives the real binary the way the README does: etcd, two
+// intermediates on 127.0.0.2 and 127.0.0.3, two consumers with --out, two
+// producers of 20000 messages; then ls --json and drain --wait.
+func TestCLI_Mesh(t *testing.T) {
+	m := newMesh(t)
+	m.startEtcd()
+	i1, s1 := m.startIntermediate("intermediate1", "127.0.0.2")
+	_, s2 := m.startIntermediate("intermediate2", "127.0.0.3")
+	m.startConsumer("c1")
+	m.startConsumer("c2")
+	const n = 20000
+	p1 := m.start("p1", "produce", "--id", "p1", "--count", "20000")
+	p2 := m.start("p2", "produce", "--id", "p2", "--count", "20000")
+	m.waitProducer(p1, n, runTimeout)
+	m.waitProducer(p2, n, runTimeout)
+	via := m.checkExactlyOnce(map[string]int{"p1": n, "p2": n}, false)
+	if via["intermediate1"] == 0 || via["intermediate2"] == 0 {
+		t.Errorf("deliveries by intermediate = %v, want both to carry traffic", via)
+	}
+
+	entries := m.ls("intermediate")
+	got := map[string]string{}
+	for _, e := range entries {
+		got[e.Instance] = e.Addr
+	}
+	if len(entries) != 2 || got["intermediate1"] != s1.Addr || got["intermediate2"] != s2.Addr {
+		t.Fatalf("butterfly ls --json = %+v, want intermediate1 at %s and intermediate2 at %s", entries, s1.Addr, s2.Addr)
+	}
+
+	code, out, errOut := runCLI(t, runTimeout, "drain", "intermediate1", "--wait", "--etcd-endpoints", m.etcd[0])
+	if code != 0 || !strings.Contains(out, "drained: intermediate/intermediate1") {
+		t.Fatalf("butterfly drain intermediate1 --wait = exit %d, %q, %q; want exit 0 and drained", code, out, errOut)
+	}
+	if code := i1.wait(30 * time.Second); code != 0 {
+		t.Errorf("drained intermediate1 exited %d, want 0", code)
+	}
+	if entries := m.ls("intermediate"); len(entries) != 1 || entries[0].Instance != "intermediate2" {
+		t.Errorf("butterfly ls after drain = %+v, want only intermediate2", entries)
+	}
+}
+
+// TestCLI_UsageErrors checks that a wrong or missing flag gives a one-line
+// error naming it and exit code 2.
+func TestCLI_UsageErrors(t *testing.T) {
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"produce"}, "--id"},
+		{[]string{"produce", "--id", "p1", "--window", "0"}, "--window"},
+		{[]string{"produce", "--id", "p1", "--count", "ten"}, "--count"},
+		{[]string{"consume"}, "--id"},
+		{[]string{"intermediate", "--name", "i1"}, "--listen"},
+		{[]string{"intermediate", "--listen", "127.0.0.1:0"}, "--name"},
+		{[]string{"intermediate", "--name", "i1", "--listen", "127.0.0.1:0", "--processor", "nope"}, "--processor"},
+		{[]string{"intermediate", "--name", "a/b", "--listen", "127.0.0.1:0"}, "--name"},
+		{[]string{"stage", "--id", "s", "--from", "a"}, "--to"},
+		{[]string{"drain"}, "INSTANCE"},
+		{[]string{"etcd"}, "--data-dir"},
+		{[]string{"ls", "--bogus"}, "--bogus"},
+		{[]string{"ls", "--log-level", "loud"}, "--log-level"},
+		{[]string{"nosuchcommand"}, "nosuchcommand"},
+		{[]string{"demo", "--messages", "1"}, "--messages"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			code, _, stderr := runCLI(t, 30*time.Second, tt.args...)
+			lines := strings.Split(strings.TrimSpace(stderr), "\n")
+			if code != 2 || len(lines) != 1 || !strings.Contains(stderr, tt.want) {
+				t.Errorf("butterfly %v = exit %d, stderr %q; want exit 2 and one line naming %s", tt.args, code, stderr, tt.want)
+			}
+		})
+	}
+}
+
+// TestCLI_EnvFlags checks that BUTTERFLY_<FLAG> sets a flag, and that a bad
+// value names the variable.
+func TestCLI_EnvFlags(t *testing.T) {
+	cmd := exec.Command(binary, "ls")
+	cmd.Env = append(cmd.Environ(), "BUTTERFLY_LOG_LEVEL=loud")
+	out, err := cmd.CombinedOutput()
+	if cmd.ProcessState.ExitCode() != 2 || !strings.Contains(string(out), "BUTTERFLY_LOG_LEVEL") {
+		t.Fatalf("BUTTERFLY_LOG_LEVEL=loud butterfly ls = %v, %q; want exit 2 naming BUTTERFLY_LOG_LEVEL", err, out)
+	}
+}
+
+// TestCLI_HelpHasExamples checks that every subcommand's --help shows
+// examples and the exit codes.
+func TestCLI_HelpHasExamples(t *testing.T) {
+	for _, sub := range []string{"etcd", "intermediate", "produce", "consume", "stage", "ls", "drain", "demo", "certs", "version"} {
+		code, out, _ := runCLI(t, 30*time.Second, sub, "--help")
+		if code != 0 || !strings.Contains(out, "Examples:") || !strings.Contains(out, "Exit codes:") {
+			t.Errorf("butterfly %s --help = exit %d, want 0 with Examples and Exit codes; got:\n%s", sub, code, out)
+		}
+	}
+}
+
+// TestCLI_Demo runs the demo: it crashes, moves and drains intermediates and
+// must report 0 lost.
+func TestCLI_Demo(t *testing.T) {
+	code, out, stderr := runCLI(t, 3*time.Minute, "demo", "--messages", "30000")
+	if code != 0 {
+		t.Fatalf("butterfly demo = exit %d\nstdout:\n%s\nstderr:\n%s", code, out, stderr)
+	}
+	for _, want := range []string{"CRASH", "MOVE", "DRAIN"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("butterfly demo output lacks %q:\n%s", want, out)
+		}
+	}
+	table := map[string]string{}
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && !strings.HasPrefix(line, "[") {
+			table[strings.Join(f[:len(f)-1], " ")] = f[len(f)-1]
+		}
+	}
+	for label, want := range map[string]string{"sent": "30000", "delivered": "30000", "lost": "0", "handled twice": "0"} {
+		if table[label] != want {
+			t.Errorf("butterfly demo table %q = %q, want %s:\n%s", label, table[label], want, out)
+		}
+	}
+}
+
+// TestCLI_ProduceNoConsumer checks a producer whose messages no consumer
+// takes: it exits 3 and its summary counts them as unacknowledged.
+func TestCLI_ProduceNoConsumer(t *testing.T) {
+	m := newMesh(t)
+	m.startEtcd()
+	m.startIntermediate("intermediate1", "127.0.0.2")
+	p := m.start("p1", "produce", "--id", "p1", "--count", "50", "--close-timeout", "2s")
+	code := p.wait(runTimeout)
+	var s producerSummary
+	p.lastJSON(&s)
+	if code != 3 || s.Sent != 50 || s.Acked != 0 || s.Unacked != 50 {
+		t.Fatalf("produce with no consumer = exit %d, %+v; want exit 3 with 50 unacknowledged", code, s)
+	}
+}
