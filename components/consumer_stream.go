@@ -10,6 +10,7 @@ import (
 
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/internal/seqrange"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
 
@@ -282,7 +283,7 @@ func (st *subStream) sendLoop(ctx context.Context, stream deliveryv1.SubscribeSe
 		closed := st.closeSent && !closeNow
 		c.mu.Unlock()
 		if len(acks) > 0 || len(nacks) > 0 {
-			a := &deliveryv1.DeliveryAck{Acked: buildRanges(acks), Nacked: nacks}
+			a := &deliveryv1.DeliveryAck{Acked: seqrange.Build(acks), Nacked: nacks}
 			if err := stream.Send(&deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Ack{Ack: a}}); err != nil {
 				return fmt.Errorf("send ack: %w", err)
 			}

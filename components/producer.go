@@ -19,6 +19,7 @@ import (
 
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/internal/seqrange"
 	"github.com/butterfly-mesh/butterfly/internal/telemetry"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
@@ -420,7 +421,7 @@ func (p *Producer) handleAck(st *pubStream, a *deliveryv1.PublishAck) {
 	var failed []permanent
 	p.mu.Lock()
 	acked := 0
-	forEachInRanges(a.GetAcked(), func(seq uint64) {
+	seqrange.ForEach(a.GetAcked(), func(seq uint64) {
 		m := st.unacked[seq]
 		if m == nil {
 			return

@@ -13,6 +13,7 @@ import (
 
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/internal/seqrange"
 	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
 )
 
@@ -282,7 +283,7 @@ func (p *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServi
 		if len(acks) > 0 || len(nacks) > 0 {
 			s.acked.Add(uint64(len(acks)))
 			s.nacked.Add(uint64(len(nacks)))
-			ack := &deliveryv1.PublishAck{Acked: buildRanges(acks), Nacked: nacks}
+			ack := &deliveryv1.PublishAck{Acked: seqrange.Build(acks), Nacked: nacks}
 			if err := stream.Send(&deliveryv1.PublishResponse{Kind: &deliveryv1.PublishResponse_Ack{Ack: ack}}); err != nil {
 				p.cancel(err)
 				return

@@ -40,20 +40,3 @@ func BenchmarkRendezvousScore(b *testing.B) {
 		b.Fatal("rendezvousScore() = 0")
 	}
 }
-
-// BenchmarkBuildRanges measures the acknowledgement ranges of a batch of 64
-// messages acknowledged in order.
-func BenchmarkBuildRanges(b *testing.B) {
-	src := make([]uint64, 64)
-	for i := range src {
-		src[i] = uint64(i + 1)
-	}
-	seqs := make([]uint64, len(src))
-	b.ReportAllocs()
-	for b.Loop() {
-		copy(seqs, src)
-		if len(buildRanges(seqs)) != 1 {
-			b.Fatal("buildRanges(1..64) is not one range")
-		}
-	}
-}

@@ -11,6 +11,7 @@ import (
 
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/internal/seqrange"
 )
 
 // subscribeService serves SubscribeService.
@@ -153,7 +154,7 @@ func (sub *subStream) recvLoop(stream deliveryv1.SubscribeService_SubscribeServe
 // the producer at once.
 func (sub *subStream) ackLocked(a *deliveryv1.DeliveryAck) {
 	s := sub.srv
-	forEachInRanges(a.GetAcked(), func(id uint64) {
+	seqrange.ForEach(a.GetAcked(), func(id uint64) {
 		d := sub.unacked[id]
 		if d == nil {
 			return
