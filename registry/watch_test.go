@@ -221,7 +221,10 @@ func TestRegistration_SurvivesEtcdOutage(t *testing.T) {
 	srv := etcdtest.Start(t)
 	cli := newClient(t, srv)
 	var logs logRecorder
-	r := register(t, cli, "svc", "i1", "127.0.0.1:7001", WithTTL(time.Second), WithLogger(logs.logger()))
+	// A restarted etcd renews the old lease for one TTL: 3s leaves the
+	// registration time to reconnect and put the key back on a loaded
+	// machine, so the instance never leaves.
+	r := register(t, cli, "svc", "i1", "127.0.0.1:7001", WithTTL(3*time.Second), WithLogger(logs.logger()))
 	_, lease, _ := getValue(t, cli, r.Key())
 	views := startWatch(t, newClient(t, srv), "svc")
 	wantNames(t, nextView(t, views), "i1=127.0.0.1:7001")
