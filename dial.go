@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
@@ -24,6 +25,7 @@ type dialOptions struct {
 	logger   *slog.Logger
 	creds    credentials.TransportCredentials
 	lbConfig string
+	metrics  prometheus.Registerer
 }
 
 // minConnectTimeout bounds one connection attempt: on a LAN a live instance
@@ -43,6 +45,15 @@ func WithLogger(l *slog.Logger) DialOption {
 			o.logger = l
 		}
 	}
+}
+
+// WithMetrics counts, labelled by service, the resolver's states and errors
+// (butterfly_resolver_updates_total, butterfly_resolver_errors_total) and
+// the balancer's ejections (butterfly_balancer_ejections_total, with the
+// gauge butterfly_balancer_ejected) on reg. Every client connection given
+// the same reg adds to the same series. Default: nothing is counted.
+func WithMetrics(reg prometheus.Registerer) DialOption {
+	return func(o *dialOptions) { o.metrics = reg }
 }
 
 // WithTransportCredentials sets the credentials of the connections to the
@@ -82,9 +93,10 @@ func DialOptions(cli *clientv3.Client, opts ...DialOption) []grpc.DialOption {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	rb := resolver.NewBuilder(cli, resolver.WithPrefix(o.prefix), resolver.WithLogger(o.logger))
+	rb := resolver.NewBuilder(cli, resolver.WithPrefix(o.prefix), resolver.WithLogger(o.logger),
+		resolver.WithMetrics(o.metrics))
 	return []grpc.DialOption{
-		grpc.WithResolvers(loggingBuilder{Builder: rb, logger: o.logger}),
+		grpc.WithResolvers(attachingBuilder{Builder: rb, logger: o.logger, metrics: o.metrics}),
 		grpc.WithDefaultServiceConfig(balancer.ServiceConfig(o.lbConfig)),
 		grpc.WithTransportCredentials(o.creds),
 		grpc.WithConnectParams(o.connectParams()),
@@ -104,24 +116,30 @@ func (o dialOptions) connectParams() grpc.ConnectParams {
 	return grpc.ConnectParams{Backoff: bc, MinConnectTimeout: minConnectTimeout}
 }
 
-// loggingBuilder wraps the resolver builder so that every resolver state
-// carries the logger for the balancer.
-type loggingBuilder struct {
+// attachingBuilder wraps the resolver builder so that every resolver state
+// carries the logger and the metrics registry for the balancer.
+type attachingBuilder struct {
 	gresolver.Builder
-	logger *slog.Logger
+	logger  *slog.Logger
+	metrics prometheus.Registerer // nil: none attached
 }
 
-func (b loggingBuilder) Build(target gresolver.Target, cc gresolver.ClientConn, opts gresolver.BuildOptions) (gresolver.Resolver, error) {
-	return b.Builder.Build(target, loggingClientConn{ClientConn: cc, logger: b.logger}, opts)
+func (b attachingBuilder) Build(target gresolver.Target, cc gresolver.ClientConn, opts gresolver.BuildOptions) (gresolver.Resolver, error) {
+	return b.Builder.Build(target, attachingClientConn{ClientConn: cc, logger: b.logger, metrics: b.metrics}, opts)
 }
 
-// loggingClientConn attaches the logger to every state it passes on.
-type loggingClientConn struct {
+// attachingClientConn attaches the logger and the registry to every state
+// it passes on.
+type attachingClientConn struct {
 	gresolver.ClientConn
-	logger *slog.Logger
+	logger  *slog.Logger
+	metrics prometheus.Registerer
 }
 
-func (cc loggingClientConn) UpdateState(s gresolver.State) error {
+func (cc attachingClientConn) UpdateState(s gresolver.State) error {
 	s.Attributes = balancer.AttachLogger(s.Attributes, cc.logger)
+	if cc.metrics != nil {
+		s.Attributes = balancer.AttachMetrics(s.Attributes, cc.metrics)
+	}
 	return cc.ClientConn.UpdateState(s)
 }

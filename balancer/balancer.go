@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/attributes"
 	gbalancer "google.golang.org/grpc/balancer"
 	"google.golang.org/grpc/balancer/pickfirst"
@@ -16,6 +17,7 @@ import (
 	gresolver "google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/serviceconfig"
 
+	"github.com/butterfly-mesh/butterfly/internal/telemetry"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
 
@@ -35,6 +37,20 @@ type loggerKey struct{}
 // attaches its WithLogger logger this way); without one it logs nothing.
 func AttachLogger(attrs *attributes.Attributes, l *slog.Logger) *attributes.Attributes {
 	return attrs.WithValue(loggerKey{}, l)
+}
+
+// metricsKey is the resolver state attribute holding the registry of the
+// balancer's metrics.
+type metricsKey struct{}
+
+// AttachMetrics returns attrs with reg attached. The balancer counts its
+// ejections (butterfly_balancer_ejections_total) and keeps the number of
+// instances it ejects now (butterfly_balancer_ejected), labelled by service,
+// on the registry attached to the first resolver state that has one
+// (butterfly.WithMetrics attaches it this way); without one it counts
+// nothing.
+func AttachMetrics(attrs *attributes.Attributes, reg prometheus.Registerer) *attributes.Attributes {
+	return attrs.WithValue(metricsKey{}, reg)
 }
 
 type builder struct{}
@@ -91,6 +107,8 @@ type butterflyBalancer struct {
 	// it may report its state synchronously.
 	mu          sync.Mutex
 	logger      *slog.Logger
+	metrics     *telemetry.BalancerMetrics // nil: not counted
+	metricsSet  bool                       // a registry was seen; metrics is final
 	cfg         Config
 	children    map[string]*child
 	inhibit     bool                 // a top-down update is in progress; publish at its end
@@ -126,6 +144,7 @@ func (b *butterflyBalancer) UpdateClientConnState(s gbalancer.ClientConnState) e
 	if l, ok := s.ResolverState.Attributes.Value(loggerKey{}).(*slog.Logger); ok && l != nil {
 		b.logger = l.With("service", b.service)
 	}
+	b.setMetricsLocked(s.ResolverState.Attributes)
 	b.cfg = cfg
 	b.registerChannelLocked()
 	b.inhibit = true
@@ -166,6 +185,9 @@ func (b *butterflyBalancer) UpdateClientConnState(s gbalancer.ClientConnState) e
 	for name, c := range b.children {
 		if !seen[name] {
 			c.removed = true
+			if !c.ejectedUntil.IsZero() {
+				b.metrics.Returned(1)
+			}
 			delete(b.children, name)
 			delete(b.retries, c)
 			removed = append(removed, c)
@@ -215,6 +237,25 @@ func instanceOf(ep gresolver.Endpoint) (registry.Instance, bool) {
 	}
 	addr := ep.Addresses[0].Addr
 	return registry.Instance{Name: addr, Addr: addr, Metadata: registry.Metadata{Instance: addr}}, true
+}
+
+// setMetricsLocked creates the metrics on the first registry attached to
+// attrs.
+func (b *butterflyBalancer) setMetricsLocked(attrs *attributes.Attributes) {
+	if b.metricsSet {
+		return
+	}
+	reg, ok := attrs.Value(metricsKey{}).(prometheus.Registerer)
+	if !ok || reg == nil {
+		return
+	}
+	b.metricsSet = true
+	m, err := telemetry.NewBalancerMetrics(reg, b.service)
+	if err != nil {
+		b.logger.Warn("balancer: metrics not registered", "err", err)
+		return
+	}
+	b.metrics = m
 }
 
 // registerChannelLocked (re)registers the balancer as the publisher of its
@@ -288,6 +329,11 @@ func (b *butterflyBalancer) Close() {
 	}
 	b.closed = true
 	children := b.childrenLocked()
+	for _, c := range children {
+		if !c.ejectedUntil.IsZero() {
+			b.metrics.Returned(1)
+		}
+	}
 	clear(b.children)
 	clear(b.retries)
 	unregister := b.unregister

@@ -56,6 +56,7 @@ func (b *butterflyBalancer) tick(now time.Time) (reconnect []*child, next time.D
 		if !now.Before(c.ejectedUntil) {
 			c.ejectedUntil = time.Time{}
 			c.stats.failures.Store(0)
+			b.metrics.Returned(1)
 			changed = true
 			b.logger.Info("balancer: ejection ended", "instance", c.name)
 			continue
@@ -81,6 +82,7 @@ func (b *butterflyBalancer) tick(now time.Time) (reconnect []*child, next time.D
 			c.ejections++
 			d := min(cfg.BaseEjectionTime*time.Duration(c.ejections), cfg.MaxEjectionTime)
 			c.ejectedUntil = now.Add(d)
+			b.metrics.Ejected()
 			ejected++
 			changed = true
 			later(c.ejectedUntil)

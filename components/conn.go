@@ -19,7 +19,8 @@ import (
 // resolver follows its instances and the butterfly balancer routes pinned
 // streams to them.
 func dial(cli *clientv3.Client, service string, c commonConfig) (*grpc.ClientConn, error) {
-	opts := butterfly.DialOptions(cli, butterfly.WithPrefix(c.prefix), butterfly.WithLogger(c.logger))
+	opts := butterfly.DialOptions(cli, butterfly.WithPrefix(c.prefix), butterfly.WithLogger(c.logger),
+		butterfly.WithMetrics(c.metrics))
 	opts = append(opts, c.dialOptions...)
 	conn, err := grpc.NewClient("butterfly:///"+service, opts...)
 	if err != nil {

@@ -249,7 +249,9 @@ func (f observeOption) applyStage(c *stageConfig) {
 
 // WithMetrics registers the metrics of producers and consumers on reg:
 // butterfly_producer_* and butterfly_consumer_* (labeled with the service
-// and the component's id) and the gRPC client metrics of go-grpc-middleware
+// and the component's id), those of its connection's resolver and balancer
+// (butterfly_resolver_*, butterfly_balancer_*, labeled with the service; see
+// butterfly.WithMetrics) and the gRPC client metrics of go-grpc-middleware
 // (grpc_client_*). Default: none.
 func WithMetrics(reg prometheus.Registerer) Option {
 	return observeOption(func(c *commonConfig) { c.metrics = reg })

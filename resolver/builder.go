@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	gresolver "google.golang.org/grpc/resolver"
 
+	"github.com/butterfly-mesh/butterfly/internal/telemetry"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
 
@@ -19,8 +21,9 @@ const Scheme = "butterfly"
 type Option func(*options)
 
 type options struct {
-	prefix string
-	logger *slog.Logger
+	prefix  string
+	logger  *slog.Logger
+	metrics prometheus.Registerer
 }
 
 // WithPrefix sets the etcd key prefix; the default is registry.DefaultPrefix.
@@ -35,6 +38,14 @@ func WithLogger(l *slog.Logger) Option {
 			o.logger = l
 		}
 	}
+}
+
+// WithMetrics counts the resolvers' states pushed
+// (butterfly_resolver_updates_total) and errors reported
+// (butterfly_resolver_errors_total), labelled by service, on reg; nil (the
+// default) counts nothing.
+func WithMetrics(reg prometheus.Registerer) Option {
+	return func(o *options) { o.metrics = reg }
 }
 
 // NewBuilder returns a resolver builder for targets "butterfly:///<service>"
@@ -59,7 +70,8 @@ var _ gresolver.Builder = (*builder)(nil)
 func (b *builder) Scheme() string { return Scheme }
 
 // Build starts watching the target's service. It fails for a target with an
-// authority or an invalid service name.
+// authority or an invalid service name, or when its metrics clash with
+// other collectors of the same names.
 func (b *builder) Build(target gresolver.Target, cc gresolver.ClientConn, _ gresolver.BuildOptions) (gresolver.Resolver, error) {
 	if b.cli == nil {
 		return nil, errors.New("resolver: no etcd client")
@@ -74,13 +86,18 @@ func (b *builder) Build(target gresolver.Target, cc gresolver.ClientConn, _ gres
 	if err := registry.ValidateName("prefix", b.o.prefix); err != nil {
 		return nil, fmt.Errorf("resolver: %w", err)
 	}
+	metrics, err := telemetry.NewResolverMetrics(b.o.metrics, service)
+	if err != nil {
+		return nil, fmt.Errorf("resolver: metrics: %w", err)
+	}
 	// The resolver lives until Close or until the etcd client closes.
 	ctx, cancel := context.WithCancel(b.cli.Ctx())
 	r := &etcdResolver{
-		cc:     cc,
-		logger: b.o.logger.With("service", service),
-		cancel: cancel,
-		resync: make(chan struct{}, 1),
+		cc:      cc,
+		logger:  b.o.logger.With("service", service),
+		metrics: metrics,
+		cancel:  cancel,
+		resync:  make(chan struct{}, 1),
 	}
 	r.wg.Add(1)
 	go func() {

@@ -9,16 +9,18 @@ import (
 	"google.golang.org/grpc/balancer"
 	gresolver "google.golang.org/grpc/resolver"
 
+	"github.com/butterfly-mesh/butterfly/internal/telemetry"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
 
 // etcdResolver pushes the views of registry.Watch to gRPC.
 type etcdResolver struct {
-	cc     gresolver.ClientConn
-	logger *slog.Logger
-	cancel context.CancelFunc
-	resync chan struct{} // capacity 1: pending ResolveNow requests coalesce
-	wg     sync.WaitGroup
+	cc      gresolver.ClientConn
+	logger  *slog.Logger
+	metrics *telemetry.ResolverMetrics // nil: not counted
+	cancel  context.CancelFunc
+	resync  chan struct{} // capacity 1: pending ResolveNow requests coalesce
+	wg      sync.WaitGroup
 }
 
 var _ gresolver.Resolver = (*etcdResolver)(nil)
@@ -26,6 +28,7 @@ var _ gresolver.Resolver = (*etcdResolver)(nil)
 // update pushes the full state of one view. It runs on the watch goroutine.
 func (r *etcdResolver) update(v registry.View) {
 	s := stateOf(v)
+	r.metrics.Update()
 	if err := r.cc.UpdateState(s); err != nil {
 		// The watch pushes every change as it happens, so resolving again
 		// would not give the balancer anything new.
@@ -61,6 +64,7 @@ func stateOf(v registry.View) gresolver.State {
 }
 
 func (r *etcdResolver) reportError(err error) {
+	r.metrics.Error()
 	r.cc.ReportError(err)
 }
 
