@@ -48,6 +48,37 @@ func runMain(m *testing.M) int {
 	return m.Run()
 }
 
+// TestSources reads every Go source and module file of the module. The
+// binary these tests run is built from them, outside what go test sees of
+// this package; reading them while tests run (go test logs what a test
+// opens) makes go test's result cache depend on them, so a cached pass never
+// stands for code that changed since.
+func TestSources(t *testing.T) {
+	if err := readSources(".."); err != nil {
+		t.Fatalf("readSources() = %v", err)
+	}
+}
+
+// readSources reads every Go source and module file under root.
+func readSources(root string) error {
+	return filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if name := d.Name(); path != root && (strings.HasPrefix(name, ".") || name == "testdata" || name == "tools") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if name := d.Name(); strings.HasSuffix(name, ".go") || name == "go.mod" || name == "go.sum" {
+			_, err := os.ReadFile(path)
+			return err
+		}
+		return nil
+	})
+}
+
 // proc is one butterfly process of a scenario.
 type proc struct {
 	t      *testing.T
