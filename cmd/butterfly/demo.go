@@ -246,17 +246,17 @@ func runDemo(ctx context.Context, cfg demoConfig) (demoResult, error) {
 	faults := m.faultPlan(ctx)
 	progress := time.NewTicker(500 * time.Millisecond)
 	defer progress.Stop()
+	faultCheck := time.NewTicker(20 * time.Millisecond)
+	defer faultCheck.Stop()
 	deadline := time.NewTimer(5 * time.Minute)
 	defer deadline.Stop()
 	var sendErr error
-	sending := true
 wait:
 	for {
 		select {
 		case <-allIn:
 			break wait
 		case err := <-sendDone:
-			sending = false
 			sendErr = err
 			if err != nil {
 				break wait
@@ -266,6 +266,10 @@ wait:
 			st := source.Stats()
 			m.say("delivered %7d/%d  %6.0f msg/s  in flight %5d  resent %d", d, cfg.messages,
 				float64(d)/time.Since(sendStart).Seconds(), st.InFlight, resentTotal(source, stages))
+		case <-faultCheck.C:
+			// Checked often, so that each fault strikes near its point in
+			// the run however fast the machine is.
+			d := delivered.Load()
 			for len(faults) > 0 && float64(d) >= faults[0].at*float64(cfg.messages) {
 				f := faults[0]
 				faults = faults[1:]
@@ -280,7 +284,6 @@ wait:
 			break wait
 		}
 	}
-	_ = sending
 	elapsed := time.Since(sendStart)
 	closeCtx, cancelClose := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Second)
 	closeErr := source.Close(closeCtx)
