@@ -2,13 +2,10 @@ package etcdtest
 
 import (
 	"context"
-	"fmt"
-	"net/url"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 	"golang.org/x/crypto/bcrypt"
 )
@@ -17,50 +14,16 @@ import (
 const RootUser = "root"
 
 // StartAuth starts a server like Start, with authentication enabled (see
-// EnableAuth). Passwords are hashed at bcrypt's minimum cost, so that tests
-// that add users and authenticate stay fast; after Restart, users added from
-// then on get etcd's default cost.
+// EnableAuth). Passwords are hashed at bcrypt's minimum cost, also after a
+// Restart, so that tests that add users and authenticate stay fast.
 func StartAuth(t testing.TB, rootPassword string) *Server {
 	t.Helper()
-	s := &Server{
-		dir:       t.TempDir(),
-		clientURL: url.URL{Scheme: "http", Host: freeAddr(t)},
-		peerURL:   url.URL{Scheme: "http", Host: freeAddr(t)},
-	}
-	s.startCheapBcrypt(t)
+	s := newServer(t)
+	s.bcryptCost = uint(bcrypt.MinCost)
+	s.start(t)
 	t.Cleanup(func() { s.stop() })
 	s.EnableAuth(t, rootPassword)
 	return s
-}
-
-// startCheapBcrypt is start with the minimum bcrypt cost.
-func (s *Server) startCheapBcrypt(t testing.TB) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	cfg := embed.NewConfig()
-	cfg.Name = "etcdtest"
-	cfg.Dir = s.dir
-	cfg.ListenClientUrls = []url.URL{s.clientURL}
-	cfg.AdvertiseClientUrls = []url.URL{s.clientURL}
-	cfg.ListenPeerUrls = []url.URL{s.peerURL}
-	cfg.AdvertisePeerUrls = []url.URL{s.peerURL}
-	cfg.InitialCluster = fmt.Sprintf("%s=%s", cfg.Name, s.peerURL.String())
-	cfg.LogLevel = "error"
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	cfg.TickMs = 10
-	cfg.ElectionMs = 100
-	cfg.BcryptCost = uint(bcrypt.MinCost)
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		t.Fatalf("embed.StartEtcd() = %v", err)
-	}
-	select {
-	case <-e.Server.ReadyNotify():
-	case <-time.After(startTimeout):
-		e.Close()
-		t.Fatalf("etcdtest: server not ready after %v", startTimeout)
-	}
-	s.e = e
 }
 
 // EnableAuth turns authentication on, with a root user of the given

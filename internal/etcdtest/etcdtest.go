@@ -25,9 +25,10 @@ const startTimeout = 30 * time.Second
 
 // Server is one embedded etcd member listening on loopback.
 type Server struct {
-	dir       string
-	clientURL url.URL
-	peerURL   url.URL
+	dir        string
+	clientURL  url.URL
+	peerURL    url.URL
+	bcryptCost uint // 0: etcd's default
 
 	mu sync.Mutex
 	e  *embed.Etcd // nil while stopped
@@ -37,14 +38,19 @@ type Server struct {
 // directory, and stops it when the test ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	s := &Server{
+	s := newServer(t)
+	s.start(t)
+	t.Cleanup(func() { s.stop() })
+	return s
+}
+
+// newServer picks the data dir and ports of a server that is not started.
+func newServer(t testing.TB) *Server {
+	return &Server{
 		dir:       t.TempDir(),
 		clientURL: url.URL{Scheme: "http", Host: freeAddr(t)},
 		peerURL:   url.URL{Scheme: "http", Host: freeAddr(t)},
 	}
-	s.start(t)
-	t.Cleanup(func() { s.stop() })
-	return s
 }
 
 // Endpoints returns the client endpoints, for clientv3.Config.
@@ -115,6 +121,9 @@ func (s *Server) start(t testing.TB) {
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	cfg.TickMs = 10
 	cfg.ElectionMs = 100
+	if s.bcryptCost != 0 {
+		cfg.BcryptCost = s.bcryptCost
+	}
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		t.Fatalf("embed.StartEtcd() = %v", err)
