@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -12,16 +13,22 @@ import (
 
 	"github.com/butterfly-mesh/butterfly"
 	"github.com/butterfly-mesh/butterfly/balancer"
+	"github.com/butterfly-mesh/butterfly/internal/telemetry"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
 
 // dial returns the one client connection of a service: the butterfly
 // resolver follows its instances and the butterfly balancer routes pinned
-// streams to them.
+// streams to them; its RPCs are observed with c's metrics, logger and
+// tracer.
 func dial(cli *clientv3.Client, service string, c commonConfig) (*grpc.ClientConn, error) {
+	observe, err := telemetry.DialOptions(telemetry.Observe{Registry: c.metrics, Logger: c.logger, TracerProvider: c.tracer})
+	if err != nil {
+		return nil, err
+	}
 	opts := butterfly.DialOptions(cli, butterfly.WithPrefix(c.prefix), butterfly.WithLogger(c.logger),
 		butterfly.WithMetrics(c.metrics))
-	opts = append(opts, c.dialOptions...)
+	opts = slices.Concat(opts, c.dialOptions, observe)
 	conn, err := grpc.NewClient("butterfly:///"+service, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("dial service %q: %w", service, err)

@@ -117,11 +117,7 @@ func NewConsumer(cli *clientv3.Client, id string, h Handler, opts ...ConsumerOpt
 	if err := cfg.validate(cli, id, h); err != nil {
 		return nil, err
 	}
-	observed, err := cfg.commonConfig.observed()
-	if err != nil {
-		return nil, err
-	}
-	conn, err := dial(cli, cfg.service, observed)
+	conn, err := dial(cli, cfg.service, cfg.commonConfig)
 	if err != nil {
 		return nil, fmt.Errorf("components: consumer %s: %w", id, err)
 	}

@@ -1,9 +1,7 @@
 package components
 
 import (
-	"fmt"
 	"log/slog"
-	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -12,7 +10,6 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
-	"github.com/butterfly-mesh/butterfly/internal/telemetry"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
 
@@ -264,15 +261,4 @@ func WithMetrics(reg prometheus.Registerer) Option {
 // is one trace. otelgrpc traces the RPCs.
 func WithTracerProvider(tp trace.TracerProvider) Option {
 	return observeOption(func(c *commonConfig) { c.tracer = tp })
-}
-
-// observed returns c with the dial options that observe its connection
-// (metrics, logging, otelgrpc) after its own.
-func (c commonConfig) observed() (commonConfig, error) {
-	opts, err := telemetry.DialOptions(telemetry.Observe{Registry: c.metrics, Logger: c.logger, TracerProvider: c.tracer})
-	if err != nil {
-		return c, fmt.Errorf("components: %w", err)
-	}
-	c.dialOptions = slices.Concat(c.dialOptions, opts)
-	return c, nil
 }

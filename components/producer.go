@@ -109,11 +109,7 @@ func NewProducer(cli *clientv3.Client, id string, opts ...ProducerOption) (*Prod
 	if err := cfg.validate(cli, id); err != nil {
 		return nil, err
 	}
-	observed, err := cfg.commonConfig.observed()
-	if err != nil {
-		return nil, err
-	}
-	conn, err := dial(cli, cfg.service, observed)
+	conn, err := dial(cli, cfg.service, cfg.commonConfig)
 	if err != nil {
 		return nil, fmt.Errorf("components: producer %s: %w", id, err)
 	}
