@@ -53,21 +53,13 @@ func (ps *publishService) Publish(stream deliveryv1.PublishService_PublishServer
 	s := ps.s
 	ctx, cancel := context.WithCancelCause(stream.Context())
 	defer cancel(nil)
-	if err := s.waitReady(ctx); err != nil {
-		return err
-	}
 	first, err := firstFrame(s, ctx, stream.Recv)
 	if err != nil {
 		return err
 	}
 	hello := first.GetHello()
-	switch {
-	case hello == nil:
-		return status.Error(codes.InvalidArgument, "intermediate: the first frame must be a hello")
-	case hello.GetProducerId() == "":
-		return status.Error(codes.InvalidArgument, "intermediate: hello without producer_id")
-	case hello.GetInstance() != "" && hello.GetInstance() != s.instance:
-		return status.Errorf(codes.FailedPrecondition, "intermediate: this is instance %q, not %q", s.instance, hello.GetInstance())
+	if err := s.checkHello(hello != nil, "producer_id", hello.GetProducerId(), hello.GetInstance()); err != nil {
+		return err
 	}
 	// A verified client certificate binds the stream to its producer id.
 	// Messages forwarded by a stage keep their original ids: an

@@ -71,11 +71,15 @@ func heartbeat() *messagev1.Heartbeat {
 	return &messagev1.Heartbeat{SendTimeUnixNano: time.Now().UnixNano()}
 }
 
-// firstFrame receives the first frame of a stream, giving up when nothing
-// arrived for heartbeatMisses of the server's intervals. The receiving
+// firstFrame waits until the server is registered, then receives the first
+// frame of a stream, giving up when nothing arrived for heartbeatMisses of
+// the server's intervals. The receiving
 // goroutine is owned by the server; it ends when the stream ends, which the
 // handler's return causes.
 func firstFrame[T any](s *Server, ctx context.Context, recv func() (*T, error)) (*T, error) {
+	if err := s.waitReady(ctx); err != nil {
+		return nil, err
+	}
 	type result struct {
 		req *T
 		err error
@@ -99,6 +103,21 @@ func firstFrame[T any](s *Server, ctx context.Context, recv func() (*T, error)) 
 	case <-s.stopCh:
 		return nil, errServerStopping
 	}
+}
+
+// checkHello checks what every hello must: that the first frame was one
+// (present), that it names its sender (the field what), and that it is meant
+// for this instance when it names one.
+func (s *Server) checkHello(present bool, what, sender, instance string) error {
+	switch {
+	case !present:
+		return status.Error(codes.InvalidArgument, "intermediate: the first frame must be a hello")
+	case sender == "":
+		return status.Errorf(codes.InvalidArgument, "intermediate: hello without %s", what)
+	case instance != "" && instance != s.instance:
+		return status.Errorf(codes.FailedPrecondition, "intermediate: this is instance %q, not %q", s.instance, instance)
+	}
+	return nil
 }
 
 // waitReady waits until the server is registered, so that welcomes carry the

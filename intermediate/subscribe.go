@@ -50,21 +50,13 @@ func (ss *subscribeService) Subscribe(stream deliveryv1.SubscribeService_Subscri
 	s := ss.s
 	ctx, cancel := context.WithCancelCause(stream.Context())
 	defer cancel(nil)
-	if err := s.waitReady(ctx); err != nil {
-		return err
-	}
 	first, err := firstFrame(s, ctx, stream.Recv)
 	if err != nil {
 		return err
 	}
 	hello := first.GetHello()
-	switch {
-	case hello == nil:
-		return status.Error(codes.InvalidArgument, "intermediate: the first frame must be a hello")
-	case hello.GetConsumerId() == "":
-		return status.Error(codes.InvalidArgument, "intermediate: hello without consumer_id")
-	case hello.GetInstance() != "" && hello.GetInstance() != s.instance:
-		return status.Errorf(codes.FailedPrecondition, "intermediate: this is instance %q, not %q", s.instance, hello.GetInstance())
+	if err := s.checkHello(hello != nil, "consumer_id", hello.GetConsumerId(), hello.GetInstance()); err != nil {
+		return err
 	}
 	sub := &subStream{
 		srv:        s,
