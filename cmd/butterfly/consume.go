@@ -68,15 +68,11 @@ The last line on stdout is a JSON summary:
 				defer f.Close()
 				w = f
 			}
-			creds, err := tlsf.clientCreds(cmd.Context(), r.logger)
+			cs, err := r.setupComponent(cmd.Context(), "consumer", tlsf, obsf)
 			if err != nil {
 				return err
 			}
-			cli, err := r.etcdClient()
-			if err != nil {
-				return err
-			}
-			defer cli.Close()
+			defer cs.Close()
 			ctx, cancel := context.WithCancel(cmd.Context())
 			defer cancel()
 			var handled atomic.Uint64
@@ -100,18 +96,8 @@ The last line on stdout is a JSON summary:
 				}
 				return nil
 			}
-			obs, err := obsf.start(cmd.Context(), "consumer", r.logger)
-			if err != nil {
-				return err
-			}
-			defer obs.Close()
-			if err := obs.serveAdmin(obsf.admin, nil); err != nil {
-				return err
-			}
-			cons, err := components.NewConsumer(cli, id, handler,
-				components.WithService(service), components.WithGroup(group), components.WithPrefix(r.prefix),
-				components.WithLogger(r.logger), components.WithTransportCredentials(creds),
-				components.WithMetrics(obs.Registry), components.WithTracerProvider(obs.TracerProvider))
+			cons, err := components.NewConsumer(cs.cli, id, handler, withCommon[components.ConsumerOption](cs,
+				components.WithService(service), components.WithGroup(group))...)
 			if err != nil {
 				return err
 			}

@@ -73,28 +73,13 @@ client certificate (butterfly certs --client-id).`,
 			if window < 1 {
 				return usagef("--window %d: must be at least 1", window)
 			}
-			creds, err := tlsf.clientCreds(cmd.Context(), r.logger)
+			cs, err := r.setupComponent(cmd.Context(), "producer", tlsf, obsf)
 			if err != nil {
 				return err
 			}
-			cli, err := r.etcdClient()
-			if err != nil {
-				return err
-			}
-			defer cli.Close()
-			obs, err := obsf.start(cmd.Context(), "producer", r.logger)
-			if err != nil {
-				return err
-			}
-			defer obs.Close()
-			if err := obs.serveAdmin(obsf.admin, nil); err != nil {
-				return err
-			}
-			p, err := components.NewProducer(cli, id,
-				components.WithService(service), components.WithPrefix(r.prefix),
-				components.WithLogger(r.logger), components.WithWindow(window),
-				components.WithTransportCredentials(creds),
-				components.WithMetrics(obs.Registry), components.WithTracerProvider(obs.TracerProvider))
+			defer cs.Close()
+			p, err := components.NewProducer(cs.cli, id, withCommon[components.ProducerOption](cs,
+				components.WithService(service), components.WithWindow(window))...)
 			if err != nil {
 				return err
 			}

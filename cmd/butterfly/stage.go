@@ -54,28 +54,13 @@ under which it publishes to --to.`,
 			if err != nil {
 				return usagef("--processor: %v", err)
 			}
-			creds, err := tlsf.clientCreds(cmd.Context(), r.logger)
+			cs, err := r.setupComponent(cmd.Context(), "stage", tlsf, obsf)
 			if err != nil {
 				return err
 			}
-			cli, err := r.etcdClient()
-			if err != nil {
-				return err
-			}
-			defer cli.Close()
-			obs, err := obsf.start(cmd.Context(), "stage", r.logger)
-			if err != nil {
-				return err
-			}
-			defer obs.Close()
-			if err := obs.serveAdmin(obsf.admin, nil); err != nil {
-				return err
-			}
-			st, err := components.NewStage(cli, id, from, to,
-				components.WithConsumerOptions(components.WithGroup(group)), components.WithPrefix(r.prefix),
-				components.WithProcessor(proc), components.WithLogger(r.logger),
-				components.WithTransportCredentials(creds),
-				components.WithMetrics(obs.Registry), components.WithTracerProvider(obs.TracerProvider))
+			defer cs.Close()
+			st, err := components.NewStage(cs.cli, id, from, to, withCommon[components.StageOption](cs,
+				components.WithConsumerOptions(components.WithGroup(group)), components.WithProcessor(proc))...)
 			if err != nil {
 				return err
 			}

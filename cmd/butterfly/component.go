@@ -1,0 +1,62 @@
+package main
+
+import (
+	"context"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/butterfly-mesh/butterfly/components"
+)
+
+// componentSetup is what the produce, consume and stage commands set up
+// before their component: the etcd client, the observability of the process
+// (with its admin endpoint), and the options every component takes.
+type componentSetup struct {
+	cli  *clientv3.Client
+	obs  *observability
+	opts []components.Option // prefix, logger, credentials, metrics, tracing
+}
+
+// setupComponent builds the transport credentials from tlsf, connects to
+// etcd and starts the observability of a process running role.
+func (r *rootCommand) setupComponent(ctx context.Context, role string, tlsf *tlsFlags, obsf *observeFlags) (*componentSetup, error) {
+	creds, err := tlsf.clientCreds(ctx, r.logger)
+	if err != nil {
+		return nil, err
+	}
+	cli, err := r.etcdClient()
+	if err != nil {
+		return nil, err
+	}
+	obs, err := obsf.start(ctx, role, r.logger)
+	if err != nil {
+		cli.Close()
+		return nil, err
+	}
+	if err := obs.serveAdmin(obsf.admin, nil); err != nil {
+		obs.Close()
+		cli.Close()
+		return nil, err
+	}
+	return &componentSetup{cli: cli, obs: obs, opts: []components.Option{
+		components.WithPrefix(r.prefix), components.WithLogger(r.logger),
+		components.WithTransportCredentials(creds),
+		components.WithMetrics(obs.Registry), components.WithTracerProvider(obs.TracerProvider),
+	}}, nil
+}
+
+// Close stops the observability, then closes the etcd client.
+func (c *componentSetup) Close() {
+	c.obs.Close()
+	c.cli.Close()
+}
+
+// withCommon returns the common options of c followed by more, as options
+// of one component kind O.
+func withCommon[O any](c *componentSetup, more ...O) []O {
+	out := make([]O, 0, len(c.opts)+len(more))
+	for _, o := range c.opts {
+		out = append(out, any(o).(O)) // a components.Option is every kind of option
+	}
+	return append(out, more...)
+}
