@@ -2,9 +2,6 @@ package registry
 
 import (
 	"context"
-	"log/slog"
-	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -128,42 +125,3 @@ func waitClosed(t *testing.T, what string, c <-chan struct{}) {
 		t.Fatalf("%s not closed after %v", what, defaultTestTimeout)
 	}
 }
-
-// logRecorder is a slog.Handler that keeps the messages it handles.
-type logRecorder struct {
-	mu   sync.Mutex
-	msgs []string
-}
-
-func (l *logRecorder) logger() *slog.Logger { return slog.New(recordHandler{l}) }
-
-// count returns how many records had message msg.
-func (l *logRecorder) count(msg string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := 0
-	for _, m := range l.msgs {
-		if m == msg {
-			n++
-		}
-	}
-	return n
-}
-
-func (l *logRecorder) has(msg string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return slices.Contains(l.msgs, msg)
-}
-
-type recordHandler struct{ l *logRecorder }
-
-func (h recordHandler) Enabled(context.Context, slog.Level) bool { return true }
-func (h recordHandler) Handle(_ context.Context, r slog.Record) error {
-	h.l.mu.Lock()
-	defer h.l.mu.Unlock()
-	h.l.msgs = append(h.l.msgs, r.Message)
-	return nil
-}
-func (h recordHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
-func (h recordHandler) WithGroup(string) slog.Handler      { return h }

@@ -11,6 +11,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/butterfly-mesh/butterfly/internal/etcdtest"
+	"github.com/butterfly-mesh/butterfly/internal/logtest"
 )
 
 // startWatch runs Watch until the test ends and returns its views.
@@ -123,12 +124,12 @@ func TestWatch_MalformedValuesSkipped(t *testing.T) {
 			t.Fatalf("Put(%q) = %v", key, err)
 		}
 	}
-	var logs logRecorder
+	var logs logtest.Recorder
 	resync := make(chan struct{})
-	views := startWatch(t, cli, "svc", WithLogger(logs.logger()), WithResync(resync))
+	views := startWatch(t, cli, "svc", WithLogger(logs.Logger()), WithResync(resync))
 	wantNames(t, nextView(t, views), "a=127.0.0.1:1")
 	const warning = "registry: skipping malformed instance"
-	if got := logs.count(warning); got != 4 {
+	if got := logs.Count(warning); got != 4 {
 		t.Errorf("warnings after the first list = %d, want 4", got)
 	}
 
@@ -139,7 +140,7 @@ func TestWatch_MalformedValuesSkipped(t *testing.T) {
 	}
 	putValue(t, cli, "svc", "b", "127.0.0.1:2")
 	wantNames(t, nextView(t, views), "a=127.0.0.1:1", "b=127.0.0.1:2")
-	if got := logs.count(warning); got != 5 {
+	if got := logs.Count(warning); got != 5 {
 		t.Errorf("warnings after a re-list and one new malformed value = %d, want 5", got)
 	}
 	// A good value replaces a malformed one.
@@ -220,18 +221,18 @@ func TestWatch_CompactionRelists(t *testing.T) {
 func TestRegistration_SurvivesEtcdOutage(t *testing.T) {
 	srv := etcdtest.Start(t)
 	cli := newClient(t, srv)
-	var logs logRecorder
+	var logs logtest.Recorder
 	// A restarted etcd renews the old lease for one TTL: 3s leaves the
 	// registration time to reconnect and put the key back on a loaded
 	// machine, so the instance never leaves.
-	r := register(t, cli, "svc", "i1", "127.0.0.1:7001", WithTTL(3*time.Second), WithLogger(logs.logger()))
+	r := register(t, cli, "svc", "i1", "127.0.0.1:7001", WithTTL(3*time.Second), WithLogger(logs.Logger()))
 	_, lease, _ := getValue(t, cli, r.Key())
 	views := startWatch(t, newClient(t, srv), "svc")
 	wantNames(t, nextView(t, views), "i1=127.0.0.1:7001")
 
 	srv.Stop(t)
 	waitUntil(t, "the registration to lose its lease", func() bool {
-		return logs.has("registry: lease lost; granting a new one")
+		return logs.Has("registry: lease lost; granting a new one")
 	})
 	srv.Restart(t)
 	waitUntil(t, "the key to be put back on a new lease", func() bool {

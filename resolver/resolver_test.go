@@ -19,6 +19,7 @@ import (
 	gresolver "google.golang.org/grpc/resolver"
 
 	"github.com/butterfly-mesh/butterfly/internal/etcdtest"
+	"github.com/butterfly-mesh/butterfly/internal/logtest"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
 
@@ -239,11 +240,11 @@ func TestResolver_HostMoveIsOneUpdate(t *testing.T) {
 func TestResolver_SurvivesEtcdOutage(t *testing.T) {
 	srv := etcdtest.Start(t)
 	regCli := newClient(t, srv)
-	var logs logRecorder
+	var logs logtest.Recorder
 	// A restarted etcd renews the old lease for one TTL: 3s leaves the
 	// registration time to reconnect and put the key back on a loaded
 	// machine, so the key never expires and no empty state is due.
-	reg := register(t, regCli, "svc", "a", "127.0.0.1:7001", registry.WithTTL(3*time.Second), registry.WithLogger(logs.logger()))
+	reg := register(t, regCli, "svc", "a", "127.0.0.1:7001", registry.WithTTL(3*time.Second), registry.WithLogger(logs.Logger()))
 	cc := newFakeClientConn()
 	build(t, newClient(t, srv), cc, "svc")
 	first := nextState(t, cc)
@@ -252,7 +253,7 @@ func TestResolver_SurvivesEtcdOutage(t *testing.T) {
 
 	srv.Stop(t)
 	waitUntil(t, "the registration to lose its lease", func() bool {
-		return logs.has("registry: lease lost; granting a new one")
+		return logs.Has("registry: lease lost; granting a new one")
 	})
 	srv.Restart(t)
 	// The key is put back on a new lease: a new revision of the same value.
@@ -356,16 +357,16 @@ func TestResolver_MalformedValueSkipped(t *testing.T) {
 func TestResolver_ResolveNow(t *testing.T) {
 	srv := etcdtest.Start(t)
 	cli := srv.Client(t)
-	var logs logRecorder
+	var logs logtest.Recorder
 	register(t, cli, "svc", "a", "127.0.0.1:7001")
 	cc := newFakeClientConn()
-	r := build(t, cli, cc, "svc", WithLogger(logs.logger()))
+	r := build(t, cli, cc, "svc", WithLogger(logs.Logger()))
 	wantState(t, nextState(t, cc), "a=127.0.0.1:7001/1")
 	for range 3 {
 		r.ResolveNow(gresolver.ResolveNowOptions{})
 	}
 	noState(t, cc)
-	waitUntil(t, "a re-list", func() bool { return logs.has("registry: resync requested; listing again") })
+	waitUntil(t, "a re-list", func() bool { return logs.Has("registry: resync requested; listing again") })
 	register(t, cli, "svc", "b", "127.0.0.1:7002")
 	wantState(t, nextState(t, cc), "a=127.0.0.1:7001/1", "b=127.0.0.1:7002/1")
 	if len(cc.errs) != 0 {
