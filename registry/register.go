@@ -2,7 +2,6 @@ package registry
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -31,13 +30,11 @@ const maxTxnAttempts = 8
 type Registration struct {
 	cli         *clientv3.Client
 	logger      *slog.Logger
-	instance    string
-	addr        string
+	rec         record
 	key         string
-	ctlKey      string
+	ctlKey      string // "" when the key has no control key
 	ttl         int64
 	callTimeout time.Duration
-	meta        Metadata // valueLocked fills in Epoch and Draining
 
 	replaced     chan struct{}
 	replacedOnce sync.Once
@@ -79,25 +76,33 @@ func Register(ctx context.Context, cli *clientv3.Client, service, instance, addr
 	if err := ValidateAddr(addr); err != nil {
 		return nil, fmt.Errorf("registry: %w", err)
 	}
-	key := ServiceKey(o.prefix, service, instance)
+	rec := &instanceRecord{addr: addr, meta: Metadata{
+		Instance: instance,
+		Weight:   o.weight,
+		Zone:     o.zone,
+		Started:  time.Now().UTC(),
+		Version:  o.version,
+	}}
+	r, err := registerKey(ctx, cli, ServiceKey(o.prefix, service, instance), ControlKey(o.prefix, service, instance), rec, o)
+	if err != nil {
+		return nil, err
+	}
+	r.logger.Info("registry: registered", "addr", addr, "lease", int64(r.lease))
+	return r, nil
+}
+
+// registerKey claims key for rec (see Register) and starts keeping it.
+func registerKey(ctx context.Context, cli *clientv3.Client, key, ctlKey string, rec record, o options) (*Registration, error) {
 	r := &Registration{
 		cli:         cli,
 		logger:      o.logger.With("key", key),
-		instance:    instance,
-		addr:        addr,
+		rec:         rec,
 		key:         key,
-		ctlKey:      ControlKey(o.prefix, service, instance),
+		ctlKey:      ctlKey,
 		ttl:         o.leaseTTL(),
 		callTimeout: max(time.Duration(o.leaseTTL())*time.Second, 2*time.Second),
-		meta: Metadata{
-			Instance: instance,
-			Weight:   o.weight,
-			Zone:     o.zone,
-			Started:  time.Now().UTC(),
-			Version:  o.version,
-		},
-		replaced: make(chan struct{}),
-		drain:    make(chan struct{}),
+		replaced:    make(chan struct{}),
+		drain:       make(chan struct{}),
 	}
 	r.opMu.Lock()
 	defer r.opMu.Unlock()
@@ -117,11 +122,13 @@ func Register(ctx context.Context, cli *clientv3.Client, service, instance, addr
 	}
 	r.startRev = rev
 	r.logger = r.logger.With("epoch", r.epoch)
-	r.logger.Info("registry: registered", "addr", addr, "lease", int64(r.lease))
 	r.ctx, r.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	r.wg.Add(2)
+	r.wg.Add(1)
 	go r.keep()
-	go r.watchControl()
+	if ctlKey != "" {
+		r.wg.Add(1)
+		go r.watchControl()
+	}
 	return r, nil
 }
 
@@ -217,13 +224,13 @@ const (
 )
 
 func (r *Registration) classify(data []byte) keyState {
-	v, err := ParseValue(r.instance, data)
+	claim, epoch, err := r.rec.decode(data)
 	switch {
 	case err != nil:
 		return keyStale
-	case v.Addr != r.addr || v.Metadata.Epoch > r.epoch:
+	case claim != r.rec.claim() || epoch > r.epoch:
 		return keyTaken
-	case v.Metadata.Epoch == r.epoch:
+	case epoch == r.epoch:
 		return keyOurs
 	default:
 		return keyStale
@@ -232,10 +239,7 @@ func (r *Registration) classify(data []byte) keyState {
 
 // valueLocked returns the JSON the key should hold now.
 func (r *Registration) valueLocked() ([]byte, error) {
-	m := r.meta
-	m.Epoch = r.epoch
-	m.Draining = r.draining
-	b, err := Value{Addr: r.addr, Metadata: m}.Marshal()
+	b, err := r.rec.encode(r.epoch, r.draining)
 	if err != nil {
 		return nil, fmt.Errorf("registry: encode value of %s: %w", r.key, err)
 	}
@@ -256,15 +260,18 @@ func (r *Registration) claimLocked(ctx context.Context) (int64, error) {
 		if len(get.Kvs) > 0 {
 			kv := get.Kvs[0]
 			cmp = clientv3.Compare(clientv3.ModRevision(r.key), "=", kv.ModRevision)
-			r.epoch = currentEpoch(kv.Value) + 1
+			epoch := r.rec.epochOf(kv.Value)
+			if epoch >= MaxEpoch {
+				return 0, fmt.Errorf("registry: put %s: epoch %d of the current value is at the limit %d", r.key, epoch, uint64(MaxEpoch))
+			}
+			r.epoch = epoch + 1
 		}
 		val, err := r.valueLocked()
 		if err != nil {
 			return 0, err
 		}
-		resp, err := r.cli.Txn(ctx).If(cmp).Then(
-			clientv3.OpPut(r.key, string(val), clientv3.WithLease(r.lease)),
-			clientv3.OpDelete(r.ctlKey),
+		resp, err := r.cli.Txn(ctx).If(cmp).Then(r.withControlDelete(
+			clientv3.OpPut(r.key, string(val), clientv3.WithLease(r.lease)))...,
 		).Commit()
 		if err != nil {
 			return 0, fmt.Errorf("registry: put %s: %w", r.key, err)
@@ -277,18 +284,13 @@ func (r *Registration) claimLocked(ctx context.Context) (int64, error) {
 	return 0, fmt.Errorf("registry: put %s: key changed %d times in a row", r.key, maxTxnAttempts)
 }
 
-// currentEpoch reads the epoch of a value leniently: a value without one, or
-// that is not JSON at all, counts as epoch 0.
-func currentEpoch(data []byte) uint64 {
-	var v struct {
-		Metadata struct {
-			Epoch uint64 `json:"epoch"`
-		} `json:"Metadata"`
+// withControlDelete returns ops followed by the deletion of the control key,
+// if the registration has one.
+func (r *Registration) withControlDelete(ops ...clientv3.Op) []clientv3.Op {
+	if r.ctlKey != "" {
+		ops = append(ops, clientv3.OpDelete(r.ctlKey))
 	}
-	if err := json.Unmarshal(data, &v); err != nil {
-		return 0
-	}
-	return v.Metadata.Epoch
+	return ops
 }
 
 // writeLocked puts the current value on the current lease if the key is
@@ -333,7 +335,7 @@ func (r *Registration) removeLocked(ctx context.Context) error {
 	cmp := clientv3.Compare(clientv3.Value(r.key), "=", string(r.lastValue))
 	for range maxTxnAttempts {
 		resp, err := r.cli.Txn(ctx).If(cmp).
-			Then(clientv3.OpDelete(r.key), clientv3.OpDelete(r.ctlKey)).
+			Then(r.withControlDelete(clientv3.OpDelete(r.key))...).
 			Else(clientv3.OpGet(r.key)).Commit()
 		if err != nil {
 			return fmt.Errorf("registry: delete %s: %w", r.key, err)

@@ -122,6 +122,9 @@ func ParseValue(instance string, data []byte) (Value, error) {
 	if err := ValidateAddr(v.Addr); err != nil {
 		return Value{}, fmt.Errorf("%w: %v", ErrInvalidValue, err)
 	}
+	if err := checkEpoch(v.Metadata.Epoch); err != nil {
+		return Value{}, fmt.Errorf("%w: %v", ErrInvalidValue, err)
+	}
 	switch v.Metadata.Instance {
 	case "":
 		v.Metadata.Instance = instance

@@ -41,8 +41,13 @@ type SubscribeHello struct {
 	// The number of deliveries the intermediate may send before it receives
 	// more credit.
 	InitialCredit uint32 `protobuf:"varint,5,opt,name=initial_credit,json=initialCredit,proto3" json:"initial_credit,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The epoch of the consumer's registration in etcd. A stream whose epoch
+	// is not the registered one receives nothing new; one below it (an
+	// incarnation that was taken over) or with no registration at all is
+	// refused with FAILED_PRECONDITION.
+	RegistrationEpoch uint64 `protobuf:"varint,6,opt,name=registration_epoch,json=registrationEpoch,proto3" json:"registration_epoch,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *SubscribeHello) Reset() {
@@ -106,6 +111,13 @@ func (x *SubscribeHello) GetHeartbeatIntervalMs() uint32 {
 func (x *SubscribeHello) GetInitialCredit() uint32 {
 	if x != nil {
 		return x.InitialCredit
+	}
+	return 0
+}
+
+func (x *SubscribeHello) GetRegistrationEpoch() uint64 {
+	if x != nil {
+		return x.RegistrationEpoch
 	}
 	return 0
 }
@@ -701,14 +713,15 @@ var File_butterfly_delivery_v1_subscribe_proto protoreflect.FileDescriptor
 
 const file_butterfly_delivery_v1_subscribe_proto_rawDesc = "" +
 	"\n" +
-	"%butterfly/delivery/v1/subscribe.proto\x12\x15butterfly.delivery.v1\x1a\"butterfly/message/v1/message.proto\"\xbe\x01\n" +
+	"%butterfly/delivery/v1/subscribe.proto\x12\x15butterfly.delivery.v1\x1a\"butterfly/message/v1/message.proto\"\xed\x01\n" +
 	"\x0eSubscribeHello\x12\x1f\n" +
 	"\vconsumer_id\x18\x01 \x01(\tR\n" +
 	"consumerId\x12\x14\n" +
 	"\x05group\x18\x02 \x01(\tR\x05group\x12\x1a\n" +
 	"\binstance\x18\x03 \x01(\tR\binstance\x122\n" +
 	"\x15heartbeat_interval_ms\x18\x04 \x01(\rR\x13heartbeatIntervalMs\x12%\n" +
-	"\x0einitial_credit\x18\x05 \x01(\rR\rinitialCredit\"x\n" +
+	"\x0einitial_credit\x18\x05 \x01(\rR\rinitialCredit\x12-\n" +
+	"\x12registration_epoch\x18\x06 \x01(\x04R\x11registrationEpoch\"x\n" +
 	"\x10SubscribeWelcome\x12\x1a\n" +
 	"\binstance\x18\x01 \x01(\tR\binstance\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x122\n" +

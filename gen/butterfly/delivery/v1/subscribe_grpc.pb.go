@@ -34,8 +34,13 @@ type SubscribeServiceClient interface {
 	// SubscribeHello; the intermediate answers with a SubscribeWelcome. The
 	// intermediate sends deliveries only within the credits the consumer
 	// granted; the consumer acknowledges each delivery once its handler
-	// returned. Deliveries unacknowledged when the stream ends go to another
-	// consumer.
+	// returned. A consumer must be registered in etcd under its group
+	// (<prefix>/consumers/<service>/<group>/<consumer_id>) and the group
+	// declared (<prefix>/groups/<service>/<group>); otherwise the stream is
+	// refused with FAILED_PRECONDITION. Deliveries unacknowledged when the
+	// stream ends wait for the same consumer (or go back to their producers)
+	// while its registration lives, and go to the group's other consumers once
+	// it is gone.
 	Subscribe(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SubscribeRequest, SubscribeResponse], error)
 }
 
@@ -72,8 +77,13 @@ type SubscribeServiceServer interface {
 	// SubscribeHello; the intermediate answers with a SubscribeWelcome. The
 	// intermediate sends deliveries only within the credits the consumer
 	// granted; the consumer acknowledges each delivery once its handler
-	// returned. Deliveries unacknowledged when the stream ends go to another
-	// consumer.
+	// returned. A consumer must be registered in etcd under its group
+	// (<prefix>/consumers/<service>/<group>/<consumer_id>) and the group
+	// declared (<prefix>/groups/<service>/<group>); otherwise the stream is
+	// refused with FAILED_PRECONDITION. Deliveries unacknowledged when the
+	// stream ends wait for the same consumer (or go back to their producers)
+	// while its registration lives, and go to the group's other consumers once
+	// it is gone.
 	Subscribe(grpc.BidiStreamingServer[SubscribeRequest, SubscribeResponse]) error
 	mustEmbedUnimplementedSubscribeServiceServer()
 }

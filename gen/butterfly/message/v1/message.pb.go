@@ -102,6 +102,15 @@ const (
 	// The message breaks a limit or is malformed (size, headers, id).
 	// Permanent.
 	NackReason_NACK_REASON_INVALID NackReason = 5
+	// No consumer could take the message: no consumer group of the service is
+	// declared, or a declared group has no registered consumer. Transient: the
+	// producer keeps the message and sends it again; the window holds the rest
+	// back until a consumer registers or the group is deleted.
+	NackReason_NACK_REASON_NO_CONSUMER NackReason = 6
+	// The consumer that owns the message in one of its groups is registered
+	// but not connected to this intermediate. Transient: send it again through
+	// another intermediate, which may reach the owner.
+	NackReason_NACK_REASON_OWNER_UNREACHABLE NackReason = 7
 )
 
 // Enum value maps for NackReason.
@@ -113,6 +122,8 @@ var (
 		3: "NACK_REASON_DRAINING",
 		4: "NACK_REASON_UNAVAILABLE",
 		5: "NACK_REASON_INVALID",
+		6: "NACK_REASON_NO_CONSUMER",
+		7: "NACK_REASON_OWNER_UNREACHABLE",
 	}
 	NackReason_value = map[string]int32{
 		"NACK_REASON_UNSPECIFIED":       0,
@@ -121,6 +132,8 @@ var (
 		"NACK_REASON_DRAINING":          3,
 		"NACK_REASON_UNAVAILABLE":       4,
 		"NACK_REASON_INVALID":           5,
+		"NACK_REASON_NO_CONSUMER":       6,
+		"NACK_REASON_OWNER_UNREACHABLE": 7,
 	}
 )
 
@@ -291,7 +304,13 @@ type Message struct {
 	// epoch. Used for end-to-end latency.
 	CreateTimeUnixNano int64 `protobuf:"varint,5,opt,name=create_time_unix_nano,json=createTimeUnixNano,proto3" json:"create_time_unix_nano,omitempty"`
 	// Trace context of the span that produced the message.
-	Trace         *TraceContext `protobuf:"bytes,6,opt,name=trace,proto3" json:"trace,omitempty"`
+	Trace *TraceContext `protobuf:"bytes,6,opt,name=trace,proto3" json:"trace,omitempty"`
+	// The producer's low-water mark when it accepted the message: the lowest
+	// seq of this producer incarnation not yet acknowledged end to end (0:
+	// not known). Every lower seq was acknowledged, so a consumer drops a
+	// message below the highest mark it saw as a duplicate and keeps exact
+	// dedup state only above it. A stage forwards the mark with the id.
+	LowWaterSeq   uint64 `protobuf:"varint,7,opt,name=low_water_seq,json=lowWaterSeq,proto3" json:"low_water_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -366,6 +385,13 @@ func (x *Message) GetTrace() *TraceContext {
 		return x.Trace
 	}
 	return nil
+}
+
+func (x *Message) GetLowWaterSeq() uint64 {
+	if x != nil {
+		return x.LowWaterSeq
+	}
+	return 0
 }
 
 // SeqRange is an inclusive range of stream sequence numbers or delivery ids.
@@ -617,14 +643,15 @@ const file_butterfly_message_v1_message_proto_rawDesc = "" +
 	"\vtraceparent\x18\x01 \x01(\tR\vtraceparent\x12\x1e\n" +
 	"\n" +
 	"tracestate\x18\x02 \x01(\tR\n" +
-	"tracestate\"\xd5\x02\n" +
+	"tracestate\"\xf9\x02\n" +
 	"\aMessage\x12/\n" +
 	"\x02id\x18\x01 \x01(\v2\x1f.butterfly.message.v1.MessageIdR\x02id\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\x12D\n" +
 	"\aheaders\x18\x03 \x03(\v2*.butterfly.message.v1.Message.HeadersEntryR\aheaders\x12\x18\n" +
 	"\apayload\x18\x04 \x01(\fR\apayload\x121\n" +
 	"\x15create_time_unix_nano\x18\x05 \x01(\x03R\x12createTimeUnixNano\x128\n" +
-	"\x05trace\x18\x06 \x01(\v2\".butterfly.message.v1.TraceContextR\x05trace\x1a:\n" +
+	"\x05trace\x18\x06 \x01(\v2\".butterfly.message.v1.TraceContextR\x05trace\x12\"\n" +
+	"\rlow_water_seq\x18\a \x01(\x04R\vlowWaterSeq\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"4\n" +
@@ -645,7 +672,7 @@ const file_butterfly_message_v1_message_proto_rawDesc = "" +
 	"\x18DRAIN_REASON_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15DRAIN_REASON_SHUTDOWN\x10\x01\x12\x19\n" +
 	"\x15DRAIN_REASON_OPERATOR\x10\x02\x12\x17\n" +
-	"\x13DRAIN_REASON_FENCED\x10\x03*\xbc\x01\n" +
+	"\x13DRAIN_REASON_FENCED\x10\x03*\xfc\x01\n" +
 	"\n" +
 	"NackReason\x12\x1b\n" +
 	"\x17NACK_REASON_UNSPECIFIED\x10\x00\x12!\n" +
@@ -653,7 +680,9 @@ const file_butterfly_message_v1_message_proto_rawDesc = "" +
 	"\x1aNACK_REASON_HANDLER_FAILED\x10\x02\x12\x18\n" +
 	"\x14NACK_REASON_DRAINING\x10\x03\x12\x1b\n" +
 	"\x17NACK_REASON_UNAVAILABLE\x10\x04\x12\x17\n" +
-	"\x13NACK_REASON_INVALID\x10\x05B\xe2\x01\n" +
+	"\x13NACK_REASON_INVALID\x10\x05\x12\x1b\n" +
+	"\x17NACK_REASON_NO_CONSUMER\x10\x06\x12!\n" +
+	"\x1dNACK_REASON_OWNER_UNREACHABLE\x10\aB\xe2\x01\n" +
 	"\x18com.butterfly.message.v1B\fMessageProtoP\x01ZFgithub.com/butterfly-mesh/butterfly/gen/butterfly/message/v1;messagev1\xa2\x02\x03BMX\xaa\x02\x14Butterfly.Message.V1\xca\x02\x14Butterfly\\Message\\V1\xe2\x02 Butterfly\\Message\\V1\\GPBMetadata\xea\x02\x16Butterfly::Message::V1b\x06proto3"
 
 var (

@@ -1,0 +1,105 @@
+package registry
+
+import (
+	"encoding/json"
+	"fmt"
+)
+
+// MaxEpoch is the largest epoch a registration claims. A key whose value
+// holds it (or more) cannot be taken over by raising the epoch: Register
+// fails, naming the key, instead of wrapping to 0.
+const MaxEpoch = 1<<53 - 1
+
+// record is what one kind of registration keeps at its key: how to write it
+// and how to read back whose it is.
+type record interface {
+	// encode returns the value for an epoch and draining state.
+	encode(epoch uint64, draining bool) ([]byte, error)
+	// decode reads the claim (what else than the epoch tells incarnations
+	// apart: an instance's address) and the epoch of a value.
+	decode(data []byte) (claim string, epoch uint64, err error)
+	// claim is this registration's own claim.
+	claim() string
+	// epochOf reads the epoch of a value leniently: a value without one, or
+	// that is not JSON at all, counts as epoch 0.
+	epochOf(data []byte) uint64
+}
+
+// instanceRecord is the value of an intermediate instance's service key.
+type instanceRecord struct {
+	addr string
+	meta Metadata // encode fills in Epoch and Draining
+}
+
+var _ record = (*instanceRecord)(nil)
+
+func (r *instanceRecord) encode(epoch uint64, draining bool) ([]byte, error) {
+	m := r.meta
+	m.Epoch = epoch
+	m.Draining = draining
+	return Value{Addr: r.addr, Metadata: m}.Marshal()
+}
+
+func (r *instanceRecord) decode(data []byte) (string, uint64, error) {
+	v, err := ParseValue(r.meta.Instance, data)
+	if err != nil {
+		return "", 0, err
+	}
+	return v.Addr, v.Metadata.Epoch, nil
+}
+
+func (r *instanceRecord) claim() string { return r.addr }
+
+func (r *instanceRecord) epochOf(data []byte) uint64 {
+	var v struct {
+		Metadata struct {
+			Epoch uint64 `json:"epoch"`
+		} `json:"Metadata"`
+	}
+	if err := json.Unmarshal(data, &v); err != nil {
+		return 0
+	}
+	return v.Metadata.Epoch
+}
+
+// consumerRecord is the value of a consumer's registration key.
+type consumerRecord struct {
+	val ConsumerValue // encode fills in Epoch and Draining
+}
+
+var _ record = (*consumerRecord)(nil)
+
+func (r *consumerRecord) encode(epoch uint64, draining bool) ([]byte, error) {
+	v := r.val
+	v.Epoch = epoch
+	v.Draining = draining
+	return json.Marshal(v)
+}
+
+func (r *consumerRecord) decode(data []byte) (string, uint64, error) {
+	v, err := ParseConsumerValue(r.val.Group, r.val.Consumer, data)
+	if err != nil {
+		return "", 0, err
+	}
+	return "", v.Epoch, nil
+}
+
+func (r *consumerRecord) claim() string { return "" }
+
+func (r *consumerRecord) epochOf(data []byte) uint64 {
+	var v struct {
+		Epoch uint64 `json:"epoch"`
+	}
+	if err := json.Unmarshal(data, &v); err != nil {
+		return 0
+	}
+	return v.Epoch
+}
+
+// checkEpoch refuses an epoch above MaxEpoch.
+func checkEpoch(epoch uint64) error {
+	if epoch > MaxEpoch {
+		return fmt.Errorf("epoch %d is over the limit %d", epoch, uint64(MaxEpoch))
+	}
+	return nil
+}

@@ -1,0 +1,168 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/butterfly-mesh/butterfly/internal/etcdtest"
+)
+
+// startSubWatch runs WatchSubscriptions until the test ends and returns its
+// views.
+func startSubWatch(t *testing.T, cli *clientv3.Client, service string) <-chan Subscriptions {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	views := make(chan Subscriptions, 100)
+	done := make(chan error, 1)
+	go func() {
+		done <- WatchSubscriptions(ctx, cli, service, func(s Subscriptions) {
+			select {
+			case views <- s:
+			case <-ctx.Done():
+			}
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Errorf("WatchSubscriptions() = %v, want %v", err, context.Canceled)
+		}
+	})
+	return views
+}
+
+// summary renders a view as "group[+declared]: consumer@epoch(d) ..." lines.
+func summary(s Subscriptions) string {
+	var b strings.Builder
+	for _, g := range s.Groups {
+		fmt.Fprintf(&b, "%s declared=%v:", g.Name, g.Declared)
+		for _, c := range g.Consumers {
+			fmt.Fprintf(&b, " %s@%d", c.ID, c.Value.Epoch)
+			if c.Value.Draining {
+				b.WriteString("(d)")
+			}
+		}
+		b.WriteString(";")
+	}
+	return b.String()
+}
+
+// waitSummary waits for a view whose summary is want.
+func waitSummary(t *testing.T, views <-chan Subscriptions, want string) Subscriptions {
+	t.Helper()
+	deadline := time.After(defaultTestTimeout)
+	var last string
+	for {
+		select {
+		case s := <-views:
+			if last = summary(s); last == want {
+				return s
+			}
+		case <-deadline:
+			t.Fatalf("no view %q after %v; last %q", want, defaultTestTimeout, last)
+		}
+	}
+}
+
+// TestSubscriptions_GroupsConsumersTakeover declares groups, registers and
+// takes over consumers, and deletes a group, checking each view and the
+// fencing of the replaced consumer.
+func TestSubscriptions_GroupsConsumersTakeover(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := newClient(t, srv)
+	ctx := testContext(t)
+	views := startSubWatch(t, cli, "svc")
+	waitSummary(t, views, "")
+
+	created, err := CreateGroup(ctx, cli, "svc", "a", "c1")
+	if err != nil || !created {
+		t.Fatalf("CreateGroup(a) = %v, %v, want true, nil", created, err)
+	}
+	if created, err := CreateGroup(ctx, cli, "svc", "a", "c2"); err != nil || created {
+		t.Fatalf("CreateGroup(a) again = %v, %v, want false, nil", created, err)
+	}
+	c1, err := RegisterConsumer(ctx, cli, "svc", "a", "c1", WithTTL(time.Second))
+	if err != nil {
+		t.Fatalf("RegisterConsumer(c1) = %v", err)
+	}
+	defer c1.Close(context.Background())
+	waitSummary(t, views, "a declared=true: c1@1;")
+
+	// A consumer of a group nobody declared is listed, undeclared.
+	b1, err := RegisterConsumer(ctx, cli, "svc", "b", "b1")
+	if err != nil {
+		t.Fatalf("RegisterConsumer(b1) = %v", err)
+	}
+	defer b1.Close(context.Background())
+	waitSummary(t, views, "a declared=true: c1@1;b declared=false: b1@1;")
+
+	// A second process with the same id takes over: epoch 2, the first is
+	// fenced and leaves the key alone.
+	c1b, err := RegisterConsumer(ctx, cli, "svc", "a", "c1")
+	if err != nil {
+		t.Fatalf("RegisterConsumer(c1) again = %v", err)
+	}
+	defer c1b.Close(context.Background())
+	waitClosed(t, "c1.Replaced()", c1.Replaced())
+	waitSummary(t, views, "a declared=true: c1@2;b declared=false: b1@1;")
+	if err := c1.Close(ctx); err != nil {
+		t.Fatalf("Close(replaced c1) = %v", err)
+	}
+	if err := c1b.SetDraining(ctx); err != nil {
+		t.Fatalf("SetDraining(c1) = %v", err)
+	}
+	s := waitSummary(t, views, "a declared=true: c1@2(d);b declared=false: b1@1;")
+	g, ok := s.Group("a")
+	if c, found := g.Consumer("c1"); !ok || !found || c.Value.Group != "a" || c.Value.Consumer != "c1" {
+		t.Fatalf("Group(a).Consumer(c1) = %+v, %v, %v", c, ok, found)
+	}
+
+	if existed, err := DeleteGroup(ctx, cli, "svc", "a"); err != nil || !existed {
+		t.Fatalf("DeleteGroup(a) = %v, %v, want true, nil", existed, err)
+	}
+	waitSummary(t, views, "a declared=false: c1@2(d);b declared=false: b1@1;")
+	if err := c1b.Close(ctx); err != nil {
+		t.Fatalf("Close(c1) = %v", err)
+	}
+	waitSummary(t, views, "b declared=false: b1@1;")
+}
+
+// TestParseConsumerValue_Rejects refuses values that disagree with their
+// key or carry an absurd epoch.
+func TestParseConsumerValue_Rejects(t *testing.T) {
+	for _, tc := range []struct{ name, data string }{
+		{"not json", "x"},
+		{"other id", `{"consumer":"c2","group":"g","epoch":1}`},
+		{"other group", `{"consumer":"c1","group":"h","epoch":1}`},
+		{"epoch over the limit", fmt.Sprintf(`{"consumer":"c1","group":"g","epoch":%d}`, uint64(MaxEpoch)+1)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := ParseConsumerValue("g", "c1", []byte(tc.data)); !errors.Is(err, ErrInvalidValue) {
+				t.Errorf("ParseConsumerValue(%s) = %v, want ErrInvalidValue", tc.data, err)
+			}
+		})
+	}
+}
+
+// TestRegister_EpochAtLimitRefused does not wrap an epoch at the limit.
+func TestRegister_EpochAtLimitRefused(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := newClient(t, srv)
+	ctx := testContext(t)
+	key := ServiceKey(DefaultPrefix, "svc", "i1")
+	if _, err := cli.Put(ctx, key, fmt.Sprintf(`{"Addr":"127.0.0.1:1","Metadata":{"epoch":%d}}`, uint64(MaxEpoch))); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := Register(ctx, cli, "svc", "i1", "127.0.0.1:2"); err == nil || !strings.Contains(err.Error(), "limit") {
+		if r != nil {
+			r.Close(ctx)
+		}
+		t.Fatalf("Register() over an epoch at the limit = %v, want an error naming the limit", err)
+	}
+}
