@@ -17,7 +17,7 @@ func newIntermediateCommand(r *rootCommand) *cobra.Command {
 	var (
 		name, listen, advertise, service, processor, admin, zone string
 		weight                                                   uint32
-		leaseTTL, drainTimeout                                   time.Duration
+		leaseTTL, drainTimeout, stopTimeout                      time.Duration
 		tlsf                                                     *tlsFlags
 		lim                                                      *limitFlags
 		obsf                                                     *observeFlags
@@ -88,6 +88,9 @@ RESOURCE_EXHAUSTED naming the limit.`,
 			if drainTimeout <= 0 {
 				return usagef("--drain-timeout %v: must be positive", drainTimeout)
 			}
+			if stopTimeout <= 0 {
+				return usagef("--stop-timeout %v: must be positive", stopTimeout)
+			}
 			limitOpts, err := lim.options()
 			if err != nil {
 				return err
@@ -112,6 +115,7 @@ RESOURCE_EXHAUSTED naming the limit.`,
 				intermediate.WithProcessor(proc),
 				intermediate.WithLeaseTTL(leaseTTL),
 				intermediate.WithDrainTimeout(drainTimeout),
+				intermediate.WithStopTimeout(stopTimeout),
 				intermediate.WithRegistryOptions(registry.WithWeight(weight), registry.WithZone(zone), registry.WithVersion(buildVersion())),
 				intermediate.WithGRPCServerOptions(creds),
 			}
@@ -172,6 +176,7 @@ RESOURCE_EXHAUSTED naming the limit.`,
 	f.StringVar(&admin, "admin", "", "host:port for the HTTP admin endpoint (/metrics, /healthz, /readyz)")
 	f.DurationVar(&leaseTTL, "lease-ttl", 5*time.Second, "etcd lease TTL of the registration")
 	f.DurationVar(&drainTimeout, "drain-timeout", 10*time.Second, "how long a drain may take before the rest is handed back")
+	f.DurationVar(&stopTimeout, "stop-timeout", intermediate.DefaultStopTimeout, "bound of each etcd update and of the final graceful stop of a drain")
 	f.Uint32Var(&weight, "weight", 1, "relative share of new work")
 	f.StringVar(&zone, "zone", "", "zone of the instance, for zone-local picks")
 	tlsf = addTLSFlags(r, f, true)
