@@ -47,7 +47,8 @@ func (e labEvent) String() string {
 type incarnation struct {
 	id, group, host, file string
 	proc                  *proc
-	lostLine              int // lines before it were handled before the registration could go; -1: never lost
+	lostLine              int       // lines before it were handled before the registration could go; -1: never lost
+	lostAt                time.Time // when it was recorded lost
 	samples               []sizeSample
 }
 
@@ -149,7 +150,7 @@ func (h *history) lose(p *proc, why string) {
 	defer h.mu.Unlock()
 	for _, inc := range h.incs {
 		if inc.proc == p {
-			inc.lostLine = countLines(inc.file)
+			inc.lostLine, inc.lostAt = countLines(inc.file), time.Now()
 			if h.f != nil {
 				fmt.Fprintln(h.f, labEvent{time.Now(), "lost", fmt.Sprintf("%s (%s) after %d lines", p.name, why, inc.lostLine)})
 			}
@@ -161,6 +162,18 @@ func (h *history) lose(p *proc, why string) {
 func countLines(file string) int {
 	b, _ := os.ReadFile(file)
 	return strings.Count(string(b), "\n")
+}
+
+// lostHandlingGrace is how long after a consumer was recorded lost (a
+// thaw, a healed cut) what it handled still counts as handled while lost:
+// a consumer that wakes up first finishes the deliveries it held, then
+// learns its registration is gone.
+const lostHandlingGrace = 2 * time.Second
+
+// lostHandling reports whether o happened while its consumer's
+// registration may have been gone: at least once is then allowed.
+func (inc *incarnation) lostHandling(o occurrence) bool {
+	return inc.lostLine >= 0 && (o.line < inc.lostLine || !o.at.After(inc.lostAt.Add(lostHandlingGrace)))
 }
 
 // occurrence is one handling of an id.
@@ -280,7 +293,7 @@ func (h *history) check(timeout time.Duration) {
 				live := 0
 				var where []string
 				for _, o := range occ {
-					if o.inc.lostLine < 0 || o.line >= o.inc.lostLine {
+					if !o.inc.lostHandling(o) {
 						live++
 					}
 					where = append(where, fmt.Sprintf("%s@%s", o.inc.id, o.at.Format("15:04:05.0")))

@@ -185,9 +185,29 @@ func (l *lab) teardown() {
 		deleteNamespace(h.ns)
 	}
 	deleteNamespace(l.bridge)
-	if l.t.Failed() {
-		l.t.Logf("lab history kept in %s (events: %s)", l.m.dir, l.hist.path)
+	if l.t.Failed() || os.Getenv("BUTTERFLY_LAB_KEEP") != "" {
+		l.keep()
 	}
+}
+
+// keep copies the history (events log, --out files, process logs; not the
+// etcd data) out of the test's temporary directory, which go test removes.
+func (l *lab) keep() {
+	dir, err := os.MkdirTemp("", "butterfly-lab-"+strings.ReplaceAll(l.t.Name(), "/", "_")+"-")
+	if err != nil {
+		l.t.Logf("lab history in %s (not kept: %v)", l.m.dir, err)
+		return
+	}
+	entries, _ := os.ReadDir(l.m.dir)
+	for _, e := range entries {
+		if e.IsDir() {
+			continue
+		}
+		if b, err := os.ReadFile(filepath.Join(l.m.dir, e.Name())); err == nil {
+			os.WriteFile(filepath.Join(dir, e.Name()), b, 0o644)
+		}
+	}
+	l.t.Logf("lab history kept in %s (events: %s)", dir, filepath.Join(dir, "events.log"))
 }
 
 // deleteNamespace kills whatever still runs in ns and deletes it.

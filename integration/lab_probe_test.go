@@ -20,6 +20,7 @@ import (
 //	listen ADDR        accept connections on ADDR, answer each with "ok"
 //	dial ADDR          exit 0 if ADDR answers "ok" within a second
 //	etcd-leader EPS    print the client endpoint of the etcd leader
+//	etcd-keys=P EPS    print the keys under prefix P
 const labProbeEnv = "BUTTERFLY_LAB_PROBE"
 
 func init() {
@@ -83,6 +84,25 @@ func runProbe(args []string) int {
 		fmt.Fprintln(os.Stderr, "no endpoint says it leads")
 		return 1
 	}
+	if strings.HasPrefix(args[0], "etcd-keys=") {
+		cli, err := clientv3.New(clientv3.Config{Endpoints: strings.Split(args[1], ","), DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer cli.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		resp, err := cli.Get(ctx, strings.TrimPrefix(args[0], "etcd-keys="), clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		for _, kv := range resp.Kvs {
+			fmt.Println(string(kv.Key))
+		}
+		return 0
+	}
 	fmt.Fprintf(os.Stderr, "%s: unknown mode %q\n", labProbeEnv, args[0])
 	return 2
 }
@@ -120,6 +140,15 @@ func (h *host) listen() *proc {
 func (l *lab) reaches(a, b *host) bool {
 	ok, _ := a.probe("dial " + b.ip + ":9000")
 	return ok
+}
+
+// etcdKeys returns the keys under prefix, read from h.
+func (l *lab) etcdKeys(from *host, prefix string) []string {
+	ok, out := from.probe("etcd-keys=" + prefix + " " + strings.Join(l.etcdEndpoints(), ","))
+	if !ok || out == "" {
+		return nil
+	}
+	return strings.Split(out, "\n")
 }
 
 // etcdLeader returns the host of the etcd leader, asked from h.

@@ -20,6 +20,10 @@ func (h *host) start(name string, args ...string) *proc {
 	if args[0] != "etcd" {
 		full = append(full, "--etcd-endpoints", strings.Join(h.lab.etcdEndpoints(), ","))
 	}
+	switch args[0] {
+	case "intermediate", "consume", "produce", "stage":
+		full = append(full, "--insecure") // lab addresses are not loopback
+	}
 	return h.spawn(name, nil, binary, full...)
 }
 
@@ -141,7 +145,7 @@ func (l *lab) startEtcd(hosts ...*host) {
 // registered.
 func (l *lab) startIntermediate(h *host, name string) (*proc, serving) {
 	l.t.Helper()
-	p := h.start(name+"@"+h.name, "intermediate", "--name", name, "--listen", h.ip+":7000",
+	p := h.start(name+"@"+h.name, "intermediate", "--log-level", "debug", "--name", name, "--listen", h.ip+":7000",
 		"--lease-ttl", leaseTTL, "--drain-timeout", "5s")
 	line := p.waitOutput(`"event":"serving"`, defaultTestTimeout)
 	var s serving
