@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"slices"
 	"testing"
 	"time"
 )
@@ -51,8 +52,14 @@ func TestLab_ProducerCutFromIntermediate(t *testing.T) {
 func TestLab_IntermediateCutFromEtcd(t *testing.T) {
 	runLabScenario(t, oneGroup, func(lm *labMesh) {
 		lm.cut(lm.at["i1"], lm.etcdHosts[0])
-		lm.hold(6 * time.Second)
+		waitUntil(lm.t, 6*time.Second, "i1's lease expired", func() bool {
+			entries, err := lm.registered(lm.etcdHosts[0], "intermediate")
+			return err == nil && !slices.ContainsFunc(entries, func(e lsEntry) bool { return e.Instance == "i1" })
+		})
+		lm.hist.event("expired", "i1's registration is gone")
+		lm.hold(4 * time.Second)
 		lm.heal(lm.at["i1"], lm.etcdHosts[0])
+		lm.waitRegistered(lm.etcdHosts[0], "i1", lm.at["i1"], 15*time.Second)
 	})
 }
 
