@@ -63,17 +63,34 @@ func TestLab_IntermediateCutFromEtcd(t *testing.T) {
 	})
 }
 
-// TestLab_EtcdLeaderIsolated isolates the leader of a 3-member etcd from
-// every other host for three lease TTLs.
-func TestLab_EtcdLeaderIsolated(t *testing.T) {
+// TestLab_EtcdPartition splits a 3-member etcd for three lease TTLs: the
+// leader isolated from every host, or a follower with c1 and i1 in the
+// minority.
+func TestLab_EtcdPartition(t *testing.T) {
 	spec := oneGroup
 	spec.etcd = 3
-	runLabScenario(t, spec, func(lm *labMesh) {
-		leader := lm.etcdLeader(lm.at["c1"])
-		lm.partition(leader)
-		lm.hold(6 * time.Second)
-		lm.healAll()
-	})
+	for _, tc := range []struct {
+		name     string
+		minority func(lm *labMesh, leader *host) []*host
+	}{
+		{"LeaderIsolated", func(lm *labMesh, leader *host) []*host { return []*host{leader} }},
+		{"MinorityWithComponents", func(lm *labMesh, leader *host) []*host {
+			follower := lm.etcdHosts[0]
+			if follower == leader {
+				follower = lm.etcdHosts[1]
+			}
+			return []*host{follower, lm.at["c1"], lm.at["i1"]}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			runLabScenario(t, spec, func(lm *labMesh) {
+				minority := tc.minority(lm, lm.etcdLeader(lm.at["c1"]))
+				lm.hist.event("split", "minority %s", names(minority))
+				lm.partition(minority...)
+				lm.holdCut(6 * time.Second)
+			})
+		})
+	}
 }
 
 // TestLab_KillIntermediateConsumerFrozen SIGKILLs i1 while c1 is frozen for
