@@ -143,10 +143,7 @@ func (s *Server) waitFor(expired <-chan time.Time, cond func() bool) bool {
 // janitor checks heartbeats and waiting messages at every heartbeat interval.
 func (s *Server) janitor(ctx context.Context) {
 	defer s.wg.Done()
-	interval := min(s.opts.heartbeatInterval, s.opts.noConsumerTimeout/10)
-	if s.opts.routingSettle > 0 {
-		interval = min(interval, s.opts.routingSettle/5)
-	}
+	interval := min(s.opts.heartbeatInterval, s.opts.noConsumerTimeout/10, s.opts.ownerWait/5)
 	ticker := time.NewTicker(max(interval, time.Millisecond))
 	defer ticker.Stop()
 	for {
@@ -165,7 +162,6 @@ func (s *Server) janitor(ctx context.Context) {
 					sub.cancel(errHeartbeat)
 				}
 			}
-			s.settleLocked(now)
 			s.expireLocked(now)
 			s.mu.Unlock()
 		}

@@ -11,24 +11,6 @@ import (
 	"github.com/butterfly-mesh/butterfly/intermediate"
 )
 
-// subscribeGroup opens a subscribe stream of consumer id in group, ending
-// with ctx, and reads the welcome.
-func (r *rig) subscribeGroup(ctx context.Context, id, group string, credit uint32) deliveryv1.SubscribeService_SubscribeClient {
-	r.t.Helper()
-	stream, err := deliveryv1.NewSubscribeServiceClient(r.conn).Subscribe(ctx)
-	if err != nil {
-		r.t.Fatalf("Subscribe() = %v", err)
-	}
-	hello := &deliveryv1.SubscribeHello{ConsumerId: id, Group: group, Instance: "i1", HeartbeatIntervalMs: quietHeartbeatMs, InitialCredit: credit}
-	if err := stream.Send(&deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Hello{Hello: hello}}); err != nil {
-		r.t.Fatalf("Send(hello) = %v", err)
-	}
-	if resp, err := stream.Recv(); err != nil || resp.GetWelcome() == nil {
-		r.t.Fatalf("subscribe welcome = %v, %v", resp, err)
-	}
-	return stream
-}
-
 // waitConsumers polls the admin status until n consumer streams are connected.
 func (r *rig) waitConsumers(n int) {
 	r.t.Helper()

@@ -21,7 +21,7 @@ const (
 	DefaultNoConsumerTimeout  = 5 * time.Second
 	DefaultLeaseTTL           = 5 * time.Second
 	DefaultStopTimeout        = 2 * time.Second
-	DefaultRoutingSettle      = 500 * time.Millisecond
+	DefaultOwnerWait          = time.Second
 	DefaultMaxHeaders         = 64
 	DefaultMaxHeaderBytes     = 16 << 10
 	DefaultMaxStreamsPerPeer  = 1000
@@ -47,7 +47,7 @@ type options struct {
 	maxBatchMessages  int
 	maxBatchBytes     int
 	noConsumerTimeout time.Duration
-	routingSettle     time.Duration
+	ownerWait         time.Duration
 	serverOptions     []grpc.ServerOption
 	observe           observeOptions
 	maxMessageBytes   int // 0: the batch byte limit
@@ -71,7 +71,7 @@ func defaultOptions() options {
 		maxBatchMessages:  DefaultMaxBatchMessages,
 		maxBatchBytes:     DefaultMaxBatchBytes,
 		noConsumerTimeout: DefaultNoConsumerTimeout,
-		routingSettle:     DefaultRoutingSettle,
+		ownerWait:         DefaultOwnerWait,
 		maxHeaders:        DefaultMaxHeaders,
 		maxHeaderBytes:    DefaultMaxHeaderBytes,
 		maxStreamsPerPeer: DefaultMaxStreamsPerPeer,
@@ -110,8 +110,8 @@ func (o *options) validate() error {
 	if o.noConsumerTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("no-consumer timeout %v is not positive", o.noConsumerTimeout))
 	}
-	if o.routingSettle < 0 || o.routingSettle >= o.noConsumerTimeout {
-		errs = append(errs, fmt.Errorf("routing settle %v must be in [0, no-consumer timeout %v)", o.routingSettle, o.noConsumerTimeout))
+	if o.ownerWait <= 0 {
+		errs = append(errs, fmt.Errorf("owner wait %v is not positive", o.ownerWait))
 	}
 	if o.advertiseAddr != "" {
 		if err := registry.ValidateAddr(o.advertiseAddr); err != nil {
@@ -177,23 +177,22 @@ func WithMaxBatch(messages, bytes int) Option {
 	}
 }
 
-// WithNoConsumerTimeout sets how long a message waits for a consumer before
-// it is handed back with NACK_REASON_UNAVAILABLE (default 5s).
+// WithNoConsumerTimeout sets how long a message waits for a group with no
+// registered consumer (or, before any group is declared, for a group) before
+// it is handed back with NACK_REASON_NO_CONSUMER (default 5s); its producer
+// keeps it and sends it again.
 func WithNoConsumerTimeout(d time.Duration) Option {
 	return func(o *options) { o.noConsumerTimeout = d }
 }
 
-// WithRoutingSettle sets how long routing waits for consumers to connect
-// (default 500ms): a consumer group that just appeared on this server waits
-// that long for the rest of its consumers before messages are routed in it,
-// and the deliveries of a consumer whose stream broke (without a drain) wait
-// that long for it to come back before they go to the group's other
-// consumers. Consumers connect to every intermediate at about the same time;
-// routing over a set that is still changing would send a message to another
-// consumer than a replica that sees the full set does, and a message sent
-// again through that replica would then be handled twice. 0 routes at once.
-func WithRoutingSettle(d time.Duration) Option {
-	return func(o *options) { o.routingSettle = d }
+// WithOwnerWait sets how long a message waits for the consumer that owns it
+// in a group, registered in etcd but not connected to this intermediate,
+// before it goes back to its producer with NACK_REASON_OWNER_UNREACHABLE to
+// travel through another intermediate (default 1s; at most the no-consumer
+// timeout). The message never goes to another consumer of the group while
+// the owner's registration lives.
+func WithOwnerWait(d time.Duration) Option {
+	return func(o *options) { o.ownerWait = d }
 }
 
 // WithGRPCServerOptions adds options to the gRPC server.

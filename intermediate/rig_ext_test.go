@@ -14,6 +14,7 @@ import (
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/intermediate"
 	"github.com/butterfly-mesh/butterfly/internal/etcdtest"
+	"github.com/butterfly-mesh/butterfly/registry"
 )
 
 const (
@@ -31,6 +32,7 @@ type rig struct {
 	srv  *intermediate.Server
 	conn *grpc.ClientConn
 	done chan error
+	regs map[string]*registry.Registration // consumer registrations by "<group>/<id>"
 }
 
 func newRig(t *testing.T, opts ...intermediate.Option) *rig {
@@ -39,7 +41,6 @@ func newRig(t *testing.T, opts ...intermediate.Option) *rig {
 	base := []intermediate.Option{
 		intermediate.WithPrefix(prefix),
 		intermediate.WithLeaseTTL(2 * time.Second),
-		intermediate.WithRoutingSettle(0),
 		intermediate.WithStopTimeout(300 * time.Millisecond),
 		intermediate.WithVersion("v-test"),
 	}
@@ -51,7 +52,7 @@ func newRig(t *testing.T, opts ...intermediate.Option) *rig {
 	if err != nil {
 		t.Fatalf("net.Listen() = %v", err)
 	}
-	r := &rig{t: t, cli: cli, srv: srv, done: make(chan error, 1)}
+	r := &rig{t: t, cli: cli, srv: srv, done: make(chan error, 1), regs: map[string]*registry.Registration{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { r.done <- srv.Serve(ctx, lis) }()
 	select {
@@ -131,22 +132,73 @@ func (r *rig) subscribe(id string, credit uint32) deliveryv1.SubscribeService_Su
 // subscribeCtx is subscribe on a stream that ends with ctx.
 func (r *rig) subscribeCtx(ctx context.Context, id string, credit uint32) deliveryv1.SubscribeService_SubscribeClient {
 	r.t.Helper()
+	return r.subscribeGroup(ctx, id, intermediate.DefaultGroup, credit)
+}
+
+// register declares group and registers consumer id in it, once per test;
+// it returns the registration's epoch.
+func (r *rig) register(group, id string) uint64 {
+	r.t.Helper()
+	key := group + "/" + id
+	if reg := r.regs[key]; reg != nil {
+		return reg.Epoch()
+	}
+	if _, err := registry.CreateGroup(r.ctx(), r.cli, service, group, "test", registry.WithPrefix(prefix)); err != nil {
+		r.t.Fatalf("CreateGroup(%s) = %v", group, err)
+	}
+	reg, err := registry.RegisterConsumer(r.ctx(), r.cli, service, group, id, registry.WithPrefix(prefix), registry.WithTTL(2*time.Second))
+	if err != nil {
+		r.t.Fatalf("RegisterConsumer(%s) = %v", key, err)
+	}
+	r.t.Cleanup(func() { reg.Close(context.Background()) })
+	r.regs[key] = reg
+	return reg.Epoch()
+}
+
+// unregister removes the registration of consumer id in group.
+func (r *rig) unregister(group, id string) {
+	r.t.Helper()
+	key := group + "/" + id
+	if err := r.regs[key].Close(r.ctx()); err != nil {
+		r.t.Fatalf("Close(registration %s) = %v", key, err)
+	}
+	delete(r.regs, key)
+}
+
+// subscribeGroup opens a subscribe stream of consumer id in group, ending
+// with ctx, registering the consumer first, and reads the welcome.
+func (r *rig) subscribeGroup(ctx context.Context, id, group string, credit uint32) deliveryv1.SubscribeService_SubscribeClient {
+	r.t.Helper()
+	stream, welcome, err := r.trySubscribe(ctx, &deliveryv1.SubscribeHello{ConsumerId: id, Group: group, Instance: "i1",
+		HeartbeatIntervalMs: quietHeartbeatMs, InitialCredit: credit, RegistrationEpoch: r.register(group, id)})
+	if err != nil {
+		r.t.Fatalf("subscribe %s/%s: %v", group, id, err)
+	}
+	if welcome.GetEpoch() != r.srv.Epoch() || welcome.GetInstance() != "i1" {
+		r.t.Errorf("welcome = %v, want instance i1 epoch %d", welcome, r.srv.Epoch())
+	}
+	return stream
+}
+
+// trySubscribe opens a subscribe stream with hello and returns the welcome,
+// or the error that refused the stream.
+func (r *rig) trySubscribe(ctx context.Context, hello *deliveryv1.SubscribeHello) (deliveryv1.SubscribeService_SubscribeClient, *deliveryv1.SubscribeWelcome, error) {
+	r.t.Helper()
 	stream, err := deliveryv1.NewSubscribeServiceClient(r.conn).Subscribe(ctx)
 	if err != nil {
 		r.t.Fatalf("Subscribe() = %v", err)
 	}
-	hello := &deliveryv1.SubscribeHello{ConsumerId: id, Instance: "i1", HeartbeatIntervalMs: quietHeartbeatMs, InitialCredit: credit}
 	if err := stream.Send(&deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Hello{Hello: hello}}); err != nil {
 		r.t.Fatalf("Send(hello) = %v", err)
 	}
 	resp, err := stream.Recv()
-	if err != nil || resp.GetWelcome() == nil {
-		r.t.Fatalf("subscribe welcome = %v, %v", resp, err)
+	if err != nil {
+		return nil, nil, err
 	}
-	if resp.GetWelcome().GetEpoch() != r.srv.Epoch() || resp.GetWelcome().GetInstance() != "i1" {
-		r.t.Errorf("welcome = %v, want instance i1 epoch %d", resp.GetWelcome(), r.srv.Epoch())
+	if resp.GetWelcome() == nil {
+		r.t.Fatalf("first subscribe response = %v, want a welcome", resp)
 	}
-	return stream
+	return stream, resp.GetWelcome(), nil
 }
 
 func msg(producer string, seq uint64, payload string) *messagev1.Message {

@@ -3,10 +3,29 @@ package intermediate
 import (
 	"encoding/binary"
 	"hash/fnv"
+	"maps"
+	"slices"
 	"time"
 
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/registry"
 )
+
+// Routing follows the subscriptions in etcd, never the streams that happen to
+// be connected: a message admitted gets one delivery per group declared at
+// that moment, and within a group the owner of its routing key is the
+// registered, non-draining consumer with the highest rendezvous score. Every
+// intermediate reads the same registrations, so a message sent again through
+// another intermediate reaches the same consumer, whose dedup drops it.
+//
+// A delivery whose owner has no open stream here waits (parked) for a
+// bounded time and then goes back to its producer with OWNER_UNREACHABLE, to
+// travel through an intermediate that reaches the owner; it never goes to
+// another consumer while the owner's registration lives. A group with no
+// registered consumer holds its deliveries the same way (NO_CONSUMER). The
+// owner changes only when the registrations change (lease expiry, drain,
+// takeover): then queued and parked deliveries are assigned again, and the
+// unacknowledged ones of a stream that ends go to the new owner.
 
 // DefaultGroup is the consumer group of a consumer that names none.
 const DefaultGroup = "default"
@@ -21,8 +40,9 @@ type held struct {
 	size     int
 	routeKey []byte
 
-	done       bool // acknowledged, handed back or abandoned
-	pending    int  // deliveries not yet acknowledged
+	order      uint64 // admission order in the server
+	done       bool   // acknowledged, handed back or abandoned
+	pending    int    // deliveries not yet acknowledged
 	sends      uint32
 	deadline   time.Time // while unrouted
 	deliveries []*delivery
@@ -35,82 +55,49 @@ type delivery struct {
 	group    string
 	sub      *subStream // the consumer stream it is queued on or sent to; nil while parked
 	id       uint64     // the delivery id on sub once sent, 0 while queued
-	acked    bool
-	deadline time.Time // while parked
+	acked    bool       // acknowledged, or released by the group's deletion
+	owner    string     // while parked: the owner it waits for ("" for none)
+	deadline time.Time  // while parked
 }
 
-// group is the set of subscribe streams of one consumer group. Its fields
-// are guarded by Server.mu.
+// group is one consumer group: its registrations as etcd has them, and its
+// streams on this server. Its fields are guarded by Server.mu.
 type group struct {
-	name    string
-	settled time.Time    // routing in the group starts then
-	subs    []*subStream // in the order they subscribed
-	// ghosts are consumer ids whose last stream ended without a drain, until
-	// they come back or their grace time passes. They keep their place in
-	// the rendezvous, so that their keys wait for them instead of going to
-	// another consumer, which would handle again what they already handled.
-	ghosts map[string]time.Time
-	// keepUntil is when a group with neither streams nor ghosts is
-	// forgotten. Until then its deliveries park (and go back to their
-	// producers when no consumer comes), so a group whose only consumer
-	// restarts misses no message.
-	keepUntil time.Time
+	name     string
+	declared bool
+	owners   []string          // registered consumers not draining, sorted: the rendezvous candidates
+	epochs   map[string]uint64 // the registered epoch of every registered consumer
+	subs     []*subStream      // open streams, in the order they subscribed
 }
 
-// ghostGrace is how long a consumer id whose stream ended without a drain
-// keeps its place in the rendezvous. It covers the time the consumer needs
-// to notice the break (heartbeats, about a second) and reconnect (its
-// backoff reaches one second), so a consumer that is still alive gets its
-// keys back instead of another consumer handling them again.
-const ghostGrace = 3 * time.Second
-
-// ghostGraceLocked is ghostGrace, kept below the no-consumer timeout so a
-// ghost never outlives the deliveries waiting for it.
-func (s *Server) ghostGraceLocked() time.Duration {
-	return min(max(ghostGrace, s.opts.routingSettle), s.opts.noConsumerTimeout/2)
-}
-
-// vacantLocked reports whether g has no stream and no ghost.
-func (g *group) vacantLocked() bool { return len(g.subs) == 0 && len(g.ghosts) == 0 }
-
-// pickLocked returns the stream of the group that key's deliveries go to: the
-// consumer id with the highest rendezvous score among the consumers that are
-// not draining and the ghosts, and of that id its newest stream. It returns
-// nil when the winner is a ghost or there is no candidate: the delivery then
-// waits.
-func (g *group) pickLocked(key []byte) *subStream {
+// ownerLocked returns the consumer id that owns key in the group, "" when
+// the group has no candidate.
+func (g *group) ownerLocked(key []byte) string {
 	var (
-		best      *subStream
-		bestID    string
+		best      string
 		bestScore uint64
-		found     bool
 	)
-	consider := func(id string, sub *subStream) {
-		score := rendezvousScore(id, key)
-		if !found || score > bestScore || (score == bestScore && id >= bestID) {
-			best, bestID, bestScore, found = sub, id, score, true
+	for i, id := range g.owners {
+		if score := rendezvousScore(id, key); i == 0 || score > bestScore || (score == bestScore && id > best) {
+			best, bestScore = id, score
 		}
-	}
-	for _, sub := range g.subs {
-		if !sub.draining && !sub.closed {
-			consider(sub.consumerID, sub)
-		}
-	}
-	for id := range g.ghosts {
-		consider(id, nil)
 	}
 	return best
 }
 
-// hasLive reports whether a stream of consumer id, other than except, is in
-// the group.
-func (g *group) hasLive(id string, except *subStream) bool {
-	for _, sub := range g.subs {
-		if sub != except && sub.consumerID == id && !sub.closed {
-			return true
+// streamForLocked returns the stream deliveries to consumer id go to: its
+// newest open stream of the registered epoch that does not drain, or nil.
+func (g *group) streamForLocked(id string) *subStream {
+	epoch, ok := g.epochs[id]
+	if !ok {
+		return nil
+	}
+	for _, sub := range slices.Backward(g.subs) {
+		if sub.consumerID == id && sub.epoch == epoch && !sub.draining && !sub.closed {
+			return sub
 		}
 	}
-	return false
+	return nil
 }
 
 // rendezvousScore is the highest-random-weight score of a consumer id for a
@@ -144,13 +131,35 @@ func routeKey(msg *messagev1.Message) []byte {
 	return []byte(msg.GetId().GetProducerId())
 }
 
+// groupLocked returns the group named name, adding an undeclared one.
+func (s *Server) groupLocked(name string) *group {
+	g := s.groups[name]
+	if g == nil {
+		g = &group{name: name}
+		s.groups[name] = g
+	}
+	return g
+}
+
+// declaredLocked reports whether any group is declared.
+func (s *Server) declaredLocked() bool {
+	for _, g := range s.groups {
+		if g.declared {
+			return true
+		}
+	}
+	return false
+}
+
 // admitLocked takes a processed message into the server's care and routes it
-// to every group.
+// to every declared group; with none, it waits for one.
 func (s *Server) admitLocked(h *held) {
 	s.heldTotal++
+	s.admitted++
+	h.order = s.admitted
 	h.pub.held[h.seq] = h
 	h.pub.inFlight = len(h.pub.held)
-	if len(s.groups) == 0 {
+	if !s.declaredLocked() {
 		h.deadline = time.Now().Add(s.opts.noConsumerTimeout)
 		s.unrouted = append(s.unrouted, h)
 		return
@@ -158,34 +167,62 @@ func (s *Server) admitLocked(h *held) {
 	s.routeHeldLocked(h)
 }
 
-// routeHeldLocked makes one delivery of h per group and assigns each.
+// routeHeldLocked makes one delivery of h per declared group and assigns
+// each.
 func (s *Server) routeHeldLocked(h *held) {
-	for name := range s.groups {
-		d := &delivery{h: h, group: name}
+	for _, g := range s.groups {
+		if !g.declared {
+			continue
+		}
+		d := &delivery{h: h, group: g.name}
 		h.deliveries = append(h.deliveries, d)
 		h.pending++
 		s.assignLocked(d)
 	}
 }
 
-// assignLocked queues d on the stream its group's rendezvous picks, or parks
-// it until a consumer of the group is there.
+// assignLocked queues d on its owner's stream, or parks it until the owner
+// (or, in a group without consumers, any consumer) is there. A delivery of a
+// group that was deleted is released.
 func (s *Server) assignLocked(d *delivery) {
 	d.id = 0
-	now := time.Now()
-	if g := s.groups[d.group]; g != nil && !now.Before(g.settled) {
-		if sub := g.pickLocked(d.h.routeKey); sub != nil {
-			d.sub = sub
+	g := s.groups[d.group]
+	if g == nil || !g.declared {
+		s.releaseLocked(d)
+		return
+	}
+	owner := g.ownerLocked(d.h.routeKey)
+	if owner != "" {
+		if sub := g.streamForLocked(owner); sub != nil {
+			d.sub, d.owner = sub, ""
 			sub.queue.push(d)
 			sub.wakeUp()
 			return
 		}
 	}
-	d.sub = nil
-	if d.deadline.IsZero() || d.deadline.Before(now) {
-		d.deadline = now.Add(s.opts.noConsumerTimeout)
+	now := time.Now()
+	if d.deadline.IsZero() || d.deadline.Before(now) || (d.owner == "" && owner != "") {
+		wait := s.opts.noConsumerTimeout
+		if owner != "" {
+			wait = s.opts.ownerWait
+		}
+		d.deadline = now.Add(wait)
 	}
+	d.sub, d.owner = nil, owner
 	s.parked[d.group] = append(s.parked[d.group], d)
+}
+
+// releaseLocked counts d as handled: its group was deleted.
+func (s *Server) releaseLocked(d *delivery) {
+	d.sub = nil
+	if d.acked || d.h.done {
+		return
+	}
+	d.acked = true
+	d.h.pending--
+	if d.h.pending == 0 {
+		s.finishLocked(d.h, nil)
+	}
 }
 
 // finishLocked ends h: an acknowledgement to its producer when nack is nil,
@@ -226,23 +263,115 @@ func (s *Server) abandonLocked(p *pubStream) {
 	s.poke()
 }
 
-// joinLocked adds a subscribe stream to its group and hands it, or the
-// group's other consumers, whatever waited for a consumer.
+// joinLocked adds a subscribe stream to its group and assigns again what
+// waited for its consumer or was queued on the consumer's older streams.
 func (s *Server) joinLocked(sub *subStream) {
-	g := s.groups[sub.group]
-	if g == nil {
-		g = &group{name: sub.group, settled: time.Now().Add(s.opts.routingSettle)}
-		s.groups[sub.group] = g
-	} else if g.vacantLocked() {
-		// The group's consumers come back: wait for the others as for a
-		// new group, so the first one does not take every key.
-		g.settled = time.Now().Add(s.opts.routingSettle)
-	}
+	g := s.groupLocked(sub.group)
 	g.subs = append(g.subs, sub)
-	delete(g.ghosts, sub.consumerID)
 	s.subs[sub] = struct{}{}
-	s.rerouteParkedLocked(g.name)
-	if len(s.unrouted) > 0 {
+	s.reassignGroupLocked(g)
+}
+
+// reassignGroupLocked assigns again, in admission order, every delivery of
+// g that is queued on a stream or parked.
+func (s *Server) reassignGroupLocked(g *group) {
+	var ds []*delivery
+	for _, sub := range g.subs {
+		ds = append(ds, sub.queue.drain(sub)...)
+	}
+	for _, d := range s.parked[g.name] {
+		if !d.h.done && d.sub == nil && !d.acked {
+			ds = append(ds, d)
+		}
+	}
+	delete(s.parked, g.name)
+	s.assignAllLocked(ds)
+}
+
+// assignAllLocked assigns ds in admission order.
+func (s *Server) assignAllLocked(ds []*delivery) {
+	slices.SortFunc(ds, func(a, b *delivery) int {
+		switch {
+		case a.h.order < b.h.order:
+			return -1
+		case a.h.order > b.h.order:
+			return 1
+		}
+		return 0
+	})
+	for _, d := range ds {
+		s.assignLocked(d)
+	}
+}
+
+// leaveLocked removes a subscribe stream that ended from its group and
+// assigns its queued and unacknowledged deliveries again: to the same
+// consumer's other stream, to wait for it, or to the new owner once its
+// registration is gone.
+func (s *Server) leaveLocked(sub *subStream) {
+	sub.closed = true
+	delete(s.subs, sub)
+	g := s.groups[sub.group]
+	if g != nil {
+		if i := slices.Index(g.subs, sub); i >= 0 {
+			g.subs = slices.Delete(g.subs, i, i+1)
+		}
+	}
+	var moved []*delivery
+	for id, d := range sub.unacked {
+		delete(sub.unacked, id)
+		if !d.h.done && d.sub == sub && !d.acked {
+			d.deadline = time.Time{}
+			moved = append(moved, d)
+		}
+	}
+	moved = append(moved, sub.queue.drain(sub)...)
+	s.assignAllLocked(moved)
+	if g != nil && !g.declared && len(g.subs) == 0 && len(g.epochs) == 0 {
+		delete(s.groups, g.name)
+	}
+	s.poke()
+}
+
+// consumerDrainLocked marks a subscribe stream draining: it gets nothing new,
+// and what is queued for it is assigned again (it waits until the
+// consumer's registration says it drains, then goes to the new owner).
+func (s *Server) consumerDrainLocked(sub *subStream) {
+	if sub.draining {
+		return
+	}
+	sub.draining = true
+	s.assignAllLocked(sub.queue.drain(sub))
+}
+
+// applySubscriptionsLocked makes v the registrations routing follows. A
+// group whose registrations changed has its queued and parked deliveries
+// assigned again; a group that is no longer declared releases its
+// deliveries and ends its streams.
+func (s *Server) applySubscriptionsLocked(v registry.Subscriptions) {
+	seen := make(map[string]bool, len(v.Groups))
+	for _, vg := range v.Groups {
+		seen[vg.Name] = true
+		g := s.groupLocked(vg.Name)
+		var owners []string
+		epochs := make(map[string]uint64, len(vg.Consumers))
+		for _, c := range vg.Consumers {
+			epochs[c.ID] = c.Value.Epoch
+			if !c.Value.Draining {
+				owners = append(owners, c.ID)
+			}
+		}
+		s.updateGroupLocked(g, vg.Declared, owners, epochs)
+	}
+	for name, g := range s.groups {
+		if !seen[name] {
+			s.updateGroupLocked(g, false, nil, nil)
+			if len(g.subs) == 0 {
+				delete(s.groups, name)
+			}
+		}
+	}
+	if len(s.unrouted) > 0 && s.declaredLocked() {
 		unrouted := s.unrouted
 		s.unrouted = nil
 		for _, h := range unrouted {
@@ -253,99 +382,41 @@ func (s *Server) joinLocked(sub *subStream) {
 	}
 }
 
-// rerouteParkedLocked assigns the parked deliveries of a group again.
-func (s *Server) rerouteParkedLocked(name string) {
-	parked := s.parked[name]
-	if len(parked) == 0 {
-		return
-	}
-	delete(s.parked, name)
-	for _, d := range parked {
-		if !d.h.done && d.sub == nil {
-			s.assignLocked(d)
-		}
-	}
-}
-
-// leaveLocked removes a subscribe stream that ended from its group, and
-// assigns its queued and unacknowledged deliveries to the group's other
-// consumers.
-func (s *Server) leaveLocked(sub *subStream) {
-	sub.closed = true
-	delete(s.subs, sub)
-	if g := s.groups[sub.group]; g != nil {
-		for i, x := range g.subs {
-			if x == sub {
-				g.subs = append(g.subs[:i], g.subs[i+1:]...)
-				break
-			}
-		}
-		if !sub.draining && s.opts.routingSettle > 0 && !g.hasLive(sub.consumerID, nil) {
-			if g.ghosts == nil {
-				g.ghosts = make(map[string]time.Time)
-			}
-			g.ghosts[sub.consumerID] = time.Now().Add(s.ghostGraceLocked())
-		}
-		if g.vacantLocked() {
-			g.keepUntil = time.Now().Add(s.opts.noConsumerTimeout)
-		}
-	}
-	var moved []*delivery
-	for id, d := range sub.unacked {
-		delete(sub.unacked, id)
-		if !d.h.done && d.sub == sub && !d.acked {
-			moved = append(moved, d)
-		}
-	}
-	sortDeliveries(moved)
-	moved = append(moved, sub.queue.drain(sub)...)
-	for _, d := range moved {
-		s.assignLocked(d)
-	}
-	s.poke()
-}
-
-// consumerDrainLocked marks a subscribe stream draining: it gets nothing new,
-// and what is queued for it goes to the group's other consumers.
-func (s *Server) consumerDrainLocked(sub *subStream) {
-	if sub.draining {
-		return
-	}
-	sub.draining = true
-	for _, d := range sub.queue.drain(sub) {
-		s.assignLocked(d)
+// updateGroupLocked sets the registrations of g.
+func (s *Server) updateGroupLocked(g *group, declared bool, owners []string, epochs map[string]uint64) {
+	wasDeclared := g.declared
+	changed := declared != wasDeclared || !slices.Equal(owners, g.owners) || !maps.Equal(epochs, g.epochs)
+	g.declared, g.owners, g.epochs = declared, owners, epochs
+	switch {
+	case wasDeclared && !declared:
+		s.deleteGroupLocked(g)
+	case changed:
+		s.reassignGroupLocked(g)
 	}
 }
 
-// settleLocked forgets the ghosts whose grace time passed and routes the
-// parked deliveries of groups that are settled.
-func (s *Server) settleLocked(now time.Time) {
-	for name, g := range s.groups {
-		for id, until := range g.ghosts {
-			if now.After(until) {
-				delete(g.ghosts, id)
-				if g.vacantLocked() {
-					g.keepUntil = now.Add(s.opts.noConsumerTimeout)
-				}
-			}
-		}
-		if g.vacantLocked() && now.After(g.keepUntil) {
-			delete(s.groups, name)
-		}
+// deleteGroupLocked releases every delivery of a group that is no longer
+// declared and ends its streams.
+func (s *Server) deleteGroupLocked(g *group) {
+	for _, d := range s.parked[g.name] {
+		s.releaseLocked(d)
 	}
-	var ready []string
-	for name := range s.parked {
-		if g := s.groups[name]; g != nil && !now.Before(g.settled) {
-			ready = append(ready, name)
+	delete(s.parked, g.name)
+	for _, sub := range g.subs {
+		for _, d := range sub.queue.drain(sub) {
+			s.releaseLocked(d)
 		}
+		for id, d := range sub.unacked {
+			delete(sub.unacked, id)
+			s.releaseLocked(d)
+		}
+		sub.cancel(errGroupDeleted(s.service, g.name))
 	}
-	for _, name := range ready {
-		s.rerouteParkedLocked(name)
-	}
+	s.log.Info("intermediate: group deleted; its deliveries are released", "group", g.name)
 }
 
-// expireLocked hands back, with NACK_REASON_UNAVAILABLE, the messages that
-// waited too long for a consumer, and forgets stale waiting entries.
+// expireLocked hands back the messages that waited too long: for a group, an
+// owner, or any group at all.
 func (s *Server) expireLocked(now time.Time) {
 	unrouted := s.unrouted[:0]
 	for _, h := range s.unrouted {
@@ -353,8 +424,8 @@ func (s *Server) expireLocked(now time.Time) {
 		case h.done:
 		case now.After(h.deadline):
 			s.finishLocked(h, &messagev1.Nack{
-				Reason: messagev1.NackReason_NACK_REASON_UNAVAILABLE,
-				Detail: "no consumer took the message in time",
+				Reason: messagev1.NackReason_NACK_REASON_NO_CONSUMER,
+				Detail: "no consumer group of service " + s.service + " is declared",
 			})
 		default:
 			unrouted = append(unrouted, h)
@@ -366,12 +437,9 @@ func (s *Server) expireLocked(now time.Time) {
 		kept := list[:0]
 		for _, d := range list {
 			switch {
-			case d.h.done || d.sub != nil:
+			case d.h.done || d.sub != nil || d.acked:
 			case now.After(d.deadline):
-				s.finishLocked(d.h, &messagev1.Nack{
-					Reason: messagev1.NackReason_NACK_REASON_UNAVAILABLE,
-					Detail: "no consumer of group " + name + " took the message in time",
-				})
+				s.finishLocked(d.h, parkedNack(name, d.owner))
 			default:
 				kept = append(kept, d)
 			}
@@ -382,5 +450,20 @@ func (s *Server) expireLocked(now time.Time) {
 		} else {
 			s.parked[name] = kept
 		}
+	}
+}
+
+// parkedNack is the nack of a delivery of group that waited too long for
+// owner ("" when the group had no consumer).
+func parkedNack(group, owner string) *messagev1.Nack {
+	if owner == "" {
+		return &messagev1.Nack{
+			Reason: messagev1.NackReason_NACK_REASON_NO_CONSUMER,
+			Detail: "group " + group + " has no registered consumer",
+		}
+	}
+	return &messagev1.Nack{
+		Reason: messagev1.NackReason_NACK_REASON_OWNER_UNREACHABLE,
+		Detail: "consumer " + owner + " of group " + group + " owns the message but is not connected to this intermediate",
 	}
 }

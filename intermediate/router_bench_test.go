@@ -7,20 +7,20 @@ import (
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 )
 
-// BenchmarkGroup_Pick measures the rendezvous pick of a consumer stream for
-// one message, by the number of consumers in the group.
-func BenchmarkGroup_Pick(b *testing.B) {
+// BenchmarkGroup_Owner measures the rendezvous pick of a message's owner, by
+// the number of consumers registered in the group.
+func BenchmarkGroup_Owner(b *testing.B) {
 	for _, n := range []int{1, 2, 8, 64} {
 		b.Run(fmt.Sprintf("consumers=%d", n), func(b *testing.B) {
 			g := &group{name: DefaultGroup}
 			for i := range n {
-				g.subs = append(g.subs, &subStream{consumerID: fmt.Sprintf("consumer-%d", i)})
+				g.owners = append(g.owners, fmt.Sprintf("consumer-%d", i))
 			}
 			key := routeKey(&messagev1.Message{Id: &messagev1.MessageId{ProducerId: "producer-1", Seq: 1}})
 			b.ReportAllocs()
 			for b.Loop() {
-				if g.pickLocked(key) == nil {
-					b.Fatal("pickLocked() = nil, want a stream")
+				if g.ownerLocked(key) == "" {
+					b.Fatal("ownerLocked() = \"\", want an owner")
 				}
 			}
 		})

@@ -5,43 +5,44 @@ import (
 	"testing"
 )
 
-// TestGroup_PickRendezvous checks that a key goes to the same consumer id
-// whatever the order of the streams, that draining consumers get nothing,
-// that removing a consumer moves only its own keys, and that keys spread.
-func TestGroup_PickRendezvous(t *testing.T) {
-	mk := func(ids ...string) *group {
-		g := &group{name: DefaultGroup}
-		for _, id := range ids {
-			g.subs = append(g.subs, &subStream{consumerID: id})
-		}
-		return g
-	}
-	abc, cba, ab := mk("a", "b", "c"), mk("c", "b", "a"), mk("a", "b")
+// TestGroup_OwnerRendezvous checks that a key has the same owner whatever
+// the order consumers registered in, that removing a consumer moves only its
+// own keys, that keys spread, and that only a stream of the registered epoch
+// that does not drain takes deliveries.
+func TestGroup_OwnerRendezvous(t *testing.T) {
+	abc, cba, ab := &group{owners: []string{"a", "b", "c"}}, &group{owners: []string{"c", "b", "a"}}, &group{owners: []string{"a", "b"}}
 	counts := map[string]int{}
 	for i := range 3000 {
 		key := []byte(fmt.Sprint("key-", i))
-		x, y := abc.pickLocked(key), cba.pickLocked(key)
-		if x.consumerID != y.consumerID {
-			t.Fatalf("pick(%s) = %s and %s for two orders, want the same", key, x.consumerID, y.consumerID)
+		x, y := abc.ownerLocked(key), cba.ownerLocked(key)
+		if x != y {
+			t.Fatalf("owner(%s) = %s and %s for two orders, want the same", key, x, y)
 		}
-		counts[x.consumerID]++
-		if z := ab.pickLocked(key); x.consumerID != "c" && z.consumerID != x.consumerID {
-			t.Errorf("pick(%s) without c = %s, want %s: only c's keys may move", key, z.consumerID, x.consumerID)
+		counts[x]++
+		if z := ab.ownerLocked(key); x != "c" && z != x {
+			t.Errorf("owner(%s) without c = %s, want %s: only c's keys may move", key, z, x)
 		}
 	}
 	for _, id := range []string{"a", "b", "c"} {
 		if counts[id] < 800 {
-			t.Errorf("keys routed to %s = %d of 3000, want about 1000", id, counts[id])
+			t.Errorf("keys owned by %s = %d of 3000, want about 1000", id, counts[id])
 		}
 	}
-	abc.subs[0].draining = true
-	for i := range 100 {
-		if got := abc.pickLocked([]byte(fmt.Sprint(i))); got.consumerID == "a" {
-			t.Fatalf("pick(%d) = a, a draining consumer", i)
-		}
+	if got := (&group{}).ownerLocked([]byte("x")); got != "" {
+		t.Errorf("owner(x) in a group without consumers = %q, want none", got)
 	}
-	abc.subs[1].draining, abc.subs[2].draining = true, true
-	if got := abc.pickLocked([]byte("x")); got != nil {
-		t.Errorf("pick(x) with every consumer draining = %s, want nil", got.consumerID)
+
+	old := &subStream{consumerID: "a", epoch: 1}
+	cur := &subStream{consumerID: "a", epoch: 2}
+	g := &group{owners: []string{"a"}, epochs: map[string]uint64{"a": 2}, subs: []*subStream{cur, old}}
+	if got := g.streamForLocked("a"); got != cur {
+		t.Errorf("streamFor(a) = epoch %d, want the stream of the registered epoch 2", got.epoch)
+	}
+	cur.draining = true
+	if got := g.streamForLocked("a"); got != nil {
+		t.Errorf("streamFor(a) with its current stream draining = epoch %d, want none", got.epoch)
+	}
+	if got := g.streamForLocked("b"); got != nil {
+		t.Errorf("streamFor(b), not registered = %v, want none", got)
 	}
 }

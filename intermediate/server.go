@@ -38,7 +38,8 @@ type Server struct {
 	started  time.Time
 	obs      observer // health, metrics and tracing; see observe.go
 
-	ready    chan struct{} // closed once registered; stream handlers wait for it
+	ready     chan struct{} // closed once registered; stream handlers wait for it
+	subsReady chan struct{} // closed once the subscriptions were read; stream handlers wait for it
 	drainCh  chan drainRequest
 	stopCh   chan struct{} // closed by Stop
 	stopOnce sync.Once
@@ -65,11 +66,14 @@ type Server struct {
 	drainHeld   uint64                 // messages held when the drain started
 	leaving     bool                   // end of drain: DrainNotice on subscribe streams, streams end
 	heldTotal   int
+	admitted    uint64 // messages admitted so far: the order of held
 	pubs        map[*pubStream]struct{}
 	subs        map[*subStream]struct{}
-	groups      map[string]*group
-	unrouted    []*held                // waiting for any consumer at all
-	parked      map[string][]*delivery // waiting for a consumer of the group
+	groups      map[string]*group      // from etcd, and groups with streams here
+	unrouted    []*held                // admitted while no group was declared
+	parked      map[string][]*delivery // waiting for the owner or a consumer of the group
+	subsRead    bool                   // the subscriptions were read from etcd once
+	subsChanged chan struct{}          // closed and replaced when the subscriptions change
 }
 
 type drainRequest struct {
@@ -102,6 +106,7 @@ func New(cli *clientv3.Client, service, instance string, opts ...Option) (*Serve
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
+	o.ownerWait = min(o.ownerWait, o.noConsumerTimeout)
 	s := &Server{
 		cli:      cli,
 		service:  service,
@@ -118,6 +123,9 @@ func New(cli *clientv3.Client, service, instance string, opts ...Option) (*Serve
 		subs:     make(map[*subStream]struct{}),
 		groups:   make(map[string]*group),
 		parked:   make(map[string][]*delivery),
+
+		subsChanged: make(chan struct{}),
+		subsReady:   make(chan struct{}),
 	}
 	sopts := append([]grpc.ServerOption{
 		grpc.MaxRecvMsgSize(2*o.maxBatchBytes + 1<<16),
@@ -190,6 +198,14 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- s.grpc.Serve(lis) }()
 
+	// Routing follows the subscriptions from the moment the server is
+	// registered: streams wait until they were read once.
+	// jctx ends the server's own goroutines: the watch and the janitor.
+	jctx, jcancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer jcancel()
+	s.wg.Add(1)
+	go s.watchSubscriptions(jctx)
+
 	ropts := append([]registry.Option{
 		registry.WithPrefix(s.opts.prefix),
 		registry.WithLogger(s.opts.logger),
@@ -202,6 +218,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	if err != nil {
 		s.grpc.Stop()
 		<-serveErr
+		jcancel()
 		s.wg.Wait()
 		if s.stopped() {
 			return nil
@@ -216,7 +233,6 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	s.setServing()
 	s.log.Info("intermediate: serving", "addr", addr, "epoch", reg.Epoch(), "processor", s.opts.processor.Name())
 
-	jctx, jcancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.wg.Add(1)
 	go s.janitor(jctx)
 	defer func() {
@@ -350,5 +366,26 @@ func (s *Server) stopped() bool {
 		return true
 	default:
 		return false
+	}
+}
+
+// watchSubscriptions follows the groups and consumers of the service in etcd
+// until ctx is done.
+func (s *Server) watchSubscriptions(ctx context.Context) {
+	defer s.wg.Done()
+	err := registry.WatchSubscriptions(ctx, s.cli, s.service, func(v registry.Subscriptions) {
+		s.mu.Lock()
+		s.applySubscriptionsLocked(v)
+		close(s.subsChanged)
+		s.subsChanged = make(chan struct{})
+		first := !s.subsRead
+		s.subsRead = true
+		s.mu.Unlock()
+		if first {
+			close(s.subsReady)
+		}
+	}, registry.WithPrefix(s.opts.prefix), registry.WithLogger(s.opts.logger))
+	if err != nil && !errors.Is(err, context.Canceled) {
+		s.log.Error("intermediate: subscriptions watch ended", "err", err)
 	}
 }

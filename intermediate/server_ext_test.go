@@ -77,7 +77,7 @@ func TestServer_NackReasons(t *testing.T) {
 	want := map[uint64]messagev1.NackReason{
 		1: messagev1.NackReason_NACK_REASON_INVALID,
 		2: messagev1.NackReason_NACK_REASON_PROCESSING_FAILED,
-		3: messagev1.NackReason_NACK_REASON_UNAVAILABLE,
+		3: messagev1.NackReason_NACK_REASON_NO_CONSUMER,
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("nack reasons (-want +got):\n%s", diff)
@@ -139,7 +139,7 @@ func recvEnd(stream deliveryv1.PublishService_PublishClient) error {
 
 // TestServer_ConsumerLeaves checks that deliveries a consumer did not
 // acknowledge go to the group's other consumer, marked as redelivered, when
-// its stream ends.
+// its stream ends and its registration goes.
 func TestServer_ConsumerLeaves(t *testing.T) {
 	r := newRig(t)
 	subA := r.subscribe("a", 10)
@@ -168,6 +168,7 @@ func TestServer_ConsumerLeaves(t *testing.T) {
 	if err := map[string]deliveryv1.SubscribeService_SubscribeClient{"a": subA, "b": subB}[first.name].CloseSend(); err != nil {
 		t.Fatalf("CloseSend() = %v", err)
 	}
+	r.unregister(intermediate.DefaultGroup, first.name)
 	second := <-ch
 	if second.name == first.name || len(second.d) != 1 || second.d[0].GetRedeliveries() != 1 || second.d[0].GetMessage().GetId().GetSeq() != 1 {
 		t.Fatalf("after %s left: delivery %v to %s, want seq 1 with 1 redelivery to the other consumer", first.name, second.d, second.name)
@@ -325,13 +326,14 @@ func keyCount(t *testing.T, r *rig) int64 {
 	return resp.Count
 }
 
-// TestServer_BrokenConsumerComesBack checks that the deliveries of a
-// consumer whose stream broke wait for it to come back within the routing
-// settle time instead of going to the group's other consumer, and go to the
-// other one once that time passed.
-func TestServer_BrokenConsumerComesBack(t *testing.T) {
-	r := newRig(t, intermediate.WithRoutingSettle(300*time.Millisecond))
-	// Find which of a and b the key goes to, with both connected.
+// TestServer_OwnerAwayKeepsItsMessages checks that the deliveries of a
+// consumer whose stream broke wait for it while its registration lives: they
+// return to it when it comes back, go back to the producer with
+// OWNER_UNREACHABLE when it stays away (never to the group's other
+// consumer), and go to the other consumer only once its registration is
+// gone.
+func TestServer_OwnerAwayKeepsItsMessages(t *testing.T) {
+	r := newRig(t, intermediate.WithOwnerWait(300*time.Millisecond))
 	subs := map[string]deliveryv1.SubscribeService_SubscribeClient{}
 	cancels := map[string]context.CancelFunc{}
 	for _, id := range []string{"a", "b"} {
@@ -374,14 +376,38 @@ func TestServer_BrokenConsumerComesBack(t *testing.T) {
 		t.Fatalf("delivery after %s came back = %s, want %s:1:1", owner, d, owner)
 	}
 
-	// It breaks again and stays away: after the settle time the delivery
-	// goes to the other consumer.
-	start := time.Now()
+	// It breaks again and stays away, still registered: the message goes
+	// back to its producer, not to the other consumer.
 	cancel()
-	if d := <-got; d != other+":1:2" {
-		t.Fatalf("delivery after %s left for good = %s, want %s:1:2", owner, d, other)
+	a := nextAck(t, pub)
+	if len(a.GetAcked()) != 0 || len(a.GetNacked()) != 1 || a.GetNacked()[0].GetReason() != messagev1.NackReason_NACK_REASON_OWNER_UNREACHABLE {
+		t.Fatalf("ack while %s is away = %v, want one OWNER_UNREACHABLE nack", owner, a)
 	}
-	if waited := time.Since(start); waited < 250*time.Millisecond {
-		t.Errorf("delivery went to %s after %v, want it to wait about the settle time of 300ms", other, waited)
+	select {
+	case d := <-got:
+		t.Fatalf("delivery %s while its owner %s is registered, want none", d, owner)
+	case <-time.After(50 * time.Millisecond):
 	}
+
+	// Its registration goes: the message sent again goes to the other (a
+	// copy sent before the server saw the registration go comes back).
+	r.unregister(intermediate.DefaultGroup, owner)
+	for seq := uint64(2); ; seq++ {
+		sendBatch(t, pub, seq, msg("p1", 1, "x"))
+		select {
+		case d := <-got:
+			if d != other+":1:0" {
+				t.Fatalf("delivery after %s left = %s, want %s:1:0", owner, d, other)
+			}
+			return
+		case <-time.After(time.Second):
+			if a := nextAck(t, pub); len(a.GetNacked()) != 1 {
+				t.Fatalf("ack of seq %d = %v, want a delivery to %s or a nack", seq, a, other)
+			}
+		}
+		if seq == 10 {
+			t.Fatalf("no delivery to %s after %s's registration went", other, owner)
+		}
+	}
+
 }

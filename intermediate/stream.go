@@ -121,16 +121,19 @@ func (s *Server) checkHello(present bool, what, sender, instance string) error {
 }
 
 // waitReady waits until the server is registered, so that welcomes carry the
-// epoch.
+// epoch, and read the subscriptions, so that it routes from the first
+// message.
 func (s *Server) waitReady(ctx context.Context) error {
-	select {
-	case <-s.ready:
-		return nil
-	case <-ctx.Done():
-		return status.FromContextError(ctx.Err()).Err()
-	case <-s.stopCh:
-		return errServerStopping
+	for _, c := range []<-chan struct{}{s.ready, s.subsReady} {
+		select {
+		case <-c:
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		case <-s.stopCh:
+			return errServerStopping
+		}
 	}
+	return nil
 }
 
 // endStatus turns the cause that ended a stream into the handler's result.

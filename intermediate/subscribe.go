@@ -9,9 +9,11 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/butterfly-mesh/butterfly"
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/internal/seqrange"
+	"github.com/butterfly-mesh/butterfly/registry"
 )
 
 // subscribeService serves SubscribeService.
@@ -31,6 +33,7 @@ type subStream struct {
 	srv        *Server
 	consumerID string
 	group      string
+	epoch      uint64 // the consumer's registration epoch
 
 	// Guarded by Server.mu.
 	credit     uint64
@@ -62,11 +65,15 @@ func (ss *subscribeService) Subscribe(stream deliveryv1.SubscribeService_Subscri
 		srv:        s,
 		consumerID: hello.GetConsumerId(),
 		group:      hello.GetGroup(),
+		epoch:      hello.GetRegistrationEpoch(),
 		credit:     min(uint64(hello.GetInitialCredit()), maxCredit),
 		unacked:    make(map[uint64]*delivery),
 	}
 	if sub.group == "" {
 		sub.group = DefaultGroup
+	}
+	if err := s.checkRegistration(ctx, sub.group, sub.consumerID, sub.epoch); err != nil {
+		return err
 	}
 	sub.init(ctx, cancel, hello.GetHeartbeatIntervalMs(), s.opts.heartbeatInterval)
 	s.mu.Lock()
@@ -192,7 +199,7 @@ func (sub *subStream) takeLocked() []*deliveryv1.Delivery {
 	)
 	for sub.credit > 0 && len(out) < s.opts.maxBatchMessages && sub.queue.len() > 0 {
 		d := sub.queue.front()
-		if d.h.done || d.sub != sub {
+		if d.h.done || d.sub != sub || d.acked {
 			sub.queue.pop()
 			continue
 		}
@@ -269,6 +276,56 @@ func (sub *subStream) sendLoop(ctx context.Context, stream deliveryv1.SubscribeS
 				sub.cancel(err)
 				return
 			}
+		}
+	}
+}
+
+// registrationWait bounds how long a subscribe hello waits for the
+// consumer's registration to reach this server's view of etcd.
+const registrationWait = 3 * time.Second
+
+// checkRegistration refuses a subscribe stream unless its group is declared
+// and its consumer registered in it with epoch. A registration this server
+// has not seen yet is waited for, up to registrationWait.
+func (s *Server) checkRegistration(ctx context.Context, group, consumer string, epoch uint64) error {
+	timer := time.NewTimer(registrationWait)
+	defer timer.Stop()
+	meta := map[string]string{"service": s.service, "group": group, "consumer": consumer}
+	if epoch == 0 {
+		return refusal(butterfly.ReasonNotRegistered, meta,
+			"intermediate: hello without registration_epoch: consumer %q must register at %s first", consumer, registry.ConsumerKey(s.opts.prefix, s.service, group, consumer))
+	}
+	for {
+		s.mu.Lock()
+		g := s.groups[group]
+		registered, ok := uint64(0), false
+		if g != nil {
+			registered, ok = g.epochs[consumer]
+		}
+		declared := g != nil && g.declared
+		changed := s.subsChanged
+		s.mu.Unlock()
+		switch {
+		case ok && registered > epoch:
+			return refusal(butterfly.ReasonConsumerReplaced, meta,
+				"intermediate: consumer %q of group %q was taken over: registered epoch %d, this stream's %d", consumer, group, registered, epoch)
+		case ok && registered == epoch && declared:
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-timer.C:
+			key := registry.ConsumerKey(s.opts.prefix, s.service, group, consumer)
+			if !declared {
+				return refusal(butterfly.ReasonNotRegistered, meta,
+					"intermediate: group %q is not declared at %s", group, registry.GroupKey(s.opts.prefix, s.service, group))
+			}
+			return refusal(butterfly.ReasonNotRegistered, meta,
+				"intermediate: consumer %q of group %q is not registered with epoch %d at %s", consumer, group, epoch, key)
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		case <-s.stopCh:
+			return errServerStopping
 		}
 	}
 }

@@ -1,0 +1,20 @@
+package butterfly
+
+// Intermediates refuse or end a subscribe stream for a reason a consumer
+// must act on with a gRPC status that carries a google.rpc.ErrorInfo in
+// ErrorDomain with one of these reasons.
+const (
+	// ErrorDomain is the ErrorInfo domain of Butterfly's refusals.
+	ErrorDomain = "butterfly-mesh.dev"
+	// ReasonGroupDeleted ends the streams of a group whose declaration was
+	// deleted (FAILED_PRECONDITION). Permanent for its consumers.
+	ReasonGroupDeleted = "GROUP_DELETED"
+	// ReasonConsumerReplaced refuses a stream of a consumer incarnation that
+	// another incarnation of the same id took over (FAILED_PRECONDITION).
+	// Permanent for that incarnation.
+	ReasonConsumerReplaced = "CONSUMER_REPLACED"
+	// ReasonNotRegistered refuses a stream whose consumer is not registered
+	// with the epoch it named, or whose group is not declared
+	// (FAILED_PRECONDITION). Transient while a registration is on its way.
+	ReasonNotRegistered = "CONSUMER_NOT_REGISTERED"
+)
