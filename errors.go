@@ -1,5 +1,10 @@
 package butterfly
 
+import (
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/status"
+)
+
 // Intermediates refuse or end a subscribe stream for a reason a consumer
 // must act on with a gRPC status that carries a google.rpc.ErrorInfo in
 // ErrorDomain with one of these reasons.
@@ -18,3 +23,14 @@ const (
 	// (FAILED_PRECONDITION). Transient while a registration is on its way.
 	ReasonNotRegistered = "CONSUMER_NOT_REGISTERED"
 )
+
+// RefusalReason returns the reason of a Butterfly refusal carried by err's
+// gRPC status, "" when it carries none.
+func RefusalReason(err error) string {
+	for _, d := range status.Convert(err).Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == ErrorDomain {
+			return info.GetReason()
+		}
+	}
+	return ""
+}

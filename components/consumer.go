@@ -83,6 +83,9 @@ type Consumer struct {
 	closeErr    error
 	metrics     *telemetry.ConsumerMetrics // nil without WithMetrics
 	tracer      trace.Tracer               // nil without WithTracerProvider
+	done        chan struct{}              // closed when the consumer stops on its own; see Done
+	stopOnce    sync.Once
+	stopErr     error // why it stopped; set before done is closed
 
 	delivered atomic.Uint64
 	dups      atomic.Uint64
@@ -92,6 +95,8 @@ type Consumer struct {
 	// subStream. It is never held across gRPC or etcd calls or the handler.
 	mu         sync.Mutex
 	closing    bool
+	reg        *registry.Registration // nil until registered
+	epoch      uint64                 // the registration's epoch; 0 until registered
 	links      map[string]*subLink
 	streams    map[*subStream]struct{}
 	dedup      *dedupSet
@@ -110,6 +115,9 @@ func NewConsumer(cli *clientv3.Client, id string, h Handler, opts ...ConsumerOpt
 		concurrency:  DefaultConcurrency,
 		dedupWindow:  DefaultDedupWindow,
 		dedupProds:   DefaultDedupProducers,
+		group:        DefaultGroup,
+		createGroup:  true,
+		leaseTTL:     DefaultConsumerLeaseTTL,
 	}
 	for _, o := range opts {
 		o.applyConsumer(&cfg)
@@ -136,6 +144,7 @@ func NewConsumer(cli *clientv3.Client, id string, h Handler, opts ...ConsumerOpt
 		watchCancel: wcancel,
 		workReady:   make(chan struct{}, 1),
 		changed:     make(chan struct{}, 1),
+		done:        make(chan struct{}),
 		links:       make(map[string]*subLink),
 		streams:     make(map[*subStream]struct{}),
 		dedup:       newDedupSet(cfg.dedupWindow, cfg.dedupProds),
@@ -152,6 +161,9 @@ func NewConsumer(cli *clientv3.Client, id string, h Handler, opts ...ConsumerOpt
 	c.wg.Add(2 + cfg.concurrency)
 	go func() {
 		defer c.wg.Done()
+		if !c.register(wctx) {
+			return
+		}
 		follow(wctx, cli, cfg.service, cfg.commonConfig, func(v registry.View) {
 			c.metrics.MembershipUpdate()
 			c.reconcile(v)
@@ -189,6 +201,12 @@ func (c *consumerConfig) validate(cli *clientv3.Client, id string, h Handler) er
 	}
 	if c.dedupWindow < 64 {
 		errs = append(errs, fmt.Errorf("dedup window %d is under 64", c.dedupWindow))
+	}
+	if err := registry.ValidateName("group", c.group); err != nil {
+		errs = append(errs, err)
+	}
+	if c.leaseTTL < time.Second {
+		errs = append(errs, fmt.Errorf("lease TTL %v is under 1s", c.leaseTTL))
 	}
 	if c.dedupProds < 1 {
 		errs = append(errs, fmt.Errorf("dedup producers %d is under 1", c.dedupProds))
@@ -238,6 +256,7 @@ func (c *Consumer) receive(st *subStream, batch *deliveryv1.DeliveryBatch) {
 		key := msgKey{producerKey{id.GetProducerId(), id.GetIncarnation()}, id.GetSeq()}
 		keyed := key.producer != "" && key.seq != 0
 		if keyed {
+			c.dedup.observe(key.producerKey, d.GetMessage().GetLowWaterSeq())
 			if j := c.inProgress[key]; j != nil {
 				j.waiters = append(j.waiters, ref)
 				st.inHand++
@@ -384,11 +403,113 @@ func (c *Consumer) finish(j *job, err error) {
 	c.metrics.Duplicates(len(j.waiters))
 }
 
-// Close drains the consumer: it tells every intermediate it leaves, finishes
-// and acknowledges the messages in hand, closes its streams and stops. It
-// returns an error when ctx ended first (the handlers' context is then
-// canceled). Close is safe to call twice.
+// Done is closed when the consumer stops receiving on its own: another
+// process took its id over (ErrReplaced) or its group was deleted
+// (ErrGroupDeleted). Err says which. The application should then Close it.
+func (c *Consumer) Done() <-chan struct{} { return c.done }
+
+// Err returns why Done was closed, nil before.
+func (c *Consumer) Err() error {
+	select {
+	case <-c.done:
+		return c.stopErr
+	default:
+		return nil
+	}
+}
+
+// stop ends the consumer's reception on its own, with err.
+func (c *Consumer) stop(err error) {
+	c.stopOnce.Do(func() {
+		c.log.Warn("consumer stops", "err", err)
+		c.stopErr = err
+		c.mu.Lock()
+		for _, l := range c.links {
+			l.retired = true
+			if l.stream == nil {
+				l.cancel()
+			}
+		}
+		c.mu.Unlock()
+		close(c.done)
+	})
+}
+
+// register declares the group (WithCreateGroup) and registers the consumer
+// in it, retrying with backoff until it succeeds or ctx is done; it reports
+// whether it registered.
+func (c *Consumer) register(ctx context.Context) bool {
+	opts := []registry.Option{registry.WithPrefix(c.cfg.prefix), registry.WithLogger(c.cfg.logger), registry.WithTTL(c.cfg.leaseTTL)}
+	var bo backoff
+	for {
+		err := c.registerOnce(ctx, opts)
+		if err == nil {
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		c.log.Warn("consumer registration failed; retrying", "err", err)
+		if !sleepCtx(ctx, bo.next()) {
+			return false
+		}
+	}
+}
+
+func (c *Consumer) registerOnce(ctx context.Context, opts []registry.Option) error {
+	rctx, cancel := context.WithTimeout(ctx, registerTimeout)
+	defer cancel()
+	if c.cfg.createGroup {
+		created, err := registry.CreateGroup(rctx, c.cli, c.cfg.service, c.cfg.group, c.id, opts...)
+		if err != nil {
+			return err
+		}
+		if created {
+			c.log.Info("consumer group declared", "key", registry.GroupKey(c.cfg.prefix, c.cfg.service, c.cfg.group))
+		}
+	}
+	reg, err := registry.RegisterConsumer(rctx, c.cli, c.cfg.service, c.cfg.group, c.id, opts...)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return errors.Join(reg.Close(rctx), ErrClosed)
+	}
+	c.reg, c.epoch = reg, reg.Epoch()
+	c.mu.Unlock()
+	c.log.Info("consumer registered", "key", reg.Key(), "epoch", reg.Epoch())
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		select {
+		case <-reg.Replaced():
+			c.stop(fmt.Errorf("%w: %s", ErrReplaced, reg.Key()))
+		case <-c.ctx.Done():
+		}
+	}()
+	return nil
+}
+
+// Close drains the consumer: it marks its registration draining (the
+// group's other consumers own its keys from then on), tells every
+// intermediate it leaves, finishes and acknowledges the messages in hand,
+// closes its streams, removes its registration and stops. It returns an
+// error when ctx ended first (the handlers' context is then canceled).
+// Close is safe to call twice.
 func (c *Consumer) Close(ctx context.Context) error {
+	c.mu.Lock()
+	reg := c.reg
+	c.mu.Unlock()
+	if reg != nil {
+		sctx, cancel := context.WithTimeout(ctx, registerTimeout)
+		err := reg.SetDraining(sctx)
+		cancel()
+		if err != nil && !errors.Is(err, registry.ErrReplaced) && !errors.Is(err, registry.ErrClosed) {
+			c.log.Warn("mark registration draining", "err", err)
+		}
+	}
 	c.mu.Lock()
 	c.closing = true
 	for st := range c.streams {
@@ -420,6 +541,13 @@ func (c *Consumer) Close(ctx context.Context) error {
 	c.closeOnce.Do(func() {
 		c.cancel()
 		c.wg.Wait()
+		if c.reg != nil {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), registerTimeout)
+			if err := c.reg.Close(rctx); err != nil {
+				c.log.Warn("remove registration", "err", err)
+			}
+			cancel()
+		}
 		if err := c.conn.Close(); err != nil {
 			c.log.Debug("close connection", "err", err)
 		}

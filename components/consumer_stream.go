@@ -8,6 +8,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc/status"
+
+	"github.com/butterfly-mesh/butterfly"
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/internal/seqrange"
@@ -165,6 +168,7 @@ func (l *subLink) once() (welcomed bool) {
 		cancel(nil)
 		return false
 	}
+	epoch := c.epoch
 	l.stream = st
 	c.streams[st] = struct{}{}
 	c.mu.Unlock()
@@ -196,6 +200,7 @@ func (l *subLink) once() (welcomed bool) {
 		Instance:            l.inst.Name,
 		HeartbeatIntervalMs: uint32(max(c.cfg.heartbeat/time.Millisecond, 1)),
 		InitialCredit:       uint32(c.cfg.credit),
+		RegistrationEpoch:   epoch,
 	}
 	if err := stream.Send(&deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Hello{Hello: hello}}); err != nil {
 		log.Debug("send hello", "err", err)
@@ -203,6 +208,7 @@ func (l *subLink) once() (welcomed bool) {
 	}
 	first, err := stream.Recv()
 	if err != nil {
+		c.refused(err)
 		log.Debug("receive welcome", "err", err, "cause", context.Cause(ctx))
 		return false
 	}
@@ -240,6 +246,7 @@ func (l *subLink) once() (welcomed bool) {
 	for {
 		resp, err := stream.Recv()
 		if err != nil {
+			c.refused(err)
 			if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 				err = cause
 			}
@@ -347,5 +354,17 @@ func (c *Consumer) watchdog(ctx context.Context) {
 			}
 			c.mu.Unlock()
 		}
+	}
+}
+
+// refused stops the consumer when an intermediate ended or refused a stream
+// for good: the group was deleted, or another process took the id over.
+// Other errors (a registration on its way, a broken connection) are retried.
+func (c *Consumer) refused(err error) {
+	switch butterfly.RefusalReason(err) {
+	case butterfly.ReasonGroupDeleted:
+		c.stop(fmt.Errorf("%w: %s/%s: %v", ErrGroupDeleted, c.cfg.service, c.cfg.group, status.Convert(err).Message()))
+	case butterfly.ReasonConsumerReplaced:
+		c.stop(fmt.Errorf("%w: %v", ErrReplaced, status.Convert(err).Message()))
 	}
 }

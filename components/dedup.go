@@ -16,63 +16,92 @@ type msgKey struct {
 	seq uint64
 }
 
-// seqWindow remembers which of the last `size` sequence numbers of one
-// producer incarnation were handled: a high-water mark and a ring bitmap.
+// maxTrackedSpan bounds the seqs one producer incarnation's bitmap covers
+// above its low-water mark (2 MiB of bits): the safety net for a producer
+// whose oldest message stays unacknowledged while millions pass it.
+const maxTrackedSpan = 1 << 24
+
+// seqWindow remembers which seqs of one producer incarnation were handled.
+// Every seq below acked was acknowledged end to end (the producer's
+// low-water mark, carried by its messages), so a copy of one arriving late
+// is a duplicate. Above it, a bitmap from base holds exactly what was
+// handled. For producers that send no mark, base trails the highest seq by
+// the configured window and what falls below it is forgotten.
 type seqWindow struct {
-	key  producerKey
-	hwm  uint64   // highest sequence number marked
-	bits []uint64 // bit seq%size is set when seq in (hwm-size, hwm] was handled
+	key    producerKey
+	acked  uint64   // the highest low-water mark seen
+	base   uint64   // the seq of bit 0 of bits; a multiple of 64
+	bits   []uint64 // bit seq-base is set when seq was handled
+	hwm    uint64   // the highest seq marked
+	window uint64   // how far base trails hwm for producers without a mark
 }
 
-func (w *seqWindow) size() uint64 { return uint64(len(w.bits)) * 64 }
-
-// inWindow reports whether seq is recent enough to be remembered.
-func (w *seqWindow) inWindow(seq uint64) bool {
-	return seq <= w.hwm && w.hwm-seq < w.size()
+// advance raises the low-water mark: seqs below lwm were acknowledged.
+func (w *seqWindow) advance(lwm uint64) {
+	if lwm > w.acked {
+		w.acked = lwm
+		w.slide(lwm)
+	}
 }
 
-func (w *seqWindow) bit(seq uint64) (int, uint64) {
-	i := seq % w.size()
-	return int(i / 64), 1 << (i % 64)
+// slide forgets the bits below seq.
+func (w *seqWindow) slide(seq uint64) {
+	if seq < w.base+64 {
+		return
+	}
+	drop := (seq - w.base) / 64
+	if drop >= uint64(len(w.bits)) {
+		w.bits = w.bits[:0]
+	} else {
+		n := copy(w.bits, w.bits[drop:])
+		w.bits = w.bits[:n]
+	}
+	w.base += drop * 64
 }
 
-// seen reports whether seq was marked and is still in the window.
+// seen reports whether seq was handled (or acknowledged below the mark).
 func (w *seqWindow) seen(seq uint64) bool {
-	if !w.inWindow(seq) {
+	if seq < w.acked {
+		return true
+	}
+	if seq < w.base {
+		return false // forgotten
+	}
+	i := seq - w.base
+	if i/64 >= uint64(len(w.bits)) {
 		return false
 	}
-	word, mask := w.bit(seq)
-	return w.bits[word]&mask != 0
+	return w.bits[i/64]&(1<<(i%64)) != 0
 }
 
-// mark records seq as handled; a seq older than the window is not recorded.
+// mark records seq as handled.
 func (w *seqWindow) mark(seq uint64) {
-	if seq > w.hwm {
-		if seq-w.hwm >= w.size() {
-			clear(w.bits)
-		} else {
-			for s := w.hwm + 1; s < seq; s++ {
-				word, mask := w.bit(s)
-				w.bits[word] &^= mask
-			}
+	if seq < w.acked || seq < w.base {
+		return
+	}
+	w.hwm = max(w.hwm, seq)
+	span := uint64(maxTrackedSpan)
+	if w.acked == 0 {
+		span = w.window
+	}
+	if w.hwm-w.base >= span {
+		w.slide(w.hwm - span + 1)
+		if seq < w.base {
+			return
 		}
-		w.hwm = seq
-		word, mask := w.bit(seq)
-		w.bits[word] |= mask
-		return
 	}
-	if !w.inWindow(seq) {
-		return
+	i := seq - w.base
+	for uint64(len(w.bits)) <= i/64 {
+		w.bits = append(w.bits, 0)
 	}
-	word, mask := w.bit(seq)
-	w.bits[word] |= mask
+	w.bits[i/64] |= 1 << (i % 64)
 }
 
 // dedupSet is the bounded memory of handled messages: one seqWindow per
 // producer incarnation, at most maxProducers of them, least recently used
 // forgotten first. It is not safe for concurrent use.
 type dedupSet struct {
-	words        int
+	window       uint64
 	maxProducers int
 	lru          *list.List // of *seqWindow, most recent first
 	index        map[producerKey]*list.Element
@@ -80,38 +109,49 @@ type dedupSet struct {
 
 func newDedupSet(window, maxProducers int) *dedupSet {
 	return &dedupSet{
-		words:        max((window+63)/64, 1),
+		window:       uint64(max((window+63)/64, 1) * 64),
 		maxProducers: max(maxProducers, 1),
 		lru:          list.New(),
 		index:        make(map[producerKey]*list.Element),
 	}
 }
 
-// seen reports whether k was marked and is still remembered.
-func (d *dedupSet) seen(k msgKey) bool {
-	e := d.index[k.producerKey]
-	if e == nil {
-		return false
+// get returns the window of p, adding one when add is set.
+func (d *dedupSet) get(p producerKey, add bool) *seqWindow {
+	e := d.index[p]
+	if e != nil {
+		d.lru.MoveToFront(e)
+		return e.Value.(*seqWindow)
 	}
-	d.lru.MoveToFront(e)
-	return e.Value.(*seqWindow).seen(k.seq)
+	if !add {
+		return nil
+	}
+	if d.lru.Len() >= d.maxProducers {
+		old := d.lru.Back()
+		d.lru.Remove(old)
+		delete(d.index, old.Value.(*seqWindow).key)
+	}
+	w := &seqWindow{key: p, window: d.window}
+	d.index[p] = d.lru.PushFront(w)
+	return w
+}
+
+// observe applies the low-water mark a message of p carries.
+func (d *dedupSet) observe(p producerKey, lwm uint64) {
+	if lwm > 0 {
+		d.get(p, true).advance(lwm)
+	}
+}
+
+// seen reports whether k was handled (or acknowledged) and is remembered.
+func (d *dedupSet) seen(k msgKey) bool {
+	w := d.get(k.producerKey, false)
+	return w != nil && w.seen(k.seq)
 }
 
 // mark records k as handled.
 func (d *dedupSet) mark(k msgKey) {
-	e := d.index[k.producerKey]
-	if e == nil {
-		if d.lru.Len() >= d.maxProducers {
-			old := d.lru.Back()
-			d.lru.Remove(old)
-			delete(d.index, old.Value.(*seqWindow).key)
-		}
-		e = d.lru.PushFront(&seqWindow{key: k.producerKey, bits: make([]uint64, d.words)})
-		d.index[k.producerKey] = e
-	} else {
-		d.lru.MoveToFront(e)
-	}
-	e.Value.(*seqWindow).mark(k.seq)
+	d.get(k.producerKey, true).mark(k.seq)
 }
 
 // producers returns how many producer incarnations are tracked.

@@ -4,43 +4,64 @@ import (
 	"testing"
 )
 
-// TestSeqWindow_MarkAndSeen checks the high-water mark and bitmap: marked
-// numbers are seen while in the window, forgotten once the window moved past
-// them, and numbers skipped when the mark jumps are not seen.
-func TestSeqWindow_MarkAndSeen(t *testing.T) {
-	w := &seqWindow{bits: make([]uint64, 2)} // 128 numbers
-	for _, seq := range []uint64{1, 2, 3, 5, 64, 65, 128} {
+// TestSeqWindow_WithoutMark checks the window of a producer that carries no
+// low-water mark: marked numbers are seen while within the window behind the
+// highest, forgotten (not seen) once it moved past them.
+func TestSeqWindow_WithoutMark(t *testing.T) {
+	w := &seqWindow{window: 128}
+	for _, seq := range []uint64{1, 2, 3, 5, 64, 65, 127} {
 		w.mark(seq)
 	}
-	for _, tc := range []struct {
-		seq  uint64
-		want bool
-	}{
-		{1, true}, {2, true}, {3, true}, {4, false}, {5, true}, {6, false},
-		{64, true}, {65, true}, {127, false}, {128, true}, {129, false},
-	} {
-		if got := w.seen(tc.seq); got != tc.want {
-			t.Errorf("seen(%d) = %v, want %v", tc.seq, got, tc.want)
+	for seq, want := range map[uint64]bool{1: true, 2: true, 3: true, 4: false, 5: true, 6: false, 64: true, 65: true, 126: false, 127: true, 128: false} {
+		if got := w.seen(seq); got != want {
+			t.Errorf("seen(%d) = %v, want %v", seq, got, want)
 		}
 	}
-	w.mark(200) // window is now (72, 200]
-	for _, tc := range []struct {
-		seq  uint64
-		want bool
-	}{
-		{5, false}, {65, false}, {72, false}, {128, true}, {129, false}, {199, false}, {200, true},
-	} {
-		if got := w.seen(tc.seq); got != tc.want {
-			t.Errorf("after mark(200): seen(%d) = %v, want %v", tc.seq, got, tc.want)
+	w.mark(300) // the window now starts at 192 (whole words)
+	for seq, want := range map[uint64]bool{5: false, 65: false, 127: false, 299: false, 300: true} {
+		if got := w.seen(seq); got != want {
+			t.Errorf("after mark(300): seen(%d) = %v, want %v", seq, got, want)
 		}
 	}
 	w.mark(10) // too old: not recorded
 	if w.seen(10) {
 		t.Errorf("seen(10) after marking it below the window = true, want false")
 	}
-	w.mark(1000) // jump past the whole window clears it
-	if w.seen(128) || w.seen(200) || !w.seen(1000) {
-		t.Errorf("after mark(1000): seen(128), seen(200), seen(1000) = %v, %v, %v, want false, false, true", w.seen(128), w.seen(200), w.seen(1000))
+}
+
+// TestSeqWindow_LowWaterMarkIsExact checks dedup with a low-water mark: a
+// message held back while more than the old 131 072-seq window passed it is
+// still known as handled when its resend arrives, a seq below the mark is a
+// duplicate, and memory stays bounded by what lies above the mark.
+func TestSeqWindow_LowWaterMarkIsExact(t *testing.T) {
+	d := newDedupSet(DefaultDedupWindow, 4)
+	p := producerKey{"p1", 7}
+	const late = 5
+	d.observe(p, 1)
+	d.mark(msgKey{p, late}) // handled, but its ack is lost: the producer keeps it
+	for seq := uint64(6); seq <= 300_000; seq++ {
+		d.observe(p, late) // seq 5 holds the mark down
+		if d.seen(msgKey{p, seq}) {
+			t.Fatalf("seen(%d) before it was handled = true", seq)
+		}
+		d.mark(msgKey{p, seq})
+	}
+	if !d.seen(msgKey{p, late}) {
+		t.Fatalf("seen(%d) after 300 000 later seqs = false: its resend would be handled twice", late)
+	}
+	if !d.seen(msgKey{p, 4}) {
+		t.Errorf("seen(4), below the low-water mark 5 = false, want true: it was acknowledged")
+	}
+	// The resend is acknowledged: the mark moves to 300 001 and the bitmap
+	// shrinks to what lies above it.
+	d.observe(p, 300_001)
+	w := d.get(p, false)
+	if !d.seen(msgKey{p, late}) || !d.seen(msgKey{p, 299_999}) || d.seen(msgKey{p, 300_001}) {
+		t.Errorf("after the mark moved: seen(5), seen(299999), seen(300001) = %v, %v, %v, want true, true, false",
+			d.seen(msgKey{p, late}), d.seen(msgKey{p, 299_999}), d.seen(msgKey{p, 300_001}))
+	}
+	if len(w.bits) > 1 {
+		t.Errorf("bitmap words after the mark moved to the top = %d, want at most 1", len(w.bits))
 	}
 }
 
@@ -48,8 +69,8 @@ func TestSeqWindow_MarkAndSeen(t *testing.T) {
 // apart and that the least recently used one is forgotten past the bound.
 func TestDedupSet_ProducersAndLRU(t *testing.T) {
 	d := newDedupSet(100, 2)
-	if got := d.words; got != 2 {
-		t.Fatalf("newDedupSet(100, 2).words = %d, want 2 (window rounded up to 128)", got)
+	if got := d.window; got != 128 {
+		t.Fatalf("newDedupSet(100, 2).window = %d, want 128 (rounded up to whole words)", got)
 	}
 	a1 := msgKey{producerKey{"a", 1}, 7}
 	a2 := msgKey{producerKey{"a", 2}, 7}

@@ -10,6 +10,14 @@ import (
 // ErrClosed is returned by Send after Close.
 var ErrClosed = errors.New("components: closed")
 
+// Errors a consumer stops with on its own (Consumer.Err).
+var (
+	// ErrReplaced: another process registered the same consumer id.
+	ErrReplaced = errors.New("components: consumer taken over by another process with the same id")
+	// ErrGroupDeleted: the consumer's group was deleted.
+	ErrGroupDeleted = errors.New("components: consumer group deleted")
+)
+
 // NackError is a message handed back for good; SendWait returns it.
 type NackError struct {
 	ID     *messagev1.MessageId

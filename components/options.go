@@ -24,6 +24,9 @@ const (
 	DefaultCredit            = 1000
 	DefaultConcurrency       = 1
 	DefaultDedupWindow       = 1 << 17
+	DefaultGroup             = "default"
+	DefaultConsumerLeaseTTL  = 5 * time.Second
+	registerTimeout          = 5 * time.Second
 	DefaultStageConcurrency  = 256
 	// DefaultDedupProducers bounds how many producer incarnations a consumer
 	// tracks for deduplication; the least recently seen is forgotten first.
@@ -69,6 +72,8 @@ type consumerConfig struct {
 	concurrency int
 	dedupWindow int
 	dedupProds  int
+	createGroup bool
+	leaseTTL    time.Duration
 }
 
 type stageConfig struct {
@@ -200,6 +205,21 @@ func WithCredit(n int) ConsumerOption {
 // WithConcurrency sets how many handler calls run at once (default 1).
 func WithConcurrency(n int) ConsumerOption {
 	return consumerOption(func(c *consumerConfig) { c.concurrency = n })
+}
+
+// WithCreateGroup sets whether the consumer declares its group in etcd when
+// it is not declared yet (default true). Without it, a consumer of a group
+// nobody declared (`butterfly group create`) receives nothing and its
+// streams are refused until the group is declared.
+func WithCreateGroup(create bool) ConsumerOption {
+	return consumerOption(func(c *consumerConfig) { c.createGroup = create })
+}
+
+// WithLeaseTTL sets the TTL of the consumer's registration lease (default
+// DefaultConsumerLeaseTTL): how long a crashed consumer keeps its keys, its
+// messages waiting for it, before the group's other consumers own them.
+func WithLeaseTTL(d time.Duration) ConsumerOption {
+	return consumerOption(func(c *consumerConfig) { c.leaseTTL = d })
 }
 
 // WithDedupWindow sets how many sequence numbers per producer incarnation a

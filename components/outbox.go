@@ -11,6 +11,9 @@ type outMsg struct {
 	stream *pubStream // the stream it is assigned to, nil in the outbox
 	seq    uint64     // its stream sequence number on stream
 	sent   bool       // handed to gRPC on stream
+	own    bool       // the producer gave it its id: it counts for the low-water mark
+	done2  bool       // settled: acknowledged or handed back for good
+	avoid  *pubLink   // the link whose intermediate could not reach its owner; nil for none
 }
 
 func compareSeq(a, b uint64) int {
@@ -36,6 +39,8 @@ type outQueue struct {
 func (q *outQueue) len() int { return len(q.items) - q.head }
 
 func (q *outQueue) pushBack(m *outMsg) { q.items = append(q.items, m) }
+
+func (q *outQueue) front() *outMsg { return q.items[q.head] }
 
 // popFront removes the first message. The dead space before head is
 // reclaimed when the queue empties, and, under a standing backlog, once it

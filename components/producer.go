@@ -78,6 +78,11 @@ type Producer struct {
 	failed    int
 	msgLimit  int         // the largest message Send accepts, encoded
 	nacks     []nackEvent // handed back for good, waiting for the nack handler
+	// own holds the messages this producer gave ids to, in seq order, from
+	// the oldest unsettled one (ownHead): the low-water mark.
+	own     []*outMsg
+	ownHead int
+	waitLog time.Time // when the last "waiting for a consumer" warning was logged
 }
 
 // nackEvent is a message handed back for good, waiting for the nack handler.
@@ -264,7 +269,11 @@ func (p *Producer) send(ctx context.Context, msg *messagev1.Message, done chan e
 	if setID {
 		p.nextSeq++
 		msg.Id = &messagev1.MessageId{ProducerId: p.id, Incarnation: p.incarnation, Seq: p.nextSeq}
+		msg.LowWaterSeq = p.lowWaterLocked()
 		size += protowire.SizeTag(messageIDField) + protowire.SizeBytes(proto.Size(msg.Id))
+		if msg.LowWaterSeq != 0 {
+			size += protowire.SizeTag(messageLowWaterField) + protowire.SizeVarint(msg.LowWaterSeq)
+		}
 	}
 	if setTime {
 		msg.CreateTimeUnixNano = time.Now().UnixNano()
@@ -273,7 +282,7 @@ func (p *Producer) send(ctx context.Context, msg *messagev1.Message, done chan e
 	if size > p.msgLimit {
 		if setID {
 			p.nextSeq--
-			msg.Id = nil
+			msg.Id, msg.LowWaterSeq = nil, 0
 		}
 		if setTime {
 			msg.CreateTimeUnixNano = 0
@@ -283,7 +292,10 @@ func (p *Producer) send(ctx context.Context, msg *messagev1.Message, done chan e
 		<-p.window
 		return nil, fmt.Errorf("%w: %d bytes encoded, over the limit of %d", ErrMessageTooLarge, size, lim)
 	}
-	m := &outMsg{msg: msg, size: size, done: done}
+	m := &outMsg{msg: msg, size: size, done: done, own: setID}
+	if setID {
+		p.own = append(p.own, m)
+	}
 	p.outbox.pushBack(m)
 	p.unsettled++
 	p.dispatchLocked()
@@ -299,9 +311,53 @@ func (p *Producer) isClosed() bool {
 	return p.closed
 }
 
+// waitingLogEvery is how often a producer whose messages wait for a
+// consumer says so.
+const waitingLogEvery = 5 * time.Second
+
+// waitingLocked reports, at most every waitingLogEvery, that messages come
+// back because no consumer can take them: they are kept and sent again.
+func (p *Producer) waitingLocked(n *messagev1.Nack) {
+	if now := time.Now(); now.Sub(p.waitLog) >= waitingLogEvery {
+		p.waitLog = now
+		p.log.Warn("messages held: waiting for a consumer", "detail", n.GetDetail(), "held", p.unsettled)
+	}
+}
+
+// lowWaterLocked returns the lowest seq this producer gave that is not
+// settled yet, or the next seq when all are: every lower one was
+// acknowledged end to end or handed back for good, and will never be sent
+// again.
+func (p *Producer) lowWaterLocked() uint64 {
+	if p.ownHead < len(p.own) {
+		return p.own[p.ownHead].msg.GetId().GetSeq()
+	}
+	return p.nextSeq
+}
+
+// popSettledLocked drops the settled messages at the head of p.own.
+func (p *Producer) popSettledLocked() {
+	for p.ownHead < len(p.own) && p.own[p.ownHead].done2 {
+		p.own[p.ownHead] = nil
+		p.ownHead++
+	}
+	switch {
+	case p.ownHead == len(p.own):
+		p.own, p.ownHead = p.own[:0], 0
+	case p.ownHead > 1024 && p.ownHead*2 > len(p.own):
+		n := copy(p.own, p.own[p.ownHead:])
+		clear(p.own[n:])
+		p.own, p.ownHead = p.own[:n], 0
+	}
+}
+
 // settleLocked ends m: acknowledged (err nil) or handed back for good.
 func (p *Producer) settleLocked(m *outMsg, err error) {
 	m.stream = nil
+	m.done2 = true
+	if m.own {
+		p.popSettledLocked()
+	}
 	p.unsettled--
 	if err != nil {
 		p.failed++
@@ -324,9 +380,14 @@ func (p *Producer) settleLocked(m *outMsg, err error) {
 // nothing more, so a stalled stream does not collect messages.
 func (p *Producer) dispatchLocked() {
 	for p.outbox.len() > 0 {
-		var best *pubStream
+		avoid := p.outbox.front().avoid
+		var best, fallback *pubStream
 		for st := range p.streams {
 			if !st.dispatchable() {
+				continue
+			}
+			if st.link == avoid {
+				fallback = st
 				continue
 			}
 			if best == nil || len(st.unacked) < len(best.unacked) {
@@ -334,11 +395,20 @@ func (p *Producer) dispatchLocked() {
 			}
 		}
 		if best == nil {
+			// Only the intermediate that could not reach the owner is
+			// there: it may reach it by now.
+			best = fallback
+		}
+		if best == nil {
 			return
 		}
 		n := min(p.outbox.len(), best.maxInFlight-len(best.unacked), 2*best.maxBatch-len(best.sendq), best.maxBatch)
-		for range n {
+		for i := range n {
+			if i > 0 && p.outbox.front().avoid != avoid {
+				break // its own pick
+			}
 			m := p.outbox.popFront()
+			m.avoid = nil
 			best.nextSeq++
 			m.stream, m.seq, m.sent = best, best.nextSeq, false
 			best.unacked[m.seq] = m
@@ -435,13 +505,22 @@ func (p *Producer) handleAck(st *pubStream, a *deliveryv1.PublishAck) {
 		}
 		delete(st.unacked, n.GetSeq())
 		switch n.GetReason() {
-		case messagev1.NackReason_NACK_REASON_DRAINING, messagev1.NackReason_NACK_REASON_UNAVAILABLE:
+		case messagev1.NackReason_NACK_REASON_DRAINING, messagev1.NackReason_NACK_REASON_UNAVAILABLE,
+			messagev1.NackReason_NACK_REASON_NO_CONSUMER, messagev1.NackReason_NACK_REASON_OWNER_UNREACHABLE:
 			m.stream, m.seq, m.sent = nil, 0, false
 			transient = append(transient, m)
-			if n.GetReason() == messagev1.NackReason_NACK_REASON_DRAINING {
+			switch n.GetReason() {
+			case messagev1.NackReason_NACK_REASON_DRAINING:
 				draining = true
 				p.metrics.Resent(telemetry.ReasonDrain, 1)
-			} else {
+			case messagev1.NackReason_NACK_REASON_NO_CONSUMER:
+				p.metrics.Resent(telemetry.ReasonNoConsumer, 1)
+				p.waitingLocked(n)
+			case messagev1.NackReason_NACK_REASON_OWNER_UNREACHABLE:
+				// Another intermediate may reach the owner.
+				m.avoid = st.link
+				p.metrics.Resent(telemetry.ReasonOwnerUnreachable, 1)
+			default:
 				p.metrics.Resent(telemetry.ReasonUnavailable, 1)
 			}
 		default:

@@ -504,6 +504,7 @@ func (p *Producer) watchdog(ctx context.Context) {
 const (
 	messageIDField         protowire.Number = 1
 	messageCreateTimeField protowire.Number = 5
+	messageLowWaterField   protowire.Number = 7
 )
 
 // msgSize is the wire size of a message, as batches count it.

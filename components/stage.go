@@ -99,6 +99,13 @@ func (s *Stage) forward(ctx context.Context, d *Delivery) error {
 	return s.producer.SendWait(ctx, msg)
 }
 
+// Done is closed when the stage's consumer side stops on its own (see
+// Consumer.Done); Err says why.
+func (s *Stage) Done() <-chan struct{} { return s.consumer.Done() }
+
+// Err returns why Done was closed, nil before.
+func (s *Stage) Err() error { return s.consumer.Err() }
+
 // Stats returns the stage's counters.
 func (s *Stage) Stats() StageStats {
 	return StageStats{Consumer: s.consumer.Stats(), Producer: s.producer.Stats()}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"testing"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -14,16 +13,6 @@ import (
 	"github.com/butterfly-mesh/butterfly/intermediate"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
-
-// reasonOf returns the ErrorInfo reason of a refusal, "" if it has none.
-func reasonOf(err error) string {
-	for _, d := range status.Convert(err).Details() {
-		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == butterfly.ErrorDomain {
-			return info.GetReason()
-		}
-	}
-	return ""
-}
 
 // TestSubscribe_RefusesStrangers checks that only a consumer registered in
 // etcd, with the epoch it names, in a declared group, may subscribe: a made-up
@@ -56,8 +45,8 @@ func TestSubscribe_RefusesStrangers(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.hello.HeartbeatIntervalMs, tc.hello.InitialCredit = quietHeartbeatMs, 10
 			_, _, err := r.trySubscribe(r.ctx(), tc.hello)
-			if status.Code(err) != codes.FailedPrecondition || reasonOf(err) != tc.reason {
-				t.Errorf("Subscribe(%v) = %v (reason %q), want FAILED_PRECONDITION with reason %s", tc.hello, err, reasonOf(err), tc.reason)
+			if status.Code(err) != codes.FailedPrecondition || butterfly.RefusalReason(err) != tc.reason {
+				t.Errorf("Subscribe(%v) = %v (reason %q), want FAILED_PRECONDITION with reason %s", tc.hello, err, butterfly.RefusalReason(err), tc.reason)
 			}
 		})
 	}
@@ -97,7 +86,7 @@ func TestServer_GroupDeletedReleasesItsMessages(t *testing.T) {
 		if err == nil {
 			continue
 		}
-		if status.Code(err) != codes.FailedPrecondition || reasonOf(err) != butterfly.ReasonGroupDeleted {
+		if status.Code(err) != codes.FailedPrecondition || butterfly.RefusalReason(err) != butterfly.ReasonGroupDeleted {
 			t.Errorf("billing's stream ended with %v, want FAILED_PRECONDITION %s", err, butterfly.ReasonGroupDeleted)
 		}
 		break

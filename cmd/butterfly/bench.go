@@ -27,12 +27,11 @@ type benchFlags struct {
 // a whole run in a few seconds, for smoke tests (its numbers are not
 // steady-state figures).
 var quickBench = map[string]string{
-	"duration":       "300ms",
-	"warmup":         "200ms",
-	"fault-gap":      "300ms",
-	"heartbeat":      "50ms",
-	"routing-settle": "50ms",
-	"window":         "2000",
+	"duration":  "300ms",
+	"warmup":    "200ms",
+	"fault-gap": "300ms",
+	"heartbeat": "50ms",
+	"window":    "2000",
 }
 
 func newBenchCommand(r *rootCommand) *cobra.Command {
@@ -133,7 +132,6 @@ Needs nothing running: etcd is embedded and every server listens on loopback
 	fl.DurationVar(&f.cfg.Linger, "linger", components.DefaultLinger, "how long a batch that is not full waits for more")
 	fl.IntVar(&f.cfg.Credit, "credit", components.DefaultCredit, "deliveries each intermediate may send a consumer ahead of its acks")
 	fl.DurationVar(&f.cfg.Heartbeat, "heartbeat", components.DefaultHeartbeatInterval, "heartbeat interval of every stream (a freeze is detected after five)")
-	fl.DurationVar(&f.cfg.RoutingSettle, "routing-settle", intermediate.DefaultRoutingSettle, "intermediates' routing settle time")
 	fl.DurationVar(&f.cfg.LeaseTTL, "lease-ttl", intermediate.DefaultLeaseTTL, "intermediates' registration lease TTL")
 	fl.DurationVar(&f.cfg.SampleInterval, "sample-interval", bench.DefaultSampleInterval, "resolution of the throughput series")
 	fl.BoolVar(&f.asJSON, "json", false, "print one JSON object instead of the table")
@@ -177,8 +175,6 @@ func (f *benchFlags) validate() error {
 		return usagef("--credit %d: must be in [1, 1048576]", c.Credit)
 	case c.Heartbeat < time.Millisecond || c.Heartbeat > time.Minute:
 		return usagef("--heartbeat %v: must be in [1ms, 1m]", c.Heartbeat)
-	case c.RoutingSettle < 0:
-		return usagef("--routing-settle %v: must not be negative", c.RoutingSettle)
 	case c.LeaseTTL < time.Second:
 		return usagef("--lease-ttl %v: must be at least 1s", c.LeaseTTL)
 	case c.SampleInterval < time.Millisecond:

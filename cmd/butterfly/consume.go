@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -27,7 +28,8 @@ func newConsumeCommand(r *rootCommand) *cobra.Command {
 	var (
 		id, service, group, out string
 		count                   uint64
-		closeTimeout            time.Duration
+		closeTimeout, leaseTTL  time.Duration
+		createGroup             bool
 		tlsf                    *tlsFlags
 	)
 	var obsf *observeFlags
@@ -42,6 +44,13 @@ A message is acknowledged only after its line is written. Duplicates (a
 message sent again after an intermediate failed) are dropped. With --count it
 exits after N handled messages. SIGTERM or SIGINT drains: no new deliveries,
 the messages in hand are finished and acknowledged.
+
+The consumer registers in etcd at <prefix>/consumers/<service>/<group>/<id>
+(on a lease, with an epoch) and declares its group at
+<prefix>/groups/<service>/<group> unless --create-group=false. Intermediates
+route only to registered consumers. A second process started with the same
+--id takes over: this one drains and exits 1, as it does when its group is
+deleted (butterfly group delete).
 
 The last line on stdout is a JSON summary:
   {"delivered":…,"duplicates_dropped":…}
@@ -97,18 +106,22 @@ The last line on stdout is a JSON summary:
 				return nil
 			}
 			cons, err := components.NewConsumer(cs.cli, id, handler, withCommon[components.ConsumerOption](cs,
-				components.WithService(service), components.WithGroup(group))...)
+				components.WithService(service), components.WithGroup(group),
+				components.WithCreateGroup(createGroup), components.WithLeaseTTL(leaseTTL))...)
 			if err != nil {
 				return err
 			}
-			<-ctx.Done()
+			select {
+			case <-ctx.Done():
+			case <-cons.Done():
+			}
 			closeCtx, cancelClose := context.WithTimeout(context.WithoutCancel(ctx), closeTimeout)
 			closeErr := cons.Close(closeCtx)
 			cancelClose()
 			st := cons.Stats()
 			line, _ := json.Marshal(consumeSummary{Delivered: st.Delivered, DuplicatesDropped: st.DuplicatesDropped})
 			fmt.Fprintln(cmd.OutOrStdout(), string(line))
-			return closeErr
+			return errors.Join(cons.Err(), closeErr)
 		},
 	}
 	f := c.Flags()
@@ -119,6 +132,8 @@ The last line on stdout is a JSON summary:
 	f.StringVar(&out, "out", "", "append producer_id<TAB>seq<TAB>intermediate per message to FILE instead of printing payloads")
 	f.Uint64Var(&count, "count", 0, "exit after N handled messages")
 	f.DurationVar(&closeTimeout, "close-timeout", 30*time.Second, "how long draining may take at the end")
+	f.BoolVar(&createGroup, "create-group", true, "declare --group in etcd if it is not declared yet")
+	f.DurationVar(&leaseTTL, "lease-ttl", components.DefaultConsumerLeaseTTL, "TTL of the consumer's registration lease: how long a crashed consumer keeps its messages")
 	tlsf = addTLSFlags(r, f, false)
 	return c
 }

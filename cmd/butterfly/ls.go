@@ -35,10 +35,13 @@ func newLsCommand(r *rootCommand) *cobra.Command {
 	var asJSON bool
 	c := &cobra.Command{
 		Use:   "ls",
-		Short: "List the registered instances",
+		Short: "List the registered instances, groups and consumers",
 		Long: `List the instances registered in etcd under <prefix>/services/, with their
-service, instance name, address, epoch, draining flag and age. Values that are
-not valid registrations are reported on stderr and skipped.`,
+service, instance name, address, epoch, draining flag and age, then the
+consumer groups (<prefix>/groups/) with their registered consumers
+(<prefix>/consumers/). Values that are not valid registrations are reported on
+stderr and skipped. --json prints the instances only; butterfly group ls
+--json prints the groups.`,
 		Example: `  butterfly ls
   butterfly ls --service intermediate --json
   BUTTERFLY_ETCD_ENDPOINTS=10.0.0.5:2379 butterfly ls`,
@@ -64,7 +67,15 @@ not valid registrations are reported on stderr and skipped.`,
 				enc.SetIndent("", "  ")
 				return enc.Encode(entries)
 			}
+			groups, err := listGroups(cmd.Context(), cli, r.prefix, service, func(key string, err error) {
+				fmt.Fprintf(cmd.ErrOrStderr(), "butterfly: skipping %s: %v\n", key, err)
+			})
+			if err != nil {
+				return err
+			}
 			printInstances(cmd.OutOrStdout(), entries, time.Now())
+			fmt.Fprintln(cmd.OutOrStdout())
+			printGroups(cmd.OutOrStdout(), groups, time.Now())
 			return nil
 		},
 	}

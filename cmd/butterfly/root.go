@@ -78,7 +78,7 @@ as underscores: --etcd-endpoints is BUTTERFLY_ETCD_ENDPOINTS.
 
 	for _, c := range []*cobra.Command{
 		newEtcdCommand(r), newIntermediateCommand(r), newProduceCommand(r), newConsumeCommand(r),
-		newStageCommand(r), newLsCommand(r), newStatusCommand(r), newDrainCommand(r), newDemoCommand(r), newBenchCommand(r), newCertsCommand(r), newVersionCommand(r),
+		newStageCommand(r), newLsCommand(r), newGroupCommand(r), newStatusCommand(r), newDrainCommand(r), newDemoCommand(r), newBenchCommand(r), newCertsCommand(r), newVersionCommand(r),
 	} {
 		c.Long = strings.TrimSpace(c.Long) + "\n\n" + exitCodesHelp
 		if c.Args == nil {

@@ -64,10 +64,13 @@ under which it publishes to --to.`,
 			if err != nil {
 				return err
 			}
-			<-cmd.Context().Done()
+			select {
+			case <-cmd.Context().Done():
+			case <-st.Done():
+			}
 			closeCtx, cancel := context.WithTimeout(context.WithoutCancel(cmd.Context()), closeTimeout)
 			defer cancel()
-			closeErr := st.Close(closeCtx)
+			closeErr := errors.Join(st.Err(), st.Close(closeCtx))
 			line, _ := json.Marshal(st.Stats())
 			fmt.Fprintln(cmd.OutOrStdout(), string(line))
 			var ce *components.CloseError

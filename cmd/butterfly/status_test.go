@@ -30,7 +30,7 @@ func statusMesh(t *testing.T) (endpoint string) {
 	t.Cleanup(cancel)
 
 	srv, err := intermediate.New(cli, "intermediate", "i1", intermediate.WithPrefix(statusPrefix),
-		intermediate.WithRoutingSettle(0), intermediate.WithStopTimeout(300*time.Millisecond))
+		intermediate.WithStopTimeout(300*time.Millisecond))
 	if err != nil {
 		t.Fatalf("intermediate.New() = %v", err)
 	}

@@ -180,7 +180,6 @@ func (m *mesh) startServer(ctx context.Context, name, host string, proxied bool)
 		intermediate.WithLogger(slog.New(slog.DiscardHandler)),
 		intermediate.WithLeaseTTL(m.cfg.LeaseTTL),
 		intermediate.WithHeartbeatInterval(m.cfg.Heartbeat),
-		intermediate.WithRoutingSettle(m.cfg.RoutingSettle),
 		intermediate.WithMaxInFlight(max(m.cfg.Window, intermediate.DefaultMaxInFlight)),
 	}
 	bs := &benchServer{done: make(chan error, 1)}

@@ -11,17 +11,16 @@ import (
 // consumer's handler, in microseconds; times under faults are in
 // milliseconds, -1 where the event was not seen.
 type Report struct {
-	Payload         int     `json:"payload_bytes"`
-	Producers       int     `json:"producers"`
-	Intermediates   int     `json:"intermediates"`
-	Consumers       int     `json:"consumers"`
-	DurationS       float64 `json:"duration_s"`
-	Window          int     `json:"window"`
-	BatchMessages   int     `json:"batch_messages"`
-	BatchBytes      int     `json:"batch_bytes"`
-	LingerUS        float64 `json:"linger_us"`
-	HeartbeatMS     float64 `json:"heartbeat_ms"`
-	RoutingSettleMS float64 `json:"routing_settle_ms"`
+	Payload       int     `json:"payload_bytes"`
+	Producers     int     `json:"producers"`
+	Intermediates int     `json:"intermediates"`
+	Consumers     int     `json:"consumers"`
+	DurationS     float64 `json:"duration_s"`
+	Window        int     `json:"window"`
+	BatchMessages int     `json:"batch_messages"`
+	BatchBytes    int     `json:"batch_bytes"`
+	LingerUS      float64 `json:"linger_us"`
+	HeartbeatMS   float64 `json:"heartbeat_ms"`
 
 	Baseline1HopUnbatched float64 `json:"baseline_1hop_unbatched_msgs_per_s"`
 	Baseline1Hop          float64 `json:"baseline_1hop_msgs_per_s"`
@@ -73,7 +72,7 @@ func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
 func (r *Report) setConfig(c Config) {
 	r.Payload, r.Producers, r.Intermediates, r.Consumers = c.Payload, c.Producers, c.Intermediates, c.Consumers
 	r.DurationS, r.Window, r.BatchMessages, r.BatchBytes = c.Duration.Seconds(), c.Window, c.BatchMessages, c.BatchBytes
-	r.LingerUS, r.HeartbeatMS, r.RoutingSettleMS = us(c.Linger), ms(c.Heartbeat), ms(c.RoutingSettle)
+	r.LingerUS, r.HeartbeatMS = us(c.Linger), ms(c.Heartbeat)
 }
 
 func (r *Report) setBaseline1Hop(res Result) {

@@ -31,8 +31,6 @@ type Config struct {
 	// Heartbeat is the heartbeat interval of every stream; a frozen peer is
 	// detected after five.
 	Heartbeat time.Duration
-	// RoutingSettle is the intermediates' routing settle time.
-	RoutingSettle time.Duration
 	// LeaseTTL is the intermediates' registration lease TTL.
 	LeaseTTL time.Duration
 	// Warmup runs before every measured phase.
@@ -82,7 +80,6 @@ func (c *Config) Validate() error {
 	check(c.Linger >= 0, "linger %v is negative", c.Linger)
 	check(c.Credit >= 1, "credit %d is under 1", c.Credit)
 	check(c.Heartbeat >= time.Millisecond, "heartbeat %v is under 1ms", c.Heartbeat)
-	check(c.RoutingSettle >= 0, "routing settle %v is negative", c.RoutingSettle)
 	check(c.LeaseTTL >= time.Second, "lease TTL %v is under 1s", c.LeaseTTL)
 	check(c.Warmup >= 0, "warmup %v is negative", c.Warmup)
 	check(c.FaultGap > 0, "fault gap %v is not positive", c.FaultGap)

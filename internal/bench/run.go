@@ -184,7 +184,7 @@ func (m *mesh) faults(ctx context.Context, saturation float64, r *Report) error 
 		return err
 	}
 	ready := time.Now()
-	moved := waitUntil(ctx, 10*time.Second+cfg.RoutingSettle, func() bool { return m.moveFirst.Load() != 0 })
+	moved := waitUntil(ctx, 10*time.Second, func() bool { return m.moveFirst.Load() != 0 })
 	put := stopWatch()
 	if put.IsZero() || ready.Before(put) {
 		put = ready

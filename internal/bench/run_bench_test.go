@@ -13,7 +13,6 @@ import (
 
 var (
 	runDuration = flag.Duration("bench.duration", DefaultDuration, "BenchmarkRun: length of each measured phase")
-	runSettle   = flag.Duration("bench.routing-settle", intermediate.DefaultRoutingSettle, "BenchmarkRun: the intermediates' routing settle time")
 	runProfile  = flag.String("bench.profile", "", "BenchmarkRun: write a CPU profile of Butterfly's saturation phase to this file")
 )
 
@@ -26,8 +25,8 @@ func BenchmarkRun(b *testing.B) {
 		Payload: DefaultPayload, Producers: DefaultProducers, Intermediates: DefaultIntermediates, Consumers: DefaultConsumers,
 		Duration: *runDuration, Window: components.DefaultWindow, BatchMessages: components.DefaultBatchMessages,
 		BatchBytes: components.DefaultBatchBytes, Linger: components.DefaultLinger, Credit: components.DefaultCredit,
-		Heartbeat: components.DefaultHeartbeatInterval, RoutingSettle: *runSettle,
-		LeaseTTL: intermediate.DefaultLeaseTTL, Warmup: time.Second, FaultGap: time.Second,
+		Heartbeat: components.DefaultHeartbeatInterval,
+		LeaseTTL:  intermediate.DefaultLeaseTTL, Warmup: time.Second, FaultGap: time.Second,
 		FaultLoad: DefaultFaultLoad, SampleInterval: DefaultSampleInterval,
 		Logger: slog.New(slog.DiscardHandler),
 	}

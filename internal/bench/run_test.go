@@ -14,7 +14,7 @@ func TestRun_QuickFaultsLoseNothing(t *testing.T) {
 		Payload: 256, Producers: 2, Intermediates: 2, Consumers: 2,
 		Duration: 300 * time.Millisecond, Window: 2000, BatchMessages: 64, BatchBytes: 512 << 10,
 		Linger: 200 * time.Microsecond, Credit: 1000, Heartbeat: 50 * time.Millisecond,
-		RoutingSettle: 50 * time.Millisecond, LeaseTTL: 5 * time.Second, Warmup: 200 * time.Millisecond,
+		LeaseTTL: 5 * time.Second, Warmup: 200 * time.Millisecond,
 		FaultGap: 300 * time.Millisecond, FaultLoad: 0.5, SampleInterval: 10 * time.Millisecond,
 	}
 	r, err := Run(t.Context(), cfg)

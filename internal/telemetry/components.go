@@ -27,13 +27,18 @@ const (
 	// ReasonUnavailable: the intermediate handed the message back because no
 	// consumer took it in time.
 	ReasonUnavailable = "unavailable"
+	// ReasonNoConsumer: a group had no registered consumer (NO_CONSUMER).
+	ReasonNoConsumer = "no_consumer"
+	// ReasonOwnerUnreachable: the message's owner was not connected to the
+	// intermediate (OWNER_UNREACHABLE); it goes through another one.
+	ReasonOwnerUnreachable = "owner_unreachable"
 	// ReasonClose: the producer closed.
 	ReasonClose = "close"
 )
 
 var streamEndReasons = []string{ReasonCrash, ReasonMove, ReasonDrain, ReasonHeartbeat, ReasonConnect, ReasonClose}
 
-var resendReasons = []string{ReasonCrash, ReasonMove, ReasonDrain, ReasonHeartbeat, ReasonConnect, ReasonUnavailable}
+var resendReasons = []string{ReasonCrash, ReasonMove, ReasonDrain, ReasonHeartbeat, ReasonConnect, ReasonUnavailable, ReasonNoConsumer, ReasonOwnerUnreachable}
 
 // NackReasonLabel is the label value of a NackReason: its name without the
 // prefix, in lower case ("processing_failed").
