@@ -28,6 +28,9 @@ type history struct {
 	events []labEvent
 	incs   []*incarnation
 	prods  []*producerRec
+	// deleted are the groups deleted during the run: what they did not
+	// handle was released, not lost.
+	deleted map[string]bool
 
 	stopOnce sync.Once
 	stopc    chan struct{}
@@ -159,6 +162,18 @@ func (h *history) lose(p *proc, why string) {
 	}
 }
 
+// deleteGroup records that group was deleted: its consumers need not have
+// handled every id, but none twice.
+func (h *history) deleteGroup(group string) {
+	h.mu.Lock()
+	if h.deleted == nil {
+		h.deleted = map[string]bool{}
+	}
+	h.deleted[group] = true
+	h.mu.Unlock()
+	h.event("delete", "group %s", group)
+}
+
 func countLines(file string) int {
 	b, _ := os.ReadFile(file)
 	return strings.Count(string(b), "\n")
@@ -270,8 +285,11 @@ func (h *history) check(timeout time.Duration) {
 	for _, g := range groups {
 		var lost, twice, unsent []string
 		after := 0
+		h.mu.Lock()
+		released := h.deleted[g]
+		h.mu.Unlock()
 		for _, pr := range prods {
-			if !acked[pr.id] {
+			if !acked[pr.id] || released {
 				continue
 			}
 			for seq := uint64(1); seq <= uint64(pr.count); seq++ {

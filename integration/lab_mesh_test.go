@@ -2,7 +2,6 @@ package integration
 
 import (
 	"fmt"
-	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -71,7 +70,7 @@ func buildLabMesh(t *testing.T, spec labSpec) *labMesh {
 		lm.procs[c[0]] = lm.startConsumer(lm.at[c[0]], c[0], c[1])
 	}
 	for _, c := range spec.consumers {
-		lm.waitSubscribed(c[0], c[1], spec.intermediates)
+		lm.waitSubscribed(c[0], c[1])
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -82,35 +81,15 @@ func buildLabMesh(t *testing.T, spec labSpec) *labMesh {
 }
 
 // waitSubscribed waits until consumer id of group is registered in etcd
-// (<prefix>/consumers/<service>/<group>/<id>) or, where consumers do not
-// register, until every intermediate logged its subscribe stream: a
-// message sent before a group exists is not owed to it.
-func (lm *labMesh) waitSubscribed(id, group string, intermediates []string) {
+// (<prefix>/consumers/<service>/<group>/<id>), which it does after it
+// declared its group: a message admitted before a group is declared is not
+// owed to it.
+func (lm *labMesh) waitSubscribed(id, group string) {
 	lm.t.Helper()
 	key := "butterfly/consumers/intermediate/" + group + "/" + id
-	logged := func() bool {
-		for _, name := range intermediates {
-			b, _ := os.ReadFile(lm.procs[name].stderr)
-			found := false
-			for _, line := range strings.Split(string(b), "\n") {
-				if strings.Contains(line, "subscribe stream opened") && strings.Contains(line, "consumer="+id+" ") {
-					found = true
-				}
-			}
-			if !found {
-				return false
-			}
-		}
-		return true
-	}
-	deadline := time.Now().Add(15 * time.Second)
-	for time.Now().Before(deadline) {
-		if logged() || slices.Contains(lm.etcdKeys(lm.etcdHosts[0], key), key) {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	lm.t.Logf("consumer %s: neither registered at %s nor seen subscribing by every intermediate within 15s; going on", id, key)
+	waitUntil(lm.t, 15*time.Second, "consumer "+id+" registered at "+key, func() bool {
+		return slices.Contains(lm.etcdKeys(lm.etcdHosts[0], key), key)
+	})
 }
 
 // produce starts every producer of the spec: count messages at rate.

@@ -1,7 +1,9 @@
 package integration
 
 import (
+	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -26,12 +28,13 @@ func runLabScenario(t *testing.T, spec labSpec, fault func(lm *labMesh)) *labMes
 	return lm
 }
 
-// TestLab_ConsumerCutFromIntermediate cuts c1 from i1 only: c1 stays
-// registered and reachable through i2, so it keeps its messages.
+// TestLab_ConsumerCutFromIntermediate cuts c1 from i1 only for 10s: c1
+// stays registered and reachable through i2, so it keeps its messages and
+// none is handled twice.
 func TestLab_ConsumerCutFromIntermediate(t *testing.T) {
 	runLabScenario(t, twoGroups, func(lm *labMesh) {
 		lm.cut(lm.at["c1"], lm.at["i1"])
-		lm.hold(5 * time.Second)
+		lm.hold(10 * time.Second)
 		lm.heal(lm.at["c1"], lm.at["i1"])
 	})
 }
@@ -93,18 +96,75 @@ func TestLab_EtcdPartition(t *testing.T) {
 	}
 }
 
-// TestLab_KillIntermediateConsumerFrozen SIGKILLs i1 while c1 is frozen for
-// two lease TTLs.
+// TestLab_KillIntermediateConsumerFrozen SIGKILLs i1 and starts it on
+// another host while c3, group B's only consumer, is frozen for 3s (within
+// its lease): each group handles every message exactly once.
 func TestLab_KillIntermediateConsumerFrozen(t *testing.T) {
 	runLabScenario(t, twoGroups, func(lm *labMesh) {
-		c1 := lm.at["c1"]
-		c1.freeze()
-		lm.hold(time.Second)
+		c3 := lm.at["c3"]
+		c3.freeze()
+		lm.hold(500 * time.Millisecond)
 		lm.at["i1"].kill()
-		lm.hold(3 * time.Second)
-		c1.thaw()
-		lm.loseConsumersOn("frozen 4s", c1)
+		lm.move("i1")
+		lm.hold(2500 * time.Millisecond)
+		c3.thaw()
 	})
+}
+
+// TestLab_ConsumerLateToMovedIntermediate moves i1 to a new host that c1
+// cannot reach for its first 3s: c1's messages wait or go through i2, and
+// none is handled twice.
+func TestLab_ConsumerLateToMovedIntermediate(t *testing.T) {
+	runLabScenario(t, twoGroups, func(lm *labMesh) {
+		h := lm.newHost("i1")
+		lm.cut(lm.at["c1"], h)
+		lm.at["i1"].kill()
+		lm.at["i1"] = h
+		lm.procs["i1"], _ = lm.startIntermediate(h, "i1")
+		lm.hold(3 * time.Second)
+		lm.heal(lm.at["c1"], h)
+	})
+}
+
+// TestLab_GroupDeletedInFlight deletes group B while messages are in
+// flight: group A still handles every message exactly once, the producers
+// exit 0 (what waited for B was released), B's consumer stops with an error
+// naming the deletion, and B handled nothing twice.
+func TestLab_GroupDeletedInFlight(t *testing.T) {
+	lm := runLabScenario(t, twoGroups, func(lm *labMesh) {
+		if out, err := lm.etcdHosts[0].run("group", "delete", "B"); err != nil {
+			lm.t.Fatalf("butterfly group delete B: %v (%s)", err, out)
+		}
+		lm.hist.deleteGroup("B")
+	})
+	c3 := lm.procs["c3"]
+	if code := c3.wait(30 * time.Second); code != 1 {
+		t.Errorf("c3 after its group was deleted: exit %d, want 1", code)
+	}
+	if errb, _ := os.ReadFile(c3.stderr); !strings.Contains(string(errb), "group deleted") {
+		t.Errorf("c3's stderr does not say its group was deleted:\n%s", tail(errb, 5))
+	}
+}
+
+// TestLab_ConsumerTakenOver starts a second c1 on another host: it takes
+// the id over, the first one drains and exits 0, and only what the first
+// had in hand may be handled again.
+func TestLab_ConsumerTakenOver(t *testing.T) {
+	var old *proc
+	runLabScenario(t, oneGroup, func(lm *labMesh) {
+		old = lm.procs["c1"]
+		lm.hist.lose(old, "taken over")
+		lm.move("c1")
+		select {
+		case <-old.done:
+			lm.hist.event("exit", "old c1: %v", old.err)
+		case <-time.After(30 * time.Second):
+			lm.t.Errorf("the first c1 still runs 30s after it was taken over")
+		}
+	})
+	if code := old.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("the first c1 after the takeover: exit %d, want 0", code)
+	}
 }
 
 // TestLab_MoveOldHostUnreachable starts i2 on a new host while the old host

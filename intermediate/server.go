@@ -40,12 +40,12 @@ type Server struct {
 
 	ready     chan struct{} // closed once registered; stream handlers wait for it
 	subsReady chan struct{} // closed once the subscriptions were read; stream handlers wait for it
-	drainCh  chan drainRequest
-	stopCh   chan struct{} // closed by Stop
-	stopOnce sync.Once
-	done     chan struct{} // closed when Serve returns
-	changed  chan struct{} // poked when held messages or streams go away
-	wg       sync.WaitGroup
+	drainCh   chan drainRequest
+	stopCh    chan struct{} // closed by Stop
+	stopOnce  sync.Once
+	done      chan struct{} // closed when Serve returns
+	changed   chan struct{} // poked when held messages or streams go away
+	wg        sync.WaitGroup
 
 	received  atomic.Uint64
 	acked     atomic.Uint64

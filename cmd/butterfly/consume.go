@@ -49,8 +49,8 @@ The consumer registers in etcd at <prefix>/consumers/<service>/<group>/<id>
 (on a lease, with an epoch) and declares its group at
 <prefix>/groups/<service>/<group> unless --create-group=false. Intermediates
 route only to registered consumers. A second process started with the same
---id takes over: this one drains and exits 1, as it does when its group is
-deleted (butterfly group delete).
+--id takes over: this one drains and exits 0. When its group is deleted
+(butterfly group delete) it drains and exits 1.
 
 The last line on stdout is a JSON summary:
   {"delivered":…,"duplicates_dropped":…}
@@ -121,7 +121,13 @@ The last line on stdout is a JSON summary:
 			st := cons.Stats()
 			line, _ := json.Marshal(consumeSummary{Delivered: st.Delivered, DuplicatesDropped: st.DuplicatesDropped})
 			fmt.Fprintln(cmd.OutOrStdout(), string(line))
-			return errors.Join(cons.Err(), closeErr)
+			stopErr := cons.Err()
+			if errors.Is(stopErr, components.ErrReplaced) {
+				// A handover, not a failure: the new process owns the id.
+				fmt.Fprintf(cmd.ErrOrStderr(), "butterfly: %v; drained and exiting\n", stopErr)
+				stopErr = nil
+			}
+			return errors.Join(stopErr, closeErr)
 		},
 	}
 	f := c.Flags()
