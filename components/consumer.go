@@ -430,7 +430,17 @@ func (c *Consumer) stop(err error) {
 				l.cancel()
 			}
 		}
+		reg := c.reg
 		c.mu.Unlock()
+		if reg != nil && errors.Is(err, ErrGroupDeleted) {
+			// It takes nothing more: should the group be declared again,
+			// the others own its keys, not a consumer that stopped.
+			ctx, cancel := context.WithTimeout(c.ctx, registerTimeout)
+			if err := reg.SetDraining(ctx); err != nil {
+				c.log.Warn("mark registration draining", "err", err)
+			}
+			cancel()
+		}
 		close(c.done)
 	})
 }

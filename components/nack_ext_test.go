@@ -139,3 +139,50 @@ func mapsEqual[K comparable, V comparable](a, b map[K]V) bool {
 	}
 	return true
 }
+
+// TestDelivery_ResendAfterHandlerFailure checks that a message the handler
+// failed on, sent again by the application, is handled: it goes out as a
+// new message, above the low-water mark its consumer already passed.
+func TestDelivery_ResendAfterHandlerFailure(t *testing.T) {
+	m := newMesh(t)
+	m.startHub("intermediate", "i1", "127.0.0.1")
+	m.waitMembers("intermediate", 1)
+	var (
+		mu      sync.Mutex
+		calls   = map[string]int{}
+		handled = map[string]bool{}
+	)
+	m.consumer("c1", func(_ context.Context, d *components.Delivery) error {
+		mu.Lock()
+		defer mu.Unlock()
+		payload := string(d.Message.GetPayload())
+		calls[payload]++
+		if payload == "flaky" && calls[payload] == 1 {
+			return errors.New("first try fails")
+		}
+		handled[payload] = true
+		return nil
+	})
+	p := m.producer("p1")
+	ctx := t.Context()
+	flaky := &messagev1.Message{Payload: []byte("flaky")}
+	var nerr *components.NackError
+	if err := p.SendWait(ctx, flaky); !errors.As(err, &nerr) || nerr.Reason != messagev1.NackReason_NACK_REASON_HANDLER_FAILED {
+		t.Fatalf("SendWait(flaky) = %v, want a HANDLER_FAILED NackError", err)
+	}
+	first := flaky.GetId().GetSeq()
+	if err := p.SendWait(ctx, &messagev1.Message{Payload: []byte("next")}); err != nil {
+		t.Fatalf("SendWait(next) = %v", err)
+	}
+	if err := p.SendWait(ctx, flaky); err != nil {
+		t.Fatalf("SendWait(flaky) again = %v", err)
+	}
+	if got := flaky.GetId().GetSeq(); got <= first {
+		t.Errorf("seq of the message sent again = %d, want a new one above %d", got, first)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !handled["flaky"] || calls["flaky"] != 2 {
+		t.Errorf("flaky: handled %v after %d calls, want handled on the second call", handled["flaky"], calls["flaky"])
+	}
+}

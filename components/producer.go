@@ -209,7 +209,9 @@ func (p *Producer) Stats() ProducerStats {
 
 // Send accepts msg for delivery and returns its id. Unless msg.Id is already
 // set (a stage forwarding a message under its original id), it sets msg.Id to
-// {producer id, incarnation, next seq}; it sets msg.CreateTimeUnixNano when
+// {producer id, incarnation, next seq}, and msg.LowWaterSeq; a message of
+// this producer sent again (after a hand-back for good) gets the next seq,
+// as a new message. It sets msg.CreateTimeUnixNano when
 // zero. msg must not be modified afterwards. Send blocks while the window of
 // unacknowledged messages is full, until ctx is done. A message larger than
 // the batch byte limit is refused with ErrMessageTooLarge.
@@ -264,6 +266,14 @@ func (p *Producer) send(ctx context.Context, msg *messagev1.Message, done chan e
 		p.mu.Unlock()
 		<-p.window
 		return nil, ErrClosed
+	}
+	// A message of this producer handed back for good and sent again is a
+	// new message: its old seq lies below the low-water mark consumers
+	// track, so it gets the next seq.
+	own := msg.Id != nil && msg.Id.GetProducerId() == p.id && msg.Id.GetIncarnation() == p.incarnation
+	if own {
+		msg.Id, msg.LowWaterSeq, msg.Routes = nil, 0, nil
+		size = msgSize(msg)
 	}
 	setID, setTime := msg.Id == nil, msg.CreateTimeUnixNano == 0
 	if setID {
@@ -508,6 +518,14 @@ func (p *Producer) handleAck(st *pubStream, a *deliveryv1.PublishAck) {
 		case messagev1.NackReason_NACK_REASON_DRAINING, messagev1.NackReason_NACK_REASON_UNAVAILABLE,
 			messagev1.NackReason_NACK_REASON_NO_CONSUMER, messagev1.NackReason_NACK_REASON_OWNER_UNREACHABLE:
 			m.stream, m.seq, m.sent = nil, 0, false
+			if routes := n.GetRoutes(); len(routes) > 0 {
+				// What this attempt learned travels with the next one: the
+				// groups that handled it get no copy, the others keep their
+				// consumer. A copy, as the old one may still be read.
+				c := proto.Clone(m.msg).(*messagev1.Message)
+				c.Routes = routes
+				m.msg, m.size = c, msgSize(c)
+			}
 			transient = append(transient, m)
 			switch n.GetReason() {
 			case messagev1.NackReason_NACK_REASON_DRAINING:

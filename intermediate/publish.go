@@ -200,7 +200,9 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 			out[i].nack = &messagev1.Nack{Reason: messagev1.NackReason_NACK_REASON_PROCESSING_FAILED, Detail: err.Error()}
 			continue
 		}
-		out[i].h = &held{pub: p, seq: seq, msg: res, size: proto.Size(res), routeKey: routeKey(res)}
+		routes := res.GetRoutes()
+		res.Routes = nil // hop-local: consumers never see them
+		out[i].h = &held{pub: p, seq: seq, msg: res, size: proto.Size(res), routeKey: routeKey(res), routes: routes}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -39,6 +39,7 @@ type held struct {
 	msg      *messagev1.Message
 	size     int
 	routeKey []byte
+	routes   []*messagev1.Route // what earlier attempts learned (Message.routes)
 
 	order      uint64 // admission order in the server
 	done       bool   // acknowledged, handed back or abandoned
@@ -57,6 +58,7 @@ type delivery struct {
 	id       uint64     // the delivery id on sub once sent, 0 while queued
 	acked    bool       // acknowledged, or released by the group's deletion
 	owner    string     // while parked: the owner it waits for ("" for none)
+	sentTo   string     // the consumer it was last sent to, here or (Message.routes) on an earlier attempt
 	deadline time.Time  // while parked
 }
 
@@ -168,16 +170,27 @@ func (s *Server) admitLocked(h *held) {
 }
 
 // routeHeldLocked makes one delivery of h per declared group and assigns
-// each.
+// each; a group that handled h on an earlier attempt (Message.routes) gets
+// none.
 func (s *Server) routeHeldLocked(h *held) {
 	for _, g := range s.groups {
 		if !g.declared {
 			continue
 		}
 		d := &delivery{h: h, group: g.name}
+		if i := slices.IndexFunc(h.routes, func(r *messagev1.Route) bool { return r.GetGroup() == g.name }); i >= 0 {
+			if h.routes[i].GetHandled() {
+				continue
+			}
+			d.sentTo = h.routes[i].GetConsumer()
+		}
 		h.deliveries = append(h.deliveries, d)
 		h.pending++
 		s.assignLocked(d)
+	}
+	if h.pending == 0 {
+		// Every group handled it on earlier attempts.
+		s.finishLocked(h, nil)
 	}
 }
 
@@ -192,6 +205,12 @@ func (s *Server) assignLocked(d *delivery) {
 		return
 	}
 	owner := g.ownerLocked(d.h.routeKey)
+	if d.sentTo != "" && d.sentTo != owner && slices.Contains(g.owners, d.sentTo) {
+		// The consumer it went to may have handled it: it keeps it while it
+		// stays registered, even if a consumer that joined since owns its
+		// key now.
+		owner = d.sentTo
+	}
 	if owner != "" {
 		if sub := g.streamForLocked(owner); sub != nil {
 			d.sub, d.owner = sub, ""
@@ -240,12 +259,50 @@ func (s *Server) finishLocked(h *held, nack *messagev1.Nack) {
 		p.acks = append(p.acks, h.seq)
 	} else {
 		nack.Seq = h.seq
+		if transientNack(nack.GetReason()) {
+			nack.Routes = routesOf(h)
+		}
 		p.nacks = append(p.nacks, nack)
 	}
 	p.wakeUp()
 	if s.heldTotal == 0 {
 		s.poke()
 	}
+}
+
+// transientNack reports whether a producer sends a message handed back for
+// reason again.
+func transientNack(reason messagev1.NackReason) bool {
+	switch reason {
+	case messagev1.NackReason_NACK_REASON_DRAINING, messagev1.NackReason_NACK_REASON_UNAVAILABLE,
+		messagev1.NackReason_NACK_REASON_NO_CONSUMER, messagev1.NackReason_NACK_REASON_OWNER_UNREACHABLE:
+		return true
+	}
+	return false
+}
+
+// routesOf returns where h's group copies went, for the producer to send
+// back with the message (Message.routes): the groups that handled it, and
+// the consumers it was sent to in the others. What earlier attempts learned
+// about groups with no delivery here is kept.
+func routesOf(h *held) []*messagev1.Route {
+	var routes []*messagev1.Route
+	seen := map[string]bool{}
+	for _, d := range h.deliveries {
+		seen[d.group] = true
+		switch {
+		case d.acked:
+			routes = append(routes, &messagev1.Route{Group: d.group, Consumer: d.sentTo, Handled: true})
+		case d.sentTo != "":
+			routes = append(routes, &messagev1.Route{Group: d.group, Consumer: d.sentTo})
+		}
+	}
+	for _, r := range h.routes {
+		if !seen[r.GetGroup()] {
+			routes = append(routes, r)
+		}
+	}
+	return routes
 }
 
 // abandonLocked forgets every message held for a publish stream that ended:

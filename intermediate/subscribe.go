@@ -209,6 +209,7 @@ func (sub *subStream) takeLocked() []*deliveryv1.Delivery {
 		sub.queue.pop()
 		sub.nextID++
 		d.id = sub.nextID
+		d.sentTo = sub.consumerID
 		sub.unacked[d.id] = d
 		sub.credit--
 		sub.delivered++
@@ -282,7 +283,7 @@ func (sub *subStream) sendLoop(ctx context.Context, stream deliveryv1.SubscribeS
 
 // registrationWait bounds how long a subscribe hello waits for the
 // consumer's registration to reach this server's view of etcd.
-const registrationWait = 3 * time.Second
+const registrationWait = 2 * time.Second
 
 // checkRegistration refuses a subscribe stream unless its group is declared
 // and its consumer registered in it with epoch. A registration this server

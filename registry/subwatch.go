@@ -197,16 +197,19 @@ func (w *subWatcher) apply(typ mvccpb.Event_EventType, kv *mvccpb.KeyValue) {
 			delete(w.warned, key)
 			return
 		}
-		v, err := ParseGroupValue(kv.Value)
-		if err == nil {
-			err = ValidateName("group", name)
-		}
-		if err != nil {
+		if err := ValidateName("group", name); err != nil {
 			delete(w.groups, name)
 			w.warn(key, kv.ModRevision, err)
 			return
 		}
-		delete(w.warned, key)
+		// The key declares the group; a value that does not parse only
+		// loses its details, never the group's messages.
+		v, err := ParseGroupValue(kv.Value)
+		if err != nil {
+			w.warn(key, kv.ModRevision, err)
+		} else {
+			delete(w.warned, key)
+		}
 		w.groups[name] = v
 		return
 	}

@@ -310,7 +310,14 @@ type Message struct {
 	// not known). Every lower seq was acknowledged, so a consumer drops a
 	// message below the highest mark it saw as a duplicate and keeps exact
 	// dedup state only above it. A stage forwards the mark with the id.
-	LowWaterSeq   uint64 `protobuf:"varint,7,opt,name=low_water_seq,json=lowWaterSeq,proto3" json:"low_water_seq,omitempty"`
+	LowWaterSeq uint64 `protobuf:"varint,7,opt,name=low_water_seq,json=lowWaterSeq,proto3" json:"low_water_seq,omitempty"`
+	// What an earlier attempt through an intermediate learned, per consumer
+	// group, when the message came back to its producer (Nack.routes). The
+	// producer sends them with the message again; the next intermediate makes
+	// no delivery for a group that handled it and keeps the consumer the
+	// message went to while that consumer stays registered. Intermediates
+	// clear the field before delivering.
+	Routes        []*Route `protobuf:"bytes,8,rep,name=routes,proto3" json:"routes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -394,6 +401,77 @@ func (x *Message) GetLowWaterSeq() uint64 {
 	return 0
 }
 
+func (x *Message) GetRoutes() []*Route {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
+// Route is where one consumer group's copy of a message went.
+type Route struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The consumer group.
+	Group string `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	// The consumer the message was delivered to in that group.
+	Consumer string `protobuf:"bytes,2,opt,name=consumer,proto3" json:"consumer,omitempty"`
+	// Whether that consumer acknowledged it.
+	Handled       bool `protobuf:"varint,3,opt,name=handled,proto3" json:"handled,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Route) Reset() {
+	*x = Route{}
+	mi := &file_butterfly_message_v1_message_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Route) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Route) ProtoMessage() {}
+
+func (x *Route) ProtoReflect() protoreflect.Message {
+	mi := &file_butterfly_message_v1_message_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Route.ProtoReflect.Descriptor instead.
+func (*Route) Descriptor() ([]byte, []int) {
+	return file_butterfly_message_v1_message_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Route) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *Route) GetConsumer() string {
+	if x != nil {
+		return x.Consumer
+	}
+	return ""
+}
+
+func (x *Route) GetHandled() bool {
+	if x != nil {
+		return x.Handled
+	}
+	return false
+}
+
 // SeqRange is an inclusive range of stream sequence numbers or delivery ids.
 type SeqRange struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -407,7 +485,7 @@ type SeqRange struct {
 
 func (x *SeqRange) Reset() {
 	*x = SeqRange{}
-	mi := &file_butterfly_message_v1_message_proto_msgTypes[3]
+	mi := &file_butterfly_message_v1_message_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -419,7 +497,7 @@ func (x *SeqRange) String() string {
 func (*SeqRange) ProtoMessage() {}
 
 func (x *SeqRange) ProtoReflect() protoreflect.Message {
-	mi := &file_butterfly_message_v1_message_proto_msgTypes[3]
+	mi := &file_butterfly_message_v1_message_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -432,7 +510,7 @@ func (x *SeqRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SeqRange.ProtoReflect.Descriptor instead.
 func (*SeqRange) Descriptor() ([]byte, []int) {
-	return file_butterfly_message_v1_message_proto_rawDescGZIP(), []int{3}
+	return file_butterfly_message_v1_message_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SeqRange) GetFirst() uint64 {
@@ -463,7 +541,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_butterfly_message_v1_message_proto_msgTypes[4]
+	mi := &file_butterfly_message_v1_message_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -475,7 +553,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_butterfly_message_v1_message_proto_msgTypes[4]
+	mi := &file_butterfly_message_v1_message_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -488,7 +566,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_butterfly_message_v1_message_proto_rawDescGZIP(), []int{4}
+	return file_butterfly_message_v1_message_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Heartbeat) GetSendTimeUnixNano() int64 {
@@ -515,7 +593,7 @@ type DrainNotice struct {
 
 func (x *DrainNotice) Reset() {
 	*x = DrainNotice{}
-	mi := &file_butterfly_message_v1_message_proto_msgTypes[5]
+	mi := &file_butterfly_message_v1_message_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -527,7 +605,7 @@ func (x *DrainNotice) String() string {
 func (*DrainNotice) ProtoMessage() {}
 
 func (x *DrainNotice) ProtoReflect() protoreflect.Message {
-	mi := &file_butterfly_message_v1_message_proto_msgTypes[5]
+	mi := &file_butterfly_message_v1_message_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -540,7 +618,7 @@ func (x *DrainNotice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNotice.ProtoReflect.Descriptor instead.
 func (*DrainNotice) Descriptor() ([]byte, []int) {
-	return file_butterfly_message_v1_message_proto_rawDescGZIP(), []int{5}
+	return file_butterfly_message_v1_message_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *DrainNotice) GetInstance() string {
@@ -573,14 +651,18 @@ type Nack struct {
 	// Why the message is handed back.
 	Reason NackReason `protobuf:"varint,2,opt,name=reason,proto3,enum=butterfly.message.v1.NackReason" json:"reason,omitempty"`
 	// A human-readable explanation, for logs and the application.
-	Detail        string `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	Detail string `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	// On a transient nack from an intermediate: where the message's group
+	// copies went (see Message.routes). A producer sends them back with the
+	// message.
+	Routes        []*Route `protobuf:"bytes,4,rep,name=routes,proto3" json:"routes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Nack) Reset() {
 	*x = Nack{}
-	mi := &file_butterfly_message_v1_message_proto_msgTypes[6]
+	mi := &file_butterfly_message_v1_message_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -592,7 +674,7 @@ func (x *Nack) String() string {
 func (*Nack) ProtoMessage() {}
 
 func (x *Nack) ProtoReflect() protoreflect.Message {
-	mi := &file_butterfly_message_v1_message_proto_msgTypes[6]
+	mi := &file_butterfly_message_v1_message_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -605,7 +687,7 @@ func (x *Nack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Nack.ProtoReflect.Descriptor instead.
 func (*Nack) Descriptor() ([]byte, []int) {
-	return file_butterfly_message_v1_message_proto_rawDescGZIP(), []int{6}
+	return file_butterfly_message_v1_message_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Nack) GetSeq() uint64 {
@@ -629,6 +711,13 @@ func (x *Nack) GetDetail() string {
 	return ""
 }
 
+func (x *Nack) GetRoutes() []*Route {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
 var File_butterfly_message_v1_message_proto protoreflect.FileDescriptor
 
 const file_butterfly_message_v1_message_proto_rawDesc = "" +
@@ -643,7 +732,7 @@ const file_butterfly_message_v1_message_proto_rawDesc = "" +
 	"\vtraceparent\x18\x01 \x01(\tR\vtraceparent\x12\x1e\n" +
 	"\n" +
 	"tracestate\x18\x02 \x01(\tR\n" +
-	"tracestate\"\xf9\x02\n" +
+	"tracestate\"\xae\x03\n" +
 	"\aMessage\x12/\n" +
 	"\x02id\x18\x01 \x01(\v2\x1f.butterfly.message.v1.MessageIdR\x02id\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\x12D\n" +
@@ -651,10 +740,15 @@ const file_butterfly_message_v1_message_proto_rawDesc = "" +
 	"\apayload\x18\x04 \x01(\fR\apayload\x121\n" +
 	"\x15create_time_unix_nano\x18\x05 \x01(\x03R\x12createTimeUnixNano\x128\n" +
 	"\x05trace\x18\x06 \x01(\v2\".butterfly.message.v1.TraceContextR\x05trace\x12\"\n" +
-	"\rlow_water_seq\x18\a \x01(\x04R\vlowWaterSeq\x1a:\n" +
+	"\rlow_water_seq\x18\a \x01(\x04R\vlowWaterSeq\x123\n" +
+	"\x06routes\x18\b \x03(\v2\x1b.butterfly.message.v1.RouteR\x06routes\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"4\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"S\n" +
+	"\x05Route\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x1a\n" +
+	"\bconsumer\x18\x02 \x01(\tR\bconsumer\x12\x18\n" +
+	"\ahandled\x18\x03 \x01(\bR\ahandled\"4\n" +
 	"\bSeqRange\x12\x14\n" +
 	"\x05first\x18\x01 \x01(\x04R\x05first\x12\x12\n" +
 	"\x04last\x18\x02 \x01(\x04R\x04last\":\n" +
@@ -663,11 +757,12 @@ const file_butterfly_message_v1_message_proto_rawDesc = "" +
 	"\vDrainNotice\x12\x1a\n" +
 	"\binstance\x18\x01 \x01(\tR\binstance\x129\n" +
 	"\x06reason\x18\x02 \x01(\x0e2!.butterfly.message.v1.DrainReasonR\x06reason\x12,\n" +
-	"\x12deadline_unix_nano\x18\x03 \x01(\x03R\x10deadlineUnixNano\"j\n" +
+	"\x12deadline_unix_nano\x18\x03 \x01(\x03R\x10deadlineUnixNano\"\x9f\x01\n" +
 	"\x04Nack\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x128\n" +
 	"\x06reason\x18\x02 \x01(\x0e2 .butterfly.message.v1.NackReasonR\x06reason\x12\x16\n" +
-	"\x06detail\x18\x03 \x01(\tR\x06detail*z\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail\x123\n" +
+	"\x06routes\x18\x04 \x03(\v2\x1b.butterfly.message.v1.RouteR\x06routes*z\n" +
 	"\vDrainReason\x12\x1c\n" +
 	"\x18DRAIN_REASON_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15DRAIN_REASON_SHUTDOWN\x10\x01\x12\x19\n" +
@@ -698,30 +793,33 @@ func file_butterfly_message_v1_message_proto_rawDescGZIP() []byte {
 }
 
 var file_butterfly_message_v1_message_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_butterfly_message_v1_message_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_butterfly_message_v1_message_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_butterfly_message_v1_message_proto_goTypes = []any{
 	(DrainReason)(0),     // 0: butterfly.message.v1.DrainReason
 	(NackReason)(0),      // 1: butterfly.message.v1.NackReason
 	(*MessageId)(nil),    // 2: butterfly.message.v1.MessageId
 	(*TraceContext)(nil), // 3: butterfly.message.v1.TraceContext
 	(*Message)(nil),      // 4: butterfly.message.v1.Message
-	(*SeqRange)(nil),     // 5: butterfly.message.v1.SeqRange
-	(*Heartbeat)(nil),    // 6: butterfly.message.v1.Heartbeat
-	(*DrainNotice)(nil),  // 7: butterfly.message.v1.DrainNotice
-	(*Nack)(nil),         // 8: butterfly.message.v1.Nack
-	nil,                  // 9: butterfly.message.v1.Message.HeadersEntry
+	(*Route)(nil),        // 5: butterfly.message.v1.Route
+	(*SeqRange)(nil),     // 6: butterfly.message.v1.SeqRange
+	(*Heartbeat)(nil),    // 7: butterfly.message.v1.Heartbeat
+	(*DrainNotice)(nil),  // 8: butterfly.message.v1.DrainNotice
+	(*Nack)(nil),         // 9: butterfly.message.v1.Nack
+	nil,                  // 10: butterfly.message.v1.Message.HeadersEntry
 }
 var file_butterfly_message_v1_message_proto_depIdxs = []int32{
-	2, // 0: butterfly.message.v1.Message.id:type_name -> butterfly.message.v1.MessageId
-	9, // 1: butterfly.message.v1.Message.headers:type_name -> butterfly.message.v1.Message.HeadersEntry
-	3, // 2: butterfly.message.v1.Message.trace:type_name -> butterfly.message.v1.TraceContext
-	0, // 3: butterfly.message.v1.DrainNotice.reason:type_name -> butterfly.message.v1.DrainReason
-	1, // 4: butterfly.message.v1.Nack.reason:type_name -> butterfly.message.v1.NackReason
-	5, // [5:5] is the sub-list for method output_type
-	5, // [5:5] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	2,  // 0: butterfly.message.v1.Message.id:type_name -> butterfly.message.v1.MessageId
+	10, // 1: butterfly.message.v1.Message.headers:type_name -> butterfly.message.v1.Message.HeadersEntry
+	3,  // 2: butterfly.message.v1.Message.trace:type_name -> butterfly.message.v1.TraceContext
+	5,  // 3: butterfly.message.v1.Message.routes:type_name -> butterfly.message.v1.Route
+	0,  // 4: butterfly.message.v1.DrainNotice.reason:type_name -> butterfly.message.v1.DrainReason
+	1,  // 5: butterfly.message.v1.Nack.reason:type_name -> butterfly.message.v1.NackReason
+	5,  // 6: butterfly.message.v1.Nack.routes:type_name -> butterfly.message.v1.Route
+	7,  // [7:7] is the sub-list for method output_type
+	7,  // [7:7] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_butterfly_message_v1_message_proto_init() }
@@ -735,7 +833,7 @@ func file_butterfly_message_v1_message_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_butterfly_message_v1_message_proto_rawDesc), len(file_butterfly_message_v1_message_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
