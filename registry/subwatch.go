@@ -8,7 +8,6 @@ import (
 	"reflect"
 	"slices"
 	"strings"
-	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -94,30 +93,7 @@ type subWatcher struct {
 }
 
 func (w *subWatcher) run(ctx context.Context) error {
-	bo := newBackoff(50*time.Millisecond, 2*time.Second)
-	for {
-		rev, err := w.list(ctx)
-		if err == nil {
-			w.deliver(rev)
-			var progressed bool
-			progressed, err = w.watch(ctx, rev)
-			if progressed {
-				bo.reset()
-			}
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if err != nil {
-			w.logger.Warn("registry: subscriptions watch halted; listing again", "err", err)
-			if w.o.onError != nil {
-				w.o.onError(err)
-			}
-			if !bo.wait(ctx) {
-				return ctx.Err()
-			}
-		}
-	}
+	return listWatch(ctx, w.o, w.logger, w.list, w.deliver, w.watch)
 }
 
 // list replaces the view with the current keys, read at one revision.

@@ -94,13 +94,23 @@ type watcher struct {
 }
 
 func (w *watcher) run(ctx context.Context) error {
+	return listWatch(ctx, w.o, w.logger, w.list, w.deliver, w.watch)
+}
+
+// listWatch lists, delivers the listed view and watches from the listed
+// revision+1, again and again: after a resync at once, after an error (a
+// halted watch, a failed listing) with backoff, reporting it to the error
+// handler. It returns ctx.Err() when ctx is done.
+func listWatch(ctx context.Context, o options, logger *slog.Logger,
+	list func(context.Context) (int64, error), deliver func(int64),
+	watch func(context.Context, int64) (bool, error)) error {
 	bo := newBackoff(50*time.Millisecond, 2*time.Second)
 	for {
-		rev, err := w.list(ctx)
+		rev, err := list(ctx)
 		if err == nil {
-			w.deliver(rev)
+			deliver(rev)
 			var progressed bool
-			progressed, err = w.watch(ctx, rev)
+			progressed, err = watch(ctx, rev)
 			if progressed {
 				bo.reset()
 			}
@@ -109,9 +119,9 @@ func (w *watcher) run(ctx context.Context) error {
 			return ctx.Err()
 		}
 		if err != nil {
-			w.logger.Warn("registry: watch halted; listing again", "err", err)
-			if w.o.onError != nil {
-				w.o.onError(err)
+			logger.Warn("registry: watch halted; listing again", "err", err)
+			if o.onError != nil {
+				o.onError(err)
 			}
 			if !bo.wait(ctx) {
 				return ctx.Err()
