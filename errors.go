@@ -3,6 +3,8 @@ package butterfly
 import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/status"
+
+	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 )
 
 // Intermediates refuse or end a subscribe stream for a reason a consumer
@@ -33,4 +35,15 @@ func RefusalReason(err error) string {
 		}
 	}
 	return ""
+}
+
+// Transient reports whether a message handed back for reason is sent again
+// by its producer (it keeps it), rather than handed back for good.
+func Transient(reason messagev1.NackReason) bool {
+	switch reason {
+	case messagev1.NackReason_NACK_REASON_DRAINING, messagev1.NackReason_NACK_REASON_UNAVAILABLE,
+		messagev1.NackReason_NACK_REASON_NO_CONSUMER, messagev1.NackReason_NACK_REASON_OWNER_UNREACHABLE:
+		return true
+	}
+	return false
 }

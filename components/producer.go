@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/butterfly-mesh/butterfly"
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/internal/seqrange"
@@ -514,9 +515,8 @@ func (p *Producer) handleAck(st *pubStream, a *deliveryv1.PublishAck) {
 			continue
 		}
 		delete(st.unacked, n.GetSeq())
-		switch n.GetReason() {
-		case messagev1.NackReason_NACK_REASON_DRAINING, messagev1.NackReason_NACK_REASON_UNAVAILABLE,
-			messagev1.NackReason_NACK_REASON_NO_CONSUMER, messagev1.NackReason_NACK_REASON_OWNER_UNREACHABLE:
+		switch {
+		case butterfly.Transient(n.GetReason()):
 			m.stream, m.seq, m.sent = nil, 0, false
 			if routes := n.GetRoutes(); len(routes) > 0 {
 				// What this attempt learned travels with the next one: the

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/butterfly-mesh/butterfly"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
@@ -259,7 +260,7 @@ func (s *Server) finishLocked(h *held, nack *messagev1.Nack) {
 		p.acks = append(p.acks, h.seq)
 	} else {
 		nack.Seq = h.seq
-		if transientNack(nack.GetReason()) {
+		if butterfly.Transient(nack.GetReason()) {
 			nack.Routes = routesOf(h)
 		}
 		p.nacks = append(p.nacks, nack)
@@ -268,17 +269,6 @@ func (s *Server) finishLocked(h *held, nack *messagev1.Nack) {
 	if s.heldTotal == 0 {
 		s.poke()
 	}
-}
-
-// transientNack reports whether a producer sends a message handed back for
-// reason again.
-func transientNack(reason messagev1.NackReason) bool {
-	switch reason {
-	case messagev1.NackReason_NACK_REASON_DRAINING, messagev1.NackReason_NACK_REASON_UNAVAILABLE,
-		messagev1.NackReason_NACK_REASON_NO_CONSUMER, messagev1.NackReason_NACK_REASON_OWNER_UNREACHABLE:
-		return true
-	}
-	return false
 }
 
 // routesOf returns where h's group copies went, for the producer to send

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"sort"
@@ -72,16 +71,12 @@ afterwards are not routed to it, and its consumers stop with an error.`,
 				return err
 			}
 			defer cli.Close()
-			groups, err := listGroups(cmd.Context(), cli, r.prefix, service, func(key string, err error) {
-				fmt.Fprintf(cmd.ErrOrStderr(), "butterfly: skipping %s: %v\n", key, err)
-			})
+			groups, err := listGroups(cmd.Context(), cli, r.prefix, service, skipping(cmd))
 			if err != nil {
 				return err
 			}
 			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(groups)
+				return printJSON(cmd.OutOrStdout(), groups)
 			}
 			printGroups(cmd.OutOrStdout(), groups, time.Now())
 			return nil

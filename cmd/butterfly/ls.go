@@ -56,20 +56,14 @@ stderr and skipped. --json prints the instances only; butterfly group ls
 				return err
 			}
 			defer cli.Close()
-			entries, err := listInstances(cmd.Context(), cli, r.prefix, service, func(key string, err error) {
-				fmt.Fprintf(cmd.ErrOrStderr(), "butterfly: skipping %s: %v\n", key, err)
-			})
+			entries, err := listInstances(cmd.Context(), cli, r.prefix, service, skipping(cmd))
 			if err != nil {
 				return err
 			}
 			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(entries)
+				return printJSON(cmd.OutOrStdout(), entries)
 			}
-			groups, err := listGroups(cmd.Context(), cli, r.prefix, service, func(key string, err error) {
-				fmt.Fprintf(cmd.ErrOrStderr(), "butterfly: skipping %s: %v\n", key, err)
-			})
+			groups, err := listGroups(cmd.Context(), cli, r.prefix, service, skipping(cmd))
 			if err != nil {
 				return err
 			}
@@ -136,4 +130,19 @@ func printInstances(w io.Writer, entries []lsEntry, now time.Time) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%t\t%s\n", e.Service, e.Instance, e.Addr, e.Epoch, e.Draining, age)
 	}
 	tw.Flush()
+}
+
+// skipping reports a key that holds no valid value on stderr; ls and group
+// ls skip such keys.
+func skipping(cmd *cobra.Command) func(key string, err error) {
+	return func(key string, err error) {
+		fmt.Fprintf(cmd.ErrOrStderr(), "butterfly: skipping %s: %v\n", key, err)
+	}
+}
+
+// printJSON writes v as indented JSON.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
