@@ -162,7 +162,8 @@ func TestServer_RoutesFromEarlierAttempts(t *testing.T) {
 	sendBatch(t, pub, 1, m)
 	recv := map[string]chan *deliveryv1.Delivery{}
 	for id, s := range audit {
-		recv[id] = make(chan *deliveryv1.Delivery, 4)
+		ch := make(chan *deliveryv1.Delivery, 4)
+		recv[id] = ch
 		go func() {
 			for {
 				resp, err := s.Recv()
@@ -170,7 +171,7 @@ func TestServer_RoutesFromEarlierAttempts(t *testing.T) {
 					return
 				}
 				for _, d := range resp.GetBatch().GetDeliveries() {
-					recv[id] <- d
+					ch <- d
 				}
 			}
 		}()
