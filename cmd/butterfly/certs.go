@@ -19,6 +19,7 @@ import (
 func newCertsCommand(r *rootCommand) *cobra.Command {
 	var dir, clientID string
 	var hosts []string
+	roleIDs := map[tlsutil.Role]*[]string{}
 	var validity time.Duration
 	c := &cobra.Command{
 		Use:   "certs",
@@ -28,11 +29,22 @@ func newCertsCommand(r *rootCommand) *cobra.Command {
   ca.pem, ca-key.pem          a CA valid for one year
   server.pem, server-key.pem  a server certificate for --hosts
   client.pem, client-key.pem  a client certificate, CommonName butterfly-client
+  <role>-<id>.pem, <role>-<id>-key.pem
+                              a client certificate per --producer-id,
+                              --consumer-id, --stage-id and --admin-id, bound
+                              to its role and id by the URI SAN
+                              butterfly://<role>/<id>
 
-IP addresses in --hosts become IP SANs and names DNS SANs, in both the server
-and the client certificate. With --client-id the client certificate is also
-bound to that producer id by the URI SAN butterfly://producer/<id>: a server
-that requires client certificates holds the producer to that id.
+IP addresses in --hosts become IP SANs and names DNS SANs, in the server and
+every client certificate. With --client-id, client.pem is bound to that
+producer id (butterfly://producer/<id>, as producer-<id>.pem would be).
+
+An intermediate that requires client certificates holds each holder to its
+role: a producer publishes only under its own id; a consumer subscribes only
+as its own consumer id; a stage does both under its own id and forwards
+messages under the ids they came with; only an admin drains an instance and
+sees every producer in status. client.pem without --client-id has no role:
+it is refused unless the intermediate runs with --tls-allow-unbound.
 
 A CA already in --dir is kept, so running the command again issues new
 certificates that running processes still trust; servers and clients read
@@ -41,6 +53,7 @@ restart. Keys are written with mode 0600. The CA key lies beside the
 certificates: this is for development and tests, not for production.`,
 		Example: `  butterfly certs --dir ./certs --hosts localhost,127.0.0.1
   butterfly certs --dir ./certs --hosts 127.0.0.1,127.0.0.2,127.0.0.3 --client-id p1
+  butterfly certs --dir ./certs --hosts 127.0.0.1 --producer-id p1 --consumer-id c1 --stage-id s1 --admin-id ops
   butterfly certs --dir ./certs --hosts mesh.internal --validity 24h`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := requireFlag("dir", dir); err != nil {
@@ -61,6 +74,17 @@ certificates: this is for development and tests, not for production.`,
 				}
 				opts = append(opts, tlsutil.WithClientID(clientID))
 			}
+			var issued []string
+			for _, role := range tlsutil.Roles {
+				for _, id := range *roleIDs[role] {
+					flag := "--" + string(role) + "-id"
+					if err := registry.ValidateName(flag, id); err != nil {
+						return &usageError{err}
+					}
+					opts = append(opts, tlsutil.WithIdentity(role, id))
+					issued = append(issued, string(role)+"/"+id)
+				}
+			}
 			if validity <= 0 {
 				return usagef("--validity %v is not positive", validity)
 			}
@@ -73,20 +97,25 @@ certificates: this is for development and tests, not for production.`,
 			if err := tlsutil.GenerateDev(dir, hosts, opts...); err != nil {
 				return err
 			}
-			r.logger.Debug("certificates written", "dir", dir, "hosts", hosts, "client_id", clientID, "kept_ca", keptCA)
-			printCerts(cmd, dir, hosts, clientID, keptCA)
+			r.logger.Debug("certificates written", "dir", dir, "hosts", hosts, "client_id", clientID, "identities", issued, "kept_ca", keptCA)
+			printCerts(cmd, dir, hosts, clientID, issued, keptCA)
 			return nil
 		},
 	}
 	f := c.Flags()
 	f.StringVar(&dir, "dir", "", "directory to write the files into (required; created 0700)")
 	f.StringSliceVar(&hosts, "hosts", nil, "IP addresses and DNS names of the servers, comma-separated (required)")
-	f.StringVar(&clientID, "client-id", "", "producer id to bind the client certificate to")
+	f.StringVar(&clientID, "client-id", "", "producer id to bind client.pem to")
+	for _, role := range tlsutil.Roles {
+		ids := new([]string)
+		roleIDs[role] = ids
+		f.StringSliceVar(ids, string(role)+"-id", nil, fmt.Sprintf("write %s-<id>.pem and %s-<id>-key.pem, a %s certificate for each id (comma-separated, repeatable)", role, role, role))
+	}
 	f.DurationVar(&validity, "validity", 365*24*time.Hour, "how long the server and client certificates are valid (at most as long as the CA)")
 	return c
 }
 
-func printCerts(cmd *cobra.Command, dir string, hosts []string, clientID string, keptCA bool) {
+func printCerts(cmd *cobra.Command, dir string, hosts []string, clientID string, issued []string, keptCA bool) {
 	ca := "a new CA"
 	if keptCA {
 		ca = "the CA already there (kept)"
@@ -107,6 +136,12 @@ func printCerts(cmd *cobra.Command, dir string, hosts []string, clientID string,
 		{tlsutil.ClientKeyFile, "client key (0600)"},
 	} {
 		fmt.Fprintf(tw, "  %s\t%s\n", filepath.Join(dir, row[0]), row[1])
+	}
+	for _, name := range issued {
+		role, id, _ := strings.Cut(name, "/")
+		certFile, keyFile := tlsutil.IdentityFiles(tlsutil.Role(role), id)
+		fmt.Fprintf(tw, "  %s\t%s certificate, %s id %s\n", filepath.Join(dir, certFile), role, role, id)
+		fmt.Fprintf(tw, "  %s\t%s key (0600)\n", filepath.Join(dir, keyFile), role)
 	}
 	tw.Flush()
 }

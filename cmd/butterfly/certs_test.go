@@ -123,3 +123,38 @@ func readPEMCert(t *testing.T, path string) *x509.Certificate {
 	}
 	return cert
 }
+
+// TestCertsCommand_RoleCertificates checks that the role flags write one
+// file pair per identity, each bound by its URI SAN, and refuse a bad id
+// naming the flag.
+func TestCertsCommand_RoleCertificates(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "certs")
+	out, err := executeCommand(t, "certs", "--dir", dir, "--hosts", "127.0.0.1",
+		"--producer-id", "p1,p2", "--consumer-id", "c1", "--stage-id", "s1", "--admin-id", "ops")
+	if err != nil {
+		t.Fatalf("butterfly certs = %v, want nil; output:\n%s", err, out)
+	}
+	for _, tc := range []struct {
+		role tlsutil.Role
+		id   string
+	}{{tlsutil.RoleProducer, "p1"}, {tlsutil.RoleProducer, "p2"}, {tlsutil.RoleConsumer, "c1"}, {tlsutil.RoleStage, "s1"}, {tlsutil.RoleAdmin, "ops"}} {
+		certFile, keyFile := tlsutil.IdentityFiles(tc.role, tc.id)
+		for _, name := range []string{certFile, keyFile} {
+			if !strings.Contains(out, filepath.Join(dir, name)) {
+				t.Errorf("butterfly certs output = %q, want it to list %s", out, name)
+			}
+		}
+		want := "butterfly://" + string(tc.role) + "/" + tc.id
+		if got := readPEMCert(t, filepath.Join(dir, certFile)).URIs; len(got) != 1 || got[0].String() != want {
+			t.Errorf("%s URIs = %v, want [%s]", certFile, got, want)
+		}
+	}
+	if got := readPEMCert(t, filepath.Join(dir, tlsutil.ClientFile)).URIs; len(got) != 0 {
+		t.Errorf("client certificate URIs = %v, want none", got)
+	}
+	_, err = executeCommand(t, "certs", "--dir", dir, "--hosts", "127.0.0.1", "--stage-id", "s/1")
+	var ue *usageError
+	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "--stage-id") {
+		t.Errorf("butterfly certs --stage-id s/1 = %v, want a usage error naming --stage-id", err)
+	}
+}

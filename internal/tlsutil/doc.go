@@ -21,8 +21,10 @@
 //	}
 //	conn, err := grpc.NewClient("butterfly:///intermediate", grpc.WithTransportCredentials(creds))
 //
-// In a handler, PeerIdentity names the verified client: the <id> of a
-// butterfly://producer/<id> URI SAN, else the certificate's CommonName.
+// In a handler, Peer returns the verified client's Identity: the role and id
+// of its URI SAN butterfly://<role>/<id> (role producer, consumer, stage or
+// admin), and its CommonName. PeerIdentity names it: the <id>, else the
+// CommonName.
 //
 // Files are read again during handshakes, at most once per second (see
 // WithReloadInterval), as long as the ctx given at construction lives; no

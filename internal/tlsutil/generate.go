@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -44,15 +45,32 @@ const (
 type GenerateOption func(*generateOptions)
 
 type generateOptions struct {
-	clientID string
-	validity time.Duration
-	now      func() time.Time
+	clientID   string
+	identities []Identity
+	validity   time.Duration
+	now        func() time.Time
 }
 
 // WithClientID binds the client certificate to a producer id with the URI
 // SAN butterfly://producer/<id>, which PeerIdentity returns.
 func WithClientID(id string) GenerateOption {
 	return func(o *generateOptions) { o.clientID = id }
+}
+
+// WithIdentity also writes a client certificate bound to role and id by
+// the URI SAN butterfly://<role>/<id>, into the file pair IdentityFiles
+// names. It may be given more than once.
+func WithIdentity(role Role, id string) GenerateOption {
+	return func(o *generateOptions) {
+		o.identities = append(o.identities, Identity{Role: role, ID: id})
+	}
+}
+
+// IdentityFiles returns the certificate and key file names GenerateDev
+// writes for WithIdentity(role, id): <role>-<id>.pem and <role>-<id>-key.pem.
+func IdentityFiles(role Role, id string) (cert, key string) {
+	base := string(role) + "-" + id
+	return base + ".pem", base + "-key.pem"
 }
 
 // WithValidity sets how long the server and client certificates are valid
@@ -71,6 +89,9 @@ func WithValidity(d time.Duration) GenerateOption {
 //   - client.pem, client-key.pem: a client certificate with CommonName
 //     "butterfly-client", the hosts as SANs, and with WithClientID the URI
 //     SAN butterfly://producer/<id>.
+//   - <role>-<id>.pem, <role>-<id>-key.pem for every WithIdentity: a client
+//     certificate with CommonName <role>-<id>, the hosts as SANs, and the
+//     URI SAN butterfly://<role>/<id>.
 //
 // Keys are written 0600 and certificates 0644, each file atomically.
 func GenerateDev(dir string, hosts []string, opts ...GenerateOption) error {
@@ -88,6 +109,14 @@ func GenerateDev(dir string, hosts []string, opts ...GenerateOption) error {
 	}
 	if o.clientID != "" {
 		if err := validateClientID(o.clientID); err != nil {
+			return err
+		}
+	}
+	for _, id := range o.identities {
+		if !id.Role.Valid() {
+			return fmt.Errorf("tlsutil: role %q is not one of %v", id.Role, Roles)
+		}
+		if err := validateID(id.ID); err != nil {
 			return err
 		}
 	}
@@ -114,9 +143,21 @@ func GenerateDev(dir string, hosts []string, opts ...GenerateOption) error {
 	client := leafTemplate(ClientCommonName, hosts, now, notAfter)
 	client.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
 	if o.clientID != "" {
-		client.URIs = append(client.URIs, producerURI(o.clientID))
+		client.URIs = append(client.URIs, roleURI(RoleProducer, o.clientID))
 	}
-	return issue(dir, ClientFile, ClientKeyFile, client, ca, caKey)
+	if err := issue(dir, ClientFile, ClientKeyFile, client, ca, caKey); err != nil {
+		return err
+	}
+	for _, id := range o.identities {
+		certFile, keyFile := IdentityFiles(id.Role, id.ID)
+		tmpl := leafTemplate(string(id.Role)+"-"+id.ID, hosts, now, notAfter)
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+		tmpl.URIs = []*url.URL{roleURI(id.Role, id.ID)}
+		if err := issue(dir, certFile, keyFile, tmpl, ca, caKey); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // validateClientID applies the rules of producer ids: valid UTF-8 without

@@ -2,6 +2,8 @@ package tlsutil
 
 import (
 	"context"
+	"crypto/x509"
+	"fmt"
 	"net/url"
 	"strings"
 
@@ -9,50 +11,126 @@ import (
 	"google.golang.org/grpc/peer"
 )
 
-// The URI SAN that binds a client certificate to a producer id:
-// butterfly://producer/<id>.
+// Role is what a client certificate lets its holder do in the mesh. It is
+// bound to the certificate with the URI SAN butterfly://<role>/<id>.
+type Role string
+
+// The roles a certificate can carry.
 const (
-	identityScheme = "butterfly"
-	identityKind   = "producer"
+	// RoleProducer publishes under its own producer id only.
+	RoleProducer Role = "producer"
+	// RoleConsumer subscribes as its own consumer id only.
+	RoleConsumer Role = "consumer"
+	// RoleStage subscribes as its own id, publishes under its own id, and
+	// forwards messages that keep the producer ids they came with.
+	RoleStage Role = "stage"
+	// RoleAdmin drains instances and sees the status of every stream.
+	RoleAdmin Role = "admin"
 )
 
-// producerURI returns butterfly://producer/<id>.
-func producerURI(id string) *url.URL {
-	return &url.URL{Scheme: identityScheme, Host: identityKind, Path: "/" + id}
+// Roles lists every role, in the order the CLI documents them.
+var Roles = []Role{RoleProducer, RoleConsumer, RoleStage, RoleAdmin}
+
+// Valid reports whether r is one of Roles.
+func (r Role) Valid() bool {
+	switch r {
+	case RoleProducer, RoleConsumer, RoleStage, RoleAdmin:
+		return true
+	}
+	return false
 }
 
-// PeerIdentity returns the identity of the verified client certificate of
-// the gRPC peer in ctx (a server handler's context): the <id> of its URI SAN
-// butterfly://producer/<id> when it has one, else its subject CommonName. It
-// reports false when the peer did not connect over TLS, sent no certificate,
-// or sent one the server did not verify against its CA (only a verified
-// chain is an identity), or when the certificate names nobody.
-//
-// A server that requires client certificates uses it to hold a producer to
-// the producer id bound to its certificate:
-//
-//	if id, ok := tlsutil.PeerIdentity(ctx); !ok || id != req.GetProducerId() {
-//		return status.Error(codes.PermissionDenied, "producer id is not the certificate's")
-//	}
-func PeerIdentity(ctx context.Context) (string, bool) {
+const identityScheme = "butterfly"
+
+// roleURI returns butterfly://<role>/<id>.
+func roleURI(r Role, id string) *url.URL {
+	return &url.URL{Scheme: identityScheme, Host: string(r), Path: "/" + id}
+}
+
+// Identity is what a verified client certificate says about its holder.
+type Identity struct {
+	// Role and ID come from the certificate's URI SAN
+	// butterfly://<role>/<id>; Role is "" when it has none (or more than
+	// one, or an unknown role).
+	Role Role
+	ID   string
+	// CommonName is the certificate's subject CommonName.
+	CommonName string
+}
+
+// String names the identity: "<role>/<id>", or "cn=<CommonName>" for a
+// certificate without a role.
+func (i Identity) String() string {
+	if i.Role != "" {
+		return string(i.Role) + "/" + i.ID
+	}
+	return "cn=" + i.CommonName
+}
+
+// Is reports whether the identity has role r and id.
+func (i Identity) Is(r Role, id string) bool { return i.Role == r && i.ID == id }
+
+// Peer returns the identity of the verified client certificate of the gRPC
+// peer in ctx (a server handler's context). It reports false when the peer
+// did not connect over TLS, sent no certificate, or sent one the server did
+// not verify against its CA: only a verified chain is an identity.
+func Peer(ctx context.Context) (Identity, bool) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
-		return "", false
+		return Identity{}, false
 	}
 	info, ok := p.AuthInfo.(credentials.TLSInfo)
 	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
-		return "", false
+		return Identity{}, false
 	}
-	leaf := info.State.VerifiedChains[0][0]
+	return identityOf(info.State.VerifiedChains[0][0]), true
+}
+
+// identityOf reads the role and id of a certificate. A certificate with
+// more than one butterfly URI, or one with an unknown role or a malformed
+// id, has no role: it cannot be trusted to mean one thing.
+func identityOf(leaf *x509.Certificate) Identity {
+	id := Identity{CommonName: leaf.Subject.CommonName}
+	found := 0
 	for _, u := range leaf.URIs {
-		if u.Scheme == identityScheme && u.Host == identityKind {
-			if id := strings.TrimPrefix(u.Path, "/"); id != "" && !strings.Contains(id, "/") {
-				return id, true
-			}
+		if u.Scheme != identityScheme {
+			continue
+		}
+		found++
+		name := strings.TrimPrefix(u.Path, "/")
+		if r := Role(u.Host); r.Valid() && validateID(name) == nil && u.RawQuery == "" && u.Fragment == "" {
+			id.Role, id.ID = r, name
 		}
 	}
-	if cn := leaf.Subject.CommonName; cn != "" {
-		return cn, true
+	if found != 1 {
+		id.Role, id.ID = "", ""
+	}
+	return id
+}
+
+// PeerIdentity returns the name of the verified client certificate of the
+// gRPC peer in ctx: the <id> of its URI SAN butterfly://<role>/<id> when it
+// has one, else its subject CommonName. It reports false when Peer does, or
+// when the certificate names nobody. Authorization needs the role too: see
+// Peer.
+func PeerIdentity(ctx context.Context) (string, bool) {
+	id, ok := Peer(ctx)
+	switch {
+	case !ok:
+		return "", false
+	case id.Role != "":
+		return id.ID, true
+	case id.CommonName != "":
+		return id.CommonName, true
 	}
 	return "", false
+}
+
+// validateID applies the rules of producer and consumer ids: non-empty valid
+// UTF-8 without '/', spaces or control characters.
+func validateID(id string) error {
+	if id == "" {
+		return fmt.Errorf("tlsutil: empty id")
+	}
+	return validateClientID(id)
 }

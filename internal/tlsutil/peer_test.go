@@ -2,6 +2,9 @@ package tlsutil
 
 import (
 	"context"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"net/url"
 	"path/filepath"
 	"testing"
 
@@ -48,3 +51,53 @@ func TestPeerIdentity_Unverified(t *testing.T) {
 type plainAuth struct{}
 
 func (plainAuth) AuthType() string { return "insecure" }
+
+// TestIdentity_Roles checks that every role certificate GenerateDev writes
+// carries its role and id, and that the producer form of WithClientID is the
+// producer role.
+func TestIdentity_Roles(t *testing.T) {
+	var opts []GenerateOption
+	for _, r := range Roles {
+		opts = append(opts, WithIdentity(r, "x-"+string(r)))
+	}
+	pki := newPKI(t, append(opts, WithClientID("p1"))...)
+	for _, r := range Roles {
+		certFile, _ := IdentityFiles(r, "x-"+string(r))
+		got := identityOf(readCert(t, filepath.Join(pki, certFile)))
+		want := Identity{Role: r, ID: "x-" + string(r), CommonName: string(r) + "-x-" + string(r)}
+		if got != want {
+			t.Errorf("identityOf(%s) = %+v, want %+v", certFile, got, want)
+		}
+	}
+	if got, want := identityOf(readCert(t, filepath.Join(pki, ClientFile))), (Identity{Role: RoleProducer, ID: "p1", CommonName: ClientCommonName}); got != want {
+		t.Errorf("identityOf(%s) = %+v, want %+v", ClientFile, got, want)
+	}
+}
+
+// TestIdentity_Ambiguous checks that a certificate with two butterfly URIs,
+// an unknown role or a malformed id has no role.
+func TestIdentity_Ambiguous(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		uris []string
+	}{
+		{"two roles", []string{"butterfly://producer/p1", "butterfly://admin/a1"}},
+		{"unknown role", []string{"butterfly://root/r1"}},
+		{"nested id", []string{"butterfly://producer/p1/x"}},
+		{"empty id", []string{"butterfly://consumer/"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cert := &x509.Certificate{Subject: pkix.Name{CommonName: "cn1"}}
+			for _, u := range tc.uris {
+				parsed, err := url.Parse(u)
+				if err != nil {
+					t.Fatal(err)
+				}
+				cert.URIs = append(cert.URIs, parsed)
+			}
+			if got, want := identityOf(cert), (Identity{CommonName: "cn1"}); got != want {
+				t.Errorf("identityOf(%v) = %+v, want %+v", tc.uris, got, want)
+			}
+		})
+	}
+}
