@@ -30,11 +30,14 @@ import (
 )
 
 // devPKI writes a development PKI for 127.0.0.1 whose client certificate is
-// bound to producer id clientID.
+// bound to producer id clientID, with the role certificates of consumer c1,
+// producer p2, stage s1 and admin ops beside it (see roleFiles).
 func devPKI(t *testing.T, clientID string) string {
 	t.Helper()
 	dir := t.TempDir()
-	if err := tlsutil.GenerateDev(dir, []string{"127.0.0.1", "localhost"}, tlsutil.WithClientID(clientID)); err != nil {
+	if err := tlsutil.GenerateDev(dir, []string{"127.0.0.1", "localhost"}, tlsutil.WithClientID(clientID),
+		tlsutil.WithIdentity(tlsutil.RoleConsumer, "c1"), tlsutil.WithIdentity(tlsutil.RoleProducer, "p2"),
+		tlsutil.WithIdentity(tlsutil.RoleStage, "s1"), tlsutil.WithIdentity(tlsutil.RoleAdmin, "ops")); err != nil {
 		t.Fatalf("GenerateDev(%s) = %v", dir, err)
 	}
 	return dir
@@ -47,6 +50,12 @@ func clientFiles(pki, caDir string) tlsutil.Files {
 		Key:  filepath.Join(pki, tlsutil.ClientKeyFile),
 		CA:   filepath.Join(caDir, tlsutil.CAFile),
 	}
+}
+
+// roleFiles names the role certificate of pki for role and id.
+func roleFiles(pki string, role tlsutil.Role, id string) tlsutil.Files {
+	cert, key := tlsutil.IdentityFiles(role, id)
+	return tlsutil.Files{Cert: filepath.Join(pki, cert), Key: filepath.Join(pki, key), CA: filepath.Join(pki, tlsutil.CAFile)}
 }
 
 // writeExpiredClient issues, with the CA of pki, a client certificate bound
@@ -155,11 +164,12 @@ func TestMutualTLS_EndToEnd(t *testing.T) {
 	h := m.startTLSHub(pki, "i1")
 	good := clientCreds(t, clientFiles(pki, pki))
 	led := newLedger()
-	m.consumer("c1", led.handler(), components.WithTransportCredentials(good))
+	m.consumer("c1", led.handler(), components.WithTransportCredentials(clientCreds(t, roleFiles(pki, tlsutil.RoleConsumer, "c1"))))
+	admin := clientCreds(t, roleFiles(pki, tlsutil.RoleAdmin, "ops"))
 	waitUntil(t, "consumer c1 on i1", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		st, err := adminv1.NewAdminServiceClient(rawConn(t, h.addr, good)).GetStatus(ctx, &adminv1.GetStatusRequest{})
+		st, err := adminv1.NewAdminServiceClient(rawConn(t, h.addr, admin)).GetStatus(ctx, &adminv1.GetStatusRequest{})
 		return err == nil && len(st.GetConsumers()) == 1
 	})
 	p := m.producer("p1", components.WithTransportCredentials(good))
@@ -203,7 +213,7 @@ func TestMutualTLS_EndToEnd(t *testing.T) {
 		t.Fatalf("Send(hello p2) = %v", err)
 	}
 	_, err = stream.Recv()
-	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), `"p2" is not "p1"`) {
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), `(producer/p1) may not publish as producer "p2"`) {
 		t.Fatalf("publish as p2 with the certificate of p1 = %v, want PERMISSION_DENIED naming both", err)
 	}
 }

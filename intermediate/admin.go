@@ -12,6 +12,7 @@ import (
 	adminv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/admin/v1"
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
 )
 
 // adminService serves AdminService.
@@ -23,8 +24,11 @@ type adminService struct {
 var _ adminv1.AdminServiceServer = (*adminService)(nil)
 
 // GetStatus reports the instance, its streams and its counters.
-func (as *adminService) GetStatus(context.Context, *adminv1.GetStatusRequest) (*adminv1.GetStatusResponse, error) {
+// A peer that is not an admin sees only its own streams (see authz.go).
+func (as *adminService) GetStatus(ctx context.Context, _ *adminv1.GetStatusRequest) (*adminv1.GetStatusResponse, error) {
 	s := as.s
+	a := s.accessOf(ctx)
+	all := a.may("", tlsutil.RoleAdmin)
 	s.mu.Lock()
 	resp := &adminv1.GetStatusResponse{
 		Service:   s.service,
@@ -38,6 +42,9 @@ func (as *adminService) GetStatus(context.Context, *adminv1.GetStatusRequest) (*
 		Version:   s.opts.version,
 	}
 	for p := range s.pubs {
+		if !all && !a.may(p.producerID, tlsutil.RoleProducer, tlsutil.RoleStage) {
+			continue
+		}
 		resp.Producers = append(resp.Producers, &adminv1.ProducerStatus{
 			ProducerId:  p.producerID,
 			Incarnation: p.incarnation,
@@ -49,6 +56,9 @@ func (as *adminService) GetStatus(context.Context, *adminv1.GetStatusRequest) (*
 		})
 	}
 	for sub := range s.subs {
+		if !all && !a.may(sub.consumerID, tlsutil.RoleConsumer, tlsutil.RoleStage) {
+			continue
+		}
 		resp.Consumers = append(resp.Consumers, &adminv1.ConsumerStatus{
 			ConsumerId: sub.consumerID,
 			Group:      sub.group,
@@ -77,6 +87,9 @@ func (as *adminService) GetStatus(context.Context, *adminv1.GetStatusRequest) (*
 // Drain starts a drain and returns once it started.
 func (as *adminService) Drain(ctx context.Context, req *adminv1.DrainRequest) (*adminv1.DrainResponse, error) {
 	s := as.s
+	if err := s.accessOf(ctx).admin("drain the instance"); err != nil {
+		return nil, err
+	}
 	timeout := s.opts.drainTimeout
 	if d := req.GetTimeout(); d != nil {
 		if err := d.CheckValid(); err != nil || d.AsDuration() < 0 {
@@ -105,6 +118,9 @@ var _ deliveryv1.ProcessServiceServer = (*processService)(nil)
 // Process runs the processor on one message.
 func (ps *processService) Process(ctx context.Context, req *deliveryv1.ProcessRequest) (*deliveryv1.ProcessResponse, error) {
 	s := ps.s
+	if a := s.accessOf(ctx); !a.may("", tlsutil.Roles...) {
+		return nil, a.denied("process messages")
+	}
 	if req.GetMessage() == nil {
 		return nil, status.Error(codes.InvalidArgument, "intermediate: request has no message")
 	}

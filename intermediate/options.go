@@ -56,6 +56,7 @@ type options struct {
 	maxStreamsPerPeer int // 0: no limit
 	registryOptions   []registry.Option
 	version           string
+	trustUnbound      bool
 }
 
 func defaultOptions() options {
@@ -230,3 +231,13 @@ func WithMaxHeaders(count, bytes int) Option {
 // identity of its verified client certificate, else its IP address. A stream
 // over the limit fails with RESOURCE_EXHAUSTED naming max-streams-per-peer.
 func WithMaxStreamsPerPeer(n int) Option { return func(o *options) { o.maxStreamsPerPeer = n } }
+
+// WithTrustUnboundCertificates trusts a verified client certificate that
+// carries no role (no URI SAN butterfly://<role>/<id>, such as a
+// CommonName-only certificate) with every role, as mutual TLS without roles
+// did (default false: such a certificate may publish, subscribe, process and
+// drain nothing, and sees no stream in GetStatus). See authz.go for the
+// rules of each role.
+func WithTrustUnboundCertificates(trust bool) Option {
+	return func(o *options) { o.trustUnbound = trust }
+}

@@ -14,7 +14,6 @@ import (
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/internal/seqrange"
-	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
 )
 
 // publishService serves PublishService.
@@ -30,6 +29,7 @@ type pubStream struct {
 	streamBase
 	srv         *Server
 	producerID  string
+	forwards    bool // may carry messages of other producer ids
 	incarnation uint64
 	expectSeq   uint64 // next stream sequence number; receive goroutine only
 
@@ -61,14 +61,16 @@ func (ps *publishService) Publish(stream deliveryv1.PublishService_PublishServer
 	if err := s.checkHello(hello != nil, "producer_id", hello.GetProducerId(), hello.GetInstance()); err != nil {
 		return err
 	}
-	// A verified client certificate binds the stream to its producer id.
-	// Messages forwarded by a stage keep their original ids: an
-	// authenticated stream is trusted with the ids of the messages it carries.
-	if id, ok := tlsutil.PeerIdentity(ctx); ok && id != hello.GetProducerId() {
-		return status.Errorf(codes.PermissionDenied, "intermediate: hello producer_id %q is not %q, the identity of the client certificate", hello.GetProducerId(), id)
+	// A verified client certificate binds the stream to its producer id,
+	// and the messages of a producer's stream to it too; a stage forwards
+	// messages under their original ids (see authz.go).
+	forwards, err := s.accessOf(ctx).publish(hello.GetProducerId())
+	if err != nil {
+		return err
 	}
 	p := &pubStream{
 		srv:         s,
+		forwards:    forwards,
 		producerID:  hello.GetProducerId(),
 		incarnation: hello.GetIncarnation(),
 		expectSeq:   1,
@@ -160,6 +162,13 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 	}
 	if b.GetFirstSeq() != p.expectSeq {
 		return status.Errorf(codes.InvalidArgument, "intermediate: batch first_seq %d, want %d", b.GetFirstSeq(), p.expectSeq)
+	}
+	if !p.forwards {
+		for i, m := range msgs {
+			if id := m.GetId().GetProducerId(); id != p.producerID {
+				return status.Errorf(codes.PermissionDenied, "intermediate: message %d of the batch has producer_id %q; this stream's client certificate publishes only as %q", i+1, id, p.producerID)
+			}
+		}
 	}
 	first := p.expectSeq
 	p.expectSeq += n

@@ -61,6 +61,9 @@ func (ss *subscribeService) Subscribe(stream deliveryv1.SubscribeService_Subscri
 	if err := s.checkHello(hello != nil, "consumer_id", hello.GetConsumerId(), hello.GetInstance()); err != nil {
 		return err
 	}
+	if err := s.accessOf(ctx).subscribe(hello.GetConsumerId()); err != nil {
+		return err
+	}
 	sub := &subStream{
 		srv:        s,
 		consumerID: hello.GetConsumerId(),

@@ -55,7 +55,9 @@ route only to registered consumers. A second process started with the same
 The last line on stdout is a JSON summary:
   {"delivered":…,"duplicates_dropped":…}
 
-` + tlsHelp,
+` + tlsHelp + `
+With mutual TLS, the intermediates accept only the consumer id bound to the
+client certificate (butterfly certs --consumer-id ID).`,
 		Example: `  butterfly consume --id c1
   butterfly consume --id c1 --group audit --out c1.tsv --count 40000`,
 		RunE: func(cmd *cobra.Command, _ []string) error {

@@ -17,6 +17,7 @@ func newIntermediateCommand(r *rootCommand) *cobra.Command {
 	var (
 		name, listen, advertise, service, processor, admin, zone string
 		weight                                                   uint32
+		allowUnbound                                             bool
 		leaseTTL, drainTimeout, stopTimeout                      time.Duration
 		tlsf                                                     *tlsFlags
 		lim                                                      *limitFlags
@@ -40,11 +41,16 @@ When ready it prints one JSON line on stdout:
 
 ` + tlsHelp + `
 With --tls-ca, client certificates are required (--tls-client-auth require)
-and a verified certificate binds its publish streams to one producer id: the
-<id> of its URI SAN butterfly://producer/<id> (butterfly certs --client-id),
-else its CommonName. A hello under another producer id is refused with
-PERMISSION_DENIED. The ids of the messages a stream carries are trusted: a
-stage forwards messages under their original ids.
+and a verified certificate binds its holder to the role and id of its URI
+SAN butterfly://<role>/<id> (butterfly certs --producer-id, --consumer-id,
+--stage-id, --admin-id). A producer publishes only under its id, in the
+hello and in every message; a consumer subscribes only as its id; a stage
+does both under its id and forwards messages under their original ids; only
+an admin may call AdminService/Drain and see every stream in GetStatus
+(others see their own). Anything else is refused with PERMISSION_DENIED. A
+certificate without a butterfly URI (CommonName only) may do nothing unless
+--tls-allow-unbound trusts it with every role. Without client certificates
+(plaintext, or --tls-client-auth none or request) no role can be checked.
 
 Limits: a message over --max-message-bytes, --max-headers or
 --max-header-bytes is handed back (INVALID) naming the limit, and its stream
@@ -118,6 +124,7 @@ RESOURCE_EXHAUSTED naming the limit.`,
 				intermediate.WithStopTimeout(stopTimeout),
 				intermediate.WithRegistryOptions(registry.WithWeight(weight), registry.WithZone(zone), registry.WithVersion(buildVersion())),
 				intermediate.WithGRPCServerOptions(creds),
+				intermediate.WithTrustUnboundCertificates(allowUnbound),
 			}
 			opts = append(opts, limitOpts...)
 			obs, err := obsf.start(cmd.Context(), "intermediate", logger)
@@ -180,6 +187,7 @@ RESOURCE_EXHAUSTED naming the limit.`,
 	f.Uint32Var(&weight, "weight", 1, "relative share of new work")
 	f.StringVar(&zone, "zone", "", "zone of the instance, for zone-local picks")
 	tlsf = addTLSFlags(r, f, true)
+	f.BoolVar(&allowUnbound, "tls-allow-unbound", false, "trust a verified client certificate without a butterfly://<role>/<id> URI SAN with every role")
 	lim = addLimitFlags(f)
 	obsf = addObserveFlags(f, false)
 	return c

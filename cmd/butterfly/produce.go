@@ -50,7 +50,8 @@ The last line on stdout is a JSON summary:
 
 ` + tlsHelp + `
 With mutual TLS, the intermediates accept only the producer id bound to the
-client certificate (butterfly certs --client-id).`,
+client certificate (butterfly certs --producer-id ID, or --client-id ID), in
+the hello and in every message.`,
 		Example: `  butterfly produce --id p1 --count 20000
   butterfly produce --id p1 --count 100000 --rate 5000 --size 256
   printf 'hello\nworld\n' | butterfly produce --id p2`,

@@ -34,8 +34,9 @@ with no durable state in the middle. SIGTERM or SIGINT drains.
 The last line on stdout is a JSON summary of the stage's consumer and producer.
 
 ` + tlsHelp + `
-With mutual TLS, the client certificate must be bound to the stage's --id,
-under which it publishes to --to.`,
+With mutual TLS, the client certificate must be a stage certificate for the
+stage's --id (butterfly certs --stage-id ID): it subscribes as that consumer
+id, publishes under it, and forwards messages under their original ids.`,
 		Example: `  butterfly stage --id component1-a --from requests --to intermediate
   butterfly stage --id component2-a --from intermediate --to replies --processor upper`,
 		RunE: func(cmd *cobra.Command, _ []string) error {

@@ -1,0 +1,194 @@
+package components_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	"github.com/butterfly-mesh/butterfly/components"
+	adminv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/admin/v1"
+	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
+	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
+)
+
+// unboundFiles issues, with the CA of pki, a client certificate without a
+// butterfly URI (CommonName only) and returns its files.
+func unboundFiles(t *testing.T, pki string) tlsutil.Files {
+	t.Helper()
+	dir := t.TempDir()
+	for _, name := range []string{tlsutil.CAFile, tlsutil.CAKeyFile} {
+		b, err := os.ReadFile(filepath.Join(pki, name))
+		if err != nil {
+			t.Fatalf("os.ReadFile(%s) = %v", name, err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatalf("os.WriteFile(%s) = %v", name, err)
+		}
+	}
+	if err := tlsutil.GenerateDev(dir, []string{"127.0.0.1"}); err != nil {
+		t.Fatalf("GenerateDev(%s) = %v", dir, err)
+	}
+	return clientFiles(dir, pki)
+}
+
+// rawSubscribe opens a subscribe stream with hello and returns the error
+// that ended it before a welcome, or nil after a welcome.
+func rawSubscribe(t *testing.T, addr string, creds credentials.TransportCredentials, hello *deliveryv1.SubscribeHello) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	stream, err := deliveryv1.NewSubscribeServiceClient(rawConn(t, addr, creds)).Subscribe(ctx)
+	if err != nil {
+		t.Fatalf("Subscribe() = %v", err)
+	}
+	if err := stream.Send(&deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Hello{Hello: hello}}); err != nil {
+		t.Fatalf("Send(hello) = %v", err)
+	}
+	_, err = stream.Recv()
+	return err
+}
+
+// TestRoles_HostileClients checks, with mutual TLS and role certificates,
+// that a producer's certificate cannot subscribe, a consumer's cannot
+// subscribe as another consumer, a producer's cannot put another producer's
+// id on a message, and only an admin's can drain or see other producers,
+// while a legitimate producer and consumer beside them exchange every
+// message exactly once.
+func TestRoles_HostileClients(t *testing.T) {
+	m := newMesh(t)
+	pki := devPKI(t, "p1")
+	h := m.startTLSHub(pki, "i1")
+	creds := func(role tlsutil.Role, id string) credentials.TransportCredentials {
+		return clientCreds(t, roleFiles(pki, role, id))
+	}
+	p1 := clientCreds(t, clientFiles(pki, pki))
+	p2 := creds(tlsutil.RoleProducer, "p2")
+	c1 := creds(tlsutil.RoleConsumer, "c1")
+	admin := creds(tlsutil.RoleAdmin, "ops")
+	led := newLedger()
+	m.consumer("c1", led.handler(), components.WithTransportCredentials(c1))
+	getStatus := func(c credentials.TransportCredentials) (*adminv1.GetStatusResponse, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+		defer cancel()
+		return adminv1.NewAdminServiceClient(rawConn(t, h.addr, c)).GetStatus(ctx, &adminv1.GetStatusRequest{})
+	}
+	waitUntil(t, "consumer c1 on i1", func() bool {
+		st, err := getStatus(admin)
+		return err == nil && len(st.GetConsumers()) == 1
+	})
+	p := m.producer("p1", components.WithTransportCredentials(p1))
+	const n = 200
+	ld := startLoad(context.Background(), n, p)
+
+	t.Run("subscribe", func(t *testing.T) {
+		for _, tc := range []struct {
+			name  string
+			creds credentials.TransportCredentials
+			as    string
+			want  string
+		}{
+			{"producer certificate", p1, "c1", `(producer/p1) may not subscribe as consumer "c1"`},
+			{"another consumer", c1, "c2", `(consumer/c1) may not subscribe as consumer "c2"`},
+			{"admin certificate", admin, "c1", `(admin/ops) may not subscribe`},
+			{"unbound certificate", clientCreds(t, unboundFiles(t, pki)), "c1", `(cn=butterfly-client) may not subscribe`},
+		} {
+			err := rawSubscribe(t, h.addr, tc.creds, &deliveryv1.SubscribeHello{ConsumerId: tc.as, Group: "default", RegistrationEpoch: 1, InitialCredit: 100})
+			if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("subscribe as %s with the %s = %v, want PERMISSION_DENIED containing %q", tc.as, tc.name, err, tc.want)
+			}
+		}
+	})
+
+	t.Run("forged producer id", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+		defer cancel()
+		stream, err := deliveryv1.NewPublishServiceClient(rawConn(t, h.addr, p2)).Publish(ctx)
+		if err != nil {
+			t.Fatalf("Publish() = %v", err)
+		}
+		hello := &deliveryv1.PublishHello{ProducerId: "p2", Incarnation: 1, HeartbeatIntervalMs: 60000}
+		if err := stream.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Hello{Hello: hello}}); err != nil {
+			t.Fatalf("Send(hello) = %v", err)
+		}
+		if resp, err := stream.Recv(); err != nil || resp.GetWelcome() == nil {
+			t.Fatalf("Recv() = %v, %v, want the welcome of p2", resp, err)
+		}
+		forged := &messagev1.Message{Id: &messagev1.MessageId{ProducerId: "p1", Incarnation: p.Incarnation(), Seq: 1 << 40}, LowWaterSeq: 1 << 40, Payload: []byte("forged")}
+		batch := &deliveryv1.PublishBatch{FirstSeq: 1, Messages: []*messagev1.Message{forged}}
+		if err := stream.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Batch{Batch: batch}}); err != nil {
+			t.Fatalf("Send(batch) = %v", err)
+		}
+		for {
+			resp, err := stream.Recv()
+			if err == nil {
+				if resp.GetAck() != nil {
+					t.Fatalf("Recv() = %v, want the stream refused", resp)
+				}
+				continue
+			}
+			if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), `producer_id "p1"`) {
+				t.Fatalf("forged message = %v, want PERMISSION_DENIED naming p1", err)
+			}
+			break
+		}
+	})
+
+	t.Run("status", func(t *testing.T) {
+		st, err := getStatus(p2)
+		if err != nil {
+			t.Fatalf("GetStatus() as producer p2 = %v", err)
+		}
+		if len(st.GetProducers()) != 0 || len(st.GetConsumers()) != 0 {
+			t.Errorf("GetStatus() as producer p2 = producers %v consumers %v, want none of p1 or c1", st.GetProducers(), st.GetConsumers())
+		}
+		st, err = getStatus(admin)
+		if err != nil || len(st.GetProducers()) == 0 || st.GetProducers()[0].GetProducerId() != "p1" {
+			t.Errorf("GetStatus() as admin = %v, %v, want producer p1", st, err)
+		}
+	})
+
+	t.Run("drain refused", func(t *testing.T) {
+		for _, tc := range []struct {
+			name  string
+			creds credentials.TransportCredentials
+		}{
+			{"producer/p1", p1}, {"consumer/c1", c1}, {"stage/s1", creds(tlsutil.RoleStage, "s1")},
+			{"cn=butterfly-client", clientCreds(t, unboundFiles(t, pki))},
+		} {
+			ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+			_, err := adminv1.NewAdminServiceClient(rawConn(t, h.addr, tc.creds)).Drain(ctx, &adminv1.DrainRequest{})
+			cancel()
+			if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "("+tc.name+") may not drain") {
+				t.Errorf("Drain() as %s = %v, want PERMISSION_DENIED naming it", tc.name, err)
+			}
+		}
+		if h.srv.Draining() {
+			t.Fatalf("the intermediate drains after refused Drain calls")
+		}
+	})
+
+	sent := ld.wait(t)
+	closeProducers(t, p)
+	led.waitHandled(t, n)
+	led.checkExactlyOnce(t, sent)
+
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	if _, err := adminv1.NewAdminServiceClient(rawConn(t, h.addr, admin)).Drain(ctx, &adminv1.DrainRequest{}); err != nil {
+		t.Fatalf("Drain() as admin = %v, want nil", err)
+	}
+	if err := h.wait(t); err != nil {
+		t.Fatalf("Serve() after the admin's drain = %v, want nil", err)
+	}
+	if got := fmt.Sprint(sent); got != fmt.Sprintf("map[p1:%d]", n) {
+		t.Errorf("sent = %s, want map[p1:%d]", got, n)
+	}
+}
