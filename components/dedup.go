@@ -2,6 +2,8 @@ package components
 
 import (
 	"container/list"
+
+	"github.com/butterfly-mesh/butterfly"
 )
 
 // producerKey names one producer incarnation.
@@ -17,9 +19,9 @@ type msgKey struct {
 }
 
 // maxTrackedSpan bounds the seqs one producer incarnation's bitmap covers
-// above its low-water mark (2 MiB of bits): the safety net for a producer
-// whose oldest message stays unacknowledged while millions pass it.
-const maxTrackedSpan = 1 << 24
+// above its low-water mark (2 MiB of bits): the producer window, which
+// producers keep to and intermediates enforce.
+const maxTrackedSpan = butterfly.MaxSeqSpan
 
 // seqWindow remembers which seqs of one producer incarnation were handled.
 // Every seq below acked was acknowledged end to end (the producer's
@@ -32,9 +34,17 @@ type seqWindow struct {
 	acked  uint64   // the highest low-water mark seen
 	base   uint64   // the seq of bit 0 of bits; a multiple of 64
 	bits   []uint64 // bit seq-base is set when seq was handled
-	hwm    uint64   // the highest seq marked
-	window uint64   // how far base trails hwm for producers without a mark
+	hwm     uint64   // the highest seq marked
+	window  uint64   // how far base trails hwm for producers without a mark
+	handled uint64   // how many seqs were marked
 }
+
+// pending reports whether a seq this window marked may still come again: it
+// is not below the low-water mark, so its producer may not have heard that it
+// was handled. A window with nothing pending is the cheapest to forget: its
+// producer settled everything it handled and never sends it again (only a
+// stale copy held by a frozen intermediate could still come).
+func (w *seqWindow) pending() bool { return w.handled > 0 && w.hwm >= w.acked }
 
 // advance raises the low-water mark: seqs below lwm were acknowledged.
 func (w *seqWindow) advance(lwm uint64) {
@@ -80,6 +90,7 @@ func (w *seqWindow) mark(seq uint64) {
 		return
 	}
 	w.hwm = max(w.hwm, seq)
+	w.handled++
 	span := uint64(maxTrackedSpan)
 	if w.acked == 0 {
 		span = w.window
@@ -98,8 +109,16 @@ func (w *seqWindow) mark(seq uint64) {
 }
 
 // dedupSet is the bounded memory of handled messages: one seqWindow per
-// producer incarnation, at most maxProducers of them, least recently used
-// forgotten first. It is not safe for concurrent use.
+// producer incarnation, at most maxProducers of them. It is not safe for
+// concurrent use.
+//
+// When it is full, a new incarnation replaces the one that is cheapest to
+// forget: first one with nothing pending (every seq it handled is below its
+// mark, so none can come again), then the one that handled the fewest
+// messages, the least recently used among equals. A flood of incarnations
+// nobody heard of, each with a message or a few, therefore replaces its own
+// kind: to displace a live producer's window, each stranger would have to be
+// handled more often than that producer was.
 type dedupSet struct {
 	window       uint64
 	maxProducers int
@@ -127,7 +146,7 @@ func (d *dedupSet) get(p producerKey, add bool) *seqWindow {
 		return nil
 	}
 	if d.lru.Len() >= d.maxProducers {
-		old := d.lru.Back()
+		old := d.victim()
 		d.lru.Remove(old)
 		delete(d.index, old.Value.(*seqWindow).key)
 	}
@@ -156,3 +175,20 @@ func (d *dedupSet) mark(k msgKey) {
 
 // producers returns how many producer incarnations are tracked.
 func (d *dedupSet) producers() int { return d.lru.Len() }
+
+// victim returns the window to forget when the set is full: the first, from
+// the least recently used, with nothing pending, else the one that handled
+// the fewest messages.
+func (d *dedupSet) victim() *list.Element {
+	var best *list.Element
+	for e := d.lru.Back(); e != nil; e = e.Prev() {
+		w := e.Value.(*seqWindow)
+		if !w.pending() {
+			return e
+		}
+		if best == nil || w.handled < best.Value.(*seqWindow).handled {
+			best = e
+		}
+	}
+	return best
+}

@@ -89,3 +89,36 @@ func TestDedupSet_ProducersAndLRU(t *testing.T) {
 		t.Errorf("seen(a/1), seen(a/2), seen(b/1) = %v, %v, %v, want true, false, true", d.seen(a1), d.seen(a2), d.seen(b1))
 	}
 }
+
+// TestDedupSet_IncarnationFlood checks that 1 100 incarnations nobody heard
+// of, one message each, do not make the set forget a live producer that
+// handled more, while a producer whose messages were all acknowledged is
+// forgotten first.
+func TestDedupSet_IncarnationFlood(t *testing.T) {
+	d := newDedupSet(DefaultDedupWindow, DefaultDedupProducers)
+	live := producerKey{"p1", 42}
+	for seq := uint64(1); seq <= 20; seq++ {
+		d.observe(live, 1) // seq 1 is still unacknowledged: 1..20 are pending
+		d.mark(msgKey{live, seq})
+	}
+	settled := producerKey{"p2", 7}
+	d.observe(settled, 1)
+	d.mark(msgKey{settled, 1})
+	d.observe(settled, 2) // seq 1 acknowledged end to end
+	for i := range 1100 {
+		fake := producerKey{"p1", uint64(1000 + i)}
+		d.observe(fake, 1)
+		d.mark(msgKey{fake, 1})
+	}
+	if got := d.producers(); got != DefaultDedupProducers {
+		t.Fatalf("producers() = %d, want %d", got, DefaultDedupProducers)
+	}
+	for seq := uint64(1); seq <= 20; seq++ {
+		if !d.seen(msgKey{live, seq}) {
+			t.Fatalf("seen(p1/42/%d) after the flood = false, want true: the live producer was forgotten", seq)
+		}
+	}
+	if d.get(settled, false) != nil {
+		t.Errorf("the settled incarnation p2/7 is still tracked, want it forgotten first")
+	}
+}

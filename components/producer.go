@@ -81,10 +81,15 @@ type Producer struct {
 	nacks     []nackEvent // handed back for good, waiting for the nack handler
 	// own holds the messages this producer gave ids to, in seq order, from
 	// the oldest unsettled one (ownHead): the low-water mark.
-	own     []*outMsg
-	ownHead int
-	waitLog time.Time // when the last "waiting for a consumer" warning was logged
+	own      []*outMsg
+	ownHead  int
+	spanWait chan struct{} // closed when the low-water mark rises; nil when nobody waits
+	waitLog  time.Time     // when the last "waiting for a consumer" warning was logged
 }
+
+// seqSpan is how far a new seq may lie above the low-water mark:
+// butterfly.MaxSeqSpan, the window intermediates hold producers to.
+var seqSpan uint64 = butterfly.MaxSeqSpan
 
 // nackEvent is a message handed back for good, waiting for the nack handler.
 type nackEvent struct {
@@ -268,6 +273,11 @@ func (p *Producer) send(ctx context.Context, msg *messagev1.Message, done chan e
 		<-p.window
 		return nil, ErrClosed
 	}
+	if err := p.waitSpanLocked(ctx, msg); err != nil {
+		p.mu.Unlock()
+		<-p.window
+		return nil, err
+	}
 	// A message of this producer handed back for good and sent again is a
 	// new message: its old seq lies below the low-water mark consumers
 	// track, so it gets the next seq.
@@ -335,6 +345,37 @@ func (p *Producer) waitingLocked(n *messagev1.Nack) {
 	}
 }
 
+// waitSpanLocked waits, unlocking mu meanwhile, while a new seq for msg
+// would lie butterfly.MaxSeqSpan or more above the low-water mark: the
+// oldest unsettled message holds the rest back, as intermediates refuse
+// a message beyond the window.
+func (p *Producer) waitSpanLocked(ctx context.Context, msg *messagev1.Message) error {
+	needsID := msg.Id == nil || (msg.Id.GetProducerId() == p.id && msg.Id.GetIncarnation() == p.incarnation)
+	for needsID && p.nextSeq+1-p.lowWaterLocked() >= seqSpan {
+		if p.spanWait == nil {
+			p.spanWait = make(chan struct{})
+		}
+		ch := p.spanWait
+		p.mu.Unlock()
+		var err error
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			err = fmt.Errorf("components: send: %w", ctx.Err())
+		case <-p.ctx.Done():
+			err = ErrClosed
+		}
+		p.mu.Lock()
+		if err == nil && p.closed {
+			err = ErrClosed
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // lowWaterLocked returns the lowest seq this producer gave that is not
 // settled yet, or the next seq when all are: every lower one was
 // acknowledged end to end or handed back for good, and will never be sent
@@ -351,6 +392,10 @@ func (p *Producer) popSettledLocked() {
 	for p.ownHead < len(p.own) && p.own[p.ownHead].done2 {
 		p.own[p.ownHead] = nil
 		p.ownHead++
+	}
+	if p.spanWait != nil {
+		close(p.spanWait)
+		p.spanWait = nil
 	}
 	switch {
 	case p.ownHead == len(p.own):

@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/grpc/peer"
 
+	"github.com/butterfly-mesh/butterfly"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
 )
@@ -101,6 +102,11 @@ func validateEnvelope(m *messagev1.Message, size int, l limits) error {
 	}
 	if err := validateProducerID(id.GetProducerId()); err != nil {
 		return err
+	}
+	// A seq far above the producer's mark would make consumers forget what
+	// they handled of that producer (see butterfly.MaxSeqSpan).
+	if err := butterfly.CheckSeqWindow(id.GetSeq(), m.GetLowWaterSeq()); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidEnvelope, err)
 	}
 	return checkMessageLimits(m, size, l)
 }

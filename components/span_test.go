@@ -1,0 +1,130 @@
+package components
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/butterfly-mesh/butterfly"
+	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/intermediate"
+	"github.com/butterfly-mesh/butterfly/internal/etcdtest"
+)
+
+// TestProducer_SeqSpan checks that a producer whose oldest message stays
+// unsettled while later ones pass waits in Send rather than give a seq
+// beyond its low-water mark plus the span (lowered here to 8), and goes on
+// once the oldest settles: every message it sent lies in the window, none
+// is handed back, each is handled once.
+func TestProducer_SeqSpan(t *testing.T) {
+	defer func(old uint64) { seqSpan = old }(seqSpan)
+	seqSpan = 8
+	cli := etcdtest.Start(t).Client(t)
+	const prefix = "span"
+	srv, err := intermediate.New(cli, DefaultService, "i1", intermediate.WithPrefix(prefix), intermediate.WithStopTimeout(200*time.Millisecond))
+	if err != nil {
+		t.Fatalf("intermediate.New() = %v", err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("net.Listen() = %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, lis) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	<-srv.Ready()
+
+	release := make(chan struct{})
+	var (
+		mu      sync.Mutex
+		handled = map[uint64]int{}
+		outside []uint64
+	)
+	handler := func(ctx context.Context, d *Delivery) error {
+		id := d.Message.GetId()
+		if id.GetSeq() == 1 {
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		handled[id.GetSeq()]++
+		if lwm := max(d.Message.GetLowWaterSeq(), 1); id.GetSeq()-lwm >= seqSpan {
+			outside = append(outside, id.GetSeq())
+		}
+		return nil
+	}
+	c, err := NewConsumer(cli, "c1", handler, WithPrefix(prefix), WithConcurrency(4))
+	if err != nil {
+		t.Fatalf("NewConsumer() = %v", err)
+	}
+	defer c.Close(context.Background())
+	var nacks []messagev1.NackReason
+	p, err := NewProducer(cli, "p1", WithPrefix(prefix), WithBatch(1, 1<<20, 0),
+		WithNackHandler(func(_ *messagev1.Message, reason messagev1.NackReason, _ string) {
+			mu.Lock()
+			nacks = append(nacks, reason)
+			mu.Unlock()
+		}))
+	if err != nil {
+		t.Fatalf("NewProducer() = %v", err)
+	}
+	defer p.Close(context.Background())
+
+	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer scancel()
+	for i := range 8 {
+		if _, err := p.Send(sctx, &messagev1.Message{Payload: []byte{byte(i)}}); err != nil {
+			t.Fatalf("Send(#%d) = %v", i+1, err)
+		}
+	}
+	blocked, bcancel := context.WithTimeout(sctx, 300*time.Millisecond)
+	_, err = p.Send(blocked, &messagev1.Message{Payload: []byte("9")})
+	bcancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Send(#9) while seq 1 is unsettled = %v, want it to wait (context.DeadlineExceeded)", err)
+	}
+	sent := make(chan error, 1)
+	go func() {
+		var err error
+		for i := 9; i <= 20 && err == nil; i++ {
+			_, err = p.Send(sctx, &messagev1.Message{Payload: []byte{byte(i)}})
+		}
+		sent <- err
+	}()
+	close(release)
+	if err := <-sent; err != nil {
+		t.Fatalf("Send(#9..#20) after seq 1 settled = %v", err)
+	}
+	if err := p.Close(sctx); err != nil {
+		t.Fatalf("Close() = %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(handled) != 20 || len(outside) != 0 || len(nacks) != 0 {
+		t.Fatalf("handled %d seqs (%v), outside the window %v, nacks %v; want 20, none, none", len(handled), handled, outside, nacks)
+	}
+	for seq, n := range handled {
+		if n != 1 {
+			t.Errorf("seq %d handled %d times, want 1", seq, n)
+		}
+	}
+	for _, tc := range []struct {
+		seq, lwm uint64
+		ok       bool
+	}{{butterfly.MaxSeqSpan, 1, true}, {butterfly.MaxSeqSpan + 1, 1, false}, {butterfly.MaxSeqSpan + 1, 0, false}, {butterfly.MaxSeqSpan + 1, 2, true}, {3, 5, false}} {
+		if err := butterfly.CheckSeqWindow(tc.seq, tc.lwm); (err == nil) != tc.ok {
+			t.Errorf("CheckSeqWindow(%d, %d) = %v, want ok %v", tc.seq, tc.lwm, err, tc.ok)
+		}
+	}
+}

@@ -1,0 +1,27 @@
+package butterfly
+
+import "fmt"
+
+// MaxSeqSpan is the sequence window of a producer incarnation: every message
+// it sends has a seq below its low-water mark (Message.low_water_seq, the
+// lowest seq it has not settled) plus MaxSeqSpan. A producer waits in Send
+// rather than go past it; intermediates refuse a message beyond it
+// (NACK_REASON_INVALID), and consumers track at most that many seqs above
+// the mark. A forged message far ahead of a producer's real seqs therefore
+// cannot push the consumers' memory of that producer past what it handled.
+const MaxSeqSpan = 1 << 24
+
+// CheckSeqWindow returns an error when a message's seq lies outside the
+// window of its low-water mark lwm: below it (a message is never settled
+// before it is sent), or at or above lwm+MaxSeqSpan. A mark of 0 (a sender
+// that tracks none) counts as 1.
+func CheckSeqWindow(seq, lwm uint64) error {
+	base := max(lwm, 1)
+	switch {
+	case seq < base:
+		return fmt.Errorf("seq %d is below its low_water_seq %d", seq, lwm)
+	case seq-base >= MaxSeqSpan:
+		return fmt.Errorf("seq %d is %d or more above its low_water_seq %d, beyond the producer window", seq, MaxSeqSpan, lwm)
+	}
+	return nil
+}
