@@ -30,10 +30,10 @@ const maxTrackedSpan = butterfly.MaxSeqSpan
 // handled. For producers that send no mark, base trails the highest seq by
 // the configured window and what falls below it is forgotten.
 type seqWindow struct {
-	key    producerKey
-	acked  uint64   // the highest low-water mark seen
-	base   uint64   // the seq of bit 0 of bits; a multiple of 64
-	bits   []uint64 // bit seq-base is set when seq was handled
+	key     producerKey
+	acked   uint64   // the highest low-water mark seen
+	base    uint64   // the seq of bit 0 of bits; a multiple of 64
+	bits    []uint64 // bit seq-base is set when seq was handled
 	hwm     uint64   // the highest seq marked
 	window  uint64   // how far base trails hwm for producers without a mark
 	handled uint64   // how many seqs were marked
