@@ -27,7 +27,7 @@ var ErrProcessorPanicked = errors.New("processor panicked")
 func (s *Server) interceptorOptions() []grpc.ServerOption {
 	rec := recovery.WithRecoveryHandlerContext(s.recovered)
 	l := s.opts.limits()
-	streams := newStreamLimiter(s.opts.maxStreamsPerPeer)
+	streams := newStreamLimiter(s.opts.maxStreamsPerPeer, s.opts.maxStreams)
 	return []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(recovery.UnaryServerInterceptor(rec), validateUnary(l)),
 		grpc.ChainStreamInterceptor(recovery.StreamServerInterceptor(rec), limitStreams(streams), validateStream(l)),
@@ -56,12 +56,16 @@ func (s *Server) runProcessor(ctx context.Context, m *messagev1.Message) (res *m
 	return s.opts.processor.Process(ctx, m)
 }
 
-// limitStreams refuses a stream of a peer that has max-streams-per-peer open.
+// limitStreams refuses a stream of a peer that has max-streams-per-peer
+// open, or any stream while the server has max-streams open.
 func limitStreams(l *streamLimiter) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		key := peerKey(ss.Context())
-		open, ok := l.acquire(key)
+		open, total, ok := l.acquire(key)
 		if !ok {
+			if l.maxTotal > 0 && total >= l.maxTotal {
+				return status.Errorf(codes.ResourceExhausted, "intermediate: %d streams open, the limit of max-streams", total)
+			}
 			return status.Errorf(codes.ResourceExhausted, "intermediate: %s has %d streams open, the limit of max-streams-per-peer", key, open)
 		}
 		defer l.release(key)

@@ -134,8 +134,8 @@ func checkMessageLimits(m *messagev1.Message, size int, l limits) error {
 // peerKey names the peer of a stream for max-streams-per-peer: the identity
 // of its verified client certificate, else its IP address.
 func peerKey(ctx context.Context) string {
-	if id, ok := tlsutil.PeerIdentity(ctx); ok {
-		return "identity " + id
+	if id, ok := tlsutil.Peer(ctx); ok {
+		return "identity " + id.String()
 	}
 	p, ok := peer.FromContext(ctx)
 	if !ok || p.Addr == nil {
@@ -148,35 +148,39 @@ func peerKey(ctx context.Context) string {
 	return addr
 }
 
-// streamLimiter counts the open streams of every peer.
+// streamLimiter counts the open streams of every peer and of the server.
 type streamLimiter struct {
-	max int // 0: no limit
+	max      int // per peer; 0: no limit
+	maxTotal int // 0: no limit
 
-	mu   sync.Mutex
-	open map[string]int
+	mu    sync.Mutex
+	open  map[string]int
+	total int
 }
 
-func newStreamLimiter(max int) *streamLimiter {
-	return &streamLimiter{max: max, open: make(map[string]int)}
+func newStreamLimiter(max, maxTotal int) *streamLimiter {
+	return &streamLimiter{max: max, maxTotal: maxTotal, open: make(map[string]int)}
 }
 
-// acquire counts a new stream of key, or reports how many are open when the
-// limit is reached.
-func (l *streamLimiter) acquire(key string) (open int, ok bool) {
+// acquire counts a new stream of key, or reports how many are open, for key
+// and in all, when a limit is reached.
+func (l *streamLimiter) acquire(key string) (open, total int, ok bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	n := l.open[key]
-	if l.max > 0 && n >= l.max {
-		return n, false
+	if (l.max > 0 && n >= l.max) || (l.maxTotal > 0 && l.total >= l.maxTotal) {
+		return n, l.total, false
 	}
 	l.open[key] = n + 1
-	return n + 1, true
+	l.total++
+	return n + 1, l.total, true
 }
 
 // release forgets one stream of key.
 func (l *streamLimiter) release(key string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.total--
 	if l.open[key] <= 1 {
 		delete(l.open, key)
 		return

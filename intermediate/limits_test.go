@@ -101,17 +101,17 @@ func TestValidateFrame_Statuses(t *testing.T) {
 // TestStreamLimiter_PerPeer checks that each peer has its own count and that
 // a released stream makes room.
 func TestStreamLimiter_PerPeer(t *testing.T) {
-	l := newStreamLimiter(2)
+	l := newStreamLimiter(2, 0)
 	for i, want := range []bool{true, true, false} {
-		if _, ok := l.acquire("10.0.0.1"); ok != want {
+		if _, _, ok := l.acquire("10.0.0.1"); ok != want {
 			t.Fatalf("acquire(10.0.0.1) #%d = %v, want %v", i+1, ok, want)
 		}
 	}
-	if _, ok := l.acquire("10.0.0.2"); !ok {
+	if _, _, ok := l.acquire("10.0.0.2"); !ok {
 		t.Fatalf("acquire(10.0.0.2) = false, want true: peers are counted apart")
 	}
 	l.release("10.0.0.1")
-	if n, ok := l.acquire("10.0.0.1"); !ok || n != 2 {
+	if n, _, ok := l.acquire("10.0.0.1"); !ok || n != 2 {
 		t.Fatalf("acquire(10.0.0.1) after a release = %d, %v, want 2, true", n, ok)
 	}
 	l.release("10.0.0.1")
@@ -120,8 +120,29 @@ func TestStreamLimiter_PerPeer(t *testing.T) {
 	if len(l.open) != 0 {
 		t.Errorf("open after every release = %v, want empty", l.open)
 	}
-	if _, ok := newStreamLimiter(0).acquire("x"); !ok {
+	if _, _, ok := newStreamLimiter(0, 0).acquire("x"); !ok {
 		t.Errorf("acquire() with no limit = false, want true")
+	}
+	if l.total != 0 {
+		t.Errorf("total after every release = %d, want 0", l.total)
+	}
+}
+
+// TestStreamLimiter_Total checks that the cap on all streams holds over
+// peers, and that a release makes room.
+func TestStreamLimiter_Total(t *testing.T) {
+	l := newStreamLimiter(2, 3)
+	for i, key := range []string{"a", "b", "c"} {
+		if _, total, ok := l.acquire(key); !ok || total != i+1 {
+			t.Fatalf("acquire(%s) = %d, %v, want %d, true", key, total, ok, i+1)
+		}
+	}
+	if _, total, ok := l.acquire("d"); ok || total != 3 {
+		t.Fatalf("acquire(d) over the total = %d, %v, want 3, false", total, ok)
+	}
+	l.release("a")
+	if _, _, ok := l.acquire("d"); !ok {
+		t.Fatalf("acquire(d) after a release = false, want true")
 	}
 }
 

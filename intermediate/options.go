@@ -25,6 +25,11 @@ const (
 	DefaultMaxHeaders         = 64
 	DefaultMaxHeaderBytes     = 16 << 10
 	DefaultMaxStreamsPerPeer  = 1000
+	DefaultMaxInFlightBytes   = 64 << 20
+	DefaultMemoryBudget       = 256 << 20
+	DefaultBudgetWait         = time.Second
+	DefaultMaxStreams         = 10000
+	DefaultConnectionTimeout  = 5 * time.Second
 	heartbeatMisses           = 5
 	defaultDrainFlushTimeout  = time.Second
 	minHeartbeatInterval      = time.Millisecond
@@ -57,6 +62,11 @@ type options struct {
 	registryOptions   []registry.Option
 	version           string
 	trustUnbound      bool
+	maxInFlightBytes  int
+	memoryBudget      int
+	budgetWait        time.Duration
+	maxStreams        int // 0: no limit
+	connectionTimeout time.Duration
 }
 
 func defaultOptions() options {
@@ -76,6 +86,11 @@ func defaultOptions() options {
 		maxHeaders:        DefaultMaxHeaders,
 		maxHeaderBytes:    DefaultMaxHeaderBytes,
 		maxStreamsPerPeer: DefaultMaxStreamsPerPeer,
+		maxInFlightBytes:  DefaultMaxInFlightBytes,
+		memoryBudget:      DefaultMemoryBudget,
+		budgetWait:        DefaultBudgetWait,
+		maxStreams:        DefaultMaxStreams,
+		connectionTimeout: DefaultConnectionTimeout,
 	}
 }
 
@@ -107,6 +122,15 @@ func (o *options) validate() error {
 	}
 	if o.maxHeaders < 0 || o.maxHeaderBytes < 0 || o.maxStreamsPerPeer < 0 {
 		errs = append(errs, fmt.Errorf("max headers (%d, %d bytes) and max streams per peer %d must not be negative", o.maxHeaders, o.maxHeaderBytes, o.maxStreamsPerPeer))
+	}
+	if o.maxInFlightBytes < o.maxBatchBytes || o.memoryBudget < o.maxInFlightBytes {
+		errs = append(errs, fmt.Errorf("max in flight bytes %d must be at least max batch bytes %d, and memory budget %d at least max in flight bytes", o.maxInFlightBytes, o.maxBatchBytes, o.memoryBudget))
+	}
+	if o.maxStreams < 0 || o.connectionTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("max streams %d must not be negative and connection timeout %v must be positive", o.maxStreams, o.connectionTimeout))
+	}
+	if o.budgetWait <= 0 {
+		errs = append(errs, fmt.Errorf("budget wait %v is not positive", o.budgetWait))
 	}
 	if o.noConsumerTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("no-consumer timeout %v is not positive", o.noConsumerTimeout))
@@ -228,8 +252,11 @@ func WithMaxHeaders(count, bytes int) Option {
 
 // WithMaxStreamsPerPeer sets how many streams (publish and subscribe) one
 // peer may have open at once (default 1000, 0 for no limit). A peer is the
-// identity of its verified client certificate, else its IP address. A stream
-// over the limit fails with RESOURCE_EXHAUSTED naming max-streams-per-peer.
+// identity of its verified client certificate (role and id, or CommonName),
+// else its IP address: without mutual TLS, peers behind one address share
+// the limit and a peer with several addresses has one per address, which is
+// why WithMaxStreams caps the total too. A stream over the limit fails with
+// RESOURCE_EXHAUSTED naming max-streams-per-peer.
 func WithMaxStreamsPerPeer(n int) Option { return func(o *options) { o.maxStreamsPerPeer = n } }
 
 // WithTrustUnboundCertificates trusts a verified client certificate that
@@ -240,4 +267,32 @@ func WithMaxStreamsPerPeer(n int) Option { return func(o *options) { o.maxStream
 // rules of each role.
 func WithTrustUnboundCertificates(trust bool) Option {
 	return func(o *options) { o.trustUnbound = trust }
+}
+
+// WithMaxInFlightBytes sets how many bytes of messages one publish stream may
+// have held at once, counted as received (default 64 MiB; at least the batch
+// byte limit). See WithMemoryBudget for what happens to a batch over it.
+func WithMaxInFlightBytes(n int) Option { return func(o *options) { o.maxInFlightBytes = n } }
+
+// WithMemoryBudget sets how many bytes of messages the whole server may hold
+// at once (default 256 MiB; at least the in-flight byte limit). A batch that
+// would exceed it, or its stream's in-flight byte limit, waits for room,
+// reading nothing more from its stream meanwhile, for up to wait (default
+// 1s); then its messages are handed back with NACK_REASON_UNAVAILABLE, which
+// their producer sends again. Memory stays bounded under consumers that
+// grant no credit.
+func WithMemoryBudget(bytes int, wait time.Duration) Option {
+	return func(o *options) { o.memoryBudget, o.budgetWait = bytes, wait }
+}
+
+// WithMaxStreams sets how many streams (publish and subscribe) the server
+// has open at once, over all peers (default 10000, 0 for no limit). A
+// stream over it fails with RESOURCE_EXHAUSTED naming max-streams.
+func WithMaxStreams(n int) Option { return func(o *options) { o.maxStreams = n } }
+
+// WithConnectionTimeout sets how long a new connection may take to finish
+// its TLS handshake and send its HTTP/2 preface (default 5s); one that has
+// not by then is closed, so idle half-open connections hold nothing.
+func WithConnectionTimeout(d time.Duration) Option {
+	return func(o *options) { o.connectionTimeout = d }
 }

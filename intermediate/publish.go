@@ -36,6 +36,7 @@ type pubStream struct {
 	// Guarded by Server.mu.
 	held       map[uint64]*held
 	inFlight   int
+	heldBytes  int // bytes of held, against max-in-flight-bytes
 	acks       []uint64
 	nacks      []*messagev1.Nack
 	noticeSent bool
@@ -190,6 +191,23 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 		return nil
 	}
 	s.mu.Unlock()
+	sizes := make([]int, len(msgs))
+	total := 0
+	for i, m := range msgs {
+		sizes[i] = proto.Size(m)
+		total += sizes[i]
+	}
+	if err := p.reserveBytes(ctx, total); err != nil {
+		if errors.Is(err, errOverBudget) {
+			s.mu.Lock()
+			for i := range msgs {
+				p.nackLocked(first+uint64(i), messagev1.NackReason_NACK_REASON_UNAVAILABLE, err.Error())
+			}
+			s.mu.Unlock()
+			return nil
+		}
+		return err
+	}
 
 	type outcome struct {
 		h    *held
@@ -199,7 +217,7 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 	lim := s.opts.limits()
 	for i, m := range msgs {
 		seq := first + uint64(i)
-		if err := validateEnvelope(m, proto.Size(m), lim); err != nil {
+		if err := validateEnvelope(m, sizes[i], lim); err != nil {
 			detail := fmt.Sprintf("message %d of the batch: %v", i+1, err)
 			out[i].nack = &messagev1.Nack{Reason: messagev1.NackReason_NACK_REASON_INVALID, Detail: detail}
 			continue
@@ -211,19 +229,22 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 		}
 		routes := res.GetRoutes()
 		res.Routes = nil // hop-local: consumers never see them
-		out[i].h = &held{pub: p, seq: seq, msg: res, size: proto.Size(res), routeKey: routeKey(res), routes: routes}
+		out[i].h = &held{pub: p, seq: seq, msg: res, size: proto.Size(res), charge: sizes[i], routeKey: routeKey(res), routes: routes}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if p.closed {
+		s.releaseBytesLocked(p, total)
 		return nil
 	}
 	for i, o := range out {
 		seq := first + uint64(i)
 		switch {
 		case o.nack != nil:
+			s.releaseBytesLocked(p, sizes[i])
 			p.nackLocked(seq, o.nack.Reason, o.nack.Detail)
 		case s.draining:
+			s.releaseBytesLocked(p, sizes[i])
 			p.nackLocked(seq, messagev1.NackReason_NACK_REASON_DRAINING, "intermediate is draining")
 		default:
 			s.admitLocked(o.h)

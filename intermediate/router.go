@@ -39,6 +39,7 @@ type held struct {
 	seq      uint64 // stream sequence number
 	msg      *messagev1.Message
 	size     int
+	charge   int // bytes counted against the memory budget (the message as received)
 	routeKey []byte
 	routes   []*messagev1.Route // what earlier attempts learned (Message.routes)
 
@@ -256,6 +257,7 @@ func (s *Server) finishLocked(h *held, nack *messagev1.Nack) {
 	delete(p.held, h.seq)
 	p.inFlight = len(p.held)
 	s.heldTotal--
+	s.releaseBytesLocked(p, h.charge)
 	if nack == nil {
 		p.acks = append(p.acks, h.seq)
 	} else {
@@ -302,6 +304,7 @@ func (s *Server) abandonLocked(p *pubStream) {
 		h.done = true
 		delete(p.held, seq)
 		s.heldTotal--
+		s.releaseBytesLocked(p, h.charge)
 	}
 	p.inFlight = 0
 	p.acks, p.nacks = nil, nil

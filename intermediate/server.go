@@ -66,6 +66,8 @@ type Server struct {
 	drainHeld   uint64                 // messages held when the drain started
 	leaving     bool                   // end of drain: DrainNotice on subscribe streams, streams end
 	heldTotal   int
+	heldBytes   int           // bytes of held messages, against the memory budget
+	bytesFreed  chan struct{} // closed when heldBytes falls; nil while nobody waits
 	admitted    uint64 // messages admitted so far: the order of held
 	pubs        map[*pubStream]struct{}
 	subs        map[*subStream]struct{}
@@ -129,6 +131,7 @@ func New(cli *clientv3.Client, service, instance string, opts ...Option) (*Serve
 	}
 	sopts := append([]grpc.ServerOption{
 		grpc.MaxRecvMsgSize(2*o.maxBatchBytes + 1<<16),
+		grpc.ConnectionTimeout(o.connectionTimeout),
 	}, s.interceptorOptions()...)
 	obsOpts, err := s.observeServerOptions()
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
@@ -156,6 +157,8 @@ func isLoopback(addr string) bool {
 type limitFlags struct {
 	maxMessageBytes, maxHeaders, maxHeaderBytes, maxStreamsPerPeer int
 	maxBatchMessages, maxBatchBytes, maxInFlight                   int
+	maxInFlightBytes, memoryBudget, maxStreams                     int
+	budgetWait, connectionTimeout                                  time.Duration
 }
 
 func addLimitFlags(f *pflag.FlagSet) *limitFlags {
@@ -167,6 +170,11 @@ func addLimitFlags(f *pflag.FlagSet) *limitFlags {
 	f.IntVar(&l.maxBatchMessages, "max-batch-messages", intermediate.DefaultMaxBatchMessages, "most messages per batch")
 	f.IntVar(&l.maxBatchBytes, "max-batch-bytes", intermediate.DefaultMaxBatchBytes, "most bytes per batch")
 	f.IntVar(&l.maxInFlight, "max-in-flight", intermediate.DefaultMaxInFlight, "most unacknowledged messages per publish stream")
+	f.IntVar(&l.maxInFlightBytes, "max-in-flight-bytes", intermediate.DefaultMaxInFlightBytes, "most bytes of unacknowledged messages per publish stream")
+	f.IntVar(&l.memoryBudget, "memory-budget", intermediate.DefaultMemoryBudget, "most bytes of unacknowledged messages in the whole process")
+	f.DurationVar(&l.budgetWait, "budget-wait", intermediate.DefaultBudgetWait, "how long a batch over --max-in-flight-bytes or --memory-budget waits for room before it is handed back (UNAVAILABLE) to be sent again")
+	f.IntVar(&l.maxStreams, "max-streams", intermediate.DefaultMaxStreams, "most open streams in the whole process (0: no limit)")
+	f.DurationVar(&l.connectionTimeout, "connection-timeout", intermediate.DefaultConnectionTimeout, "how long a new connection may take to finish its TLS handshake and HTTP/2 preface before it is closed")
 	return l
 }
 
@@ -181,10 +189,15 @@ func (l *limitFlags) options() ([]intermediate.Option, error) {
 		{"max-message-bytes", l.maxMessageBytes, 0}, {"max-headers", l.maxHeaders, 0}, {"max-header-bytes", l.maxHeaderBytes, 0},
 		{"max-streams-per-peer", l.maxStreamsPerPeer, 0}, {"max-batch-messages", l.maxBatchMessages, 1},
 		{"max-batch-bytes", l.maxBatchBytes, 1}, {"max-in-flight", l.maxInFlight, 1},
+		{"max-in-flight-bytes", l.maxInFlightBytes, l.maxBatchBytes}, {"memory-budget", l.memoryBudget, l.maxInFlightBytes},
+		{"max-streams", l.maxStreams, 0},
 	} {
 		if f.v < f.min {
 			return nil, usagef("--%s %d: must be at least %d", f.name, f.v, f.min)
 		}
+	}
+	if l.budgetWait <= 0 || l.connectionTimeout <= 0 {
+		return nil, usagef("--budget-wait %v and --connection-timeout %v: must be positive", l.budgetWait, l.connectionTimeout)
 	}
 	if l.maxMessageBytes > l.maxBatchBytes {
 		return nil, usagef("--max-message-bytes %d exceeds --max-batch-bytes %d", l.maxMessageBytes, l.maxBatchBytes)
@@ -195,5 +208,9 @@ func (l *limitFlags) options() ([]intermediate.Option, error) {
 		intermediate.WithMaxStreamsPerPeer(l.maxStreamsPerPeer),
 		intermediate.WithMaxBatch(l.maxBatchMessages, l.maxBatchBytes),
 		intermediate.WithMaxInFlight(l.maxInFlight),
+		intermediate.WithMaxInFlightBytes(l.maxInFlightBytes),
+		intermediate.WithMemoryBudget(l.memoryBudget, l.budgetWait),
+		intermediate.WithMaxStreams(l.maxStreams),
+		intermediate.WithConnectionTimeout(l.connectionTimeout),
 	}, nil
 }

@@ -1,0 +1,83 @@
+package intermediate_test
+
+import (
+	"context"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
+	"github.com/butterfly-mesh/butterfly/intermediate"
+)
+
+// TestServer_MaxStreams checks that the cap on all streams holds whatever
+// address they come from: a peer on a second address gets no fresh
+// allowance once the server has max-streams open.
+func TestServer_MaxStreams(t *testing.T) {
+	r := newRig(t, intermediate.WithMaxStreams(2), intermediate.WithMaxStreamsPerPeer(0))
+	r.producer("p1")
+	r.producer("p2")
+	from := func(ip string) *grpc.ClientConn {
+		conn, err := grpc.NewClient(r.srv.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+				d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+				return d.DialContext(ctx, "tcp", addr)
+			}))
+		if err != nil {
+			t.Fatalf("grpc.NewClient() = %v", err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn
+	}
+	for _, ip := range []string{"127.0.0.1", "127.0.0.2"} {
+		stream, err := deliveryv1.NewPublishServiceClient(from(ip)).Publish(r.ctx())
+		if err != nil {
+			t.Fatalf("Publish() = %v", err)
+		}
+		hello := &deliveryv1.PublishHello{ProducerId: "p3", Incarnation: 1, HeartbeatIntervalMs: quietHeartbeatMs}
+		if err := stream.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Hello{Hello: hello}}); err != nil {
+			t.Fatalf("Send(hello) = %v", err)
+		}
+		_, err = stream.Recv()
+		if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "2 streams open, the limit of max-streams") {
+			t.Errorf("third stream from %s = %v, want RESOURCE_EXHAUSTED naming max-streams", ip, err)
+		}
+	}
+}
+
+// TestServer_ConnectionTimeout checks that raw TCP connections that never
+// send the HTTP/2 preface are closed by the server within the connection
+// timeout, while a real client beside them is served.
+func TestServer_ConnectionTimeout(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	r := newRig(t, intermediate.WithConnectionTimeout(timeout))
+	const n = 50
+	conns := make([]net.Conn, n)
+	start := time.Now()
+	for i := range conns {
+		c, err := net.Dial("tcp", r.srv.Addr())
+		if err != nil {
+			t.Fatalf("net.Dial() #%d = %v", i+1, err)
+		}
+		t.Cleanup(func() { c.Close() })
+		conns[i] = c
+	}
+	r.producer("p1") // served beside them
+	for i, c := range conns {
+		c.SetReadDeadline(start.Add(defaultTestTimeout))
+		// The server's settings frame comes first; then the connection ends.
+		if _, err := io.Copy(io.Discard, c); err != nil {
+			t.Fatalf("connection #%d: read = %v, want the server to close it (EOF)", i+1, err)
+		}
+	}
+	if elapsed := time.Since(start); elapsed > timeout+2*time.Second {
+		t.Fatalf("silent connections closed after %v, want about %v", elapsed, timeout)
+	}
+}

@@ -1,0 +1,97 @@
+package intermediate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// The memory an intermediate holds for its producers is bounded in bytes as
+// well as in messages: per publish stream (max-in-flight-bytes) and for the
+// whole process (memory-budget), counting every held message at its size as
+// received. A batch that does not fit waits, its stream reading nothing more
+// meanwhile (HTTP/2 flow control holds its producer back), until acks free
+// enough or the budget wait passes; then its messages are handed back with
+// NACK_REASON_UNAVAILABLE, and the producer, which keeps them, sends them
+// again. A consumer that grants no credit can therefore hold at most the
+// budget, not grow the process.
+
+// errOverBudget is wrapped by the error of a batch that did not fit in time.
+var errOverBudget = errors.New("over the memory budget")
+
+// reserveBytes counts n bytes of a batch against the stream's and the
+// process's byte limits, waiting up to the budget wait for room. It returns
+// an error wrapping errOverBudget when there was none in time, or the
+// status that ends the stream when it or the server ends first.
+func (p *pubStream) reserveBytes(ctx context.Context, n int) error {
+	s := p.srv
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		if p.heldBytes+n <= s.opts.maxInFlightBytes && s.heldBytes+n <= s.opts.memoryBudget {
+			p.heldBytes += n
+			s.heldBytes += n
+			return nil
+		}
+		if s.draining || p.closed {
+			// Nothing held is waited for any more: hand the batch back.
+			return fmt.Errorf("intermediate: batch of %d bytes: %w", n, errOverBudget)
+		}
+		if timer == nil {
+			timer = time.NewTimer(s.opts.budgetWait)
+		}
+		if s.bytesFreed == nil {
+			s.bytesFreed = make(chan struct{})
+		}
+		freed := s.bytesFreed
+		s.mu.Unlock()
+		var err error
+		select {
+		case <-freed:
+		case <-timer.C:
+			s.mu.Lock()
+			return fmt.Errorf("intermediate: batch of %d bytes does not fit: the stream holds %d of max-in-flight-bytes %d, the process %d of memory-budget %d: %w",
+				n, p.heldBytes, s.opts.maxInFlightBytes, s.heldBytes, s.opts.memoryBudget, errOverBudget)
+		case <-ctx.Done():
+			err = status.FromContextError(ctx.Err()).Err()
+		case <-s.stopCh:
+			err = status.Error(codes.Unavailable, "intermediate: stopping")
+		}
+		s.mu.Lock()
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// releaseBytesLocked gives back n bytes of p's and wakes the batches waiting
+// for room.
+func (s *Server) releaseBytesLocked(p *pubStream, n int) {
+	if n == 0 {
+		return
+	}
+	p.heldBytes -= n
+	s.heldBytes -= n
+	if s.bytesFreed != nil {
+		close(s.bytesFreed)
+		s.bytesFreed = nil
+	}
+}
+
+// HeldBytes returns the bytes of the messages the server holds, counted
+// against the memory budget.
+func (s *Server) HeldBytes() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.heldBytes
+}
