@@ -68,7 +68,7 @@ type Server struct {
 	heldTotal   int
 	heldBytes   int           // bytes of held messages, against the memory budget
 	bytesFreed  chan struct{} // closed when heldBytes falls; nil while nobody waits
-	admitted    uint64 // messages admitted so far: the order of held
+	admitted    uint64        // messages admitted so far: the order of held
 	pubs        map[*pubStream]struct{}
 	subs        map[*subStream]struct{}
 	groups      map[string]*group      // from etcd, and groups with streams here
