@@ -2,11 +2,13 @@ package components_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -104,6 +106,21 @@ func TestRoles_HostileClients(t *testing.T) {
 			if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("subscribe as %s with the %s = %v, want PERMISSION_DENIED containing %q", tc.as, tc.name, err, tc.want)
 			}
+		}
+	})
+
+	t.Run("consumer with a producer certificate", func(t *testing.T) {
+		c := m.consumer("c9", func(context.Context, *components.Delivery) error {
+			t.Errorf("consumer c9 with the certificate of p1 handled a message")
+			return nil
+		}, components.WithTransportCredentials(p1))
+		select {
+		case <-c.Done():
+		case <-time.After(defaultTestTimeout):
+			t.Fatalf("consumer c9 with the certificate of p1 still runs, want it stopped")
+		}
+		if err := c.Err(); !errors.Is(err, components.ErrPermissionDenied) || !strings.Contains(err.Error(), `(producer/p1) may not subscribe as consumer "c9"`) {
+			t.Fatalf("Err() = %v, want ErrPermissionDenied naming the certificate", err)
 		}
 	})
 

@@ -404,8 +404,9 @@ func (c *Consumer) finish(j *job, err error) {
 }
 
 // Done is closed when the consumer stops receiving on its own: another
-// process took its id over (ErrReplaced) or its group was deleted
-// (ErrGroupDeleted). Err says which. The application should then Close it.
+// process took its id over (ErrReplaced), its group was deleted
+// (ErrGroupDeleted) or its client certificate may not subscribe as its id
+// (ErrPermissionDenied). Err says which. The application should then Close it.
 func (c *Consumer) Done() <-chan struct{} { return c.done }
 
 // Err returns why Done was closed, nil before.
@@ -432,9 +433,10 @@ func (c *Consumer) stop(err error) {
 		}
 		reg := c.reg
 		c.mu.Unlock()
-		if reg != nil && errors.Is(err, ErrGroupDeleted) {
+		if reg != nil && (errors.Is(err, ErrGroupDeleted) || errors.Is(err, ErrPermissionDenied)) {
 			// It takes nothing more: should the group be declared again,
-			// the others own its keys, not a consumer that stopped.
+			// the others own its keys, not a consumer that stopped; a
+			// consumer refused its id owns nothing meanwhile.
 			ctx, cancel := context.WithTimeout(c.ctx, registerTimeout)
 			if err := reg.SetDraining(ctx); err != nil {
 				c.log.Warn("mark registration draining", "err", err)

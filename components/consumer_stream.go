@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/butterfly-mesh/butterfly"
@@ -358,9 +359,14 @@ func (c *Consumer) watchdog(ctx context.Context) {
 }
 
 // refused stops the consumer when an intermediate ended or refused a stream
-// for good: the group was deleted, or another process took the id over.
-// Other errors (a registration on its way, a broken connection) are retried.
+// for good: the group was deleted, another process took the id over, or the
+// client certificate may not subscribe as this consumer. Other errors (a
+// registration on its way, a broken connection) are retried.
 func (c *Consumer) refused(err error) {
+	if status.Code(err) == codes.PermissionDenied {
+		c.stop(fmt.Errorf("%w: %v", ErrPermissionDenied, status.Convert(err).Message()))
+		return
+	}
 	switch butterfly.RefusalReason(err) {
 	case butterfly.ReasonGroupDeleted:
 		c.stop(fmt.Errorf("%w: %s/%s: %v", ErrGroupDeleted, c.cfg.service, c.cfg.group, status.Convert(err).Message()))

@@ -16,6 +16,9 @@ var (
 	ErrReplaced = errors.New("components: consumer taken over by another process with the same id")
 	// ErrGroupDeleted: the consumer's group was deleted.
 	ErrGroupDeleted = errors.New("components: consumer group deleted")
+	// ErrPermissionDenied: an intermediate refused the consumer's
+	// certificate the consumer id (PERMISSION_DENIED).
+	ErrPermissionDenied = errors.New("components: permission denied")
 )
 
 // NackError is a message handed back for good; SendWait returns it.

@@ -13,7 +13,7 @@ func TestIntegration_MutualTLS(t *testing.T) {
 	m := newMesh(t)
 	m.startEtcd()
 	dir := filepath.Join(m.dir, "certs")
-	if code, out, errOut := runCLI(t, 30*time.Second, "certs", "--dir", dir, "--hosts", "127.0.0.2,127.0.0.3", "--client-id", "p1"); code != 0 {
+	if code, out, errOut := runCLI(t, 30*time.Second, "certs", "--dir", dir, "--hosts", "127.0.0.2,127.0.0.3", "--client-id", "p1", "--consumer-id", "c1"); code != 0 {
 		t.Fatalf("butterfly certs = exit %d: %s %s", code, out, errOut)
 	}
 	server := []string{"--tls-cert", filepath.Join(dir, "server.pem"), "--tls-key", filepath.Join(dir, "server-key.pem"),
@@ -22,7 +22,8 @@ func TestIntegration_MutualTLS(t *testing.T) {
 		"--tls-ca", filepath.Join(dir, "ca.pem")}
 	i1, _ := m.startIntermediate("intermediate1", "127.0.0.2", server...)
 	m.startIntermediate("intermediate2", "127.0.0.3", server...)
-	m.startConsumer("c1", client...)
+	m.startConsumer("c1", "--tls-cert", filepath.Join(dir, "consumer-c1.pem"), "--tls-key", filepath.Join(dir, "consumer-c1-key.pem"),
+		"--tls-ca", filepath.Join(dir, "ca.pem"))
 	p := m.startProducer("p1", perProducer, rate, client...)
 	waitProgress(t, m, perProducer/2)
 	i1.kill()
