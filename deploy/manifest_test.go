@@ -493,7 +493,7 @@ func TestManifests_Examples(t *testing.T) {
 					t.Errorf("%s verifies the name %s, which the hubs' certificate (%v) is not valid for", w.Name, name, hubCert["dnsNames"])
 				}
 			}
-			if id := values["id"]; strings.HasPrefix(c.Args[0], "stage") && !slices.Contains(anyStrings(spec["uris"]), "butterfly://producer/"+id) {
+			if id := values["id"]; strings.HasPrefix(c.Args[0], "stage") && !slices.Contains(anyStrings(spec["uris"]), "butterfly://stage/"+id) {
 				t.Errorf("%s: stage --id %s, certificate %s is not bound to it (uris %v)", w.Name, id, sec, spec["uris"])
 			}
 		}
