@@ -55,8 +55,15 @@ certificate without a butterfly URI (CommonName only) may do nothing unless
 Limits: a message over --max-message-bytes, --max-headers or
 --max-header-bytes is handed back (INVALID) naming the limit, and its stream
 goes on; a batch over --max-batch-messages or --max-batch-bytes, a stream
-over --max-in-flight, or a peer over --max-streams-per-peer is refused with
-RESOURCE_EXHAUSTED naming the limit.`,
+over --max-in-flight, a peer over --max-streams-per-peer (per certificate
+identity, else per IP address) or a stream over --max-streams (all peers) is
+refused with RESOURCE_EXHAUSTED naming the limit. Held messages count in
+bytes against --max-in-flight-bytes per publish stream and --memory-budget
+for the process: a batch that does not fit waits up to --budget-wait, its
+stream read no further, then is handed back UNAVAILABLE for its producer to
+send again. A connection that has not finished its TLS handshake and HTTP/2
+preface within --connection-timeout is closed. A message whose seq lies
+outside its producer's window (low_water_seq + 2^24) is handed back INVALID.`,
 		Example: `  butterfly intermediate --name intermediate1 --listen 127.0.0.2:7001
   butterfly intermediate --name intermediate2 --listen 0.0.0.0:7001 --advertise host2.example:7001 --processor upper`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
