@@ -18,6 +18,7 @@ import (
 	adminv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/admin/v1"
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/internal/logtest"
 	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
 )
 
@@ -121,6 +122,20 @@ func TestRoles_HostileClients(t *testing.T) {
 		}
 		if err := c.Err(); !errors.Is(err, components.ErrPermissionDenied) || !strings.Contains(err.Error(), `(producer/p1) may not subscribe as consumer "c9"`) {
 			t.Fatalf("Err() = %v, want ErrPermissionDenied naming the certificate", err)
+		}
+	})
+
+	t.Run("producer with another's certificate", func(t *testing.T) {
+		var logs logtest.Recorder
+		p3 := m.producer("p3", components.WithTransportCredentials(p1), components.WithLogger(logs.Logger()))
+		if _, err := p3.Send(context.Background(), &messagev1.Message{Payload: []byte("p3")}); err != nil {
+			t.Fatalf("Send() = %v", err)
+		}
+		waitUntil(t, "producer p3 told its stream is refused", func() bool { return logs.Has("publish stream refused") })
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		if err := p3.Close(ctx); err == nil || !strings.Contains(err.Error(), "with 1 messages unacknowledged") {
+			t.Fatalf("Close() of p3 = %v, want an error naming its 1 unacknowledged message", err)
 		}
 	})
 

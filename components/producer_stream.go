@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
@@ -316,7 +318,13 @@ func (l *pubLink) once() (welcomed bool) {
 	}
 	first, err := stream.Recv()
 	if err != nil {
-		log.Debug("receive welcome", "err", err, "cause", context.Cause(ctx))
+		if status.Code(err) == codes.PermissionDenied {
+			// The client certificate is not this producer's: say so, as
+			// every attempt will be refused alike.
+			log.Warn("publish stream refused", "err", err)
+		} else {
+			log.Debug("receive welcome", "err", err, "cause", context.Cause(ctx))
+		}
 		return false
 	}
 	st.touch()
