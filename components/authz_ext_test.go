@@ -18,6 +18,7 @@ import (
 	adminv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/admin/v1"
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/intermediate"
 	"github.com/butterfly-mesh/butterfly/internal/logtest"
 	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
 )
@@ -223,4 +224,49 @@ func TestRoles_HostileClients(t *testing.T) {
 	if got := fmt.Sprint(sent); got != fmt.Sprintf("map[p1:%d]", n) {
 		t.Errorf("sent = %s, want map[p1:%d]", got, n)
 	}
+}
+
+// TestRoles_StreamsPerIdentity checks that with mutual TLS the streams of a
+// peer are counted per certificate identity, not per address: a producer
+// certificate at its limit is refused a third stream while a consumer on the
+// same address subscribes and receives.
+func TestRoles_StreamsPerIdentity(t *testing.T) {
+	m := newMesh(t)
+	pki := devPKI(t, "p1")
+	h := m.startTLSHub(pki, "i1", intermediate.WithMaxStreamsPerPeer(2))
+	p2 := clientCreds(t, roleFiles(pki, tlsutil.RoleProducer, "p2"))
+	open := func() error {
+		ctx, cancel := context.WithCancel(context.Background())
+		t.Cleanup(cancel)
+		stream, err := deliveryv1.NewPublishServiceClient(rawConn(t, h.addr, p2)).Publish(ctx)
+		if err != nil {
+			t.Fatalf("Publish() = %v", err)
+		}
+		hello := &deliveryv1.PublishHello{ProducerId: "p2", Incarnation: 1, HeartbeatIntervalMs: 60000}
+		if err := stream.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Hello{Hello: hello}}); err != nil {
+			t.Fatalf("Send(hello) = %v", err)
+		}
+		_, err = stream.Recv()
+		return err
+	}
+	for i := range 2 {
+		if err := open(); err != nil {
+			t.Fatalf("stream #%d of producer p2 = %v, want a welcome", i+1, err)
+		}
+	}
+	if err := open(); status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "identity producer/p2 has 2 streams open") {
+		t.Fatalf("third stream of producer p2 = %v, want RESOURCE_EXHAUSTED naming its identity", err)
+	}
+	led := newLedger()
+	m.consumer("c1", led.handler(), components.WithTransportCredentials(clientCreds(t, roleFiles(pki, tlsutil.RoleConsumer, "c1"))))
+	p := m.producer("p1", components.WithTransportCredentials(clientCreds(t, clientFiles(pki, pki))))
+	const n = 20
+	for i := range n {
+		if _, err := p.Send(context.Background(), &messagev1.Message{Payload: []byte(fmt.Sprint(i))}); err != nil {
+			t.Fatalf("Send(#%d) = %v", i+1, err)
+		}
+	}
+	closeProducers(t, p)
+	led.waitHandled(t, n)
+	led.checkExactlyOnce(t, map[string]int{"p1": n})
 }

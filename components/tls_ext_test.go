@@ -113,8 +113,8 @@ func writeExpiredClient(t *testing.T, pki, id string) tlsutil.Files {
 }
 
 // startTLSHub starts an intermediate that requires client certificates
-// signed by the CA of pki.
-func (m *mesh) startTLSHub(pki, instance string) *hub {
+// signed by the CA of pki, with opts.
+func (m *mesh) startTLSHub(pki, instance string, opts ...intermediate.Option) *hub {
 	m.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	m.t.Cleanup(cancel)
@@ -128,7 +128,7 @@ func (m *mesh) startTLSHub(pki, instance string) *hub {
 		m.t.Fatalf("tlsutil.ServerConfig() = %v", err)
 	}
 	return m.startHub(components.DefaultService, instance, "127.0.0.1",
-		intermediate.WithGRPCServerOptions(grpc.Creds(credentials.NewTLS(cfg))))
+		append([]intermediate.Option{intermediate.WithGRPCServerOptions(grpc.Creds(credentials.NewTLS(cfg)))}, opts...)...)
 }
 
 func clientCreds(t *testing.T, f tlsutil.Files) credentials.TransportCredentials {
