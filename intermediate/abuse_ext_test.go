@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
+	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/intermediate"
 )
 
@@ -79,5 +80,19 @@ func TestServer_ConnectionTimeout(t *testing.T) {
 	}
 	if elapsed := time.Since(start); elapsed > timeout+2*time.Second {
 		t.Fatalf("silent connections closed after %v, want about %v", elapsed, timeout)
+	}
+}
+
+// TestPublish_OversizedMessageNotOverBudget checks that a single message
+// larger than the in-flight byte limit is handed back INVALID at once, not
+// held back as over the budget to be sent again forever.
+func TestPublish_OversizedMessageNotOverBudget(t *testing.T) {
+	r := newRig(t, intermediate.WithMaxBatch(16, 4096), intermediate.WithMaxInFlightBytes(4096),
+		intermediate.WithMemoryBudget(4096, time.Minute))
+	pub := r.producer("p1")
+	sendBatch(t, pub, 1, msg("p1", 1, strings.Repeat("x", 6000)))
+	a := nextAck(t, pub)
+	if n := a.GetNacked(); len(n) != 1 || n[0].GetReason() != messagev1.NackReason_NACK_REASON_INVALID || !strings.Contains(n[0].GetDetail(), "max-message-bytes 4096") {
+		t.Fatalf("ack = %v, want one INVALID nack naming max-message-bytes", a)
 	}
 }

@@ -191,11 +191,18 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 		return nil
 	}
 	s.mu.Unlock()
-	sizes := make([]int, len(msgs))
+	// Every message that may be held counts against the byte limits; one
+	// over max-message-bytes is handed back INVALID below and never held,
+	// so every batch fits once enough is freed.
+	lim := s.opts.limits()
+	sizes, charges := make([]int, len(msgs)), make([]int, len(msgs))
 	total := 0
 	for i, m := range msgs {
 		sizes[i] = proto.Size(m)
-		total += sizes[i]
+		if sizes[i] <= lim.maxMessageBytes {
+			charges[i] = sizes[i]
+			total += charges[i]
+		}
 	}
 	if err := p.reserveBytes(ctx, total); err != nil {
 		if errors.Is(err, errOverBudget) {
@@ -214,7 +221,6 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 		nack *messagev1.Nack
 	}
 	out := make([]outcome, len(msgs))
-	lim := s.opts.limits()
 	for i, m := range msgs {
 		seq := first + uint64(i)
 		if err := validateEnvelope(m, sizes[i], lim); err != nil {
@@ -229,7 +235,7 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 		}
 		routes := res.GetRoutes()
 		res.Routes = nil // hop-local: consumers never see them
-		out[i].h = &held{pub: p, seq: seq, msg: res, size: proto.Size(res), charge: sizes[i], routeKey: routeKey(res), routes: routes}
+		out[i].h = &held{pub: p, seq: seq, msg: res, size: proto.Size(res), charge: charges[i], routeKey: routeKey(res), routes: routes}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -241,10 +247,10 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 		seq := first + uint64(i)
 		switch {
 		case o.nack != nil:
-			s.releaseBytesLocked(p, sizes[i])
+			s.releaseBytesLocked(p, charges[i])
 			p.nackLocked(seq, o.nack.Reason, o.nack.Detail)
 		case s.draining:
-			s.releaseBytesLocked(p, sizes[i])
+			s.releaseBytesLocked(p, charges[i])
 			p.nackLocked(seq, messagev1.NackReason_NACK_REASON_DRAINING, "intermediate is draining")
 		default:
 			s.admitLocked(o.h)
