@@ -53,7 +53,7 @@ func (as *adminService) GetStatus(context.Context, *adminv1.GetStatusRequest) (*
 			ConsumerId: sub.consumerID,
 			Group:      sub.group,
 			Peer:       sub.peer,
-			InFlight:   uint64(len(sub.unacked)),
+			InFlight:   uint64(sub.unacked.len()),
 			Credit:     sub.credit,
 			Delivered:  sub.delivered,
 			Acked:      sub.ackedN,

@@ -13,18 +13,24 @@ import (
 
 // Defaults of the options.
 const (
-	DefaultDrainTimeout       = 10 * time.Second
-	DefaultHeartbeatInterval  = 200 * time.Millisecond
-	DefaultMaxInFlight        = 10000
-	DefaultMaxBatchMessages   = 256
-	DefaultMaxBatchBytes      = 1 << 20
-	DefaultNoConsumerTimeout  = 5 * time.Second
-	DefaultLeaseTTL           = 5 * time.Second
-	DefaultStopTimeout        = 2 * time.Second
-	DefaultOwnerWait          = time.Second
-	DefaultMaxHeaders         = 64
-	DefaultMaxHeaderBytes     = 16 << 10
-	DefaultMaxStreamsPerPeer  = 1000
+	DefaultDrainTimeout      = 10 * time.Second
+	DefaultHeartbeatInterval = 200 * time.Millisecond
+	DefaultMaxInFlight       = 10000
+	DefaultMaxBatchMessages  = 256
+	DefaultMaxBatchBytes     = 1 << 20
+	DefaultNoConsumerTimeout = 5 * time.Second
+	DefaultLeaseTTL          = 5 * time.Second
+	DefaultStopTimeout       = 2 * time.Second
+	DefaultOwnerWait         = time.Second
+	DefaultMaxHeaders        = 64
+	DefaultMaxHeaderBytes    = 16 << 10
+	DefaultMaxStreamsPerPeer = 1000
+	// DefaultMaxPeerHeartbeat is the longest heartbeat interval a client may
+	// declare: a silent stream ends within five of it.
+	DefaultMaxPeerHeartbeat = 2 * time.Second
+	// DefaultMaxCredit is the most unspent credit a consumer may hold on a
+	// subscribe stream.
+	DefaultMaxCredit          = 1 << 20
 	heartbeatMisses           = 5
 	defaultDrainFlushTimeout  = time.Second
 	minHeartbeatInterval      = time.Millisecond
@@ -56,6 +62,11 @@ type options struct {
 	maxStreamsPerPeer int // 0: no limit
 	registryOptions   []registry.Option
 	version           string
+	maxPeerHeartbeat  time.Duration
+	maxCredit         int
+	// ackObserver, set by tests, hears how long every ack frame of a
+	// subscribe stream held the server's lock and took in all.
+	ackObserver func(held, total time.Duration)
 }
 
 func defaultOptions() options {
@@ -75,6 +86,8 @@ func defaultOptions() options {
 		maxHeaders:        DefaultMaxHeaders,
 		maxHeaderBytes:    DefaultMaxHeaderBytes,
 		maxStreamsPerPeer: DefaultMaxStreamsPerPeer,
+		maxPeerHeartbeat:  DefaultMaxPeerHeartbeat,
+		maxCredit:         DefaultMaxCredit,
 	}
 }
 
@@ -94,6 +107,12 @@ func (o *options) validate() error {
 	}
 	if o.heartbeatInterval < minHeartbeatInterval || o.heartbeatInterval > maxHeartbeatIntervalMilli*time.Millisecond {
 		errs = append(errs, fmt.Errorf("heartbeat interval %v is out of range [%v, %v]", o.heartbeatInterval, minHeartbeatInterval, maxHeartbeatIntervalMilli*time.Millisecond))
+	}
+	if o.maxPeerHeartbeat < minHeartbeatInterval || o.maxPeerHeartbeat > maxHeartbeatIntervalMilli*time.Millisecond {
+		errs = append(errs, fmt.Errorf("max peer heartbeat %v is out of range [%v, %v]", o.maxPeerHeartbeat, minHeartbeatInterval, maxHeartbeatIntervalMilli*time.Millisecond))
+	}
+	if o.maxCredit < 1 || o.maxCredit > 1<<31 {
+		errs = append(errs, fmt.Errorf("max credit %d is out of range [1, %d]", o.maxCredit, 1<<31))
 	}
 	if o.maxInFlight < 1 {
 		errs = append(errs, fmt.Errorf("max in flight %d is under 1", o.maxInFlight))
@@ -157,6 +176,20 @@ func WithStopTimeout(d time.Duration) Option { return func(o *options) { o.stopT
 func WithHeartbeatInterval(d time.Duration) Option {
 	return func(o *options) { o.heartbeatInterval = d }
 }
+
+// WithMaxPeerHeartbeat sets the longest heartbeat interval a client may
+// declare in its hello (default 2s): a longer one is lowered to it, so a
+// stream on which nothing arrives ends within five of it whatever the client
+// declared. The welcome states it, the interval the client is held to and
+// the deadline (peer_timeout_ms).
+func WithMaxPeerHeartbeat(d time.Duration) Option {
+	return func(o *options) { o.maxPeerHeartbeat = d }
+}
+
+// WithMaxCredit sets the most unspent credit a consumer may hold on a
+// subscribe stream (default 1<<20). The welcome states it; a hello or a
+// Credit frame above it fails with RESOURCE_EXHAUSTED.
+func WithMaxCredit(n int) Option { return func(o *options) { o.maxCredit = n } }
 
 // WithAdvertiseAddr sets the address registered in etcd (default: the
 // listener's address).

@@ -39,7 +39,8 @@ type PublishServiceClient interface {
 	// PublishHello; the intermediate answers with a PublishWelcome. After that
 	// the producer sends batches and heartbeats, and the intermediate sends
 	// acknowledgements, drain notices and heartbeats. Messages unacknowledged
-	// when the stream ends are the producer's to send again.
+	// when the stream ends are the producer's to send again. The producer
+	// acknowledges nothing on this stream.
 	Publish(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PublishRequest, PublishResponse], error)
 }
 
@@ -78,7 +79,8 @@ type PublishServiceServer interface {
 	// PublishHello; the intermediate answers with a PublishWelcome. After that
 	// the producer sends batches and heartbeats, and the intermediate sends
 	// acknowledgements, drain notices and heartbeats. Messages unacknowledged
-	// when the stream ends are the producer's to send again.
+	// when the stream ends are the producer's to send again. The producer
+	// acknowledges nothing on this stream.
 	Publish(grpc.BidiStreamingServer[PublishRequest, PublishResponse]) error
 	mustEmbedUnimplementedPublishServiceServer()
 }
