@@ -65,8 +65,8 @@ type options struct {
 	maxPeerHeartbeat  time.Duration
 	maxCredit         int
 	// ackObserver, set by tests, hears how long every ack frame of a
-	// subscribe stream held the server's lock and took in all.
-	ackObserver func(held, total time.Duration)
+	// consumer's subscribe stream held the server's lock and took in all.
+	ackObserver func(consumer string, held, total time.Duration)
 }
 
 func defaultOptions() options {

@@ -181,7 +181,7 @@ func (sub *subStream) ack(a *deliveryv1.DeliveryAck) error {
 	start := time.Now()
 	f, err := parseAck(a)
 	if err != nil {
-		s.observeAck(start, 0)
+		sub.observeAck(start, 0)
 		return err
 	}
 	s.mu.Lock()
@@ -192,14 +192,14 @@ func (sub *subStream) ack(a *deliveryv1.DeliveryAck) error {
 	}
 	held := time.Since(locked)
 	s.mu.Unlock()
-	s.observeAck(start, held)
+	sub.observeAck(start, held)
 	return err
 }
 
 // observeAck reports the handling of one ack frame to the test hook.
-func (s *Server) observeAck(start time.Time, held time.Duration) {
-	if s.opts.ackObserver != nil {
-		s.opts.ackObserver(held, time.Since(start))
+func (sub *subStream) observeAck(start time.Time, held time.Duration) {
+	if f := sub.srv.opts.ackObserver; f != nil {
+		f(sub.consumerID, held, time.Since(start))
 	}
 }
 
