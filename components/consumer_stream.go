@@ -236,10 +236,11 @@ func (l *subLink) once() (welcomed bool) {
 	c.mu.Unlock()
 	log.Debug("subscribe stream open")
 
+	beat := beatInterval(c.cfg.heartbeat, w.GetPeerHeartbeatIntervalMs())
 	sender.Add(1)
 	go func() {
 		defer sender.Done()
-		if err := st.sendLoop(ctx, stream); err != nil {
+		if err := st.sendLoop(ctx, stream, beat); err != nil {
 			cancel(err)
 		}
 	}()
@@ -267,12 +268,12 @@ func (l *subLink) once() (welcomed bool) {
 	}
 }
 
-// sendLoop sends acknowledgements, credit, the drain and heartbeats. Once
-// the consumer drains and everything in hand is answered, it closes its side
-// of the stream and the intermediate ends it.
-func (st *subStream) sendLoop(ctx context.Context, stream deliveryv1.SubscribeService_SubscribeClient) error {
+// sendLoop sends acknowledgements, credit, the drain and heartbeats (every
+// beat). Once the consumer drains and everything in hand is answered, it
+// closes its side of the stream and the intermediate ends it.
+func (st *subStream) sendLoop(ctx context.Context, stream deliveryv1.SubscribeService_SubscribeClient, beat time.Duration) error {
 	c := st.link.c
-	ticker := time.NewTicker(c.cfg.heartbeat)
+	ticker := time.NewTicker(beat)
 	defer ticker.Stop()
 	for {
 		c.mu.Lock()
