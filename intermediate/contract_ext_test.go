@@ -374,3 +374,49 @@ func keepAlive(t *testing.T, send func() error) {
 		wg.Wait()
 	})
 }
+
+// TestHello_Refusals checks the statuses that refuse a stream at its first
+// frame: not a hello, a hello that names no sender or another instance, and
+// no hello in time.
+func TestHello_Refusals(t *testing.T) {
+	r := newRig(t, intermediate.WithHeartbeatInterval(20*time.Millisecond))
+	subHello := func(h *deliveryv1.SubscribeHello) *deliveryv1.SubscribeRequest {
+		return &deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Hello{Hello: h}}
+	}
+	for _, tc := range []struct {
+		name  string
+		first *deliveryv1.SubscribeRequest // nil: send nothing
+		code  codes.Code
+		text  string
+	}{
+		{"subscribe credit first", creditFrame(1), codes.InvalidArgument, "the first frame must be a hello"},
+		{"subscribe without consumer_id", subHello(&deliveryv1.SubscribeHello{Group: "g"}), codes.InvalidArgument, "hello without consumer_id"},
+		{"subscribe to another instance", subHello(&deliveryv1.SubscribeHello{ConsumerId: "c", Instance: "i9"}), codes.FailedPrecondition, `this is instance "i1", not "i9"`},
+		{"subscribe without hello", nil, codes.DeadlineExceeded, "no hello received in time"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			stream, err := deliveryv1.NewSubscribeServiceClient(r.conn).Subscribe(r.ctx())
+			if err != nil {
+				t.Fatalf("Subscribe() = %v", err)
+			}
+			if tc.first != nil {
+				sendSub(t, stream, tc.first)
+			}
+			if err := subEnd(stream); status.Code(err) != tc.code || !strings.Contains(err.Error(), tc.text) {
+				t.Errorf("subscribe stream = %v, want %v containing %q", err, tc.code, tc.text)
+			}
+		})
+	}
+	t.Run("publish heartbeat first", func(t *testing.T) {
+		stream, err := deliveryv1.NewPublishServiceClient(r.conn).Publish(r.ctx())
+		if err != nil {
+			t.Fatalf("Publish() = %v", err)
+		}
+		if err := stream.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Heartbeat{Heartbeat: &messagev1.Heartbeat{}}}); err != nil {
+			t.Fatalf("Send() = %v", err)
+		}
+		if err := recvEnd(stream); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "the first frame must be a hello") {
+			t.Errorf("publish stream opened by a heartbeat = %v, want INVALID_ARGUMENT", err)
+		}
+	})
+}
