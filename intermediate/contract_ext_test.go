@@ -39,6 +39,15 @@ func ackFrame(ranges ...uint64) *deliveryv1.SubscribeRequest {
 	return &deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Ack{Ack: a}}
 }
 
+// manyRanges is an ack frame of n copies of the range [1, 1].
+func manyRanges(n int) *deliveryv1.SubscribeRequest {
+	r := make([]uint64, 0, 2*n)
+	for range n {
+		r = append(r, 1, 1)
+	}
+	return ackFrame(r...)
+}
+
 func nackFrame(id uint64) *deliveryv1.SubscribeRequest {
 	a := &deliveryv1.DeliveryAck{Nacked: []*messagev1.Nack{{Seq: id, Reason: messagev1.NackReason_NACK_REASON_HANDLER_FAILED}}}
 	return &deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Ack{Ack: a}}
@@ -73,6 +82,7 @@ func TestSubscribe_Refusals(t *testing.T) {
 		{"nothing sent yet", 0, false, ackFrame(1, 1), codes.InvalidArgument, "ack range [1, 1] names deliveries never sent: none was sent"},
 		{"nack id 0", 10, true, nackFrame(0), codes.InvalidArgument, "nack of delivery id 0"},
 		{"nack never sent", 10, true, nackFrame(5), codes.InvalidArgument, "nack of delivery id 5 names deliveries never sent"},
+		{"too many ranges", 10, true, manyRanges(4097), codes.ResourceExhausted, "ack frame of 4097 ranges and nacks exceeds max_ack_ranges 4096"},
 		{"credit 0", 10, false, creditFrame(0), codes.InvalidArgument, "credit of 0 messages"},
 		{"credit over max", 10, false, creditFrame(100), codes.ResourceExhausted, "credit of 100 on top of"},
 		{"frame without kind", 10, false, &deliveryv1.SubscribeRequest{}, codes.InvalidArgument, "subscribe frame without a kind"},
@@ -171,8 +181,8 @@ func TestWelcome_StatesBounds(t *testing.T) {
 		if err != nil {
 			t.Fatalf("subscribe = %v", err)
 		}
-		if sw.GetPeerHeartbeatIntervalMs() != tc.held || sw.GetPeerTimeoutMs() != 5*tc.held || sw.GetMaxHeartbeatIntervalMs() != 3000 || sw.GetMaxCredit() != 500 {
-			t.Errorf("subscribe welcome for a declared %dms = %v, want peer interval %d, timeout %d, max 3000, max credit 500", tc.declared, sw, tc.held, 5*tc.held)
+		if sw.GetPeerHeartbeatIntervalMs() != tc.held || sw.GetPeerTimeoutMs() != 5*tc.held || sw.GetMaxHeartbeatIntervalMs() != 3000 || sw.GetMaxCredit() != 500 || sw.GetMaxAckRanges() != 4096 {
+			t.Errorf("subscribe welcome for a declared %dms = %v, want peer interval %d, timeout %d, max 3000, max credit 500, max ack ranges 4096", tc.declared, sw, tc.held, 5*tc.held)
 		}
 	}
 }

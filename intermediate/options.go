@@ -35,6 +35,10 @@ const (
 	defaultDrainFlushTimeout  = time.Second
 	minHeartbeatInterval      = time.Millisecond
 	maxHeartbeatIntervalMilli = 60_000
+	// maxAckRanges is the most ranges and nacks one DeliveryAck may carry
+	// (SubscribeWelcome.max_ack_ranges): it bounds the work one frame does
+	// under the server's lock.
+	maxAckRanges = 4096
 )
 
 // Option configures a Server.

@@ -51,6 +51,9 @@ func (o *outstanding) take(id uint64) *delivery {
 func (o *outstanding) takeRanges(ranges []idRange, f func(*delivery)) {
 	i := 0
 	for _, r := range ranges {
+		if i == len(o.ids) {
+			break
+		}
 		i += sortSearch(o.ids[i:], r.first)
 		for ; i < len(o.ids) && o.ids[i] <= r.last; i++ {
 			id := o.ids[i]
@@ -118,6 +121,9 @@ type ackFrame struct {
 func parseAck(a *deliveryv1.DeliveryAck) (*ackFrame, error) {
 	if len(a.GetAcked()) == 0 && len(a.GetNacked()) == 0 {
 		return nil, status.Error(codes.InvalidArgument, "intermediate: ack frame names no delivery")
+	}
+	if n := len(a.GetAcked()) + len(a.GetNacked()); n > maxAckRanges {
+		return nil, status.Errorf(codes.ResourceExhausted, "intermediate: ack frame of %d ranges and nacks exceeds max_ack_ranges %d", n, maxAckRanges)
 	}
 	f := &ackFrame{acked: make([]idRange, 0, len(a.GetAcked())), nacked: a.GetNacked()}
 	for _, r := range a.GetAcked() {

@@ -94,6 +94,7 @@ func (ss *subscribeService) Subscribe(stream deliveryv1.SubscribeService_Subscri
 		PeerTimeoutMs:           millis(sub.peerTimeout()),
 		MaxHeartbeatIntervalMs:  millis(s.opts.maxPeerHeartbeat),
 		MaxCredit:               uint32(s.opts.maxCredit),
+		MaxAckRanges:            maxAckRanges,
 	}
 	s.wg.Add(2)
 	go func() {

@@ -352,9 +352,11 @@ function subscribeStream(inst, o, reg, handle) {
   const ended = streamEnd(call).then((s) => { clearInterval(beat); client.close(); return s; });
   let beat = null;
   let leaving = false;
+  let maxAck = 1;
   call.on('data', (resp) => {
     switch (resp.kind) {
       case 'welcome': {
+        maxAck = resp.welcome.maxAckRanges || Infinity;
         const ms = Math.min(OWN_HEARTBEAT_MS, resp.welcome.peerHeartbeatIntervalMs || OWN_HEARTBEAT_MS);
         beat = setInterval(() => call.write({ heartbeat: { sendTimeUnixNano: String(BigInt(Date.now()) * 1000000n) } }), ms);
         break;
@@ -366,7 +368,8 @@ function subscribeStream(inst, o, reg, handle) {
           handle(d.message);
           ids.push(Number(d.deliveryId)); // duplicates are acknowledged too
         }
-        call.write({ ack: { acked: ranges(ids) } });
+        const acked = ranges(ids);
+        for (let i = 0; i < acked.length; i += maxAck) call.write({ ack: { acked: acked.slice(i, i + maxAck) } });
         call.write({ credit: { messages: ids.length } }); // acks give no credit back
         break;
       }

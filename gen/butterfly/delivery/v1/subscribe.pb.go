@@ -150,7 +150,10 @@ type SubscribeWelcome struct {
 	// The most unspent credit the consumer may hold: initial_credit, or a
 	// Credit that would raise the unspent credit above it, is refused with
 	// RESOURCE_EXHAUSTED.
-	MaxCredit     uint32 `protobuf:"varint,7,opt,name=max_credit,json=maxCredit,proto3" json:"max_credit,omitempty"`
+	MaxCredit uint32 `protobuf:"varint,7,opt,name=max_credit,json=maxCredit,proto3" json:"max_credit,omitempty"`
+	// The most ranges and nacks one DeliveryAck may carry together; a frame
+	// with more ends the stream with RESOURCE_EXHAUSTED. Send more frames.
+	MaxAckRanges  uint32 `protobuf:"varint,8,opt,name=max_ack_ranges,json=maxAckRanges,proto3" json:"max_ack_ranges,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -230,6 +233,13 @@ func (x *SubscribeWelcome) GetMaxHeartbeatIntervalMs() uint32 {
 func (x *SubscribeWelcome) GetMaxCredit() uint32 {
 	if x != nil {
 		return x.MaxCredit
+	}
+	return 0
+}
+
+func (x *SubscribeWelcome) GetMaxAckRanges() uint32 {
+	if x != nil {
+		return x.MaxAckRanges
 	}
 	return 0
 }
@@ -780,7 +790,7 @@ const file_butterfly_delivery_v1_subscribe_proto_rawDesc = "" +
 	"\binstance\x18\x03 \x01(\tR\binstance\x122\n" +
 	"\x15heartbeat_interval_ms\x18\x04 \x01(\rR\x13heartbeatIntervalMs\x12%\n" +
 	"\x0einitial_credit\x18\x05 \x01(\rR\rinitialCredit\x12-\n" +
-	"\x12registration_epoch\x18\x06 \x01(\x04R\x11registrationEpoch\"\xb7\x02\n" +
+	"\x12registration_epoch\x18\x06 \x01(\x04R\x11registrationEpoch\"\xdd\x02\n" +
 	"\x10SubscribeWelcome\x12\x1a\n" +
 	"\binstance\x18\x01 \x01(\tR\binstance\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x122\n" +
@@ -789,7 +799,8 @@ const file_butterfly_delivery_v1_subscribe_proto_rawDesc = "" +
 	"\x0fpeer_timeout_ms\x18\x05 \x01(\rR\rpeerTimeoutMs\x129\n" +
 	"\x19max_heartbeat_interval_ms\x18\x06 \x01(\rR\x16maxHeartbeatIntervalMs\x12\x1d\n" +
 	"\n" +
-	"max_credit\x18\a \x01(\rR\tmaxCredit\"$\n" +
+	"max_credit\x18\a \x01(\rR\tmaxCredit\x12$\n" +
+	"\x0emax_ack_ranges\x18\b \x01(\rR\fmaxAckRanges\"$\n" +
 	"\x06Credit\x12\x1a\n" +
 	"\bmessages\x18\x01 \x01(\rR\bmessages\"w\n" +
 	"\vDeliveryAck\x124\n" +
