@@ -109,10 +109,20 @@ type idRange struct{ first, last uint64 }
 type ackFrame struct {
 	acked  []idRange
 	nacked []*messagev1.Nack
-	// The highest id the frame names, and the range or nack naming it, for
-	// the check against the ids sent, which needs the lock.
-	maxID   uint64
-	maxName string
+	// The highest id the frame names, and the range (or, when maxNack, the
+	// nack) naming it, for the check against the ids sent, which needs the
+	// lock.
+	maxID    uint64
+	maxRange idRange
+	maxNack  bool
+}
+
+// maxName names the range or nack that names the frame's highest id.
+func (f *ackFrame) maxName() string {
+	if f.maxNack {
+		return fmt.Sprintf("nack of delivery id %d", f.maxID)
+	}
+	return fmt.Sprintf("ack range [%d, %d]", f.maxRange.first, f.maxRange.last)
 }
 
 // parseAck checks the form of a DeliveryAck without the lock: it names at
@@ -128,15 +138,14 @@ func parseAck(a *deliveryv1.DeliveryAck) (*ackFrame, error) {
 	f := &ackFrame{acked: make([]idRange, 0, len(a.GetAcked())), nacked: a.GetNacked()}
 	for _, r := range a.GetAcked() {
 		first, last := r.GetFirst(), r.GetLast()
-		name := fmt.Sprintf("ack range [%d, %d]", first, last)
 		switch {
 		case last < first:
-			return nil, status.Errorf(codes.InvalidArgument, "intermediate: %s is reversed (last < first)", name)
+			return nil, status.Errorf(codes.InvalidArgument, "intermediate: ack range [%d, %d] is reversed (last < first)", first, last)
 		case first == 0:
-			return nil, status.Errorf(codes.InvalidArgument, "intermediate: %s names delivery id 0; ids start at 1", name)
+			return nil, status.Errorf(codes.InvalidArgument, "intermediate: ack range [%d, %d] names delivery id 0; ids start at 1", first, last)
 		}
 		if last > f.maxID {
-			f.maxID, f.maxName = last, name
+			f.maxID, f.maxRange = last, idRange{first, last}
 		}
 		f.acked = append(f.acked, idRange{first, last})
 	}
@@ -145,7 +154,7 @@ func parseAck(a *deliveryv1.DeliveryAck) (*ackFrame, error) {
 			return nil, status.Error(codes.InvalidArgument, "intermediate: nack of delivery id 0; ids start at 1")
 		}
 		if n.GetSeq() > f.maxID {
-			f.maxID, f.maxName = n.GetSeq(), fmt.Sprintf("nack of delivery id %d", n.GetSeq())
+			f.maxID, f.maxNack = n.GetSeq(), true
 		}
 	}
 	slices.SortFunc(f.acked, func(a, b idRange) int { return cmp.Compare(a.first, b.first) })
@@ -166,9 +175,9 @@ func parseAck(a *deliveryv1.DeliveryAck) (*ackFrame, error) {
 func (f *ackFrame) checkSentLocked(sub *subStream) error {
 	if f.maxID > sub.nextID {
 		if sub.nextID == 0 {
-			return status.Errorf(codes.InvalidArgument, "intermediate: %s names deliveries never sent: none was sent on this stream", f.maxName)
+			return status.Errorf(codes.InvalidArgument, "intermediate: %s names deliveries never sent: none was sent on this stream", f.maxName())
 		}
-		return status.Errorf(codes.InvalidArgument, "intermediate: %s names deliveries never sent: ids sent on this stream are 1 to %d", f.maxName, sub.nextID)
+		return status.Errorf(codes.InvalidArgument, "intermediate: %s names deliveries never sent: ids sent on this stream are 1 to %d", f.maxName(), sub.nextID)
 	}
 	return nil
 }
