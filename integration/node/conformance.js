@@ -291,7 +291,7 @@ async function register(etcd, o) {
     });
     if (await etcd.putIf(key, value, cur && cur.modRevision, lease)) {
       const keepAlive = setInterval(() => etcd.call('/v3/lease/keepalive', { ID: lease }).catch(() => {}), 1000);
-      return { lease, epoch, key, keepAlive };
+      return { lease, epoch, key, value, keepAlive };
     }
   }
 }
@@ -329,8 +329,12 @@ async function consume(o) {
   const streams = insts.map((inst) => subscribeStream(inst, o, reg, handle));
   await allHandled;
   const probe = await probeSubscribe(insts[0], o, reg);
-  // Leave: drain every stream (its acknowledgements went before), wait for
-  // the intermediates to end them, then give the registration up.
+  // Leave: mark the registration draining (the group's other consumers own
+  // our keys from now on), drain every stream (its acknowledgements went
+  // before), wait for the intermediates to end them, then give the
+  // registration up.
+  const draining = JSON.stringify({ ...JSON.parse(reg.value), draining: true });
+  await etcd.call('/v3/kv/put', { key: b64(reg.key), value: b64(draining), lease: reg.lease });
   for (const s of streams) s.leave();
   await Promise.all(streams.map((s) => s.ended));
   clearInterval(reg.keepAlive);
