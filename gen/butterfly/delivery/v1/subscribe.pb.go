@@ -300,7 +300,9 @@ func (x *Credit) GetMessages() uint32 {
 // as every nack's seq must. Otherwise the stream ends with INVALID_ARGUMENT
 // naming the range, and nothing of the frame is applied. Ids sent but
 // already settled (acknowledged, or released by a redelivery or a group's
-// deletion) are accepted and ignored.
+// deletion) are accepted and ignored. More than
+// SubscribeWelcome.max_ack_ranges ranges and nacks together end the stream
+// with RESOURCE_EXHAUSTED.
 type DeliveryAck struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Delivery ids whose handler returned without error, or that were
