@@ -133,6 +133,22 @@ function streamEnd(call) {
   });
 }
 
+// liveness sends a heartbeat at least as often as the intermediate holds
+// us to (the welcome's peer_heartbeat_interval_ms), and cancels the stream
+// when nothing arrived from the intermediate for five of its own intervals.
+// Call seen() on every frame received; stop() when the stream ends.
+function liveness(call, welcome) {
+  const beatMs = Math.min(OWN_HEARTBEAT_MS, welcome.peerHeartbeatIntervalMs || OWN_HEARTBEAT_MS);
+  const serverMs = welcome.heartbeatIntervalMs || OWN_HEARTBEAT_MS;
+  let last = Date.now();
+  const beat = setInterval(() => call.write({ heartbeat: { sendTimeUnixNano: String(BigInt(Date.now()) * 1000000n) } }), beatMs);
+  const watch = setInterval(() => { if (Date.now() - last > 5 * serverMs) call.cancel(); }, serverMs);
+  return {
+    seen() { last = Date.now(); },
+    stop() { clearInterval(beat); clearInterval(watch); },
+  };
+}
+
 // ---------------------------------------------------------------- publish
 
 async function publish(o) {
@@ -168,7 +184,7 @@ function runPublishStream(client, inst, o, incarnation, pending, acked, routes, 
     let nextStreamSeq = 1;
     let welcome = null;
     let draining = false;
-    let beat = null;
+    let live = null;
     let done = false;
 
     const lowWater = () => {
@@ -201,7 +217,7 @@ function runPublishStream(client, inst, o, incarnation, pending, acked, routes, 
     const finish = () => {
       if (done) return;
       done = true;
-      clearInterval(beat);
+      if (live) live.stop();
       // Messages this stream did not settle are sent again on the next one.
       for (const seq of inFlight.values()) if (!acked.has(seq)) { pending.push(seq); onResend(); }
       inFlight.clear();
@@ -210,15 +226,13 @@ function runPublishStream(client, inst, o, incarnation, pending, acked, routes, 
     };
 
     call.on('data', (resp) => {
+      if (live) live.seen();
       switch (resp.kind) {
-        case 'welcome': {
+        case 'welcome':
           welcome = resp.welcome;
-          // Beat at least as often as the intermediate holds us to.
-          const ms = Math.min(OWN_HEARTBEAT_MS, welcome.peerHeartbeatIntervalMs || OWN_HEARTBEAT_MS);
-          beat = setInterval(() => call.write({ heartbeat: { sendTimeUnixNano: String(BigInt(Date.now()) * 1000000n) } }), ms);
+          live = liveness(call, welcome);
           pump();
           break;
-        }
         case 'ack': {
           for (const r of resp.ack.acked) {
             for (let s = Number(r.first); s <= Number(r.last); s++) {
@@ -353,18 +367,17 @@ async function consume(o) {
 function subscribeStream(inst, o, reg, handle) {
   const client = new deliveryv1.SubscribeService(inst.addr, grpc.credentials.createInsecure());
   const call = client.Subscribe();
-  const ended = streamEnd(call).then((s) => { clearInterval(beat); client.close(); return s; });
-  let beat = null;
+  const ended = streamEnd(call).then((s) => { if (live) live.stop(); client.close(); return s; });
+  let live = null;
   let leaving = false;
   let maxAck = 1;
   call.on('data', (resp) => {
+    if (live) live.seen();
     switch (resp.kind) {
-      case 'welcome': {
+      case 'welcome':
         maxAck = resp.welcome.maxAckRanges || Infinity;
-        const ms = Math.min(OWN_HEARTBEAT_MS, resp.welcome.peerHeartbeatIntervalMs || OWN_HEARTBEAT_MS);
-        beat = setInterval(() => call.write({ heartbeat: { sendTimeUnixNano: String(BigInt(Date.now()) * 1000000n) } }), ms);
+        live = liveness(call, resp.welcome);
         break;
-      }
       case 'batch': {
         if (leaving) break; // left unanswered: they go to the group's next owner
         const ids = [];
