@@ -90,3 +90,15 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 		return false
 	}
 }
+
+// beatInterval is the heartbeat interval of a stream: the configured one, or
+// the interval the intermediate holds the client to (its welcome's
+// peer_heartbeat_interval_ms, the hello's interval lowered to the server's
+// cap) when that is shorter, so that a slow configured heartbeat never lets
+// the intermediate's deadline pass.
+func beatInterval(own time.Duration, peerMs uint32) time.Duration {
+	if peerMs == 0 {
+		return own
+	}
+	return min(own, time.Duration(peerMs)*time.Millisecond)
+}

@@ -237,10 +237,12 @@ func (l *subLink) once() (welcomed bool) {
 	c.mu.Unlock()
 	log.Debug("subscribe stream open")
 
+	beat := beatInterval(c.cfg.heartbeat, w.GetPeerHeartbeatIntervalMs())
+	maxAck := int(w.GetMaxAckRanges())
 	sender.Add(1)
 	go func() {
 		defer sender.Done()
-		if err := st.sendLoop(ctx, stream); err != nil {
+		if err := st.sendLoop(ctx, stream, beat, maxAck); err != nil {
 			cancel(err)
 		}
 	}()
@@ -268,12 +270,13 @@ func (l *subLink) once() (welcomed bool) {
 	}
 }
 
-// sendLoop sends acknowledgements, credit, the drain and heartbeats. Once
-// the consumer drains and everything in hand is answered, it closes its side
-// of the stream and the intermediate ends it.
-func (st *subStream) sendLoop(ctx context.Context, stream deliveryv1.SubscribeService_SubscribeClient) error {
+// sendLoop sends acknowledgements (in frames of at most maxAck ranges and
+// nacks, 0 for no limit), credit, the drain and heartbeats (every beat).
+// Once the consumer drains and everything in hand is answered, it closes its
+// side of the stream and the intermediate ends it.
+func (st *subStream) sendLoop(ctx context.Context, stream deliveryv1.SubscribeService_SubscribeClient, beat time.Duration, maxAck int) error {
 	c := st.link.c
-	ticker := time.NewTicker(c.cfg.heartbeat)
+	ticker := time.NewTicker(beat)
 	defer ticker.Stop()
 	for {
 		c.mu.Lock()
@@ -290,8 +293,7 @@ func (st *subStream) sendLoop(ctx context.Context, stream deliveryv1.SubscribeSe
 		}
 		closed := st.closeSent && !closeNow
 		c.mu.Unlock()
-		if len(acks) > 0 || len(nacks) > 0 {
-			a := &deliveryv1.DeliveryAck{Acked: seqrange.Build(acks), Nacked: nacks}
+		for _, a := range ackFrames(seqrange.Build(acks), nacks, maxAck) {
 			if err := stream.Send(&deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Ack{Ack: a}}); err != nil {
 				return fmt.Errorf("send ack: %w", err)
 			}
@@ -373,4 +375,27 @@ func (c *Consumer) refused(err error) {
 	case butterfly.ReasonConsumerReplaced:
 		c.stop(fmt.Errorf("%w: %v", ErrReplaced, status.Convert(err).Message()))
 	}
+}
+
+// ackFrames splits acknowledged ranges and nacks into DeliveryAck frames of
+// at most max entries together (0: one frame), as the intermediate's
+// welcome asks (max_ack_ranges). It returns none when there is nothing to
+// answer.
+func ackFrames(ranges []*messagev1.SeqRange, nacks []*messagev1.Nack, max int) []*deliveryv1.DeliveryAck {
+	if len(ranges) == 0 && len(nacks) == 0 {
+		return nil
+	}
+	if max <= 0 || len(ranges)+len(nacks) <= max {
+		return []*deliveryv1.DeliveryAck{{Acked: ranges, Nacked: nacks}}
+	}
+	var out []*deliveryv1.DeliveryAck
+	for len(ranges) > 0 || len(nacks) > 0 {
+		a := &deliveryv1.DeliveryAck{}
+		n := min(len(ranges), max)
+		a.Acked, ranges = ranges[:n:n], ranges[n:]
+		m := min(len(nacks), max-n)
+		a.Nacked, nacks = nacks[:m:m], nacks[m:]
+		out = append(out, a)
+	}
+	return out
 }

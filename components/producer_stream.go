@@ -353,10 +353,11 @@ func (l *pubLink) once() (welcomed bool) {
 	p.mu.Unlock()
 	log.Debug("publish stream open")
 
+	beat := beatInterval(p.cfg.heartbeat, w.GetPeerHeartbeatIntervalMs())
 	sender.Add(1)
 	go func() {
 		defer sender.Done()
-		if err := st.sendLoop(ctx, stream); err != nil {
+		if err := st.sendLoop(ctx, stream, beat); err != nil {
 			cancel(err)
 		}
 	}()
@@ -400,10 +401,11 @@ func limit(ours int, theirs uint32) int {
 }
 
 // sendLoop sends the stream's queued messages in batches and heartbeats
-// while idle. A batch that is not full waits for the linger first.
-func (st *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishService_PublishClient) error {
+// every beat while idle. A batch that is not full waits for the linger
+// first.
+func (st *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishService_PublishClient, beat time.Duration) error {
 	p := st.link.p
-	ticker := time.NewTicker(p.cfg.heartbeat)
+	ticker := time.NewTicker(beat)
 	defer ticker.Stop()
 	var linger *time.Timer
 	if p.cfg.linger > 0 {

@@ -63,7 +63,7 @@ func (as *adminService) GetStatus(ctx context.Context, _ *adminv1.GetStatusReque
 			ConsumerId: sub.consumerID,
 			Group:      sub.group,
 			Peer:       sub.peer,
-			InFlight:   uint64(len(sub.unacked)),
+			InFlight:   uint64(sub.unacked.len()),
 			Credit:     sub.credit,
 			Delivered:  sub.delivered,
 			Acked:      sub.ackedN,

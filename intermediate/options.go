@@ -13,27 +13,37 @@ import (
 
 // Defaults of the options.
 const (
-	DefaultDrainTimeout       = 10 * time.Second
-	DefaultHeartbeatInterval  = 200 * time.Millisecond
-	DefaultMaxInFlight        = 10000
-	DefaultMaxBatchMessages   = 256
-	DefaultMaxBatchBytes      = 1 << 20
-	DefaultNoConsumerTimeout  = 5 * time.Second
-	DefaultLeaseTTL           = 5 * time.Second
-	DefaultStopTimeout        = 2 * time.Second
-	DefaultOwnerWait          = time.Second
-	DefaultMaxHeaders         = 64
-	DefaultMaxHeaderBytes     = 16 << 10
-	DefaultMaxStreamsPerPeer  = 1000
-	DefaultMaxInFlightBytes   = 64 << 20
-	DefaultMemoryBudget       = 256 << 20
-	DefaultBudgetWait         = time.Second
-	DefaultMaxStreams         = 10000
-	DefaultConnectionTimeout  = 5 * time.Second
+	DefaultDrainTimeout      = 10 * time.Second
+	DefaultHeartbeatInterval = 200 * time.Millisecond
+	DefaultMaxInFlight       = 10000
+	DefaultMaxBatchMessages  = 256
+	DefaultMaxBatchBytes     = 1 << 20
+	DefaultNoConsumerTimeout = 5 * time.Second
+	DefaultLeaseTTL          = 5 * time.Second
+	DefaultStopTimeout       = 2 * time.Second
+	DefaultOwnerWait         = time.Second
+	DefaultMaxHeaders        = 64
+	DefaultMaxHeaderBytes    = 16 << 10
+	DefaultMaxStreamsPerPeer = 1000
+	DefaultMaxInFlightBytes  = 64 << 20
+	DefaultMemoryBudget      = 256 << 20
+	DefaultBudgetWait        = time.Second
+	DefaultMaxStreams        = 10000
+	DefaultConnectionTimeout = 5 * time.Second
+	// DefaultMaxPeerHeartbeat is the longest heartbeat interval a client may
+	// declare: a silent stream ends within five of it.
+	DefaultMaxPeerHeartbeat = 2 * time.Second
+	// DefaultMaxCredit is the most unspent credit a consumer may hold on a
+	// subscribe stream.
+	DefaultMaxCredit          = 1 << 20
 	heartbeatMisses           = 5
 	defaultDrainFlushTimeout  = time.Second
 	minHeartbeatInterval      = time.Millisecond
 	maxHeartbeatIntervalMilli = 60_000
+	// maxAckRanges is the most ranges and nacks one DeliveryAck may carry
+	// (SubscribeWelcome.max_ack_ranges): it bounds the work one frame does
+	// under the server's lock.
+	maxAckRanges = 4096
 )
 
 // Option configures a Server.
@@ -67,6 +77,11 @@ type options struct {
 	budgetWait        time.Duration
 	maxStreams        int // 0: no limit
 	connectionTimeout time.Duration
+	maxPeerHeartbeat  time.Duration
+	maxCredit         int
+	// ackObserver, set by tests, hears how long every ack frame of a
+	// consumer's subscribe stream held the server's lock and took in all.
+	ackObserver func(consumer string, held, total time.Duration)
 }
 
 func defaultOptions() options {
@@ -91,6 +106,8 @@ func defaultOptions() options {
 		budgetWait:        DefaultBudgetWait,
 		maxStreams:        DefaultMaxStreams,
 		connectionTimeout: DefaultConnectionTimeout,
+		maxPeerHeartbeat:  DefaultMaxPeerHeartbeat,
+		maxCredit:         DefaultMaxCredit,
 	}
 }
 
@@ -110,6 +127,12 @@ func (o *options) validate() error {
 	}
 	if o.heartbeatInterval < minHeartbeatInterval || o.heartbeatInterval > maxHeartbeatIntervalMilli*time.Millisecond {
 		errs = append(errs, fmt.Errorf("heartbeat interval %v is out of range [%v, %v]", o.heartbeatInterval, minHeartbeatInterval, maxHeartbeatIntervalMilli*time.Millisecond))
+	}
+	if o.maxPeerHeartbeat < minHeartbeatInterval || o.maxPeerHeartbeat > maxHeartbeatIntervalMilli*time.Millisecond {
+		errs = append(errs, fmt.Errorf("max peer heartbeat %v is out of range [%v, %v]", o.maxPeerHeartbeat, minHeartbeatInterval, maxHeartbeatIntervalMilli*time.Millisecond))
+	}
+	if o.maxCredit < 1 || o.maxCredit > 1<<31 {
+		errs = append(errs, fmt.Errorf("max credit %d is out of range [1, %d]", o.maxCredit, 1<<31))
 	}
 	if o.maxInFlight < 1 {
 		errs = append(errs, fmt.Errorf("max in flight %d is under 1", o.maxInFlight))
@@ -182,6 +205,20 @@ func WithStopTimeout(d time.Duration) Option { return func(o *options) { o.stopT
 func WithHeartbeatInterval(d time.Duration) Option {
 	return func(o *options) { o.heartbeatInterval = d }
 }
+
+// WithMaxPeerHeartbeat sets the longest heartbeat interval a client may
+// declare in its hello (default 2s): a longer one is lowered to it, so a
+// stream on which nothing arrives ends within five of it whatever the client
+// declared. The welcome states it, the interval the client is held to and
+// the deadline (peer_timeout_ms).
+func WithMaxPeerHeartbeat(d time.Duration) Option {
+	return func(o *options) { o.maxPeerHeartbeat = d }
+}
+
+// WithMaxCredit sets the most unspent credit a consumer may hold on a
+// subscribe stream (default 1<<20). The welcome states it; a hello or a
+// Credit frame above it fails with RESOURCE_EXHAUSTED.
+func WithMaxCredit(n int) Option { return func(o *options) { o.maxCredit = n } }
 
 // WithAdvertiseAddr sets the address registered in etcd (default: the
 // listener's address).

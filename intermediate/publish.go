@@ -77,7 +77,7 @@ func (ps *publishService) Publish(stream deliveryv1.PublishService_PublishServer
 		expectSeq:   1,
 		held:        make(map[uint64]*held),
 	}
-	p.init(ctx, cancel, hello.GetHeartbeatIntervalMs(), s.opts.heartbeatInterval)
+	p.init(ctx, cancel, hello.GetHeartbeatIntervalMs(), &s.opts)
 	s.mu.Lock()
 	if s.draining {
 		s.mu.Unlock()
@@ -90,12 +90,15 @@ func (ps *publishService) Publish(stream deliveryv1.PublishService_PublishServer
 	log.Debug("intermediate: publish stream opened")
 
 	welcome := &deliveryv1.PublishWelcome{
-		Instance:            s.instance,
-		Epoch:               epoch,
-		HeartbeatIntervalMs: uint32(s.opts.heartbeatInterval / time.Millisecond),
-		MaxBatchMessages:    uint32(s.opts.maxBatchMessages),
-		MaxBatchBytes:       uint32(s.opts.maxBatchBytes),
-		MaxInFlight:         uint32(s.opts.maxInFlight),
+		Instance:                s.instance,
+		Epoch:                   epoch,
+		HeartbeatIntervalMs:     millis(s.opts.heartbeatInterval),
+		MaxBatchMessages:        uint32(s.opts.maxBatchMessages),
+		MaxBatchBytes:           uint32(s.opts.maxBatchBytes),
+		MaxInFlight:             uint32(s.opts.maxInFlight),
+		PeerHeartbeatIntervalMs: millis(p.peerInterval),
+		PeerTimeoutMs:           millis(p.peerTimeout()),
+		MaxHeartbeatIntervalMs:  millis(s.opts.maxPeerHeartbeat),
 	}
 	s.wg.Add(2)
 	go func() {
@@ -148,6 +151,9 @@ func (p *pubStream) recvLoop(ctx context.Context, stream deliveryv1.PublishServi
 		case *deliveryv1.PublishRequest_Hello:
 			p.cancel(status.Error(codes.InvalidArgument, "intermediate: second hello on a publish stream"))
 			return
+		default:
+			p.cancel(status.Error(codes.InvalidArgument, "intermediate: publish frame without a kind"))
+			return
 		}
 	}
 }
@@ -159,7 +165,7 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 	msgs := b.GetMessages()
 	n := uint64(len(msgs))
 	if n == 0 {
-		return nil
+		return status.Errorf(codes.InvalidArgument, "intermediate: batch with first_seq %d has no messages", b.GetFirstSeq())
 	}
 	if b.GetFirstSeq() != p.expectSeq {
 		return status.Errorf(codes.InvalidArgument, "intermediate: batch first_seq %d, want %d", b.GetFirstSeq(), p.expectSeq)

@@ -368,8 +368,7 @@ func (s *Server) leaveLocked(sub *subStream) {
 		}
 	}
 	var moved []*delivery
-	for id, d := range sub.unacked {
-		delete(sub.unacked, id)
+	for _, d := range sub.unacked.takeAll() {
 		if !d.h.done && d.sub == sub && !d.acked {
 			d.deadline = time.Time{}
 			moved = append(moved, d)
@@ -456,8 +455,7 @@ func (s *Server) deleteGroupLocked(g *group) {
 		for _, d := range sub.queue.drain(sub) {
 			s.releaseLocked(d)
 		}
-		for id, d := range sub.unacked {
-			delete(sub.unacked, id)
+		for _, d := range sub.unacked.takeAll() {
 			s.releaseLocked(d)
 		}
 		sub.cancel(errGroupDeleted(s.service, g.name))

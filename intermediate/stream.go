@@ -39,13 +39,17 @@ type streamBase struct {
 	wake chan struct{}
 }
 
-func (b *streamBase) init(ctx context.Context, cancel context.CancelCauseFunc, intervalMs uint32, own time.Duration) {
-	b.peerInterval = own
+// init sets the stream up. The peer is held to the heartbeat interval it
+// declared (intervalMs; 0 for the server's own), lowered to the server's
+// max-peer-heartbeat, so that no client can lift the deadline after which a
+// silent stream ends.
+func (b *streamBase) init(ctx context.Context, cancel context.CancelCauseFunc, intervalMs uint32, o *options) {
+	b.peerInterval = min(o.heartbeatInterval, o.maxPeerHeartbeat)
+	if intervalMs > 0 {
+		b.peerInterval = min(time.Duration(intervalMs)*time.Millisecond, o.maxPeerHeartbeat)
+	}
 	b.cancel = cancel
 	b.wake = make(chan struct{}, 1)
-	if intervalMs > 0 && intervalMs <= maxHeartbeatIntervalMilli {
-		b.peerInterval = time.Duration(intervalMs) * time.Millisecond
-	}
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		b.peer = p.Addr.String()
 	}
@@ -59,12 +63,18 @@ func (b *streamBase) wakeUp() {
 	}
 }
 
+// peerTimeout is how long the stream may stay silent before it ends.
+func (b *streamBase) peerTimeout() time.Duration { return heartbeatMisses * b.peerInterval }
+
+// millis is d in whole milliseconds for a welcome.
+func millis(d time.Duration) uint32 { return uint32(d / time.Millisecond) }
+
 func (b *streamBase) touch() { b.lastRecv.Store(time.Now().UnixNano()) }
 
 // expired reports whether nothing arrived for heartbeatMisses of the peer's
 // intervals.
 func (b *streamBase) expired(now time.Time) bool {
-	return !b.busy.Load() && now.UnixNano()-b.lastRecv.Load() > int64(heartbeatMisses*b.peerInterval)
+	return !b.busy.Load() && now.UnixNano()-b.lastRecv.Load() > int64(b.peerTimeout())
 }
 
 func heartbeat() *messagev1.Heartbeat {

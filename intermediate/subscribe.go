@@ -12,7 +12,6 @@ import (
 	"github.com/butterfly-mesh/butterfly"
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
-	"github.com/butterfly-mesh/butterfly/internal/seqrange"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
 
@@ -24,9 +23,6 @@ type subscribeService struct {
 
 var _ deliveryv1.SubscribeServiceServer = (*subscribeService)(nil)
 
-// maxCredit bounds the credit a consumer can accumulate.
-const maxCredit = 1 << 20
-
 // subStream is one consumer's subscribe stream.
 type subStream struct {
 	streamBase
@@ -36,11 +32,11 @@ type subStream struct {
 	epoch      uint64 // the consumer's registration epoch
 
 	// Guarded by Server.mu.
-	credit     uint64
+	credit     uint64 // unspent: at most the server's max credit
 	queue      deliveryQueue
-	unacked    map[uint64]*delivery
-	nextID     uint64
-	draining   bool // the consumer announced it leaves
+	unacked    outstanding
+	nextID     uint64 // the highest delivery id sent on the stream
+	draining   bool   // the consumer announced it leaves
 	closed     bool
 	noticeSent bool
 	delivered  uint64
@@ -69,8 +65,11 @@ func (ss *subscribeService) Subscribe(stream deliveryv1.SubscribeService_Subscri
 		consumerID: hello.GetConsumerId(),
 		group:      hello.GetGroup(),
 		epoch:      hello.GetRegistrationEpoch(),
-		credit:     min(uint64(hello.GetInitialCredit()), maxCredit),
-		unacked:    make(map[uint64]*delivery),
+		credit:     uint64(hello.GetInitialCredit()),
+		unacked:    newOutstanding(),
+	}
+	if sub.credit > uint64(s.opts.maxCredit) {
+		return status.Errorf(codes.ResourceExhausted, "intermediate: hello initial_credit %d exceeds max-credit %d", sub.credit, s.opts.maxCredit)
 	}
 	if sub.group == "" {
 		sub.group = DefaultGroup
@@ -78,7 +77,7 @@ func (ss *subscribeService) Subscribe(stream deliveryv1.SubscribeService_Subscri
 	if err := s.checkRegistration(ctx, sub.group, sub.consumerID, sub.epoch); err != nil {
 		return err
 	}
-	sub.init(ctx, cancel, hello.GetHeartbeatIntervalMs(), s.opts.heartbeatInterval)
+	sub.init(ctx, cancel, hello.GetHeartbeatIntervalMs(), &s.opts)
 	s.mu.Lock()
 	if s.leaving {
 		s.mu.Unlock()
@@ -91,9 +90,14 @@ func (ss *subscribeService) Subscribe(stream deliveryv1.SubscribeService_Subscri
 	log.Debug("intermediate: subscribe stream opened")
 
 	welcome := &deliveryv1.SubscribeWelcome{
-		Instance:            s.instance,
-		Epoch:               epoch,
-		HeartbeatIntervalMs: uint32(s.opts.heartbeatInterval / time.Millisecond),
+		Instance:                s.instance,
+		Epoch:                   epoch,
+		HeartbeatIntervalMs:     millis(s.opts.heartbeatInterval),
+		PeerHeartbeatIntervalMs: millis(sub.peerInterval),
+		PeerTimeoutMs:           millis(sub.peerTimeout()),
+		MaxHeartbeatIntervalMs:  millis(s.opts.maxPeerHeartbeat),
+		MaxCredit:               uint32(s.opts.maxCredit),
+		MaxAckRanges:            maxAckRanges,
 	}
 	s.wg.Add(2)
 	go func() {
@@ -131,14 +135,16 @@ func (sub *subStream) recvLoop(stream deliveryv1.SubscribeService_SubscribeServe
 		sub.touch()
 		switch k := req.GetKind().(type) {
 		case *deliveryv1.SubscribeRequest_Credit:
-			s.mu.Lock()
-			sub.credit = min(sub.credit+uint64(k.Credit.GetMessages()), maxCredit)
-			s.mu.Unlock()
+			if err := sub.addCredit(k.Credit.GetMessages()); err != nil {
+				sub.cancel(err)
+				return
+			}
 			sub.wakeUp()
 		case *deliveryv1.SubscribeRequest_Ack:
-			s.mu.Lock()
-			sub.ackLocked(k.Ack)
-			s.mu.Unlock()
+			if err := sub.ack(k.Ack); err != nil {
+				sub.cancel(err)
+				return
+			}
 		case *deliveryv1.SubscribeRequest_Drain:
 			s.mu.Lock()
 			s.consumerDrainLocked(sub)
@@ -147,21 +153,66 @@ func (sub *subStream) recvLoop(stream deliveryv1.SubscribeService_SubscribeServe
 		case *deliveryv1.SubscribeRequest_Hello:
 			sub.cancel(status.Error(codes.InvalidArgument, "intermediate: second hello on a subscribe stream"))
 			return
+		default:
+			sub.cancel(status.Error(codes.InvalidArgument, "intermediate: subscribe frame without a kind"))
+			return
 		}
+	}
+}
+
+// addCredit adds a Credit frame's messages to the unspent credit, refusing
+// an empty grant and one that would raise it above max-credit.
+func (sub *subStream) addCredit(n uint32) error {
+	s := sub.srv
+	if n == 0 {
+		return status.Error(codes.InvalidArgument, "intermediate: credit of 0 messages")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sub.credit+uint64(n) > uint64(s.opts.maxCredit) {
+		return status.Errorf(codes.ResourceExhausted, "intermediate: credit of %d on top of %d unspent exceeds max-credit %d", n, sub.credit, s.opts.maxCredit)
+	}
+	sub.credit += uint64(n)
+	return nil
+}
+
+// ack checks a consumer's DeliveryAck and applies it. A malformed frame, or
+// one naming ids never sent on the stream, is refused before anything of it
+// is applied. The form is checked, and the ranges sorted, outside the lock;
+// under it the frame costs O(ranges) plus the ids it settles.
+func (sub *subStream) ack(a *deliveryv1.DeliveryAck) error {
+	s := sub.srv
+	start := time.Now()
+	f, err := parseAck(a)
+	if err != nil {
+		sub.observeAck(start, 0)
+		return err
+	}
+	s.mu.Lock()
+	locked := time.Now()
+	err = f.checkSentLocked(sub)
+	if err == nil {
+		sub.ackLocked(f)
+	}
+	held := time.Since(locked)
+	s.mu.Unlock()
+	sub.observeAck(start, held)
+	return err
+}
+
+// observeAck reports the handling of one ack frame to the test hook.
+func (sub *subStream) observeAck(start time.Time, held time.Duration) {
+	if f := sub.srv.opts.ackObserver; f != nil {
+		f(sub.consumerID, held, time.Since(start))
 	}
 }
 
 // ackLocked applies a consumer's acknowledgements: a message is acknowledged
 // to its producer once every group's delivery was; a nack hands it back to
-// the producer at once.
-func (sub *subStream) ackLocked(a *deliveryv1.DeliveryAck) {
+// the producer at once. Ids already settled are ignored.
+func (sub *subStream) ackLocked(a *ackFrame) {
 	s := sub.srv
-	seqrange.ForEach(a.GetAcked(), func(id uint64) {
-		d := sub.unacked[id]
-		if d == nil {
-			return
-		}
-		delete(sub.unacked, id)
+	sub.unacked.takeRanges(a.acked, func(d *delivery) {
 		sub.ackedN++
 		if d.h.done || d.sub != sub || d.acked {
 			return
@@ -172,12 +223,11 @@ func (sub *subStream) ackLocked(a *deliveryv1.DeliveryAck) {
 			s.finishLocked(d.h, nil)
 		}
 	})
-	for _, n := range a.GetNacked() {
-		d := sub.unacked[n.GetSeq()]
+	for _, n := range a.nacked {
+		d := sub.unacked.take(n.GetSeq())
 		if d == nil {
 			continue
 		}
-		delete(sub.unacked, n.GetSeq())
 		sub.ackedN++
 		if d.h.done || d.sub != sub {
 			continue
@@ -213,7 +263,7 @@ func (sub *subStream) takeLocked() []*deliveryv1.Delivery {
 		sub.nextID++
 		d.id = sub.nextID
 		d.sentTo = sub.consumerID
-		sub.unacked[d.id] = d
+		sub.unacked.add(d.id, d)
 		sub.credit--
 		sub.delivered++
 		out = append(out, &deliveryv1.Delivery{DeliveryId: d.id, Message: d.h.msg, Redeliveries: d.h.sends})

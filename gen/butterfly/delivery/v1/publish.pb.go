@@ -36,7 +36,10 @@ type PublishHello struct {
 	// The instance the producer meant to reach. When set and the server is
 	// another instance, the server refuses the stream with FAILED_PRECONDITION.
 	Instance string `protobuf:"bytes,3,opt,name=instance,proto3" json:"instance,omitempty"`
-	// The heartbeat interval the producer uses, in milliseconds.
+	// The heartbeat interval the producer uses, in milliseconds; 0 means the
+	// intermediate's own interval. The intermediate holds the producer to at
+	// most its max_heartbeat_interval_ms (PublishWelcome): a longer interval is
+	// lowered to it. See docs/protocol.md.
 	HeartbeatIntervalMs uint32 `protobuf:"varint,4,opt,name=heartbeat_interval_ms,json=heartbeatIntervalMs,proto3" json:"heartbeat_interval_ms,omitempty"`
 	unknownFields       protoimpl.UnknownFields
 	sizeCache           protoimpl.SizeCache
@@ -116,10 +119,22 @@ type PublishWelcome struct {
 	// one batch.
 	MaxBatchBytes uint32 `protobuf:"varint,5,opt,name=max_batch_bytes,json=maxBatchBytes,proto3" json:"max_batch_bytes,omitempty"`
 	// The most unacknowledged messages the intermediate holds for this stream;
-	// the producer sends no more until some are acknowledged.
-	MaxInFlight   uint32 `protobuf:"varint,6,opt,name=max_in_flight,json=maxInFlight,proto3" json:"max_in_flight,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// the producer sends no more until some are acknowledged. A batch beyond it
+	// ends the stream with RESOURCE_EXHAUSTED.
+	MaxInFlight uint32 `protobuf:"varint,6,opt,name=max_in_flight,json=maxInFlight,proto3" json:"max_in_flight,omitempty"`
+	// The heartbeat interval the intermediate holds the producer to on this
+	// stream, in milliseconds: the hello's, lowered to
+	// max_heartbeat_interval_ms, or the intermediate's own when the hello
+	// declared 0.
+	PeerHeartbeatIntervalMs uint32 `protobuf:"varint,7,opt,name=peer_heartbeat_interval_ms,json=peerHeartbeatIntervalMs,proto3" json:"peer_heartbeat_interval_ms,omitempty"`
+	// How long the intermediate waits for any frame from the producer before
+	// it ends the stream with UNAVAILABLE, in milliseconds: five
+	// peer_heartbeat_interval_ms. Every frame counts as a sign of life.
+	PeerTimeoutMs uint32 `protobuf:"varint,8,opt,name=peer_timeout_ms,json=peerTimeoutMs,proto3" json:"peer_timeout_ms,omitempty"`
+	// The longest heartbeat interval a producer may declare, in milliseconds.
+	MaxHeartbeatIntervalMs uint32 `protobuf:"varint,9,opt,name=max_heartbeat_interval_ms,json=maxHeartbeatIntervalMs,proto3" json:"max_heartbeat_interval_ms,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *PublishWelcome) Reset() {
@@ -194,12 +209,35 @@ func (x *PublishWelcome) GetMaxInFlight() uint32 {
 	return 0
 }
 
+func (x *PublishWelcome) GetPeerHeartbeatIntervalMs() uint32 {
+	if x != nil {
+		return x.PeerHeartbeatIntervalMs
+	}
+	return 0
+}
+
+func (x *PublishWelcome) GetPeerTimeoutMs() uint32 {
+	if x != nil {
+		return x.PeerTimeoutMs
+	}
+	return 0
+}
+
+func (x *PublishWelcome) GetMaxHeartbeatIntervalMs() uint32 {
+	if x != nil {
+		return x.MaxHeartbeatIntervalMs
+	}
+	return 0
+}
+
 // PublishBatch is a group of messages sent on a publish stream in one gRPC
 // message. Every message on a stream has a stream sequence number: the first
 // message sent on the stream has 1, and each next one the number after.
 // Acknowledgements refer to stream sequence numbers, which are contiguous on
 // a stream even when a producer spreads its messages over many streams, so
-// acknowledgements are compact ranges.
+// acknowledgements are compact ranges. A batch with no messages, or whose
+// first_seq is not the next stream sequence number, ends the stream with
+// INVALID_ARGUMENT.
 type PublishBatch struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The stream sequence number of the first message of the batch; the others
@@ -546,14 +584,17 @@ const file_butterfly_delivery_v1_publish_proto_rawDesc = "" +
 	"producerId\x12 \n" +
 	"\vincarnation\x18\x02 \x01(\x04R\vincarnation\x12\x1a\n" +
 	"\binstance\x18\x03 \x01(\tR\binstance\x122\n" +
-	"\x15heartbeat_interval_ms\x18\x04 \x01(\rR\x13heartbeatIntervalMs\"\xf0\x01\n" +
+	"\x15heartbeat_interval_ms\x18\x04 \x01(\rR\x13heartbeatIntervalMs\"\x90\x03\n" +
 	"\x0ePublishWelcome\x12\x1a\n" +
 	"\binstance\x18\x01 \x01(\tR\binstance\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x122\n" +
 	"\x15heartbeat_interval_ms\x18\x03 \x01(\rR\x13heartbeatIntervalMs\x12,\n" +
 	"\x12max_batch_messages\x18\x04 \x01(\rR\x10maxBatchMessages\x12&\n" +
 	"\x0fmax_batch_bytes\x18\x05 \x01(\rR\rmaxBatchBytes\x12\"\n" +
-	"\rmax_in_flight\x18\x06 \x01(\rR\vmaxInFlight\"f\n" +
+	"\rmax_in_flight\x18\x06 \x01(\rR\vmaxInFlight\x12;\n" +
+	"\x1apeer_heartbeat_interval_ms\x18\a \x01(\rR\x17peerHeartbeatIntervalMs\x12&\n" +
+	"\x0fpeer_timeout_ms\x18\b \x01(\rR\rpeerTimeoutMs\x129\n" +
+	"\x19max_heartbeat_interval_ms\x18\t \x01(\rR\x16maxHeartbeatIntervalMs\"f\n" +
 	"\fPublishBatch\x12\x1b\n" +
 	"\tfirst_seq\x18\x01 \x01(\x04R\bfirstSeq\x129\n" +
 	"\bmessages\x18\x02 \x03(\v2\x1d.butterfly.message.v1.MessageR\bmessages\"v\n" +

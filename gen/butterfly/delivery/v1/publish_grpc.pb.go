@@ -34,12 +34,16 @@ const (
 // messages on it; the intermediate acknowledges each message only once a
 // consumer's handler has acknowledged the processed result (end-to-end
 // acknowledgement), or hands it back with a negative acknowledgement.
+// Intermediates are found in etcd at <prefix>/services/<service>/<instance>
+// (JSON {"Addr", "Metadata"}). The protocol step by step, the client's duties
+// and every refusal are in docs/protocol.md.
 type PublishServiceClient interface {
 	// Publish is a bidirectional stream. The producer's first request is a
 	// PublishHello; the intermediate answers with a PublishWelcome. After that
 	// the producer sends batches and heartbeats, and the intermediate sends
 	// acknowledgements, drain notices and heartbeats. Messages unacknowledged
-	// when the stream ends are the producer's to send again.
+	// when the stream ends are the producer's to send again. The producer
+	// acknowledges nothing on this stream.
 	Publish(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PublishRequest, PublishResponse], error)
 }
 
@@ -73,12 +77,16 @@ type PublishService_PublishClient = grpc.BidiStreamingClient[PublishRequest, Pub
 // messages on it; the intermediate acknowledges each message only once a
 // consumer's handler has acknowledged the processed result (end-to-end
 // acknowledgement), or hands it back with a negative acknowledgement.
+// Intermediates are found in etcd at <prefix>/services/<service>/<instance>
+// (JSON {"Addr", "Metadata"}). The protocol step by step, the client's duties
+// and every refusal are in docs/protocol.md.
 type PublishServiceServer interface {
 	// Publish is a bidirectional stream. The producer's first request is a
 	// PublishHello; the intermediate answers with a PublishWelcome. After that
 	// the producer sends batches and heartbeats, and the intermediate sends
 	// acknowledgements, drain notices and heartbeats. Messages unacknowledged
-	// when the stream ends are the producer's to send again.
+	// when the stream ends are the producer's to send again. The producer
+	// acknowledges nothing on this stream.
 	Publish(grpc.BidiStreamingServer[PublishRequest, PublishResponse]) error
 	mustEmbedUnimplementedPublishServiceServer()
 }

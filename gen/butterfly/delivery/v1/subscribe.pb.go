@@ -36,10 +36,14 @@ type SubscribeHello struct {
 	// The instance the consumer meant to reach. When set and the server is
 	// another instance, the server refuses the stream with FAILED_PRECONDITION.
 	Instance string `protobuf:"bytes,3,opt,name=instance,proto3" json:"instance,omitempty"`
-	// The heartbeat interval the consumer uses, in milliseconds.
+	// The heartbeat interval the consumer uses, in milliseconds; 0 means the
+	// intermediate's own interval. The intermediate holds the consumer to at
+	// most its max_heartbeat_interval_ms (SubscribeWelcome): a longer interval
+	// is lowered to it.
 	HeartbeatIntervalMs uint32 `protobuf:"varint,4,opt,name=heartbeat_interval_ms,json=heartbeatIntervalMs,proto3" json:"heartbeat_interval_ms,omitempty"`
 	// The number of deliveries the intermediate may send before it receives
-	// more credit.
+	// more credit. Above the intermediate's max_credit the stream is refused
+	// with RESOURCE_EXHAUSTED.
 	InitialCredit uint32 `protobuf:"varint,5,opt,name=initial_credit,json=initialCredit,proto3" json:"initial_credit,omitempty"`
 	// The epoch of the consumer's registration in etcd. A stream whose epoch
 	// is not the registered one receives nothing new; one below it (an
@@ -132,8 +136,26 @@ type SubscribeWelcome struct {
 	// The heartbeat interval the intermediate uses on this stream, in
 	// milliseconds.
 	HeartbeatIntervalMs uint32 `protobuf:"varint,3,opt,name=heartbeat_interval_ms,json=heartbeatIntervalMs,proto3" json:"heartbeat_interval_ms,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// The heartbeat interval the intermediate holds the consumer to on this
+	// stream, in milliseconds: the hello's, lowered to
+	// max_heartbeat_interval_ms, or the intermediate's own when the hello
+	// declared 0.
+	PeerHeartbeatIntervalMs uint32 `protobuf:"varint,4,opt,name=peer_heartbeat_interval_ms,json=peerHeartbeatIntervalMs,proto3" json:"peer_heartbeat_interval_ms,omitempty"`
+	// How long the intermediate waits for any frame from the consumer before
+	// it ends the stream with UNAVAILABLE, in milliseconds: five
+	// peer_heartbeat_interval_ms. Every frame counts as a sign of life.
+	PeerTimeoutMs uint32 `protobuf:"varint,5,opt,name=peer_timeout_ms,json=peerTimeoutMs,proto3" json:"peer_timeout_ms,omitempty"`
+	// The longest heartbeat interval a consumer may declare, in milliseconds.
+	MaxHeartbeatIntervalMs uint32 `protobuf:"varint,6,opt,name=max_heartbeat_interval_ms,json=maxHeartbeatIntervalMs,proto3" json:"max_heartbeat_interval_ms,omitempty"`
+	// The most unspent credit the consumer may hold: initial_credit, or a
+	// Credit that would raise the unspent credit above it, is refused with
+	// RESOURCE_EXHAUSTED.
+	MaxCredit uint32 `protobuf:"varint,7,opt,name=max_credit,json=maxCredit,proto3" json:"max_credit,omitempty"`
+	// The most ranges and nacks one DeliveryAck may carry together; a frame
+	// with more ends the stream with RESOURCE_EXHAUSTED. Send more frames.
+	MaxAckRanges  uint32 `protobuf:"varint,8,opt,name=max_ack_ranges,json=maxAckRanges,proto3" json:"max_ack_ranges,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SubscribeWelcome) Reset() {
@@ -187,10 +209,49 @@ func (x *SubscribeWelcome) GetHeartbeatIntervalMs() uint32 {
 	return 0
 }
 
-// Credit grants the intermediate permission to send more deliveries.
+func (x *SubscribeWelcome) GetPeerHeartbeatIntervalMs() uint32 {
+	if x != nil {
+		return x.PeerHeartbeatIntervalMs
+	}
+	return 0
+}
+
+func (x *SubscribeWelcome) GetPeerTimeoutMs() uint32 {
+	if x != nil {
+		return x.PeerTimeoutMs
+	}
+	return 0
+}
+
+func (x *SubscribeWelcome) GetMaxHeartbeatIntervalMs() uint32 {
+	if x != nil {
+		return x.MaxHeartbeatIntervalMs
+	}
+	return 0
+}
+
+func (x *SubscribeWelcome) GetMaxCredit() uint32 {
+	if x != nil {
+		return x.MaxCredit
+	}
+	return 0
+}
+
+func (x *SubscribeWelcome) GetMaxAckRanges() uint32 {
+	if x != nil {
+		return x.MaxAckRanges
+	}
+	return 0
+}
+
+// Credit grants the intermediate permission to send more deliveries. Credits
+// add up; each delivery spends one; acknowledgements give none back, so a
+// consumer grants one more for every delivery it answered.
 type Credit struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// How many more deliveries may be sent.
+	// How many more deliveries may be sent; at least 1, and the unspent
+	// credit may not exceed SubscribeWelcome.max_credit (RESOURCE_EXHAUSTED).
+	// 0 ends the stream with INVALID_ARGUMENT.
 	Messages      uint32 `protobuf:"varint,1,opt,name=messages,proto3" json:"messages,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -234,7 +295,14 @@ func (x *Credit) GetMessages() uint32 {
 }
 
 // DeliveryAck acknowledges, or hands back, deliveries of one subscribe
-// stream.
+// stream. It must name at least one delivery; every range must have first <=
+// last and name only ids in 1..the highest delivery id sent on the stream,
+// as every nack's seq must. Otherwise the stream ends with INVALID_ARGUMENT
+// naming the range, and nothing of the frame is applied. Ids sent but
+// already settled (acknowledged, or released by a redelivery or a group's
+// deletion) are accepted and ignored. More than
+// SubscribeWelcome.max_ack_ranges ranges and nacks together end the stream
+// with RESOURCE_EXHAUSTED.
 type DeliveryAck struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Delivery ids whose handler returned without error, or that were
@@ -290,7 +358,10 @@ func (x *DeliveryAck) GetNacked() []*v1.Nack {
 	return nil
 }
 
-// Delivery is one processed message on its way to a consumer.
+// Delivery is one processed message on its way to a consumer. The consumer
+// drops a message whose (producer_id, incarnation, seq) it handled before,
+// or whose seq is below the highest Message.low_water_seq it saw from that
+// producer incarnation, and acknowledges it all the same.
 type Delivery struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The id of this delivery, unique and growing on the stream; used in
@@ -721,11 +792,17 @@ const file_butterfly_delivery_v1_subscribe_proto_rawDesc = "" +
 	"\binstance\x18\x03 \x01(\tR\binstance\x122\n" +
 	"\x15heartbeat_interval_ms\x18\x04 \x01(\rR\x13heartbeatIntervalMs\x12%\n" +
 	"\x0einitial_credit\x18\x05 \x01(\rR\rinitialCredit\x12-\n" +
-	"\x12registration_epoch\x18\x06 \x01(\x04R\x11registrationEpoch\"x\n" +
+	"\x12registration_epoch\x18\x06 \x01(\x04R\x11registrationEpoch\"\xdd\x02\n" +
 	"\x10SubscribeWelcome\x12\x1a\n" +
 	"\binstance\x18\x01 \x01(\tR\binstance\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x122\n" +
-	"\x15heartbeat_interval_ms\x18\x03 \x01(\rR\x13heartbeatIntervalMs\"$\n" +
+	"\x15heartbeat_interval_ms\x18\x03 \x01(\rR\x13heartbeatIntervalMs\x12;\n" +
+	"\x1apeer_heartbeat_interval_ms\x18\x04 \x01(\rR\x17peerHeartbeatIntervalMs\x12&\n" +
+	"\x0fpeer_timeout_ms\x18\x05 \x01(\rR\rpeerTimeoutMs\x129\n" +
+	"\x19max_heartbeat_interval_ms\x18\x06 \x01(\rR\x16maxHeartbeatIntervalMs\x12\x1d\n" +
+	"\n" +
+	"max_credit\x18\a \x01(\rR\tmaxCredit\x12$\n" +
+	"\x0emax_ack_ranges\x18\b \x01(\rR\fmaxAckRanges\"$\n" +
 	"\x06Credit\x12\x1a\n" +
 	"\bmessages\x18\x01 \x01(\rR\bmessages\"w\n" +
 	"\vDeliveryAck\x124\n" +

@@ -28,7 +28,9 @@ const (
 //
 // SubscribeService is served by intermediates. A consumer keeps one Subscribe
 // stream open to every live intermediate instance (fan-in) and receives the
-// processed messages routed to it.
+// processed messages routed to it. The protocol step by step, the client's
+// duties (deduplication, acknowledging duplicates, registration) and every
+// refusal are in docs/protocol.md.
 type SubscribeServiceClient interface {
 	// Subscribe is a bidirectional stream. The consumer's first request is a
 	// SubscribeHello; the intermediate answers with a SubscribeWelcome. The
@@ -71,7 +73,9 @@ type SubscribeService_SubscribeClient = grpc.BidiStreamingClient[SubscribeReques
 //
 // SubscribeService is served by intermediates. A consumer keeps one Subscribe
 // stream open to every live intermediate instance (fan-in) and receives the
-// processed messages routed to it.
+// processed messages routed to it. The protocol step by step, the client's
+// duties (deduplication, acknowledging duplicates, registration) and every
+// refusal are in docs/protocol.md.
 type SubscribeServiceServer interface {
 	// Subscribe is a bidirectional stream. The consumer's first request is a
 	// SubscribeHello; the intermediate answers with a SubscribeWelcome. The

@@ -529,7 +529,10 @@ func (x *SeqRange) GetLast() uint64 {
 
 // Heartbeat is sent on every stream in both directions at a fixed interval,
 // whether or not other traffic flows, so that a frozen peer is detected on
-// receipt: a stream on which nothing arrived for several intervals is dead.
+// receipt: a stream on which no frame of any kind arrived for five of the
+// sender's declared intervals is dead. An intermediate caps the interval a
+// client may declare and states the cap and its deadline in its welcome
+// (peer_timeout_ms); see docs/protocol.md.
 type Heartbeat struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The sender's clock when the heartbeat was sent, in nanoseconds since the

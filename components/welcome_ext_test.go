@@ -1,0 +1,48 @@
+package components_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/butterfly-mesh/butterfly/components"
+	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/intermediate"
+)
+
+// TestStreams_HeartbeatAtTheWelcomesPace checks that a producer and a
+// consumer configured with a heartbeat slower than the intermediate's cap
+// beat at the pace the welcome states: their streams outlive several of the
+// intermediate's deadlines while idle, and the same two streams carry every
+// message.
+func TestStreams_HeartbeatAtTheWelcomesPace(t *testing.T) {
+	m := newMesh(t)
+	hub := m.startHub("intermediate", "i1", "127.0.0.1", intermediate.WithMaxPeerHeartbeat(50*time.Millisecond))
+	m.waitMembers("intermediate", 1)
+	led := newLedger()
+	slow := components.WithHeartbeatInterval(2 * time.Second)
+	m.consumer("c1", led.handler(), slow)
+	waitConsumers(t, 1, hub)
+	p := m.producer("p1", slow)
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	if _, err := p.Send(ctx, &messagev1.Message{Payload: []byte("before")}); err != nil {
+		t.Fatalf("Send() = %v", err)
+	}
+	led.waitHandled(t, 1)
+	// Idle for four of the intermediate's 250ms deadlines.
+	idle := time.NewTimer(time.Second)
+	<-idle.C
+	if _, err := p.Send(ctx, &messagev1.Message{Payload: []byte("after")}); err != nil {
+		t.Fatalf("Send() = %v", err)
+	}
+	led.waitHandled(t, 2)
+	led.checkExactlyOnce(t, map[string]int{"p1": 2})
+	st := hub.status(t)
+	if len(st.GetProducers()) != 1 || st.GetProducers()[0].GetReceived() != 2 {
+		t.Errorf("producer streams = %v, want one that received both messages", st.GetProducers())
+	}
+	if len(st.GetConsumers()) != 1 || st.GetConsumers()[0].GetDelivered() != 2 {
+		t.Errorf("consumer streams = %v, want one that delivered both messages", st.GetConsumers())
+	}
+}
