@@ -44,7 +44,8 @@ func echoServer(t *testing.T) string {
 }
 
 // TestProxy_Blackhole checks that a blackholed connection stays open but
-// carries nothing, and carries traffic again once the blackhole ends.
+// carries nothing, and once the blackhole ends delivers what was held, in
+// order, and then new traffic.
 func TestProxy_Blackhole(t *testing.T) {
 	p, err := Listen("127.0.0.1:0", echoServer(t))
 	if err != nil {
@@ -74,6 +75,10 @@ func TestProxy_Blackhole(t *testing.T) {
 		t.Fatalf("roundTrip(two) while blackholed = %q, %v, want a timeout", got, err)
 	}
 	p.Blackhole(false)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if got, err := r.ReadString('\n'); err != nil || got != "two\n" {
+		t.Fatalf("held line after blackhole = %q, %v, want two", got, err)
+	}
 	if got, err := roundTrip("three", 10*time.Second); err != nil || got != "three\n" {
 		t.Fatalf("roundTrip(three) after blackhole = %q, %v, want three", got, err)
 	}
