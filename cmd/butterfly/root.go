@@ -1,10 +1,12 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -35,6 +37,8 @@ type rootCommand struct {
 	etcd          etcdclient.Config // TLS and auth flags; endpoints and timeout are set by etcdClient
 
 	logger *slog.Logger
+	// plaintextWarned makes the plaintext gRPC warning one per process.
+	plaintextWarned sync.Once
 	// fromEnv maps the flags set from BUTTERFLY_* variables to the variable.
 	fromEnv map[string]string
 }
@@ -155,6 +159,9 @@ func (r *rootCommand) etcdClient() (*clientv3.Client, error) {
 		return nil, &usageError{err}
 	}
 	cli, err := etcdclient.New(cfg, r.logger)
+	if errors.Is(err, etcdclient.ErrUnreachable) {
+		return nil, err // it names the endpoints
+	}
 	if err != nil {
 		return nil, fmt.Errorf("etcd %v: %w", r.etcdEndpoints, err)
 	}
