@@ -36,6 +36,10 @@ const (
 	maxBackoff            = time.Second
 )
 
+// DefaultMaxMessageBytes is the largest message a producer sends, encoded:
+// what an intermediate accepts by default (its max batch bytes).
+const DefaultMaxMessageBytes = 1 << 20
+
 // commonConfig is what producers, consumers and stages share.
 type commonConfig struct {
 	prefix      string
@@ -60,6 +64,8 @@ type producerConfig struct {
 	window      int
 	batchMsgs   int
 	batchBytes  int
+	batchSet    bool // WithBatch was given
+	maxMsgBytes int  // 0: DefaultMaxMessageBytes, or the batch byte limit after WithBatch
 	linger      time.Duration
 	nackHandler func(msg *messagev1.Message, reason messagev1.NackReason, detail string)
 }
@@ -176,11 +182,32 @@ func WithWindow(n int) ProducerOption {
 // WithBatch sets the batching of a producer: at most maxMessages messages and
 // maxBytes bytes per batch (also bounded by what each intermediate accepts),
 // and how long a stream waits for more messages before it sends a batch that
-// is not full (defaults 64, 512 KiB, 200µs; 0 sends at once).
+// is not full (defaults 64, 512 KiB, 200µs; 0 sends at once). Without
+// WithMaxMessageBytes, maxBytes is also the largest message Send accepts.
 func WithBatch(maxMessages, maxBytes int, linger time.Duration) ProducerOption {
 	return producerOption(func(c *producerConfig) {
 		c.batchMsgs, c.batchBytes, c.linger = maxMessages, maxBytes, linger
+		c.batchSet = true
 	})
+}
+
+// WithMaxMessageBytes sets the largest message, encoded, a producer's Send
+// accepts (default DefaultMaxMessageBytes, 1 MiB: what an intermediate
+// accepts by default). A message over the batch byte limit travels alone in
+// its batch. Each intermediate's advertised max_batch_bytes lowers it.
+func WithMaxMessageBytes(n int) ProducerOption {
+	return producerOption(func(c *producerConfig) { c.maxMsgBytes = n })
+}
+
+// maxMessageBytes is the largest message the configuration lets Send take.
+func (c *producerConfig) maxMessageBytes() int {
+	switch {
+	case c.maxMsgBytes != 0:
+		return c.maxMsgBytes
+	case c.batchSet:
+		return c.batchBytes
+	}
+	return DefaultMaxMessageBytes
 }
 
 // WithNackHandler sets the function called, from a producer goroutine, for

@@ -26,8 +26,9 @@ import (
 )
 
 // ErrMessageTooLarge is returned, wrapped with the sizes, by Send for a
-// message whose encoding is larger than the batch byte limit (WithBatch) or
-// than the max_batch_bytes a connected intermediate advertised. Such a
+// message whose encoding is larger than the message limit
+// (WithMaxMessageBytes, else WithBatch's byte limit, else 1 MiB) or than the
+// max_batch_bytes a connected intermediate advertised. Such a
 // message is never queued.
 var ErrMessageTooLarge = errors.New("components: message too large")
 
@@ -133,7 +134,7 @@ func NewProducer(cli *clientv3.Client, id string, opts ...ProducerOption) (*Prod
 		settled:     make(chan struct{}, 1),
 		links:       make(map[string]*pubLink),
 		streams:     make(map[*pubStream]struct{}),
-		msgLimit:    cfg.batchBytes,
+		msgLimit:    cfg.maxMessageBytes(),
 	}
 	p.log = cfg.logger.With("producer", id, "incarnation", p.incarnation, "service", cfg.service)
 	p.tracer = telemetry.Tracer(cfg.tracer)
@@ -181,6 +182,9 @@ func (c *producerConfig) validate(cli *clientv3.Client, id string) error {
 	if c.batchMsgs < 1 || c.batchBytes < 1 || c.linger < 0 {
 		errs = append(errs, fmt.Errorf("batch (%d messages, %d bytes, linger %v) is invalid", c.batchMsgs, c.batchBytes, c.linger))
 	}
+	if c.maxMsgBytes < 0 {
+		errs = append(errs, fmt.Errorf("max message bytes %d is negative", c.maxMsgBytes))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("components: invalid producer options: %w", err)
 	}
@@ -215,7 +219,7 @@ func (p *Producer) Stats() ProducerStats {
 // as a new message. It sets msg.CreateTimeUnixNano when
 // zero. msg must not be modified afterwards. Send blocks while the window of
 // unacknowledged messages is full, until ctx is done. A message larger than
-// the batch byte limit is refused with ErrMessageTooLarge.
+// the message limit (WithMaxMessageBytes) is refused with ErrMessageTooLarge.
 func (p *Producer) Send(ctx context.Context, msg *messagev1.Message) (*messagev1.MessageId, error) {
 	return p.send(ctx, msg, nil)
 }
@@ -252,8 +256,8 @@ func (p *Producer) send(ctx context.Context, msg *messagev1.Message, done chan e
 	}
 	// The id and the creation time Send may add are counted below, exactly.
 	size := msgSize(msg)
-	if size > p.cfg.batchBytes {
-		return nil, fmt.Errorf("%w: %d bytes encoded, over the limit of %d", ErrMessageTooLarge, size, p.cfg.batchBytes)
+	if lim := p.cfg.maxMessageBytes(); size > lim {
+		return nil, fmt.Errorf("%w: %d bytes encoded, over the limit of %d", ErrMessageTooLarge, size, lim)
 	}
 	select {
 	case p.window <- struct{}{}:

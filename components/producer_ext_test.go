@@ -180,3 +180,34 @@ func TestProducer_SendWaitAfterCloseTimeout(t *testing.T) {
 		t.Fatalf("SendWait() did not return after Close")
 	}
 }
+
+// TestProducer_MaxMessageBytes checks that a producer with default options
+// sends a message over the default batch byte limit and up to what an
+// intermediate accepts by default (1 MiB), and that WithMaxMessageBytes
+// lowers and names the limit.
+func TestProducer_MaxMessageBytes(t *testing.T) {
+	m := newMesh(t)
+	i1 := m.startHub("intermediate", "i1", "127.0.0.1")
+	m.waitMembers("intermediate", 1)
+	led := newLedger()
+	m.consumer("c1", led.handler())
+	waitConsumers(t, 1, i1)
+	p := m.producer("p1")
+	small := m.producer("p2", components.WithMaxMessageBytes(1000))
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+
+	big := components.DefaultMaxMessageBytes - 100
+	if err := p.SendWait(ctx, &messagev1.Message{Payload: make([]byte, big)}); err != nil {
+		t.Fatalf("SendWait(%d bytes) = %v, want nil", big, err)
+	}
+	if _, err := p.Send(ctx, &messagev1.Message{Payload: make([]byte, components.DefaultMaxMessageBytes)}); !errors.Is(err, components.ErrMessageTooLarge) {
+		t.Errorf("Send(%d bytes) = %v, want %v", components.DefaultMaxMessageBytes, err, components.ErrMessageTooLarge)
+	}
+	_, err := small.Send(ctx, &messagev1.Message{Payload: make([]byte, 2000)})
+	if !errors.Is(err, components.ErrMessageTooLarge) || !strings.Contains(err.Error(), "limit of 1000") {
+		t.Errorf("Send(2000 bytes) with WithMaxMessageBytes(1000) = %v, want %v naming the limit of 1000", err, components.ErrMessageTooLarge)
+	}
+	closeProducers(t, p, small)
+	led.checkExactlyOnce(t, map[string]int{"p1": 1})
+}

@@ -75,6 +75,7 @@ type pubStream struct {
 	maxInFlight int
 	maxBatch    int
 	maxBytes    int
+	maxMsg      int // the largest message it takes: ours, or its max_batch_bytes
 	nextSeq     uint64
 	sendq       []*outMsg
 	unacked     map[uint64]*outMsg // assigned: queued or sent, not acknowledged
@@ -216,15 +217,15 @@ func (p *Producer) endIfAnsweredLocked(st *pubStream) {
 	}
 }
 
-// updateMsgLimitLocked sets the largest message Send accepts: the batch byte
-// limit, lowered to the smallest max_batch_bytes a stream that takes
-// messages was welcomed with, so that any intermediate a message may reach
-// takes it.
+// updateMsgLimitLocked sets the largest message Send accepts: the message
+// limit (WithMaxMessageBytes), lowered to the smallest max_batch_bytes a
+// stream that takes messages was welcomed with, so that any intermediate a
+// message may reach takes it.
 func (p *Producer) updateMsgLimitLocked() {
-	lim := p.cfg.batchBytes
+	lim := p.cfg.maxMessageBytes()
 	for st := range p.streams {
 		if st.ready && !st.retired && !st.dead {
-			lim = min(lim, st.maxBytes)
+			lim = min(lim, st.maxMsg)
 		}
 	}
 	p.msgLimit = lim
@@ -340,6 +341,7 @@ func (l *pubLink) once() (welcomed bool) {
 	st.maxInFlight = limit(p.cfg.window, w.GetMaxInFlight())
 	st.maxBatch = limit(p.cfg.batchMsgs, w.GetMaxBatchMessages())
 	st.maxBytes = limit(p.cfg.batchBytes, w.GetMaxBatchBytes())
+	st.maxMsg = limit(p.cfg.maxMessageBytes(), w.GetMaxBatchBytes())
 	p.updateMsgLimitLocked()
 	p.dispatchLocked()
 	p.mu.Unlock()
