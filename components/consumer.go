@@ -404,8 +404,9 @@ func (c *Consumer) finish(j *job, err error) {
 }
 
 // Done is closed when the consumer stops receiving on its own: another
-// process took its id over (ErrReplaced) or its group was deleted
-// (ErrGroupDeleted). Err says which. The application should then Close it.
+// process took its id over (ErrReplaced), its group was deleted
+// (ErrGroupDeleted), or an intermediate refused it for good (ErrRefused,
+// ErrTLSMismatch, as a *RefusedError). Err says which. The application should then Close it.
 func (c *Consumer) Done() <-chan struct{} { return c.done }
 
 // Err returns why Done was closed, nil before.
@@ -415,6 +416,15 @@ func (c *Consumer) Err() error {
 		return c.stopErr
 	default:
 		return nil
+	}
+}
+
+// refusedAtOpen stops the consumer when err, from opening a stream to l's
+// instance or from its first receive, is a refusal that retrying cannot mend
+// (ErrRefused, ErrTLSMismatch).
+func (c *Consumer) refusedAtOpen(l *subLink, err error) {
+	if r := refusal(l.ctx, "consumer "+c.id, l.inst.Name, l.inst.Addr, err); r != nil {
+		c.stop(r)
 	}
 }
 

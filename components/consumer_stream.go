@@ -192,6 +192,7 @@ func (l *subLink) once() (welcomed bool) {
 	stream, err := c.client.Subscribe(pin(ctx, l.inst.Name))
 	if err != nil {
 		log.Debug("open subscribe stream", "err", err)
+		c.refusedAtOpen(l, err)
 		return false
 	}
 	hello := &deliveryv1.SubscribeHello{
@@ -209,6 +210,7 @@ func (l *subLink) once() (welcomed bool) {
 	first, err := stream.Recv()
 	if err != nil {
 		c.refused(err)
+		c.refusedAtOpen(l, err)
 		log.Debug("receive welcome", "err", err, "cause", context.Cause(ctx))
 		return false
 	}

@@ -62,6 +62,11 @@ type Producer struct {
 	metrics     *telemetry.ProducerMetrics // nil without WithMetrics
 	tracer      trace.Tracer               // nil without WithTracerProvider
 
+	// done is closed by stop, after stopErr is set.
+	done     chan struct{}
+	stopOnce sync.Once
+	stopErr  error
+
 	sent   atomic.Uint64
 	acked  atomic.Uint64
 	resent atomic.Uint64
@@ -85,6 +90,9 @@ type Producer struct {
 	own     []*outMsg
 	ownHead int
 	waitLog time.Time // when the last "waiting for a consumer" warning was logged
+	// idleSince is when messages began to wait with no stream to take
+	// them (zero while there is one); idleLog when that was last logged.
+	idleSince, idleLog time.Time
 }
 
 // nackEvent is a message handed back for good, waiting for the nack handler.
@@ -132,6 +140,7 @@ func NewProducer(cli *clientv3.Client, id string, opts ...ProducerOption) (*Prod
 		cancel:      cancel,
 		window:      make(chan struct{}, cfg.window),
 		settled:     make(chan struct{}, 1),
+		done:        make(chan struct{}),
 		links:       make(map[string]*pubLink),
 		streams:     make(map[*pubStream]struct{}),
 		msgLimit:    cfg.maxMessageBytes(),
@@ -247,6 +256,9 @@ func (p *Producer) send(ctx context.Context, msg *messagev1.Message, done chan e
 	if p.isClosed() {
 		return nil, ErrClosed
 	}
+	if err := p.Err(); err != nil {
+		return nil, err
+	}
 	if p.tracer != nil {
 		var span trace.Span
 		ctx, span = p.tracer.Start(ctx, "butterfly.produce "+p.cfg.service, trace.WithSpanKind(trace.SpanKindProducer),
@@ -265,6 +277,8 @@ func (p *Producer) send(ctx context.Context, msg *messagev1.Message, done chan e
 		return nil, fmt.Errorf("components: send: %w", ctx.Err())
 	case <-p.ctx.Done():
 		return nil, ErrClosed
+	case <-p.done:
+		return nil, p.stopErr
 	}
 	p.mu.Lock()
 	if p.closed {
@@ -335,8 +349,47 @@ const waitingLogEvery = 5 * time.Second
 func (p *Producer) waitingLocked(n *messagev1.Nack) {
 	if now := time.Now(); now.Sub(p.waitLog) >= waitingLogEvery {
 		p.waitLog = now
-		p.log.Warn("messages held: waiting for a consumer", "detail", n.GetDetail(), "held", p.unsettled)
+		p.log.Warn(n.GetDetail()+" (waiting)", "held", p.unsettled)
 	}
+}
+
+// idleLogAfter is how long messages wait with no stream to take them
+// before the producer says so (then every waitingLogEvery): a start or a
+// failover settles well within it.
+const idleLogAfter = time.Second
+
+// idleLocked reports, while messages wait with no stream to take them, what
+// they wait for: an instance of the service to register, or one of those
+// registered to answer.
+func (p *Producer) idleLocked(now time.Time) {
+	ready := false
+	for st := range p.streams {
+		if st.ready && !st.retired && !st.dead {
+			ready = true
+			break
+		}
+	}
+	if ready || p.unsettled == 0 {
+		p.idleSince = time.Time{}
+		return
+	}
+	if p.idleSince.IsZero() {
+		p.idleSince = now
+	}
+	if now.Sub(p.idleSince) < idleLogAfter || now.Sub(p.idleLog) < waitingLogEvery {
+		return
+	}
+	p.idleLog = now
+	if len(p.links) == 0 {
+		p.log.Warn("no instance of service "+p.cfg.service+" is registered (waiting)", "held", p.unsettled)
+		return
+	}
+	names := make([]string, 0, len(p.links))
+	for name := range p.links {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	p.log.Warn("no instance of service "+p.cfg.service+" answers (waiting)", "instances", names, "held", p.unsettled)
 }
 
 // lowWaterLocked returns the lowest seq this producer gave that is not
@@ -638,6 +691,8 @@ func (p *Producer) Close(ctx context.Context) error {
 		case <-ctx.Done():
 			waitErr = ctx.Err()
 		case <-p.ctx.Done():
+		case <-p.done:
+			waitErr = p.stopErr
 		}
 		break
 	}
@@ -662,6 +717,50 @@ func (p *Producer) Close(ctx context.Context) error {
 		p.log.Info("producer closed", "sent", p.sent.Load(), "acked", p.acked.Load(), "resent", p.resent.Load(), "nacked", p.nacked.Load(), "unacked", unsettled)
 	})
 	return p.closeErr
+}
+
+// Done is closed when the producer stops on its own: an intermediate
+// refused it for good (ErrRefused) or the two ends disagree on TLS
+// (ErrTLSMismatch). Err says why, as a *RefusedError. Send then fails with
+// that error and Close returns at once; the application should Close it.
+func (p *Producer) Done() <-chan struct{} { return p.done }
+
+// Err returns why Done was closed, nil before.
+func (p *Producer) Err() error {
+	select {
+	case <-p.done:
+		return p.stopErr
+	default:
+		return nil
+	}
+}
+
+// stop ends the producer's sending on its own, with err: its streams end
+// and none is opened again; what they held waits in the outbox for Close.
+func (p *Producer) stop(err error) {
+	p.stopOnce.Do(func() {
+		p.log.Warn("producer stops", "err", err)
+		p.stopErr = err
+		p.mu.Lock()
+		for _, l := range p.links {
+			l.retired = true
+			l.cancel()
+		}
+		p.mu.Unlock()
+		close(p.done)
+	})
+}
+
+// refusedAtOpen stops the producer when err, from opening a stream to l's
+// instance or from its first receive, is a refusal that retrying cannot
+// mend, and reports whether it did.
+func (p *Producer) refusedAtOpen(l *pubLink, err error) bool {
+	r := refusal(l.ctx, "producer "+p.id, l.inst.Name, l.inst.Addr, err)
+	if r == nil {
+		return false
+	}
+	p.stop(r)
+	return true
 }
 
 // abandonLocked ends the SendWait of every message still unacknowledged once

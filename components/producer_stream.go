@@ -106,7 +106,7 @@ func (st *pubStream) expired(now time.Time) bool {
 func (p *Producer) reconcile(v registry.View) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.ctx.Err() != nil {
+	if p.ctx.Err() != nil || p.Err() != nil {
 		return
 	}
 	seen := make(map[string]bool, len(v.Instances))
@@ -303,6 +303,7 @@ func (l *pubLink) once() (welcomed bool) {
 	stream, err := p.client.Publish(pin(ctx, l.inst.Name))
 	if err != nil {
 		log.Debug("open publish stream", "err", err)
+		p.refusedAtOpen(l, err)
 		return false
 	}
 	hello := &deliveryv1.PublishHello{
@@ -318,6 +319,7 @@ func (l *pubLink) once() (welcomed bool) {
 	first, err := stream.Recv()
 	if err != nil {
 		log.Debug("receive welcome", "err", err, "cause", context.Cause(ctx))
+		p.refusedAtOpen(l, err)
 		return false
 	}
 	st.touch()
@@ -497,6 +499,7 @@ func (p *Producer) watchdog(ctx context.Context) {
 					p.requeueLocked(st)
 				}
 			}
+			p.idleLocked(now)
 			p.mu.Unlock()
 		}
 	}

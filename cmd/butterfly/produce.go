@@ -100,6 +100,9 @@ client certificate (butterfly certs --client-id).`,
 			sum := produceSummary{Sent: st.Sent, Acked: st.Acked, Resent: st.Resent, Nacked: st.Nacked, Unacked: st.Sent - st.Acked - st.Nacked}
 			line, _ := json.Marshal(sum)
 			fmt.Fprintln(cmd.OutOrStdout(), string(line))
+			if err := p.Err(); err != nil {
+				return err // refused for good: a runtime error, not a wait that ran out
+			}
 			if sendErr != nil && !errors.Is(sendErr, context.Canceled) {
 				return sendErr
 			}
