@@ -1,0 +1,172 @@
+package integration
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// failFastBound is how long a command that cannot succeed may take to say so:
+// well under the minute producers used to wait.
+const failFastBound = 15 * time.Second
+
+// lastLine returns the last non-empty line of s.
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}
+
+// closedPort returns a loopback address nothing listens on.
+func closedPort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("net.Listen() = %v", err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+// TestCLI_EtcdUnreachable checks that every command that needs etcd ends
+// after --etcd-dial-timeout with exit 1 and one line naming the endpoint and
+// the timeout, when etcd never answers.
+func TestCLI_EtcdUnreachable(t *testing.T) {
+	ep := closedPort(t)
+	for _, args := range [][]string{
+		{"intermediate", "--name", "i1", "--listen", "127.0.0.2:0"},
+		{"produce", "--id", "p1", "--count", "1"},
+		{"consume", "--id", "c1"},
+		{"stage", "--id", "s1", "--from", "a", "--to", "b"},
+		{"ls"},
+		{"status"},
+		{"drain", "i1"},
+		{"group", "ls"},
+	} {
+		t.Run(args[0], func(t *testing.T) {
+			t.Parallel()
+			start := time.Now()
+			code, _, errOut := runCLI(t, failFastBound, append(args, "--etcd-endpoints", ep, "--etcd-dial-timeout", "1s")...)
+			took := time.Since(start)
+			want := "butterfly: etcd unreachable: no answer from " + ep + " within 1s (--etcd-dial-timeout)"
+			if code != exitError || lastLine(errOut) != want {
+				t.Errorf("butterfly %v = exit %d, last line %q; want exit 1, %q", args, code, lastLine(errOut), want)
+			}
+			if took < time.Second || took > 5*time.Second {
+				t.Errorf("butterfly %v took %v, want about the 1s dial timeout", args, took)
+			}
+			if strings.Contains(errOut, "plaintext gRPC") && (args[0] == "status" || args[0] == "ls") {
+				t.Errorf("butterfly %s logged a plaintext warning: %q", args[0], errOut)
+			}
+		})
+	}
+}
+
+// Exit codes of the binary (main.go).
+const (
+	exitError      = 1
+	exitUsage      = 2
+	exitIncomplete = 3
+)
+
+// TestCLI_ProducerFailures checks what a producer says, and how soon, when
+// its messages cannot be delivered: no instance registered or no consumer
+// (a WARN naming what it waits for, then exit 3 after --close-timeout), its
+// id refused by mutual TLS or a TLS mismatch (exit 1 at once naming the
+// instance and the reason), and the message size limit.
+func TestCLI_ProducerFailures(t *testing.T) {
+	m := newMesh(t)
+	m.startEtcd()
+	dir := filepath.Join(m.dir, "certs")
+	if code, out, errOut := runCLI(t, 30*time.Second, "certs", "--dir", dir, "--hosts", "127.0.0.2,127.0.0.3", "--client-id", "p1"); code != 0 {
+		t.Fatalf("butterfly certs = exit %d: %s %s", code, out, errOut)
+	}
+	ca := filepath.Join(dir, "ca.pem")
+	client := []string{"--tls-cert", filepath.Join(dir, "client.pem"), "--tls-key", filepath.Join(dir, "client-key.pem"), "--tls-ca", ca}
+	// Service "nobody": no instance registered. Service "tls": an
+	// intermediate with mutual TLS. Service "intermediate": a plaintext one
+	// whose group "g" has no consumer.
+	runProducer := func(args ...string) (int, string, time.Duration) {
+		start := time.Now()
+		p := m.start("produce", append([]string{"produce"}, args...)...)
+		code := p.wait(failFastBound)
+		b, _ := os.ReadFile(p.stderr)
+		return code, string(b), time.Since(start)
+	}
+	if code, out, errOut := runCLI(t, failFastBound, "group", "create", "g", "--etcd-endpoints", m.etcd[0]); code != 0 {
+		t.Fatalf("butterfly group create g = exit %d: %s %s", code, out, errOut)
+	}
+	_, tlsSrv := m.startIntermediate("tls1", "127.0.0.2", "--service", "tls",
+		"--tls-cert", filepath.Join(dir, "server.pem"), "--tls-key", filepath.Join(dir, "server-key.pem"),
+		"--tls-ca", ca, "--tls-client-auth", "require")
+	_, plainSrv := m.startIntermediate("plain1", "127.0.0.3")
+
+	tests := []struct {
+		name     string
+		args     []string
+		wantCode int
+		wantLog  []string // in stderr
+		wantLast string   // in the last line of stderr
+		maxTook  time.Duration
+	}{{
+		name:     "no instance registered",
+		args:     []string{"--id", "p1", "--service", "nobody", "--count", "5", "--close-timeout", "3s"},
+		wantCode: exitIncomplete,
+		wantLog:  []string{`msg="no instance of service nobody is registered (waiting)"`, "held=5"},
+		wantLast: "5 messages unacknowledged",
+		maxTook:  failFastBound,
+	}, {
+		name:     "no consumer",
+		args:     []string{"--id", "p1", "--count", "5", "--close-timeout", "8s"},
+		wantCode: exitIncomplete,
+		wantLog:  []string{`msg="group g has no registered consumer (waiting)"`, "held=5"},
+		wantLast: "5 messages unacknowledged",
+		maxTook:  failFastBound,
+	}, {
+		name:     "mutual TLS refuses the id",
+		args:     append([]string{"--id", "p2", "--service", "tls", "--count", "5"}, client...),
+		wantCode: exitError,
+		wantLast: "butterfly: producer p2: instance tls1 at " + tlsSrv.Addr + ` refused it: PermissionDenied: intermediate: hello producer_id "p2" is not "p1"`,
+		maxTook:  5 * time.Second,
+	}, {
+		name:     "plaintext client, TLS server",
+		args:     []string{"--id", "p1", "--service", "tls", "--count", "5"},
+		wantCode: exitError,
+		wantLast: "butterfly: producer p1: TLS mismatch with instance tls1 at " + tlsSrv.Addr + ": the instance speaks TLS and this client plaintext gRPC",
+		maxTook:  5 * time.Second,
+	}, {
+		name:     "TLS client, plaintext server",
+		args:     append([]string{"--id", "p1", "--count", "5"}, client...),
+		wantCode: exitError,
+		wantLast: "butterfly: producer p1: TLS mismatch with instance plain1 at " + plainSrv.Addr + ": this client speaks TLS and the instance plaintext gRPC",
+		maxTook:  5 * time.Second,
+	}, {
+		name:     "message over --max-message-bytes",
+		args:     []string{"--id", "p1", "--count", "1", "--size", "2000", "--max-message-bytes", "1000"},
+		wantCode: exitUsage,
+		wantLast: "butterfly: --size 2000: over --max-message-bytes 1000",
+		maxTook:  5 * time.Second,
+	}}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, errOut, took := runProducer(tc.args...)
+			if code != tc.wantCode || !strings.Contains(lastLine(errOut), tc.wantLast) {
+				t.Errorf("butterfly produce %v = exit %d, last line %q; want exit %d, a line containing %q", tc.args, code, lastLine(errOut), tc.wantCode, tc.wantLast)
+			}
+			for _, w := range tc.wantLog {
+				if !strings.Contains(errOut, w) {
+					t.Errorf("butterfly produce %v logged %q, want %q in it", tc.args, errOut, w)
+				}
+			}
+			if took > tc.maxTook {
+				t.Errorf("butterfly produce %v took %v, want at most %v", tc.args, took, tc.maxTook)
+			}
+			if n := strings.Count(errOut, `msg="plaintext gRPC`); n > 1 {
+				t.Errorf("butterfly produce %v logged the plaintext warning %d times, want at most once", tc.args, n)
+			}
+		})
+	}
+}
