@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -168,5 +169,34 @@ func TestCLI_ProducerFailures(t *testing.T) {
 				t.Errorf("butterfly produce %v logged the plaintext warning %d times, want at most once", tc.args, n)
 			}
 		})
+	}
+}
+
+// TestCLI_EmbeddedEtcdLogs checks that `butterfly etcd` logs no error on a
+// normal SIGTERM, and that a taken port ends it at once with exit 1 and one
+// line.
+func TestCLI_EmbeddedEtcdLogs(t *testing.T) {
+	m := newMesh(t)
+	e := m.startEtcd()
+	start := time.Now()
+	code, out, errOut := runCLI(t, failFastBound, "etcd", "--data-dir", filepath.Join(m.dir, "taken"),
+		"--listen-client", "http://"+m.etcd[0], "--listen-peer", "http://"+closedPort(t))
+	want := "butterfly: embedetcd: an address is taken (another etcd running?): listen tcp " + m.etcd[0] + ": bind: address already in use"
+	if code != exitError || strings.TrimSpace(errOut) != want {
+		t.Errorf("butterfly etcd on a taken port = exit %d, stderr %q (stdout %q); want exit 1, the one line %q", code, errOut, out, want)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("butterfly etcd on a taken port took %v, want at once", took)
+	}
+
+	e.signal(syscall.SIGTERM)
+	if code := e.wait(failFastBound); code != 0 {
+		t.Errorf("butterfly etcd after SIGTERM exited %d, want 0", code)
+	}
+	b, _ := os.ReadFile(e.stderr)
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.Contains(line, "level=ERROR") || strings.Contains(line, `"level":"error"`) || strings.Contains(line, "level=WARN") {
+			t.Errorf("butterfly etcd logged on a normal stop: %q", line)
+		}
 	}
 }
