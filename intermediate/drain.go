@@ -99,6 +99,7 @@ func (s *Server) drain(ctx context.Context, reg *registry.Registration, req drai
 	}
 	cancel()
 
+	s.endHealthWatches()
 	stopped := make(chan struct{})
 	go func() {
 		s.grpc.GracefulStop()
