@@ -200,3 +200,38 @@ func TestCLI_EmbeddedEtcdLogs(t *testing.T) {
 		}
 	}
 }
+
+// TestCLI_DrainWait checks that drain --wait returns only once the
+// intermediate stopped serving, soon after, and that the process then exits
+// at once.
+func TestCLI_DrainWait(t *testing.T) {
+	m := newMesh(t)
+	m.startEtcd()
+	i1, s1 := m.startIntermediate("i1", "127.0.0.2")
+	c1 := m.startConsumer("c1")
+	waitUntil(t, failFastBound, "c1 registered", func() bool {
+		return strings.Contains(readFile(c1.stderr), "consumer registered")
+	})
+	start := time.Now()
+	code, out, errOut := runCLI(t, failFastBound, "drain", "i1", "--wait", "--etcd-endpoints", m.etcd[0])
+	took := time.Since(start)
+	if code != 0 || !strings.Contains(out, "drained: intermediate/i1") {
+		t.Fatalf("butterfly drain i1 --wait = exit %d, %q, %q; want exit 0 and drained", code, out, errOut)
+	}
+	if took > 10*time.Second {
+		t.Errorf("butterfly drain i1 --wait took %v, want well under its drain timeout and stop timeout", took)
+	}
+	if conn, err := net.DialTimeout("tcp", s1.Addr, time.Second); err == nil {
+		conn.Close()
+		t.Errorf("%s still accepts connections after drain --wait returned", s1.Addr)
+	}
+	if code := i1.wait(2 * time.Second); code != 0 {
+		t.Errorf("drained i1 exited %d, want 0", code)
+	}
+}
+
+// readFile returns the content of path, "" when it cannot be read.
+func readFile(path string) string {
+	b, _ := os.ReadFile(path)
+	return string(b)
+}
