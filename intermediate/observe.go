@@ -14,7 +14,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
-	healthgrpc "google.golang.org/grpc/health/grpc_health_v1"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
@@ -95,7 +94,7 @@ func (s *Server) observe() error {
 	for _, name := range healthServices {
 		s.obs.health.SetServingStatus(name, healthpb.HealthCheckResponse_NOT_SERVING)
 	}
-	healthgrpc.RegisterHealthServer(s.grpc, &healthService{Server: s.obs.health, end: s.obs.watchEnd})
+	healthpb.RegisterHealthServer(s.grpc, &healthService{Server: s.obs.health, end: s.obs.watchEnd})
 	reflection.Register(s.grpc)
 	reg := s.opts.observe.metrics
 	if reg == nil {
@@ -142,7 +141,7 @@ type healthService struct {
 	end <-chan struct{}
 }
 
-func (h *healthService) Watch(in *healthpb.HealthCheckRequest, stream healthgrpc.Health_WatchServer) error {
+func (h *healthService) Watch(in *healthpb.HealthCheckRequest, stream healthpb.Health_WatchServer) error {
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
 	ended := make(chan struct{})
@@ -167,7 +166,7 @@ func (h *healthService) Watch(in *healthpb.HealthCheckRequest, stream healthgrpc
 
 // watchStream is a Watch stream with the context of healthService.Watch.
 type watchStream struct {
-	healthgrpc.Health_WatchServer
+	healthpb.Health_WatchServer
 	ctx context.Context
 }
 
