@@ -73,12 +73,13 @@ const (
 	exitIncomplete = 3
 )
 
-// TestCLI_ProducerFailures checks what a producer says, and how soon, when
-// its messages cannot be delivered: no instance registered or no consumer
-// (a WARN naming what it waits for, then exit 3 after --close-timeout), its
-// id refused by mutual TLS or a TLS mismatch (exit 1 at once naming the
-// instance and the reason), and the message size limit.
-func TestCLI_ProducerFailures(t *testing.T) {
+// TestCLI_ComponentFailures checks what a producer, consumer or stage says,
+// and how soon, when its messages cannot be delivered: no instance
+// registered or no consumer (a WARN naming what it waits for, then exit 3
+// after --close-timeout), its id refused by mutual TLS or a TLS mismatch
+// (exit 1 at once naming the instance and the reason), and the message size
+// limit.
+func TestCLI_ComponentFailures(t *testing.T) {
 	m := newMesh(t)
 	m.startEtcd()
 	dir := filepath.Join(m.dir, "certs")
@@ -90,9 +91,9 @@ func TestCLI_ProducerFailures(t *testing.T) {
 	// Service "nobody": no instance registered. Service "tls": an
 	// intermediate with mutual TLS. Service "intermediate": a plaintext one
 	// whose group "g" has no consumer.
-	runProducer := func(args ...string) (int, string, time.Duration) {
+	run := func(args ...string) (int, string, time.Duration) {
 		start := time.Now()
-		p := m.start("produce", append([]string{"produce"}, args...)...)
+		p := m.start(args[0], args...)
 		code := p.wait(failFastBound)
 		b, _ := os.ReadFile(p.stderr)
 		return code, string(b), time.Since(start)
@@ -114,59 +115,71 @@ func TestCLI_ProducerFailures(t *testing.T) {
 		maxTook  time.Duration
 	}{{
 		name:     "no instance registered",
-		args:     []string{"--id", "p1", "--service", "nobody", "--count", "5", "--close-timeout", "3s"},
+		args:     []string{"produce", "--id", "p1", "--service", "nobody", "--count", "5", "--close-timeout", "3s"},
 		wantCode: exitIncomplete,
 		wantLog:  []string{`msg="no instance of service nobody is registered (waiting)"`, "held=5"},
 		wantLast: "5 messages unacknowledged",
 		maxTook:  failFastBound,
 	}, {
 		name:     "no consumer",
-		args:     []string{"--id", "p1", "--count", "5", "--close-timeout", "8s"},
+		args:     []string{"produce", "--id", "p1", "--count", "5", "--close-timeout", "8s"},
 		wantCode: exitIncomplete,
 		wantLog:  []string{`msg="group g has no registered consumer (waiting)"`, "held=5"},
 		wantLast: "5 messages unacknowledged",
 		maxTook:  failFastBound,
 	}, {
 		name:     "mutual TLS refuses the id",
-		args:     append([]string{"--id", "p2", "--service", "tls", "--count", "5"}, client...),
+		args:     append([]string{"produce", "--id", "p2", "--service", "tls", "--count", "5"}, client...),
 		wantCode: exitError,
 		wantLast: "butterfly: producer p2: instance tls1 at " + tlsSrv.Addr + ` refused it: PermissionDenied: intermediate: hello producer_id "p2" is not "p1"`,
 		maxTook:  5 * time.Second,
 	}, {
 		name:     "plaintext client, TLS server",
-		args:     []string{"--id", "p1", "--service", "tls", "--count", "5"},
+		args:     []string{"produce", "--id", "p1", "--service", "tls", "--count", "5"},
 		wantCode: exitError,
 		wantLast: "butterfly: producer p1: TLS mismatch with instance tls1 at " + tlsSrv.Addr + ": the instance speaks TLS and this client plaintext gRPC",
 		maxTook:  5 * time.Second,
 	}, {
 		name:     "TLS client, plaintext server",
-		args:     append([]string{"--id", "p1", "--count", "5"}, client...),
+		args:     append([]string{"produce", "--id", "p1", "--count", "5"}, client...),
 		wantCode: exitError,
 		wantLast: "butterfly: producer p1: TLS mismatch with instance plain1 at " + plainSrv.Addr + ": this client speaks TLS and the instance plaintext gRPC",
 		maxTook:  5 * time.Second,
 	}, {
 		name:     "message over --max-message-bytes",
-		args:     []string{"--id", "p1", "--count", "1", "--size", "2000", "--max-message-bytes", "1000"},
+		args:     []string{"produce", "--id", "p1", "--count", "1", "--size", "2000", "--max-message-bytes", "1000"},
 		wantCode: exitUsage,
 		wantLast: "butterfly: --size 2000: over --max-message-bytes 1000",
+		maxTook:  5 * time.Second,
+	}, {
+		name:     "consumer: plaintext client, TLS server",
+		args:     []string{"consume", "--id", "c1", "--service", "tls"},
+		wantCode: exitError,
+		wantLast: "butterfly: consumer c1: TLS mismatch with instance tls1 at " + tlsSrv.Addr + ": the instance speaks TLS and this client plaintext gRPC",
+		maxTook:  5 * time.Second,
+	}, {
+		name:     "stage: TLS client, plaintext server downstream",
+		args:     append([]string{"stage", "--id", "s1", "--from", "tls", "--to", "intermediate"}, client...),
+		wantCode: exitError,
+		wantLast: "TLS mismatch with instance plain1 at " + plainSrv.Addr + ": this client speaks TLS and the instance plaintext gRPC",
 		maxTook:  5 * time.Second,
 	}}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			code, errOut, took := runProducer(tc.args...)
+			code, errOut, took := run(tc.args...)
 			if code != tc.wantCode || !strings.Contains(lastLine(errOut), tc.wantLast) {
-				t.Errorf("butterfly produce %v = exit %d, last line %q; want exit %d, a line containing %q", tc.args, code, lastLine(errOut), tc.wantCode, tc.wantLast)
+				t.Errorf("butterfly %v = exit %d, last line %q; want exit %d, a line containing %q", tc.args, code, lastLine(errOut), tc.wantCode, tc.wantLast)
 			}
 			for _, w := range tc.wantLog {
 				if !strings.Contains(errOut, w) {
-					t.Errorf("butterfly produce %v logged %q, want %q in it", tc.args, errOut, w)
+					t.Errorf("butterfly %v logged %q, want %q in it", tc.args, errOut, w)
 				}
 			}
 			if took > tc.maxTook {
-				t.Errorf("butterfly produce %v took %v, want at most %v", tc.args, took, tc.maxTook)
+				t.Errorf("butterfly %v took %v, want at most %v", tc.args, took, tc.maxTook)
 			}
 			if n := strings.Count(errOut, `msg="plaintext gRPC`); n > 1 {
-				t.Errorf("butterfly produce %v logged the plaintext warning %d times, want at most once", tc.args, n)
+				t.Errorf("butterfly %v logged the plaintext warning %d times, want at most once", tc.args, n)
 			}
 		})
 	}
