@@ -40,7 +40,7 @@ func (c *slogCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.Che
 
 func (c *slogCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
 	level := slogLevel(e.Level)
-	if c.quiet.Load() && level > slog.LevelDebug {
+	if c.quiet.Load() && level >= slog.LevelWarn {
 		level = slog.LevelDebug
 	}
 	ctx := context.Background() // zap entries carry no context
