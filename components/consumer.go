@@ -103,6 +103,9 @@ type Consumer struct {
 	inProgress map[msgKey]*job
 	queue      []*job
 	pending    int // jobs queued or running
+	// idleSince is when the membership became empty (zero while it is
+	// not); idleLog when that was last logged.
+	idleSince, idleLog time.Time
 }
 
 // NewConsumer returns a consumer named id that hands every message routed to
@@ -417,6 +420,24 @@ func (c *Consumer) Err() error {
 	default:
 		return nil
 	}
+}
+
+// idleLocked reports, while the service has no instance to receive from,
+// that the consumer waits for one: after idleLogAfter, then every
+// waitingLogEvery.
+func (c *Consumer) idleLocked(now time.Time) {
+	if len(c.links) > 0 || c.closing {
+		c.idleSince = time.Time{}
+		return
+	}
+	if c.idleSince.IsZero() {
+		c.idleSince = now
+	}
+	if now.Sub(c.idleSince) < idleLogAfter || now.Sub(c.idleLog) < waitingLogEvery {
+		return
+	}
+	c.idleLog = now
+	c.log.Warn("no instance of service " + c.cfg.service + " is registered (waiting)")
 }
 
 // refusedAtOpen stops the consumer when err, from opening a stream to l's

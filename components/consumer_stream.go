@@ -354,6 +354,7 @@ func (c *Consumer) watchdog(ctx context.Context) {
 					st.retireBy = time.Time{}
 				}
 			}
+			c.idleLocked(now)
 			c.mu.Unlock()
 		}
 	}

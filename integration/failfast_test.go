@@ -183,6 +183,15 @@ func TestCLI_ComponentFailures(t *testing.T) {
 			}
 		})
 	}
+
+	// A consumer waits for an instance, saying so, until it is stopped.
+	c := m.start("consume", "consume", "--id", "c2", "--service", "nobody")
+	const waiting = `msg="no instance of service nobody is registered (waiting)"`
+	waitUntil(t, failFastBound, "consumer c2 warns it waits", func() bool { return strings.Contains(readFile(c.stderr), waiting) })
+	c.signal(syscall.SIGTERM)
+	if code := c.wait(failFastBound); code != 0 {
+		t.Errorf("consumer c2 after SIGTERM exited %d, want 0", code)
+	}
 }
 
 // TestCLI_EmbeddedEtcdLogs checks that `butterfly etcd` logs no error on a
