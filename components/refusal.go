@@ -77,6 +77,12 @@ func refusal(ctx context.Context, component, instance, addr string, err error) *
 	case strings.Contains(msg, "first record does not look like a TLS handshake"):
 		e.Reason = "this client speaks TLS and the instance plaintext gRPC (drop --tls-* here or give the intermediate --tls-cert/--tls-key)"
 		return e
+	case strings.Contains(msg, "remote error: tls:"):
+		// The server ended the handshake: no client certificate, or one it
+		// does not accept.
+		e.Reason = "the instance refused this client's TLS handshake: remote error: " + tlsCause(msg) +
+			" (mutual TLS: --tls-cert and --tls-key signed by a CA the instance trusts)"
+		return e
 	case strings.Contains(msg, "x509:"), strings.Contains(msg, "authentication handshake failed"):
 		e.Reason = "the TLS handshake failed: " + tlsCause(msg)
 		return e

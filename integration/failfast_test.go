@@ -134,6 +134,12 @@ func TestCLI_ComponentFailures(t *testing.T) {
 		wantLast: "butterfly: producer p2: instance tls1 at " + tlsSrv.Addr + ` refused it: PermissionDenied: intermediate: hello producer_id "p2" is not "p1"`,
 		maxTook:  5 * time.Second,
 	}, {
+		name:     "no client certificate for mutual TLS",
+		args:     []string{"produce", "--id", "p1", "--service", "tls", "--count", "5", "--tls-ca", ca},
+		wantCode: exitError,
+		wantLast: "butterfly: producer p1: TLS mismatch with instance tls1 at " + tlsSrv.Addr + ": the instance refused this client's TLS handshake: remote error: tls:",
+		maxTook:  5 * time.Second,
+	}, {
 		name:     "plaintext client, TLS server",
 		args:     []string{"produce", "--id", "p1", "--service", "tls", "--count", "5"},
 		wantCode: exitError,
