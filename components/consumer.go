@@ -444,7 +444,7 @@ func (c *Consumer) idleLocked(now time.Time) {
 // instance or from its first receive, is a refusal that retrying cannot mend
 // (ErrRefused, ErrTLSMismatch).
 func (c *Consumer) refusedAtOpen(l *subLink, err error) {
-	if r := refusal(l.ctx, "consumer "+c.id, l.inst.Name, l.inst.Addr, err); r != nil {
+	if r := refusal(l.ctx, "consumer "+c.id, l.inst.Name, l.inst.Addr, c.cfg.plaintext, err); r != nil {
 		c.stop(r)
 	}
 }

@@ -48,6 +48,10 @@ type commonConfig struct {
 	dialOptions []grpc.DialOption
 	metrics     prometheus.Registerer
 	tracer      trace.TracerProvider
+	// plaintext: the connections are known to be plaintext (the default, or
+	// insecure credentials), so that a connection a server closes before
+	// the HTTP/2 preface may be a TLS server's (refusal.go).
+	plaintext bool
 }
 
 func defaultCommon() commonConfig {
@@ -55,6 +59,7 @@ func defaultCommon() commonConfig {
 		prefix:    registry.DefaultPrefix,
 		logger:    slog.New(slog.DiscardHandler),
 		heartbeat: DefaultHeartbeatInterval,
+		plaintext: true,
 	}
 }
 
@@ -158,15 +163,29 @@ func WithHeartbeatInterval(d time.Duration) Option {
 // WithDialOptions adds options to the gRPC client connection, after those of
 // butterfly.DialOptions (for example transport credentials).
 func WithDialOptions(opts ...grpc.DialOption) Option {
-	return commonOption(func(c *commonConfig) { c.dialOptions = append(c.dialOptions, opts...) })
+	return commonOption(func(c *commonConfig) {
+		c.dialOptions = append(c.dialOptions, opts...)
+		if len(opts) > 0 {
+			c.plaintext = false // they may set credentials
+		}
+	})
 }
 
 // WithTransportCredentials sets the credentials of the connections to the
 // intermediates, such as tlsutil.ClientCredentials for mutual TLS (default:
 // plaintext). It is WithDialOptions(grpc.WithTransportCredentials(c)): of
 // several credentials, the last given wins. A stage uses them on both sides.
-func WithTransportCredentials(c credentials.TransportCredentials) Option {
-	return WithDialOptions(grpc.WithTransportCredentials(c))
+func WithTransportCredentials(creds credentials.TransportCredentials) Option {
+	return commonOption(func(c *commonConfig) {
+		c.dialOptions = append(c.dialOptions, grpc.WithTransportCredentials(creds))
+		c.plaintext = creds.Info().SecurityProtocol == "insecure"
+	})
+}
+
+// withPlaintext sets whether the connections are known to be plaintext: a
+// stage passes on what its own options said.
+func withPlaintext(plaintext bool) Option {
+	return commonOption(func(c *commonConfig) { c.plaintext = plaintext })
 }
 
 // WithService sets the service of the intermediates to use (default

@@ -56,8 +56,10 @@ const tlsProbeTimeout = time.Second
 
 // refusal returns the RefusedError of err, an error from opening a stream to
 // the instance at addr or from its first receive, when retrying cannot mend
-// it; nil when it may (the instance restarts, the network heals).
-func refusal(ctx context.Context, component, instance, addr string, err error) *RefusedError {
+// it; nil when it may (the instance restarts, the network heals). plaintext
+// says the client is known to speak plaintext gRPC: only then is a
+// connection closed before the HTTP/2 preface checked for a TLS server.
+func refusal(ctx context.Context, component, instance, addr string, plaintext bool, err error) *RefusedError {
 	if err == nil {
 		return nil
 	}
@@ -83,9 +85,13 @@ func refusal(ctx context.Context, component, instance, addr string, err error) *
 		e.Reason = "the instance refused this client's TLS handshake: remote error: " + tlsCause(msg) +
 			" (mutual TLS: --tls-cert and --tls-key signed by a CA the instance trusts)"
 		return e
-	case strings.Contains(msg, "x509:"), strings.Contains(msg, "authentication handshake failed"):
+	case strings.Contains(msg, "x509:"):
+		// The server's certificate: an unknown CA, another name, expired.
 		e.Reason = "the TLS handshake failed: " + tlsCause(msg)
 		return e
+	case !plaintext:
+		// A TLS client's connection closed or reset during or after the
+		// handshake: the server went away, which may mend.
 	case strings.Contains(msg, "server preface"), strings.Contains(msg, "EOF"),
 		strings.Contains(msg, "connection reset"), strings.Contains(msg, "frame too large"):
 		// A plaintext client that meets a TLS server sees its connection
