@@ -85,8 +85,12 @@ func New(cfg Config, logger *slog.Logger) (*clientv3.Client, error) {
 	}
 	if !waitReady(cli, dialTimeout) {
 		cli.Close()
-		return nil, fmt.Errorf("%w: no answer from %s within %v (--etcd-dial-timeout)",
-			ErrUnreachable, strings.Join(cfg.Endpoints, ","), dialTimeout)
+		hint := ""
+		if tlsCfg != nil {
+			hint = "; with TLS, check --etcd-cacert, --etcd-cert and --etcd-key"
+		}
+		return nil, fmt.Errorf("%w: no answer from %s within %v (--etcd-dial-timeout)%s",
+			ErrUnreachable, strings.Join(cfg.Endpoints, ","), dialTimeout, hint)
 	}
 	logger.Debug("etcdclient: client ready", "endpoints", cfg.Endpoints, "tls", tlsCfg != nil, "user", user)
 	return cli, nil
