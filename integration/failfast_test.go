@@ -4,6 +4,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -91,9 +92,9 @@ func TestCLI_ComponentFailures(t *testing.T) {
 	// Service "nobody": no instance registered. Service "tls": an
 	// intermediate with mutual TLS. Service "intermediate": a plaintext one
 	// whose group "g" has no consumer.
-	run := func(args ...string) (int, string, time.Duration) {
+	run := func(name string, args ...string) (int, string, time.Duration) {
 		start := time.Now()
-		p := m.start(args[0], args...)
+		p := m.start(name, args...)
 		code := p.wait(failFastBound)
 		b, _ := os.ReadFile(p.stderr)
 		return code, string(b), time.Since(start)
@@ -122,7 +123,7 @@ func TestCLI_ComponentFailures(t *testing.T) {
 		maxTook:  failFastBound,
 	}, {
 		name:     "no consumer",
-		args:     []string{"produce", "--id", "p1", "--count", "5", "--close-timeout", "8s"},
+		args:     []string{"produce", "--id", "p3", "--count", "5", "--close-timeout", "8s"},
 		wantCode: exitIncomplete,
 		wantLog:  []string{`msg="group g has no registered consumer (waiting)"`, "held=5"},
 		wantLast: "5 messages unacknowledged",
@@ -135,25 +136,25 @@ func TestCLI_ComponentFailures(t *testing.T) {
 		maxTook:  5 * time.Second,
 	}, {
 		name:     "no client certificate for mutual TLS",
-		args:     []string{"produce", "--id", "p1", "--service", "tls", "--count", "5", "--tls-ca", ca},
+		args:     []string{"produce", "--id", "p4", "--service", "tls", "--count", "5", "--tls-ca", ca},
 		wantCode: exitError,
-		wantLast: "butterfly: producer p1: TLS mismatch with instance tls1 at " + tlsSrv.Addr + ": the instance refused this client's TLS handshake: remote error: tls:",
+		wantLast: "butterfly: producer p4: TLS mismatch with instance tls1 at " + tlsSrv.Addr + ": the instance refused this client's TLS handshake: remote error: tls:",
 		maxTook:  5 * time.Second,
 	}, {
 		name:     "plaintext client, TLS server",
-		args:     []string{"produce", "--id", "p1", "--service", "tls", "--count", "5"},
+		args:     []string{"produce", "--id", "p5", "--service", "tls", "--count", "5"},
 		wantCode: exitError,
-		wantLast: "butterfly: producer p1: TLS mismatch with instance tls1 at " + tlsSrv.Addr + ": the instance speaks TLS and this client plaintext gRPC",
+		wantLast: "butterfly: producer p5: TLS mismatch with instance tls1 at " + tlsSrv.Addr + ": the instance speaks TLS and this client plaintext gRPC",
 		maxTook:  5 * time.Second,
 	}, {
 		name:     "TLS client, plaintext server",
-		args:     append([]string{"produce", "--id", "p1", "--count", "5"}, client...),
+		args:     append([]string{"produce", "--id", "p6", "--count", "5"}, client...),
 		wantCode: exitError,
-		wantLast: "butterfly: producer p1: TLS mismatch with instance plain1 at " + plainSrv.Addr + ": this client speaks TLS and the instance plaintext gRPC",
+		wantLast: "butterfly: producer p6: TLS mismatch with instance plain1 at " + plainSrv.Addr + ": this client speaks TLS and the instance plaintext gRPC",
 		maxTook:  5 * time.Second,
 	}, {
 		name:     "message over --max-message-bytes",
-		args:     []string{"produce", "--id", "p1", "--count", "1", "--size", "2000", "--max-message-bytes", "1000"},
+		args:     []string{"produce", "--id", "p7", "--count", "1", "--size", "2000", "--max-message-bytes", "1000"},
 		wantCode: exitUsage,
 		wantLast: "butterfly: --size 2000: over --max-message-bytes 1000",
 		maxTook:  5 * time.Second,
@@ -170,25 +171,28 @@ func TestCLI_ComponentFailures(t *testing.T) {
 		wantLast: "TLS mismatch with instance plain1 at " + plainSrv.Addr + ": this client speaks TLS and the instance plaintext gRPC",
 		maxTook:  5 * time.Second,
 	}}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			code, errOut, took := run(tc.args...)
-			if code != tc.wantCode || !strings.Contains(lastLine(errOut), tc.wantLast) {
-				t.Errorf("butterfly %v = exit %d, last line %q; want exit %d, a line containing %q", tc.args, code, lastLine(errOut), tc.wantCode, tc.wantLast)
-			}
-			for _, w := range tc.wantLog {
-				if !strings.Contains(errOut, w) {
-					t.Errorf("butterfly %v logged %q, want %q in it", tc.args, errOut, w)
+	t.Run("cases", func(t *testing.T) {
+		for _, tc := range tests {
+			t.Run(tc.name, func(t *testing.T) {
+				t.Parallel() // each its own producer id; they share etcd and the intermediates
+				code, errOut, took := run(regexp.MustCompile(`[^a-z0-9]+`).ReplaceAllString(tc.name, "-"), tc.args...)
+				if code != tc.wantCode || !strings.Contains(lastLine(errOut), tc.wantLast) {
+					t.Errorf("butterfly %v = exit %d, last line %q; want exit %d, a line containing %q", tc.args, code, lastLine(errOut), tc.wantCode, tc.wantLast)
 				}
-			}
-			if took > tc.maxTook {
-				t.Errorf("butterfly %v took %v, want at most %v", tc.args, took, tc.maxTook)
-			}
-			if n := strings.Count(errOut, `msg="plaintext gRPC`); n > 1 {
-				t.Errorf("butterfly %v logged the plaintext warning %d times, want at most once", tc.args, n)
-			}
-		})
-	}
+				for _, w := range tc.wantLog {
+					if !strings.Contains(errOut, w) {
+						t.Errorf("butterfly %v logged %q, want %q in it", tc.args, errOut, w)
+					}
+				}
+				if took > tc.maxTook {
+					t.Errorf("butterfly %v took %v, want at most %v", tc.args, took, tc.maxTook)
+				}
+				if n := strings.Count(errOut, `msg="plaintext gRPC`); n > 1 {
+					t.Errorf("butterfly %v logged the plaintext warning %d times, want at most once", tc.args, n)
+				}
+			})
+		}
+	})
 
 	// A consumer waits for an instance, saying so, until it is stopped.
 	c := m.start("consume", "consume", "--id", "c2", "--service", "nobody")
