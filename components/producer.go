@@ -90,6 +90,9 @@ type Producer struct {
 	own     []*outMsg
 	ownHead int
 	waitLog time.Time // when the last "waiting for a consumer" warning was logged
+	// waitDetail is the last NO_CONSUMER hand-back's detail, at waitAt.
+	waitDetail string
+	waitAt     time.Time
 	// idleSince is when messages began to wait with no stream to take
 	// them (zero while there is one); idleLog when that was last logged.
 	idleSince, idleLog time.Time
@@ -347,7 +350,9 @@ const waitingLogEvery = 5 * time.Second
 // waitingLocked reports, at most every waitingLogEvery, that messages come
 // back because no consumer can take them: they are kept and sent again.
 func (p *Producer) waitingLocked(n *messagev1.Nack) {
-	if now := time.Now(); now.Sub(p.waitLog) >= waitingLogEvery {
+	now := time.Now()
+	p.waitDetail, p.waitAt = n.GetDetail(), now
+	if now.Sub(p.waitLog) >= waitingLogEvery {
 		p.waitLog = now
 		p.log.Warn(n.GetDetail()+" (waiting)", "held", p.unsettled)
 	}
@@ -357,6 +362,27 @@ func (p *Producer) waitingLocked(n *messagev1.Nack) {
 // before the producer says so (then every waitingLogEvery): a start or a
 // failover settles well within it.
 const idleLogAfter = time.Second
+
+// waitReasonLocked says what unsettled messages wait for, "" when it is
+// not known: no stream takes them (no instance registered, or none
+// answers), or they came back for want of a consumer lately.
+func (p *Producer) waitReasonLocked(now time.Time) string {
+	if p.unsettled == 0 {
+		return ""
+	}
+	for st := range p.streams {
+		if st.ready && !st.retired && !st.dead {
+			if now.Sub(p.waitAt) < 2*waitingLogEvery {
+				return p.waitDetail
+			}
+			return ""
+		}
+	}
+	if len(p.links) == 0 {
+		return "no instance of service " + p.cfg.service + " is registered"
+	}
+	return "no instance of service " + p.cfg.service + " answers"
+}
 
 // idleLocked reports, while messages wait with no stream to take them, what
 // they wait for: an instance of the service to register, or one of those
@@ -678,6 +704,7 @@ func (p *Producer) Close(ctx context.Context) error {
 	p.closed = true
 	p.mu.Unlock()
 	var waitErr error
+	var waiting string
 	for {
 		p.mu.Lock()
 		n := p.unsettled
@@ -690,6 +717,9 @@ func (p *Producer) Close(ctx context.Context) error {
 			continue
 		case <-ctx.Done():
 			waitErr = ctx.Err()
+			p.mu.Lock()
+			waiting = p.waitReasonLocked(time.Now())
+			p.mu.Unlock()
 		case <-p.ctx.Done():
 		case <-p.done:
 			waitErr = p.stopErr
@@ -712,7 +742,7 @@ func (p *Producer) Close(ctx context.Context) error {
 		p.abandonLocked()
 		p.mu.Unlock()
 		if unsettled > 0 || failed > 0 || waitErr != nil {
-			p.closeErr = &CloseError{Unacked: unsettled, Failed: failed, Err: waitErr}
+			p.closeErr = &CloseError{Unacked: unsettled, Failed: failed, Err: waitErr, Waiting: waiting}
 		}
 		p.log.Info("producer closed", "sent", p.sent.Load(), "acked", p.acked.Load(), "resent", p.resent.Load(), "nacked", p.nacked.Load(), "unacked", unsettled)
 	})

@@ -119,14 +119,14 @@ func TestCLI_ComponentFailures(t *testing.T) {
 		args:     []string{"produce", "--id", "p1", "--service", "nobody", "--count", "5", "--close-timeout", "3s"},
 		wantCode: exitIncomplete,
 		wantLog:  []string{`msg="no instance of service nobody is registered (waiting)"`, "held=5"},
-		wantLast: "5 messages unacknowledged",
+		wantLast: "5 messages unacknowledged and 0 handed back: context deadline exceeded (waiting: no instance of service nobody is registered)",
 		maxTook:  failFastBound,
 	}, {
 		name:     "no consumer",
 		args:     []string{"produce", "--id", "p3", "--count", "5", "--close-timeout", "8s"},
 		wantCode: exitIncomplete,
 		wantLog:  []string{`msg="group g has no registered consumer (waiting)"`, "held=5"},
-		wantLast: "5 messages unacknowledged",
+		wantLast: "5 messages unacknowledged and 0 handed back: context deadline exceeded (waiting: group g has no registered consumer)",
 		maxTook:  failFastBound,
 	}, {
 		name:     "mutual TLS refuses the id",
