@@ -72,7 +72,7 @@ as underscores: --etcd-endpoints is BUTTERFLY_ETCD_ENDPOINTS.
 	pf.StringSliceVar(&r.etcdEndpoints, "etcd-endpoints", []string{"127.0.0.1:2379"}, "etcd client endpoints, comma-separated")
 	pf.StringVar(&r.prefix, "prefix", registry.DefaultPrefix, "etcd key prefix of the mesh")
 	pf.StringVar(&r.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	pf.DurationVar(&r.dialTimeout, "etcd-dial-timeout", 5*time.Second, "how long to wait for etcd at start")
+	pf.DurationVar(&r.dialTimeout, "etcd-dial-timeout", 5*time.Second, "how long to wait for etcd at start; a command it never answers exits 1")
 	pf.StringVar(&r.etcd.CACert, "etcd-cacert", "", "PEM CA bundle that signs the etcd servers' certificates (TLS to etcd)")
 	pf.StringVar(&r.etcd.Cert, "etcd-cert", "", "PEM client certificate for etcd")
 	pf.StringVar(&r.etcd.Key, "etcd-key", "", "PEM private key of --etcd-cert")
