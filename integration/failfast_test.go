@@ -3,6 +3,7 @@ package integration
 import (
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -235,23 +236,46 @@ func TestCLI_EmbeddedEtcdLogs(t *testing.T) {
 
 // TestCLI_DrainWait checks that drain --wait returns only once the
 // intermediate stopped serving, soon after, and that the process then exits
-// at once.
+// at once, though a health Watch stream was open on it (it ends with the
+// drain instead of holding the graceful stop until --stop-timeout).
 func TestCLI_DrainWait(t *testing.T) {
 	m := newMesh(t)
 	m.startEtcd()
-	i1, s1 := m.startIntermediate("i1", "127.0.0.2")
+	const stopTimeout = 10 * time.Second
+	i1, s1 := m.startIntermediate("i1", "127.0.0.2", "--stop-timeout", stopTimeout.String())
 	c1 := m.startConsumer("c1")
 	waitUntil(t, failFastBound, "c1 registered", func() bool {
 		return strings.Contains(readFile(c1.stderr), "consumer registered")
 	})
+	watchLog := filepath.Join(m.dir, "health-watch.out")
+	watchFile, err := os.Create(watchLog)
+	if err != nil {
+		t.Fatalf("os.Create() = %v", err)
+	}
+	defer watchFile.Close()
+	watch := exec.Command("go", "tool", "-modfile=../tools/go.mod", "grpcurl", "-plaintext", "-d", "{}", s1.Addr, "grpc.health.v1.Health/Watch")
+	watch.Stdout, watch.Stderr = watchFile, watchFile
+	if err := watch.Start(); err != nil {
+		t.Fatalf("grpcurl Health/Watch: %v", err)
+	}
+	watchDone := make(chan struct{})
+	go func() {
+		_ = watch.Wait() // killed, or ended by the drain
+		close(watchDone)
+	}()
+	t.Cleanup(func() {
+		_ = watch.Process.Kill()
+		<-watchDone
+	})
+	waitUntil(t, failFastBound, "the health Watch open", func() bool { return strings.Contains(readFile(watchLog), `"SERVING"`) })
 	start := time.Now()
 	code, out, errOut := runCLI(t, failFastBound, "drain", "i1", "--wait", "--etcd-endpoints", m.etcd[0])
 	took := time.Since(start)
 	if code != 0 || !strings.Contains(out, "drained: intermediate/i1") {
 		t.Fatalf("butterfly drain i1 --wait = exit %d, %q, %q; want exit 0 and drained", code, out, errOut)
 	}
-	if took > 10*time.Second {
-		t.Errorf("butterfly drain i1 --wait took %v, want well under its drain timeout and stop timeout", took)
+	if took > stopTimeout/2 {
+		t.Errorf("butterfly drain i1 --wait took %v, want well under the %v stop timeout the health Watch would hold it", took, stopTimeout)
 	}
 	if conn, err := net.DialTimeout("tcp", s1.Addr, time.Second); err == nil {
 		conn.Close()
@@ -259,6 +283,11 @@ func TestCLI_DrainWait(t *testing.T) {
 	}
 	if code := i1.wait(2 * time.Second); code != 0 {
 		t.Errorf("drained i1 exited %d, want 0", code)
+	}
+	select {
+	case <-watchDone:
+	case <-time.After(2 * time.Second):
+		t.Errorf("the health Watch stream still open after the drain: %q", readFile(watchLog))
 	}
 }
 
