@@ -374,7 +374,7 @@ func (b *butterflyBalancer) updateStateLocked() {
 	var noneErr error
 	if len(children) == 0 {
 		if b.resolverErr != nil {
-			noneErr = fmt.Errorf("butterfly: no instances of service %q: resolver: %v", b.service, b.resolverErr)
+			noneErr = fmt.Errorf("butterfly: no instances of service %q: resolver: %w", b.service, b.resolverErr)
 		} else {
 			noneErr = fmt.Errorf("butterfly: no instances of service %q", b.service)
 		}

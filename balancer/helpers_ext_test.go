@@ -137,6 +137,7 @@ func resolverState(insts ...registry.Instance) gresolver.State {
 	})
 	var st gresolver.State
 	for _, inst := range insts {
+		//lint:ignore SA1019 built as the butterfly resolver builds it (resolver.go)
 		addr := gresolver.Address{Addr: inst.Addr, BalancerAttributes: registry.WithInstance(nil, inst)}
 		st.Endpoints = append(st.Endpoints, gresolver.Endpoint{
 			Addresses:  []gresolver.Address{addr},

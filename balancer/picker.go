@@ -6,6 +6,7 @@ import (
 
 	gbalancer "google.golang.org/grpc/balancer"
 	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/status"
 )
 
 // entry is one instance in a picker snapshot.
@@ -139,7 +140,13 @@ func (p *picker) pickPinned(info gbalancer.PickInfo, name string) (gbalancer.Pic
 	case connectivity.Ready:
 		return p.use(e, info)
 	case connectivity.TransientFailure:
-		return gbalancer.PickResult{}, instanceUnavailable(name, "connection in TRANSIENT_FAILURE")
+		// The child's picker fails with why the connection failed (refused,
+		// a TLS handshake error): the caller may tell a lasting cause.
+		reason := "connection in TRANSIENT_FAILURE"
+		if _, err := e.picker.Pick(info); err != nil {
+			reason += ": " + status.Convert(err).Message()
+		}
+		return gbalancer.PickResult{}, instanceUnavailable(name, reason)
 	default:
 		// CONNECTING (new or moved) or IDLE (being reconnected): wait for
 		// the picker that has its new connection READY.

@@ -2,6 +2,7 @@ package balancer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -109,7 +110,7 @@ func TestPicker_Tiers(t *testing.T) {
 	if got := pickName(t, p, WithInstance(ctx, "i1"), nil); got != "i1" {
 		t.Errorf("Pick(pinned i1) = %s, want i1", got)
 	}
-	if _, err := p.Pick(gbalancer.PickInfo{Ctx: WithInstance(ctx, "i2")}); err != gbalancer.ErrNoSubConnAvailable {
+	if _, err := p.Pick(gbalancer.PickInfo{Ctx: WithInstance(ctx, "i2")}); !errors.Is(err, gbalancer.ErrNoSubConnAvailable) {
 		t.Errorf("Pick(pinned connecting i2) = %v, want ErrNoSubConnAvailable", err)
 	}
 	if _, err := p.Pick(gbalancer.PickInfo{Ctx: WithInstance(ctx, "i0")}); !IsInstanceUnavailable(err) {
@@ -118,7 +119,7 @@ func TestPicker_Tiers(t *testing.T) {
 
 	children[1].state.ConnectivityState = connectivity.TransientFailure
 	p = newPicker("svc", "", children, nil)
-	if _, err := p.Pick(gbalancer.PickInfo{Ctx: ctx}); err != gbalancer.ErrNoSubConnAvailable {
+	if _, err := p.Pick(gbalancer.PickInfo{Ctx: ctx}); !errors.Is(err, gbalancer.ErrNoSubConnAvailable) {
 		t.Errorf("Pick() with one CONNECTING = %v, want ErrNoSubConnAvailable", err)
 	}
 	children[2].state.ConnectivityState = connectivity.TransientFailure
@@ -173,7 +174,7 @@ func TestPicker_DoneCountsFailures(t *testing.T) {
 func TestPicker_NoInstances(t *testing.T) {
 	want := fmt.Errorf("butterfly: no instances of service %q", "svc")
 	p := newPicker("svc", "", nil, want)
-	if _, err := p.Pick(gbalancer.PickInfo{Ctx: context.Background()}); err != want {
+	if _, err := p.Pick(gbalancer.PickInfo{Ctx: context.Background()}); !errors.Is(err, want) {
 		t.Errorf("Pick() = %v, want %v", err, want)
 	}
 }

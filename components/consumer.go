@@ -14,6 +14,7 @@ import (
 	otelcodes "go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
@@ -103,6 +104,9 @@ type Consumer struct {
 	inProgress map[msgKey]*job
 	queue      []*job
 	pending    int // jobs queued or running
+	// idleSince is when the membership became empty (zero while it is
+	// not); idleLog when that was last logged.
+	idleSince, idleLog time.Time
 }
 
 // NewConsumer returns a consumer named id that hands every message routed to
@@ -405,8 +409,10 @@ func (c *Consumer) finish(j *job, err error) {
 
 // Done is closed when the consumer stops receiving on its own: another
 // process took its id over (ErrReplaced), its group was deleted
-// (ErrGroupDeleted) or its client certificate may not subscribe as its id
-// (ErrPermissionDenied). Err says which. The application should then Close it.
+// (ErrGroupDeleted), its client certificate may not subscribe as its id
+// (ErrPermissionDenied), or an intermediate refused it for good (ErrRefused,
+// ErrTLSMismatch, as a *RefusedError). Err says which. The application should
+// then Close it.
 func (c *Consumer) Done() <-chan struct{} { return c.done }
 
 // Err returns why Done was closed, nil before.
@@ -416,6 +422,39 @@ func (c *Consumer) Err() error {
 		return c.stopErr
 	default:
 		return nil
+	}
+}
+
+// idleLocked reports, while the service has no instance to receive from,
+// that the consumer waits for one: after idleLogAfter, then every
+// waitingLogEvery.
+func (c *Consumer) idleLocked(now time.Time) {
+	if len(c.links) > 0 || c.closing {
+		c.idleSince = time.Time{}
+		return
+	}
+	if c.idleSince.IsZero() {
+		c.idleSince = now
+	}
+	if now.Sub(c.idleSince) < idleLogAfter || now.Sub(c.idleLog) < waitingLogEvery {
+		return
+	}
+	c.idleLog = now
+	c.log.Warn("no instance of service " + c.cfg.service + " is registered (waiting)")
+}
+
+// refusedAtOpen stops the consumer when err, from opening a stream to l's
+// instance or from its first receive, is a refusal that retrying cannot mend
+// (ErrRefused, ErrTLSMismatch); a PERMISSION_DENIED refusal is also
+// ErrPermissionDenied, and the consumer withdraws.
+func (c *Consumer) refusedAtOpen(l *subLink, err error) {
+	r := refusal(l.ctx, "consumer "+c.id, l.inst.Name, l.inst.Addr, c.cfg.plaintext, err)
+	switch {
+	case r == nil:
+	case r.Code == codes.PermissionDenied:
+		c.stop(fmt.Errorf("%w: %w", ErrPermissionDenied, r))
+	default:
+		c.stop(r)
 	}
 }
 

@@ -8,7 +8,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/butterfly-mesh/butterfly"
@@ -193,6 +192,7 @@ func (l *subLink) once() (welcomed bool) {
 	stream, err := c.client.Subscribe(pin(ctx, l.inst.Name))
 	if err != nil {
 		log.Debug("open subscribe stream", "err", err)
+		c.refusedAtOpen(l, err)
 		return false
 	}
 	hello := &deliveryv1.SubscribeHello{
@@ -210,6 +210,7 @@ func (l *subLink) once() (welcomed bool) {
 	first, err := stream.Recv()
 	if err != nil {
 		c.refused(err)
+		c.refusedAtOpen(l, err)
 		log.Debug("receive welcome", "err", err, "cause", context.Cause(ctx))
 		return false
 	}
@@ -355,20 +356,17 @@ func (c *Consumer) watchdog(ctx context.Context) {
 					st.retireBy = time.Time{}
 				}
 			}
+			c.idleLocked(now)
 			c.mu.Unlock()
 		}
 	}
 }
 
-// refused stops the consumer when an intermediate ended or refused a stream
-// for good: the group was deleted, another process took the id over, or the
-// client certificate may not subscribe as this consumer. Other errors (a
-// registration on its way, a broken connection) are retried.
+// refused stops the consumer when an intermediate ended a stream for good:
+// the group was deleted or another process took the id over. Refusals of
+// the hello are refusedAtOpen's. Other errors (a registration on its way, a
+// broken connection) are retried.
 func (c *Consumer) refused(err error) {
-	if status.Code(err) == codes.PermissionDenied {
-		c.stop(fmt.Errorf("%w: %v", ErrPermissionDenied, status.Convert(err).Message()))
-		return
-	}
 	switch butterfly.RefusalReason(err) {
 	case butterfly.ReasonGroupDeleted:
 		c.stop(fmt.Errorf("%w: %s/%s: %v", ErrGroupDeleted, c.cfg.service, c.cfg.group, status.Convert(err).Message()))

@@ -42,12 +42,19 @@ type CloseError struct {
 	Failed int
 	// Err is why Close stopped waiting, if it did (the context's error).
 	Err error
+	// Waiting is what the unacknowledged messages waited for when Close
+	// gave up, when the producer knew: "no instance of service S is
+	// registered", "group G has no registered consumer".
+	Waiting string
 }
 
 func (e *CloseError) Error() string {
 	msg := fmt.Sprintf("components: producer closed with %d messages unacknowledged and %d handed back", e.Unacked, e.Failed)
 	if e.Err != nil {
 		msg += ": " + e.Err.Error()
+	}
+	if e.Waiting != "" {
+		msg += " (waiting: " + e.Waiting + ")"
 	}
 	return msg
 }

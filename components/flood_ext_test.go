@@ -2,6 +2,7 @@ package components_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"strings"
@@ -172,7 +173,7 @@ func (f *flooder) round(ctx context.Context) {
 		if err := st.CloseSend(); err != nil {
 			t.Fatalf("CloseSend() = %v", err)
 		}
-		if err := end(st); err != io.EOF {
+		if err := end(st); !errors.Is(err, io.EOF) {
 			t.Fatalf("stream closed by the peer ended with %v, want io.EOF", err)
 		}
 	}

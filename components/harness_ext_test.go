@@ -229,12 +229,11 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 
 // ledger records every handled message, by producer and seq.
 type ledger struct {
-	mu       sync.Mutex
-	counts   map[string]map[uint64]int
-	byInst   map[string]int
-	total    int
-	notify   chan struct{}
-	failures []string
+	mu     sync.Mutex
+	counts map[string]map[uint64]int
+	byInst map[string]int
+	total  int
+	notify chan struct{}
 }
 
 func newLedger() *ledger {

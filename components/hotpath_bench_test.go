@@ -143,11 +143,3 @@ func BenchmarkDedup(b *testing.B) {
 		}
 	})
 }
-
-func seqRun(n int, step uint64) []uint64 {
-	s := make([]uint64, n)
-	for i := range s {
-		s[i] = 1 + uint64(i)*step
-	}
-	return s
-}

@@ -124,7 +124,7 @@ func offer(t *testing.T, f *flooder, n, size, step int, sample func(offered int)
 			}
 		}
 		err := end(s)
-		if refused || err != io.EOF {
+		if refused || !errors.Is(err, io.EOF) {
 			if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "max-in-flight") {
 				t.Fatalf("offering stream ended with %v, want RESOURCE_EXHAUSTED naming max-in-flight", err)
 			}

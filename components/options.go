@@ -36,6 +36,10 @@ const (
 	maxBackoff            = time.Second
 )
 
+// DefaultMaxMessageBytes is the largest message a producer sends, encoded:
+// what an intermediate accepts by default (its max batch bytes).
+const DefaultMaxMessageBytes = 1 << 20
+
 // commonConfig is what producers, consumers and stages share.
 type commonConfig struct {
 	prefix      string
@@ -44,6 +48,10 @@ type commonConfig struct {
 	dialOptions []grpc.DialOption
 	metrics     prometheus.Registerer
 	tracer      trace.TracerProvider
+	// plaintext: the connections are known to be plaintext (the default, or
+	// insecure credentials), so that a connection a server closes before
+	// the HTTP/2 preface may be a TLS server's (refusal.go).
+	plaintext bool
 }
 
 func defaultCommon() commonConfig {
@@ -51,6 +59,7 @@ func defaultCommon() commonConfig {
 		prefix:    registry.DefaultPrefix,
 		logger:    slog.New(slog.DiscardHandler),
 		heartbeat: DefaultHeartbeatInterval,
+		plaintext: true,
 	}
 }
 
@@ -60,6 +69,8 @@ type producerConfig struct {
 	window      int
 	batchMsgs   int
 	batchBytes  int
+	batchSet    bool // WithBatch was given
+	maxMsgBytes int  // 0: DefaultMaxMessageBytes, or the batch byte limit after WithBatch
 	linger      time.Duration
 	nackHandler func(msg *messagev1.Message, reason messagev1.NackReason, detail string)
 }
@@ -152,15 +163,29 @@ func WithHeartbeatInterval(d time.Duration) Option {
 // WithDialOptions adds options to the gRPC client connection, after those of
 // butterfly.DialOptions (for example transport credentials).
 func WithDialOptions(opts ...grpc.DialOption) Option {
-	return commonOption(func(c *commonConfig) { c.dialOptions = append(c.dialOptions, opts...) })
+	return commonOption(func(c *commonConfig) {
+		c.dialOptions = append(c.dialOptions, opts...)
+		if len(opts) > 0 {
+			c.plaintext = false // they may set credentials
+		}
+	})
 }
 
 // WithTransportCredentials sets the credentials of the connections to the
 // intermediates, such as tlsutil.ClientCredentials for mutual TLS (default:
 // plaintext). It is WithDialOptions(grpc.WithTransportCredentials(c)): of
 // several credentials, the last given wins. A stage uses them on both sides.
-func WithTransportCredentials(c credentials.TransportCredentials) Option {
-	return WithDialOptions(grpc.WithTransportCredentials(c))
+func WithTransportCredentials(creds credentials.TransportCredentials) Option {
+	return commonOption(func(c *commonConfig) {
+		c.dialOptions = append(c.dialOptions, grpc.WithTransportCredentials(creds))
+		c.plaintext = creds.Info().SecurityProtocol == "insecure"
+	})
+}
+
+// withPlaintext sets whether the connections are known to be plaintext: a
+// stage passes on what its own options said.
+func withPlaintext(plaintext bool) Option {
+	return commonOption(func(c *commonConfig) { c.plaintext = plaintext })
 }
 
 // WithService sets the service of the intermediates to use (default
@@ -176,11 +201,32 @@ func WithWindow(n int) ProducerOption {
 // WithBatch sets the batching of a producer: at most maxMessages messages and
 // maxBytes bytes per batch (also bounded by what each intermediate accepts),
 // and how long a stream waits for more messages before it sends a batch that
-// is not full (defaults 64, 512 KiB, 200µs; 0 sends at once).
+// is not full (defaults 64, 512 KiB, 200µs; 0 sends at once). Without
+// WithMaxMessageBytes, maxBytes is also the largest message Send accepts.
 func WithBatch(maxMessages, maxBytes int, linger time.Duration) ProducerOption {
 	return producerOption(func(c *producerConfig) {
 		c.batchMsgs, c.batchBytes, c.linger = maxMessages, maxBytes, linger
+		c.batchSet = true
 	})
+}
+
+// WithMaxMessageBytes sets the largest message, encoded, a producer's Send
+// accepts (default DefaultMaxMessageBytes, 1 MiB: what an intermediate
+// accepts by default). A message over the batch byte limit travels alone in
+// its batch. Each intermediate's advertised max_batch_bytes lowers it.
+func WithMaxMessageBytes(n int) ProducerOption {
+	return producerOption(func(c *producerConfig) { c.maxMsgBytes = n })
+}
+
+// maxMessageBytes is the largest message the configuration lets Send take.
+func (c *producerConfig) maxMessageBytes() int {
+	switch {
+	case c.maxMsgBytes != 0:
+		return c.maxMsgBytes
+	case c.batchSet:
+		return c.batchBytes
+	}
+	return DefaultMaxMessageBytes
 }
 
 // WithNackHandler sets the function called, from a producer goroutine, for

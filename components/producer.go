@@ -26,8 +26,9 @@ import (
 )
 
 // ErrMessageTooLarge is returned, wrapped with the sizes, by Send for a
-// message whose encoding is larger than the batch byte limit (WithBatch) or
-// than the max_batch_bytes a connected intermediate advertised. Such a
+// message whose encoding is larger than the message limit
+// (WithMaxMessageBytes, else WithBatch's byte limit, else 1 MiB) or than the
+// max_batch_bytes a connected intermediate advertised. Such a
 // message is never queued.
 var ErrMessageTooLarge = errors.New("components: message too large")
 
@@ -61,6 +62,11 @@ type Producer struct {
 	metrics     *telemetry.ProducerMetrics // nil without WithMetrics
 	tracer      trace.Tracer               // nil without WithTracerProvider
 
+	// done is closed by stop, after stopErr is set.
+	done     chan struct{}
+	stopOnce sync.Once
+	stopErr  error
+
 	sent   atomic.Uint64
 	acked  atomic.Uint64
 	resent atomic.Uint64
@@ -85,6 +91,12 @@ type Producer struct {
 	ownHead  int
 	spanWait chan struct{} // closed when the low-water mark rises; nil when nobody waits
 	waitLog  time.Time     // when the last "waiting for a consumer" warning was logged
+	// waitDetail is the last NO_CONSUMER hand-back's detail, at waitAt.
+	waitDetail string
+	waitAt     time.Time
+	// idleSince is when messages began to wait with no stream to take
+	// them (zero while there is one); idleLog when that was last logged.
+	idleSince, idleLog time.Time
 }
 
 // seqSpan is how far a new seq may lie above the low-water mark:
@@ -136,9 +148,10 @@ func NewProducer(cli *clientv3.Client, id string, opts ...ProducerOption) (*Prod
 		cancel:      cancel,
 		window:      make(chan struct{}, cfg.window),
 		settled:     make(chan struct{}, 1),
+		done:        make(chan struct{}),
 		links:       make(map[string]*pubLink),
 		streams:     make(map[*pubStream]struct{}),
-		msgLimit:    cfg.batchBytes,
+		msgLimit:    cfg.maxMessageBytes(),
 	}
 	p.log = cfg.logger.With("producer", id, "incarnation", p.incarnation, "service", cfg.service)
 	p.tracer = telemetry.Tracer(cfg.tracer)
@@ -186,6 +199,9 @@ func (c *producerConfig) validate(cli *clientv3.Client, id string) error {
 	if c.batchMsgs < 1 || c.batchBytes < 1 || c.linger < 0 {
 		errs = append(errs, fmt.Errorf("batch (%d messages, %d bytes, linger %v) is invalid", c.batchMsgs, c.batchBytes, c.linger))
 	}
+	if c.maxMsgBytes < 0 {
+		errs = append(errs, fmt.Errorf("max message bytes %d is negative", c.maxMsgBytes))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("components: invalid producer options: %w", err)
 	}
@@ -220,7 +236,7 @@ func (p *Producer) Stats() ProducerStats {
 // as a new message. It sets msg.CreateTimeUnixNano when
 // zero. msg must not be modified afterwards. Send blocks while the window of
 // unacknowledged messages is full, until ctx is done. A message larger than
-// the batch byte limit is refused with ErrMessageTooLarge.
+// the message limit (WithMaxMessageBytes) is refused with ErrMessageTooLarge.
 func (p *Producer) Send(ctx context.Context, msg *messagev1.Message) (*messagev1.MessageId, error) {
 	return p.send(ctx, msg, nil)
 }
@@ -248,6 +264,9 @@ func (p *Producer) send(ctx context.Context, msg *messagev1.Message, done chan e
 	if p.isClosed() {
 		return nil, ErrClosed
 	}
+	if err := p.Err(); err != nil {
+		return nil, err
+	}
 	if p.tracer != nil {
 		var span trace.Span
 		ctx, span = p.tracer.Start(ctx, "butterfly.produce "+p.cfg.service, trace.WithSpanKind(trace.SpanKindProducer),
@@ -257,8 +276,8 @@ func (p *Producer) send(ctx context.Context, msg *messagev1.Message, done chan e
 	}
 	// The id and the creation time Send may add are counted below, exactly.
 	size := msgSize(msg)
-	if size > p.cfg.batchBytes {
-		return nil, fmt.Errorf("%w: %d bytes encoded, over the limit of %d", ErrMessageTooLarge, size, p.cfg.batchBytes)
+	if lim := p.cfg.maxMessageBytes(); size > lim {
+		return nil, fmt.Errorf("%w: %d bytes encoded, over the limit of %d", ErrMessageTooLarge, size, lim)
 	}
 	select {
 	case p.window <- struct{}{}:
@@ -266,6 +285,8 @@ func (p *Producer) send(ctx context.Context, msg *messagev1.Message, done chan e
 		return nil, fmt.Errorf("components: send: %w", ctx.Err())
 	case <-p.ctx.Done():
 		return nil, ErrClosed
+	case <-p.done:
+		return nil, p.stopErr
 	}
 	p.mu.Lock()
 	if p.closed {
@@ -339,9 +360,11 @@ const waitingLogEvery = 5 * time.Second
 // waitingLocked reports, at most every waitingLogEvery, that messages come
 // back because no consumer can take them: they are kept and sent again.
 func (p *Producer) waitingLocked(n *messagev1.Nack) {
-	if now := time.Now(); now.Sub(p.waitLog) >= waitingLogEvery {
+	now := time.Now()
+	p.waitDetail, p.waitAt = n.GetDetail(), now
+	if now.Sub(p.waitLog) >= waitingLogEvery {
 		p.waitLog = now
-		p.log.Warn("messages held: waiting for a consumer", "detail", n.GetDetail(), "held", p.unsettled)
+		p.log.Warn(n.GetDetail()+" (waiting)", "held", p.unsettled)
 	}
 }
 
@@ -364,6 +387,8 @@ func (p *Producer) waitSpanLocked(ctx context.Context, msg *messagev1.Message) e
 			err = fmt.Errorf("components: send: %w", ctx.Err())
 		case <-p.ctx.Done():
 			err = ErrClosed
+		case <-p.done:
+			err = p.stopErr
 		}
 		p.mu.Lock()
 		if err == nil && p.closed {
@@ -374,6 +399,66 @@ func (p *Producer) waitSpanLocked(ctx context.Context, msg *messagev1.Message) e
 		}
 	}
 	return nil
+}
+
+// idleLogAfter is how long messages wait with no stream to take them
+// before the producer says so (then every waitingLogEvery): a start or a
+// failover settles well within it.
+const idleLogAfter = time.Second
+
+// waitReasonLocked says what unsettled messages wait for, "" when it is
+// not known: no stream takes them (no instance registered, or none
+// answers), or they came back for want of a consumer lately.
+func (p *Producer) waitReasonLocked(now time.Time) string {
+	if p.unsettled == 0 {
+		return ""
+	}
+	for st := range p.streams {
+		if st.ready && !st.retired && !st.dead {
+			if now.Sub(p.waitAt) < 2*waitingLogEvery {
+				return p.waitDetail
+			}
+			return ""
+		}
+	}
+	if len(p.links) == 0 {
+		return "no instance of service " + p.cfg.service + " is registered"
+	}
+	return "no instance of service " + p.cfg.service + " answers"
+}
+
+// idleLocked reports, while messages wait with no stream to take them, what
+// they wait for: an instance of the service to register, or one of those
+// registered to answer.
+func (p *Producer) idleLocked(now time.Time) {
+	ready := false
+	for st := range p.streams {
+		if st.ready && !st.retired && !st.dead {
+			ready = true
+			break
+		}
+	}
+	if ready || p.unsettled == 0 {
+		p.idleSince = time.Time{}
+		return
+	}
+	if p.idleSince.IsZero() {
+		p.idleSince = now
+	}
+	if now.Sub(p.idleSince) < idleLogAfter || now.Sub(p.idleLog) < waitingLogEvery {
+		return
+	}
+	p.idleLog = now
+	if len(p.links) == 0 {
+		p.log.Warn("no instance of service "+p.cfg.service+" is registered (waiting)", "held", p.unsettled)
+		return
+	}
+	names := make([]string, 0, len(p.links))
+	for name := range p.links {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	p.log.Warn("no instance of service "+p.cfg.service+" answers (waiting)", "instances", names, "held", p.unsettled)
 }
 
 // lowWaterLocked returns the lowest seq this producer gave that is not
@@ -666,6 +751,7 @@ func (p *Producer) Close(ctx context.Context) error {
 	p.closed = true
 	p.mu.Unlock()
 	var waitErr error
+	var waiting string
 	for {
 		p.mu.Lock()
 		n := p.unsettled
@@ -678,7 +764,12 @@ func (p *Producer) Close(ctx context.Context) error {
 			continue
 		case <-ctx.Done():
 			waitErr = ctx.Err()
+			p.mu.Lock()
+			waiting = p.waitReasonLocked(time.Now())
+			p.mu.Unlock()
 		case <-p.ctx.Done():
+		case <-p.done:
+			waitErr = p.stopErr
 		}
 		break
 	}
@@ -698,11 +789,55 @@ func (p *Producer) Close(ctx context.Context) error {
 		p.abandonLocked()
 		p.mu.Unlock()
 		if unsettled > 0 || failed > 0 || waitErr != nil {
-			p.closeErr = &CloseError{Unacked: unsettled, Failed: failed, Err: waitErr}
+			p.closeErr = &CloseError{Unacked: unsettled, Failed: failed, Err: waitErr, Waiting: waiting}
 		}
 		p.log.Info("producer closed", "sent", p.sent.Load(), "acked", p.acked.Load(), "resent", p.resent.Load(), "nacked", p.nacked.Load(), "unacked", unsettled)
 	})
 	return p.closeErr
+}
+
+// Done is closed when the producer stops on its own: an intermediate
+// refused it for good (ErrRefused) or the two ends disagree on TLS
+// (ErrTLSMismatch). Err says why, as a *RefusedError. Send then fails with
+// that error and Close returns at once; the application should Close it.
+func (p *Producer) Done() <-chan struct{} { return p.done }
+
+// Err returns why Done was closed, nil before.
+func (p *Producer) Err() error {
+	select {
+	case <-p.done:
+		return p.stopErr
+	default:
+		return nil
+	}
+}
+
+// stop ends the producer's sending on its own, with err: its streams end
+// and none is opened again; what they held waits in the outbox for Close.
+func (p *Producer) stop(err error) {
+	p.stopOnce.Do(func() {
+		p.log.Warn("producer stops", "err", err)
+		p.stopErr = err
+		p.mu.Lock()
+		for _, l := range p.links {
+			l.retired = true
+			l.cancel()
+		}
+		p.mu.Unlock()
+		close(p.done)
+	})
+}
+
+// refusedAtOpen stops the producer when err, from opening a stream to l's
+// instance or from its first receive, is a refusal that retrying cannot
+// mend, and reports whether it did.
+func (p *Producer) refusedAtOpen(l *pubLink, err error) bool {
+	r := refusal(l.ctx, "producer "+p.id, l.inst.Name, l.inst.Addr, p.cfg.plaintext, err)
+	if r == nil {
+		return false
+	}
+	p.stop(r)
+	return true
 }
 
 // abandonLocked ends the SendWait of every message still unacknowledged once

@@ -3,6 +3,7 @@ package components_test
 import (
 	"context"
 	"errors"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -11,6 +12,8 @@ import (
 	"github.com/butterfly-mesh/butterfly/components"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/intermediate"
+	"github.com/butterfly-mesh/butterfly/internal/logtest"
+	"github.com/butterfly-mesh/butterfly/registry"
 )
 
 // TestProducer_SendTooLarge checks that Send refuses, without queueing it,
@@ -178,5 +181,77 @@ func TestProducer_SendWaitAfterCloseTimeout(t *testing.T) {
 		}
 	case <-time.After(defaultTestTimeout):
 		t.Fatalf("SendWait() did not return after Close")
+	}
+}
+
+// TestProducer_MaxMessageBytes checks that a producer with default options
+// sends a message over the default batch byte limit and up to what an
+// intermediate accepts by default (1 MiB), and that WithMaxMessageBytes
+// lowers and names the limit.
+func TestProducer_MaxMessageBytes(t *testing.T) {
+	m := newMesh(t)
+	i1 := m.startHub("intermediate", "i1", "127.0.0.1")
+	m.waitMembers("intermediate", 1)
+	led := newLedger()
+	m.consumer("c1", led.handler())
+	waitConsumers(t, 1, i1)
+	p := m.producer("p1")
+	small := m.producer("p2", components.WithMaxMessageBytes(1000))
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+
+	big := components.DefaultMaxMessageBytes - 100
+	if err := p.SendWait(ctx, &messagev1.Message{Payload: make([]byte, big)}); err != nil {
+		t.Fatalf("SendWait(%d bytes) = %v, want nil", big, err)
+	}
+	if _, err := p.Send(ctx, &messagev1.Message{Payload: make([]byte, components.DefaultMaxMessageBytes)}); !errors.Is(err, components.ErrMessageTooLarge) {
+		t.Errorf("Send(%d bytes) = %v, want %v", components.DefaultMaxMessageBytes, err, components.ErrMessageTooLarge)
+	}
+	_, err := small.Send(ctx, &messagev1.Message{Payload: make([]byte, 2000)})
+	if !errors.Is(err, components.ErrMessageTooLarge) || !strings.Contains(err.Error(), "limit of 1000") {
+		t.Errorf("Send(2000 bytes) with WithMaxMessageBytes(1000) = %v, want %v naming the limit of 1000", err, components.ErrMessageTooLarge)
+	}
+	closeProducers(t, p, small)
+	led.checkExactlyOnce(t, map[string]int{"p1": 1})
+}
+
+// TestProducer_SaysWhatItWaitsFor checks that a producer whose messages no
+// stream takes says what they wait for, while they wait and when Close gives
+// up: no instance of its service registered, or none of those registered
+// answering.
+func TestProducer_SaysWhatItWaitsFor(t *testing.T) {
+	m := newMesh(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("net.Listen() = %v", err)
+	}
+	dead := l.Addr().String()
+	l.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	t.Cleanup(cancel) // after the parallel subtests
+	reg, err := registry.Register(ctx, m.cli, "silent", "i1", dead, registry.WithPrefix(testPrefix))
+	if err != nil {
+		t.Fatalf("registry.Register(silent/i1 at %s) = %v", dead, err)
+	}
+	t.Cleanup(func() { _ = reg.Close(ctx) })
+	for _, tc := range []struct{ service, want string }{
+		{"nobody", "no instance of service nobody is registered"},
+		{"silent", "no instance of service silent answers"},
+	} {
+		t.Run(tc.service, func(t *testing.T) {
+			t.Parallel()
+			var logs logtest.Recorder
+			p := m.producer("p-"+tc.service, components.WithService(tc.service), components.WithLogger(logs.Logger()))
+			if _, err := p.Send(ctx, &messagev1.Message{Payload: []byte("x")}); err != nil {
+				t.Fatalf("Send() = %v", err)
+			}
+			waitUntil(t, tc.want+" (waiting) logged", func() bool { return logs.Has(tc.want + " (waiting)") })
+			closeCtx, cancelClose := context.WithTimeout(ctx, 100*time.Millisecond)
+			defer cancelClose()
+			var ce *components.CloseError
+			if err := p.Close(closeCtx); !errors.As(err, &ce) || ce.Unacked != 1 || ce.Waiting != tc.want {
+				t.Errorf("Close() = %v, want a CloseError with 1 unacknowledged, waiting for %q", err, tc.want)
+			}
+		})
 	}
 }

@@ -8,8 +8,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
@@ -77,6 +75,7 @@ type pubStream struct {
 	maxInFlight int
 	maxBatch    int
 	maxBytes    int
+	maxMsg      int // the largest message it takes: ours, or its max_batch_bytes
 	nextSeq     uint64
 	sendq       []*outMsg
 	unacked     map[uint64]*outMsg // assigned: queued or sent, not acknowledged
@@ -107,7 +106,7 @@ func (st *pubStream) expired(now time.Time) bool {
 func (p *Producer) reconcile(v registry.View) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.ctx.Err() != nil {
+	if p.ctx.Err() != nil || p.Err() != nil {
 		return
 	}
 	seen := make(map[string]bool, len(v.Instances))
@@ -218,15 +217,15 @@ func (p *Producer) endIfAnsweredLocked(st *pubStream) {
 	}
 }
 
-// updateMsgLimitLocked sets the largest message Send accepts: the batch byte
-// limit, lowered to the smallest max_batch_bytes a stream that takes
-// messages was welcomed with, so that any intermediate a message may reach
-// takes it.
+// updateMsgLimitLocked sets the largest message Send accepts: the message
+// limit (WithMaxMessageBytes), lowered to the smallest max_batch_bytes a
+// stream that takes messages was welcomed with, so that any intermediate a
+// message may reach takes it.
 func (p *Producer) updateMsgLimitLocked() {
-	lim := p.cfg.batchBytes
+	lim := p.cfg.maxMessageBytes()
 	for st := range p.streams {
 		if st.ready && !st.retired && !st.dead {
-			lim = min(lim, st.maxBytes)
+			lim = min(lim, st.maxMsg)
 		}
 	}
 	p.msgLimit = lim
@@ -304,6 +303,7 @@ func (l *pubLink) once() (welcomed bool) {
 	stream, err := p.client.Publish(pin(ctx, l.inst.Name))
 	if err != nil {
 		log.Debug("open publish stream", "err", err)
+		p.refusedAtOpen(l, err)
 		return false
 	}
 	hello := &deliveryv1.PublishHello{
@@ -318,13 +318,8 @@ func (l *pubLink) once() (welcomed bool) {
 	}
 	first, err := stream.Recv()
 	if err != nil {
-		if status.Code(err) == codes.PermissionDenied {
-			// The client certificate is not this producer's: say so, as
-			// every attempt will be refused alike.
-			log.Warn("publish stream refused", "err", err)
-		} else {
-			log.Debug("receive welcome", "err", err, "cause", context.Cause(ctx))
-		}
+		log.Debug("receive welcome", "err", err, "cause", context.Cause(ctx))
+		p.refusedAtOpen(l, err)
 		return false
 	}
 	st.touch()
@@ -348,6 +343,7 @@ func (l *pubLink) once() (welcomed bool) {
 	st.maxInFlight = limit(p.cfg.window, w.GetMaxInFlight())
 	st.maxBatch = limit(p.cfg.batchMsgs, w.GetMaxBatchMessages())
 	st.maxBytes = limit(p.cfg.batchBytes, w.GetMaxBatchBytes())
+	st.maxMsg = limit(p.cfg.maxMessageBytes(), w.GetMaxBatchBytes())
 	p.updateMsgLimitLocked()
 	p.dispatchLocked()
 	p.mu.Unlock()
@@ -505,6 +501,7 @@ func (p *Producer) watchdog(ctx context.Context) {
 					p.requeueLocked(st)
 				}
 			}
+			p.idleLocked(now)
 			p.mu.Unlock()
 		}
 	}

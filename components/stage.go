@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
@@ -33,6 +34,10 @@ type Stage struct {
 	producer *Producer
 	consumer *Consumer
 	proc     Processor
+	// watchStop ends the goroutine that stops the consumer side when the
+	// producer side stops on its own; watchDone is closed when it returned.
+	watchStop, watchDone chan struct{}
+	closeOnce            sync.Once
 }
 
 // NewStage returns a stage named id (its consumer and producer name) that
@@ -52,6 +57,7 @@ func NewStage(cli *clientv3.Client, id, from, to string, opts ...StageOption) (*
 		WithLogger(cfg.logger),
 		WithHeartbeatInterval(cfg.heartbeat),
 		WithDialOptions(cfg.dialOptions...),
+		withPlaintext(cfg.plaintext),
 	}
 	s := &Stage{id: id, proc: cfg.processor}
 	popts := []ProducerOption{WithService(to)}
@@ -77,7 +83,22 @@ func NewStage(cli *clientv3.Client, id, from, to string, opts ...StageOption) (*
 		return nil, errors.Join(fmt.Errorf("components: stage %s: %w", id, err), perr)
 	}
 	s.consumer = c
+	s.watchStop, s.watchDone = make(chan struct{}), make(chan struct{})
+	go s.watchProducer()
 	return s, nil
+}
+
+// watchProducer stops the consumer side with the producer's error when the
+// producer side stops on its own (refused downstream): nothing it takes
+// could be forwarded.
+func (s *Stage) watchProducer() {
+	defer close(s.watchDone)
+	select {
+	case <-s.producer.Done():
+		s.consumer.stop(s.producer.Err())
+	case <-s.consumer.Done():
+	case <-s.watchStop:
+	}
 }
 
 // forward is the stage's handler.
@@ -99,8 +120,9 @@ func (s *Stage) forward(ctx context.Context, d *Delivery) error {
 	return s.producer.SendWait(ctx, msg)
 }
 
-// Done is closed when the stage's consumer side stops on its own (see
-// Consumer.Done); Err says why.
+// Done is closed when the stage stops on its own: its consumer side stops
+// (see Consumer.Done), or its producer side does (see Producer.Done), which
+// stops the consumer side too. Err says why.
 func (s *Stage) Done() <-chan struct{} { return s.consumer.Done() }
 
 // Err returns why Done was closed, nil before.
@@ -115,6 +137,8 @@ func (s *Stage) Stats() StageStats {
 // waiting for its downstream acknowledgement), then closes the producer
 // side. Close is safe to call twice.
 func (s *Stage) Close(ctx context.Context) error {
+	s.closeOnce.Do(func() { close(s.watchStop) })
+	<-s.watchDone
 	cerr := s.consumer.Close(ctx)
 	perr := s.producer.Close(ctx)
 	return errors.Join(cerr, perr)

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"os"
@@ -215,5 +216,77 @@ func TestMutualTLS_EndToEnd(t *testing.T) {
 	_, err = stream.Recv()
 	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), `(producer/p1) may not publish as producer "p2"`) {
 		t.Fatalf("publish as p2 with the certificate of p1 = %v, want PERMISSION_DENIED naming both", err)
+	}
+}
+
+// TestRefusal_StopsComponent checks that a refusal retrying cannot mend
+// stops a producer or consumer at once through Done and Err, naming the
+// instance: mutual TLS binds another producer id to the certificate
+// (ErrRefused, PERMISSION_DENIED), or a plaintext client meets a TLS server
+// (ErrTLSMismatch). Send then fails with the same error and Close returns at
+// once with the messages still held.
+func TestRefusal_StopsComponent(t *testing.T) {
+	m := newMesh(t)
+	pki := devPKI(t, "p1")
+	h := m.startTLSHub(pki, "i1")
+	good := clientCreds(t, clientFiles(pki, pki))
+	for _, tc := range []struct {
+		name     string
+		opts     []components.ProducerOption
+		wantKind error
+		want     string
+	}{
+		{"another id", []components.ProducerOption{components.WithTransportCredentials(good)}, components.ErrRefused,
+			"producer p2: instance i1 at " + h.addr + " refused it: PermissionDenied"},
+		{"plaintext", nil, components.ErrTLSMismatch,
+			"producer p2: TLS mismatch with instance i1 at " + h.addr + ": the instance speaks TLS"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := m.producer("p2", tc.opts...)
+			ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+			defer cancel()
+			if _, err := p.Send(ctx, &messagev1.Message{Payload: []byte("x")}); err != nil {
+				t.Fatalf("Send() before the refusal = %v", err)
+			}
+			select {
+			case <-p.Done():
+			case <-ctx.Done():
+				t.Fatalf("producer p2 not stopped by the refusal")
+			}
+			var re *components.RefusedError
+			if err := p.Err(); !errors.As(err, &re) || !errors.Is(err, tc.wantKind) || re.Instance != "i1" || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Err() = %v, want a RefusedError (%v) containing %q", err, tc.wantKind, tc.want)
+			}
+			if _, err := p.Send(ctx, &messagev1.Message{Payload: []byte("y")}); !errors.Is(err, tc.wantKind) {
+				t.Errorf("Send() after the refusal = %v, want %v", err, tc.wantKind)
+			}
+			start := time.Now()
+			var ce *components.CloseError
+			if err := p.Close(ctx); !errors.As(err, &ce) || ce.Unacked != 1 || !errors.Is(err, tc.wantKind) {
+				t.Errorf("Close() = %v, want a CloseError with 1 unacknowledged, wrapping %v", err, tc.wantKind)
+			}
+			if took := time.Since(start); took > time.Second {
+				t.Errorf("Close() took %v, want at once", took)
+			}
+		})
+	}
+
+	c, err := components.NewConsumer(m.cli, "c1", func(context.Context, *components.Delivery) error { return nil },
+		components.WithPrefix(testPrefix), components.WithLogger(m.log))
+	if err != nil {
+		t.Fatalf("NewConsumer(c1) = %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	select {
+	case <-c.Done():
+	case <-ctx.Done():
+		t.Fatalf("plaintext consumer c1 not stopped by the TLS mismatch")
+	}
+	if err := c.Err(); !errors.Is(err, components.ErrTLSMismatch) || !strings.Contains(err.Error(), "consumer c1: TLS mismatch with instance i1") {
+		t.Errorf("consumer Err() = %v, want ErrTLSMismatch naming c1 and i1", err)
+	}
+	if err := c.Close(ctx); err != nil {
+		t.Errorf("consumer Close() = %v, want nil", err)
 	}
 }

@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os/exec"
 	"strings"
 	"testing"
@@ -23,7 +24,7 @@ func runCLI(t *testing.T, timeout time.Duration, args ...string) (int, string, s
 		t.Fatalf("butterfly %v still running after %v", args, timeout)
 	}
 	if err != nil {
-		if _, ok := err.(*exec.ExitError); !ok {
+		if ee := (*exec.ExitError)(nil); !errors.As(err, &ee) {
 			t.Fatalf("butterfly %v: %v", args, err)
 		}
 	}

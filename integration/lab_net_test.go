@@ -72,7 +72,7 @@ func labTools() error {
 		}
 		ns := fmt.Sprintf("%s%d-probe", labNSPrefix, os.Getpid())
 		if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-			labToolsErr = fmt.Errorf("ip netns add: %v: %s", err, out)
+			labToolsErr = fmt.Errorf("ip netns add: %w: %s", err, out)
 			return
 		}
 		defer exec.Command("ip", "netns", "del", ns).Run()
@@ -349,7 +349,7 @@ func (h *host) run(args ...string) (string, error) {
 	c.Stderr = &stderr
 	out, err := c.Output()
 	if err != nil {
-		return string(out), fmt.Errorf("%v: %s", err, stderr.String())
+		return string(out), fmt.Errorf("%w: %s", err, stderr.String())
 	}
 	return string(out), nil
 }

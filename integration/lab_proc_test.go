@@ -192,7 +192,7 @@ func (l *lab) registered(h *host, service string) ([]lsEntry, error) {
 	}
 	var entries []lsEntry
 	if err := json.Unmarshal([]byte(out), &entries); err != nil {
-		return nil, fmt.Errorf("butterfly ls --json: %v in %q", err, out)
+		return nil, fmt.Errorf("butterfly ls --json: %w in %q", err, out)
 	}
 	return entries, nil
 }

@@ -99,6 +99,7 @@ func (s *Server) drain(ctx context.Context, reg *registry.Registration, req drai
 	}
 	cancel()
 
+	s.endHealthWatches()
 	stopped := make(chan struct{})
 	go func() {
 		s.grpc.GracefulStop()
@@ -116,7 +117,7 @@ func (s *Server) drain(ctx context.Context, reg *registry.Registration, req drai
 		s.grpc.Stop()
 		<-stopped
 	}
-	<-serveErr
+	<-serveErr //nolint:errcheck // Serve ends because of the stop above: its error says nothing more
 	log.Info("intermediate: drained")
 }
 

@@ -3,6 +3,7 @@ package intermediate
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
@@ -11,10 +12,11 @@ import (
 	otelcodes "go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
-	healthgrpc "google.golang.org/grpc/health/grpc_health_v1"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
 
 	adminv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/admin/v1"
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
@@ -51,6 +53,8 @@ type observer struct {
 	health        *health.Server
 	grpcMetrics   *grpcprom.ServerMetrics  // nil without metrics
 	drainDuration *prometheus.HistogramVec // nil without metrics
+	watchEnd      chan struct{}            // closed by endHealthWatches
+	watchEndOnce  sync.Once
 }
 
 // healthServices are the services whose health the server reports, besides
@@ -86,10 +90,11 @@ func (s *Server) observeServerOptions() ([]grpc.ServerOption, error) {
 // and the server's metrics; call it once every service is registered.
 func (s *Server) observe() error {
 	s.obs.health = health.NewServer()
+	s.obs.watchEnd = make(chan struct{})
 	for _, name := range healthServices {
 		s.obs.health.SetServingStatus(name, healthpb.HealthCheckResponse_NOT_SERVING)
 	}
-	healthgrpc.RegisterHealthServer(s.grpc, s.obs.health)
+	healthpb.RegisterHealthServer(s.grpc, &healthService{Server: s.obs.health, end: s.obs.watchEnd})
 	reflection.Register(s.grpc)
 	reg := s.opts.observe.metrics
 	if reg == nil {
@@ -121,6 +126,51 @@ func (s *Server) setServing() {
 
 // setNotServing reports NOT_SERVING for good: the server drains or stopped.
 func (s *Server) setNotServing() { s.obs.health.Shutdown() }
+
+// endHealthWatches ends every health Watch stream, and any opened later,
+// once the server stops serving for good: grpc's health server keeps them
+// open, which would hold GracefulStop open until its timer ran out.
+func (s *Server) endHealthWatches() {
+	s.obs.watchEndOnce.Do(func() { close(s.obs.watchEnd) })
+}
+
+// healthService is grpc's health server whose Watch streams end with
+// UNAVAILABLE when end is closed.
+type healthService struct {
+	*health.Server
+	end <-chan struct{}
+}
+
+func (h *healthService) Watch(in *healthpb.HealthCheckRequest, stream healthpb.Health_WatchServer) error {
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		select {
+		case <-h.end:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	err := h.Server.Watch(in, &watchStream{Health_WatchServer: stream, ctx: ctx})
+	cancel()
+	<-ended
+	select {
+	case <-h.end:
+		return status.Error(codes.Unavailable, "intermediate: stopped serving")
+	default:
+		return err
+	}
+}
+
+// watchStream is a Watch stream with the context of healthService.Watch.
+type watchStream struct {
+	healthpb.Health_WatchServer
+	ctx context.Context
+}
+
+func (w *watchStream) Context() context.Context { return w.ctx }
 
 // drained records how long a drain took.
 func (s *Server) drained(reason messagev1.DrainReason, d time.Duration) {

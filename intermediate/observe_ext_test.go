@@ -11,8 +11,10 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health/grpc_health_v1"
 	reflectionv1 "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	"google.golang.org/grpc/status"
 
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
@@ -189,5 +191,37 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestServer_DrainEndsHealthWatches checks that a drain ends the health
+// Watch streams open on the server with UNAVAILABLE, so that its graceful
+// stop does not wait for them until the stop timeout.
+func TestServer_DrainEndsHealthWatches(t *testing.T) {
+	const stopTimeout = 10 * time.Second
+	r := newRig(t, intermediate.WithStopTimeout(stopTimeout))
+	watch, err := grpc_health_v1.NewHealthClient(r.conn).Watch(r.ctx(), &grpc_health_v1.HealthCheckRequest{})
+	if err != nil {
+		t.Fatalf("Watch() = %v", err)
+	}
+	if resp, err := watch.Recv(); err != nil || resp.GetStatus() != grpc_health_v1.HealthCheckResponse_SERVING {
+		t.Fatalf("Watch().Recv() = %v, %v; want SERVING", resp, err)
+	}
+	start := time.Now()
+	if err := r.srv.Drain(r.ctx()); err != nil {
+		t.Fatalf("Drain() = %v", err)
+	}
+	if took := time.Since(start); took > stopTimeout/2 {
+		t.Errorf("Drain() with a health Watch open took %v, want well under the %v stop timeout", took, stopTimeout)
+	}
+	for {
+		_, err := watch.Recv()
+		if err == nil {
+			continue // NOT_SERVING
+		}
+		if status.Code(err) != codes.Unavailable {
+			t.Errorf("Watch().Recv() after the drain = %v, want UNAVAILABLE", err)
+		}
+		break
 	}
 }

@@ -220,7 +220,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	reg, err := s.registerUntilStopped(ctx, addr, ropts)
 	if err != nil {
 		s.grpc.Stop()
-		<-serveErr
+		<-serveErr //nolint:errcheck // Serve ends because of Stop: its error says nothing more
 		jcancel()
 		s.wg.Wait()
 		if s.stopped() {
@@ -295,7 +295,7 @@ func (s *Server) crash(ctx context.Context, reg *registry.Registration, serveErr
 	s.log.Warn("intermediate: stopped hard")
 	s.grpc.Stop()
 	if serveErr != nil {
-		<-serveErr
+		<-serveErr //nolint:errcheck // Serve ends because of Stop: its error says nothing more
 	}
 	// A canceled context stops the registration's goroutines without a single
 	// etcd call: the key stays until its lease expires.

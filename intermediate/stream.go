@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"slices"
 	"sync/atomic"
 	"time"
 
@@ -199,18 +198,6 @@ func (q *deliveryQueue) drain(sub *subStream) []*delivery {
 	clear(q.items)
 	q.items, q.head = nil, 0
 	return out
-}
-
-func sortDeliveries(ds []*delivery) {
-	slices.SortFunc(ds, func(a, b *delivery) int {
-		switch {
-		case a.id < b.id:
-			return -1
-		case a.id > b.id:
-			return 1
-		}
-		return 0
-	})
 }
 
 // errHeartbeat ends a stream on which nothing arrived for too long.

@@ -25,6 +25,7 @@ func InstanceFromEndpoint(ep gresolver.Endpoint) (Instance, bool) {
 // The balancer attributes of an address are used, so the instance does not
 // take part in address equality checks of the transport.
 func InstanceFromAddress(addr gresolver.Address) (Instance, bool) {
+	//lint:ignore SA1019 the address's own attributes keep the instance out of the transport's address equality; endpoints carry it too
 	inst, ok := addr.BalancerAttributes.Value(instanceKey{}).(Instance)
 	return inst, ok
 }

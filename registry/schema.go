@@ -113,17 +113,17 @@ func ValidateName(what, s string) error {
 // written by other tools (etcdctl, etcd's endpoints manager) are accepted.
 func ParseValue(instance string, data []byte) (Value, error) {
 	if err := ValidateName("instance", instance); err != nil {
-		return Value{}, fmt.Errorf("%w: %v", ErrInvalidValue, err)
+		return Value{}, fmt.Errorf("%w: %w", ErrInvalidValue, err)
 	}
 	var v Value
 	if err := json.Unmarshal(data, &v); err != nil {
-		return Value{}, fmt.Errorf("%w: %v", ErrInvalidValue, err)
+		return Value{}, fmt.Errorf("%w: %w", ErrInvalidValue, err)
 	}
 	if err := ValidateAddr(v.Addr); err != nil {
-		return Value{}, fmt.Errorf("%w: %v", ErrInvalidValue, err)
+		return Value{}, fmt.Errorf("%w: %w", ErrInvalidValue, err)
 	}
 	if err := checkEpoch(v.Metadata.Epoch); err != nil {
-		return Value{}, fmt.Errorf("%w: %v", ErrInvalidValue, err)
+		return Value{}, fmt.Errorf("%w: %w", ErrInvalidValue, err)
 	}
 	switch v.Metadata.Instance {
 	case "":
@@ -143,7 +143,7 @@ func ValidateAddr(addr string) error {
 	}
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
-		return fmt.Errorf("Addr %q: %v", addr, err)
+		return fmt.Errorf("Addr %q: %w", addr, err)
 	}
 	if host == "" || strings.ContainsAny(host, " /") {
 		return fmt.Errorf("Addr %q: bad host", addr)

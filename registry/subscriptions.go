@@ -98,13 +98,13 @@ func ConsumerKey(prefix, service, group, consumer string) string {
 func ParseConsumerValue(group, consumer string, data []byte) (ConsumerValue, error) {
 	var v ConsumerValue
 	if err := json.Unmarshal(data, &v); err != nil {
-		return ConsumerValue{}, fmt.Errorf("%w: %v", ErrInvalidValue, err)
+		return ConsumerValue{}, fmt.Errorf("%w: %w", ErrInvalidValue, err)
 	}
 	if v.Consumer != consumer || v.Group != group {
 		return ConsumerValue{}, fmt.Errorf("%w: value names consumer %q of group %q, key names %q of %q", ErrInvalidValue, v.Consumer, v.Group, consumer, group)
 	}
 	if err := checkEpoch(v.Epoch); err != nil {
-		return ConsumerValue{}, fmt.Errorf("%w: %v", ErrInvalidValue, err)
+		return ConsumerValue{}, fmt.Errorf("%w: %w", ErrInvalidValue, err)
 	}
 	return v, nil
 }
@@ -117,7 +117,7 @@ func ParseGroupValue(data []byte) (GroupValue, error) {
 		return v, nil
 	}
 	if err := json.Unmarshal(data, &v); err != nil {
-		return GroupValue{}, fmt.Errorf("%w: %v", ErrInvalidValue, err)
+		return GroupValue{}, fmt.Errorf("%w: %w", ErrInvalidValue, err)
 	}
 	return v, nil
 }

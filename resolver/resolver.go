@@ -51,7 +51,8 @@ func stateOf(v registry.View) gresolver.State {
 	}
 	for _, inst := range v.Instances {
 		addr := gresolver.Address{
-			Addr:               inst.Addr,
+			Addr: inst.Addr,
+			//lint:ignore SA1019 the address's own attributes keep the instance out of the transport's address equality (registry.InstanceFromAddress)
 			BalancerAttributes: registry.WithInstance(nil, inst),
 		}
 		s.Endpoints = append(s.Endpoints, gresolver.Endpoint{

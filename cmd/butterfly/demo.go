@@ -180,7 +180,9 @@ func runDemo(ctx context.Context, cfg demoConfig) (demoResult, error) {
 	defer func() {
 		for _, st := range stages {
 			closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-			st.Close(closeCtx)
+			if err := st.Close(closeCtx); err != nil {
+				m.say("stage close: %v", err)
+			}
 			cancel()
 		}
 	}()
@@ -220,7 +222,9 @@ func runDemo(ctx context.Context, cfg demoConfig) (demoResult, error) {
 	}
 	defer func() {
 		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		sink.Close(closeCtx)
+		if err := sink.Close(closeCtx); err != nil {
+			m.say("sink close: %v", err)
+		}
 		cancel()
 	}()
 	m.say("sink subscribed to replies")

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -21,7 +22,8 @@ func newDrainCommand(r *rootCommand) *cobra.Command {
 		Long: `Ask an instance to drain through its control key
 <prefix>/control/<service>/<instance>: it marks itself draining, finishes what
 it holds, hands back what it cannot finish, removes its registration and
-exits. With --wait the command returns once the registration is gone.`,
+exits. With --wait the command returns once the registration is gone and
+nothing accepts connections at its address any more.`,
 		Example: `  butterfly drain intermediate2
   butterfly drain intermediate2 --service requests --wait --timeout 1m`,
 		Args: func(cmd *cobra.Command, args []string) error {
@@ -66,6 +68,13 @@ exits. With --wait the command returns once the registration is gone.`,
 			if err := waitKeyGone(waitCtx, cli, key, resp.Header.Revision); err != nil {
 				return fmt.Errorf("waiting for %s to leave: %w", key, err)
 			}
+			// The registration goes before the server stops: wait until
+			// its address takes no more connections.
+			if v, err := registry.ParseValue(instance, resp.Kvs[0].Value); err == nil {
+				if err := waitClosed(waitCtx, v.Addr); err != nil {
+					return fmt.Errorf("waiting for %s/%s to stop serving at %s: %w", service, instance, v.Addr, err)
+				}
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "drained: %s/%s\n", service, instance)
 			return nil
 		},
@@ -74,6 +83,29 @@ exits. With --wait the command returns once the registration is gone.`,
 	c.Flags().BoolVar(&wait, "wait", false, "return only once the instance's registration is gone")
 	c.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long --wait waits")
 	return c
+}
+
+// waitClosed waits until nothing accepts connections at addr.
+func waitClosed(ctx context.Context, addr string) error {
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	var d net.Dialer
+	for {
+		dctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		conn, err := d.DialContext(dctx, "tcp", addr)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			return nil
+		}
+		if conn != nil {
+			conn.Close()
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
 }
 
 // waitKeyGone waits until key is deleted, watching from the revision after rev.

@@ -29,6 +29,7 @@ It stops cleanly on SIGINT or SIGTERM.`,
 			if err := cfg.Validate(); err != nil {
 				return &usageError{err}
 			}
+			cfg.Logger = r.logger
 			srv, err := embedetcd.Start(cmd.Context(), cfg)
 			if err != nil {
 				return err

@@ -32,6 +32,7 @@ func newProduceCommand(r *rootCommand) *cobra.Command {
 		count        uint64
 		rate         float64
 		size, window int
+		maxMsgBytes  int
 		closeTimeout time.Duration
 		tlsf         *tlsFlags
 	)
@@ -71,6 +72,12 @@ the hello and in every message.`,
 			if size < 0 {
 				return usagef("--size %d: must not be negative", size)
 			}
+			if maxMsgBytes < 1 {
+				return usagef("--max-message-bytes %d: must be at least 1", maxMsgBytes)
+			}
+			if size > maxMsgBytes {
+				return usagef("--size %d: over --max-message-bytes %d", size, maxMsgBytes)
+			}
 			if window < 1 {
 				return usagef("--window %d: must be at least 1", window)
 			}
@@ -80,7 +87,8 @@ the hello and in every message.`,
 			}
 			defer cs.Close()
 			p, err := components.NewProducer(cs.cli, id, withCommon[components.ProducerOption](cs,
-				components.WithService(service), components.WithWindow(window))...)
+				components.WithService(service), components.WithWindow(window),
+				components.WithMaxMessageBytes(maxMsgBytes))...)
 			if err != nil {
 				return err
 			}
@@ -93,6 +101,9 @@ the hello and in every message.`,
 			sum := produceSummary{Sent: st.Sent, Acked: st.Acked, Resent: st.Resent, Nacked: st.Nacked, Unacked: st.Sent - st.Acked - st.Nacked}
 			line, _ := json.Marshal(sum)
 			fmt.Fprintln(cmd.OutOrStdout(), string(line))
+			if err := p.Err(); err != nil {
+				return err // refused for good: a runtime error, not a wait that ran out
+			}
 			if sendErr != nil && !errors.Is(sendErr, context.Canceled) {
 				return sendErr
 			}
@@ -113,6 +124,7 @@ the hello and in every message.`,
 	f.Float64Var(&rate, "rate", 0, "messages per second, 0 for as fast as the window allows")
 	f.IntVar(&size, "size", 64, "payload size in bytes with --count")
 	f.IntVar(&window, "window", 10000, "most unacknowledged messages")
+	f.IntVar(&maxMsgBytes, "max-message-bytes", components.DefaultMaxMessageBytes, "largest message sent, encoded (an intermediate's --max-message-bytes; the smallest one reached applies)")
 	f.DurationVar(&closeTimeout, "close-timeout", 60*time.Second, "how long to wait for acknowledgements at the end")
 	tlsf = addTLSFlags(r, f, false)
 	return c

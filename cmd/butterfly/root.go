@@ -1,10 +1,12 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -35,6 +37,8 @@ type rootCommand struct {
 	etcd          etcdclient.Config // TLS and auth flags; endpoints and timeout are set by etcdClient
 
 	logger *slog.Logger
+	// plaintextWarned makes the plaintext gRPC warning one per process.
+	plaintextWarned sync.Once
 	// fromEnv maps the flags set from BUTTERFLY_* variables to the variable.
 	fromEnv map[string]string
 }
@@ -68,7 +72,7 @@ as underscores: --etcd-endpoints is BUTTERFLY_ETCD_ENDPOINTS.
 	pf.StringSliceVar(&r.etcdEndpoints, "etcd-endpoints", []string{"127.0.0.1:2379"}, "etcd client endpoints, comma-separated")
 	pf.StringVar(&r.prefix, "prefix", registry.DefaultPrefix, "etcd key prefix of the mesh")
 	pf.StringVar(&r.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	pf.DurationVar(&r.dialTimeout, "etcd-dial-timeout", 5*time.Second, "how long to wait for etcd at start")
+	pf.DurationVar(&r.dialTimeout, "etcd-dial-timeout", 5*time.Second, "how long to wait for etcd at start; a command it never answers exits 1")
 	pf.StringVar(&r.etcd.CACert, "etcd-cacert", "", "PEM CA bundle that signs the etcd servers' certificates (TLS to etcd)")
 	pf.StringVar(&r.etcd.Cert, "etcd-cert", "", "PEM client certificate for etcd")
 	pf.StringVar(&r.etcd.Key, "etcd-key", "", "PEM private key of --etcd-cert")
@@ -155,6 +159,9 @@ func (r *rootCommand) etcdClient() (*clientv3.Client, error) {
 		return nil, &usageError{err}
 	}
 	cli, err := etcdclient.New(cfg, r.logger)
+	if errors.Is(err, etcdclient.ErrUnreachable) {
+		return nil, err // it names the endpoints
+	}
 	if err != nil {
 		return nil, fmt.Errorf("etcd %v: %w", r.etcdEndpoints, err)
 	}

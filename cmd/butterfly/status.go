@@ -144,6 +144,7 @@ interrupted.
 	f.DurationVar(&timeout, "timeout", 2*time.Second, "how long to wait for each instance's status")
 	f.BoolVar(&asJSON, "json", false, "print JSON instead of a table (one array per refresh)")
 	tlsf = addTLSFlags(r, f, false)
+	tlsf.readOnly = true
 	return c
 }
 

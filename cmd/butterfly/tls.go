@@ -34,6 +34,9 @@ type tlsFlags struct {
 	files      tlsutil.Files
 	serverName string
 	insecure   bool
+	// readOnly is set by commands that only read (status): they log no
+	// plaintext warning.
+	readOnly bool
 }
 
 // addTLSFlags registers the flags on f: --tls-client-auth only for servers,
@@ -76,7 +79,7 @@ func (t *tlsFlags) plaintext(logger *slog.Logger, hosts ...string) (bool, error)
 		return false, nil
 	}
 	if t.insecure {
-		logger.Warn("plaintext gRPC (--insecure): connections are neither encrypted nor authenticated")
+		t.warnPlaintext(logger, "plaintext gRPC (--insecure): connections are neither encrypted nor authenticated")
 		return true, nil
 	}
 	all := append(append([]string(nil), t.root.etcdEndpoints...), hosts...)
@@ -86,8 +89,17 @@ func (t *tlsFlags) plaintext(logger *slog.Logger, hosts ...string) (bool, error)
 				"pass the TLS flags (see `butterfly certs`), or --insecure to accept plaintext gRPC", h)
 		}
 	}
-	logger.Warn("plaintext gRPC on loopback: no --tls-* flags; pass them (or --insecure) for other networks")
+	t.warnPlaintext(logger, "plaintext gRPC on loopback: no --tls-* flags; pass them (or --insecure) for other networks")
 	return true, nil
+}
+
+// warnPlaintext logs msg at WARN once per process, and never for a
+// read-only command.
+func (t *tlsFlags) warnPlaintext(logger *slog.Logger, msg string) {
+	if t.readOnly {
+		return
+	}
+	t.root.plaintextWarned.Do(func() { logger.Warn(msg) })
 }
 
 // clientCreds returns the transport credentials of a client: TLS from the

@@ -172,7 +172,7 @@ func serve(register func(*grpc.Server)) (string, func(), error) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		s.Serve(lis)
+		s.Serve(lis) //nolint:errcheck // it returns once the stop function stops the server
 	}()
 	return lis.Addr().String(), func() { s.Stop(); wg.Wait() }, nil
 }

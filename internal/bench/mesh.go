@@ -419,7 +419,7 @@ func (m *mesh) close(ctx context.Context) {
 	m.mu.Unlock()
 	for _, bs := range servers {
 		bs.srv.Stop()
-		<-bs.done
+		<-bs.done //nolint:errcheck // Serve ends because of Stop: its error says nothing more
 		if bs.proxy != nil {
 			bs.proxy.Close()
 		}

@@ -11,8 +11,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
@@ -43,6 +46,10 @@ type Config struct {
 	// LogLevel is etcd's own log level ("debug", "info", "warn", "error");
 	// default "error", logs off when "off".
 	LogLevel string
+	// Logger receives etcd's log entries at LogLevel and above, without
+	// stack traces; while the member starts or stops, its warnings and
+	// errors are logged at debug level. Default: no logs.
+	Logger *slog.Logger
 	// StartTimeout bounds how long Start waits for the member to be ready;
 	// default 60s (a member of a new cluster waits for a quorum).
 	StartTimeout time.Duration
@@ -122,6 +129,7 @@ func parseURL(s string) (url.URL, error) {
 type Server struct {
 	e       *embed.Etcd
 	clients []string
+	quiet   *atomic.Bool // etcd's warnings and errors at debug level: set while it stops
 }
 
 // Start starts the member and waits until it serves clients.
@@ -154,13 +162,22 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	ec.InitialCluster = cfg.InitialCluster
 	ec.ClusterState = cfg.InitialClusterState
 	ec.InitialClusterToken = cfg.InitialClusterToken
-	if cfg.LogLevel == "off" {
-		ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	} else {
-		ec.LogLevel = cfg.LogLevel
+	level, err := zapLevel(cfg.LogLevel)
+	if err != nil {
+		return nil, fmt.Errorf("embedetcd: log level: %w", err)
 	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	quiet := new(atomic.Bool)
+	quiet.Store(true)
+	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.New(&slogCore{logger: logger, level: level, quiet: quiet}))
 	e, err := embed.StartEtcd(ec)
 	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return nil, fmt.Errorf("embedetcd: an address is taken (another etcd running?): %w", err)
+		}
 		return nil, fmt.Errorf("embedetcd: start: %w", err)
 	}
 	timer := time.NewTimer(cfg.StartTimeout)
@@ -177,7 +194,8 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		e.Close()
 		return nil, ctx.Err()
 	}
-	s := &Server{e: e}
+	quiet.Store(false)
+	s := &Server{e: e, quiet: quiet}
 	for _, l := range e.Clients {
 		s.clients = append(s.clients, l.Addr().String())
 	}
@@ -192,6 +210,7 @@ func (s *Server) Err() <-chan error { return s.e.Err() }
 
 // Close stops the member and waits for it.
 func (s *Server) Close() {
+	s.quiet.Store(true)
 	s.e.Close()
 	<-s.e.Server.StopNotify()
 }

@@ -1,9 +1,11 @@
 package etcdclient
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -11,6 +13,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/connectivity"
 )
 
 // Reconnection: etcd should be found again well within a registration's
@@ -26,6 +29,11 @@ const (
 // authentication, a short reconnection backoff (100ms growing to 2s), gRPC
 // keepalives on open streams, and no logging of its own (etcd's zap logger is
 // a no-op; logger gets one line per client).
+//
+// New returns once a connection to one of the endpoints is up: when none
+// answers within the dial timeout it fails with ErrUnreachable, naming the
+// endpoints and the timeout. An outage that starts later is the caller's to
+// ride out.
 //
 // With a user, New authenticates before it returns and fails with
 // ErrAuthFailed on a wrong user or password. Later requests that etcd refuses
@@ -75,6 +83,33 @@ func New(cfg Config, logger *slog.Logger) (*clientv3.Client, error) {
 		}
 		return nil, fmt.Errorf("etcdclient: connect to %v: %w", cfg.Endpoints, err)
 	}
+	if !waitReady(cli, dialTimeout) {
+		cli.Close()
+		hint := ""
+		if tlsCfg != nil {
+			hint = "; with TLS, check --etcd-cacert, --etcd-cert and --etcd-key"
+		}
+		return nil, fmt.Errorf("%w: no answer from %s within %v (--etcd-dial-timeout)%s",
+			ErrUnreachable, strings.Join(cfg.Endpoints, ","), dialTimeout, hint)
+	}
 	logger.Debug("etcdclient: client ready", "endpoints", cfg.Endpoints, "tls", tlsCfg != nil, "user", user)
 	return cli, nil
+}
+
+// waitReady waits up to timeout for the client's connection to one of its
+// endpoints to be up, and reports whether it is.
+func waitReady(cli *clientv3.Client, timeout time.Duration) bool {
+	ctx, cancel := context.WithTimeout(cli.Ctx(), timeout)
+	defer cancel()
+	conn := cli.ActiveConnection()
+	conn.Connect()
+	for {
+		s := conn.GetState()
+		if s == connectivity.Ready {
+			return true
+		}
+		if !conn.WaitForStateChange(ctx, s) {
+			return false
+		}
+	}
 }

@@ -1,6 +1,8 @@
 package etcdclient
 
 import (
+	"errors"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -76,5 +78,30 @@ func TestNew_InvalidConfig(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 			t.Errorf("New(%+v) = %v, want an error containing %q", tc.cfg, err, tc.wantErr)
 		}
+	}
+}
+
+// TestNew_Unreachable checks that New fails after the dial timeout, not
+// later, with ErrUnreachable naming the endpoints and the timeout, when no
+// endpoint answers.
+func TestNew_Unreachable(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("net.Listen() = %v", err)
+	}
+	ep := l.Addr().String()
+	l.Close() // nothing listens there now: connections are refused
+	start := time.Now()
+	cli, err := New(Config{Endpoints: []string{ep}, DialTimeout: 300 * time.Millisecond}, nil)
+	took := time.Since(start)
+	if err == nil {
+		cli.Close()
+		t.Fatalf("New(%s) = nil error, want ErrUnreachable", ep)
+	}
+	if !errors.Is(err, ErrUnreachable) || !strings.Contains(err.Error(), ep) || !strings.Contains(err.Error(), "300ms (--etcd-dial-timeout)") {
+		t.Errorf("New(%s) = %v, want ErrUnreachable naming %s and 300ms (--etcd-dial-timeout)", ep, err, ep)
+	}
+	if took < 300*time.Millisecond || took > 2*time.Second {
+		t.Errorf("New(%s) took %v, want about the 300ms dial timeout", ep, took)
 	}
 }

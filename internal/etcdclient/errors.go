@@ -21,6 +21,9 @@ var (
 	ErrAuthFailed = errors.New("etcd: authentication failed (--etcd-user, --etcd-password)")
 	// ErrPermissionDenied: the user's roles do not grant the request.
 	ErrPermissionDenied = errors.New("etcd: permission denied")
+	// ErrUnreachable: no endpoint answered within the dial timeout
+	// (--etcd-dial-timeout).
+	ErrUnreachable = errors.New("etcd unreachable")
 )
 
 // explainedError is an etcd error with the flag to fix in front.

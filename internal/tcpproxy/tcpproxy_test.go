@@ -2,6 +2,7 @@ package tcpproxy
 
 import (
 	"bufio"
+	"errors"
 	"net"
 	"testing"
 	"time"
@@ -71,7 +72,7 @@ func TestProxy_Blackhole(t *testing.T) {
 	}
 	p.Blackhole(true)
 	got, err := roundTrip("two", 50*time.Millisecond)
-	if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
+	if ne := net.Error(nil); !errors.As(err, &ne) || !ne.Timeout() {
 		t.Fatalf("roundTrip(two) while blackholed = %q, %v, want a timeout", got, err)
 	}
 	p.Blackhole(false)

@@ -85,7 +85,7 @@ func DialOptions(o Observe) ([]grpc.DialOption, error) {
 		stream = append(stream, cm.StreamClientInterceptor())
 	}
 	if o.Logger != nil {
-		lopts := logOptions(logging.DefaultClientCodeToLevel)
+		lopts := logOptions(clientCodeToLevel)
 		unary = append(unary, logging.UnaryClientInterceptor(slogLogger(o.Logger), lopts...))
 		stream = append(stream, logging.StreamClientInterceptor(slogLogger(o.Logger), lopts...))
 	}
@@ -93,6 +93,17 @@ func DialOptions(o Observe) ([]grpc.DialOption, error) {
 		opts = append(opts, grpc.WithChainUnaryInterceptor(unary...), grpc.WithChainStreamInterceptor(stream...))
 	}
 	return opts, nil
+}
+
+// clientCodeToLevel is go-grpc-middleware's level of a client RPC's code,
+// but UNAVAILABLE at debug level: a stream to an instance that is starting,
+// moving or gone fails so while the membership catches up, and the
+// components retry it and report, rate-limited, what they wait for.
+func clientCodeToLevel(c codes.Code) logging.Level {
+	if c == codes.Unavailable {
+		return logging.LevelDebug
+	}
+	return logging.DefaultClientCodeToLevel(c)
 }
 
 // logOptions logs the end of every RPC with its peer and trace ids; an RPC

@@ -1,0 +1,64 @@
+package components
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// TestRefusal_Classify checks which errors of a stream's opening stop a
+// component for good, and which are retried: a refusal of the hello or a TLS
+// mismatch stops it; an instance that is gone, restarting or closed a TLS
+// client's connection does not, nor does a plaintext client's connection
+// closed by a server that does not speak TLS.
+func TestRefusal_Classify(t *testing.T) {
+	tlsSrv := httptest.NewTLSServer(http.NotFoundHandler())
+	defer tlsSrv.Close()
+	tlsAddr := tlsSrv.Listener.Addr().String()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("net.Listen() = %v", err)
+	}
+	closedAddr := l.Addr().String()
+	l.Close()
+	unavailable := func(msg string) error { return status.Error(codes.Unavailable, msg) }
+	const preface = `butterfly: instance unavailable: i1: connection in TRANSIENT_FAILURE: connection error: desc = "error reading server preface: EOF"`
+	for _, tc := range []struct {
+		name      string
+		err       error
+		addr      string
+		plaintext bool
+		want      error // nil: retried
+	}{
+		{"permission denied", status.Error(codes.PermissionDenied, `intermediate: hello producer_id "p2" is not "p1"`), tlsAddr, false, ErrRefused},
+		{"unauthenticated", status.Error(codes.Unauthenticated, "no"), tlsAddr, false, ErrRefused},
+		{"invalid hello", status.Error(codes.InvalidArgument, "intermediate: hello without producer_id"), tlsAddr, false, ErrRefused},
+		{"TLS client, plaintext server", unavailable(`connection error: desc = "transport: authentication handshake failed: tls: first record does not look like a TLS handshake"`), closedAddr, false, ErrTLSMismatch},
+		{"unknown CA", unavailable(`connection error: desc = "transport: authentication handshake failed: tls: failed to verify certificate: x509: certificate signed by unknown authority"`), tlsAddr, false, ErrTLSMismatch},
+		{"no client certificate", unavailable(`connection error: desc = "error reading server preface: remote error: tls: certificate required"`), tlsAddr, false, ErrTLSMismatch},
+		{"plaintext client, TLS server", unavailable(preface), tlsAddr, true, ErrTLSMismatch},
+		{"plaintext client, server gone", unavailable(preface), closedAddr, true, nil},
+		{"TLS client, server gone mid-handshake", unavailable(`connection error: desc = "transport: authentication handshake failed: read tcp 127.0.0.1:1->127.0.0.2:2: read: connection reset by peer"`), tlsAddr, false, nil},
+		{"TLS client, preface EOF", unavailable(preface), tlsAddr, false, nil},
+		{"refused", unavailable(`connection error: desc = "transport: Error while dialing: dial tcp 127.0.0.2:7001: connect: connection refused"`), closedAddr, true, nil},
+		{"not yet in the picker", unavailable("butterfly: instance unavailable: i1: not an instance of service intermediate"), closedAddr, true, nil},
+		{"group deleted", status.Error(codes.FailedPrecondition, "intermediate: group deleted"), tlsAddr, true, nil},
+		{"deadline", status.Error(codes.DeadlineExceeded, "slow"), tlsAddr, true, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := refusal(context.Background(), "producer p1", "i1", tc.addr, tc.plaintext, tc.err)
+			switch {
+			case tc.want == nil && r != nil:
+				t.Errorf("refusal(%v) = %v, want nil (retried)", tc.err, r)
+			case tc.want != nil && (r == nil || !errors.Is(r, tc.want) || r.Instance != "i1" || r.Addr != tc.addr):
+				t.Errorf("refusal(%v) = %v, want %v naming i1 at %s", tc.err, r, tc.want, tc.addr)
+			}
+		})
+	}
+}

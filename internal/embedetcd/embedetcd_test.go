@@ -1,0 +1,102 @@
+package embedetcd
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/butterfly-mesh/butterfly/internal/etcdtest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, etcdtest.LeakOptions()...)
+}
+
+// levels is a slog.Handler that keeps the level and message of every record.
+type levels struct {
+	mu   sync.Mutex
+	recs []slog.Record
+}
+
+func (h *levels) Enabled(context.Context, slog.Level) bool { return true }
+func (h *levels) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.recs = append(h.recs, r)
+	return nil
+}
+func (h *levels) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *levels) WithGroup(string) slog.Handler      { return h }
+
+// freeAddr returns a loopback address whose port was free a moment ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("net.Listen() = %v", err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// TestStart_LogsThroughSlog checks that the member's logs reach the logger,
+// prefixed with "etcd: ", and that a start and a normal stop log nothing at
+// WARN or above.
+func TestStart_LogsThroughSlog(t *testing.T) {
+	h := &levels{}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	srv, err := Start(ctx, Config{
+		DataDir: t.TempDir(), ListenClient: "http://" + freeAddr(t), ListenPeer: "http://" + freeAddr(t),
+		LogLevel: "info", Logger: slog.New(h),
+	})
+	if err != nil {
+		t.Fatalf("Start() = %v", err)
+	}
+	srv.Close()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	info := 0
+	for _, r := range h.recs {
+		if !strings.HasPrefix(r.Message, "etcd: ") {
+			t.Errorf("record %q, want it prefixed with \"etcd: \"", r.Message)
+		}
+		if r.Level >= slog.LevelWarn {
+			t.Errorf("record %s %q during a normal start and stop, want none at WARN or above", r.Level, r.Message)
+		}
+		if r.Level == slog.LevelInfo {
+			info++
+		}
+	}
+	if info == 0 {
+		t.Errorf("%d records, none at INFO; want etcd's info logs", len(h.recs))
+	}
+}
+
+// TestStart_PortTaken checks that a client port that is taken fails Start at
+// once with an error that says so.
+func TestStart_PortTaken(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("net.Listen() = %v", err)
+	}
+	defer l.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	srv, err := Start(ctx, Config{DataDir: t.TempDir(), ListenClient: "http://" + l.Addr().String(), ListenPeer: "http://" + freeAddr(t)})
+	if err == nil {
+		srv.Close()
+		t.Fatalf("Start() on a taken port = nil error")
+	}
+	if !errors.Is(err, syscall.EADDRINUSE) || !strings.Contains(err.Error(), "an address is taken") || !strings.Contains(err.Error(), l.Addr().String()) {
+		t.Errorf("Start() on a taken port = %v, want EADDRINUSE naming %s", err, l.Addr())
+	}
+}
