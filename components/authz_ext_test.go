@@ -19,7 +19,6 @@ import (
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/intermediate"
-	"github.com/butterfly-mesh/butterfly/internal/logtest"
 	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
 )
 
@@ -127,16 +126,24 @@ func TestRoles_HostileClients(t *testing.T) {
 	})
 
 	t.Run("producer with another's certificate", func(t *testing.T) {
-		var logs logtest.Recorder
-		p3 := m.producer("p3", components.WithTransportCredentials(p1), components.WithLogger(logs.Logger()))
+		p3 := m.producer("p3", components.WithTransportCredentials(p1))
 		if _, err := p3.Send(context.Background(), &messagev1.Message{Payload: []byte("p3")}); err != nil {
 			t.Fatalf("Send() = %v", err)
 		}
-		waitUntil(t, "producer p3 told its stream is refused", func() bool { return logs.Has("publish stream refused") })
+		select {
+		case <-p3.Done():
+		case <-time.After(defaultTestTimeout):
+			t.Fatalf("producer p3 not stopped within %v", defaultTestTimeout)
+		}
+		var refused *components.RefusedError
+		if err := p3.Err(); !errors.As(err, &refused) || refused.Code != codes.PermissionDenied || !errors.Is(err, components.ErrRefused) {
+			t.Fatalf("Err() of p3 = %v, want a PermissionDenied RefusedError", err)
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 		defer cancel()
-		if err := p3.Close(ctx); err == nil || !strings.Contains(err.Error(), "with 1 messages unacknowledged") {
-			t.Fatalf("Close() of p3 = %v, want an error naming its 1 unacknowledged message", err)
+		var ce *components.CloseError
+		if err := p3.Close(ctx); !errors.As(err, &ce) || ce.Unacked != 1 || !errors.Is(err, components.ErrRefused) {
+			t.Fatalf("Close() of p3 = %v, want a CloseError with its 1 unacknowledged message and the refusal", err)
 		}
 	})
 
