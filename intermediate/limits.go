@@ -106,7 +106,7 @@ func validateEnvelope(m *messagev1.Message, size int, l limits) error {
 	// A seq far above the producer's mark would make consumers forget what
 	// they handled of that producer (see butterfly.MaxSeqSpan).
 	if err := butterfly.CheckSeqWindow(id.GetSeq(), m.GetLowWaterSeq()); err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalidEnvelope, err)
+		return fmt.Errorf("%w: %w", ErrInvalidEnvelope, err)
 	}
 	return checkMessageLimits(m, size, l)
 }
