@@ -88,8 +88,9 @@ func TestCLI_RoleCertificates(t *testing.T) {
 	}
 }
 
-// TestIntermediateFlags_Budgets checks that the byte budget, stream cap and
-// connection timeout flags refuse values out of range, naming the flag.
+// TestIntermediateFlags_Budgets checks that the byte budget, stream cap,
+// connection timeout, peer heartbeat cap and credit cap flags refuse values
+// out of range, naming the flag.
 func TestIntermediateFlags_Budgets(t *testing.T) {
 	base := []string{"intermediate", "--name", "i1", "--listen", "127.0.0.1:0"}
 	for _, tc := range []struct {
@@ -101,6 +102,8 @@ func TestIntermediateFlags_Budgets(t *testing.T) {
 		{[]string{"--max-streams", "-1"}, "--max-streams -1"},
 		{[]string{"--connection-timeout", "0s"}, "--connection-timeout 0s"},
 		{[]string{"--budget-wait", "0s"}, "--budget-wait 0s"},
+		{[]string{"--max-peer-heartbeat", "2m"}, "--max-peer-heartbeat 2m0s: must be within [1ms, 1m]"},
+		{[]string{"--max-credit", "0"}, "--max-credit 0: must be at least 1"},
 	} {
 		_, err := executeCommand(t, append(base, tc.args...)...)
 		var ue *usageError

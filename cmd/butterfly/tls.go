@@ -169,8 +169,8 @@ func isLoopback(addr string) bool {
 type limitFlags struct {
 	maxMessageBytes, maxHeaders, maxHeaderBytes, maxStreamsPerPeer int
 	maxBatchMessages, maxBatchBytes, maxInFlight                   int
-	maxInFlightBytes, memoryBudget, maxStreams                     int
-	budgetWait, connectionTimeout                                  time.Duration
+	maxInFlightBytes, memoryBudget, maxStreams, maxCredit          int
+	budgetWait, connectionTimeout, maxPeerHeartbeat                time.Duration
 }
 
 func addLimitFlags(f *pflag.FlagSet) *limitFlags {
@@ -187,6 +187,8 @@ func addLimitFlags(f *pflag.FlagSet) *limitFlags {
 	f.DurationVar(&l.budgetWait, "budget-wait", intermediate.DefaultBudgetWait, "how long a batch over --max-in-flight-bytes or --memory-budget waits for room before it is handed back (UNAVAILABLE) to be sent again")
 	f.IntVar(&l.maxStreams, "max-streams", intermediate.DefaultMaxStreams, "most open streams in the whole process (0: no limit)")
 	f.DurationVar(&l.connectionTimeout, "connection-timeout", intermediate.DefaultConnectionTimeout, "how long a new connection may take to finish its TLS handshake and HTTP/2 preface before it is closed")
+	f.DurationVar(&l.maxPeerHeartbeat, "max-peer-heartbeat", intermediate.DefaultMaxPeerHeartbeat, "longest heartbeat interval a client may declare; a silent stream ends after five of it (the welcome states both)")
+	f.IntVar(&l.maxCredit, "max-credit", intermediate.DefaultMaxCredit, "most unspent credit a consumer may hold on a subscribe stream (the welcome states it)")
 	return l
 }
 
@@ -202,7 +204,7 @@ func (l *limitFlags) options() ([]intermediate.Option, error) {
 		{"max-streams-per-peer", l.maxStreamsPerPeer, 0}, {"max-batch-messages", l.maxBatchMessages, 1},
 		{"max-batch-bytes", l.maxBatchBytes, 1}, {"max-in-flight", l.maxInFlight, 1},
 		{"max-in-flight-bytes", l.maxInFlightBytes, l.maxBatchBytes}, {"memory-budget", l.memoryBudget, l.maxInFlightBytes},
-		{"max-streams", l.maxStreams, 0},
+		{"max-streams", l.maxStreams, 0}, {"max-credit", l.maxCredit, 1},
 	} {
 		if f.v < f.min {
 			return nil, usagef("--%s %d: must be at least %d", f.name, f.v, f.min)
@@ -210,6 +212,12 @@ func (l *limitFlags) options() ([]intermediate.Option, error) {
 	}
 	if l.budgetWait <= 0 || l.connectionTimeout <= 0 {
 		return nil, usagef("--budget-wait %v and --connection-timeout %v: must be positive", l.budgetWait, l.connectionTimeout)
+	}
+	if l.maxPeerHeartbeat < time.Millisecond || l.maxPeerHeartbeat > time.Minute {
+		return nil, usagef("--max-peer-heartbeat %v: must be within [1ms, 1m]", l.maxPeerHeartbeat)
+	}
+	if l.maxCredit > 1<<31 {
+		return nil, usagef("--max-credit %d: must be at most %d", l.maxCredit, 1<<31)
 	}
 	if l.maxMessageBytes > l.maxBatchBytes {
 		return nil, usagef("--max-message-bytes %d exceeds --max-batch-bytes %d", l.maxMessageBytes, l.maxBatchBytes)
@@ -224,5 +232,7 @@ func (l *limitFlags) options() ([]intermediate.Option, error) {
 		intermediate.WithMemoryBudget(l.memoryBudget, l.budgetWait),
 		intermediate.WithMaxStreams(l.maxStreams),
 		intermediate.WithConnectionTimeout(l.connectionTimeout),
+		intermediate.WithMaxPeerHeartbeat(l.maxPeerHeartbeat),
+		intermediate.WithMaxCredit(l.maxCredit),
 	}, nil
 }
