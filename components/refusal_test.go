@@ -36,7 +36,7 @@ func TestRefusal_Classify(t *testing.T) {
 		plaintext bool
 		want      error // nil: retried
 	}{
-		{"permission denied", status.Error(codes.PermissionDenied, `intermediate: hello producer_id "p2" is not "p1"`), tlsAddr, false, ErrRefused},
+		{"permission denied", status.Error(codes.PermissionDenied, `intermediate: the client certificate (producer/p1) may not publish as producer "p2"`), tlsAddr, false, ErrRefused},
 		{"unauthenticated", status.Error(codes.Unauthenticated, "no"), tlsAddr, false, ErrRefused},
 		{"invalid hello", status.Error(codes.InvalidArgument, "intermediate: hello without producer_id"), tlsAddr, false, ErrRefused},
 		{"TLS client, plaintext server", unavailable(`connection error: desc = "transport: authentication handshake failed: tls: first record does not look like a TLS handshake"`), closedAddr, false, ErrTLSMismatch},

@@ -133,7 +133,7 @@ func TestCLI_ComponentFailures(t *testing.T) {
 		name:     "mutual TLS refuses the id",
 		args:     append([]string{"produce", "--id", "p2", "--service", "tls", "--count", "5"}, client...),
 		wantCode: exitError,
-		wantLast: "butterfly: producer p2: instance tls1 at " + tlsSrv.Addr + ` refused it: PermissionDenied: intermediate: hello producer_id "p2" is not "p1"`,
+		wantLast: "butterfly: producer p2: instance tls1 at " + tlsSrv.Addr + ` refused it: PermissionDenied: intermediate: the client certificate (producer/p1) may not publish as producer "p2"`,
 		maxTook:  5 * time.Second,
 	}, {
 		name:     "no client certificate for mutual TLS",
