@@ -104,9 +104,8 @@ type Consumer struct {
 	inProgress map[msgKey]*job
 	queue      []*job
 	pending    int // jobs queued or running
-	// idleSince is when the membership became empty (zero while it is
-	// not); idleLog when that was last logged.
-	idleSince, idleLog time.Time
+	// idle says when the membership has been empty.
+	idle idleLog
 }
 
 // NewConsumer returns a consumer named id that hands every message routed to
@@ -429,17 +428,9 @@ func (c *Consumer) Err() error {
 // that the consumer waits for one: after idleLogAfter, then every
 // waitingLogEvery.
 func (c *Consumer) idleLocked(now time.Time) {
-	if len(c.links) > 0 || c.closing {
-		c.idleSince = time.Time{}
+	if !c.idle.due(now, len(c.links) == 0 && !c.closing) {
 		return
 	}
-	if c.idleSince.IsZero() {
-		c.idleSince = now
-	}
-	if now.Sub(c.idleSince) < idleLogAfter || now.Sub(c.idleLog) < waitingLogEvery {
-		return
-	}
-	c.idleLog = now
 	c.log.Warn("no instance of service " + c.cfg.service + " is registered (waiting)")
 }
 

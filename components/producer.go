@@ -94,9 +94,8 @@ type Producer struct {
 	// waitDetail is the last NO_CONSUMER hand-back's detail, at waitAt.
 	waitDetail string
 	waitAt     time.Time
-	// idleSince is when messages began to wait with no stream to take
-	// them (zero while there is one); idleLog when that was last logged.
-	idleSince, idleLog time.Time
+	// idle says when messages have waited with no stream to take them.
+	idle idleLog
 }
 
 // seqSpan is how far a new seq may lie above the low-water mark:
@@ -406,6 +405,29 @@ func (p *Producer) waitSpanLocked(ctx context.Context, msg *messagev1.Message) e
 // failover settles well within it.
 const idleLogAfter = time.Second
 
+// idleLog paces a "waiting" warning: due after a condition has held for
+// idleLogAfter, then every waitingLogEvery while it holds.
+type idleLog struct {
+	since, last time.Time // since is zero while the condition does not hold
+}
+
+// due records whether the condition holds at now and reports whether it is
+// time to say so.
+func (l *idleLog) due(now time.Time, holds bool) bool {
+	if !holds {
+		l.since = time.Time{}
+		return false
+	}
+	if l.since.IsZero() {
+		l.since = now
+	}
+	if now.Sub(l.since) < idleLogAfter || now.Sub(l.last) < waitingLogEvery {
+		return false
+	}
+	l.last = now
+	return true
+}
+
 // waitReasonLocked says what unsettled messages wait for, "" when it is
 // not known: no stream takes them (no instance registered, or none
 // answers), or they came back for want of a consumer lately.
@@ -438,17 +460,9 @@ func (p *Producer) idleLocked(now time.Time) {
 			break
 		}
 	}
-	if ready || p.unsettled == 0 {
-		p.idleSince = time.Time{}
+	if !p.idle.due(now, !ready && p.unsettled > 0) {
 		return
 	}
-	if p.idleSince.IsZero() {
-		p.idleSince = now
-	}
-	if now.Sub(p.idleSince) < idleLogAfter || now.Sub(p.idleLog) < waitingLogEvery {
-		return
-	}
-	p.idleLog = now
 	if len(p.links) == 0 {
 		p.log.Warn("no instance of service "+p.cfg.service+" is registered (waiting)", "held", p.unsettled)
 		return
