@@ -253,7 +253,13 @@ func TestCLI_DrainWait(t *testing.T) {
 		t.Fatalf("os.Create() = %v", err)
 	}
 	defer watchFile.Close()
-	watch := exec.Command("go", "tool", "-modfile=../tools/go.mod", "grpcurl", "-plaintext", "-d", "{}", s1.Addr, "grpc.health.v1.Health/Watch")
+	// Build grpcurl first, so the wait below is for the stream, not the
+	// compiler.
+	grpcurl := filepath.Join(m.dir, "grpcurl")
+	if out, err := exec.Command("go", "build", "-modfile=../tools/go.mod", "-o", grpcurl, "github.com/fullstorydev/grpcurl/cmd/grpcurl").CombinedOutput(); err != nil {
+		t.Fatalf("go build grpcurl: %v\n%s", err, out)
+	}
+	watch := exec.Command(grpcurl, "-plaintext", "-d", "{}", s1.Addr, "grpc.health.v1.Health/Watch")
 	watch.Stdout, watch.Stderr = watchFile, watchFile
 	if err := watch.Start(); err != nil {
 		t.Fatalf("grpcurl Health/Watch: %v", err)

@@ -365,6 +365,9 @@ func (m *mesh) handled() (map[string]map[uint64]int, map[string]int) {
 			}
 			m.t.Fatalf("read %s: %v", f, err)
 		}
+		// A consumer may be writing its last line right now: read only
+		// whole lines.
+		b = b[:bytes.LastIndexByte(b, '\n')+1]
 		sc := bufio.NewScanner(bytes.NewReader(b))
 		for sc.Scan() {
 			parts := strings.Split(sc.Text(), "\t")
