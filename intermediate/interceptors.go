@@ -10,7 +10,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
@@ -117,8 +116,8 @@ func validateFrame(req *deliveryv1.PublishRequest, l limits) error {
 }
 
 // checkBatch checks the message count of a batch and, for a batch of more
-// than one message, its size (a single message is held to
-// max-message-bytes instead).
+// than one message, its size, the sum of its messages' envelope sizes (a
+// single message is held to max-message-bytes instead).
 func checkBatch(msgs []*messagev1.Message, l limits) error {
 	if len(msgs) > l.maxBatchMessages {
 		return fmt.Errorf("batch of %d messages %w max-batch-messages %d", len(msgs), ErrBatchTooLarge, l.maxBatchMessages)
@@ -128,7 +127,7 @@ func checkBatch(msgs []*messagev1.Message, l limits) error {
 	}
 	total := 0
 	for _, m := range msgs {
-		total += proto.Size(m)
+		total += envelopeSize(m)
 	}
 	if total > l.maxBatchBytes {
 		return fmt.Errorf("batch of %d bytes %w max-batch-bytes %d", total, ErrBatchTooLarge, l.maxBatchBytes)
@@ -141,7 +140,7 @@ func validateUnary(l limits) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		if r, ok := req.(*deliveryv1.ProcessRequest); ok && r.GetMessage() != nil {
 			m := r.GetMessage()
-			if err := checkMessageLimits(m, proto.Size(m), l); err != nil {
+			if err := checkMessageLimits(m, envelopeSize(m), l); err != nil {
 				return nil, status.Error(codes.ResourceExhausted, "intermediate: "+err.Error())
 			}
 		}

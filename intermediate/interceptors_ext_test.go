@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
@@ -133,6 +134,44 @@ func TestPublish_MessageLimits(t *testing.T) {
 	_, err := c.Process(r.ctx(), &deliveryv1.ProcessRequest{Message: &messagev1.Message{Payload: []byte(strings.Repeat("x", 300))}})
 	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "max-message-bytes 200") {
 		t.Errorf("Process(300 bytes) = %v, want RESOURCE_EXHAUSTED naming max-message-bytes 200", err)
+	}
+}
+
+// TestDelivery_ResendWithRoutesAtMessageLimit checks that a message exactly
+// at max-message-bytes, sent again with the routes an earlier attempt
+// learned, is delivered and acknowledged, and is held at its size without
+// the routes: the producer is limited on the message, not on what the
+// intermediates add to it.
+func TestDelivery_ResendWithRoutesAtMessageLimit(t *testing.T) {
+	const limit = 4096
+	r := newRig(t, intermediate.WithMaxBatch(16, limit), intermediate.WithMaxInFlightBytes(limit),
+		intermediate.WithMemoryBudget(limit, time.Minute))
+	sub := r.subscribe("c1", 10)
+	pub := r.producer("p1")
+	m := msg("p1", 1, "")
+	m.LowWaterSeq = 1
+	for proto.Size(m) < limit {
+		m.Payload = append(m.Payload, 'x')
+	}
+	if got := proto.Size(m); got != limit {
+		t.Fatalf("proto.Size(message) = %d, want %d", got, limit)
+	}
+	m.Routes = []*messagev1.Route{{Group: "audit", Consumer: "a1", Handled: true}, {Group: intermediate.DefaultGroup, Consumer: "c1"}}
+	sendBatch(t, pub, 1, m)
+	ds := nextDeliveries(t, sub)
+	if len(ds) != 1 || ds[0].GetMessage().GetId().GetSeq() != 1 || len(ds[0].GetMessage().GetRoutes()) != 0 {
+		t.Fatalf("deliveries = %v, want seq 1 without routes", ds)
+	}
+	if got := r.srv.HeldBytes(); got != limit {
+		t.Errorf("HeldBytes() while delivered = %d, want %d (the message without its routes)", got, limit)
+	}
+	ackDeliveries(t, sub, &deliveryv1.DeliveryAck{Acked: []*messagev1.SeqRange{{First: ds[0].GetDeliveryId(), Last: ds[0].GetDeliveryId()}}})
+	acked, nacked := collectAcks(t, pub, 1)
+	if !acked[1] || len(nacked) != 0 {
+		t.Fatalf("acked %v, nacked %v; want stream seq 1 acknowledged", acked, nacked)
+	}
+	if got := r.srv.HeldBytes(); got != 0 {
+		t.Errorf("HeldBytes() after the ack = %d, want 0", got)
 	}
 }
 

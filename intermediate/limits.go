@@ -9,6 +9,8 @@ import (
 	"unicode/utf8"
 
 	"google.golang.org/grpc/peer"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/butterfly-mesh/butterfly"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
@@ -65,6 +67,23 @@ func (o *options) effectiveMaxMessageBytes() int {
 	return o.maxMessageBytes
 }
 
+// routesField is the field number of Message.routes (message.proto).
+const routesField protowire.Number = 8
+
+// envelopeSize is the encoded size of m without its routes: what its
+// producer is limited on (payload, headers, id and the rest of its own
+// fields). Routes are what intermediates learned on an earlier attempt and
+// the producer sends back with the message; a message at max-message-bytes
+// must not be refused, or charged more, for carrying them. The size and
+// byte limits and the memory budget all count this size.
+func envelopeSize(m *messagev1.Message) int {
+	n := proto.Size(m)
+	for _, r := range m.GetRoutes() {
+		n -= protowire.SizeTag(routesField) + protowire.SizeBytes(proto.Size(r))
+	}
+	return n
+}
+
 // validateProducerID applies the rules of producer ids: non-empty valid UTF-8
 // of at most MaxProducerIDBytes, without '/', spaces or control characters.
 func validateProducerID(id string) error {
@@ -84,8 +103,8 @@ func validateProducerID(id string) error {
 	return nil
 }
 
-// validateEnvelope checks one published message of size bytes (its encoded
-// size): a well-formed id (producer id, seq > 0) and the size and header
+// validateEnvelope checks one published message of size bytes (its
+// envelopeSize): a well-formed id (producer id, seq > 0) and the size and header
 // limits.
 func validateEnvelope(m *messagev1.Message, size int, l limits) error {
 	id := m.GetId()

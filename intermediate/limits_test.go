@@ -62,6 +62,25 @@ func TestValidateEnvelope_Limits(t *testing.T) {
 	}
 }
 
+// TestEnvelopeSize_WithoutRoutes checks that envelopeSize is the encoded
+// size of a message as its producer first sent it, whatever routes it
+// carries.
+func TestEnvelopeSize_WithoutRoutes(t *testing.T) {
+	m := envelope("p1", 3, "payload", map[string]string{"k": "v"})
+	m.LowWaterSeq = 2
+	want := proto.Size(m)
+	for _, routes := range [][]*messagev1.Route{
+		nil,
+		{{Group: "g1", Consumer: "c1"}},
+		{{Group: "g1", Consumer: "c1", Handled: true}, {Group: strings.Repeat("g", 300), Consumer: "c2"}},
+	} {
+		m.Routes = routes
+		if got := envelopeSize(m); got != want {
+			t.Errorf("envelopeSize(message with %d routes) = %d, want %d", len(routes), got, want)
+		}
+	}
+}
+
 // TestValidateFrame_Statuses checks the statuses of malformed and oversized
 // publish frames.
 func TestValidateFrame_Statuses(t *testing.T) {

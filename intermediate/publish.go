@@ -197,14 +197,14 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 		return nil
 	}
 	s.mu.Unlock()
-	// Every message that may be held counts against the byte limits; one
-	// over max-message-bytes is handed back INVALID below and never held,
+	// Every message that may be held counts against the byte limits at its
+	// envelope size (without routes); one over max-message-bytes is handed back INVALID below and never held,
 	// so every batch fits once enough is freed.
 	lim := s.opts.limits()
 	sizes, charges := make([]int, len(msgs)), make([]int, len(msgs))
 	total := 0
 	for i, m := range msgs {
-		sizes[i] = proto.Size(m)
+		sizes[i] = envelopeSize(m)
 		if sizes[i] <= lim.maxMessageBytes {
 			charges[i] = sizes[i]
 			total += charges[i]
