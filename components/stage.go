@@ -13,7 +13,9 @@ import (
 )
 
 // Processor is a processing step a stage runs on every message before it
-// forwards it. The intermediate package's processors satisfy it.
+// forwards it. The result keeps the id and the low-water mark of the
+// message whatever the processor sets. The intermediate package's
+// processors satisfy it.
 type Processor interface {
 	Name() string
 	Process(ctx context.Context, msg *messagev1.Message) (*messagev1.Message, error)
@@ -112,8 +114,13 @@ func (s *Stage) forward(ctx context.Context, d *Delivery) error {
 		if out == nil {
 			return fmt.Errorf("%s: processor returned no message", s.proc.Name())
 		}
-		if out != msg && !proto.Equal(out.GetId(), msg.GetId()) {
-			out.Id = msg.GetId()
+		if out != msg {
+			// The forward keeps the message's identity and its
+			// producer's low-water mark, which consumers dedup by.
+			if !proto.Equal(out.GetId(), msg.GetId()) {
+				out.Id = msg.GetId()
+			}
+			out.LowWaterSeq = msg.GetLowWaterSeq()
 		}
 		msg = out
 	}

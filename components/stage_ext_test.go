@@ -2,10 +2,16 @@ package components_test
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/butterfly-mesh/butterfly/components"
+	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/intermediate"
 )
 
@@ -71,5 +77,80 @@ func TestStage_ThreeHop(t *testing.T) {
 	defer cancel2()
 	if err := stage.Close(ctx2); err != nil {
 		t.Errorf("stage Close() = %v, want nil", err)
+	}
+}
+
+// rebuild is a processor that returns a new message with only the payload
+// of msg, reversed: whatever else the result should keep is the caller's to
+// restore.
+type rebuild struct {
+	mu  sync.Mutex
+	lwm map[uint64]uint64 // low_water_seq of each seq it processed
+}
+
+func (*rebuild) Name() string { return "rebuild" }
+
+func (r *rebuild) Process(_ context.Context, msg *messagev1.Message) (*messagev1.Message, error) {
+	r.mu.Lock()
+	r.lwm[msg.GetId().GetSeq()] = msg.GetLowWaterSeq()
+	r.mu.Unlock()
+	p := slices.Clone(msg.GetPayload())
+	slices.Reverse(p)
+	return &messagev1.Message{Payload: p}, nil
+}
+
+// TestStage_ProcessorKeepsLowWater checks that a message rewritten by a
+// processor keeps the low-water mark its producer gave it, through an
+// intermediate's processor and through a stage's.
+func TestStage_ProcessorKeepsLowWater(t *testing.T) {
+	m := newMesh(t)
+	hubProc, stageProc := &rebuild{lwm: map[uint64]uint64{}}, &rebuild{lwm: map[uint64]uint64{}}
+	r1 := m.startHub("requests", "r1", "127.0.0.1", intermediate.WithProcessor(hubProc))
+	s1 := m.startHub("replies", "s1", "127.0.0.1")
+	var (
+		mu     sync.Mutex
+		atSink = map[uint64]uint64{}
+	)
+	m.consumer("sink", func(_ context.Context, d *components.Delivery) error {
+		mu.Lock()
+		defer mu.Unlock()
+		atSink[d.Message.GetId().GetSeq()] = d.Message.GetLowWaterSeq()
+		return nil
+	}, components.WithService("replies"))
+	stage, err := components.NewStage(m.cli, "stage", "requests", "replies",
+		components.WithPrefix(testPrefix), components.WithLogger(m.log), components.WithProcessor(stageProc))
+	if err != nil {
+		t.Fatalf("NewStage() = %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+		defer cancel()
+		_ = stage.Close(ctx)
+	})
+	waitConsumers(t, 1, r1, s1)
+	src := m.producer("src", components.WithService("requests"))
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	const n = 5
+	// One at a time: each message is the oldest unacknowledged one, so its
+	// mark is its own seq.
+	for i := range n {
+		if err := src.SendWait(ctx, &messagev1.Message{Payload: []byte(fmt.Sprint("m", i+1))}); err != nil {
+			t.Fatalf("SendWait(#%d) = %v", i+1, err)
+		}
+	}
+	want := map[uint64]uint64{}
+	for seq := uint64(1); seq <= n; seq++ {
+		want[seq] = seq
+	}
+	stageProc.mu.Lock()
+	defer stageProc.mu.Unlock()
+	if diff := cmp.Diff(want, stageProc.lwm); diff != "" {
+		t.Errorf("low_water_seq by seq at the stage, after the intermediate's processor (-want +got):\n%s", diff)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if diff := cmp.Diff(want, atSink); diff != "" {
+		t.Errorf("low_water_seq by seq at the sink, after the stage's processor (-want +got):\n%s", diff)
 	}
 }

@@ -16,8 +16,9 @@ import (
 
 // Processor is the processing step an intermediate runs on every message
 // before it delivers the result. Process must not modify msg; it returns a
-// new message (or msg itself when nothing changes). The result keeps the id
-// of msg whatever the processor sets. An error hands the message back to its
+// new message (or msg itself when nothing changes). The result keeps the id,
+// the low-water mark and the routes of msg whatever the processor sets. An
+// error hands the message back to its
 // producer with NACK_REASON_PROCESSING_FAILED.
 type Processor interface {
 	Name() string

@@ -271,7 +271,9 @@ func (p *pubStream) nackLocked(seq uint64, reason messagev1.NackReason, detail s
 	p.wakeUp()
 }
 
-// process runs the processor; the result keeps the message's id.
+// process runs the processor; the result keeps the message's id and its
+// low-water mark, which consumers dedup by, and its routes, which are the
+// intermediate's, not the processor's.
 func (s *Server) process(ctx context.Context, m *messagev1.Message) (*messagev1.Message, error) {
 	res, err := s.runProcessor(ctx, m)
 	if err != nil {
@@ -280,8 +282,11 @@ func (s *Server) process(ctx context.Context, m *messagev1.Message) (*messagev1.
 	if res == nil {
 		return nil, fmt.Errorf("%s: processor returned no message", s.opts.processor.Name())
 	}
-	if res != m && !proto.Equal(res.GetId(), m.GetId()) {
-		res.Id = m.GetId()
+	if res != m {
+		if !proto.Equal(res.GetId(), m.GetId()) {
+			res.Id = m.GetId()
+		}
+		res.LowWaterSeq, res.Routes = m.GetLowWaterSeq(), m.GetRoutes()
 	}
 	return res, nil
 }
