@@ -114,11 +114,14 @@ func (w *seqWindow) mark(seq uint64) {
 //
 // When it is full, a new incarnation replaces the one that is cheapest to
 // forget: first one with nothing pending (every seq it handled is below its
-// mark, so none can come again), then the one that handled the fewest
-// messages, the least recently used among equals. A flood of incarnations
-// nobody heard of, each with a message or a few, therefore replaces its own
-// kind: to displace a live producer's window, each stranger would have to be
-// handled more often than that producer was.
+// mark, so none can come again), then, among the less recently used half,
+// the one that handled the fewest messages, the least recently used among
+// equals. A producer that keeps sending stays in the recent half, so
+// short-lived producers that each handled more than it did cannot displace
+// it; and a flood of incarnations nobody heard of, each with a message or a
+// few, replaces its own kind: to displace a live producer's window that
+// fell into the older half, each stranger would have to be handled more
+// often than that producer was.
 type dedupSet struct {
 	window       uint64
 	maxProducers int
@@ -178,17 +181,20 @@ func (d *dedupSet) producers() int { return d.lru.Len() }
 
 // victim returns the window to forget when the set is full: the first, from
 // the least recently used, with nothing pending, else the one that handled
-// the fewest messages.
+// the fewest messages among the less recently used half.
 func (d *dedupSet) victim() *list.Element {
 	var best *list.Element
+	older := (d.lru.Len() + 1) / 2
+	i := 0
 	for e := d.lru.Back(); e != nil; e = e.Prev() {
 		w := e.Value.(*seqWindow)
 		if !w.pending() {
 			return e
 		}
-		if best == nil || w.handled < best.Value.(*seqWindow).handled {
+		if i < older && (best == nil || w.handled < best.Value.(*seqWindow).handled) {
 			best = e
 		}
+		i++
 	}
 	return best
 }

@@ -148,3 +148,67 @@ func TestDedup_PoisoningRefused(t *testing.T) {
 		t.Errorf("DuplicatesDropped = %d, want 1 (the replay)", got)
 	}
 }
+
+// TestDedup_ProducerChurnKeepsLiveProducer checks that short-lived
+// producers coming and going, each handled more often than a live producer
+// that joined after them, do not make a consumer with room for 8 producers
+// forget the live one while it keeps sending: a resend of every one of its
+// messages, still unacknowledged at its producer, is dropped.
+func TestDedup_ProducerChurnKeepsLiveProducer(t *testing.T) {
+	const (
+		tracked = 8
+		rounds  = 20
+		each    = 3 // messages of a short-lived producer
+	)
+	m := newMesh(t)
+	h := m.startHub(components.DefaultService, "i1", "127.0.0.1")
+	led := &idLedger{counts: map[string]int{}}
+	c := m.consumer("c1", led.handler(), components.WithDedupProducers(tracked), components.WithConcurrency(1))
+	waitConsumers(t, 1, h)
+	pub := newRawPublisher(t, h.addr, "churn")
+	// Every message carries low_water_seq 1: its producer heard of no
+	// acknowledgement yet, so what it sent may come again.
+	message := func(producer string, seq uint64) *messagev1.Message {
+		return &messagev1.Message{Id: &messagev1.MessageId{ProducerId: producer, Incarnation: 1, Seq: seq}, LowWaterSeq: 1, Payload: []byte(producer)}
+	}
+	churner := 0
+	churn := func() {
+		churner++
+		id := fmt.Sprintf("short%d", churner)
+		var msgs []*messagev1.Message
+		for seq := uint64(1); seq <= each; seq++ {
+			msgs = append(msgs, message(id, seq))
+		}
+		if nacks := pub.send(msgs...); len(nacks) != 0 {
+			t.Fatalf("nacks of %s = %v, want none", id, nacks)
+		}
+	}
+	for range tracked - 1 {
+		churn()
+	}
+	var live []*messagev1.Message
+	for seq := uint64(1); seq <= rounds; seq++ {
+		live = append(live, message("live", seq))
+		if nacks := pub.send(live[len(live)-1]); len(nacks) != 0 {
+			t.Fatalf("nacks of live/%d = %v, want none", seq, nacks)
+		}
+		churn()
+	}
+	if nacks := pub.send(live...); len(nacks) != 0 {
+		t.Fatalf("nacks of the resent live messages = %v, want none", nacks)
+	}
+
+	led.mu.Lock()
+	defer led.mu.Unlock()
+	for seq := 1; seq <= rounds; seq++ {
+		if got := led.counts[fmt.Sprintf("live/1/%d", seq)]; got != 1 {
+			t.Errorf("live/1/%d handled %d times, want 1", seq, got)
+		}
+	}
+	if got := c.Stats().DuplicatesDropped; got != rounds {
+		t.Errorf("DuplicatesDropped = %d, want %d (the resent live messages)", got, rounds)
+	}
+	if got, want := len(led.counts), rounds+each*churner; got != want {
+		t.Errorf("%d distinct messages handled, want %d", got, want)
+	}
+}
