@@ -82,11 +82,14 @@ type Consumer struct {
 	changed     chan struct{} // poked when a job ends or a stream ends
 	closeOnce   sync.Once
 	closeErr    error
-	metrics     *telemetry.ConsumerMetrics // nil without WithMetrics
-	tracer      trace.Tracer               // nil without WithTracerProvider
-	done        chan struct{}              // closed when the consumer stops on its own; see Done
-	stopOnce    sync.Once
-	stopErr     error // why it stopped; set before done is closed
+	// creditCapOnce logs the first credit capped at an intermediate's
+	// max_credit.
+	creditCapOnce sync.Once
+	metrics       *telemetry.ConsumerMetrics // nil without WithMetrics
+	tracer        trace.Tracer               // nil without WithTracerProvider
+	done          chan struct{}              // closed when the consumer stops on its own; see Done
+	stopOnce      sync.Once
+	stopErr       error // why it stopped; set before done is closed
 
 	delivered atomic.Uint64
 	dups      atomic.Uint64

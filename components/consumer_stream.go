@@ -200,8 +200,10 @@ func (l *subLink) once() (welcomed bool) {
 		Group:               c.cfg.group,
 		Instance:            l.inst.Name,
 		HeartbeatIntervalMs: uint32(max(c.cfg.heartbeat/time.Millisecond, 1)),
-		InitialCredit:       uint32(c.cfg.credit),
-		RegistrationEpoch:   epoch,
+		// The credit goes in a Credit frame once the welcome stated the
+		// intermediate's max_credit, which it may not exceed.
+		InitialCredit:     0,
+		RegistrationEpoch: epoch,
 	}
 	if err := stream.Send(&deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Hello{Hello: hello}}); err != nil {
 		log.Debug("send hello", "err", err)
@@ -230,11 +232,13 @@ func (l *subLink) once() (welcomed bool) {
 	if ms := w.GetHeartbeatIntervalMs(); ms > 0 {
 		st.peerInterval.Store(int64(time.Duration(ms) * time.Millisecond))
 	}
+	credit := c.initialCredit(w.GetMaxCredit())
 	c.mu.Lock()
 	if prev := l.prev; prev != nil {
 		l.prev = nil
 		c.endRetiredLocked(prev, time.Now().Add(c.retireGrace()))
 	}
+	st.credit += credit // the sender's first frame
 	c.mu.Unlock()
 	log.Debug("subscribe stream open")
 
@@ -269,6 +273,20 @@ func (l *subLink) once() (welcomed bool) {
 		case *deliveryv1.SubscribeResponse_Heartbeat, *deliveryv1.SubscribeResponse_Welcome:
 		}
 	}
+}
+
+// initialCredit is the credit a new stream grants: the configured credit,
+// capped at the max_credit the welcome states (0: none stated). The first
+// cap is logged.
+func (c *Consumer) initialCredit(maxCredit uint32) uint32 {
+	credit := uint32(c.cfg.credit)
+	if maxCredit == 0 || credit <= maxCredit {
+		return credit
+	}
+	c.creditCapOnce.Do(func() {
+		c.log.Warn("credit capped at the intermediate's max_credit", "credit", credit, "max_credit", maxCredit)
+	})
+	return maxCredit
 }
 
 // sendLoop sends acknowledgements (in frames of at most maxAck ranges and

@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/butterfly-mesh/butterfly/components"
+	"github.com/butterfly-mesh/butterfly/intermediate"
+	"github.com/butterfly-mesh/butterfly/internal/logtest"
 )
 
 // TestDelivery_TwoProducersTwoHubsTwoConsumers checks that every message of two
@@ -40,5 +42,39 @@ func TestDelivery_TwoProducersTwoHubsTwoConsumers(t *testing.T) {
 		if st := p.Stats(); st.Sent != uint64(n) || st.Acked != uint64(n) || st.Nacked != 0 || st.InFlight != 0 {
 			t.Errorf("Stats(%s) = %+v, want Sent=Acked=%d, Nacked=InFlight=0", p.ID(), st, n)
 		}
+	}
+}
+
+// TestConsumer_CreditAboveMaxCredit checks that a consumer configured with
+// more credit than the intermediates' max-credit is not refused but grants
+// the max-credit their welcomes state, says so once, and receives every
+// message.
+func TestConsumer_CreditAboveMaxCredit(t *testing.T) {
+	const (
+		maxCredit = 8
+		n         = 200
+	)
+	m := newMesh(t)
+	i1 := m.startHub("intermediate", "i1", "127.0.0.1", intermediate.WithMaxCredit(maxCredit))
+	i2 := m.startHub("intermediate", "i2", "127.0.0.2", intermediate.WithMaxCredit(maxCredit))
+	m.waitMembers("intermediate", 2)
+	led := newLedger()
+	var logs logtest.Recorder
+	c := m.consumer("c1", led.handler(), components.WithCredit(100), components.WithConcurrency(4), components.WithLogger(logs.Logger()))
+	waitConsumers(t, 1, i1, i2)
+	p := m.producer("p1")
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	sent := startLoad(ctx, n, p).wait(t)
+	closeProducers(t, p)
+	led.checkExactlyOnce(t, sent)
+	if got := c.Stats().Delivered; got != n {
+		t.Errorf("Delivered(c1) = %d, want %d", got, n)
+	}
+	if err := c.Err(); err != nil {
+		t.Errorf("Err(c1) = %v, want nil", err)
+	}
+	if got := logs.Count("credit capped at the intermediate's max_credit"); got != 1 {
+		t.Errorf("warnings of the capped credit = %d, want 1", got)
 	}
 }

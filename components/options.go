@@ -243,7 +243,8 @@ func WithGroup(group string) ConsumerOption {
 }
 
 // WithCredit sets how many deliveries each intermediate may send before the
-// consumer answered them (default 1000 per stream).
+// consumer answered them (default 1000 per stream), capped at the max_credit
+// an intermediate's welcome states.
 func WithCredit(n int) ConsumerOption {
 	return consumerOption(func(c *consumerConfig) { c.credit = n })
 }
