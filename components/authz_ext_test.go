@@ -277,3 +277,38 @@ func TestRoles_StreamsPerIdentity(t *testing.T) {
 	led.waitHandled(t, n)
 	led.checkExactlyOnce(t, map[string]int{"p1": n})
 }
+
+// TestRefusal_ForeignIDStopsProducer checks that a producer whose
+// certificate binds it to its own id, sending a message under another
+// producer's id, stops with a PERMISSION_DENIED RefusedError naming that id
+// when the intermediate ends its stream after the welcome, instead of
+// sending it again forever.
+func TestRefusal_ForeignIDStopsProducer(t *testing.T) {
+	m := newMesh(t)
+	pki := devPKI(t, "p1")
+	m.startTLSHub(pki, "i1")
+	p := m.producer("p1", components.WithTransportCredentials(clientCreds(t, clientFiles(pki, pki))))
+	foreign := &messagev1.Message{Id: &messagev1.MessageId{ProducerId: "p2", Incarnation: 1, Seq: 1}, LowWaterSeq: 1, Payload: []byte("not mine")}
+	if _, err := p.Send(context.Background(), foreign); err != nil {
+		t.Fatalf("Send(message of p2) = %v", err)
+	}
+	select {
+	case <-p.Done():
+	case <-time.After(defaultTestTimeout):
+		t.Fatalf("producer p1 still runs %v after sending a message of p2; stats %+v", defaultTestTimeout, p.Stats())
+	}
+	var refused *components.RefusedError
+	if err := p.Err(); !errors.As(err, &refused) || refused.Code != codes.PermissionDenied || !errors.Is(err, components.ErrRefused) ||
+		refused.Instance != "i1" || !strings.Contains(refused.Reason, `producer_id "p2"`) {
+		t.Fatalf("Err() = %v, want a PermissionDenied RefusedError of i1 naming producer_id \"p2\"", err)
+	}
+	if _, err := p.Send(context.Background(), &messagev1.Message{Payload: []byte("more")}); !errors.As(err, &refused) {
+		t.Errorf("Send() after the refusal = %v, want the RefusedError", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	var ce *components.CloseError
+	if err := p.Close(ctx); !errors.As(err, &ce) || ce.Unacked != 1 || !errors.Is(err, components.ErrRefused) {
+		t.Fatalf("Close() = %v, want a CloseError with its 1 unacknowledged message and the refusal", err)
+	}
+}

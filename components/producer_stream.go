@@ -360,6 +360,9 @@ func (l *pubLink) once() (welcomed bool) {
 	for {
 		resp, err := stream.Recv()
 		if err != nil {
+			if r := refusalAfterWelcome("producer "+p.id, l.inst.Name, l.inst.Addr, err); r != nil {
+				p.stop(r)
+			}
 			if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 				err = cause
 			}

@@ -18,7 +18,9 @@ import (
 var (
 	// ErrRefused: an intermediate refused the stream's hello for good:
 	// PERMISSION_DENIED (mutual TLS binds another id to the certificate),
-	// UNAUTHENTICATED or INVALID_ARGUMENT.
+	// UNAUTHENTICATED or INVALID_ARGUMENT; or it ended a publish stream
+	// after the welcome with PERMISSION_DENIED (a message under an id the
+	// certificate does not publish as).
 	ErrRefused = errors.New("components: refused by the intermediate")
 	// ErrTLSMismatch: the two ends of a connection disagree on TLS: a
 	// plaintext client meets a TLS server or the reverse, or the server's
@@ -103,6 +105,19 @@ func refusal(ctx context.Context, component, instance, addr string, plaintext bo
 		}
 	}
 	return nil
+}
+
+// refusalAfterWelcome returns the RefusedError of err, the status that
+// ended a welcomed stream to the instance at addr, when retrying cannot mend
+// it: PERMISSION_DENIED, which an intermediate sends when a message names a
+// producer id the stream's certificate does not publish as; the same
+// messages would be refused again on any stream. nil for any other end.
+func refusalAfterWelcome(component, instance, addr string, err error) *RefusedError {
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != codes.PermissionDenied {
+		return nil
+	}
+	return &RefusedError{Kind: ErrRefused, Component: component, Instance: instance, Addr: addr, Code: st.Code(), Reason: st.Message()}
 }
 
 // tlsCause returns the part of a connection error from "x509:" or "tls:" on,
