@@ -1,14 +1,20 @@
 package components_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
 
 	"github.com/butterfly-mesh/butterfly/components"
+	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/intermediate"
 )
@@ -184,5 +190,88 @@ func TestDelivery_ResendAfterHandlerFailure(t *testing.T) {
 	defer mu.Unlock()
 	if !handled["flaky"] || calls["flaky"] != 2 {
 		t.Errorf("flaky: handled %v after %d calls, want handled on the second call", handled["flaky"], calls["flaky"])
+	}
+}
+
+// TestProducer_UnavailableNackTriesAnotherStream checks that a message an
+// intermediate hands back UNAVAILABLE, its memory budget full, goes out
+// again through another intermediate, even when the full one has the
+// fewest messages of the producer in flight: handed back once, then
+// acknowledged.
+func TestProducer_UnavailableNackTriesAnotherStream(t *testing.T) {
+	const budget = 64 << 10
+	m := newMesh(t)
+	i2 := m.startHub(components.DefaultService, "i2", "127.0.0.2")
+	release := make(chan struct{})
+	defer close(release)
+	var holding atomic.Int32
+	led := newLedger()
+	m.consumer("c1", func(ctx context.Context, d *components.Delivery) error {
+		if strings.HasPrefix(string(d.Message.GetPayload()), "hold") {
+			holding.Add(1)
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		led.record(d)
+		return nil
+	}, components.WithConcurrency(8))
+	waitConsumers(t, 1, i2)
+	p := m.producer("p1")
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	// Two messages of p1 stay in flight on i2, the only intermediate yet.
+	for range 2 {
+		if _, err := p.Send(ctx, &messagev1.Message{Payload: []byte("hold")}); err != nil {
+			t.Fatalf("Send(hold) = %v", err)
+		}
+	}
+	waitUntil(t, "c1 holding the 2 messages of p1", func() bool { return holding.Load() == 2 })
+
+	// i1's budget is full with a message of another producer that c1 holds.
+	i1 := m.startHub(components.DefaultService, "i1", "127.0.0.1", intermediate.WithMaxBatch(16, budget),
+		intermediate.WithMaxInFlightBytes(budget), intermediate.WithMemoryBudget(budget, 50*time.Millisecond))
+	m.waitMembers(components.DefaultService, 2)
+	waitConsumers(t, 1, i1)
+	filler := newRawPublisher(t, i1.addr, "filler")
+	big := &messagev1.Message{Id: &messagev1.MessageId{ProducerId: "filler", Incarnation: 1, Seq: 1}, LowWaterSeq: 1,
+		Payload: append([]byte("hold"), bytes.Repeat([]byte("x"), budget-100)...)}
+	for proto.Size(big) < budget {
+		big.Payload = append(big.Payload, 'x')
+	}
+	b := &deliveryv1.PublishBatch{FirstSeq: 1, Messages: []*messagev1.Message{big}}
+	if err := filler.stream.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Batch{Batch: b}}); err != nil {
+		t.Fatalf("Send(filler batch) = %v", err)
+	}
+	waitUntil(t, "c1 holding the filler's message", func() bool { return holding.Load() == 3 })
+	if got := i1.srv.HeldBytes(); got != budget {
+		t.Fatalf("HeldBytes(i1) = %d, want the whole budget %d (the filler's message)", got, budget)
+	}
+	waitUntil(t, "p1's stream to i1", func() bool {
+		for _, ps := range i1.status(t).GetProducers() {
+			if ps.GetProducerId() == "p1" {
+				return true
+			}
+		}
+		return false
+	})
+
+	// i1 has none of p1's messages in flight and i2 two: the message goes
+	// to i1 first, which hands it back; then to i2.
+	if err := p.SendWait(ctx, &messagev1.Message{Payload: []byte("m")}); err != nil {
+		t.Fatalf("SendWait(m) = %v; stats %+v", err, p.Stats())
+	}
+	if st := p.Stats(); st.Resent != 1 || st.Acked != 1 || st.InFlight != 2 {
+		t.Errorf("Stats() = %+v, want Resent=1 (handed back by i1 once), Acked=1, InFlight=2", st)
+	}
+	led.mu.Lock()
+	defer led.mu.Unlock()
+	if got := led.counts["p1"][3]; got != 1 || led.total != 1 {
+		t.Errorf("p1/3 handled %d times, %d messages in all; want 1, 1", got, led.total)
+	}
+	if got := led.byInst["i2"]; got != 1 {
+		t.Errorf("messages through i2 = %d, want 1", got)
 	}
 }

@@ -13,7 +13,7 @@ type outMsg struct {
 	sent   bool       // handed to gRPC on stream
 	own    bool       // the producer gave it its id: it counts for the low-water mark
 	done2  bool       // settled: acknowledged or handed back for good
-	avoid  *pubLink   // the link whose intermediate could not reach its owner; nil for none
+	avoid  *pubLink   // the link whose intermediate could not reach its owner or had no room; nil for none
 }
 
 func compareSeq(a, b uint64) int {

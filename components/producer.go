@@ -550,8 +550,8 @@ func (p *Producer) dispatchLocked() {
 			}
 		}
 		if best == nil {
-			// Only the intermediate that could not reach the owner is
-			// there: it may reach it by now.
+			// Only the intermediate that could not reach the owner, or
+			// had no room, is there: it may by now.
 			best = fallback
 		}
 		if best == nil {
@@ -683,6 +683,9 @@ func (p *Producer) handleAck(st *pubStream, a *deliveryv1.PublishAck) {
 				m.avoid = st.link
 				p.metrics.Resent(telemetry.ReasonOwnerUnreachable, 1)
 			default:
+				// UNAVAILABLE: this intermediate's memory budget is full;
+				// another may have room.
+				m.avoid = st.link
 				p.metrics.Resent(telemetry.ReasonUnavailable, 1)
 			}
 		default:
