@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/butterfly-mesh/butterfly"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/intermediate"
@@ -126,5 +128,69 @@ func TestProducer_SeqSpan(t *testing.T) {
 		if err := butterfly.CheckSeqWindow(tc.seq, tc.lwm); (err == nil) != tc.ok {
 			t.Errorf("CheckSeqWindow(%d, %d) = %v, want ok %v", tc.seq, tc.lwm, err, tc.ok)
 		}
+	}
+}
+
+// TestProducer_MarkPastTheSpan checks that the producer's messages carry
+// its low-water mark, so that it passes 2^24 seqs in one incarnation: from
+// seq 2^24 on (the producer started there), every message is acknowledged
+// and handled, none handed back.
+func TestProducer_MarkPastTheSpan(t *testing.T) {
+	cli := etcdtest.Start(t).Client(t)
+	const prefix = "markspan"
+	srv, err := intermediate.New(cli, DefaultService, "i1", intermediate.WithPrefix(prefix), intermediate.WithStopTimeout(200*time.Millisecond))
+	if err != nil {
+		t.Fatalf("intermediate.New() = %v", err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("net.Listen() = %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, lis) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	<-srv.Ready()
+	var (
+		mu      sync.Mutex
+		handled = map[uint64]uint64{} // low_water_seq by seq
+	)
+	c, err := NewConsumer(cli, "c1", func(_ context.Context, d *Delivery) error {
+		mu.Lock()
+		defer mu.Unlock()
+		handled[d.Message.GetId().GetSeq()] = d.Message.GetLowWaterSeq()
+		return nil
+	}, WithPrefix(prefix))
+	if err != nil {
+		t.Fatalf("NewConsumer() = %v", err)
+	}
+	defer c.Close(context.Background())
+	p, err := NewProducer(cli, "p1", WithPrefix(prefix))
+	if err != nil {
+		t.Fatalf("NewProducer() = %v", err)
+	}
+	defer p.Close(context.Background())
+	const first = butterfly.MaxSeqSpan
+	p.mu.Lock()
+	p.nextSeq = first - 1
+	p.mu.Unlock()
+	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer scancel()
+	for i := range 3 {
+		if err := p.SendWait(sctx, &messagev1.Message{Payload: []byte{byte(i)}}); err != nil {
+			t.Fatalf("SendWait(seq %d) = %v", first+i, err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	want := map[uint64]uint64{first: first, first + 1: first + 1, first + 2: first + 2}
+	if diff := cmp.Diff(want, handled); diff != "" {
+		t.Errorf("low_water_seq by handled seq (-want +got):\n%s", diff)
+	}
+	if st := p.Stats(); st.Acked != 3 || st.Nacked != 0 {
+		t.Errorf("Stats() = %+v, want Acked=3 Nacked=0", st)
 	}
 }

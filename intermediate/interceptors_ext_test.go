@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/butterfly-mesh/butterfly"
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/intermediate"
@@ -247,5 +248,27 @@ func TestPublish_StreamsPerPeer(t *testing.T) {
 			t.Fatalf("stream after one closed = %v, want a welcome", err)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestPublish_SeqWindowWithoutMark checks that a producer that sends no
+// low-water mark may send seqs 1 to 2^24, and that a seq beyond is handed
+// back INVALID with a detail that names low_water_seq and the limit and
+// says how to send more.
+func TestPublish_SeqWindowWithoutMark(t *testing.T) {
+	r := newRig(t)
+	sub := r.subscribe("c1", 10)
+	pub := r.producer("p1")
+	sendBatch(t, pub, 1, msg("p1", butterfly.MaxSeqSpan, "last"), msg("p1", butterfly.MaxSeqSpan+1, "beyond"))
+	if got := ackAll(t, sub); len(got) != 1 || got[0] != "last" {
+		t.Fatalf("delivered %q, want only the message of seq 2^24", got)
+	}
+	acked, nacked := collectAcks(t, pub, 2)
+	if !acked[1] || len(acked) != 1 {
+		t.Errorf("acked = %v, want stream seq 1 (message seq 2^24)", acked)
+	}
+	want := "message 2 of the batch: invalid envelope: seq 16777217 is beyond the producer window: with low_water_seq 0 a producer may send seqs 1 to 16777216 (2^24) of an incarnation; to send more it must set low_water_seq to its lowest unacknowledged seq"
+	if n := nacked[2]; n.GetReason() != messagev1.NackReason_NACK_REASON_INVALID || n.GetDetail() != want {
+		t.Errorf("nack of stream seq 2 = %v, want INVALID with detail %q", n, want)
 	}
 }
