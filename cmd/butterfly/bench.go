@@ -48,8 +48,9 @@ something beside each other:
   butterfly   producers -> intermediates -> consumers on an embedded etcd,
               with end-to-end acks and dedup: messages/s at saturation,
               end-to-end latency p50/p99/p999 at saturation and at half of it
-              (rate-limited producers), CPU seconds per million messages and
-              peak heap;
+              (rate-limited producers), CPU seconds per million messages,
+              heap allocations per message (also for the baselines: a busy
+              machine does not blur them) and peak heap;
   faults      under steady load: one intermediate stopped hard (messages lost,
               from exact ids; time until throughput is back to 80%; time until
               every resent message is delivered), the same intermediate back

@@ -27,10 +27,14 @@ type Report struct {
 	Baseline1HopP50US     float64 `json:"baseline_1hop_batch_rtt_p50_us"`
 	Baseline1HopP99US     float64 `json:"baseline_1hop_batch_rtt_p99_us"`
 	Baseline1HopCPU       float64 `json:"baseline_1hop_cpu_s_per_million"`
+	Baseline1HopAllocs    float64 `json:"baseline_1hop_allocs_per_msg"`
+	Baseline1HopAllocB    float64 `json:"baseline_1hop_alloc_bytes_per_msg"`
 	BaselineRelay         float64 `json:"baseline_relay_msgs_per_s"`
 	BaselineRelayP50US    float64 `json:"baseline_relay_batch_rtt_p50_us"`
 	BaselineRelayP99US    float64 `json:"baseline_relay_batch_rtt_p99_us"`
 	BaselineRelayCPU      float64 `json:"baseline_relay_cpu_s_per_million"`
+	BaselineRelayAllocs   float64 `json:"baseline_relay_allocs_per_msg"`
+	BaselineRelayAllocB   float64 `json:"baseline_relay_alloc_bytes_per_msg"`
 
 	Butterfly         float64 `json:"butterfly_msgs_per_s"`
 	RatioVs1Hop       float64 `json:"ratio_vs_1hop"`
@@ -39,6 +43,8 @@ type Report struct {
 	P99US             float64 `json:"p99_us"`
 	P999US            float64 `json:"p999_us"`
 	CPUPerMillion     float64 `json:"cpu_s_per_million"`
+	AllocsPerMsg      float64 `json:"allocs_per_msg"`
+	AllocBytesPerMsg  float64 `json:"alloc_bytes_per_msg"`
 	HalfLoadOffered   float64 `json:"half_load_offered_msgs_per_s"`
 	HalfLoad          float64 `json:"half_load_msgs_per_s"`
 	P50HalfLoadUS     float64 `json:"p50_half_load_us"`
@@ -78,17 +84,20 @@ func (r *Report) setConfig(c Config) {
 func (r *Report) setBaseline1Hop(res Result) {
 	r.Baseline1Hop, r.Baseline1HopP50US, r.Baseline1HopP99US = res.MsgsPerSec, us(res.P50), us(res.P99)
 	r.Baseline1HopCPU = res.CPUPerMillion
+	r.Baseline1HopAllocs, r.Baseline1HopAllocB = res.AllocsPerMsg, res.AllocBytesPerMsg
 }
 
 func (r *Report) setBaselineRelay(res Result) {
 	r.BaselineRelay, r.BaselineRelayP50US, r.BaselineRelayP99US = res.MsgsPerSec, us(res.P50), us(res.P99)
 	r.BaselineRelayCPU = res.CPUPerMillion
+	r.BaselineRelayAllocs, r.BaselineRelayAllocB = res.AllocsPerMsg, res.AllocBytesPerMsg
 }
 
 func (r *Report) setButterfly(res Result) {
 	r.Butterfly = res.MsgsPerSec
 	r.P50US, r.P99US, r.P999US = us(res.P50), us(res.P99), us(res.P999)
 	r.CPUPerMillion = res.CPUPerMillion
+	r.AllocsPerMsg, r.AllocBytesPerMsg = res.AllocsPerMsg, res.AllocBytesPerMsg
 	if r.Baseline1Hop > 0 {
 		r.RatioVs1Hop = res.MsgsPerSec / r.Baseline1Hop
 	}
@@ -163,13 +172,17 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 	fmt.Fprintf(w, "%d B payload, %d producers, %d intermediates, %d consumers, %.1fs phases, window %d, batch %d msgs / %d B, linger %.0fµs\n\n",
 		r.Payload, r.Producers, r.Intermediates, r.Consumers, r.DurationS, r.Window, r.BatchMessages, r.BatchBytes, r.LingerUS)
-	fmt.Fprintf(tw, "BASELINES (same run)\tthroughput\tbatch round trip p50 / p99\tCPU s per M msgs\t\n")
-	fmt.Fprintf(tw, "raw gRPC 1 hop, 1 msg per gRPC msg\t%s\t\t\t\n", rate(r.Baseline1HopUnbatched))
-	fmt.Fprintf(tw, "raw gRPC 1 hop, batched\t%s\t%s / %s\t%.2f\t\n", rate(r.Baseline1Hop), lat(r.Baseline1HopP50US), lat(r.Baseline1HopP99US), r.Baseline1HopCPU)
-	fmt.Fprintf(tw, "hand-rolled relay, end-to-end acks\t%s\t%s / %s\t%.2f\t\n", rate(r.BaselineRelay), lat(r.BaselineRelayP50US), lat(r.BaselineRelayP99US), r.BaselineRelayCPU)
+	allocs := func(n, b float64) string { return fmt.Sprintf("%.1f / %.0f B", n, b) }
+	fmt.Fprintf(tw, "BASELINES (same run)\tthroughput\tbatch round trip p50 / p99\tCPU s per M msgs\tallocs per msg\t\n")
+	fmt.Fprintf(tw, "raw gRPC 1 hop, 1 msg per gRPC msg\t%s\t\t\t\t\n", rate(r.Baseline1HopUnbatched))
+	fmt.Fprintf(tw, "raw gRPC 1 hop, batched\t%s\t%s / %s\t%.2f\t%s\t\n", rate(r.Baseline1Hop), lat(r.Baseline1HopP50US), lat(r.Baseline1HopP99US), r.Baseline1HopCPU,
+		allocs(r.Baseline1HopAllocs, r.Baseline1HopAllocB))
+	fmt.Fprintf(tw, "hand-rolled relay, end-to-end acks\t%s\t%s / %s\t%.2f\t%s\t\n", rate(r.BaselineRelay), lat(r.BaselineRelayP50US), lat(r.BaselineRelayP99US), r.BaselineRelayCPU,
+		allocs(r.BaselineRelayAllocs, r.BaselineRelayAllocB))
 	fmt.Fprintf(tw, "\t\t\n")
-	fmt.Fprintf(tw, "BUTTERFLY\tthroughput\tend-to-end p50 / p99 / p999\tCPU s per M msgs\t\n")
-	fmt.Fprintf(tw, "saturation\t%s\t%s / %s / %s\t%.2f\t\n", rate(r.Butterfly), lat(r.P50US), lat(r.P99US), lat(r.P999US), r.CPUPerMillion)
+	fmt.Fprintf(tw, "BUTTERFLY\tthroughput\tend-to-end p50 / p99 / p999\tCPU s per M msgs\tallocs per msg\t\n")
+	fmt.Fprintf(tw, "saturation\t%s\t%s / %s / %s\t%.2f\t%s\t\n", rate(r.Butterfly), lat(r.P50US), lat(r.P99US), lat(r.P999US), r.CPUPerMillion,
+		allocs(r.AllocsPerMsg, r.AllocBytesPerMsg))
 	fmt.Fprintf(tw, "half of saturation\t%s\t%s / %s / %s\t%.2f\t\n", rate(r.HalfLoad), lat(r.P50HalfLoadUS), lat(r.P99HalfLoadUS), lat(r.P999HalfLoadUS), r.CPUPerMillionHalf)
 	fmt.Fprintf(tw, "vs 1 hop / vs relay\t%.2fx / %.2fx\t\t\t\n", r.RatioVs1Hop, r.RatioVsRelay)
 	fmt.Fprintf(tw, "peak heap in use\t%.1f MiB\t\t\t\n", float64(r.PeakHeapBytes)/(1<<20))
