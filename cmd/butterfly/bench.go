@@ -61,6 +61,13 @@ something beside each other:
               message through it), frozen behind a blackholing proxy (time to
               detect), and another one drained at full load (Server.Drain).
 
+With --processes it runs instead the same mesh with every intermediate,
+producer and consumer a process of this binary (the real intermediate
+command; hidden workers for the producers and consumers, which count every
+message by id), on an embedded etcd in this process, and measures
+saturation and half of it: throughput, end-to-end latency, the children's
+CPU per million messages and peak RSS. No baselines, no faults.
+
 It prints a table, or one JSON object with --json, and can draw throughput
 over time with the faults marked (--plot). It exits 3 if a message was lost.
 Needs nothing running: etcd is embedded and every server listens on loopback
@@ -69,7 +76,8 @@ Needs nothing running: etcd is embedded and every server listens on loopback
   butterfly bench --json --plot bench.svg
   butterfly bench --payload 1024 --producers 4 --duration 10s --cpuprofile cpu.out
   go tool pprof -top cpu.out
-  butterfly bench --quick --json`,
+  butterfly bench --quick --json
+  butterfly bench --processes --json`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if f.quick {
 				for name, v := range quickBench {
