@@ -3,11 +3,13 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/butterfly-mesh/butterfly/components"
 	"github.com/butterfly-mesh/butterfly/intermediate"
@@ -21,6 +23,7 @@ type benchFlags struct {
 	plot       string
 	cpuprofile string
 	quick      bool
+	processes  bool
 }
 
 // quickBench are the settings --quick applies to flags not set explicitly:
@@ -48,14 +51,22 @@ something beside each other:
   butterfly   producers -> intermediates -> consumers on an embedded etcd,
               with end-to-end acks and dedup: messages/s at saturation,
               end-to-end latency p50/p99/p999 at saturation and at half of it
-              (rate-limited producers), CPU seconds per million messages and
-              peak heap;
+              (rate-limited producers), CPU seconds per million messages,
+              heap allocations per message (also for the baselines: a busy
+              machine does not blur them) and peak heap;
   faults      under steady load: one intermediate stopped hard (messages lost,
               from exact ids; time until throughput is back to 80%; time until
               every resent message is delivered), the same intermediate back
               at a new address under the same name (etcd update to first
               message through it), frozen behind a blackholing proxy (time to
               detect), and another one drained at full load (Server.Drain).
+
+With --processes it runs instead the same mesh with every intermediate,
+producer and consumer a process of this binary (the real intermediate
+command; hidden workers for the producers and consumers, which count every
+message by id), on an embedded etcd in this process, and measures
+saturation and half of it: throughput, end-to-end latency, the children's
+CPU per million messages and peak RSS. No baselines, no faults.
 
 It prints a table, or one JSON object with --json, and can draw throughput
 over time with the faults marked (--plot). It exits 3 if a message was lost.
@@ -65,7 +76,8 @@ Needs nothing running: etcd is embedded and every server listens on loopback
   butterfly bench --json --plot bench.svg
   butterfly bench --payload 1024 --producers 4 --duration 10s --cpuprofile cpu.out
   go tool pprof -top cpu.out
-  butterfly bench --quick --json`,
+  butterfly bench --quick --json
+  butterfly bench --processes --json`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if f.quick {
 				for name, v := range quickBench {
@@ -84,6 +96,9 @@ Needs nothing running: etcd is embedded and every server listens on loopback
 			if f.asJSON && !cmd.Flags().Changed("log-level") && os.Getenv("BUTTERFLY_LOG_LEVEL") == "" {
 				cfg.Logger = slog.New(slog.DiscardHandler)
 			}
+			if f.processes {
+				return f.runProcesses(cmd, cfg)
+			}
 			if f.cpuprofile != "" {
 				pf, err := os.Create(f.cpuprofile)
 				if err != nil {
@@ -96,14 +111,7 @@ Needs nothing running: etcd is embedded and every server listens on loopback
 			if err != nil {
 				return err
 			}
-			out := cmd.OutOrStdout()
-			if f.asJSON {
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
-				if err := enc.Encode(rep); err != nil {
-					return err
-				}
-			} else if err := rep.WriteTable(out); err != nil {
+			if err := f.print(cmd.OutOrStdout(), rep, rep.WriteTable); err != nil {
 				return err
 			}
 			if f.plot != "" {
@@ -118,33 +126,54 @@ Needs nothing running: etcd is embedded and every server listens on loopback
 		},
 	}
 	fl := c.Flags()
-	fl.IntVar(&f.cfg.Payload, "payload", bench.DefaultPayload, "payload size in bytes")
-	fl.IntVar(&f.cfg.Producers, "producers", bench.DefaultProducers, "producers (and baseline streams)")
-	fl.IntVar(&f.cfg.Intermediates, "intermediates", bench.DefaultIntermediates, "intermediates (at least 2)")
-	fl.IntVar(&f.cfg.Consumers, "consumers", bench.DefaultConsumers, "consumers")
-	fl.DurationVar(&f.cfg.Duration, "duration", bench.DefaultDuration, "length of each measured phase")
-	fl.DurationVar(&f.cfg.Warmup, "warmup", time.Second, "load before each measured phase")
-	fl.DurationVar(&f.cfg.FaultGap, "fault-gap", time.Second, "steady load between two faults")
-	fl.Float64Var(&f.cfg.FaultLoad, "fault-load", bench.DefaultFaultLoad, "load during the faults, as a fraction of saturation (the drain runs at full load)")
-	fl.IntVar(&f.cfg.Window, "window", components.DefaultWindow, "most unacknowledged messages per producer")
-	fl.IntVar(&f.cfg.BatchMessages, "batch-messages", components.DefaultBatchMessages, "most messages per batch")
-	fl.IntVar(&f.cfg.BatchBytes, "batch-bytes", components.DefaultBatchBytes, "most bytes per batch")
-	fl.DurationVar(&f.cfg.Linger, "linger", components.DefaultLinger, "how long a batch that is not full waits for more")
-	fl.IntVar(&f.cfg.Credit, "credit", components.DefaultCredit, "deliveries each intermediate may send a consumer ahead of its acks")
-	fl.DurationVar(&f.cfg.Heartbeat, "heartbeat", components.DefaultHeartbeatInterval, "heartbeat interval of every stream (a freeze is detected after five)")
-	fl.DurationVar(&f.cfg.LeaseTTL, "lease-ttl", intermediate.DefaultLeaseTTL, "intermediates' registration lease TTL")
-	fl.DurationVar(&f.cfg.SampleInterval, "sample-interval", bench.DefaultSampleInterval, "resolution of the throughput series")
+	addBenchConfigFlags(fl, &f.cfg)
 	fl.BoolVar(&f.asJSON, "json", false, "print one JSON object instead of the table")
 	fl.StringVar(&f.plot, "plot", "", "write throughput over time, faults marked, to this SVG file")
 	fl.StringVar(&f.cpuprofile, "cpuprofile", "", "write a CPU profile of Butterfly's saturation phase to this file")
 	fl.BoolVar(&f.quick, "quick", false, "short phases and heartbeats: the whole run in a few seconds (smoke test)")
+	fl.BoolVar(&f.processes, "processes", false, "run every intermediate, producer and consumer as a process of this binary instead (no baselines, no faults)")
+	c.AddCommand(newBenchWorkerCommand(r))
 	return c
+}
+
+// addBenchConfigFlags registers the flags that set cfg.
+func addBenchConfigFlags(fl *pflag.FlagSet, cfg *bench.Config) {
+	fl.IntVar(&cfg.Payload, "payload", bench.DefaultPayload, "payload size in bytes")
+	fl.IntVar(&cfg.Producers, "producers", bench.DefaultProducers, "producers (and baseline streams)")
+	fl.IntVar(&cfg.Intermediates, "intermediates", bench.DefaultIntermediates, "intermediates (at least 2)")
+	fl.IntVar(&cfg.Consumers, "consumers", bench.DefaultConsumers, "consumers")
+	fl.DurationVar(&cfg.Duration, "duration", bench.DefaultDuration, "length of each measured phase")
+	fl.DurationVar(&cfg.Warmup, "warmup", time.Second, "load before each measured phase")
+	fl.DurationVar(&cfg.FaultGap, "fault-gap", time.Second, "steady load between two faults")
+	fl.Float64Var(&cfg.FaultLoad, "fault-load", bench.DefaultFaultLoad, "load during the faults, as a fraction of saturation (the drain runs at full load)")
+	fl.IntVar(&cfg.Window, "window", components.DefaultWindow, "most unacknowledged messages per producer")
+	fl.IntVar(&cfg.BatchMessages, "batch-messages", components.DefaultBatchMessages, "most messages per batch")
+	fl.IntVar(&cfg.BatchBytes, "batch-bytes", components.DefaultBatchBytes, "most bytes per batch")
+	fl.DurationVar(&cfg.Linger, "linger", components.DefaultLinger, "how long a batch that is not full waits for more")
+	fl.IntVar(&cfg.Credit, "credit", components.DefaultCredit, "deliveries each intermediate may send a consumer ahead of its acks")
+	fl.DurationVar(&cfg.Heartbeat, "heartbeat", components.DefaultHeartbeatInterval, "heartbeat interval of every stream (a freeze is detected after five)")
+	fl.DurationVar(&cfg.LeaseTTL, "lease-ttl", intermediate.DefaultLeaseTTL, "intermediates' registration lease TTL")
+	fl.DurationVar(&cfg.SampleInterval, "sample-interval", bench.DefaultSampleInterval, "resolution of the throughput series")
+}
+
+// print writes rep as JSON with --json, else with table.
+func (f *benchFlags) print(out io.Writer, rep any, table func(io.Writer) error) error {
+	if !f.asJSON {
+		return table(out)
+	}
+	enc := json.NewEncoder(out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(rep)
 }
 
 // validate checks the flags, naming the wrong one.
 func (f *benchFlags) validate() error {
 	c := &f.cfg
 	switch {
+	case f.processes && f.plot != "":
+		return usagef("--plot: not with --processes (a run in separate processes has no faults to plot)")
+	case f.processes && f.cpuprofile != "":
+		return usagef("--cpuprofile: not with --processes (the components run in processes of their own)")
 	case c.Payload < 0 || c.Payload > 4<<20:
 		return usagef("--payload %d: must be in [0, 4194304]", c.Payload)
 	case c.Producers < 1:

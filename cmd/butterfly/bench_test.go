@@ -47,6 +47,7 @@ func TestBenchCommand_QuickJSON(t *testing.T) {
 		"baseline_1hop_msgs_per_s", "baseline_relay_msgs_per_s", "butterfly_msgs_per_s",
 		"ratio_vs_1hop", "ratio_vs_relay", "p50_us", "p99_us", "p99_half_load_us",
 		"failover_lost", "failover_recover_ms", "move_reroute_ms", "freeze_detect_ms", "drain_ms",
+		"allocs_per_msg", "alloc_bytes_per_msg", "baseline_relay_allocs_per_msg", "baseline_relay_alloc_bytes_per_msg",
 	} {
 		if _, ok := got[field]; !ok {
 			t.Errorf("bench JSON has no %q, want every reported field", field)
@@ -55,7 +56,7 @@ func TestBenchCommand_QuickJSON(t *testing.T) {
 	if lost := got["failover_lost"]; lost != 0.0 {
 		t.Errorf("bench JSON failover_lost = %v, want 0", lost)
 	}
-	for _, field := range []string{"baseline_1hop_msgs_per_s", "baseline_relay_msgs_per_s", "butterfly_msgs_per_s", "p50_us", "p99_half_load_us"} {
+	for _, field := range []string{"baseline_1hop_msgs_per_s", "baseline_relay_msgs_per_s", "butterfly_msgs_per_s", "p50_us", "p99_half_load_us", "allocs_per_msg", "baseline_relay_allocs_per_msg"} {
 		if v, _ := got[field].(float64); v <= 0 {
 			t.Errorf("bench JSON %s = %v, want > 0", field, got[field])
 		}

@@ -226,7 +226,9 @@ func drive(ctx context.Context, cfg Config, addr string) (Result, error) {
 	defer cancel()
 	lat := &histogram{}
 	var acked atomic.Uint64
-	start, cpu0 := time.Now(), cpuTime()
+	// The window includes opening and closing the streams: a few hundred
+	// allocations over the run, nothing per message.
+	start, cpu0, allocs0 := time.Now(), cpuTime(), heapAllocs()
 	var wg sync.WaitGroup
 	errs := make(chan error, cfg.Producers)
 	for p := 0; p < cfg.Producers; p++ {
@@ -239,13 +241,14 @@ func drive(ctx context.Context, cfg Config, addr string) (Result, error) {
 		}()
 	}
 	wg.Wait()
-	elapsed, cpu := time.Since(start), cpuTime()-cpu0
+	elapsed, cpu, allocs := time.Since(start), cpuTime()-cpu0, heapAllocs().sub(allocs0)
 	close(errs)
 	for err := range errs {
 		return Result{}, fmt.Errorf("bench: baseline stream: %w", err)
 	}
 	r := newResult(acked.Load(), elapsed, lat)
 	r.CPUPerMillion = cpuPerMillion(cpu, r.Messages)
+	r.setAllocs(allocs)
 	return r, nil
 }
 

@@ -7,9 +7,10 @@
 // end-to-end acknowledgements a user would write by hand. Run then starts an
 // embedded etcd, intermediates, producers and consumers in the process, and
 // measures Butterfly at saturation and at half of it (throughput, end-to-end
-// latency, CPU per message, peak heap), and under faults at steady load: a
-// hard stop, a move to a new address, a frozen intermediate and a drain at
-// full load, with the messages lost computed from exact ids.
+// latency, CPU and heap allocations per message, peak heap), and under
+// faults at steady load: a hard stop, a move to a new address, a frozen
+// intermediate and a drain at full load, with the messages lost computed
+// from exact ids.
 //
 //	r, err := bench.Run(ctx, cfg)
 //	if err != nil {

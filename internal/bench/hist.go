@@ -85,3 +85,30 @@ func (h *histogram) quantile(q float64) time.Duration {
 func (h *histogram) quantiles() (p50, p99, p999 time.Duration) {
 	return h.quantile(0.50), h.quantile(0.99), h.quantile(0.999)
 }
+
+// bucketCount is the count of one histogram bucket, for a worker process to
+// report its latencies.
+type bucketCount struct {
+	Index int    `json:"i"`
+	Count uint64 `json:"n"`
+}
+
+// buckets returns the buckets that are not empty.
+func (h *histogram) buckets() []bucketCount {
+	var out []bucketCount
+	for i := range h.counts {
+		if n := h.counts[i].Load(); n > 0 {
+			out = append(out, bucketCount{i, n})
+		}
+	}
+	return out
+}
+
+// add adds the counts of buckets to h; an index out of range counts in the
+// nearest bucket.
+func (h *histogram) add(buckets []bucketCount) {
+	for _, b := range buckets {
+		h.counts[min(max(b.Index, 0), histBuckets-1)].Add(b.Count)
+		h.n.Add(b.Count)
+	}
+}

@@ -1,6 +1,11 @@
 package bench
 
-import "sync"
+import (
+	"bytes"
+	"encoding/binary"
+	"math/bits"
+	"sync"
+)
 
 // idSet is the set of sequence numbers of one producer incarnation that
 // reached a handler, as a bitmap grown in chunks. It tells exactly which
@@ -61,4 +66,48 @@ func (s *idSet) missing(n uint64) uint64 {
 		}
 	}
 	return miss
+}
+
+// bitmap returns the set as little-endian bytes, bit seq%8 of byte seq/8
+// set for every seq in it, for a worker process to report.
+func (s *idSet) bitmap() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]byte, 0, len(s.chunks)*chunkBits/8)
+	for _, c := range s.chunks {
+		if c == nil {
+			out = append(out, make([]byte, chunkBits/8)...)
+			continue
+		}
+		for _, w := range c {
+			out = binary.LittleEndian.AppendUint64(out, w)
+		}
+	}
+	return bytes.TrimRight(out, "\x00")
+}
+
+// merge adds the seqs of bitmap b to the set and returns how many of them
+// were in it already.
+func (s *idSet) merge(b []byte) (overlap uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := 0; i < len(b); i += 8 {
+		var buf [8]byte
+		copy(buf[:], b[i:])
+		w := binary.LittleEndian.Uint64(buf[:])
+		if w == 0 {
+			continue
+		}
+		seq := uint64(i) * 8
+		c, k := seq/chunkBits, seq%chunkBits/64
+		for uint64(len(s.chunks)) <= c {
+			s.chunks = append(s.chunks, nil)
+		}
+		if s.chunks[c] == nil {
+			s.chunks[c] = make([]uint64, chunkBits/64)
+		}
+		overlap += uint64(bits.OnesCount64(s.chunks[c][k] & w))
+		s.chunks[c][k] |= w
+	}
+	return overlap
 }

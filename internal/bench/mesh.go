@@ -6,19 +6,15 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"runtime/metrics"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/butterfly-mesh/butterfly/components"
-	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/intermediate"
-	"github.com/butterfly-mesh/butterfly/internal/embedetcd"
 	"github.com/butterfly-mesh/butterfly/internal/tcpproxy"
 )
 
@@ -34,9 +30,8 @@ type mesh struct {
 	start        time.Time
 	ctx          context.Context // canceled by close
 	cancel       context.CancelFunc
-	dir          string
-	etcd         *embedetcd.Server
-	cli          *clientv3.Client
+	etcd         *benchEtcd
+	cli          *clientv3.Client // etcd's
 	payload      []byte
 	producers    []*components.Producer
 	incarnations []uint64
@@ -73,13 +68,6 @@ type benchServer struct {
 	proxy *tcpproxy.Proxy
 }
 
-// loadLevel is the rate each producer sends at from since on; 0 is as fast
-// as the window allows.
-type loadLevel struct {
-	perProducer float64
-	since       time.Time
-}
-
 // Sample is the throughput, in messages handled per second, over one
 // interval of the run.
 type Sample struct {
@@ -108,23 +96,10 @@ func newMesh(ctx context.Context, cfg Config) (m *mesh, err error) {
 			m.close(ctx)
 		}
 	}()
-	if m.dir, err = os.MkdirTemp("", "butterfly-bench-etcd-"); err != nil {
-		return m, fmt.Errorf("bench: %w", err)
+	if m.etcd, err = startEtcd(ctx); err != nil {
+		return m, err
 	}
-	clientAddr, peerAddr, err := twoFreePorts()
-	if err != nil {
-		return m, fmt.Errorf("bench: %w", err)
-	}
-	m.etcd, err = embedetcd.Start(ctx, embedetcd.Config{
-		DataDir: m.dir, ListenClient: "http://" + clientAddr, ListenPeer: "http://" + peerAddr, LogLevel: "off",
-	})
-	if err != nil {
-		return m, fmt.Errorf("bench: embedded etcd: %w", err)
-	}
-	m.cli, err = clientv3.New(clientv3.Config{Endpoints: m.etcd.ClientEndpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		return m, fmt.Errorf("bench: etcd client: %w", err)
-	}
+	m.cli = m.etcd.cli
 	for i := range cfg.Intermediates {
 		name := fmt.Sprintf("i%d", i)
 		if err := m.startServer(ctx, name, fmt.Sprintf("127.0.0.%d", 2+i), false); err != nil {
@@ -159,7 +134,7 @@ func newMesh(ctx context.Context, cfg Config) (m *mesh, err error) {
 	}
 	m.wg.Add(1)
 	go m.sampler()
-	m.level.Store(&loadLevel{since: time.Now()})
+	m.level.Store(newLoadLevel(0))
 	lctx, lcancel := context.WithCancel(mctx)
 	m.loadStop = lcancel
 	for _, p := range m.producers {
@@ -256,39 +231,17 @@ func (m *mesh) handle(_ context.Context, d *components.Delivery) error {
 // done.
 func (m *mesh) produce(ctx context.Context, p *components.Producer) {
 	defer m.loadWG.Done()
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	var (
-		level *loadLevel
-		n     int64
-	)
-	for ctx.Err() == nil {
-		if l := m.level.Load(); l != level {
-			level, n = l, 0
-		}
-		if level.perProducer > 0 && float64(n) >= level.perProducer*time.Since(level.since).Seconds() {
-			select {
-			case <-ctx.Done():
-			case <-tick.C:
-			}
-			continue
-		}
-		if _, err := p.Send(ctx, &messagev1.Message{Payload: m.payload}); err != nil {
-			if ctx.Err() == nil {
-				m.mu.Lock()
-				m.sendErr = errors.Join(m.sendErr, fmt.Errorf("bench: producer %s: %w", p.ID(), err))
-				m.mu.Unlock()
-			}
-			return
-		}
-		n++
+	if err := sendAtLevel(ctx, p, m.payload, &m.level); err != nil {
+		m.mu.Lock()
+		m.sendErr = errors.Join(m.sendErr, fmt.Errorf("bench: producer %s: %w", p.ID(), err))
+		m.mu.Unlock()
 	}
 }
 
 // setLoad makes the producers send total messages per second between them
 // (0: as fast as they can).
 func (m *mesh) setLoad(total float64) {
-	m.level.Store(&loadLevel{perProducer: total / float64(len(m.producers)), since: time.Now()})
+	m.level.Store(newLoadLevel(total / float64(len(m.producers))))
 }
 
 // sampler records the throughput series and the peak heap in use.
@@ -426,28 +379,7 @@ func (m *mesh) close(ctx context.Context) {
 	}
 	m.cancel()
 	m.wg.Wait()
-	if m.cli != nil {
-		m.cli.Close()
-	}
 	if m.etcd != nil {
-		m.etcd.Close()
+		m.etcd.close()
 	}
-	if m.dir != "" {
-		os.RemoveAll(m.dir)
-	}
-}
-
-// twoFreePorts returns two loopback addresses with ports that were free a
-// moment ago, for the embedded etcd.
-func twoFreePorts() (string, string, error) {
-	var addrs []string
-	for range 2 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return "", "", err
-		}
-		defer l.Close()
-		addrs = append(addrs, l.Addr().String())
-	}
-	return addrs[0], addrs[1], nil
 }

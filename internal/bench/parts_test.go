@@ -88,3 +88,46 @@ func TestRecoveryMS_Series(t *testing.T) {
 		t.Errorf("recoveryMS(no samples before) = %v, want -1", got)
 	}
 }
+
+// TestIDSet_BitmapMerge checks that a worker's bitmap carries its set
+// exactly and that merging two sets counts the seqs both hold.
+func TestIDSet_BitmapMerge(t *testing.T) {
+	a, b := &idSet{}, &idSet{}
+	for _, seq := range []uint64{1, 2, 64, chunkBits + 3} {
+		a.add(seq)
+	}
+	for _, seq := range []uint64{2, 3, chunkBits + 3, 3*chunkBits + 1} {
+		b.add(seq)
+	}
+	merged := &idSet{}
+	if got := merged.merge(a.bitmap()); got != 0 {
+		t.Errorf("merge(a) into an empty set = %d overlaps, want 0", got)
+	}
+	if got := merged.merge(b.bitmap()); got != 2 {
+		t.Errorf("merge(b) = %d overlaps, want 2 (2 and %d)", got, chunkBits+3)
+	}
+	if got, want := merged.missing(3*chunkBits+1), uint64(3*chunkBits+1-6); got != want { // the union holds 6
+		t.Errorf("missing(%d) after merges = %d, want %d", 3*chunkBits+1, got, want)
+	}
+	if got := (&idSet{}).bitmap(); len(got) != 0 {
+		t.Errorf("empty bitmap() = %d bytes, want 0", len(got))
+	}
+}
+
+// TestHistogram_BucketsAdd checks that a worker's buckets carry its
+// latencies into another histogram.
+func TestHistogram_BucketsAdd(t *testing.T) {
+	h := &histogram{}
+	for i := 1; i <= 100; i++ {
+		h.record(time.Duration(i) * time.Millisecond)
+	}
+	sum := &histogram{}
+	sum.add(h.buckets())
+	sum.add(h.buckets())
+	if got := sum.count(); got != 200 {
+		t.Errorf("count() after adding twice = %d, want 200", got)
+	}
+	if got, want := sum.quantile(0.99), h.quantile(0.99); got != want {
+		t.Errorf("quantile(0.99) = %v, want %v", got, want)
+	}
+}

@@ -17,7 +17,7 @@ var svgText = regexp.MustCompile(`<text x="([-0-9.]+)" y="([-0-9.]+)"()[^>]*font
 // legend, event numbers and their key) lies inside the picture, even for an
 // event at the very end of the run, and that the key names every event.
 func TestWritePlot_TextInside(t *testing.T) {
-	r := &Report{Payload: 256, Producers: 2, Intermediates: 2, Consumers: 2}
+	r := &Report{Setup: Setup{Payload: 256, Producers: 2, Intermediates: 2, Consumers: 2}}
 	for i := range 200 {
 		r.Samples = append(r.Samples, Sample{End: time.Duration(i) * 100 * time.Millisecond, Rate: 200000})
 	}

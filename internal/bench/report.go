@@ -11,41 +11,28 @@ import (
 // consumer's handler, in microseconds; times under faults are in
 // milliseconds, -1 where the event was not seen.
 type Report struct {
-	Payload       int     `json:"payload_bytes"`
-	Producers     int     `json:"producers"`
-	Intermediates int     `json:"intermediates"`
-	Consumers     int     `json:"consumers"`
-	DurationS     float64 `json:"duration_s"`
-	Window        int     `json:"window"`
-	BatchMessages int     `json:"batch_messages"`
-	BatchBytes    int     `json:"batch_bytes"`
-	LingerUS      float64 `json:"linger_us"`
-	HeartbeatMS   float64 `json:"heartbeat_ms"`
+	Setup
 
 	Baseline1HopUnbatched float64 `json:"baseline_1hop_unbatched_msgs_per_s"`
 	Baseline1Hop          float64 `json:"baseline_1hop_msgs_per_s"`
 	Baseline1HopP50US     float64 `json:"baseline_1hop_batch_rtt_p50_us"`
 	Baseline1HopP99US     float64 `json:"baseline_1hop_batch_rtt_p99_us"`
 	Baseline1HopCPU       float64 `json:"baseline_1hop_cpu_s_per_million"`
+	Baseline1HopAllocs    float64 `json:"baseline_1hop_allocs_per_msg"`
+	Baseline1HopAllocB    float64 `json:"baseline_1hop_alloc_bytes_per_msg"`
 	BaselineRelay         float64 `json:"baseline_relay_msgs_per_s"`
 	BaselineRelayP50US    float64 `json:"baseline_relay_batch_rtt_p50_us"`
 	BaselineRelayP99US    float64 `json:"baseline_relay_batch_rtt_p99_us"`
 	BaselineRelayCPU      float64 `json:"baseline_relay_cpu_s_per_million"`
+	BaselineRelayAllocs   float64 `json:"baseline_relay_allocs_per_msg"`
+	BaselineRelayAllocB   float64 `json:"baseline_relay_alloc_bytes_per_msg"`
 
-	Butterfly         float64 `json:"butterfly_msgs_per_s"`
-	RatioVs1Hop       float64 `json:"ratio_vs_1hop"`
-	RatioVsRelay      float64 `json:"ratio_vs_relay"`
-	P50US             float64 `json:"p50_us"`
-	P99US             float64 `json:"p99_us"`
-	P999US            float64 `json:"p999_us"`
-	CPUPerMillion     float64 `json:"cpu_s_per_million"`
-	HalfLoadOffered   float64 `json:"half_load_offered_msgs_per_s"`
-	HalfLoad          float64 `json:"half_load_msgs_per_s"`
-	P50HalfLoadUS     float64 `json:"p50_half_load_us"`
-	P99HalfLoadUS     float64 `json:"p99_half_load_us"`
-	P999HalfLoadUS    float64 `json:"p999_half_load_us"`
-	CPUPerMillionHalf float64 `json:"cpu_s_per_million_half_load"`
-	PeakHeapBytes     uint64  `json:"peak_heap_bytes"`
+	MeshFigures
+	RatioVs1Hop      float64 `json:"ratio_vs_1hop"`
+	RatioVsRelay     float64 `json:"ratio_vs_relay"`
+	AllocsPerMsg     float64 `json:"allocs_per_msg"`
+	AllocBytesPerMsg float64 `json:"alloc_bytes_per_msg"`
+	PeakHeapBytes    uint64  `json:"peak_heap_bytes"`
 
 	FailoverLost      uint64  `json:"failover_lost"`
 	FailoverRecoverMS float64 `json:"failover_recover_ms"`
@@ -69,38 +56,95 @@ type Report struct {
 
 func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
 
-func (r *Report) setConfig(c Config) {
+// Setup is the configuration a report was measured with.
+type Setup struct {
+	Payload       int     `json:"payload_bytes"`
+	Producers     int     `json:"producers"`
+	Intermediates int     `json:"intermediates"`
+	Consumers     int     `json:"consumers"`
+	DurationS     float64 `json:"duration_s"`
+	Window        int     `json:"window"`
+	BatchMessages int     `json:"batch_messages"`
+	BatchBytes    int     `json:"batch_bytes"`
+	LingerUS      float64 `json:"linger_us"`
+	HeartbeatMS   float64 `json:"heartbeat_ms"`
+}
+
+func (r *Setup) setConfig(c Config) {
 	r.Payload, r.Producers, r.Intermediates, r.Consumers = c.Payload, c.Producers, c.Intermediates, c.Consumers
 	r.DurationS, r.Window, r.BatchMessages, r.BatchBytes = c.Duration.Seconds(), c.Window, c.BatchMessages, c.BatchBytes
 	r.LingerUS, r.HeartbeatMS = us(c.Linger), ms(c.Heartbeat)
 }
 
+// writeSetup writes the setup line of a table.
+func (r *Setup) writeSetup(w io.Writer) {
+	fmt.Fprintf(w, "%d B payload, %d producers, %d intermediates, %d consumers, %.1fs phases, window %d, batch %d msgs / %d B, linger %.0fµs\n\n",
+		r.Payload, r.Producers, r.Intermediates, r.Consumers, r.DurationS, r.Window, r.BatchMessages, r.BatchBytes, r.LingerUS)
+}
+
 func (r *Report) setBaseline1Hop(res Result) {
 	r.Baseline1Hop, r.Baseline1HopP50US, r.Baseline1HopP99US = res.MsgsPerSec, us(res.P50), us(res.P99)
 	r.Baseline1HopCPU = res.CPUPerMillion
+	r.Baseline1HopAllocs, r.Baseline1HopAllocB = res.AllocsPerMsg, res.AllocBytesPerMsg
 }
 
 func (r *Report) setBaselineRelay(res Result) {
 	r.BaselineRelay, r.BaselineRelayP50US, r.BaselineRelayP99US = res.MsgsPerSec, us(res.P50), us(res.P99)
 	r.BaselineRelayCPU = res.CPUPerMillion
+	r.BaselineRelayAllocs, r.BaselineRelayAllocB = res.AllocsPerMsg, res.AllocBytesPerMsg
+}
+
+// MeshFigures are what every run measures of the mesh at saturation and at
+// half of it, in one process or in many.
+type MeshFigures struct {
+	Butterfly         float64 `json:"butterfly_msgs_per_s"`
+	P50US             float64 `json:"p50_us"`
+	P99US             float64 `json:"p99_us"`
+	P999US            float64 `json:"p999_us"`
+	CPUPerMillion     float64 `json:"cpu_s_per_million"`
+	HalfLoadOffered   float64 `json:"half_load_offered_msgs_per_s"`
+	HalfLoad          float64 `json:"half_load_msgs_per_s"`
+	P50HalfLoadUS     float64 `json:"p50_half_load_us"`
+	P99HalfLoadUS     float64 `json:"p99_half_load_us"`
+	P999HalfLoadUS    float64 `json:"p999_half_load_us"`
+	CPUPerMillionHalf float64 `json:"cpu_s_per_million_half_load"`
+}
+
+func (f *MeshFigures) setSaturation(res Result) {
+	f.Butterfly = res.MsgsPerSec
+	f.P50US, f.P99US, f.P999US = us(res.P50), us(res.P99), us(res.P999)
+	f.CPUPerMillion = res.CPUPerMillion
+}
+
+func (f *MeshFigures) setHalfLoad(offered float64, res Result) {
+	f.HalfLoadOffered, f.HalfLoad = offered, res.MsgsPerSec
+	f.P50HalfLoadUS, f.P99HalfLoadUS, f.P999HalfLoadUS = us(res.P50), us(res.P99), us(res.P999)
+	f.CPUPerMillionHalf = res.CPUPerMillion
+}
+
+// halfLoadRow is the table row of the half-load phase.
+func (f *MeshFigures) halfLoadRow(w io.Writer) {
+	fmt.Fprintf(w, "half of saturation\t%s\t%s / %s / %s\t%.2f\t\n", fmtRate(f.HalfLoad), fmtLat(f.P50HalfLoadUS), fmtLat(f.P99HalfLoadUS), fmtLat(f.P999HalfLoadUS), f.CPUPerMillionHalf)
+}
+
+func fmtRate(v float64) string { return fmt.Sprintf("%.0f msgs/s", v) }
+
+func fmtLat(v float64) string {
+	if v >= 1000 {
+		return fmt.Sprintf("%.2f ms", v/1000)
+	}
+	return fmt.Sprintf("%.0f µs", v)
 }
 
 func (r *Report) setButterfly(res Result) {
-	r.Butterfly = res.MsgsPerSec
-	r.P50US, r.P99US, r.P999US = us(res.P50), us(res.P99), us(res.P999)
-	r.CPUPerMillion = res.CPUPerMillion
+	r.setSaturation(res)
+	r.AllocsPerMsg, r.AllocBytesPerMsg = res.AllocsPerMsg, res.AllocBytesPerMsg
 	if r.Baseline1Hop > 0 {
 		r.RatioVs1Hop = res.MsgsPerSec / r.Baseline1Hop
 	}
 	if r.BaselineRelay > 0 {
 		r.RatioVsRelay = res.MsgsPerSec / r.BaselineRelay
 	}
-}
-
-func (r *Report) setHalfLoad(offered float64, res Result) {
-	r.HalfLoadOffered, r.HalfLoad = offered, res.MsgsPerSec
-	r.P50HalfLoadUS, r.P99HalfLoadUS, r.P999HalfLoadUS = us(res.P50), us(res.P99), us(res.P999)
-	r.CPUPerMillionHalf = res.CPUPerMillion
 }
 
 // Target is one goal of the benchmark and whether the run met it.
@@ -148,29 +192,26 @@ func (r *Report) Targets() []Target {
 // WriteTable writes r as a readable table.
 func (r *Report) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	rate := func(v float64) string { return fmt.Sprintf("%.0f msgs/s", v) }
-	lat := func(v float64) string {
-		if v >= 1000 {
-			return fmt.Sprintf("%.2f ms", v/1000)
-		}
-		return fmt.Sprintf("%.0f µs", v)
-	}
+	rate, lat := fmtRate, fmtLat
 	fault := func(v float64) string {
 		if v < 0 {
 			return "not seen"
 		}
 		return fmt.Sprintf("%.1f ms", v)
 	}
-	fmt.Fprintf(w, "%d B payload, %d producers, %d intermediates, %d consumers, %.1fs phases, window %d, batch %d msgs / %d B, linger %.0fµs\n\n",
-		r.Payload, r.Producers, r.Intermediates, r.Consumers, r.DurationS, r.Window, r.BatchMessages, r.BatchBytes, r.LingerUS)
-	fmt.Fprintf(tw, "BASELINES (same run)\tthroughput\tbatch round trip p50 / p99\tCPU s per M msgs\t\n")
-	fmt.Fprintf(tw, "raw gRPC 1 hop, 1 msg per gRPC msg\t%s\t\t\t\n", rate(r.Baseline1HopUnbatched))
-	fmt.Fprintf(tw, "raw gRPC 1 hop, batched\t%s\t%s / %s\t%.2f\t\n", rate(r.Baseline1Hop), lat(r.Baseline1HopP50US), lat(r.Baseline1HopP99US), r.Baseline1HopCPU)
-	fmt.Fprintf(tw, "hand-rolled relay, end-to-end acks\t%s\t%s / %s\t%.2f\t\n", rate(r.BaselineRelay), lat(r.BaselineRelayP50US), lat(r.BaselineRelayP99US), r.BaselineRelayCPU)
+	r.writeSetup(w)
+	allocs := func(n, b float64) string { return fmt.Sprintf("%.1f / %.0f B", n, b) }
+	fmt.Fprintf(tw, "BASELINES (same run)\tthroughput\tbatch round trip p50 / p99\tCPU s per M msgs\tallocs per msg\t\n")
+	fmt.Fprintf(tw, "raw gRPC 1 hop, 1 msg per gRPC msg\t%s\t\t\t\t\n", rate(r.Baseline1HopUnbatched))
+	fmt.Fprintf(tw, "raw gRPC 1 hop, batched\t%s\t%s / %s\t%.2f\t%s\t\n", rate(r.Baseline1Hop), lat(r.Baseline1HopP50US), lat(r.Baseline1HopP99US), r.Baseline1HopCPU,
+		allocs(r.Baseline1HopAllocs, r.Baseline1HopAllocB))
+	fmt.Fprintf(tw, "hand-rolled relay, end-to-end acks\t%s\t%s / %s\t%.2f\t%s\t\n", rate(r.BaselineRelay), lat(r.BaselineRelayP50US), lat(r.BaselineRelayP99US), r.BaselineRelayCPU,
+		allocs(r.BaselineRelayAllocs, r.BaselineRelayAllocB))
 	fmt.Fprintf(tw, "\t\t\n")
-	fmt.Fprintf(tw, "BUTTERFLY\tthroughput\tend-to-end p50 / p99 / p999\tCPU s per M msgs\t\n")
-	fmt.Fprintf(tw, "saturation\t%s\t%s / %s / %s\t%.2f\t\n", rate(r.Butterfly), lat(r.P50US), lat(r.P99US), lat(r.P999US), r.CPUPerMillion)
-	fmt.Fprintf(tw, "half of saturation\t%s\t%s / %s / %s\t%.2f\t\n", rate(r.HalfLoad), lat(r.P50HalfLoadUS), lat(r.P99HalfLoadUS), lat(r.P999HalfLoadUS), r.CPUPerMillionHalf)
+	fmt.Fprintf(tw, "BUTTERFLY\tthroughput\tend-to-end p50 / p99 / p999\tCPU s per M msgs\tallocs per msg\t\n")
+	fmt.Fprintf(tw, "saturation\t%s\t%s / %s / %s\t%.2f\t%s\t\n", rate(r.Butterfly), lat(r.P50US), lat(r.P99US), lat(r.P999US), r.CPUPerMillion,
+		allocs(r.AllocsPerMsg, r.AllocBytesPerMsg))
+	r.halfLoadRow(tw)
 	fmt.Fprintf(tw, "vs 1 hop / vs relay\t%.2fx / %.2fx\t\t\t\n", r.RatioVs1Hop, r.RatioVsRelay)
 	fmt.Fprintf(tw, "peak heap in use\t%.1f MiB\t\t\t\n", float64(r.PeakHeapBytes)/(1<<20))
 	fmt.Fprintf(tw, "\t\t\n")

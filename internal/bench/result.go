@@ -101,6 +101,10 @@ type Result struct {
 	// CPUPerMillion is the process's CPU seconds (user and system) per
 	// million messages, 0 where the platform does not report it.
 	CPUPerMillion float64
+	// AllocsPerMsg and AllocBytesPerMsg are the process's heap allocations
+	// over the phase per message handled: unlike the rates, a busy machine
+	// does not blur them.
+	AllocsPerMsg, AllocBytesPerMsg float64
 }
 
 func newResult(n uint64, elapsed time.Duration, lat *histogram) Result {

@@ -119,16 +119,17 @@ func (m *mesh) measure(ctx context.Context, profile io.Writer) Result {
 			profile = nil
 		}
 	}
-	n0, cpu0, t0 := m.consumed.Load(), cpuTime(), time.Now()
+	n0, cpu0, allocs0, t0 := m.consumed.Load(), cpuTime(), heapAllocs(), time.Now()
 	m.lat.Store(h)
 	pause(ctx, m.cfg.Duration)
 	m.lat.Store(nil)
-	n, elapsed, cpu := m.consumed.Load()-n0, time.Since(t0), cpuTime()-cpu0
+	n, elapsed, cpu, allocs := m.consumed.Load()-n0, time.Since(t0), cpuTime()-cpu0, heapAllocs().sub(allocs0)
 	if profile != nil {
 		pprof.StopCPUProfile()
 	}
 	res := newResult(n, elapsed, h)
 	res.CPUPerMillion = cpuPerMillion(cpu, n)
+	res.setAllocs(allocs)
 	return res
 }
 

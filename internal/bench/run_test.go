@@ -6,18 +6,22 @@ import (
 	"time"
 )
 
-// TestRun_QuickFaultsLoseNothing runs the whole benchmark with short phases
-// and checks that every message sent reached a handler exactly once in
-// count, that every fault was seen, and that the report renders.
-func TestRun_QuickFaultsLoseNothing(t *testing.T) {
-	cfg := Config{
+// quickConfig is a whole run in a few seconds: short phases and heartbeats.
+func quickConfig() Config {
+	return Config{
 		Payload: 256, Producers: 2, Intermediates: 2, Consumers: 2,
 		Duration: 300 * time.Millisecond, Window: 2000, BatchMessages: 64, BatchBytes: 512 << 10,
 		Linger: 200 * time.Microsecond, Credit: 1000, Heartbeat: 50 * time.Millisecond,
 		LeaseTTL: 5 * time.Second, Warmup: 200 * time.Millisecond,
 		FaultGap: 300 * time.Millisecond, FaultLoad: 0.5, SampleInterval: 10 * time.Millisecond,
 	}
-	r, err := Run(t.Context(), cfg)
+}
+
+// TestRun_QuickFaultsLoseNothing runs the whole benchmark with short phases
+// and checks that every message sent reached a handler exactly once in
+// count, that every fault was seen, and that the report renders.
+func TestRun_QuickFaultsLoseNothing(t *testing.T) {
+	r, err := Run(t.Context(), quickConfig())
 	if err != nil {
 		t.Fatalf("Run() = %v", err)
 	}
@@ -49,5 +53,37 @@ func TestRun_QuickFaultsLoseNothing(t *testing.T) {
 	var svg bytes.Buffer
 	if err := WritePlot(&svg, r); err != nil || !bytes.Contains(svg.Bytes(), []byte("<svg")) {
 		t.Errorf("WritePlot() = %v, %d bytes, want an SVG", err, svg.Len())
+	}
+}
+
+// TestRun_AllocsPerMessage checks that a run reports the heap allocations
+// per message of Butterfly and of the relay baseline, and that they are
+// plausible: every message is decoded on its way (at least its payload is
+// allocated again), and both stay under generous bounds, the relay, which
+// reuses what it can, under a tighter one.
+func TestRun_AllocsPerMessage(t *testing.T) {
+	cfg := quickConfig()
+	cfg.Duration = time.Second // phases long enough to count messages on a busy machine
+	r, err := Run(t.Context(), cfg)
+	if err != nil {
+		t.Fatalf("Run() = %v", err)
+	}
+	t.Logf("allocs per msg: Butterfly %.1f (%.0f B), relay %.1f (%.0f B), 1 hop %.1f (%.0f B)",
+		r.AllocsPerMsg, r.AllocBytesPerMsg, r.BaselineRelayAllocs, r.BaselineRelayAllocB, r.Baseline1HopAllocs, r.Baseline1HopAllocB)
+	for _, tc := range []struct {
+		name          string
+		allocs, bytes float64
+		maxAllocs     float64
+	}{
+		{"Butterfly", r.AllocsPerMsg, r.AllocBytesPerMsg, 1000},
+		{"relay", r.BaselineRelayAllocs, r.BaselineRelayAllocB, 100},
+		{"1 hop", r.Baseline1HopAllocs, r.Baseline1HopAllocB, 100},
+	} {
+		if tc.allocs <= 0 || tc.allocs > tc.maxAllocs {
+			t.Errorf("Run() %s allocs per msg = %.1f, want in (0, %v]", tc.name, tc.allocs, tc.maxAllocs)
+		}
+		if tc.bytes < float64(cfg.Payload) {
+			t.Errorf("Run() %s alloc bytes per msg = %.0f, want at least the payload, %d", tc.name, tc.bytes, cfg.Payload)
+		}
 	}
 }

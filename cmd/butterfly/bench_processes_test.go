@@ -1,0 +1,59 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// TestBenchCommand_Processes runs `bench --processes` on the built binary,
+// with every component a process of its own, and checks that every message
+// arrived exactly once and that the run measured a throughput.
+func TestBenchCommand_Processes(t *testing.T) {
+	binary := filepath.Join(t.TempDir(), "butterfly")
+	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build = %v, output:\n%s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, binary, "bench", "--processes", "--json", "--duration", "1s", "--warmup", "200ms",
+		"--producers", "1", "--intermediates", "2", "--consumers", "2", "--window", "2000", "--log-level", "warn")
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("bench --processes = %v, stderr:\n%s\nstdout:\n%s", err, stderr.String(), stdout.String())
+	}
+	var got struct {
+		Mode         string  `json:"mode"`
+		Rate         float64 `json:"butterfly_msgs_per_s"`
+		Sent         uint64  `json:"sent"`
+		Delivered    uint64  `json:"delivered"`
+		Lost         *uint64 `json:"lost"`
+		HandledTwice *uint64 `json:"handled_twice"`
+		Strangers    uint64  `json:"unknown_messages"`
+	}
+	if err := json.Unmarshal(stdout.Bytes(), &got); err != nil {
+		t.Fatalf("json.Unmarshal(bench --processes output) = %v, output:\n%s", err, stdout.String())
+	}
+	if got.Lost == nil || *got.Lost != 0 || got.HandledTwice == nil || *got.HandledTwice != 0 {
+		t.Errorf("bench --processes lost, handled twice = %v, %v, want 0, 0", deref(got.Lost), deref(got.HandledTwice))
+	}
+	if got.Mode != "processes" || got.Rate <= 0 || got.Sent == 0 || got.Delivered != got.Sent || got.Strangers != 0 {
+		t.Errorf("bench --processes mode %q, msgs/s %v, sent %d, delivered %d, unknown %d, want processes, > 0, equal and > 0, 0",
+			got.Mode, got.Rate, got.Sent, got.Delivered, got.Strangers)
+	}
+	if t.Failed() {
+		t.Logf("bench --processes output:\n%s", stdout.String())
+	}
+}
+
+func deref(p *uint64) any {
+	if p == nil {
+		return "missing"
+	}
+	return *p
+}

@@ -1,0 +1,82 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/butterfly-mesh/butterfly/internal/embedetcd"
+)
+
+// benchEtcd is the embedded etcd of a run, its data directory and a client.
+type benchEtcd struct {
+	dir string
+	srv *embedetcd.Server
+	cli *clientv3.Client
+}
+
+// startEtcd starts an embedded etcd on two free loopback ports, in a new
+// temporary directory, and connects to it.
+func startEtcd(ctx context.Context) (e *benchEtcd, err error) {
+	e = &benchEtcd{}
+	defer func() {
+		if err != nil {
+			e.close()
+		}
+	}()
+	if e.dir, err = os.MkdirTemp("", "butterfly-bench-etcd-"); err != nil {
+		return nil, fmt.Errorf("bench: %w", err)
+	}
+	clientAddr, peerAddr, err := twoFreePorts()
+	if err != nil {
+		return nil, fmt.Errorf("bench: %w", err)
+	}
+	e.srv, err = embedetcd.Start(ctx, embedetcd.Config{
+		DataDir: e.dir, ListenClient: "http://" + clientAddr, ListenPeer: "http://" + peerAddr, LogLevel: "off",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bench: embedded etcd: %w", err)
+	}
+	e.cli, err = clientv3.New(clientv3.Config{Endpoints: e.srv.ClientEndpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return nil, fmt.Errorf("bench: etcd client: %w", err)
+	}
+	return e, nil
+}
+
+// endpoints are the etcd's client URLs.
+func (e *benchEtcd) endpoints() []string { return e.srv.ClientEndpoints() }
+
+// close closes the client, stops etcd and removes its directory. Safe on a
+// partial start.
+func (e *benchEtcd) close() {
+	if e.cli != nil {
+		e.cli.Close()
+	}
+	if e.srv != nil {
+		e.srv.Close()
+	}
+	if e.dir != "" {
+		os.RemoveAll(e.dir)
+	}
+}
+
+// twoFreePorts returns two loopback addresses with ports that were free a
+// moment ago, for the embedded etcd.
+func twoFreePorts() (string, string, error) {
+	var addrs []string
+	for range 2 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return "", "", err
+		}
+		defer l.Close()
+		addrs = append(addrs, l.Addr().String())
+	}
+	return addrs[0], addrs[1], nil
+}
