@@ -19,14 +19,17 @@
 //	// process takes the instance name over.
 //	return srv.Serve(ctx, lis)
 //
-// Routing: every processed message goes to each consumer group that has a
-// consumer; within a group to one consumer, chosen by rendezvous hashing of
-// the message key (or of the producer id when the key is empty) over the
-// group's consumer ids, so that a message sent again through another replica
-// reaches the same consumer, which drops the duplicate. Deliveries respect the
-// consumers' credits; a consumer that leaves hands its unacknowledged
-// deliveries to the others of its group. A message that finds no consumer in
-// time is handed back with NACK_REASON_UNAVAILABLE.
+// Routing: every admitted message gets one delivery for each consumer group
+// declared in etcd at that moment; within a group it goes to one registered,
+// non-draining consumer, chosen by rendezvous hashing of the message key (or
+// of the producer id when the key is empty) over the group's registered
+// consumer ids, so that a message sent again through another replica reaches
+// the same consumer, which drops the duplicate. Deliveries respect the
+// consumers' credits. When the chosen consumer is registered but not
+// connected here, the message waits for it (WithOwnerWait) and is then handed
+// back with NACK_REASON_OWNER_UNREACHABLE; a group with no registered
+// consumer holds its messages until the no-consumer timeout and hands them
+// back with NACK_REASON_NO_CONSUMER. Either way the producer sends them again.
 //
 // Concurrency: every stream has one receive goroutine and one send goroutine;
 // the handler only waits for the stream to end. A janitor goroutine checks
