@@ -17,10 +17,10 @@ import (
 // message.
 func TestStreams_HeartbeatAtTheWelcomesPace(t *testing.T) {
 	m := newMesh(t)
-	hub := m.startHub("intermediate", "i1", "127.0.0.1", intermediate.WithMaxPeerHeartbeat(50*time.Millisecond))
+	hub := m.startHub("intermediate", "i1", "127.0.0.1", intermediate.WithMaxPeerHeartbeat(100*time.Millisecond))
 	m.waitMembers("intermediate", 1)
 	led := newLedger()
-	slow := components.WithHeartbeatInterval(2 * time.Second)
+	slow := components.WithHeartbeatInterval(4 * time.Second)
 	m.consumer("c1", led.handler(), slow)
 	waitConsumers(t, 1, hub)
 	p := m.producer("p1", slow)
@@ -30,8 +30,9 @@ func TestStreams_HeartbeatAtTheWelcomesPace(t *testing.T) {
 		t.Fatalf("Send() = %v", err)
 	}
 	led.waitHandled(t, 1)
-	// Idle for four of the intermediate's 250ms deadlines.
-	idle := time.NewTimer(time.Second)
+	// Idle for four of the intermediate's 500ms deadlines (a cap of 100ms
+	// leaves room for a busy machine; 4s heartbeats would miss them all).
+	idle := time.NewTimer(2 * time.Second)
 	<-idle.C
 	if _, err := p.Send(ctx, &messagev1.Message{Payload: []byte("after")}); err != nil {
 		t.Fatalf("Send() = %v", err)

@@ -15,7 +15,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m, etcdtest.LeakOptions()...
 // TestBaselines_Deliver checks that both baselines move and acknowledge
 // messages, in whole batches.
 func TestBaselines_Deliver(t *testing.T) {
-	cfg := Config{Payload: 256, Producers: 1, Duration: 200 * time.Millisecond, Window: 1024, BatchMessages: 64}
+	cfg := Config{Payload: 256, Producers: 1, Duration: time.Second, Window: 1024, BatchMessages: 64}
 	for name, run := range map[string]func(context.Context, Config) (Result, error){
 		"1hop": Baseline1Hop, "relay": BaselineRelay,
 	} {
