@@ -16,16 +16,6 @@ type outMsg struct {
 	avoid  *pubLink   // the link whose intermediate could not reach its owner; nil for none
 }
 
-func compareSeq(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
 // compactAfter is how many popped slots an outQueue leaves before its head
 // before it copies its live messages down.
 const compactAfter = 1024
