@@ -13,6 +13,7 @@ import (
 
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/internal/seqindex"
 	"github.com/butterfly-mesh/butterfly/internal/seqrange"
 )
 
@@ -34,7 +35,7 @@ type pubStream struct {
 	expectSeq   uint64 // next stream sequence number; receive goroutine only
 
 	// Guarded by Server.mu.
-	held       map[uint64]*held
+	held       seqindex.Index[*held] // by stream sequence number
 	inFlight   int
 	heldBytes  int // bytes of held, against max-in-flight-bytes
 	acks       []uint64
@@ -75,7 +76,6 @@ func (ps *publishService) Publish(stream deliveryv1.PublishService_PublishServer
 		producerID:  hello.GetProducerId(),
 		incarnation: hello.GetIncarnation(),
 		expectSeq:   1,
-		held:        make(map[uint64]*held),
 	}
 	p.init(ctx, cancel, hello.GetHeartbeatIntervalMs(), &s.opts)
 	s.mu.Lock()
@@ -115,7 +115,7 @@ func (ps *publishService) Publish(stream deliveryv1.PublishService_PublishServer
 		cancel(errServerStopping)
 	}
 	s.mu.Lock()
-	abandoned := len(p.held)
+	abandoned := p.held.Len()
 	s.abandonLocked(p)
 	if abandoned > 0 {
 		s.pruneQueuesLocked()
@@ -185,7 +185,7 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 	p.received += n
 	// What the producer has not heard back about: held, or answered in a
 	// frame not yet sent. A producer within its limit never exceeds it.
-	if inFlight := len(p.held) + len(p.acks) + len(p.nacks); inFlight+len(msgs) > s.opts.maxInFlight {
+	if inFlight := p.held.Len() + len(p.acks) + len(p.nacks); inFlight+len(msgs) > s.opts.maxInFlight {
 		s.mu.Unlock()
 		return status.Errorf(codes.ResourceExhausted, "intermediate: %d messages in flight plus a batch of %d exceed max-in-flight %d", inFlight, len(msgs), s.opts.maxInFlight)
 	}
@@ -306,7 +306,7 @@ func (p *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServi
 			notice = s.drainNotice
 			p.noticeSent = true
 		}
-		end := s.draining && p.noticeSent && len(p.held) == 0 && len(acks) == 0 && len(nacks) == 0 && notice == nil
+		end := s.draining && p.noticeSent && p.held.Len() == 0 && len(acks) == 0 && len(nacks) == 0 && notice == nil
 		if len(acks) > 0 || len(nacks) > 0 {
 			p.ackedN += uint64(len(acks))
 			p.nackedN += uint64(len(nacks))

@@ -161,8 +161,8 @@ func (s *Server) admitLocked(h *held) {
 	s.heldTotal++
 	s.admitted++
 	h.order = s.admitted
-	h.pub.held[h.seq] = h
-	h.pub.inFlight = len(h.pub.held)
+	h.pub.held.Push(h.seq, h)
+	h.pub.inFlight = h.pub.held.Len()
 	if !s.declaredLocked() {
 		h.deadline = time.Now().Add(s.opts.noConsumerTimeout)
 		s.unrouted = append(s.unrouted, h)
@@ -254,8 +254,8 @@ func (s *Server) finishLocked(h *held, nack *messagev1.Nack) {
 	}
 	h.done = true
 	p := h.pub
-	delete(p.held, h.seq)
-	p.inFlight = len(p.held)
+	p.held.Remove(h.seq)
+	p.inFlight = p.held.Len()
 	s.heldTotal--
 	s.releaseBytesLocked(p, h.charge)
 	if nack == nil {
@@ -300,12 +300,12 @@ func routesOf(h *held) []*messagev1.Route {
 // abandonLocked forgets every message held for a publish stream that ended:
 // its producer sends them again, so no new copy of them is delivered.
 func (s *Server) abandonLocked(p *pubStream) {
-	for seq, h := range p.held {
+	for _, h := range p.held.All() {
 		h.done = true
-		delete(p.held, seq)
 		s.heldTotal--
 		s.releaseBytesLocked(p, h.charge)
 	}
+	p.held.Clear()
 	p.inFlight = 0
 	p.acks, p.nacks = nil, nil
 	p.closed = true

@@ -10,7 +10,6 @@ import (
 const compactMin = 64
 
 type slot[V any] struct {
-	seq  uint64
 	live bool
 	v    V
 }
@@ -18,7 +17,8 @@ type slot[V any] struct {
 // Index holds values under strictly increasing sequence numbers. The zero
 // value is an empty index ready to use.
 type Index[V any] struct {
-	slots []slot[V] // increasing seq; slots[:head] are all dead
+	seqs  []uint64  // increasing; searched apart from the values, densely
+	slots []slot[V] // slots[i] is under seqs[i]; slots[:head] are all dead
 	head  int       // first slot that may be live
 	live  int       // live slots
 	last  uint64    // the highest seq pushed since the index was made or cleared
@@ -35,35 +35,36 @@ func (x *Index[V]) Push(seq uint64, v V) {
 	if x.any && seq <= x.last {
 		panic(fmt.Sprintf("seqindex: Push(%d) after %d", seq, x.last))
 	}
-	x.slots = append(x.slots, slot[V]{seq: seq, live: true, v: v})
+	x.seqs = append(x.seqs, seq)
+	x.slots = append(x.slots, slot[V]{live: true, v: v})
 	x.live++
 	x.last, x.any = seq, true
 }
 
 // find returns the index in slots of seq, or -1.
 func (x *Index[V]) find(seq uint64) int {
-	s := x.slots[x.head:]
-	if len(s) == 0 || seq < s[0].seq || seq > s[len(s)-1].seq {
+	s := x.seqs[x.head:]
+	if len(s) == 0 || seq < s[0] || seq > s[len(s)-1] {
 		return -1
 	}
 	// Contiguous seqs put seq at its offset from the head.
-	if off := seq - s[0].seq; off < uint64(len(s)) && s[off].seq == seq {
+	if off := seq - s[0]; off < uint64(len(s)) && s[off] == seq {
 		return x.head + int(off)
 	}
-	i := x.search(seq)
-	if i < len(x.slots) && x.slots[i].seq == seq {
+	i := x.search(x.head, seq)
+	if i < len(x.seqs) && x.seqs[i] == seq {
 		return i
 	}
 	return -1
 }
 
-// search returns the index of the first slot at or after head whose seq is
+// search returns the index of the first slot at or after from whose seq is
 // not below seq.
-func (x *Index[V]) search(seq uint64) int {
-	lo, hi := x.head, len(x.slots)
+func (x *Index[V]) search(from int, seq uint64) int {
+	lo, hi := from, len(x.seqs)
 	for lo < hi {
 		m := int(uint(lo+hi) >> 1)
-		if x.slots[m].seq < seq {
+		if x.seqs[m] < seq {
 			lo = m + 1
 		} else {
 			hi = m
@@ -99,20 +100,35 @@ func (x *Index[V]) Remove(seq uint64) (V, bool) {
 // the slots in the range, whatever the width of the range. It returns the
 // number removed.
 func (x *Index[V]) RemoveRange(first, last uint64, f func(seq uint64, v V)) int {
-	if last < first || x.live == 0 {
-		return 0
+	n, _ := x.removeRange(x.head, first, last, f)
+	if n > 0 {
+		x.tidy()
 	}
-	n := 0
-	for i := x.search(first); i < len(x.slots) && x.slots[i].seq <= last; i++ {
-		if !x.slots[i].live {
-			continue
+	return n
+}
+
+// Range is an inclusive range of sequence numbers.
+type Range struct{ First, Last uint64 }
+
+// RemoveRanges removes the values under every range, as RemoveRange does,
+// in one pass when the ranges are in increasing order: each is searched for
+// only past the one before, so many ranges cost no more than one walk of
+// the index. Ranges out of order are still removed, at the cost of a search
+// from the head. f must not change the index. It returns the number
+// removed.
+func (x *Index[V]) RemoveRanges(ranges []Range, f func(seq uint64, v V)) int {
+	n, from := 0, x.head
+	var prev uint64
+	for _, r := range ranges {
+		if x.live == 0 {
+			break
 		}
-		seq, v := x.slots[i].seq, x.slots[i].v
-		x.kill(i)
-		n++
-		if f != nil {
-			f(seq, v)
+		if r.First < prev {
+			from = x.head
 		}
+		k, end := x.removeRange(from, r.First, r.Last, f)
+		n += k
+		from, prev = end, r.First
 	}
 	if n > 0 {
 		x.tidy()
@@ -120,12 +136,35 @@ func (x *Index[V]) RemoveRange(first, last uint64, f func(seq uint64, v V)) int 
 	return n
 }
 
+// removeRange kills the live slots under first to last, searching from
+// slot from, and returns how many it killed and the slot past the range.
+// The caller tidies.
+func (x *Index[V]) removeRange(from int, first, last uint64, f func(seq uint64, v V)) (int, int) {
+	if last < first || x.live == 0 {
+		return 0, from
+	}
+	n := 0
+	i := x.search(from, first)
+	for ; i < len(x.seqs) && x.seqs[i] <= last; i++ {
+		if !x.slots[i].live {
+			continue
+		}
+		seq, v := x.seqs[i], x.slots[i].v
+		x.kill(i)
+		n++
+		if f != nil {
+			f(seq, v)
+		}
+	}
+	return n, i
+}
+
 // Min returns the lowest seq held and whether the index holds any.
 func (x *Index[V]) Min() (uint64, bool) {
 	if x.live == 0 {
 		return 0, false
 	}
-	return x.slots[x.head].seq, true
+	return x.seqs[x.head], true
 }
 
 // All iterates over the values held, in sequence order. The index must not
@@ -133,7 +172,7 @@ func (x *Index[V]) Min() (uint64, bool) {
 func (x *Index[V]) All() iter.Seq2[uint64, V] {
 	return func(yield func(uint64, V) bool) {
 		for i := x.head; i < len(x.slots); i++ {
-			if x.slots[i].live && !yield(x.slots[i].seq, x.slots[i].v) {
+			if x.slots[i].live && !yield(x.seqs[i], x.slots[i].v) {
 				return
 			}
 		}
@@ -155,7 +194,7 @@ func (x *Index[V]) AppendTo(dst []V) []V {
 // start again from any seq.
 func (x *Index[V]) Clear() {
 	clear(x.slots)
-	x.slots, x.head, x.live = x.slots[:0], 0, 0
+	x.seqs, x.slots, x.head, x.live = x.seqs[:0], x.slots[:0], 0, 0
 	x.last, x.any = 0, false
 }
 
@@ -173,7 +212,7 @@ func (x *Index[V]) kill(i int) {
 func (x *Index[V]) tidy() {
 	if x.live == 0 {
 		// Every slot is dead and holds no value.
-		x.slots, x.head = x.slots[:0], 0
+		x.seqs, x.slots, x.head = x.seqs[:0], x.slots[:0], 0
 		return
 	}
 	for !x.slots[x.head].live {
@@ -186,10 +225,10 @@ func (x *Index[V]) tidy() {
 	n := 0
 	for i := x.head; i < len(x.slots); i++ {
 		if x.slots[i].live {
-			x.slots[n] = x.slots[i]
+			x.seqs[n], x.slots[n] = x.seqs[i], x.slots[i]
 			n++
 		}
 	}
 	clear(x.slots[n:])
-	x.slots, x.head = x.slots[:n], 0
+	x.seqs, x.slots, x.head = x.seqs[:n], x.slots[:n], 0
 }

@@ -175,25 +175,40 @@ func TestIndex_Random(t *testing.T) {
 					t.Fatalf("seed %d: Remove(%d) = %d, %t, want %d, %t", seed, seq, v, ok, want, wantOK)
 				}
 				delete(ref, seq)
-			case k < 80: // remove a range
-				first := uint64(rng.Int64N(int64(next) + 2))
-				last := first + uint64(rng.IntN(20))
+			case k < 80: // remove one range, or several in any order
+				ranges := make([][2]uint64, 1+rng.IntN(3))
+				for i := range ranges {
+					first := uint64(rng.Int64N(int64(next) + 2))
+					ranges[i] = [2]uint64{first, first + uint64(rng.IntN(20))}
+				}
 				var got []uint64
-				n := x.RemoveRange(first, last, func(seq uint64, v int) {
+				report := func(seq uint64, v int) {
 					if ref[seq] != v {
-						t.Fatalf("seed %d: RemoveRange(%d, %d) reported %d under %d, want %d", seed, first, last, v, seq, ref[seq])
+						t.Fatalf("seed %d: %v reported %d under %d, want %d", seed, ranges, v, seq, ref[seq])
 					}
 					got = append(got, seq)
-				})
+				}
+				var n int
+				if len(ranges) == 1 {
+					n = x.RemoveRange(ranges[0][0], ranges[0][1], report)
+				} else {
+					rs := make([]Range, len(ranges))
+					for i, r := range ranges {
+						rs[i] = Range{r[0], r[1]}
+					}
+					n = x.RemoveRanges(rs, report)
+				}
 				var want []uint64
-				for _, seq := range slices.Sorted(maps.Keys(ref)) {
-					if seq >= first && seq <= last {
-						want = append(want, seq)
-						delete(ref, seq)
+				for _, r := range ranges {
+					for _, seq := range slices.Sorted(maps.Keys(ref)) {
+						if seq >= r[0] && seq <= r[1] {
+							want = append(want, seq)
+							delete(ref, seq)
+						}
 					}
 				}
 				if diff := cmp.Diff(want, got); diff != "" || n != len(want) {
-					t.Fatalf("seed %d: RemoveRange(%d, %d) = %d, mismatch (-want +got):\n%s", seed, first, last, n, diff)
+					t.Fatalf("seed %d: removing %v = %d, mismatch (-want +got):\n%s", seed, ranges, n, diff)
 				}
 			case k < 95: // look one up
 				seq := uint64(rng.Int64N(int64(next) + 2))
