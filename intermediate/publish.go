@@ -30,6 +30,7 @@ type pubStream struct {
 	streamBase
 	srv         *Server
 	producerID  string
+	producerKey []byte // producerID, the routing key of a message without a key
 	forwards    bool // may carry messages of other producer ids
 	incarnation uint64
 	expectSeq   uint64 // next stream sequence number; receive goroutine only
@@ -74,6 +75,7 @@ func (ps *publishService) Publish(stream deliveryv1.PublishService_PublishServer
 		srv:         s,
 		forwards:    forwards,
 		producerID:  hello.GetProducerId(),
+		producerKey: []byte(hello.GetProducerId()),
 		incarnation: hello.GetIncarnation(),
 		expectSeq:   1,
 	}
@@ -201,7 +203,10 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 	// over max-message-bytes is handed back INVALID below and never held,
 	// so every batch fits once enough is freed.
 	lim := s.opts.limits()
-	sizes, charges := make([]int, len(msgs)), make([]int, len(msgs))
+	// One allocation for the batch's sizes and charges, one for its held
+	// messages (a slab the batch's messages share), one for the outcomes.
+	sc := make([]int, 2*len(msgs))
+	sizes, charges := sc[:len(msgs)], sc[len(msgs):]
 	total := 0
 	for i, m := range msgs {
 		sizes[i] = proto.Size(m)
@@ -227,6 +232,7 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 		nack *messagev1.Nack
 	}
 	out := make([]outcome, len(msgs))
+	hs := make([]held, len(msgs))
 	for i, m := range msgs {
 		seq := first + uint64(i)
 		if err := validateEnvelope(m, sizes[i], lim); err != nil {
@@ -241,7 +247,8 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 		}
 		routes := res.GetRoutes()
 		res.Routes = nil // hop-local: consumers never see them
-		out[i].h = &held{pub: p, seq: seq, msg: res, size: proto.Size(res), charge: charges[i], routeKey: routeKey(res), routes: routes}
+		hs[i] = held{pub: p, seq: seq, msg: res, size: proto.Size(res), charge: charges[i], routeKey: p.routeKey(res), routes: routes}
+		out[i].h = &hs[i]
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -249,6 +256,7 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 		s.releaseBytesLocked(p, total)
 		return nil
 	}
+	slab := s.newDeliverySlabLocked(len(msgs))
 	for i, o := range out {
 		seq := first + uint64(i)
 		switch {
@@ -259,7 +267,7 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 			s.releaseBytesLocked(p, charges[i])
 			p.nackLocked(seq, messagev1.NackReason_NACK_REASON_DRAINING, "intermediate is draining")
 		default:
-			s.admitLocked(o.h)
+			s.admitLocked(o.h, &slab)
 		}
 	}
 	return nil
@@ -297,10 +305,17 @@ func (p *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServi
 	}
 	ticker := time.NewTicker(s.opts.heartbeatInterval)
 	defer ticker.Stop()
+	// The acks of a frame are sent from one buffer while the next frame's
+	// are gathered in the other: spare never shares an array with p.acks.
+	var spare []uint64
 	for {
 		s.mu.Lock()
-		acks, nacks := p.acks, p.nacks
-		p.acks, p.nacks = nil, nil
+		var acks []uint64
+		if len(p.acks) > 0 {
+			acks, p.acks = p.acks, spare[:0]
+		}
+		nacks := p.nacks
+		p.nacks = nil
 		var notice *messagev1.DrainNotice
 		if s.draining && !p.noticeSent {
 			notice = s.drainNotice
@@ -323,6 +338,9 @@ func (p *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServi
 			if err := stream.Send(&deliveryv1.PublishResponse{Kind: &deliveryv1.PublishResponse_Ack{Ack: ack}}); err != nil {
 				p.cancel(err)
 				return
+			}
+			if len(acks) > 0 {
+				spare = acks
 			}
 		}
 		if notice != nil {
