@@ -79,6 +79,7 @@ type Producer struct {
 	closed    bool
 	nextSeq   uint64
 	outbox    outQueue
+	slab      sendSlab            // where Send takes its outMsgs and ids from
 	links     map[string]*pubLink // current link per instance name
 	streams   map[*pubStream]struct{}
 	unsettled int
@@ -309,7 +310,8 @@ func (p *Producer) send(ctx context.Context, msg *messagev1.Message, done chan e
 	setID, setTime := msg.Id == nil, msg.CreateTimeUnixNano == 0
 	if setID {
 		p.nextSeq++
-		msg.Id = &messagev1.MessageId{ProducerId: p.id, Incarnation: p.incarnation, Seq: p.nextSeq}
+		msg.Id = p.slab.newID()
+		msg.Id.ProducerId, msg.Id.Incarnation, msg.Id.Seq = p.id, p.incarnation, p.nextSeq
 		msg.LowWaterSeq = p.lowWaterLocked()
 		size += protowire.SizeTag(messageIDField) + protowire.SizeBytes(proto.Size(msg.Id))
 		if msg.LowWaterSeq != 0 {
@@ -333,7 +335,8 @@ func (p *Producer) send(ctx context.Context, msg *messagev1.Message, done chan e
 		<-p.window
 		return nil, fmt.Errorf("%w: %d bytes encoded, over the limit of %d", ErrMessageTooLarge, size, lim)
 	}
-	m := &outMsg{msg: msg, size: size, done: done, own: setID}
+	m := p.slab.newOutMsg()
+	m.msg, m.size, m.done, m.own = msg, size, done, setID
 	if setID {
 		p.own = append(p.own, m)
 	}
