@@ -31,7 +31,7 @@ type pubStream struct {
 	srv         *Server
 	producerID  string
 	producerKey []byte // producerID, the routing key of a message without a key
-	forwards    bool // may carry messages of other producer ids
+	forwards    bool   // may carry messages of other producer ids
 	incarnation uint64
 	expectSeq   uint64 // next stream sequence number; receive goroutine only
 

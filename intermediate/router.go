@@ -173,7 +173,7 @@ func (sl *deliverySlab) deliveries() []*delivery {
 	}
 	n := len(sl.ptrs)
 	sl.ptrs = sl.ptrs[:n+sl.per]
-	return sl.ptrs[n:n:n+sl.per]
+	return sl.ptrs[n : n : n+sl.per]
 }
 
 // newDelivery returns a delivery from the slab, or a new one once the slab
