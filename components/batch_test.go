@@ -17,7 +17,6 @@ func newTestStream(maxBatch, maxBytes, maxInFlight int) (*Producer, *pubStream) 
 		maxBatch:    maxBatch,
 		maxBytes:    maxBytes,
 		maxInFlight: maxInFlight,
-		unacked:     make(map[uint64]*outMsg),
 	}
 	p.streams[st] = struct{}{}
 	return p, st
@@ -54,7 +53,7 @@ func TestPubStream_TakeBatches(t *testing.T) {
 			t.Errorf("take() batch %d = %v, want %v", i, got[i], want[i])
 		}
 	}
-	if n := len(st.unacked); n != 8 {
+	if n := st.unacked.Len(); n != 8 {
 		t.Errorf("unacked after take = %d, want 8", n)
 	}
 }
@@ -64,13 +63,13 @@ func TestPubStream_TakeBatches(t *testing.T) {
 // dropped stream's messages return to the head of the outbox in order.
 func TestProducer_DispatchLeastLoaded(t *testing.T) {
 	p, a := newTestStream(2, 1000, 4)
-	b := &pubStream{link: &pubLink{p: p}, wake: make(chan struct{}, 1), ready: true, maxBatch: 2, maxBytes: 1000, maxInFlight: 4, unacked: make(map[uint64]*outMsg)}
+	b := &pubStream{link: &pubLink{p: p}, wake: make(chan struct{}, 1), ready: true, maxBatch: 2, maxBytes: 1000, maxInFlight: 4}
 	p.streams[b] = struct{}{}
 	queue(p, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if len(a.unacked) != 4 || len(b.unacked) != 4 || p.outbox.len() != 2 {
-		t.Fatalf("after dispatch: unacked a=%d b=%d outbox=%d, want 4, 4, 2", len(a.unacked), len(b.unacked), p.outbox.len())
+	if a.unacked.Len() != 4 || b.unacked.Len() != 4 || p.outbox.len() != 2 {
+		t.Fatalf("after dispatch: unacked a=%d b=%d outbox=%d, want 4, 4, 2", a.unacked.Len(), b.unacked.Len(), p.outbox.len())
 	}
 	p.requeueLocked(a)
 	// a's four messages are back at the head, but only b remains and it is full.

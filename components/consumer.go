@@ -56,11 +56,12 @@ type deliveryRef struct {
 // job is one message to hand to the handler, with the duplicates that
 // arrived while it runs.
 type job struct {
-	key     msgKey
-	keyed   bool // the message has a complete id and takes part in dedup
-	d       *Delivery
-	origin  deliveryRef
-	waiters []deliveryRef
+	key      msgKey
+	keyed    bool      // the message has a complete id and takes part in dedup
+	d        *Delivery // &delivery, handed to the handler
+	delivery Delivery
+	origin   deliveryRef
+	waiters  []deliveryRef
 }
 
 // Consumer receives messages from every intermediate of a service (one
@@ -256,7 +257,8 @@ func (c *Consumer) receive(st *subStream, batch *deliveryv1.DeliveryBatch) {
 	queued := false
 	dups := 0
 	defer func() { c.metrics.Duplicates(dups) }()
-	for _, d := range batch.GetDeliveries() {
+	var slab []job // the batch's jobs, with their Delivery: one allocation
+	for i, d := range batch.GetDeliveries() {
 		ref := deliveryRef{st: st, id: d.GetDeliveryId()}
 		id := d.GetMessage().GetId()
 		key := msgKey{producerKey{id.GetProducerId(), id.GetIncarnation()}, id.GetSeq()}
@@ -277,12 +279,17 @@ func (c *Consumer) receive(st *subStream, batch *deliveryv1.DeliveryBatch) {
 				continue
 			}
 		}
-		j := &job{
-			key:    key,
-			keyed:  keyed,
-			d:      &Delivery{Message: d.GetMessage(), Instance: st.link.inst.Name, Redeliveries: d.GetRedeliveries()},
-			origin: ref,
+		if len(slab) == cap(slab) {
+			slab = make([]job, 0, len(batch.GetDeliveries())-i)
 		}
+		slab = append(slab, job{
+			key:      key,
+			keyed:    keyed,
+			delivery: Delivery{Message: d.GetMessage(), Instance: st.link.inst.Name, Redeliveries: d.GetRedeliveries()},
+			origin:   ref,
+		})
+		j := &slab[len(slab)-1]
+		j.d = &j.delivery
 		if keyed {
 			c.inProgress[key] = j
 		}

@@ -28,7 +28,9 @@ func BenchmarkProducer_BatchCycle(b *testing.B) {
 				p.mu.Lock()
 				for _, m := range msgs {
 					p.window <- struct{}{}
-					p.outbox.pushBack(&outMsg{msg: m, size: 270})
+					om := p.slab.newOutMsg()
+					om.msg, om.size = m, 270
+					p.outbox.pushBack(om)
 					p.unsettled++
 				}
 				p.dispatchLocked()

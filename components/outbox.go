@@ -16,16 +16,6 @@ type outMsg struct {
 	avoid  *pubLink   // the link whose intermediate could not reach its owner or had no room; nil for none
 }
 
-func compareSeq(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
 // compactAfter is how many popped slots an outQueue leaves before its head
 // before it copies its live messages down.
 const compactAfter = 1024
@@ -73,4 +63,34 @@ func (q *outQueue) pushFront(ms []*outMsg) {
 	items = append(items, ms...)
 	items = append(items, q.items[q.head:]...)
 	q.items, q.head = items, 0
+}
+
+// slabSize is how many outMsgs and message ids one allocation of a
+// sendSlab holds: a batch's worth.
+const slabSize = 64
+
+// sendSlab hands out the outMsgs and message ids of Send a batch's worth
+// at a time, one allocation each instead of one per message. A chunk lives
+// while any message in it does (or the id, which Send returns), so at most
+// one chunk's worth more than the window stays reachable. It is guarded by
+// Producer.mu.
+type sendSlab struct {
+	msgs []outMsg
+	ids  []messagev1.MessageId
+}
+
+func (s *sendSlab) newOutMsg() *outMsg {
+	if len(s.msgs) == cap(s.msgs) {
+		s.msgs = make([]outMsg, 0, slabSize)
+	}
+	s.msgs = s.msgs[:len(s.msgs)+1]
+	return &s.msgs[len(s.msgs)-1]
+}
+
+func (s *sendSlab) newID() *messagev1.MessageId {
+	if len(s.ids) == cap(s.ids) {
+		s.ids = make([]messagev1.MessageId, 0, slabSize)
+	}
+	s.ids = s.ids[:len(s.ids)+1]
+	return &s.ids[len(s.ids)-1]
 }

@@ -79,6 +79,7 @@ type Producer struct {
 	closed    bool
 	nextSeq   uint64
 	outbox    outQueue
+	slab      sendSlab            // where Send takes its outMsgs and ids from
 	links     map[string]*pubLink // current link per instance name
 	streams   map[*pubStream]struct{}
 	unsettled int
@@ -309,7 +310,8 @@ func (p *Producer) send(ctx context.Context, msg *messagev1.Message, done chan e
 	setID, setTime := msg.Id == nil, msg.CreateTimeUnixNano == 0
 	if setID {
 		p.nextSeq++
-		msg.Id = &messagev1.MessageId{ProducerId: p.id, Incarnation: p.incarnation, Seq: p.nextSeq}
+		msg.Id = p.slab.newID()
+		msg.Id.ProducerId, msg.Id.Incarnation, msg.Id.Seq = p.id, p.incarnation, p.nextSeq
 		msg.LowWaterSeq = p.lowWaterLocked()
 		size += protowire.SizeTag(messageIDField) + protowire.SizeBytes(proto.Size(msg.Id))
 		if msg.LowWaterSeq != 0 {
@@ -333,7 +335,8 @@ func (p *Producer) send(ctx context.Context, msg *messagev1.Message, done chan e
 		<-p.window
 		return nil, fmt.Errorf("%w: %d bytes encoded, over the limit of %d", ErrMessageTooLarge, size, lim)
 	}
-	m := &outMsg{msg: msg, size: size, done: done, own: setID}
+	m := p.slab.newOutMsg()
+	m.msg, m.size, m.done, m.own = msg, size, done, setID
 	if setID {
 		p.own = append(p.own, m)
 	}
@@ -545,7 +548,7 @@ func (p *Producer) dispatchLocked() {
 				fallback = st
 				continue
 			}
-			if best == nil || len(st.unacked) < len(best.unacked) {
+			if best == nil || st.unacked.Len() < best.unacked.Len() {
 				best = st
 			}
 		}
@@ -557,7 +560,7 @@ func (p *Producer) dispatchLocked() {
 		if best == nil {
 			return
 		}
-		n := min(p.outbox.len(), best.maxInFlight-len(best.unacked), 2*best.maxBatch-len(best.sendq), best.maxBatch)
+		n := min(p.outbox.len(), best.maxInFlight-best.unacked.Len(), 2*best.maxBatch-len(best.sendq), best.maxBatch)
 		for i := range n {
 			if i > 0 && p.outbox.front().avoid != avoid {
 				break // its own pick
@@ -566,7 +569,7 @@ func (p *Producer) dispatchLocked() {
 			m.avoid = nil
 			best.nextSeq++
 			m.stream, m.seq, m.sent = best, best.nextSeq, false
-			best.unacked[m.seq] = m
+			best.unacked.Push(m.seq, m)
 			best.sendq = append(best.sendq, m)
 		}
 		best.wakeUp()
@@ -589,16 +592,12 @@ func (p *Producer) requeueLocked(st *pubStream) {
 		reason = p.streamEndReasonLocked(st)
 		p.metrics.StreamEnded(reason)
 	}
-	if len(st.unacked) == 0 {
+	if st.unacked.Len() == 0 {
 		return
 	}
-	back := make([]*outMsg, 0, len(st.unacked))
-	for _, m := range st.unacked {
-		back = append(back, m)
-	}
-	clear(st.unacked)
+	back := st.unacked.AppendTo(make([]*outMsg, 0, st.unacked.Len()))
+	st.unacked.Clear()
 	st.sendq = nil
-	slices.SortFunc(back, func(a, b *outMsg) int { return compareSeq(a.seq, b.seq) })
 	resent := 0
 	for _, m := range back {
 		if m.sent {
@@ -642,23 +641,21 @@ func (p *Producer) handleAck(st *pubStream, a *deliveryv1.PublishAck) {
 	var failed []permanent
 	p.mu.Lock()
 	acked := 0
-	seqrange.ForEach(a.GetAcked(), func(seq uint64) {
-		m := st.unacked[seq]
-		if m == nil {
-			return
+	settle := func(_ uint64, m *outMsg) { p.settleLocked(m, nil) }
+	for _, r := range a.GetAcked() {
+		// A range is walked over what is unacknowledged in it, whatever
+		// its width; a malformed one is skipped, as seqrange.ForEach does.
+		if first, last := r.GetFirst(), r.GetLast(); last >= first && last-first < seqrange.MaxSpan {
+			acked += st.unacked.RemoveRange(first, last, settle)
 		}
-		delete(st.unacked, seq)
-		p.settleLocked(m, nil)
-		acked++
-	})
+	}
 	var transient []*outMsg
 	draining := false
 	for _, n := range a.GetNacked() {
-		m := st.unacked[n.GetSeq()]
-		if m == nil {
+		m, ok := st.unacked.Remove(n.GetSeq())
+		if !ok {
 			continue
 		}
-		delete(st.unacked, n.GetSeq())
 		switch {
 		case butterfly.Transient(n.GetReason()):
 			m.stream, m.seq, m.sent = nil, 0, false

@@ -13,6 +13,7 @@ import (
 
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/internal/seqindex"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
 
@@ -78,12 +79,12 @@ type pubStream struct {
 	maxMsg      int // the largest message it takes: ours, or its max_batch_bytes
 	nextSeq     uint64
 	sendq       []*outMsg
-	unacked     map[uint64]*outMsg // assigned: queued or sent, not acknowledged
+	unacked     seqindex.Index[*outMsg] // assigned: queued or sent, not acknowledged; by seq
 }
 
 func (st *pubStream) dispatchable() bool {
 	return st.ready && !st.retired && !st.dead &&
-		len(st.unacked) < st.maxInFlight && len(st.sendq) < 2*st.maxBatch
+		st.unacked.Len() < st.maxInFlight && len(st.sendq) < 2*st.maxBatch
 }
 
 func (st *pubStream) wakeUp() {
@@ -185,7 +186,7 @@ func (p *Producer) retireLocked(st *pubStream, cause error, by time.Time) {
 		p.takeBackLocked(st)
 		p.updateMsgLimitLocked()
 	}
-	if !st.ready || len(st.unacked) == 0 {
+	if !st.ready || st.unacked.Len() == 0 {
 		st.cancel(cause)
 		p.requeueLocked(st)
 	}
@@ -202,7 +203,7 @@ func (p *Producer) takeBackLocked(st *pubStream) {
 	back := st.sendq
 	st.sendq = nil
 	for _, m := range back {
-		delete(st.unacked, m.seq)
+		st.unacked.Remove(m.seq)
 		m.stream, m.seq, m.sent = nil, 0, false
 	}
 	p.outbox.pushFront(back)
@@ -211,7 +212,7 @@ func (p *Producer) takeBackLocked(st *pubStream) {
 // endIfAnsweredLocked ends a retired stream once nothing sent on it is left
 // unanswered.
 func (p *Producer) endIfAnsweredLocked(st *pubStream) {
-	if st.retired && !st.dead && len(st.unacked) == 0 {
+	if st.retired && !st.dead && st.unacked.Len() == 0 {
 		st.cancel(errRetired)
 		p.requeueLocked(st)
 	}
@@ -270,10 +271,9 @@ func (l *pubLink) once() (welcomed bool) {
 	p := l.p
 	ctx, cancel := context.WithCancelCause(l.ctx)
 	st := &pubStream{
-		link:    l,
-		cancel:  cancel,
-		wake:    make(chan struct{}, 1),
-		unacked: make(map[uint64]*outMsg),
+		link:   l,
+		cancel: cancel,
+		wake:   make(chan struct{}, 1),
 	}
 	st.touch()
 	st.peerInterval.Store(int64(p.cfg.heartbeat))
@@ -499,7 +499,7 @@ func (p *Producer) watchdog(ctx context.Context) {
 					st.cancel(errHeartbeat)
 					p.requeueLocked(st)
 				case st.retired && now.After(st.retireBy):
-					p.log.Warn("retired stream outlived its grace", "instance", st.link.inst.Name, "unanswered", len(st.unacked))
+					p.log.Warn("retired stream outlived its grace", "instance", st.link.inst.Name, "unanswered", st.unacked.Len())
 					st.cancel(errGrace)
 					p.requeueLocked(st)
 				}

@@ -47,7 +47,6 @@ func (r *retireRig) stream(name string, maxBatch int) *pubStream {
 		maxBatch:    maxBatch,
 		maxBytes:    1 << 20,
 		maxInFlight: 100,
-		unacked:     make(map[uint64]*outMsg),
 	}
 	r.ctxs[st] = ctx
 	r.p.mu.Lock()
@@ -61,7 +60,7 @@ func (r *retireRig) assigned(st *pubStream) []uint64 {
 	r.p.mu.Lock()
 	defer r.p.mu.Unlock()
 	var out []uint64
-	for _, m := range st.unacked {
+	for _, m := range st.unacked.All() {
 		out = append(out, m.msg.GetId().GetSeq())
 	}
 	slices.Sort(out)

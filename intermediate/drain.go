@@ -64,7 +64,8 @@ func (s *Server) drain(ctx context.Context, reg *registry.Registration, req drai
 		s.mu.Lock()
 		n := 0
 		for p := range s.pubs {
-			for _, h := range p.held {
+			// finishLocked removes each from p.held: walk a copy.
+			for _, h := range p.held.AppendTo(nil) {
 				s.finishLocked(h, &messagev1.Nack{
 					Reason: messagev1.NackReason_NACK_REASON_DRAINING,
 					Detail: "intermediate drain timed out",

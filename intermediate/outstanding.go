@@ -10,99 +10,47 @@ import (
 
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/internal/seqindex"
 )
 
 // outstanding is the set of deliveries sent on one subscribe stream and not
-// yet answered, indexed so that an acknowledgement costs O(ranges) plus the
-// ids it settles, never O(ids its ranges name): a range is looked up by
-// binary search in ids, which are sent in increasing order. Settled ids stay
-// in ids as tombstones until they outnumber the live ones. It is guarded by
-// Server.mu.
+// yet answered, by delivery id: ids are sent in increasing order, so an
+// acknowledgement's sorted ranges cost one walk of the ids at most, plus the
+// ids they settle, never O(ids its ranges name). It is guarded by Server.mu.
 type outstanding struct {
-	byID map[uint64]*delivery
-	ids  []uint64 // increasing; may hold settled ids (not in byID)
+	ids seqindex.Index[*delivery]
 }
 
-func newOutstanding() outstanding {
-	return outstanding{byID: make(map[uint64]*delivery)}
-}
+func newOutstanding() outstanding { return outstanding{} }
 
-func (o *outstanding) len() int { return len(o.byID) }
+func (o *outstanding) len() int { return o.ids.Len() }
 
 // add records d, sent under id, which is above every id added before.
-func (o *outstanding) add(id uint64, d *delivery) {
-	o.byID[id] = d
-	o.ids = append(o.ids, id)
-}
+func (o *outstanding) add(id uint64, d *delivery) { o.ids.Push(id, d) }
 
 // take removes and returns the delivery sent under id, nil when it is not
 // outstanding.
 func (o *outstanding) take(id uint64) *delivery {
-	d := o.byID[id]
-	if d != nil {
-		delete(o.byID, id)
-		o.compact()
-	}
+	d, _ := o.ids.Remove(id)
 	return d
 }
 
 // takeRanges removes the deliveries whose ids fall in ranges, which are
-// sorted and disjoint, and calls f for each in id order.
+// sorted and disjoint, and calls f for each in id order. f must not change
+// o.
 func (o *outstanding) takeRanges(ranges []idRange, f func(*delivery)) {
-	i := 0
-	for _, r := range ranges {
-		if i == len(o.ids) {
-			break
-		}
-		i += sortSearch(o.ids[i:], r.first)
-		for ; i < len(o.ids) && o.ids[i] <= r.last; i++ {
-			id := o.ids[i]
-			if d := o.byID[id]; d != nil {
-				delete(o.byID, id)
-				f(d)
-			}
-		}
-	}
-	o.compact()
+	o.ids.RemoveRanges(ranges, func(_ uint64, d *delivery) { f(d) })
 }
 
-// takeAll removes and returns every outstanding delivery.
+// takeAll removes and returns every outstanding delivery, in id order.
 func (o *outstanding) takeAll() []*delivery {
-	out := make([]*delivery, 0, len(o.byID))
-	for _, id := range o.ids {
-		if d := o.byID[id]; d != nil {
-			out = append(out, d)
-		}
-	}
-	clear(o.byID)
-	o.ids = o.ids[:0]
+	out := o.ids.AppendTo(make([]*delivery, 0, o.ids.Len()))
+	o.ids.Clear()
 	return out
 }
 
-// compact drops the tombstones once they outnumber the live ids, so that
-// walking ids costs at most about twice the live ones; the cost is
-// amortised over the removals.
-func (o *outstanding) compact() {
-	if len(o.ids) <= 2*len(o.byID)+64 {
-		return
-	}
-	kept := o.ids[:0]
-	for _, id := range o.ids {
-		if _, ok := o.byID[id]; ok {
-			kept = append(kept, id)
-		}
-	}
-	o.ids = kept
-}
-
-// sortSearch returns the index of the first id in ids not below first.
-func sortSearch(ids []uint64, first uint64) int {
-	i, _ := slices.BinarySearch(ids, first)
-	return i
-}
-
 // idRange is an inclusive range of delivery ids.
-type idRange struct{ first, last uint64 }
+type idRange = seqindex.Range
 
 // ackFrame is a consumer's DeliveryAck checked for its form and folded into
 // sorted, disjoint ranges, ready to apply under the server's lock.
@@ -122,7 +70,7 @@ func (f *ackFrame) maxName() string {
 	if f.maxNack {
 		return fmt.Sprintf("nack of delivery id %d", f.maxID)
 	}
-	return fmt.Sprintf("ack range [%d, %d]", f.maxRange.first, f.maxRange.last)
+	return fmt.Sprintf("ack range [%d, %d]", f.maxRange.First, f.maxRange.Last)
 }
 
 // parseAck checks the form of a DeliveryAck without the lock: it names at
@@ -145,9 +93,9 @@ func parseAck(a *deliveryv1.DeliveryAck) (*ackFrame, error) {
 			return nil, status.Errorf(codes.InvalidArgument, "intermediate: ack range [%d, %d] names delivery id 0; ids start at 1", first, last)
 		}
 		if last > f.maxID {
-			f.maxID, f.maxRange = last, idRange{first, last}
+			f.maxID, f.maxRange = last, idRange{First: first, Last: last}
 		}
-		f.acked = append(f.acked, idRange{first, last})
+		f.acked = append(f.acked, idRange{First: first, Last: last})
 	}
 	for _, n := range a.GetNacked() {
 		if n.GetSeq() == 0 {
@@ -157,11 +105,11 @@ func parseAck(a *deliveryv1.DeliveryAck) (*ackFrame, error) {
 			f.maxID, f.maxNack = n.GetSeq(), true
 		}
 	}
-	slices.SortFunc(f.acked, func(a, b idRange) int { return cmp.Compare(a.first, b.first) })
+	slices.SortFunc(f.acked, func(a, b idRange) int { return cmp.Compare(a.First, b.First) })
 	merged := f.acked[:0]
 	for _, r := range f.acked {
-		if n := len(merged); n > 0 && r.first <= merged[n-1].last+1 {
-			merged[n-1].last = max(merged[n-1].last, r.last)
+		if n := len(merged); n > 0 && r.First <= merged[n-1].Last+1 {
+			merged[n-1].Last = max(merged[n-1].Last, r.Last)
 			continue
 		}
 		merged = append(merged, r)

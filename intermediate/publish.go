@@ -13,6 +13,7 @@ import (
 
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/internal/seqindex"
 	"github.com/butterfly-mesh/butterfly/internal/seqrange"
 )
 
@@ -29,12 +30,13 @@ type pubStream struct {
 	streamBase
 	srv         *Server
 	producerID  string
-	forwards    bool // may carry messages of other producer ids
+	producerKey []byte // producerID, the routing key of a message without a key
+	forwards    bool   // may carry messages of other producer ids
 	incarnation uint64
 	expectSeq   uint64 // next stream sequence number; receive goroutine only
 
 	// Guarded by Server.mu.
-	held       map[uint64]*held
+	held       seqindex.Index[*held] // by stream sequence number
 	inFlight   int
 	heldBytes  int // bytes of held, against max-in-flight-bytes
 	acks       []uint64
@@ -73,9 +75,9 @@ func (ps *publishService) Publish(stream deliveryv1.PublishService_PublishServer
 		srv:         s,
 		forwards:    forwards,
 		producerID:  hello.GetProducerId(),
+		producerKey: []byte(hello.GetProducerId()),
 		incarnation: hello.GetIncarnation(),
 		expectSeq:   1,
-		held:        make(map[uint64]*held),
 	}
 	p.init(ctx, cancel, hello.GetHeartbeatIntervalMs(), &s.opts)
 	s.mu.Lock()
@@ -115,7 +117,7 @@ func (ps *publishService) Publish(stream deliveryv1.PublishService_PublishServer
 		cancel(errServerStopping)
 	}
 	s.mu.Lock()
-	abandoned := len(p.held)
+	abandoned := p.held.Len()
 	s.abandonLocked(p)
 	if abandoned > 0 {
 		s.pruneQueuesLocked()
@@ -185,7 +187,7 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 	p.received += n
 	// What the producer has not heard back about: held, or answered in a
 	// frame not yet sent. A producer within its limit never exceeds it.
-	if inFlight := len(p.held) + len(p.acks) + len(p.nacks); inFlight+len(msgs) > s.opts.maxInFlight {
+	if inFlight := p.held.Len() + len(p.acks) + len(p.nacks); inFlight+len(msgs) > s.opts.maxInFlight {
 		s.mu.Unlock()
 		return status.Errorf(codes.ResourceExhausted, "intermediate: %d messages in flight plus a batch of %d exceed max-in-flight %d", inFlight, len(msgs), s.opts.maxInFlight)
 	}
@@ -201,7 +203,10 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 	// envelope size (without routes); one over max-message-bytes is handed back INVALID below and never held,
 	// so every batch fits once enough is freed.
 	lim := s.opts.limits()
-	sizes, charges := make([]int, len(msgs)), make([]int, len(msgs))
+	// One allocation for the batch's sizes and charges, one for its held
+	// messages (a slab the batch's messages share), one for the outcomes.
+	sc := make([]int, 2*len(msgs))
+	sizes, charges := sc[:len(msgs)], sc[len(msgs):]
 	total := 0
 	for i, m := range msgs {
 		sizes[i] = envelopeSize(m)
@@ -227,6 +232,7 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 		nack *messagev1.Nack
 	}
 	out := make([]outcome, len(msgs))
+	hs := make([]held, len(msgs))
 	for i, m := range msgs {
 		seq := first + uint64(i)
 		if err := validateEnvelope(m, sizes[i], lim); err != nil {
@@ -241,7 +247,8 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 		}
 		routes := res.GetRoutes()
 		res.Routes = nil // hop-local: consumers never see them
-		out[i].h = &held{pub: p, seq: seq, msg: res, size: proto.Size(res), charge: charges[i], routeKey: routeKey(res), routes: routes}
+		hs[i] = held{pub: p, seq: seq, msg: res, size: proto.Size(res), charge: charges[i], routeKey: p.routeKey(res), routes: routes}
+		out[i].h = &hs[i]
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -249,6 +256,7 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 		s.releaseBytesLocked(p, total)
 		return nil
 	}
+	slab := s.newDeliverySlabLocked(len(msgs))
 	for i, o := range out {
 		seq := first + uint64(i)
 		switch {
@@ -259,7 +267,7 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 			s.releaseBytesLocked(p, charges[i])
 			p.nackLocked(seq, messagev1.NackReason_NACK_REASON_DRAINING, "intermediate is draining")
 		default:
-			s.admitLocked(o.h)
+			s.admitLocked(o.h, &slab)
 		}
 	}
 	return nil
@@ -302,16 +310,23 @@ func (p *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServi
 	}
 	ticker := time.NewTicker(s.opts.heartbeatInterval)
 	defer ticker.Stop()
+	// The acks of a frame are sent from one buffer while the next frame's
+	// are gathered in the other: spare never shares an array with p.acks.
+	var spare []uint64
 	for {
 		s.mu.Lock()
-		acks, nacks := p.acks, p.nacks
-		p.acks, p.nacks = nil, nil
+		var acks []uint64
+		if len(p.acks) > 0 {
+			acks, p.acks = p.acks, spare[:0]
+		}
+		nacks := p.nacks
+		p.nacks = nil
 		var notice *messagev1.DrainNotice
 		if s.draining && !p.noticeSent {
 			notice = s.drainNotice
 			p.noticeSent = true
 		}
-		end := s.draining && p.noticeSent && len(p.held) == 0 && len(acks) == 0 && len(nacks) == 0 && notice == nil
+		end := s.draining && p.noticeSent && p.held.Len() == 0 && len(acks) == 0 && len(nacks) == 0 && notice == nil
 		if len(acks) > 0 || len(nacks) > 0 {
 			p.ackedN += uint64(len(acks))
 			p.nackedN += uint64(len(nacks))
@@ -328,6 +343,9 @@ func (p *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServi
 			if err := stream.Send(&deliveryv1.PublishResponse{Kind: &deliveryv1.PublishResponse_Ack{Ack: ack}}); err != nil {
 				p.cancel(err)
 				return
+			}
+			if len(acks) > 0 {
+				spare = acks
 			}
 		}
 		if notice != nil {

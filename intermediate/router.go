@@ -135,6 +135,57 @@ func routeKey(msg *messagev1.Message) []byte {
 	return []byte(msg.GetId().GetProducerId())
 }
 
+// routeKey is routeKey(msg) without a copy of the producer id when it is
+// the stream's own: the routing key is only read.
+func (p *pubStream) routeKey(msg *messagev1.Message) []byte {
+	if len(msg.GetKey()) == 0 && string(p.producerKey) == msg.GetId().GetProducerId() {
+		return p.producerKey
+	}
+	return routeKey(msg)
+}
+
+// deliverySlab hands out the deliveries of one admitted batch, one per
+// message and declared group, from two allocations instead of two per
+// delivery. A delivery in it lives as long as any of the batch does.
+type deliverySlab struct {
+	ds   []delivery
+	ptrs []*delivery
+	per  int // deliveries per message: the declared groups
+}
+
+// newDeliverySlabLocked returns a slab for n messages routed to the groups
+// declared now.
+func (s *Server) newDeliverySlabLocked(n int) deliverySlab {
+	per := 0
+	for _, g := range s.groups {
+		if g.declared {
+			per++
+		}
+	}
+	return deliverySlab{ds: make([]delivery, 0, n*per), ptrs: make([]*delivery, 0, n*per), per: per}
+}
+
+// deliveries returns an empty slice for a message's deliveries, with room
+// for one per group declared when the slab was made.
+func (sl *deliverySlab) deliveries() []*delivery {
+	if sl == nil || len(sl.ptrs)+sl.per > cap(sl.ptrs) {
+		return nil
+	}
+	n := len(sl.ptrs)
+	sl.ptrs = sl.ptrs[:n+sl.per]
+	return sl.ptrs[n : n : n+sl.per]
+}
+
+// newDelivery returns a delivery from the slab, or a new one once the slab
+// is used up (or nil).
+func (sl *deliverySlab) newDelivery() *delivery {
+	if sl == nil || len(sl.ds) == cap(sl.ds) {
+		return new(delivery)
+	}
+	sl.ds = sl.ds[:len(sl.ds)+1]
+	return &sl.ds[len(sl.ds)-1]
+}
+
 // groupLocked returns the group named name, adding an undeclared one.
 func (s *Server) groupLocked(name string) *group {
 	g := s.groups[name]
@@ -156,36 +207,40 @@ func (s *Server) declaredLocked() bool {
 }
 
 // admitLocked takes a processed message into the server's care and routes it
-// to every declared group; with none, it waits for one.
-func (s *Server) admitLocked(h *held) {
+// to every declared group, its deliveries taken from slab; with none, it
+// waits for one.
+func (s *Server) admitLocked(h *held, slab *deliverySlab) {
 	s.heldTotal++
 	s.admitted++
 	h.order = s.admitted
-	h.pub.held[h.seq] = h
-	h.pub.inFlight = len(h.pub.held)
+	h.pub.held.Push(h.seq, h)
+	h.pub.inFlight = h.pub.held.Len()
 	if !s.declaredLocked() {
 		h.deadline = time.Now().Add(s.opts.noConsumerTimeout)
 		s.unrouted = append(s.unrouted, h)
 		return
 	}
-	s.routeHeldLocked(h)
+	s.routeHeldLocked(h, slab)
 }
 
-// routeHeldLocked makes one delivery of h per declared group and assigns
-// each; a group that handled h on an earlier attempt (Message.routes) gets
-// none.
-func (s *Server) routeHeldLocked(h *held) {
+// routeHeldLocked makes one delivery of h per declared group, from slab
+// (nil for none), and assigns each; a group that handled h on an earlier
+// attempt (Message.routes) gets none.
+func (s *Server) routeHeldLocked(h *held, slab *deliverySlab) {
+	h.deliveries = slab.deliveries()
 	for _, g := range s.groups {
 		if !g.declared {
 			continue
 		}
-		d := &delivery{h: h, group: g.name}
-		if i := slices.IndexFunc(h.routes, func(r *messagev1.Route) bool { return r.GetGroup() == g.name }); i >= 0 {
+		var sentTo string
+		if i := routeIndex(h.routes, g.name); i >= 0 {
 			if h.routes[i].GetHandled() {
 				continue
 			}
-			d.sentTo = h.routes[i].GetConsumer()
+			sentTo = h.routes[i].GetConsumer()
 		}
+		d := slab.newDelivery()
+		d.h, d.group, d.sentTo = h, g.name, sentTo
 		h.deliveries = append(h.deliveries, d)
 		h.pending++
 		s.assignLocked(d)
@@ -254,8 +309,8 @@ func (s *Server) finishLocked(h *held, nack *messagev1.Nack) {
 	}
 	h.done = true
 	p := h.pub
-	delete(p.held, h.seq)
-	p.inFlight = len(p.held)
+	p.held.Remove(h.seq)
+	p.inFlight = p.held.Len()
 	s.heldTotal--
 	s.releaseBytesLocked(p, h.charge)
 	if nack == nil {
@@ -271,6 +326,16 @@ func (s *Server) finishLocked(h *held, nack *messagev1.Nack) {
 	if s.heldTotal == 0 {
 		s.poke()
 	}
+}
+
+// routeIndex returns the index of group's route in routes, -1 for none.
+func routeIndex(routes []*messagev1.Route, group string) int {
+	for i, r := range routes {
+		if r.GetGroup() == group {
+			return i
+		}
+	}
+	return -1
 }
 
 // routesOf returns where h's group copies went, for the producer to send
@@ -300,12 +365,12 @@ func routesOf(h *held) []*messagev1.Route {
 // abandonLocked forgets every message held for a publish stream that ended:
 // its producer sends them again, so no new copy of them is delivered.
 func (s *Server) abandonLocked(p *pubStream) {
-	for seq, h := range p.held {
+	for _, h := range p.held.All() {
 		h.done = true
-		delete(p.held, seq)
 		s.heldTotal--
 		s.releaseBytesLocked(p, h.charge)
 	}
+	p.held.Clear()
 	p.inFlight = 0
 	p.acks, p.nacks = nil, nil
 	p.closed = true
@@ -425,7 +490,7 @@ func (s *Server) applySubscriptionsLocked(v registry.Subscriptions) {
 		s.unrouted = nil
 		for _, h := range unrouted {
 			if !h.done {
-				s.routeHeldLocked(h)
+				s.routeHeldLocked(h, nil)
 			}
 		}
 	}

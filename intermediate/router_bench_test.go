@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"testing"
 
+	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/internal/seqrange"
 )
 
 // BenchmarkGroup_Owner measures the rendezvous pick of a message's owner, by
@@ -39,4 +41,81 @@ func BenchmarkRendezvousScore(b *testing.B) {
 	if sum == 0 {
 		b.Fatal("rendezvousScore() = 0")
 	}
+}
+
+// BenchmarkIntermediate_AdmitRouteForward measures an intermediate's hot path
+// for one batch of 64 messages from one producer, with two consumer groups of
+// one consumer each: admit (validate, process, hold), route each message to
+// the owner's stream of both groups, take the deliveries for the wire, apply
+// each consumer's ranged ack, and fold the producer's acks into ranges.
+func BenchmarkIntermediate_AdmitRouteForward(b *testing.B) {
+	const n = 64
+	s := &Server{
+		opts:   defaultOptions(),
+		pubs:   make(map[*pubStream]struct{}),
+		subs:   make(map[*subStream]struct{}),
+		groups: make(map[string]*group),
+		parked: make(map[string][]*delivery),
+	}
+	ctx := b.Context()
+	p := &pubStream{srv: s, producerID: "producer-1", producerKey: []byte("producer-1"), incarnation: 1, expectSeq: 1}
+	p.init(ctx, func(error) {}, 0, &s.opts)
+	s.pubs[p] = struct{}{}
+	var subs []*subStream
+	for _, name := range []string{"g1", "g2"} {
+		consumer := "consumer-" + name
+		g := s.groupLocked(name)
+		g.declared, g.owners, g.epochs = true, []string{consumer}, map[string]uint64{consumer: 1}
+		sub := &subStream{srv: s, consumerID: consumer, group: name, epoch: 1}
+		sub.init(ctx, func(error) {}, 0, &s.opts)
+		s.joinLocked(sub)
+		subs = append(subs, sub)
+	}
+	msgs := make([]*messagev1.Message, n)
+	for i := range msgs {
+		msgs[i] = &messagev1.Message{Id: &messagev1.MessageId{ProducerId: "producer-1", Incarnation: 1}, Payload: make([]byte, 256)}
+	}
+	batch := &deliveryv1.PublishBatch{Messages: msgs}
+	rng := &messagev1.SeqRange{}
+	ack := &deliveryv1.DeliveryAck{Acked: []*messagev1.SeqRange{rng}}
+	var spare []uint64 // as pubStream.sendLoop keeps it
+	b.ReportAllocs()
+	for b.Loop() {
+		batch.FirstSeq = p.expectSeq
+		for i, m := range msgs {
+			m.Id.Seq = p.expectSeq + uint64(i)
+		}
+		if err := p.admit(ctx, batch); err != nil {
+			b.Fatalf("admit() = %v", err)
+		}
+		for _, sub := range subs {
+			s.mu.Lock()
+			sub.credit = n
+			out := sub.takeLocked()
+			s.mu.Unlock()
+			if len(out) != n {
+				b.Fatalf("takeLocked() = %d deliveries, want %d", len(out), n)
+			}
+			rng.First, rng.Last = out[0].GetDeliveryId(), out[n-1].GetDeliveryId()
+			f, err := parseAck(ack)
+			if err != nil {
+				b.Fatalf("parseAck() = %v", err)
+			}
+			s.mu.Lock()
+			sub.ackLocked(f)
+			s.mu.Unlock()
+		}
+		s.mu.Lock()
+		acks := p.acks
+		p.acks = spare[:0]
+		s.mu.Unlock()
+		if len(acks) != n {
+			b.Fatalf("producer acks = %d, want %d", len(acks), n)
+		}
+		if r := seqrange.Build(acks); len(r) != 1 {
+			b.Fatalf("seqrange.Build() = %d ranges, want 1", len(r))
+		}
+		spare = acks
+	}
+	b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "msgs/s")
 }

@@ -248,8 +248,12 @@ func (sub *subStream) takeLocked() []*deliveryv1.Delivery {
 	s := sub.srv
 	var (
 		out   []*deliveryv1.Delivery
+		slab  []deliveryv1.Delivery // the batch's deliveries, one allocation
 		bytes int
 	)
+	if n := min(sub.credit, uint64(s.opts.maxBatchMessages), uint64(sub.queue.len())); n > 0 {
+		out, slab = make([]*deliveryv1.Delivery, 0, n), make([]deliveryv1.Delivery, n)
+	}
 	for sub.credit > 0 && len(out) < s.opts.maxBatchMessages && sub.queue.len() > 0 {
 		d := sub.queue.front()
 		if d.h.done || d.sub != sub || d.acked {
@@ -266,7 +270,14 @@ func (sub *subStream) takeLocked() []*deliveryv1.Delivery {
 		sub.unacked.add(d.id, d)
 		sub.credit--
 		sub.delivered++
-		out = append(out, &deliveryv1.Delivery{DeliveryId: d.id, Message: d.h.msg, Redeliveries: d.h.sends})
+		var wd *deliveryv1.Delivery
+		if len(out) < len(slab) {
+			wd = &slab[len(out)]
+		} else {
+			wd = new(deliveryv1.Delivery)
+		}
+		wd.DeliveryId, wd.Message, wd.Redeliveries = d.id, d.h.msg, d.h.sends
+		out = append(out, wd)
 		d.h.sends++
 		bytes += d.h.size
 	}
