@@ -56,12 +56,14 @@ type deliveryRef struct {
 // job is one message to hand to the handler, with the duplicates that
 // arrived while it runs.
 type job struct {
-	key      msgKey
-	keyed    bool      // the message has a complete id and takes part in dedup
-	d        *Delivery // &delivery, handed to the handler
-	delivery Delivery
-	origin   deliveryRef
-	waiters  []deliveryRef
+	key   msgKey
+	keyed bool // the message has a complete id and takes part in dedup
+	// d is handed to the handler; finish clears it. A batch's jobs share one
+	// array, so the Delivery is an allocation of its own: a handled message
+	// must not stay reachable while another job of its batch is in hand.
+	d       *Delivery
+	origin  deliveryRef
+	waiters []deliveryRef
 }
 
 // Consumer receives messages from every intermediate of a service (one
@@ -257,7 +259,7 @@ func (c *Consumer) receive(st *subStream, batch *deliveryv1.DeliveryBatch) {
 	queued := false
 	dups := 0
 	defer func() { c.metrics.Duplicates(dups) }()
-	var slab []job // the batch's jobs, with their Delivery: one allocation
+	var slab []job // the batch's jobs: one allocation
 	for i, d := range batch.GetDeliveries() {
 		ref := deliveryRef{st: st, id: d.GetDeliveryId()}
 		id := d.GetMessage().GetId()
@@ -283,13 +285,12 @@ func (c *Consumer) receive(st *subStream, batch *deliveryv1.DeliveryBatch) {
 			slab = make([]job, 0, len(batch.GetDeliveries())-i)
 		}
 		slab = append(slab, job{
-			key:      key,
-			keyed:    keyed,
-			delivery: Delivery{Message: d.GetMessage(), Instance: st.link.inst.Name, Redeliveries: d.GetRedeliveries()},
-			origin:   ref,
+			key:    key,
+			keyed:  keyed,
+			d:      &Delivery{Message: d.GetMessage(), Instance: st.link.inst.Name, Redeliveries: d.GetRedeliveries()},
+			origin: ref,
 		})
 		j := &slab[len(slab)-1]
-		j.d = &j.delivery
 		if keyed {
 			c.inProgress[key] = j
 		}
@@ -403,17 +404,19 @@ func (c *Consumer) finish(j *job, err error) {
 	c.pending--
 	c.mu.Unlock()
 	c.poke()
+	d := j.d
+	j.d, j.waiters = nil, nil
 	if err != nil {
 		c.nacked.Add(1)
 		c.metrics.Nacked()
-		id := j.d.Message.GetId()
+		id := d.Message.GetId()
 		c.log.Warn("handler failed", "producer", id.GetProducerId(), "seq", id.GetSeq(), "err", err)
 		return
 	}
 	c.delivered.Add(1)
-	c.dups.Add(uint64(len(j.waiters)))
-	c.metrics.Delivered(j.d.Message.GetCreateTimeUnixNano(), time.Now())
-	c.metrics.Duplicates(len(j.waiters))
+	c.dups.Add(uint64(len(refs) - 1))
+	c.metrics.Delivered(d.Message.GetCreateTimeUnixNano(), time.Now())
+	c.metrics.Duplicates(len(refs) - 1)
 }
 
 // Done is closed when the consumer stops receiving on its own: another

@@ -71,8 +71,9 @@ const slabSize = 64
 
 // sendSlab hands out the outMsgs and message ids of Send a batch's worth
 // at a time, one allocation each instead of one per message. A chunk lives
-// while any message in it does (or the id, which Send returns), so at most
-// one chunk's worth more than the window stays reachable. It is guarded by
+// while any outMsg in it does (or an id, which Send returns); a settled
+// outMsg lets go of its message (settleLocked), so what a chunk keeps beyond
+// the window is outMsgs and ids, never payloads. It is guarded by
 // Producer.mu.
 type sendSlab struct {
 	msgs []outMsg

@@ -511,7 +511,9 @@ func (p *Producer) popSettledLocked() {
 
 // settleLocked ends m: acknowledged (err nil) or handed back for good.
 func (p *Producer) settleLocked(m *outMsg, err error) {
-	m.stream = nil
+	// A sendSlab chunk lives while any of its outMsgs does: a settled one
+	// lets go of its message.
+	m.stream, m.msg = nil, nil
 	m.done2 = true
 	if m.own {
 		p.popSettledLocked()
@@ -635,7 +637,7 @@ func (p *Producer) streamEndReasonLocked(st *pubStream) string {
 // abandoned find nothing and are ignored.
 func (p *Producer) handleAck(st *pubStream, a *deliveryv1.PublishAck) {
 	type permanent struct {
-		m    *outMsg
+		msg  *messagev1.Message
 		nack *messagev1.Nack
 	}
 	var failed []permanent
@@ -686,10 +688,11 @@ func (p *Producer) handleAck(st *pubStream, a *deliveryv1.PublishAck) {
 				p.metrics.Resent(telemetry.ReasonUnavailable, 1)
 			}
 		default:
-			p.settleLocked(m, &NackError{ID: m.msg.GetId(), Reason: n.GetReason(), Detail: n.GetDetail()})
-			failed = append(failed, permanent{m, n})
+			msg := m.msg
+			p.settleLocked(m, &NackError{ID: msg.GetId(), Reason: n.GetReason(), Detail: n.GetDetail()})
+			failed = append(failed, permanent{msg, n})
 			if p.nackWake != nil {
-				p.nacks = append(p.nacks, nackEvent{msg: m.msg, reason: n.GetReason(), detail: n.GetDetail()})
+				p.nacks = append(p.nacks, nackEvent{msg: msg, reason: n.GetReason(), detail: n.GetDetail()})
 			}
 		}
 	}
@@ -711,7 +714,7 @@ func (p *Producer) handleAck(st *pubStream, a *deliveryv1.PublishAck) {
 	p.metrics.Acked(acked)
 	for _, f := range failed {
 		p.metrics.Nacked(f.nack.GetReason())
-		p.log.Warn("message handed back", "seq", f.m.msg.GetId().GetSeq(), "reason", f.nack.GetReason().String(), "detail", f.nack.GetDetail())
+		p.log.Warn("message handed back", "seq", f.msg.GetId().GetSeq(), "reason", f.nack.GetReason().String(), "detail", f.nack.GetDetail())
 	}
 	if len(failed) > 0 && p.nackWake != nil {
 		select {

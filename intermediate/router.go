@@ -33,7 +33,10 @@ const DefaultGroup = "default"
 
 // held is one message received on a publish stream and not yet acknowledged
 // or handed back. Its fields are guarded by Server.mu, except those fixed at
-// creation (pub, seq, msg, size, routeKey).
+// creation (pub, seq, size, routeKey). msg is set at creation and cleared
+// under Server.mu when it is done: the held structs of a batch share one
+// array, so a finished message must not keep its payload reachable while
+// another of its batch is still held.
 type held struct {
 	pub      *pubStream
 	seq      uint64 // stream sequence number
@@ -308,6 +311,7 @@ func (s *Server) finishLocked(h *held, nack *messagev1.Nack) {
 		return
 	}
 	h.done = true
+	h.msg = nil
 	p := h.pub
 	p.held.Remove(h.seq)
 	p.inFlight = p.held.Len()
