@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/butterfly-mesh/butterfly"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
@@ -24,24 +25,8 @@ import (
 func TestProducer_SeqSpan(t *testing.T) {
 	defer func(old uint64) { seqSpan = old }(seqSpan)
 	seqSpan = 8
-	cli := etcdtest.Start(t).Client(t)
 	const prefix = "span"
-	srv, err := intermediate.New(cli, DefaultService, "i1", intermediate.WithPrefix(prefix), intermediate.WithStopTimeout(200*time.Millisecond))
-	if err != nil {
-		t.Fatalf("intermediate.New() = %v", err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("net.Listen() = %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, lis) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
-	<-srv.Ready()
+	cli := serveOne(t, prefix)
 
 	release := make(chan struct{})
 	var (
@@ -136,24 +121,8 @@ func TestProducer_SeqSpan(t *testing.T) {
 // seq 2^24 on (the producer started there), every message is acknowledged
 // and handled, none handed back.
 func TestProducer_MarkPastTheSpan(t *testing.T) {
-	cli := etcdtest.Start(t).Client(t)
 	const prefix = "markspan"
-	srv, err := intermediate.New(cli, DefaultService, "i1", intermediate.WithPrefix(prefix), intermediate.WithStopTimeout(200*time.Millisecond))
-	if err != nil {
-		t.Fatalf("intermediate.New() = %v", err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("net.Listen() = %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, lis) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
-	<-srv.Ready()
+	cli := serveOne(t, prefix)
 	var (
 		mu      sync.Mutex
 		handled = map[uint64]uint64{} // low_water_seq by seq
@@ -193,4 +162,28 @@ func TestProducer_MarkPastTheSpan(t *testing.T) {
 	if st := p.Stats(); st.Acked != 3 || st.Nacked != 0 {
 		t.Errorf("Stats() = %+v, want Acked=3 Nacked=0", st)
 	}
+}
+
+// serveOne starts an embedded etcd and one intermediate, i1, under prefix,
+// stopped when the test ends, and returns the etcd client.
+func serveOne(t *testing.T, prefix string) *clientv3.Client {
+	t.Helper()
+	cli := etcdtest.Start(t).Client(t)
+	srv, err := intermediate.New(cli, DefaultService, "i1", intermediate.WithPrefix(prefix), intermediate.WithStopTimeout(200*time.Millisecond))
+	if err != nil {
+		t.Fatalf("intermediate.New() = %v", err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("net.Listen() = %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, lis) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	<-srv.Ready()
+	return cli
 }

@@ -97,13 +97,7 @@ func (c *child) failed(err error) error {
 // for it up to timeout, then kills it.
 func (c *child) stop(timeout time.Duration) {
 	c.cmd.Process.Signal(syscall.SIGTERM) //nolint:errcheck // it may have exited already
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	select {
-	case <-c.done:
-	case <-t.C:
-		c.kill()
-	}
+	c.wait(timeout)
 }
 
 // wait waits for the child to exit on its own up to timeout, then kills it.
