@@ -57,12 +57,14 @@ func TestRelease_AcknowledgedMessagesOfAHeldBatch(t *testing.T) {
 	r := newRig(t, intermediate.WithProcessor(w))
 	sub := r.subscribe("c1", n)
 	pub := r.producer("p")
-	msgs := make([]*messagev1.Message, n)
-	for i := range msgs {
-		msgs[i] = msg("p", uint64(i+1), strings.Repeat("x", 1024))
-	}
-	sendBatch(t, pub, 1, msgs...)
-	msgs = nil
+	// The test keeps no reference to what it sent.
+	sendBatch(t, pub, 1, func() []*messagev1.Message {
+		msgs := make([]*messagev1.Message, n)
+		for i := range msgs {
+			msgs[i] = msg("p", uint64(i+1), strings.Repeat("x", 1024))
+		}
+		return msgs
+	}()...)
 	var firstID uint64
 	ack := &deliveryv1.DeliveryAck{}
 	for got := 0; got < n; {
