@@ -11,13 +11,7 @@ func BenchmarkIndex_Window(b *testing.B) {
 	for _, window := range []int{64, 1024, 16384} {
 		b.Run(fmt.Sprintf("window=%d", window), func(b *testing.B) {
 			const batch = 64
-			var x Index[*int]
-			v := new(int)
-			var next uint64
-			for range window {
-				next++
-				x.Push(next, v)
-			}
+			x, v, next := filled(window)
 			b.ReportAllocs()
 			for b.Loop() {
 				lo, _ := x.Min()
@@ -37,13 +31,7 @@ func BenchmarkIndex_RemoveOne(b *testing.B) {
 	const window = 1024
 	// Remove every other seq of the oldest 64, then the rest in order.
 	b.Run("index", func(b *testing.B) {
-		var x Index[*int]
-		v := new(int)
-		var next uint64
-		for range window {
-			next++
-			x.Push(next, v)
-		}
+		x, v, next := filled(window)
 		b.ReportAllocs()
 		for b.Loop() {
 			lo, _ := x.Min()
@@ -82,4 +70,17 @@ func BenchmarkIndex_RemoveOne(b *testing.B) {
 			}
 		}
 	})
+}
+
+// filled returns an index holding seqs 1 to window, the value they share and
+// the last seq.
+func filled(window int) (*Index[*int], *int, uint64) {
+	x := new(Index[*int])
+	v := new(int)
+	var next uint64
+	for range window {
+		next++
+		x.Push(next, v)
+	}
+	return x, v, next
 }
