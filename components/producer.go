@@ -646,8 +646,8 @@ func (p *Producer) handleAck(st *pubStream, a *deliveryv1.PublishAck) {
 	settle := func(_ uint64, m *outMsg) { p.settleLocked(m, nil) }
 	for _, r := range a.GetAcked() {
 		// A range is walked over what is unacknowledged in it, whatever
-		// its width; a malformed one is skipped, as seqrange.ForEach does.
-		if first, last := r.GetFirst(), r.GetLast(); last >= first && last-first < seqrange.MaxSpan {
+		// its width; a malformed one is skipped.
+		if first, last, ok := seqrange.Bounds(r); ok {
 			acked += st.unacked.RemoveRange(first, last, settle)
 		}
 	}

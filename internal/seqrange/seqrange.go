@@ -37,12 +37,19 @@ func Build(seqs []uint64) []*messagev1.SeqRange {
 // malformed range cannot make a loop run for ever.
 const MaxSpan = 1 << 20
 
-// ForEach calls f for every number in ranges, skipping malformed
-// ranges (last before first, or wider than MaxSpan).
+// Bounds returns the first and last number r names; ok is false for a
+// malformed range (last before first, or wider than MaxSpan).
+func Bounds(r *messagev1.SeqRange) (first, last uint64, ok bool) {
+	first, last = r.GetFirst(), r.GetLast()
+	return first, last, last >= first && last-first < MaxSpan
+}
+
+// ForEach calls f for every number in ranges, skipping malformed ranges
+// (see Bounds).
 func ForEach(ranges []*messagev1.SeqRange, f func(uint64)) {
 	for _, r := range ranges {
-		first, last := r.GetFirst(), r.GetLast()
-		if last < first || last-first >= MaxSpan {
+		first, last, ok := Bounds(r)
+		if !ok {
 			continue
 		}
 		for n := first; ; n++ {
