@@ -200,8 +200,9 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 	}
 	s.mu.Unlock()
 	// Every message that may be held counts against the byte limits at its
-	// envelope size (without routes); one over max-message-bytes is handed back INVALID below and never held,
-	// so every batch fits once enough is freed.
+	// envelope size (without routes); one over max-message-bytes is handed
+	// back INVALID below and never held, so every batch fits once enough is
+	// freed.
 	lim := s.opts.limits()
 	// One allocation for the batch's sizes and charges, one for its held
 	// messages (a slab the batch's messages share), one for the outcomes.
@@ -247,7 +248,11 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 		}
 		routes := res.GetRoutes()
 		res.Routes = nil // hop-local: consumers never see them
-		hs[i] = held{pub: p, seq: seq, msg: res, size: proto.Size(res), charge: charges[i], routeKey: p.routeKey(res), routes: routes}
+		size := sizes[i] // m without its routes, as res is when unchanged
+		if res != m {
+			size = proto.Size(res)
+		}
+		hs[i] = held{pub: p, seq: seq, msg: res, size: size, charge: charges[i], routeKey: p.routeKey(res), routes: routes}
 		out[i].h = &hs[i]
 	}
 	s.mu.Lock()
