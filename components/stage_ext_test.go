@@ -34,18 +34,7 @@ func TestStage_ThreeHop(t *testing.T) {
 		}
 		return led.handler()(ctx, d)
 	}, components.WithService("replies"), components.WithConcurrency(4))
-	stage, err := components.NewStage(m.cli, "stage", "requests", "replies",
-		components.WithPrefix(testPrefix),
-		components.WithLogger(m.log),
-		components.WithProcessor(intermediate.Upper()))
-	if err != nil {
-		t.Fatalf("NewStage() = %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
-		defer cancel()
-		_ = stage.Close(ctx)
-	})
+	stage := m.stage(intermediate.Upper())
 	waitConsumers(t, 1, r1, r2, s1, s2)
 	src := m.producer("src", components.WithService("requests"), components.WithWindow(2000))
 
@@ -117,16 +106,7 @@ func TestStage_ProcessorKeepsLowWater(t *testing.T) {
 		atSink[d.Message.GetId().GetSeq()] = d.Message.GetLowWaterSeq()
 		return nil
 	}, components.WithService("replies"))
-	stage, err := components.NewStage(m.cli, "stage", "requests", "replies",
-		components.WithPrefix(testPrefix), components.WithLogger(m.log), components.WithProcessor(stageProc))
-	if err != nil {
-		t.Fatalf("NewStage() = %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
-		defer cancel()
-		_ = stage.Close(ctx)
-	})
+	m.stage(stageProc)
 	waitConsumers(t, 1, r1, s1)
 	src := m.producer("src", components.WithService("requests"))
 	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
@@ -153,4 +133,21 @@ func TestStage_ProcessorKeepsLowWater(t *testing.T) {
 	if diff := cmp.Diff(want, atSink); diff != "" {
 		t.Errorf("low_water_seq by seq at the sink, after the stage's processor (-want +got):\n%s", diff)
 	}
+}
+
+// stage starts a stage from service "requests" to "replies" running proc,
+// closed when the test ends.
+func (m *mesh) stage(proc components.Processor) *components.Stage {
+	m.t.Helper()
+	stage, err := components.NewStage(m.cli, "stage", "requests", "replies",
+		components.WithPrefix(testPrefix), components.WithLogger(m.log), components.WithProcessor(proc))
+	if err != nil {
+		m.t.Fatalf("NewStage() = %v", err)
+	}
+	m.t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+		defer cancel()
+		_ = stage.Close(ctx)
+	})
+	return stage
 }
