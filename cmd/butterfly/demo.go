@@ -139,7 +139,7 @@ func runDemo(ctx context.Context, cfg demoConfig) (demoResult, error) {
 		return demoResult{}, err
 	}
 	defer os.RemoveAll(dir)
-	clientAddr, peerAddr, err := twoFreePorts()
+	clientAddr, peerAddr, err := embedetcd.TwoFreePorts()
 	if err != nil {
 		return demoResult{}, err
 	}
@@ -372,23 +372,4 @@ func (m *demoMesh) faultPlan(ctx context.Context) []demoFault {
 			return nil
 		}},
 	}
-}
-
-func twoFreePorts() (string, string, error) {
-	var addrs []string
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	for range 2 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return "", "", err
-		}
-		ls = append(ls, l)
-		addrs = append(addrs, l.Addr().String())
-	}
-	return addrs[0], addrs[1], nil
 }

@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"time"
 
@@ -32,7 +31,7 @@ func startEtcd(ctx context.Context) (e *benchEtcd, err error) {
 	if e.dir, err = os.MkdirTemp("", "butterfly-bench-etcd-"); err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
 	}
-	clientAddr, peerAddr, err := twoFreePorts()
+	clientAddr, peerAddr, err := embedetcd.TwoFreePorts()
 	if err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
 	}
@@ -64,19 +63,4 @@ func (e *benchEtcd) close() {
 	if e.dir != "" {
 		os.RemoveAll(e.dir)
 	}
-}
-
-// twoFreePorts returns two loopback addresses with ports that were free a
-// moment ago, for the embedded etcd.
-func twoFreePorts() (string, string, error) {
-	var addrs []string
-	for range 2 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return "", "", err
-		}
-		defer l.Close()
-		addrs = append(addrs, l.Addr().String())
-	}
-	return addrs[0], addrs[1], nil
 }

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"strings"
 	"sync/atomic"
@@ -213,4 +214,19 @@ func (s *Server) Close() {
 	s.quiet.Store(true)
 	s.e.Close()
 	<-s.e.Server.StopNotify()
+}
+
+// TwoFreePorts returns two loopback addresses with ports that were free a
+// moment ago, for an embedded etcd's client and peer listeners.
+func TwoFreePorts() (client, peer string, err error) {
+	var addrs []string
+	for range 2 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return "", "", fmt.Errorf("embedetcd: %w", err)
+		}
+		defer l.Close()
+		addrs = append(addrs, l.Addr().String())
+	}
+	return addrs[0], addrs[1], nil
 }
