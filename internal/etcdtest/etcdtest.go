@@ -8,10 +8,12 @@ package etcdtest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -39,7 +41,19 @@ type Server struct {
 func Start(t testing.TB) *Server {
 	t.Helper()
 	s := newServer(t)
-	s.start(t)
+	// The ports were free when picked; a test binary of another package,
+	// running beside this one, may take one before etcd binds it. Pick
+	// again then, a few times.
+	for attempt := 1; ; attempt++ {
+		err := s.tryStart()
+		if err == nil {
+			break
+		}
+		if attempt == 3 || !errors.Is(err, syscall.EADDRINUSE) {
+			t.Fatalf("%v", err)
+		}
+		s.clientURL.Host, s.peerURL.Host = freeAddr(t), freeAddr(t)
+	}
 	t.Cleanup(func() { s.stop() })
 	return s
 }
@@ -104,10 +118,17 @@ func (s *Server) Compact(t testing.TB, cli *clientv3.Client) int64 {
 }
 
 func (s *Server) start(t testing.TB) {
+	t.Helper()
+	if err := s.tryStart(); err != nil {
+		t.Fatalf("%v", err)
+	}
+}
+
+func (s *Server) tryStart() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.e != nil {
-		t.Fatalf("etcdtest: server already running")
+		return errors.New("etcdtest: server already running")
 	}
 	cfg := embed.NewConfig()
 	cfg.Name = "etcdtest"
@@ -126,15 +147,16 @@ func (s *Server) start(t testing.TB) {
 	}
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
-		t.Fatalf("embed.StartEtcd() = %v", err)
+		return fmt.Errorf("embed.StartEtcd() = %w", err)
 	}
 	select {
 	case <-e.Server.ReadyNotify():
 	case <-time.After(startTimeout):
 		e.Close()
-		t.Fatalf("etcdtest: server not ready after %v", startTimeout)
+		return fmt.Errorf("etcdtest: server not ready after %v", startTimeout)
 	}
 	s.e = e
+	return nil
 }
 
 func (s *Server) stop() {
