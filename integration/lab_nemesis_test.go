@@ -73,6 +73,10 @@ var nemeses = []nemesis{
 			lm.hist.lose(p, "drained")
 			p.signal(syscall.SIGTERM)
 		} else {
+			// An earlier step (an etcd split) may have cost the
+			// intermediate its lease: drain names a registration, so wait
+			// until it has registered again.
+			lm.waitRegistered(lm.etcdHosts[0], name, lm.at[name], 15*time.Second)
 			lm.drain(lm.etcdHosts[0], name)
 		}
 		select {
