@@ -378,6 +378,23 @@ func (c *Consumer) handle(j *job) (err error) {
 	return c.handler(ctx, j.d)
 }
 
+// answerLocked acknowledges one delivery of a handled message, or nacks it
+// with the handler's error, and gives its stream the credit back. A stream
+// that ended is not answered: its intermediate hands the delivery on.
+func answerLocked(r deliveryRef, err error) {
+	r.st.inHand--
+	if r.st.dead {
+		return
+	}
+	if err == nil {
+		r.st.acks = append(r.st.acks, r.id)
+	} else {
+		r.st.nacks = append(r.st.nacks, &messagev1.Nack{Seq: r.id, Reason: messagev1.NackReason_NACK_REASON_HANDLER_FAILED, Detail: err.Error()})
+	}
+	r.st.credit++
+	r.st.wakeUp()
+}
+
 // finish answers a job's delivery and the duplicates that waited for it.
 func (c *Consumer) finish(j *job, err error) {
 	c.mu.Lock()
@@ -387,19 +404,18 @@ func (c *Consumer) finish(j *job, err error) {
 			c.dedup.mark(j.key)
 		}
 	}
-	refs := append([]deliveryRef{j.origin}, j.waiters...)
-	for _, r := range refs {
-		r.st.inHand--
-		if r.st.dead {
-			continue
-		}
-		if err == nil {
-			r.st.acks = append(r.st.acks, r.id)
-		} else {
-			r.st.nacks = append(r.st.nacks, &messagev1.Nack{Seq: r.id, Reason: messagev1.NackReason_NACK_REASON_HANDLER_FAILED, Detail: err.Error()})
-		}
-		r.st.credit++
-		r.st.wakeUp()
+	// Counted before the answers go out: whoever hears of the
+	// acknowledgement finds the message counted.
+	dups := len(j.waiters)
+	if err != nil {
+		c.nacked.Add(1)
+	} else {
+		c.delivered.Add(1)
+		c.dups.Add(uint64(dups))
+	}
+	answerLocked(j.origin, err)
+	for _, r := range j.waiters {
+		answerLocked(r, err)
 	}
 	c.pending--
 	c.mu.Unlock()
@@ -407,16 +423,13 @@ func (c *Consumer) finish(j *job, err error) {
 	d := j.d
 	j.d, j.waiters = nil, nil
 	if err != nil {
-		c.nacked.Add(1)
 		c.metrics.Nacked()
 		id := d.Message.GetId()
 		c.log.Warn("handler failed", "producer", id.GetProducerId(), "seq", id.GetSeq(), "err", err)
 		return
 	}
-	c.delivered.Add(1)
-	c.dups.Add(uint64(len(refs) - 1))
 	c.metrics.Delivered(d.Message.GetCreateTimeUnixNano(), time.Now())
-	c.metrics.Duplicates(len(refs) - 1)
+	c.metrics.Duplicates(dups)
 }
 
 // Done is closed when the consumer stops receiving on its own: another
