@@ -127,6 +127,10 @@ type dedupSet struct {
 	maxProducers int
 	lru          *list.List // of *seqWindow, most recent first
 	index        map[producerKey]*list.Element
+	// front is the window get returned last, which is the front of lru:
+	// the messages of a batch mostly come from one producer, and it spares
+	// them the map.
+	front *seqWindow
 }
 
 func newDedupSet(window, maxProducers int) *dedupSet {
@@ -140,10 +144,14 @@ func newDedupSet(window, maxProducers int) *dedupSet {
 
 // get returns the window of p, adding one when add is set.
 func (d *dedupSet) get(p producerKey, add bool) *seqWindow {
+	if d.front != nil && d.front.key == p {
+		return d.front
+	}
 	e := d.index[p]
 	if e != nil {
 		d.lru.MoveToFront(e)
-		return e.Value.(*seqWindow)
+		d.front = e.Value.(*seqWindow)
+		return d.front
 	}
 	if !add {
 		return nil
@@ -155,6 +163,7 @@ func (d *dedupSet) get(p producerKey, add bool) *seqWindow {
 	}
 	w := &seqWindow{key: p, window: d.window}
 	d.index[p] = d.lru.PushFront(w)
+	d.front = w
 	return w
 }
 

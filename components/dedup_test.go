@@ -1,6 +1,8 @@
 package components
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"testing"
 )
 
@@ -120,5 +122,40 @@ func TestDedupSet_IncarnationFlood(t *testing.T) {
 	}
 	if d.get(settled, false) != nil {
 		t.Errorf("the settled incarnation p2/7 is still tracked, want it forgotten first")
+	}
+}
+
+// TestDedupSet_FrontIsMostRecent checks, over random traffic from more
+// producers than the set holds, that the window get skips the map for is
+// always the most recently used one and still in the set, and that a
+// message marked is seen until its window is evicted.
+func TestDedupSet_FrontIsMostRecent(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	d := newDedupSet(256, 4)
+	marked := map[msgKey]bool{}
+	for i := range 5000 {
+		p := producerKey{fmt.Sprintf("p%d", rng.IntN(7)), 1}
+		k := msgKey{p, uint64(1 + rng.IntN(200))}
+		switch rng.IntN(3) {
+		case 0:
+			d.mark(k)
+			marked[k] = true
+		case 1:
+			if got := d.seen(k); got != (marked[k] && d.index[p] != nil) {
+				t.Fatalf("step %d: seen(%v) = %v, want %v", i, k, got, !got)
+			}
+		case 2:
+			d.get(p, rng.IntN(2) == 0)
+		}
+		for k := range marked {
+			if d.index[k.producerKey] == nil {
+				delete(marked, k)
+			}
+		}
+		if d.front != nil {
+			if f := d.lru.Front(); f == nil || f.Value.(*seqWindow) != d.front || d.index[d.front.key] != f {
+				t.Fatalf("step %d: front %v is not the most recent window in the set", i, d.front.key)
+			}
+		}
 	}
 }
