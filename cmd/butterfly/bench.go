@@ -22,6 +22,7 @@ type benchFlags struct {
 	asJSON     bool
 	plot       string
 	cpuprofile string
+	trace      string
 	quick      bool
 	processes  bool
 }
@@ -107,6 +108,14 @@ Needs nothing running: etcd is embedded and every server listens on loopback
 				defer pf.Close()
 				cfg.CPUProfile = pf
 			}
+			if f.trace != "" {
+				tf, err := os.Create(f.trace)
+				if err != nil {
+					return err
+				}
+				defer tf.Close()
+				cfg.Trace = tf
+			}
 			rep, err := bench.Run(cmd.Context(), cfg)
 			if err != nil {
 				return err
@@ -130,6 +139,7 @@ Needs nothing running: etcd is embedded and every server listens on loopback
 	fl.BoolVar(&f.asJSON, "json", false, "print one JSON object instead of the table")
 	fl.StringVar(&f.plot, "plot", "", "write throughput over time, faults marked, to this SVG file")
 	fl.StringVar(&f.cpuprofile, "cpuprofile", "", "write a CPU profile of Butterfly's saturation phase to this file")
+	fl.StringVar(&f.trace, "trace", "", "write a runtime execution trace of Butterfly's half-load phase to this file (go tool trace)")
 	fl.BoolVar(&f.quick, "quick", false, "short phases and heartbeats: the whole run in a few seconds (smoke test)")
 	fl.BoolVar(&f.processes, "processes", false, "run every intermediate, producer and consumer as a process of this binary instead (no baselines, no faults)")
 	c.AddCommand(newBenchWorkerCommand(r))
@@ -174,6 +184,8 @@ func (f *benchFlags) validate() error {
 		return usagef("--plot: not with --processes (a run in separate processes has no faults to plot)")
 	case f.processes && f.cpuprofile != "":
 		return usagef("--cpuprofile: not with --processes (the components run in processes of their own)")
+	case f.processes && f.trace != "":
+		return usagef("--trace: not with --processes (the components run in processes of their own)")
 	case c.Payload < 0 || c.Payload > 4<<20:
 		return usagef("--payload %d: must be in [0, 4194304]", c.Payload)
 	case c.Producers < 1:

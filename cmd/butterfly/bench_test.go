@@ -93,6 +93,7 @@ func TestBenchCommand_BadFlags(t *testing.T) {
 		{[]string{"--fault-load", "1.5"}, "--fault-load"},
 		{[]string{"--duration", "0s"}, "--duration"},
 		{[]string{"--heartbeat", "0s"}, "--heartbeat"},
+		{[]string{"--processes", "--trace", "t.out"}, "--trace"},
 	} {
 		t.Run(tc.flag, func(t *testing.T) {
 			_, err := executeBench(t, tc.args...)

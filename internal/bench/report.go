@@ -34,6 +34,15 @@ type Report struct {
 	AllocBytesPerMsg float64 `json:"alloc_bytes_per_msg"`
 	PeakHeapBytes    uint64  `json:"peak_heap_bytes"`
 
+	// What the Go runtime did at half load, where the latency tail is
+	// measured: collections, their stop-the-world pauses, how long
+	// runnable goroutines waited for a thread, the collector's CPU share.
+	HalfLoadGCCycles       uint64  `json:"half_load_gc_cycles"`
+	HalfLoadGCPauseP99US   float64 `json:"half_load_gc_pause_p99_us"`
+	HalfLoadGCPauseMaxUS   float64 `json:"half_load_gc_pause_max_us"`
+	HalfLoadSchedWaitP99US float64 `json:"half_load_sched_latency_p99_us"`
+	HalfLoadGCCPUFraction  float64 `json:"half_load_gc_cpu_fraction"`
+
 	FailoverLost      uint64  `json:"failover_lost"`
 	FailoverRecoverMS float64 `json:"failover_recover_ms"`
 	FailoverResendMS  float64 `json:"failover_resend_ms"`
@@ -136,6 +145,12 @@ func fmtLat(v float64) string {
 	return fmt.Sprintf("%.0f µs", v)
 }
 
+func (r *Report) setHalfLoadRuntime(f RuntimeFigures) {
+	r.HalfLoadGCCycles, r.HalfLoadGCCPUFraction = f.GCCycles, f.GCCPUFraction
+	r.HalfLoadGCPauseP99US, r.HalfLoadGCPauseMaxUS = us(f.GCPauseP99), us(f.GCPauseMax)
+	r.HalfLoadSchedWaitP99US = us(f.SchedLatencyP99)
+}
+
 func (r *Report) setButterfly(res Result) {
 	r.setSaturation(res)
 	r.AllocsPerMsg, r.AllocBytesPerMsg = res.AllocsPerMsg, res.AllocBytesPerMsg
@@ -214,6 +229,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 	r.halfLoadRow(tw)
 	fmt.Fprintf(tw, "vs 1 hop / vs relay\t%.2fx / %.2fx\t\t\t\n", r.RatioVs1Hop, r.RatioVsRelay)
 	fmt.Fprintf(tw, "peak heap in use\t%.1f MiB\t\t\t\n", float64(r.PeakHeapBytes)/(1<<20))
+	fmt.Fprintf(tw, "half load: GC cycles / GC CPU\t%d / %.0f %%\t\t\t\n", r.HalfLoadGCCycles, 100*r.HalfLoadGCCPUFraction)
+	fmt.Fprintf(tw, "half load: GC pause p99 / max\t%s / %s\t\t\t\n", lat(r.HalfLoadGCPauseP99US), lat(r.HalfLoadGCPauseMaxUS))
+	fmt.Fprintf(tw, "half load: runnable goroutine wait p99\t%s\t\t\t\n", lat(r.HalfLoadSchedWaitP99US))
 	fmt.Fprintf(tw, "\t\t\n")
 	fmt.Fprintf(tw, "FAULTS UNDER LOAD\t\t\n")
 	fmt.Fprintf(tw, "hard stop: lost\t%d\t\n", r.FailoverLost)

@@ -48,6 +48,9 @@ type Config struct {
 	// CPUProfile, when set, receives a CPU profile of Butterfly's saturation
 	// phase.
 	CPUProfile io.Writer
+	// Trace, when set, receives a runtime execution trace of Butterfly's
+	// half-load phase (go tool trace).
+	Trace io.Writer
 }
 
 // Default values of Config, for `butterfly bench`.
@@ -105,6 +108,8 @@ type Result struct {
 	// over the phase per message handled: unlike the rates, a busy machine
 	// does not blur them.
 	AllocsPerMsg, AllocBytesPerMsg float64
+	// Runtime is what the Go runtime did over the phase (process-wide).
+	Runtime RuntimeFigures
 }
 
 func newResult(n uint64, elapsed time.Duration, lat *histogram) Result {

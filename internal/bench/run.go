@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"runtime/pprof"
+	"runtime/trace"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -75,7 +76,7 @@ func (m *mesh) run(ctx context.Context, r *Report) error {
 	if !pause(ctx, cfg.Warmup) {
 		return ctx.Err()
 	}
-	sat := m.measure(ctx, cfg.CPUProfile)
+	sat := m.measure(ctx, cfg.CPUProfile, nil)
 	r.setButterfly(sat)
 	m.log.Info("bench: saturation", "msgs_per_s", int(sat.MsgsPerSec), "p50", sat.P50, "p99", sat.P99)
 
@@ -84,8 +85,9 @@ func (m *mesh) run(ctx context.Context, r *Report) error {
 	if !pause(ctx, cfg.Warmup) {
 		return ctx.Err()
 	}
-	half := m.measure(ctx, nil)
+	half := m.measure(ctx, nil, cfg.Trace)
 	r.setHalfLoad(sat.MsgsPerSec/2, half)
+	r.setHalfLoadRuntime(half.Runtime)
 	m.log.Info("bench: half load", "msgs_per_s", int(half.MsgsPerSec), "p50", half.P50, "p99", half.P99)
 
 	if err := m.faults(ctx, sat.MsgsPerSec, r); err != nil {
@@ -110,8 +112,9 @@ func (m *mesh) run(ctx context.Context, r *Report) error {
 }
 
 // measure runs the current load for the configured duration and measures
-// the messages handled, their end-to-end latency and the CPU used.
-func (m *mesh) measure(ctx context.Context, profile io.Writer) Result {
+// the messages handled, their end-to-end latency and the CPU used; with a
+// CPU profile or an execution trace of the phase where asked.
+func (m *mesh) measure(ctx context.Context, profile, tr io.Writer) Result {
 	h := &histogram{}
 	if profile != nil {
 		if err := pprof.StartCPUProfile(profile); err != nil {
@@ -119,17 +122,27 @@ func (m *mesh) measure(ctx context.Context, profile io.Writer) Result {
 			profile = nil
 		}
 	}
-	n0, cpu0, allocs0, t0 := m.consumed.Load(), cpuTime(), heapAllocs(), time.Now()
+	if tr != nil {
+		if err := trace.Start(tr); err != nil {
+			m.log.Warn("bench: execution trace", "err", err)
+			tr = nil
+		}
+	}
+	n0, cpu0, allocs0, rt0, t0 := m.consumed.Load(), cpuTime(), heapAllocs(), readRuntimeCounters(), time.Now()
 	m.lat.Store(h)
 	pause(ctx, m.cfg.Duration)
 	m.lat.Store(nil)
-	n, elapsed, cpu, allocs := m.consumed.Load()-n0, time.Since(t0), cpuTime()-cpu0, heapAllocs().sub(allocs0)
+	n, elapsed, cpu, allocs, rt := m.consumed.Load()-n0, time.Since(t0), cpuTime()-cpu0, heapAllocs().sub(allocs0), readRuntimeCounters().since(rt0)
 	if profile != nil {
 		pprof.StopCPUProfile()
+	}
+	if tr != nil {
+		trace.Stop()
 	}
 	res := newResult(n, elapsed, h)
 	res.CPUPerMillion = cpuPerMillion(cpu, n)
 	res.setAllocs(allocs)
+	res.Runtime = rt
 	return res
 }
 

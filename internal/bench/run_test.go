@@ -21,9 +21,18 @@ func quickConfig() Config {
 // and checks that every message sent reached a handler exactly once in
 // count, that every fault was seen, and that the report renders.
 func TestRun_QuickFaultsLoseNothing(t *testing.T) {
-	r, err := Run(t.Context(), quickConfig())
+	cfg := quickConfig()
+	var tr bytes.Buffer
+	cfg.Trace = &tr
+	r, err := Run(t.Context(), cfg)
 	if err != nil {
 		t.Fatalf("Run() = %v", err)
+	}
+	if !bytes.HasPrefix(tr.Bytes(), []byte("go 1.")) {
+		t.Errorf("execution trace of the half-load phase: %d bytes starting %q, want a runtime trace", tr.Len(), tr.Bytes()[:min(tr.Len(), 16)])
+	}
+	if r.HalfLoadSchedWaitP99US <= 0 {
+		t.Errorf("Run() half-load runnable goroutine wait p99 = %v µs, want > 0", r.HalfLoadSchedWaitP99US)
 	}
 	var table bytes.Buffer
 	if err := r.WriteTable(&table); err != nil {
