@@ -16,7 +16,7 @@ import (
 // Defaults of the options.
 const (
 	DefaultService           = registry.DefaultService
-	DefaultWindow            = 10000
+	DefaultWindow            = 2500
 	DefaultBatchMessages     = 64
 	DefaultBatchBytes        = 512 << 10
 	DefaultLinger            = 200 * time.Microsecond
@@ -193,7 +193,7 @@ func withPlaintext(plaintext bool) Option {
 func WithService(service string) ServiceOption { return serviceOption(service) }
 
 // WithWindow sets how many messages a producer keeps unacknowledged before
-// Send blocks (default 10000).
+// Send blocks (default DefaultWindow, 2500).
 func WithWindow(n int) ProducerOption {
 	return producerOption(func(c *producerConfig) { c.window = n })
 }

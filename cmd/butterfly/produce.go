@@ -123,7 +123,7 @@ the hello and in every message.`,
 	f.Uint64Var(&count, "count", 0, "send N messages with seq 1..N (default: one per stdin line)")
 	f.Float64Var(&rate, "rate", 0, "messages per second, 0 for as fast as the window allows")
 	f.IntVar(&size, "size", 64, "payload size in bytes with --count")
-	f.IntVar(&window, "window", 10000, "most unacknowledged messages")
+	f.IntVar(&window, "window", components.DefaultWindow, "most unacknowledged messages")
 	f.IntVar(&maxMsgBytes, "max-message-bytes", components.DefaultMaxMessageBytes, "largest message sent, encoded (an intermediate's --max-message-bytes; the smallest one reached applies)")
 	f.DurationVar(&closeTimeout, "close-timeout", 60*time.Second, "how long to wait for acknowledgements at the end")
 	tlsf = addTLSFlags(r, f, false)
