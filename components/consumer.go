@@ -428,7 +428,7 @@ func (c *Consumer) finish(j *job, err error) {
 		c.log.Warn("handler failed", "producer", id.GetProducerId(), "seq", id.GetSeq(), "err", err)
 		return
 	}
-	c.metrics.Delivered(d.Message.GetCreateTimeUnixNano(), time.Now())
+	c.metrics.Delivered(d.Message.GetCreateTimeUnixNano())
 	c.metrics.Duplicates(dups)
 }
 

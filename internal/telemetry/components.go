@@ -268,13 +268,13 @@ func NewConsumerMetrics(reg prometheus.Registerer, service, group, id string, in
 
 // Delivered counts one message handled and observes its end-to-end latency
 // from createUnixNano (skipped when 0).
-func (m *ConsumerMetrics) Delivered(createUnixNano int64, now time.Time) {
+func (m *ConsumerMetrics) Delivered(createUnixNano int64) {
 	if m == nil {
 		return
 	}
 	m.delivered.Inc()
 	if createUnixNano > 0 {
-		m.latency.Observe(max(now.Sub(time.Unix(0, createUnixNano)).Seconds(), 0))
+		m.latency.Observe(max(time.Since(time.Unix(0, createUnixNano)).Seconds(), 0))
 	}
 }
 
