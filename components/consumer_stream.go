@@ -289,6 +289,16 @@ func (c *Consumer) initialCredit(maxCredit uint32) uint32 {
 	return maxCredit
 }
 
+// ackLinger is how long acknowledgements wait for more while other messages
+// of their stream are still in hand, unless ackFlush of them are ready:
+// frames of many acknowledgements cost the consumer, the intermediate and
+// the producer far less than one frame per message. It delays
+// acknowledgements, never deliveries.
+const (
+	ackLinger = 200 * time.Microsecond
+	ackFlush  = 64
+)
+
 // sendLoop sends acknowledgements (in frames of at most maxAck ranges and
 // nacks, 0 for no limit), credit, the drain and heartbeats (every beat).
 // Once the consumer drains and everything in hand is answered, it closes its
@@ -297,8 +307,26 @@ func (st *subStream) sendLoop(ctx context.Context, stream deliveryv1.SubscribeSe
 	c := st.link.c
 	ticker := time.NewTicker(beat)
 	defer ticker.Stop()
+	linger := time.NewTimer(ackLinger)
+	linger.Stop()
+	defer linger.Stop()
+	lingered := false
 	for {
 		c.mu.Lock()
+		if !lingered && len(st.acks) > 0 && len(st.acks) < ackFlush && len(st.nacks) == 0 && st.inHand > 0 && !st.drainWanted {
+			// More of the stream's messages are in hand and will be
+			// answered soon: one frame for them all, not one each.
+			c.mu.Unlock()
+			lingered = true
+			linger.Reset(ackLinger)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-linger.C:
+			}
+			continue
+		}
+		lingered = false
 		acks, nacks, credit := st.acks, st.nacks, st.credit
 		st.acks, st.nacks, st.credit = nil, nil, 0
 		leaving := st.drainWanted
