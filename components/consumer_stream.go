@@ -293,7 +293,10 @@ func (c *Consumer) initialCredit(maxCredit uint32) uint32 {
 // of their stream are still in hand, unless ackFlush of them are ready:
 // frames of many acknowledgements cost the consumer, the intermediate and
 // the producer far less than one frame per message. It delays
-// acknowledgements, never deliveries.
+// acknowledgements, never deliveries, and each of them by one linger at
+// most. On a process with nothing else to do the runtime's timers fire to
+// the millisecond, so the wait is then about a millisecond; under load it
+// is the 200 µs asked for.
 const (
 	ackLinger = 200 * time.Microsecond
 	ackFlush  = 64
