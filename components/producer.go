@@ -82,6 +82,7 @@ type Producer struct {
 	slab      sendSlab            // where Send takes its outMsgs and ids from
 	links     map[string]*pubLink // current link per instance name
 	streams   map[*pubStream]struct{}
+	filling   *pubStream // the stream whose next batch dispatchLocked fills
 	unsettled int
 	failed    int
 	msgLimit  int         // the largest message Send accepts, encoded
@@ -536,28 +537,18 @@ func (p *Producer) settleLocked(m *outMsg, err error) {
 
 // dispatchLocked assigns outbox messages, in order, to the least loaded
 // ready streams, a batch at a time, within each stream's in-flight limit.
+// A stream whose next batch is being filled (its first messages wait for
+// the linger) gets the following messages too, until the batch is full:
+// messages sent one at a time make full batches however many
+// intermediates there are, instead of one short batch per intermediate.
 // A stream whose sends do not keep up (its queue is two batches deep) gets
 // nothing more, so a stalled stream does not collect messages.
 func (p *Producer) dispatchLocked() {
 	for p.outbox.len() > 0 {
 		avoid := p.outbox.front().avoid
-		var best, fallback *pubStream
-		for st := range p.streams {
-			if !st.dispatchable() {
-				continue
-			}
-			if st.link == avoid {
-				fallback = st
-				continue
-			}
-			if best == nil || st.unacked.Len() < best.unacked.Len() {
-				best = st
-			}
-		}
-		if best == nil {
-			// Only the intermediate that could not reach the owner, or
-			// had no room, is there: it may by now.
-			best = fallback
+		best := p.filling
+		if best == nil || best.link == avoid || !best.dispatchable() || len(best.sendq) == 0 || len(best.sendq) >= best.maxBatch {
+			best = p.leastLoadedLocked(avoid)
 		}
 		if best == nil {
 			return
@@ -574,8 +565,34 @@ func (p *Producer) dispatchLocked() {
 			best.unacked.Push(m.seq, m)
 			best.sendq = append(best.sendq, m)
 		}
+		p.filling = best
 		best.wakeUp()
 	}
+}
+
+// leastLoadedLocked returns the dispatchable stream with the fewest
+// unacknowledged messages, not through avoid unless no other is there; nil
+// when none is dispatchable.
+func (p *Producer) leastLoadedLocked(avoid *pubLink) *pubStream {
+	var best, fallback *pubStream
+	for st := range p.streams {
+		if !st.dispatchable() {
+			continue
+		}
+		if st.link == avoid {
+			fallback = st
+			continue
+		}
+		if best == nil || st.unacked.Len() < best.unacked.Len() {
+			best = st
+		}
+	}
+	if best == nil {
+		// Only the intermediate that could not reach the owner, or had no
+		// room, is there: it may by now.
+		return fallback
+	}
+	return best
 }
 
 // requeueLocked puts the messages of a stream that is abandoned back at the
@@ -586,6 +603,9 @@ func (p *Producer) requeueLocked(st *pubStream) {
 	}
 	st.dead = true
 	delete(p.streams, st)
+	if p.filling == st {
+		p.filling = nil
+	}
 	if st.ready && !st.retired {
 		p.updateMsgLimitLocked()
 	}
