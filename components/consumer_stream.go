@@ -314,6 +314,7 @@ func (st *subStream) sendLoop(ctx context.Context, stream deliveryv1.SubscribeSe
 	linger.Stop()
 	defer linger.Stop()
 	lingered := false
+	sent := false // a frame went out since the last tick: no heartbeat due
 	for {
 		c.mu.Lock()
 		if !lingered && len(st.acks) > 0 && len(st.acks) < ackFlush && len(st.nacks) == 0 && st.inHand > 0 && !st.drainWanted {
@@ -347,11 +348,13 @@ func (st *subStream) sendLoop(ctx context.Context, stream deliveryv1.SubscribeSe
 			if err := stream.Send(&deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Ack{Ack: a}}); err != nil {
 				return fmt.Errorf("send ack: %w", err)
 			}
+			sent = true
 		}
 		if credit > 0 && !leaving {
 			if err := stream.Send(&deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Credit{Credit: &deliveryv1.Credit{Messages: credit}}}); err != nil {
 				return fmt.Errorf("send credit: %w", err)
 			}
+			sent = true
 		}
 		if drain {
 			d := &deliveryv1.SubscribeDrain{Reason: messagev1.DrainReason_DRAIN_REASON_SHUTDOWN}
@@ -371,6 +374,10 @@ func (st *subStream) sendLoop(ctx context.Context, stream deliveryv1.SubscribeSe
 		case <-st.wake:
 		case <-ticker.C:
 			if closed || closeNow {
+				continue
+			}
+			if sent {
+				sent = false
 				continue
 			}
 			hb := &messagev1.Heartbeat{SendTimeUnixNano: time.Now().UnixNano()}

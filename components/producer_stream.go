@@ -412,6 +412,7 @@ func (st *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServ
 		defer linger.Stop()
 	}
 	fresh := true // the queue was empty before: a short batch may wait
+	sent := false // a batch went out since the last tick: no heartbeat due
 	for {
 		p.mu.Lock()
 		n, full := len(st.sendq), st.maxBatch
@@ -429,6 +430,7 @@ func (st *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServ
 			if err := stream.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Batch{Batch: batch}}); err != nil {
 				return fmt.Errorf("send batch: %w", err)
 			}
+			sent = true
 			continue
 		}
 		fresh = true
@@ -437,6 +439,10 @@ func (st *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServ
 			return nil
 		case <-st.wake:
 		case <-ticker.C:
+			if sent {
+				sent = false
+				continue
+			}
 			hb := &messagev1.Heartbeat{SendTimeUnixNano: time.Now().UnixNano()}
 			if err := stream.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Heartbeat{Heartbeat: hb}}); err != nil {
 				return fmt.Errorf("send heartbeat: %w", err)

@@ -318,6 +318,7 @@ func (p *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServi
 	// The acks of a frame are sent from one buffer while the next frame's
 	// are gathered in the other: spare never shares an array with p.acks.
 	var spare []uint64
+	sent := false // a frame went out since the last tick: no heartbeat due
 	for {
 		s.mu.Lock()
 		var acks []uint64
@@ -352,6 +353,7 @@ func (p *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServi
 			if len(acks) > 0 {
 				spare = acks
 			}
+			sent = true
 		}
 		if notice != nil {
 			if err := stream.Send(&deliveryv1.PublishResponse{Kind: &deliveryv1.PublishResponse_Drain{Drain: notice}}); err != nil {
@@ -365,6 +367,10 @@ func (p *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServi
 			return
 		case <-p.wake:
 		case <-ticker.C:
+			if sent {
+				sent = false
+				continue
+			}
 			if err := stream.Send(&deliveryv1.PublishResponse{Kind: &deliveryv1.PublishResponse_Heartbeat{Heartbeat: heartbeat()}}); err != nil {
 				p.cancel(err)
 				return

@@ -300,6 +300,7 @@ func (sub *subStream) sendLoop(ctx context.Context, stream deliveryv1.SubscribeS
 	}
 	ticker := time.NewTicker(s.opts.heartbeatInterval)
 	defer ticker.Stop()
+	sent := false // a frame went out since the last tick: no heartbeat due
 	for {
 		s.mu.Lock()
 		var batch []*deliveryv1.Delivery
@@ -323,6 +324,7 @@ func (sub *subStream) sendLoop(ctx context.Context, stream deliveryv1.SubscribeS
 				sub.cancel(err)
 				return
 			}
+			sent = true
 			continue
 		}
 		if notice != nil {
@@ -337,6 +339,10 @@ func (sub *subStream) sendLoop(ctx context.Context, stream deliveryv1.SubscribeS
 			return
 		case <-sub.wake:
 		case <-ticker.C:
+			if sent {
+				sent = false
+				continue
+			}
 			if err := stream.Send(&deliveryv1.SubscribeResponse{Kind: &deliveryv1.SubscribeResponse_Heartbeat{Heartbeat: heartbeat()}}); err != nil {
 				sub.cancel(err)
 				return
