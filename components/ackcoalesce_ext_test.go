@@ -7,12 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-
 	"github.com/butterfly-mesh/butterfly/components"
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
-	"github.com/butterfly-mesh/butterfly/intermediate"
 )
 
 // TestConsumer_AcksInFewFrames checks that a consumer answers a batch it
@@ -28,11 +25,11 @@ func TestConsumer_AcksInFewFrames(t *testing.T) {
 	)
 	m := newMesh(t)
 	var ackFrames atomic.Int64
-	count := func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		return handler(srv, &ackCounter{ServerStream: ss, frames: &ackFrames})
-	}
-	h := m.startHub(components.DefaultService, "i1", "127.0.0.1",
-		intermediate.WithGRPCServerOptions(grpc.ChainStreamInterceptor(count)))
+	h := m.startHub(components.DefaultService, "i1", "127.0.0.1", countFrames(func(f any) {
+		if r, ok := f.(*deliveryv1.SubscribeRequest); ok && r.GetAck() != nil {
+			ackFrames.Add(1)
+		}
+	}))
 	var handled atomic.Int64
 	m.consumer("c1", func(ctx context.Context, d *components.Delivery) error {
 		spin(20 * time.Microsecond)
@@ -100,21 +97,6 @@ func TestConsumer_AcksInFewFrames(t *testing.T) {
 	if got > 3*batches {
 		t.Errorf("%d acknowledgement frames for %d batches of %d, want at most %d", got, batches, perBatch, 3*batches)
 	}
-}
-
-// ackCounter counts the acknowledgement frames received on a subscribe
-// stream.
-type ackCounter struct {
-	grpc.ServerStream
-	frames *atomic.Int64
-}
-
-func (a *ackCounter) RecvMsg(m any) error {
-	err := a.ServerStream.RecvMsg(m)
-	if r, ok := m.(*deliveryv1.SubscribeRequest); ok && err == nil && r.GetAck() != nil {
-		a.frames.Add(1)
-	}
-	return err
 }
 
 // spin busies the goroutine for d, as a handler doing work does.

@@ -7,12 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-
 	"github.com/butterfly-mesh/butterfly/components"
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
-	"github.com/butterfly-mesh/butterfly/intermediate"
 )
 
 // TestProducer_BatchesDoNotSplitAcrossIntermediates checks that a producer
@@ -28,13 +25,14 @@ func TestProducer_BatchesDoNotSplitAcrossIntermediates(t *testing.T) {
 	)
 	m := newMesh(t)
 	var batches atomic.Int64
-	count := func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		return handler(srv, &batchCounter{ServerStream: ss, batches: &batches})
-	}
+	count := countFrames(func(f any) {
+		if r, ok := f.(*deliveryv1.PublishRequest); ok && r.GetBatch() != nil {
+			batches.Add(1)
+		}
+	})
 	var hs []*hub
 	for i := range hubs {
-		hs = append(hs, m.startHub(components.DefaultService, fmt.Sprintf("i%d", i+1), fmt.Sprintf("127.0.0.%d", i+1),
-			intermediate.WithGRPCServerOptions(grpc.ChainStreamInterceptor(count))))
+		hs = append(hs, m.startHub(components.DefaultService, fmt.Sprintf("i%d", i+1), fmt.Sprintf("127.0.0.%d", i+1), count))
 	}
 	m.waitMembers(components.DefaultService, hubs)
 	led := newLedger()
@@ -68,18 +66,4 @@ func TestProducer_BatchesDoNotSplitAcrossIntermediates(t *testing.T) {
 	if got > total/8 {
 		t.Errorf("%d messages arrived in %d batches, want at most %d", total, got, total/8)
 	}
-}
-
-// batchCounter counts the message batches received on a publish stream.
-type batchCounter struct {
-	grpc.ServerStream
-	batches *atomic.Int64
-}
-
-func (b *batchCounter) RecvMsg(m any) error {
-	err := b.ServerStream.RecvMsg(m)
-	if r, ok := m.(*deliveryv1.PublishRequest); ok && err == nil && r.GetBatch() != nil {
-		b.batches.Add(1)
-	}
-	return err
 }

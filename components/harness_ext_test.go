@@ -425,3 +425,25 @@ func waitConsumers(t *testing.T, n int, hubs ...*hub) {
 		})
 	}
 }
+
+// countFrames is an intermediate option that calls count with every frame
+// the intermediate receives on a stream, once decoded.
+func countFrames(count func(frame any)) intermediate.Option {
+	return intermediate.WithGRPCServerOptions(grpc.ChainStreamInterceptor(
+		func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+			return handler(srv, &frameCounter{ServerStream: ss, count: count})
+		}))
+}
+
+type frameCounter struct {
+	grpc.ServerStream
+	count func(frame any)
+}
+
+func (f *frameCounter) RecvMsg(m any) error {
+	err := f.ServerStream.RecvMsg(m)
+	if err == nil {
+		f.count(m)
+	}
+	return err
+}

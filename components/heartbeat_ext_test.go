@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-
 	"github.com/butterfly-mesh/butterfly/components"
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	"github.com/butterfly-mesh/butterfly/intermediate"
@@ -22,11 +20,18 @@ func TestHeartbeats_OnlyOnQuietStreams(t *testing.T) {
 	const beat = 50 * time.Millisecond
 	m := newMesh(t)
 	var pubBeats, subBeats atomic.Int64
-	count := func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		return handler(srv, &beatCounter{ServerStream: ss, pub: &pubBeats, sub: &subBeats})
-	}
-	h := m.startHub(components.DefaultService, "i1", "127.0.0.1",
-		intermediate.WithHeartbeatInterval(beat), intermediate.WithGRPCServerOptions(grpc.ChainStreamInterceptor(count)))
+	h := m.startHub(components.DefaultService, "i1", "127.0.0.1", intermediate.WithHeartbeatInterval(beat), countFrames(func(f any) {
+		switch r := f.(type) {
+		case *deliveryv1.PublishRequest:
+			if r.GetHeartbeat() != nil {
+				pubBeats.Add(1)
+			}
+		case *deliveryv1.SubscribeRequest:
+			if r.GetHeartbeat() != nil {
+				subBeats.Add(1)
+			}
+		}
+	}))
 	led := newLedger()
 	m.consumer("c1", led.handler(), components.WithHeartbeatInterval(beat))
 	waitConsumers(t, 1, h)
@@ -56,29 +61,4 @@ func TestHeartbeats_OnlyOnQuietStreams(t *testing.T) {
 	}
 	closeProducers(t, p)
 	led.checkExactlyOnce(t, sent)
-}
-
-// beatCounter counts the heartbeats received on publish and subscribe
-// streams.
-type beatCounter struct {
-	grpc.ServerStream
-	pub, sub *atomic.Int64
-}
-
-func (b *beatCounter) RecvMsg(m any) error {
-	err := b.ServerStream.RecvMsg(m)
-	if err != nil {
-		return err
-	}
-	switch r := m.(type) {
-	case *deliveryv1.PublishRequest:
-		if r.GetHeartbeat() != nil {
-			b.pub.Add(1)
-		}
-	case *deliveryv1.SubscribeRequest:
-		if r.GetHeartbeat() != nil {
-			b.sub.Add(1)
-		}
-	}
-	return err
 }
