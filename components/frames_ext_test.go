@@ -216,3 +216,41 @@ func TestHeartbeats_OnlyOnQuietStreams(t *testing.T) {
 	closeProducers(t, p)
 	led.checkExactlyOnce(t, sent)
 }
+
+// TestProducer_FullBatchDoesNotWaitForTheLinger checks that a batch that
+// fills while its first message waits for the linger goes out at once: under
+// a linger of 600 ms (shorter than the stream's deadline, five heartbeats),
+// one message, then 63 more 100 ms later, are all handled within 300 ms of
+// the first, once each.
+func TestProducer_FullBatchDoesNotWaitForTheLinger(t *testing.T) {
+	const (
+		n      = 64
+		linger = 600 * time.Millisecond
+	)
+	m := newMesh(t)
+	h := m.startHub(components.DefaultService, "i1", "127.0.0.1")
+	led := newLedger()
+	m.consumer("c1", led.handler())
+	waitConsumers(t, 1, h)
+	p := m.producer("p1", components.WithBatch(n, 1<<20, linger))
+	waitUntil(t, "p1's stream to i1", func() bool { return len(h.status(t).GetProducers()) == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	start := time.Now()
+	for i := range n {
+		if _, err := p.Send(ctx, &messagev1.Message{Payload: fmt.Appendf(nil, "m%d", i)}); err != nil {
+			t.Fatalf("Send(%d) = %v", i, err)
+		}
+		if i == 0 {
+			time.Sleep(100 * time.Millisecond) // the first waits for the linger
+		}
+	}
+	led.waitHandled(t, n)
+	took := time.Since(start)
+	t.Logf("handled %d messages %v after the first Send", n, took)
+	if took > linger/2 {
+		t.Errorf("a full batch of %d was handled %v after the first Send, want well within the %v linger", n, took, linger)
+	}
+	closeProducers(t, p)
+	led.checkExactlyOnce(t, map[string]int{"p1": n})
+}

@@ -418,12 +418,22 @@ func (st *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServ
 		n, full := len(st.sendq), st.maxBatch
 		p.mu.Unlock()
 		if n > 0 && n < full && fresh && linger != nil {
+			// Wait for the linger, or less if the batch fills first.
 			linger.Reset(p.cfg.linger)
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-linger.C:
+		wait:
+			for n < full {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-linger.C:
+					break wait
+				case <-st.wake:
+					p.mu.Lock()
+					n = len(st.sendq)
+					p.mu.Unlock()
+				}
 			}
+			linger.Stop()
 		}
 		if batch := st.take(); batch != nil {
 			fresh = false
