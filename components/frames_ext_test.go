@@ -219,9 +219,8 @@ func TestHeartbeats_OnlyOnQuietStreams(t *testing.T) {
 
 // TestProducer_FullBatchDoesNotWaitForTheLinger checks that a batch that
 // fills while its first message waits for the linger goes out at once: under
-// a linger of 600 ms (shorter than the stream's deadline, five heartbeats),
-// one message, then 63 more 100 ms later, are all handled within 300 ms of
-// the first, once each.
+// a linger of 600 ms, one message, then 63 more 100 ms later, are all handled
+// within 300 ms of the first, once each.
 func TestProducer_FullBatchDoesNotWaitForTheLinger(t *testing.T) {
 	const (
 		n      = 64
@@ -253,4 +252,35 @@ func TestProducer_FullBatchDoesNotWaitForTheLinger(t *testing.T) {
 	}
 	closeProducers(t, p)
 	led.checkExactlyOnce(t, map[string]int{"p1": n})
+}
+
+// TestProducer_LongLingerKeepsTheStream checks that a linger longer than the
+// stream's deadline (five heartbeats, 1 s by default) costs the stream
+// nothing: the producer beats while its batch waits. A message sent alone
+// under a linger of 2 s is handled once, after the linger, through the
+// stream it was sent on (never resent), which stays up.
+func TestProducer_LongLingerKeepsTheStream(t *testing.T) {
+	const linger = 2 * time.Second
+	m := newMesh(t)
+	h := m.startHub(components.DefaultService, "i1", "127.0.0.1")
+	led := newLedger()
+	m.consumer("c1", led.handler())
+	waitConsumers(t, 1, h)
+	p := m.producer("p1", components.WithBatch(64, 1<<20, linger))
+	waitUntil(t, "p1's stream to i1", func() bool { return len(h.status(t).GetProducers()) == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	start := time.Now()
+	if err := p.SendWait(ctx, &messagev1.Message{Payload: []byte("alone")}); err != nil {
+		t.Fatalf("SendWait() = %v", err)
+	}
+	took := time.Since(start)
+	if st := p.Stats(); st.Resent != 0 || st.Acked != 1 {
+		t.Errorf("Stats() = %+v after %v, want Acked=1 Resent=0: the stream kept through the linger", st, took)
+	}
+	if took < linger {
+		t.Errorf("acknowledged %v after Send, want after the %v linger", took, linger)
+	}
+	closeProducers(t, p)
+	led.checkExactlyOnce(t, map[string]int{"p1": 1})
 }

@@ -413,6 +413,17 @@ func (st *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServ
 	}
 	fresh := true // the queue was empty before: a short batch may wait
 	sent := false // a batch went out since the last tick: no heartbeat due
+	tick := func() error {
+		if sent {
+			sent = false
+			return nil
+		}
+		hb := &messagev1.Heartbeat{SendTimeUnixNano: time.Now().UnixNano()}
+		if err := stream.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Heartbeat{Heartbeat: hb}}); err != nil {
+			return fmt.Errorf("send heartbeat: %w", err)
+		}
+		return nil
+	}
 	for {
 		p.mu.Lock()
 		n, full := len(st.sendq), st.maxBatch
@@ -427,6 +438,12 @@ func (st *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServ
 					return nil
 				case <-linger.C:
 					break wait
+				case <-ticker.C:
+					// A linger longer than the heartbeat interval must not
+					// cost the stream its deadline.
+					if err := tick(); err != nil {
+						return err
+					}
 				case <-st.wake:
 					p.mu.Lock()
 					n = len(st.sendq)
@@ -449,13 +466,8 @@ func (st *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServ
 			return nil
 		case <-st.wake:
 		case <-ticker.C:
-			if sent {
-				sent = false
-				continue
-			}
-			hb := &messagev1.Heartbeat{SendTimeUnixNano: time.Now().UnixNano()}
-			if err := stream.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Heartbeat{Heartbeat: hb}}); err != nil {
-				return fmt.Errorf("send heartbeat: %w", err)
+			if err := tick(); err != nil {
+				return err
 			}
 		}
 	}
