@@ -1,6 +1,7 @@
 package intermediate
 
 import (
+	"bytes"
 	"encoding/binary"
 	"hash/fnv"
 	"maps"
@@ -75,11 +76,21 @@ type group struct {
 	owners   []string          // registered consumers not draining, sorted: the rendezvous candidates
 	epochs   map[string]uint64 // the registered epoch of every registered consumer
 	subs     []*subStream      // open streams, in the order they subscribed
+	// lastKey and lastOwner remember the last owner picked, while
+	// lastKnown: a rendezvous pick hashes the key with every candidate, and
+	// the messages of a batch mostly share their key (their producer's id
+	// when they have none). Forgotten when owners change.
+	lastKey   []byte
+	lastOwner string
+	lastKnown bool
 }
 
 // ownerLocked returns the consumer id that owns key in the group, "" when
 // the group has no candidate.
 func (g *group) ownerLocked(key []byte) string {
+	if g.lastKnown && bytes.Equal(key, g.lastKey) {
+		return g.lastOwner
+	}
 	var (
 		best      string
 		bestScore uint64
@@ -89,6 +100,7 @@ func (g *group) ownerLocked(key []byte) string {
 			best, bestScore = id, score
 		}
 	}
+	g.lastKey, g.lastOwner, g.lastKnown = append(g.lastKey[:0], key...), best, true
 	return best
 }
 
@@ -504,6 +516,9 @@ func (s *Server) applySubscriptionsLocked(v registry.Subscriptions) {
 func (s *Server) updateGroupLocked(g *group, declared bool, owners []string, epochs map[string]uint64) {
 	wasDeclared := g.declared
 	changed := declared != wasDeclared || !slices.Equal(owners, g.owners) || !maps.Equal(epochs, g.epochs)
+	if !slices.Equal(owners, g.owners) {
+		g.lastKnown = false
+	}
 	g.declared, g.owners, g.epochs = declared, owners, epochs
 	switch {
 	case wasDeclared && !declared:

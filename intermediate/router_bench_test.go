@@ -9,21 +9,36 @@ import (
 	"github.com/butterfly-mesh/butterfly/internal/seqrange"
 )
 
-// BenchmarkGroup_Owner measures the rendezvous pick of a message's owner, by
-// the number of consumers registered in the group.
+// BenchmarkGroup_Owner measures finding a message's owner, by the number of
+// consumers registered in the group: for the key of the message before (the
+// group remembers it), and for a new key each time (a rendezvous pick).
 func BenchmarkGroup_Owner(b *testing.B) {
 	for _, n := range []int{1, 2, 8, 64} {
+		g := &group{name: DefaultGroup}
+		for i := range n {
+			g.owners = append(g.owners, fmt.Sprintf("consumer-%d", i))
+		}
 		b.Run(fmt.Sprintf("consumers=%d", n), func(b *testing.B) {
-			g := &group{name: DefaultGroup}
-			for i := range n {
-				g.owners = append(g.owners, fmt.Sprintf("consumer-%d", i))
-			}
 			key := routeKey(&messagev1.Message{Id: &messagev1.MessageId{ProducerId: "producer-1", Seq: 1}})
 			b.ReportAllocs()
 			for b.Loop() {
 				if g.ownerLocked(key) == "" {
 					b.Fatal("ownerLocked() = \"\", want an owner")
 				}
+			}
+		})
+		b.Run(fmt.Sprintf("consumers=%d/new-keys", n), func(b *testing.B) {
+			keys := make([][]byte, 4096)
+			for i := range keys {
+				keys[i] = fmt.Appendf(nil, "key-%d", i)
+			}
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				if g.ownerLocked(keys[i%len(keys)]) == "" {
+					b.Fatal("ownerLocked() = \"\", want an owner")
+				}
+				i++
 			}
 		})
 	}

@@ -46,3 +46,22 @@ func TestGroup_OwnerRendezvous(t *testing.T) {
 		t.Errorf("streamFor(b), not registered = %v, want none", got)
 	}
 }
+
+// TestGroup_OwnerCacheFollowsOwners checks that the owner a group
+// remembers for the last key is the one rendezvous gives, before and after
+// its consumers change.
+func TestGroup_OwnerCacheFollowsOwners(t *testing.T) {
+	s := &Server{}
+	g := &group{name: "g"}
+	sets := [][]string{{"a", "b", "c"}, {"a", "c"}, {"a", "c", "d", "e"}, {"e"}, {}}
+	for _, owners := range sets {
+		s.updateGroupLocked(g, true, owners, map[string]uint64{})
+		fresh := func(key []byte) string { return (&group{owners: owners}).ownerLocked(key) }
+		for i := range 3000 {
+			key := []byte(fmt.Sprint("key-", i/3)) // each key three times in a row
+			if got, want := g.ownerLocked(key), fresh(key); got != want {
+				t.Fatalf("owners %v: owner(%s) = %q, want %q", owners, key, got, want)
+			}
+		}
+	}
+}
