@@ -515,8 +515,9 @@ func (s *Server) applySubscriptionsLocked(v registry.Subscriptions) {
 // updateGroupLocked sets the registrations of g.
 func (s *Server) updateGroupLocked(g *group, declared bool, owners []string, epochs map[string]uint64) {
 	wasDeclared := g.declared
-	changed := declared != wasDeclared || !slices.Equal(owners, g.owners) || !maps.Equal(epochs, g.epochs)
-	if !slices.Equal(owners, g.owners) {
+	ownersChanged := !slices.Equal(owners, g.owners)
+	changed := declared != wasDeclared || ownersChanged || !maps.Equal(epochs, g.epochs)
+	if ownersChanged {
 		g.lastKnown = false
 	}
 	g.declared, g.owners, g.epochs = declared, owners, epochs
