@@ -136,16 +136,7 @@ func TestProducer_BatchesDoNotSplitAcrossIntermediates(t *testing.T) {
 	m.consumer("c1", led.handler())
 	waitConsumers(t, 1, hs...)
 	p := m.producer("p1")
-	for _, h := range hs {
-		waitUntil(t, "p1's stream to every intermediate", func() bool {
-			for _, ps := range h.status(t).GetProducers() {
-				if ps.GetProducerId() == "p1" {
-					return true
-				}
-			}
-			return false
-		})
-	}
+	waitProducer(t, "p1", hs...)
 	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
 	defer cancel()
 	for i := range total {
@@ -232,7 +223,7 @@ func TestProducer_FullBatchDoesNotWaitForTheLinger(t *testing.T) {
 	m.consumer("c1", led.handler())
 	waitConsumers(t, 1, h)
 	p := m.producer("p1", components.WithBatch(n, 1<<20, linger))
-	waitUntil(t, "p1's stream to i1", func() bool { return len(h.status(t).GetProducers()) == 1 })
+	waitProducer(t, "p1", h)
 	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
 	defer cancel()
 	start := time.Now()
@@ -267,7 +258,7 @@ func TestProducer_LongLingerKeepsTheStream(t *testing.T) {
 	m.consumer("c1", led.handler())
 	waitConsumers(t, 1, h)
 	p := m.producer("p1", components.WithBatch(64, 1<<20, linger))
-	waitUntil(t, "p1's stream to i1", func() bool { return len(h.status(t).GetProducers()) == 1 })
+	waitProducer(t, "p1", h)
 	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
 	defer cancel()
 	start := time.Now()

@@ -426,6 +426,21 @@ func waitConsumers(t *testing.T, n int, hubs ...*hub) {
 	}
 }
 
+// waitProducer waits until every hub has a publish stream of producer id.
+func waitProducer(t *testing.T, id string, hubs ...*hub) {
+	t.Helper()
+	for _, h := range hubs {
+		waitUntil(t, fmt.Sprintf("%s's stream to %s", id, h.srv.Instance()), func() bool {
+			for _, ps := range h.status(t).GetProducers() {
+				if ps.GetProducerId() == id {
+					return true
+				}
+			}
+			return false
+		})
+	}
+}
+
 // countFrames is an intermediate option that calls count with every frame
 // the intermediate receives on a stream, once decoded.
 func countFrames(count func(frame any)) intermediate.Option {

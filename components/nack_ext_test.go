@@ -249,14 +249,7 @@ func TestProducer_UnavailableNackTriesAnotherStream(t *testing.T) {
 	if got := i1.srv.HeldBytes(); got != budget {
 		t.Fatalf("HeldBytes(i1) = %d, want the whole budget %d (the filler's message)", got, budget)
 	}
-	waitUntil(t, "p1's stream to i1", func() bool {
-		for _, ps := range i1.status(t).GetProducers() {
-			if ps.GetProducerId() == "p1" {
-				return true
-			}
-		}
-		return false
-	})
+	waitProducer(t, "p1", i1)
 
 	// i1 has none of p1's messages in flight and i2 two: the message goes
 	// to i1 first, which hands it back; then to i2.
