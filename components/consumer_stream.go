@@ -314,7 +314,7 @@ func (st *subStream) sendLoop(ctx context.Context, stream deliveryv1.SubscribeSe
 	linger.Stop()
 	defer linger.Stop()
 	lingered := false
-	sent := false // a frame went out since the last tick: no heartbeat due
+	var sentAt time.Time // the last frame: a heartbeat is due only when it is half a beat old
 	for {
 		c.mu.Lock()
 		if !lingered && len(st.acks) > 0 && len(st.acks) < ackFlush && len(st.nacks) == 0 && st.inHand > 0 && !st.drainWanted {
@@ -348,13 +348,13 @@ func (st *subStream) sendLoop(ctx context.Context, stream deliveryv1.SubscribeSe
 			if err := stream.Send(&deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Ack{Ack: a}}); err != nil {
 				return fmt.Errorf("send ack: %w", err)
 			}
-			sent = true
+			sentAt = time.Now()
 		}
 		if credit > 0 && !leaving {
 			if err := stream.Send(&deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Credit{Credit: &deliveryv1.Credit{Messages: credit}}}); err != nil {
 				return fmt.Errorf("send credit: %w", err)
 			}
-			sent = true
+			sentAt = time.Now()
 		}
 		if drain {
 			d := &deliveryv1.SubscribeDrain{Reason: messagev1.DrainReason_DRAIN_REASON_SHUTDOWN}
@@ -376,8 +376,7 @@ func (st *subStream) sendLoop(ctx context.Context, stream deliveryv1.SubscribeSe
 			if closed || closeNow {
 				continue
 			}
-			if sent {
-				sent = false
+			if time.Since(sentAt) < beat/2 {
 				continue
 			}
 			hb := &messagev1.Heartbeat{SendTimeUnixNano: time.Now().UnixNano()}

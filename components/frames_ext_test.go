@@ -159,7 +159,7 @@ func TestProducer_BatchesDoNotSplitAcrossIntermediates(t *testing.T) {
 // TestHeartbeats_OnlyOnQuietStreams checks that heartbeats go only where
 // nothing else does: while a producer publishes without pause, its stream
 // and the consumer's carry next to no heartbeats (a heartbeat is due only
-// after a tick with no other frame), and once the load stops both send
+// when the stream's last frame is half a beat old), and once the load stops both send
 // them again at their interval. Every message is handled exactly once.
 func TestHeartbeats_OnlyOnQuietStreams(t *testing.T) {
 	const beat = 50 * time.Millisecond

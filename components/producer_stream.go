@@ -411,11 +411,10 @@ func (st *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServ
 		linger = time.NewTimer(p.cfg.linger)
 		defer linger.Stop()
 	}
-	fresh := true // the queue was empty before: a short batch may wait
-	sent := false // a batch went out since the last tick: no heartbeat due
+	fresh := true        // the queue was empty before: a short batch may wait
+	var sentAt time.Time // the last batch: a heartbeat is due only when it is half a beat old
 	tick := func() error {
-		if sent {
-			sent = false
+		if time.Since(sentAt) < beat/2 {
 			return nil
 		}
 		hb := &messagev1.Heartbeat{SendTimeUnixNano: time.Now().UnixNano()}
@@ -457,7 +456,7 @@ func (st *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServ
 			if err := stream.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Batch{Batch: batch}}); err != nil {
 				return fmt.Errorf("send batch: %w", err)
 			}
-			sent = true
+			sentAt = time.Now()
 			continue
 		}
 		fresh = true

@@ -318,7 +318,7 @@ func (p *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServi
 	// The acks of a frame are sent from one buffer while the next frame's
 	// are gathered in the other: spare never shares an array with p.acks.
 	var spare []uint64
-	sent := false // a frame went out since the last tick: no heartbeat due
+	var sentAt time.Time // the last frame: a heartbeat is due only when it is half a beat old
 	for {
 		s.mu.Lock()
 		var acks []uint64
@@ -353,7 +353,7 @@ func (p *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServi
 			if len(acks) > 0 {
 				spare = acks
 			}
-			sent = true
+			sentAt = time.Now()
 		}
 		if notice != nil {
 			if err := stream.Send(&deliveryv1.PublishResponse{Kind: &deliveryv1.PublishResponse_Drain{Drain: notice}}); err != nil {
@@ -367,8 +367,7 @@ func (p *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServi
 			return
 		case <-p.wake:
 		case <-ticker.C:
-			if sent {
-				sent = false
+			if time.Since(sentAt) < s.opts.heartbeatInterval/2 {
 				continue
 			}
 			if err := stream.Send(&deliveryv1.PublishResponse{Kind: &deliveryv1.PublishResponse_Heartbeat{Heartbeat: heartbeat()}}); err != nil {

@@ -300,7 +300,7 @@ func (sub *subStream) sendLoop(ctx context.Context, stream deliveryv1.SubscribeS
 	}
 	ticker := time.NewTicker(s.opts.heartbeatInterval)
 	defer ticker.Stop()
-	sent := false // a frame went out since the last tick: no heartbeat due
+	var sentAt time.Time // the last frame: a heartbeat is due only when it is half a beat old
 	for {
 		s.mu.Lock()
 		var batch []*deliveryv1.Delivery
@@ -324,7 +324,7 @@ func (sub *subStream) sendLoop(ctx context.Context, stream deliveryv1.SubscribeS
 				sub.cancel(err)
 				return
 			}
-			sent = true
+			sentAt = time.Now()
 			continue
 		}
 		if notice != nil {
@@ -339,8 +339,7 @@ func (sub *subStream) sendLoop(ctx context.Context, stream deliveryv1.SubscribeS
 			return
 		case <-sub.wake:
 		case <-ticker.C:
-			if sent {
-				sent = false
+			if time.Since(sentAt) < s.opts.heartbeatInterval/2 {
 				continue
 			}
 			if err := stream.Send(&deliveryv1.SubscribeResponse{Kind: &deliveryv1.SubscribeResponse_Heartbeat{Heartbeat: heartbeat()}}); err != nil {
