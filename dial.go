@@ -13,6 +13,7 @@ import (
 	gresolver "google.golang.org/grpc/resolver"
 
 	"github.com/butterfly-mesh/butterfly/balancer"
+	"github.com/butterfly-mesh/butterfly/internal/vtcodec"
 	"github.com/butterfly-mesh/butterfly/registry"
 	"github.com/butterfly-mesh/butterfly/resolver"
 )
@@ -100,6 +101,7 @@ func DialOptions(cli *clientv3.Client, opts ...DialOption) []grpc.DialOption {
 		grpc.WithDefaultServiceConfig(balancer.ServiceConfig(o.lbConfig)),
 		grpc.WithTransportCredentials(o.creds),
 		grpc.WithConnectParams(o.connectParams()),
+		vtcodec.DialOption(),
 	}
 }
 

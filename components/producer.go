@@ -262,6 +262,9 @@ func (p *Producer) send(ctx context.Context, msg *messagev1.Message, done chan e
 	if msg == nil {
 		return nil, errors.New("components: Send of a nil message")
 	}
+	if err := butterfly.CheckUTF8(msg); err != nil {
+		return nil, fmt.Errorf("components: Send: %w", err)
+	}
 	if p.isClosed() {
 		return nil, ErrClosed
 	}
@@ -314,7 +317,7 @@ func (p *Producer) send(ctx context.Context, msg *messagev1.Message, done chan e
 		msg.Id = p.slab.newID()
 		msg.Id.ProducerId, msg.Id.Incarnation, msg.Id.Seq = p.id, p.incarnation, p.nextSeq
 		msg.LowWaterSeq = p.lowWaterLocked()
-		size += protowire.SizeTag(messageIDField) + protowire.SizeBytes(proto.Size(msg.Id))
+		size += protowire.SizeTag(messageIDField) + protowire.SizeBytes(msg.Id.SizeVT())
 		if msg.LowWaterSeq != 0 {
 			size += protowire.SizeTag(messageLowWaterField) + protowire.SizeVarint(msg.LowWaterSeq)
 		}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/butterfly-mesh/butterfly"
 	"github.com/butterfly-mesh/butterfly/components"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/intermediate"
@@ -254,4 +255,32 @@ func TestProducer_SaysWhatItWaitsFor(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestProducer_SendInvalidUTF8 checks that Send refuses, naming the field, a
+// message with a string that is not UTF-8 (which no protobuf client could
+// decode), queues nothing, and sends the next message as usual.
+func TestProducer_SendInvalidUTF8(t *testing.T) {
+	m := newMesh(t)
+	i1 := m.startHub("intermediate", "i1", "127.0.0.1")
+	m.waitMembers("intermediate", 1)
+	led := newLedger()
+	m.consumer("c1", led.handler())
+	waitConsumers(t, 1, i1)
+	p := m.producer("p1")
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+
+	_, err := p.Send(ctx, &messagev1.Message{Headers: map[string]string{"k": "\xff"}, Payload: []byte("bad")})
+	if !errors.Is(err, butterfly.ErrInvalidUTF8) || !strings.Contains(err.Error(), `header "k"`) {
+		t.Errorf("Send(header not UTF-8) = %v, want %v naming the header", err, butterfly.ErrInvalidUTF8)
+	}
+	if err := p.SendWait(ctx, &messagev1.Message{Payload: []byte("good")}); err != nil {
+		t.Fatalf("SendWait(good) = %v, want nil", err)
+	}
+	closeProducers(t, p)
+	if st := p.Stats(); st.Sent != 1 || st.Acked != 1 {
+		t.Errorf("Stats() = %+v, want Sent=1 Acked=1", st)
+	}
+	led.checkExactlyOnce(t, map[string]int{"p1": 1})
 }

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
 
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
@@ -545,4 +544,4 @@ const (
 )
 
 // msgSize is the wire size of a message, as batches count it.
-func msgSize(m *messagev1.Message) int { return proto.Size(m) }
+func msgSize(m *messagev1.Message) int { return m.SizeVT() }

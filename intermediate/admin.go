@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/butterfly-mesh/butterfly"
 	adminv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/admin/v1"
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
@@ -123,6 +124,9 @@ func (ps *processService) Process(ctx context.Context, req *deliveryv1.ProcessRe
 	}
 	if req.GetMessage() == nil {
 		return nil, status.Error(codes.InvalidArgument, "intermediate: request has no message")
+	}
+	if err := butterfly.CheckUTF8(req.GetMessage()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, "intermediate: message "+err.Error())
 	}
 	s.mu.Lock()
 	draining := s.draining

@@ -10,7 +10,6 @@ import (
 
 	"google.golang.org/grpc/peer"
 	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/butterfly-mesh/butterfly"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
@@ -77,9 +76,9 @@ const routesField protowire.Number = 8
 // must not be refused, or charged more, for carrying them. The size and
 // byte limits and the memory budget all count this size.
 func envelopeSize(m *messagev1.Message) int {
-	n := proto.Size(m)
+	n := m.SizeVT()
 	for _, r := range m.GetRoutes() {
-		n -= protowire.SizeTag(routesField) + protowire.SizeBytes(proto.Size(r))
+		n -= protowire.SizeTag(routesField) + protowire.SizeBytes(r.SizeVT())
 	}
 	return n
 }
@@ -121,6 +120,9 @@ func validateEnvelope(m *messagev1.Message, size int, l limits) error {
 	}
 	if err := validateProducerID(id.GetProducerId()); err != nil {
 		return err
+	}
+	if err := butterfly.CheckUTF8(m); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidEnvelope, err)
 	}
 	// A seq far above the producer's mark would make consumers forget what
 	// they handled of that producer (see butterfly.MaxSeqSpan).

@@ -250,7 +250,7 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 		res.Routes = nil // hop-local: consumers never see them
 		size := sizes[i] // m without its routes, as res is when unchanged
 		if res != m {
-			size = proto.Size(res)
+			size = res.SizeVT()
 		}
 		hs[i] = held{pub: p, seq: seq, msg: res, size: size, charge: charges[i], routeKey: p.routeKey(res), routes: routes}
 		out[i].h = &hs[i]

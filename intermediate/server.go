@@ -16,6 +16,7 @@ import (
 	adminv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/admin/v1"
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/internal/vtcodec"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
 
@@ -132,6 +133,7 @@ func New(cli *clientv3.Client, service, instance string, opts ...Option) (*Serve
 	sopts := append([]grpc.ServerOption{
 		grpc.MaxRecvMsgSize(2*o.maxBatchBytes + 1<<16),
 		grpc.ConnectionTimeout(o.connectionTimeout),
+		vtcodec.ServerOption(),
 	}, s.interceptorOptions()...)
 	obsOpts, err := s.observeServerOptions()
 	if err != nil {

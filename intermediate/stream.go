@@ -6,6 +6,7 @@ import (
 	"io"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
@@ -123,6 +124,10 @@ func (s *Server) checkHello(present bool, what, sender, instance string) error {
 		return status.Error(codes.InvalidArgument, "intermediate: the first frame must be a hello")
 	case sender == "":
 		return status.Errorf(codes.InvalidArgument, "intermediate: hello without %s", what)
+	case !utf8.ValidString(sender):
+		return status.Errorf(codes.InvalidArgument, "intermediate: hello %s %q is not valid UTF-8", what, sender)
+	case !utf8.ValidString(instance):
+		return status.Errorf(codes.InvalidArgument, "intermediate: hello instance %q is not valid UTF-8", instance)
 	case instance != "" && instance != s.instance:
 		return status.Errorf(codes.FailedPrecondition, "intermediate: this is instance %q, not %q", s.instance, instance)
 	}

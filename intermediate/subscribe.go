@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -234,7 +235,7 @@ func (sub *subStream) ackLocked(a *ackFrame) {
 		}
 		s.finishLocked(d.h, &messagev1.Nack{
 			Reason: messagev1.NackReason_NACK_REASON_HANDLER_FAILED,
-			Detail: "consumer " + sub.consumerID + ": " + n.GetDetail(),
+			Detail: "consumer " + sub.consumerID + ": " + strings.ToValidUTF8(n.GetDetail(), "\uFFFD"),
 		})
 	}
 	if sub.leavingDoneLocked() {

@@ -1,0 +1,98 @@
+// Package vtcodec is the gRPC codec of Butterfly's own connections. It
+// speaks protobuf, as grpc-go's "proto" codec does, and takes its name, so
+// peers see no difference on the wire; but it encodes, decodes and sizes
+// Butterfly's messages with the methods vtprotobuf generates for them
+// (MarshalToSizedBufferVT, UnmarshalVT, SizeVT), which work without
+// protobuf-go's reflection. Any other message (health checks, reflection,
+// a user's own services on the same server) goes through grpc-go's codec
+// unchanged.
+//
+// The generated decoder does not check that string fields are valid UTF-8,
+// as protobuf-go's does. Every string a Butterfly server takes from a
+// client is checked where it is used (producer ids, header keys and
+// values, trace context, names), so a bad one is refused with a status or
+// a nack naming it, not a broken stream.
+package vtcodec
+
+import (
+	"fmt"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/encoding"
+	grpcproto "google.golang.org/grpc/encoding/proto"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/proto"
+)
+
+// Message is what vtprotobuf generates with its marshal, unmarshal and size
+// features.
+type Message interface {
+	SizeVT() int
+	MarshalToSizedBufferVT(dAtA []byte) (int, error)
+	UnmarshalVT(dAtA []byte) error
+}
+
+// Codec is the encoding.CodecV2. Its zero value is ready to use.
+type Codec struct{}
+
+var _ encoding.CodecV2 = Codec{}
+
+// fallback is grpc-go's own protobuf codec, for messages without the
+// generated methods.
+var fallback = encoding.GetCodecV2(grpcproto.Name)
+
+// Name is "proto": the content-subtype does not change.
+func (Codec) Name() string { return grpcproto.Name }
+
+// Marshal encodes v into one buffer of its exact size, taken from the
+// default buffer pool when it is large enough to be worth it (as grpc-go's
+// codec does).
+func (Codec) Marshal(v any) (mem.BufferSlice, error) {
+	m, ok := v.(Message)
+	if !ok {
+		return fallback.Marshal(v)
+	}
+	size := m.SizeVT()
+	if mem.IsBelowBufferPoolingThreshold(size) {
+		buf := make([]byte, size)
+		if _, err := m.MarshalToSizedBufferVT(buf); err != nil {
+			return nil, err
+		}
+		return mem.BufferSlice{mem.SliceBuffer(buf)}, nil
+	}
+	pool := mem.DefaultBufferPool()
+	buf := pool.Get(size)
+	// MarshalToSizedBufferVT fills its slice from the end: it must be
+	// exactly the size.
+	if _, err := m.MarshalToSizedBufferVT((*buf)[:size]); err != nil {
+		pool.Put(buf)
+		return nil, err
+	}
+	return mem.BufferSlice{mem.NewBuffer(buf, pool)}, nil
+}
+
+// Unmarshal decodes data into v, which it resets first (as proto.Unmarshal
+// does). The message copies what it keeps: data goes back to its pool.
+func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
+	m, ok := v.(Message)
+	if !ok {
+		return fallback.Unmarshal(data, v)
+	}
+	if pm, ok := v.(proto.Message); ok {
+		proto.Reset(pm)
+	}
+	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+	defer buf.Free()
+	if err := m.UnmarshalVT(buf.ReadOnlyData()); err != nil {
+		return fmt.Errorf("vtcodec: %T: %w", v, err)
+	}
+	return nil
+}
+
+// ServerOption makes a server use the codec for every call.
+func ServerOption() grpc.ServerOption { return grpc.ForceServerCodecV2(Codec{}) }
+
+// DialOption makes a client use the codec for every call.
+func DialOption() grpc.DialOption {
+	return grpc.WithDefaultCallOptions(grpc.ForceCodecV2(Codec{}))
+}
