@@ -262,7 +262,7 @@ func (p *Producer) send(ctx context.Context, msg *messagev1.Message, done chan e
 	if msg == nil {
 		return nil, errors.New("components: Send of a nil message")
 	}
-	if err := butterfly.CheckUTF8(msg); err != nil {
+	if err := butterfly.CheckMessage(msg); err != nil {
 		return nil, fmt.Errorf("components: Send: %w", err)
 	}
 	if p.isClosed() {

@@ -125,7 +125,7 @@ func (ps *processService) Process(ctx context.Context, req *deliveryv1.ProcessRe
 	if req.GetMessage() == nil {
 		return nil, status.Error(codes.InvalidArgument, "intermediate: request has no message")
 	}
-	if err := butterfly.CheckUTF8(req.GetMessage()); err != nil {
+	if err := butterfly.CheckMessage(req.GetMessage()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, "intermediate: message "+err.Error())
 	}
 	s.mu.Lock()

@@ -121,7 +121,7 @@ func validateEnvelope(m *messagev1.Message, size int, l limits) error {
 	if err := validateProducerID(id.GetProducerId()); err != nil {
 		return err
 	}
-	if err := butterfly.CheckUTF8(m); err != nil {
+	if err := butterfly.CheckMessage(m); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidEnvelope, err)
 	}
 	// A seq far above the producer's mark would make consumers forget what

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/butterfly-mesh/butterfly"
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/internal/seqindex"
@@ -243,7 +245,7 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 		}
 		res, err := s.process(ctx, m)
 		if err != nil {
-			out[i].nack = &messagev1.Nack{Reason: messagev1.NackReason_NACK_REASON_PROCESSING_FAILED, Detail: err.Error()}
+			out[i].nack = &messagev1.Nack{Reason: messagev1.NackReason_NACK_REASON_PROCESSING_FAILED, Detail: strings.ToValidUTF8(err.Error(), "\uFFFD")}
 			continue
 		}
 		routes := res.GetRoutes()
@@ -300,6 +302,11 @@ func (s *Server) process(ctx context.Context, m *messagev1.Message) (*messagev1.
 			res.Id = m.GetId()
 		}
 		res.LowWaterSeq, res.Routes = m.GetLowWaterSeq(), m.GetRoutes()
+		// What the processor wrote goes to consumers: it must be what
+		// their protobuf libraries read.
+		if err := butterfly.CheckMessage(res); err != nil {
+			return nil, fmt.Errorf("%s: result: %w", s.opts.processor.Name(), err)
+		}
 	}
 	return res, nil
 }

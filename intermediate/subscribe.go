@@ -6,6 +6,7 @@ import (
 	"io"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -57,6 +58,9 @@ func (ss *subscribeService) Subscribe(stream deliveryv1.SubscribeService_Subscri
 	hello := first.GetHello()
 	if err := s.checkHello(hello != nil, "consumer_id", hello.GetConsumerId(), hello.GetInstance()); err != nil {
 		return err
+	}
+	if g := hello.GetGroup(); !utf8.ValidString(g) {
+		return status.Errorf(codes.InvalidArgument, "intermediate: hello group %q is not valid UTF-8", g)
 	}
 	if err := s.accessOf(ctx).subscribe(hello.GetConsumerId()); err != nil {
 		return err

@@ -53,37 +53,60 @@ func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 		return fallback.Marshal(v)
 	}
 	size := m.SizeVT()
+	// MarshalToSizedBufferVT fills its slice from the end. It writes fewer
+	// bytes than SizeVT counts in one case, a oneof set to a nil message
+	// (SizeVT counts 3 bytes, the encoding is 2); such a frame goes through
+	// protobuf-go instead of going out with a stray byte in front.
 	if mem.IsBelowBufferPoolingThreshold(size) {
 		buf := make([]byte, size)
-		if _, err := m.MarshalToSizedBufferVT(buf); err != nil {
+		n, err := m.MarshalToSizedBufferVT(buf)
+		if err != nil {
 			return nil, err
+		}
+		if n != size {
+			return fallback.Marshal(v)
 		}
 		return mem.BufferSlice{mem.SliceBuffer(buf)}, nil
 	}
 	pool := mem.DefaultBufferPool()
 	buf := pool.Get(size)
-	// MarshalToSizedBufferVT fills its slice from the end: it must be
-	// exactly the size.
-	if _, err := m.MarshalToSizedBufferVT((*buf)[:size]); err != nil {
+	n, err := m.MarshalToSizedBufferVT((*buf)[:size])
+	if err != nil || n != size {
 		pool.Put(buf)
-		return nil, err
+		if err != nil {
+			return nil, err
+		}
+		return fallback.Marshal(v)
 	}
 	return mem.BufferSlice{mem.NewBuffer(buf, pool)}, nil
 }
 
 // Unmarshal decodes data into v, which it resets first (as proto.Unmarshal
 // does). The message copies what it keeps: data goes back to its pool.
+//
+// protobuf-go has the last word on what a frame means. The generated
+// decoder refuses some frames protobuf-go reads (a known field number with
+// another wire type, which protobuf-go keeps as an unknown field) and reads
+// some it refuses (a map entry's key running past the entry). So a frame
+// the generated decoder refuses, or reads into a message whose encoding is
+// not the frame's size (which also holds for repeated scalar fields and
+// varints longer than they need be, both rare), is decoded again by
+// protobuf-go, whose result or error stands.
 func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	m, ok := v.(Message)
-	if !ok {
+	pm, isProto := v.(proto.Message)
+	if !ok || !isProto {
 		return fallback.Unmarshal(data, v)
 	}
-	if pm, ok := v.(proto.Message); ok {
-		proto.Reset(pm)
-	}
+	proto.Reset(pm)
 	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
 	defer buf.Free()
-	if err := m.UnmarshalVT(buf.ReadOnlyData()); err != nil {
+	b := buf.ReadOnlyData()
+	if err := m.UnmarshalVT(b); err == nil && m.SizeVT() == len(b) {
+		return nil
+	}
+	proto.Reset(pm)
+	if err := proto.Unmarshal(b, pm); err != nil {
 		return fmt.Errorf("vtcodec: %T: %w", v, err)
 	}
 	return nil

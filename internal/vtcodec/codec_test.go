@@ -9,6 +9,7 @@ import (
 	grpcproto "google.golang.org/grpc/encoding/proto"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
@@ -54,6 +55,16 @@ func samples() map[string]proto.Message {
 		"empty message":  &messagev1.Message{},
 		"other service":  &healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_SERVING},
 		"empty credit":   &deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Credit{Credit: &deliveryv1.Credit{}}},
+		// A oneof set to a nil message: SizeVT counts a byte more than
+		// MarshalToSizedBufferVT writes.
+		"nil heartbeat": &deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Heartbeat{}},
+		"nil drain":     &deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Drain{}},
+		"nil credit":    &deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Credit{}},
+		"well-formed unknown fields": func() proto.Message {
+			m := message("p4", 1, 10)
+			m.ProtoReflect().SetUnknown(protowire.AppendString(protowire.AppendTag(nil, 99, protowire.BytesType), "from a newer message.proto"))
+			return m
+		}(),
 	}
 }
 
@@ -135,6 +146,47 @@ func TestCodec_UnmarshalResets(t *testing.T) {
 	if !proto.Equal(got, want) {
 		t.Errorf("Unmarshal() into a used message = %v, want %v", got, want)
 	}
+}
+
+// TestCodec_ReadsAsProtobufGoDoes checks frames on which the generated
+// decoder and protobuf-go disagree: protobuf-go's reading stands.
+func TestCodec_ReadsAsProtobufGoDoes(t *testing.T) {
+	var c vtcodec.Codec
+	t.Run("known field with another wire type", func(t *testing.T) {
+		// key (field 2, bytes) sent as a varint: protobuf-go keeps it as an
+		// unknown field; the generated decoder refuses the frame.
+		want := &messagev1.Message{Id: &messagev1.MessageId{ProducerId: "p1", Incarnation: 1, Seq: 1}, Payload: []byte("x")}
+		want.ProtoReflect().SetUnknown(protowire.AppendVarint(protowire.AppendTag(nil, 2, protowire.VarintType), 7))
+		req := &deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Batch{Batch: &deliveryv1.PublishBatch{FirstSeq: 1, Messages: []*messagev1.Message{want}}}}
+		b, err := proto.Marshal(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := &deliveryv1.PublishRequest{}
+		if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, got); err != nil {
+			t.Fatalf("Unmarshal() = %v, want the frame read as protobuf-go reads it", err)
+		}
+		if !proto.Equal(got, req) {
+			t.Errorf("Unmarshal() = %v, want %v", got, req)
+		}
+	})
+	t.Run("map key past its entry", func(t *testing.T) {
+		// A header entry of 4 bytes whose key says 5: protobuf-go refuses
+		// the frame; the generated decoder reads the key from the bytes
+		// after the entry.
+		entry := []byte{0x0a, 0x05, 'a', 'b'}
+		b := protowire.AppendTag(nil, 3, protowire.BytesType)
+		b = protowire.AppendVarint(b, uint64(len(entry)))
+		b = append(b, entry...)
+		b = append(b, 0x22, 0x01, 'P') // payload "P"
+		if err := proto.Unmarshal(b, &messagev1.Message{}); err == nil {
+			t.Fatal("proto.Unmarshal() = nil: the frame is not the malformed one meant")
+		}
+		got := &messagev1.Message{}
+		if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, got); err == nil {
+			t.Errorf("Unmarshal() = nil with headers %q, want an error as from protobuf-go", got.GetHeaders())
+		}
+	})
 }
 
 // TestCodec_Errors checks that a truncated frame and a value that is not a

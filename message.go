@@ -1,0 +1,101 @@
+package butterfly
+
+import (
+	"errors"
+	"fmt"
+	"unicode/utf8"
+
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+)
+
+// Errors wrapped by CheckMessage's.
+var (
+	ErrInvalidUTF8      = errors.New("not valid UTF-8")
+	ErrMalformedUnknown = errors.New("unknown fields are not well-formed protobuf")
+)
+
+// CheckMessage returns an error naming the first part of m that a protobuf
+// decoder would refuse but Butterfly's codec (vtprotobuf's generated code)
+// lets through: a string field that is not valid UTF-8 (the producer id, a
+// header key or value, the trace context, a route), or unknown fields that
+// are not well-formed (a group closed under another number, a field number
+// out of range). Producers call it on Send and intermediates on every
+// published message, so such a message is refused, with its field named,
+// before it is sent or held, and no consumer receives a frame its protobuf
+// library cannot read. Well-formed unknown fields, from a newer version of
+// message.proto, pass and are forwarded.
+func CheckMessage(m *messagev1.Message) error {
+	if err := checkUTF8(m); err != nil {
+		return err
+	}
+	for _, part := range []struct {
+		name string
+		msg  protoreflect.ProtoMessage
+		ok   bool
+	}{
+		{"message", m, m != nil},
+		{"id", m.GetId(), m.GetId() != nil},
+		{"trace", m.GetTrace(), m.GetTrace() != nil},
+	} {
+		if part.ok && !wellFormed(part.msg.ProtoReflect().GetUnknown()) {
+			return fmt.Errorf("%s: %w", part.name, ErrMalformedUnknown)
+		}
+	}
+	for i, r := range m.GetRoutes() {
+		if r != nil && !wellFormed(r.ProtoReflect().GetUnknown()) {
+			return fmt.Errorf("routes[%d]: %w", i, ErrMalformedUnknown)
+		}
+	}
+	return nil
+}
+
+// wellFormed reports whether b, a message's unknown fields, parses as
+// protobuf fields, as protobuf-go requires of them.
+func wellFormed(b []byte) bool {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 || num > protowire.MaxValidNumber {
+			return false
+		}
+		b = b[n:]
+		if n = protowire.ConsumeFieldValue(num, typ, b); n < 0 {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
+}
+
+func checkUTF8(m *messagev1.Message) error {
+	if id := m.GetId().GetProducerId(); !utf8.ValidString(id) {
+		return fmt.Errorf("id.producer_id %q: %w", id, ErrInvalidUTF8)
+	}
+	for k, v := range m.GetHeaders() {
+		switch {
+		case !utf8.ValidString(k):
+			return fmt.Errorf("header key %q: %w", k, ErrInvalidUTF8)
+		case !utf8.ValidString(v):
+			return fmt.Errorf("header %q: value %q: %w", k, v, ErrInvalidUTF8)
+		}
+	}
+	if t := m.GetTrace(); t != nil {
+		switch {
+		case !utf8.ValidString(t.GetTraceparent()):
+			return fmt.Errorf("trace.traceparent %q: %w", t.GetTraceparent(), ErrInvalidUTF8)
+		case !utf8.ValidString(t.GetTracestate()):
+			return fmt.Errorf("trace.tracestate %q: %w", t.GetTracestate(), ErrInvalidUTF8)
+		}
+	}
+	for i, r := range m.GetRoutes() {
+		switch {
+		case !utf8.ValidString(r.GetGroup()):
+			return fmt.Errorf("routes[%d].group %q: %w", i, r.GetGroup(), ErrInvalidUTF8)
+		case !utf8.ValidString(r.GetConsumer()):
+			return fmt.Errorf("routes[%d].consumer %q: %w", i, r.GetConsumer(), ErrInvalidUTF8)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,73 @@
+package butterfly_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/butterfly-mesh/butterfly"
+	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+)
+
+func TestCheckMessage(t *testing.T) {
+	valid := func() *messagev1.Message {
+		return &messagev1.Message{
+			Id:      &messagev1.MessageId{ProducerId: "p-é", Incarnation: 1, Seq: 1},
+			Headers: map[string]string{"k": "v", "ü": "ß"},
+			Payload: []byte{0xff, 0xfe}, // bytes, not a string: anything goes
+			Trace:   &messagev1.TraceContext{Traceparent: "00-aa-bb-01", Tracestate: "k=v"},
+			Routes:  []*messagev1.Route{{Group: "g", Consumer: "c"}},
+		}
+	}
+	if err := butterfly.CheckMessage(valid()); err != nil {
+		t.Errorf("CheckMessage(valid) = %v, want nil", err)
+	}
+	if err := butterfly.CheckMessage(&messagev1.Message{}); err != nil {
+		t.Errorf("CheckMessage(empty) = %v, want nil", err)
+	}
+	for _, tc := range []struct {
+		field  string
+		spoil  func(m *messagev1.Message)
+		naming string
+	}{
+		{"producer id", func(m *messagev1.Message) { m.Id.ProducerId = "p\xff" }, "id.producer_id"},
+		{"header key", func(m *messagev1.Message) { m.Headers["\xc3"] = "v" }, "header key"},
+		{"header value", func(m *messagev1.Message) { m.Headers["k"] = "v\xed\xa0\x80" }, `header "k": value`},
+		{"traceparent", func(m *messagev1.Message) { m.Trace.Traceparent = "\xff" }, "trace.traceparent"},
+		{"tracestate", func(m *messagev1.Message) { m.Trace.Tracestate = "\xff" }, "trace.tracestate"},
+		{"route group", func(m *messagev1.Message) { m.Routes[0].Group = "\xff" }, "routes[0].group"},
+		{"route consumer", func(m *messagev1.Message) { m.Routes[0].Consumer = "\xff" }, "routes[0].consumer"},
+	} {
+		m := valid()
+		tc.spoil(m)
+		err := butterfly.CheckMessage(m)
+		if !errors.Is(err, butterfly.ErrInvalidUTF8) || !strings.Contains(err.Error(), tc.naming) {
+			t.Errorf("CheckMessage(bad %s) = %v, want %v naming %s", tc.field, err, butterfly.ErrInvalidUTF8, tc.naming)
+		}
+	}
+	for name, unknown := range map[string][]byte{
+		"group closed under another number": protowire.AppendTag(protowire.AppendTag(nil, 100, protowire.StartGroupType), 101, protowire.EndGroupType),
+		"field number 2^29":                 protowire.AppendVarint(protowire.AppendTag(nil, 1<<29, protowire.VarintType), 0),
+		"field 0 in a group":                append(append(protowire.AppendTag(nil, 100, protowire.StartGroupType), 0x00, 0x00), protowire.AppendTag(nil, 100, protowire.EndGroupType)...),
+		"truncated bytes field":             protowire.AppendVarint(protowire.AppendTag(nil, 99, protowire.BytesType), 10),
+	} {
+		for _, where := range []string{"message", "id", "trace", "routes[0]"} {
+			m := valid()
+			target := map[string]protoreflect.ProtoMessage{"message": m, "id": m.Id, "trace": m.Trace, "routes[0]": m.Routes[0]}[where]
+			target.ProtoReflect().SetUnknown(unknown)
+			err := butterfly.CheckMessage(m)
+			if !errors.Is(err, butterfly.ErrMalformedUnknown) || !strings.HasPrefix(err.Error(), where) {
+				t.Errorf("CheckMessage(%s in %s) = %v, want %v naming %s", name, where, err, butterfly.ErrMalformedUnknown, where)
+			}
+		}
+	}
+	m := valid()
+	m.ProtoReflect().SetUnknown(protowire.AppendString(protowire.AppendTag(nil, 99, protowire.BytesType), "newer field"))
+	m.Id.ProtoReflect().SetUnknown(protowire.AppendTag(protowire.AppendTag(nil, 50, protowire.StartGroupType), 50, protowire.EndGroupType))
+	if err := butterfly.CheckMessage(m); err != nil {
+		t.Errorf("CheckMessage(well-formed unknown fields) = %v, want nil", err)
+	}
+}
