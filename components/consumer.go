@@ -107,7 +107,7 @@ type Consumer struct {
 	links      map[string]*subLink
 	streams    map[*subStream]struct{}
 	dedup      *dedupSet
-	inProgress map[msgKey]*job
+	inProgress *inProgress
 	queue      []*job
 	pending    int // jobs queued or running
 	// idle says when the membership has been empty.
@@ -157,7 +157,7 @@ func NewConsumer(cli *clientv3.Client, id string, h Handler, opts ...ConsumerOpt
 		links:       make(map[string]*subLink),
 		streams:     make(map[*subStream]struct{}),
 		dedup:       newDedupSet(cfg.dedupWindow, cfg.dedupProds),
-		inProgress:  make(map[msgKey]*job),
+		inProgress:  newInProgress(),
 	}
 	c.tracer = telemetry.Tracer(cfg.tracer)
 	c.metrics, err = telemetry.NewConsumerMetrics(cfg.metrics, cfg.service, cfg.group, id, c.inHand)
@@ -267,7 +267,7 @@ func (c *Consumer) receive(st *subStream, batch *deliveryv1.DeliveryBatch) {
 		keyed := key.producer != "" && key.seq != 0
 		if keyed {
 			c.dedup.observe(key.producerKey, d.GetMessage().GetLowWaterSeq())
-			if j := c.inProgress[key]; j != nil {
+			if j := c.inProgress.get(key); j != nil {
 				j.waiters = append(j.waiters, ref)
 				st.inHand++
 				continue
@@ -292,7 +292,7 @@ func (c *Consumer) receive(st *subStream, batch *deliveryv1.DeliveryBatch) {
 		})
 		j := &slab[len(slab)-1]
 		if keyed {
-			c.inProgress[key] = j
+			c.inProgress.put(key, j)
 		}
 		st.inHand++
 		c.queue = append(c.queue, j)
@@ -399,7 +399,7 @@ func answerLocked(r deliveryRef, err error) {
 func (c *Consumer) finish(j *job, err error) {
 	c.mu.Lock()
 	if j.keyed {
-		delete(c.inProgress, j.key)
+		c.inProgress.remove(j.key)
 		if err == nil {
 			c.dedup.mark(j.key)
 		}

@@ -22,7 +22,7 @@ func newTestConsumer() (*Consumer, *subStream, *subStream) {
 		changed:    make(chan struct{}, 1),
 		streams:    make(map[*subStream]struct{}),
 		dedup:      newDedupSet(1024, 8),
-		inProgress: make(map[msgKey]*job),
+		inProgress: newInProgress(),
 		ctx:        context.Background(),
 	}
 	mk := func(name string) *subStream {

@@ -41,6 +41,10 @@ func (x *Index[V]) Push(seq uint64, v V) {
 	x.last, x.any = seq, true
 }
 
+// Last returns the highest seq pushed since the index was made or last
+// cleared, removed or not, and whether one was: a Push must be above it.
+func (x *Index[V]) Last() (uint64, bool) { return x.last, x.any }
+
 // find returns the index in slots of seq, or -1.
 func (x *Index[V]) find(seq uint64) int {
 	s := x.seqs[x.head:]
