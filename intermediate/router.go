@@ -6,6 +6,7 @@ import (
 	"hash/fnv"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/butterfly-mesh/butterfly"
@@ -171,12 +172,7 @@ type deliverySlab struct {
 // newDeliverySlabLocked returns a slab for n messages routed to the groups
 // declared now.
 func (s *Server) newDeliverySlabLocked(n int) deliverySlab {
-	per := 0
-	for _, g := range s.groups {
-		if g.declared {
-			per++
-		}
-	}
+	per := len(s.declared)
 	return deliverySlab{ds: make([]delivery, 0, n*per), ptrs: make([]*delivery, 0, n*per), per: per}
 }
 
@@ -212,13 +208,18 @@ func (s *Server) groupLocked(name string) *group {
 }
 
 // declaredLocked reports whether any group is declared.
-func (s *Server) declaredLocked() bool {
+func (s *Server) declaredLocked() bool { return len(s.declared) > 0 }
+
+// setDeclaredLocked lists the declared groups in s.declared, by name, for
+// routing to go over without the map.
+func (s *Server) setDeclaredLocked() {
+	s.declared = s.declared[:0]
 	for _, g := range s.groups {
 		if g.declared {
-			return true
+			s.declared = append(s.declared, g)
 		}
 	}
-	return false
+	slices.SortFunc(s.declared, func(a, b *group) int { return strings.Compare(a.name, b.name) })
 }
 
 // admitLocked takes a processed message into the server's care and routes it
@@ -243,10 +244,7 @@ func (s *Server) admitLocked(h *held, slab *deliverySlab) {
 // attempt (Message.routes) gets none.
 func (s *Server) routeHeldLocked(h *held, slab *deliverySlab) {
 	h.deliveries = slab.deliveries()
-	for _, g := range s.groups {
-		if !g.declared {
-			continue
-		}
+	for _, g := range s.declared {
 		var sentTo string
 		if i := routeIndex(h.routes, g.name); i >= 0 {
 			if h.routes[i].GetHandled() {
@@ -258,7 +256,7 @@ func (s *Server) routeHeldLocked(h *held, slab *deliverySlab) {
 		d.h, d.group, d.sentTo = h, g.name, sentTo
 		h.deliveries = append(h.deliveries, d)
 		h.pending++
-		s.assignLocked(d)
+		s.assignToLocked(d, g)
 	}
 	if h.pending == 0 {
 		// Every group handled it on earlier attempts.
@@ -270,12 +268,18 @@ func (s *Server) routeHeldLocked(h *held, slab *deliverySlab) {
 // (or, in a group without consumers, any consumer) is there. A delivery of a
 // group that was deleted is released.
 func (s *Server) assignLocked(d *delivery) {
-	d.id = 0
 	g := s.groups[d.group]
 	if g == nil || !g.declared {
+		d.id = 0
 		s.releaseLocked(d)
 		return
 	}
+	s.assignToLocked(d, g)
+}
+
+// assignToLocked is assignLocked for d of g, a declared group.
+func (s *Server) assignToLocked(d *delivery, g *group) {
+	d.id = 0
 	owner := g.ownerLocked(d.h.routeKey)
 	if d.sentTo != "" && d.sentTo != owner && slices.Contains(g.owners, d.sentTo) {
 		// The consumer it went to may have handled it: it keeps it while it
@@ -521,6 +525,9 @@ func (s *Server) updateGroupLocked(g *group, declared bool, owners []string, epo
 		g.lastKnown = false
 	}
 	g.declared, g.owners, g.epochs = declared, owners, epochs
+	if declared != wasDeclared {
+		s.setDeclaredLocked()
+	}
 	switch {
 	case wasDeclared && !declared:
 		s.deleteGroupLocked(g)

@@ -80,7 +80,7 @@ func BenchmarkIntermediate_AdmitRouteForward(b *testing.B) {
 	for _, name := range []string{"g1", "g2"} {
 		consumer := "consumer-" + name
 		g := s.groupLocked(name)
-		g.declared, g.owners, g.epochs = true, []string{consumer}, map[string]uint64{consumer: 1}
+		s.updateGroupLocked(g, true, []string{consumer}, map[string]uint64{consumer: 1})
 		sub := &subStream{srv: s, consumerID: consumer, group: name, epoch: 1}
 		sub.init(ctx, func(error) {}, 0, &s.opts)
 		s.joinLocked(sub)

@@ -73,6 +73,7 @@ type Server struct {
 	pubs        map[*pubStream]struct{}
 	subs        map[*subStream]struct{}
 	groups      map[string]*group      // from etcd, and groups with streams here
+	declared    []*group               // the declared groups of groups, by name (setDeclaredLocked)
 	unrouted    []*held                // admitted while no group was declared
 	parked      map[string][]*delivery // waiting for the owner or a consumer of the group
 	subsRead    bool                   // the subscriptions were read from etcd once
