@@ -6,7 +6,6 @@ import (
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/reflect/protoreflect"
 
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 )
@@ -31,18 +30,17 @@ func CheckMessage(m *messagev1.Message) error {
 	if err := checkUTF8(m); err != nil {
 		return err
 	}
-	for _, part := range []struct {
-		name string
-		msg  protoreflect.ProtoMessage
-		ok   bool
-	}{
-		{"message", m, m != nil},
-		{"id", m.GetId(), m.GetId() != nil},
-		{"trace", m.GetTrace(), m.GetTrace() != nil},
-	} {
-		if part.ok && !wellFormed(part.msg.ProtoReflect().GetUnknown()) {
-			return fmt.Errorf("%s: %w", part.name, ErrMalformedUnknown)
-		}
+	if m == nil {
+		return nil
+	}
+	if !wellFormed(m.ProtoReflect().GetUnknown()) {
+		return fmt.Errorf("message: %w", ErrMalformedUnknown)
+	}
+	if id := m.GetId(); id != nil && !wellFormed(id.ProtoReflect().GetUnknown()) {
+		return fmt.Errorf("id: %w", ErrMalformedUnknown)
+	}
+	if t := m.GetTrace(); t != nil && !wellFormed(t.ProtoReflect().GetUnknown()) {
+		return fmt.Errorf("trace: %w", ErrMalformedUnknown)
 	}
 	for i, r := range m.GetRoutes() {
 		if r != nil && !wellFormed(r.ProtoReflect().GetUnknown()) {
