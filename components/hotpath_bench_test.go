@@ -51,11 +51,21 @@ func BenchmarkProducer_BatchCycle(b *testing.B) {
 // batch of 64 deliveries: dedup check, queueing, and the handler's outcome
 // turned into acks and credit (the handler itself is not run). With
 // in_hand=1024 the handler's outcomes lag 16 batches behind, as under load
-// with the default credit, so that many messages are in progress.
+// with the default credit, so that many messages are in progress; with
+// swapped, each two batches of a producer arrive in the wrong order, over
+// two streams, as from a producer that alternates two intermediates.
 func BenchmarkConsumer_ReceiveAndFinish(b *testing.B) {
-	for _, inHand := range []int{64, 1024} {
-		b.Run(fmt.Sprintf("in_hand=%d", inHand), func(b *testing.B) {
-			c, st, _ := newTestConsumer()
+	for _, tc := range []struct {
+		inHand  int
+		swapped bool
+	}{{64, false}, {1024, false}, {1024, true}} {
+		name := fmt.Sprintf("in_hand=%d", tc.inHand)
+		if tc.swapped {
+			name += "/swapped"
+		}
+		inHand := tc.inHand
+		b.Run(name, func(b *testing.B) {
+			c, st, st2 := newTestConsumer()
 			c.dedup = newDedupSet(DefaultDedupWindow, DefaultDedupProducers)
 			const n = 64
 			batch := &deliveryv1.DeliveryBatch{Deliveries: make([]*deliveryv1.Delivery, n)}
@@ -63,16 +73,21 @@ func BenchmarkConsumer_ReceiveAndFinish(b *testing.B) {
 				batch.Deliveries[i] = &deliveryv1.Delivery{Message: &messagev1.Message{Id: &messagev1.MessageId{ProducerId: "producer-7f3a9c1e", Incarnation: 1}}}
 			}
 			var (
-				seq     uint64
+				batches uint64
 				running []*job
 			)
 			b.ReportAllocs()
 			for b.Loop() {
-				for _, d := range batch.Deliveries {
-					seq++
-					d.DeliveryId, d.Message.Id.Seq = seq, seq
+				k, to := batches, st
+				if tc.swapped {
+					k, to = batches^1, []*subStream{st, st2}[batches%2]
 				}
-				c.receive(st, batch)
+				batches++
+				for i, d := range batch.Deliveries {
+					seq := k*n + uint64(i) + 1
+					d.DeliveryId, d.Message.Id.Seq = batches*n+uint64(i), seq
+				}
+				c.receive(to, batch)
 				c.mu.Lock()
 				running = append(running, c.queue...)
 				c.queue = nil
@@ -83,6 +98,7 @@ func BenchmarkConsumer_ReceiveAndFinish(b *testing.B) {
 				}
 				c.mu.Lock()
 				st.acks, st.credit = st.acks[:0], 0
+				st2.acks, st2.credit = st2.acks[:0], 0
 				c.mu.Unlock()
 			}
 			b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "msgs/s")
