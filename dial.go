@@ -83,8 +83,11 @@ func WithBalancerConfig(js string) DialOption {
 //
 // The client follows the instances registered in etcd under the service
 // named by the target, keeps one connection per instance and balances over
-// them (see package balancer). Options given to grpc.NewClient after these
-// override them.
+// them (see package balancer). Its calls encode and decode Butterfly's
+// messages with vtprotobuf's generated code under the codec name "proto"
+// (the wire does not change; any other message goes through grpc-go's
+// codec), so a message sent through it should pass CheckMessage. Options
+// given to grpc.NewClient after these override them.
 func DialOptions(cli *clientv3.Client, opts ...DialOption) []grpc.DialOption {
 	o := dialOptions{
 		prefix: registry.DefaultPrefix,
