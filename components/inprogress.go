@@ -105,12 +105,3 @@ func (ip *inProgress) remove(k msgKey) {
 		pj.count--
 	}
 }
-
-// len returns the number of jobs held.
-func (ip *inProgress) len() int {
-	n := 0
-	for _, pj := range ip.producers {
-		n += pj.count
-	}
-	return n
-}

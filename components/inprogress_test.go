@@ -78,3 +78,12 @@ func TestInProgress(t *testing.T) {
 		t.Errorf("%d producers kept, want the ones with jobs and fewer than %d empty", n, sweepAbove)
 	}
 }
+
+// len returns the number of jobs held.
+func (ip *inProgress) len() int {
+	n := 0
+	for _, pj := range ip.producers {
+		n += pj.count
+	}
+	return n
+}

@@ -7,11 +7,14 @@
 // a user's own services on the same server) goes through grpc-go's codec
 // unchanged.
 //
-// The generated decoder does not check that string fields are valid UTF-8,
-// as protobuf-go's does. Every string a Butterfly server takes from a
-// client is checked where it is used (producer ids, header keys and
-// values, trace context, names), so a bad one is refused with a status or
-// a nack naming it, not a broken stream.
+// Where the generated code and protobuf-go disagree on a frame, protobuf-go
+// decides (see Codec.Marshal and Codec.Unmarshal). Inside a message it
+// reads, the generated decoder does not check what protobuf-go does: that
+// strings are valid UTF-8 and that unknown fields parse. butterfly.CheckMessage
+// checks both where messages enter (Producer.Send, the intermediate's
+// admission and Process), and the intermediate checks the ids and group of
+// a hello, so a bad message is refused with a status or a nack naming its
+// field, not forwarded to peers that cannot read it.
 package vtcodec
 
 import (
