@@ -557,6 +557,7 @@ func (p *Producer) dispatchLocked() {
 			return
 		}
 		n := min(p.outbox.len(), best.maxInFlight-best.unacked.Len(), 2*best.maxBatch-len(best.sendq), best.maxBatch)
+		queued := len(best.sendq)
 		for i := range n {
 			if i > 0 && p.outbox.front().avoid != avoid {
 				break // its own pick
@@ -569,7 +570,11 @@ func (p *Producer) dispatchLocked() {
 			best.sendq = append(best.sendq, m)
 		}
 		p.filling = best
-		best.wakeUp()
+		if queued == 0 || queued < best.maxBatch && len(best.sendq) >= best.maxBatch {
+			// Its sender waits for a first message, or for a full batch
+			// within the linger; other messages need no wake-up.
+			best.wakeUp()
+		}
 	}
 }
 

@@ -400,7 +400,9 @@ func limit(ours int, theirs uint32) int {
 
 // sendLoop sends the stream's queued messages in batches and heartbeats
 // every beat while idle. A batch that is not full waits for the linger
-// first.
+// first. It is woken only when its queue gets a first message or a full
+// batch (dispatchLocked): it needs nothing in between, and a wake-up for
+// every message sent would cost a goroutine switch each.
 func (st *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishService_PublishClient, beat time.Duration) error {
 	p := st.link.p
 	ticker := time.NewTicker(beat)
