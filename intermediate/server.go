@@ -13,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 
+	"github.com/butterfly-mesh/butterfly"
 	adminv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/admin/v1"
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
@@ -135,6 +136,8 @@ func New(cli *clientv3.Client, service, instance string, opts ...Option) (*Serve
 		grpc.MaxRecvMsgSize(2*o.maxBatchBytes + 1<<16),
 		grpc.ConnectionTimeout(o.connectionTimeout),
 		vtcodec.ServerOption(),
+		grpc.InitialWindowSize(butterfly.StreamWindow),
+		grpc.InitialConnWindowSize(butterfly.ConnWindow),
 	}, s.interceptorOptions()...)
 	obsOpts, err := s.observeServerOptions()
 	if err != nil {
