@@ -105,6 +105,7 @@ func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
 	defer buf.Free()
 	b := buf.ReadOnlyData()
+	presize(v, b)
 	if err := m.UnmarshalVT(b); err == nil && m.SizeVT() == len(b) {
 		return nil
 	}

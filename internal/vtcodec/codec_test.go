@@ -252,3 +252,59 @@ func BenchmarkCodec(b *testing.B) {
 		}
 	}
 }
+
+// TestCodec_BatchFramesAsProtobufGo checks frames around the batches the
+// codec sizes before decoding (a frame that is one batch field): each is
+// read as protobuf-go reads it, whether it is such a frame or only nearly
+// (another field after the batch, the batch twice, elements empty or with
+// unknown fields between them, a truncated element).
+func TestCodec_BatchFramesAsProtobufGo(t *testing.T) {
+	field := func(b []byte, num protowire.Number, v []byte) []byte {
+		return protowire.AppendBytes(protowire.AppendTag(b, num, protowire.BytesType), v)
+	}
+	marshal := func(m proto.Message) []byte {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	d1 := marshal(&deliveryv1.Delivery{DeliveryId: 7, Message: message("p1", 1, 16)})
+	d2 := marshal(&deliveryv1.Delivery{DeliveryId: 8, Message: message("p1", 2, 16), Redeliveries: 2})
+	m1, m2 := marshal(message("p1", 1, 16)), marshal(message("p1", 2, 16))
+	unknown := protowire.AppendVarint(protowire.AppendTag(nil, 9, protowire.VarintType), 5)
+	heartbeat := field(nil, 4, marshal(&messagev1.Heartbeat{SendTimeUnixNano: 42}))
+	deliveries := field(field(nil, 1, d1), 1, d2)
+	seq := protowire.AppendVarint(protowire.AppendTag(nil, 1, protowire.VarintType), 3)
+	cases := []struct {
+		name  string
+		frame []byte
+		msg   func() proto.Message
+	}{
+		{"delivery batch", field(nil, 2, deliveries), func() proto.Message { return &deliveryv1.SubscribeResponse{} }},
+		{"empty delivery", field(nil, 2, field(field(nil, 1, d1), 1, nil)), func() proto.Message { return &deliveryv1.SubscribeResponse{} }},
+		{"unknown field between deliveries", field(nil, 2, append(append(field(nil, 1, d1), unknown...), field(nil, 1, d2)...)), func() proto.Message { return &deliveryv1.SubscribeResponse{} }},
+		{"heartbeat after the batch", append(field(nil, 2, deliveries), heartbeat...), func() proto.Message { return &deliveryv1.SubscribeResponse{} }},
+		{"batch twice", append(field(nil, 2, field(nil, 1, d1)), field(nil, 2, field(nil, 1, d2))...), func() proto.Message { return &deliveryv1.SubscribeResponse{} }},
+		{"delivery batch, element truncated", field(nil, 2, append(field(nil, 1, d1), 0x0a, 0x7f, 0x08)), func() proto.Message { return &deliveryv1.SubscribeResponse{} }},
+		{"publish batch", field(nil, 2, append(append([]byte{}, seq...), field(field(nil, 2, m1), 2, m2)...)), func() proto.Message { return &deliveryv1.PublishRequest{} }},
+		{"first seq after the messages", field(nil, 2, append(field(field(nil, 2, m1), 2, m2), seq...)), func() proto.Message { return &deliveryv1.PublishRequest{} }},
+		{"empty message", field(nil, 2, field(field(nil, 2, m1), 2, nil)), func() proto.Message { return &deliveryv1.PublishRequest{} }},
+		{"publish batch twice", append(field(nil, 2, field(nil, 2, m1)), field(nil, 2, field(nil, 2, m2))...), func() proto.Message { return &deliveryv1.PublishRequest{} }},
+	}
+	var c vtcodec.Codec
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			want := tc.msg()
+			wantErr := proto.Unmarshal(tc.frame, want)
+			got := tc.msg()
+			err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(tc.frame)}, got)
+			switch {
+			case (err != nil) != (wantErr != nil):
+				t.Fatalf("Unmarshal() = %v, protobuf-go: %v", err, wantErr)
+			case err == nil && !proto.Equal(got, want):
+				t.Errorf("Unmarshal() = %v, want %v", got, want)
+			}
+		})
+	}
+}

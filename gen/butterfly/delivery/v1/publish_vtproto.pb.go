@@ -1309,7 +1309,14 @@ func (m *PublishBatch) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Messages = append(m.Messages, &v1.Message{})
+			if len(m.Messages) == cap(m.Messages) {
+				m.Messages = append(m.Messages, &v1.Message{})
+			} else {
+				m.Messages = m.Messages[:len(m.Messages)+1]
+				if m.Messages[len(m.Messages)-1] == nil {
+					m.Messages[len(m.Messages)-1] = &v1.Message{}
+				}
+			}
 			if unmarshal, ok := interface{}(m.Messages[len(m.Messages)-1]).(interface {
 				UnmarshalVT([]byte) error
 			}); ok {

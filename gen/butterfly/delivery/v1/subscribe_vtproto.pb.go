@@ -1912,7 +1912,14 @@ func (m *DeliveryBatch) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Deliveries = append(m.Deliveries, &Delivery{})
+			if len(m.Deliveries) == cap(m.Deliveries) {
+				m.Deliveries = append(m.Deliveries, &Delivery{})
+			} else {
+				m.Deliveries = m.Deliveries[:len(m.Deliveries)+1]
+				if m.Deliveries[len(m.Deliveries)-1] == nil {
+					m.Deliveries[len(m.Deliveries)-1] = &Delivery{}
+				}
+			}
 			if err := m.Deliveries[len(m.Deliveries)-1].UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
 				return err
 			}

@@ -1,0 +1,84 @@
+package vtcodec
+
+import (
+	"google.golang.org/protobuf/encoding/protowire"
+
+	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
+	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+)
+
+// Field numbers of the batches in their frames (publish.proto,
+// subscribe.proto).
+const (
+	publishRequestBatchField     protowire.Number = 2
+	publishBatchMessagesField    protowire.Number = 2
+	subscribeResponseBatchField  protowire.Number = 2
+	deliveryBatchDeliveriesField protowire.Number = 1
+)
+
+// presize prepares v, reset, for a frame b that is a batch and nothing
+// else: the batch is there already, its slice of messages (or deliveries)
+// as long as the frame has of them, so that decoding does not grow it
+// step by step; and a delivery batch's deliveries are allocated at once.
+// The generated decoders (built with vtprotobuf's pool option for the two
+// batch types) fill elements already in a slice's capacity instead of
+// allocating them. Deliveries are not kept past their batch (the consumer
+// keeps their messages); messages are allocated one by one, as before,
+// since a message kept longer than its batch would keep all of a slab.
+//
+// A frame that is not one batch field, or is malformed, leaves v as it is:
+// decoding then reports what is wrong as it would have.
+func presize(v any, b []byte) {
+	switch f := v.(type) {
+	case *deliveryv1.PublishRequest:
+		batch := soleField(b, publishRequestBatchField)
+		if n := countField(batch, publishBatchMessagesField); n > 0 {
+			f.Kind = &deliveryv1.PublishRequest_Batch{Batch: &deliveryv1.PublishBatch{Messages: make([]*messagev1.Message, 0, n)}}
+		}
+	case *deliveryv1.SubscribeResponse:
+		batch := soleField(b, subscribeResponseBatchField)
+		if n := countField(batch, deliveryBatchDeliveriesField); n > 0 {
+			slab := make([]deliveryv1.Delivery, n)
+			ds := make([]*deliveryv1.Delivery, n)
+			for i := range slab {
+				ds[i] = &slab[i]
+			}
+			f.Kind = &deliveryv1.SubscribeResponse_Batch{Batch: &deliveryv1.DeliveryBatch{Deliveries: ds[:0]}}
+		}
+	}
+}
+
+// soleField returns the value of b's only field when it is field num of
+// the bytes wire type and b holds nothing else; nil otherwise.
+func soleField(b []byte, num protowire.Number) []byte {
+	n, typ, l := protowire.ConsumeTag(b)
+	if l < 0 || n != num || typ != protowire.BytesType {
+		return nil
+	}
+	v, m := protowire.ConsumeBytes(b[l:])
+	if m < 0 || l+m != len(b) {
+		return nil
+	}
+	return v
+}
+
+// countField returns how many times field num, of the bytes wire type,
+// occurs in b; 0 when b does not parse.
+func countField(b []byte, num protowire.Number) int {
+	count := 0
+	for len(b) > 0 {
+		n, typ, l := protowire.ConsumeTag(b)
+		if l < 0 {
+			return 0
+		}
+		m := protowire.ConsumeFieldValue(n, typ, b[l:])
+		if m < 0 {
+			return 0
+		}
+		if n == num && typ == protowire.BytesType {
+			count++
+		}
+		b = b[l+m:]
+	}
+	return count
+}
