@@ -243,11 +243,11 @@ func (l *subLink) once() (welcomed bool) {
 	log.Debug("subscribe stream open")
 
 	beat := beatInterval(c.cfg.heartbeat, w.GetPeerHeartbeatIntervalMs())
-	maxAck := int(w.GetMaxAckRanges())
+	maxAck, ackCredit := int(w.GetMaxAckRanges()), w.GetAckCredit()
 	sender.Add(1)
 	go func() {
 		defer sender.Done()
-		if err := st.sendLoop(ctx, stream, beat, maxAck); err != nil {
+		if err := st.sendLoop(ctx, stream, beat, maxAck, ackCredit); err != nil {
 			cancel(err)
 		}
 	}()
@@ -303,10 +303,12 @@ const (
 )
 
 // sendLoop sends acknowledgements (in frames of at most maxAck ranges and
-// nacks, 0 for no limit), credit, the drain and heartbeats (every beat).
+// nacks, 0 for no limit), credit (in the last of them when the intermediate
+// takes it there, ackCredit; in a Credit frame otherwise), the drain and
+// heartbeats (every beat).
 // Once the consumer drains and everything in hand is answered, it closes its
 // side of the stream and the intermediate ends it.
-func (st *subStream) sendLoop(ctx context.Context, stream deliveryv1.SubscribeService_SubscribeClient, beat time.Duration, maxAck int) error {
+func (st *subStream) sendLoop(ctx context.Context, stream deliveryv1.SubscribeService_SubscribeClient, beat time.Duration, maxAck int, ackCredit bool) error {
 	c := st.link.c
 	ticker := time.NewTicker(beat)
 	defer ticker.Stop()
@@ -344,7 +346,12 @@ func (st *subStream) sendLoop(ctx context.Context, stream deliveryv1.SubscribeSe
 		}
 		closed := st.closeSent && !closeNow
 		c.mu.Unlock()
-		for _, a := range ackFrames(seqrange.Build(acks), nacks, maxAck) {
+		frames := ackFrames(seqrange.Build(acks), nacks, maxAck)
+		if ackCredit && credit > 0 && !leaving && len(frames) > 0 {
+			// The credit the answered deliveries free rides with them.
+			frames[len(frames)-1].Credit, credit = credit, 0
+		}
+		for _, a := range frames {
 			if err := stream.Send(&deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Ack{Ack: a}}); err != nil {
 				return fmt.Errorf("send ack: %w", err)
 			}

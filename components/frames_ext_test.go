@@ -275,3 +275,41 @@ func TestProducer_LongLingerKeepsTheStream(t *testing.T) {
 	closeProducers(t, p)
 	led.checkExactlyOnce(t, map[string]int{"p1": 1})
 }
+
+// TestConsumer_CreditRidesWithAcks checks that a consumer grants credit in
+// its acknowledgement frames to an intermediate whose welcome allows it: with
+// a credit of 16 and 2 000 messages, the only Credit frame of a stream is its
+// first (the initial grant), the acknowledgement frames grant the rest, and
+// every message is handled exactly once.
+func TestConsumer_CreditRidesWithAcks(t *testing.T) {
+	const n, credit = 2000, 16
+	m := newMesh(t)
+	var hellos, creditFrames, ackGrants atomic.Int64
+	h := m.startHub(components.DefaultService, "i1", "127.0.0.1", countFrames(func(f any) {
+		r, ok := f.(*deliveryv1.SubscribeRequest)
+		switch {
+		case !ok:
+		case r.GetHello() != nil:
+			hellos.Add(1)
+		case r.GetCredit() != nil:
+			creditFrames.Add(1)
+		case r.GetAck() != nil:
+			ackGrants.Add(int64(r.GetAck().GetCredit()))
+		}
+	}))
+	led := newLedger()
+	m.consumer("c1", led.handler(), components.WithCredit(credit))
+	waitConsumers(t, 1, h)
+	p := m.producer("p1")
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	sent := startLoad(ctx, n, p).wait(t)
+	closeProducers(t, p)
+	led.checkExactlyOnce(t, sent)
+	if got, want := creditFrames.Load(), hellos.Load(); got != want {
+		t.Errorf("Credit frames = %d for %d subscribe streams, want one each (the initial grant)", got, want)
+	}
+	if got := ackGrants.Load(); got < n-credit {
+		t.Errorf("credit granted in acknowledgement frames = %d, want at least %d (every delivery past the initial credit)", got, n-credit)
+	}
+}

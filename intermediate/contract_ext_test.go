@@ -2,6 +2,7 @@ package intermediate_test
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -57,6 +58,60 @@ func creditFrame(n uint32) *deliveryv1.SubscribeRequest {
 	return &deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Credit{Credit: &deliveryv1.Credit{Messages: n}}}
 }
 
+// ackCredit is an ack frame of ranges that grants credit.
+func ackCredit(credit uint32, ranges ...uint64) *deliveryv1.SubscribeRequest {
+	f := ackFrame(ranges...)
+	f.GetAck().Credit = credit
+	return f
+}
+
+// TestSubscribe_AckCarriesCredit checks that the welcome says acks may carry
+// credit, and that credit granted in an ack frame lets the next deliveries
+// go as a Credit frame's would: with an initial credit of 2 and no Credit
+// frame, six messages arrive two by two, and the producer hears of each.
+func TestSubscribe_AckCarriesCredit(t *testing.T) {
+	r := newRig(t, intermediate.WithMaxCredit(4))
+	stream, w, err := r.trySubscribe(r.ctx(), &deliveryv1.SubscribeHello{ConsumerId: "c", Instance: "i1", InitialCredit: 2,
+		HeartbeatIntervalMs: quietHeartbeatMs, RegistrationEpoch: r.register(intermediate.DefaultGroup, "c")})
+	if err != nil || !w.GetAckCredit() {
+		t.Fatalf("welcome = %v, %v, want ack_credit set", w, err)
+	}
+	pub := r.producer("p1")
+	var msgs []*messagev1.Message
+	for seq := uint64(1); seq <= 6; seq++ {
+		msgs = append(msgs, msg("p1", seq, "x"))
+	}
+	sendBatch(t, pub, 1, msgs...)
+	var ids []uint64
+	for len(ids) < 6 {
+		got := nextDeliveries(t, stream)
+		for _, d := range got {
+			ids = append(ids, d.GetDeliveryId())
+		}
+		if len(ids)%2 != 0 || len(got) > 2 {
+			t.Fatalf("deliveries so far %v, the last batch %d: want two at a time, as the credit allows", ids, len(got))
+		}
+		last := ids[len(ids)-1]
+		sendSub(t, stream, ackCredit(2, last-1, last))
+	}
+	if want := []uint64{1, 2, 3, 4, 5, 6}; !slices.Equal(ids, want) {
+		t.Errorf("delivery ids = %v, want %v", ids, want)
+	}
+	acked := map[uint64]int{}
+	for len(acked) < 6 {
+		for _, rg := range nextAck(t, pub).GetAcked() {
+			for s := rg.GetFirst(); s <= rg.GetLast(); s++ {
+				acked[s]++
+			}
+		}
+	}
+	for s := uint64(1); s <= 6; s++ {
+		if acked[s] != 1 {
+			t.Errorf("seq %d acknowledged %d times, want 1", s, acked[s])
+		}
+	}
+}
+
 // TestSubscribe_Refusals checks every frame that ends a subscribe stream,
 // with its status code and the range it names, and that a refused frame is
 // not applied in part: the message its valid range acknowledged is
@@ -85,6 +140,7 @@ func TestSubscribe_Refusals(t *testing.T) {
 		{"too many ranges", 10, true, manyRanges(4097), codes.ResourceExhausted, "ack frame of 4097 ranges and nacks exceeds max_ack_ranges 4096"},
 		{"credit 0", 10, false, creditFrame(0), codes.InvalidArgument, "credit of 0 messages"},
 		{"credit over max", 10, false, creditFrame(100), codes.ResourceExhausted, "credit of 100 on top of"},
+		{"ack credit over max", 10, true, ackCredit(92, 1, 1), codes.ResourceExhausted, "credit of 92 on top of 9 unspent exceeds max-credit 100"},
 		{"frame without kind", 10, false, &deliveryv1.SubscribeRequest{}, codes.InvalidArgument, "subscribe frame without a kind"},
 		{"second hello", 10, false, &deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Hello{Hello: &deliveryv1.SubscribeHello{ConsumerId: "c"}}}, codes.InvalidArgument, "second hello"},
 	} {

@@ -103,6 +103,7 @@ func (ss *subscribeService) Subscribe(stream deliveryv1.SubscribeService_Subscri
 		MaxHeartbeatIntervalMs:  millis(s.opts.maxPeerHeartbeat),
 		MaxCredit:               uint32(s.opts.maxCredit),
 		MaxAckRanges:            maxAckRanges,
+		AckCredit:               true,
 	}
 	s.wg.Add(2)
 	go func() {
@@ -150,6 +151,9 @@ func (sub *subStream) recvLoop(stream deliveryv1.SubscribeService_SubscribeServe
 				sub.cancel(err)
 				return
 			}
+			if k.Ack.GetCredit() > 0 {
+				sub.wakeUp()
+			}
 		case *deliveryv1.SubscribeRequest_Drain:
 			s.mu.Lock()
 			s.consumerDrainLocked(sub)
@@ -174,16 +178,26 @@ func (sub *subStream) addCredit(n uint32) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if sub.credit+uint64(n) > uint64(s.opts.maxCredit) {
-		return status.Errorf(codes.ResourceExhausted, "intermediate: credit of %d on top of %d unspent exceeds max-credit %d", n, sub.credit, s.opts.maxCredit)
+	if err := sub.checkCreditLocked(n); err != nil {
+		return err
 	}
 	sub.credit += uint64(n)
 	return nil
 }
 
-// ack checks a consumer's DeliveryAck and applies it. A malformed frame, or
-// one naming ids never sent on the stream, is refused before anything of it
-// is applied. The form is checked, and the ranges sorted, outside the lock;
+// checkCreditLocked refuses a grant of n that would raise the unspent credit
+// above max-credit.
+func (sub *subStream) checkCreditLocked(n uint32) error {
+	if limit := sub.srv.opts.maxCredit; sub.credit+uint64(n) > uint64(limit) {
+		return status.Errorf(codes.ResourceExhausted, "intermediate: credit of %d on top of %d unspent exceeds max-credit %d", n, sub.credit, limit)
+	}
+	return nil
+}
+
+// ack checks a consumer's DeliveryAck and applies it, with the credit it
+// grants. A malformed frame, one naming ids never sent on the stream, or one
+// whose credit would exceed max-credit, is refused before anything of it is
+// applied. The form is checked, and the ranges sorted, outside the lock;
 // under it the frame costs O(ranges) plus the ids it settles.
 func (sub *subStream) ack(a *deliveryv1.DeliveryAck) error {
 	s := sub.srv
@@ -196,8 +210,12 @@ func (sub *subStream) ack(a *deliveryv1.DeliveryAck) error {
 	s.mu.Lock()
 	locked := time.Now()
 	err = f.checkSentLocked(sub)
+	if n := a.GetCredit(); err == nil && n > 0 {
+		err = sub.checkCreditLocked(n)
+	}
 	if err == nil {
 		sub.ackLocked(f)
+		sub.credit += uint64(a.GetCredit())
 	}
 	held := time.Since(locked)
 	s.mu.Unlock()

@@ -153,7 +153,12 @@ type SubscribeWelcome struct {
 	MaxCredit uint32 `protobuf:"varint,7,opt,name=max_credit,json=maxCredit,proto3" json:"max_credit,omitempty"`
 	// The most ranges and nacks one DeliveryAck may carry together; a frame
 	// with more ends the stream with RESOURCE_EXHAUSTED. Send more frames.
-	MaxAckRanges  uint32 `protobuf:"varint,8,opt,name=max_ack_ranges,json=maxAckRanges,proto3" json:"max_ack_ranges,omitempty"`
+	MaxAckRanges uint32 `protobuf:"varint,8,opt,name=max_ack_ranges,json=maxAckRanges,proto3" json:"max_ack_ranges,omitempty"`
+	// The intermediate takes DeliveryAck.credit: a consumer may grant credit
+	// in the frame that acknowledges, instead of in a Credit frame after it.
+	// An intermediate that does not set it ignores that field: send Credit
+	// frames to it.
+	AckCredit     bool `protobuf:"varint,9,opt,name=ack_credit,json=ackCredit,proto3" json:"ack_credit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -244,6 +249,13 @@ func (x *SubscribeWelcome) GetMaxAckRanges() uint32 {
 	return 0
 }
 
+func (x *SubscribeWelcome) GetAckCredit() bool {
+	if x != nil {
+		return x.AckCredit
+	}
+	return false
+}
+
 // Credit grants the intermediate permission to send more deliveries. Credits
 // add up; each delivery spends one; acknowledgements give none back, so a
 // consumer grants one more for every delivery it answered.
@@ -309,7 +321,13 @@ type DeliveryAck struct {
 	// duplicates already handled.
 	Acked []*v1.SeqRange `protobuf:"bytes,1,rep,name=acked,proto3" json:"acked,omitempty"`
 	// Deliveries whose handler returned an error; Nack.seq is the delivery id.
-	Nacked        []*v1.Nack `protobuf:"bytes,2,rep,name=nacked,proto3" json:"nacked,omitempty"`
+	Nacked []*v1.Nack `protobuf:"bytes,2,rep,name=nacked,proto3" json:"nacked,omitempty"`
+	// More credit, as a Credit frame of this many messages would grant,
+	// applied with the acknowledgements (0: none). Only for an intermediate
+	// whose welcome set ack_credit. Credit that would raise the unspent
+	// credit above SubscribeWelcome.max_credit ends the stream with
+	// RESOURCE_EXHAUSTED, and nothing of the frame is applied.
+	Credit        uint32 `protobuf:"varint,3,opt,name=credit,proto3" json:"credit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -356,6 +374,13 @@ func (x *DeliveryAck) GetNacked() []*v1.Nack {
 		return x.Nacked
 	}
 	return nil
+}
+
+func (x *DeliveryAck) GetCredit() uint32 {
+	if x != nil {
+		return x.Credit
+	}
+	return 0
 }
 
 // Delivery is one processed message on its way to a consumer. The consumer
@@ -792,7 +817,7 @@ const file_butterfly_delivery_v1_subscribe_proto_rawDesc = "" +
 	"\binstance\x18\x03 \x01(\tR\binstance\x122\n" +
 	"\x15heartbeat_interval_ms\x18\x04 \x01(\rR\x13heartbeatIntervalMs\x12%\n" +
 	"\x0einitial_credit\x18\x05 \x01(\rR\rinitialCredit\x12-\n" +
-	"\x12registration_epoch\x18\x06 \x01(\x04R\x11registrationEpoch\"\xdd\x02\n" +
+	"\x12registration_epoch\x18\x06 \x01(\x04R\x11registrationEpoch\"\xfc\x02\n" +
 	"\x10SubscribeWelcome\x12\x1a\n" +
 	"\binstance\x18\x01 \x01(\tR\binstance\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x122\n" +
@@ -802,12 +827,15 @@ const file_butterfly_delivery_v1_subscribe_proto_rawDesc = "" +
 	"\x19max_heartbeat_interval_ms\x18\x06 \x01(\rR\x16maxHeartbeatIntervalMs\x12\x1d\n" +
 	"\n" +
 	"max_credit\x18\a \x01(\rR\tmaxCredit\x12$\n" +
-	"\x0emax_ack_ranges\x18\b \x01(\rR\fmaxAckRanges\"$\n" +
+	"\x0emax_ack_ranges\x18\b \x01(\rR\fmaxAckRanges\x12\x1d\n" +
+	"\n" +
+	"ack_credit\x18\t \x01(\bR\tackCredit\"$\n" +
 	"\x06Credit\x12\x1a\n" +
-	"\bmessages\x18\x01 \x01(\rR\bmessages\"w\n" +
+	"\bmessages\x18\x01 \x01(\rR\bmessages\"\x8f\x01\n" +
 	"\vDeliveryAck\x124\n" +
 	"\x05acked\x18\x01 \x03(\v2\x1e.butterfly.message.v1.SeqRangeR\x05acked\x122\n" +
-	"\x06nacked\x18\x02 \x03(\v2\x1a.butterfly.message.v1.NackR\x06nacked\"\x88\x01\n" +
+	"\x06nacked\x18\x02 \x03(\v2\x1a.butterfly.message.v1.NackR\x06nacked\x12\x16\n" +
+	"\x06credit\x18\x03 \x01(\rR\x06credit\"\x88\x01\n" +
 	"\bDelivery\x12\x1f\n" +
 	"\vdelivery_id\x18\x01 \x01(\x04R\n" +
 	"deliveryId\x127\n" +

@@ -119,6 +119,16 @@ func (m *SubscribeWelcome) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.AckCredit {
+		i--
+		if m.AckCredit {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x48
+	}
 	if m.MaxAckRanges != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.MaxAckRanges))
 		i--
@@ -231,6 +241,11 @@ func (m *DeliveryAck) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 	if m.unknownFields != nil {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
+	}
+	if m.Credit != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.Credit))
+		i--
+		dAtA[i] = 0x18
 	}
 	if len(m.Nacked) > 0 {
 		for iNdEx := len(m.Nacked) - 1; iNdEx >= 0; iNdEx-- {
@@ -820,6 +835,9 @@ func (m *SubscribeWelcome) SizeVT() (n int) {
 	if m.MaxAckRanges != 0 {
 		n += 1 + protohelpers.SizeOfVarint(uint64(m.MaxAckRanges))
 	}
+	if m.AckCredit {
+		n += 2
+	}
 	n += len(m.unknownFields)
 	return n
 }
@@ -866,6 +884,9 @@ func (m *DeliveryAck) SizeVT() (n int) {
 			}
 			n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
 		}
+	}
+	if m.Credit != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.Credit))
 	}
 	n += len(m.unknownFields)
 	return n
@@ -1494,6 +1515,26 @@ func (m *SubscribeWelcome) UnmarshalVT(dAtA []byte) error {
 					break
 				}
 			}
+		case 9:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field AckCredit", wireType)
+			}
+			var v int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.AckCredit = bool(v != 0)
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
@@ -1699,6 +1740,25 @@ func (m *DeliveryAck) UnmarshalVT(dAtA []byte) error {
 				}
 			}
 			iNdEx = postIndex
+		case 3:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Credit", wireType)
+			}
+			m.Credit = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.Credit |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
