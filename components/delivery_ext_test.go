@@ -1,7 +1,6 @@
 package components_test
 
 import (
-	"context"
 	"testing"
 
 	"github.com/butterfly-mesh/butterfly/components"
@@ -24,12 +23,7 @@ func TestDelivery_TwoProducersTwoHubsTwoConsumers(t *testing.T) {
 	waitConsumers(t, 2, i1, i2)
 	p1 := m.producer("p1")
 	p2 := m.producer("p2")
-
-	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
-	defer cancel()
-	sent := startLoad(ctx, n, p1, p2).wait(t)
-	closeProducers(t, p1, p2)
-	led.checkExactlyOnce(t, sent)
+	led.deliverAll(t, n, p1, p2)
 	if got := c1.Stats().Delivered + c2.Stats().Delivered; got != uint64(2*n) {
 		t.Errorf("Delivered(c1)+Delivered(c2) = %d, want %d", got, 2*n)
 	}
@@ -63,11 +57,7 @@ func TestConsumer_CreditAboveMaxCredit(t *testing.T) {
 	c := m.consumer("c1", led.handler(), components.WithCredit(100), components.WithConcurrency(4), components.WithLogger(logs.Logger()))
 	waitConsumers(t, 1, i1, i2)
 	p := m.producer("p1")
-	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
-	defer cancel()
-	sent := startLoad(ctx, n, p).wait(t)
-	closeProducers(t, p)
-	led.checkExactlyOnce(t, sent)
+	led.deliverAll(t, n, p)
 	if got := c.Stats().Delivered; got != n {
 		t.Errorf("Delivered(c1) = %d, want %d", got, n)
 	}

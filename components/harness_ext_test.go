@@ -336,6 +336,17 @@ type load struct {
 	errs []error
 }
 
+// deliverAll sends n messages from each of ps, closes them, and fails the
+// test unless the ledger handled every message exactly once.
+func (l *ledger) deliverAll(t *testing.T, n int, ps ...*components.Producer) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	sent := startLoad(ctx, n, ps...).wait(t)
+	closeProducers(t, ps...)
+	l.checkExactlyOnce(t, sent)
+}
+
 func startLoad(ctx context.Context, n int, ps ...*components.Producer) *load {
 	l := &load{stop: make(chan struct{}), sent: make(map[string]int)}
 	for _, p := range ps {
