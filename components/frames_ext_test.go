@@ -302,8 +302,8 @@ func TestConsumer_CreditRidesWithAcks(t *testing.T) {
 	waitConsumers(t, 1, h)
 	p := m.producer("p1")
 	led.deliverAll(t, n, p)
-	if got, want := creditFrames.Load(), hellos.Load(); got != want {
-		t.Errorf("Credit frames = %d for %d subscribe streams, want one each (the initial grant)", got, want)
+	if got, most := creditFrames.Load(), hellos.Load(); got < 1 || got > most {
+		t.Errorf("Credit frames = %d for %d subscribe streams, want at most one each (the initial grant)", got, most)
 	}
 	if got := ackGrants.Load(); got < n-credit {
 		t.Errorf("credit granted in acknowledgement frames = %d, want at least %d (every delivery past the initial credit)", got, n-credit)
