@@ -258,7 +258,8 @@ func (x *SubscribeWelcome) GetAckCredit() bool {
 
 // Credit grants the intermediate permission to send more deliveries. Credits
 // add up; each delivery spends one; acknowledgements give none back, so a
-// consumer grants one more for every delivery it answered.
+// consumer grants one more for every delivery it answered, here or in
+// DeliveryAck.credit.
 type Credit struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// How many more deliveries may be sent; at least 1, and the unspent
