@@ -3,10 +3,10 @@ package components_test
 // The tests of this file check the credit that rides in acknowledgement
 // frames (SubscribeWelcome.ack_credit, DeliveryAck.credit): towards an
 // intermediate that does not take it, and in acknowledgement frames split
-// by max_ack_ranges with nacks among them. Each checks that the subscribe stream's unspent
-// credit comes back to the consumer's credit once every delivery is
-// answered (nothing lost, nothing counted twice), and that no stream ends
-// with a refusal.
+// by max_ack_ranges with nacks among them. Each checks that the subscribe
+// stream's unspent credit comes back to the consumer's credit once every
+// delivery is answered (nothing lost, nothing counted twice), and that no
+// stream ends with a refusal.
 
 import (
 	"context"
@@ -45,26 +45,6 @@ func wireTap(send, recv func(any), refusals *atomic.Int64, log func(error)) inte
 			}
 			return err
 		}))
-}
-
-type tappedStream struct {
-	grpc.ServerStream
-	send, recv func(any)
-}
-
-func (s *tappedStream) SendMsg(m any) error {
-	if s.send != nil {
-		s.send(m)
-	}
-	return s.ServerStream.SendMsg(m)
-}
-
-func (s *tappedStream) RecvMsg(m any) error {
-	err := s.ServerStream.RecvMsg(m)
-	if err == nil && s.recv != nil {
-		s.recv(m)
-	}
-	return err
 }
 
 // waitCreditBack waits until the hub's only subscribe stream holds credit

@@ -457,19 +457,29 @@ func waitProducer(t *testing.T, id string, hubs ...*hub) {
 func countFrames(count func(frame any)) intermediate.Option {
 	return intermediate.WithGRPCServerOptions(grpc.ChainStreamInterceptor(
 		func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-			return handler(srv, &frameCounter{ServerStream: ss, count: count})
+			return handler(srv, &tappedStream{ServerStream: ss, recv: count})
 		}))
 }
 
-type frameCounter struct {
+// tappedStream shows send every frame a server stream sends, before it goes
+// out, and recv every frame it receives, once decoded, before the server
+// reads it; either may be nil.
+type tappedStream struct {
 	grpc.ServerStream
-	count func(frame any)
+	send, recv func(frame any)
 }
 
-func (f *frameCounter) RecvMsg(m any) error {
-	err := f.ServerStream.RecvMsg(m)
-	if err == nil {
-		f.count(m)
+func (s *tappedStream) SendMsg(m any) error {
+	if s.send != nil {
+		s.send(m)
+	}
+	return s.ServerStream.SendMsg(m)
+}
+
+func (s *tappedStream) RecvMsg(m any) error {
+	err := s.ServerStream.RecvMsg(m)
+	if err == nil && s.recv != nil {
+		s.recv(m)
 	}
 	return err
 }

@@ -17,17 +17,12 @@ import (
 // ends where the grants put it.
 func TestSubscribe_AckCreditBoundaries(t *testing.T) {
 	r := newRig(t, intermediate.WithMaxCredit(4))
-	stream, w, err := r.trySubscribe(r.ctx(), &deliveryv1.SubscribeHello{ConsumerId: "c", Instance: "i1", InitialCredit: 4,
-		HeartbeatIntervalMs: quietHeartbeatMs, RegistrationEpoch: r.register(intermediate.DefaultGroup, "c")})
-	if err != nil || !w.GetAckCredit() {
-		t.Fatalf("welcome = %v, %v, want ack_credit set", w, err)
+	stream, w := r.subscribeWelcome(r.ctx(), "c", intermediate.DefaultGroup, 4)
+	if !w.GetAckCredit() {
+		t.Fatalf("welcome = %v, want ack_credit set", w)
 	}
 	pub := r.producer("p1")
-	var msgs []*messagev1.Message
-	for seq := uint64(1); seq <= 13; seq++ {
-		msgs = append(msgs, msg("p1", seq, "x"))
-	}
-	sendBatch(t, pub, 1, msgs...)
+	sendBatch(t, pub, 1, msgs("p1", 1, 13)...)
 	take := func(want int) []uint64 {
 		t.Helper()
 		var ids []uint64

@@ -71,17 +71,12 @@ func ackCredit(credit uint32, ranges ...uint64) *deliveryv1.SubscribeRequest {
 // frame, six messages arrive two by two, and the producer hears of each.
 func TestSubscribe_AckCarriesCredit(t *testing.T) {
 	r := newRig(t, intermediate.WithMaxCredit(4))
-	stream, w, err := r.trySubscribe(r.ctx(), &deliveryv1.SubscribeHello{ConsumerId: "c", Instance: "i1", InitialCredit: 2,
-		HeartbeatIntervalMs: quietHeartbeatMs, RegistrationEpoch: r.register(intermediate.DefaultGroup, "c")})
-	if err != nil || !w.GetAckCredit() {
-		t.Fatalf("welcome = %v, %v, want ack_credit set", w, err)
+	stream, w := r.subscribeWelcome(r.ctx(), "c", intermediate.DefaultGroup, 2)
+	if !w.GetAckCredit() {
+		t.Fatalf("welcome = %v, want ack_credit set", w)
 	}
 	pub := r.producer("p1")
-	var msgs []*messagev1.Message
-	for seq := uint64(1); seq <= 6; seq++ {
-		msgs = append(msgs, msg("p1", seq, "x"))
-	}
-	sendBatch(t, pub, 1, msgs...)
+	sendBatch(t, pub, 1, msgs("p1", 1, 6)...)
 	var ids []uint64
 	for len(ids) < 6 {
 		got := nextDeliveries(t, stream)

@@ -169,6 +169,13 @@ func (r *rig) unregister(group, id string) {
 // with ctx, registering the consumer first, and reads the welcome.
 func (r *rig) subscribeGroup(ctx context.Context, id, group string, credit uint32) deliveryv1.SubscribeService_SubscribeClient {
 	r.t.Helper()
+	stream, _ := r.subscribeWelcome(ctx, id, group, credit)
+	return stream
+}
+
+// subscribeWelcome is subscribeGroup that returns the welcome too.
+func (r *rig) subscribeWelcome(ctx context.Context, id, group string, credit uint32) (deliveryv1.SubscribeService_SubscribeClient, *deliveryv1.SubscribeWelcome) {
+	r.t.Helper()
 	stream, welcome, err := r.trySubscribe(ctx, &deliveryv1.SubscribeHello{ConsumerId: id, Group: group, Instance: "i1",
 		HeartbeatIntervalMs: quietHeartbeatMs, InitialCredit: credit, RegistrationEpoch: r.register(group, id)})
 	if err != nil {
@@ -177,7 +184,7 @@ func (r *rig) subscribeGroup(ctx context.Context, id, group string, credit uint3
 	if welcome.GetEpoch() != r.srv.Epoch() || welcome.GetInstance() != "i1" {
 		r.t.Errorf("welcome = %v, want instance i1 epoch %d", welcome, r.srv.Epoch())
 	}
-	return stream
+	return stream, welcome
 }
 
 // trySubscribe opens a subscribe stream with hello and returns the welcome,
@@ -203,6 +210,15 @@ func (r *rig) trySubscribe(ctx context.Context, hello *deliveryv1.SubscribeHello
 
 func msg(producer string, seq uint64, payload string) *messagev1.Message {
 	return &messagev1.Message{Id: &messagev1.MessageId{ProducerId: producer, Incarnation: 1, Seq: seq}, Payload: []byte(payload)}
+}
+
+// msgs returns messages seq first..last of producer, payload "x".
+func msgs(producer string, first, last uint64) []*messagev1.Message {
+	var out []*messagev1.Message
+	for seq := first; seq <= last; seq++ {
+		out = append(out, msg(producer, seq, "x"))
+	}
+	return out
 }
 
 func sendBatch(t *testing.T, stream deliveryv1.PublishService_PublishClient, first uint64, msgs ...*messagev1.Message) {
