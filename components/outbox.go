@@ -12,7 +12,6 @@ type outMsg struct {
 	seq    uint64     // its stream sequence number on stream
 	sent   bool       // handed to gRPC on stream
 	own    bool       // the producer gave it its id: it counts for the low-water mark
-	done2  bool       // settled: acknowledged or handed back for good
 	avoid  *pubLink   // the link whose intermediate could not reach its owner or had no room; nil for none
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/butterfly-mesh/butterfly"
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/internal/seqindex"
 	"github.com/butterfly-mesh/butterfly/internal/seqrange"
 	"github.com/butterfly-mesh/butterfly/internal/telemetry"
 	"github.com/butterfly-mesh/butterfly/registry"
@@ -87,10 +88,11 @@ type Producer struct {
 	failed    int
 	msgLimit  int         // the largest message Send accepts, encoded
 	nacks     []nackEvent // handed back for good, waiting for the nack handler
-	// own holds the messages this producer gave ids to, in seq order, from
-	// the oldest unsettled one (ownHead): the low-water mark.
-	own      []*outMsg
-	ownHead  int
+	// own holds the seqs this producer gave that are not settled yet: its
+	// lowest is the low-water mark. A settled message leaves it, so one
+	// message held long (a frozen intermediate's, a consumer's slow one)
+	// keeps nothing of those sent after it.
+	own      seqindex.Index[struct{}]
 	spanWait chan struct{} // closed when the low-water mark rises; nil when nobody waits
 	waitLog  time.Time     // when the last "waiting for a consumer" warning was logged
 	// waitDetail is the last NO_CONSUMER hand-back's detail, at waitAt.
@@ -342,7 +344,7 @@ func (p *Producer) send(ctx context.Context, msg *messagev1.Message, done chan e
 	m := p.slab.newOutMsg()
 	m.msg, m.size, m.done, m.own = msg, size, done, setID
 	if setID {
-		p.own = append(p.own, m)
+		p.own.Push(msg.Id.Seq, struct{}{})
 	}
 	p.outbox.pushBack(m)
 	p.unsettled++
@@ -487,41 +489,24 @@ func (p *Producer) idleLocked(now time.Time) {
 // acknowledged end to end or handed back for good, and will never be sent
 // again.
 func (p *Producer) lowWaterLocked() uint64 {
-	if p.ownHead < len(p.own) {
-		return p.own[p.ownHead].msg.GetId().GetSeq()
+	if seq, ok := p.own.Min(); ok {
+		return seq
 	}
 	return p.nextSeq
 }
 
-// popSettledLocked drops the settled messages at the head of p.own.
-func (p *Producer) popSettledLocked() {
-	for p.ownHead < len(p.own) && p.own[p.ownHead].done2 {
-		p.own[p.ownHead] = nil
-		p.ownHead++
-	}
-	if p.spanWait != nil {
-		close(p.spanWait)
-		p.spanWait = nil
-	}
-	switch {
-	case p.ownHead == len(p.own):
-		p.own, p.ownHead = p.own[:0], 0
-	case p.ownHead > 1024 && p.ownHead*2 > len(p.own):
-		n := copy(p.own, p.own[p.ownHead:])
-		clear(p.own[n:])
-		p.own, p.ownHead = p.own[:n], 0
-	}
-}
-
 // settleLocked ends m: acknowledged (err nil) or handed back for good.
 func (p *Producer) settleLocked(m *outMsg, err error) {
+	if m.own {
+		p.own.Remove(m.msg.GetId().GetSeq())
+		if p.spanWait != nil {
+			close(p.spanWait)
+			p.spanWait = nil
+		}
+	}
 	// A sendSlab chunk lives while any of its outMsgs does: a settled one
 	// lets go of its message.
 	m.stream, m.msg = nil, nil
-	m.done2 = true
-	if m.own {
-		p.popSettledLocked()
-	}
 	p.unsettled--
 	if err != nil {
 		p.failed++

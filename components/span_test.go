@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"net"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -162,6 +164,100 @@ func TestProducer_MarkPastTheSpan(t *testing.T) {
 	if st := p.Stats(); st.Acked != 3 || st.Nacked != 0 {
 		t.Errorf("Stats() = %+v, want Acked=3 Nacked=0", st)
 	}
+}
+
+// TestProducer_StuckOldestKeepsNothingSettled checks that while a
+// producer's oldest message stays unsettled (its consumer holds it), the
+// messages after it that settle are let go: the producer's live heap grows
+// by the window it holds, not by every message sent since the oldest.
+func TestProducer_StuckOldestKeepsNothingSettled(t *testing.T) {
+	const (
+		prefix = "stuck"
+		later  = 60000
+		// Every later message kept would add about 80 bytes (its outMsg,
+		// in its slab, and a slot): 4.8 MB for 60 000. Let go, they add
+		// nothing; the limit leaves room for buffers and dedup state.
+		limit = 1 << 20
+	)
+	cli := serveOne(t, prefix)
+	release := make(chan struct{})
+	var handled atomic.Uint64
+	c, err := NewConsumer(cli, "c1", func(ctx context.Context, d *Delivery) error {
+		if d.Message.GetId().GetSeq() == 1 {
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		handled.Add(1)
+		return nil
+	}, WithPrefix(prefix), WithConcurrency(4))
+	if err != nil {
+		t.Fatalf("NewConsumer() = %v", err)
+	}
+	defer c.Close(context.Background())
+	p, err := NewProducer(cli, "p1", WithPrefix(prefix))
+	if err != nil {
+		t.Fatalf("NewProducer() = %v", err)
+	}
+	defer p.Close(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	payload := []byte("m")
+	send := func(n int) {
+		t.Helper()
+		for i := range n {
+			if _, err := p.Send(ctx, &messagev1.Message{Payload: payload}); err != nil {
+				t.Fatalf("Send(#%d) = %v", i+1, err)
+			}
+		}
+		for p.Stats().Acked != handled.Load() || handled.Load() < uint64(n) {
+			if ctx.Err() != nil {
+				t.Fatalf("handled %d, acked %d of %d", handled.Load(), p.Stats().Acked, n)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	// Seq 1 is held; a first round sizes the buffers the rest reuse.
+	if _, err := p.Send(ctx, &messagev1.Message{Payload: payload}); err != nil {
+		t.Fatalf("Send(#1) = %v", err)
+	}
+	send(later / 4)
+	before := liveHeap()
+	handled.Store(0)
+	base := p.Stats().Acked
+	for i := range later {
+		if _, err := p.Send(ctx, &messagev1.Message{Payload: payload}); err != nil {
+			t.Fatalf("Send(#%d) = %v", i+1, err)
+		}
+	}
+	for p.Stats().Acked-base < later {
+		if ctx.Err() != nil {
+			t.Fatalf("acked %d of %d later messages", p.Stats().Acked-base, later)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	after := liveHeap()
+	close(release)
+	t.Logf("live heap grew by %d bytes over %d settled messages", int64(after)-int64(before), later)
+	if grew := int64(after) - int64(before); grew > limit {
+		t.Errorf("live heap grew by %d bytes over %d settled messages behind an unsettled one, want at most %d", grew, later, limit)
+	}
+	if err := p.Close(ctx); err != nil {
+		t.Fatalf("Close() = %v", err)
+	}
+	if st := p.Stats(); st.Acked != base+later+1 || st.Nacked != 0 {
+		t.Errorf("Stats() = %+v, want Acked=%d Nacked=0", st, base+later+1)
+	}
+}
+
+// liveHeap returns the live heap after a collection.
+func liveHeap() uint64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
 }
 
 // serveOne starts an embedded etcd and one intermediate, i1, under prefix,
