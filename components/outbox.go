@@ -10,8 +10,8 @@ type outMsg struct {
 	done   chan error // SendWait's; nil for Send
 	stream *pubStream // the stream it is assigned to, nil in the outbox
 	seq    uint64     // its stream sequence number on stream
+	ownSeq uint64     // the seq the producer gave it, kept apart from msg's id (a caller may send msg again); 0 when it came with its id
 	sent   bool       // handed to gRPC on stream
-	own    bool       // the producer gave it its id: it counts for the low-water mark
 	avoid  *pubLink   // the link whose intermediate could not reach its owner or had no room; nil for none
 }
 

@@ -342,9 +342,10 @@ func (p *Producer) send(ctx context.Context, msg *messagev1.Message, done chan e
 		return nil, fmt.Errorf("%w: %d bytes encoded, over the limit of %d", ErrMessageTooLarge, size, lim)
 	}
 	m := p.slab.newOutMsg()
-	m.msg, m.size, m.done, m.own = msg, size, done, setID
+	m.msg, m.size, m.done = msg, size, done
 	if setID {
-		p.own.Push(msg.Id.Seq, struct{}{})
+		m.ownSeq = msg.Id.Seq
+		p.own.Push(m.ownSeq, struct{}{})
 	}
 	p.outbox.pushBack(m)
 	p.unsettled++
@@ -497,8 +498,8 @@ func (p *Producer) lowWaterLocked() uint64 {
 
 // settleLocked ends m: acknowledged (err nil) or handed back for good.
 func (p *Producer) settleLocked(m *outMsg, err error) {
-	if m.own {
-		p.own.Remove(m.msg.GetId().GetSeq())
+	if m.ownSeq != 0 {
+		p.own.Remove(m.ownSeq)
 		if p.spanWait != nil {
 			close(p.spanWait)
 			p.spanWait = nil

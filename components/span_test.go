@@ -252,6 +252,67 @@ func TestProducer_StuckOldestKeepsNothingSettled(t *testing.T) {
 	}
 }
 
+// TestProducer_RetriedMessageKeepsTheMark checks that a message sent
+// again while its first send is still queued (SendWait timed out, the
+// caller retried) leaves the low-water mark free to rise once both copies
+// settle: the mark does not stay at the first copy's seq, and Send does not
+// end up waiting for it forever past the span (lowered here to 8).
+func TestProducer_RetriedMessageKeepsTheMark(t *testing.T) {
+	defer func(old uint64) { seqSpan = old }(seqSpan)
+	seqSpan = 8
+	const prefix = "retried"
+	cli := etcdtest.Start(t).Client(t)
+	var handled atomic.Uint64
+	p, err := NewProducer(cli, "p1", WithPrefix(prefix), WithBatch(1, 1<<20, 0))
+	if err != nil {
+		t.Fatalf("NewProducer() = %v", err)
+	}
+	defer p.Close(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	msg := &messagev1.Message{Payload: []byte("x")}
+	wctx, wcancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	err = p.SendWait(wctx, msg)
+	wcancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("SendWait() with no intermediate = %v, want context.DeadlineExceeded", err)
+	}
+	if _, err := p.Send(ctx, msg); err != nil {
+		t.Fatalf("Send() again = %v", err)
+	}
+	startOne(t, cli, prefix)
+	c, err := NewConsumer(cli, "c1", func(context.Context, *Delivery) error {
+		handled.Add(1)
+		return nil
+	}, WithPrefix(prefix))
+	if err != nil {
+		t.Fatalf("NewConsumer() = %v", err)
+	}
+	defer c.Close(context.Background())
+	for i := range 3 * seqSpan {
+		if err := p.SendWait(ctx, &messagev1.Message{Payload: []byte{byte(i)}}); err != nil {
+			p.mu.Lock()
+			lwm, next := p.lowWaterLocked(), p.nextSeq
+			p.mu.Unlock()
+			t.Fatalf("SendWait(#%d) = %v (low-water mark %d, last seq %d)", i+1, err, lwm, next)
+		}
+	}
+	p.mu.Lock()
+	lwm, next := p.lowWaterLocked(), p.nextSeq
+	p.mu.Unlock()
+	if lwm != next {
+		t.Errorf("low-water mark %d with every message settled, want the last seq %d", lwm, next)
+	}
+	if err := p.Close(ctx); err != nil {
+		t.Fatalf("Close() = %v", err)
+	}
+	// The retried message went out twice, under seqs 1 and 2 or twice
+	// under 2 (dedup may drop the second): at least once.
+	if got := handled.Load(); got < 3*seqSpan+1 {
+		t.Errorf("handled %d messages, want at least %d", got, 3*seqSpan+1)
+	}
+}
+
 // liveHeap returns the live heap after a collection.
 func liveHeap() uint64 {
 	runtime.GC()
@@ -265,6 +326,14 @@ func liveHeap() uint64 {
 func serveOne(t *testing.T, prefix string) *clientv3.Client {
 	t.Helper()
 	cli := etcdtest.Start(t).Client(t)
+	startOne(t, cli, prefix)
+	return cli
+}
+
+// startOne starts intermediate i1 under prefix on cli's etcd, stopped when
+// the test ends.
+func startOne(t *testing.T, cli *clientv3.Client, prefix string) {
+	t.Helper()
 	srv, err := intermediate.New(cli, DefaultService, "i1", intermediate.WithPrefix(prefix), intermediate.WithStopTimeout(200*time.Millisecond))
 	if err != nil {
 		t.Fatalf("intermediate.New() = %v", err)
@@ -281,5 +350,4 @@ func serveOne(t *testing.T, prefix string) *clientv3.Client {
 		<-done
 	})
 	<-srv.Ready()
-	return cli
 }
