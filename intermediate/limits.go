@@ -209,23 +209,29 @@ func (l *streamLimiter) release(key string) {
 	l.open[key]--
 }
 
-// prune drops the deliveries of finished messages from the queue. A queue
-// only sheds them as its consumer's credit reaches them, so without pruning a
-// consumer that grants no credit would keep every abandoned message alive.
-func (q *deliveryQueue) prune() {
+// pruneMin is the number of stale entries below which a queue is not
+// pruned: a short queue is not worth the pass.
+const pruneMin = 64
+
+// prune drops from sub's queue the deliveries it would skip: those of
+// finished messages, and those moved to another stream or released. A
+// queue only sheds them as its consumer's credit reaches them, so without
+// pruning a consumer that grants no credit would keep every abandoned
+// message alive.
+func (q *deliveryQueue) prune(sub *subStream) {
 	kept := q.items[:0]
 	for _, d := range q.items[q.head:] {
-		if !d.h.done {
+		if !d.h.done && d.sub == sub && !d.acked {
 			kept = append(kept, d)
 		}
 	}
 	clear(q.items[len(kept):])
-	q.items, q.head = kept, 0
+	q.items, q.head, q.stale = kept, 0, 0
 }
 
 // pruneQueuesLocked prunes the queue of every subscribe stream.
 func (s *Server) pruneQueuesLocked() {
 	for sub := range s.subs {
-		sub.queue.prune()
+		sub.queue.prune(sub)
 	}
 }

@@ -165,21 +165,30 @@ func TestStreamLimiter_Total(t *testing.T) {
 	}
 }
 
-// TestDeliveryQueue_Prune checks that prune drops finished deliveries and
+// TestDeliveryQueue_Prune checks that prune drops the deliveries of
+// finished messages, those moved to another stream and those released, and
 // keeps the others in order.
 func TestDeliveryQueue_Prune(t *testing.T) {
 	var q deliveryQueue
+	sub, other := &subStream{}, &subStream{}
 	var want []uint64
-	for i := range 10 {
+	for i := range 14 {
 		h := &held{seq: uint64(i + 1), done: i%3 == 0}
-		q.push(&delivery{h: h})
-		if !h.done && i > 1 {
+		d := &delivery{h: h, sub: sub}
+		switch i {
+		case 4:
+			d.sub = other
+		case 8:
+			d.sub, d.acked = nil, true
+		}
+		q.push(d)
+		if !h.done && d.sub == sub && i > 1 {
 			want = append(want, h.seq)
 		}
 	}
 	q.pop()
 	q.pop()
-	q.prune()
+	q.prune(sub)
 	var got []uint64
 	for q.len() > 0 {
 		got = append(got, q.front().h.seq)

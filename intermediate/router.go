@@ -328,6 +328,7 @@ func (s *Server) finishLocked(h *held, nack *messagev1.Nack) {
 	}
 	h.done = true
 	h.msg = nil
+	s.staleLocked(h)
 	p := h.pub
 	p.held.Remove(h.seq)
 	p.inFlight = p.held.Len()
@@ -342,9 +343,27 @@ func (s *Server) finishLocked(h *held, nack *messagev1.Nack) {
 		}
 		p.nacks = append(p.nacks, nack)
 	}
+	h.routeKey, h.routes = nil, nil
 	p.wakeUp()
 	if s.heldTotal == 0 {
 		s.poke()
+	}
+}
+
+// staleLocked counts h's deliveries still queued, now stale since h is
+// done, against their queues, and prunes a queue whose stale entries are
+// over half of it: a queue sheds them only as its consumer's credit
+// reaches them, so a consumer that holds its credit (a slow handler, a
+// stream that stopped reading) would keep every message its group did not
+// finish, for as long as others finish them.
+func (s *Server) staleLocked(h *held) {
+	for _, d := range h.deliveries {
+		if sub := d.sub; sub != nil && d.id == 0 && !d.acked {
+			sub.queue.stale++
+			if sub.queue.stale > pruneMin && sub.queue.stale*2 > sub.queue.len() {
+				sub.queue.prune(sub)
+			}
+		}
 	}
 }
 
@@ -387,6 +406,7 @@ func routesOf(h *held) []*messagev1.Route {
 func (s *Server) abandonLocked(p *pubStream) {
 	for _, h := range p.held.All() {
 		h.done = true
+		h.msg, h.routeKey, h.routes = nil, nil, nil
 		s.heldTotal--
 		s.releaseBytesLocked(p, h.charge)
 	}

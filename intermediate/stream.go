@@ -170,6 +170,7 @@ func endStatus(ctx context.Context) error {
 type deliveryQueue struct {
 	items []*delivery
 	head  int
+	stale int // entries counted stale since the last prune (Server.staleLocked); may overcount
 }
 
 func (q *deliveryQueue) len() int { return len(q.items) - q.head }
@@ -183,7 +184,7 @@ func (q *deliveryQueue) pop() {
 	q.head++
 	if q.head == len(q.items) {
 		q.items = q.items[:0]
-		q.head = 0
+		q.head, q.stale = 0, 0
 	} else if q.head > 1024 && q.head*2 > len(q.items) {
 		n := copy(q.items, q.items[q.head:])
 		clear(q.items[n:])
@@ -201,7 +202,7 @@ func (q *deliveryQueue) drain(sub *subStream) []*delivery {
 		}
 	}
 	clear(q.items)
-	q.items, q.head = nil, 0
+	q.items, q.head, q.stale = nil, 0, 0
 	return out
 }
 
