@@ -35,10 +35,10 @@ const DefaultGroup = "default"
 
 // held is one message received on a publish stream and not yet acknowledged
 // or handed back. Its fields are guarded by Server.mu, except those fixed at
-// creation (pub, seq, size, routeKey). msg is set at creation and cleared
-// under Server.mu when it is done: the held structs of a batch share one
-// array, so a finished message must not keep its payload reachable while
-// another of its batch is still held.
+// creation (pub, seq, size). msg, routeKey and routes are set at creation
+// and cleared under Server.mu when it is done: the held structs of a batch
+// share one array, so a finished message must not keep its payload or key
+// reachable while another of its batch is still held.
 type held struct {
 	pub      *pubStream
 	seq      uint64 // stream sequence number
