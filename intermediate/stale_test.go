@@ -3,7 +3,6 @@ package intermediate
 import (
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"testing"
@@ -45,7 +44,7 @@ func queueSheds(t *testing.T, mode string) {
 		sends   = 5000 // handlerFails: messages sent while measuring
 	)
 	prefix := "stale" + mode
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	quiet := slog.New(slog.DiscardHandler)
 	cli := etcdtest.Start(t).Client(t)
 	srv, err := New(cli, components.DefaultService, "i1", WithPrefix(prefix), WithStopTimeout(200*time.Millisecond),
 		WithNoConsumerTimeout(timeout), WithOwnerWait(timeout), WithLogger(quiet))
