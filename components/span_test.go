@@ -129,21 +129,12 @@ func TestProducer_MarkPastTheSpan(t *testing.T) {
 		mu      sync.Mutex
 		handled = map[uint64]uint64{} // low_water_seq by seq
 	)
-	c, err := NewConsumer(cli, "c1", func(_ context.Context, d *Delivery) error {
+	p := pair(t, cli, prefix, func(_ context.Context, d *Delivery) error {
 		mu.Lock()
 		defer mu.Unlock()
 		handled[d.Message.GetId().GetSeq()] = d.Message.GetLowWaterSeq()
 		return nil
-	}, WithPrefix(prefix))
-	if err != nil {
-		t.Fatalf("NewConsumer() = %v", err)
-	}
-	defer c.Close(context.Background())
-	p, err := NewProducer(cli, "p1", WithPrefix(prefix))
-	if err != nil {
-		t.Fatalf("NewProducer() = %v", err)
-	}
-	defer p.Close(context.Background())
+	})
 	const first = butterfly.MaxSeqSpan
 	p.mu.Lock()
 	p.nextSeq = first - 1
@@ -182,7 +173,7 @@ func TestProducer_StuckOldestKeepsNothingSettled(t *testing.T) {
 	cli := serveOne(t, prefix)
 	release := make(chan struct{})
 	var handled atomic.Uint64
-	c, err := NewConsumer(cli, "c1", func(ctx context.Context, d *Delivery) error {
+	p := pair(t, cli, prefix, func(ctx context.Context, d *Delivery) error {
 		if d.Message.GetId().GetSeq() == 1 {
 			select {
 			case <-release:
@@ -192,16 +183,7 @@ func TestProducer_StuckOldestKeepsNothingSettled(t *testing.T) {
 		}
 		handled.Add(1)
 		return nil
-	}, WithPrefix(prefix), WithConcurrency(4))
-	if err != nil {
-		t.Fatalf("NewConsumer() = %v", err)
-	}
-	defer c.Close(context.Background())
-	p, err := NewProducer(cli, "p1", WithPrefix(prefix))
-	if err != nil {
-		t.Fatalf("NewProducer() = %v", err)
-	}
-	defer p.Close(context.Background())
+	}, WithConcurrency(4))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	payload := []byte("m")
@@ -311,6 +293,23 @@ func TestProducer_RetriedMessageKeepsTheMark(t *testing.T) {
 	if got := handled.Load(); got < 3*seqSpan+1 {
 		t.Errorf("handled %d messages, want at least %d", got, 3*seqSpan+1)
 	}
+}
+
+// pair starts consumer c1 with h and producer p1 under prefix, both closed
+// when the test ends (the producer first).
+func pair(t *testing.T, cli *clientv3.Client, prefix string, h Handler, copts ...ConsumerOption) *Producer {
+	t.Helper()
+	c, err := NewConsumer(cli, "c1", h, append([]ConsumerOption{WithPrefix(prefix)}, copts...)...)
+	if err != nil {
+		t.Fatalf("NewConsumer() = %v", err)
+	}
+	t.Cleanup(func() { c.Close(context.Background()) })
+	p, err := NewProducer(cli, "p1", WithPrefix(prefix))
+	if err != nil {
+		t.Fatalf("NewProducer() = %v", err)
+	}
+	t.Cleanup(func() { p.Close(context.Background()) })
+	return p
 }
 
 // liveHeap returns the live heap after a collection.

@@ -88,11 +88,7 @@ func queueSheds(t *testing.T, mode string) {
 		if err != nil {
 			t.Fatalf("NewConsumer(ca) = %v", err)
 		}
-		defer func() {
-			cctx, ccancel := context.WithTimeout(context.Background(), 2*time.Second)
-			defer ccancel()
-			ca.Close(cctx)
-		}()
+		defer closeWithin(2*time.Second, ca.Close)
 		subs = 2
 	}
 	release := make(chan struct{})
@@ -109,9 +105,7 @@ func queueSheds(t *testing.T, mode string) {
 	}
 	defer func() {
 		close(release)
-		cctx, ccancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer ccancel()
-		c.Close(cctx)
+		closeWithin(2*time.Second, c.Close)
 	}()
 	for {
 		srv.mu.Lock()
@@ -129,11 +123,7 @@ func queueSheds(t *testing.T, mode string) {
 	if err != nil {
 		t.Fatalf("NewProducer() = %v", err)
 	}
-	defer func() {
-		pctx, pcancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-		defer pcancel()
-		p.Close(pctx)
-	}()
+	defer closeWithin(100*time.Millisecond, p.Close)
 	send := func(n int) {
 		for i := range n {
 			if _, err := p.Send(ctx, &messagev1.Message{Payload: []byte("m")}); err != nil {
@@ -177,4 +167,11 @@ func queueSheds(t *testing.T, mode string) {
 	if mode != "handlerFails" && end.Resent-start.Resent < 4*window {
 		t.Errorf("the producer resent %d messages, want at least %d: group a did not hand back", end.Resent-start.Resent, 4*window)
 	}
+}
+
+// closeWithin calls close with a context that ends after d.
+func closeWithin(d time.Duration, close func(context.Context) error) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	close(ctx) //nolint:errcheck // the test has its verdict; what is left is cleanup
 }
