@@ -2,6 +2,7 @@ package components
 
 import (
 	"container/list"
+	"slices"
 
 	"github.com/butterfly-mesh/butterfly"
 )
@@ -19,24 +20,38 @@ type msgKey struct {
 }
 
 // maxTrackedSpan bounds the seqs one producer incarnation's bitmap covers
-// above its low-water mark (2 MiB of bits): the producer window, which
-// producers keep to and intermediates enforce.
+// above its low-water mark: the producer window, which producers keep to
+// and intermediates enforce.
 const maxTrackedSpan = butterfly.MaxSeqSpan
+
+// pageSeqs is how many seqs one page of a window's bitmap covers (1 KiB of
+// bits). A page is made when a seq in it is marked, so a window's memory
+// follows what was handled: a seq far above the others costs its page and
+// a pointer for each page between, not the bits between (2 MiB for one seq
+// near the span's end as one bitmap, 17 KiB as pages).
+const (
+	pageWords = 128
+	pageSeqs  = pageWords * 64
+)
+
+// seqPage is the bits of pageSeqs consecutive seqs.
+type seqPage [pageWords]uint64
 
 // seqWindow remembers which seqs of one producer incarnation were handled.
 // Every seq below acked was acknowledged end to end (the producer's
 // low-water mark, carried by its messages), so a copy of one arriving late
-// is a duplicate. Above it, a bitmap from base holds exactly what was
+// is a duplicate. Above it, a paged bitmap from base holds exactly what was
 // handled. For producers that send no mark, base trails the highest seq by
-// the configured window and what falls below it is forgotten.
+// the configured window (in whole pages) and what falls below it is
+// forgotten.
 type seqWindow struct {
 	key     producerKey
-	acked   uint64   // the highest low-water mark seen
-	base    uint64   // the seq of bit 0 of bits; a multiple of 64
-	bits    []uint64 // bit seq-base is set when seq was handled
-	hwm     uint64   // the highest seq marked
-	window  uint64   // how far base trails hwm for producers without a mark
-	handled uint64   // how many seqs were marked
+	acked   uint64     // the highest low-water mark seen
+	base    uint64     // the first seq pages[0] covers; a multiple of pageSeqs
+	pages   []*seqPage // pages[k] covers the pageSeqs seqs from base+k*pageSeqs; nil while none was marked
+	hwm     uint64     // the highest seq marked
+	window  uint64     // how far base trails hwm for producers without a mark
+	handled uint64     // how many seqs were marked
 }
 
 // pending reports whether a seq this window marked may still come again: it
@@ -54,19 +69,21 @@ func (w *seqWindow) advance(lwm uint64) {
 	}
 }
 
-// slide forgets the bits below seq.
+// slide forgets the pages wholly below seq.
 func (w *seqWindow) slide(seq uint64) {
-	if seq < w.base+64 {
+	if seq < w.base+pageSeqs {
 		return
 	}
-	drop := (seq - w.base) / 64
-	if drop >= uint64(len(w.bits)) {
-		w.bits = w.bits[:0]
+	drop := (seq - w.base) / pageSeqs
+	if drop >= uint64(len(w.pages)) {
+		clear(w.pages)
+		w.pages = w.pages[:0]
 	} else {
-		n := copy(w.bits, w.bits[drop:])
-		w.bits = w.bits[:n]
+		n := copy(w.pages, w.pages[drop:])
+		clear(w.pages[n:])
+		w.pages = w.pages[:n]
 	}
-	w.base += drop * 64
+	w.base += drop * pageSeqs
 }
 
 // seen reports whether seq was handled (or acknowledged below the mark).
@@ -78,10 +95,15 @@ func (w *seqWindow) seen(seq uint64) bool {
 		return false // forgotten
 	}
 	i := seq - w.base
-	if i/64 >= uint64(len(w.bits)) {
+	if i/pageSeqs >= uint64(len(w.pages)) {
 		return false
 	}
-	return w.bits[i/64]&(1<<(i%64)) != 0
+	page := w.pages[i/pageSeqs]
+	if page == nil {
+		return false
+	}
+	j := i % pageSeqs
+	return page[j/64]&(1<<(j%64)) != 0
 }
 
 // mark records seq as handled.
@@ -102,10 +124,18 @@ func (w *seqWindow) mark(seq uint64) {
 		}
 	}
 	i := seq - w.base
-	for uint64(len(w.bits)) <= i/64 {
-		w.bits = append(w.bits, 0)
+	k := i / pageSeqs
+	if k >= uint64(len(w.pages)) {
+		w.pages = slices.Grow(w.pages, int(k)+1-len(w.pages))
+		w.pages = w.pages[:k+1]
 	}
-	w.bits[i/64] |= 1 << (i % 64)
+	page := w.pages[k]
+	if page == nil {
+		page = new(seqPage)
+		w.pages[k] = page
+	}
+	j := i % pageSeqs
+	page[j/64] |= 1 << (j % 64)
 }
 
 // dedupSet is the bounded memory of handled messages: one seqWindow per

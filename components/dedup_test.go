@@ -8,7 +8,7 @@ import (
 
 // TestSeqWindow_WithoutMark checks the window of a producer that carries no
 // low-water mark: marked numbers are seen while within the window behind the
-// highest, forgotten (not seen) once it moved past them.
+// highest, forgotten (not seen) once it moved a whole page past them.
 func TestSeqWindow_WithoutMark(t *testing.T) {
 	w := &seqWindow{window: 128}
 	for _, seq := range []uint64{1, 2, 3, 5, 64, 65, 127} {
@@ -19,15 +19,90 @@ func TestSeqWindow_WithoutMark(t *testing.T) {
 			t.Errorf("seen(%d) = %v, want %v", seq, got, want)
 		}
 	}
-	w.mark(300) // the window now starts at 192 (whole words)
-	for seq, want := range map[uint64]bool{5: false, 65: false, 127: false, 299: false, 300: true} {
+	w.mark(300) // still in the first page: nothing is forgotten
+	if !w.seen(5) || !w.seen(300) || w.seen(299) {
+		t.Errorf("after mark(300): seen(5), seen(300), seen(299) = %v, %v, %v, want true, true, false", w.seen(5), w.seen(300), w.seen(299))
+	}
+	top := uint64(pageSeqs + 300) // the window now starts at the second page
+	w.mark(top)
+	for seq, want := range map[uint64]bool{5: false, 65: false, 127: false, 300: false, top - 1: false, top: true} {
 		if got := w.seen(seq); got != want {
-			t.Errorf("after mark(300): seen(%d) = %v, want %v", seq, got, want)
+			t.Errorf("after mark(%d): seen(%d) = %v, want %v", top, seq, got, want)
 		}
 	}
 	w.mark(10) // too old: not recorded
 	if w.seen(10) {
 		t.Errorf("seen(10) after marking it below the window = true, want false")
+	}
+}
+
+// TestSeqWindow_MatchesASet checks a window with a low-water mark against a
+// set of handled seqs over random marks and rising marks: seen is exact
+// below the span, however the seqs fall across pages.
+func TestSeqWindow_MatchesASet(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for round := range 20 {
+		w := &seqWindow{window: DefaultDedupWindow}
+		marked := map[uint64]bool{}
+		var list []uint64 // marked, to probe
+		var acked uint64 = 1
+		w.advance(acked)
+		for step := range 4000 {
+			switch r := rng.IntN(50); {
+			case r < 35:
+				// Mostly near the mark, sometimes far above it.
+				seq := acked + rng.Uint64N(3*pageSeqs)
+				if rng.IntN(20) == 0 {
+					seq = acked + rng.Uint64N(maxTrackedSpan/4)
+				}
+				w.mark(seq)
+				marked[seq] = true
+				list = append(list, seq)
+			case r < 49:
+				acked += rng.Uint64N(64)
+				w.advance(acked)
+			default:
+				acked += rng.Uint64N(2 * pageSeqs)
+				w.advance(acked)
+			}
+			for i := range 8 {
+				seq := acked - min(acked, 200) + rng.Uint64N(4*pageSeqs)
+				if i%2 == 0 && len(list) > 0 {
+					seq = list[rng.IntN(len(list))]
+				}
+				if want := seq < acked || marked[seq]; w.seen(seq) != want {
+					t.Fatalf("round %d step %d: seen(%d) = %v, want %v (mark %d)", round, step, seq, !want, want, acked)
+				}
+			}
+		}
+		for seq := range marked {
+			if seq >= acked && !w.seen(seq) {
+				t.Fatalf("round %d: seen(%d) = false at the end, want true (mark %d)", round, seq, acked)
+			}
+		}
+	}
+}
+
+// TestSeqWindow_FarSeqCostsAPage checks that one message far above the
+// mark, just within the span, costs its page and the pointers before it,
+// not a bitmap of the whole span: 1 024 incarnations with one such message
+// each would otherwise take 2 GiB at a consumer.
+func TestSeqWindow_FarSeqCostsAPage(t *testing.T) {
+	w := &seqWindow{window: DefaultDedupWindow}
+	w.advance(1)
+	far := uint64(maxTrackedSpan - 1)
+	w.mark(far)
+	if !w.seen(far) || w.seen(far-1) || w.seen(2) {
+		t.Fatalf("seen(far), seen(far-1), seen(2) = %v, %v, %v, want true, false, false", w.seen(far), w.seen(far-1), w.seen(2))
+	}
+	pages := 0
+	for _, p := range w.pages {
+		if p != nil {
+			pages++
+		}
+	}
+	if bytes := pages*pageWords*8 + cap(w.pages)*8; pages != 1 || bytes > 32<<10 {
+		t.Errorf("one far seq holds %d pages and %d page pointers (%d bytes), want 1 page and at most 32 KiB", pages, cap(w.pages), bytes)
 	}
 }
 
@@ -62,8 +137,8 @@ func TestSeqWindow_LowWaterMarkIsExact(t *testing.T) {
 		t.Errorf("after the mark moved: seen(5), seen(299999), seen(300001) = %v, %v, %v, want true, true, false",
 			d.seen(msgKey{p, late}), d.seen(msgKey{p, 299_999}), d.seen(msgKey{p, 300_001}))
 	}
-	if len(w.bits) > 1 {
-		t.Errorf("bitmap words after the mark moved to the top = %d, want at most 1", len(w.bits))
+	if len(w.pages) > 1 {
+		t.Errorf("bitmap pages after the mark moved to the top = %d, want at most 1", len(w.pages))
 	}
 }
 
