@@ -71,7 +71,7 @@ func (w *seqWindow) advance(lwm uint64) {
 
 // slide forgets the pages wholly below seq.
 func (w *seqWindow) slide(seq uint64) {
-	if seq < w.base+pageSeqs {
+	if seq < w.base || seq-w.base < pageSeqs { // not base+pageSeqs: it may wrap
 		return
 	}
 	drop := (seq - w.base) / pageSeqs

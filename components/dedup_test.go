@@ -36,6 +36,20 @@ func TestSeqWindow_WithoutMark(t *testing.T) {
 	}
 }
 
+// TestSeqWindow_TopOfTheRange checks a window whose base lies in the last
+// page below 2^64 (a producer without a mark that sent a seq that high): a
+// mark then given below the base does not wrap the slide and forget what
+// was handled.
+func TestSeqWindow_TopOfTheRange(t *testing.T) {
+	w := &seqWindow{window: 128}
+	top := ^uint64(0) - 100
+	w.mark(top)
+	w.advance(1)
+	if !w.seen(top) || w.seen(top-1) {
+		t.Errorf("after mark(%d) and a mark of 1: seen(%d), seen(%d) = %v, %v, want true, false", top, top, top-1, w.seen(top), w.seen(top-1))
+	}
+}
+
 // TestSeqWindow_MatchesASet checks a window with a low-water mark against a
 // set of handled seqs over random marks and rising marks: seen is exact
 // below the span, however the seqs fall across pages.

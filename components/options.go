@@ -270,9 +270,11 @@ func WithLeaseTTL(d time.Duration) ConsumerOption {
 }
 
 // WithDedupWindow sets how many sequence numbers per producer incarnation a
-// consumer remembers to drop duplicates (default 1<<17, rounded up to a
-// multiple of 64). Memory is window/8 bytes per tracked producer
-// incarnation, whatever the number of messages.
+// consumer remembers to drop duplicates when the producer's messages carry
+// no low-water mark (default 1<<17, at least 64); with a mark, the consumer
+// remembers exactly what lies above it. Memory is at most window/8 bytes
+// plus one 1 KiB page per tracked producer incarnation (seqs are forgotten
+// in pages of 8 192), whatever the number of messages.
 func WithDedupWindow(n int) ConsumerOption {
 	return consumerOption(func(c *consumerConfig) { c.dedupWindow = n })
 }
