@@ -221,7 +221,7 @@ const pruneMin = 64
 func (q *deliveryQueue) prune(sub *subStream) {
 	kept := q.items[:0]
 	for _, d := range q.items[q.head:] {
-		if !d.h.done && d.sub == sub && !d.acked {
+		if d.liveOn(sub) {
 			kept = append(kept, d)
 		}
 	}

@@ -69,6 +69,13 @@ type delivery struct {
 	deadline time.Time  // while parked
 }
 
+// liveOn reports whether d is still meant for sub: its message is not
+// finished, it was not moved to another stream or released, and it was not
+// acknowledged. Queue and unacknowledged entries that fail it are skipped.
+func (d *delivery) liveOn(sub *subStream) bool {
+	return !d.h.done && d.sub == sub && !d.acked
+}
+
 // group is one consumer group: its registrations as etcd has them, and its
 // streams on this server. Its fields are guarded by Server.mu.
 type group struct {
@@ -474,7 +481,7 @@ func (s *Server) leaveLocked(sub *subStream) {
 	}
 	var moved []*delivery
 	for _, d := range sub.unacked.takeAll() {
-		if !d.h.done && d.sub == sub && !d.acked {
+		if d.liveOn(sub) {
 			d.deadline = time.Time{}
 			moved = append(moved, d)
 		}

@@ -237,7 +237,7 @@ func (sub *subStream) ackLocked(a *ackFrame) {
 	s := sub.srv
 	sub.unacked.takeRanges(a.acked, func(d *delivery) {
 		sub.ackedN++
-		if d.h.done || d.sub != sub || d.acked {
+		if !d.liveOn(sub) {
 			return
 		}
 		d.acked = true
@@ -279,7 +279,7 @@ func (sub *subStream) takeLocked() []*deliveryv1.Delivery {
 	}
 	for sub.credit > 0 && len(out) < s.opts.maxBatchMessages && sub.queue.len() > 0 {
 		d := sub.queue.front()
-		if d.h.done || d.sub != sub || d.acked {
+		if !d.liveOn(sub) {
 			sub.queue.pop()
 			continue
 		}
