@@ -8,3 +8,18 @@ import "time"
 func WithAckObserver(f func(consumer string, held, total time.Duration)) Option {
 	return func(o *options) { o.ackObserver = f }
 }
+
+// GroupQueue returns how many deliveries wait in the queues of group's
+// subscribe streams, how many those streams sent unacknowledged, and how
+// many messages the server holds.
+func (s *Server) GroupQueue(group string) (queued, unacked, held int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for sub := range s.subs {
+		if sub.group == group {
+			queued += sub.queue.len()
+			unacked += sub.unacked.len()
+		}
+	}
+	return queued, unacked, s.heldTotal
+}

@@ -1,16 +1,15 @@
-package intermediate
+package intermediate_test
 
 import (
 	"context"
 	"errors"
 	"log/slog"
-	"net"
 	"testing"
 	"time"
 
 	"github.com/butterfly-mesh/butterfly/components"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
-	"github.com/butterfly-mesh/butterfly/internal/etcdtest"
+	"github.com/butterfly-mesh/butterfly/intermediate"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
 
@@ -43,48 +42,22 @@ func queueSheds(t *testing.T, mode string) {
 		run     = 1500 * time.Millisecond
 		sends   = 5000 // handlerFails: messages sent while measuring
 	)
-	prefix := "stale" + mode
 	quiet := slog.New(slog.DiscardHandler)
-	cli := etcdtest.Start(t).Client(t)
-	srv, err := New(cli, components.DefaultService, "i1", WithPrefix(prefix), WithStopTimeout(200*time.Millisecond),
-		WithNoConsumerTimeout(timeout), WithOwnerWait(timeout), WithLogger(quiet))
-	if err != nil {
-		t.Fatalf("New() = %v", err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("net.Listen() = %v", err)
-	}
-	sctx, scancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(sctx, lis) }()
-	t.Cleanup(func() {
-		scancel()
-		<-done
-	})
-	<-srv.Ready()
-
+	r := newRig(t, intermediate.WithNoConsumerTimeout(timeout), intermediate.WithOwnerWait(timeout), intermediate.WithLogger(quiet))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	subs := 1
 	switch mode {
 	case "noConsumer":
-		if _, err := registry.CreateGroup(ctx, cli, components.DefaultService, "a", "audit", registry.WithPrefix(prefix)); err != nil {
+		if _, err := registry.CreateGroup(ctx, r.cli, service, "a", "test", registry.WithPrefix(prefix)); err != nil {
 			t.Fatalf("CreateGroup(a) = %v", err)
 		}
 	case "ownerUnreachable":
-		if _, err := registry.CreateGroup(ctx, cli, components.DefaultService, "a", "audit", registry.WithPrefix(prefix)); err != nil {
-			t.Fatalf("CreateGroup(a) = %v", err)
-		}
-		reg, err := registry.RegisterConsumer(ctx, cli, components.DefaultService, "a", "ghost", registry.WithPrefix(prefix), registry.WithLogger(quiet))
-		if err != nil {
-			t.Fatalf("RegisterConsumer(ghost) = %v", err)
-		}
-		defer reg.Close(context.Background())
+		r.register("a", "ghost")
 	case "handlerFails":
-		ca, err := components.NewConsumer(cli, "ca", func(context.Context, *components.Delivery) error {
+		ca, err := components.NewConsumer(r.cli, "ca", func(context.Context, *components.Delivery) error {
 			return errors.New("a fails everything")
-		}, components.WithPrefix(prefix), components.WithGroup("a"), components.WithLogger(quiet))
+		}, components.WithService(service), components.WithPrefix(prefix), components.WithGroup("a"), components.WithLogger(quiet))
 		if err != nil {
 			t.Fatalf("NewConsumer(ca) = %v", err)
 		}
@@ -92,14 +65,14 @@ func queueSheds(t *testing.T, mode string) {
 		subs = 2
 	}
 	release := make(chan struct{})
-	c, err := components.NewConsumer(cli, "c1", func(ctx context.Context, d *components.Delivery) error {
+	c, err := components.NewConsumer(r.cli, "c1", func(ctx context.Context, d *components.Delivery) error {
 		select {
 		case <-release:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 		return nil
-	}, components.WithPrefix(prefix), components.WithGroup("b"), components.WithCredit(10), components.WithLogger(quiet))
+	}, components.WithService(service), components.WithPrefix(prefix), components.WithGroup("b"), components.WithCredit(10), components.WithLogger(quiet))
 	if err != nil {
 		t.Fatalf("NewConsumer() = %v", err)
 	}
@@ -107,19 +80,8 @@ func queueSheds(t *testing.T, mode string) {
 		close(release)
 		closeWithin(2*time.Second, c.Close)
 	}()
-	for {
-		srv.mu.Lock()
-		n := len(srv.subs)
-		srv.mu.Unlock()
-		if n == subs {
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatal("consumers never subscribed")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	p, err := components.NewProducer(cli, "p1", components.WithPrefix(prefix), components.WithWindow(window), components.WithLogger(quiet))
+	r.waitConsumers(subs)
+	p, err := components.NewProducer(r.cli, "p1", components.WithService(service), components.WithPrefix(prefix), components.WithWindow(window), components.WithLogger(quiet))
 	if err != nil {
 		t.Fatalf("NewProducer() = %v", err)
 	}
@@ -131,20 +93,9 @@ func queueSheds(t *testing.T, mode string) {
 			}
 		}
 	}
-	queued := func() (q, unacked, held int) {
-		srv.mu.Lock()
-		defer srv.mu.Unlock()
-		for sub := range srv.subs {
-			if sub.group == "b" {
-				q += sub.queue.len()
-				unacked += sub.unacked.len()
-			}
-		}
-		return q, unacked, srv.heldTotal
-	}
 	send(window)
 	time.Sleep(5 * timeout)
-	q0, u0, h0 := queued()
+	q0, u0, h0 := r.srv.GroupQueue("b")
 	start := p.Stats()
 	if mode == "handlerFails" {
 		send(sends)
@@ -154,7 +105,7 @@ func queueSheds(t *testing.T, mode string) {
 	} else {
 		time.Sleep(run)
 	}
-	q1, u1, h1 := queued()
+	q1, u1, h1 := r.srv.GroupQueue("b")
 	end := p.Stats()
 	t.Logf("b's queue: %d -> %d entries (b unacked %d -> %d, held %d -> %d); producer: %d resent, %d nacked, %d new sent",
 		q0, q1, u0, u1, h0, h1, end.Resent-start.Resent, end.Nacked-start.Nacked, end.Sent-start.Sent)
