@@ -46,6 +46,10 @@ func newBenchCommand(r *rootCommand) *cobra.Command {
 		Long: `Measure, in one process and in the same run, so that the numbers mean
 something beside each other:
 
+  machine     first, threads that only read the clock, one per core and
+              then one alone: how often and for how long a busy thread is
+              kept off its core (a virtual machine's host taking a virtual
+              core away), the floor under every latency tail measured here;
   baselines   raw gRPC bidirectional streaming over one hop (one message per
               gRPC message, then batched as Butterfly batches), and a
               hand-rolled two-hop relay with end-to-end acks in plain gRPC;

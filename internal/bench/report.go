@@ -43,6 +43,10 @@ type Report struct {
 	HalfLoadSchedWaitP99US float64 `json:"half_load_sched_latency_p99_us"`
 	HalfLoadGCCPUFraction  float64 `json:"half_load_gc_cpu_fraction"`
 
+	// How often the machine kept a busy thread off its core, before the
+	// run: the floor under every latency tail measured on it.
+	PlatformFigures
+
 	FailoverLost      uint64  `json:"failover_lost"`
 	FailoverRecoverMS float64 `json:"failover_recover_ms"`
 	FailoverResendMS  float64 `json:"failover_resend_ms"`
@@ -232,6 +236,11 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(tw, "half load: GC cycles / GC CPU\t%d / %.0f %%\t\t\t\n", r.HalfLoadGCCycles, 100*r.HalfLoadGCCPUFraction)
 	fmt.Fprintf(tw, "half load: GC pause p99 / max\t%s / %s\t\t\t\n", lat(r.HalfLoadGCPauseP99US), lat(r.HalfLoadGCPauseMaxUS))
 	fmt.Fprintf(tw, "half load: runnable goroutine wait p99\t%s\t\t\t\n", lat(r.HalfLoadSchedWaitP99US))
+	stall := func(perS, maxUS, lost float64) string {
+		return fmt.Sprintf("%.2f/s, longest %s, %.2f %% lost", perS, lat(maxUS), 100*lost)
+	}
+	fmt.Fprintf(tw, "machine: thread off core >= 1 ms, all busy\t%s\t\t\t\n", stall(r.AllBusyStallsPerS, r.AllBusyStallMaxUS, r.AllBusyLost))
+	fmt.Fprintf(tw, "machine: thread off core >= 1 ms, one busy\t%s\t\t\t\n", stall(r.OneBusyStallsPerS, r.OneBusyStallMaxUS, r.OneBusyLost))
 	fmt.Fprintf(tw, "\t\t\n")
 	fmt.Fprintf(tw, "FAULTS UNDER LOAD\t\t\n")
 	fmt.Fprintf(tw, "hard stop: lost\t%d\t\n", r.FailoverLost)

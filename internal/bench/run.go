@@ -35,6 +35,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	r.setConfig(cfg)
 	log := cfg.Logger
 
+	spin := platformSpin(cfg.Duration)
+	log.Info("bench: the machine: threads spinning on the clock, every core busy, then one", "each", spin)
+	r.PlatformFigures = measurePlatform(spin)
+
 	unbatched := cfg
 	unbatched.BatchMessages = 1
 	log.Info("bench: baseline, raw gRPC one hop, one message per gRPC message", "duration", cfg.Duration)

@@ -1,0 +1,119 @@
+package bench
+
+import (
+	"runtime"
+	"sync"
+	"time"
+)
+
+// stallThreshold is the gap between two clock readings of a spinning
+// thread that counts as a stall: the thread was kept off its core.
+const stallThreshold = time.Millisecond
+
+// PlatformFigures are how often the machine kept a busy thread off its core,
+// measured before anything else runs: threads that do nothing but read the
+// clock, one per core (GOMAXPROCS) and then one alone. A gap between two
+// readings is time the thread did not run. On a machine of its own a thread
+// that never blocks runs on; a virtual machine whose host is short of cores
+// takes a busy virtual core away for milliseconds at a time, and every
+// latency measured on it carries those gaps.
+type PlatformFigures struct {
+	AllBusyStallsPerS float64 `json:"platform_all_busy_stalls_per_s"`
+	AllBusyStallMaxUS float64 `json:"platform_all_busy_stall_max_us"`
+	AllBusyLost       float64 `json:"platform_all_busy_lost_fraction"`
+	OneBusyStallsPerS float64 `json:"platform_one_busy_stalls_per_s"`
+	OneBusyStallMaxUS float64 `json:"platform_one_busy_stall_max_us"`
+	OneBusyLost       float64 `json:"platform_one_busy_lost_fraction"`
+}
+
+// stalls sums the gaps seen by spinning threads.
+type stalls struct {
+	count int           // gaps of stallThreshold or more
+	max   time.Duration // the longest gap
+	lost  time.Duration // all gaps of stallThreshold/10 or more, added up
+	spun  time.Duration // thread time spent spinning, gaps included
+}
+
+func (s *stalls) merge(o stalls) {
+	s.count += o.count
+	s.max = max(s.max, o.max)
+	s.lost += o.lost
+	s.spun += o.spun
+}
+
+// perSecond is the stalls per second of one thread's spinning.
+func (s stalls) perSecond() float64 {
+	if s.spun <= 0 {
+		return 0
+	}
+	return float64(s.count) / s.spun.Seconds()
+}
+
+// lostFraction is the share of the spinning threads' time they were off
+// their cores.
+func (s stalls) lostFraction() float64 {
+	if s.spun <= 0 {
+		return 0
+	}
+	return float64(s.lost) / float64(s.spun)
+}
+
+// spinClock reads now until d has passed since the first reading and sums
+// the gaps between readings.
+func spinClock(now func() time.Time, d time.Duration) stalls {
+	var s stalls
+	start := now()
+	prev := start
+	for {
+		t := now()
+		if gap := t.Sub(prev); gap >= stallThreshold/10 {
+			s.lost += gap
+			if gap >= stallThreshold {
+				s.count++
+			}
+			s.max = max(s.max, gap)
+		}
+		prev = t
+		if s.spun = t.Sub(start); s.spun >= d {
+			return s
+		}
+	}
+}
+
+// spinThreads runs n threads that spin on the clock for d, each locked to
+// its own OS thread, and sums what they saw.
+func spinThreads(n int, d time.Duration) stalls {
+	var (
+		wg  sync.WaitGroup
+		mu  sync.Mutex
+		all stalls
+	)
+	for range n {
+		wg.Go(func() {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			s := spinClock(time.Now, d)
+			mu.Lock()
+			all.merge(s)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return all
+}
+
+// platformSpin is how long each platform check spins: short for short
+// phases, two seconds at most.
+func platformSpin(phase time.Duration) time.Duration {
+	return min(max(phase/2, 100*time.Millisecond), 2*time.Second)
+}
+
+// measurePlatform spins every core for d, then one core for d.
+func measurePlatform(d time.Duration) PlatformFigures {
+	all := spinThreads(runtime.GOMAXPROCS(0), d)
+	one := spinThreads(1, d)
+	return PlatformFigures{
+		AllBusyStallsPerS: all.perSecond(), AllBusyStallMaxUS: us(all.max), AllBusyLost: all.lostFraction(),
+		OneBusyStallsPerS: one.perSecond(), OneBusyStallMaxUS: us(one.max), OneBusyLost: one.lostFraction(),
+	}
+}

@@ -1,0 +1,87 @@
+package bench
+
+import (
+	"testing"
+	"time"
+)
+
+// fakeClock returns readings 10µs apart, with the gaps given jumping in
+// after the readings they are keyed by.
+type fakeClock struct {
+	t     time.Time
+	n     int
+	jumps map[int]time.Duration
+}
+
+func (c *fakeClock) now() time.Time {
+	c.n++
+	c.t = c.t.Add(10*time.Microsecond + c.jumps[c.n])
+	return c.t
+}
+
+func TestSpinClock_CountsTheGaps(t *testing.T) {
+	c := &fakeClock{t: time.Unix(0, 0), jumps: map[int]time.Duration{
+		5:   3 * time.Millisecond,   // a stall
+		50:  200 * time.Microsecond, // lost time, not a stall
+		90:  time.Millisecond,       // a stall, just over the threshold
+		120: 50 * time.Microsecond,  // below what is counted
+	}}
+	s := spinClock(c.now, 10*time.Millisecond)
+	if s.count != 2 {
+		t.Errorf("stalls = %d, want 2 (3ms and 1ms)", s.count)
+	}
+	if want := 3*time.Millisecond + 10*time.Microsecond; s.max != want {
+		t.Errorf("longest = %v, want %v", s.max, want)
+	}
+	if want := 3*time.Millisecond + 200*time.Microsecond + time.Millisecond + 3*10*time.Microsecond; s.lost != want {
+		t.Errorf("lost = %v, want %v", s.lost, want)
+	}
+	if s.spun < 10*time.Millisecond || s.spun > 10*time.Millisecond+10*time.Microsecond {
+		t.Errorf("spun = %v, want the 10ms asked for, to one reading", s.spun)
+	}
+	if got, want := s.perSecond(), 2/s.spun.Seconds(); got != want {
+		t.Errorf("perSecond() = %v, want %v", got, want)
+	}
+}
+
+func TestStalls_Merge(t *testing.T) {
+	a := stalls{count: 1, max: 2 * time.Millisecond, lost: 3 * time.Millisecond, spun: time.Second}
+	a.merge(stalls{count: 2, max: 4 * time.Millisecond, lost: 5 * time.Millisecond, spun: time.Second})
+	want := stalls{count: 3, max: 4 * time.Millisecond, lost: 8 * time.Millisecond, spun: 2 * time.Second}
+	if a != want {
+		t.Errorf("merge = %+v, want %+v", a, want)
+	}
+	if got := a.perSecond(); got != 1.5 {
+		t.Errorf("perSecond() = %v, want 1.5 a thread-second", got)
+	}
+	if got := a.lostFraction(); got != 0.004 {
+		t.Errorf("lostFraction() = %v, want 0.004", got)
+	}
+	if got := (stalls{}).perSecond(); got != 0 {
+		t.Errorf("perSecond() of nothing spun = %v, want 0", got)
+	}
+}
+
+func TestPlatformSpin(t *testing.T) {
+	for _, tc := range []struct{ phase, want time.Duration }{
+		{300 * time.Millisecond, 150 * time.Millisecond},
+		{50 * time.Millisecond, 100 * time.Millisecond},
+		{3 * time.Second, 1500 * time.Millisecond},
+		{10 * time.Second, 2 * time.Second},
+	} {
+		if got := platformSpin(tc.phase); got != tc.want {
+			t.Errorf("platformSpin(%v) = %v, want %v", tc.phase, got, tc.want)
+		}
+	}
+}
+
+func TestSpinThreads_EveryThreadSpins(t *testing.T) {
+	const d = 20 * time.Millisecond
+	s := spinThreads(2, d)
+	if s.spun < 2*d || s.spun > 2*d+time.Second {
+		t.Errorf("spinThreads(2, %v) spun %v in all, want two threads' %v each", d, s.spun, d)
+	}
+	if s.lost > s.spun {
+		t.Errorf("lost %v of %v spun, want at most all of it", s.lost, s.spun)
+	}
+}
