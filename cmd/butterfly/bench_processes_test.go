@@ -35,6 +35,8 @@ func TestBenchCommand_Processes(t *testing.T) {
 		Lost         *uint64 `json:"lost"`
 		HandledTwice *uint64 `json:"handled_twice"`
 		Strangers    uint64  `json:"unknown_messages"`
+		AllBusyMax   float64 `json:"platform_all_busy_stall_max_us"`
+		OneBusyMax   float64 `json:"platform_one_busy_stall_max_us"`
 	}
 	if err := json.Unmarshal(stdout.Bytes(), &got); err != nil {
 		t.Fatalf("json.Unmarshal(bench --processes output) = %v, output:\n%s", err, stdout.String())
@@ -45,6 +47,9 @@ func TestBenchCommand_Processes(t *testing.T) {
 	if got.Mode != "processes" || got.Rate <= 0 || got.Sent == 0 || got.Delivered != got.Sent || got.Strangers != 0 {
 		t.Errorf("bench --processes mode %q, msgs/s %v, sent %d, delivered %d, unknown %d, want processes, > 0, equal and > 0, 0",
 			got.Mode, got.Rate, got.Sent, got.Delivered, got.Strangers)
+	}
+	if got.AllBusyMax <= 0 || got.OneBusyMax <= 0 {
+		t.Errorf("bench --processes longest gaps of the machine's spinning threads = %v, %v µs, want both measured (> 0)", got.AllBusyMax, got.OneBusyMax)
 	}
 	if t.Failed() {
 		t.Logf("bench --processes output:\n%s", stdout.String())

@@ -1,6 +1,8 @@
 package bench
 
 import (
+	"fmt"
+	"io"
 	"runtime"
 	"sync"
 	"time"
@@ -29,7 +31,7 @@ type PlatformFigures struct {
 // stalls sums the gaps seen by spinning threads.
 type stalls struct {
 	count int           // gaps of stallThreshold or more
-	max   time.Duration // the longest gap
+	max   time.Duration // the longest gap, however short
 	lost  time.Duration // all gaps of stallThreshold/10 or more, added up
 	spun  time.Duration // thread time spent spinning, gaps included
 }
@@ -66,12 +68,13 @@ func spinClock(now func() time.Time, d time.Duration) stalls {
 	prev := start
 	for {
 		t := now()
-		if gap := t.Sub(prev); gap >= stallThreshold/10 {
+		gap := t.Sub(prev)
+		s.max = max(s.max, gap)
+		if gap >= stallThreshold/10 {
 			s.lost += gap
 			if gap >= stallThreshold {
 				s.count++
 			}
-			s.max = max(s.max, gap)
 		}
 		prev = t
 		if s.spun = t.Sub(start); s.spun >= d {
@@ -116,4 +119,13 @@ func measurePlatform(d time.Duration) PlatformFigures {
 		AllBusyStallsPerS: all.perSecond(), AllBusyStallMaxUS: us(all.max), AllBusyLost: all.lostFraction(),
 		OneBusyStallsPerS: one.perSecond(), OneBusyStallMaxUS: us(one.max), OneBusyLost: one.lostFraction(),
 	}
+}
+
+// machineRows writes the table rows of f.
+func (f *PlatformFigures) machineRows(w io.Writer) {
+	stall := func(perS, maxUS, lost float64) string {
+		return fmt.Sprintf("%.2f/s, longest %s, %.2f %% lost", perS, fmtLat(maxUS), 100*lost)
+	}
+	fmt.Fprintf(w, "machine: thread off core >= 1 ms, all busy\t%s\t\t\t\n", stall(f.AllBusyStallsPerS, f.AllBusyStallMaxUS, f.AllBusyLost))
+	fmt.Fprintf(w, "machine: thread off core >= 1 ms, one busy\t%s\t\t\t\n", stall(f.OneBusyStallsPerS, f.OneBusyStallMaxUS, f.OneBusyLost))
 }

@@ -85,3 +85,11 @@ func TestSpinThreads_EveryThreadSpins(t *testing.T) {
 		t.Errorf("lost %v of %v spun, want at most all of it", s.lost, s.spun)
 	}
 }
+
+func TestSpinClock_NoGaps(t *testing.T) {
+	c := &fakeClock{t: time.Unix(0, 0)}
+	s := spinClock(c.now, time.Millisecond)
+	if s.count != 0 || s.lost != 0 || s.max != 10*time.Microsecond {
+		t.Errorf("spinClock() with readings 10µs apart = %d stalls, %v lost, longest %v; want 0, 0, 10µs", s.count, s.lost, s.max)
+	}
+}

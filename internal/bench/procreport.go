@@ -23,6 +23,10 @@ type ProcessReport struct {
 	ProducerPeakRSS     uint64 `json:"producer_peak_rss_bytes"`
 	ConsumerPeakRSS     uint64 `json:"consumer_peak_rss_bytes"`
 
+	// How often the machine kept a busy thread off its core, before the
+	// run.
+	PlatformFigures
+
 	Sent              uint64 `json:"sent"`
 	Delivered         uint64 `json:"delivered"`
 	Lost              uint64 `json:"lost"`
@@ -61,6 +65,7 @@ func (r *ProcessReport) WriteTable(w io.Writer) error {
 	r.halfLoadRow(tw)
 	fmt.Fprintf(tw, "peak RSS: largest intermediate / producer / consumer\t%s / %s / %s\t\n", mib(r.IntermediatePeakRSS), mib(r.ProducerPeakRSS), mib(r.ConsumerPeakRSS))
 	fmt.Fprintf(tw, "peak RSS: sum of all processes\t%s\t\n", mib(r.PeakRSSBytes))
+	r.machineRows(tw)
 	fmt.Fprintf(tw, "\t\t\n")
 	fmt.Fprintf(tw, "sent / delivered / lost / handled twice / dups dropped / resent\t%d / %d / %d / %d / %d / %d\t\n",
 		r.Sent, r.Delivered, r.Lost, r.HandledTwice, r.DuplicatesDropped, r.Resent)

@@ -40,6 +40,7 @@ type procMesh struct {
 	producers     []*child
 	consumers     []*child
 	incarnations  []uint64 // per producer
+	platform      PlatformFigures
 }
 
 // RunProcesses measures Butterfly at saturation and at half of it with
@@ -58,7 +59,10 @@ func RunProcesses(ctx context.Context, cfg ProcessConfig) (*ProcessReport, error
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	pm := &procMesh{cfg: cfg, log: cfg.Logger}
+	spin := platformSpin(cfg.Duration)
+	cfg.Logger.Info("bench: the machine: threads spinning on the clock, every core busy, then one", "each", spin)
+	platform := measurePlatform(spin)
+	pm := &procMesh{cfg: cfg, log: cfg.Logger, platform: platform}
 	defer pm.close()
 	if err := pm.start(ctx); err != nil {
 		return nil, err

@@ -236,11 +236,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(tw, "half load: GC cycles / GC CPU\t%d / %.0f %%\t\t\t\n", r.HalfLoadGCCycles, 100*r.HalfLoadGCCPUFraction)
 	fmt.Fprintf(tw, "half load: GC pause p99 / max\t%s / %s\t\t\t\n", lat(r.HalfLoadGCPauseP99US), lat(r.HalfLoadGCPauseMaxUS))
 	fmt.Fprintf(tw, "half load: runnable goroutine wait p99\t%s\t\t\t\n", lat(r.HalfLoadSchedWaitP99US))
-	stall := func(perS, maxUS, lost float64) string {
-		return fmt.Sprintf("%.2f/s, longest %s, %.2f %% lost", perS, lat(maxUS), 100*lost)
-	}
-	fmt.Fprintf(tw, "machine: thread off core >= 1 ms, all busy\t%s\t\t\t\n", stall(r.AllBusyStallsPerS, r.AllBusyStallMaxUS, r.AllBusyLost))
-	fmt.Fprintf(tw, "machine: thread off core >= 1 ms, one busy\t%s\t\t\t\n", stall(r.OneBusyStallsPerS, r.OneBusyStallMaxUS, r.OneBusyLost))
+	r.machineRows(tw)
 	fmt.Fprintf(tw, "\t\t\n")
 	fmt.Fprintf(tw, "FAULTS UNDER LOAD\t\t\n")
 	fmt.Fprintf(tw, "hard stop: lost\t%d\t\n", r.FailoverLost)
