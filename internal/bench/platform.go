@@ -19,6 +19,11 @@ const stallThreshold = time.Millisecond
 // that never blocks runs on; a virtual machine whose host is short of cores
 // takes a busy virtual core away for milliseconds at a time, and every
 // latency measured on it carries those gaps.
+//
+// StallsPerS counts the gaps of 1 ms or more per second of one thread's
+// spinning, StallMaxUS is the longest gap, and Lost the share of the
+// threads' time in gaps of 100 µs or more; AllBusy with every core
+// spinning, OneBusy with one.
 type PlatformFigures struct {
 	AllBusyStallsPerS float64 `json:"platform_all_busy_stalls_per_s"`
 	AllBusyStallMaxUS float64 `json:"platform_all_busy_stall_max_us"`
