@@ -25,6 +25,7 @@ type benchFlags struct {
 	trace      string
 	quick      bool
 	processes  bool
+	runs       int
 }
 
 // quickBench are the settings --quick applies to flags not set explicitly:
@@ -74,7 +75,11 @@ saturation and half of it: throughput, end-to-end latency, the children's
 CPU per million messages and peak RSS. No baselines, no faults.
 
 It prints a table, or one JSON object with --json, and can draw throughput
-over time with the faults marked (--plot). It exits 3 if a message was lost.
+over time with the faults marked (--plot). With --runs N it runs the whole
+benchmark N times, one after the other, and reports the median of each
+figure (the worst run's for messages lost or handled twice), with each
+figure's range in the JSON: a machine's rates move from run to run. It
+exits 3 if a message was lost.
 Needs nothing running: etcd is embedded and every server listens on loopback
 (127.0.0.2 and up stand in for other hosts). Run it on a quiet machine.`,
 		Example: `  butterfly bench
@@ -82,6 +87,7 @@ Needs nothing running: etcd is embedded and every server listens on loopback
   butterfly bench --payload 1024 --producers 4 --duration 10s --cpuprofile cpu.out
   go tool pprof -top cpu.out
   butterfly bench --quick --json
+  butterfly bench --runs 5 --json --duration 3s
   butterfly bench --processes --json`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if f.quick {
@@ -120,11 +126,25 @@ Needs nothing running: etcd is embedded and every server listens on loopback
 				defer tf.Close()
 				cfg.Trace = tf
 			}
-			rep, err := bench.Run(cmd.Context(), cfg)
-			if err != nil {
-				return err
+			reps := make([]*bench.Report, 0, f.runs)
+			for i := range f.runs {
+				if f.runs > 1 {
+					cfg.Logger.Info("bench: run", "run", i+1, "of", f.runs)
+				}
+				rep, err := bench.Run(cmd.Context(), cfg)
+				if err != nil {
+					return err
+				}
+				reps = append(reps, rep)
 			}
-			if err := f.print(cmd.OutOrStdout(), rep, rep.WriteTable); err != nil {
+			rep := reps[0]
+			if f.runs > 1 {
+				var err error
+				if rep, err = bench.Summarize(reps); err != nil {
+					return err
+				}
+			}
+			if err := f.print(cmd.OutOrStdout(), rep, f.table(rep.Runs, rep.WriteTable)); err != nil {
 				return err
 			}
 			if f.plot != "" {
@@ -145,6 +165,7 @@ Needs nothing running: etcd is embedded and every server listens on loopback
 	fl.StringVar(&f.cpuprofile, "cpuprofile", "", "write a CPU profile of Butterfly's saturation phase to this file")
 	fl.StringVar(&f.trace, "trace", "", "write a runtime execution trace of Butterfly's half-load phase to this file (go tool trace)")
 	fl.BoolVar(&f.quick, "quick", false, "short phases and heartbeats: the whole run in a few seconds (smoke test)")
+	fl.IntVar(&f.runs, "runs", 1, "run the whole benchmark this many times and report the median of each figure (--json adds each one's range)")
 	fl.BoolVar(&f.processes, "processes", false, "run every intermediate, producer and consumer as a process of this binary instead (no baselines, no faults)")
 	c.AddCommand(newBenchWorkerCommand(r))
 	return c
@@ -170,6 +191,21 @@ func addBenchConfigFlags(fl *pflag.FlagSet, cfg *bench.Config) {
 	fl.DurationVar(&cfg.SampleInterval, "sample-interval", bench.DefaultSampleInterval, "resolution of the throughput series")
 }
 
+// table is write, followed for a report of several runs by a line that
+// says so.
+func (f *benchFlags) table(runs int, write func(io.Writer) error) func(io.Writer) error {
+	return func(w io.Writer) error {
+		if err := write(w); err != nil {
+			return err
+		}
+		if runs > 1 {
+			_, err := fmt.Fprintf(w, "\nEvery figure is the median of %d runs (lost and handled twice: the worst run); --json adds each one's range.\n", runs)
+			return err
+		}
+		return nil
+	}
+}
+
 // print writes rep as JSON with --json, else with table.
 func (f *benchFlags) print(out io.Writer, rep any, table func(io.Writer) error) error {
 	if !f.asJSON {
@@ -184,6 +220,14 @@ func (f *benchFlags) print(out io.Writer, rep any, table func(io.Writer) error) 
 func (f *benchFlags) validate() error {
 	c := &f.cfg
 	switch {
+	case f.runs < 1 || f.runs > 100:
+		return usagef("--runs %d: must be in [1, 100]", f.runs)
+	case f.runs > 1 && f.plot != "":
+		return usagef("--plot: not with --runs %d (it draws one run)", f.runs)
+	case f.runs > 1 && f.cpuprofile != "":
+		return usagef("--cpuprofile: not with --runs %d (it profiles one run)", f.runs)
+	case f.runs > 1 && f.trace != "":
+		return usagef("--trace: not with --runs %d (it traces one run)", f.runs)
 	case f.processes && f.plot != "":
 		return usagef("--plot: not with --processes (a run in separate processes has no faults to plot)")
 	case f.processes && f.cpuprofile != "":

@@ -17,11 +17,31 @@ func (f *benchFlags) runProcesses(cmd *cobra.Command, cfg bench.Config) error {
 	if err != nil {
 		return fmt.Errorf("bench --processes: finding this binary: %w", err)
 	}
-	rep, runErr := bench.RunProcesses(cmd.Context(), bench.ProcessConfig{Config: cfg, Executable: exe})
-	if rep == nil {
-		return runErr
+	var (
+		reps   []*bench.ProcessReport
+		rep    *bench.ProcessReport
+		runErr error
+	)
+	for i := range f.runs {
+		if f.runs > 1 {
+			cfg.Logger.Info("bench: run", "run", i+1, "of", f.runs)
+		}
+		rep, runErr = bench.RunProcesses(cmd.Context(), bench.ProcessConfig{Config: cfg, Executable: exe})
+		if rep == nil {
+			return runErr
+		}
+		if runErr != nil && f.runs > 1 {
+			runErr = fmt.Errorf("run %d of %d: %w", i+1, f.runs, runErr)
+			break // report what this run measured, not a median
+		}
+		reps = append(reps, rep)
 	}
-	if err := f.print(cmd.OutOrStdout(), rep, rep.WriteTable); err != nil {
+	if runErr == nil && f.runs > 1 {
+		if rep, err = bench.Summarize(reps); err != nil {
+			return err
+		}
+	}
+	if err := f.print(cmd.OutOrStdout(), rep, f.table(rep.Runs, rep.WriteTable)); err != nil {
 		return errors.Join(runErr, err)
 	}
 	if rep.Lost > 0 {

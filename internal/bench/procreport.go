@@ -14,6 +14,7 @@ type ProcessReport struct {
 	// Mode is "processes", telling this report from a Report.
 	Mode string `json:"mode"`
 	Setup
+	Summary
 	MeshFigures
 	// PeakRSSBytes is the sum of the children's peaks: at most what the
 	// mesh held at once.

@@ -12,6 +12,7 @@ import (
 // milliseconds, -1 where the event was not seen.
 type Report struct {
 	Setup
+	Summary
 
 	Baseline1HopUnbatched float64 `json:"baseline_1hop_unbatched_msgs_per_s"`
 	Baseline1Hop          float64 `json:"baseline_1hop_msgs_per_s"`
