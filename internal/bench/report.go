@@ -191,9 +191,22 @@ func (r *Report) Targets() []Target {
 		}
 		return t
 	}
-	ratio := Target{Name: "throughput vs hand-rolled relay", Got: fmt.Sprintf("%.2fx", r.RatioVsRelay), Want: ">= 0.5x", Known: true, Met: r.RatioVsRelay >= 0.5}
+	ratio := Target{Name: "throughput vs hand-rolled relay", Got: fmt.Sprintf("%.2fx", r.RatioVsRelay), Want: ">= 0.6x", Known: true, Met: r.RatioVsRelay >= 0.6}
 	if !ratio.Met {
-		ratio.Miss = fmt.Sprintf("%.0f%% of target", 100*r.RatioVsRelay/0.5)
+		ratio.Miss = fmt.Sprintf("%.0f%% of target", 100*r.RatioVsRelay/0.6)
+	}
+	// vsRelay is a Butterfly figure against the relay's: at most limit times it.
+	vsRelay := func(name string, got, relay, limit float64) Target {
+		t := Target{Name: name, Want: fmt.Sprintf("<= %gx relay", limit), Known: got > 0 && relay > 0}
+		if !t.Known {
+			t.Got = "not measured"
+			return t
+		}
+		t.Got = fmt.Sprintf("%.2fx", got/relay)
+		if t.Met = got <= limit*relay; !t.Met {
+			t.Miss = fmt.Sprintf("%.2fx over", got/(limit*relay))
+		}
+		return t
 	}
 	lost := Target{Name: "lost under faults", Got: fmt.Sprint(r.FailoverLost), Want: "0", Known: true, Met: r.FailoverLost == 0}
 	if !lost.Met {
@@ -202,6 +215,10 @@ func (r *Report) Targets() []Target {
 	return []Target{
 		ratio,
 		atMost("p99 at half load", r.P99HalfLoadUS/1000, 2, "ms"),
+		vsRelay("CPU per message", r.CPUPerMillion, r.BaselineRelayCPU, 1.5),
+		vsRelay("allocations per message", r.AllocsPerMsg, r.BaselineRelayAllocs, 2),
+		vsRelay("bytes allocated per message", r.AllocBytesPerMsg, r.BaselineRelayAllocB, 2),
+		atMost("peak heap in use", float64(r.PeakHeapBytes)/(1<<20), 32, "MiB"),
 		lost,
 		atMost("hard stop: back to 80%", r.FailoverRecoverMS, 250, "ms"),
 		atMost("move: first message via new address", r.MoveRerouteMS, 50, "ms"),
