@@ -127,33 +127,38 @@ Needs nothing running: etcd is embedded and every server listens on loopback
 				cfg.Trace = tf
 			}
 			reps := make([]*bench.Report, 0, f.runs)
+			var lost uint64 // in every run so far
 			for i := range f.runs {
 				if f.runs > 1 {
 					cfg.Logger.Info("bench: run", "run", i+1, "of", f.runs)
 				}
 				rep, err := bench.Run(cmd.Context(), cfg)
 				if err != nil {
-					return err
+					if f.runs > 1 {
+						err = fmt.Errorf("run %d of %d: %w", i+1, f.runs, err)
+					}
+					return withLosses(err, lost)
 				}
+				lost += rep.FailoverLost
 				reps = append(reps, rep)
 			}
 			rep := reps[0]
 			if f.runs > 1 {
 				var err error
 				if rep, err = bench.Summarize(reps); err != nil {
-					return err
+					return withLosses(err, lost)
 				}
 			}
 			if err := f.print(cmd.OutOrStdout(), rep, f.table(rep.Runs, rep.WriteTable)); err != nil {
-				return err
+				return withLosses(err, lost)
 			}
 			if f.plot != "" {
 				if err := writePlot(f.plot, rep); err != nil {
 					return err
 				}
 			}
-			if rep.FailoverLost > 0 {
-				return &incompleteError{fmt.Errorf("%d messages lost under faults", rep.FailoverLost)}
+			if lost > 0 {
+				return &incompleteError{fmt.Errorf("%d messages lost under faults", lost)}
 			}
 			return nil
 		},
@@ -165,7 +170,7 @@ Needs nothing running: etcd is embedded and every server listens on loopback
 	fl.StringVar(&f.cpuprofile, "cpuprofile", "", "write a CPU profile of Butterfly's saturation phase to this file")
 	fl.StringVar(&f.trace, "trace", "", "write a runtime execution trace of Butterfly's half-load phase to this file (go tool trace)")
 	fl.BoolVar(&f.quick, "quick", false, "short phases and heartbeats: the whole run in a few seconds (smoke test)")
-	fl.IntVar(&f.runs, "runs", 1, "run the whole benchmark this many times and report the median of each figure (--json adds each one's range)")
+	fl.IntVar(&f.runs, "runs", 1, "run the whole benchmark this many times (odd) and report the median of each figure (--json adds each one's range)")
 	fl.BoolVar(&f.processes, "processes", false, "run every intermediate, producer and consumer as a process of this binary instead (no baselines, no faults)")
 	c.AddCommand(newBenchWorkerCommand(r))
 	return c
@@ -220,8 +225,8 @@ func (f *benchFlags) print(out io.Writer, rep any, table func(io.Writer) error) 
 func (f *benchFlags) validate() error {
 	c := &f.cfg
 	switch {
-	case f.runs < 1 || f.runs > 100:
-		return usagef("--runs %d: must be in [1, 100]", f.runs)
+	case f.runs < 1 || f.runs > 99 || f.runs%2 == 0:
+		return usagef("--runs %d: must be odd, from 1 to 99 (the median of an even number of runs is no run's figure)", f.runs)
 	case f.runs > 1 && f.plot != "":
 		return usagef("--plot: not with --runs %d (it draws one run)", f.runs)
 	case f.runs > 1 && f.cpuprofile != "":

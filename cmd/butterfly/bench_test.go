@@ -82,18 +82,21 @@ func TestBenchCommand_QuickJSON(t *testing.T) {
 	}
 }
 
-// TestBenchCommand_RunsMedian runs the quick benchmark twice and checks that
-// the report is the summary of both: two runs, each figure within its
-// range, nothing lost.
+// TestBenchCommand_RunsMedian runs the quick benchmark three times and
+// checks that the report is their summary: three runs, the rate a run's
+// within the range, the ratio to the relay computed from the medians,
+// nothing lost.
 func TestBenchCommand_RunsMedian(t *testing.T) {
-	out, err := executeBench(t, "--quick", "--json", "--runs", "2", "--duration", "150ms", "--warmup", "100ms", "--log-level", "error")
+	out, err := executeBench(t, "--quick", "--json", "--runs", "3", "--duration", "150ms", "--warmup", "100ms", "--log-level", "error")
 	if err != nil {
-		t.Fatalf("bench --quick --json --runs 2 = %v, output:\n%s", err, out)
+		t.Fatalf("bench --quick --json --runs 3 = %v, output:\n%s", err, out)
 	}
 	var got struct {
 		Runs      int                   `json:"runs"`
 		Ranges    map[string][2]float64 `json:"ranges"`
 		Rate      float64               `json:"butterfly_msgs_per_s"`
+		Relay     float64               `json:"baseline_relay_msgs_per_s"`
+		Ratio     float64               `json:"ratio_vs_relay"`
 		Lost      *float64              `json:"failover_lost"`
 		Sent      float64               `json:"sent"`
 		Delivered float64               `json:"delivered"`
@@ -101,12 +104,15 @@ func TestBenchCommand_RunsMedian(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &got); err != nil {
 		t.Fatalf("json.Unmarshal(bench output) = %v, output:\n%s", err, out)
 	}
-	if got.Runs != 2 || got.Lost == nil || *got.Lost != 0 || got.Sent <= 0 || got.Delivered != got.Sent {
-		t.Errorf("bench --runs 2: runs %d, lost %v, sent %v, delivered %v; want 2, 0, > 0 and equal", got.Runs, got.Lost, got.Sent, got.Delivered)
+	if got.Runs != 3 || got.Lost == nil || *got.Lost != 0 || got.Sent <= 0 || got.Delivered != got.Sent {
+		t.Errorf("bench --runs 3: runs %d, lost %v, sent %v, delivered %v; want 3, 0, > 0 and equal", got.Runs, got.Lost, got.Sent, got.Delivered)
 	}
 	r, ok := got.Ranges["butterfly_msgs_per_s"]
-	if !ok || got.Rate != r[0] {
-		t.Errorf("bench --runs 2: rate %v, range %v (present %v); want two runs' rates and the lower one as the median", got.Rate, r, ok)
+	if !ok || got.Rate <= r[0] || got.Rate >= r[1] {
+		t.Errorf("bench --runs 3: rate %v, range %v (present %v); want three runs' rates, the middle one the median", got.Rate, r, ok)
+	}
+	if got.Relay <= 0 || got.Ratio != got.Rate/got.Relay {
+		t.Errorf("bench --runs 3: ratio to the relay %v, want the medians' %v / %v", got.Ratio, got.Rate, got.Relay)
 	}
 }
 
@@ -124,8 +130,11 @@ func TestBenchCommand_BadFlags(t *testing.T) {
 		{[]string{"--heartbeat", "0s"}, "--heartbeat"},
 		{[]string{"--processes", "--trace", "t.out"}, "--trace"},
 		{[]string{"--runs", "0"}, "--runs"},
+		{[]string{"--runs", "2"}, "--runs"},
+		{[]string{"--runs", "101"}, "--runs"},
 		{[]string{"--runs", "3", "--plot", "b.svg"}, "--plot"},
-		{[]string{"--runs", "2", "--cpuprofile", "c.out"}, "--cpuprofile"},
+		{[]string{"--runs", "3", "--cpuprofile", "c.out"}, "--cpuprofile"},
+		{[]string{"--runs", "3", "--trace", "t.out"}, "--trace"},
 	} {
 		t.Run(tc.flag, func(t *testing.T) {
 			_, err := executeBench(t, tc.args...)

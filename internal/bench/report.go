@@ -156,6 +156,18 @@ func (r *Report) setHalfLoadRuntime(f RuntimeFigures) {
 	r.HalfLoadSchedWaitP99US = us(f.SchedLatencyP99)
 }
 
+// derive computes the ratios again from the figures they divide, for a
+// report whose figures were summarized one by one.
+func (r *Report) derive() {
+	r.RatioVs1Hop, r.RatioVsRelay = 0, 0
+	if r.Baseline1Hop > 0 {
+		r.RatioVs1Hop = r.Butterfly / r.Baseline1Hop
+	}
+	if r.BaselineRelay > 0 {
+		r.RatioVsRelay = r.Butterfly / r.BaselineRelay
+	}
+}
+
 func (r *Report) setButterfly(res Result) {
 	r.setSaturation(res)
 	r.AllocsPerMsg, r.AllocBytesPerMsg = res.AllocsPerMsg, res.AllocBytesPerMsg

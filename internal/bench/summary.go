@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -24,17 +25,19 @@ var worstOf = map[string]bool{
 	"unknown_messages": true,
 }
 
-// Summarize returns the report of several runs of one configuration: the
-// median of every figure (the lower middle one of an even number, so that
-// every figure is a value a run measured), the highest of the counts that
-// must be zero, and each figure's range in Ranges. Series (samples,
-// events) are not carried over.
+// Summarize returns the report of an odd number of runs of one
+// configuration: the median of every figure, so that each is a value a run
+// measured; the highest of the counts that must be zero; and each figure's
+// lowest and highest in Ranges. A negative figure is an event a run did not
+// see (a fault's time is -1 then): it counts as worse than any measured
+// one. Figures computed from others (a report's ratios) are computed again
+// from the medians. Series (samples, events) are not carried over.
 func Summarize[T any, PT interface {
 	*T
 	setSummary(Summary)
 }](reps []*T) (*T, error) {
-	if len(reps) == 0 {
-		return nil, fmt.Errorf("bench: no runs to summarize")
+	if len(reps)%2 == 0 {
+		return nil, fmt.Errorf("bench: %d runs to summarize, want an odd number: the median of an even number is no run's", len(reps))
 	}
 	runs := make([]map[string]any, len(reps))
 	for i, r := range reps {
@@ -61,14 +64,24 @@ func Summarize[T any, PT interface {
 			}
 			vals = append(vals, v)
 		}
-		slices.Sort(vals)
+		// Not seen (negative) sorts last, as the worst.
+		slices.SortFunc(vals, func(a, b float64) int {
+			switch {
+			case a < 0 && b >= 0:
+				return 1
+			case b < 0 && a >= 0:
+				return -1
+			}
+			return cmp.Compare(a, b)
+		})
 		if worstOf[key] {
 			out[key] = vals[len(vals)-1]
 		} else {
-			out[key] = vals[(len(vals)-1)/2]
+			out[key] = vals[len(vals)/2]
 		}
-		if vals[0] != vals[len(vals)-1] {
-			ranges[key] = [2]float64{vals[0], vals[len(vals)-1]}
+		lo, hi := slices.Min(vals), slices.Max(vals)
+		if lo != hi {
+			ranges[key] = [2]float64{lo, hi}
 		}
 	}
 	b, err := json.Marshal(out)
@@ -80,5 +93,8 @@ func Summarize[T any, PT interface {
 		return nil, err
 	}
 	PT(sum).setSummary(Summary{Runs: len(reps), Ranges: ranges})
+	if d, ok := any(sum).(interface{ derive() }); ok {
+		d.derive()
+	}
 	return sum, nil
 }

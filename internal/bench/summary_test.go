@@ -44,12 +44,11 @@ func TestSummarize_MedianWorstAndRanges(t *testing.T) {
 	}
 }
 
-func TestSummarize_EvenTakesARunsValue(t *testing.T) {
+func TestSummarize_OddRunsOnly(t *testing.T) {
 	reps := []*ProcessReport{
 		{Mode: "processes", PeakRSSBytes: 100, MeshFigures: MeshFigures{Butterfly: 1}},
-		{Mode: "processes", PeakRSSBytes: 301, MeshFigures: MeshFigures{Butterfly: 4}},
-		{Mode: "processes", PeakRSSBytes: 200, MeshFigures: MeshFigures{Butterfly: 2}},
-		{Mode: "processes", PeakRSSBytes: 250, MeshFigures: MeshFigures{Butterfly: 3}, HandledTwice: 1},
+		{Mode: "processes", PeakRSSBytes: 300, MeshFigures: MeshFigures{Butterfly: 4}},
+		{Mode: "processes", PeakRSSBytes: 200, MeshFigures: MeshFigures{Butterfly: 2}, HandledTwice: 1},
 	}
 	got, err := Summarize(reps)
 	if err != nil {
@@ -59,8 +58,10 @@ func TestSummarize_EvenTakesARunsValue(t *testing.T) {
 		t.Errorf("Summarize() = mode %q, peak RSS %d, rate %v, handled twice %d; want processes, 200, 2, 1",
 			got.Mode, got.PeakRSSBytes, got.Butterfly, got.HandledTwice)
 	}
-	if _, err := Summarize([]*Report{}); err == nil {
-		t.Errorf("Summarize(no runs) = nil error, want one")
+	for _, n := range []int{0, 2} {
+		if _, err := Summarize(reps[:n]); err == nil {
+			t.Errorf("Summarize(%d runs) = nil error, want one: no run's value is the median", n)
+		}
 	}
 	one, err := Summarize(reps[:1])
 	if err != nil {
@@ -68,5 +69,37 @@ func TestSummarize_EvenTakesARunsValue(t *testing.T) {
 	}
 	if one.Runs != 1 || len(one.Ranges) != 0 || !reflect.DeepEqual(one.MeshFigures, reps[0].MeshFigures) {
 		t.Errorf("Summarize(one run) = runs %d, ranges %v, figures %+v; want that run's", one.Runs, one.Ranges, one.MeshFigures)
+	}
+}
+
+func TestSummarize_NotSeenIsTheWorst(t *testing.T) {
+	reps := []*Report{{FailoverRecoverMS: -1}, {FailoverRecoverMS: 40}, {FailoverRecoverMS: 300}}
+	got, err := Summarize(reps)
+	if err != nil {
+		t.Fatalf("Summarize() = %v", err)
+	}
+	if got.FailoverRecoverMS != 300 {
+		t.Errorf("Summarize() recovery = %v ms, want 300: a run that never recovered ranks below the slowest", got.FailoverRecoverMS)
+	}
+	reps = []*Report{{FailoverRecoverMS: -1}, {FailoverRecoverMS: 40}, {FailoverRecoverMS: -1}}
+	if got, _ := Summarize(reps); got.FailoverRecoverMS != -1 {
+		t.Errorf("Summarize() recovery = %v ms, want -1: most runs did not see it", got.FailoverRecoverMS)
+	}
+}
+
+func TestSummarize_RatiosFromTheMedians(t *testing.T) {
+	run := func(rate, relay, oneHop float64) *Report {
+		return &Report{MeshFigures: MeshFigures{Butterfly: rate}, BaselineRelay: relay, Baseline1Hop: oneHop,
+			RatioVsRelay: rate / relay, RatioVs1Hop: rate / oneHop}
+	}
+	// Each run's ratios have medians 0.625 and 1/3; the median figures
+	// give 400/800 and 400/1500.
+	got, err := Summarize([]*Report{run(300, 1000, 2000), run(400, 600, 1000), run(500, 800, 1500)})
+	if err != nil {
+		t.Fatalf("Summarize() = %v", err)
+	}
+	if got.Butterfly != 400 || got.BaselineRelay != 800 || got.RatioVsRelay != 0.5 || got.RatioVs1Hop != 400.0/1500 {
+		t.Errorf("Summarize() = rate %v, relay %v, ratios %v / %v; want 400, 800, 0.5, %v",
+			got.Butterfly, got.BaselineRelay, got.RatioVsRelay, got.RatioVs1Hop, 400.0/1500)
 	}
 }
