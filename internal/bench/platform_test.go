@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"context"
 	"testing"
 	"time"
 )
@@ -26,7 +27,7 @@ func TestSpinClock_CountsTheGaps(t *testing.T) {
 		90:  time.Millisecond,       // a stall, just over the threshold
 		120: 50 * time.Microsecond,  // below what is counted
 	}}
-	s := spinClock(c.now, 10*time.Millisecond)
+	s := spinClock(nil, c.now, 10*time.Millisecond)
 	if s.count != 2 {
 		t.Errorf("stalls = %d, want 2 (3ms and 1ms)", s.count)
 	}
@@ -77,7 +78,7 @@ func TestPlatformSpin(t *testing.T) {
 
 func TestSpinThreads_EveryThreadSpins(t *testing.T) {
 	const d = 20 * time.Millisecond
-	s := spinThreads(2, d)
+	s := spinThreads(t.Context(), 2, d)
 	if s.spun < 2*d || s.spun > 2*d+time.Second {
 		t.Errorf("spinThreads(2, %v) spun %v in all, want two threads' %v each", d, s.spun, d)
 	}
@@ -88,8 +89,18 @@ func TestSpinThreads_EveryThreadSpins(t *testing.T) {
 
 func TestSpinClock_NoGaps(t *testing.T) {
 	c := &fakeClock{t: time.Unix(0, 0)}
-	s := spinClock(c.now, time.Millisecond)
+	s := spinClock(nil, c.now, time.Millisecond)
 	if s.count != 0 || s.lost != 0 || s.max != 10*time.Microsecond {
 		t.Errorf("spinClock() with readings 10µs apart = %d stalls, %v lost, longest %v; want 0, 0, 10µs", s.count, s.lost, s.max)
+	}
+}
+
+func TestSpinThreads_StopsWithTheContext(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	start := time.Now()
+	s := spinThreads(ctx, 2, time.Minute)
+	if took := time.Since(start); took > 10*time.Second || s.spun >= time.Minute {
+		t.Errorf("spinThreads(done context, 1m) took %v, spun %v; want it to stop at once", took, s.spun)
 	}
 }

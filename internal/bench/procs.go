@@ -61,7 +61,7 @@ func RunProcesses(ctx context.Context, cfg ProcessConfig) (*ProcessReport, error
 	}
 	spin := platformSpin(cfg.Duration)
 	cfg.Logger.Info("bench: the machine: threads spinning on the clock, every core busy, then one", "each", spin)
-	platform := measurePlatform(spin)
+	platform := measurePlatform(ctx, spin)
 	pm := &procMesh{cfg: cfg, log: cfg.Logger, platform: platform}
 	defer pm.close()
 	if err := pm.start(ctx); err != nil {

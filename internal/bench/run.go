@@ -37,7 +37,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 	spin := platformSpin(cfg.Duration)
 	log.Info("bench: the machine: threads spinning on the clock, every core busy, then one", "each", spin)
-	r.PlatformFigures = measurePlatform(spin)
+	r.PlatformFigures = measurePlatform(ctx, spin)
 
 	unbatched := cfg
 	unbatched.BatchMessages = 1
