@@ -156,8 +156,9 @@ func (r *Report) setHalfLoadRuntime(f RuntimeFigures) {
 	r.HalfLoadSchedWaitP99US = us(f.SchedLatencyP99)
 }
 
-// derive computes the ratios again from the figures they divide, for a
-// report whose figures were summarized one by one.
+// derive computes the ratios from the figures they divide: once a run has
+// measured them, and again for a report whose figures were summarized one
+// by one.
 func (r *Report) derive() {
 	r.RatioVs1Hop, r.RatioVsRelay = 0, 0
 	if r.Baseline1Hop > 0 {
@@ -171,12 +172,7 @@ func (r *Report) derive() {
 func (r *Report) setButterfly(res Result) {
 	r.setSaturation(res)
 	r.AllocsPerMsg, r.AllocBytesPerMsg = res.AllocsPerMsg, res.AllocBytesPerMsg
-	if r.Baseline1Hop > 0 {
-		r.RatioVs1Hop = res.MsgsPerSec / r.Baseline1Hop
-	}
-	if r.BaselineRelay > 0 {
-		r.RatioVsRelay = res.MsgsPerSec / r.BaselineRelay
-	}
+	r.derive()
 }
 
 // Target is one goal of the benchmark and whether the run met it.
