@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"runtime"
 	"sync"
 	"time"
@@ -124,9 +125,11 @@ func platformSpin(phase time.Duration) time.Duration {
 	return min(max(phase/2, 100*time.Millisecond), 2*time.Second)
 }
 
-// measurePlatform spins every core for d, then one core for d, or until
-// ctx is done.
-func measurePlatform(ctx context.Context, d time.Duration) PlatformFigures {
+// measurePlatform spins every core, then one core, each for platformSpin
+// of the phase length, or until ctx is done.
+func measurePlatform(ctx context.Context, phase time.Duration, log *slog.Logger) PlatformFigures {
+	d := platformSpin(phase)
+	log.Info("bench: the machine: threads spinning on the clock, every core busy, then one", "each", d)
 	all := spinThreads(ctx, runtime.GOMAXPROCS(0), d)
 	one := spinThreads(ctx, 1, d)
 	return PlatformFigures{

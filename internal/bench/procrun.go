@@ -12,7 +12,7 @@ import (
 // workers, stops the intermediates and accounts for every message.
 func (pm *procMesh) run(ctx context.Context) (*ProcessReport, error) {
 	cfg := pm.cfg
-	r := &ProcessReport{Mode: "processes", PlatformFigures: pm.platform}
+	r := &ProcessReport{Mode: "processes"}
 	r.setConfig(cfg.Config)
 	if err := pm.waitFirst(ctx); err != nil {
 		return nil, err

@@ -40,7 +40,6 @@ type procMesh struct {
 	producers     []*child
 	consumers     []*child
 	incarnations  []uint64 // per producer
-	platform      PlatformFigures
 }
 
 // RunProcesses measures Butterfly at saturation and at half of it with
@@ -59,15 +58,17 @@ func RunProcesses(ctx context.Context, cfg ProcessConfig) (*ProcessReport, error
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	spin := platformSpin(cfg.Duration)
-	cfg.Logger.Info("bench: the machine: threads spinning on the clock, every core busy, then one", "each", spin)
-	platform := measurePlatform(ctx, spin)
-	pm := &procMesh{cfg: cfg, log: cfg.Logger, platform: platform}
+	platform := measurePlatform(ctx, cfg.Duration, cfg.Logger)
+	pm := &procMesh{cfg: cfg, log: cfg.Logger}
 	defer pm.close()
 	if err := pm.start(ctx); err != nil {
 		return nil, err
 	}
-	return pm.run(ctx)
+	r, err := pm.run(ctx)
+	if r != nil {
+		r.PlatformFigures = platform
+	}
+	return r, err
 }
 
 // start starts etcd, the intermediates, the consumers and the producers,

@@ -35,9 +35,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	r.setConfig(cfg)
 	log := cfg.Logger
 
-	spin := platformSpin(cfg.Duration)
-	log.Info("bench: the machine: threads spinning on the clock, every core busy, then one", "each", spin)
-	r.PlatformFigures = measurePlatform(ctx, spin)
+	r.PlatformFigures = measurePlatform(ctx, cfg.Duration, log)
 
 	unbatched := cfg
 	unbatched.BatchMessages = 1
