@@ -60,7 +60,7 @@ func BenchmarkProducer_Send(b *testing.B) {
 	for i := range msgs {
 		msgs[i] = &messagev1.Message{Payload: payload}
 	}
-	ctx := context.Background()
+	ctx, a := context.Background(), newAcker()
 	b.ReportAllocs()
 	for b.Loop() {
 		for _, m := range msgs {
@@ -69,7 +69,7 @@ func BenchmarkProducer_Send(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		if got := ackAll(p, st); got != n {
+		if got := a.ackAll(p, st); got != n {
 			b.Fatalf("the batch held %d messages, want %d", got, n)
 		}
 	}

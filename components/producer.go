@@ -290,6 +290,9 @@ func (p *Producer) send(ctx context.Context, msg *messagev1.Message, done chan e
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("components: send: %w", err)
 	}
+	if p.ctx.Err() != nil { // its etcd client was closed
+		return nil, ErrClosed
+	}
 	// A free window slot is taken without the four-channel select, which
 	// locks every channel it waits on: that was a twentieth of the CPU of a
 	// saturated mesh.

@@ -12,8 +12,7 @@ import (
 
 // newSendProducer returns a producer with one ready stream and a window of
 // window messages, which Send can be called on without an etcd or a server:
-// its batches are taken from the stream with take and acknowledged with
-// ackAll.
+// its batches are taken from the stream and acknowledged by an acker.
 func newSendProducer(t testing.TB, window int) (*Producer, *pubStream) {
 	t.Helper()
 	p, st := newTestStream(64, 1<<20, 1<<20)
@@ -27,16 +26,28 @@ func newSendProducer(t testing.TB, window int) (*Producer, *pubStream) {
 	return p, st
 }
 
+// acker acknowledges a stream's batches whole, with one ack frame it
+// reuses.
+type acker struct {
+	rng *messagev1.SeqRange
+	ack *deliveryv1.PublishAck
+}
+
+func newAcker() *acker {
+	rng := &messagev1.SeqRange{}
+	return &acker{rng: rng, ack: &deliveryv1.PublishAck{Acked: []*messagev1.SeqRange{rng}}}
+}
+
 // ackAll takes the stream's next batch and acknowledges all of it, and
 // returns how many messages it held.
-func ackAll(p *Producer, st *pubStream) int {
+func (a *acker) ackAll(p *Producer, st *pubStream) int {
 	batch := st.take()
 	n := len(batch.GetMessages())
 	if n == 0 {
 		return 0
 	}
-	rng := &messagev1.SeqRange{First: batch.GetFirstSeq(), Last: batch.GetFirstSeq() + uint64(n) - 1}
-	p.handleAck(st, &deliveryv1.PublishAck{Acked: []*messagev1.SeqRange{rng}})
+	a.rng.First, a.rng.Last = batch.GetFirstSeq(), batch.GetFirstSeq()+uint64(n)-1
+	p.handleAck(st, a.ack)
 	return n
 }
 
@@ -58,16 +69,29 @@ func TestProducer_SendDoneContext(t *testing.T) {
 	}
 }
 
-// TestProducer_SendAfterClose checks that Send on a closed producer returns
-// ErrClosed and takes no window slot.
+// TestProducer_SendAfterClose checks that Send on a closed producer, or on
+// one whose etcd client was closed, returns ErrClosed every time and takes
+// no window slot, though slots are free.
 func TestProducer_SendAfterClose(t *testing.T) {
-	p, _ := newSendProducer(t, 4)
-	p.closed.Store(true)
-	if _, err := p.Send(context.Background(), &messagev1.Message{Payload: []byte("x")}); !errors.Is(err, ErrClosed) {
-		t.Fatalf("Send() after Close = %v, want %v", err, ErrClosed)
-	}
-	if len(p.window) != 0 {
-		t.Errorf("%d window slots taken, want 0", len(p.window))
+	for _, tc := range []struct {
+		name  string
+		close func(*Producer)
+	}{
+		{"closed", func(p *Producer) { p.closed.Store(true) }},
+		{"client closed", func(p *Producer) { p.cancel() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, _ := newSendProducer(t, 4)
+			tc.close(p)
+			for range 20 {
+				if _, err := p.Send(context.Background(), &messagev1.Message{Payload: []byte("x")}); !errors.Is(err, ErrClosed) {
+					t.Fatalf("Send() = %v, want %v", err, ErrClosed)
+				}
+			}
+			if len(p.window) != 0 || p.outbox.len() != 0 {
+				t.Errorf("%d window slots taken, %d queued; want none", len(p.window), p.outbox.len())
+			}
+		})
 	}
 }
 
@@ -101,7 +125,7 @@ func TestProducer_SendWaitsForTheWindow(t *testing.T) {
 		t.Fatalf("Send() returned %v with the window full", id)
 	case <-time.After(20 * time.Millisecond):
 	}
-	if n := ackAll(p, st); n != 2 {
+	if n := newAcker().ackAll(p, st); n != 2 {
 		t.Fatalf("the first batch held %d messages, want 2", n)
 	}
 	if id := <-sent; id.GetSeq() != 3 {
