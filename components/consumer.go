@@ -507,7 +507,7 @@ func (c *Consumer) stop(err error) {
 // in it, retrying with backoff until it succeeds or ctx is done; it reports
 // whether it registered.
 func (c *Consumer) register(ctx context.Context) bool {
-	opts := []registry.Option{registry.WithPrefix(c.cfg.prefix), registry.WithLogger(c.cfg.logger), registry.WithTTL(c.cfg.leaseTTL)}
+	opts := []registry.Option{registry.WithPrefix(c.cfg.prefix), registry.WithLogger(c.cfg.logger), registry.WithTTL(c.cfg.leaseTTL), registry.WithVersion(c.cfg.version)}
 	var bo backoff
 	for {
 		err := c.registerOnce(ctx, opts)

@@ -85,6 +85,7 @@ type consumerConfig struct {
 	dedupProds  int
 	createGroup bool
 	leaseTTL    time.Duration
+	version     string
 }
 
 type stageConfig struct {
@@ -267,6 +268,13 @@ func WithCreateGroup(create bool) ConsumerOption {
 // messages waiting for it, before the group's other consumers own them.
 func WithLeaseTTL(d time.Duration) ConsumerOption {
 	return consumerOption(func(c *consumerConfig) { c.leaseTTL = d })
+}
+
+// WithVersion sets the software version the consumer's registration
+// carries (the version field of its value in etcd, shown by etcdctl and
+// `butterfly group ls --json`; default none).
+func WithVersion(v string) ConsumerOption {
+	return consumerOption(func(c *consumerConfig) { c.version = v })
 }
 
 // WithDedupWindow sets how many sequence numbers per producer incarnation a

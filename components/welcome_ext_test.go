@@ -2,12 +2,14 @@ package components_test
 
 import (
 	"context"
+	"encoding/json"
 	"testing"
 	"time"
 
 	"github.com/butterfly-mesh/butterfly/components"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/intermediate"
+	"github.com/butterfly-mesh/butterfly/registry"
 )
 
 // TestStreams_HeartbeatAtTheWelcomesPace checks that a producer and a
@@ -45,5 +47,24 @@ func TestStreams_HeartbeatAtTheWelcomesPace(t *testing.T) {
 	}
 	if len(st.GetConsumers()) != 1 || st.GetConsumers()[0].GetDelivered() != 2 {
 		t.Errorf("consumer streams = %v, want one that delivered both messages", st.GetConsumers())
+	}
+}
+
+// TestConsumer_RegistrationCarriesVersion checks that WithVersion puts the
+// consumer's version in its registration, where etcdctl shows it.
+func TestConsumer_RegistrationCarriesVersion(t *testing.T) {
+	m := newMesh(t)
+	m.consumer("c-ver", func(context.Context, *components.Delivery) error { return nil }, components.WithVersion("v1.2.3"))
+	key := registry.ConsumerKey(testPrefix, components.DefaultService, components.DefaultGroup, "c-ver")
+	var val registry.ConsumerValue
+	waitUntil(t, "the consumer's registration", func() bool {
+		resp, err := m.cli.Get(context.Background(), key)
+		if err != nil || len(resp.Kvs) != 1 {
+			return false
+		}
+		return json.Unmarshal(resp.Kvs[0].Value, &val) == nil
+	})
+	if val.Version != "v1.2.3" || val.Consumer != "c-ver" {
+		t.Errorf("registration %s = %+v, want consumer c-ver, version v1.2.3", key, val)
 	}
 }

@@ -109,7 +109,7 @@ client certificate (butterfly certs --consumer-id ID).`,
 			}
 			cons, err := components.NewConsumer(cs.cli, id, handler, withCommon[components.ConsumerOption](cs,
 				components.WithService(service), components.WithGroup(group),
-				components.WithCreateGroup(createGroup), components.WithLeaseTTL(leaseTTL))...)
+				components.WithCreateGroup(createGroup), components.WithLeaseTTL(leaseTTL), components.WithVersion(buildVersion()))...)
 			if err != nil {
 				return err
 			}

@@ -61,7 +61,7 @@ id, publishes under it, and forwards messages under their original ids.`,
 			}
 			defer cs.Close()
 			st, err := components.NewStage(cs.cli, id, from, to, withCommon[components.StageOption](cs,
-				components.WithConsumerOptions(components.WithGroup(group)), components.WithProcessor(proc))...)
+				components.WithConsumerOptions(components.WithGroup(group), components.WithVersion(buildVersion())), components.WithProcessor(proc))...)
 			if err != nil {
 				return err
 			}
