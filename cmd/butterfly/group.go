@@ -32,6 +32,7 @@ type consumerEntry struct {
 	Epoch    uint64    `json:"epoch"`
 	Draining bool      `json:"draining"`
 	Host     string    `json:"host,omitempty"`
+	Version  string    `json:"version,omitempty"`
 	Started  time.Time `json:"started"`
 	Key      string    `json:"key"`
 }
@@ -53,13 +54,28 @@ afterwards are not routed to it, and its consumers stop with an error.`,
 		Example: `  butterfly group ls
   butterfly group create audit --service intermediate
   butterfly group delete audit`,
+		// Without a subcommand it prints its help; an unknown one is a
+		// usage error, not the help with exit code 0.
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usagef("%s: unknown subcommand %q (it has ls, create and delete)", cmd.CommandPath(), args[0])
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
 	var service string
 	var asJSON bool
 	ls := &cobra.Command{
 		Use:   "ls",
 		Short: "List the groups with their registered consumers",
-		Args:  noArgs,
+		Long: `List the declared groups of every service (or of --service), each with
+its registered consumers: epoch, draining, age; --json adds each key, host,
+version and start time. A group with consumers but no declaration is listed
+as not declared.`,
+		Example: `  butterfly group ls
+  butterfly group ls --service intermediate --json`,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if service != "" {
 				if err := registry.ValidateName("--service", service); err != nil {
@@ -84,11 +100,13 @@ afterwards are not routed to it, and its consumers stop with an error.`,
 	}
 	ls.Flags().StringVar(&service, "service", "", "only this service (default all)")
 	ls.Flags().BoolVar(&asJSON, "json", false, "print JSON instead of a table")
-	change := func(use, short string, apply func(ctx context.Context, cli *clientv3.Client, svc, name string) (string, error)) *cobra.Command {
+	change := func(use, short, long, example string, apply func(ctx context.Context, cli *clientv3.Client, svc, name string) (string, error)) *cobra.Command {
 		var svc string
 		c := &cobra.Command{
-			Use:   use + " GROUP",
-			Short: short,
+			Use:     use + " GROUP",
+			Short:   short,
+			Long:    long,
+			Example: example,
 			Args: func(cmd *cobra.Command, args []string) error {
 				if len(args) != 1 {
 					return usagef("%s takes one group name, got %d arguments", cmd.CommandPath(), len(args))
@@ -120,28 +138,39 @@ afterwards are not routed to it, and its consumers stop with an error.`,
 		c.Flags().StringVar(&svc, "service", registry.DefaultService, "service of the group")
 		return c
 	}
-	create := change("create", "Declare a group", func(ctx context.Context, cli *clientv3.Client, svc, name string) (string, error) {
-		created, err := registry.CreateGroup(ctx, cli, svc, name, "operator", registry.WithPrefix(r.prefix))
-		key := registry.GroupKey(r.prefix, svc, name)
-		switch {
-		case err != nil:
-			return "", err
-		case created:
-			return "declared " + key, nil
-		}
-		return key + " was already declared", nil
-	})
-	del := change("delete", "Delete a group: what waits for it is released", func(ctx context.Context, cli *clientv3.Client, svc, name string) (string, error) {
-		existed, err := registry.DeleteGroup(ctx, cli, svc, name, registry.WithPrefix(r.prefix))
-		key := registry.GroupKey(r.prefix, svc, name)
-		switch {
-		case err != nil:
-			return "", err
-		case !existed:
-			return "", fmt.Errorf("group %s is not declared (%s)", name, key)
-		}
-		return "deleted " + key, nil
-	})
+	create := change("create", "Declare a group",
+		`Declare GROUP of --service in etcd: from now on every message an
+intermediate admits is acknowledged to its producer only once a consumer of
+GROUP handled it. Declaring a group already declared changes nothing.`,
+		`  butterfly group create audit
+  butterfly group create audit --service intermediate`, func(ctx context.Context, cli *clientv3.Client, svc, name string) (string, error) {
+			created, err := registry.CreateGroup(ctx, cli, svc, name, "operator", registry.WithPrefix(r.prefix))
+			key := registry.GroupKey(r.prefix, svc, name)
+			switch {
+			case err != nil:
+				return "", err
+			case created:
+				return "declared " + key, nil
+			}
+			return key + " was already declared", nil
+		})
+	del := change("delete", "Delete a group: what waits for it is released",
+		`Delete GROUP of --service from etcd. What waits for it is released:
+messages in flight count as handled for it (the other groups still get
+them), messages admitted afterwards are not routed to it, and its consumers
+stop with an error. Deleting a group that is not declared exits 1.`,
+		`  butterfly group delete audit
+  butterfly group delete audit --service intermediate`, func(ctx context.Context, cli *clientv3.Client, svc, name string) (string, error) {
+			existed, err := registry.DeleteGroup(ctx, cli, svc, name, registry.WithPrefix(r.prefix))
+			key := registry.GroupKey(r.prefix, svc, name)
+			switch {
+			case err != nil:
+				return "", err
+			case !existed:
+				return "", fmt.Errorf("group %s is not declared (%s)", name, key)
+			}
+			return "deleted " + key, nil
+		})
 	g.AddCommand(ls, create, del)
 	return g
 }
@@ -196,7 +225,7 @@ func listGroups(ctx context.Context, cli *clientv3.Client, prefix, service strin
 			continue
 		}
 		e := get(parts[0], parts[1])
-		e.Consumers = append(e.Consumers, consumerEntry{Consumer: parts[2], Epoch: v.Epoch, Draining: v.Draining, Host: v.Host, Started: v.Started, Key: key})
+		e.Consumers = append(e.Consumers, consumerEntry{Consumer: parts[2], Epoch: v.Epoch, Draining: v.Draining, Host: v.Host, Version: v.Version, Started: v.Started, Key: key})
 	}
 	groups := []groupEntry{}
 	for _, e := range byKey {

@@ -88,6 +88,9 @@ as underscores: --etcd-endpoints is BUTTERFLY_ETCD_ENDPOINTS.
 		if c.Args == nil {
 			c.Args = noArgs
 		}
+		for _, sub := range c.Commands() {
+			sub.Long = strings.TrimSpace(sub.Long) + "\n\n" + exitCodesHelp
+		}
 		r.AddCommand(c)
 	}
 	return r

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"runtime"
 	"runtime/debug"
 
 	"github.com/spf13/cobra"
@@ -25,10 +26,10 @@ func newVersionCommand(r *rootCommand) *cobra.Command {
 	return &cobra.Command{
 		Use:     "version",
 		Short:   "Print the version",
-		Long:    "Print the butterfly version and the Go version it was built with.",
+		Long:    "Print the butterfly version, the Go version it was built with, and its platform.",
 		Example: "  butterfly version",
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			fmt.Fprintf(cmd.OutOrStdout(), "butterfly %s\n", buildVersion())
+			fmt.Fprintf(cmd.OutOrStdout(), "butterfly %s %s %s/%s\n", buildVersion(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 			return nil
 		},
 	}
