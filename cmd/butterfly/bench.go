@@ -127,24 +127,19 @@ Needs nothing running: etcd is embedded and every server listens on loopback
 				cfg.Trace = tf
 			}
 			reps := make([]*bench.Report, 0, f.runs)
-			var lost uint64 // in every run so far
-			for i := range f.runs {
-				if f.runs > 1 {
-					cfg.Logger.Info("bench: run", "run", i+1, "of", f.runs)
-				}
+			lost, err := f.repeat(cfg.Logger, func() (uint64, error) {
 				rep, err := bench.Run(cmd.Context(), cfg)
 				if err != nil {
-					if f.runs > 1 {
-						err = fmt.Errorf("run %d of %d: %w", i+1, f.runs, err)
-					}
-					return withLosses(err, lost)
+					return 0, err
 				}
-				lost += rep.FailoverLost
 				reps = append(reps, rep)
+				return rep.FailoverLost, nil
+			})
+			if err != nil {
+				return withLosses(err, lost)
 			}
 			rep := reps[0]
 			if f.runs > 1 {
-				var err error
 				if rep, err = bench.Summarize(reps); err != nil {
 					return withLosses(err, lost)
 				}
@@ -194,6 +189,28 @@ func addBenchConfigFlags(fl *pflag.FlagSet, cfg *bench.Config) {
 	fl.DurationVar(&cfg.Heartbeat, "heartbeat", components.DefaultHeartbeatInterval, "heartbeat interval of every stream (a freeze is detected after five)")
 	fl.DurationVar(&cfg.LeaseTTL, "lease-ttl", intermediate.DefaultLeaseTTL, "intermediates' registration lease TTL")
 	fl.DurationVar(&cfg.SampleInterval, "sample-interval", bench.DefaultSampleInterval, "resolution of the throughput series")
+}
+
+// repeat calls run, one whole benchmark, f.runs times, one after the
+// other, and returns the messages lost in the runs. It stops at the first
+// run that fails, with that run's error, naming the run when there are
+// several.
+func (f *benchFlags) repeat(log *slog.Logger, run func() (lost uint64, err error)) (uint64, error) {
+	var lost uint64
+	for i := range f.runs {
+		if f.runs > 1 {
+			log.Info("bench: run", "run", i+1, "of", f.runs)
+		}
+		n, err := run()
+		lost += n
+		if err != nil {
+			if f.runs > 1 {
+				err = fmt.Errorf("run %d of %d: %w", i+1, f.runs, err)
+			}
+			return lost, err
+		}
+	}
+	return lost, nil
 }
 
 // table is write, followed for a report of several runs by a line that

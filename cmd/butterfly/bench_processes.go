@@ -17,35 +17,32 @@ func (f *benchFlags) runProcesses(cmd *cobra.Command, cfg bench.Config) error {
 	if err != nil {
 		return fmt.Errorf("bench --processes: finding this binary: %w", err)
 	}
-	var (
-		reps   []*bench.ProcessReport
-		rep    *bench.ProcessReport
-		runErr error
-		lost   uint64 // in every run so far
-	)
-	for i := range f.runs {
-		if f.runs > 1 {
-			cfg.Logger.Info("bench: run", "run", i+1, "of", f.runs)
-		}
-		rep, runErr = bench.RunProcesses(cmd.Context(), bench.ProcessConfig{Config: cfg, Executable: exe})
-		if rep != nil {
-			lost += rep.Lost
-		}
-		if runErr != nil && f.runs > 1 {
-			runErr = fmt.Errorf("run %d of %d: %w", i+1, f.runs, runErr)
-		}
-		if rep == nil {
-			return withLosses(runErr, lost)
-		}
-		if runErr != nil {
-			break // report what this run measured, not a median
+	// A run that fails after measuring still has a report: it is printed
+	// as it is, not summarized with the others.
+	var reps []*bench.ProcessReport
+	var failed *bench.ProcessReport
+	lost, runErr := f.repeat(cfg.Logger, func() (uint64, error) {
+		rep, err := bench.RunProcesses(cmd.Context(), bench.ProcessConfig{Config: cfg, Executable: exe})
+		switch {
+		case rep == nil:
+			return 0, err
+		case err != nil:
+			failed = rep
+			return rep.Lost, err
 		}
 		reps = append(reps, rep)
-	}
-	if runErr == nil && f.runs > 1 {
+		return rep.Lost, nil
+	})
+	rep := failed
+	switch {
+	case runErr != nil && rep == nil:
+		return withLosses(runErr, lost)
+	case runErr == nil && f.runs > 1:
 		if rep, err = bench.Summarize(reps); err != nil {
 			return withLosses(err, lost)
 		}
+	case runErr == nil:
+		rep = reps[0]
 	}
 	if err := f.print(cmd.OutOrStdout(), rep, f.table(rep.Runs, rep.WriteTable)); err != nil {
 		return withLosses(errors.Join(runErr, err), lost)
@@ -53,8 +50,8 @@ func (f *benchFlags) runProcesses(cmd *cobra.Command, cfg bench.Config) error {
 	return withLosses(runErr, lost)
 }
 
-// withLosses is err, made an incompleteError (exit code 3) naming them when
-// lost messages were lost in the runs.
+// withLosses is err, made an incompleteError (exit code 3) that names them
+// when messages were lost in the runs.
 func withLosses(err error, lost uint64) error {
 	if lost == 0 {
 		return err
