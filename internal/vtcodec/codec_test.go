@@ -276,6 +276,8 @@ func TestCodec_BatchFramesAsProtobufGo(t *testing.T) {
 	heartbeat := field(nil, 4, marshal(&messagev1.Heartbeat{SendTimeUnixNano: 42}))
 	deliveries := field(field(nil, 1, d1), 1, d2)
 	seq := protowire.AppendVarint(protowire.AppendTag(nil, 1, protowire.VarintType), 3)
+	noID := marshal(&messagev1.Message{Payload: []byte("no id"), CreateTimeUnixNano: 9})
+	noMessage := marshal(&deliveryv1.Delivery{DeliveryId: 9})
 	cases := []struct {
 		name  string
 		frame []byte
@@ -290,6 +292,10 @@ func TestCodec_BatchFramesAsProtobufGo(t *testing.T) {
 		{"publish batch", field(nil, 2, append(append([]byte{}, seq...), field(field(nil, 2, m1), 2, m2)...)), func() proto.Message { return &deliveryv1.PublishRequest{} }},
 		{"first seq after the messages", field(nil, 2, append(field(field(nil, 2, m1), 2, m2), seq...)), func() proto.Message { return &deliveryv1.PublishRequest{} }},
 		{"empty message", field(nil, 2, field(field(nil, 2, m1), 2, nil)), func() proto.Message { return &deliveryv1.PublishRequest{} }},
+		{"message without an id", field(nil, 2, field(field(nil, 2, m1), 2, noID)), func() proto.Message { return &deliveryv1.PublishRequest{} }},
+		{"message with an empty id", field(nil, 2, field(field(nil, 2, m1), 2, field(noID, 1, nil))), func() proto.Message { return &deliveryv1.PublishRequest{} }},
+		{"delivery without a message", field(nil, 2, field(field(nil, 1, d1), 1, noMessage)), func() proto.Message { return &deliveryv1.SubscribeResponse{} }},
+		{"delivery whose message has no id", field(nil, 2, field(nil, 1, field(noMessage, 2, noID))), func() proto.Message { return &deliveryv1.SubscribeResponse{} }},
 		{"publish batch twice", append(field(nil, 2, field(nil, 2, m1)), field(nil, 2, field(nil, 2, m2))...), func() proto.Message { return &deliveryv1.PublishRequest{} }},
 	}
 	var c vtcodec.Codec
@@ -306,5 +312,53 @@ func TestCodec_BatchFramesAsProtobufGo(t *testing.T) {
 				t.Errorf("Unmarshal() = %v, want %v", got, want)
 			}
 		})
+	}
+}
+
+// TestCodec_BatchAllocationsPerMessage counts what decoding a batch
+// allocates for each message it adds, as the data path's messages are: an
+// id, a payload and nothing else. The message and its id are one
+// allocation, the payload another, the id's producer a third; deliveries
+// come from their batch's slab.
+func TestCodec_BatchAllocationsPerMessage(t *testing.T) {
+	frame := func(kind string, n int) []byte {
+		var m proto.Message
+		switch kind {
+		case "publish":
+			var pub deliveryv1.PublishBatch
+			for i := range n {
+				pub.Messages = append(pub.Messages, &messagev1.Message{Id: &messagev1.MessageId{ProducerId: "p1", Incarnation: 7, Seq: uint64(i + 1)}, Payload: make([]byte, 256), CreateTimeUnixNano: 1})
+			}
+			m = &deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Batch{Batch: &pub}}
+		case "delivery":
+			var sub deliveryv1.DeliveryBatch
+			for i := range n {
+				sub.Deliveries = append(sub.Deliveries, &deliveryv1.Delivery{DeliveryId: uint64(i + 1), Message: &messagev1.Message{Id: &messagev1.MessageId{ProducerId: "p1", Incarnation: 7, Seq: uint64(i + 1)}, Payload: make([]byte, 256), CreateTimeUnixNano: 1}})
+			}
+			m = &deliveryv1.SubscribeResponse{Kind: &deliveryv1.SubscribeResponse_Batch{Batch: &sub}}
+		}
+		b, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	var c vtcodec.Codec
+	decode := func(kind string, b []byte) float64 {
+		return testing.AllocsPerRun(50, func() {
+			var m proto.Message = &deliveryv1.PublishRequest{}
+			if kind == "delivery" {
+				m = &deliveryv1.SubscribeResponse{}
+			}
+			if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, m); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	for _, kind := range []string{"publish", "delivery"} {
+		small, large := decode(kind, frame(kind, 64)), decode(kind, frame(kind, 128))
+		if perMessage := (large - small) / 64; perMessage > 3 {
+			t.Errorf("%s batch: %.2f allocations per message (%v for 64, %v for 128), want at most 3", kind, perMessage, small, large)
+		}
 	}
 }

@@ -23,8 +23,9 @@ const (
 // The generated decoders (built with vtprotobuf's pool option for the two
 // batch types) fill elements already in a slice's capacity instead of
 // allocating them. Deliveries are not kept past their batch (the consumer
-// keeps their messages); messages are allocated one by one, as before,
-// since a message kept longer than its batch would keep all of a slab.
+// keeps their messages); messages are allocated one by one, since a message
+// kept longer than its batch would keep all of a slab, but each in one
+// allocation with its id (see newMessage).
 //
 // A frame that is not one batch field, or is malformed, leaves v as it is:
 // decoding then reports what is wrong as it would have.
@@ -33,7 +34,11 @@ func presize(v any, b []byte) {
 	case *deliveryv1.PublishRequest:
 		batch := soleField(b, publishRequestBatchField)
 		if n := countField(batch, publishBatchMessagesField); n > 0 {
-			f.Kind = &deliveryv1.PublishRequest_Batch{Batch: &deliveryv1.PublishBatch{Messages: make([]*messagev1.Message, 0, n)}}
+			ms := make([]*messagev1.Message, n)
+			for i := range ms {
+				ms[i] = newMessage()
+			}
+			f.Kind = &deliveryv1.PublishRequest_Batch{Batch: &deliveryv1.PublishBatch{Messages: ms[:0]}}
 		}
 	case *deliveryv1.SubscribeResponse:
 		batch := soleField(b, subscribeResponseBatchField)
@@ -41,11 +46,31 @@ func presize(v any, b []byte) {
 			slab := make([]deliveryv1.Delivery, n)
 			ds := make([]*deliveryv1.Delivery, n)
 			for i := range slab {
+				slab[i].Message = newMessage()
 				ds[i] = &slab[i]
 			}
 			f.Kind = &deliveryv1.SubscribeResponse_Batch{Batch: &deliveryv1.DeliveryBatch{Deliveries: ds[:0]}}
 		}
 	}
+}
+
+// messageWithID is a message and its id in one allocation: each lives as
+// long as the other.
+type messageWithID struct {
+	msg messagev1.Message
+	id  messagev1.MessageId
+}
+
+// newMessage returns an empty message whose id is already there, so that
+// decoding fills it instead of allocating it. A message that has no id on
+// the wire is then left with an empty one, which SizeVT counts: Unmarshal
+// sees that its size differs from the frame's and decodes the frame again
+// with protobuf-go, which leaves the id unset. The same holds for a
+// delivery without a message.
+func newMessage() *messagev1.Message {
+	m := new(messageWithID)
+	m.msg.Id = &m.id
+	return &m.msg
 }
 
 // soleField returns the value of b's only field when it is field num of
