@@ -93,8 +93,9 @@ func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 // some it refuses (a map entry's key running past the entry). So a frame
 // the generated decoder refuses, or reads into a message whose encoding is
 // not the frame's size (which also holds for repeated scalar fields and
-// varints longer than they need be, both rare), is decoded again by
-// protobuf-go, whose result or error stands.
+// varints longer than they need be, both rare), or a batch with a message
+// whose id is empty (see presize), is decoded again by protobuf-go, whose
+// result or error stands.
 func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	m, ok := v.(Message)
 	pm, isProto := v.(proto.Message)
@@ -105,8 +106,8 @@ func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
 	defer buf.Free()
 	b := buf.ReadOnlyData()
-	presize(v, b)
-	if err := m.UnmarshalVT(b); err == nil && m.SizeVT() == len(b) {
+	prefilled := presize(v, b)
+	if err := m.UnmarshalVT(b); err == nil && m.SizeVT() == len(b) && (!prefilled || idsDecoded(v)) {
 		return nil
 	}
 	proto.Reset(pm)

@@ -278,6 +278,11 @@ func TestCodec_BatchFramesAsProtobufGo(t *testing.T) {
 	seq := protowire.AppendVarint(protowire.AppendTag(nil, 1, protowire.VarintType), 3)
 	noID := marshal(&messagev1.Message{Payload: []byte("no id"), CreateTimeUnixNano: 9})
 	noMessage := marshal(&deliveryv1.Delivery{DeliveryId: 9})
+	withID := marshal(&messagev1.Message{Id: &messagev1.MessageId{ProducerId: "p1", Incarnation: 7, Seq: 3}, Payload: []byte("id"), CreateTimeUnixNano: 9})
+	// twice appends varint field num again, with the value 9.
+	twice := func(b []byte, num protowire.Number) []byte {
+		return protowire.AppendVarint(protowire.AppendTag(append([]byte{}, b...), num, protowire.VarintType), 9)
+	}
 	cases := []struct {
 		name  string
 		frame []byte
@@ -296,6 +301,14 @@ func TestCodec_BatchFramesAsProtobufGo(t *testing.T) {
 		{"message with an empty id", field(nil, 2, field(field(nil, 2, m1), 2, field(noID, 1, nil))), func() proto.Message { return &deliveryv1.PublishRequest{} }},
 		{"delivery without a message", field(nil, 2, field(field(nil, 1, d1), 1, noMessage)), func() proto.Message { return &deliveryv1.SubscribeResponse{} }},
 		{"delivery whose message has no id", field(nil, 2, field(nil, 1, field(noMessage, 2, noID))), func() proto.Message { return &deliveryv1.SubscribeResponse{} }},
+		// Bytes the encoding does not need (a scalar field twice, a varint
+		// longer than it need be) make up for what an empty id or message
+		// adds to SizeVT.
+		{"message without an id, a field twice", field(nil, 2, field(nil, 2, twice(noID, 5))), func() proto.Message { return &deliveryv1.PublishRequest{} }},
+		{"message without an id, a long varint", field(nil, 2, field(nil, 2, append(field(nil, 4, []byte("no id")), 0x28, 0x89, 0x80, 0x00))), func() proto.Message { return &deliveryv1.PublishRequest{} }},
+		{"message without an id, padded in another message", field(nil, 2, field(field(nil, 2, twice(withID, 5)), 2, noID)), func() proto.Message { return &deliveryv1.PublishRequest{} }},
+		{"delivery whose message has no id, a field twice", field(nil, 2, field(nil, 1, field(nil, 2, twice(noID, 5)))), func() proto.Message { return &deliveryv1.SubscribeResponse{} }},
+		{"delivery without a message, a field twice", field(nil, 2, field(nil, 1, twice(twice(noMessage, 1), 1))), func() proto.Message { return &deliveryv1.SubscribeResponse{} }},
 		{"publish batch twice", append(field(nil, 2, field(nil, 2, m1)), field(nil, 2, field(nil, 2, m2))...), func() proto.Message { return &deliveryv1.PublishRequest{} }},
 	}
 	var c vtcodec.Codec

@@ -28,8 +28,9 @@ const (
 // allocation with its id (see newMessage).
 //
 // A frame that is not one batch field, or is malformed, leaves v as it is:
-// decoding then reports what is wrong as it would have.
-func presize(v any, b []byte) {
+// decoding then reports what is wrong as it would have. presize reports
+// whether it put messages in v.
+func presize(v any, b []byte) bool {
 	switch f := v.(type) {
 	case *deliveryv1.PublishRequest:
 		batch := soleField(b, publishRequestBatchField)
@@ -39,6 +40,7 @@ func presize(v any, b []byte) {
 				ms[i] = newMessage()
 			}
 			f.Kind = &deliveryv1.PublishRequest_Batch{Batch: &deliveryv1.PublishBatch{Messages: ms[:0]}}
+			return true
 		}
 	case *deliveryv1.SubscribeResponse:
 		batch := soleField(b, subscribeResponseBatchField)
@@ -50,8 +52,42 @@ func presize(v any, b []byte) {
 				ds[i] = &slab[i]
 			}
 			f.Kind = &deliveryv1.SubscribeResponse_Batch{Batch: &deliveryv1.DeliveryBatch{Deliveries: ds[:0]}}
+			return true
 		}
 	}
+	return false
+}
+
+// idsDecoded reports whether every message of v's batch, decoded into
+// what presize put there, has an id that is not empty. A message without
+// an id on the wire (or a delivery without a message) is left with the
+// empty id presize gave it; SizeVT counts it, but other bytes the
+// encoding does not need (a scalar field twice, a varint longer than it
+// need be) can make up the difference, so the frame's size alone does not
+// tell. An empty id on the wire looks the same; either way the frame is
+// decoded again by protobuf-go. No traffic an intermediate accepts takes
+// that path: it refuses a message with an empty id.
+func idsDecoded(v any) bool {
+	switch f := v.(type) {
+	case *deliveryv1.PublishRequest:
+		for _, m := range f.GetBatch().GetMessages() {
+			if emptyID(m.GetId()) {
+				return false
+			}
+		}
+	case *deliveryv1.SubscribeResponse:
+		for _, d := range f.GetBatch().GetDeliveries() {
+			if emptyID(d.GetMessage().GetId()) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// emptyID reports whether id has none of its known fields set (or is nil).
+func emptyID(id *messagev1.MessageId) bool {
+	return id.GetProducerId() == "" && id.GetIncarnation() == 0 && id.GetSeq() == 0
 }
 
 // messageWithID is a message and its id in one allocation: each lives as
@@ -63,10 +99,9 @@ type messageWithID struct {
 
 // newMessage returns an empty message whose id is already there, so that
 // decoding fills it instead of allocating it. A message that has no id on
-// the wire is then left with an empty one, which SizeVT counts: Unmarshal
-// sees that its size differs from the frame's and decodes the frame again
-// with protobuf-go, which leaves the id unset. The same holds for a
-// delivery without a message.
+// the wire is then left with an empty one, and so is a delivery without a
+// message: Unmarshal sees it (idsDecoded) and decodes the frame again with
+// protobuf-go, which leaves them unset.
 func newMessage() *messagev1.Message {
 	m := new(messageWithID)
 	m.msg.Id = &m.id
