@@ -117,8 +117,11 @@ func (s *Stage) forward(ctx context.Context, d *Delivery) error {
 		if out != msg {
 			// The forward keeps the message's identity and its
 			// producer's low-water mark, which consumers dedup by.
-			if !proto.Equal(out.GetId(), msg.GetId()) {
-				out.Id = msg.GetId()
+			// A copy of msg's id, not msg's own: the codec allocates
+			// a message and its id together, and the forward must not
+			// keep msg, payload and all, while in flight.
+			if id := out.GetId(); id == msg.GetId() || !proto.Equal(id, msg.GetId()) {
+				out.Id = proto.CloneOf(msg.GetId())
 			}
 			out.LowWaterSeq = msg.GetLowWaterSeq()
 		}

@@ -298,8 +298,11 @@ func (s *Server) process(ctx context.Context, m *messagev1.Message) (*messagev1.
 		return nil, fmt.Errorf("%s: processor returned no message", s.opts.processor.Name())
 	}
 	if res != m {
-		if !proto.Equal(res.GetId(), m.GetId()) {
-			res.Id = m.GetId()
+		// The result gets a copy of m's id, not m's own: the codec
+		// allocates a message and its id together, and a held result
+		// must not keep m, payload and all.
+		if id := res.GetId(); id == m.GetId() || !proto.Equal(id, m.GetId()) {
+			res.Id = proto.CloneOf(m.GetId())
 		}
 		res.LowWaterSeq, res.Routes = m.GetLowWaterSeq(), m.GetRoutes()
 		// What the processor wrote goes to consumers: it must be what
