@@ -105,29 +105,36 @@ func (s *Stage) watchProducer() {
 
 // forward is the stage's handler.
 func (s *Stage) forward(ctx context.Context, d *Delivery) error {
-	msg := d.Message
-	if s.proc != nil {
-		out, err := s.proc.Process(ctx, msg)
-		if err != nil {
-			return fmt.Errorf("%s: %w", s.proc.Name(), err)
-		}
-		if out == nil {
-			return fmt.Errorf("%s: processor returned no message", s.proc.Name())
-		}
-		if out != msg {
-			// The forward keeps the message's identity and its
-			// producer's low-water mark, which consumers dedup by.
-			// A copy of msg's id, not msg's own: the codec allocates
-			// a message and its id together, and the forward must not
-			// keep msg, payload and all, while in flight.
-			if id := out.GetId(); id == msg.GetId() || !proto.Equal(id, msg.GetId()) {
-				out.Id = proto.CloneOf(msg.GetId())
-			}
-			out.LowWaterSeq = msg.GetLowWaterSeq()
-		}
-		msg = out
+	msg, err := s.process(ctx, d.Message)
+	if err != nil {
+		return err
 	}
 	return s.producer.SendWait(ctx, msg)
+}
+
+// process runs the stage's processor, if any, on msg. The result keeps
+// msg's identity and its producer's low-water mark, which consumers dedup
+// by: a copy of msg's id, not msg's own, since the codec allocates a
+// message and its id together and the forward must not keep msg, payload
+// and all, while in flight.
+func (s *Stage) process(ctx context.Context, msg *messagev1.Message) (*messagev1.Message, error) {
+	if s.proc == nil {
+		return msg, nil
+	}
+	out, err := s.proc.Process(ctx, msg)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", s.proc.Name(), err)
+	}
+	if out == nil {
+		return nil, fmt.Errorf("%s: processor returned no message", s.proc.Name())
+	}
+	if out != msg {
+		if id := out.GetId(); id == msg.GetId() || !proto.Equal(id, msg.GetId()) {
+			out.Id = proto.CloneOf(msg.GetId())
+		}
+		out.LowWaterSeq = msg.GetLowWaterSeq()
+	}
+	return out, nil
 }
 
 // Done is closed when the stage stops on its own: its consumer side stops
