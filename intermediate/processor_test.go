@@ -113,7 +113,6 @@ func TestProcess_ResultDoesNotKeepItsInput(t *testing.T) {
 				t.Errorf("process() (-want +got):\n%s", diff)
 			}
 			input := weak.Make(in)
-			in = nil
 			runtime.GC()
 			if input.Value() != nil {
 				t.Error("the input is reachable while its result is held, want it collected")
