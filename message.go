@@ -6,6 +6,7 @@ import (
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 )
@@ -96,4 +97,20 @@ func checkUTF8(m *messagev1.Message) error {
 		}
 	}
 	return nil
+}
+
+// KeepIdentity gives out, what a processor made of in, in's identity: its
+// id and its producer's low-water mark, which consumers dedup by. out gets
+// a copy of in's id, not in's own (even where the processor put it there):
+// Butterfly's codec allocates a decoded message and its id together, so
+// out pointing at in's id would keep in, payload and all, for as long as
+// out is held. An out that is in is left as it is.
+func KeepIdentity(out, in *messagev1.Message) {
+	if out == in {
+		return
+	}
+	if id := out.GetId(); id == in.GetId() || !proto.Equal(id, in.GetId()) {
+		out.Id = proto.CloneOf(in.GetId())
+	}
+	out.LowWaterSeq = in.GetLowWaterSeq()
 }

@@ -2,14 +2,20 @@ package butterfly_test
 
 import (
 	"errors"
+	"runtime"
 	"strings"
 	"testing"
+	"weak"
 
+	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/butterfly-mesh/butterfly"
+	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/internal/vtcodec"
 )
 
 func TestCheckMessage(t *testing.T) {
@@ -82,5 +88,60 @@ func BenchmarkCheckMessage(b *testing.B) {
 		if err := butterfly.CheckMessage(m); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestKeepIdentity checks what a processor's result gets of its input, a
+// message decoded by Butterfly's codec (which allocates it with its id):
+// the input's id and low-water mark, whatever id the result had, and
+// nothing that keeps the input reachable while the result is held.
+func TestKeepIdentity(t *testing.T) {
+	frame, err := proto.Marshal(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Batch{Batch: &deliveryv1.PublishBatch{
+		Messages: []*messagev1.Message{{Id: &messagev1.MessageId{ProducerId: "p", Incarnation: 1, Seq: 3}, LowWaterSeq: 2, Payload: make([]byte, 1<<20)}},
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		process func(in *messagev1.Message) *messagev1.Message
+	}{
+		{"no id", func(*messagev1.Message) *messagev1.Message { return &messagev1.Message{Payload: []byte("out")} }},
+		{"the input's id", func(in *messagev1.Message) *messagev1.Message {
+			return &messagev1.Message{Id: in.GetId(), Payload: []byte("out")}
+		}},
+		{"an equal id", func(*messagev1.Message) *messagev1.Message {
+			return &messagev1.Message{Id: &messagev1.MessageId{ProducerId: "p", Incarnation: 1, Seq: 3}, Payload: []byte("out")}
+		}},
+		{"another id and mark", func(*messagev1.Message) *messagev1.Message {
+			return &messagev1.Message{Id: &messagev1.MessageId{ProducerId: "q", Seq: 9}, LowWaterSeq: 7, Payload: []byte("out")}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var req deliveryv1.PublishRequest
+			if err := (vtcodec.Codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(frame)}, &req); err != nil {
+				t.Fatal(err)
+			}
+			in := req.GetBatch().GetMessages()[0]
+			req.Reset()
+			out := tc.process(in)
+			butterfly.KeepIdentity(out, in)
+			want := &messagev1.Message{Id: &messagev1.MessageId{ProducerId: "p", Incarnation: 1, Seq: 3}, LowWaterSeq: 2, Payload: []byte("out")}
+			if !proto.Equal(out, want) {
+				t.Errorf("KeepIdentity() gave %v, want %v", out, want)
+			}
+			input := weak.Make(in)
+			runtime.GC()
+			if input.Value() != nil {
+				t.Error("the input is reachable while its result is held, want it collected")
+			}
+			runtime.KeepAlive(out)
+		})
+	}
+	m := &messagev1.Message{Id: &messagev1.MessageId{ProducerId: "p", Incarnation: 1, Seq: 3}, LowWaterSeq: 2}
+	id := m.GetId()
+	butterfly.KeepIdentity(m, m)
+	if m.GetId() != id || m.GetLowWaterSeq() != 2 {
+		t.Errorf("KeepIdentity(m, m) changed m to %v", m)
 	}
 }

@@ -7,8 +7,8 @@ import (
 	"sync"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/protobuf/proto"
 
+	"github.com/butterfly-mesh/butterfly"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 )
 
@@ -113,10 +113,7 @@ func (s *Stage) forward(ctx context.Context, d *Delivery) error {
 }
 
 // process runs the stage's processor, if any, on msg. The result keeps
-// msg's identity and its producer's low-water mark, which consumers dedup
-// by: a copy of msg's id, not msg's own, since the codec allocates a
-// message and its id together and the forward must not keep msg, payload
-// and all, while in flight.
+// msg's identity (butterfly.KeepIdentity).
 func (s *Stage) process(ctx context.Context, msg *messagev1.Message) (*messagev1.Message, error) {
 	if s.proc == nil {
 		return msg, nil
@@ -128,12 +125,7 @@ func (s *Stage) process(ctx context.Context, msg *messagev1.Message) (*messagev1
 	if out == nil {
 		return nil, fmt.Errorf("%s: processor returned no message", s.proc.Name())
 	}
-	if out != msg {
-		if id := out.GetId(); id == msg.GetId() || !proto.Equal(id, msg.GetId()) {
-			out.Id = proto.CloneOf(msg.GetId())
-		}
-		out.LowWaterSeq = msg.GetLowWaterSeq()
-	}
+	butterfly.KeepIdentity(out, msg)
 	return out, nil
 }
 

@@ -10,7 +10,6 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/butterfly-mesh/butterfly"
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
@@ -298,13 +297,8 @@ func (s *Server) process(ctx context.Context, m *messagev1.Message) (*messagev1.
 		return nil, fmt.Errorf("%s: processor returned no message", s.opts.processor.Name())
 	}
 	if res != m {
-		// The result gets a copy of m's id, not m's own: the codec
-		// allocates a message and its id together, and a held result
-		// must not keep m, payload and all.
-		if id := res.GetId(); id == m.GetId() || !proto.Equal(id, m.GetId()) {
-			res.Id = proto.CloneOf(m.GetId())
-		}
-		res.LowWaterSeq, res.Routes = m.GetLowWaterSeq(), m.GetRoutes()
+		butterfly.KeepIdentity(res, m)
+		res.Routes = m.GetRoutes()
 		// What the processor wrote goes to consumers: it must be what
 		// their protobuf libraries read.
 		if err := butterfly.CheckMessage(res); err != nil {
