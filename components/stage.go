@@ -105,28 +105,19 @@ func (s *Stage) watchProducer() {
 
 // forward is the stage's handler.
 func (s *Stage) forward(ctx context.Context, d *Delivery) error {
-	msg, err := s.process(ctx, d.Message)
-	if err != nil {
-		return err
+	msg := d.Message
+	if s.proc != nil {
+		out, err := s.proc.Process(ctx, msg)
+		if err != nil {
+			return fmt.Errorf("%s: %w", s.proc.Name(), err)
+		}
+		if out == nil {
+			return fmt.Errorf("%s: processor returned no message", s.proc.Name())
+		}
+		butterfly.KeepIdentity(out, msg)
+		msg = out
 	}
 	return s.producer.SendWait(ctx, msg)
-}
-
-// process runs the stage's processor, if any, on msg. The result keeps
-// msg's identity (butterfly.KeepIdentity).
-func (s *Stage) process(ctx context.Context, msg *messagev1.Message) (*messagev1.Message, error) {
-	if s.proc == nil {
-		return msg, nil
-	}
-	out, err := s.proc.Process(ctx, msg)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", s.proc.Name(), err)
-	}
-	if out == nil {
-		return nil, fmt.Errorf("%s: processor returned no message", s.proc.Name())
-	}
-	butterfly.KeepIdentity(out, msg)
-	return out, nil
 }
 
 // Done is closed when the stage stops on its own: its consumer side stops
