@@ -67,6 +67,13 @@ something beside each other:
               message through it), frozen behind a blackholing proxy (time to
               detect), and another one drained at full load (Server.Drain).
 
+Every message is counted by id: sent, delivered, lost, handled twice. The
+load starts once every consumer is registered in etcd, and the run counts
+the consumers whose registration lapsed on the way (a lease that expired
+during a long stall, put back under a new one): while a registration is
+gone its keys have another owner, so exactly once holds while none lapses,
+at least once after.
+
 With --processes it runs instead the same mesh with every intermediate,
 producer and consumer a process of this binary (the real intermediate
 command; hidden workers for the producers and consumers, which count every

@@ -38,6 +38,9 @@ type mesh struct {
 	prodIndex    map[string]int // producer id -> index; read-only once consumers run
 	seen         []*idSet       // per producer
 	consumers    []*components.Consumer
+	// regs is each consumer's registration key with the revision it was
+	// created at, once every consumer registered; read-only after.
+	regs map[string]int64
 
 	consumed  atomic.Uint64 // first handling of a message
 	twice     atomic.Uint64 // handled again
@@ -131,6 +134,9 @@ func newMesh(ctx context.Context, cfg Config) (m *mesh, err error) {
 			return m, fmt.Errorf("bench: %w", err)
 		}
 		m.consumers = append(m.consumers, c)
+	}
+	if m.regs, err = consumerRegistrations(ctx, m.cli, len(m.consumers)); err != nil {
+		return m, err
 	}
 	m.wg.Add(1)
 	go m.sampler()

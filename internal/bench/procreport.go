@@ -35,6 +35,8 @@ type ProcessReport struct {
 	DuplicatesDropped uint64 `json:"duplicates_dropped"`
 	Resent            uint64 `json:"resent"`
 	Strangers         uint64 `json:"unknown_messages"`
+	// RegistrationsLapsed is as in Report.
+	RegistrationsLapsed uint64 `json:"consumer_registrations_lapsed"`
 }
 
 // setPeakRSS fills the peak memory figures from the exited children.
@@ -70,6 +72,7 @@ func (r *ProcessReport) WriteTable(w io.Writer) error {
 	fmt.Fprintf(tw, "\t\t\n")
 	fmt.Fprintf(tw, "sent / delivered / lost / handled twice / dups dropped / resent\t%d / %d / %d / %d / %d / %d\t\n",
 		r.Sent, r.Delivered, r.Lost, r.HandledTwice, r.DuplicatesDropped, r.Resent)
+	fmt.Fprintf(tw, "consumer registrations lapsed (handled twice allowed after one)\t%d\t\n", r.RegistrationsLapsed)
 	if r.Strangers > 0 {
 		fmt.Fprintf(tw, "messages from no producer of this run\t%d\t\n", r.Strangers)
 	}

@@ -116,6 +116,13 @@ func (pm *procMesh) finish(ctx context.Context, r *ProcessReport) error {
 	if err != nil {
 		return err
 	}
+	// Before the consumers finish: a consumer that closes removes its key.
+	if r.RegistrationsLapsed, err = registrationsLapsed(ctx, pm.etcd.cli, pm.regs); err != nil {
+		return err
+	}
+	if r.RegistrationsLapsed > 0 {
+		pm.log.Warn(lapsedWarning, "consumers", r.RegistrationsLapsed)
+	}
 	cons, err := pm.callAll(ctx, pm.consumers, childFinishTimeout, workerRequest{Op: opFinish}, false)
 	if err != nil {
 		return err

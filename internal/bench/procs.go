@@ -40,6 +40,9 @@ type procMesh struct {
 	producers     []*child
 	consumers     []*child
 	incarnations  []uint64 // per producer
+	// regs is each consumer's registration key with the revision it was
+	// created at, once every consumer is up; read-only after.
+	regs map[string]int64
 }
 
 // RunProcesses measures Butterfly at saturation and at half of it with
@@ -114,6 +117,9 @@ func (pm *procMesh) start(ctx context.Context) error {
 		pm.consumers = append(pm.consumers, c)
 	}
 	if _, err := pm.callAll(ctx, pm.consumers, childStartTimeout, workerRequest{}, true); err != nil {
+		return err
+	}
+	if pm.regs, err = consumerRegistrations(ctx, pm.etcd.cli, len(pm.consumers)); err != nil {
 		return err
 	}
 	for i := range cfg.Producers {

@@ -61,6 +61,10 @@ type Report struct {
 	DuplicatesDropped uint64 `json:"duplicates_dropped"`
 	Resent            uint64 `json:"resent"`
 	Strangers         uint64 `json:"unknown_messages"`
+	// RegistrationsLapsed is the number of consumers whose registration in
+	// etcd lapsed during the run (its lease expired under a long stall):
+	// exactly once holds while none does, at least once after.
+	RegistrationsLapsed uint64 `json:"consumer_registrations_lapsed"`
 
 	// Samples is the throughput over the Butterfly run, Events what was
 	// done to it and when.
@@ -273,6 +277,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(tw, "drain at full load: Server.Drain\t%s\t\n", fault(r.DrainMS))
 	fmt.Fprintf(tw, "sent / delivered / handled twice / dups dropped / resent\t%d / %d / %d / %d / %d\t\n",
 		r.Sent, r.Delivered, r.HandledTwice, r.DuplicatesDropped, r.Resent)
+	fmt.Fprintf(tw, "consumer registrations lapsed (handled twice allowed after one)\t%d\t\n", r.RegistrationsLapsed)
 	fmt.Fprintf(tw, "\t\t\n")
 	fmt.Fprintf(tw, "TARGETS\tgot\twant\tverdict\t\n")
 	for _, t := range r.Targets() {

@@ -45,6 +45,9 @@ func TestRun_QuickFaultsLoseNothing(t *testing.T) {
 	if r.Strangers != 0 {
 		t.Errorf("Run() unknown messages = %d, want 0", r.Strangers)
 	}
+	if r.HandledTwice != 0 && r.RegistrationsLapsed == 0 {
+		t.Errorf("Run() handled %d messages twice with every consumer registered throughout, want 0", r.HandledTwice)
+	}
 	for name, v := range map[string]float64{
 		"FailoverResendMS": r.FailoverResendMS, "MoveRerouteMS": r.MoveRerouteMS,
 		"FreezeDetectMS": r.FreezeDetectMS, "DrainMS": r.DrainMS,

@@ -23,6 +23,8 @@ var worstOf = map[string]bool{
 	"lost":             true,
 	"handled_twice":    true,
 	"unknown_messages": true,
+
+	"consumer_registrations_lapsed": true,
 }
 
 // Summarize returns the report of an odd number of runs of one
