@@ -21,8 +21,10 @@ type benchEtcd struct {
 
 // startEtcd starts an embedded etcd on two free loopback ports, in a new
 // temporary directory, and connects to it.
-func startEtcd(ctx context.Context) (e *benchEtcd, err error) {
-	e = &benchEtcd{}
+func startEtcd(ctx context.Context) (_ *benchEtcd, err error) {
+	// e, not the result, is what a failed start cleans up: an error return
+	// sets the result to nil before the deferred call runs.
+	e := &benchEtcd{}
 	defer func() {
 		if err != nil {
 			e.close()
