@@ -84,9 +84,10 @@ CPU per million messages and peak RSS. No baselines, no faults.
 It prints a table, or one JSON object with --json, and can draw throughput
 over time with the faults marked (--plot). With --runs N it runs the whole
 benchmark N times, one after the other, and reports the median of each
-figure (the worst run's for messages lost or handled twice), with each
-figure's range in the JSON: a machine's rates move from run to run. It
-exits 3 if a message was lost.
+figure (the worst run's for messages lost, handled twice or from no
+producer of the run, and for consumer registrations that lapsed: these may
+come from different runs), with each figure's range in the JSON: a
+machine's rates move from run to run. It exits 3 if a message was lost.
 Needs nothing running: etcd is embedded and every server listens on loopback
 (127.0.0.2 and up stand in for other hosts). Run it on a quiet machine.`,
 		Example: `  butterfly bench
@@ -228,7 +229,7 @@ func (f *benchFlags) table(runs int, write func(io.Writer) error) func(io.Writer
 			return err
 		}
 		if runs > 1 {
-			_, err := fmt.Fprintf(w, "\nEvery figure is the median of %d runs (lost and handled twice: the worst run); --json adds each one's range.\n", runs)
+			_, err := fmt.Fprintf(w, "\nEvery figure is the median of %d runs (lost, handled twice, unknown messages and lapsed registrations: the worst run's); --json adds each one's range.\n", runs)
 			return err
 		}
 		return nil
