@@ -334,7 +334,7 @@ func (m *mesh) stopLoad() {
 // finish stops the load, closes the producers (each waits until all it sent
 // is acknowledged, within timeout) and returns how many messages were sent
 // and how many of them never reached a handler.
-func (m *mesh) finish(ctx context.Context, timeout time.Duration) (sent, lost, resent uint64, err error) {
+func (m *mesh) finish(ctx context.Context, timeout time.Duration) (sent, lost, resent, unacked uint64, err error) {
 	m.stopLoad()
 	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -348,12 +348,13 @@ func (m *mesh) finish(ctx context.Context, timeout time.Duration) (sent, lost, r
 		st := p.Stats()
 		sent += st.Sent
 		resent += st.Resent
+		unacked += st.InFlight
 		lost += m.seen[i].missing(st.Sent)
 	}
 	m.mu.Lock()
 	errs = append(errs, m.sendErr)
 	m.mu.Unlock()
-	return sent, lost, resent, errors.Join(errs...)
+	return sent, lost, resent, unacked, errors.Join(errs...)
 }
 
 // close stops everything the mesh started, consumers first so that they

@@ -35,7 +35,8 @@ type ProcessReport struct {
 	DuplicatesDropped uint64 `json:"duplicates_dropped"`
 	Resent            uint64 `json:"resent"`
 	Strangers         uint64 `json:"unknown_messages"`
-	// RegistrationsLapsed is as in Report.
+	// Unacknowledged and RegistrationsLapsed are as in Report.
+	Unacknowledged      uint64 `json:"unacknowledged"`
 	RegistrationsLapsed uint64 `json:"consumer_registrations_lapsed"`
 }
 
@@ -73,6 +74,9 @@ func (r *ProcessReport) WriteTable(w io.Writer) error {
 	fmt.Fprintf(tw, "sent / delivered / lost / handled twice / dups dropped / resent\t%d / %d / %d / %d / %d / %d\t\n",
 		r.Sent, r.Delivered, r.Lost, r.HandledTwice, r.DuplicatesDropped, r.Resent)
 	fmt.Fprintf(tw, "consumer registrations lapsed (handled twice allowed after one)\t%d\t\n", r.RegistrationsLapsed)
+	if r.Unacknowledged > 0 {
+		fmt.Fprintf(tw, "of the lost, unacknowledged at their producers when the run ended\t%d\t\n", r.Unacknowledged)
+	}
 	if r.Strangers > 0 {
 		fmt.Fprintf(tw, "messages from no producer of this run\t%d\t\n", r.Strangers)
 	}

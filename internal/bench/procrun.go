@@ -158,6 +158,7 @@ func (pm *procMesh) account(r *ProcessReport, prods, cons []workerReply) {
 		seen[seenKey{pm.producers[i].name, pm.incarnations[i]}] = &idSet{}
 		r.Sent += p.Sent
 		r.Resent += p.Resent
+		r.Unacknowledged += p.Sent - min(p.Sent, p.Acked+p.Nacked)
 	}
 	for _, c := range cons {
 		r.HandledTwice += c.Twice

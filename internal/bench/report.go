@@ -61,6 +61,10 @@ type Report struct {
 	DuplicatesDropped uint64 `json:"duplicates_dropped"`
 	Resent            uint64 `json:"resent"`
 	Strangers         uint64 `json:"unknown_messages"`
+	// Unacknowledged is the number of messages still unacknowledged at
+	// their producers when the run ended (a producer's Close that timed
+	// out): counted as lost, though their producers still held them.
+	Unacknowledged uint64 `json:"unacknowledged"`
 	// RegistrationsLapsed is the number of consumers whose registration in
 	// etcd lapsed during the run (its lease expired under a long stall):
 	// exactly once holds while none does, at least once after.
@@ -278,6 +282,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(tw, "sent / delivered / handled twice / dups dropped / resent\t%d / %d / %d / %d / %d\t\n",
 		r.Sent, r.Delivered, r.HandledTwice, r.DuplicatesDropped, r.Resent)
 	fmt.Fprintf(tw, "consumer registrations lapsed (handled twice allowed after one)\t%d\t\n", r.RegistrationsLapsed)
+	if r.Unacknowledged > 0 {
+		fmt.Fprintf(tw, "of the lost, unacknowledged at their producers when the run ended\t%d\t\n", r.Unacknowledged)
+	}
 	fmt.Fprintf(tw, "\t\t\n")
 	fmt.Fprintf(tw, "TARGETS\tgot\twant\tverdict\t\n")
 	for _, t := range r.Targets() {

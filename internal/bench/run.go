@@ -95,7 +95,7 @@ func (m *mesh) run(ctx context.Context, r *Report) error {
 	if err := m.faults(ctx, sat.MsgsPerSec, r); err != nil {
 		return err
 	}
-	sent, lost, resent, err := m.finish(ctx, 30*time.Second)
+	sent, lost, resent, unacked, err := m.finish(ctx, 30*time.Second)
 	m.event("producers closed", "sent", sent, "lost", lost)
 	if err != nil {
 		m.log.Warn("bench: finishing", "err", err)
@@ -112,7 +112,7 @@ func (m *mesh) run(ctx context.Context, r *Report) error {
 	r.Samples = append([]Sample(nil), m.samples...)
 	r.Events = append([]Event(nil), m.events...)
 	m.mu.Unlock()
-	r.Sent, r.FailoverLost, r.Resent = sent, lost, resent
+	r.Sent, r.FailoverLost, r.Resent, r.Unacknowledged = sent, lost, resent, unacked
 	r.Delivered, r.HandledTwice, r.Strangers = m.consumed.Load(), m.twice.Load(), m.strangers.Load()
 	r.RegistrationsLapsed = lapsed
 	for _, c := range m.consumers {

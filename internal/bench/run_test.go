@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	"fmt"
 	"testing"
 	"time"
 )
@@ -97,5 +98,42 @@ func TestRun_AllocsPerMessage(t *testing.T) {
 		if tc.bytes < float64(cfg.Payload) {
 			t.Errorf("Run() %s alloc bytes per msg = %.0f, want at least the payload, %d", tc.name, tc.bytes, cfg.Payload)
 		}
+	}
+}
+
+// TestFinish_CountsWhatProducersStillHold stops every intermediate under
+// load, so that the producers' Close times out with messages in flight,
+// and checks that the run counts those as unacknowledged: every message
+// missing at the consumers is one a producer still holds, since none was
+// acknowledged without being handled.
+func TestFinish_CountsWhatProducersStillHold(t *testing.T) {
+	ctx := t.Context()
+	m, err := newMesh(ctx, quickConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.close(ctx)
+	if !waitUntil(ctx, 30*time.Second, func() bool { return m.consumed.Load() > 0 }) {
+		t.Fatal("no message reached a consumer within 30s")
+	}
+	for i := range m.cfg.Intermediates {
+		m.server(fmt.Sprintf("i%d", i)).srv.Stop()
+	}
+	// The producers fill their windows with nowhere to send them.
+	if !waitUntil(ctx, 10*time.Second, func() bool {
+		var inFlight uint64
+		for _, p := range m.producers {
+			inFlight += p.Stats().InFlight
+		}
+		return inFlight > 0
+	}) {
+		t.Fatal("no message in flight at the producers within 10s of stopping every intermediate")
+	}
+	sent, lost, _, unacked, err := m.finish(ctx, 300*time.Millisecond)
+	if err == nil {
+		t.Errorf("finish() with every intermediate stopped = nil error, want the producers' Close to time out")
+	}
+	if unacked == 0 || lost == 0 || lost > unacked || unacked > sent {
+		t.Errorf("finish() sent %d, lost %d, unacknowledged %d; want 0 < lost <= unacknowledged <= sent", sent, lost, unacked)
 	}
 }

@@ -25,6 +25,7 @@ var worstOf = map[string]bool{
 	"unknown_messages": true,
 
 	"consumer_registrations_lapsed": true,
+	"unacknowledged":                true,
 }
 
 // Summarize returns the report of an odd number of runs of one
