@@ -332,8 +332,9 @@ func (m *mesh) stopLoad() {
 }
 
 // finish stops the load, closes the producers (each waits until all it sent
-// is acknowledged, within timeout) and returns how many messages were sent
-// and how many of them never reached a handler.
+// is acknowledged, within timeout) and returns how many messages were sent,
+// how many of them never reached a handler, how many went out again, and
+// how many were still unacknowledged at their producers.
 func (m *mesh) finish(ctx context.Context, timeout time.Duration) (sent, lost, resent, unacked uint64, err error) {
 	m.stopLoad()
 	cctx, cancel := context.WithTimeout(ctx, timeout)

@@ -75,7 +75,7 @@ func (r *ProcessReport) WriteTable(w io.Writer) error {
 		r.Sent, r.Delivered, r.Lost, r.HandledTwice, r.DuplicatesDropped, r.Resent)
 	fmt.Fprintf(tw, "consumer registrations lapsed (handled twice allowed after one)\t%d\t\n", r.RegistrationsLapsed)
 	if r.Unacknowledged > 0 {
-		fmt.Fprintf(tw, "of the lost, unacknowledged at their producers when the run ended\t%d\t\n", r.Unacknowledged)
+		fmt.Fprintf(tw, "unacknowledged at their producers when the run ended\t%d\t\n", r.Unacknowledged)
 	}
 	if r.Strangers > 0 {
 		fmt.Fprintf(tw, "messages from no producer of this run\t%d\t\n", r.Strangers)

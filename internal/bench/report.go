@@ -63,7 +63,9 @@ type Report struct {
 	Strangers         uint64 `json:"unknown_messages"`
 	// Unacknowledged is the number of messages still unacknowledged at
 	// their producers when the run ended (a producer's Close that timed
-	// out): counted as lost, though their producers still held them.
+	// out). Those that no handler got are counted as lost, though their
+	// producers still held them; more lost than this means a message was
+	// acknowledged without being handled.
 	Unacknowledged uint64 `json:"unacknowledged"`
 	// RegistrationsLapsed is the number of consumers whose registration in
 	// etcd lapsed during the run (its lease expired under a long stall):
@@ -283,7 +285,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 		r.Sent, r.Delivered, r.HandledTwice, r.DuplicatesDropped, r.Resent)
 	fmt.Fprintf(tw, "consumer registrations lapsed (handled twice allowed after one)\t%d\t\n", r.RegistrationsLapsed)
 	if r.Unacknowledged > 0 {
-		fmt.Fprintf(tw, "of the lost, unacknowledged at their producers when the run ended\t%d\t\n", r.Unacknowledged)
+		fmt.Fprintf(tw, "unacknowledged at their producers when the run ended\t%d\t\n", r.Unacknowledged)
 	}
 	fmt.Fprintf(tw, "\t\t\n")
 	fmt.Fprintf(tw, "TARGETS\tgot\twant\tverdict\t\n")
