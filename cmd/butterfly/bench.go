@@ -72,7 +72,9 @@ load starts once every consumer is registered in etcd, and the run counts
 the consumers whose registration lapsed on the way (a lease that expired
 during a long stall, put back under a new one): while a registration is
 gone its keys have another owner, so exactly once holds while none lapses,
-at least once after.
+at least once after. It also counts the messages still unacknowledged at
+their producers when it ends (their Close is given 30s): more lost than
+that would mean a message acknowledged without being handled.
 
 With --processes it runs instead the same mesh with every intermediate,
 producer and consumer a process of this binary (the real intermediate
@@ -84,9 +86,9 @@ CPU per million messages and peak RSS. No baselines, no faults.
 It prints a table, or one JSON object with --json, and can draw throughput
 over time with the faults marked (--plot). With --runs N it runs the whole
 benchmark N times, one after the other, and reports the median of each
-figure (the worst run's for messages lost, handled twice or from no
-producer of the run, and for consumer registrations that lapsed: these may
-come from different runs), with each figure's range in the JSON: a
+figure (the worst run's for messages lost, unacknowledged, handled twice or
+from no producer of the run, and for consumer registrations that lapsed:
+these may come from different runs), with each figure's range in the JSON: a
 machine's rates move from run to run. It exits 3 if a message was lost.
 Needs nothing running: etcd is embedded and every server listens on loopback
 (127.0.0.2 and up stand in for other hosts). Run it on a quiet machine.`,
@@ -229,7 +231,7 @@ func (f *benchFlags) table(runs int, write func(io.Writer) error) func(io.Writer
 			return err
 		}
 		if runs > 1 {
-			_, err := fmt.Fprintf(w, "\nEvery figure is the median of %d runs (lost, handled twice, unknown messages and lapsed registrations: the worst run's); --json adds each one's range.\n", runs)
+			_, err := fmt.Fprintf(w, "\nEvery figure is the median of %d runs (lost, unacknowledged, handled twice, unknown messages and lapsed registrations: the worst run's); --json adds each one's range.\n", runs)
 			return err
 		}
 		return nil
