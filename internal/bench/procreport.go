@@ -35,9 +35,7 @@ type ProcessReport struct {
 	DuplicatesDropped uint64 `json:"duplicates_dropped"`
 	Resent            uint64 `json:"resent"`
 	Strangers         uint64 `json:"unknown_messages"`
-	// Unacknowledged and RegistrationsLapsed are as in Report.
-	Unacknowledged      uint64 `json:"unacknowledged"`
-	RegistrationsLapsed uint64 `json:"consumer_registrations_lapsed"`
+	EndFigures
 }
 
 // setPeakRSS fills the peak memory figures from the exited children.
@@ -73,10 +71,7 @@ func (r *ProcessReport) WriteTable(w io.Writer) error {
 	fmt.Fprintf(tw, "\t\t\n")
 	fmt.Fprintf(tw, "sent / delivered / lost / handled twice / dups dropped / resent\t%d / %d / %d / %d / %d / %d\t\n",
 		r.Sent, r.Delivered, r.Lost, r.HandledTwice, r.DuplicatesDropped, r.Resent)
-	fmt.Fprintf(tw, "consumer registrations lapsed (handled twice allowed after one)\t%d\t\n", r.RegistrationsLapsed)
-	if r.Unacknowledged > 0 {
-		fmt.Fprintf(tw, "unacknowledged at their producers when the run ended\t%d\t\n", r.Unacknowledged)
-	}
+	r.endRows(tw)
 	if r.Strangers > 0 {
 		fmt.Fprintf(tw, "messages from no producer of this run\t%d\t\n", r.Strangers)
 	}

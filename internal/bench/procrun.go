@@ -117,11 +117,8 @@ func (pm *procMesh) finish(ctx context.Context, r *ProcessReport) error {
 		return err
 	}
 	// Before the consumers finish: a consumer that closes removes its key.
-	if r.RegistrationsLapsed, err = registrationsLapsed(ctx, pm.etcd.cli, pm.regs); err != nil {
+	if err := r.setLapsed(ctx, pm.etcd.cli, pm.regs, pm.log); err != nil {
 		return err
-	}
-	if r.RegistrationsLapsed > 0 {
-		pm.log.Warn(lapsedWarning, "consumers", r.RegistrationsLapsed)
 	}
 	cons, err := pm.callAll(ctx, pm.consumers, childFinishTimeout, workerRequest{Op: opFinish}, false)
 	if err != nil {

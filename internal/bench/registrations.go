@@ -4,15 +4,13 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"log/slog"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/butterfly-mesh/butterfly/registry"
 )
-
-// lapsedWarning is logged when a consumer's registration lapsed in a run.
-const lapsedWarning = "bench: consumer registrations lapsed during the run: a message may have been handled again by a new owner (at least once)"
 
 // registrationWait bounds how long a run waits for its consumers to
 // register.
@@ -76,4 +74,18 @@ func registrationsLapsed(ctx context.Context, cli *clientv3.Client, regs map[str
 		}
 	}
 	return n, nil
+}
+
+// setLapsed sets f.RegistrationsLapsed to the registrations in regs that
+// lapsed, and warns on log when any did.
+func (f *EndFigures) setLapsed(ctx context.Context, cli *clientv3.Client, regs map[string]int64, log *slog.Logger) error {
+	n, err := registrationsLapsed(ctx, cli, regs)
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		log.Warn("bench: consumer registrations lapsed during the run: a message may have been handled again by a new owner (at least once)", "consumers", n)
+	}
+	f.RegistrationsLapsed = n
+	return nil
 }

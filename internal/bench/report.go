@@ -61,16 +61,7 @@ type Report struct {
 	DuplicatesDropped uint64 `json:"duplicates_dropped"`
 	Resent            uint64 `json:"resent"`
 	Strangers         uint64 `json:"unknown_messages"`
-	// Unacknowledged is the number of messages still unacknowledged at
-	// their producers when the run ended (a producer's Close that timed
-	// out). Those that no handler got are counted as lost, though their
-	// producers still held them; more lost than this means a message was
-	// acknowledged without being handled.
-	Unacknowledged uint64 `json:"unacknowledged"`
-	// RegistrationsLapsed is the number of consumers whose registration in
-	// etcd lapsed during the run (its lease expired under a long stall):
-	// exactly once holds while none does, at least once after.
-	RegistrationsLapsed uint64 `json:"consumer_registrations_lapsed"`
+	EndFigures
 
 	// Samples is the throughput over the Butterfly run, Events what was
 	// done to it and when.
@@ -149,6 +140,30 @@ func (f *MeshFigures) setHalfLoad(offered float64, res Result) {
 // halfLoadRow is the table row of the half-load phase.
 func (f *MeshFigures) halfLoadRow(w io.Writer) {
 	fmt.Fprintf(w, "half of saturation\t%s\t%s / %s / %s\t%.2f\t\n", fmtRate(f.HalfLoad), fmtLat(f.P50HalfLoadUS), fmtLat(f.P99HalfLoadUS), fmtLat(f.P999HalfLoadUS), f.CPUPerMillionHalf)
+}
+
+// EndFigures are what every run finds when it ends, besides the messages
+// handled, in one process or in many.
+type EndFigures struct {
+	// Unacknowledged is the number of messages still unacknowledged at
+	// their producers when the run ended (a producer's Close that timed
+	// out). Those that no handler got are counted as lost, though their
+	// producers still held them; more lost than this means a message was
+	// acknowledged without being handled.
+	Unacknowledged uint64 `json:"unacknowledged"`
+	// RegistrationsLapsed is the number of consumers whose registration in
+	// etcd lapsed during the run (its lease expired under a long stall):
+	// exactly once holds while none does, at least once after.
+	RegistrationsLapsed uint64 `json:"consumer_registrations_lapsed"`
+}
+
+// endRows are the table rows of f; the unacknowledged only when there are
+// some.
+func (f *EndFigures) endRows(w io.Writer) {
+	fmt.Fprintf(w, "consumer registrations lapsed (handled twice allowed after one)\t%d\t\n", f.RegistrationsLapsed)
+	if f.Unacknowledged > 0 {
+		fmt.Fprintf(w, "unacknowledged at their producers when the run ended\t%d\t\n", f.Unacknowledged)
+	}
 }
 
 func fmtRate(v float64) string { return fmt.Sprintf("%.0f msgs/s", v) }
@@ -283,10 +298,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(tw, "drain at full load: Server.Drain\t%s\t\n", fault(r.DrainMS))
 	fmt.Fprintf(tw, "sent / delivered / handled twice / dups dropped / resent\t%d / %d / %d / %d / %d\t\n",
 		r.Sent, r.Delivered, r.HandledTwice, r.DuplicatesDropped, r.Resent)
-	fmt.Fprintf(tw, "consumer registrations lapsed (handled twice allowed after one)\t%d\t\n", r.RegistrationsLapsed)
-	if r.Unacknowledged > 0 {
-		fmt.Fprintf(tw, "unacknowledged at their producers when the run ended\t%d\t\n", r.Unacknowledged)
-	}
+	r.endRows(tw)
 	fmt.Fprintf(tw, "\t\t\n")
 	fmt.Fprintf(tw, "TARGETS\tgot\twant\tverdict\t\n")
 	for _, t := range r.Targets() {

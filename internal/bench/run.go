@@ -100,12 +100,8 @@ func (m *mesh) run(ctx context.Context, r *Report) error {
 	if err != nil {
 		m.log.Warn("bench: finishing", "err", err)
 	}
-	lapsed, err := registrationsLapsed(ctx, m.cli, m.regs)
-	if err != nil {
+	if err := r.setLapsed(ctx, m.cli, m.regs, m.log); err != nil {
 		return err
-	}
-	if lapsed > 0 {
-		m.log.Warn(lapsedWarning, "consumers", lapsed)
 	}
 	m.mu.Lock()
 	r.PeakHeapBytes = m.peakHeap
@@ -114,7 +110,6 @@ func (m *mesh) run(ctx context.Context, r *Report) error {
 	m.mu.Unlock()
 	r.Sent, r.FailoverLost, r.Resent, r.Unacknowledged = sent, lost, resent, unacked
 	r.Delivered, r.HandledTwice, r.Strangers = m.consumed.Load(), m.twice.Load(), m.strangers.Load()
-	r.RegistrationsLapsed = lapsed
 	for _, c := range m.consumers {
 		r.DuplicatesDropped += c.Stats().DuplicatesDropped
 	}
