@@ -18,7 +18,7 @@ func newTestStream(maxBatch, maxBytes, maxInFlight int) (*Producer, *pubStream) 
 		maxBytes:    maxBytes,
 		maxInFlight: maxInFlight,
 	}
-	p.streams[st] = struct{}{}
+	p.addStreamLocked(st)
 	return p, st
 }
 
@@ -64,7 +64,7 @@ func TestPubStream_TakeBatches(t *testing.T) {
 func TestProducer_DispatchLeastLoaded(t *testing.T) {
 	p, a := newTestStream(2, 1000, 4)
 	b := &pubStream{link: &pubLink{p: p}, wake: make(chan struct{}, 1), ready: true, maxBatch: 2, maxBytes: 1000, maxInFlight: 4}
-	p.streams[b] = struct{}{}
+	p.addStreamLocked(b)
 	queue(p, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -83,5 +83,48 @@ func TestProducer_DispatchLeastLoaded(t *testing.T) {
 			t.Errorf("outbox head seqs not in order: %d after %d", seq, prev)
 		}
 		prev = seq
+	}
+}
+
+// TestProducer_LeastLoadedTiesGoRound checks that streams with equally few
+// unacknowledged messages take turns, that the one with fewer is always
+// picked, and that a dropped stream is never picked again.
+func TestProducer_LeastLoadedTiesGoRound(t *testing.T) {
+	p, a := newTestStream(2, 1000, 100)
+	b := &pubStream{link: &pubLink{p: p}, wake: make(chan struct{}, 1), ready: true, maxBatch: 2, maxBytes: 1000, maxInFlight: 100}
+	c := &pubStream{link: &pubLink{p: p}, wake: make(chan struct{}, 1), ready: true, maxBatch: 2, maxBytes: 1000, maxInFlight: 100}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.addStreamLocked(b)
+	p.addStreamLocked(c)
+	picked := map[*pubStream]int{}
+	for range 30 {
+		picked[p.leastLoadedLocked(nil)]++
+	}
+	if picked[a] != 10 || picked[b] != 10 || picked[c] != 10 {
+		t.Errorf("picks of three idle streams = %d, %d, %d, want 10 each", picked[a], picked[b], picked[c])
+	}
+	for _, st := range []*pubStream{a, c} {
+		st.nextSeq++
+		st.unacked.Push(st.nextSeq, &outMsg{msg: &messagev1.Message{}, stream: st, seq: st.nextSeq})
+	}
+	for range 6 {
+		if got := p.leastLoadedLocked(nil); got != b {
+			t.Fatalf("leastLoadedLocked() with b the least loaded = %p, want b (%p)", got, b)
+		}
+	}
+	if got := p.leastLoadedLocked(b.link); got != a && got != c {
+		t.Errorf("leastLoadedLocked(avoid b) = %p, want a (%p) or c (%p)", got, a, c)
+	}
+	p.requeueLocked(b)
+	for range 6 {
+		if got := p.leastLoadedLocked(nil); got == b || got == nil {
+			t.Fatalf("leastLoadedLocked() after b was dropped = %p, want a (%p) or c (%p)", got, a, c)
+		}
+	}
+	p.requeueLocked(a)
+	p.requeueLocked(c)
+	if got := p.leastLoadedLocked(nil); got != nil {
+		t.Errorf("leastLoadedLocked() with no stream = %p, want nil", got)
 	}
 }

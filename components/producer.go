@@ -85,7 +85,9 @@ type Producer struct {
 	slab      sendSlab            // where Send takes its outMsgs and ids from
 	links     map[string]*pubLink // current link per instance name
 	streams   map[*pubStream]struct{}
-	filling   *pubStream // the stream whose next batch dispatchLocked fills
+	order     []*pubStream // the streams again, in the order they opened (see leastLoadedLocked)
+	turn      int          // where leastLoadedLocked's next walk of order starts
+	filling   *pubStream   // the stream whose next batch dispatchLocked fills
 	unsettled int
 	failed    int
 	msgLimit  int         // the largest message Send accepts, encoded
@@ -577,10 +579,19 @@ func (p *Producer) dispatchLocked() {
 
 // leastLoadedLocked returns the dispatchable stream with the fewest
 // unacknowledged messages, not through avoid unless no other is there; nil
-// when none is dispatchable.
+// when none is dispatchable. Under load it runs for three messages in four
+// (each time a sender has taken its stream's queue), so it walks order, not
+// the streams map: a slice in a fraction of a map's time. Each walk starts
+// one stream further on, so ties go round the streams.
 func (p *Producer) leastLoadedLocked(avoid *pubLink) *pubStream {
 	var best, fallback *pubStream
-	for st := range p.streams {
+	n := len(p.order)
+	if n == 0 {
+		return nil
+	}
+	p.turn = (p.turn + 1) % n
+	for i := range n {
+		st := p.order[(p.turn+i)%n]
 		if !st.dispatchable() {
 			continue
 		}
@@ -600,6 +611,18 @@ func (p *Producer) leastLoadedLocked(avoid *pubLink) *pubStream {
 	return best
 }
 
+// addStreamLocked makes st one of the producer's streams.
+func (p *Producer) addStreamLocked(st *pubStream) {
+	p.streams[st] = struct{}{}
+	p.order = append(p.order, st)
+}
+
+// removeStreamLocked makes st no longer one of the producer's streams.
+func (p *Producer) removeStreamLocked(st *pubStream) {
+	delete(p.streams, st)
+	p.order = slices.DeleteFunc(p.order, func(o *pubStream) bool { return o == st })
+}
+
 // requeueLocked puts the messages of a stream that is abandoned back at the
 // head of the outbox, in their order, and sends them through the others.
 func (p *Producer) requeueLocked(st *pubStream) {
@@ -607,7 +630,7 @@ func (p *Producer) requeueLocked(st *pubStream) {
 		return
 	}
 	st.dead = true
-	delete(p.streams, st)
+	p.removeStreamLocked(st)
 	if p.filling == st {
 		p.filling = nil
 	}

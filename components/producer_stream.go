@@ -283,7 +283,7 @@ func (l *pubLink) once() (welcomed bool) {
 		return false
 	}
 	l.stream = st
-	p.streams[st] = struct{}{}
+	p.addStreamLocked(st)
 	p.mu.Unlock()
 
 	var sender sync.WaitGroup

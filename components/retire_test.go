@@ -50,7 +50,7 @@ func (r *retireRig) stream(name string, maxBatch int) *pubStream {
 	}
 	r.ctxs[st] = ctx
 	r.p.mu.Lock()
-	r.p.streams[st] = struct{}{}
+	r.p.addStreamLocked(st)
 	r.p.mu.Unlock()
 	return st
 }
