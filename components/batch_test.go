@@ -86,10 +86,10 @@ func TestProducer_DispatchLeastLoaded(t *testing.T) {
 	}
 }
 
-// TestProducer_LeastLoadedTiesGoRound checks that streams with equally few
-// unacknowledged messages take turns, that the one with fewer is always
-// picked, and that a dropped stream is never picked again.
-func TestProducer_LeastLoadedTiesGoRound(t *testing.T) {
+// TestProducer_LeastLoadedTies checks that any of the streams with equally
+// few unacknowledged messages may be picked, that the one with fewer always
+// is, and that a dropped stream is never picked again.
+func TestProducer_LeastLoadedTies(t *testing.T) {
 	p, a := newTestStream(2, 1000, 100)
 	b := &pubStream{link: &pubLink{p: p}, wake: make(chan struct{}, 1), ready: true, maxBatch: 2, maxBytes: 1000, maxInFlight: 100}
 	c := &pubStream{link: &pubLink{p: p}, wake: make(chan struct{}, 1), ready: true, maxBatch: 2, maxBytes: 1000, maxInFlight: 100}
@@ -98,11 +98,12 @@ func TestProducer_LeastLoadedTiesGoRound(t *testing.T) {
 	p.addStreamLocked(b)
 	p.addStreamLocked(c)
 	picked := map[*pubStream]int{}
-	for range 30 {
+	for range 300 {
 		picked[p.leastLoadedLocked(nil)]++
 	}
-	if picked[a] != 10 || picked[b] != 10 || picked[c] != 10 {
-		t.Errorf("picks of three idle streams = %d, %d, %d, want 10 each", picked[a], picked[b], picked[c])
+	// Each has a third of the picks, 100 ± 8.2: 50 is six deviations off.
+	if len(picked) != 3 || picked[a] < 50 || picked[b] < 50 || picked[c] < 50 {
+		t.Errorf("picks of three idle streams = %d, %d, %d (of 300), want each near 100", picked[a], picked[b], picked[c])
 	}
 	for _, st := range []*pubStream{a, c} {
 		st.nextSeq++

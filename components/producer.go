@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -86,7 +87,6 @@ type Producer struct {
 	links     map[string]*pubLink // current link per instance name
 	streams   map[*pubStream]struct{}
 	order     []*pubStream // the streams again, in the order they opened (see leastLoadedLocked)
-	turn      int          // where leastLoadedLocked's next walk of order starts
 	filling   *pubStream   // the stream whose next batch dispatchLocked fills
 	unsettled int
 	failed    int
@@ -582,16 +582,19 @@ func (p *Producer) dispatchLocked() {
 // when none is dispatchable. Under load it runs for three messages in four
 // (each time a sender has taken its stream's queue), so it walks order, not
 // the streams map: a slice in a fraction of a map's time. Each walk starts
-// one stream further on, so ties go round the streams.
+// at a random stream, so ties go to any of them, as they did in the map's
+// random order. (Starting one stream further on each time instead would
+// let ties follow the calls' pattern: with two streams and an even number
+// of calls a burst, every burst's first batch would go to the same one.)
 func (p *Producer) leastLoadedLocked(avoid *pubLink) *pubStream {
 	var best, fallback *pubStream
 	n := len(p.order)
 	if n == 0 {
 		return nil
 	}
-	p.turn = (p.turn + 1) % n
+	start := rand.IntN(n)
 	for i := range n {
-		st := p.order[(p.turn+i)%n]
+		st := p.order[(start+i)%n]
 		if !st.dispatchable() {
 			continue
 		}
