@@ -9,7 +9,7 @@ import (
 // newTestStream returns a ready stream of a bare producer, for the batching
 // tests.
 func newTestStream(maxBatch, maxBytes, maxInFlight int) (*Producer, *pubStream) {
-	p := &Producer{streams: make(map[*pubStream]struct{}), window: make(chan struct{}, 1000), settled: make(chan struct{}, 1)}
+	p := &Producer{window: make(chan struct{}, 1000), settled: make(chan struct{}, 1)}
 	st := &pubStream{
 		link:        &pubLink{p: p},
 		wake:        make(chan struct{}, 1),

@@ -85,9 +85,8 @@ type Producer struct {
 	outbox    outQueue
 	slab      sendSlab            // where Send takes its outMsgs and ids from
 	links     map[string]*pubLink // current link per instance name
-	streams   map[*pubStream]struct{}
-	order     []*pubStream // the streams again, in the order they opened (see leastLoadedLocked)
-	filling   *pubStream   // the stream whose next batch dispatchLocked fills
+	streams   []*pubStream        // in the order they opened; a slice, see leastLoadedLocked
+	filling   *pubStream          // the stream whose next batch dispatchLocked fills
 	unsettled int
 	failed    int
 	msgLimit  int         // the largest message Send accepts, encoded
@@ -157,7 +156,6 @@ func NewProducer(cli *clientv3.Client, id string, opts ...ProducerOption) (*Prod
 		settled:     make(chan struct{}, 1),
 		done:        make(chan struct{}),
 		links:       make(map[string]*pubLink),
-		streams:     make(map[*pubStream]struct{}),
 		msgLimit:    cfg.maxMessageBytes(),
 	}
 	p.log = cfg.logger.With("producer", id, "incarnation", p.incarnation, "service", cfg.service)
@@ -458,7 +456,7 @@ func (p *Producer) waitReasonLocked(now time.Time) string {
 	if p.unsettled == 0 {
 		return ""
 	}
-	for st := range p.streams {
+	for _, st := range p.streams {
 		if st.ready && !st.retired && !st.dead {
 			if now.Sub(p.waitAt) < 2*waitingLogEvery {
 				return p.waitDetail
@@ -477,7 +475,7 @@ func (p *Producer) waitReasonLocked(now time.Time) string {
 // registered to answer.
 func (p *Producer) idleLocked(now time.Time) {
 	ready := false
-	for st := range p.streams {
+	for _, st := range p.streams {
 		if st.ready && !st.retired && !st.dead {
 			ready = true
 			break
@@ -580,21 +578,22 @@ func (p *Producer) dispatchLocked() {
 // leastLoadedLocked returns the dispatchable stream with the fewest
 // unacknowledged messages, not through avoid unless no other is there; nil
 // when none is dispatchable. Under load it runs for three messages in four
-// (each time a sender has taken its stream's queue), so it walks order, not
-// the streams map: a slice in a fraction of a map's time. Each walk starts
-// at a random stream, so ties go to any of them, as they did in the map's
-// random order. (Starting one stream further on each time instead would
-// let ties follow the calls' pattern: with two streams and an even number
-// of calls a burst, every burst's first batch would go to the same one.)
+// (each time a sender has taken its stream's queue), so the streams are a
+// slice, not a map: a slice walks in a fraction of a map's time. Each walk
+// starts at a random stream, so ties go to any of them, as they did in a
+// map's random order. (Starting one stream further on each time instead
+// would let ties follow the calls' pattern: with two streams and an even
+// number of calls a burst, every burst's first batch would go to the same
+// one.)
 func (p *Producer) leastLoadedLocked(avoid *pubLink) *pubStream {
 	var best, fallback *pubStream
-	n := len(p.order)
+	n := len(p.streams)
 	if n == 0 {
 		return nil
 	}
 	start := rand.IntN(n)
 	for i := range n {
-		st := p.order[(start+i)%n]
+		st := p.streams[(start+i)%n]
 		if !st.dispatchable() {
 			continue
 		}
@@ -616,14 +615,12 @@ func (p *Producer) leastLoadedLocked(avoid *pubLink) *pubStream {
 
 // addStreamLocked makes st one of the producer's streams.
 func (p *Producer) addStreamLocked(st *pubStream) {
-	p.streams[st] = struct{}{}
-	p.order = append(p.order, st)
+	p.streams = append(p.streams, st)
 }
 
 // removeStreamLocked makes st no longer one of the producer's streams.
 func (p *Producer) removeStreamLocked(st *pubStream) {
-	delete(p.streams, st)
-	p.order = slices.DeleteFunc(p.order, func(o *pubStream) bool { return o == st })
+	p.streams = slices.DeleteFunc(p.streams, func(o *pubStream) bool { return o == st })
 }
 
 // requeueLocked puts the messages of a stream that is abandoned back at the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -223,7 +224,7 @@ func (p *Producer) endIfAnsweredLocked(st *pubStream) {
 // message may reach takes it.
 func (p *Producer) updateMsgLimitLocked() {
 	lim := p.cfg.maxMessageBytes()
-	for st := range p.streams {
+	for _, st := range p.streams {
 		if st.ready && !st.retired && !st.dead {
 			lim = min(lim, st.maxMsg)
 		}
@@ -520,7 +521,8 @@ func (p *Producer) watchdog(ctx context.Context) {
 			return
 		case now := <-ticker.C:
 			p.mu.Lock()
-			for st := range p.streams {
+			// requeueLocked takes a stream out of p.streams: walk a copy.
+			for _, st := range slices.Clone(p.streams) {
 				switch {
 				case st.expired(now):
 					p.log.Warn("stream missed its heartbeats", "instance", st.link.inst.Name)

@@ -26,7 +26,6 @@ type retireRig struct {
 func newRetireRig() *retireRig {
 	p := &Producer{
 		log:      slog.New(slog.DiscardHandler),
-		streams:  make(map[*pubStream]struct{}),
 		window:   make(chan struct{}, 100),
 		settled:  make(chan struct{}, 1),
 		msgLimit: 1 << 20,
