@@ -33,6 +33,9 @@ import (
 type ackSink struct {
 	deliveryv1.UnimplementedPublishServiceServer
 	received atomic.Uint64
+	// lat, while set, receives each message's time from its stamp
+	// (CreateTimeUnixNano) to its arrival here: one way, end to end.
+	lat atomic.Pointer[histogram]
 }
 
 func (s *ackSink) Publish(stream deliveryv1.PublishService_PublishServer) error {
@@ -50,6 +53,12 @@ func (s *ackSink) Publish(stream deliveryv1.PublishService_PublishServer) error 
 			continue
 		}
 		s.received.Add(uint64(len(b.Messages)))
+		if h := s.lat.Load(); h != nil {
+			now := time.Now().UnixNano()
+			for _, m := range b.Messages {
+				h.record(time.Duration(now - m.CreateTimeUnixNano))
+			}
+		}
 		if err := stream.Send(ack.set(b.FirstSeq, b.FirstSeq+uint64(len(b.Messages))-1)); err != nil {
 			return err
 		}
@@ -186,12 +195,33 @@ func Baseline1Hop(ctx context.Context, cfg Config) (Result, error) {
 		return Result{}, fmt.Errorf("bench: 1-hop baseline: %w", err)
 	}
 	defer stop()
-	return drive(ctx, cfg, addr)
+	return drive(ctx, cfg, addr, pacing{})
 }
 
 // BaselineRelay measures producer -> relay -> consumer with end-to-end
 // acknowledgements, in plain gRPC.
 func BaselineRelay(ctx context.Context, cfg Config) (Result, error) {
+	return baselineRelay(ctx, cfg, 0)
+}
+
+// BaselineRelayAt measures the relay of BaselineRelay at rate messages a
+// second, shared by cfg.Producers streams that send as Butterfly's
+// producers do at half load: on every tick of a millisecond, what the rate
+// owes since the start. After cfg.Warmup of load it measures, for
+// cfg.Duration, each message's latency one way, from its stamp at the
+// producer to its arrival at the consumer (the sink), as Butterfly's
+// latency runs from Send to the handler. It is the latency the machine
+// gives a plain two-hop path at the rate Butterfly is measured at.
+func BaselineRelayAt(ctx context.Context, cfg Config, rate float64) (Result, error) {
+	if rate <= 0 {
+		return Result{}, fmt.Errorf("bench: relay baseline: rate %g is not positive", rate)
+	}
+	return baselineRelay(ctx, cfg, rate)
+}
+
+// baselineRelay is BaselineRelay at saturation (rate 0) or
+// BaselineRelayAt.
+func baselineRelay(ctx context.Context, cfg Config, rate float64) (Result, error) {
 	sink := &ackSink{}
 	sinkAddr, stopSink, err := serve(func(s *grpc.Server) { deliveryv1.RegisterPublishServiceServer(s, sink) })
 	if err != nil {
@@ -210,35 +240,75 @@ func BaselineRelay(ctx context.Context, cfg Config) (Result, error) {
 		return Result{}, fmt.Errorf("bench: relay baseline: %w", err)
 	}
 	defer stop()
-	return drive(ctx, cfg, addr)
+	if rate == 0 {
+		return drive(ctx, cfg, addr, pacing{})
+	}
+	oneWay := &histogram{}
+	res, err := drive(ctx, cfg, addr, pacing{
+		perStream: rate / float64(cfg.Producers),
+		warmup:    cfg.Warmup,
+		measure:   func() { sink.lat.Store(oneWay) },
+	})
+	if err != nil {
+		return Result{}, err
+	}
+	sink.lat.Store(nil)
+	res.P50, res.P99, res.P999 = oneWay.quantiles()
+	return res, nil
 }
 
-// drive runs cfg.Producers streams against addr for cfg.Duration, each
-// keeping at most cfg.Window messages unacknowledged, and measures acked
-// messages and batch round trips.
-func drive(ctx context.Context, cfg Config, addr string) (Result, error) {
+// pacing is how drive loads its streams.
+type pacing struct {
+	// perStream is the messages a second each stream sends; 0 is as fast
+	// as the window allows.
+	perStream float64
+	// warmup is the load before the measured phase.
+	warmup time.Duration
+	// measure, if set, is called as the measured phase starts.
+	measure func()
+}
+
+// drive runs cfg.Producers streams against addr for pace.warmup and then
+// cfg.Duration, each keeping at most cfg.Window messages unacknowledged,
+// and measures, after the warmup, acked messages and batch round trips.
+func drive(ctx context.Context, cfg Config, addr string, pace pacing) (Result, error) {
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return Result{}, fmt.Errorf("bench: baseline client: %w", err)
 	}
 	defer cc.Close()
-	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
+	ctx, cancel := context.WithTimeout(ctx, pace.warmup+cfg.Duration)
 	defer cancel()
-	lat := &histogram{}
-	var acked atomic.Uint64
-	// The window includes opening and closing the streams: a few hundred
-	// allocations over the run, nothing per message.
+	var (
+		lat    atomic.Pointer[histogram]
+		acked  atomic.Uint64
+		wg     sync.WaitGroup
+		errs   = make(chan error, cfg.Producers)
+		events = &histogram{}
+	)
+	if pace.warmup == 0 {
+		lat.Store(events)
+	}
+	// Without a warmup the window includes opening and closing the
+	// streams: a few hundred allocations over the run, nothing per message.
 	start, cpu0, allocs0 := time.Now(), cpuTime(), heapAllocs()
-	var wg sync.WaitGroup
-	errs := make(chan error, cfg.Producers)
 	for p := 0; p < cfg.Producers; p++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := driveStream(ctx, cfg, deliveryv1.NewPublishServiceClient(cc), fmt.Sprintf("b%d", p), &acked, lat); err != nil {
+			if err := driveStream(ctx, cfg, deliveryv1.NewPublishServiceClient(cc), fmt.Sprintf("b%d", p), pace.perStream, &acked, &lat); err != nil {
 				errs <- err
 			}
 		}()
+	}
+	var acked0 uint64
+	if pace.warmup > 0 {
+		pause(ctx, pace.warmup)
+		lat.Store(events)
+		acked0, start, cpu0, allocs0 = acked.Load(), time.Now(), cpuTime(), heapAllocs()
+	}
+	if pace.measure != nil {
+		pace.measure()
 	}
 	wg.Wait()
 	elapsed, cpu, allocs := time.Since(start), cpuTime()-cpu0, heapAllocs().sub(allocs0)
@@ -246,13 +316,18 @@ func drive(ctx context.Context, cfg Config, addr string) (Result, error) {
 	for err := range errs {
 		return Result{}, fmt.Errorf("bench: baseline stream: %w", err)
 	}
-	r := newResult(acked.Load(), elapsed, lat)
+	r := newResult(acked.Load()-acked0, elapsed, events)
 	r.CPUPerMillion = cpuPerMillion(cpu, r.Messages)
 	r.setAllocs(allocs)
 	return r, nil
 }
 
-func driveStream(ctx context.Context, cfg Config, client deliveryv1.PublishServiceClient, id string, acked *atomic.Uint64, lat *histogram) error {
+// driveStream sends batches on one stream until ctx is done: full ones as
+// fast as the window allows, or, at perStream messages a second, on every
+// tick of a millisecond what the rate owes since the start, in batches of
+// at most cfg.BatchMessages. It records each batch's round trip, to its
+// acknowledgement, in lat while lat is set.
+func driveStream(ctx context.Context, cfg Config, client deliveryv1.PublishServiceClient, id string, perStream float64, acked *atomic.Uint64, lat *atomic.Pointer[histogram]) error {
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	stream, err := client.Publish(sctx)
@@ -271,7 +346,10 @@ func driveStream(ctx context.Context, cfg Config, client deliveryv1.PublishServi
 			}
 			for _, r := range resp.GetAck().GetAcked() {
 				acked.Add(r.Last - r.First + 1)
-				lat.record(time.Since(<-sent))
+				d := time.Since(<-sent)
+				if h := lat.Load(); h != nil {
+					h.record(d)
+				}
 				<-window
 			}
 		}
@@ -285,8 +363,26 @@ func driveStream(ctx context.Context, cfg Config, client deliveryv1.PublishServi
 	}
 	batch := &deliveryv1.PublishBatch{Messages: msgs}
 	req := &deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Batch{Batch: batch}}
+	var tick *time.Ticker
+	if perStream > 0 {
+		tick = time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+	}
 	var seq uint64 = 1
+	start := time.Now()
 	for ctx.Err() == nil {
+		n := len(msgs)
+		if perStream > 0 {
+			owed := int64(perStream*time.Since(start).Seconds()) - int64(seq-1)
+			if owed <= 0 {
+				select {
+				case <-tick.C:
+				case <-ctx.Done():
+				}
+				continue
+			}
+			n = int(min(owed, int64(n)))
+		}
 		select {
 		case window <- struct{}{}:
 		case <-ctx.Done():
@@ -294,16 +390,16 @@ func driveStream(ctx context.Context, cfg Config, client deliveryv1.PublishServi
 		}
 		now := time.Now()
 		nano := now.UnixNano()
-		for i, m := range msgs {
+		for i, m := range msgs[:n] {
 			m.Id.Seq = seq + uint64(i)
 			m.CreateTimeUnixNano = nano
 		}
-		batch.FirstSeq = seq
+		batch.FirstSeq, batch.Messages = seq, msgs[:n]
 		sent <- now
 		if err := stream.Send(req); err != nil {
 			break
 		}
-		seq += uint64(len(msgs))
+		seq += uint64(n)
 	}
 	stream.CloseSend()
 	cancel()

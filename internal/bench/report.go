@@ -28,6 +28,17 @@ type Report struct {
 	BaselineRelayAllocs   float64 `json:"baseline_relay_allocs_per_msg"`
 	BaselineRelayAllocB   float64 `json:"baseline_relay_alloc_bytes_per_msg"`
 
+	// The relay again, once Butterfly's phases are done, at Butterfly's
+	// half-load rate and sent as its producers send it: each message's
+	// latency one way, from its stamp to the sink, as Butterfly's runs from
+	// Send to the handler. It is what the machine gives a plain two-hop
+	// path at that rate.
+	BaselineRelayHalfLoad       float64 `json:"baseline_relay_half_load_msgs_per_s"`
+	BaselineRelayP50HalfLoadUS  float64 `json:"baseline_relay_p50_half_load_us"`
+	BaselineRelayP99HalfLoadUS  float64 `json:"baseline_relay_p99_half_load_us"`
+	BaselineRelayP999HalfLoadUS float64 `json:"baseline_relay_p999_half_load_us"`
+	BaselineRelayCPUHalfLoad    float64 `json:"baseline_relay_cpu_s_per_million_half_load"`
+
 	MeshFigures
 	RatioVs1Hop      float64 `json:"ratio_vs_1hop"`
 	RatioVsRelay     float64 `json:"ratio_vs_relay"`
@@ -107,6 +118,11 @@ func (r *Report) setBaselineRelay(res Result) {
 	r.BaselineRelay, r.BaselineRelayP50US, r.BaselineRelayP99US = res.MsgsPerSec, us(res.P50), us(res.P99)
 	r.BaselineRelayCPU = res.CPUPerMillion
 	r.BaselineRelayAllocs, r.BaselineRelayAllocB = res.AllocsPerMsg, res.AllocBytesPerMsg
+}
+
+func (r *Report) setBaselineRelayHalfLoad(res Result) {
+	r.BaselineRelayHalfLoad, r.BaselineRelayCPUHalfLoad = res.MsgsPerSec, res.CPUPerMillion
+	r.BaselineRelayP50HalfLoadUS, r.BaselineRelayP99HalfLoadUS, r.BaselineRelayP999HalfLoadUS = us(res.P50), us(res.P99), us(res.P999)
 }
 
 // MeshFigures are what every run measures of the mesh at saturation and at
@@ -282,6 +298,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(tw, "saturation\t%s\t%s / %s / %s\t%.2f\t%s\t\n", rate(r.Butterfly), lat(r.P50US), lat(r.P99US), lat(r.P999US), r.CPUPerMillion,
 		allocs(r.AllocsPerMsg, r.AllocBytesPerMsg))
 	r.halfLoadRow(tw)
+	fmt.Fprintf(tw, "the relay at that rate, one way\t%s\t%s / %s / %s\t%.2f\t\t\n", rate(r.BaselineRelayHalfLoad), lat(r.BaselineRelayP50HalfLoadUS), lat(r.BaselineRelayP99HalfLoadUS), lat(r.BaselineRelayP999HalfLoadUS), r.BaselineRelayCPUHalfLoad)
 	fmt.Fprintf(tw, "vs 1 hop / vs relay\t%.2fx / %.2fx\t\t\t\n", r.RatioVs1Hop, r.RatioVsRelay)
 	fmt.Fprintf(tw, "peak heap in use\t%.1f MiB\t\t\t\n", float64(r.PeakHeapBytes)/(1<<20))
 	fmt.Fprintf(tw, "half load: GC cycles / GC CPU\t%d / %.0f %%\t\t\t\n", r.HalfLoadGCCycles, 100*r.HalfLoadGCCPUFraction)

@@ -61,10 +61,16 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer m.close(ctx)
-	if err := m.run(ctx, r); err != nil {
+	err = m.run(ctx, r)
+	m.close(ctx)
+	if err != nil {
 		return nil, err
 	}
+	log.Info("bench: baseline, the relay at Butterfly's half-load rate", "msgs_per_s", int(r.HalfLoadOffered), "duration", cfg.Duration)
+	if res, err = BaselineRelayAt(ctx, cfg, r.HalfLoadOffered); err != nil {
+		return nil, err
+	}
+	r.setBaselineRelayHalfLoad(res)
 	return r, nil
 }
 

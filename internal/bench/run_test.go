@@ -60,6 +60,10 @@ func TestRun_QuickFaultsLoseNothing(t *testing.T) {
 	if r.Butterfly <= 0 || r.Baseline1Hop <= 0 || r.BaselineRelay <= 0 || r.P99HalfLoadUS <= 0 {
 		t.Errorf("Run() rates %v/%v/%v and p99 at half load %v, want all > 0", r.Butterfly, r.Baseline1Hop, r.BaselineRelay, r.P99HalfLoadUS)
 	}
+	if r.BaselineRelayHalfLoad <= 0 || r.BaselineRelayP50HalfLoadUS <= 0 || r.BaselineRelayP99HalfLoadUS < r.BaselineRelayP50HalfLoadUS {
+		t.Errorf("Run() relay at the half-load rate: %v msgs/s, one way p50 %v µs, p99 %v µs, want a rate and 0 < p50 <= p99",
+			r.BaselineRelayHalfLoad, r.BaselineRelayP50HalfLoadUS, r.BaselineRelayP99HalfLoadUS)
+	}
 	if len(r.Samples) == 0 || len(r.Events) < 8 {
 		t.Errorf("Run() samples %d, events %d, want a series and every event", len(r.Samples), len(r.Events))
 	}
