@@ -52,8 +52,11 @@ something beside each other:
               kept off its core (a virtual machine's host taking a virtual
               core away), the floor under every latency tail measured here;
   baselines   raw gRPC bidirectional streaming over one hop (one message per
-              gRPC message, then batched as Butterfly batches), and a
-              hand-rolled two-hop relay with end-to-end acks in plain gRPC;
+              gRPC message, then batched as Butterfly batches), a
+              hand-rolled two-hop relay with end-to-end acks in plain gRPC,
+              and, after Butterfly, the same relay again at Butterfly's
+              half-load rate, paced as its producers are and timed one way
+              (send to sink): the tail a plain relay has at that rate;
   butterfly   producers -> intermediates -> consumers on an embedded etcd,
               with end-to-end acks and dedup: messages/s at saturation,
               end-to-end latency p50/p99/p999 at saturation and at half of it
