@@ -1,6 +1,7 @@
 package components
 
 import (
+	"context"
 	"testing"
 
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
@@ -9,7 +10,7 @@ import (
 // newTestStream returns a ready stream of a bare producer, for the batching
 // tests.
 func newTestStream(maxBatch, maxBytes, maxInFlight int) (*Producer, *pubStream) {
-	p := &Producer{window: make(chan struct{}, 1000), settled: make(chan struct{}, 1)}
+	p := &Producer{ctx: context.Background(), window: make(chan struct{}, 1000), settled: make(chan struct{}, 1)}
 	st := &pubStream{
 		link:        &pubLink{p: p},
 		wake:        make(chan struct{}, 1),

@@ -656,8 +656,12 @@ func (p *Producer) requeueLocked(st *pubStream) {
 		m.stream, m.seq, m.sent = nil, 0, false
 	}
 	p.outbox.pushFront(back)
-	p.resent.Add(uint64(resent))
-	p.metrics.Resent(reason, resent)
+	if p.ctx.Err() == nil {
+		// A producer that closes sends nothing again: what its streams
+		// held ends unacknowledged, not resent.
+		p.resent.Add(uint64(resent))
+		p.metrics.Resent(reason, resent)
+	}
 	p.dispatchLocked()
 }
 

@@ -156,7 +156,9 @@ func TestProducer_NackHandlerSends(t *testing.T) {
 }
 
 // TestProducer_SendWaitAfterCloseTimeout checks that SendWait returns
-// ErrClosed when Close gives up waiting for its message's acknowledgement.
+// ErrClosed when Close gives up waiting for its message's acknowledgement,
+// and that the message its stream held when Close ended it is not counted
+// as resent: nothing is sent again.
 func TestProducer_SendWaitAfterCloseTimeout(t *testing.T) {
 	m := newMesh(t)
 	m.startHub("intermediate", "i1", "127.0.0.1")
@@ -174,6 +176,9 @@ func TestProducer_SendWaitAfterCloseTimeout(t *testing.T) {
 	var ce *components.CloseError
 	if !errors.As(err, &ce) || ce.Unacked != 1 || !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Close() = %v, want a CloseError with 1 unacknowledged, wrapping %v", err, context.DeadlineExceeded)
+	}
+	if st := p.Stats(); st.Sent != 1 || st.Resent != 0 || st.Acked != 0 {
+		t.Errorf("Stats() after Close = %+v, want Sent=1 Resent=0 Acked=0", st)
 	}
 	select {
 	case err := <-result:

@@ -25,6 +25,7 @@ type retireRig struct {
 
 func newRetireRig() *retireRig {
 	p := &Producer{
+		ctx:      context.Background(),
 		log:      slog.New(slog.DiscardHandler),
 		window:   make(chan struct{}, 100),
 		settled:  make(chan struct{}, 1),
