@@ -33,6 +33,7 @@ const TRANSIENT = new Set([
   'NACK_REASON_DRAINING', 'NACK_REASON_UNAVAILABLE', 'NACK_REASON_NO_CONSUMER', 'NACK_REASON_OWNER_UNREACHABLE',
 ]);
 const OWN_HEARTBEAT_MS = 200;
+const PROBE_TIMEOUT_MS = 10000; // a probe's deadline
 
 function parseArgs(argv) {
   const o = {
@@ -274,15 +275,19 @@ function runPublishStream(client, inst, o, incarnation, pending, acked, routes, 
 }
 
 // probePublish breaks the contract on purpose: a batch whose first_seq is
-// not 1 on a new stream must end it with INVALID_ARGUMENT.
+// not 1 on a new stream must end it with INVALID_ARGUMENT. The probe
+// closes its side after the batch, so the stream ends on the status alone,
+// and has a deadline: a status that never comes is a DEADLINE_EXCEEDED
+// here, not a run that hangs.
 async function probePublish(etcd, o, incarnation) {
   const [inst] = await discover(etcd, o);
   const client = new deliveryv1.PublishService(inst.addr, grpc.credentials.createInsecure());
-  const call = client.Publish();
+  const call = client.Publish({ deadline: Date.now() + PROBE_TIMEOUT_MS });
   const end = streamEnd(call);
   call.on('data', () => {});
   call.write({ hello: { producerId: o.id, incarnation, instance: inst.name, heartbeatIntervalMs: OWN_HEARTBEAT_MS } });
   call.write({ batch: { firstSeq: '5', messages: [{ id: { producerId: o.id, incarnation, seq: '1' } }] } });
+  call.end();
   const s = await end;
   client.close();
   return `${statusName(s.code)}: ${s.details}`;
@@ -414,13 +419,17 @@ function subscribeStream(inst, o, reg, handle) {
 }
 
 // probeSubscribe breaks the contract on purpose: an acknowledgement frame
-// that names no delivery must end the stream with INVALID_ARGUMENT.
+// that names no delivery must end the stream with INVALID_ARGUMENT. Like
+// probePublish, it closes its side after the frame and has a deadline.
 async function probeSubscribe(inst, o, reg) {
   const client = new deliveryv1.SubscribeService(inst.addr, grpc.credentials.createInsecure());
-  const call = client.Subscribe();
+  const call = client.Subscribe({ deadline: Date.now() + PROBE_TIMEOUT_MS });
   const end = streamEnd(call);
   call.on('data', (resp) => {
-    if (resp.kind === 'welcome') call.write({ ack: { acked: [], nacked: [] } });
+    if (resp.kind === 'welcome') {
+      call.write({ ack: { acked: [], nacked: [] } });
+      call.end();
+    }
   });
   call.write({
     hello: {
