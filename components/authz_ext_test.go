@@ -314,4 +314,8 @@ func TestRefusal_ForeignIDStopsProducer(t *testing.T) {
 	if err := p.Close(ctx); !errors.As(err, &ce) || ce.Unacked != 1 || !errors.Is(err, components.ErrRefused) {
 		t.Fatalf("Close() = %v, want a CloseError with its 1 unacknowledged message and the refusal", err)
 	}
+	// The refused message went out once and was never sent again.
+	if st := p.Stats(); st.Sent != 1 || st.Resent != 0 {
+		t.Errorf("Stats() = %+v, want Sent=1 Resent=0: a stopped producer sends nothing again", st)
+	}
 }

@@ -68,6 +68,7 @@ type Producer struct {
 	done     chan struct{}
 	stopOnce sync.Once
 	stopErr  error
+	stopped  bool // set by stop under mu: no stream is opened again
 
 	sent   atomic.Uint64
 	acked  atomic.Uint64
@@ -656,9 +657,9 @@ func (p *Producer) requeueLocked(st *pubStream) {
 		m.stream, m.seq, m.sent = nil, 0, false
 	}
 	p.outbox.pushFront(back)
-	if p.ctx.Err() == nil {
-		// A producer that closes sends nothing again: what its streams
-		// held ends unacknowledged, not resent.
+	if !p.stopped && p.ctx.Err() == nil {
+		// A producer that closes, or stopped on its own, sends nothing
+		// again: what its streams held ends unacknowledged, not resent.
 		p.resent.Add(uint64(resent))
 		p.metrics.Resent(reason, resent)
 	}
@@ -888,6 +889,7 @@ func (p *Producer) stop(err error) {
 		p.log.Warn("producer stops", "err", err)
 		p.stopErr = err
 		p.mu.Lock()
+		p.stopped = true
 		for _, l := range p.links {
 			l.retired = true
 			l.cancel()
