@@ -269,8 +269,10 @@ type pacing struct {
 }
 
 // drive runs cfg.Producers streams against addr for pace.warmup and then
-// cfg.Duration, each keeping at most cfg.Window messages unacknowledged,
-// and measures, after the warmup, acked messages and batch round trips.
+// cfg.Duration, each keeping at most cfg.Window/cfg.BatchMessages+1 batches
+// unacknowledged (cfg.Window messages when the batches are full, fewer
+// when paced batches are not), and measures, after the warmup, acked
+// messages and batch round trips.
 func drive(ctx context.Context, cfg Config, addr string, pace pacing) (Result, error) {
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
