@@ -219,6 +219,67 @@ func TestMutualTLS_EndToEnd(t *testing.T) {
 	}
 }
 
+// TestRefusal_StopCountsNoResend checks that the messages another stream
+// holds when a refusal stops the producer are not counted as resent: they
+// wait for Close, which ends them unacknowledged, and nothing sends them
+// again.
+func TestRefusal_StopCountsNoResend(t *testing.T) {
+	m := newMesh(t)
+	// No consumer: i1 holds what it receives, longer than the test runs.
+	h1 := m.startHub(components.DefaultService, "i1", "127.0.0.1", intermediate.WithNoConsumerTimeout(time.Minute))
+	m.waitMembers(components.DefaultService, 1)
+	p := m.producer("p1")
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	const n = 10
+	for i := range n {
+		if _, err := p.Send(ctx, &messagev1.Message{Payload: fmt.Appendf(nil, "m%d", i)}); err != nil {
+			t.Fatalf("Send(%d) = %v", i, err)
+		}
+	}
+	waitUntil(t, "i1 holding every message of p1", func() bool {
+		for _, ps := range h1.status(t).GetProducers() {
+			if ps.GetProducerId() == "p1" && ps.GetInFlight() == n {
+				return true
+			}
+		}
+		return false
+	})
+
+	// A TLS instance appears: the plaintext producer stops on it, and its
+	// stream to i1 ends with the n messages it held.
+	m.startTLSHub(devPKI(t, "p1"), "i2")
+	select {
+	case <-p.Done():
+	case <-ctx.Done():
+		t.Fatalf("producer p1 not stopped by the TLS instance")
+	}
+	if err := p.Err(); !errors.Is(err, components.ErrTLSMismatch) {
+		t.Fatalf("Err() = %v, want %v", err, components.ErrTLSMismatch)
+	}
+	// The stop ends the stream to i1 before Close does: wait for i1 to see
+	// it go, so the messages come back while the producer is stopped and
+	// not yet closed.
+	waitUntil(t, "i1 without p1's stream", func() bool {
+		for _, ps := range h1.status(t).GetProducers() {
+			if ps.GetProducerId() == "p1" {
+				return false
+			}
+		}
+		return true
+	})
+	if st := p.Stats(); st.Resent != 0 {
+		t.Errorf("Stats() after the stop = %+v, want Resent=0", st)
+	}
+	var ce *components.CloseError
+	if err := p.Close(ctx); !errors.As(err, &ce) || ce.Unacked != n {
+		t.Fatalf("Close() = %v, want a CloseError with %d unacknowledged", err, n)
+	}
+	if st := p.Stats(); st.Sent != n || st.Resent != 0 || st.Acked != 0 {
+		t.Errorf("Stats() = %+v, want Sent=%d Resent=0 Acked=0: a stopped producer sends nothing again", st, n)
+	}
+}
+
 // TestRefusal_StopsComponent checks that a refusal retrying cannot mend
 // stops a producer or consumer at once through Done and Err, naming the
 // instance: mutual TLS binds another producer id to the certificate
