@@ -442,14 +442,21 @@ func waitProducer(t *testing.T, id string, hubs ...*hub) {
 	t.Helper()
 	for _, h := range hubs {
 		waitUntil(t, fmt.Sprintf("%s's stream to %s", id, h.srv.Instance()), func() bool {
-			for _, ps := range h.status(t).GetProducers() {
-				if ps.GetProducerId() == id {
-					return true
-				}
-			}
-			return false
+			return h.producerStream(t, id) != nil
 		})
 	}
+}
+
+// producerStream returns the status of producer id's stream to h, nil
+// when it has none.
+func (h *hub) producerStream(t *testing.T, id string) *adminv1.ProducerStatus {
+	t.Helper()
+	for _, ps := range h.status(t).GetProducers() {
+		if ps.GetProducerId() == id {
+			return ps
+		}
+	}
+	return nil
 }
 
 // countFrames is an intermediate option that calls count with every frame

@@ -238,12 +238,8 @@ func TestRefusal_StopCountsNoResend(t *testing.T) {
 		}
 	}
 	waitUntil(t, "i1 holding every message of p1", func() bool {
-		for _, ps := range h1.status(t).GetProducers() {
-			if ps.GetProducerId() == "p1" && ps.GetInFlight() == n {
-				return true
-			}
-		}
-		return false
+		ps := h1.producerStream(t, "p1")
+		return ps != nil && ps.GetInFlight() == n
 	})
 
 	// A TLS instance appears: the plaintext producer stops on it, and its
@@ -260,14 +256,7 @@ func TestRefusal_StopCountsNoResend(t *testing.T) {
 	// The stop ends the stream to i1 before Close does: wait for i1 to see
 	// it go, so the messages come back while the producer is stopped and
 	// not yet closed.
-	waitUntil(t, "i1 without p1's stream", func() bool {
-		for _, ps := range h1.status(t).GetProducers() {
-			if ps.GetProducerId() == "p1" {
-				return false
-			}
-		}
-		return true
-	})
+	waitUntil(t, "i1 without p1's stream", func() bool { return h1.producerStream(t, "p1") == nil })
 	if st := p.Stats(); st.Resent != 0 {
 		t.Errorf("Stats() after the stop = %+v, want Resent=0", st)
 	}
