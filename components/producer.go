@@ -64,11 +64,10 @@ type Producer struct {
 	metrics     *telemetry.ProducerMetrics // nil without WithMetrics
 	tracer      trace.Tracer               // nil without WithTracerProvider
 
-	// done is closed by stop, after stopErr is set.
+	// done is closed by stop, after stopErr is set under mu.
 	done     chan struct{}
 	stopOnce sync.Once
 	stopErr  error
-	stopped  bool // set by stop under mu: no stream is opened again
 
 	sent   atomic.Uint64
 	acked  atomic.Uint64
@@ -657,7 +656,7 @@ func (p *Producer) requeueLocked(st *pubStream) {
 		m.stream, m.seq, m.sent = nil, 0, false
 	}
 	p.outbox.pushFront(back)
-	if !p.stopped && p.ctx.Err() == nil {
+	if p.stopErr == nil && p.ctx.Err() == nil {
 		// A producer that closes, or stopped on its own, sends nothing
 		// again: what its streams held ends unacknowledged, not resent.
 		p.resent.Add(uint64(resent))
@@ -887,9 +886,8 @@ func (p *Producer) Err() error {
 func (p *Producer) stop(err error) {
 	p.stopOnce.Do(func() {
 		p.log.Warn("producer stops", "err", err)
-		p.stopErr = err
 		p.mu.Lock()
-		p.stopped = true
+		p.stopErr = err
 		for _, l := range p.links {
 			l.retired = true
 			l.cancel()
