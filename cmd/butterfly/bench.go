@@ -22,6 +22,7 @@ type benchFlags struct {
 	asJSON     bool
 	plot       string
 	cpuprofile string
+	memprofile string
 	trace      string
 	quick      bool
 	processes  bool
@@ -131,6 +132,14 @@ Needs nothing running: etcd is embedded and every server listens on loopback
 				defer pf.Close()
 				cfg.CPUProfile = pf
 			}
+			if f.memprofile != "" {
+				mf, err := os.Create(f.memprofile)
+				if err != nil {
+					return err
+				}
+				defer mf.Close()
+				cfg.HeapProfile = mf
+			}
 			if f.trace != "" {
 				tf, err := os.Create(f.trace)
 				if err != nil {
@@ -176,6 +185,7 @@ Needs nothing running: etcd is embedded and every server listens on loopback
 	fl.BoolVar(&f.asJSON, "json", false, "print one JSON object instead of the table")
 	fl.StringVar(&f.plot, "plot", "", "write throughput over time, faults marked, to this SVG file")
 	fl.StringVar(&f.cpuprofile, "cpuprofile", "", "write a CPU profile of Butterfly's saturation phase to this file")
+	fl.StringVar(&f.memprofile, "memprofile", "", "write a heap profile taken at the end of Butterfly's saturation phase to this file")
 	fl.StringVar(&f.trace, "trace", "", "write a runtime execution trace of Butterfly's half-load phase to this file (go tool trace)")
 	fl.BoolVar(&f.quick, "quick", false, "short phases and heartbeats: the whole run in a few seconds (smoke test)")
 	fl.IntVar(&f.runs, "runs", 1, "run the whole benchmark this many times (odd) and report the median of each figure (--json adds each one's range)")
@@ -261,12 +271,16 @@ func (f *benchFlags) validate() error {
 		return usagef("--plot: not with --runs %d (it draws one run)", f.runs)
 	case f.runs > 1 && f.cpuprofile != "":
 		return usagef("--cpuprofile: not with --runs %d (it profiles one run)", f.runs)
+	case f.runs > 1 && f.memprofile != "":
+		return usagef("--memprofile: not with --runs %d (it profiles one run)", f.runs)
 	case f.runs > 1 && f.trace != "":
 		return usagef("--trace: not with --runs %d (it traces one run)", f.runs)
 	case f.processes && f.plot != "":
 		return usagef("--plot: not with --processes (a run in separate processes has no faults to plot)")
 	case f.processes && f.cpuprofile != "":
 		return usagef("--cpuprofile: not with --processes (the components run in processes of their own)")
+	case f.processes && f.memprofile != "":
+		return usagef("--memprofile: not with --processes (the components run in processes of their own)")
 	case f.processes && f.trace != "":
 		return usagef("--trace: not with --processes (the components run in processes of their own)")
 	case c.Payload < 0 || c.Payload > 4<<20:

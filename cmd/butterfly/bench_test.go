@@ -135,6 +135,8 @@ func TestBenchCommand_BadFlags(t *testing.T) {
 		{[]string{"--runs", "3", "--plot", "b.svg"}, "--plot"},
 		{[]string{"--runs", "3", "--cpuprofile", "c.out"}, "--cpuprofile"},
 		{[]string{"--runs", "3", "--trace", "t.out"}, "--trace"},
+		{[]string{"--runs", "3", "--memprofile", "m.out"}, "--memprofile"},
+		{[]string{"--processes", "--memprofile", "m.out"}, "--memprofile"},
 	} {
 		t.Run(tc.flag, func(t *testing.T) {
 			_, err := executeBench(t, tc.args...)

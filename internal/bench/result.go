@@ -48,6 +48,10 @@ type Config struct {
 	// CPUProfile, when set, receives a CPU profile of Butterfly's saturation
 	// phase.
 	CPUProfile io.Writer
+	// HeapProfile, when set, receives a heap profile taken at the end of
+	// Butterfly's saturation phase, with the windows full (go tool pprof;
+	// its in-use figures are those of the last collection).
+	HeapProfile io.Writer
 	// Trace, when set, receives a runtime execution trace of Butterfly's
 	// half-load phase (go tool trace).
 	Trace io.Writer

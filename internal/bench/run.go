@@ -92,6 +92,11 @@ func (m *mesh) run(ctx context.Context, r *Report) error {
 		return ctx.Err()
 	}
 	sat := m.measure(ctx, cfg.CPUProfile, nil)
+	if cfg.HeapProfile != nil {
+		if err := pprof.Lookup("heap").WriteTo(cfg.HeapProfile, 0); err != nil {
+			m.log.Warn("bench: heap profile", "err", err)
+		}
+	}
 	r.setButterfly(sat)
 	m.log.Info("bench: saturation", "msgs_per_s", int(sat.MsgsPerSec), "p50", sat.P50, "p99", sat.P99)
 

@@ -2,7 +2,9 @@ package bench
 
 import (
 	"bytes"
+	"compress/gzip"
 	"fmt"
+	"io"
 	"testing"
 	"time"
 )
@@ -23,11 +25,15 @@ func quickConfig() Config {
 // count, that every fault was seen, and that the report renders.
 func TestRun_QuickFaultsLoseNothing(t *testing.T) {
 	cfg := quickConfig()
-	var tr bytes.Buffer
+	var tr, hp bytes.Buffer
 	cfg.Trace = &tr
+	cfg.HeapProfile = &hp
 	r, err := Run(t.Context(), cfg)
 	if err != nil {
 		t.Fatalf("Run() = %v", err)
+	}
+	if prof, err := gunzip(hp.Bytes()); err != nil || !bytes.Contains(prof, []byte("inuse_space")) {
+		t.Errorf("heap profile of the saturation phase: %d bytes (%v), want a gzipped pprof profile with inuse_space", hp.Len(), err)
 	}
 	if !bytes.HasPrefix(tr.Bytes(), []byte("go 1.")) {
 		t.Errorf("execution trace of the half-load phase: %d bytes starting %q, want a runtime trace", tr.Len(), tr.Bytes()[:min(tr.Len(), 16)])
@@ -140,4 +146,13 @@ func TestFinish_CountsWhatProducersStillHold(t *testing.T) {
 	if unacked == 0 || lost == 0 || lost > unacked || unacked > sent {
 		t.Errorf("finish() sent %d, lost %d, unacknowledged %d; want 0 < lost <= unacknowledged <= sent", sent, lost, unacked)
 	}
+}
+
+// gunzip returns the gzip stream b uncompressed.
+func gunzip(b []byte) ([]byte, error) {
+	zr, err := gzip.NewReader(bytes.NewReader(b))
+	if err != nil {
+		return nil, err
+	}
+	return io.ReadAll(zr)
 }
