@@ -70,6 +70,15 @@ client certificate (butterfly certs --consumer-id ID).`,
 			if err := registry.ValidateName("--service", service); err != nil {
 				return &usageError{err}
 			}
+			if err := registry.ValidateName("--group", group); err != nil {
+				return &usageError{err}
+			}
+			if leaseTTL < time.Second {
+				return usagef("--lease-ttl %v: must be at least 1s", leaseTTL)
+			}
+			if closeTimeout <= 0 {
+				return usagef("--close-timeout %v: must be positive", closeTimeout)
+			}
 			var w io.Writer = cmd.OutOrStdout()
 			if out != "" {
 				f, err := os.OpenFile(out, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)

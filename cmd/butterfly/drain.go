@@ -40,6 +40,9 @@ nothing accepts connections at its address any more.`,
 			if err := registry.ValidateName("--service", service); err != nil {
 				return &usageError{err}
 			}
+			if wait && timeout <= 0 {
+				return usagef("--timeout %v: must be positive", timeout)
+			}
 			cli, err := r.etcdClient()
 			if err != nil {
 				return err

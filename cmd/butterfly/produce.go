@@ -81,6 +81,9 @@ the hello and in every message.`,
 			if window < 1 {
 				return usagef("--window %d: must be at least 1", window)
 			}
+			if closeTimeout <= 0 {
+				return usagef("--close-timeout %v: must be positive", closeTimeout)
+			}
 			cs, err := r.setupComponent(cmd.Context(), "producer", tlsf, obsf)
 			if err != nil {
 				return err

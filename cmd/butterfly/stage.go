@@ -51,6 +51,12 @@ id, publishes under it, and forwards messages under their original ids.`,
 			if from == to {
 				return usagef("--from and --to are both %q", from)
 			}
+			if err := registry.ValidateName("--group", group); err != nil {
+				return &usageError{err}
+			}
+			if closeTimeout <= 0 {
+				return usagef("--close-timeout %v: must be positive", closeTimeout)
+			}
 			proc, err := intermediate.ProcessorByName(processor)
 			if err != nil {
 				return usagef("--processor: %v", err)

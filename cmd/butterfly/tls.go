@@ -59,7 +59,9 @@ func addTLSFlags(r *rootCommand, f *pflag.FlagSet, server bool) *tlsFlags {
 }
 
 // enabled reports whether any TLS flag is set.
-func (t *tlsFlags) enabled() bool { return t.files.Enabled() || t.serverName != "" }
+func (t *tlsFlags) enabled() bool {
+	return t.files.Enabled() || t.files.ClientAuth != "" || t.serverName != ""
+}
 
 // plaintext reports whether gRPC runs without TLS, logging a warning when it
 // does, or returns a usage error when plaintext was not asked for and the

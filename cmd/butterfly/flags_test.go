@@ -1,0 +1,98 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	adminv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/admin/v1"
+	"github.com/butterfly-mesh/butterfly/internal/etcdtest"
+	"github.com/butterfly-mesh/butterfly/registry"
+)
+
+// TestComponentFlags_OutOfRange checks that the components' commands refuse
+// values out of range before they reach etcd, with a usage error naming the
+// flag (exit code 2), as the intermediate does.
+func TestComponentFlags_OutOfRange(t *testing.T) {
+	// Nothing listens here: a command that got past its flags would fail
+	// on etcd instead, without naming the flag.
+	noEtcd := []string{"--etcd-endpoints", "127.0.0.1:1", "--etcd-dial-timeout", "200ms"}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"consume", "--id", "c1", "--lease-ttl", "0s"}, "--lease-ttl 0s: must be at least 1s"},
+		{[]string{"consume", "--id", "c1", "--lease-ttl", "500ms"}, "--lease-ttl 500ms: must be at least 1s"},
+		{[]string{"consume", "--id", "c1", "--group", ""}, "--group is empty"},
+		{[]string{"consume", "--id", "c1", "--group", "a/b"}, `--group "a/b" contains '/'`},
+		{[]string{"consume", "--id", "c1", "--close-timeout", "0s"}, "--close-timeout 0s: must be positive"},
+		{[]string{"produce", "--id", "p1", "--close-timeout", "-1s"}, "--close-timeout -1s: must be positive"},
+		{[]string{"stage", "--id", "s1", "--from", "a", "--to", "b", "--group", ""}, "--group is empty"},
+		{[]string{"stage", "--id", "s1", "--from", "a", "--to", "b", "--close-timeout", "0s"}, "--close-timeout 0s: must be positive"},
+		{[]string{"drain", "i1", "--wait", "--timeout", "0s"}, "--timeout 0s: must be positive"},
+		{[]string{"intermediate", "--name", "i1", "--listen", "127.0.0.1:0", "--tls-client-auth", "maybe"}, `--tls-client-auth "maybe" is not none, request or require`},
+		{[]string{"intermediate", "--name", "i1", "--listen", "127.0.0.1:0", "--tls-client-auth", "none"}, "a TLS server needs its certificate"},
+	} {
+		out, err := executeCommand(t, append(tc.args, noEtcd...)...)
+		var ue *usageError
+		if !errors.As(err, &ue) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("butterfly %v = %v (output %q), want a usage error containing %q", tc.args, err, out, tc.want)
+		}
+	}
+}
+
+// TestIntermediateCommand_StatusHasVersion checks that `butterfly
+// intermediate` reports its version in GetStatus, as in its registration.
+func TestIntermediateCommand_StatusHasVersion(t *testing.T) {
+	etc := etcdtest.Start(t)
+	cli := etc.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ictx, stop := context.WithCancel(ctx)
+	iout, idone := startCLI(ictx, "intermediate", "--name", "i1", "--listen", "127.0.0.1:0", "--stop-timeout", "300ms",
+		"--etcd-endpoints", etc.Endpoint(), "--prefix", "ver", "--log-level", "error")
+	defer func() {
+		stop()
+		if err := <-idone; err != nil {
+			t.Errorf("butterfly intermediate = %v; output:\n%s", err, iout.String())
+		}
+	}()
+	key := registry.ServiceKey("ver", registry.DefaultService, "i1")
+	var reg registry.Value
+	for {
+		resp, err := cli.Get(ctx, key)
+		if err != nil {
+			t.Fatalf("etcd get %s = %v", key, err)
+		}
+		if len(resp.Kvs) == 1 {
+			if reg, err = registry.ParseValue("i1", resp.Kvs[0].Value); err != nil {
+				t.Fatalf("registry.ParseValue(%s) = %v", resp.Kvs[0].Value, err)
+			}
+			break
+		}
+		select {
+		case err := <-idone:
+			t.Fatalf("butterfly intermediate = %v before registering; output:\n%s", err, iout.String())
+		case <-ctx.Done():
+			t.Fatalf("butterfly intermediate not registered; output:\n%s", iout.String())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	conn, err := grpc.NewClient(reg.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatalf("grpc.NewClient(%s) = %v", reg.Addr, err)
+	}
+	defer conn.Close()
+	st, err := adminv1.NewAdminServiceClient(conn).GetStatus(ctx, &adminv1.GetStatusRequest{})
+	if err != nil {
+		t.Fatalf("GetStatus() = %v", err)
+	}
+	if want := buildVersion(); want == "" || st.GetVersion() != want || reg.Metadata.Version != want {
+		t.Errorf("GetStatus().version = %q, registration's %q, want both %q", st.GetVersion(), reg.Metadata.Version, want)
+	}
+}
