@@ -120,6 +120,9 @@ func TestMetrics_ExactCountersAfterKnownRun(t *testing.T) {
 		"butterfly_intermediate_delivered_total" + il:                                                                                      n,
 		"butterfly_intermediate_in_flight" + il:                                                                                            0,
 		"butterfly_intermediate_draining" + il:                                                                                             0,
+		`butterfly_intermediate_drain_duration_seconds_count{instance="i1",reason="shutdown",service="intermediate"}`:                      0,
+		`butterfly_intermediate_drain_duration_seconds_count{instance="i1",reason="operator",service="intermediate"}`:                      0,
+		`butterfly_intermediate_drain_duration_seconds_count{instance="i1",reason="fenced",service="intermediate"}`:                        0,
 		`grpc_server_started_total{grpc_method="Publish",grpc_service="butterfly.delivery.v1.PublishService",grpc_type="bidi_stream"}`:     1,
 		`grpc_client_started_total{grpc_method="Subscribe",grpc_service="butterfly.delivery.v1.SubscribeService",grpc_type="bidi_stream"}`: 1,
 	}

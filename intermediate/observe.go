@@ -112,6 +112,12 @@ func (s *Server) observe() error {
 	if err != nil {
 		return fmt.Errorf("intermediate: register metrics: %w", err)
 	}
+	// Every reason's series exists from the start, at 0, so a scrape (and
+	// a rate or an alert on it) sees the histogram before the first drain.
+	for _, r := range []messagev1.DrainReason{messagev1.DrainReason_DRAIN_REASON_SHUTDOWN,
+		messagev1.DrainReason_DRAIN_REASON_OPERATOR, messagev1.DrainReason_DRAIN_REASON_FENCED} {
+		dd.WithLabelValues(s.service, s.instance, drainReasonLabel(r))
+	}
 	s.obs.drainDuration = dd
 	return nil
 }
