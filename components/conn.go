@@ -36,9 +36,10 @@ func dial(cli *clientv3.Client, service string, c commonConfig) (*grpc.ClientCon
 	return conn, nil
 }
 
-// pin returns ctx with its streams pinned to one instance.
-func pin(ctx context.Context, instance string) context.Context {
-	return balancer.WithInstance(ctx, instance)
+// pin returns ctx with its streams pinned to one instance, whose name and
+// address the call's log line carries.
+func pin(ctx context.Context, inst registry.Instance) context.Context {
+	return telemetry.WithPeer(balancer.WithInstance(ctx, inst.Name), inst.Name, inst.Addr)
 }
 
 // follow calls update with the membership of service until ctx is done.

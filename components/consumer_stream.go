@@ -189,7 +189,7 @@ func (l *subLink) once() (welcomed bool) {
 	}()
 	log := c.log.With("instance", l.inst.Name, "addr", l.inst.Addr, "epoch", l.inst.Metadata.Epoch)
 
-	stream, err := c.client.Subscribe(pin(ctx, l.inst.Name))
+	stream, err := c.client.Subscribe(pin(ctx, l.inst))
 	if err != nil {
 		log.Debug("open subscribe stream", "err", err)
 		c.refusedAtOpen(l, err)

@@ -2,13 +2,17 @@ package components_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -217,4 +221,61 @@ func names(spans []sdktrace.ReadOnlySpan) []string {
 		out[i] = fmt.Sprintf("%s(%s)", s.Name(), s.SpanContext().TraceID())
 	}
 	return out
+}
+
+// lockedBuffer is a bytes.Buffer that a logger and a test share.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) lines() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return strings.Split(strings.TrimSpace(b.buf.String()), "\n")
+}
+
+// TestLogs_ClientFinishedCallNamesPeer checks that a component's line at the
+// end of a stream names the instance and the address it was pinned to: a
+// client call has no peer in its context when it starts.
+func TestLogs_ClientFinishedCallNamesPeer(t *testing.T) {
+	m := newMesh(t)
+	h := m.startHub("intermediate", "i1", "127.0.0.1")
+	m.waitMembers("intermediate", 1)
+	led := newLedger()
+	m.consumer("c1", led.handler())
+	waitConsumers(t, 1, h)
+	var logs lockedBuffer
+	logger := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	p := m.producer("p1", components.WithLogger(logger))
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	if err := p.SendWait(ctx, &messagev1.Message{Payload: []byte("x")}); err != nil {
+		t.Fatalf("SendWait() = %v", err)
+	}
+	if err := p.Close(ctx); err != nil {
+		t.Fatalf("Close() = %v", err)
+	}
+	var found []map[string]any
+	waitUntil(t, "the publish stream's finished call", func() bool {
+		found = found[:0]
+		for _, l := range logs.lines() {
+			var rec map[string]any
+			if json.Unmarshal([]byte(l), &rec) == nil && rec["msg"] == "finished call" && rec["grpc.method"] == "Publish" {
+				found = append(found, rec)
+			}
+		}
+		return len(found) > 0
+	})
+	for _, rec := range found {
+		if rec["grpc.component"] != "client" || rec["peer"] != h.addr || rec["instance"] != "i1" {
+			t.Errorf("finished call = %v, want a client line with peer %q and instance i1", rec, h.addr)
+		}
+	}
 }

@@ -300,7 +300,7 @@ func (l *pubLink) once() (welcomed bool) {
 	}()
 	log := p.log.With("instance", l.inst.Name, "addr", l.inst.Addr, "epoch", l.inst.Metadata.Epoch)
 
-	stream, err := p.client.Publish(pin(ctx, l.inst.Name))
+	stream, err := p.client.Publish(pin(ctx, l.inst))
 	if err != nil {
 		log.Debug("open publish stream", "err", err)
 		p.refusedAtOpen(l, err)

@@ -121,6 +121,14 @@ func logOptions(levels logging.CodeToLevel) []logging.Option {
 	}
 }
 
+// WithPeer returns ctx carrying the instance and the address a client RPC
+// is pinned to, for its finished-call line: a client call's context has no
+// peer of its own when it starts, and that is when the line's fields are
+// taken.
+func WithPeer(ctx context.Context, instance, addr string) context.Context {
+	return logging.InjectFields(ctx, logging.Fields{"peer", addr, "instance", instance})
+}
+
 // contextFields are the peer address and the trace and span ids of an RPC.
 func contextFields(ctx context.Context) logging.Fields {
 	var f logging.Fields
