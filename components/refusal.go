@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -122,10 +123,17 @@ func refusalAfterWelcome(component, instance, addr string, err error) *RefusedEr
 
 // tlsCause returns the part of a connection error from "x509:" or "tls:" on,
 // else msg.
+// gRPC quotes a connection error's description (desc = "..."); the cause
+// is given unquoted, on one line.
 func tlsCause(msg string) string {
+	if i := strings.Index(msg, `desc = "`); i >= 0 {
+		if u, err := strconv.Unquote(msg[i+len(`desc = `):]); err == nil {
+			msg = u
+		}
+	}
 	for _, k := range []string{"x509:", "tls:"} {
 		if i := strings.Index(msg, k); i >= 0 {
-			return strings.TrimRight(msg[i:], `"`)
+			return strings.ReplaceAll(strings.TrimRight(msg[i:], `"`), "\n", "; ")
 		}
 	}
 	return msg
