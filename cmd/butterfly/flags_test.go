@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/butterfly-mesh/butterfly/components"
 	adminv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/admin/v1"
 	"github.com/butterfly-mesh/butterfly/internal/etcdtest"
 	"github.com/butterfly-mesh/butterfly/registry"
@@ -94,5 +96,22 @@ func TestIntermediateCommand_StatusHasVersion(t *testing.T) {
 	}
 	if want := buildVersion(); want == "" || st.GetVersion() != want || reg.Metadata.Version != want {
 		t.Errorf("GetStatus().version = %q, registration's %q, want both %q", st.GetVersion(), reg.Metadata.Version, want)
+	}
+}
+
+// TestStageSummary_SameKeysAsConsumeAndProduce checks the stage's last
+// line: its consumer's and producer's counters under the keys consume and
+// produce print.
+func TestStageSummary_SameKeysAsConsumeAndProduce(t *testing.T) {
+	got, err := json.Marshal(stageSummary{
+		Consumer: consumeSummary{Delivered: 9, DuplicatesDropped: 1},
+		Producer: newProduceSummary(components.ProducerStats{Sent: 10, Acked: 7, Resent: 2, Nacked: 1, InFlight: 2}),
+	})
+	if err != nil {
+		t.Fatalf("json.Marshal() = %v", err)
+	}
+	const want = `{"consumer":{"delivered":9,"duplicates_dropped":1},"producer":{"sent":10,"acked":7,"resent":2,"nacked":1,"unacked":2}}`
+	if string(got) != want {
+		t.Errorf("stage summary = %s, want %s", got, want)
 	}
 }

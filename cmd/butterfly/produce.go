@@ -26,6 +26,11 @@ type produceSummary struct {
 	Unacked uint64 `json:"unacked"`
 }
 
+// newProduceSummary is the summary of a closed producer's counters.
+func newProduceSummary(st components.ProducerStats) produceSummary {
+	return produceSummary{Sent: st.Sent, Acked: st.Acked, Resent: st.Resent, Nacked: st.Nacked, Unacked: st.Sent - st.Acked - st.Nacked}
+}
+
 func newProduceCommand(r *rootCommand) *cobra.Command {
 	var (
 		id, service  string
@@ -100,8 +105,7 @@ the hello and in every message.`,
 			closeCtx, cancel := context.WithTimeout(context.WithoutCancel(cmd.Context()), closeTimeout)
 			closeErr := p.Close(closeCtx)
 			cancel()
-			st := p.Stats()
-			sum := produceSummary{Sent: st.Sent, Acked: st.Acked, Resent: st.Resent, Nacked: st.Nacked, Unacked: st.Sent - st.Acked - st.Nacked}
+			sum := newProduceSummary(p.Stats())
 			line, _ := json.Marshal(sum)
 			fmt.Fprintln(cmd.OutOrStdout(), string(line))
 			if err := p.Err(); err != nil {

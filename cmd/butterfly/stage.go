@@ -15,6 +15,12 @@ import (
 	"github.com/butterfly-mesh/butterfly/registry"
 )
 
+// stageSummary is the JSON line `butterfly stage` prints last.
+type stageSummary struct {
+	Consumer consumeSummary `json:"consumer"`
+	Producer produceSummary `json:"producer"`
+}
+
 func newStageCommand(r *rootCommand) *cobra.Command {
 	var (
 		id, from, to, group, processor string
@@ -31,7 +37,9 @@ message is acknowledged upstream only once the downstream send is
 acknowledged (ack chaining), so a pipeline of stages is loss-free end to end
 with no durable state in the middle. SIGTERM or SIGINT drains.
 
-The last line on stdout is a JSON summary of the stage's consumer and producer.
+The last line on stdout is a JSON summary of the stage's consumer and
+producer, each as consume and produce print theirs:
+  {"consumer":{"delivered":…,"duplicates_dropped":…},"producer":{"sent":…,"acked":…,"resent":…,"nacked":…,"unacked":…}}
 
 ` + tlsHelp + `
 With mutual TLS, the client certificate must be a stage certificate for the
@@ -78,7 +86,11 @@ id, publishes under it, and forwards messages under their original ids.`,
 			closeCtx, cancel := context.WithTimeout(context.WithoutCancel(cmd.Context()), closeTimeout)
 			defer cancel()
 			closeErr := errors.Join(st.Err(), st.Close(closeCtx))
-			line, _ := json.Marshal(st.Stats())
+			stats := st.Stats()
+			line, _ := json.Marshal(stageSummary{
+				Consumer: consumeSummary{Delivered: stats.Consumer.Delivered, DuplicatesDropped: stats.Consumer.DuplicatesDropped},
+				Producer: newProduceSummary(stats.Producer),
+			})
 			fmt.Fprintln(cmd.OutOrStdout(), string(line))
 			var ce *components.CloseError
 			if errors.As(closeErr, &ce) {
