@@ -52,7 +52,7 @@ func addTLSFlags(r *rootCommand, f *pflag.FlagSet, server bool) *tlsFlags {
 		f.StringVar(&t.files.Cert, "tls-cert", "", "PEM client certificate for mutual TLS")
 		f.StringVar(&t.files.Key, "tls-key", "", "PEM private key of --tls-cert")
 		f.StringVar(&t.files.CA, "tls-ca", "", "PEM bundle of the CAs that sign server certificates (default: the system roots)")
-		f.StringVar(&t.serverName, "tls-server-name", "", "name every server certificate must be valid for (default: the service name or the registered address, either will do)")
+		f.StringVar(&t.serverName, "tls-server-name", "", "name every server certificate must be valid for (default: the service name, or the IP address the connection reached)")
 	}
 	f.BoolVar(&t.insecure, "insecure", false, "use plaintext gRPC even off loopback (a warning is logged)")
 	return t
