@@ -187,3 +187,39 @@ func TestLab_MoveOldHostUnreachable(t *testing.T) {
 	})
 	lm.waitRegistered(lm.etcdHosts[0], "i2", lm.at["i2"], 10*time.Second)
 }
+
+// TestLab_ConsumerBackAfterLapse cuts c1 from etcd until its lease lapses,
+// starts c1 again on another host, then heals the cut: the first c1 finds
+// its id held by another incarnation (at epoch 1 again, as its own was) and
+// leaves, exit 0, and the new one keeps the id. Only what the first had in
+// hand may be handled twice.
+func TestLab_ConsumerBackAfterLapse(t *testing.T) {
+	var old, successor *proc
+	runLabScenario(t, oneGroup, func(lm *labMesh) {
+		old = lm.procs["c1"]
+		oldHost := lm.at["c1"]
+		key := "butterfly/consumers/intermediate/A/c1"
+		lm.hist.lose(old, "lease lapsed")
+		lm.cut(oldHost, lm.etcdHosts[0])
+		waitUntil(lm.t, 15*time.Second, "c1's lease expired", func() bool {
+			return !slices.Contains(lm.etcdKeys(lm.etcdHosts[0], key), key)
+		})
+		lm.hist.event("expired", "c1's registration is gone")
+		lm.move("c1")
+		successor = lm.procs["c1"]
+		lm.waitSubscribed("c1", "A")
+		lm.heal(oldHost, lm.etcdHosts[0])
+		select {
+		case <-old.done:
+			lm.hist.event("exit", "first c1: %v", old.err)
+		case <-time.After(30 * time.Second):
+			lm.t.Errorf("the first c1 still runs 30s after its cut from etcd healed")
+		}
+	})
+	if code := old.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("the first c1 after it found its id taken: exit %d, want 0", code)
+	}
+	if successor.exited() {
+		t.Errorf("the c1 started while the first was cut off has exited, want it to keep the id")
+	}
+}

@@ -3,6 +3,7 @@ package registry
 import (
 	"encoding/json"
 	"fmt"
+	"time"
 )
 
 // MaxEpoch is the largest epoch a registration claims. A key whose value
@@ -16,7 +17,8 @@ type record interface {
 	// encode returns the value for an epoch and draining state.
 	encode(epoch uint64, draining bool) ([]byte, error)
 	// decode reads the claim (what else than the epoch tells incarnations
-	// apart: an instance's address) and the epoch of a value.
+	// apart: an instance's address, a consumer's host and start) and the
+	// epoch of a value.
 	decode(data []byte) (claim string, epoch uint64, err error)
 	// claim is this registration's own claim.
 	claim() string
@@ -81,10 +83,19 @@ func (r *consumerRecord) decode(data []byte) (string, uint64, error) {
 	if err != nil {
 		return "", 0, err
 	}
-	return "", v.Epoch, nil
+	return consumerClaim(v), v.Epoch, nil
 }
 
-func (r *consumerRecord) claim() string { return "" }
+func (r *consumerRecord) claim() string { return consumerClaim(r.val) }
+
+// consumerClaim tells a consumer's incarnations apart: its host and when it
+// started. A process that comes back after its lease lapsed and finds its
+// key held by another incarnation is replaced, whatever that one's epoch: a
+// key that was gone leaves no epoch behind, and the next incarnation starts
+// at 1 again.
+func consumerClaim(v ConsumerValue) string {
+	return v.Host + " " + v.Started.UTC().Format(time.RFC3339Nano)
+}
 
 func (r *consumerRecord) epochOf(data []byte) uint64 {
 	var v struct {

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -164,5 +165,84 @@ func TestRegister_EpochAtLimitRefused(t *testing.T) {
 			r.Close(ctx)
 		}
 		t.Fatalf("Register() over an epoch at the limit = %v, want an error naming the limit", err)
+	}
+}
+
+// TestRegisterConsumer_OverwrittenKey checks who a consumer's key belongs
+// to once another value is put there: its own value at an older epoch is
+// put back; another incarnation's (another host or start) replaces it at
+// any epoch, since a key that was gone (a lapsed lease) starts again at 1,
+// and the process that comes back must not take the id from the one that
+// registered since.
+func TestRegisterConsumer_OverwrittenKey(t *testing.T) {
+	other := time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)
+	tests := []struct {
+		name         string
+		value        func(own ConsumerValue) ConsumerValue
+		wantReplaced bool
+	}{
+		{name: "same incarnation, older epoch", value: func(own ConsumerValue) ConsumerValue {
+			own.Epoch = 0
+			return own
+		}},
+		{name: "another start, same epoch", value: func(own ConsumerValue) ConsumerValue {
+			own.Started = other
+			return own
+		}, wantReplaced: true},
+		{name: "another host, older epoch", value: func(own ConsumerValue) ConsumerValue {
+			own.Host, own.Epoch = own.Host+"-b", 0
+			return own
+		}, wantReplaced: true},
+		{name: "another start, newer epoch", value: func(own ConsumerValue) ConsumerValue {
+			own.Started, own.Epoch = other, own.Epoch+1
+			return own
+		}, wantReplaced: true},
+	}
+	srv := etcdtest.Start(t)
+	cli := newClient(t, srv)
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := testContext(t)
+			id := fmt.Sprintf("c%d", i)
+			r, err := RegisterConsumer(ctx, cli, "svc", "g", id)
+			if err != nil {
+				t.Fatalf("RegisterConsumer(%s) = %v", id, err)
+			}
+			t.Cleanup(func() { _ = r.Close(context.Background()) })
+			resp, err := cli.Get(ctx, r.Key())
+			if err != nil || len(resp.Kvs) != 1 {
+				t.Fatalf("Get(%q) = %v, %v", r.Key(), resp, err)
+			}
+			own, err := ParseConsumerValue("g", id, resp.Kvs[0].Value)
+			if err != nil {
+				t.Fatalf("ParseConsumerValue(%s) = %v", resp.Kvs[0].Value, err)
+			}
+			foreign, err := json.Marshal(tc.value(own))
+			if err != nil {
+				t.Fatalf("json.Marshal() = %v", err)
+			}
+			if _, err := cli.Put(ctx, r.Key(), string(foreign)); err != nil {
+				t.Fatalf("Put(%q) = %v", r.Key(), err)
+			}
+			if tc.wantReplaced {
+				waitClosed(t, "Replaced()", r.Replaced())
+				resp, err := cli.Get(ctx, r.Key())
+				if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != string(foreign) {
+					t.Fatalf("Get(%q) = %v, %v, want the other incarnation's value %s left alone", r.Key(), resp, err, foreign)
+				}
+				return
+			}
+			waitUntil(t, "our value to be put back", func() bool {
+				resp, err := cli.Get(ctx, r.Key())
+				if err != nil || len(resp.Kvs) != 1 {
+					return false
+				}
+				got, err := ParseConsumerValue("g", id, resp.Kvs[0].Value)
+				return err == nil && got.Epoch == own.Epoch && got.Started.Equal(own.Started) && got.Host == own.Host
+			})
+			if closed(r.Replaced()) {
+				t.Errorf("Replaced() is closed, want open")
+			}
+		})
 	}
 }
