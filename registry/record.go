@@ -86,7 +86,17 @@ func (r *consumerRecord) decode(data []byte) (string, uint64, error) {
 	return consumerClaim(v), v.Epoch, nil
 }
 
-func (r *consumerRecord) claim() string { return consumerClaim(r.val) }
+// claim is read back from the value it writes: JSON coerces what is not
+// UTF-8 in a string (a host name may hold any bytes), and the claim must be
+// the one decode finds in our own value.
+func (r *consumerRecord) claim() string {
+	if b, err := r.encode(0, false); err == nil {
+		if c, _, err := r.decode(b); err == nil {
+			return c
+		}
+	}
+	return consumerClaim(r.val)
+}
 
 // consumerClaim tells a consumer's incarnations apart: its host and when it
 // started. A process that comes back after its lease lapsed and finds its

@@ -246,3 +246,25 @@ func TestRegisterConsumer_OverwrittenKey(t *testing.T) {
 		})
 	}
 }
+
+// TestConsumerClaim_HostNotUTF8 checks that a consumer whose host name is
+// not UTF-8 (Linux takes any bytes) still reads its own value as its own:
+// JSON coerces the name, and the claim is taken from what it wrote.
+func TestConsumerClaim_HostNotUTF8(t *testing.T) {
+	rec := &consumerRecord{val: ConsumerValue{Consumer: "c1", Group: "g", Started: time.Now().UTC(), Host: "node-\xff\xfe"}}
+	r := &Registration{rec: rec, epoch: 3}
+	own, err := rec.encode(3, false)
+	if err != nil {
+		t.Fatalf("encode() = %v", err)
+	}
+	if got := r.classify(own); got != keyOurs {
+		t.Errorf("classify(own value) = %v, want keyOurs (%v)", got, keyOurs)
+	}
+	older, err := rec.encode(2, true)
+	if err != nil {
+		t.Fatalf("encode() = %v", err)
+	}
+	if got := r.classify(older); got != keyStale {
+		t.Errorf("classify(own value at an older epoch) = %v, want keyStale (%v)", got, keyStale)
+	}
+}
