@@ -124,29 +124,19 @@ Needs nothing running: etcd is embedded and every server listens on loopback
 			if f.processes {
 				return f.runProcesses(cmd, cfg)
 			}
-			if f.cpuprofile != "" {
-				pf, err := os.Create(f.cpuprofile)
+			for _, out := range []struct {
+				path string
+				w    *io.Writer
+			}{{f.cpuprofile, &cfg.CPUProfile}, {f.memprofile, &cfg.HeapProfile}, {f.trace, &cfg.Trace}} {
+				if out.path == "" {
+					continue
+				}
+				file, err := os.Create(out.path)
 				if err != nil {
 					return err
 				}
-				defer pf.Close()
-				cfg.CPUProfile = pf
-			}
-			if f.memprofile != "" {
-				mf, err := os.Create(f.memprofile)
-				if err != nil {
-					return err
-				}
-				defer mf.Close()
-				cfg.HeapProfile = mf
-			}
-			if f.trace != "" {
-				tf, err := os.Create(f.trace)
-				if err != nil {
-					return err
-				}
-				defer tf.Close()
-				cfg.Trace = tf
+				defer file.Close()
+				*out.w = file
 			}
 			reps := make([]*bench.Report, 0, f.runs)
 			lost, err := f.repeat(cfg.Logger, func() (uint64, error) {
