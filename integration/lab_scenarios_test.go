@@ -155,12 +155,7 @@ func TestLab_ConsumerTakenOver(t *testing.T) {
 		old = lm.procs["c1"]
 		lm.hist.lose(old, "taken over")
 		lm.move("c1")
-		select {
-		case <-old.done:
-			lm.hist.event("exit", "old c1: %v", old.err)
-		case <-time.After(30 * time.Second):
-			lm.t.Errorf("the first c1 still runs 30s after it was taken over")
-		}
+		lm.waitLeft(old, "old c1", "it was taken over")
 	})
 	if code := old.cmd.ProcessState.ExitCode(); code != 0 {
 		t.Errorf("the first c1 after the takeover: exit %d, want 0", code)
@@ -178,12 +173,7 @@ func TestLab_MoveOldHostUnreachable(t *testing.T) {
 		lm.waitRegistered(lm.etcdHosts[0], "i2", moved, labTimeout)
 		lm.hold(4 * time.Second)
 		lm.healAll()
-		select {
-		case <-oldProc.done:
-			lm.hist.event("exit", "old i2 on %s: %v", old.name, oldProc.err)
-		case <-time.After(30 * time.Second):
-			lm.t.Errorf("old i2 on %s still runs 30s after the partition healed", old.name)
-		}
+		lm.waitLeft(oldProc, "old i2 on "+old.name, "the partition healed")
 	})
 	lm.waitRegistered(lm.etcdHosts[0], "i2", lm.at["i2"], 10*time.Second)
 }
@@ -209,17 +199,24 @@ func TestLab_ConsumerBackAfterLapse(t *testing.T) {
 		successor = lm.procs["c1"]
 		lm.waitSubscribed("c1", "A")
 		lm.heal(oldHost, lm.etcdHosts[0])
-		select {
-		case <-old.done:
-			lm.hist.event("exit", "first c1: %v", old.err)
-		case <-time.After(30 * time.Second):
-			lm.t.Errorf("the first c1 still runs 30s after its cut from etcd healed")
-		}
+		lm.waitLeft(old, "first c1", "its cut from etcd healed")
 	})
 	if code := old.cmd.ProcessState.ExitCode(); code != 0 {
 		t.Errorf("the first c1 after it found its id taken: exit %d, want 0", code)
 	}
 	if successor.exited() {
 		t.Errorf("the c1 started while the first was cut off has exited, want it to keep the id")
+	}
+}
+
+// waitLeft waits up to 30s for p, named who, to exit after what happened,
+// and records its exit in the history.
+func (lm *labMesh) waitLeft(p *proc, who, after string) {
+	lm.t.Helper()
+	select {
+	case <-p.done:
+		lm.hist.event("exit", "%s: %v", who, p.err)
+	case <-time.After(30 * time.Second):
+		lm.t.Errorf("%s still runs 30s after %s", who, after)
 	}
 }
