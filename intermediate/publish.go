@@ -86,6 +86,10 @@ func (ps *publishService) Publish(stream deliveryv1.PublishService_PublishServer
 		s.mu.Unlock()
 		return status.Error(codes.Unavailable, "intermediate: draining")
 	}
+	if !s.trackLocked(2) {
+		s.mu.Unlock()
+		return errStopped
+	}
 	s.pubs[p] = struct{}{}
 	epoch := s.epoch
 	s.mu.Unlock()
@@ -103,7 +107,6 @@ func (ps *publishService) Publish(stream deliveryv1.PublishService_PublishServer
 		PeerTimeoutMs:           millis(p.peerTimeout()),
 		MaxHeartbeatIntervalMs:  millis(s.opts.maxPeerHeartbeat),
 	}
-	s.wg.Add(2)
 	go func() {
 		defer s.wg.Done()
 		p.sendLoop(ctx, stream, welcome)

@@ -12,6 +12,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/butterfly-mesh/butterfly"
 	adminv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/admin/v1"
@@ -47,7 +49,11 @@ type Server struct {
 	stopOnce  sync.Once
 	done      chan struct{} // closed when Serve returns
 	changed   chan struct{} // poked when held messages or streams go away
-	wg        sync.WaitGroup
+	// wg counts the goroutines Serve waits for before it returns. A
+	// stream's handler adds its own through track, under mu, so that none
+	// is added once Serve waits (untracked): sync.WaitGroup forbids an Add
+	// that may race with Wait.
+	wg sync.WaitGroup
 
 	received  atomic.Uint64
 	acked     atomic.Uint64
@@ -60,6 +66,7 @@ type Server struct {
 	// processor calls.
 	mu          sync.Mutex
 	serveCalled bool
+	untracked   bool // Serve waits for wg: handlers start no goroutine and are refused
 	addr        string
 	epoch       uint64
 	reg         *registry.Registration
@@ -228,7 +235,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		s.grpc.Stop()
 		<-serveErr //nolint:errcheck // Serve ends because of Stop: its error says nothing more
 		jcancel()
-		s.wg.Wait()
+		s.waitTracked()
 		if s.stopped() {
 			return nil
 		}
@@ -246,7 +253,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	go s.janitor(jctx)
 	defer func() {
 		jcancel()
-		s.wg.Wait()
+		s.waitTracked()
 	}()
 
 	req := drainRequest{timeout: s.opts.drainTimeout}
@@ -273,6 +280,28 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	s.drained(req.reason, time.Since(drainStart))
 	return nil
 }
+
+// trackLocked counts n goroutines a stream's handler starts in wg, unless
+// Serve already waits for it: then it counts none and reports false, and the
+// handler refuses its stream.
+func (s *Server) trackLocked(n int) bool {
+	if s.untracked {
+		return false
+	}
+	s.wg.Add(n)
+	return true
+}
+
+// waitTracked counts no more goroutines and waits for those counted.
+func (s *Server) waitTracked() {
+	s.mu.Lock()
+	s.untracked = true
+	s.mu.Unlock()
+	s.wg.Wait()
+}
+
+// errStopped refuses a stream that arrives as Serve ends.
+var errStopped = status.Error(codes.Unavailable, "intermediate: stopped")
 
 // registerUntilStopped registers the server, giving up when ctx is done or
 // Stop is called.

@@ -95,7 +95,12 @@ func firstFrame[T any](s *Server, ctx context.Context, recv func() (*T, error)) 
 		err error
 	}
 	ch := make(chan result, 1)
-	s.wg.Add(1)
+	s.mu.Lock()
+	tracked := s.trackLocked(1)
+	s.mu.Unlock()
+	if !tracked {
+		return nil, errStopped
+	}
 	go func() {
 		defer s.wg.Done()
 		req, err := recv()

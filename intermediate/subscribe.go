@@ -88,6 +88,10 @@ func (ss *subscribeService) Subscribe(stream deliveryv1.SubscribeService_Subscri
 		s.mu.Unlock()
 		return status.Error(codes.Unavailable, "intermediate: leaving")
 	}
+	if !s.trackLocked(2) {
+		s.mu.Unlock()
+		return errStopped
+	}
 	s.joinLocked(sub)
 	epoch := s.epoch
 	s.mu.Unlock()
@@ -105,7 +109,6 @@ func (ss *subscribeService) Subscribe(stream deliveryv1.SubscribeService_Subscri
 		MaxAckRanges:            maxAckRanges,
 		AckCredit:               true,
 	}
-	s.wg.Add(2)
 	go func() {
 		defer s.wg.Done()
 		sub.sendLoop(ctx, stream, welcome)
