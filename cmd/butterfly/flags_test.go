@@ -64,26 +64,16 @@ func TestIntermediateCommand_StatusHasVersion(t *testing.T) {
 			t.Errorf("butterfly intermediate = %v; output:\n%s", err, iout.String())
 		}
 	}()
+	waitServing(ctx, t, iout, idone)
+	// The serving event follows the registration.
 	key := registry.ServiceKey("ver", registry.DefaultService, "i1")
-	var reg registry.Value
-	for {
-		resp, err := cli.Get(ctx, key)
-		if err != nil {
-			t.Fatalf("etcd get %s = %v", key, err)
-		}
-		if len(resp.Kvs) == 1 {
-			if reg, err = registry.ParseValue("i1", resp.Kvs[0].Value); err != nil {
-				t.Fatalf("registry.ParseValue(%s) = %v", resp.Kvs[0].Value, err)
-			}
-			break
-		}
-		select {
-		case err := <-idone:
-			t.Fatalf("butterfly intermediate = %v before registering; output:\n%s", err, iout.String())
-		case <-ctx.Done():
-			t.Fatalf("butterfly intermediate not registered; output:\n%s", iout.String())
-		case <-time.After(10 * time.Millisecond):
-		}
+	resp, err := cli.Get(ctx, key)
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("etcd get %s = %v, %v, want the registration", key, resp, err)
+	}
+	reg, err := registry.ParseValue("i1", resp.Kvs[0].Value)
+	if err != nil {
+		t.Fatalf("registry.ParseValue(%s) = %v", resp.Kvs[0].Value, err)
 	}
 	conn, err := grpc.NewClient(reg.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

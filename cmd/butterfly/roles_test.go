@@ -26,6 +26,21 @@ func startCLI(ctx context.Context, args ...string) (*syncBuffer, <-chan error) {
 	return out, done
 }
 
+// waitServing waits until `butterfly intermediate`, started by startCLI with
+// out and done, printed its serving event (after it registered).
+func waitServing(ctx context.Context, t *testing.T, out *syncBuffer, done <-chan error) {
+	t.Helper()
+	for !strings.Contains(out.String(), `"event":"serving"`) {
+		select {
+		case err := <-done:
+			t.Fatalf("butterfly intermediate = %v before serving; output:\n%s", err, out.String())
+		case <-ctx.Done():
+			t.Fatalf("butterfly intermediate not serving; output:\n%s", out.String())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
 // TestCLI_RoleCertificates runs intermediate, consume and produce with the
 // role certificates of `butterfly certs`: the producer's messages reach the
 // consumer, and a consume with the producer's certificate stops with an
@@ -53,15 +68,7 @@ func TestCLI_RoleCertificates(t *testing.T) {
 			t.Errorf("butterfly intermediate = %v; output:\n%s", err, iout.String())
 		}
 	}()
-	for !strings.Contains(iout.String(), `"event":"serving"`) {
-		select {
-		case err := <-idone:
-			t.Fatalf("butterfly intermediate = %v before serving; output:\n%s", err, iout.String())
-		case <-ctx.Done():
-			t.Fatalf("butterfly intermediate not serving; output:\n%s", iout.String())
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
+	waitServing(ctx, t, iout, idone)
 
 	tsv := filepath.Join(t.TempDir(), "c1.tsv")
 	cout, cdone := startCLI(ctx, append(append([]string{"consume", "--id", "c1", "--count", "5", "--out", tsv}, role(tlsutil.RoleConsumer, "c1")...), common...)...)
