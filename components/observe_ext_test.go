@@ -2,17 +2,13 @@ package components_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,6 +20,7 @@ import (
 	"github.com/butterfly-mesh/butterfly/components"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/intermediate"
+	"github.com/butterfly-mesh/butterfly/internal/logtest"
 )
 
 // scrape GETs /metrics from a promhttp handler of reg and returns every
@@ -223,24 +220,6 @@ func names(spans []sdktrace.ReadOnlySpan) []string {
 	return out
 }
 
-// lockedBuffer is a bytes.Buffer that a logger and a test share.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) lines() []string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return strings.Split(strings.TrimSpace(b.buf.String()), "\n")
-}
-
 // TestLogs_ClientFinishedCallNamesPeer checks that a component's line at the
 // end of a stream names the instance and the address it was pinned to: a
 // client call has no peer in its context when it starts.
@@ -251,9 +230,8 @@ func TestLogs_ClientFinishedCallNamesPeer(t *testing.T) {
 	led := newLedger()
 	m.consumer("c1", led.handler())
 	waitConsumers(t, 1, h)
-	var logs lockedBuffer
-	logger := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	p := m.producer("p1", components.WithLogger(logger))
+	var logs logtest.Recorder
+	p := m.producer("p1", components.WithLogger(logs.Logger()))
 	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
 	defer cancel()
 	if err := p.SendWait(ctx, &messagev1.Message{Payload: []byte("x")}); err != nil {
@@ -265,9 +243,8 @@ func TestLogs_ClientFinishedCallNamesPeer(t *testing.T) {
 	var found []map[string]any
 	waitUntil(t, "the publish stream's finished call", func() bool {
 		found = found[:0]
-		for _, l := range logs.lines() {
-			var rec map[string]any
-			if json.Unmarshal([]byte(l), &rec) == nil && rec["msg"] == "finished call" && rec["grpc.method"] == "Publish" {
+		for _, rec := range logs.Attrs("finished call") {
+			if rec["grpc.method"] == "Publish" {
 				found = append(found, rec)
 			}
 		}

@@ -14,11 +14,13 @@ import (
 	"sync"
 )
 
-// Recorder keeps the messages of the records logged through its Logger. Its
-// zero value is ready to use.
+// Recorder keeps the messages of the records logged through its Logger,
+// with each record's own attributes. Its zero value is ready to use.
 type Recorder struct {
 	mu   sync.Mutex
 	msgs []string
+	// attrs[i] are the attributes of the record of msgs[i], by key.
+	attrs []map[string]any
 }
 
 // Logger returns a logger whose records r keeps.
@@ -44,8 +46,23 @@ func (r *Recorder) Has(msg string) bool {
 	return slices.Contains(r.msgs, msg)
 }
 
-// handler is the slog.Handler of a Recorder: every level, attributes and
-// groups ignored.
+// Attrs returns the attributes of every record with message msg, in the
+// order they were logged: each by key, its value resolved (a string as a
+// string). Attributes given to Logger().With are not kept.
+func (r *Recorder) Attrs(msg string) []map[string]any {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []map[string]any
+	for i, m := range r.msgs {
+		if m == msg {
+			out = append(out, r.attrs[i])
+		}
+	}
+	return out
+}
+
+// handler is the slog.Handler of a Recorder: every level; attributes given
+// With and groups ignored.
 type handler struct{ r *Recorder }
 
 func (h handler) Enabled(context.Context, slog.Level) bool { return true }
@@ -53,7 +70,13 @@ func (h handler) Enabled(context.Context, slog.Level) bool { return true }
 func (h handler) Handle(_ context.Context, rec slog.Record) error {
 	h.r.mu.Lock()
 	defer h.r.mu.Unlock()
+	attrs := make(map[string]any, rec.NumAttrs())
+	rec.Attrs(func(a slog.Attr) bool {
+		attrs[a.Key] = a.Value.Resolve().Any()
+		return true
+	})
 	h.r.msgs = append(h.r.msgs, rec.Message)
+	h.r.attrs = append(h.r.attrs, attrs)
 	return nil
 }
 
