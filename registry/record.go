@@ -3,7 +3,9 @@ package registry
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // MaxEpoch is the largest epoch a registration claims. A key whose value
@@ -86,16 +88,14 @@ func (r *consumerRecord) decode(data []byte) (string, uint64, error) {
 	return consumerClaim(v), v.Epoch, nil
 }
 
-// claim is read back from the value it writes: JSON coerces what is not
-// UTF-8 in a string (a host name may hold any bytes), and the claim must be
-// the one decode finds in our own value.
-func (r *consumerRecord) claim() string {
-	if b, err := r.encode(0, false); err == nil {
-		if c, _, err := r.decode(b); err == nil {
-			return c
-		}
-	}
-	return consumerClaim(r.val)
+func (r *consumerRecord) claim() string { return consumerClaim(r.val) }
+
+// newConsumerRecord returns the record of val, its host made valid UTF-8 (a
+// host name may hold any bytes): JSON would coerce it on the way to etcd,
+// and the claim decode reads back from our own value must be ours.
+func newConsumerRecord(val ConsumerValue) *consumerRecord {
+	val.Host = strings.ToValidUTF8(val.Host, string(utf8.RuneError))
+	return &consumerRecord{val: val}
 }
 
 // consumerClaim tells a consumer's incarnations apart: its host and when it

@@ -169,13 +169,13 @@ func RegisterConsumer(ctx context.Context, cli *clientv3.Client, service, group,
 		return nil, err
 	}
 	host, _ := os.Hostname()
-	rec := &consumerRecord{val: ConsumerValue{
+	rec := newConsumerRecord(ConsumerValue{
 		Consumer: consumer,
 		Group:    group,
 		Started:  time.Now().UTC(),
 		Host:     host,
 		Version:  o.version,
-	}}
+	})
 	r, err := registerKey(ctx, cli, ConsumerKey(o.prefix, service, group, consumer), "", rec, o)
 	if err != nil {
 		return nil, err

@@ -249,9 +249,9 @@ func TestRegisterConsumer_OverwrittenKey(t *testing.T) {
 
 // TestConsumerClaim_HostNotUTF8 checks that a consumer whose host name is
 // not UTF-8 (Linux takes any bytes) still reads its own value as its own:
-// JSON coerces the name, and the claim is taken from what it wrote.
+// JSON would coerce the name, so the record makes it valid first.
 func TestConsumerClaim_HostNotUTF8(t *testing.T) {
-	rec := &consumerRecord{val: ConsumerValue{Consumer: "c1", Group: "g", Started: time.Now().UTC(), Host: "node-\xff\xfe"}}
+	rec := newConsumerRecord(ConsumerValue{Consumer: "c1", Group: "g", Started: time.Now().UTC(), Host: "node-\xff\xfe"})
 	r := &Registration{rec: rec, epoch: 3}
 	own, err := rec.encode(3, false)
 	if err != nil {
