@@ -122,9 +122,8 @@ func refusalAfterWelcome(component, instance, addr string, err error) *RefusedEr
 }
 
 // tlsCause returns the part of a connection error from "x509:" or "tls:" on,
-// else msg.
-// gRPC quotes a connection error's description (desc = "..."); the cause
-// is given unquoted, on one line.
+// else msg: unquoted (gRPC quotes a connection error's description, desc =
+// "..."), on one line.
 func tlsCause(msg string) string {
 	if i := strings.Index(msg, `desc = "`); i >= 0 {
 		if u, err := strconv.Unquote(msg[i+len(`desc = `):]); err == nil {

@@ -50,9 +50,9 @@ type Server struct {
 	done      chan struct{} // closed when Serve returns
 	changed   chan struct{} // poked when held messages or streams go away
 	// wg counts the goroutines Serve waits for before it returns. A
-	// stream's handler adds its own through track, under mu, so that none
-	// is added once Serve waits (untracked): sync.WaitGroup forbids an Add
-	// that may race with Wait.
+	// stream's handler adds its own through trackLocked, under mu, so that
+	// none is added once Serve waits (untracked): sync.WaitGroup forbids an
+	// Add that may race with Wait.
 	wg sync.WaitGroup
 
 	received  atomic.Uint64
