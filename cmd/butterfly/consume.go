@@ -24,6 +24,11 @@ type consumeSummary struct {
 	DuplicatesDropped uint64 `json:"duplicates_dropped"`
 }
 
+// newConsumeSummary is the summary of a closed consumer's counters.
+func newConsumeSummary(st components.ConsumerStats) consumeSummary {
+	return consumeSummary{Delivered: st.Delivered, DuplicatesDropped: st.DuplicatesDropped}
+}
+
 func newConsumeCommand(r *rootCommand) *cobra.Command {
 	var (
 		id, service, group, out string
@@ -129,8 +134,7 @@ client certificate (butterfly certs --consumer-id ID).`,
 			closeCtx, cancelClose := context.WithTimeout(context.WithoutCancel(ctx), closeTimeout)
 			closeErr := cons.Close(closeCtx)
 			cancelClose()
-			st := cons.Stats()
-			line, _ := json.Marshal(consumeSummary{Delivered: st.Delivered, DuplicatesDropped: st.DuplicatesDropped})
+			line, _ := json.Marshal(newConsumeSummary(cons.Stats()))
 			fmt.Fprintln(cmd.OutOrStdout(), string(line))
 			stopErr := cons.Err()
 			if errors.Is(stopErr, components.ErrReplaced) {

@@ -94,7 +94,7 @@ func TestIntermediateCommand_StatusHasVersion(t *testing.T) {
 // produce print.
 func TestStageSummary_SameKeysAsConsumeAndProduce(t *testing.T) {
 	got, err := json.Marshal(stageSummary{
-		Consumer: consumeSummary{Delivered: 9, DuplicatesDropped: 1},
+		Consumer: newConsumeSummary(components.ConsumerStats{Delivered: 9, DuplicatesDropped: 1, Nacked: 3}),
 		Producer: newProduceSummary(components.ProducerStats{Sent: 10, Acked: 7, Resent: 2, Nacked: 1, InFlight: 2}),
 	})
 	if err != nil {

@@ -88,7 +88,7 @@ id, publishes under it, and forwards messages under their original ids.`,
 			closeErr := errors.Join(st.Err(), st.Close(closeCtx))
 			stats := st.Stats()
 			line, _ := json.Marshal(stageSummary{
-				Consumer: consumeSummary{Delivered: stats.Consumer.Delivered, DuplicatesDropped: stats.Consumer.DuplicatesDropped},
+				Consumer: newConsumeSummary(stats.Consumer),
 				Producer: newProduceSummary(stats.Producer),
 			})
 			fmt.Fprintln(cmd.OutOrStdout(), string(line))
