@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -143,6 +144,75 @@ func TestMetrics_ExactCountersAfterKnownRun(t *testing.T) {
 	// Closed producers leave their gauges out; their counters stay.
 	if _, ok := got["butterfly_producer_in_flight"+pl]; ok {
 		t.Errorf("/metrics has butterfly_producer_in_flight%s after Close, want it gone", pl)
+	}
+}
+
+// TestMetrics_FramesCountedEachWay sends messages one at a time, each
+// waiting for its acknowledgement, so that each crosses every link in a
+// frame of its own, then a burst that the producer batches, and finds the
+// intermediate's frame counters at the frames that went.
+func TestMetrics_FramesCountedEachWay(t *testing.T) {
+	const one, burst = 20, 2000
+	reg := prometheus.NewRegistry()
+	m := newMesh(t)
+	h := m.startHub("intermediate", "i1", "127.0.0.1", intermediate.WithMetrics(reg))
+	m.waitMembers("intermediate", 1)
+	led := newLedger()
+	m.consumer("c1", led.handler())
+	waitConsumers(t, 1, h)
+	p := m.producer("p1", components.WithBatch(100, 1<<20, 5*time.Millisecond))
+
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	for i := range one {
+		if err := p.SendWait(ctx, &messagev1.Message{Payload: []byte(strconv.Itoa(i))}); err != nil {
+			t.Fatalf("SendWait(%d) = %v", i, err)
+		}
+	}
+	st := h.srv.Stats()
+	want := intermediate.Stats{
+		Received: one, Acked: one, Delivered: one,
+		PublishBatches: one, PublishAcks: one, DeliveryBatches: one, DeliveryAcks: one,
+	}
+	if st != want {
+		t.Fatalf("after %d messages one at a time, Stats() = %+v, want %+v", one, st, want)
+	}
+	got := scrape(t, reg)
+	const il = `{instance="i1",service="intermediate"}`
+	for series, w := range map[string]float64{
+		"butterfly_intermediate_publish_batches_total" + il:     one,
+		"butterfly_intermediate_publish_ack_frames_total" + il:  one,
+		"butterfly_intermediate_delivery_batches_total" + il:    one,
+		"butterfly_intermediate_delivery_ack_frames_total" + il: one,
+	} {
+		if v, ok := got[series]; !ok || v != w {
+			t.Errorf("/metrics %s = %v (present %v), want %v", series, v, ok, w)
+		}
+	}
+
+	for i := range burst {
+		if _, err := p.Send(ctx, &messagev1.Message{Payload: []byte(strconv.Itoa(one + i))}); err != nil {
+			t.Fatalf("Send(%d) = %v", one+i, err)
+		}
+	}
+	if err := p.Close(ctx); err != nil {
+		t.Fatalf("Close() = %v", err)
+	}
+	led.waitHandled(t, one+burst)
+	st = h.srv.Stats()
+	if st.Received != one+burst || st.Acked != one+burst || st.Delivered != one+burst {
+		t.Fatalf("after the burst, Stats() = %+v, want %d received, acknowledged and delivered", st, one+burst)
+	}
+	t.Logf("after the burst: %+v", st)
+	// The burst goes in batches of at most 100: at least 20 of them, and far
+	// fewer than a frame a message.
+	if b := st.PublishBatches - one; b < burst/100 || b > burst/4 {
+		t.Errorf("the burst of %d came in %d publish batches, want %d to %d", burst, b, burst/100, burst/4)
+	}
+	for name, n := range map[string]uint64{"publish ack": st.PublishAcks, "delivery": st.DeliveryBatches, "delivery ack": st.DeliveryAcks} {
+		if f := n - one; f < 1 || f > burst/4 {
+			t.Errorf("the burst of %d took %d %s frames, want 1 to %d", burst, f, name, burst/4)
+		}
 	}
 }
 

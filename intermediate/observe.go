@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
@@ -198,10 +199,56 @@ func drainReasonLabel(r messagev1.DrainReason) string {
 	return "unspecified"
 }
 
+// frameCounters count the frames that carry messages and their
+// acknowledgements, each way. Against the messages they carry, they say
+// how well the mesh batches: a mesh whose links each carry a thin share of
+// the traffic sends more frames a message.
+type frameCounters struct {
+	publishBatches  atomic.Uint64 // batches received from producers
+	publishAcks     atomic.Uint64 // acknowledgement frames sent to producers
+	deliveryBatches atomic.Uint64 // batches sent to consumers
+	deliveryAcks    atomic.Uint64 // acknowledgement frames received from consumers
+}
+
+// Stats are a server's counters since it was created.
+type Stats struct {
+	// Received is how many messages producers published to the server.
+	Received uint64
+	// Acked and Nacked are how many it acknowledged to their producers end
+	// to end, and handed back.
+	Acked, Nacked uint64
+	// Delivered is how many deliveries it sent to consumers, redeliveries
+	// included.
+	Delivered uint64
+	// PublishBatches is how many batches producers published, and
+	// PublishAcks how many acknowledgement frames it sent them back.
+	PublishBatches, PublishAcks uint64
+	// DeliveryBatches is how many batches it sent to consumers, and
+	// DeliveryAcks how many acknowledgement frames they sent back.
+	DeliveryBatches, DeliveryAcks uint64
+}
+
+// Stats returns the server's counters. They are the ones its metrics
+// report; reading them takes no lock.
+func (s *Server) Stats() Stats {
+	return Stats{
+		Received:        s.received.Load(),
+		Acked:           s.acked.Load(),
+		Nacked:          s.nacked.Load(),
+		Delivered:       s.delivered.Load(),
+		PublishBatches:  s.frames.publishBatches.Load(),
+		PublishAcks:     s.frames.publishAcks.Load(),
+		DeliveryBatches: s.frames.deliveryBatches.Load(),
+		DeliveryAcks:    s.frames.deliveryAcks.Load(),
+	}
+}
+
 // serverDescs are the descriptors of a server's own metrics.
 type serverDescs struct {
 	received, acked, nacked, delivered          *prometheus.Desc
 	inFlight, publishers, subscribers, draining *prometheus.Desc
+	publishBatches, publishAcks                 *prometheus.Desc
+	deliveryBatches, deliveryAcks               *prometheus.Desc
 }
 
 func newServerDescs(service, instance string) serverDescs {
@@ -218,6 +265,11 @@ func newServerDescs(service, instance string) serverDescs {
 		publishers:  d("publish_streams", "Open publish streams."),
 		subscribers: d("subscribe_streams", "Open subscribe streams."),
 		draining:    d("draining", "1 while the server drains or after it drained."),
+
+		publishBatches:  d("publish_batches_total", "Batches received from producers."),
+		publishAcks:     d("publish_ack_frames_total", "Acknowledgement frames sent to producers."),
+		deliveryBatches: d("delivery_batches_total", "Batches sent to consumers."),
+		deliveryAcks:    d("delivery_ack_frames_total", "Acknowledgement frames received from consumers."),
 	}
 }
 
@@ -232,7 +284,7 @@ var _ prometheus.Collector = (*serverCollector)(nil)
 
 func (c *serverCollector) Describe(ch chan<- *prometheus.Desc) {
 	d := c.descs
-	for _, desc := range []*prometheus.Desc{d.received, d.acked, d.nacked, d.delivered, d.inFlight, d.publishers, d.subscribers, d.draining} {
+	for _, desc := range []*prometheus.Desc{d.received, d.acked, d.nacked, d.delivered, d.inFlight, d.publishers, d.subscribers, d.draining, d.publishBatches, d.publishAcks, d.deliveryBatches, d.deliveryAcks} {
 		ch <- desc
 	}
 }
@@ -254,6 +306,10 @@ func (c *serverCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(d.publishers, prometheus.GaugeValue, float64(pubs))
 	ch <- prometheus.MustNewConstMetric(d.subscribers, prometheus.GaugeValue, float64(subs))
 	ch <- prometheus.MustNewConstMetric(d.draining, prometheus.GaugeValue, drainingV)
+	ch <- prometheus.MustNewConstMetric(d.publishBatches, prometheus.CounterValue, float64(s.frames.publishBatches.Load()))
+	ch <- prometheus.MustNewConstMetric(d.publishAcks, prometheus.CounterValue, float64(s.frames.publishAcks.Load()))
+	ch <- prometheus.MustNewConstMetric(d.deliveryBatches, prometheus.CounterValue, float64(s.frames.deliveryBatches.Load()))
+	ch <- prometheus.MustNewConstMetric(d.deliveryAcks, prometheus.CounterValue, float64(s.frames.deliveryAcks.Load()))
 }
 
 // tracedProcessor runs a processor in a span, child of the span the message

@@ -186,6 +186,7 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 	first := p.expectSeq
 	p.expectSeq += n
 	s.received.Add(n)
+	s.frames.publishBatches.Add(1)
 
 	s.mu.Lock()
 	p.received += n
@@ -352,6 +353,7 @@ func (p *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServi
 		if len(acks) > 0 || len(nacks) > 0 {
 			s.acked.Add(uint64(len(acks)))
 			s.nacked.Add(uint64(len(nacks)))
+			s.frames.publishAcks.Add(1)
 			ack := &deliveryv1.PublishAck{Acked: seqrange.Build(acks), Nacked: nacks}
 			if err := stream.Send(&deliveryv1.PublishResponse{Kind: &deliveryv1.PublishResponse_Ack{Ack: ack}}); err != nil {
 				p.cancel(err)

@@ -59,6 +59,7 @@ type Server struct {
 	acked     atomic.Uint64
 	nacked    atomic.Uint64
 	delivered atomic.Uint64
+	frames    frameCounters
 
 	// mu guards the fields below and every field of pubStream, subStream,
 	// group, held and delivery documented as guarded by Server.mu. It is the

@@ -150,6 +150,7 @@ func (sub *subStream) recvLoop(stream deliveryv1.SubscribeService_SubscribeServe
 			}
 			sub.wakeUp()
 		case *deliveryv1.SubscribeRequest_Ack:
+			s.frames.deliveryAcks.Add(1)
 			if err := sub.ack(k.Ack); err != nil {
 				sub.cancel(err)
 				return
@@ -346,6 +347,7 @@ func (sub *subStream) sendLoop(ctx context.Context, stream deliveryv1.SubscribeS
 		}
 		if len(batch) > 0 {
 			s.delivered.Add(uint64(len(batch)))
+			s.frames.deliveryBatches.Add(1)
 			if err := stream.Send(&deliveryv1.SubscribeResponse{Kind: &deliveryv1.SubscribeResponse_Batch{Batch: &deliveryv1.DeliveryBatch{Deliveries: batch}}}); err != nil {
 				sub.cancel(err)
 				return
