@@ -6,6 +6,8 @@ import (
 	"io"
 	"log/slog"
 	"time"
+
+	"github.com/butterfly-mesh/butterfly/intermediate"
 )
 
 // Config is what a benchmark run sends and how. The baselines use Payload,
@@ -114,6 +116,38 @@ type Result struct {
 	AllocsPerMsg, AllocBytesPerMsg float64
 	// Runtime is what the Go runtime did over the phase (process-wide).
 	Runtime RuntimeFigures
+	// Batching is how many messages the mesh's frames carried over the
+	// phase, in one process only.
+	Batching BatchFigures
+}
+
+// BatchFigures are the messages a frame carried on average, each way of
+// each link: what a mesh pays per frame (a gRPC message, a write, a wake-up
+// at each end) is spread over them.
+type BatchFigures struct {
+	// PublishBatch and PublishAck are messages per batch from producers to
+	// intermediates, and per acknowledgement frame back.
+	PublishBatch, PublishAck float64
+	// DeliveryBatch and DeliveryAck are messages per batch from
+	// intermediates to consumers, and per acknowledgement frame back.
+	DeliveryBatch, DeliveryAck float64
+}
+
+// newBatchFigures returns the messages per frame of what the intermediates
+// counted between two readings of their Stats.
+func newBatchFigures(d intermediate.Stats) BatchFigures {
+	per := func(msgs, frames uint64) float64 {
+		if frames == 0 {
+			return 0
+		}
+		return float64(msgs) / float64(frames)
+	}
+	return BatchFigures{
+		PublishBatch:  per(d.Received, d.PublishBatches),
+		PublishAck:    per(d.Acked+d.Nacked, d.PublishAcks),
+		DeliveryBatch: per(d.Delivered, d.DeliveryBatches),
+		DeliveryAck:   per(d.Delivered, d.DeliveryAcks),
+	}
 }
 
 func newResult(n uint64, elapsed time.Duration, lat *histogram) Result {

@@ -108,6 +108,7 @@ func (m *mesh) run(ctx context.Context, r *Report) error {
 	half := m.measure(ctx, nil, cfg.Trace)
 	r.setHalfLoad(sat.MsgsPerSec/2, half)
 	r.setHalfLoadRuntime(half.Runtime)
+	r.setBatching(sat.Batching, half.Batching)
 	m.log.Info("bench: half load", "msgs_per_s", int(half.MsgsPerSec), "p50", half.P50, "p99", half.P99)
 
 	if err := m.faults(ctx, sat.MsgsPerSec, r); err != nil {
@@ -151,11 +152,12 @@ func (m *mesh) measure(ctx context.Context, profile, tr io.Writer) Result {
 			tr = nil
 		}
 	}
-	n0, cpu0, allocs0, rt0, t0 := m.consumed.Load(), cpuTime(), heapAllocs(), readRuntimeCounters(), time.Now()
+	n0, cpu0, allocs0, rt0, st0, t0 := m.consumed.Load(), cpuTime(), heapAllocs(), readRuntimeCounters(), m.serverStats(), time.Now()
 	m.lat.Store(h)
 	pause(ctx, m.cfg.Duration)
 	m.lat.Store(nil)
 	n, elapsed, cpu, allocs, rt := m.consumed.Load()-n0, time.Since(t0), cpuTime()-cpu0, heapAllocs().sub(allocs0), readRuntimeCounters().since(rt0)
+	st := statsSince(m.serverStats(), st0)
 	if profile != nil {
 		pprof.StopCPUProfile()
 	}
@@ -166,6 +168,7 @@ func (m *mesh) measure(ctx context.Context, profile, tr io.Writer) Result {
 	res.CPUPerMillion = cpuPerMillion(cpu, n)
 	res.setAllocs(allocs)
 	res.Runtime = rt
+	res.Batching = newBatchFigures(st)
 	return res
 }
 

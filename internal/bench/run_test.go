@@ -7,6 +7,8 @@ import (
 	"io"
 	"testing"
 	"time"
+
+	"github.com/butterfly-mesh/butterfly/intermediate"
 )
 
 // quickConfig is a whole run in a few seconds: short phases and heartbeats.
@@ -69,6 +71,24 @@ func TestRun_QuickFaultsLoseNothing(t *testing.T) {
 	if r.BaselineRelayHalfLoad <= 0 || r.BaselineRelayP50HalfLoadUS <= 0 || r.BaselineRelayP99HalfLoadUS < r.BaselineRelayP50HalfLoadUS {
 		t.Errorf("Run() relay at the half-load rate: %v msgs/s, one way p50 %v µs, p99 %v µs, want a rate and 0 < p50 <= p99",
 			r.BaselineRelayHalfLoad, r.BaselineRelayP50HalfLoadUS, r.BaselineRelayP99HalfLoadUS)
+	}
+	// A frame carries one message at least; a batch no more than its limit.
+	for _, f := range []struct {
+		name     string
+		got, max float64
+	}{
+		{"messages per publish batch", r.MsgsPerPublishBatch, float64(cfg.BatchMessages)},
+		{"messages per publish batch at half load", r.MsgsPerPublishBatchHalf, float64(cfg.BatchMessages)},
+		{"messages per delivery batch", r.MsgsPerDeliveryBatch, intermediate.DefaultMaxBatchMessages},
+		{"messages per delivery batch at half load", r.MsgsPerDeliveryBatchHalf, intermediate.DefaultMaxBatchMessages},
+		{"messages per publish ack frame", r.MsgsPerPublishAck, float64(cfg.Window)},
+		{"messages per publish ack frame at half load", r.MsgsPerPublishAckHalf, float64(cfg.Window)},
+		{"messages per delivery ack frame", r.MsgsPerDeliveryAck, float64(cfg.Credit)},
+		{"messages per delivery ack frame at half load", r.MsgsPerDeliveryAckHalf, float64(cfg.Credit)},
+	} {
+		if f.got < 1 || f.got > f.max {
+			t.Errorf("Run() %s = %.2f, want 1 to %g", f.name, f.got, f.max)
+		}
 	}
 	if len(r.Samples) == 0 || len(r.Events) < 8 {
 		t.Errorf("Run() samples %d, events %d, want a series and every event", len(r.Samples), len(r.Events))
