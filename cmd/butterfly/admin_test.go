@@ -2,14 +2,19 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/butterfly-mesh/butterfly/internal/etcdtest"
 )
 
 // fakeReadiness is a readiness whose state the test sets.
@@ -77,4 +82,36 @@ func TestAdminEndpoint_MetricsHealthReady(t *testing.T) {
 		}
 	}
 	obs.Close() // safe twice: the deferred one
+}
+
+// TestIntermediateCommand_ServingLineNamesAdmin starts an intermediate with
+// --admin on port 0 and finds the admin endpoint's real address in its
+// serving line, serving the intermediate's metrics.
+func TestIntermediateCommand_ServingLineNamesAdmin(t *testing.T) {
+	etc := etcdtest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ictx, stop := context.WithCancel(ctx)
+	iout, idone := startCLI(ictx, "intermediate", "--name", "i1", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
+		"--stop-timeout", "300ms", "--etcd-endpoints", etc.Endpoint(), "--prefix", "adm", "--log-level", "error")
+	defer func() {
+		stop()
+		if err := <-idone; err != nil {
+			t.Errorf("butterfly intermediate = %v; output:\n%s", err, iout.String())
+		}
+	}()
+	waitServing(ctx, t, iout, idone)
+	line, _, _ := strings.Cut(iout.String(), "\n")
+	var ev struct{ Event, Addr, Admin string }
+	if err := json.Unmarshal([]byte(line), &ev); err != nil {
+		t.Fatalf("serving line %q: %v", line, err)
+	}
+	host, port, err := net.SplitHostPort(ev.Admin)
+	if err != nil || host != "127.0.0.1" || port == "0" || ev.Admin == ev.Addr {
+		t.Fatalf("serving line %q: admin %q, want 127.0.0.1 with the port picked (%v)", line, ev.Admin, err)
+	}
+	code, body := get(t, "http://"+ev.Admin+"/metrics")
+	if want := `butterfly_intermediate_publish_batches_total{instance="i1",service="intermediate"} 0`; code != http.StatusOK || !strings.Contains(body, want) {
+		t.Errorf("GET http://%s/metrics = %d, want 200 with %s", ev.Admin, code, want)
+	}
 }

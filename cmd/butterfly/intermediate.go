@@ -38,6 +38,7 @@ instance: this one sees its key taken, drains and exits.
 
 When ready it prints one JSON line on stdout:
   {"event":"serving","service":…,"instance":…,"addr":…,"epoch":…}
+with "admin":… as well under --admin (its real address: port 0 picks one).
 
 ` + tlsHelp + `
 With --tls-ca, client certificates are required (--tls-client-auth require)
@@ -158,10 +159,14 @@ outside its producer's window (low_water_seq + 2^24) is handed back INVALID.`,
 			go func() {
 				select {
 				case <-srv.Ready():
-					line, _ := json.Marshal(map[string]any{
+					ev := map[string]any{
 						"event": "serving", "service": service, "instance": name,
 						"addr": srv.Addr(), "epoch": srv.Epoch(),
-					})
+					}
+					if obs.admin != nil {
+						ev["admin"] = obs.admin.Addr() // the real port, where --admin gave 0
+					}
+					line, _ := json.Marshal(ev)
 					fmt.Fprintln(cmd.OutOrStdout(), string(line))
 				case <-ready:
 				}
