@@ -63,7 +63,8 @@ something beside each other:
               end-to-end latency p50/p99/p999 at saturation and at half of it
               (rate-limited producers), CPU seconds per million messages,
               heap allocations per message (also for the baselines: a busy
-              machine does not blur them) and peak heap;
+              machine does not blur them), messages per frame each way of
+              each link (from the intermediates' counters) and peak heap;
   faults      under steady load: one intermediate stopped hard (messages lost,
               from exact ids; time until throughput is back to 80%; time until
               every resent message is delivered), the same intermediate back
@@ -85,7 +86,8 @@ producer and consumer a process of this binary (the real intermediate
 command; hidden workers for the producers and consumers, which count every
 message by id), on an embedded etcd in this process, and measures
 saturation and half of it: throughput, end-to-end latency, the children's
-CPU per million messages and peak RSS. No baselines, no faults.
+CPU per million messages, messages per frame (from the intermediates'
+/metrics) and peak RSS. No baselines, no faults.
 
 It prints a table, or one JSON object with --json, and can draw throughput
 over time with the faults marked (--plot). With --runs N it runs the whole

@@ -12,7 +12,8 @@ import (
 
 // TestBenchCommand_Processes runs `bench --processes` on the built binary,
 // with every component a process of its own, and checks that every message
-// arrived exactly once and that the run measured a throughput.
+// arrived exactly once and that the run measured a throughput and the
+// messages per frame, from the intermediates' metrics.
 func TestBenchCommand_Processes(t *testing.T) {
 	binary := filepath.Join(t.TempDir(), "butterfly")
 	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
@@ -37,6 +38,10 @@ func TestBenchCommand_Processes(t *testing.T) {
 		Strangers    uint64  `json:"unknown_messages"`
 		AllBusyMax   float64 `json:"platform_all_busy_stall_max_us"`
 		OneBusyMax   float64 `json:"platform_one_busy_stall_max_us"`
+		PubBatch     float64 `json:"msgs_per_publish_batch"`
+		DelBatch     float64 `json:"msgs_per_delivery_batch"`
+		PubBatchHalf float64 `json:"msgs_per_publish_batch_half_load"`
+		DelAckHalf   float64 `json:"msgs_per_delivery_ack_frame_half_load"`
 	}
 	if err := json.Unmarshal(stdout.Bytes(), &got); err != nil {
 		t.Fatalf("json.Unmarshal(bench --processes output) = %v, output:\n%s", err, stdout.String())
@@ -50,6 +55,18 @@ func TestBenchCommand_Processes(t *testing.T) {
 	}
 	if got.AllBusyMax <= 0 || got.OneBusyMax <= 0 {
 		t.Errorf("bench --processes longest gaps of the machine's spinning threads = %v, %v µs, want both measured (> 0)", got.AllBusyMax, got.OneBusyMax)
+	}
+	// Read from the intermediates' metrics: at least a message a frame, no
+	// more than a batch's limits (64 from the producer, 256 to a consumer).
+	for name, v := range map[string][2]float64{
+		"msgs_per_publish_batch":                {got.PubBatch, 64},
+		"msgs_per_publish_batch_half_load":      {got.PubBatchHalf, 64},
+		"msgs_per_delivery_batch":               {got.DelBatch, 256},
+		"msgs_per_delivery_ack_frame_half_load": {got.DelAckHalf, 2000},
+	} {
+		if v[0] < 1 || v[0] > v[1] {
+			t.Errorf("bench --processes %s = %v, want 1 to %v", name, v[0], v[1])
+		}
 	}
 	if t.Failed() {
 		t.Logf("bench --processes output:\n%s", stdout.String())

@@ -70,31 +70,9 @@ func (m *mesh) serverStats() intermediate.Stats {
 	defer m.mu.Unlock()
 	var sum intermediate.Stats
 	for _, bs := range m.servers {
-		st := bs.srv.Stats()
-		sum.Received += st.Received
-		sum.Acked += st.Acked
-		sum.Nacked += st.Nacked
-		sum.Delivered += st.Delivered
-		sum.PublishBatches += st.PublishBatches
-		sum.PublishAcks += st.PublishAcks
-		sum.DeliveryBatches += st.DeliveryBatches
-		sum.DeliveryAcks += st.DeliveryAcks
+		sum = addStats(sum, bs.srv.Stats())
 	}
 	return sum
-}
-
-// statsSince returns what the counters of now added since then.
-func statsSince(now, then intermediate.Stats) intermediate.Stats {
-	return intermediate.Stats{
-		Received:        now.Received - then.Received,
-		Acked:           now.Acked - then.Acked,
-		Nacked:          now.Nacked - then.Nacked,
-		Delivered:       now.Delivered - then.Delivered,
-		PublishBatches:  now.PublishBatches - then.PublishBatches,
-		PublishAcks:     now.PublishAcks - then.PublishAcks,
-		DeliveryBatches: now.DeliveryBatches - then.DeliveryBatches,
-		DeliveryAcks:    now.DeliveryAcks - then.DeliveryAcks,
-	}
 }
 
 // benchServer is one running intermediate.

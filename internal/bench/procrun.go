@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math/bits"
 	"time"
+
+	"github.com/butterfly-mesh/butterfly/intermediate"
 )
 
 // run drives the phases of a run in separate processes, then finishes the
@@ -41,6 +43,7 @@ func (pm *procMesh) run(ctx context.Context) (*ProcessReport, error) {
 		return nil, err
 	}
 	r.setHalfLoad(half, res)
+	r.setBatching(sat.Batching, res.Batching)
 	pm.log.Info("bench: processes: half load", "msgs_per_s", int(res.MsgsPerSec), "p50", res.P50, "p99", res.P99)
 
 	err = pm.finish(ctx, r)
@@ -73,6 +76,10 @@ func (pm *procMesh) waitFirst(ctx context.Context) error {
 // the messages the consumers handled, their end-to-end latency and the CPU
 // the children used.
 func (pm *procMesh) measure(ctx context.Context) (Result, error) {
+	st0, err := pm.serverStats(ctx)
+	if err != nil {
+		return Result{}, err
+	}
 	cpu0, t0 := pm.cpu(), time.Now()
 	start, err := pm.callAll(ctx, pm.consumers, childCallTimeout, workerRequest{Op: opStart}, false)
 	if err != nil {
@@ -86,6 +93,10 @@ func (pm *procMesh) measure(ctx context.Context) (Result, error) {
 		return Result{}, err
 	}
 	elapsed, cpu := time.Since(t0), pm.cpu()
+	st, err := pm.serverStats(ctx)
+	if err != nil {
+		return Result{}, err
+	}
 	h := &histogram{}
 	for _, s := range stop {
 		h.add(s.Latency)
@@ -95,6 +106,7 @@ func (pm *procMesh) measure(ctx context.Context) (Result, error) {
 	if cpu0 > 0 && cpu > 0 {
 		res.CPUPerMillion = cpuPerMillion(cpu-cpu0, n)
 	}
+	res.Batching = newBatchFigures(statsSince(st, st0))
 	return res, nil
 }
 
@@ -175,4 +187,18 @@ func (pm *procMesh) account(r *ProcessReport, prods, cons []workerReply) {
 		r.Lost += seen[seenKey{pm.producers[i].name, pm.incarnations[i]}].missing(p.Sent)
 	}
 	r.Delivered = r.Sent - r.Lost
+}
+
+// serverStats returns the intermediates' counters, added up, as their
+// admin endpoints' metrics give them.
+func (pm *procMesh) serverStats(ctx context.Context) (intermediate.Stats, error) {
+	var sum intermediate.Stats
+	for _, addr := range pm.admins {
+		st, err := scrapeStats(ctx, addr)
+		if err != nil {
+			return intermediate.Stats{}, err
+		}
+		sum = addStats(sum, st)
+	}
+	return sum, nil
 }

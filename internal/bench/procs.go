@@ -37,6 +37,7 @@ type procMesh struct {
 	log           *slog.Logger
 	etcd          *benchEtcd
 	intermediates []*child
+	admins        []string // each intermediate's admin endpoint, for its metrics
 	producers     []*child
 	consumers     []*child
 	incarnations  []uint64 // per producer
@@ -90,6 +91,7 @@ func (pm *procMesh) start(ctx context.Context) error {
 			"--name", name, "--listen", fmt.Sprintf("127.0.0.%d:0", 2+i), "--service", service,
 			"--lease-ttl", cfg.LeaseTTL.String(),
 			"--max-in-flight", strconv.Itoa(max(cfg.Window, intermediate.DefaultMaxInFlight)),
+			"--admin", fmt.Sprintf("127.0.0.%d:0", 2+i),
 		}, common...))
 		if err != nil {
 			return err
@@ -98,12 +100,16 @@ func (pm *procMesh) start(ctx context.Context) error {
 	}
 	for _, c := range pm.intermediates {
 		var serving struct {
-			Event, Addr string
+			Event, Addr, Admin string
 		}
 		if err := c.read(ctx, childStartTimeout, &serving); err != nil {
 			return err
 		}
-		pm.log.Info("bench: processes: intermediate serving", "name", c.name, "addr", serving.Addr, "pid", c.pid())
+		if serving.Admin == "" {
+			return fmt.Errorf("bench: processes: intermediate %s named no admin endpoint when serving", c.name)
+		}
+		pm.admins = append(pm.admins, serving.Admin)
+		pm.log.Info("bench: processes: intermediate serving", "name", c.name, "addr", serving.Addr, "admin", serving.Admin, "pid", c.pid())
 	}
 	worker := func(role, id string) (*child, error) {
 		args := append([]string{"bench", "worker", role, "--id", id}, pm.workerFlags()...)

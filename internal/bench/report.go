@@ -55,16 +55,7 @@ type Report struct {
 	HalfLoadSchedWaitP99US float64 `json:"half_load_sched_latency_p99_us"`
 	HalfLoadGCCPUFraction  float64 `json:"half_load_gc_cpu_fraction"`
 
-	// How many messages a frame carried at saturation and at half load,
-	// each way of each link (BatchFigures).
-	MsgsPerPublishBatch      float64 `json:"msgs_per_publish_batch"`
-	MsgsPerPublishAck        float64 `json:"msgs_per_publish_ack_frame"`
-	MsgsPerDeliveryBatch     float64 `json:"msgs_per_delivery_batch"`
-	MsgsPerDeliveryAck       float64 `json:"msgs_per_delivery_ack_frame"`
-	MsgsPerPublishBatchHalf  float64 `json:"msgs_per_publish_batch_half_load"`
-	MsgsPerPublishAckHalf    float64 `json:"msgs_per_publish_ack_frame_half_load"`
-	MsgsPerDeliveryBatchHalf float64 `json:"msgs_per_delivery_batch_half_load"`
-	MsgsPerDeliveryAckHalf   float64 `json:"msgs_per_delivery_ack_frame_half_load"`
+	FrameFigures
 
 	// How often the machine kept a busy thread off its core, before the
 	// run: the floor under every latency tail measured on it.
@@ -208,11 +199,31 @@ func (r *Report) setHalfLoadRuntime(f RuntimeFigures) {
 	r.HalfLoadSchedWaitP99US = us(f.SchedLatencyP99)
 }
 
-func (r *Report) setBatching(sat, half BatchFigures) {
-	r.MsgsPerPublishBatch, r.MsgsPerPublishAck = sat.PublishBatch, sat.PublishAck
-	r.MsgsPerDeliveryBatch, r.MsgsPerDeliveryAck = sat.DeliveryBatch, sat.DeliveryAck
-	r.MsgsPerPublishBatchHalf, r.MsgsPerPublishAckHalf = half.PublishBatch, half.PublishAck
-	r.MsgsPerDeliveryBatchHalf, r.MsgsPerDeliveryAckHalf = half.DeliveryBatch, half.DeliveryAck
+// FrameFigures are how many messages a frame carried at saturation and at
+// half load, each way of each link (BatchFigures), in one process or in
+// many.
+type FrameFigures struct {
+	MsgsPerPublishBatch      float64 `json:"msgs_per_publish_batch"`
+	MsgsPerPublishAck        float64 `json:"msgs_per_publish_ack_frame"`
+	MsgsPerDeliveryBatch     float64 `json:"msgs_per_delivery_batch"`
+	MsgsPerDeliveryAck       float64 `json:"msgs_per_delivery_ack_frame"`
+	MsgsPerPublishBatchHalf  float64 `json:"msgs_per_publish_batch_half_load"`
+	MsgsPerPublishAckHalf    float64 `json:"msgs_per_publish_ack_frame_half_load"`
+	MsgsPerDeliveryBatchHalf float64 `json:"msgs_per_delivery_batch_half_load"`
+	MsgsPerDeliveryAckHalf   float64 `json:"msgs_per_delivery_ack_frame_half_load"`
+}
+
+func (f *FrameFigures) setBatching(sat, half BatchFigures) {
+	f.MsgsPerPublishBatch, f.MsgsPerPublishAck = sat.PublishBatch, sat.PublishAck
+	f.MsgsPerDeliveryBatch, f.MsgsPerDeliveryAck = sat.DeliveryBatch, sat.DeliveryAck
+	f.MsgsPerPublishBatchHalf, f.MsgsPerPublishAckHalf = half.PublishBatch, half.PublishAck
+	f.MsgsPerDeliveryBatchHalf, f.MsgsPerDeliveryAckHalf = half.DeliveryBatch, half.DeliveryAck
+}
+
+// frameRows are the table rows of f.
+func (f *FrameFigures) frameRows(w io.Writer) {
+	fmt.Fprintf(w, "messages per frame: publish / its acks / delivery / its acks\t%.1f / %.1f / %.1f / %.1f\t\t\t\n", f.MsgsPerPublishBatch, f.MsgsPerPublishAck, f.MsgsPerDeliveryBatch, f.MsgsPerDeliveryAck)
+	fmt.Fprintf(w, "half load: messages per frame, the same\t%.1f / %.1f / %.1f / %.1f\t\t\t\n", f.MsgsPerPublishBatchHalf, f.MsgsPerPublishAckHalf, f.MsgsPerDeliveryBatchHalf, f.MsgsPerDeliveryAckHalf)
 }
 
 // derive computes the ratios from the figures they divide: once a run has
@@ -319,8 +330,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(tw, "the relay at that rate, one way\t%s\t%s / %s / %s\t%.2f\t\t\n", rate(r.BaselineRelayHalfLoad), lat(r.BaselineRelayP50HalfLoadUS), lat(r.BaselineRelayP99HalfLoadUS), lat(r.BaselineRelayP999HalfLoadUS), r.BaselineRelayCPUHalfLoad)
 	fmt.Fprintf(tw, "vs 1 hop / vs relay\t%.2fx / %.2fx\t\t\t\n", r.RatioVs1Hop, r.RatioVsRelay)
 	fmt.Fprintf(tw, "peak heap in use\t%.1f MiB\t\t\t\n", float64(r.PeakHeapBytes)/(1<<20))
-	fmt.Fprintf(tw, "messages per frame: publish / its acks / delivery / its acks\t%.1f / %.1f / %.1f / %.1f\t\t\t\n", r.MsgsPerPublishBatch, r.MsgsPerPublishAck, r.MsgsPerDeliveryBatch, r.MsgsPerDeliveryAck)
-	fmt.Fprintf(tw, "half load: messages per frame, the same\t%.1f / %.1f / %.1f / %.1f\t\t\t\n", r.MsgsPerPublishBatchHalf, r.MsgsPerPublishAckHalf, r.MsgsPerDeliveryBatchHalf, r.MsgsPerDeliveryAckHalf)
+	r.frameRows(tw)
 	fmt.Fprintf(tw, "half load: GC cycles / GC CPU\t%d / %.0f %%\t\t\t\n", r.HalfLoadGCCycles, 100*r.HalfLoadGCCPUFraction)
 	fmt.Fprintf(tw, "half load: GC pause p99 / max\t%s / %s\t\t\t\n", lat(r.HalfLoadGCPauseP99US), lat(r.HalfLoadGCPauseMaxUS))
 	fmt.Fprintf(tw, "half load: runnable goroutine wait p99\t%s\t\t\t\n", lat(r.HalfLoadSchedWaitP99US))
