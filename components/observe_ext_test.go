@@ -120,6 +120,7 @@ func TestMetrics_ExactCountersAfterKnownRun(t *testing.T) {
 		"butterfly_intermediate_acked_total" + il:                                                                                          n - refused,
 		"butterfly_intermediate_nacked_total" + il:                                                                                         refused,
 		"butterfly_intermediate_delivered_total" + il:                                                                                      n,
+		"butterfly_intermediate_delivery_answers_total" + il:                                                                               n,
 		"butterfly_intermediate_in_flight" + il:                                                                                            0,
 		"butterfly_intermediate_draining" + il:                                                                                             0,
 		`butterfly_intermediate_drain_duration_seconds_count{instance="i1",reason="shutdown",service="intermediate"}`:                      0,
@@ -172,7 +173,7 @@ func TestMetrics_FramesCountedEachWay(t *testing.T) {
 	st := h.srv.Stats()
 	want := intermediate.Stats{
 		Received: one, Acked: one, Delivered: one,
-		PublishBatches: one, PublishAcks: one, DeliveryBatches: one, DeliveryAcks: one,
+		PublishBatches: one, PublishAcks: one, DeliveryBatches: one, DeliveryAcks: one, DeliveryAnswers: one,
 	}
 	if st != want {
 		t.Fatalf("after %d messages one at a time, Stats() = %+v, want %+v", one, st, want)
@@ -184,6 +185,7 @@ func TestMetrics_FramesCountedEachWay(t *testing.T) {
 		"butterfly_intermediate_publish_ack_frames_total" + il:  one,
 		"butterfly_intermediate_delivery_batches_total" + il:    one,
 		"butterfly_intermediate_delivery_ack_frames_total" + il: one,
+		"butterfly_intermediate_delivery_answers_total" + il:    one,
 	} {
 		if v, ok := got[series]; !ok || v != w {
 			t.Errorf("/metrics %s = %v (present %v), want %v", series, v, ok, w)
@@ -200,8 +202,8 @@ func TestMetrics_FramesCountedEachWay(t *testing.T) {
 	}
 	led.waitHandled(t, one+burst)
 	st = h.srv.Stats()
-	if st.Received != one+burst || st.Acked != one+burst || st.Delivered != one+burst {
-		t.Fatalf("after the burst, Stats() = %+v, want %d received, acknowledged and delivered", st, one+burst)
+	if st.Received != one+burst || st.Acked != one+burst || st.Delivered != one+burst || st.DeliveryAnswers != one+burst {
+		t.Fatalf("after the burst, Stats() = %+v, want %d received, acknowledged, delivered and answered", st, one+burst)
 	}
 	t.Logf("after the burst: %+v", st)
 	// The burst goes in batches of at most 100: at least 20 of them, and far

@@ -208,6 +208,7 @@ type frameCounters struct {
 	publishAcks     atomic.Uint64 // acknowledgement frames sent to producers
 	deliveryBatches atomic.Uint64 // batches sent to consumers
 	deliveryAcks    atomic.Uint64 // acknowledgement frames received from consumers
+	deliveryAnswers atomic.Uint64 // deliveries those frames acknowledged or handed back
 }
 
 // Stats are a server's counters since it was created.
@@ -224,8 +225,9 @@ type Stats struct {
 	// PublishAcks how many acknowledgement frames it sent them back.
 	PublishBatches, PublishAcks uint64
 	// DeliveryBatches is how many batches it sent to consumers, and
-	// DeliveryAcks how many acknowledgement frames they sent back.
-	DeliveryBatches, DeliveryAcks uint64
+	// DeliveryAcks how many acknowledgement frames they sent back, which
+	// acknowledged or handed back DeliveryAnswers deliveries.
+	DeliveryBatches, DeliveryAcks, DeliveryAnswers uint64
 }
 
 // Stats returns the server's counters. They are the ones its metrics
@@ -240,6 +242,7 @@ func (s *Server) Stats() Stats {
 		PublishAcks:     s.frames.publishAcks.Load(),
 		DeliveryBatches: s.frames.deliveryBatches.Load(),
 		DeliveryAcks:    s.frames.deliveryAcks.Load(),
+		DeliveryAnswers: s.frames.deliveryAnswers.Load(),
 	}
 }
 
@@ -249,6 +252,7 @@ type serverDescs struct {
 	inFlight, publishers, subscribers, draining *prometheus.Desc
 	publishBatches, publishAcks                 *prometheus.Desc
 	deliveryBatches, deliveryAcks               *prometheus.Desc
+	deliveryAnswers                             *prometheus.Desc
 }
 
 func newServerDescs(service, instance string) serverDescs {
@@ -266,10 +270,11 @@ func newServerDescs(service, instance string) serverDescs {
 		subscribers: d("subscribe_streams", "Open subscribe streams."),
 		draining:    d("draining", "1 while the server drains or after it drained."),
 
-		publishBatches:  d("publish_batches_total", "Batches received from producers."),
+		publishBatches:  d("publish_batches_total", "Batches received from producers, refused ones included."),
 		publishAcks:     d("publish_ack_frames_total", "Acknowledgement frames sent to producers."),
 		deliveryBatches: d("delivery_batches_total", "Batches sent to consumers."),
 		deliveryAcks:    d("delivery_ack_frames_total", "Acknowledgement frames received from consumers."),
+		deliveryAnswers: d("delivery_answers_total", "Deliveries consumers acknowledged or handed back."),
 	}
 }
 
@@ -284,7 +289,7 @@ var _ prometheus.Collector = (*serverCollector)(nil)
 
 func (c *serverCollector) Describe(ch chan<- *prometheus.Desc) {
 	d := c.descs
-	for _, desc := range []*prometheus.Desc{d.received, d.acked, d.nacked, d.delivered, d.inFlight, d.publishers, d.subscribers, d.draining, d.publishBatches, d.publishAcks, d.deliveryBatches, d.deliveryAcks} {
+	for _, desc := range []*prometheus.Desc{d.received, d.acked, d.nacked, d.delivered, d.inFlight, d.publishers, d.subscribers, d.draining, d.publishBatches, d.publishAcks, d.deliveryBatches, d.deliveryAcks, d.deliveryAnswers} {
 		ch <- desc
 	}
 }
@@ -310,6 +315,7 @@ func (c *serverCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(d.publishAcks, prometheus.CounterValue, float64(s.frames.publishAcks.Load()))
 	ch <- prometheus.MustNewConstMetric(d.deliveryBatches, prometheus.CounterValue, float64(s.frames.deliveryBatches.Load()))
 	ch <- prometheus.MustNewConstMetric(d.deliveryAcks, prometheus.CounterValue, float64(s.frames.deliveryAcks.Load()))
+	ch <- prometheus.MustNewConstMetric(d.deliveryAnswers, prometheus.CounterValue, float64(s.frames.deliveryAnswers.Load()))
 }
 
 // tracedProcessor runs a processor in a span, child of the span the message

@@ -239,6 +239,7 @@ func (sub *subStream) observeAck(start time.Time, held time.Duration) {
 // the producer at once. Ids already settled are ignored.
 func (sub *subStream) ackLocked(a *ackFrame) {
 	s := sub.srv
+	answered := sub.ackedN
 	sub.unacked.takeRanges(a.acked, func(d *delivery) {
 		sub.ackedN++
 		if !d.liveOn(sub) {
@@ -264,6 +265,7 @@ func (sub *subStream) ackLocked(a *ackFrame) {
 			Detail: "consumer " + sub.consumerID + ": " + strings.ToValidUTF8(n.GetDetail(), "\uFFFD"),
 		})
 	}
+	s.frames.deliveryAnswers.Add(sub.ackedN - answered)
 	if sub.leavingDoneLocked() {
 		sub.wakeUp()
 	}
