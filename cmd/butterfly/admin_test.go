@@ -107,7 +107,7 @@ func TestIntermediateCommand_ServingLineNamesAdmin(t *testing.T) {
 		t.Fatalf("serving line %q: %v", line, err)
 	}
 	host, port, err := net.SplitHostPort(ev.Admin)
-	if err != nil || host != "127.0.0.1" || port == "0" || ev.Admin == ev.Addr {
+	if err != nil || ev.Event != "serving" || host != "127.0.0.1" || port == "0" || ev.Admin == ev.Addr {
 		t.Fatalf("serving line %q: admin %q, want 127.0.0.1 with the port picked (%v)", line, ev.Admin, err)
 	}
 	code, body := get(t, "http://"+ev.Admin+"/metrics")

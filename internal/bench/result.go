@@ -117,7 +117,7 @@ type Result struct {
 	// Runtime is what the Go runtime did over the phase (process-wide).
 	Runtime RuntimeFigures
 	// Batching is how many messages the mesh's frames carried over the
-	// phase, in one process only.
+	// phase, from the intermediates' counters.
 	Batching BatchFigures
 }
 
@@ -129,7 +129,8 @@ type BatchFigures struct {
 	// intermediates, and per acknowledgement frame back.
 	PublishBatch, PublishAck float64
 	// DeliveryBatch and DeliveryAck are messages per batch from
-	// intermediates to consumers, and per acknowledgement frame back.
+	// intermediates to consumers, and deliveries acknowledged or handed
+	// back per acknowledgement frame back.
 	DeliveryBatch, DeliveryAck float64
 }
 
@@ -146,7 +147,7 @@ func newBatchFigures(d intermediate.Stats) BatchFigures {
 		PublishBatch:  per(d.Received, d.PublishBatches),
 		PublishAck:    per(d.Acked+d.Nacked, d.PublishAcks),
 		DeliveryBatch: per(d.Delivered, d.DeliveryBatches),
-		DeliveryAck:   per(d.Delivered, d.DeliveryAcks),
+		DeliveryAck:   per(d.DeliveryAnswers, d.DeliveryAcks),
 	}
 }
 

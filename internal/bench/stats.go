@@ -23,6 +23,7 @@ func addStats(a, b intermediate.Stats) intermediate.Stats {
 		PublishAcks:     a.PublishAcks + b.PublishAcks,
 		DeliveryBatches: a.DeliveryBatches + b.DeliveryBatches,
 		DeliveryAcks:    a.DeliveryAcks + b.DeliveryAcks,
+		DeliveryAnswers: a.DeliveryAnswers + b.DeliveryAnswers,
 	}
 }
 
@@ -37,6 +38,7 @@ func statsSince(now, then intermediate.Stats) intermediate.Stats {
 		PublishAcks:     now.PublishAcks - then.PublishAcks,
 		DeliveryBatches: now.DeliveryBatches - then.DeliveryBatches,
 		DeliveryAcks:    now.DeliveryAcks - then.DeliveryAcks,
+		DeliveryAnswers: now.DeliveryAnswers - then.DeliveryAnswers,
 	}
 }
 
@@ -50,7 +52,7 @@ func scrapeStats(ctx context.Context, addr string) (intermediate.Stats, error) {
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
 	if err != nil {
-		return intermediate.Stats{}, err
+		return intermediate.Stats{}, fmt.Errorf("bench: metrics of %s: %w", addr, err)
 	}
 	// Plain text: the format the parser reads, whatever else the server
 	// could offer.
@@ -78,6 +80,7 @@ func scrapeStats(ctx context.Context, addr string) (intermediate.Stats, error) {
 		"butterfly_intermediate_publish_ack_frames_total":  &st.PublishAcks,
 		"butterfly_intermediate_delivery_batches_total":    &st.DeliveryBatches,
 		"butterfly_intermediate_delivery_ack_frames_total": &st.DeliveryAcks,
+		"butterfly_intermediate_delivery_answers_total":    &st.DeliveryAnswers,
 	} {
 		f, ok := families[name]
 		if !ok || len(f.GetMetric()) == 0 {
