@@ -208,10 +208,47 @@ func TestHeartbeats_OnlyOnQuietStreams(t *testing.T) {
 	led.checkExactlyOnce(t, sent)
 }
 
+// holdingConsumer starts consumer c1 with room for two messages at once,
+// recording into led every message but the one whose payload is "hold":
+// that one it keeps, unacknowledged, until release is closed, so that the
+// producer has a message waiting for its acknowledgement. held is closed
+// when the handler has it.
+func holdingConsumer(m *mesh, led *ledger) (held, release chan struct{}) {
+	held, release = make(chan struct{}), make(chan struct{})
+	m.consumer("c1", func(ctx context.Context, d *components.Delivery) error {
+		if string(d.Message.GetPayload()) == "hold" {
+			close(held)
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		led.record(d)
+		return nil
+	}, components.WithConcurrency(2))
+	return held, release
+}
+
+// sendHeld sends the message holdingConsumer keeps and waits until its
+// handler has it.
+func sendHeld(t *testing.T, ctx context.Context, p *components.Producer, held chan struct{}) {
+	t.Helper()
+	if _, err := p.Send(ctx, &messagev1.Message{Payload: []byte("hold")}); err != nil {
+		t.Fatalf("Send(hold) = %v", err)
+	}
+	select {
+	case <-held:
+	case <-ctx.Done():
+		t.Fatal("the held message never reached the handler")
+	}
+}
+
 // TestProducer_FullBatchDoesNotWaitForTheLinger checks that a batch that
-// fills while its first message waits for the linger goes out at once: under
-// a linger of 600 ms, one message, then 63 more 100 ms later, are all handled
-// within 300 ms of the first, once each.
+// fills while its first message waits for the linger goes out at once:
+// under a linger of 600 ms, with a message waiting for its acknowledgement
+// (so that the linger applies), one message, then 63 more 100 ms later,
+// are all handled within 300 ms of the first, once each.
 func TestProducer_FullBatchDoesNotWaitForTheLinger(t *testing.T) {
 	const (
 		n      = 64
@@ -220,12 +257,13 @@ func TestProducer_FullBatchDoesNotWaitForTheLinger(t *testing.T) {
 	m := newMesh(t)
 	h := m.startHub(components.DefaultService, "i1", "127.0.0.1")
 	led := newLedger()
-	m.consumer("c1", led.handler())
+	held, release := holdingConsumer(m, led)
 	waitConsumers(t, 1, h)
 	p := m.producer("p1", components.WithBatch(n, 1<<20, linger))
 	waitProducer(t, "p1", h)
 	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
 	defer cancel()
+	sendHeld(t, ctx, p, held)
 	start := time.Now()
 	for i := range n {
 		if _, err := p.Send(ctx, &messagev1.Message{Payload: fmt.Appendf(nil, "m%d", i)}); err != nil {
@@ -241,26 +279,29 @@ func TestProducer_FullBatchDoesNotWaitForTheLinger(t *testing.T) {
 	if took > linger/2 {
 		t.Errorf("a full batch of %d was handled %v after the first Send, want well within the %v linger", n, took, linger)
 	}
+	close(release)
 	closeProducers(t, p)
-	led.checkExactlyOnce(t, map[string]int{"p1": n})
+	led.checkExactlyOnce(t, map[string]int{"p1": n + 1})
 }
 
 // TestProducer_LongLingerKeepsTheStream checks that a linger longer than the
 // stream's deadline (five heartbeats, 1 s by default) costs the stream
-// nothing: the producer beats while its batch waits. A message sent alone
-// under a linger of 2 s is handled once, after the linger, through the
-// stream it was sent on (never resent), which stays up.
+// nothing: the producer beats while its batch waits. With a message held
+// unacknowledged throughout, a message sent under a linger of 2 s is
+// handled once, after the linger, through the stream it was sent on (never
+// resent), which stays up.
 func TestProducer_LongLingerKeepsTheStream(t *testing.T) {
 	const linger = 2 * time.Second
 	m := newMesh(t)
 	h := m.startHub(components.DefaultService, "i1", "127.0.0.1")
 	led := newLedger()
-	m.consumer("c1", led.handler())
+	held, release := holdingConsumer(m, led)
 	waitConsumers(t, 1, h)
 	p := m.producer("p1", components.WithBatch(64, 1<<20, linger))
 	waitProducer(t, "p1", h)
 	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
 	defer cancel()
+	sendHeld(t, ctx, p, held)
 	start := time.Now()
 	if err := p.SendWait(ctx, &messagev1.Message{Payload: []byte("alone")}); err != nil {
 		t.Fatalf("SendWait() = %v", err)
@@ -272,8 +313,86 @@ func TestProducer_LongLingerKeepsTheStream(t *testing.T) {
 	if took < linger {
 		t.Errorf("acknowledged %v after Send, want after the %v linger", took, linger)
 	}
+	close(release)
 	closeProducers(t, p)
-	led.checkExactlyOnce(t, map[string]int{"p1": 1})
+	led.checkExactlyOnce(t, map[string]int{"p1": 2})
+}
+
+// TestProducer_LoneMessageDoesNotWaitForTheLinger checks that a message sent
+// while nothing the producer sent waits for its acknowledgement goes at
+// once: under a linger of 5 s, ten messages sent one after the other, each
+// once the one before is acknowledged, are each acknowledged well within
+// the linger, in ten publish batches.
+func TestProducer_LoneMessageDoesNotWaitForTheLinger(t *testing.T) {
+	const (
+		n      = 10
+		linger = 5 * time.Second
+	)
+	m := newMesh(t)
+	var batches atomic.Int64
+	h := m.startHub(components.DefaultService, "i1", "127.0.0.1", countFrames(func(f any) {
+		if r, ok := f.(*deliveryv1.PublishRequest); ok && r.GetBatch() != nil {
+			batches.Add(1)
+		}
+	}))
+	led := newLedger()
+	m.consumer("c1", led.handler())
+	waitConsumers(t, 1, h)
+	p := m.producer("p1", components.WithBatch(64, 1<<20, linger))
+	waitProducer(t, "p1", h)
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	for i := range n {
+		start := time.Now()
+		if err := p.SendWait(ctx, &messagev1.Message{Payload: fmt.Appendf(nil, "m%d", i)}); err != nil {
+			t.Fatalf("SendWait(%d) = %v", i, err)
+		}
+		if took := time.Since(start); took > linger/5 {
+			t.Fatalf("message %d acknowledged %v after Send, want well within the %v linger: it waited for it", i, took, linger)
+		}
+	}
+	if got := batches.Load(); got != n {
+		t.Errorf("the intermediate received %d publish batches, want %d", got, n)
+	}
+	closeProducers(t, p)
+	led.checkExactlyOnce(t, map[string]int{"p1": n})
+}
+
+// TestProducer_LingerEndsWithTheLastAck checks that a batch waiting for the
+// linger goes once nothing the producer sent waits for its acknowledgement:
+// under a linger of 5 s, a message sent while another is held
+// unacknowledged is not handled while that one is held (its batch waits),
+// and is handled well within the linger once the held one is released and
+// acknowledged.
+func TestProducer_LingerEndsWithTheLastAck(t *testing.T) {
+	const linger = 5 * time.Second
+	m := newMesh(t)
+	h := m.startHub(components.DefaultService, "i1", "127.0.0.1")
+	led := newLedger()
+	held, release := holdingConsumer(m, led)
+	waitConsumers(t, 1, h)
+	p := m.producer("p1", components.WithBatch(64, 1<<20, linger))
+	waitProducer(t, "p1", h)
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	sendHeld(t, ctx, p, held)
+	if _, err := p.Send(ctx, &messagev1.Message{Payload: []byte("behind")}); err != nil {
+		t.Fatalf("Send(behind) = %v", err)
+	}
+	// The consumer takes two at once: had the message gone, it would be
+	// handled while the first is held.
+	time.Sleep(300 * time.Millisecond)
+	if got := led.handled(); got != 0 {
+		t.Fatalf("handled %d messages while the first was held, want 0: the second did not wait for the linger", got)
+	}
+	released := time.Now()
+	close(release)
+	led.waitHandled(t, 2)
+	if took := time.Since(released); took > linger/5 {
+		t.Errorf("the waiting message was handled %v after the held one was released, want well within the %v linger", took, linger)
+	}
+	closeProducers(t, p)
+	led.checkExactlyOnce(t, map[string]int{"p1": 2})
 }
 
 // TestConsumer_CreditRidesWithAcks checks that a consumer grants credit in

@@ -19,7 +19,7 @@ const (
 	DefaultWindow            = 2500
 	DefaultBatchMessages     = 64
 	DefaultBatchBytes        = 512 << 10
-	DefaultLinger            = 200 * time.Microsecond
+	DefaultLinger            = 2 * time.Millisecond
 	DefaultHeartbeatInterval = 200 * time.Millisecond
 	DefaultCredit            = 1000
 	DefaultConcurrency       = 1
@@ -202,7 +202,9 @@ func WithWindow(n int) ProducerOption {
 // WithBatch sets the batching of a producer: at most maxMessages messages and
 // maxBytes bytes per batch (also bounded by what each intermediate accepts),
 // and how long a stream waits for more messages before it sends a batch that
-// is not full (defaults 64, 512 KiB, 200µs; 0 sends at once). Without
+// is not full (defaults 64, 512 KiB, 2ms; 0 sends at once). A batch waits
+// only while something the producer sent waits for its acknowledgement,
+// and no longer than that: a message sent alone goes at once. Without
 // WithMaxMessageBytes, maxBytes is also the largest message Send accepts.
 func WithBatch(maxMessages, maxBytes int, linger time.Duration) ProducerOption {
 	return producerOption(func(c *producerConfig) {

@@ -575,6 +575,33 @@ func (p *Producer) dispatchLocked() {
 	}
 }
 
+// awaitingAckLocked reports whether a message the producer sent on a stream
+// it still dispatches to, or that still answers, waits for its
+// acknowledgement: a batch that is not full waits for the linger only then
+// (sendLoop).
+func (p *Producer) awaitingAckLocked() bool {
+	for _, st := range p.streams {
+		if st.unacked.Len() > len(st.sendq) {
+			return true
+		}
+	}
+	return false
+}
+
+// wakeLingeringLocked ends the linger of the streams whose senders wait for
+// their batches to fill, once nothing the producer sent waits for its
+// acknowledgement.
+func (p *Producer) wakeLingeringLocked() {
+	if p.awaitingAckLocked() {
+		return
+	}
+	for _, st := range p.streams {
+		if st.lingering {
+			st.wakeUp()
+		}
+	}
+}
+
 // leastLoadedLocked returns the dispatchable stream with the fewest
 // unacknowledged messages, not through avoid unless no other is there; nil
 // when none is dispatchable. Under load it runs for three messages in four
@@ -760,6 +787,9 @@ func (p *Producer) handleAck(st *pubStream, a *deliveryv1.PublishAck) {
 	}
 	p.endIfAnsweredLocked(st)
 	p.dispatchLocked()
+	if st.unacked.Len() == len(st.sendq) {
+		p.wakeLingeringLocked()
+	}
 	p.mu.Unlock()
 	p.acked.Add(uint64(acked))
 	p.nacked.Add(uint64(len(failed)))

@@ -80,6 +80,7 @@ type pubStream struct {
 	nextSeq     uint64
 	sendq       []*outMsg
 	unacked     seqindex.Index[*outMsg] // assigned: queued or sent, not acknowledged; by seq
+	lingering   bool                    // its sender waits for its batch to fill (sendLoop); take clears it
 }
 
 func (st *pubStream) dispatchable() bool {
@@ -400,10 +401,16 @@ func limit(ours int, theirs uint32) int {
 }
 
 // sendLoop sends the stream's queued messages in batches and heartbeats
-// every beat while idle. A batch that is not full waits for the linger
-// first. It is woken only when its queue gets a first message or a full
-// batch (dispatchLocked): it needs nothing in between, and a wake-up for
-// every message sent would cost a goroutine switch each.
+// every beat while idle. A batch that is not full goes at once when nothing
+// the producer sent is waiting for its acknowledgement; otherwise it waits
+// for the linger, for the batch to fill, or for the last acknowledgement
+// the producer waits for, whichever comes first (handleAck wakes it). So a
+// message sent alone pays no linger, messages sent faster than they are
+// acknowledged go in batches that grow with the round trip, and under load
+// batches fill within the linger. The sender is woken only when its queue
+// gets a first message or a full batch (dispatchLocked): it needs nothing
+// in between, and a wake-up for every message sent would cost a goroutine
+// switch each.
 func (st *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishService_PublishClient, beat time.Duration) error {
 	p := st.link.p
 	ticker := time.NewTicker(beat)
@@ -428,9 +435,12 @@ func (st *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServ
 	for {
 		p.mu.Lock()
 		n, full := len(st.sendq), st.maxBatch
+		wait := n > 0 && n < full && fresh && linger != nil && p.awaitingAckLocked()
+		st.lingering = wait
 		p.mu.Unlock()
-		if n > 0 && n < full && fresh && linger != nil {
-			// Wait for the linger, or less if the batch fills first.
+		if wait {
+			// Wait for the linger, or less if the batch fills or nothing
+			// is left to wait for first.
 			linger.Reset(p.cfg.linger)
 		wait:
 			for n < full {
@@ -448,7 +458,11 @@ func (st *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServ
 				case <-st.wake:
 					p.mu.Lock()
 					n = len(st.sendq)
+					answered := !p.awaitingAckLocked()
 					p.mu.Unlock()
+					if answered {
+						break wait
+					}
 				}
 			}
 			linger.Stop()
@@ -479,6 +493,7 @@ func (st *pubStream) take() *deliveryv1.PublishBatch {
 	p := st.link.p
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	st.lingering = false
 	if st.dead || len(st.sendq) == 0 {
 		return nil
 	}
