@@ -6,6 +6,7 @@ package components_test
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -208,39 +209,48 @@ func TestHeartbeats_OnlyOnQuietStreams(t *testing.T) {
 	led.checkExactlyOnce(t, sent)
 }
 
-// holdingConsumer starts consumer c1 with room for two messages at once,
-// recording into led every message but the one whose payload is "hold":
-// that one it keeps, unacknowledged, until release is closed, so that the
-// producer has a message waiting for its acknowledgement. held is closed
-// when the handler has it.
-func holdingConsumer(m *mesh, led *ledger) (held, release chan struct{}) {
-	held, release = make(chan struct{}), make(chan struct{})
+// holdingConsumer starts consumer c1, with room for two messages at once,
+// and waits until the hubs have it. The handler records into led every
+// message it handles; the first whose payload is "hold" it keeps,
+// unacknowledged, until release is closed, so that the producer has a
+// message waiting for its acknowledgement. held gets the instance that
+// delivered it, when the handler has it.
+func holdingConsumer(m *mesh, led *ledger, hubs ...*hub) (held chan string, release chan struct{}) {
+	held, release = make(chan string, 1), make(chan struct{})
+	var once sync.Once
 	m.consumer("c1", func(ctx context.Context, d *components.Delivery) error {
 		if string(d.Message.GetPayload()) == "hold" {
-			close(held)
-			select {
-			case <-release:
-			case <-ctx.Done():
-				return ctx.Err()
+			first := false
+			once.Do(func() { first = true })
+			if first {
+				held <- d.Instance
+				select {
+				case <-release:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
 			}
 		}
 		led.record(d)
 		return nil
 	}, components.WithConcurrency(2))
+	waitConsumers(m.t, 1, hubs...)
 	return held, release
 }
 
 // sendHeld sends the message holdingConsumer keeps and waits until its
-// handler has it.
-func sendHeld(t *testing.T, ctx context.Context, p *components.Producer, held chan struct{}) {
+// handler has it; it returns the instance it came through.
+func sendHeld(t *testing.T, ctx context.Context, p *components.Producer, held chan string) string {
 	t.Helper()
 	if _, err := p.Send(ctx, &messagev1.Message{Payload: []byte("hold")}); err != nil {
 		t.Fatalf("Send(hold) = %v", err)
 	}
 	select {
-	case <-held:
+	case inst := <-held:
+		return inst
 	case <-ctx.Done():
 		t.Fatal("the held message never reached the handler")
+		return ""
 	}
 }
 
@@ -257,8 +267,7 @@ func TestProducer_FullBatchDoesNotWaitForTheLinger(t *testing.T) {
 	m := newMesh(t)
 	h := m.startHub(components.DefaultService, "i1", "127.0.0.1")
 	led := newLedger()
-	held, release := holdingConsumer(m, led)
-	waitConsumers(t, 1, h)
+	held, release := holdingConsumer(m, led, h)
 	p := m.producer("p1", components.WithBatch(n, 1<<20, linger))
 	waitProducer(t, "p1", h)
 	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
@@ -295,8 +304,7 @@ func TestProducer_LongLingerKeepsTheStream(t *testing.T) {
 	m := newMesh(t)
 	h := m.startHub(components.DefaultService, "i1", "127.0.0.1")
 	led := newLedger()
-	held, release := holdingConsumer(m, led)
-	waitConsumers(t, 1, h)
+	held, release := holdingConsumer(m, led, h)
 	p := m.producer("p1", components.WithBatch(64, 1<<20, linger))
 	waitProducer(t, "p1", h)
 	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
@@ -369,8 +377,7 @@ func TestProducer_LingerEndsWithTheLastAck(t *testing.T) {
 	m := newMesh(t)
 	h := m.startHub(components.DefaultService, "i1", "127.0.0.1")
 	led := newLedger()
-	held, release := holdingConsumer(m, led)
-	waitConsumers(t, 1, h)
+	held, release := holdingConsumer(m, led, h)
 	p := m.producer("p1", components.WithBatch(64, 1<<20, linger))
 	waitProducer(t, "p1", h)
 	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
@@ -393,6 +400,84 @@ func TestProducer_LingerEndsWithTheLastAck(t *testing.T) {
 	}
 	closeProducers(t, p)
 	led.checkExactlyOnce(t, map[string]int{"p1": 2})
+}
+
+// TestProducer_LingerEndsWhenTheAwaitedStreamEnds checks that a batch
+// waiting for the linger goes once the stream that held the only message
+// waited for ends: with a message held unacknowledged through one
+// intermediate, a message sent next lingers on the stream to the other
+// (under a linger of 5 s); the first intermediate stops hard, its message
+// is taken back, nothing sent waits any more, and the second message is
+// handled well within the linger.
+func TestProducer_LingerEndsWhenTheAwaitedStreamEnds(t *testing.T) {
+	const linger = 5 * time.Second
+	m := newMesh(t)
+	h1 := m.startHub(components.DefaultService, "i1", "127.0.0.1")
+	h2 := m.startHub(components.DefaultService, "i2", "127.0.0.1")
+	led := newLedger()
+	held, release := holdingConsumer(m, led, h1, h2)
+	p := m.producer("p1", components.WithBatch(64, 1<<20, linger))
+	waitProducer(t, "p1", h1, h2)
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	holder := sendHeld(t, ctx, p, held)
+	if _, err := p.Send(ctx, &messagev1.Message{Payload: []byte("behind")}); err != nil {
+		t.Fatalf("Send(behind) = %v", err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if got := led.handled(); got != 0 {
+		t.Fatalf("handled %d messages while the first was held, want 0: the second did not wait for the linger", got)
+	}
+	stop := h1
+	if holder == "i2" {
+		stop = h2
+	}
+	stopped := time.Now()
+	stop.srv.Stop()
+	// The held message is handled: through the stream that ended, or, sent
+	// again, through the other.
+	close(release)
+	waitUntil(t, "the second message handled", func() bool {
+		led.mu.Lock()
+		defer led.mu.Unlock()
+		return led.counts["p1"][2] > 0 // "behind", the producer's second
+	})
+	if took := time.Since(stopped); took > linger/5 {
+		t.Errorf("the lingering message was handled %v after the stream holding the awaited one ended, want well within the %v linger", took, linger)
+	}
+	closeProducers(t, p)
+	led.checkExactlyOnce(t, map[string]int{"p1": 2})
+}
+
+// TestProducer_BatchFullByBytesDoesNotWaitForTheLinger checks that a batch
+// full by its byte limit goes at once, as one full by count does: under a
+// linger of 5 s and batches of at most 1 000 bytes, with a message held
+// unacknowledged, two messages of 600 bytes are handled well within the
+// linger.
+func TestProducer_BatchFullByBytesDoesNotWaitForTheLinger(t *testing.T) {
+	const linger = 5 * time.Second
+	m := newMesh(t)
+	h := m.startHub(components.DefaultService, "i1", "127.0.0.1")
+	led := newLedger()
+	held, release := holdingConsumer(m, led, h)
+	p := m.producer("p1", components.WithBatch(64, 1000, linger))
+	waitProducer(t, "p1", h)
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	sendHeld(t, ctx, p, held)
+	start := time.Now()
+	for i := range 2 {
+		if _, err := p.Send(ctx, &messagev1.Message{Payload: make([]byte, 600)}); err != nil {
+			t.Fatalf("Send(%d) = %v", i, err)
+		}
+	}
+	led.waitHandled(t, 2)
+	if took := time.Since(start); took > linger/5 {
+		t.Errorf("two messages over the batch's byte limit were handled %v after Send, want well within the %v linger", took, linger)
+	}
+	close(release)
+	closeProducers(t, p)
+	led.checkExactlyOnce(t, map[string]int{"p1": 3})
 }
 
 // TestConsumer_CreditRidesWithAcks checks that a consumer grants credit in

@@ -554,7 +554,7 @@ func (p *Producer) dispatchLocked() {
 			return
 		}
 		n := min(p.outbox.len(), best.maxInFlight-best.unacked.Len(), 2*best.maxBatch-len(best.sendq), best.maxBatch)
-		queued := len(best.sendq)
+		queued, wasFull := len(best.sendq), best.batchFullLocked()
 		for i := range n {
 			if i > 0 && p.outbox.front().avoid != avoid {
 				break // its own pick
@@ -565,9 +565,10 @@ func (p *Producer) dispatchLocked() {
 			m.stream, m.seq, m.sent = best, best.nextSeq, false
 			best.unacked.Push(m.seq, m)
 			best.sendq = append(best.sendq, m)
+			best.sendqBytes += m.size
 		}
 		p.filling = best
-		if queued == 0 || queued < best.maxBatch && len(best.sendq) >= best.maxBatch {
+		if queued == 0 || !wasFull && best.batchFullLocked() {
 			// Its sender waits for a first message, or for a full batch
 			// within the linger; other messages need no wake-up.
 			best.wakeUp()
@@ -674,7 +675,7 @@ func (p *Producer) requeueLocked(st *pubStream) {
 	}
 	back := st.unacked.AppendTo(make([]*outMsg, 0, st.unacked.Len()))
 	st.unacked.Clear()
-	st.sendq = nil
+	st.sendq, st.sendqBytes = nil, 0
 	resent := 0
 	for _, m := range back {
 		if m.sent {
@@ -690,6 +691,10 @@ func (p *Producer) requeueLocked(st *pubStream) {
 		p.metrics.Resent(reason, resent)
 	}
 	p.dispatchLocked()
+	if resent > 0 {
+		// What was sent on st waits for no acknowledgement any more.
+		p.wakeLingeringLocked()
+	}
 }
 
 // streamEndReasonLocked tells why st ended, for the metrics: the producer

@@ -79,6 +79,7 @@ type pubStream struct {
 	maxMsg      int // the largest message it takes: ours, or its max_batch_bytes
 	nextSeq     uint64
 	sendq       []*outMsg
+	sendqBytes  int                     // the sizes of sendq's messages, added up
 	unacked     seqindex.Index[*outMsg] // assigned: queued or sent, not acknowledged; by seq
 	lingering   bool                    // its sender waits for its batch to fill (sendLoop); take clears it
 }
@@ -86,6 +87,12 @@ type pubStream struct {
 func (st *pubStream) dispatchable() bool {
 	return st.ready && !st.retired && !st.dead &&
 		st.unacked.Len() < st.maxInFlight && len(st.sendq) < 2*st.maxBatch
+}
+
+// batchFullLocked reports whether the stream's queue holds a full batch: as
+// many messages as a batch takes, or as many bytes.
+func (st *pubStream) batchFullLocked() bool {
+	return len(st.sendq) >= st.maxBatch || st.sendqBytes >= st.maxBytes
 }
 
 func (st *pubStream) wakeUp() {
@@ -202,7 +209,7 @@ func (p *Producer) takeBackLocked(st *pubStream) {
 		return
 	}
 	back := st.sendq
-	st.sendq = nil
+	st.sendq, st.sendqBytes = nil, 0
 	for _, m := range back {
 		st.unacked.Remove(m.seq)
 		m.stream, m.seq, m.sent = nil, 0, false
@@ -403,14 +410,15 @@ func limit(ours int, theirs uint32) int {
 // sendLoop sends the stream's queued messages in batches and heartbeats
 // every beat while idle. A batch that is not full goes at once when nothing
 // the producer sent is waiting for its acknowledgement; otherwise it waits
-// for the linger, for the batch to fill, or for the last acknowledgement
-// the producer waits for, whichever comes first (handleAck wakes it). So a
-// message sent alone pays no linger, messages sent faster than they are
-// acknowledged go in batches that grow with the round trip, and under load
-// batches fill within the linger. The sender is woken only when its queue
-// gets a first message or a full batch (dispatchLocked): it needs nothing
-// in between, and a wake-up for every message sent would cost a goroutine
-// switch each.
+// for the linger, for the batch to fill (by count or by bytes), or for
+// nothing sent to be left waiting, whichever comes first. So a message sent
+// while nothing is outstanding pays no linger, messages sent faster than
+// they are acknowledged go in batches that grow with the round trip, and
+// under load batches fill within the linger. The sender is woken when its
+// queue gets a first message or fills (dispatchLocked), and while it
+// lingers when the last message waited for is answered or taken back from
+// a stream that ended (wakeLingeringLocked); it needs nothing else, and a
+// wake-up for every message sent would cost a goroutine switch each.
 func (st *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishService_PublishClient, beat time.Duration) error {
 	p := st.link.p
 	ticker := time.NewTicker(beat)
@@ -434,8 +442,7 @@ func (st *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServ
 	}
 	for {
 		p.mu.Lock()
-		n, full := len(st.sendq), st.maxBatch
-		wait := n > 0 && n < full && fresh && linger != nil && p.awaitingAckLocked()
+		wait := len(st.sendq) > 0 && !st.batchFullLocked() && fresh && linger != nil && p.awaitingAckLocked()
 		st.lingering = wait
 		p.mu.Unlock()
 		if wait {
@@ -443,7 +450,7 @@ func (st *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServ
 			// is left to wait for first.
 			linger.Reset(p.cfg.linger)
 		wait:
-			for n < full {
+			for {
 				select {
 				case <-ctx.Done():
 					return nil
@@ -457,10 +464,9 @@ func (st *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServ
 					}
 				case <-st.wake:
 					p.mu.Lock()
-					n = len(st.sendq)
-					answered := !p.awaitingAckLocked()
+					done := st.batchFullLocked() || !p.awaitingAckLocked()
 					p.mu.Unlock()
-					if answered {
+					if done {
 						break wait
 					}
 				}
@@ -516,6 +522,7 @@ func (st *pubStream) take() *deliveryv1.PublishBatch {
 	}
 	clear(st.sendq[:n])
 	st.sendq = st.sendq[n:]
+	st.sendqBytes -= bytes
 	if len(st.sendq) == 0 {
 		st.sendq = nil
 	}
