@@ -209,48 +209,73 @@ func TestHeartbeats_OnlyOnQuietStreams(t *testing.T) {
 	led.checkExactlyOnce(t, sent)
 }
 
-// holdingConsumer starts consumer c1, with room for two messages at once,
-// and waits until the hubs have it. The handler records into led every
-// message it handles; the first whose payload is "hold" it keeps,
-// unacknowledged, until release is closed, so that the producer has a
-// message waiting for its acknowledgement. held gets the instance that
-// delivered it, when the handler has it.
-func holdingConsumer(m *mesh, led *ledger, hubs ...*hub) (held chan string, release chan struct{}) {
-	held, release = make(chan string, 1), make(chan struct{})
+// lingerRig is a mesh whose producer p1 has a message waiting for its
+// acknowledgement, so that its linger applies: consumer c1 (room for two
+// messages at once) keeps the first message whose payload is "hold",
+// unacknowledged, until release is closed, then records it. Every message
+// handled is recorded in led.
+type lingerRig struct {
+	m       *mesh
+	hubs    []*hub
+	led     *ledger
+	p       *components.Producer
+	ctx     context.Context
+	holder  string        // the instance the held message came through
+	release chan struct{} // closed to let the held message go
+}
+
+// newLingerRig starts intermediates i1…in, consumer c1 and producer p1 with
+// batch, and sends the message c1 keeps, returning once c1's handler has
+// it.
+func newLingerRig(t *testing.T, n int, batch components.ProducerOption) *lingerRig {
+	t.Helper()
+	r := &lingerRig{m: newMesh(t), led: newLedger(), release: make(chan struct{})}
+	for i := range n {
+		r.hubs = append(r.hubs, r.m.startHub(components.DefaultService, fmt.Sprintf("i%d", i+1), "127.0.0.1"))
+	}
+	held := make(chan string, 1)
 	var once sync.Once
-	m.consumer("c1", func(ctx context.Context, d *components.Delivery) error {
+	r.m.consumer("c1", func(ctx context.Context, d *components.Delivery) error {
 		if string(d.Message.GetPayload()) == "hold" {
 			first := false
 			once.Do(func() { first = true })
 			if first {
 				held <- d.Instance
 				select {
-				case <-release:
+				case <-r.release:
 				case <-ctx.Done():
 					return ctx.Err()
 				}
 			}
 		}
-		led.record(d)
+		r.led.record(d)
 		return nil
 	}, components.WithConcurrency(2))
-	waitConsumers(m.t, 1, hubs...)
-	return held, release
-}
-
-// sendHeld sends the message holdingConsumer keeps and waits until its
-// handler has it; it returns the instance it came through.
-func sendHeld(t *testing.T, ctx context.Context, p *components.Producer, held chan string) string {
-	t.Helper()
-	if _, err := p.Send(ctx, &messagev1.Message{Payload: []byte("hold")}); err != nil {
+	waitConsumers(t, 1, r.hubs...)
+	r.p = r.m.producer("p1", batch)
+	waitProducer(t, "p1", r.hubs...)
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	t.Cleanup(cancel)
+	r.ctx = ctx
+	if _, err := r.p.Send(ctx, &messagev1.Message{Payload: []byte("hold")}); err != nil {
 		t.Fatalf("Send(hold) = %v", err)
 	}
 	select {
-	case inst := <-held:
-		return inst
+	case r.holder = <-held:
 	case <-ctx.Done():
 		t.Fatal("the held message never reached the handler")
-		return ""
+	}
+	return r
+}
+
+// nothingHandled fails the test unless, 300 ms on, nothing was handled
+// while the message sent after the held one lingers: c1 takes two at once,
+// so one that went would be handled.
+func (r *lingerRig) nothingHandled(t *testing.T) {
+	t.Helper()
+	time.Sleep(300 * time.Millisecond)
+	if got := r.led.handled(); got != 0 {
+		t.Fatalf("handled %d messages while the first was held, want 0: the second did not wait for the linger", got)
 	}
 }
 
@@ -264,15 +289,8 @@ func TestProducer_FullBatchDoesNotWaitForTheLinger(t *testing.T) {
 		n      = 64
 		linger = 600 * time.Millisecond
 	)
-	m := newMesh(t)
-	h := m.startHub(components.DefaultService, "i1", "127.0.0.1")
-	led := newLedger()
-	held, release := holdingConsumer(m, led, h)
-	p := m.producer("p1", components.WithBatch(n, 1<<20, linger))
-	waitProducer(t, "p1", h)
-	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
-	defer cancel()
-	sendHeld(t, ctx, p, held)
+	r := newLingerRig(t, 1, components.WithBatch(n, 1<<20, linger))
+	led, p, ctx := r.led, r.p, r.ctx
 	start := time.Now()
 	for i := range n {
 		if _, err := p.Send(ctx, &messagev1.Message{Payload: fmt.Appendf(nil, "m%d", i)}); err != nil {
@@ -288,7 +306,7 @@ func TestProducer_FullBatchDoesNotWaitForTheLinger(t *testing.T) {
 	if took > linger/2 {
 		t.Errorf("a full batch of %d was handled %v after the first Send, want well within the %v linger", n, took, linger)
 	}
-	close(release)
+	close(r.release)
 	closeProducers(t, p)
 	led.checkExactlyOnce(t, map[string]int{"p1": n + 1})
 }
@@ -301,15 +319,8 @@ func TestProducer_FullBatchDoesNotWaitForTheLinger(t *testing.T) {
 // resent), which stays up.
 func TestProducer_LongLingerKeepsTheStream(t *testing.T) {
 	const linger = 2 * time.Second
-	m := newMesh(t)
-	h := m.startHub(components.DefaultService, "i1", "127.0.0.1")
-	led := newLedger()
-	held, release := holdingConsumer(m, led, h)
-	p := m.producer("p1", components.WithBatch(64, 1<<20, linger))
-	waitProducer(t, "p1", h)
-	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
-	defer cancel()
-	sendHeld(t, ctx, p, held)
+	r := newLingerRig(t, 1, components.WithBatch(64, 1<<20, linger))
+	led, p, ctx := r.led, r.p, r.ctx
 	start := time.Now()
 	if err := p.SendWait(ctx, &messagev1.Message{Payload: []byte("alone")}); err != nil {
 		t.Fatalf("SendWait() = %v", err)
@@ -321,7 +332,7 @@ func TestProducer_LongLingerKeepsTheStream(t *testing.T) {
 	if took < linger {
 		t.Errorf("acknowledged %v after Send, want after the %v linger", took, linger)
 	}
-	close(release)
+	close(r.release)
 	closeProducers(t, p)
 	led.checkExactlyOnce(t, map[string]int{"p1": 2})
 }
@@ -374,26 +385,14 @@ func TestProducer_LoneMessageDoesNotWaitForTheLinger(t *testing.T) {
 // acknowledged.
 func TestProducer_LingerEndsWithTheLastAck(t *testing.T) {
 	const linger = 5 * time.Second
-	m := newMesh(t)
-	h := m.startHub(components.DefaultService, "i1", "127.0.0.1")
-	led := newLedger()
-	held, release := holdingConsumer(m, led, h)
-	p := m.producer("p1", components.WithBatch(64, 1<<20, linger))
-	waitProducer(t, "p1", h)
-	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
-	defer cancel()
-	sendHeld(t, ctx, p, held)
+	r := newLingerRig(t, 1, components.WithBatch(64, 1<<20, linger))
+	led, p, ctx := r.led, r.p, r.ctx
 	if _, err := p.Send(ctx, &messagev1.Message{Payload: []byte("behind")}); err != nil {
 		t.Fatalf("Send(behind) = %v", err)
 	}
-	// The consumer takes two at once: had the message gone, it would be
-	// handled while the first is held.
-	time.Sleep(300 * time.Millisecond)
-	if got := led.handled(); got != 0 {
-		t.Fatalf("handled %d messages while the first was held, want 0: the second did not wait for the linger", got)
-	}
+	r.nothingHandled(t)
 	released := time.Now()
-	close(release)
+	close(r.release)
 	led.waitHandled(t, 2)
 	if took := time.Since(released); took > linger/5 {
 		t.Errorf("the waiting message was handled %v after the held one was released, want well within the %v linger", took, linger)
@@ -411,32 +410,21 @@ func TestProducer_LingerEndsWithTheLastAck(t *testing.T) {
 // handled well within the linger.
 func TestProducer_LingerEndsWhenTheAwaitedStreamEnds(t *testing.T) {
 	const linger = 5 * time.Second
-	m := newMesh(t)
-	h1 := m.startHub(components.DefaultService, "i1", "127.0.0.1")
-	h2 := m.startHub(components.DefaultService, "i2", "127.0.0.1")
-	led := newLedger()
-	held, release := holdingConsumer(m, led, h1, h2)
-	p := m.producer("p1", components.WithBatch(64, 1<<20, linger))
-	waitProducer(t, "p1", h1, h2)
-	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
-	defer cancel()
-	holder := sendHeld(t, ctx, p, held)
+	r := newLingerRig(t, 2, components.WithBatch(64, 1<<20, linger))
+	led, p, ctx := r.led, r.p, r.ctx
 	if _, err := p.Send(ctx, &messagev1.Message{Payload: []byte("behind")}); err != nil {
 		t.Fatalf("Send(behind) = %v", err)
 	}
-	time.Sleep(200 * time.Millisecond)
-	if got := led.handled(); got != 0 {
-		t.Fatalf("handled %d messages while the first was held, want 0: the second did not wait for the linger", got)
-	}
-	stop := h1
-	if holder == "i2" {
-		stop = h2
+	r.nothingHandled(t)
+	stop := r.hubs[0]
+	if r.holder == "i2" {
+		stop = r.hubs[1]
 	}
 	stopped := time.Now()
 	stop.srv.Stop()
 	// The held message is handled: through the stream that ended, or, sent
 	// again, through the other.
-	close(release)
+	close(r.release)
 	waitUntil(t, "the second message handled", func() bool {
 		led.mu.Lock()
 		defer led.mu.Unlock()
@@ -456,15 +444,8 @@ func TestProducer_LingerEndsWhenTheAwaitedStreamEnds(t *testing.T) {
 // linger.
 func TestProducer_BatchFullByBytesDoesNotWaitForTheLinger(t *testing.T) {
 	const linger = 5 * time.Second
-	m := newMesh(t)
-	h := m.startHub(components.DefaultService, "i1", "127.0.0.1")
-	led := newLedger()
-	held, release := holdingConsumer(m, led, h)
-	p := m.producer("p1", components.WithBatch(64, 1000, linger))
-	waitProducer(t, "p1", h)
-	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
-	defer cancel()
-	sendHeld(t, ctx, p, held)
+	r := newLingerRig(t, 1, components.WithBatch(64, 1000, linger))
+	led, p, ctx := r.led, r.p, r.ctx
 	start := time.Now()
 	for i := range 2 {
 		if _, err := p.Send(ctx, &messagev1.Message{Payload: make([]byte, 600)}); err != nil {
@@ -475,7 +456,7 @@ func TestProducer_BatchFullByBytesDoesNotWaitForTheLinger(t *testing.T) {
 	if took := time.Since(start); took > linger/5 {
 		t.Errorf("two messages over the batch's byte limit were handled %v after Send, want well within the %v linger", took, linger)
 	}
-	close(release)
+	close(r.release)
 	closeProducers(t, p)
 	led.checkExactlyOnce(t, map[string]int{"p1": 3})
 }
