@@ -581,12 +581,7 @@ func (p *Producer) dispatchLocked() {
 // acknowledgement: a batch that is not full waits for the linger only then
 // (sendLoop).
 func (p *Producer) awaitingAckLocked() bool {
-	for _, st := range p.streams {
-		if st.unacked.Len() > len(st.sendq) {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(p.streams, (*pubStream).awaitingAckLocked)
 }
 
 // wakeLingeringLocked ends the linger of the streams whose senders wait for
@@ -792,7 +787,7 @@ func (p *Producer) handleAck(st *pubStream, a *deliveryv1.PublishAck) {
 	}
 	p.endIfAnsweredLocked(st)
 	p.dispatchLocked()
-	if st.unacked.Len() == len(st.sendq) {
+	if !st.awaitingAckLocked() {
 		p.wakeLingeringLocked()
 	}
 	p.mu.Unlock()

@@ -95,6 +95,12 @@ func (st *pubStream) batchFullLocked() bool {
 	return len(st.sendq) >= st.maxBatch || st.sendqBytes >= st.maxBytes
 }
 
+// awaitingAckLocked reports whether a message sent on the stream waits for
+// its acknowledgement: unacked holds what is queued and what was sent.
+func (st *pubStream) awaitingAckLocked() bool {
+	return st.unacked.Len() > len(st.sendq)
+}
+
 func (st *pubStream) wakeUp() {
 	select {
 	case st.wake <- struct{}{}:
