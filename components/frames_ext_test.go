@@ -268,11 +268,14 @@ func newLingerRig(t *testing.T, n int, batch components.ProducerOption) *lingerR
 	return r
 }
 
-// nothingHandled fails the test unless, 300 ms on, nothing was handled
-// while the message sent after the held one lingers: c1 takes two at once,
-// so one that went would be handled.
-func (r *lingerRig) nothingHandled(t *testing.T) {
+// sendBehind sends a message after the held one ("behind", p1's second)
+// and fails the test unless, 300 ms on, nothing was handled: c1 takes two
+// at once, so the message would be handled had it not lingered.
+func (r *lingerRig) sendBehind(t *testing.T) {
 	t.Helper()
+	if _, err := r.p.Send(r.ctx, &messagev1.Message{Payload: []byte("behind")}); err != nil {
+		t.Fatalf("Send(behind) = %v", err)
+	}
 	time.Sleep(300 * time.Millisecond)
 	if got := r.led.handled(); got != 0 {
 		t.Fatalf("handled %d messages while the first was held, want 0: the second did not wait for the linger", got)
@@ -386,11 +389,8 @@ func TestProducer_LoneMessageDoesNotWaitForTheLinger(t *testing.T) {
 func TestProducer_LingerEndsWithTheLastAck(t *testing.T) {
 	const linger = 5 * time.Second
 	r := newLingerRig(t, 1, components.WithBatch(64, 1<<20, linger))
-	led, p, ctx := r.led, r.p, r.ctx
-	if _, err := p.Send(ctx, &messagev1.Message{Payload: []byte("behind")}); err != nil {
-		t.Fatalf("Send(behind) = %v", err)
-	}
-	r.nothingHandled(t)
+	led, p := r.led, r.p
+	r.sendBehind(t)
 	released := time.Now()
 	close(r.release)
 	led.waitHandled(t, 2)
@@ -411,11 +411,8 @@ func TestProducer_LingerEndsWithTheLastAck(t *testing.T) {
 func TestProducer_LingerEndsWhenTheAwaitedStreamEnds(t *testing.T) {
 	const linger = 5 * time.Second
 	r := newLingerRig(t, 2, components.WithBatch(64, 1<<20, linger))
-	led, p, ctx := r.led, r.p, r.ctx
-	if _, err := p.Send(ctx, &messagev1.Message{Payload: []byte("behind")}); err != nil {
-		t.Fatalf("Send(behind) = %v", err)
-	}
-	r.nothingHandled(t)
+	led, p := r.led, r.p
+	r.sendBehind(t)
 	stop := r.hubs[0]
 	if r.holder == "i2" {
 		stop = r.hubs[1]
