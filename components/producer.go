@@ -722,7 +722,8 @@ func (p *Producer) handleAck(st *pubStream, a *deliveryv1.PublishAck) {
 	var failed []permanent
 	p.mu.Lock()
 	acked := 0
-	settle := func(_ uint64, m *outMsg) { p.settleLocked(m, nil) }
+	// Counted before settled: once a SendWait returns, Stats includes it.
+	settle := func(_ uint64, m *outMsg) { p.acked.Add(1); p.settleLocked(m, nil) }
 	for _, r := range a.GetAcked() {
 		// A range is walked over what is unacknowledged in it, whatever
 		// its width; a malformed one is skipped.
@@ -768,6 +769,7 @@ func (p *Producer) handleAck(st *pubStream, a *deliveryv1.PublishAck) {
 			}
 		default:
 			msg := m.msg
+			p.nacked.Add(1)
 			p.settleLocked(m, &NackError{ID: msg.GetId(), Reason: n.GetReason(), Detail: n.GetDetail()})
 			failed = append(failed, permanent{msg, n})
 			if p.nackWake != nil {
@@ -791,8 +793,6 @@ func (p *Producer) handleAck(st *pubStream, a *deliveryv1.PublishAck) {
 		p.wakeLingeringLocked()
 	}
 	p.mu.Unlock()
-	p.acked.Add(uint64(acked))
-	p.nacked.Add(uint64(len(failed)))
 	p.metrics.Acked(acked)
 	for _, f := range failed {
 		p.metrics.Nacked(f.nack.GetReason())

@@ -289,3 +289,29 @@ func TestProducer_SendInvalidUTF8(t *testing.T) {
 	}
 	led.checkExactlyOnce(t, map[string]int{"p1": 1})
 }
+
+// TestProducer_StatsCountAnAckBeforeSendWaitReturns checks that a message
+// whose SendWait returned is counted in Stats: 200 messages sent one by
+// one, each followed at once by Stats, which counts every message
+// acknowledged so far.
+func TestProducer_StatsCountAnAckBeforeSendWaitReturns(t *testing.T) {
+	const n = 200
+	m := newMesh(t)
+	i1 := m.startHub(components.DefaultService, "i1", "127.0.0.1")
+	led := newLedger()
+	m.consumer("c1", led.handler())
+	waitConsumers(t, 1, i1)
+	p := m.producer("p1")
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	for i := range n {
+		if err := p.SendWait(ctx, &messagev1.Message{Payload: []byte("m")}); err != nil {
+			t.Fatalf("SendWait(%d) = %v", i, err)
+		}
+		if st := p.Stats(); st.Acked != uint64(i+1) {
+			t.Fatalf("Stats() = %+v after SendWait %d returned, want Acked=%d", st, i, i+1)
+		}
+	}
+	closeProducers(t, p)
+	led.checkExactlyOnce(t, map[string]int{"p1": n})
+}
