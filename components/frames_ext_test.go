@@ -15,6 +15,7 @@ import (
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/intermediate"
+	"google.golang.org/grpc"
 )
 
 // TestConsumer_AcksInFewFrames checks that a consumer answers a batch it
@@ -112,49 +113,49 @@ func spin(d time.Duration) {
 
 // TestProducer_BatchesDoNotSplitAcrossIntermediates checks that a producer
 // sending one message at a time fills one batch before it starts the next,
-// whatever the number of intermediates: 256 messages sent 100 µs apart to
-// four intermediates arrive in about as many batches as through one
-// intermediate, not in four times as many short ones. Every message is
-// handled exactly once.
+// whatever the number of intermediates: with a message held unacknowledged
+// (so that batches wait for the linger, 5 s, or to be full), 256 messages
+// sent 100 µs apart to four intermediates go in four full publish batches,
+// each message through the intermediate of its batch: the intermediate
+// changes three times at most along the sequence (two batches in a row may
+// take the same one), where one message to each in turn would change it at
+// almost every message. Every message is handled
+// exactly once.
 func TestProducer_BatchesDoNotSplitAcrossIntermediates(t *testing.T) {
 	const (
 		hubs  = 4
-		total = 256
+		batch = 64
+		total = 4 * batch
 	)
-	m := newMesh(t)
 	var batches atomic.Int64
 	count := countFrames(func(f any) {
 		if r, ok := f.(*deliveryv1.PublishRequest); ok && r.GetBatch() != nil {
 			batches.Add(1)
 		}
 	})
-	var hs []*hub
-	for i := range hubs {
-		hs = append(hs, m.startHub(components.DefaultService, fmt.Sprintf("i%d", i+1), fmt.Sprintf("127.0.0.%d", i+1), count))
-	}
-	m.waitMembers(components.DefaultService, hubs)
-	led := newLedger()
-	m.consumer("c1", led.handler())
-	waitConsumers(t, 1, hs...)
-	p := m.producer("p1")
-	waitProducer(t, "p1", hs...)
-	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
-	defer cancel()
+	r := newLingerRig(t, hubs, []intermediate.Option{count}, components.WithBatch(batch, 1<<20, 5*time.Second))
 	for i := range total {
-		if _, err := p.Send(ctx, &messagev1.Message{Payload: fmt.Appendf(nil, "m%d", i)}); err != nil {
-			t.Fatalf("Send(%d) = %v", i, err)
-		}
+		r.send(t, fmt.Sprintf("m%d", i))
 		spin(100 * time.Microsecond)
 	}
-	closeProducers(t, p)
-	led.checkExactlyOnce(t, map[string]int{"p1": total})
-	got := batches.Load()
-	// Measured: 12 or 13 batches; one message to each intermediate in
-	// turn made 47 to 67.
-	t.Logf("%d messages in %d batches through %d intermediates", total, got, hubs)
-	if got > total/8 {
-		t.Errorf("%d messages arrived in %d batches, want at most %d", total, got, total/8)
+	r.led.waitHandled(t, total)
+	if got := batches.Load(); got != 1+total/batch {
+		t.Errorf("the intermediates received %d publish batches, want %d: the held message's and %d full ones", got, 1+total/batch, total/batch)
 	}
+	changes := 0
+	r.mu.Lock()
+	for seq := uint64(3); seq <= 1+total; seq++ { // p1's first is the held message
+		if r.via[seq] != r.via[seq-1] {
+			changes++
+		}
+	}
+	r.mu.Unlock()
+	if changes > total/batch-1 {
+		t.Errorf("the intermediate changed %d times along the %d messages, want at most %d: a batch's messages went through several", changes, total, total/batch-1)
+	}
+	close(r.release)
+	closeProducers(t, r.p)
+	r.led.checkExactlyOnce(t, map[string]int{"p1": 1 + total})
 }
 
 // TestHeartbeats_OnlyOnQuietStreams checks that heartbeats go only where
@@ -222,20 +223,26 @@ type lingerRig struct {
 	ctx     context.Context
 	holder  string        // the instance the held message came through
 	release chan struct{} // closed to let the held message go
+
+	mu  sync.Mutex
+	via map[uint64]string // the instance each of p1's messages came through, by seq
 }
 
-// newLingerRig starts intermediates i1…in, consumer c1 and producer p1 with
-// batch, and sends the message c1 keeps, returning once c1's handler has
-// it.
-func newLingerRig(t *testing.T, n int, batch components.ProducerOption) *lingerRig {
+// newLingerRig starts intermediates i1…in with hubOpts, consumer c1 and
+// producer p1 with opts, and sends the message c1 keeps, returning once
+// c1's handler has it.
+func newLingerRig(t *testing.T, n int, hubOpts []intermediate.Option, opts ...components.ProducerOption) *lingerRig {
 	t.Helper()
-	r := &lingerRig{m: newMesh(t), led: newLedger(), release: make(chan struct{})}
+	r := &lingerRig{m: newMesh(t), led: newLedger(), release: make(chan struct{}), via: make(map[uint64]string)}
 	for i := range n {
-		r.hubs = append(r.hubs, r.m.startHub(components.DefaultService, fmt.Sprintf("i%d", i+1), "127.0.0.1"))
+		r.hubs = append(r.hubs, r.m.startHub(components.DefaultService, fmt.Sprintf("i%d", i+1), "127.0.0.1", hubOpts...))
 	}
 	held := make(chan string, 1)
 	var once sync.Once
 	r.m.consumer("c1", func(ctx context.Context, d *components.Delivery) error {
+		r.mu.Lock()
+		r.via[d.Message.GetId().GetSeq()] = d.Instance
+		r.mu.Unlock()
 		if string(d.Message.GetPayload()) == "hold" {
 			first := false
 			once.Do(func() { first = true })
@@ -252,7 +259,7 @@ func newLingerRig(t *testing.T, n int, batch components.ProducerOption) *lingerR
 		return nil
 	}, components.WithConcurrency(2))
 	waitConsumers(t, 1, r.hubs...)
-	r.p = r.m.producer("p1", batch)
+	r.p = r.m.producer("p1", opts...)
 	waitProducer(t, "p1", r.hubs...)
 	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
 	t.Cleanup(cancel)
@@ -273,12 +280,26 @@ func newLingerRig(t *testing.T, n int, batch components.ProducerOption) *lingerR
 // at once, so the message would be handled had it not lingered.
 func (r *lingerRig) sendBehind(t *testing.T) {
 	t.Helper()
-	if _, err := r.p.Send(r.ctx, &messagev1.Message{Payload: []byte("behind")}); err != nil {
-		t.Fatalf("Send(behind) = %v", err)
+	r.send(t, "behind")
+	r.noneHandledSoon(t)
+}
+
+func (r *lingerRig) send(t *testing.T, payload string) {
+	t.Helper()
+	if _, err := r.p.Send(r.ctx, &messagev1.Message{Payload: []byte(payload)}); err != nil {
+		t.Fatalf("Send(%s) = %v", payload, err)
 	}
+}
+
+// noneHandledSoon fails the test unless, 300 ms on, nothing was handled.
+func (r *lingerRig) noneHandledSoon(t *testing.T) {
+	t.Helper()
 	time.Sleep(300 * time.Millisecond)
 	if got := r.led.handled(); got != 0 {
-		t.Fatalf("handled %d messages while the first was held, want 0: the second did not wait for the linger", got)
+		r.led.mu.Lock()
+		counts := fmt.Sprint(r.led.counts)
+		r.led.mu.Unlock()
+		t.Fatalf("handled %d messages while the first was held (by producer and seq: %s; stats %+v), want 0: the second did not wait for the linger", got, counts, r.p.Stats())
 	}
 }
 
@@ -292,7 +313,7 @@ func TestProducer_FullBatchDoesNotWaitForTheLinger(t *testing.T) {
 		n      = 64
 		linger = 600 * time.Millisecond
 	)
-	r := newLingerRig(t, 1, components.WithBatch(n, 1<<20, linger))
+	r := newLingerRig(t, 1, nil, components.WithBatch(n, 1<<20, linger))
 	led, p, ctx := r.led, r.p, r.ctx
 	start := time.Now()
 	for i := range n {
@@ -322,7 +343,7 @@ func TestProducer_FullBatchDoesNotWaitForTheLinger(t *testing.T) {
 // resent), which stays up.
 func TestProducer_LongLingerKeepsTheStream(t *testing.T) {
 	const linger = 2 * time.Second
-	r := newLingerRig(t, 1, components.WithBatch(64, 1<<20, linger))
+	r := newLingerRig(t, 1, nil, components.WithBatch(64, 1<<20, linger))
 	led, p, ctx := r.led, r.p, r.ctx
 	start := time.Now()
 	if err := p.SendWait(ctx, &messagev1.Message{Payload: []byte("alone")}); err != nil {
@@ -388,7 +409,7 @@ func TestProducer_LoneMessageDoesNotWaitForTheLinger(t *testing.T) {
 // acknowledged.
 func TestProducer_LingerEndsWithTheLastAck(t *testing.T) {
 	const linger = 5 * time.Second
-	r := newLingerRig(t, 1, components.WithBatch(64, 1<<20, linger))
+	r := newLingerRig(t, 1, nil, components.WithBatch(64, 1<<20, linger))
 	led, p := r.led, r.p
 	r.sendBehind(t)
 	released := time.Now()
@@ -401,6 +422,46 @@ func TestProducer_LingerEndsWithTheLastAck(t *testing.T) {
 	led.checkExactlyOnce(t, map[string]int{"p1": 2})
 }
 
+// TestProducer_MessageQueuedDuringASendLingers checks that a message queued
+// while the sender is still busy sending the batch before waits for the
+// linger like any other: under a linger of 5 s, the sender's first batch
+// (the held message) stays in its Send until a second message is queued;
+// once it returns, the second is not handled while the first is held, and
+// is handled once after.
+func TestProducer_MessageQueuedDuringASendLingers(t *testing.T) {
+	const linger = 5 * time.Second
+	stall := make(chan struct{})
+	stallFirstBatch := grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		cs, err := streamer(ctx, desc, cc, method, opts...)
+		return &stallingStream{ClientStream: cs, stall: stall}, err
+	})
+	r := newLingerRig(t, 1, nil, components.WithBatch(64, 1<<20, linger), components.WithDialOptions(stallFirstBatch))
+	led, p := r.led, r.p
+	r.send(t, "behind")
+	close(stall)
+	r.noneHandledSoon(t)
+	close(r.release)
+	led.waitHandled(t, 2)
+	closeProducers(t, p)
+	led.checkExactlyOnce(t, map[string]int{"p1": 2})
+}
+
+// stallingStream keeps the sender of the first publish batch in its
+// SendMsg, after the batch went, until stall is closed.
+type stallingStream struct {
+	grpc.ClientStream
+	stall <-chan struct{}
+	once  sync.Once
+}
+
+func (s *stallingStream) SendMsg(m any) error {
+	err := s.ClientStream.SendMsg(m)
+	if r, ok := m.(*deliveryv1.PublishRequest); ok && r.GetBatch() != nil {
+		s.once.Do(func() { <-s.stall })
+	}
+	return err
+}
+
 // TestProducer_LingerEndsWhenTheAwaitedStreamEnds checks that a batch
 // waiting for the linger goes once the stream that held the only message
 // waited for ends: with a message held unacknowledged through one
@@ -410,7 +471,7 @@ func TestProducer_LingerEndsWithTheLastAck(t *testing.T) {
 // handled well within the linger.
 func TestProducer_LingerEndsWhenTheAwaitedStreamEnds(t *testing.T) {
 	const linger = 5 * time.Second
-	r := newLingerRig(t, 2, components.WithBatch(64, 1<<20, linger))
+	r := newLingerRig(t, 2, nil, components.WithBatch(64, 1<<20, linger))
 	led, p := r.led, r.p
 	r.sendBehind(t)
 	stop := r.hubs[0]
@@ -441,7 +502,7 @@ func TestProducer_LingerEndsWhenTheAwaitedStreamEnds(t *testing.T) {
 // linger.
 func TestProducer_BatchFullByBytesDoesNotWaitForTheLinger(t *testing.T) {
 	const linger = 5 * time.Second
-	r := newLingerRig(t, 1, components.WithBatch(64, 1000, linger))
+	r := newLingerRig(t, 1, nil, components.WithBatch(64, 1000, linger))
 	led, p, ctx := r.led, r.p, r.ctx
 	start := time.Now()
 	for i := range 2 {

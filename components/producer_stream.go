@@ -82,6 +82,7 @@ type pubStream struct {
 	sendqBytes  int                     // the sizes of sendq's messages, added up
 	unacked     seqindex.Index[*outMsg] // assigned: queued or sent, not acknowledged; by seq
 	lingering   bool                    // its sender waits for its batch to fill (sendLoop); take clears it
+	leftover    bool                    // the queue was not empty after the last take: its messages waited already
 }
 
 func (st *pubStream) dispatchable() bool {
@@ -434,7 +435,6 @@ func (st *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServ
 		linger = time.NewTimer(p.cfg.linger)
 		defer linger.Stop()
 	}
-	fresh := true        // the queue was empty before: a short batch may wait
 	var sentAt time.Time // the last batch: a heartbeat is due only when it is half a beat old
 	tick := func() error {
 		if time.Since(sentAt) < beat/2 {
@@ -448,7 +448,7 @@ func (st *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServ
 	}
 	for {
 		p.mu.Lock()
-		wait := len(st.sendq) > 0 && !st.batchFullLocked() && fresh && linger != nil && p.awaitingAckLocked()
+		wait := len(st.sendq) > 0 && !st.batchFullLocked() && !st.leftover && linger != nil && p.awaitingAckLocked()
 		st.lingering = wait
 		p.mu.Unlock()
 		if wait {
@@ -480,14 +480,12 @@ func (st *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServ
 			linger.Stop()
 		}
 		if batch := st.take(); batch != nil {
-			fresh = false
 			if err := stream.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Batch{Batch: batch}}); err != nil {
 				return fmt.Errorf("send batch: %w", err)
 			}
 			sentAt = time.Now()
 			continue
 		}
-		fresh = true
 		select {
 		case <-ctx.Done():
 			return nil
@@ -507,6 +505,7 @@ func (st *pubStream) take() *deliveryv1.PublishBatch {
 	defer p.mu.Unlock()
 	st.lingering = false
 	if st.dead || len(st.sendq) == 0 {
+		st.leftover = false
 		return nil
 	}
 	var (
@@ -533,6 +532,11 @@ func (st *pubStream) take() *deliveryv1.PublishBatch {
 		st.sendq = nil
 	}
 	p.dispatchLocked()
+	// What is queued now was queued before this batch was taken (here or
+	// in the outbox): it goes next without waiting again. A message queued
+	// after an emptying take is new and may wait, however long the sender
+	// took to come back for it.
+	st.leftover = len(st.sendq) > 0
 	return b
 }
 
