@@ -73,21 +73,22 @@ func TestRun_QuickFaultsLoseNothing(t *testing.T) {
 			r.BaselineRelayHalfLoad, r.BaselineRelayP50HalfLoadUS, r.BaselineRelayP99HalfLoadUS)
 	}
 	// A frame carries one message at least; a batch no more than its limit.
+	// A figure is 0 when its phase saw no such frame: on a starved machine
+	// a 0.3 s phase may end before the first acknowledgement comes back.
+	// Each link must show its frames in one phase at least.
 	for _, f := range []struct {
-		name     string
-		got, max float64
+		name           string
+		sat, half, max float64
 	}{
-		{"messages per publish batch", r.MsgsPerPublishBatch, float64(cfg.BatchMessages)},
-		{"messages per publish batch at half load", r.MsgsPerPublishBatchHalf, float64(cfg.BatchMessages)},
-		{"messages per delivery batch", r.MsgsPerDeliveryBatch, intermediate.DefaultMaxBatchMessages},
-		{"messages per delivery batch at half load", r.MsgsPerDeliveryBatchHalf, intermediate.DefaultMaxBatchMessages},
-		{"messages per publish ack frame", r.MsgsPerPublishAck, float64(cfg.Window)},
-		{"messages per publish ack frame at half load", r.MsgsPerPublishAckHalf, float64(cfg.Window)},
-		{"messages per delivery ack frame", r.MsgsPerDeliveryAck, float64(cfg.Credit)},
-		{"messages per delivery ack frame at half load", r.MsgsPerDeliveryAckHalf, float64(cfg.Credit)},
+		{"publish batch", r.MsgsPerPublishBatch, r.MsgsPerPublishBatchHalf, float64(cfg.BatchMessages)},
+		{"delivery batch", r.MsgsPerDeliveryBatch, r.MsgsPerDeliveryBatchHalf, intermediate.DefaultMaxBatchMessages},
+		{"publish ack frame", r.MsgsPerPublishAck, r.MsgsPerPublishAckHalf, float64(cfg.Window)},
+		{"delivery ack frame", r.MsgsPerDeliveryAck, r.MsgsPerDeliveryAckHalf, float64(cfg.Credit)},
 	} {
-		if f.got < 1 || f.got > f.max {
-			t.Errorf("Run() %s = %.2f, want 1 to %g", f.name, f.got, f.max)
+		within := func(v float64) bool { return v >= 1 && v <= f.max }
+		if f.sat != 0 && !within(f.sat) || f.half != 0 && !within(f.half) || !within(f.sat) && !within(f.half) {
+			t.Errorf("Run() messages per %s = %.2f at saturation, %.2f at half load, want 1 to %g in one phase at least and 0 (no frame) or 1 to %g in the other",
+				f.name, f.sat, f.half, f.max, f.max)
 		}
 	}
 	if len(r.Samples) == 0 || len(r.Events) < 8 {
