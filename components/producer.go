@@ -220,17 +220,19 @@ func (p *Producer) ID() string { return p.id }
 // the ids it gives messages.
 func (p *Producer) Incarnation() uint64 { return p.incarnation }
 
-// Stats returns the producer's counters.
+// Stats returns the producer's counters, read together: Sent is always
+// Acked + Nacked + InFlight.
 func (p *Producer) Stats() ProducerStats {
+	// The counters change under p.mu; they are atomics for the readers
+	// that need one alone.
 	p.mu.Lock()
-	inFlight := p.unsettled
-	p.mu.Unlock()
+	defer p.mu.Unlock()
 	return ProducerStats{
 		Sent:     p.sent.Load(),
 		Acked:    p.acked.Load(),
 		Resent:   p.resent.Load(),
 		Nacked:   p.nacked.Load(),
-		InFlight: uint64(inFlight),
+		InFlight: uint64(p.unsettled),
 	}
 }
 
@@ -364,9 +366,9 @@ func (p *Producer) send(ctx context.Context, msg *messagev1.Message, done chan e
 	}
 	p.outbox.pushBack(m)
 	p.unsettled++
+	p.sent.Add(1)
 	p.dispatchLocked()
 	p.mu.Unlock()
-	p.sent.Add(1)
 	p.metrics.Published(1)
 	return msg.Id, nil
 }

@@ -315,3 +315,42 @@ func TestProducer_StatsCountAnAckBeforeSendWaitReturns(t *testing.T) {
 	closeProducers(t, p)
 	led.checkExactlyOnce(t, map[string]int{"p1": n})
 }
+
+// TestProducer_StatsAddUp checks that Stats reads its counters together:
+// while 3 000 messages go in batches of 8, a reader polling Stats never
+// sees Sent other than Acked + Nacked + InFlight.
+func TestProducer_StatsAddUp(t *testing.T) {
+	m := newMesh(t)
+	i1 := m.startHub(components.DefaultService, "i1", "127.0.0.1")
+	led := newLedger()
+	m.consumer("c1", led.handler())
+	waitConsumers(t, 1, i1)
+	p := m.producer("p1", components.WithBatch(8, 1<<20, time.Millisecond))
+	stop, done := make(chan struct{}), make(chan struct{})
+	var (
+		reads int
+		bad   []components.ProducerStats
+	)
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			st := p.Stats()
+			reads++
+			if st.Acked+st.Nacked+st.InFlight != st.Sent && len(bad) < 5 {
+				bad = append(bad, st)
+			}
+			time.Sleep(20 * time.Microsecond)
+		}
+	}()
+	led.deliverAll(t, 3000, p)
+	close(stop)
+	<-done
+	if len(bad) > 0 {
+		t.Errorf("Stats() in %d reads: %+v, want Sent = Acked + Nacked + InFlight in each", reads, bad)
+	}
+}
