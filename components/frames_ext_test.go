@@ -431,11 +431,7 @@ func TestProducer_LingerEndsWithTheLastAck(t *testing.T) {
 func TestProducer_MessageQueuedDuringASendLingers(t *testing.T) {
 	const linger = 5 * time.Second
 	stall := make(chan struct{})
-	stallFirstBatch := grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-		cs, err := streamer(ctx, desc, cc, method, opts...)
-		return &stallingStream{ClientStream: cs, stall: stall}, err
-	})
-	r := newLingerRig(t, 1, nil, components.WithBatch(64, 1<<20, linger), components.WithDialOptions(stallFirstBatch))
+	r := newLingerRig(t, 1, nil, components.WithBatch(64, 1<<20, linger), stallFirstBatch(stall))
 	led, p := r.led, r.p
 	r.send(t, "behind")
 	close(stall)
@@ -446,8 +442,45 @@ func TestProducer_MessageQueuedDuringASendLingers(t *testing.T) {
 	led.checkExactlyOnce(t, map[string]int{"p1": 2})
 }
 
-// stallingStream keeps the sender of the first publish batch in its
-// SendMsg, after the batch went, until stall is closed.
+// TestProducer_LingerRunsFromWhenTheMessageWasQueued checks that a message
+// waits one linger at most from when it was queued, however long the
+// sender takes to come back to it: under a linger of 1 s, with a message
+// held unacknowledged, a second message is queued while the sender stays
+// 1.5 s in the Send of the batch before; it is handled well within a
+// linger of the sender's return, once.
+func TestProducer_LingerRunsFromWhenTheMessageWasQueued(t *testing.T) {
+	const linger = time.Second
+	stall := make(chan struct{})
+	// A stalled sender sends no heartbeat: the intermediate gives the
+	// stream five of its intervals.
+	r := newLingerRig(t, 1, nil, components.WithBatch(64, 1<<20, linger), stallFirstBatch(stall), components.WithHeartbeatInterval(time.Second))
+	led, p := r.led, r.p
+	r.send(t, "behind")
+	time.Sleep(linger + linger/2)
+	returned := time.Now()
+	close(stall)
+	waitUntil(t, "the second message handled", func() bool {
+		led.mu.Lock()
+		defer led.mu.Unlock()
+		return led.counts["p1"][2] > 0 // "behind", the producer's second
+	})
+	if took := time.Since(returned); took > linger/2 {
+		t.Errorf("the second message was handled %v after the sender came back, want well within the %v linger it had waited out", took, linger)
+	}
+	close(r.release)
+	closeProducers(t, p)
+	led.checkExactlyOnce(t, map[string]int{"p1": 2})
+}
+
+// stallFirstBatch keeps the sender of a producer's first publish batch on
+// each stream in its SendMsg, after the batch went, until stall is closed.
+func stallFirstBatch(stall <-chan struct{}) components.ProducerOption {
+	return components.WithDialOptions(grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		cs, err := streamer(ctx, desc, cc, method, opts...)
+		return &stallingStream{ClientStream: cs, stall: stall}, err
+	}))
+}
+
 type stallingStream struct {
 	grpc.ClientStream
 	stall <-chan struct{}

@@ -557,6 +557,9 @@ func (p *Producer) dispatchLocked() {
 		}
 		n := min(p.outbox.len(), best.maxInFlight-best.unacked.Len(), 2*best.maxBatch-len(best.sendq), best.maxBatch)
 		queued, wasFull := len(best.sendq), best.batchFullLocked()
+		if queued == 0 {
+			best.queuedAt = time.Now()
+		}
 		for i := range n {
 			if i > 0 && p.outbox.front().avoid != avoid {
 				break // its own pick

@@ -83,6 +83,7 @@ type pubStream struct {
 	unacked     seqindex.Index[*outMsg] // assigned: queued or sent, not acknowledged; by seq
 	lingering   bool                    // its sender waits for its batch to fill (sendLoop); take clears it
 	leftover    bool                    // the queue was not empty after the last take: its messages waited already
+	queuedAt    time.Time               // when the queue's first message was queued: its linger runs from then
 }
 
 func (st *pubStream) dispatchable() bool {
@@ -417,11 +418,13 @@ func limit(ours int, theirs uint32) int {
 // sendLoop sends the stream's queued messages in batches and heartbeats
 // every beat while idle. A batch that is not full goes at once when nothing
 // the producer sent is waiting for its acknowledgement; otherwise it waits
-// for the linger, for the batch to fill (by count or by bytes), or for
-// nothing sent to be left waiting, whichever comes first. So a message sent
-// while nothing is outstanding pays no linger, messages sent faster than
-// they are acknowledged go in batches that grow with the round trip, and
-// under load batches fill within the linger. The sender is woken when its
+// until one linger has passed since its first message was queued (however
+// long the sender took to come back from the batch before), until the batch
+// fills (by count or by bytes), or until nothing sent is left waiting,
+// whichever comes first. So a message sent while nothing is outstanding
+// pays no linger, none waits more than one, messages sent faster than they
+// are acknowledged go in batches that grow with the round trip, and under
+// load batches fill within the linger. The sender is woken when its
 // queue gets a first message or fills (dispatchLocked), and while it
 // lingers when the last message waited for is answered or taken back from
 // a stream that ended (wakeLingeringLocked); it needs nothing else, and a
@@ -448,13 +451,17 @@ func (st *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServ
 	}
 	for {
 		p.mu.Lock()
-		wait := len(st.sendq) > 0 && !st.batchFullLocked() && !st.leftover && linger != nil && p.awaitingAckLocked()
+		var left time.Duration // of the linger of the queue's first message
+		if len(st.sendq) > 0 && !st.batchFullLocked() && !st.leftover && linger != nil && p.awaitingAckLocked() {
+			left = p.cfg.linger - time.Since(st.queuedAt)
+		}
+		wait := left > 0
 		st.lingering = wait
 		p.mu.Unlock()
 		if wait {
-			// Wait for the linger, or less if the batch fills or nothing
-			// is left to wait for first.
-			linger.Reset(p.cfg.linger)
+			// Wait for the rest of the linger, or less if the batch fills
+			// or nothing is left to wait for first.
+			linger.Reset(left)
 		wait:
 			for {
 				select {
