@@ -291,6 +291,17 @@ func (r *lingerRig) send(t *testing.T, payload string) {
 	}
 }
 
+// waitBehindHandled waits until the message sent after the held one (p1's
+// second) is handled.
+func (r *lingerRig) waitBehindHandled(t *testing.T) {
+	t.Helper()
+	waitUntil(t, "the second message handled", func() bool {
+		r.led.mu.Lock()
+		defer r.led.mu.Unlock()
+		return r.led.counts["p1"][2] > 0
+	})
+}
+
 // noneHandledSoon fails the test unless, 300 ms on, nothing was handled.
 func (r *lingerRig) noneHandledSoon(t *testing.T) {
 	t.Helper()
@@ -459,11 +470,7 @@ func TestProducer_LingerRunsFromWhenTheMessageWasQueued(t *testing.T) {
 	time.Sleep(linger + linger/2)
 	returned := time.Now()
 	close(stall)
-	waitUntil(t, "the second message handled", func() bool {
-		led.mu.Lock()
-		defer led.mu.Unlock()
-		return led.counts["p1"][2] > 0 // "behind", the producer's second
-	})
+	r.waitBehindHandled(t)
 	if took := time.Since(returned); took > linger/2 {
 		t.Errorf("the second message was handled %v after the sender came back, want well within the %v linger it had waited out", took, linger)
 	}
@@ -516,11 +523,7 @@ func TestProducer_LingerEndsWhenTheAwaitedStreamEnds(t *testing.T) {
 	// The held message is handled: through the stream that ended, or, sent
 	// again, through the other.
 	close(r.release)
-	waitUntil(t, "the second message handled", func() bool {
-		led.mu.Lock()
-		defer led.mu.Unlock()
-		return led.counts["p1"][2] > 0 // "behind", the producer's second
-	})
+	r.waitBehindHandled(t)
 	if took := time.Since(stopped); took > linger/5 {
 		t.Errorf("the lingering message was handled %v after the stream holding the awaited one ended, want well within the %v linger", took, linger)
 	}

@@ -296,12 +296,7 @@ func TestProducer_SendInvalidUTF8(t *testing.T) {
 // acknowledged so far.
 func TestProducer_StatsCountAnAckBeforeSendWaitReturns(t *testing.T) {
 	const n = 200
-	m := newMesh(t)
-	i1 := m.startHub(components.DefaultService, "i1", "127.0.0.1")
-	led := newLedger()
-	m.consumer("c1", led.handler())
-	waitConsumers(t, 1, i1)
-	p := m.producer("p1")
+	p, led := oneHop(t)
 	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
 	defer cancel()
 	for i := range n {
@@ -320,12 +315,7 @@ func TestProducer_StatsCountAnAckBeforeSendWaitReturns(t *testing.T) {
 // while 3 000 messages go in batches of 8, a reader polling Stats never
 // sees Sent other than Acked + Nacked + InFlight.
 func TestProducer_StatsAddUp(t *testing.T) {
-	m := newMesh(t)
-	i1 := m.startHub(components.DefaultService, "i1", "127.0.0.1")
-	led := newLedger()
-	m.consumer("c1", led.handler())
-	waitConsumers(t, 1, i1)
-	p := m.producer("p1", components.WithBatch(8, 1<<20, time.Millisecond))
+	p, led := oneHop(t, components.WithBatch(8, 1<<20, time.Millisecond))
 	stop, done := make(chan struct{}), make(chan struct{})
 	var (
 		reads int
@@ -353,4 +343,16 @@ func TestProducer_StatsAddUp(t *testing.T) {
 	if len(bad) > 0 {
 		t.Errorf("Stats() in %d reads: %+v, want Sent = Acked + Nacked + InFlight in each", reads, bad)
 	}
+}
+
+// oneHop starts intermediate i1, consumer c1 recording into the returned
+// ledger, and producer p1 with opts.
+func oneHop(t *testing.T, opts ...components.ProducerOption) (*components.Producer, *ledger) {
+	t.Helper()
+	m := newMesh(t)
+	i1 := m.startHub(components.DefaultService, "i1", "127.0.0.1")
+	led := newLedger()
+	m.consumer("c1", led.handler())
+	waitConsumers(t, 1, i1)
+	return m.producer("p1", opts...), led
 }
