@@ -69,11 +69,6 @@ type Producer struct {
 	stopOnce sync.Once
 	stopErr  error
 
-	sent   atomic.Uint64
-	acked  atomic.Uint64
-	resent atomic.Uint64
-	nacked atomic.Uint64
-
 	// mu guards the fields below, the guarded fields of outMsg, pubLink and
 	// pubStream. Lock order: mu is taken alone; it is never held across gRPC
 	// or etcd calls or callbacks.
@@ -91,6 +86,8 @@ type Producer struct {
 	failed    int
 	msgLimit  int         // the largest message Send accepts, encoded
 	nacks     []nackEvent // handed back for good, waiting for the nack handler
+	// Stats' counters: sent is acked + nacked + unsettled.
+	sent, acked, resent, nacked uint64
 	// own holds the seqs this producer gave that are not settled yet: its
 	// lowest is the low-water mark. A settled message leaves it, so one
 	// message held long (a frozen intermediate's, a consumer's slow one)
@@ -223,17 +220,9 @@ func (p *Producer) Incarnation() uint64 { return p.incarnation }
 // Stats returns the producer's counters, read together: Sent is always
 // Acked + Nacked + InFlight.
 func (p *Producer) Stats() ProducerStats {
-	// The counters change under p.mu; they are atomics for the readers
-	// that need one alone.
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return ProducerStats{
-		Sent:     p.sent.Load(),
-		Acked:    p.acked.Load(),
-		Resent:   p.resent.Load(),
-		Nacked:   p.nacked.Load(),
-		InFlight: uint64(p.unsettled),
-	}
+	return ProducerStats{Sent: p.sent, Acked: p.acked, Resent: p.resent, Nacked: p.nacked, InFlight: uint64(p.unsettled)}
 }
 
 // Send accepts msg for delivery and returns its id. Unless msg.Id is already
@@ -366,7 +355,7 @@ func (p *Producer) send(ctx context.Context, msg *messagev1.Message, done chan e
 	}
 	p.outbox.pushBack(m)
 	p.unsettled++
-	p.sent.Add(1)
+	p.sent++
 	p.dispatchLocked()
 	p.mu.Unlock()
 	p.metrics.Published(1)
@@ -687,7 +676,7 @@ func (p *Producer) requeueLocked(st *pubStream) {
 	if p.stopErr == nil && p.ctx.Err() == nil {
 		// A producer that closes, or stopped on its own, sends nothing
 		// again: what its streams held ends unacknowledged, not resent.
-		p.resent.Add(uint64(resent))
+		p.resent += uint64(resent)
 		p.metrics.Resent(reason, resent)
 	}
 	p.dispatchLocked()
@@ -728,7 +717,7 @@ func (p *Producer) handleAck(st *pubStream, a *deliveryv1.PublishAck) {
 	p.mu.Lock()
 	acked := 0
 	// Counted before settled: once a SendWait returns, Stats includes it.
-	settle := func(_ uint64, m *outMsg) { p.acked.Add(1); p.settleLocked(m, nil) }
+	settle := func(_ uint64, m *outMsg) { p.acked++; p.settleLocked(m, nil) }
 	for _, r := range a.GetAcked() {
 		// A range is walked over what is unacknowledged in it, whatever
 		// its width; a malformed one is skipped.
@@ -774,7 +763,7 @@ func (p *Producer) handleAck(st *pubStream, a *deliveryv1.PublishAck) {
 			}
 		default:
 			msg := m.msg
-			p.nacked.Add(1)
+			p.nacked++
 			p.settleLocked(m, &NackError{ID: msg.GetId(), Reason: n.GetReason(), Detail: n.GetDetail()})
 			failed = append(failed, permanent{msg, n})
 			if p.nackWake != nil {
@@ -790,7 +779,7 @@ func (p *Producer) handleAck(st *pubStream, a *deliveryv1.PublishAck) {
 	}
 	if len(transient) > 0 {
 		p.outbox.pushFront(transient)
-		p.resent.Add(uint64(len(transient)))
+		p.resent += uint64(len(transient))
 	}
 	p.endIfAnsweredLocked(st)
 	p.dispatchLocked()
@@ -895,7 +884,8 @@ func (p *Producer) Close(ctx context.Context) error {
 		if unsettled > 0 || failed > 0 || waitErr != nil {
 			p.closeErr = &CloseError{Unacked: unsettled, Failed: failed, Err: waitErr, Waiting: waiting}
 		}
-		p.log.Info("producer closed", "sent", p.sent.Load(), "acked", p.acked.Load(), "resent", p.resent.Load(), "nacked", p.nacked.Load(), "unacked", unsettled)
+		st := p.Stats()
+		p.log.Info("producer closed", "sent", st.Sent, "acked", st.Acked, "resent", st.Resent, "nacked", st.Nacked, "unacked", unsettled)
 	})
 	return p.closeErr
 }

@@ -94,7 +94,7 @@ func TestProducer_DrainingNackRetiresStream(t *testing.T) {
 	if got, want := r.assigned(b), []uint64{1, 3, 4}; !slices.Equal(got, want) {
 		t.Errorf("messages on the other stream = %v, want %v", got, want)
 	}
-	if got := r.p.resent.Load(); got != 1 {
+	if got := r.p.Stats().Resent; got != 1 {
 		t.Errorf("resent = %d, want 1 (the nacked message; the others were never sent)", got)
 	}
 
