@@ -119,8 +119,7 @@ func spin(d time.Duration) {
 // each message through the intermediate of its batch: the intermediate
 // changes three times at most along the sequence (two batches in a row may
 // take the same one), where one message to each in turn would change it at
-// almost every message. Every message is handled
-// exactly once.
+// almost every message. Every message is handled exactly once.
 func TestProducer_BatchesDoNotSplitAcrossIntermediates(t *testing.T) {
 	const (
 		hubs  = 4
