@@ -81,12 +81,12 @@ func BenchmarkProducer_Send(b *testing.B) {
 // two streams, as from a producer that alternates two intermediates.
 func BenchmarkConsumer_ReceiveAndFinish(b *testing.B) {
 	for _, tc := range []struct {
-		inHand  int
-		swapped bool
-	}{{64, false}, {1024, false}, {1024, true}} {
+		inHand     int
+		interleave uint64
+	}{{64, 1}, {1024, 1}, {1024, 2}, {1024, 16}} {
 		name := fmt.Sprintf("in_hand=%d", tc.inHand)
-		if tc.swapped {
-			name += "/swapped"
+		if tc.interleave > 1 {
+			name += fmt.Sprintf("/interleaved=%d", tc.interleave)
 		}
 		inHand := tc.inHand
 		b.Run(name, func(b *testing.B) {
@@ -104,8 +104,8 @@ func BenchmarkConsumer_ReceiveAndFinish(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				k, to := batches, st
-				if tc.swapped {
-					k, to = batches^1, []*subStream{st, st2}[batches%2]
+				if tc.interleave > 1 {
+					k, to = batches^(tc.interleave-1), []*subStream{st, st2}[batches%2]
 				}
 				batches++
 				for i, d := range batch.Deliveries {

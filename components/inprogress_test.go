@@ -63,6 +63,16 @@ func TestInProgress(t *testing.T) {
 	check("a/1 done")
 	put(key("a", 1, 2)) // below a/1's highest seq, and nothing in progress
 	check("a/1 again")
+	put(key("a", 1, 2+ringSpan))   // beyond the ring's span: kept apart
+	put(key("a", 1, 2+2*ringSpan)) // and further
+	put(key("a", 1, 3))
+	check("a/1 beyond the ring's span")
+	if n := len(ip.of(producerKey{"a", 1}, false).far); n != 2 {
+		t.Errorf("%d jobs of a/1 kept beyond the ring, want 2", n)
+	}
+	remove(key("a", 1, 2))
+	remove(key("a", 1, 2+ringSpan))
+	check("a/1 beyond the ring's span, one removed from each")
 
 	// Many producers: those with nothing in progress are forgotten, those
 	// with jobs are kept.

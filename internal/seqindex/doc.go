@@ -14,4 +14,10 @@
 // small multiple of the largest number of live values. A lookup is one
 // offset computation when the sequence numbers are contiguous, else a binary
 // search. An Index is not safe for concurrent use.
+//
+// A Ring holds values whose seqs arrive in any order within a bounded span
+// (a producer's messages reaching a consumer through several
+// intermediates): a slot per seq from the lowest held to the highest,
+// addressed by offset, the array doubling as the span grows up to a limit
+// the caller sets.
 package seqindex
