@@ -110,6 +110,8 @@ type Consumer struct {
 	inProgress *inProgress
 	queue      []*job
 	pending    int // jobs queued or running
+	// idleWorkers counts the workers waiting for workReady.
+	idleWorkers int
 	// idle says when the membership has been empty.
 	idle idleLog
 }
@@ -299,7 +301,7 @@ func (c *Consumer) receive(st *subStream, batch *deliveryv1.DeliveryBatch) {
 		c.pending++
 		queued = true
 	}
-	if queued {
+	if queued && c.idleWorkers > 0 {
 		c.pokeWork()
 	}
 }
@@ -318,33 +320,55 @@ func (c *Consumer) poke() {
 	}
 }
 
-// worker runs the handler on queued jobs until the consumer stops.
+// worker runs the handler on queued jobs until the consumer stops. It
+// answers a job and takes the next one under one lock, and waits for a
+// poke only when the queue is empty: receive pokes only while a worker
+// waits.
 func (c *Consumer) worker() {
 	defer c.wg.Done()
-	for c.ctx.Err() == nil {
-		c.mu.Lock()
-		var j *job
-		if len(c.queue) > 0 {
-			j = c.queue[0]
-			c.queue[0] = nil
-			c.queue = c.queue[1:]
-			if len(c.queue) > 0 {
-				c.pokeWork()
-			} else {
-				c.queue = nil
-			}
-		}
-		c.mu.Unlock()
+	var j *job
+	waited := false
+	for {
 		if j == nil {
-			select {
-			case <-c.ctx.Done():
-				return
-			case <-c.workReady:
+			c.mu.Lock()
+			if waited {
+				c.idleWorkers--
+				waited = false
 			}
-			continue
+			if j = c.nextJobLocked(); j == nil {
+				c.idleWorkers++
+				waited = true
+			}
+			c.mu.Unlock()
+			if j == nil {
+				select {
+				case <-c.ctx.Done():
+					return
+				case <-c.workReady:
+				}
+				continue
+			}
 		}
-		c.finish(j, c.handle(j))
+		j = c.finish(j, c.handle(j), true)
 	}
+}
+
+// nextJobLocked takes the next queued job: nil when none is queued or the
+// consumer stops. A job taken is always handled and answered. While jobs
+// remain queued it wakes a waiting worker for them.
+func (c *Consumer) nextJobLocked() *job {
+	if len(c.queue) == 0 || c.ctx.Err() != nil {
+		return nil
+	}
+	j := c.queue[0]
+	c.queue[0] = nil
+	c.queue = c.queue[1:]
+	if len(c.queue) == 0 {
+		c.queue = nil
+	} else if c.idleWorkers > 0 {
+		c.pokeWork()
+	}
+	return j
 }
 
 // handle runs the handler, turning a panic into an error.
@@ -396,7 +420,9 @@ func answerLocked(r deliveryRef, err error) {
 }
 
 // finish answers a job's delivery and the duplicates that waited for it.
-func (c *Consumer) finish(j *job, err error) {
+// With next it also takes the next queued job (nextJobLocked) under the
+// same lock and returns it.
+func (c *Consumer) finish(j *job, err error, next bool) *job {
 	c.mu.Lock()
 	if j.keyed {
 		c.inProgress.remove(j.key)
@@ -418,18 +444,28 @@ func (c *Consumer) finish(j *job, err error) {
 		answerLocked(r, err)
 	}
 	c.pending--
+	// Only Close waits for pending to reach 0, and only once closing is
+	// set: before, it finds the count under this lock.
+	closing := c.closing
+	var nj *job
+	if next {
+		nj = c.nextJobLocked()
+	}
 	c.mu.Unlock()
-	c.poke()
+	if closing {
+		c.poke()
+	}
 	d := j.d
 	j.d, j.waiters = nil, nil
 	if err != nil {
 		c.metrics.Nacked()
 		id := d.Message.GetId()
 		c.log.Warn("handler failed", "producer", id.GetProducerId(), "seq", id.GetSeq(), "err", err)
-		return
+		return nj
 	}
 	c.metrics.Delivered(d.Message.GetCreateTimeUnixNano())
 	c.metrics.Duplicates(dups)
+	return nj
 }
 
 // Done is closed when the consumer stops receiving on its own: another

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -69,7 +71,7 @@ func TestConsumer_DuplicateWaitsForOriginal(t *testing.T) {
 		t.Errorf("while the original runs: queue=%d, s2 acks=%v, s2 inHand=%d, want 0, [], 1", len(c.queue), s2.acks, s2.inHand)
 	}
 	c.mu.Unlock()
-	c.finish(j, nil)
+	c.finish(j, nil, false)
 	c.mu.Lock()
 	if diff := cmp.Diff([]uint64{1}, s1.acks); diff != "" {
 		t.Errorf("s1 acks (-want +got):\n%s", diff)
@@ -99,7 +101,7 @@ func TestConsumer_FailedOriginalNacksWaiters(t *testing.T) {
 	c, s1, s2 := newTestConsumer()
 	c.receive(s1, batchOf([2]uint64{1, 10}))
 	c.receive(s2, batchOf([2]uint64{2, 10}))
-	c.finish(c.popJob(t), errors.New("boom"))
+	c.finish(c.popJob(t), errors.New("boom"), false)
 	c.mu.Lock()
 	if len(s1.nacks) != 1 || len(s2.nacks) != 1 || s1.nacks[0].GetSeq() != 1 || s2.nacks[0].GetSeq() != 2 ||
 		s2.nacks[0].GetReason() != messagev1.NackReason_NACK_REASON_HANDLER_FAILED {
@@ -121,5 +123,77 @@ func TestConsumer_IgnoresDeliveriesWhileDraining(t *testing.T) {
 	defer c.mu.Unlock()
 	if len(c.queue) != 0 || s1.inHand != 0 || len(s1.acks) != 0 {
 		t.Errorf("after a delivery while draining: queue=%d inHand=%d acks=%v, want 0, 0, []", len(c.queue), s1.inHand, s1.acks)
+	}
+}
+
+// TestConsumer_WorkersRunAtOnce checks that a batch queued while every
+// worker waits reaches all of them at once: receive wakes one, and each
+// worker that takes a job wakes another while jobs remain. Each handler
+// holds its job until all of them run, so a worker left waiting would
+// hold the batch up; then the workers answer every job, one after another,
+// including those of a batch queued while they were busy.
+func TestConsumer_WorkersRunAtOnce(t *testing.T) {
+	const workers = 4
+	c, st, _ := newTestConsumer()
+	ctx, cancel := context.WithCancel(context.Background())
+	c.ctx = ctx
+	var running, handled atomic.Int32
+	allRunning := make(chan struct{})
+	c.handler = func(ctx context.Context, d *Delivery) error {
+		if d.Message.GetId().GetSeq() <= workers && running.Add(1) == workers {
+			close(allRunning)
+		}
+		if d.Message.GetId().GetSeq() <= workers {
+			select {
+			case <-allRunning:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		handled.Add(1)
+		return nil
+	}
+	c.wg.Add(workers)
+	for range workers {
+		go c.worker()
+	}
+	defer func() {
+		cancel()
+		c.wg.Wait()
+	}()
+	// Every worker waits before the batch comes.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c.mu.Lock()
+		idle := c.idleWorkers
+		c.mu.Unlock()
+		if idle == workers {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("idle workers = %d, want %d", idle, workers)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	c.receive(st, batchOf([2]uint64{1, 1}, [2]uint64{2, 2}, [2]uint64{3, 3}, [2]uint64{4, 4}))
+	select {
+	case <-allRunning:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%d of %d handlers running at once after 10s, want all", running.Load(), workers)
+	}
+	var more [][2]uint64
+	for seq := uint64(workers + 1); seq <= 100; seq++ {
+		more = append(more, [2]uint64{seq, seq})
+	}
+	c.receive(st, batchOf(more...))
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for c.pending > 0 && time.Now().Before(deadline) {
+		c.mu.Unlock()
+		time.Sleep(time.Millisecond)
+		c.mu.Lock()
+	}
+	if got := handled.Load(); got != 100 || len(st.acks) != 100 || c.pending != 0 || len(c.queue) != 0 {
+		t.Fatalf("handled %d, acks %d, pending %d, queued %d; want 100, 100, 0, 0", got, len(st.acks), c.pending, len(c.queue))
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
+	"sync/atomic"
 	"testing"
 
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
@@ -118,7 +120,7 @@ func BenchmarkConsumer_ReceiveAndFinish(b *testing.B) {
 				c.queue = nil
 				c.mu.Unlock()
 				for len(running) >= inHand {
-					c.finish(running[0], nil)
+					c.finish(running[0], nil, false)
 					running = running[1:]
 				}
 				c.mu.Lock()
@@ -195,4 +197,54 @@ func BenchmarkDedup(b *testing.B) {
 			i, seq = (i+1)%1024, seq+1
 		}
 	})
+}
+
+// BenchmarkConsumer_Workers measures the consumer's whole hot path with its
+// workers running: batches of 64 deliveries received while the workers take
+// each job, run a handler that does nothing and answer it, with at most
+// 1 024 messages in hand, as under load with the default credit.
+func BenchmarkConsumer_Workers(b *testing.B) {
+	for _, workers := range []int{1, 4} {
+		b.Run(fmt.Sprintf("workers=%d", workers), func(b *testing.B) {
+			c, st, _ := newTestConsumer()
+			c.dedup = newDedupSet(DefaultDedupWindow, DefaultDedupProducers)
+			ctx, cancel := context.WithCancel(context.Background())
+			c.ctx = ctx
+			var handled atomic.Uint64
+			c.handler = func(context.Context, *Delivery) error {
+				handled.Add(1)
+				return nil
+			}
+			c.wg.Add(workers)
+			for range workers {
+				go c.worker()
+			}
+			const n, inHand = 64, 1024
+			var sent uint64
+			b.ReportAllocs()
+			for b.Loop() {
+				batch := &deliveryv1.DeliveryBatch{Deliveries: make([]*deliveryv1.Delivery, n)}
+				for i := range batch.Deliveries {
+					sent++
+					batch.Deliveries[i] = &deliveryv1.Delivery{DeliveryId: sent, Message: &messagev1.Message{Id: &messagev1.MessageId{ProducerId: "producer-7f3a9c1e", Incarnation: 1, Seq: sent}}}
+				}
+				c.receive(st, batch)
+				for sent-handled.Load() > inHand {
+					runtime.Gosched()
+				}
+				c.mu.Lock()
+				st.acks, st.credit = st.acks[:0], 0
+				c.mu.Unlock()
+			}
+			for handled.Load() < sent {
+				runtime.Gosched()
+			}
+			b.ReportMetric(float64(sent)/b.Elapsed().Seconds(), "msgs/s")
+			cancel()
+			c.wg.Wait()
+			if got := c.delivered.Load(); got != sent {
+				b.Fatalf("delivered %d, want %d", got, sent)
+			}
+		})
+	}
 }
