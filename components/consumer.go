@@ -82,7 +82,7 @@ type Consumer struct {
 	watchCancel context.CancelFunc
 	wg          sync.WaitGroup
 	workReady   chan struct{} // poked when a job is queued
-	changed     chan struct{} // poked when a job ends or a stream ends
+	changed     chan struct{} // poked when a stream ends, and when a job ends once Close waits
 	closeOnce   sync.Once
 	closeErr    error
 	// creditCapOnce logs the first credit capped at an intermediate's
