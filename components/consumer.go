@@ -327,17 +327,11 @@ func (c *Consumer) poke() {
 func (c *Consumer) worker() {
 	defer c.wg.Done()
 	var j *job
-	waited := false
 	for {
 		if j == nil {
 			c.mu.Lock()
-			if waited {
-				c.idleWorkers--
-				waited = false
-			}
 			if j = c.nextJobLocked(); j == nil {
 				c.idleWorkers++
-				waited = true
 			}
 			c.mu.Unlock()
 			if j == nil {
@@ -346,6 +340,9 @@ func (c *Consumer) worker() {
 					return
 				case <-c.workReady:
 				}
+				c.mu.Lock()
+				c.idleWorkers--
+				c.mu.Unlock()
 				continue
 			}
 		}

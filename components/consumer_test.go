@@ -140,10 +140,10 @@ func TestConsumer_WorkersRunAtOnce(t *testing.T) {
 	var running, handled atomic.Int32
 	allRunning := make(chan struct{})
 	c.handler = func(ctx context.Context, d *Delivery) error {
-		if d.Message.GetId().GetSeq() <= workers && running.Add(1) == workers {
-			close(allRunning)
-		}
 		if d.Message.GetId().GetSeq() <= workers {
+			if running.Add(1) == workers {
+				close(allRunning)
+			}
 			select {
 			case <-allRunning:
 			case <-ctx.Done():
@@ -161,19 +161,23 @@ func TestConsumer_WorkersRunAtOnce(t *testing.T) {
 		cancel()
 		c.wg.Wait()
 	}()
-	// Every worker waits before the batch comes.
+	// waitLocked polls cond under the consumer's lock and returns with the
+	// lock held, cond true or the deadline passed.
 	deadline := time.Now().Add(10 * time.Second)
-	for {
+	waitLocked := func(cond func() bool) {
 		c.mu.Lock()
-		idle := c.idleWorkers
-		c.mu.Unlock()
-		if idle == workers {
-			break
+		for !cond() && time.Now().Before(deadline) {
+			c.mu.Unlock()
+			time.Sleep(time.Millisecond)
+			c.mu.Lock()
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("idle workers = %d, want %d", idle, workers)
-		}
-		time.Sleep(time.Millisecond)
+	}
+	// Every worker waits before the batch comes.
+	waitLocked(func() bool { return c.idleWorkers == workers })
+	idle := c.idleWorkers
+	c.mu.Unlock()
+	if idle != workers {
+		t.Fatalf("idle workers = %d, want %d", idle, workers)
 	}
 	c.receive(st, batchOf([2]uint64{1, 1}, [2]uint64{2, 2}, [2]uint64{3, 3}, [2]uint64{4, 4}))
 	select {
@@ -186,13 +190,8 @@ func TestConsumer_WorkersRunAtOnce(t *testing.T) {
 		more = append(more, [2]uint64{seq, seq})
 	}
 	c.receive(st, batchOf(more...))
-	c.mu.Lock()
+	waitLocked(func() bool { return c.pending == 0 })
 	defer c.mu.Unlock()
-	for c.pending > 0 && time.Now().Before(deadline) {
-		c.mu.Unlock()
-		time.Sleep(time.Millisecond)
-		c.mu.Lock()
-	}
 	if got := handled.Load(); got != 100 || len(st.acks) != 100 || c.pending != 0 || len(c.queue) != 0 {
 		t.Fatalf("handled %d, acks %d, pending %d, queued %d; want 100, 100, 0, 0", got, len(st.acks), c.pending, len(c.queue))
 	}
