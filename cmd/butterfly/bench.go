@@ -51,7 +51,10 @@ something beside each other:
   machine     first, threads that only read the clock, one per core and
               then one alone: how often and for how long a busy thread is
               kept off its core (a virtual machine's host taking a virtual
-              core away), the floor under every latency tail measured here;
+              core away); then one thread sleeping 1 ms at a time in an
+              otherwise idle process: how often and how late it wakes (a
+              halted virtual core woken late). Both are floors under the
+              latency tails measured here;
   baselines   raw gRPC bidirectional streaming over one hop (one message per
               gRPC message, then batched as Butterfly batches), a
               hand-rolled two-hop relay with end-to-end acks in plain gRPC,

@@ -38,6 +38,7 @@ func TestBenchCommand_Processes(t *testing.T) {
 		Strangers    uint64  `json:"unknown_messages"`
 		AllBusyMax   float64 `json:"platform_all_busy_stall_max_us"`
 		OneBusyMax   float64 `json:"platform_one_busy_stall_max_us"`
+		IdleWakeMax  float64 `json:"platform_idle_wake_late_max_us"`
 	}
 	if err := json.Unmarshal(stdout.Bytes(), &got); err != nil {
 		t.Fatalf("json.Unmarshal(bench --processes output) = %v, output:\n%s", err, stdout.String())
@@ -49,8 +50,8 @@ func TestBenchCommand_Processes(t *testing.T) {
 		t.Errorf("bench --processes mode %q, msgs/s %v, sent %d, delivered %d, unknown %d, want processes, > 0, equal and > 0, 0",
 			got.Mode, got.Rate, got.Sent, got.Delivered, got.Strangers)
 	}
-	if got.AllBusyMax <= 0 || got.OneBusyMax <= 0 {
-		t.Errorf("bench --processes longest gaps of the machine's spinning threads = %v, %v µs, want both measured (> 0)", got.AllBusyMax, got.OneBusyMax)
+	if got.AllBusyMax <= 0 || got.OneBusyMax <= 0 || got.IdleWakeMax <= 0 {
+		t.Errorf("bench --processes longest gaps of the machine's spinning threads = %v, %v µs, latest wake-up of its sleeping one %v µs, want all measured (> 0)", got.AllBusyMax, got.OneBusyMax, got.IdleWakeMax)
 	}
 	// Read from the intermediates' metrics: at least a message a frame, no
 	// more than a batch's limits (64 from the producer, 256 to a consumer)

@@ -57,7 +57,7 @@ func TestBenchCommand_QuickJSON(t *testing.T) {
 		t.Errorf("bench JSON failover_lost = %v, want 0", lost)
 	}
 	for _, field := range []string{"baseline_1hop_msgs_per_s", "baseline_relay_msgs_per_s", "butterfly_msgs_per_s", "p50_us", "p99_half_load_us", "allocs_per_msg", "baseline_relay_allocs_per_msg",
-		"platform_all_busy_stall_max_us", "platform_one_busy_stall_max_us"} {
+		"platform_all_busy_stall_max_us", "platform_one_busy_stall_max_us", "platform_idle_wake_late_max_us"} {
 		if v, _ := got[field].(float64); v <= 0 {
 			t.Errorf("bench JSON %s = %v, want > 0", field, got[field])
 		}

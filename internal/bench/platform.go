@@ -26,6 +26,15 @@ const stallThreshold = time.Millisecond
 // spinning, StallMaxUS is the longest gap, and Lost the share of the
 // threads' time in gaps of 100 µs or more; AllBusy with every core
 // spinning, OneBusy with one.
+//
+// Then a thread sleeps 1 ms at a time with nothing else running, as the
+// mesh's goroutines wait between the ticks of a paced load: the process
+// is idle and a virtual machine's cores halt. IdleWakeLatePerS counts the
+// wake-ups 2 ms or more later than asked per second of sleeping (Go's
+// runtime rounds an idle process's sleeps to the millisecond, so a
+// wake-up up to about 1 ms late is the runtime's, not the machine's), and
+// IdleWakeLateMaxUS is the latest. A message whose next hop waits on
+// another core that is halted is late by as much.
 type PlatformFigures struct {
 	AllBusyStallsPerS float64 `json:"platform_all_busy_stalls_per_s"`
 	AllBusyStallMaxUS float64 `json:"platform_all_busy_stall_max_us"`
@@ -33,6 +42,8 @@ type PlatformFigures struct {
 	OneBusyStallsPerS float64 `json:"platform_one_busy_stalls_per_s"`
 	OneBusyStallMaxUS float64 `json:"platform_one_busy_stall_max_us"`
 	OneBusyLost       float64 `json:"platform_one_busy_lost_fraction"`
+	IdleWakeLatePerS  float64 `json:"platform_idle_wake_late_per_s"`
+	IdleWakeLateMaxUS float64 `json:"platform_idle_wake_late_max_us"`
 }
 
 // stalls sums the gaps seen by spinning threads.
@@ -119,22 +130,71 @@ func spinThreads(ctx context.Context, n int, d time.Duration) stalls {
 	return all
 }
 
+// sleepTick is what the sleeping thread asks for at a time, and
+// lateWakeThreshold how much later than that a wake-up counts as late.
+const (
+	sleepTick         = time.Millisecond
+	lateWakeThreshold = 2 * time.Millisecond
+)
+
+// wakes sums how late a sleeping thread woke.
+type wakes struct {
+	late  int           // wake-ups lateWakeThreshold or more past their time
+	max   time.Duration // the latest, however little
+	slept time.Duration // time in the loop, sleeps and readings
+}
+
+// perSecond is the late wake-ups per second of sleeping.
+func (w wakes) perSecond() float64 {
+	if w.slept <= 0 {
+		return 0
+	}
+	return float64(w.late) / w.slept.Seconds()
+}
+
+// sleepClock sleeps sleepTick at a time until d has passed since the first
+// reading, or done is closed, and sums how late each sleep ended.
+func sleepClock(done <-chan struct{}, now func() time.Time, sleep func(time.Duration), d time.Duration) wakes {
+	var w wakes
+	start := now()
+	for {
+		select {
+		case <-done:
+			return w
+		default:
+		}
+		t := now()
+		sleep(sleepTick)
+		end := now()
+		late := end.Sub(t) - sleepTick
+		w.max = max(w.max, late)
+		if late >= lateWakeThreshold {
+			w.late++
+		}
+		if w.slept = end.Sub(start); w.slept >= d {
+			return w
+		}
+	}
+}
+
 // platformSpin is how long each platform check spins: short for short
 // phases, two seconds at most.
 func platformSpin(phase time.Duration) time.Duration {
 	return min(max(phase/2, 100*time.Millisecond), 2*time.Second)
 }
 
-// measurePlatform spins every core, then one core, each for platformSpin
-// of the phase length, or until ctx is done.
+// measurePlatform spins every core, then one core, then sleeps on one,
+// each for platformSpin of the phase length, or until ctx is done.
 func measurePlatform(ctx context.Context, phase time.Duration, log *slog.Logger) PlatformFigures {
 	d := platformSpin(phase)
-	log.Info("bench: the machine: threads spinning on the clock, every core busy, then one", "each", d)
+	log.Info("bench: the machine: threads spinning on the clock, every core busy, then one; then one sleeping", "each", d)
 	all := spinThreads(ctx, runtime.GOMAXPROCS(0), d)
 	one := spinThreads(ctx, 1, d)
+	idle := sleepClock(ctx.Done(), time.Now, time.Sleep, d)
 	return PlatformFigures{
 		AllBusyStallsPerS: all.perSecond(), AllBusyStallMaxUS: us(all.max), AllBusyLost: all.lostFraction(),
 		OneBusyStallsPerS: one.perSecond(), OneBusyStallMaxUS: us(one.max), OneBusyLost: one.lostFraction(),
+		IdleWakeLatePerS: idle.perSecond(), IdleWakeLateMaxUS: us(idle.max),
 	}
 }
 
@@ -146,4 +206,5 @@ func (f *PlatformFigures) machineRows(w io.Writer) {
 	fmt.Fprintf(w, "machine: thread off core >= 1 ms, all busy\t%s\t\t\t\n", stall(f.AllBusyStallsPerS, f.AllBusyStallMaxUS, f.AllBusyLost))
 	fmt.Fprintf(w, "machine: thread off core >= 1 ms, one busy\t%s\t\t\t\n", stall(f.OneBusyStallsPerS, f.OneBusyStallMaxUS, f.OneBusyLost))
 	fmt.Fprintf(w, "(lost: the time in gaps of 0.1 ms or more)\t\t\t\t\n")
+	fmt.Fprintf(w, "machine: idle, a 1 ms sleep woken >= 2 ms late\t%.2f/s, latest %s late\t\t\t\n", f.IdleWakeLatePerS, fmtLat(f.IdleWakeLateMaxUS))
 }

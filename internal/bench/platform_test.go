@@ -104,3 +104,74 @@ func TestSpinThreads_StopsWithTheContext(t *testing.T) {
 		t.Errorf("spinThreads(done context, 1m) took %v, spun %v; want it to stop at once", took, s.spun)
 	}
 }
+
+// fakeSleeper is a clock whose sleeps last what they ask for plus the
+// delays given, keyed by the sleep's number from 1; readings take no time.
+type fakeSleeper struct {
+	t      time.Time
+	n      int
+	delays map[int]time.Duration
+}
+
+func (c *fakeSleeper) now() time.Time { return c.t }
+
+func (c *fakeSleeper) sleep(d time.Duration) {
+	c.n++
+	c.t = c.t.Add(d + c.delays[c.n])
+}
+
+func TestSleepClock_CountsLateWakeups(t *testing.T) {
+	c := &fakeSleeper{t: time.Unix(0, 0), delays: map[int]time.Duration{
+		2:  100 * time.Microsecond,               // the runtime's rounding, not late
+		5:  9 * time.Millisecond,                 // late
+		7:  lateWakeThreshold,                    // late, just
+		9:  lateWakeThreshold - time.Microsecond, // not late
+		11: 1500 * time.Microsecond,              // not late
+	}}
+	w := sleepClock(nil, c.now, c.sleep, 30*time.Millisecond)
+	if w.late != 2 {
+		t.Errorf("late wake-ups = %d, want 2 (9ms and %v)", w.late, lateWakeThreshold)
+	}
+	if w.max != 9*time.Millisecond {
+		t.Errorf("latest = %v, want 9ms", w.max)
+	}
+	// The delays add 14.599ms: 15 sleeps end at 29.599ms, 16 at 30.599ms,
+	// the first reading at or past the 30ms asked for.
+	if w.slept != 30599*time.Microsecond || c.n != 16 {
+		t.Errorf("slept %v in %d sleeps, want 30.599ms in 16: it stops at the first reading past 30ms", w.slept, c.n)
+	}
+	if got, want := w.perSecond(), 2/w.slept.Seconds(); got != want {
+		t.Errorf("perSecond() = %v, want %v", got, want)
+	}
+}
+
+func TestSleepClock_OnTime(t *testing.T) {
+	c := &fakeSleeper{t: time.Unix(0, 0)}
+	w := sleepClock(nil, c.now, c.sleep, 10*time.Millisecond)
+	if w.late != 0 || w.max != 0 || c.n != 10 {
+		t.Errorf("sleepClock() with sleeps on time = %d late, latest %v, %d sleeps; want 0, 0, 10", w.late, w.max, c.n)
+	}
+	if got := (wakes{}).perSecond(); got != 0 {
+		t.Errorf("perSecond() of no sleep = %v, want 0", got)
+	}
+}
+
+func TestSleepClock_StopsWhenDone(t *testing.T) {
+	done := make(chan struct{})
+	close(done)
+	c := &fakeSleeper{t: time.Unix(0, 0)}
+	if w := sleepClock(done, c.now, c.sleep, time.Hour); c.n != 0 || w.slept != 0 {
+		t.Errorf("sleepClock(closed done, 1h) slept %d times (%v), want none", c.n, w.slept)
+	}
+}
+
+func TestSleepClock_RealSleeps(t *testing.T) {
+	const d = 20 * time.Millisecond
+	w := sleepClock(t.Context().Done(), time.Now, time.Sleep, d)
+	if w.slept < d || w.slept > d+10*time.Second {
+		t.Errorf("sleepClock(%v) slept %v, want %v and at most one sleep more", d, w.slept, d)
+	}
+	if w.max <= 0 {
+		t.Errorf("latest wake-up %v after a real sleep, want > 0: a sleep ends after its time", w.max)
+	}
+}
