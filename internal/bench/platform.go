@@ -62,11 +62,14 @@ func (s *stalls) merge(o stalls) {
 }
 
 // perSecond is the stalls per second of one thread's spinning.
-func (s stalls) perSecond() float64 {
-	if s.spun <= 0 {
+func (s stalls) perSecond() float64 { return perSecond(s.count, s.spun) }
+
+// perSecond is n events over d, 0 for no time.
+func perSecond(n int, d time.Duration) float64 {
+	if d <= 0 {
 		return 0
 	}
-	return float64(s.count) / s.spun.Seconds()
+	return float64(n) / d.Seconds()
 }
 
 // lostFraction is the share of the spinning threads' time they were off
@@ -145,12 +148,7 @@ type wakes struct {
 }
 
 // perSecond is the late wake-ups per second of sleeping.
-func (w wakes) perSecond() float64 {
-	if w.slept <= 0 {
-		return 0
-	}
-	return float64(w.late) / w.slept.Seconds()
-}
+func (w wakes) perSecond() float64 { return perSecond(w.late, w.slept) }
 
 // sleepClock sleeps sleepTick at a time until d has passed since the first
 // reading, or done is closed, and sums how late each sleep ended.
