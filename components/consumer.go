@@ -28,7 +28,8 @@ type Delivery struct {
 	Message *messagev1.Message
 	// Instance is the intermediate instance it came through.
 	Instance string
-	// Redeliveries is how many times that intermediate delivered it before.
+	// Redeliveries is how many times that intermediate delivered it before
+	// to a consumer of this consumer's group.
 	Redeliveries uint32
 }
 

@@ -2,6 +2,8 @@ package intermediate_test
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -124,5 +126,45 @@ func TestServer_SlowProcessorKeepsStream(t *testing.T) {
 	ackDeliveries(t, sub, &deliveryv1.DeliveryAck{Acked: []*messagev1.SeqRange{{First: d[0].GetDeliveryId(), Last: d[0].GetDeliveryId()}}})
 	if a := nextAck(t, pub); len(a.GetAcked()) != 1 || a.GetAcked()[0].GetFirst() != 1 {
 		t.Fatalf("PublishAck = %v, want seq 1", a)
+	}
+}
+
+// TestServer_RedeliveriesCountPerGroup checks that a message's redeliveries
+// count its deliveries to its group: each group's first delivery of it says
+// 0, whatever the other groups got, and a redelivery within a group says 1.
+func TestServer_RedeliveriesCountPerGroup(t *testing.T) {
+	r := newRig(t)
+	subA := r.subscribeGroup(r.ctx(), "a", "audit", 10)
+	ctxB, cancelB := context.WithCancel(r.ctx())
+	subB := r.subscribeGroup(ctxB, "b", "billing", 10)
+	r.waitConsumers(2)
+
+	pub := r.producer("p1")
+	sendBatch(t, pub, 1, msgs("p1", 1, 3)...)
+	for name, sub := range map[string]deliveryv1.SubscribeService_SubscribeClient{"audit": subA, "billing": subB} {
+		var got []string
+		for len(got) < 3 {
+			for _, d := range nextDeliveries(t, sub) {
+				got = append(got, fmt.Sprintf("%d:%d", d.GetMessage().GetId().GetSeq(), d.GetRedeliveries()))
+			}
+		}
+		if want := []string{"1:0", "2:0", "3:0"}; !slices.Equal(got, want) {
+			t.Errorf("%s's first deliveries (seq:redeliveries) = %v, want %v", name, got, want)
+		}
+	}
+
+	// billing's consumer goes without acknowledging; its successor gets the
+	// three again, each once redelivered.
+	cancelB()
+	r.waitConsumers(1)
+	subB2 := r.subscribeGroup(r.ctx(), "b", "billing", 10)
+	var got []string
+	for len(got) < 3 {
+		for _, d := range nextDeliveries(t, subB2) {
+			got = append(got, fmt.Sprintf("%d:%d", d.GetMessage().GetId().GetSeq(), d.GetRedeliveries()))
+		}
+	}
+	if want := []string{"1:1", "2:1", "3:1"}; !slices.Equal(got, want) {
+		t.Errorf("billing's deliveries after its consumer came back (seq:redeliveries) = %v, want %v", got, want)
 	}
 }

@@ -48,10 +48,9 @@ type held struct {
 	routeKey []byte
 	routes   []*messagev1.Route // what earlier attempts learned (Message.routes)
 
-	order      uint64 // admission order in the server
-	done       bool   // acknowledged, handed back or abandoned
-	pending    int    // deliveries not yet acknowledged
-	sends      uint32
+	order      uint64    // admission order in the server
+	done       bool      // acknowledged, handed back or abandoned
+	pending    int       // deliveries not yet acknowledged
 	deadline   time.Time // while unrouted
 	deliveries []*delivery
 }
@@ -64,6 +63,7 @@ type delivery struct {
 	sub      *subStream // the consumer stream it is queued on or sent to; nil while parked
 	id       uint64     // the delivery id on sub once sent, 0 while queued
 	acked    bool       // acknowledged, or released by the group's deletion
+	sends    uint32     // times sent to the group's consumers by this server: the next one's Delivery.redeliveries
 	owner    string     // while parked: the owner it waits for ("" for none)
 	sentTo   string     // the consumer it was last sent to, here or (Message.routes) on an earlier attempt
 	deadline time.Time  // while parked

@@ -305,9 +305,9 @@ func (sub *subStream) takeLocked() []*deliveryv1.Delivery {
 		} else {
 			wd = new(deliveryv1.Delivery)
 		}
-		wd.DeliveryId, wd.Message, wd.Redeliveries = d.id, d.h.msg, d.h.sends
+		wd.DeliveryId, wd.Message, wd.Redeliveries = d.id, d.h.msg, d.sends
 		out = append(out, wd)
-		d.h.sends++
+		d.sends++
 		bytes += d.h.size
 	}
 	return out

@@ -395,8 +395,9 @@ type Delivery struct {
 	DeliveryId uint64 `protobuf:"varint,1,opt,name=delivery_id,json=deliveryId,proto3" json:"delivery_id,omitempty"`
 	// The processed message. Its id is the one the producer gave it.
 	Message *v1.Message `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
-	// How many times this message was delivered before, by this
-	// intermediate, to any consumer (0 on the first delivery).
+	// How many times this intermediate delivered this message before to a
+	// consumer of this stream's group (0 on the group's first delivery;
+	// another group's deliveries do not count).
 	Redeliveries  uint32 `protobuf:"varint,3,opt,name=redeliveries,proto3" json:"redeliveries,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
