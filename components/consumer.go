@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -484,14 +485,37 @@ func (c *Consumer) Err() error {
 	}
 }
 
-// idleLocked reports, while the service has no instance to receive from,
-// that the consumer waits for one: after idleLogAfter, then every
-// waitingLogEvery.
+// idleLocked reports, while the consumer has no welcomed stream to receive
+// from, what it waits for: an instance of the service to register, or one
+// of those registered to welcome it (with why each did not). After
+// idleLogAfter, then every waitingLogEvery.
 func (c *Consumer) idleLocked(now time.Time) {
-	if !c.idle.due(now, len(c.links) == 0 && !c.closing) {
+	receiving := false
+	for st := range c.streams {
+		if st.welcomed && !st.dead {
+			receiving = true
+			break
+		}
+	}
+	if !c.idle.due(now, !receiving && !c.closing) {
 		return
 	}
-	c.log.Warn("no instance of service " + c.cfg.service + " is registered (waiting)")
+	if len(c.links) == 0 {
+		c.log.Warn("no instance of service " + c.cfg.service + " is registered (waiting)")
+		return
+	}
+	names := make([]string, 0, len(c.links))
+	for name := range c.links {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	failures := make([]string, 0, len(names))
+	for _, name := range names {
+		if why := c.links[name].failure; why != "" {
+			failures = append(failures, name+": "+why)
+		}
+	}
+	c.log.Warn("no instance of service "+c.cfg.service+" answers (waiting)", "instances", names, "group", c.cfg.group, "errors", failures)
 }
 
 // refusedAtOpen stops the consumer when err, from opening a stream to l's

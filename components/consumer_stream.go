@@ -28,6 +28,7 @@ type subLink struct {
 	// Guarded by Consumer.mu.
 	retired bool // gone from the membership, moved, drained or closing: do not reopen
 	stream  *subStream
+	failure string   // why its last stream ended before a welcome, "" once one is welcomed
 	prev    *subLink // the link this one replaced when the instance moved, until this one is welcomed
 }
 
@@ -40,6 +41,7 @@ type subStream struct {
 	wake         chan struct{}
 
 	// Guarded by Consumer.mu.
+	welcomed    bool
 	dead        bool
 	retireBy    time.Time // when set: the end of the grace of a retired stream
 	acks        []uint64
@@ -59,6 +61,12 @@ func (st *subStream) wakeUp() {
 }
 
 func (st *subStream) touch() { st.lastRecv.Store(time.Now().UnixNano()) }
+
+// welcomeWait bounds how long a stream waits for its welcome before it is
+// counted as silent. It is longer than an intermediate's own wait for the
+// consumer's registration (two seconds), so that the refusal it then sends
+// (a group not declared, a registration it never saw) arrives.
+const welcomeWait = 3 * time.Second
 
 func (st *subStream) expired(now time.Time) bool {
 	return now.UnixNano()-st.lastRecv.Load() > heartbeatMisses*st.peerInterval.Load()
@@ -161,7 +169,7 @@ func (l *subLink) once() (welcomed bool) {
 	ctx, cancel := context.WithCancelCause(l.ctx)
 	st := &subStream{link: l, cancel: cancel, wake: make(chan struct{}, 1)}
 	st.touch()
-	st.peerInterval.Store(int64(c.cfg.heartbeat))
+	st.peerInterval.Store(int64(max(c.cfg.heartbeat, welcomeWait/heartbeatMisses)))
 	c.mu.Lock()
 	if c.closing || l.retired {
 		c.mu.Unlock()
@@ -192,6 +200,7 @@ func (l *subLink) once() (welcomed bool) {
 	stream, err := c.client.Subscribe(pin(ctx, l.inst))
 	if err != nil {
 		log.Debug("open subscribe stream", "err", err)
+		c.failedAtOpen(l, ctx, err)
 		c.refusedAtOpen(l, err)
 		return false
 	}
@@ -211,6 +220,7 @@ func (l *subLink) once() (welcomed bool) {
 	}
 	first, err := stream.Recv()
 	if err != nil {
+		c.failedAtOpen(l, ctx, err)
 		c.refused(err)
 		c.refusedAtOpen(l, err)
 		log.Debug("receive welcome", "err", err, "cause", context.Cause(ctx))
@@ -229,11 +239,15 @@ func (l *subLink) once() (welcomed bool) {
 		log.Debug("subscribe stream reached an older incarnation", "got_epoch", w.GetEpoch())
 		return false
 	}
+	peer := c.cfg.heartbeat
 	if ms := w.GetHeartbeatIntervalMs(); ms > 0 {
-		st.peerInterval.Store(int64(time.Duration(ms) * time.Millisecond))
+		peer = time.Duration(ms) * time.Millisecond
 	}
+	st.peerInterval.Store(int64(peer))
 	credit := c.initialCredit(w.GetMaxCredit())
 	c.mu.Lock()
+	st.welcomed = true
+	l.failure = ""
 	if prev := l.prev; prev != nil {
 		l.prev = nil
 		c.endRetiredLocked(prev, time.Now().Add(c.retireGrace()))
@@ -409,6 +423,10 @@ func (c *Consumer) watchdog(ctx context.Context) {
 			c.mu.Lock()
 			for st := range c.streams {
 				switch {
+				case st.expired(now) && !st.welcomed:
+					// Said with the others in idleLocked's warning.
+					c.log.Debug("no welcome in time", "instance", st.link.inst.Name, "wait", welcomeWait)
+					st.cancel(errHeartbeat)
 				case st.expired(now):
 					c.log.Warn("stream missed its heartbeats", "instance", st.link.inst.Name)
 					st.cancel(errHeartbeat)
@@ -422,6 +440,19 @@ func (c *Consumer) watchdog(ctx context.Context) {
 			c.mu.Unlock()
 		}
 	}
+}
+
+// failedAtOpen records why l's stream ended before its welcome, for the
+// consumer's "answers" warning: the intermediate's refusal or the
+// connection's error, or silence.
+func (c *Consumer) failedAtOpen(l *subLink, ctx context.Context, err error) {
+	why := status.Convert(err).Message()
+	if cause := context.Cause(ctx); errors.Is(cause, errHeartbeat) {
+		why = fmt.Sprintf("no welcome within %v", welcomeWait)
+	}
+	c.mu.Lock()
+	l.failure = why
+	c.mu.Unlock()
 }
 
 // refused stops the consumer when an intermediate ended a stream for good:

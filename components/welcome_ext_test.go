@@ -3,12 +3,16 @@ package components_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"net"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/butterfly-mesh/butterfly/components"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/intermediate"
+	"github.com/butterfly-mesh/butterfly/internal/logtest"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
 
@@ -66,5 +70,57 @@ func TestConsumer_RegistrationCarriesVersion(t *testing.T) {
 	})
 	if val.Version != "v1.2.3" || val.Consumer != "c-ver" {
 		t.Errorf("registration %s = %+v, want consumer c-ver, version v1.2.3", key, val)
+	}
+}
+
+// TestConsumer_SaysWhatItWaitsFor checks that a consumer with no stream
+// welcomed says so, naming the instances it tries and why each did not
+// welcome it: one registered at an address where nothing answers, and one
+// that refuses it because its group is not declared (a refusal that comes
+// after the intermediate waited for the registration, which the consumer
+// must wait for rather than drop the stream as silent).
+func TestConsumer_SaysWhatItWaitsFor(t *testing.T) {
+	m := newMesh(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("net.Listen() = %v", err)
+	}
+	dead := l.Addr().String()
+	l.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	t.Cleanup(cancel)
+	reg, err := registry.Register(ctx, m.cli, "silent", "i1", dead, registry.WithPrefix(testPrefix))
+	if err != nil {
+		t.Fatalf("registry.Register(silent/i1 at %s) = %v", dead, err)
+	}
+	t.Cleanup(func() { _ = reg.Close(ctx) })
+	m.startHub("intermediate", "i2", "127.0.0.1")
+	m.waitMembers("intermediate", 1)
+
+	for _, tc := range []struct {
+		name string
+		opts []components.ConsumerOption
+		want string // in the warning's errors
+	}{
+		{"silent", []components.ConsumerOption{components.WithService("silent")}, "i1: "},
+		{"undeclared", []components.ConsumerOption{components.WithGroup("nope"), components.WithCreateGroup(false)}, `i2: intermediate: group "nope" is not declared`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var logs logtest.Recorder
+			m.consumer("c-"+tc.name, newLedger().handler(), append(tc.opts, components.WithLogger(logs.Logger()))...)
+			const msg = " answers (waiting)"
+			waitUntil(t, "a warning naming "+tc.want, func() bool {
+				for _, a := range logs.Attrs("no instance of service " + map[string]string{"silent": "silent", "undeclared": "intermediate"}[tc.name] + msg) {
+					if strings.Contains(fmt.Sprint(a["errors"]), tc.want) {
+						return true
+					}
+				}
+				return false
+			})
+			if n := logs.Count("stream missed its heartbeats"); n != 0 {
+				t.Errorf("%d warnings that a stream missed its heartbeats, want none before a welcome", n)
+			}
+		})
 	}
 }
