@@ -12,6 +12,7 @@ type outMsg struct {
 	seq    uint64     // its stream sequence number on stream
 	ownSeq uint64     // the seq the producer gave it, kept apart from msg's id (a caller may send msg again); 0 when it came with its id
 	sent   bool       // handed to gRPC on stream
+	back   bool       // handed back at least once (a transient nack)
 	avoid  *pubLink   // the link whose intermediate could not reach its owner or had no room; nil for none
 }
 

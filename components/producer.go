@@ -95,7 +95,8 @@ type Producer struct {
 	own      seqindex.Index[struct{}]
 	spanWait chan struct{} // closed when the low-water mark rises; nil when nobody waits
 	waitLog  time.Time     // when the last "waiting for a consumer" warning was logged
-	// waitDetail is the last NO_CONSUMER hand-back's detail, at waitAt.
+	// waitDetail is the last NO_CONSUMER or OWNER_UNREACHABLE hand-back's
+	// detail, at waitAt.
 	waitDetail string
 	waitAt     time.Time
 	// idle says when messages have waited with no stream to take them.
@@ -369,7 +370,8 @@ func (p *Producer) isClosed() bool { return p.closed.Load() }
 const waitingLogEvery = 5 * time.Second
 
 // waitingLocked reports, at most every waitingLogEvery, that messages come
-// back because no consumer can take them: they are kept and sent again.
+// back because no consumer can take them, or the one that owns them is not
+// connected: they are kept and sent again.
 func (p *Producer) waitingLocked(n *messagev1.Nack) {
 	now := time.Now()
 	p.waitDetail, p.waitAt = n.GetDetail(), now
@@ -734,7 +736,8 @@ func (p *Producer) handleAck(st *pubStream, a *deliveryv1.PublishAck) {
 		}
 		switch {
 		case butterfly.Transient(n.GetReason()):
-			m.stream, m.seq, m.sent = nil, 0, false
+			again := m.back
+			m.stream, m.seq, m.sent, m.back = nil, 0, false, true
 			if routes := n.GetRoutes(); len(routes) > 0 {
 				// What this attempt learned travels with the next one: the
 				// groups that handled it get no copy, the others keep their
@@ -752,9 +755,15 @@ func (p *Producer) handleAck(st *pubStream, a *deliveryv1.PublishAck) {
 				p.metrics.Resent(telemetry.ReasonNoConsumer, 1)
 				p.waitingLocked(n)
 			case messagev1.NackReason_NACK_REASON_OWNER_UNREACHABLE:
-				// Another intermediate may reach the owner.
+				// Another intermediate may reach the owner. Once is a
+				// consumer's stream moving; a message back again waits.
 				m.avoid = st.link
 				p.metrics.Resent(telemetry.ReasonOwnerUnreachable, 1)
+				if again {
+					p.waitingLocked(n)
+				} else {
+					p.waitDetail, p.waitAt = n.GetDetail(), time.Now()
+				}
 			default:
 				// UNAVAILABLE: this intermediate's memory budget is full;
 				// another may have room.

@@ -262,6 +262,40 @@ func TestProducer_SaysWhatItWaitsFor(t *testing.T) {
 	}
 }
 
+// TestProducer_SaysItsOwnerIsNotConnected checks that a producer whose
+// message keeps coming back because the consumer that owns it is
+// registered but connected to no intermediate says so, while it waits and
+// when Close gives up, naming the consumer and its group.
+func TestProducer_SaysItsOwnerIsNotConnected(t *testing.T) {
+	m := newMesh(t)
+	m.startHub("intermediate", "i1", "127.0.0.1")
+	m.waitMembers("intermediate", 1)
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	if _, err := registry.CreateGroup(ctx, m.cli, components.DefaultService, components.DefaultGroup, "test", registry.WithPrefix(testPrefix)); err != nil {
+		t.Fatalf("registry.CreateGroup() = %v", err)
+	}
+	reg, err := registry.RegisterConsumer(ctx, m.cli, components.DefaultService, components.DefaultGroup, "ghost", registry.WithPrefix(testPrefix), registry.WithTTL(testLeaseTTL))
+	if err != nil {
+		t.Fatalf("registry.RegisterConsumer(ghost) = %v", err)
+	}
+	t.Cleanup(func() { _ = reg.Close(context.Background()) })
+
+	var logs logtest.Recorder
+	p := m.producer("p1", components.WithLogger(logs.Logger()))
+	if _, err := p.Send(ctx, &messagev1.Message{Payload: []byte("x")}); err != nil {
+		t.Fatalf("Send() = %v", err)
+	}
+	const want = "consumer ghost of group " + components.DefaultGroup + " owns the message but is not connected to this intermediate"
+	waitUntil(t, want+" (waiting) logged", func() bool { return logs.Has(want + " (waiting)") })
+	closeCtx, cancelClose := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancelClose()
+	var ce *components.CloseError
+	if err := p.Close(closeCtx); !errors.As(err, &ce) || ce.Unacked != 1 || ce.Waiting != want {
+		t.Errorf("Close() = %v, want a CloseError with 1 unacknowledged, waiting for %q", err, want)
+	}
+}
+
 // TestProducer_SendInvalidUTF8 checks that Send refuses, naming the field, a
 // message with a string that is not UTF-8 (which no protobuf client could
 // decode), queues nothing, and sends the next message as usual.
