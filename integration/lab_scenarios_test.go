@@ -50,8 +50,11 @@ func TestLab_ProducerCutFromIntermediate(t *testing.T) {
 }
 
 // TestLab_IntermediateCutFromEtcd cuts i1 from etcd but not from the
-// components for three lease TTLs: once its lease is gone it must fence
-// itself, and nothing is handled twice.
+// components for three lease TTLs: its key goes with its lease, and the
+// components, which follow etcd, stop using it, so nothing is handled twice;
+// once healed it puts its key back. It does not stop serving by itself: it
+// cannot tell this cut from an etcd outage, through which traffic must not
+// stop (TestIntegration_EtcdOutage).
 func TestLab_IntermediateCutFromEtcd(t *testing.T) {
 	runLabScenario(t, oneGroup, func(lm *labMesh) {
 		lm.cut(lm.at["i1"], lm.etcdHosts[0])
