@@ -64,6 +64,9 @@ func (r *Registration) keep() {
 			r.opMu.Lock()
 			r.needLease = true
 			r.opMu.Unlock()
+			if r.ctx.Err() == nil {
+				r.lostOnce.Do(func() { close(r.leaseLost) })
+			}
 		}
 		rev = 0
 	}

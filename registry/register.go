@@ -40,6 +40,8 @@ type Registration struct {
 	replacedOnce sync.Once
 	drain        chan struct{}
 	drainOnce    sync.Once
+	leaseLost    chan struct{}
+	lostOnce     sync.Once
 	closing      atomic.Bool
 
 	ctx      context.Context
@@ -102,6 +104,7 @@ func registerKey(ctx context.Context, cli *clientv3.Client, key, ctlKey string, 
 		ttl:         o.leaseTTL(),
 		callTimeout: max(time.Duration(o.leaseTTL())*time.Second, 2*time.Second),
 		replaced:    make(chan struct{}),
+		leaseLost:   make(chan struct{}),
 		drain:       make(chan struct{}),
 	}
 	r.opMu.Lock()
@@ -143,6 +146,15 @@ func (r *Registration) Key() string { return r.key }
 // deletes the key again: the process should stop serving and hand back what
 // it holds.
 func (r *Registration) Replaced() <-chan struct{} { return r.replaced }
+
+// LeaseLost is closed the first time the registration's lease is lost: its
+// keep-alive went unanswered for the lease's TTL (etcd unreachable from
+// here, or down), or etcd said the lease is gone. etcd may then have
+// deleted the key, and the components that follow etcd stopped using the
+// instance. The registration goes on: it grants a new lease and puts the
+// key back once etcd answers. A process that must not serve without its
+// lease (it cannot tell a cut from an etcd outage) stops on it.
+func (r *Registration) LeaseLost() <-chan struct{} { return r.leaseLost }
 
 // DrainRequested is closed when the instance's control key holds
 // {"drain":true} (see RequestDrain).

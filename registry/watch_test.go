@@ -230,10 +230,16 @@ func TestRegistration_SurvivesEtcdOutage(t *testing.T) {
 	views := startWatch(t, newClient(t, srv), "svc")
 	wantNames(t, nextView(t, views), "i1=127.0.0.1:7001")
 
+	if closed(r.LeaseLost()) {
+		t.Errorf("LeaseLost() is closed while the lease is kept, want open")
+	}
 	srv.Stop(t)
 	waitUntil(t, "the registration to lose its lease", func() bool {
 		return logs.Has("registry: lease lost; granting a new one")
 	})
+	if !closed(r.LeaseLost()) {
+		t.Errorf("LeaseLost() is open after the lease was lost, want closed")
+	}
 	srv.Restart(t)
 	waitUntil(t, "the key to be put back on a new lease", func() bool {
 		_, got, ok := getValue(t, cli, r.Key())
