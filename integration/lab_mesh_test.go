@@ -22,6 +22,8 @@ type labSpec struct {
 	intermediates []string
 	consumers     [][2]string
 	producers     []string
+	// intermediateArgs are more flags for every intermediate.
+	intermediateArgs []string
 }
 
 // labMesh is a lab running a mesh: what runs where.
@@ -49,6 +51,7 @@ func buildLabMesh(t *testing.T, spec labSpec) *labMesh {
 	t.Helper()
 	labLeakCheck(t)
 	lm := &labMesh{lab: newLab(t), at: map[string]*host{}, procs: map[string]*proc{}, groups: map[string]string{}}
+	lm.intermediateArgs = spec.intermediateArgs
 	for i := 1; i <= spec.etcd; i++ {
 		lm.etcdHosts = append(lm.etcdHosts, lm.addHost(fmt.Sprintf("e%d", i)))
 	}

@@ -44,6 +44,8 @@ type lab struct {
 	hosts []*host
 	cuts  map[[2]string]bool // host-name pairs, sorted
 	etcd  []string           // client endpoints, lab addresses
+
+	intermediateArgs []string // more flags for every intermediate; set before any starts
 }
 
 // host is one network namespace of a lab.

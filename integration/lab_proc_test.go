@@ -145,8 +145,8 @@ func (l *lab) startEtcd(hosts ...*host) {
 // registered.
 func (l *lab) startIntermediate(h *host, name string) (*proc, serving) {
 	l.t.Helper()
-	p := h.start(name+"@"+h.name, "intermediate", "--log-level", "debug", "--name", name, "--listen", h.ip+":7000",
-		"--lease-ttl", leaseTTL, "--drain-timeout", "5s")
+	p := h.start(name+"@"+h.name, append([]string{"intermediate", "--log-level", "debug", "--name", name, "--listen", h.ip + ":7000",
+		"--lease-ttl", leaseTTL, "--drain-timeout", "5s"}, l.intermediateArgs...)...)
 	line := p.waitOutput(`"event":"serving"`, defaultTestTimeout)
 	var s serving
 	if err := json.Unmarshal([]byte(line), &s); err != nil {

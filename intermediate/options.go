@@ -63,6 +63,7 @@ type options struct {
 	maxBatchBytes     int
 	noConsumerTimeout time.Duration
 	ownerWait         time.Duration
+	fenceOnLeaseLoss  bool
 	serverOptions     []grpc.ServerOption
 	observe           observeOptions
 	maxMessageBytes   int // 0: the batch byte limit
@@ -255,6 +256,21 @@ func WithNoConsumerTimeout(d time.Duration) Option {
 // the owner's registration lives.
 func WithOwnerWait(d time.Duration) Option {
 	return func(o *options) { o.ownerWait = d }
+}
+
+// WithFenceOnLeaseLoss sets whether the server fences itself once its
+// registration's lease is lost (registry.Registration.LeaseLost): its
+// keep-alive went unanswered for the lease TTL, so etcd may have deleted
+// its key and the components moved away. It then drains as a replaced
+// instance does (its streams get a DrainNotice, what it holds goes back to
+// the producers, the key is left alone) and Serve returns ErrLeaseLost, for
+// a supervisor to start it again once etcd answers. Off by default: a
+// server cannot tell a cut between it and etcd from an etcd outage, and
+// with it every intermediate stops when etcd is down for longer than the
+// TTL, where without it traffic goes on and the registrations come back
+// with etcd.
+func WithFenceOnLeaseLoss(fence bool) Option {
+	return func(o *options) { o.fenceOnLeaseLoss = fence }
 }
 
 // WithGRPCServerOptions adds options to the gRPC server.

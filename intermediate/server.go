@@ -27,6 +27,9 @@ import (
 var (
 	// ErrServing is returned by Serve when it is called twice.
 	ErrServing = errors.New("intermediate: Serve already called")
+	// ErrLeaseLost is returned by Serve after the server fenced itself
+	// because its registration lost its lease (WithFenceOnLeaseLoss).
+	ErrLeaseLost = errors.New("intermediate: registration lost its lease: fenced (etcd unreachable for the lease TTL)")
 	// ErrNotServing is returned by Drain before Serve registered the server.
 	ErrNotServing = errors.New("intermediate: not serving")
 )
@@ -257,7 +260,12 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		s.waitTracked()
 	}()
 
+	var leaseLost <-chan struct{}
+	if s.opts.fenceOnLeaseLoss {
+		leaseLost = reg.LeaseLost()
+	}
 	req := drainRequest{timeout: s.opts.drainTimeout}
+	lost := false
 	select {
 	case <-ctx.Done():
 		req.reason = messagev1.DrainReason_DRAIN_REASON_SHUTDOWN
@@ -266,6 +274,15 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		req.reason = messagev1.DrainReason_DRAIN_REASON_OPERATOR
 	case <-reg.Replaced():
 		req.reason = messagev1.DrainReason_DRAIN_REASON_FENCED
+	case <-leaseLost:
+		s.log.Warn("intermediate: registration lost its lease; fencing (etcd unreachable for the lease TTL)", "ttl", s.opts.leaseTTL)
+		req.reason = messagev1.DrainReason_DRAIN_REASON_FENCED
+		lost = true
+		// Stop keeping the registration without an etcd call, so that it
+		// puts no key back while this process leaves.
+		cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		cancel()
+		_ = reg.Close(cctx)
 	case <-s.stopCh:
 		s.crash(ctx, reg, serveErr)
 		return nil
@@ -279,6 +296,9 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	drainStart := time.Now()
 	s.drain(context.WithoutCancel(ctx), reg, req, serveErr)
 	s.drained(req.reason, time.Since(drainStart))
+	if lost {
+		return ErrLeaseLost
+	}
 	return nil
 }
 

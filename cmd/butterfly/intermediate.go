@@ -17,7 +17,7 @@ func newIntermediateCommand(r *rootCommand) *cobra.Command {
 	var (
 		name, listen, advertise, service, processor, admin, zone string
 		weight                                                   uint32
-		allowUnbound                                             bool
+		allowUnbound, fenceOnLeaseLoss                           bool
 		leaseTTL, drainTimeout, stopTimeout                      time.Duration
 		tlsf                                                     *tlsFlags
 		lim                                                      *limitFlags
@@ -35,6 +35,14 @@ SIGTERM or SIGINT drains it: it marks itself draining, finishes what it holds,
 hands back what it cannot finish in --drain-timeout, removes its registration
 and exits 0. Starting another process with the same --name elsewhere moves the
 instance: this one sees its key taken, drains and exits.
+
+Cut off from etcd for longer than --lease-ttl, its key expires and the
+components stop using it; it goes on serving whoever still reaches it and
+puts its key back when etcd answers, since it cannot tell the cut from an
+etcd outage, through which traffic must not stop. With
+--fence-on-lease-loss it fences itself instead: it drains as a replaced
+instance does, leaves the key alone and exits 1, for its supervisor to
+start it again (and every intermediate stops while etcd is down).
 
 When ready it prints one JSON line on stdout:
   {"event":"serving","service":…,"instance":…,"addr":…,"epoch":…}
@@ -134,6 +142,7 @@ outside its producer's window (low_water_seq + 2^24) is handed back INVALID.`,
 				intermediate.WithRegistryOptions(registry.WithWeight(weight), registry.WithZone(zone), registry.WithVersion(buildVersion())),
 				intermediate.WithGRPCServerOptions(creds),
 				intermediate.WithTrustUnboundCertificates(allowUnbound),
+				intermediate.WithFenceOnLeaseLoss(fenceOnLeaseLoss),
 			}
 			opts = append(opts, limitOpts...)
 			obs, err := obsf.start(cmd.Context(), "intermediate", logger)
@@ -196,6 +205,7 @@ outside its producer's window (low_water_seq + 2^24) is handed back INVALID.`,
 	f.StringVar(&admin, "admin", "", "host:port for the HTTP admin endpoint (/metrics, /healthz, /readyz)")
 	f.DurationVar(&leaseTTL, "lease-ttl", 5*time.Second, "etcd lease TTL of the registration")
 	f.DurationVar(&drainTimeout, "drain-timeout", 10*time.Second, "how long a drain may take before the rest is handed back")
+	f.BoolVar(&fenceOnLeaseLoss, "fence-on-lease-loss", false, "drain and exit 1 once the registration's lease is lost (etcd unreachable for --lease-ttl), instead of serving on")
 	f.DurationVar(&stopTimeout, "stop-timeout", intermediate.DefaultStopTimeout, "bound of each etcd update and of the final graceful stop of a drain")
 	f.Uint32Var(&weight, "weight", 1, "relative share of new work")
 	f.StringVar(&zone, "zone", "", "zone of the instance, for zone-local picks")
