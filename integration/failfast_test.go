@@ -61,7 +61,7 @@ func TestCLI_EtcdUnreachable(t *testing.T) {
 			if took < time.Second || took > 5*time.Second {
 				t.Errorf("butterfly %v took %v, want about the 1s dial timeout", args, took)
 			}
-			if strings.Contains(errOut, "plaintext gRPC") && (args[0] == "status" || args[0] == "ls") {
+			if strings.Contains(errOut, "plaintext gRPC") && (args[0] == "status" || args[0] == "ls" || args[0] == "drain" || args[0] == "group") {
 				t.Errorf("butterfly %s logged a plaintext warning: %q", args[0], errOut)
 			}
 		})
