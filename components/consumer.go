@@ -497,6 +497,11 @@ func (c *Consumer) idleLocked(now time.Time) {
 			break
 		}
 	}
+	select {
+	case <-c.done:
+		receiving = true // stopped: it waits for nothing
+	default:
+	}
 	if !c.idle.due(now, !receiving && !c.closing) {
 		return
 	}
@@ -639,6 +644,13 @@ func (c *Consumer) Close(ctx context.Context) error {
 	c.mu.Lock()
 	c.closing = true
 	for st := range c.streams {
+		if !st.welcomed {
+			// Nothing was received on it and nothing is owed: a stream
+			// still waiting for its welcome (an instance that does not
+			// answer) would hold Close until it is counted as silent.
+			st.cancel(ErrClosed)
+			continue
+		}
 		st.drainWanted = true
 		st.wakeUp()
 	}

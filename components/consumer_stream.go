@@ -216,6 +216,7 @@ func (l *subLink) once() (welcomed bool) {
 	}
 	if err := stream.Send(&deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Hello{Hello: hello}}); err != nil {
 		log.Debug("send hello", "err", err)
+		c.failedAtOpen(l, ctx, err)
 		return false
 	}
 	first, err := stream.Recv()
@@ -231,12 +232,15 @@ func (l *subLink) once() (welcomed bool) {
 	switch {
 	case w == nil:
 		log.Warn("subscribe stream: first frame is not a welcome")
+		c.setFailure(l, "first frame is not a welcome")
 		return false
 	case w.GetInstance() != l.inst.Name:
 		log.Warn("subscribe stream reached another instance", "got", w.GetInstance())
+		c.setFailure(l, "its address answers as instance "+w.GetInstance())
 		return false
 	case w.GetEpoch() < l.inst.Metadata.Epoch:
 		log.Debug("subscribe stream reached an older incarnation", "got_epoch", w.GetEpoch())
+		c.setFailure(l, fmt.Sprintf("its address answers with epoch %d, an older incarnation than the registered %d", w.GetEpoch(), l.inst.Metadata.Epoch))
 		return false
 	}
 	peer := c.cfg.heartbeat
@@ -448,8 +452,15 @@ func (c *Consumer) watchdog(ctx context.Context) {
 func (c *Consumer) failedAtOpen(l *subLink, ctx context.Context, err error) {
 	why := status.Convert(err).Message()
 	if cause := context.Cause(ctx); errors.Is(cause, errHeartbeat) {
-		why = fmt.Sprintf("no welcome within %v", welcomeWait)
+		why = fmt.Sprintf("no welcome within %v", heartbeatMisses*max(c.cfg.heartbeat, welcomeWait/heartbeatMisses))
+	} else if cause != nil && !errors.Is(cause, context.Canceled) {
+		return // the consumer ends the stream itself (Close)
 	}
+	c.setFailure(l, why)
+}
+
+// setFailure records why l's last stream was not welcomed.
+func (c *Consumer) setFailure(l *subLink, why string) {
 	c.mu.Lock()
 	l.failure = why
 	c.mu.Unlock()

@@ -3,9 +3,11 @@ package components_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -122,5 +124,96 @@ func TestConsumer_SaysWhatItWaitsFor(t *testing.T) {
 				t.Errorf("%d warnings that a stream missed its heartbeats, want none before a welcome", n)
 			}
 		})
+	}
+}
+
+// frozenInstance registers instance name of service at an address that
+// accepts connections and never answers.
+func frozenInstance(t *testing.T, m *mesh, service, name string) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("net.Listen() = %v", err)
+	}
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+	)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	reg, err := registry.Register(ctx, m.cli, service, name, l.Addr().String(), registry.WithPrefix(testPrefix))
+	if err != nil {
+		t.Fatalf("registry.Register(%s/%s) = %v", service, name, err)
+	}
+	t.Cleanup(func() { _ = reg.Close(context.Background()) })
+}
+
+// TestConsumer_CloseDoesNotWaitForAWelcome checks that Close ends a stream
+// still waiting for its welcome from an instance that never answers, rather
+// than waiting until it counts as silent.
+func TestConsumer_CloseDoesNotWaitForAWelcome(t *testing.T) {
+	m := newMesh(t)
+	h := m.startHub("intermediate", "i1", "127.0.0.1")
+	frozenInstance(t, m, "intermediate", "i2")
+	m.waitMembers("intermediate", 2)
+	c, err := components.NewConsumer(m.cli, "c1", newLedger().handler(), components.WithPrefix(testPrefix),
+		components.WithLogger(m.log), components.WithHeartbeatInterval(2*time.Second))
+	if err != nil {
+		t.Fatalf("NewConsumer() = %v", err)
+	}
+	waitConsumers(t, 1, h)
+	time.Sleep(500 * time.Millisecond) // a stream to i2 opens and waits
+	// Without ending it, Close waited about 4s for that stream; with
+	// nothing else to wait for it takes a fraction of a second.
+	ctx, cancel := context.WithTimeout(context.Background(), 2500*time.Millisecond)
+	defer cancel()
+	if err := c.Close(ctx); err != nil {
+		t.Errorf("Close() with i2 never answering = %v, want nil: nothing is owed on a stream not welcomed", err)
+	}
+}
+
+// TestConsumer_StoppedSaysNotThatItWaits checks that a consumer stopped by
+// its group's deletion does not then warn that it waits for an instance.
+func TestConsumer_StoppedSaysNotThatItWaits(t *testing.T) {
+	m := newMesh(t)
+	h := m.startHub("intermediate", "i1", "127.0.0.1")
+	m.waitMembers("intermediate", 1)
+	var logs logtest.Recorder
+	c := m.consumer("c1", newLedger().handler(), components.WithGroup("g1"), components.WithLogger(logs.Logger()))
+	waitConsumers(t, 1, h)
+	if _, err := registry.DeleteGroup(context.Background(), m.cli, components.DefaultService, "g1", registry.WithPrefix(testPrefix)); err != nil {
+		t.Fatalf("registry.DeleteGroup(g1) = %v", err)
+	}
+	select {
+	case <-c.Done():
+	case <-time.After(defaultTestTimeout):
+		t.Fatalf("c1 not stopped by its group's deletion")
+	}
+	if !errors.Is(c.Err(), components.ErrGroupDeleted) {
+		t.Fatalf("Err() = %v, want %v", c.Err(), components.ErrGroupDeleted)
+	}
+	time.Sleep(2 * time.Second) // twice the second a warning waits for
+	const msg = "no instance of service " + components.DefaultService + " answers (waiting)"
+	if n := logs.Count(msg); n > 0 {
+		t.Errorf("a consumer stopped with %v warned %d times %q: %v", c.Err(), n, msg, logs.Attrs(msg))
 	}
 }
