@@ -600,12 +600,19 @@ func (s *Server) expireLocked(now time.Time) {
 	}
 	clear(s.unrouted[len(unrouted):])
 	s.unrouted = unrouted
+	var away map[[2]string]int // owners registered, not connected: messages handed back
 	for name, list := range s.parked {
 		kept := list[:0]
 		for _, d := range list {
 			switch {
 			case d.h.done || d.sub != nil || d.acked:
 			case now.After(d.deadline):
+				if d.owner != "" {
+					if away == nil {
+						away = make(map[[2]string]int)
+					}
+					away[[2]string{name, d.owner}]++
+				}
 				s.finishLocked(d.h, parkedNack(name, d.owner))
 			default:
 				kept = append(kept, d)
@@ -616,6 +623,32 @@ func (s *Server) expireLocked(now time.Time) {
 			delete(s.parked, name)
 		} else {
 			s.parked[name] = kept
+		}
+	}
+	s.warnAwayLocked(now, away)
+}
+
+// awayWarnEvery is how often the server says, per group and consumer, that
+// it hands back messages whose owner is registered but not connected here.
+const awayWarnEvery = 5 * time.Second
+
+// warnAwayLocked logs, at most every awayWarnEvery per group and owner,
+// that messages went back to their producers because their owner is
+// registered in etcd but has no stream here: a consumer frozen, cut off
+// from this intermediate, or never started. The producers send them through
+// another intermediate, which may reach it.
+func (s *Server) warnAwayLocked(now time.Time, away map[[2]string]int) {
+	for k, n := range away {
+		if now.Sub(s.awayWarned[k]) < awayWarnEvery {
+			continue
+		}
+		s.awayWarned[k] = now
+		s.log.Warn("intermediate: consumer registered but not connected here; its messages went back to their producers",
+			"group", k[0], "consumer", k[1], "count", n, "owner_wait", s.opts.ownerWait)
+	}
+	for k, at := range s.awayWarned {
+		if now.Sub(at) >= awayWarnEvery && away[k] == 0 {
+			delete(s.awayWarned, k)
 		}
 	}
 }
