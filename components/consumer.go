@@ -520,7 +520,7 @@ func (c *Consumer) idleLocked(now time.Time) {
 			failures = append(failures, name+": "+why)
 		}
 	}
-	c.log.Warn("no instance of service "+c.cfg.service+" answers (waiting)", "instances", names, "group", c.cfg.group, "errors", failures)
+	c.log.Warn("no instance of service "+c.cfg.service+" answers (waiting)", "instances", names, "errors", failures)
 }
 
 // refusedAtOpen stops the consumer when err, from opening a stream to l's
