@@ -490,3 +490,27 @@ func (s *tappedStream) RecvMsg(m any) error {
 	}
 	return err
 }
+
+// closedAddr returns a loopback address nothing listens on.
+func closedAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("net.Listen() = %v", err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// registerInstance registers instance name of service at addr in etcd, with
+// no server of this package behind it, until the test ends.
+func registerInstance(t *testing.T, m *mesh, service, name, addr string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	reg, err := registry.Register(ctx, m.cli, service, name, addr, registry.WithPrefix(testPrefix))
+	if err != nil {
+		t.Fatalf("registry.Register(%s/%s at %s) = %v", service, name, addr, err)
+	}
+	t.Cleanup(func() { _ = reg.Close(context.Background()) })
+}

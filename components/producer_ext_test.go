@@ -3,7 +3,6 @@ package components_test
 import (
 	"context"
 	"errors"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -227,19 +226,9 @@ func TestProducer_MaxMessageBytes(t *testing.T) {
 // answering.
 func TestProducer_SaysWhatItWaitsFor(t *testing.T) {
 	m := newMesh(t)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("net.Listen() = %v", err)
-	}
-	dead := l.Addr().String()
-	l.Close()
+	registerInstance(t, m, "silent", "i1", closedAddr(t))
 	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
 	t.Cleanup(cancel) // after the parallel subtests
-	reg, err := registry.Register(ctx, m.cli, "silent", "i1", dead, registry.WithPrefix(testPrefix))
-	if err != nil {
-		t.Fatalf("registry.Register(silent/i1 at %s) = %v", dead, err)
-	}
-	t.Cleanup(func() { _ = reg.Close(ctx) })
 	for _, tc := range []struct{ service, want string }{
 		{"nobody", "no instance of service nobody is registered"},
 		{"silent", "no instance of service silent answers"},

@@ -83,19 +83,7 @@ func TestConsumer_RegistrationCarriesVersion(t *testing.T) {
 // must wait for rather than drop the stream as silent).
 func TestConsumer_SaysWhatItWaitsFor(t *testing.T) {
 	m := newMesh(t)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("net.Listen() = %v", err)
-	}
-	dead := l.Addr().String()
-	l.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
-	t.Cleanup(cancel)
-	reg, err := registry.Register(ctx, m.cli, "silent", "i1", dead, registry.WithPrefix(testPrefix))
-	if err != nil {
-		t.Fatalf("registry.Register(silent/i1 at %s) = %v", dead, err)
-	}
-	t.Cleanup(func() { _ = reg.Close(ctx) })
+	registerInstance(t, m, "silent", "i1", closedAddr(t))
 	m.startHub("intermediate", "i2", "127.0.0.1")
 	m.waitMembers("intermediate", 1)
 
@@ -139,6 +127,7 @@ func frozenInstance(t *testing.T, m *mesh, service, name string) {
 		mu    sync.Mutex
 		conns []net.Conn
 	)
+	registerInstance(t, m, service, name, l.Addr().String())
 	go func() {
 		for {
 			c, err := l.Accept()
@@ -158,13 +147,6 @@ func frozenInstance(t *testing.T, m *mesh, service, name string) {
 			c.Close()
 		}
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
-	defer cancel()
-	reg, err := registry.Register(ctx, m.cli, service, name, l.Addr().String(), registry.WithPrefix(testPrefix))
-	if err != nil {
-		t.Fatalf("registry.Register(%s/%s) = %v", service, name, err)
-	}
-	t.Cleanup(func() { _ = reg.Close(context.Background()) })
 }
 
 // TestConsumer_CloseDoesNotWaitForAWelcome checks that Close ends a stream
