@@ -491,17 +491,6 @@ func (s *tappedStream) RecvMsg(m any) error {
 	return err
 }
 
-// closedAddr returns a loopback address nothing listens on.
-func closedAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("net.Listen() = %v", err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // registerInstance registers instance name of service at addr in etcd, with
 // no server of this package behind it, until the test ends.
 func registerInstance(t *testing.T, m *mesh, service, name, addr string) {

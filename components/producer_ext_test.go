@@ -12,6 +12,7 @@ import (
 	"github.com/butterfly-mesh/butterfly/components"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/intermediate"
+	"github.com/butterfly-mesh/butterfly/internal/etcdtest"
 	"github.com/butterfly-mesh/butterfly/internal/logtest"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
@@ -226,7 +227,7 @@ func TestProducer_MaxMessageBytes(t *testing.T) {
 // answering.
 func TestProducer_SaysWhatItWaitsFor(t *testing.T) {
 	m := newMesh(t)
-	registerInstance(t, m, "silent", "i1", closedAddr(t))
+	registerInstance(t, m, "silent", "i1", etcdtest.FreeAddr(t))
 	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
 	t.Cleanup(cancel) // after the parallel subtests
 	for _, tc := range []struct{ service, want string }{

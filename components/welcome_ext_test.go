@@ -14,6 +14,7 @@ import (
 	"github.com/butterfly-mesh/butterfly/components"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/intermediate"
+	"github.com/butterfly-mesh/butterfly/internal/etcdtest"
 	"github.com/butterfly-mesh/butterfly/internal/logtest"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
@@ -83,7 +84,7 @@ func TestConsumer_RegistrationCarriesVersion(t *testing.T) {
 // must wait for rather than drop the stream as silent).
 func TestConsumer_SaysWhatItWaitsFor(t *testing.T) {
 	m := newMesh(t)
-	registerInstance(t, m, "silent", "i1", closedAddr(t))
+	registerInstance(t, m, "silent", "i1", etcdtest.FreeAddr(t))
 	m.startHub("intermediate", "i2", "127.0.0.1")
 	m.waitMembers("intermediate", 1)
 

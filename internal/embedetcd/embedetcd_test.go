@@ -36,17 +36,6 @@ func (h *levels) Handle(_ context.Context, r slog.Record) error {
 func (h *levels) WithAttrs([]slog.Attr) slog.Handler { return h }
 func (h *levels) WithGroup(string) slog.Handler      { return h }
 
-// freeAddr returns a loopback address whose port was free a moment ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("net.Listen() = %v", err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // TestStart_LogsThroughSlog checks that the member's logs reach the logger,
 // prefixed with "etcd: ", and that a start and a normal stop log nothing at
 // WARN or above.
@@ -55,7 +44,7 @@ func TestStart_LogsThroughSlog(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	srv, err := Start(ctx, Config{
-		DataDir: t.TempDir(), ListenClient: "http://" + freeAddr(t), ListenPeer: "http://" + freeAddr(t),
+		DataDir: t.TempDir(), ListenClient: "http://" + etcdtest.FreeAddr(t), ListenPeer: "http://" + etcdtest.FreeAddr(t),
 		LogLevel: "info", Logger: slog.New(h),
 	})
 	if err != nil {
@@ -91,7 +80,7 @@ func TestStart_PortTaken(t *testing.T) {
 	defer l.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	srv, err := Start(ctx, Config{DataDir: t.TempDir(), ListenClient: "http://" + l.Addr().String(), ListenPeer: "http://" + freeAddr(t)})
+	srv, err := Start(ctx, Config{DataDir: t.TempDir(), ListenClient: "http://" + l.Addr().String(), ListenPeer: "http://" + etcdtest.FreeAddr(t)})
 	if err == nil {
 		srv.Close()
 		t.Fatalf("Start() on a taken port = nil error")

@@ -2,7 +2,6 @@ package etcdclient
 
 import (
 	"fmt"
-	"net"
 	"net/url"
 	"path/filepath"
 	"testing"
@@ -12,6 +11,7 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 
+	"github.com/butterfly-mesh/butterfly/internal/etcdtest"
 	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
 )
 
@@ -19,8 +19,8 @@ import (
 // client certificates of the CA in pki, and returns its client endpoint.
 func startTLSEtcd(t *testing.T, pki string) string {
 	t.Helper()
-	clientURL := url.URL{Scheme: "https", Host: freeAddr(t)}
-	peerURL := url.URL{Scheme: "http", Host: freeAddr(t)}
+	clientURL := url.URL{Scheme: "https", Host: etcdtest.FreeAddr(t)}
+	peerURL := url.URL{Scheme: "http", Host: etcdtest.FreeAddr(t)}
 	cfg := embed.NewConfig()
 	cfg.Name = "tls"
 	cfg.Dir = t.TempDir()
@@ -53,17 +53,6 @@ func startTLSEtcd(t *testing.T, pki string) string {
 		t.Fatalf("TLS etcd not ready after %v", defaultTestTimeout)
 	}
 	return clientURL.String()
-}
-
-// freeAddr returns a loopback address with a port that was free a moment ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("net.Listen() = %v", err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // TestNew_MutualTLS checks that a client with --etcd-cacert, --etcd-cert and

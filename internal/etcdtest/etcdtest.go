@@ -52,7 +52,7 @@ func Start(t testing.TB) *Server {
 		if attempt == 3 || !errors.Is(err, syscall.EADDRINUSE) {
 			t.Fatalf("%v", err)
 		}
-		s.clientURL.Host, s.peerURL.Host = freeAddr(t), freeAddr(t)
+		s.clientURL.Host, s.peerURL.Host = FreeAddr(t), FreeAddr(t)
 	}
 	t.Cleanup(func() { s.stop() })
 	return s
@@ -62,8 +62,8 @@ func Start(t testing.TB) *Server {
 func newServer(t testing.TB) *Server {
 	return &Server{
 		dir:       t.TempDir(),
-		clientURL: url.URL{Scheme: "http", Host: freeAddr(t)},
-		peerURL:   url.URL{Scheme: "http", Host: freeAddr(t)},
+		clientURL: url.URL{Scheme: "http", Host: FreeAddr(t)},
+		peerURL:   url.URL{Scheme: "http", Host: FreeAddr(t)},
 	}
 }
 
@@ -170,8 +170,9 @@ func (s *Server) stop() {
 	s.e = nil
 }
 
-// freeAddr returns a loopback address with a port that was free a moment ago.
-func freeAddr(t testing.TB) string {
+// FreeAddr returns a loopback address with a port that was free a moment
+// ago: nothing listens on it.
+func FreeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
