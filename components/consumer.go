@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -509,11 +510,7 @@ func (c *Consumer) idleLocked(now time.Time) {
 		c.log.Warn("no instance of service " + c.cfg.service + " is registered (waiting)")
 		return
 	}
-	names := make([]string, 0, len(c.links))
-	for name := range c.links {
-		names = append(names, name)
-	}
-	slices.Sort(names)
+	names := slices.Sorted(maps.Keys(c.links))
 	failures := make([]string, 0, len(names))
 	for _, name := range names {
 		if why := c.links[name].failure; why != "" {

@@ -68,6 +68,13 @@ func (st *subStream) touch() { st.lastRecv.Store(time.Now().UnixNano()) }
 // (a group not declared, a registration it never saw) arrives.
 const welcomeWait = 3 * time.Second
 
+// welcomeInterval is the peer interval a stream is given until its
+// welcome: heartbeatMisses of it make welcomeWait, or the consumer's own
+// heartbeat if that is longer.
+func (c *Consumer) welcomeInterval() time.Duration {
+	return max(c.cfg.heartbeat, welcomeWait/heartbeatMisses)
+}
+
 func (st *subStream) expired(now time.Time) bool {
 	return now.UnixNano()-st.lastRecv.Load() > heartbeatMisses*st.peerInterval.Load()
 }
@@ -169,7 +176,7 @@ func (l *subLink) once() (welcomed bool) {
 	ctx, cancel := context.WithCancelCause(l.ctx)
 	st := &subStream{link: l, cancel: cancel, wake: make(chan struct{}, 1)}
 	st.touch()
-	st.peerInterval.Store(int64(max(c.cfg.heartbeat, welcomeWait/heartbeatMisses)))
+	st.peerInterval.Store(int64(c.welcomeInterval()))
 	c.mu.Lock()
 	if c.closing || l.retired {
 		c.mu.Unlock()
@@ -429,7 +436,7 @@ func (c *Consumer) watchdog(ctx context.Context) {
 				switch {
 				case st.expired(now) && !st.welcomed:
 					// Said with the others in idleLocked's warning.
-					c.log.Debug("no welcome in time", "instance", st.link.inst.Name, "wait", welcomeWait)
+					c.log.Debug("no welcome in time", "instance", st.link.inst.Name, "wait", heartbeatMisses*c.welcomeInterval())
 					st.cancel(errHeartbeat)
 				case st.expired(now):
 					c.log.Warn("stream missed its heartbeats", "instance", st.link.inst.Name)
@@ -452,7 +459,7 @@ func (c *Consumer) watchdog(ctx context.Context) {
 func (c *Consumer) failedAtOpen(l *subLink, ctx context.Context, err error) {
 	why := status.Convert(err).Message()
 	if cause := context.Cause(ctx); errors.Is(cause, errHeartbeat) {
-		why = fmt.Sprintf("no welcome within %v", heartbeatMisses*max(c.cfg.heartbeat, welcomeWait/heartbeatMisses))
+		why = fmt.Sprintf("no welcome within %v", heartbeatMisses*c.welcomeInterval())
 	} else if cause != nil && !errors.Is(cause, context.Canceled) {
 		return // the consumer ends the stream itself (Close)
 	}
