@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -369,13 +370,14 @@ func (p *Producer) isClosed() bool { return p.closed.Load() }
 // consumer says so.
 const waitingLogEvery = 5 * time.Second
 
-// waitingLocked reports, at most every waitingLogEvery, that messages come
-// back because no consumer can take them, or the one that owns them is not
-// connected: they are kept and sent again.
-func (p *Producer) waitingLocked(n *messagev1.Nack) {
+// waitingLocked records why messages come back (no consumer can take them,
+// or the one that owns them is not connected: they are kept and sent
+// again), for Close to report, and with warn says so at most every
+// waitingLogEvery.
+func (p *Producer) waitingLocked(n *messagev1.Nack, warn bool) {
 	now := time.Now()
 	p.waitDetail, p.waitAt = n.GetDetail(), now
-	if now.Sub(p.waitLog) >= waitingLogEvery {
+	if warn && now.Sub(p.waitLog) >= waitingLogEvery {
 		p.waitLog = now
 		p.log.Warn(n.GetDetail()+" (waiting)", "held", p.unsettled)
 	}
@@ -481,11 +483,7 @@ func (p *Producer) idleLocked(now time.Time) {
 		p.log.Warn("no instance of service "+p.cfg.service+" is registered (waiting)", "held", p.unsettled)
 		return
 	}
-	names := make([]string, 0, len(p.links))
-	for name := range p.links {
-		names = append(names, name)
-	}
-	slices.Sort(names)
+	names := slices.Sorted(maps.Keys(p.links))
 	p.log.Warn("no instance of service "+p.cfg.service+" answers (waiting)", "instances", names, "held", p.unsettled)
 }
 
@@ -753,17 +751,13 @@ func (p *Producer) handleAck(st *pubStream, a *deliveryv1.PublishAck) {
 				p.metrics.Resent(telemetry.ReasonDrain, 1)
 			case messagev1.NackReason_NACK_REASON_NO_CONSUMER:
 				p.metrics.Resent(telemetry.ReasonNoConsumer, 1)
-				p.waitingLocked(n)
+				p.waitingLocked(n, true)
 			case messagev1.NackReason_NACK_REASON_OWNER_UNREACHABLE:
 				// Another intermediate may reach the owner. Once is a
 				// consumer's stream moving; a message back again waits.
 				m.avoid = st.link
 				p.metrics.Resent(telemetry.ReasonOwnerUnreachable, 1)
-				if again {
-					p.waitingLocked(n)
-				} else {
-					p.waitDetail, p.waitAt = n.GetDetail(), time.Now()
-				}
+				p.waitingLocked(n, again)
 			default:
 				// UNAVAILABLE: this intermediate's memory budget is full;
 				// another may have room.
