@@ -280,11 +280,8 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		s.log.Warn("intermediate: registration lost its lease; fencing (etcd unreachable for the lease TTL)", "ttl", s.opts.leaseTTL)
 		req.reason = messagev1.DrainReason_DRAIN_REASON_FENCED
 		lost = true
-		// Stop keeping the registration without an etcd call, so that it
-		// puts no key back while this process leaves.
-		cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		cancel()
-		_ = reg.Close(cctx)
+		// It puts no key back while this process leaves.
+		stopKeeping(ctx, reg)
 	case <-s.stopCh:
 		s.crash(ctx, reg, serveErr)
 		return nil
@@ -355,8 +352,13 @@ func (s *Server) crash(ctx context.Context, reg *registry.Registration, serveErr
 	if serveErr != nil {
 		<-serveErr //nolint:errcheck // Serve ends because of Stop: its error says nothing more
 	}
-	// A canceled context stops the registration's goroutines without a single
-	// etcd call: the key stays until its lease expires.
+	stopKeeping(ctx, reg)
+}
+
+// stopKeeping stops the registration's goroutines without a single etcd
+// call (Close with a canceled context): the key stays until its lease
+// expires, and is not put back.
+func stopKeeping(ctx context.Context, reg *registry.Registration) {
 	cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	cancel()
 	_ = reg.Close(cctx)
