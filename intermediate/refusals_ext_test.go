@@ -129,18 +129,8 @@ func wantStatus(t *testing.T, what string, err error, code codes.Code, want stri
 // acknowledged to its producer.
 func TestRefusal_PublishWhileDraining(t *testing.T) {
 	h := startHeldDrain(t)
-	stream, err := deliveryv1.NewPublishServiceClient(h.conn).Publish(h.ctx())
-	if err != nil {
-		t.Fatalf("Publish() = %v", err)
-	}
 	hello := &deliveryv1.PublishHello{ProducerId: "p2", Incarnation: 1, Instance: "i1", HeartbeatIntervalMs: quietHeartbeatMs}
-	if err := stream.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Hello{Hello: hello}}); err != nil && !errors.Is(err, io.EOF) {
-		t.Fatalf("Send(hello) = %v", err)
-	}
-	resp, err := stream.Recv()
-	if err == nil {
-		t.Fatalf("publish stream of p2 during the drain got %v, want it refused", resp)
-	}
+	_, err := openPublish(t, h.rig, h.ctx(), hello)
 	wantStatus(t, "publish hello during the drain", err, codes.Unavailable, "intermediate: draining")
 	h.finish(t)
 }
