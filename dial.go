@@ -27,6 +27,8 @@ type dialOptions struct {
 	creds    credentials.TransportCredentials
 	lbConfig string
 	metrics  prometheus.Registerer
+	members  *balancer.Members
+	onView   func(registry.View)
 }
 
 // The HTTP/2 flow-control windows of Butterfly's connections, in bytes, on
@@ -89,6 +91,25 @@ func WithBalancerConfig(js string) DialOption {
 	return func(o *dialOptions) { o.lbConfig = js }
 }
 
+// WithMembers makes the connection's balancer publish its members (each
+// instance with the state of its connection; see balancer.Members) to m,
+// which m.Subscribe follows.
+func WithMembers(m *balancer.Members) DialOption {
+	return func(o *dialOptions) { o.members = m }
+}
+
+// WithViews calls f with every view of the target's service that the
+// connection's resolver reads from etcd, once the balancer has it (a
+// stream pinned to one of its instances finds it), on the resolver's
+// goroutine: f must not block. A client follows the membership this way
+// through its connection's own etcd watch, with no second one. The
+// connection then never goes idle (grpc.WithIdleTimeout(0)), so that its
+// resolver keeps watching while no RPC runs; call Connect on it to start
+// the resolver without an RPC.
+func WithViews(f func(registry.View)) DialOption {
+	return func(o *dialOptions) { o.onView = f }
+}
+
 // DialOptions returns the grpc.DialOption set that gives a client the
 // butterfly resolver and balancer:
 //
@@ -112,9 +133,9 @@ func DialOptions(cli *clientv3.Client, opts ...DialOption) []grpc.DialOption {
 		opt(&o)
 	}
 	rb := resolver.NewBuilder(cli, resolver.WithPrefix(o.prefix), resolver.WithLogger(o.logger),
-		resolver.WithMetrics(o.metrics))
-	return []grpc.DialOption{
-		grpc.WithResolvers(attachingBuilder{Builder: rb, logger: o.logger, metrics: o.metrics}),
+		resolver.WithMetrics(o.metrics), resolver.WithViewFunc(o.onView))
+	dopts := []grpc.DialOption{
+		grpc.WithResolvers(attachingBuilder{Builder: rb, logger: o.logger, metrics: o.metrics, members: o.members}),
 		grpc.WithDefaultServiceConfig(balancer.ServiceConfig(o.lbConfig)),
 		grpc.WithTransportCredentials(o.creds),
 		grpc.WithConnectParams(o.connectParams()),
@@ -122,6 +143,10 @@ func DialOptions(cli *clientv3.Client, opts ...DialOption) []grpc.DialOption {
 		grpc.WithInitialWindowSize(StreamWindow),
 		grpc.WithInitialConnWindowSize(ConnWindow),
 	}
+	if o.onView != nil {
+		dopts = append(dopts, grpc.WithIdleTimeout(0))
+	}
+	return dopts
 }
 
 // connectParams is the channel's connection backoff: the balancer config's
@@ -138,29 +163,35 @@ func (o dialOptions) connectParams() grpc.ConnectParams {
 }
 
 // attachingBuilder wraps the resolver builder so that every resolver state
-// carries the logger and the metrics registry for the balancer.
+// carries the logger, the metrics registry and the members for the
+// balancer.
 type attachingBuilder struct {
 	gresolver.Builder
 	logger  *slog.Logger
 	metrics prometheus.Registerer // nil: none attached
+	members *balancer.Members     // nil: none attached
 }
 
 func (b attachingBuilder) Build(target gresolver.Target, cc gresolver.ClientConn, opts gresolver.BuildOptions) (gresolver.Resolver, error) {
-	return b.Builder.Build(target, attachingClientConn{ClientConn: cc, logger: b.logger, metrics: b.metrics}, opts)
+	return b.Builder.Build(target, attachingClientConn{ClientConn: cc, logger: b.logger, metrics: b.metrics, members: b.members}, opts)
 }
 
-// attachingClientConn attaches the logger and the registry to every state
-// it passes on.
+// attachingClientConn attaches the logger, the registry and the members to
+// every state it passes on.
 type attachingClientConn struct {
 	gresolver.ClientConn
 	logger  *slog.Logger
 	metrics prometheus.Registerer
+	members *balancer.Members
 }
 
 func (cc attachingClientConn) UpdateState(s gresolver.State) error {
 	s.Attributes = balancer.AttachLogger(s.Attributes, cc.logger)
 	if cc.metrics != nil {
 		s.Attributes = balancer.AttachMetrics(s.Attributes, cc.metrics)
+	}
+	if cc.members != nil {
+		s.Attributes = balancer.AttachMembers(s.Attributes, cc.members)
 	}
 	return cc.ClientConn.UpdateState(s)
 }

@@ -75,7 +75,6 @@ func (builder) Build(cc gbalancer.ClientConn, opts gbalancer.BuildOptions) gbala
 		cc:       cc,
 		bopts:    opts,
 		service:  opts.Target.Endpoint(),
-		target:   opts.Target.String(),
 		kick:     make(chan struct{}, 1),
 		done:     make(chan struct{}),
 		logger:   slog.New(slog.DiscardHandler),
@@ -96,14 +95,13 @@ type butterflyBalancer struct {
 	cc      gbalancer.ClientConn
 	bopts   gbalancer.BuildOptions
 	service string        // the target's endpoint, e.g. "intermediate"
-	target  string        // the dial target, the default Subscribe channel
 	kick    chan struct{} // wakes run; capacity 1
 	done    chan struct{} // closed by Close to stop run
 	wg      sync.WaitGroup
 
 	// mu guards the fields below and the parent-guarded fields of every
 	// child. Lock order: child.lbMu, then the child policy's own lock, then
-	// mu, then hubSet.mu. Never call into a child policy while holding mu:
+	// mu, then Members.mu. Never call into a child policy while holding mu:
 	// it may report its state synchronously.
 	mu          sync.Mutex
 	logger      *slog.Logger
@@ -114,10 +112,9 @@ type butterflyBalancer struct {
 	inhibit     bool                 // a top-down update is in progress; publish at its end
 	resolverErr error                // last resolver error while there are no children
 	retries     map[*child]time.Time // IDLE children and when to reconnect them
-	channel     string               // Subscribe key, once registered
-	unregister  func()
+	members     *Members             // where the members are published: the resolver state's; nil: nowhere
 	lastMembers []Member
-	published   bool
+	published   bool // lastMembers went to members
 	closed      bool
 }
 
@@ -146,7 +143,9 @@ func (b *butterflyBalancer) UpdateClientConnState(s gbalancer.ClientConnState) e
 	}
 	b.setMetricsLocked(s.ResolverState.Attributes)
 	b.cfg = cfg
-	b.registerChannelLocked()
+	if m := membersOf(s.ResolverState.Attributes); m != b.members {
+		b.members, b.published = m, false
+	}
 	b.inhibit = true
 	b.resolverErr = nil
 
@@ -258,24 +257,6 @@ func (b *butterflyBalancer) setMetricsLocked(attrs *attributes.Attributes) {
 	b.metrics = m
 }
 
-// registerChannelLocked (re)registers the balancer as the publisher of its
-// Subscribe channel.
-func (b *butterflyBalancer) registerChannelLocked() {
-	ch := b.cfg.Channel
-	if ch == "" {
-		ch = b.target
-	}
-	if b.unregister != nil && ch == b.channel {
-		return
-	}
-	if b.unregister != nil {
-		b.unregister()
-	}
-	b.channel = ch
-	b.unregister = hubs.register(ch)
-	b.published = false
-}
-
 // ResolverError keeps the current children (the last good state stays in
 // force) and records err for the picker when there are none.
 func (b *butterflyBalancer) ResolverError(err error) {
@@ -336,16 +317,12 @@ func (b *butterflyBalancer) Close() {
 	}
 	clear(b.children)
 	clear(b.retries)
-	unregister := b.unregister
 	b.mu.Unlock()
 
 	close(b.done)
 	b.wg.Wait()
 	for _, c := range children {
 		c.close()
-	}
-	if unregister != nil {
-		unregister()
 	}
 }
 
@@ -368,7 +345,7 @@ func (b *butterflyBalancer) kickRun() {
 }
 
 // updateStateLocked publishes a new picker and the aggregated state, and the
-// members to Subscribe. It must not be called while inhibit is set.
+// members to the connection's Members. It must not be called while inhibit is set.
 func (b *butterflyBalancer) updateStateLocked() {
 	children := b.childrenLocked()
 	var noneErr error
@@ -401,7 +378,7 @@ func aggregateState(children []*child) connectivity.State {
 }
 
 func (b *butterflyBalancer) publishMembersLocked(children []*child) {
-	if b.unregister == nil {
+	if b.members == nil {
 		return
 	}
 	members := make([]Member, len(children))
@@ -417,5 +394,5 @@ func (b *butterflyBalancer) publishMembersLocked(children []*child) {
 		return
 	}
 	b.lastMembers, b.published = members, true
-	hubs.publish(b.channel, members)
+	b.members.publish(members)
 }

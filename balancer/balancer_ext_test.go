@@ -24,7 +24,7 @@ func TestBalancer_SpreadsAndSkipsDraining(t *testing.T) {
 	b := startServer(t, "b", "127.0.0.2")
 	c := startServer(t, "c", "127.0.0.3")
 	cl := newTestClient(t, "", resolverState(a.instance(), b.instance(), c.instance()))
-	members, cancel := balancer.Subscribe(cl.target)
+	members, cancel := cl.members.Subscribe()
 	defer cancel()
 	waitMembers(t, members, "a, b, c READY", func(ms []balancer.Member) bool { return allReady(ms, "a", "b", "c") })
 
@@ -41,7 +41,7 @@ func TestBalancer_SpreadsAndSkipsDraining(t *testing.T) {
 
 	drainingB := b.instance()
 	drainingB.Metadata.Draining = true
-	cl.r.UpdateState(resolverState(a.instance(), drainingB, c.instance()))
+	cl.update(resolverState(a.instance(), drainingB, c.instance()))
 	// The update is applied when UpdateState returns: no RPC may reach b.
 	cl.checkN(t, 200)
 	after := counts(a, b, c)
@@ -82,7 +82,7 @@ func TestBalancer_PrefersLocalZone(t *testing.T) {
 	ia, ib, ic := a.instance(), b.instance(), c.instance()
 	ia.Metadata.Zone, ib.Metadata.Zone, ic.Metadata.Zone = "z1", "z2", "z2"
 	cl := newTestClient(t, `{"localZone":"z1"}`, resolverState(ia, ib, ic))
-	members, cancel := balancer.Subscribe(cl.target)
+	members, cancel := cl.members.Subscribe()
 	defer cancel()
 	waitMembers(t, members, "a, b, c READY", func(ms []balancer.Member) bool { return allReady(ms, "a", "b", "c") })
 
@@ -91,7 +91,7 @@ func TestBalancer_PrefersLocalZone(t *testing.T) {
 		t.Errorf("counts(a, b, c) mismatch (-want +got):\n%s", diff)
 	}
 	ia.Metadata.Draining = true
-	cl.r.UpdateState(resolverState(ia, ib, ic))
+	cl.update(resolverState(ia, ib, ic))
 	cl.checkN(t, 100)
 	got := counts(a, b, c)
 	if got[0] != 50 || got[1] == 0 || got[2] == 0 || got[1]+got[2] != 100 {
@@ -107,7 +107,7 @@ func TestBalancer_MovedInstance(t *testing.T) {
 	oldB := startServer(t, "b", "127.0.0.2")
 	c := startServer(t, "c", "127.0.0.1")
 	cl := newTestClient(t, "", resolverState(a.instance(), oldB.instance(), c.instance()))
-	members, cancel := balancer.Subscribe(cl.target)
+	members, cancel := cl.members.Subscribe()
 	defer cancel()
 	waitMembers(t, members, "a, b, c READY", func(ms []balancer.Member) bool { return allReady(ms, "a", "b", "c") })
 
@@ -130,7 +130,7 @@ func TestBalancer_MovedInstance(t *testing.T) {
 	newB := startServer(t, "b", "127.0.0.3")
 	movedB := newB.instance()
 	movedB.Metadata.Epoch = 2
-	cl.r.UpdateState(resolverState(a.instance(), movedB, c.instance()))
+	cl.update(resolverState(a.instance(), movedB, c.instance()))
 
 	// The component sees the move and opens the new stream first.
 	ms := waitMembers(t, members, "b moved", func(ms []balancer.Member) bool {
@@ -184,7 +184,7 @@ func TestBalancer_PinnedGoneFailsFast(t *testing.T) {
 	a := startServer(t, "a", "127.0.0.1")
 	b := startServer(t, "b", "127.0.0.2")
 	cl := newTestClient(t, "", resolverState(a.instance(), b.instance()))
-	members, cancel := balancer.Subscribe(cl.target)
+	members, cancel := cl.members.Subscribe()
 	defer cancel()
 	waitMembers(t, members, "a, b READY", func(ms []balancer.Member) bool { return allReady(ms, "a", "b") })
 
@@ -193,7 +193,7 @@ func TestBalancer_PinnedGoneFailsFast(t *testing.T) {
 	if err := cl.check(balancer.WithInstance(ctx, "b")); err != nil {
 		t.Fatalf("Check(pinned b) = %v, want nil", err)
 	}
-	cl.r.UpdateState(resolverState(a.instance()))
+	cl.update(resolverState(a.instance()))
 	for _, name := range []string{"b", "ghost"} {
 		start := time.Now()
 		err := cl.check(balancer.WithInstance(ctx, name), grpc.WaitForReady(true))
@@ -227,7 +227,7 @@ func TestBalancer_EjectsFailingServer(t *testing.T) {
 	c.fail.Store(true)
 	cfg := `{"ejection":{"consecutiveFailures":3,"baseEjectionTime":"300ms","maxEjectionTime":"1s"}}`
 	cl := newTestClient(t, cfg, resolverState(a.instance(), b.instance(), c.instance()))
-	members, cancel := balancer.Subscribe(cl.target)
+	members, cancel := cl.members.Subscribe()
 	defer cancel()
 	waitMembers(t, members, "a, b, c READY", func(ms []balancer.Member) bool { return allReady(ms, "a", "b", "c") })
 
@@ -310,7 +310,7 @@ func TestBalancer_NoInstances(t *testing.T) {
 	case <-time.After(50 * time.Millisecond):
 	}
 	a := startServer(t, "a", "127.0.0.1")
-	cl.r.UpdateState(resolverState(a.instance()))
+	cl.update(resolverState(a.instance()))
 	if err := <-waited; err != nil {
 		t.Fatalf("wait-for-ready Check() = %v, want nil once a appears", err)
 	}
@@ -335,7 +335,7 @@ func TestBalancer_ConfigErrors(t *testing.T) {
 
 // TestSubscribe_Cancel closes the channel and is safe twice.
 func TestSubscribe_Cancel(t *testing.T) {
-	ch, cancel := balancer.Subscribe("nobody")
+	ch, cancel := balancer.NewMembers().Subscribe()
 	cancel()
 	cancel()
 	if _, ok := <-ch; ok {

@@ -24,7 +24,6 @@ const (
 //
 //	{"loadBalancingConfig":[{"butterfly":{
 //	  "localZone":"eu-1a",
-//	  "channel":"producer-p1",
 //	  "ejection":{"consecutiveFailures":5,"baseEjectionTime":"1s","maxEjectionTime":"30s","maxEjectedPercent":50},
 //	  "backoff":{"baseDelay":"100ms","maxDelay":"3s"}
 //	}}]}
@@ -34,10 +33,6 @@ type Config struct {
 	// LocalZone, when set, makes unpinned picks prefer eligible instances
 	// whose Metadata.Zone equals it.
 	LocalZone string
-	// Channel is the key under which the balancer publishes its members
-	// (see Subscribe). Empty means the dial target, e.g.
-	// "butterfly:///intermediate".
-	Channel string
 	// Ejection configures outlier ejection.
 	Ejection EjectionConfig
 	// Backoff configures reconnection.
@@ -94,7 +89,6 @@ func DefaultConfig() Config {
 // jsonConfig is the wire form of Config; pointers tell absent from zero.
 type jsonConfig struct {
 	LocalZone *string `json:"localZone"`
-	Channel   *string `json:"channel"`
 	Ejection  *struct {
 		ConsecutiveFailures *uint32   `json:"consecutiveFailures"`
 		BaseEjectionTime    *duration `json:"baseEjectionTime"`
@@ -140,9 +134,6 @@ func ParseConfig(js []byte) (Config, error) {
 	}
 	if jc.LocalZone != nil {
 		cfg.LocalZone = *jc.LocalZone
-	}
-	if jc.Channel != nil {
-		cfg.Channel = *jc.Channel
 	}
 	if e := jc.Ejection; e != nil {
 		if e.ConsecutiveFailures != nil {
@@ -210,12 +201,10 @@ func (c Config) JSON() string {
 	}
 	out := struct {
 		LocalZone string   `json:"localZone,omitempty"`
-		Channel   string   `json:"channel,omitempty"`
 		Ejection  ejection `json:"ejection"`
 		Backoff   backoff  `json:"backoff"`
 	}{
 		LocalZone: c.LocalZone,
-		Channel:   c.Channel,
 		Ejection: ejection{
 			ConsecutiveFailures: c.Ejection.ConsecutiveFailures,
 			BaseEjectionTime:    c.Ejection.BaseEjectionTime.String(),

@@ -14,7 +14,6 @@ import (
 func TestParseConfig_Valid(t *testing.T) {
 	full := balancer.DefaultConfig()
 	full.LocalZone = "z1"
-	full.Channel = "p1"
 	full.Ejection = balancer.EjectionConfig{ConsecutiveFailures: 3, BaseEjectionTime: 200 * time.Millisecond, MaxEjectionTime: 2 * time.Second, MaxEjectedPercent: 30}
 	full.Backoff = balancer.BackoffConfig{BaseDelay: 50 * time.Millisecond, MaxDelay: time.Second}
 	noEjection := balancer.DefaultConfig()
@@ -28,7 +27,7 @@ func TestParseConfig_Valid(t *testing.T) {
 		{"null", `null`, balancer.DefaultConfig()},
 		{"object", `{}`, balancer.DefaultConfig()},
 		{"unknown fields", `{"future":1}`, balancer.DefaultConfig()},
-		{"full", `{"localZone":"z1","channel":"p1",
+		{"full", `{"localZone":"z1",
 			"ejection":{"consecutiveFailures":3,"baseEjectionTime":"200ms","maxEjectionTime":"2s","maxEjectedPercent":30},
 			"backoff":{"baseDelay":"50ms","maxDelay":"1s"}}`, full},
 		{"ejection off", `{"ejection":{"consecutiveFailures":0}}`, noEjection},

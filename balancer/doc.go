@@ -29,8 +29,14 @@
 //	stream, err := client.Publish(balancer.WithInstance(ctx, "im-1"))
 //	if balancer.IsInstanceUnavailable(err) { ... }
 //
-//	// Follow the members as the balancer sees them:
-//	members, cancel := balancer.Subscribe("butterfly:///intermediate")
+// The members of a connection's balancer (each instance with the state of
+// its connection) are published to the Members attached to its resolver
+// state; butterfly.WithMembers attaches one:
+//
+//	m := balancer.NewMembers()
+//	conn, err := grpc.NewClient("butterfly:///intermediate",
+//		butterfly.DialOptions(cli, butterfly.WithMembers(m))...)
+//	members, cancel := m.Subscribe()
 //	defer cancel()
 //	for ms := range members { ... }
 package balancer

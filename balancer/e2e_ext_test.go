@@ -46,14 +46,15 @@ func TestEndToEnd_DrainThroughEtcd(t *testing.T) {
 
 	target := "butterfly:///" + testService
 	logs := &recordHandler{}
+	m := balancer.NewMembers()
 	conn, err := grpc.NewClient(target, butterfly.DialOptions(cli,
 		butterfly.WithLogger(slog.New(logs)),
-		butterfly.WithBalancerConfig(`{"channel":"e2e-drain"}`))...)
+		butterfly.WithMembers(m))...)
 	if err != nil {
 		t.Fatalf("grpc.NewClient(%q) = %v", target, err)
 	}
 	defer conn.Close()
-	members, cancelSub := balancer.Subscribe("e2e-drain")
+	members, cancelSub := m.Subscribe()
 	defer cancelSub()
 	conn.Connect()
 	waitMembers(t, members, "a, b, c READY", func(ms []balancer.Member) bool { return allReady(ms, "a", "b", "c") })
@@ -157,4 +158,69 @@ func (h *recordHandler) has(msg, key, value string) bool {
 		}
 	}
 	return false
+}
+
+// TestEndToEnd_MembersPerConnection dials the same target twice, over two
+// meshes (etcd prefixes) with an instance each: each connection's Members
+// and views list its own instance alone, never the other connection's.
+func TestEndToEnd_MembersPerConnection(t *testing.T) {
+	cli := etcdtest.Start(t).Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+
+	target := "butterfly:///" + testService
+	type mesh struct {
+		prefix  string
+		server  *testServer
+		members *balancer.Members
+		mu      sync.Mutex
+		views   []registry.View
+	}
+	meshes := []*mesh{
+		{prefix: "mesh-a", server: startServer(t, "a", "127.0.0.1")},
+		{prefix: "mesh-b", server: startServer(t, "b", "127.0.0.2")},
+	}
+	for _, m := range meshes {
+		reg, err := registry.Register(ctx, cli, testService, m.server.name, m.server.addr, registry.WithPrefix(m.prefix))
+		if err != nil {
+			t.Fatalf("registry.Register(%s) = %v", m.server.name, err)
+		}
+		t.Cleanup(func() {
+			cctx, ccancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+			defer ccancel()
+			reg.Close(cctx)
+		})
+		m.members = balancer.NewMembers()
+		conn, err := grpc.NewClient(target, butterfly.DialOptions(cli,
+			butterfly.WithPrefix(m.prefix),
+			butterfly.WithMembers(m.members),
+			butterfly.WithViews(func(v registry.View) {
+				m.mu.Lock()
+				defer m.mu.Unlock()
+				m.views = append(m.views, v)
+			}))...)
+		if err != nil {
+			t.Fatalf("grpc.NewClient(%q) = %v", target, err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		conn.Connect()
+	}
+	for _, m := range meshes {
+		members, cancelSub := m.members.Subscribe()
+		ms := waitMembers(t, members, m.server.name+" READY", func(ms []balancer.Member) bool { return allReady(ms, m.server.name) })
+		cancelSub()
+		if len(ms) != 1 {
+			t.Errorf("members of the connection to %s = %v, want %s alone", m.prefix, ms, m.server.name)
+		}
+		m.mu.Lock()
+		if len(m.views) == 0 {
+			t.Errorf("views of the connection to %s: none, want at least one", m.prefix)
+		}
+		for _, v := range m.views {
+			if len(v.Instances) != 1 || v.Instances[0].Name != m.server.name || v.Service != testService {
+				t.Errorf("view of the connection to %s = %+v, want service %s with %s alone", m.prefix, v, testService, m.server.name)
+			}
+		}
+		m.mu.Unlock()
+	}
 }

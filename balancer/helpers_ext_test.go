@@ -148,12 +148,13 @@ func resolverState(insts ...registry.Instance) gresolver.State {
 	return st
 }
 
-// testClient is a client of the butterfly policy fed by a manual resolver.
+// testClient is a client of the butterfly policy fed by a manual resolver,
+// whose states carry the members its balancer publishes to.
 type testClient struct {
-	r      *manual.Resolver
-	conn   *grpc.ClientConn
-	health healthpb.HealthClient
-	target string
+	r       *manual.Resolver
+	conn    *grpc.ClientConn
+	health  healthpb.HealthClient
+	members *balancer.Members
 }
 
 var schemeSeq atomic.Int64
@@ -162,7 +163,9 @@ var schemeSeq atomic.Int64
 // with initial, with policy config cfg ("" for defaults), and connects.
 func newTestClient(t *testing.T, cfg string, initial gresolver.State) *testClient {
 	t.Helper()
+	members := balancer.NewMembers()
 	r := manual.NewBuilderWithScheme(fmt.Sprintf("bftest%d", schemeSeq.Add(1)))
+	initial.Attributes = balancer.AttachMembers(initial.Attributes, members)
 	r.InitialState(initial)
 	target := r.Scheme() + ":///" + testService
 	conn, err := grpc.NewClient(target,
@@ -175,7 +178,13 @@ func newTestClient(t *testing.T, cfg string, initial gresolver.State) *testClien
 	}
 	t.Cleanup(func() { conn.Close() })
 	conn.Connect()
-	return &testClient{r: r, conn: conn, health: healthpb.NewHealthClient(conn), target: target}
+	return &testClient{r: r, conn: conn, health: healthpb.NewHealthClient(conn), members: members}
+}
+
+// update hands the balancer st, with the client's members attached.
+func (c *testClient) update(st gresolver.State) {
+	st.Attributes = balancer.AttachMembers(st.Attributes, c.members)
+	c.r.UpdateState(st)
 }
 
 // check runs one Check RPC.

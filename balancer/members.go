@@ -4,6 +4,7 @@ import (
 	"slices"
 	"sync"
 
+	"google.golang.org/grpc/attributes"
 	"google.golang.org/grpc/connectivity"
 
 	"github.com/butterfly-mesh/butterfly/registry"
@@ -31,32 +32,17 @@ func (m Member) Ready() bool { return m.State == connectivity.Ready }
 // Draining reports whether the member asked for no new work.
 func (m Member) Draining() bool { return m.Instance.Metadata.Draining }
 
-// Subscribe returns a channel that receives the members (sorted by instance
-// name) of the balancer of channel, at once if one exists and after every
-// change. channel is the policy config's "channel" or, by default, the dial
-// target (e.g. "butterfly:///intermediate"). The channel holds one list;
-// an unread list is replaced by a newer one, so a slow reader only misses
-// intermediate lists. cancel stops the subscription and closes the channel;
-// it is safe to call twice.
-func Subscribe(channel string) (<-chan []Member, func()) {
-	return hubs.subscribe(channel)
-}
-
-// hubs is the process-wide membership publication, keyed by channel.
-var hubs = &hubSet{m: make(map[string]*hub)}
-
-// hubSet holds one hub per channel.
-type hubSet struct {
-	mu sync.Mutex // lock order: balancer.mu, then hubSet.mu
-	m  map[string]*hub
-}
-
-// hub is the publication point of one channel.
-type hub struct {
-	subs       map[*subscriber]struct{}
-	publishers int
-	last       []Member
-	hasLast    bool
+// Members is where the balancer of one client connection publishes its
+// members (sorted by instance name) after every change. Create one with
+// NewMembers, attach it to the connection's resolver state with
+// AttachMembers (butterfly.WithMembers does this), and Subscribe to it.
+// It belongs to the connections it is attached to: nothing is shared
+// between connections, or kept after the last subscription ends.
+type Members struct {
+	mu      sync.Mutex
+	subs    map[*subscriber]struct{}
+	last    []Member
+	hasLast bool
 }
 
 // subscriber is one Subscribe call.
@@ -64,70 +50,58 @@ type subscriber struct {
 	ch chan []Member
 }
 
-func (hs *hubSet) getLocked(channel string) *hub {
-	h := hs.m[channel]
-	if h == nil {
-		h = &hub{subs: make(map[*subscriber]struct{})}
-		hs.m[channel] = h
-	}
-	return h
+// NewMembers returns a publication point with no members yet.
+func NewMembers() *Members {
+	return &Members{subs: make(map[*subscriber]struct{})}
 }
 
-func (hs *hubSet) dropIfUnusedLocked(channel string, h *hub) {
-	if len(h.subs) == 0 && h.publishers == 0 {
-		delete(hs.m, channel)
-	}
+// membersKey is the resolver state attribute holding the connection's
+// Members.
+type membersKey struct{}
+
+// AttachMembers returns attrs with m attached: the balancer of the
+// connection whose resolver states carry it publishes its members to m.
+func AttachMembers(attrs *attributes.Attributes, m *Members) *attributes.Attributes {
+	return attrs.WithValue(membersKey{}, m)
 }
 
-func (hs *hubSet) subscribe(channel string) (<-chan []Member, func()) {
+// membersOf returns the Members attached to attrs, or nil.
+func membersOf(attrs *attributes.Attributes) *Members {
+	m, _ := attrs.Value(membersKey{}).(*Members)
+	return m
+}
+
+// Subscribe returns a channel that receives the members, at once if the
+// balancer has published them and after every change. The channel holds
+// one list; an unread list is replaced by a newer one, so a slow reader
+// only misses intermediate lists. cancel stops the subscription and closes
+// the channel; it is safe to call twice.
+func (m *Members) Subscribe() (<-chan []Member, func()) {
 	s := &subscriber{ch: make(chan []Member, 1)}
-	hs.mu.Lock()
-	h := hs.getLocked(channel)
-	h.subs[s] = struct{}{}
-	if h.hasLast {
-		s.ch <- slices.Clone(h.last)
+	m.mu.Lock()
+	m.subs[s] = struct{}{}
+	if m.hasLast {
+		s.ch <- slices.Clone(m.last)
 	}
-	hs.mu.Unlock()
+	m.mu.Unlock()
 	var once sync.Once
 	return s.ch, func() {
 		once.Do(func() {
-			hs.mu.Lock()
-			defer hs.mu.Unlock()
-			delete(h.subs, s)
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			delete(m.subs, s)
 			close(s.ch)
-			hs.dropIfUnusedLocked(channel, h)
 		})
 	}
 }
 
-// register adds a publisher of channel; the returned func removes it.
-func (hs *hubSet) register(channel string) func() {
-	hs.mu.Lock()
-	h := hs.getLocked(channel)
-	h.publishers++
-	hs.mu.Unlock()
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			hs.mu.Lock()
-			defer hs.mu.Unlock()
-			h.publishers--
-			hs.dropIfUnusedLocked(channel, h)
-		})
-	}
-}
-
-// publish sends members to every subscriber of channel, replacing what a
-// subscriber has not read yet. It never blocks.
-func (hs *hubSet) publish(channel string, members []Member) {
-	hs.mu.Lock()
-	defer hs.mu.Unlock()
-	h := hs.m[channel]
-	if h == nil {
-		return
-	}
-	h.last, h.hasLast = members, true
-	for s := range h.subs {
+// publish sends members to every subscriber, replacing what a subscriber
+// has not read yet. It never blocks.
+func (m *Members) publish(members []Member) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.last, m.hasLast = members, true
+	for s := range m.subs {
 		select {
 		case <-s.ch:
 		default:

@@ -49,7 +49,7 @@ func TestBalancer_MetricsEjectionEnds(t *testing.T) {
 				}
 				st := resolverState(a.instance(), b.instance())
 				st.Attributes = balancer.AttachMetrics(st.Attributes, reg)
-				cl.r.UpdateState(st)
+				cl.update(st)
 			}
 			waitFor(t, "no instance ejected", func() bool {
 				return gatherValue(t, reg, "butterfly_balancer_ejected") == 0

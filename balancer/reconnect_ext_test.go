@@ -15,7 +15,7 @@ import (
 func TestBalancer_ReconnectsWithoutRPCs(t *testing.T) {
 	a := startServer(t, "a", "127.0.0.1")
 	cl := newTestClient(t, "", resolverState(a.instance()))
-	members, cancel := balancer.Subscribe(cl.target)
+	members, cancel := cl.members.Subscribe()
 	defer cancel()
 	waitMembers(t, members, "a READY", func(ms []balancer.Member) bool { return allReady(ms, "a") })
 

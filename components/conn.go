@@ -20,15 +20,19 @@ import (
 // dial returns the one client connection of a service: the butterfly
 // resolver follows its instances and the butterfly balancer routes pinned
 // streams to them; its RPCs are observed with c's metrics, logger and
-// tracer.
-func dial(cli *clientv3.Client, service string, c commonConfig) (*grpc.ClientConn, error) {
+// tracer. The resolver's etcd watch is the component's membership too: it
+// calls onView with every view, once the balancer has it, from the
+// connection's Connect on (the connection never goes idle).
+func dial(cli *clientv3.Client, service string, c commonConfig, onView func(registry.View)) (*grpc.ClientConn, error) {
 	observe, err := telemetry.DialOptions(telemetry.Observe{Registry: c.metrics, Logger: c.logger, TracerProvider: c.tracer})
 	if err != nil {
 		return nil, err
 	}
 	opts := butterfly.DialOptions(cli, butterfly.WithPrefix(c.prefix), butterfly.WithLogger(c.logger),
-		butterfly.WithMetrics(c.metrics))
-	opts = slices.Concat(opts, c.dialOptions, observe)
+		butterfly.WithMetrics(c.metrics), butterfly.WithViews(onView))
+	// The membership stops if the connection goes idle: the caller's
+	// options may not turn that back on.
+	opts = slices.Concat(opts, c.dialOptions, observe, []grpc.DialOption{grpc.WithIdleTimeout(0)})
 	conn, err := grpc.NewClient("butterfly:///"+service, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("dial service %q: %w", service, err)
@@ -40,20 +44,6 @@ func dial(cli *clientv3.Client, service string, c commonConfig) (*grpc.ClientCon
 // address the call's log line carries.
 func pin(ctx context.Context, inst registry.Instance) context.Context {
 	return telemetry.WithPeer(balancer.WithInstance(ctx, inst.Name), inst.Name, inst.Addr)
-}
-
-// follow calls update with the membership of service until ctx is done.
-func follow(ctx context.Context, cli *clientv3.Client, service string, c commonConfig, update func(registry.View)) {
-	log := c.logger.With("service", service)
-	err := registry.Watch(ctx, cli, service, update,
-		registry.WithPrefix(c.prefix),
-		registry.WithLogger(c.logger),
-		registry.WithErrorHandler(func(err error) {
-			log.Warn("membership watch halted", "err", err)
-		}))
-	if err != nil && !errors.Is(err, context.Canceled) {
-		log.Error("membership watch ended", "err", err)
-	}
 }
 
 func (c *commonConfig) validate() error {

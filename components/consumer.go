@@ -82,7 +82,7 @@ type Consumer struct {
 	client      deliveryv1.SubscribeServiceClient
 	ctx         context.Context // handler context; canceled at the end of Close
 	cancel      context.CancelFunc
-	watchCancel context.CancelFunc
+	watchCancel context.CancelFunc // stops the registration's retries (Close)
 	wg          sync.WaitGroup
 	workReady   chan struct{} // poked when a job is queued
 	changed     chan struct{} // poked when a stream ends, and when a job ends once Close waits
@@ -139,13 +139,18 @@ func NewConsumer(cli *clientv3.Client, id string, h Handler, opts ...ConsumerOpt
 	if err := cfg.validate(cli, id, h); err != nil {
 		return nil, err
 	}
-	conn, err := dial(cli, cfg.service, cfg.commonConfig)
+	// c is set before conn.Connect, after which the views come.
+	var c *Consumer
+	conn, err := dial(cli, cfg.service, cfg.commonConfig, func(v registry.View) {
+		c.metrics.MembershipUpdate()
+		c.reconcile(v)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("components: consumer %s: %w", id, err)
 	}
 	ctx, cancel := context.WithCancel(cli.Ctx())
 	wctx, wcancel := context.WithCancel(ctx)
-	c := &Consumer{
+	c = &Consumer{
 		cli:         cli,
 		id:          id,
 		handler:     h,
@@ -175,13 +180,11 @@ func NewConsumer(cli *clientv3.Client, id string, h Handler, opts ...ConsumerOpt
 	c.wg.Add(2 + cfg.concurrency)
 	go func() {
 		defer c.wg.Done()
-		if !c.register(wctx) {
-			return
+		if c.register(wctx) {
+			// Streams open once the consumer is registered: an
+			// intermediate refuses a consumer it does not know.
+			conn.Connect()
 		}
-		follow(wctx, cli, cfg.service, cfg.commonConfig, func(v registry.View) {
-			c.metrics.MembershipUpdate()
-			c.reconcile(v)
-		})
 	}()
 	go c.watchdog(ctx)
 	for range cfg.concurrency {

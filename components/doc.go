@@ -3,8 +3,9 @@
 // of one service that forwards to the next.
 //
 // Every component keeps one gRPC connection per service, made with
-// butterfly.DialOptions, follows the service's membership in etcd with
-// registry.Watch, and keeps one stream pinned (balancer.WithInstance) to every
+// butterfly.DialOptions, follows the service's membership in etcd through
+// that connection's own resolver (butterfly.WithViews: one etcd watch per
+// connection), and keeps one stream pinned (balancer.WithInstance) to every
 // live instance. When an instance crashes, freezes (no heartbeat for five
 // intervals), drains or moves to a new address, the producer sends what that
 // instance held through the others at once; the consumer drops the

@@ -162,7 +162,9 @@ func WithHeartbeatInterval(d time.Duration) Option {
 }
 
 // WithDialOptions adds options to the gRPC client connection, after those of
-// butterfly.DialOptions (for example transport credentials).
+// butterfly.DialOptions (for example transport credentials). The connection
+// never goes idle whatever they say (grpc.WithIdleTimeout): its resolver is
+// the component's membership.
 func WithDialOptions(opts ...grpc.DialOption) Option {
 	return commonOption(func(c *commonConfig) {
 		c.dialOptions = append(c.dialOptions, opts...)

@@ -137,12 +137,17 @@ func NewProducer(cli *clientv3.Client, id string, opts ...ProducerOption) (*Prod
 	if err := cfg.validate(cli, id); err != nil {
 		return nil, err
 	}
-	conn, err := dial(cli, cfg.service, cfg.commonConfig)
+	// p is set before conn.Connect, after which the views come.
+	var p *Producer
+	conn, err := dial(cli, cfg.service, cfg.commonConfig, func(v registry.View) {
+		p.metrics.MembershipUpdate()
+		p.reconcile(v)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("components: producer %s: %w", id, err)
 	}
 	ctx, cancel := context.WithCancel(cli.Ctx())
-	p := &Producer{
+	p = &Producer{
 		cli:         cli,
 		id:          id,
 		incarnation: uint64(time.Now().UnixNano()) + incarnations.Add(1),
@@ -165,14 +170,7 @@ func NewProducer(cli *clientv3.Client, id string, opts ...ProducerOption) (*Prod
 		conn.Close()
 		return nil, fmt.Errorf("components: producer %s: %w", id, err)
 	}
-	p.wg.Add(2)
-	go func() {
-		defer p.wg.Done()
-		follow(ctx, cli, cfg.service, cfg.commonConfig, func(v registry.View) {
-			p.metrics.MembershipUpdate()
-			p.reconcile(v)
-		})
-	}()
+	p.wg.Add(1)
 	go p.watchdog(ctx)
 	if cfg.nackHandler != nil {
 		p.nackWake = make(chan struct{}, 1)
@@ -180,6 +178,7 @@ func NewProducer(cli *clientv3.Client, id string, opts ...ProducerOption) (*Prod
 		p.nackDone = make(chan struct{})
 		go p.deliverNacks()
 	}
+	conn.Connect()
 	return p, nil
 }
 

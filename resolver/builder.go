@@ -24,6 +24,7 @@ type options struct {
 	prefix  string
 	logger  *slog.Logger
 	metrics prometheus.Registerer
+	onView  func(registry.View)
 }
 
 // WithPrefix sets the etcd key prefix; the default is registry.DefaultPrefix.
@@ -46,6 +47,15 @@ func WithLogger(l *slog.Logger) Option {
 // default) counts nothing.
 func WithMetrics(reg prometheus.Registerer) Option {
 	return func(o *options) { o.metrics = reg }
+}
+
+// WithViewFunc calls f with every view of the target's service that a
+// resolver built by the builder reads from etcd, once gRPC has taken it
+// (the balancer knows the view's instances when f runs), on the resolver's
+// watch goroutine: f must not block. It lets a client follow the membership
+// through its connection's own watch instead of a second one.
+func WithViewFunc(f func(registry.View)) Option {
+	return func(o *options) { o.onView = f }
 }
 
 // NewBuilder returns a resolver builder for targets "butterfly:///<service>"
@@ -94,6 +104,7 @@ func (b *builder) Build(target gresolver.Target, cc gresolver.ClientConn, _ gres
 	ctx, cancel := context.WithCancel(b.cli.Ctx())
 	r := &etcdResolver{
 		cc:      cc,
+		onView:  b.o.onView,
 		logger:  b.o.logger.With("service", service),
 		metrics: metrics,
 		cancel:  cancel,

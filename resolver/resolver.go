@@ -16,6 +16,7 @@ import (
 // etcdResolver pushes the views of registry.Watch to gRPC.
 type etcdResolver struct {
 	cc      gresolver.ClientConn
+	onView  func(registry.View) // nil: none
 	logger  *slog.Logger
 	metrics *telemetry.ResolverMetrics // nil: not counted
 	cancel  context.CancelFunc
@@ -25,11 +26,16 @@ type etcdResolver struct {
 
 var _ gresolver.Resolver = (*etcdResolver)(nil)
 
-// update pushes the full state of one view. It runs on the watch goroutine.
+// update pushes the full state of one view, then hands the view to onView.
+// It runs on the watch goroutine.
 func (r *etcdResolver) update(v registry.View) {
 	s := stateOf(v)
 	r.metrics.Update()
-	if err := r.cc.UpdateState(s); err != nil {
+	err := r.cc.UpdateState(s)
+	if r.onView != nil {
+		r.onView(v)
+	}
+	if err != nil {
 		// The watch pushes every change as it happens, so resolving again
 		// would not give the balancer anything new.
 		// An empty service is refused by most policies: that is no news.
