@@ -12,8 +12,8 @@ import (
 func newTestStream(maxBatch, maxBytes, maxInFlight int) (*Producer, *pubStream) {
 	p := &Producer{ctx: context.Background(), window: make(chan struct{}, 1000), settled: make(chan struct{}, 1)}
 	st := &pubStream{
+		streamLife:  streamLife{wake: make(chan struct{}, 1)},
 		link:        &pubLink{p: p},
-		wake:        make(chan struct{}, 1),
 		ready:       true,
 		maxBatch:    maxBatch,
 		maxBytes:    maxBytes,
@@ -64,7 +64,7 @@ func TestPubStream_TakeBatches(t *testing.T) {
 // dropped stream's messages return to the head of the outbox in order.
 func TestProducer_DispatchLeastLoaded(t *testing.T) {
 	p, a := newTestStream(2, 1000, 4)
-	b := &pubStream{link: &pubLink{p: p}, wake: make(chan struct{}, 1), ready: true, maxBatch: 2, maxBytes: 1000, maxInFlight: 4}
+	b := &pubStream{streamLife: streamLife{wake: make(chan struct{}, 1)}, link: &pubLink{p: p}, ready: true, maxBatch: 2, maxBytes: 1000, maxInFlight: 4}
 	p.addStreamLocked(b)
 	queue(p, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)
 	p.mu.Lock()
@@ -92,8 +92,8 @@ func TestProducer_DispatchLeastLoaded(t *testing.T) {
 // is, and that a dropped stream is never picked again.
 func TestProducer_LeastLoadedTies(t *testing.T) {
 	p, a := newTestStream(2, 1000, 100)
-	b := &pubStream{link: &pubLink{p: p}, wake: make(chan struct{}, 1), ready: true, maxBatch: 2, maxBytes: 1000, maxInFlight: 100}
-	c := &pubStream{link: &pubLink{p: p}, wake: make(chan struct{}, 1), ready: true, maxBatch: 2, maxBytes: 1000, maxInFlight: 100}
+	b := &pubStream{streamLife: streamLife{wake: make(chan struct{}, 1)}, link: &pubLink{p: p}, ready: true, maxBatch: 2, maxBytes: 1000, maxInFlight: 100}
+	c := &pubStream{streamLife: streamLife{wake: make(chan struct{}, 1)}, link: &pubLink{p: p}, ready: true, maxBatch: 2, maxBytes: 1000, maxInFlight: 100}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.addStreamLocked(b)

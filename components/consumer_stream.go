@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/status"
@@ -17,16 +16,13 @@ import (
 	"github.com/butterfly-mesh/butterfly/registry"
 )
 
-// subLink keeps one subscribe stream open to one incarnation of an
-// instance, reopening it with backoff until it is retired.
+// subLink is a consumer's link (see link.go): it keeps one subscribe
+// stream open to one incarnation of an instance.
 type subLink struct {
-	c      *Consumer
-	inst   registry.Instance
-	ctx    context.Context
-	cancel context.CancelFunc
+	link
+	c *Consumer
 
 	// Guarded by Consumer.mu.
-	retired bool // gone from the membership, moved, drained or closing: do not reopen
 	stream  *subStream
 	failure string   // why its last stream ended before a welcome, "" once one is welcomed
 	prev    *subLink // the link this one replaced when the instance moved, until this one is welcomed
@@ -34,11 +30,8 @@ type subLink struct {
 
 // subStream is one open subscribe stream.
 type subStream struct {
-	link         *subLink
-	cancel       context.CancelCauseFunc
-	lastRecv     atomic.Int64
-	peerInterval atomic.Int64 // nanoseconds
-	wake         chan struct{}
+	streamLife
+	link *subLink
 
 	// Guarded by Consumer.mu.
 	welcomed    bool
@@ -53,15 +46,6 @@ type subStream struct {
 	closeSent   bool
 }
 
-func (st *subStream) wakeUp() {
-	select {
-	case st.wake <- struct{}{}:
-	default:
-	}
-}
-
-func (st *subStream) touch() { st.lastRecv.Store(time.Now().UnixNano()) }
-
 // welcomeWait bounds how long a stream waits for its welcome before it is
 // counted as silent. It is longer than an intermediate's own wait for the
 // consumer's registration (two seconds), so that the refusal it then sends
@@ -73,10 +57,6 @@ const welcomeWait = 3 * time.Second
 // heartbeat if that is longer.
 func (c *Consumer) welcomeInterval() time.Duration {
 	return max(c.cfg.heartbeat, welcomeWait/heartbeatMisses)
-}
-
-func (st *subStream) expired(now time.Time) bool {
-	return now.UnixNano()-st.lastRecv.Load() > heartbeatMisses*st.peerInterval.Load()
 }
 
 // reconcile follows the membership: one link per instance, draining ones
@@ -91,31 +71,24 @@ func (c *Consumer) reconcile(v registry.View) {
 	if c.closing || c.ctx.Err() != nil {
 		return
 	}
-	seen := make(map[string]bool, len(v.Instances))
-	for _, inst := range v.Instances {
-		seen[inst.Name] = true
-		l := c.links[inst.Name]
-		if l != nil && l.inst.Addr == inst.Addr && l.inst.Metadata.Epoch == inst.Metadata.Epoch {
-			continue
-		}
-		ctx, cancel := context.WithCancel(c.ctx)
-		nl := &subLink{c: c, inst: inst, ctx: ctx, cancel: cancel}
-		if l != nil {
-			c.log.Info("instance moved", "instance", inst.Name, "addr", inst.Addr, "epoch", inst.Metadata.Epoch)
-			c.retireLocked(l)
-			nl.prev = l
-		}
-		c.links[inst.Name] = nl
-		c.wg.Add(1)
-		go nl.run()
-	}
-	for name, l := range c.links {
-		if !seen[name] {
+	reconcileLinks(c.links, v, linkHooks[*subLink]{
+		start: func(inst registry.Instance) *subLink {
+			l := &subLink{c: c}
+			l.init(c.ctx, inst, c.log)
+			c.wg.Add(1)
+			go l.run()
+			return l
+		},
+		moved: func(old, nl *subLink) {
+			c.log.Info("instance moved", "instance", nl.inst.Name, "addr", nl.inst.Addr, "epoch", nl.inst.Metadata.Epoch)
+			c.retireLocked(old)
+			nl.prev = old
+		},
+		drop: func(l *subLink, _ bool) { // only gone: every instance is wanted
 			c.retireLocked(l)
 			c.endRetiredLocked(l, time.Now().Add(c.retireGrace()))
-			delete(c.links, name)
-		}
-	}
+		},
+	})
 }
 
 // retireGrace is how long a retired stream may still deliver.
@@ -148,25 +121,8 @@ func (c *Consumer) retireLocked(l *subLink) {
 }
 
 func (l *subLink) run() {
-	c := l.c
-	defer c.wg.Done()
-	defer l.cancel()
-	var bo backoff
-	for {
-		welcomed := l.once()
-		c.mu.Lock()
-		retired := l.retired || c.closing
-		c.mu.Unlock()
-		if retired || l.ctx.Err() != nil {
-			return
-		}
-		if welcomed {
-			bo.reset()
-		}
-		if !sleepCtx(l.ctx, bo.next()) {
-			return
-		}
-	}
+	defer l.c.wg.Done()
+	l.keepOpen(&l.c.mu, func() bool { return l.retired || l.c.closing }, l.once)
 }
 
 // once opens one stream and runs it until it ends; it reports whether the
@@ -174,9 +130,8 @@ func (l *subLink) run() {
 func (l *subLink) once() (welcomed bool) {
 	c := l.c
 	ctx, cancel := context.WithCancelCause(l.ctx)
-	st := &subStream{link: l, cancel: cancel, wake: make(chan struct{}, 1)}
-	st.touch()
-	st.peerInterval.Store(int64(c.welcomeInterval()))
+	st := &subStream{link: l}
+	st.init(cancel, c.welcomeInterval())
 	c.mu.Lock()
 	if c.closing || l.retired {
 		c.mu.Unlock()
@@ -202,15 +157,8 @@ func (l *subLink) once() (welcomed bool) {
 		c.mu.Unlock()
 		c.poke()
 	}()
-	log := c.log.With("instance", l.inst.Name, "addr", l.inst.Addr, "epoch", l.inst.Metadata.Epoch)
+	log := l.log
 
-	stream, err := c.client.Subscribe(pin(ctx, l.inst))
-	if err != nil {
-		log.Debug("open subscribe stream", "err", err)
-		c.failedAtOpen(l, ctx, err)
-		c.refusedAtOpen(l, err)
-		return false
-	}
 	hello := &deliveryv1.SubscribeHello{
 		ConsumerId:          c.id,
 		Group:               c.cfg.group,
@@ -221,40 +169,33 @@ func (l *subLink) once() (welcomed bool) {
 		InitialCredit:     0,
 		RegistrationEpoch: epoch,
 	}
-	if err := stream.Send(&deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Hello{Hello: hello}}); err != nil {
-		log.Debug("send hello", "err", err)
-		c.failedAtOpen(l, ctx, err)
+	stream, w, oe := handshake(ctx, &l.link, "subscribe", &st.streamLife, c.cfg.heartbeat,
+		func(ctx context.Context) (deliveryv1.SubscribeService_SubscribeClient, error) {
+			return c.client.Subscribe(pin(ctx, l.inst))
+		},
+		&deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Hello{Hello: hello}},
+		func(r *deliveryv1.SubscribeResponse) (*deliveryv1.SubscribeWelcome, bool) {
+			w := r.GetWelcome()
+			return w, w != nil
+		})
+	if oe != nil {
+		// Recorded for the "answers" warning; a refusal that retrying
+		// cannot mend stops the consumer.
+		switch oe.step {
+		case stepOpen:
+			c.failedAtOpen(l, ctx, oe.err)
+			c.refusedAtOpen(l, oe.err)
+		case stepHello:
+			c.failedAtOpen(l, ctx, oe.err)
+		case stepWelcome:
+			c.failedAtOpen(l, ctx, oe.err)
+			c.refused(oe.err)
+			c.refusedAtOpen(l, oe.err)
+		case stepCheck:
+			c.setFailure(l, oe.why)
+		}
 		return false
 	}
-	first, err := stream.Recv()
-	if err != nil {
-		c.failedAtOpen(l, ctx, err)
-		c.refused(err)
-		c.refusedAtOpen(l, err)
-		log.Debug("receive welcome", "err", err, "cause", context.Cause(ctx))
-		return false
-	}
-	st.touch()
-	w := first.GetWelcome()
-	switch {
-	case w == nil:
-		log.Warn("subscribe stream: first frame is not a welcome")
-		c.setFailure(l, "first frame is not a welcome")
-		return false
-	case w.GetInstance() != l.inst.Name:
-		log.Warn("subscribe stream reached another instance", "got", w.GetInstance())
-		c.setFailure(l, "its address answers as instance "+w.GetInstance())
-		return false
-	case w.GetEpoch() < l.inst.Metadata.Epoch:
-		log.Debug("subscribe stream reached an older incarnation", "got_epoch", w.GetEpoch())
-		c.setFailure(l, fmt.Sprintf("its address answers with epoch %d, an older incarnation than the registered %d", w.GetEpoch(), l.inst.Metadata.Epoch))
-		return false
-	}
-	peer := c.cfg.heartbeat
-	if ms := w.GetHeartbeatIntervalMs(); ms > 0 {
-		peer = time.Duration(ms) * time.Millisecond
-	}
-	st.peerInterval.Store(int64(peer))
 	credit := c.initialCredit(w.GetMaxCredit())
 	c.mu.Lock()
 	st.welcomed = true
@@ -424,33 +365,26 @@ func (st *subStream) sendLoop(ctx context.Context, stream deliveryv1.SubscribeSe
 // grace ran out.
 func (c *Consumer) watchdog(ctx context.Context) {
 	defer c.wg.Done()
-	ticker := time.NewTicker(c.cfg.heartbeat)
-	defer ticker.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-ticker.C:
-			c.mu.Lock()
-			for st := range c.streams {
-				switch {
-				case st.expired(now) && !st.welcomed:
-					// Said with the others in idleLocked's warning.
-					c.log.Debug("no welcome in time", "instance", st.link.inst.Name, "wait", heartbeatMisses*c.welcomeInterval())
-					st.cancel(errHeartbeat)
-				case st.expired(now):
-					c.log.Warn("stream missed its heartbeats", "instance", st.link.inst.Name)
-					st.cancel(errHeartbeat)
-				case !st.retireBy.IsZero() && now.After(st.retireBy):
-					c.log.Warn("retired stream outlived its grace", "instance", st.link.inst.Name, "addr", st.link.inst.Addr, "in_hand", st.inHand)
-					st.cancel(errGrace)
-					st.retireBy = time.Time{}
-				}
+	everyBeat(ctx, c.cfg.heartbeat, func(now time.Time) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for st := range c.streams {
+			switch {
+			case st.expired(now) && !st.welcomed:
+				// Said with the others in idleLocked's warning.
+				c.log.Debug("no welcome in time", "instance", st.link.inst.Name, "wait", heartbeatMisses*c.welcomeInterval())
+				st.cancel(errHeartbeat)
+			case st.expired(now):
+				c.log.Warn("stream missed its heartbeats", "instance", st.link.inst.Name)
+				st.cancel(errHeartbeat)
+			case !st.retireBy.IsZero() && now.After(st.retireBy):
+				c.log.Warn("retired stream outlived its grace", "instance", st.link.inst.Name, "addr", st.link.inst.Addr, "in_hand", st.inHand)
+				st.cancel(errGrace)
+				st.retireBy = time.Time{}
 			}
-			c.idleLocked(now)
-			c.mu.Unlock()
 		}
-	}
+		c.idleLocked(now)
+	})
 }
 
 // failedAtOpen records why l's stream ended before its welcome, for the

@@ -28,7 +28,7 @@ func newTestConsumer() (*Consumer, *subStream, *subStream) {
 		ctx:        context.Background(),
 	}
 	mk := func(name string) *subStream {
-		st := &subStream{link: &subLink{c: c, inst: registry.Instance{Name: name}}, wake: make(chan struct{}, 1)}
+		st := &subStream{streamLife: streamLife{wake: make(chan struct{}, 1)}, link: &subLink{link: link{inst: registry.Instance{Name: name}}, c: c}}
 		c.streams[st] = struct{}{}
 		return st
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -46,26 +45,20 @@ const (
 	maxDrainGrace = 5 * time.Minute
 )
 
-// pubLink keeps one publish stream open to one incarnation of an instance
-// (name, address, epoch), reopening it with backoff until it is retired.
+// pubLink is a producer's link (see link.go): it keeps one publish stream
+// open to one incarnation of an instance.
 type pubLink struct {
-	p      *Producer
-	inst   registry.Instance
-	ctx    context.Context
-	cancel context.CancelFunc
+	link
+	p *Producer
 
 	// Guarded by Producer.mu.
-	retired bool // the instance drains, moved or left the membership: do not reopen
-	stream  *pubStream
+	stream *pubStream
 }
 
 // pubStream is one open publish stream.
 type pubStream struct {
-	link         *pubLink
-	cancel       context.CancelCauseFunc
-	lastRecv     atomic.Int64
-	peerInterval atomic.Int64 // nanoseconds
-	wake         chan struct{}
+	streamLife
+	link *pubLink
 
 	// Guarded by Producer.mu.
 	ready       bool      // welcomed
@@ -103,19 +96,6 @@ func (st *pubStream) awaitingAckLocked() bool {
 	return st.unacked.Len() > len(st.sendq)
 }
 
-func (st *pubStream) wakeUp() {
-	select {
-	case st.wake <- struct{}{}:
-	default:
-	}
-}
-
-func (st *pubStream) touch() { st.lastRecv.Store(time.Now().UnixNano()) }
-
-func (st *pubStream) expired(now time.Time) bool {
-	return now.UnixNano()-st.lastRecv.Load() > heartbeatMisses*st.peerInterval.Load()
-}
-
 // reconcile follows the membership: one link per live, non-draining
 // instance. A moved instance gets a new link, opened first; the old one is
 // retired, like the link of an instance that drains or left: its stream
@@ -126,38 +106,26 @@ func (p *Producer) reconcile(v registry.View) {
 	if p.ctx.Err() != nil || p.Err() != nil {
 		return
 	}
-	seen := make(map[string]bool, len(v.Instances))
-	for _, inst := range v.Instances {
-		seen[inst.Name] = true
-		l := p.links[inst.Name]
-		if inst.Metadata.Draining {
-			if l != nil {
-				p.retireLinkLocked(l, errDrained)
-				delete(p.links, inst.Name)
+	reconcileLinks(p.links, v, linkHooks[*pubLink]{
+		want:  func(inst registry.Instance) bool { return !inst.Metadata.Draining },
+		start: p.startLinkLocked,
+		moved: func(old, nl *pubLink) {
+			p.log.Info("instance moved", "instance", nl.inst.Name, "addr", nl.inst.Addr, "epoch", nl.inst.Metadata.Epoch, "old_addr", old.inst.Addr, "old_epoch", old.inst.Metadata.Epoch)
+			p.retireLinkLocked(old, errRetired)
+		},
+		drop: func(l *pubLink, gone bool) {
+			cause := errDrained
+			if gone {
+				cause = errGone
 			}
-			continue
-		}
-		if l != nil && l.inst.Addr == inst.Addr && l.inst.Metadata.Epoch == inst.Metadata.Epoch {
-			continue
-		}
-		nl := p.startLinkLocked(inst)
-		if l != nil {
-			p.log.Info("instance moved", "instance", inst.Name, "addr", inst.Addr, "epoch", inst.Metadata.Epoch, "old_addr", l.inst.Addr, "old_epoch", l.inst.Metadata.Epoch)
-			p.retireLinkLocked(l, errRetired)
-		}
-		p.links[inst.Name] = nl
-	}
-	for name, l := range p.links {
-		if !seen[name] {
-			p.retireLinkLocked(l, errGone)
-			delete(p.links, name)
-		}
-	}
+			p.retireLinkLocked(l, cause)
+		},
+	})
 }
 
 func (p *Producer) startLinkLocked(inst registry.Instance) *pubLink {
-	ctx, cancel := context.WithCancel(p.ctx)
-	l := &pubLink{p: p, inst: inst, ctx: ctx, cancel: cancel}
+	l := &pubLink{p: p}
+	l.init(p.ctx, inst, p.log)
 	p.wg.Add(1)
 	go l.run()
 	return l
@@ -260,25 +228,8 @@ func (p *Producer) drainDeadline(n *messagev1.DrainNotice, now time.Time) time.T
 }
 
 func (l *pubLink) run() {
-	p := l.p
-	defer p.wg.Done()
-	defer l.cancel()
-	var bo backoff
-	for {
-		welcomed := l.once()
-		p.mu.Lock()
-		retired := l.retired
-		p.mu.Unlock()
-		if retired || l.ctx.Err() != nil {
-			return
-		}
-		if welcomed {
-			bo.reset()
-		}
-		if !sleepCtx(l.ctx, bo.next()) {
-			return
-		}
-	}
+	defer l.p.wg.Done()
+	l.keepOpen(&l.p.mu, func() bool { return l.retired }, l.once)
 }
 
 // once opens one stream and runs it until it ends; it reports whether the
@@ -286,13 +237,8 @@ func (l *pubLink) run() {
 func (l *pubLink) once() (welcomed bool) {
 	p := l.p
 	ctx, cancel := context.WithCancelCause(l.ctx)
-	st := &pubStream{
-		link:   l,
-		cancel: cancel,
-		wake:   make(chan struct{}, 1),
-	}
-	st.touch()
-	st.peerInterval.Store(int64(p.cfg.heartbeat))
+	st := &pubStream{link: l}
+	st.init(cancel, p.cfg.heartbeat)
 	p.mu.Lock()
 	if l.retired || l.ctx.Err() != nil {
 		p.mu.Unlock()
@@ -314,45 +260,30 @@ func (l *pubLink) once() (welcomed bool) {
 		}
 		p.mu.Unlock()
 	}()
-	log := p.log.With("instance", l.inst.Name, "addr", l.inst.Addr, "epoch", l.inst.Metadata.Epoch)
+	log := l.log
 
-	stream, err := p.client.Publish(pin(ctx, l.inst))
-	if err != nil {
-		log.Debug("open publish stream", "err", err)
-		p.refusedAtOpen(l, err)
-		return false
-	}
 	hello := &deliveryv1.PublishHello{
 		ProducerId:          p.id,
 		Incarnation:         p.incarnation,
 		Instance:            l.inst.Name,
 		HeartbeatIntervalMs: uint32(max(p.cfg.heartbeat/time.Millisecond, 1)),
 	}
-	if err := stream.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Hello{Hello: hello}}); err != nil {
-		log.Debug("send hello", "err", err)
+	stream, w, oe := handshake(ctx, &l.link, "publish", &st.streamLife, p.cfg.heartbeat,
+		func(ctx context.Context) (deliveryv1.PublishService_PublishClient, error) {
+			return p.client.Publish(pin(ctx, l.inst))
+		},
+		&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Hello{Hello: hello}},
+		func(r *deliveryv1.PublishResponse) (*deliveryv1.PublishWelcome, bool) {
+			w := r.GetWelcome()
+			return w, w != nil
+		})
+	if oe != nil {
+		// A refusal of the hello stops the producer; anything else is
+		// tried again.
+		if oe.step == stepOpen || oe.step == stepWelcome {
+			p.refusedAtOpen(l, oe.err)
+		}
 		return false
-	}
-	first, err := stream.Recv()
-	if err != nil {
-		log.Debug("receive welcome", "err", err, "cause", context.Cause(ctx))
-		p.refusedAtOpen(l, err)
-		return false
-	}
-	st.touch()
-	w := first.GetWelcome()
-	switch {
-	case w == nil:
-		log.Warn("publish stream: first frame is not a welcome")
-		return false
-	case w.GetInstance() != l.inst.Name:
-		log.Warn("publish stream reached another instance", "got", w.GetInstance())
-		return false
-	case w.GetEpoch() < l.inst.Metadata.Epoch:
-		log.Debug("publish stream reached an older incarnation", "got_epoch", w.GetEpoch())
-		return false
-	}
-	if ms := w.GetHeartbeatIntervalMs(); ms > 0 {
-		st.peerInterval.Store(int64(time.Duration(ms) * time.Millisecond))
 	}
 	p.mu.Lock()
 	st.ready = true
@@ -552,31 +483,24 @@ func (st *pubStream) take() *deliveryv1.PublishBatch {
 // grace ran out; their messages go back to the outbox.
 func (p *Producer) watchdog(ctx context.Context) {
 	defer p.wg.Done()
-	ticker := time.NewTicker(p.cfg.heartbeat)
-	defer ticker.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-ticker.C:
-			p.mu.Lock()
-			// requeueLocked takes a stream out of p.streams: walk a copy.
-			for _, st := range slices.Clone(p.streams) {
-				switch {
-				case st.expired(now):
-					p.log.Warn("stream missed its heartbeats", "instance", st.link.inst.Name)
-					st.cancel(errHeartbeat)
-					p.requeueLocked(st)
-				case st.retired && now.After(st.retireBy):
-					p.log.Warn("retired stream outlived its grace", "instance", st.link.inst.Name, "unanswered", st.unacked.Len())
-					st.cancel(errGrace)
-					p.requeueLocked(st)
-				}
+	everyBeat(ctx, p.cfg.heartbeat, func(now time.Time) {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		// requeueLocked takes a stream out of p.streams: walk a copy.
+		for _, st := range slices.Clone(p.streams) {
+			switch {
+			case st.expired(now):
+				p.log.Warn("stream missed its heartbeats", "instance", st.link.inst.Name)
+				st.cancel(errHeartbeat)
+				p.requeueLocked(st)
+			case st.retired && now.After(st.retireBy):
+				p.log.Warn("retired stream outlived its grace", "instance", st.link.inst.Name, "unanswered", st.unacked.Len())
+				st.cancel(errGrace)
+				p.requeueLocked(st)
 			}
-			p.idleLocked(now)
-			p.mu.Unlock()
 		}
-	}
+		p.idleLocked(now)
+	})
 }
 
 // Field numbers of the Message fields Send may set (message.proto).

@@ -40,9 +40,8 @@ func newRetireRig() *retireRig {
 func (r *retireRig) stream(name string, maxBatch int) *pubStream {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	st := &pubStream{
-		link:        &pubLink{p: r.p, inst: registry.Instance{Name: name}},
-		cancel:      cancel,
-		wake:        make(chan struct{}, 1),
+		streamLife:  streamLife{cancel: cancel, wake: make(chan struct{}, 1)},
+		link:        &pubLink{link: link{inst: registry.Instance{Name: name}}, p: r.p},
 		ready:       true,
 		maxBatch:    maxBatch,
 		maxBytes:    1 << 20,

@@ -1,0 +1,250 @@
+package components
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/butterfly-mesh/butterfly/registry"
+)
+
+// The link manager both components use: a link keeps one stream open to
+// one incarnation of an instance (name, address, epoch), reopening it with
+// backoff until it is retired, and the links follow the membership. A
+// producer's links carry publish streams (pubLink, pubStream), a
+// consumer's subscribe streams (subLink, subStream). What they share is
+// here: the links' reconciliation with a view, the reconnect loop, the
+// handshake and its checks of the welcome, a stream's liveness and the
+// watchdog's beat. What a stream carries, and how a retired one ends, is
+// the role's.
+
+// link is the part of a pubLink or subLink that the manager runs.
+type link struct {
+	inst   registry.Instance
+	ctx    context.Context
+	cancel context.CancelFunc
+	log    *slog.Logger // with the instance's name, address and epoch
+
+	// Guarded by the owner's mutex.
+	retired bool // the instance drains, moved or left the membership, or the owner closes: do not reopen
+}
+
+// init makes l a link to inst under parent, logging to log.
+func (l *link) init(parent context.Context, inst registry.Instance, log *slog.Logger) {
+	l.inst = inst
+	l.ctx, l.cancel = context.WithCancel(parent)
+	l.log = log.With("instance", inst.Name, "addr", inst.Addr, "epoch", inst.Metadata.Epoch)
+}
+
+// serves reports whether l is a link to inst's incarnation: the same
+// address and epoch.
+func (l *link) serves(inst registry.Instance) bool {
+	return l.inst.Addr == inst.Addr && l.inst.Metadata.Epoch == inst.Metadata.Epoch
+}
+
+// keepOpen calls once until the link is retired (stopped, called with the
+// owner's mutex mu held, says so) or its context ends, backing off between
+// attempts; an attempt that was welcomed resets the backoff. It cancels
+// the link's context when it returns.
+func (l *link) keepOpen(mu *sync.Mutex, stopped func() bool, once func() (welcomed bool)) {
+	defer l.cancel()
+	var bo backoff
+	for {
+		welcomed := once()
+		mu.Lock()
+		stop := stopped()
+		mu.Unlock()
+		if stop || l.ctx.Err() != nil {
+			return
+		}
+		if welcomed {
+			bo.reset()
+		}
+		if !sleepCtx(l.ctx, bo.next()) {
+			return
+		}
+	}
+}
+
+// linker is a role's link type: *pubLink or *subLink.
+type linker interface {
+	serves(registry.Instance) bool
+}
+
+// linkHooks is what a role does as its links follow the membership.
+type linkHooks[L linker] struct {
+	// want reports whether the role keeps a link to inst; nil: to every
+	// instance.
+	want func(inst registry.Instance) bool
+	// start starts a link to inst.
+	start func(inst registry.Instance) L
+	// moved retires old, whose instance moved to the incarnation of nl.
+	moved func(old, nl L)
+	// drop retires l, whose instance is no longer wanted or, with gone,
+	// left the membership.
+	drop func(l L, gone bool)
+}
+
+// reconcileLinks makes links (by instance name) follow v: a link to every
+// wanted instance, a new one when an instance moved (started before the
+// old one is retired), none to an instance that is not wanted or gone.
+func reconcileLinks[L linker](links map[string]L, v registry.View, h linkHooks[L]) {
+	seen := make(map[string]bool, len(v.Instances))
+	for _, inst := range v.Instances {
+		seen[inst.Name] = true
+		l, ok := links[inst.Name]
+		if h.want != nil && !h.want(inst) {
+			if ok {
+				h.drop(l, false)
+				delete(links, inst.Name)
+			}
+			continue
+		}
+		if ok && l.serves(inst) {
+			continue
+		}
+		nl := h.start(inst)
+		if ok {
+			h.moved(l, nl)
+		}
+		links[inst.Name] = nl
+	}
+	for name, l := range links {
+		if !seen[name] {
+			h.drop(l, true)
+			delete(links, name)
+		}
+	}
+}
+
+// streamLife is what a stream keeps of its peer's liveness, its cancel
+// and its sender's wake-up.
+type streamLife struct {
+	cancel       context.CancelCauseFunc
+	lastRecv     atomic.Int64 // when a frame last arrived, in Unix nanoseconds
+	peerInterval atomic.Int64 // the peer's heartbeat interval, in nanoseconds
+	wake         chan struct{}
+}
+
+// init starts the stream's life: heard from now, its peer held to
+// interval until its welcome says otherwise.
+func (s *streamLife) init(cancel context.CancelCauseFunc, interval time.Duration) {
+	s.cancel = cancel
+	s.wake = make(chan struct{}, 1)
+	s.touch()
+	s.peerInterval.Store(int64(interval))
+}
+
+// wakeUp wakes the stream's sender without blocking.
+func (s *streamLife) wakeUp() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// touch records that a frame arrived.
+func (s *streamLife) touch() { s.lastRecv.Store(time.Now().UnixNano()) }
+
+// expired reports whether nothing arrived for heartbeatMisses of the
+// peer's intervals.
+func (s *streamLife) expired(now time.Time) bool {
+	return now.UnixNano()-s.lastRecv.Load() > heartbeatMisses*s.peerInterval.Load()
+}
+
+// welcomer is a welcome as the handshake checks it: both services' welcomes
+// have these fields.
+type welcomer interface {
+	GetInstance() string
+	GetEpoch() uint64
+	GetHeartbeatIntervalMs() uint32
+}
+
+// openStep is the step of a handshake that failed.
+type openStep int
+
+const (
+	stepOpen    openStep = iota // opening the stream
+	stepHello                   // sending the hello
+	stepWelcome                 // receiving the first frame
+	stepCheck                   // the first frame is not a welcome to go on with
+)
+
+// openError is why a handshake failed: at step, the RPC's err (nil at
+// stepCheck), or why the welcome is not kept.
+type openError struct {
+	step openStep
+	err  error
+	why  string
+}
+
+func (e *openError) Error() string {
+	if e.err != nil {
+		return e.err.Error()
+	}
+	return e.why
+}
+
+// handshake opens a stream to l's instance (open pins it there), sends
+// hello and waits for the welcome, which welcomeOf finds in the first
+// frame. It checks that the welcome comes from l's instance and from its
+// incarnation or a newer one, and holds life's peer to the welcome's
+// heartbeat interval, interval when it states none. kind names the stream
+// in the log ("publish", "subscribe"). It returns why it failed, or nil.
+func handshake[Req, Resp any, W welcomer](ctx context.Context, l *link, kind string, life *streamLife, interval time.Duration,
+	open func(context.Context) (grpc.BidiStreamingClient[Req, Resp], error), hello *Req, welcomeOf func(*Resp) (W, bool),
+) (grpc.BidiStreamingClient[Req, Resp], W, *openError) {
+	var none W
+	stream, err := open(ctx)
+	if err != nil {
+		l.log.Debug("open "+kind+" stream", "err", err)
+		return nil, none, &openError{step: stepOpen, err: err}
+	}
+	if err := stream.Send(hello); err != nil {
+		l.log.Debug("send hello", "err", err)
+		return nil, none, &openError{step: stepHello, err: err}
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		l.log.Debug("receive welcome", "err", err, "cause", context.Cause(ctx))
+		return nil, none, &openError{step: stepWelcome, err: err}
+	}
+	life.touch()
+	w, ok := welcomeOf(first)
+	switch {
+	case !ok:
+		l.log.Warn(kind + " stream: first frame is not a welcome")
+		return nil, none, &openError{step: stepCheck, why: "first frame is not a welcome"}
+	case w.GetInstance() != l.inst.Name:
+		l.log.Warn(kind+" stream reached another instance", "got", w.GetInstance())
+		return nil, none, &openError{step: stepCheck, why: "its address answers as instance " + w.GetInstance()}
+	case w.GetEpoch() < l.inst.Metadata.Epoch:
+		l.log.Debug(kind+" stream reached an older incarnation", "got_epoch", w.GetEpoch())
+		return nil, none, &openError{step: stepCheck, why: fmt.Sprintf("its address answers with epoch %d, an older incarnation than the registered %d", w.GetEpoch(), l.inst.Metadata.Epoch)}
+	}
+	if ms := w.GetHeartbeatIntervalMs(); ms > 0 {
+		interval = time.Duration(ms) * time.Millisecond
+	}
+	life.peerInterval.Store(int64(interval))
+	return stream, w, nil
+}
+
+// everyBeat calls check with the time every interval until ctx ends: the
+// watchdog's beat.
+func everyBeat(ctx context.Context, interval time.Duration, check func(now time.Time)) {
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-ticker.C:
+			check(now)
+		}
+	}
+}
