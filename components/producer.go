@@ -869,8 +869,7 @@ func (p *Producer) Close(ctx context.Context) error {
 		break
 	}
 	p.closeOnce.Do(func() {
-		p.cancel()
-		p.wg.Wait()
+		p.stopGoroutines()
 		if p.nackStop != nil {
 			close(p.nackStop)
 			<-p.nackDone
@@ -890,6 +889,18 @@ func (p *Producer) Close(ctx context.Context) error {
 		p.log.Info("producer closed", "sent", st.Sent, "acked", st.Acked, "resent", st.Resent, "nacked", st.Nacked, "unacked", unsettled)
 	})
 	return p.closeErr
+}
+
+// stopGoroutines cancels the producer's context and waits for its
+// goroutines. It cancels under mu: a reconcile, which runs on the
+// resolver's goroutine and is not counted in wg, either started its links
+// (counted in wg) before the cancel or sees the context canceled and
+// starts none.
+func (p *Producer) stopGoroutines() {
+	p.mu.Lock()
+	p.cancel()
+	p.mu.Unlock()
+	p.wg.Wait()
 }
 
 // Done is closed when the producer stops on its own: an intermediate
