@@ -317,12 +317,16 @@ func (b *butterflyBalancer) Close() {
 	}
 	clear(b.children)
 	clear(b.retries)
+	members := b.members
 	b.mu.Unlock()
 
 	close(b.done)
 	b.wg.Wait()
 	for _, c := range children {
 		c.close()
+	}
+	if members != nil {
+		members.forget()
 	}
 }
 

@@ -342,3 +342,24 @@ func TestSubscribe_Cancel(t *testing.T) {
 		t.Errorf("<-Subscribe() after cancel = open, want closed")
 	}
 }
+
+// TestMembers_ForgottenAtClose closes a connection whose members are
+// followed: the subscriber gets an empty list, and a later Subscribe gets
+// nothing of the closed balancer.
+func TestMembers_ForgottenAtClose(t *testing.T) {
+	a := startServer(t, "a", "127.0.0.1")
+	cl := newTestClient(t, "", resolverState(a.instance()))
+	members, cancel := cl.members.Subscribe()
+	defer cancel()
+	waitMembers(t, members, "a READY", func(ms []balancer.Member) bool { return allReady(ms, "a") })
+	cl.conn.Close()
+	waitMembers(t, members, "no members", func(ms []balancer.Member) bool { return len(ms) == 0 })
+
+	later, cancelLater := cl.members.Subscribe()
+	defer cancelLater()
+	select {
+	case ms := <-later:
+		t.Errorf("Subscribe() after the connection closed = %+v at once, want nothing", ms)
+	case <-time.After(50 * time.Millisecond): // nothing happens
+	}
+}

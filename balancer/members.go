@@ -36,8 +36,11 @@ func (m Member) Draining() bool { return m.Instance.Metadata.Draining }
 // members (sorted by instance name) after every change. Create one with
 // NewMembers, attach it to the connection's resolver state with
 // AttachMembers (butterfly.WithMembers does this), and Subscribe to it.
-// It belongs to the connections it is attached to: nothing is shared
-// between connections, or kept after the last subscription ends.
+// It belongs to the connection it is attached to: nothing is shared
+// between connections. When the balancer closes (the connection closes,
+// or goes idle), its subscribers get an empty list and the members are
+// forgotten: a later Subscribe gets nothing until a balancer publishes
+// again.
 type Members struct {
 	mu      sync.Mutex
 	subs    map[*subscriber]struct{}
@@ -108,4 +111,13 @@ func (m *Members) publish(members []Member) {
 		}
 		s.ch <- slices.Clone(members)
 	}
+}
+
+// forget publishes an empty list, the members of a closed balancer, and
+// keeps nothing for later subscribers.
+func (m *Members) forget() {
+	m.publish([]Member{})
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.last, m.hasLast = nil, false
 }
