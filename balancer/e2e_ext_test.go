@@ -224,3 +224,60 @@ func TestEndToEnd_MembersPerConnection(t *testing.T) {
 		m.mu.Unlock()
 	}
 }
+
+// TestEndToEnd_ViewsAfterTheBalancer registers an instance while a
+// connection follows the views (butterfly.WithViews): when the view that
+// lists it arrives, the balancer knows it already, so an RPC pinned to it
+// then, without wait-for-ready, reaches it (a pinned pick of an instance
+// the balancer does not know fails at once).
+func TestEndToEnd_ViewsAfterTheBalancer(t *testing.T) {
+	cli := etcdtest.Start(t).Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+
+	var conn *grpc.ClientConn
+	checked := make(chan error, 2)
+	seen := make(map[string]bool)
+	target := "butterfly:///" + testService
+	conn, err := grpc.NewClient(target, butterfly.DialOptions(cli,
+		butterfly.WithViews(func(v registry.View) {
+			for _, inst := range v.Instances {
+				if seen[inst.Name] {
+					continue
+				}
+				seen[inst.Name] = true
+				// Synchronous on purpose: the pick happens before the
+				// resolver can tell the balancer anything newer.
+				_, err := healthpb.NewHealthClient(conn).Check(balancer.WithInstance(ctx, inst.Name), &healthpb.HealthCheckRequest{})
+				checked <- err
+			}
+		}))...)
+	if err != nil {
+		t.Fatalf("grpc.NewClient(%q) = %v", target, err)
+	}
+	defer conn.Close()
+	conn.Connect()
+
+	for _, s := range []*testServer{startServer(t, "a", "127.0.0.1"), startServer(t, "b", "127.0.0.2")} {
+		reg, err := registry.Register(ctx, cli, testService, s.name, s.addr)
+		if err != nil {
+			t.Fatalf("registry.Register(%s) = %v", s.name, err)
+		}
+		t.Cleanup(func() {
+			cctx, ccancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+			defer ccancel()
+			reg.Close(cctx)
+		})
+		select {
+		case err := <-checked:
+			if err != nil {
+				t.Errorf("Check() pinned to %s when its first view arrived = %v, want nil", s.name, err)
+			}
+		case <-ctx.Done():
+			t.Fatalf("no view listed %s", s.name)
+		}
+		if got := s.checks.Load(); got != 1 {
+			t.Errorf("checks served by %s = %d, want 1", s.name, got)
+		}
+	}
+}
