@@ -169,7 +169,7 @@ func (l *subLink) once() (welcomed bool) {
 		InitialCredit:     0,
 		RegistrationEpoch: epoch,
 	}
-	stream, w, oe := handshake(ctx, &l.link, "subscribe", &st.streamLife, c.cfg.heartbeat,
+	stream, w, failed := handshake(ctx, &l.link, "subscribe", &st.streamLife, c.cfg.heartbeat,
 		func(ctx context.Context) (deliveryv1.SubscribeService_SubscribeClient, error) {
 			return c.client.Subscribe(pin(ctx, l.inst))
 		},
@@ -178,21 +178,19 @@ func (l *subLink) once() (welcomed bool) {
 			w := r.GetWelcome()
 			return w, w != nil
 		})
-	if oe != nil {
+	if failed != nil {
 		// Recorded for the "answers" warning; a refusal that retrying
 		// cannot mend stops the consumer.
-		switch oe.step {
-		case stepOpen:
-			c.failedAtOpen(l, ctx, oe.err)
-			c.refusedAtOpen(l, oe.err)
-		case stepHello:
-			c.failedAtOpen(l, ctx, oe.err)
-		case stepWelcome:
-			c.failedAtOpen(l, ctx, oe.err)
-			c.refused(oe.err)
-			c.refusedAtOpen(l, oe.err)
-		case stepCheck:
-			c.setFailure(l, oe.why)
+		if failed.step == stepCheck {
+			c.setFailure(l, failed.why)
+			return false
+		}
+		c.failedAtOpen(l, ctx, failed.err)
+		if err := failed.refusal(); err != nil {
+			if failed.step == stepWelcome {
+				c.refused(err) // the group deleted, the id taken over
+			}
+			c.refusedAtOpen(l, err)
 		}
 		return false
 	}

@@ -175,19 +175,23 @@ const (
 	stepCheck                   // the first frame is not a welcome to go on with
 )
 
-// openError is why a handshake failed: at step, the RPC's err (nil at
+// openFailure is why a handshake failed: at step, the RPC's err (nil at
 // stepCheck), or why the welcome is not kept.
-type openError struct {
+type openFailure struct {
 	step openStep
 	err  error
 	why  string
 }
 
-func (e *openError) Error() string {
-	if e.err != nil {
-		return e.err.Error()
+// refusal returns the RPC's error where it may be the intermediate's
+// refusal or a TLS mismatch (opening the stream, receiving the first
+// frame), for the role to judge; nil at the other steps (a failed Send
+// says nothing: the answer comes with Recv).
+func (f *openFailure) refusal() error {
+	if f.step == stepOpen || f.step == stepWelcome {
+		return f.err
 	}
-	return e.why
+	return nil
 }
 
 // handshake opens a stream to l's instance (open pins it there), sends
@@ -198,34 +202,34 @@ func (e *openError) Error() string {
 // in the log ("publish", "subscribe"). It returns why it failed, or nil.
 func handshake[Req, Resp any, W welcomer](ctx context.Context, l *link, kind string, life *streamLife, interval time.Duration,
 	open func(context.Context) (grpc.BidiStreamingClient[Req, Resp], error), hello *Req, welcomeOf func(*Resp) (W, bool),
-) (grpc.BidiStreamingClient[Req, Resp], W, *openError) {
+) (grpc.BidiStreamingClient[Req, Resp], W, *openFailure) {
 	var none W
 	stream, err := open(ctx)
 	if err != nil {
 		l.log.Debug("open "+kind+" stream", "err", err)
-		return nil, none, &openError{step: stepOpen, err: err}
+		return nil, none, &openFailure{step: stepOpen, err: err}
 	}
 	if err := stream.Send(hello); err != nil {
 		l.log.Debug("send hello", "err", err)
-		return nil, none, &openError{step: stepHello, err: err}
+		return nil, none, &openFailure{step: stepHello, err: err}
 	}
 	first, err := stream.Recv()
 	if err != nil {
 		l.log.Debug("receive welcome", "err", err, "cause", context.Cause(ctx))
-		return nil, none, &openError{step: stepWelcome, err: err}
+		return nil, none, &openFailure{step: stepWelcome, err: err}
 	}
 	life.touch()
 	w, ok := welcomeOf(first)
 	switch {
 	case !ok:
 		l.log.Warn(kind + " stream: first frame is not a welcome")
-		return nil, none, &openError{step: stepCheck, why: "first frame is not a welcome"}
+		return nil, none, &openFailure{step: stepCheck, why: "first frame is not a welcome"}
 	case w.GetInstance() != l.inst.Name:
 		l.log.Warn(kind+" stream reached another instance", "got", w.GetInstance())
-		return nil, none, &openError{step: stepCheck, why: "its address answers as instance " + w.GetInstance()}
+		return nil, none, &openFailure{step: stepCheck, why: "its address answers as instance " + w.GetInstance()}
 	case w.GetEpoch() < l.inst.Metadata.Epoch:
 		l.log.Debug(kind+" stream reached an older incarnation", "got_epoch", w.GetEpoch())
-		return nil, none, &openError{step: stepCheck, why: fmt.Sprintf("its address answers with epoch %d, an older incarnation than the registered %d", w.GetEpoch(), l.inst.Metadata.Epoch)}
+		return nil, none, &openFailure{step: stepCheck, why: fmt.Sprintf("its address answers with epoch %d, an older incarnation than the registered %d", w.GetEpoch(), l.inst.Metadata.Epoch)}
 	}
 	if ms := w.GetHeartbeatIntervalMs(); ms > 0 {
 		interval = time.Duration(ms) * time.Millisecond

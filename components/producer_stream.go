@@ -268,7 +268,7 @@ func (l *pubLink) once() (welcomed bool) {
 		Instance:            l.inst.Name,
 		HeartbeatIntervalMs: uint32(max(p.cfg.heartbeat/time.Millisecond, 1)),
 	}
-	stream, w, oe := handshake(ctx, &l.link, "publish", &st.streamLife, p.cfg.heartbeat,
+	stream, w, failed := handshake(ctx, &l.link, "publish", &st.streamLife, p.cfg.heartbeat,
 		func(ctx context.Context) (deliveryv1.PublishService_PublishClient, error) {
 			return p.client.Publish(pin(ctx, l.inst))
 		},
@@ -277,11 +277,11 @@ func (l *pubLink) once() (welcomed bool) {
 			w := r.GetWelcome()
 			return w, w != nil
 		})
-	if oe != nil {
+	if failed != nil {
 		// A refusal of the hello stops the producer; anything else is
 		// tried again.
-		if oe.step == stepOpen || oe.step == stepWelcome {
-			p.refusedAtOpen(l, oe.err)
+		if err := failed.refusal(); err != nil {
+			p.refusedAtOpen(l, err)
 		}
 		return false
 	}
