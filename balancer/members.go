@@ -104,6 +104,21 @@ func (m *Members) publish(members []Member) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.last, m.hasLast = members, true
+	m.sendLocked(members)
+}
+
+// forget publishes an empty list, the members of a closed balancer, and
+// keeps nothing for later subscribers.
+func (m *Members) forget() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.last, m.hasLast = nil, false
+	m.sendLocked([]Member{})
+}
+
+// sendLocked hands members to every subscriber, in place of a list it has
+// not read.
+func (m *Members) sendLocked(members []Member) {
 	for s := range m.subs {
 		select {
 		case <-s.ch:
@@ -111,13 +126,4 @@ func (m *Members) publish(members []Member) {
 		}
 		s.ch <- slices.Clone(members)
 	}
-}
-
-// forget publishes an empty list, the members of a closed balancer, and
-// keeps nothing for later subscribers.
-func (m *Members) forget() {
-	m.publish([]Member{})
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.last, m.hasLast = nil, false
 }
