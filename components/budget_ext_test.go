@@ -13,7 +13,6 @@ import (
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/intermediate"
-	"github.com/butterfly-mesh/butterfly/registry"
 )
 
 // TestMemoryBudget_StalledConsumer checks that 1 MB messages owned by a
@@ -37,13 +36,7 @@ func TestMemoryBudget_StalledConsumer(t *testing.T) {
 	defer cancel()
 
 	// The stalled consumer: registered, subscribed, no credit ever.
-	if _, err := registry.CreateGroup(ctx, m.cli, components.DefaultService, components.DefaultGroup, "test", registry.WithPrefix(testPrefix)); err != nil {
-		t.Fatalf("CreateGroup() = %v", err)
-	}
-	reg, err := registry.RegisterConsumer(ctx, m.cli, components.DefaultService, components.DefaultGroup, "stalled", registry.WithPrefix(testPrefix), registry.WithTTL(testLeaseTTL))
-	if err != nil {
-		t.Fatalf("RegisterConsumer(stalled) = %v", err)
-	}
+	reg := registerConsumer(t, m, "stalled")
 	sctx, scancel := context.WithCancel(ctx)
 	defer scancel()
 	stream, err := deliveryv1.NewSubscribeServiceClient(rawConn(t, h.addr, insecure.NewCredentials())).Subscribe(sctx)

@@ -503,3 +503,21 @@ func registerInstance(t *testing.T, m *mesh, service, name, addr string) {
 	}
 	t.Cleanup(func() { _ = reg.Close(context.Background()) })
 }
+
+// registerConsumer declares the default group of the default service and
+// registers consumer id in it, with no Consumer of this package behind it
+// (a stranger, a stalled or a frozen one), until the test ends.
+func registerConsumer(t *testing.T, m *mesh, id string) *registry.Registration {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	if _, err := registry.CreateGroup(ctx, m.cli, components.DefaultService, components.DefaultGroup, "test", registry.WithPrefix(testPrefix)); err != nil {
+		t.Fatalf("registry.CreateGroup() = %v", err)
+	}
+	reg, err := registry.RegisterConsumer(ctx, m.cli, components.DefaultService, components.DefaultGroup, id, registry.WithPrefix(testPrefix), registry.WithTTL(testLeaseTTL))
+	if err != nil {
+		t.Fatalf("registry.RegisterConsumer(%s) = %v", id, err)
+	}
+	t.Cleanup(func() { _ = reg.Close(context.Background()) })
+	return reg
+}

@@ -14,7 +14,6 @@ import (
 	"github.com/butterfly-mesh/butterfly/intermediate"
 	"github.com/butterfly-mesh/butterfly/internal/etcdtest"
 	"github.com/butterfly-mesh/butterfly/internal/logtest"
-	"github.com/butterfly-mesh/butterfly/registry"
 )
 
 // TestProducer_SendTooLarge checks that Send refuses, without queueing it,
@@ -262,14 +261,7 @@ func TestProducer_SaysItsOwnerIsNotConnected(t *testing.T) {
 	m.waitMembers("intermediate", 1)
 	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
 	defer cancel()
-	if _, err := registry.CreateGroup(ctx, m.cli, components.DefaultService, components.DefaultGroup, "test", registry.WithPrefix(testPrefix)); err != nil {
-		t.Fatalf("registry.CreateGroup() = %v", err)
-	}
-	reg, err := registry.RegisterConsumer(ctx, m.cli, components.DefaultService, components.DefaultGroup, "ghost", registry.WithPrefix(testPrefix), registry.WithTTL(testLeaseTTL))
-	if err != nil {
-		t.Fatalf("registry.RegisterConsumer(ghost) = %v", err)
-	}
-	t.Cleanup(func() { _ = reg.Close(context.Background()) })
+	registerConsumer(t, m, "ghost")
 
 	var logs logtest.Recorder
 	p := m.producer("p1", components.WithLogger(logs.Logger()))
