@@ -113,6 +113,12 @@ type Consumer struct {
 	inProgress *inProgress
 	queue      []*job
 	pending    int // jobs queued or running
+	// claimed counts the jobs handed to the handler that did not fail:
+	// with WithLimit, no job is taken once it reaches the limit.
+	claimed uint64
+	// limitReached is set once the handler handled WithLimit's messages:
+	// nothing more is taken or handed to it.
+	limitReached bool
 	// idleWorkers counts the workers waiting for workReady.
 	idleWorkers int
 	// idle says when the membership has been empty.
@@ -259,11 +265,15 @@ func (c *Consumer) inHand() float64 {
 func (c *Consumer) receive(st *subStream, batch *deliveryv1.DeliveryBatch) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if st.drainWanted || st.dead {
-		// Left unanswered: the intermediate hands them to another consumer
-		// when this stream ends.
+	if st.dead {
 		return
 	}
+	// A consumer that leaves, or handled its limit, takes nothing new: a
+	// message it did not handle is left unanswered, and the intermediate
+	// hands it to another consumer when this stream ends. A copy of one it
+	// handled (or is handling) is still answered as a duplicate: another
+	// consumer would handle it again.
+	takesNew := !st.drainWanted && !c.limitReached
 	queued := false
 	dups := 0
 	defer func() { c.metrics.Duplicates(dups) }()
@@ -288,6 +298,9 @@ func (c *Consumer) receive(st *subStream, batch *deliveryv1.DeliveryBatch) {
 				st.wakeUp()
 				continue
 			}
+		}
+		if !takesNew {
+			continue
 		}
 		if len(slab) == cap(slab) {
 			slab = make([]job, 0, len(batch.GetDeliveries())-i)
@@ -360,9 +373,10 @@ func (c *Consumer) worker() {
 // consumer stops. A job taken is always handled and answered. While jobs
 // remain queued it wakes a waiting worker for them.
 func (c *Consumer) nextJobLocked() *job {
-	if len(c.queue) == 0 || c.ctx.Err() != nil {
+	if len(c.queue) == 0 || c.ctx.Err() != nil || (c.cfg.limit > 0 && c.claimed >= c.cfg.limit) {
 		return nil
 	}
+	c.claimed++
 	j := c.queue[0]
 	c.queue[0] = nil
 	c.queue = c.queue[1:]
@@ -436,17 +450,25 @@ func (c *Consumer) finish(j *job, err error, next bool) *job {
 	// Counted before the answers go out: whoever hears of the
 	// acknowledgement finds the message counted.
 	dups := len(j.waiters)
+	limitReached := false
 	if err != nil {
 		c.nacked.Add(1)
+		c.claimed--
 	} else {
-		c.delivered.Add(1)
+		n := c.delivered.Add(1)
 		c.dups.Add(uint64(dups))
+		if c.cfg.limit > 0 && n >= c.cfg.limit && !c.limitReached {
+			c.limitReached, limitReached = true, true
+		}
 	}
 	answerLocked(j.origin, err)
 	for _, r := range j.waiters {
 		answerLocked(r, err)
 	}
 	c.pending--
+	if limitReached {
+		c.releaseQueueLocked()
+	}
 	// Only Close waits for pending to reach 0, and only once closing is
 	// set: before, it finds the count under this lock.
 	closing := c.closing
@@ -457,6 +479,9 @@ func (c *Consumer) finish(j *job, err error, next bool) *job {
 	c.mu.Unlock()
 	if closing {
 		c.poke()
+	}
+	if limitReached {
+		c.stop(ErrLimitReached)
 	}
 	d := j.d
 	j.d, j.waiters = nil, nil
@@ -471,9 +496,28 @@ func (c *Consumer) finish(j *job, err error, next bool) *job {
 	return nj
 }
 
+// releaseQueueLocked takes back the queued jobs, none of which will be
+// handled, without answering their deliveries: each intermediate hands them
+// to another consumer of the group when the stream ends.
+func (c *Consumer) releaseQueueLocked() {
+	for _, j := range c.queue {
+		if j.keyed {
+			c.inProgress.remove(j.key)
+		}
+		for _, r := range append(j.waiters, j.origin) {
+			r.st.inHand--
+			r.st.wakeUp()
+		}
+		j.d, j.waiters = nil, nil
+		c.pending--
+	}
+	c.queue = nil
+}
+
 // Done is closed when the consumer stops receiving on its own: another
 // process took its id over (ErrReplaced), its group was deleted
-// (ErrGroupDeleted), its client certificate may not subscribe as its id
+// (ErrGroupDeleted), its handler handled WithLimit's messages
+// (ErrLimitReached), its client certificate may not subscribe as its id
 // (ErrPermissionDenied), or an intermediate refused it for good (ErrRefused,
 // ErrTLSMismatch, as a *RefusedError). Err says which. The application should
 // then Close it.
@@ -541,7 +585,11 @@ func (c *Consumer) refusedAtOpen(l *subLink, err error) {
 // stop ends the consumer's reception on its own, with err.
 func (c *Consumer) stop(err error) {
 	c.stopOnce.Do(func() {
-		c.log.Warn("consumer stops", "err", err)
+		if errors.Is(err, ErrLimitReached) {
+			c.log.Info("consumer stops", "reason", err, "limit", c.cfg.limit)
+		} else {
+			c.log.Warn("consumer stops", "err", err)
+		}
 		c.stopErr = err
 		c.mu.Lock()
 		for _, l := range c.links {
@@ -552,10 +600,11 @@ func (c *Consumer) stop(err error) {
 		}
 		reg := c.reg
 		c.mu.Unlock()
-		if reg != nil && (errors.Is(err, ErrGroupDeleted) || errors.Is(err, ErrPermissionDenied)) {
+		if reg != nil && (errors.Is(err, ErrGroupDeleted) || errors.Is(err, ErrPermissionDenied) || errors.Is(err, ErrLimitReached)) {
 			// It takes nothing more: should the group be declared again,
 			// the others own its keys, not a consumer that stopped; a
-			// consumer refused its id owns nothing meanwhile.
+			// consumer refused its id owns nothing meanwhile; one that
+			// handled its limit leaves its keys to the others at once.
 			ctx, cancel := context.WithTimeout(c.ctx, registerTimeout)
 			if err := reg.SetDraining(ctx); err != nil {
 				c.log.Warn("mark registration draining", "err", err)

@@ -126,6 +126,29 @@ func TestConsumer_IgnoresDeliveriesWhileDraining(t *testing.T) {
 	}
 }
 
+// TestConsumer_AnswersDuplicatesWhileDraining checks that a copy of a
+// message the consumer handled, arriving after it asked to drain, is still
+// acknowledged as a duplicate: left unanswered, the intermediate would hand
+// it to another consumer, which would handle it again. A new message is
+// left unanswered.
+func TestConsumer_AnswersDuplicatesWhileDraining(t *testing.T) {
+	c, s1, s2 := newTestConsumer()
+	c.receive(s1, batchOf([2]uint64{1, 10}))
+	c.finish(c.popJob(t), nil, false)
+	c.mu.Lock()
+	s2.drainWanted = true
+	c.mu.Unlock()
+	c.receive(s2, batchOf([2]uint64{5, 10}, [2]uint64{6, 11}))
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if diff := cmp.Diff([]uint64{5}, s2.acks); diff != "" {
+		t.Errorf("s2 acks while draining (-want +got):\n%s", diff)
+	}
+	if len(c.queue) != 0 || s2.inHand != 0 {
+		t.Errorf("after deliveries while draining: queue=%d inHand=%d, want 0, 0", len(c.queue), s2.inHand)
+	}
+}
+
 // TestConsumer_WorkersRunAtOnce checks that a batch queued while every
 // worker waits reaches all of them at once: receive wakes one, and each
 // worker that takes a job wakes another while jobs remain. Each handler

@@ -19,6 +19,9 @@ var (
 	// ErrPermissionDenied: an intermediate refused the consumer's
 	// certificate the consumer id (PERMISSION_DENIED).
 	ErrPermissionDenied = errors.New("components: permission denied")
+	// ErrLimitReached: the handler handled as many messages as WithLimit
+	// allows.
+	ErrLimitReached = errors.New("components: consumer handled its limit of messages")
 )
 
 // NackError is a message handed back for good; SendWait returns it.

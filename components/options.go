@@ -86,6 +86,7 @@ type consumerConfig struct {
 	createGroup bool
 	leaseTTL    time.Duration
 	version     string
+	limit       uint64
 }
 
 type stageConfig struct {
@@ -279,6 +280,17 @@ func WithLeaseTTL(d time.Duration) ConsumerOption {
 // `butterfly group ls --json`; default none).
 func WithVersion(v string) ConsumerOption {
 	return consumerOption(func(c *consumerConfig) { c.version = v })
+}
+
+// WithLimit makes the consumer stop once its handler has handled n messages
+// without error (default 0: no limit). No message beyond the n reaches the
+// handler: the consumer stops on its own (Done; Err is ErrLimitReached),
+// marks its registration draining so that the group's other consumers own
+// its keys, and leaves what it received beyond the n unanswered. Close ends
+// its streams, and the intermediates hand those messages to the group's
+// other consumers, or hold them for the group until one registers.
+func WithLimit(n uint64) ConsumerOption {
+	return consumerOption(func(c *consumerConfig) { c.limit = n })
 }
 
 // WithDedupWindow sets how many sequence numbers per producer incarnation a

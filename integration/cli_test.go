@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -70,6 +71,31 @@ func TestCLI_Mesh(t *testing.T) {
 	if entries := m.ls("intermediate"); len(entries) != 1 || entries[0].Instance != "intermediate2" {
 		t.Errorf("butterfly ls after drain = %+v, want only intermediate2", entries)
 	}
+}
+
+// TestCLI_ConsumeCount checks `consume --count`: a consumer that receives a
+// burst handles exactly N messages, exits 0 and says so in its summary; the
+// messages it received beyond them wait for the group's next consumer, which
+// handles them, every message exactly once.
+func TestCLI_ConsumeCount(t *testing.T) {
+	m := newMesh(t)
+	m.startEtcd()
+	m.startIntermediate("intermediate1", "127.0.0.2")
+	const n, count = 5000, 300
+	c1 := m.startConsumer("c1", "--count", strconv.Itoa(count))
+	p := m.start("p1", "produce", "--id", "p1", "--count", strconv.Itoa(n))
+	if code := c1.wait(runTimeout); code != 0 {
+		t.Fatalf("consume --count %d exited %d, want 0", count, code)
+	}
+	var sum struct{ Delivered uint64 }
+	c1.lastJSON(&sum)
+	seen, _ := m.handled()
+	if sum.Delivered != count || len(seen["p1"]) != count {
+		t.Errorf("consume --count %d: summary delivered %d, %d lines in its file; want %d and %d", count, sum.Delivered, len(seen["p1"]), count, count)
+	}
+	m.startConsumer("c2")
+	m.waitProducer(p, n, runTimeout)
+	m.checkExactlyOnce(map[string]int{"p1": n}, false)
 }
 
 // TestCLI_UsageErrors checks that a wrong or missing flag gives a one-line

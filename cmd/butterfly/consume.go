@@ -9,7 +9,6 @@ import (
 	"os"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -47,8 +46,10 @@ per handled message to FILE:
   producer_id<TAB>seq<TAB>intermediate
 A message is acknowledged only after its line is written. Duplicates (a
 message sent again after an intermediate failed) are dropped. With --count it
-exits after N handled messages. SIGTERM or SIGINT drains: no new deliveries,
-the messages in hand are finished and acknowledged.
+handles exactly N messages and exits: what it received beyond them goes,
+unhandled, to the group's other consumers (or waits for the group's next
+one). SIGTERM or SIGINT drains: no new deliveries, the messages in hand are
+finished and acknowledged.
 
 The consumer registers in etcd at <prefix>/consumers/<service>/<group>/<id>
 (on a lease, with an epoch) and declares its group at
@@ -100,7 +101,6 @@ client certificate (butterfly certs --consumer-id ID).`,
 			defer cs.Close()
 			ctx, cancel := context.WithCancel(cmd.Context())
 			defer cancel()
-			var handled atomic.Uint64
 			var mu sync.Mutex // serialises writes to w
 			handler := func(_ context.Context, d *components.Delivery) error {
 				mu.Lock()
@@ -116,13 +116,10 @@ client certificate (butterfly certs --consumer-id ID).`,
 				if err != nil {
 					return fmt.Errorf("write: %w", err)
 				}
-				if n := handled.Add(1); count > 0 && n >= count {
-					cancel()
-				}
 				return nil
 			}
 			cons, err := components.NewConsumer(cs.cli, id, handler, withCommon[components.ConsumerOption](cs,
-				components.WithService(service), components.WithGroup(group),
+				components.WithService(service), components.WithGroup(group), components.WithLimit(count),
 				components.WithCreateGroup(createGroup), components.WithLeaseTTL(leaseTTL), components.WithVersion(buildVersion()))...)
 			if err != nil {
 				return err
@@ -137,6 +134,9 @@ client certificate (butterfly certs --consumer-id ID).`,
 			line, _ := json.Marshal(newConsumeSummary(cons.Stats()))
 			fmt.Fprintln(cmd.OutOrStdout(), string(line))
 			stopErr := cons.Err()
+			if errors.Is(stopErr, components.ErrLimitReached) {
+				stopErr = nil // --count: done
+			}
 			if errors.Is(stopErr, components.ErrReplaced) {
 				// A handover, not a failure: the new process owns the id.
 				fmt.Fprintf(cmd.ErrOrStderr(), "butterfly: %v; drained and exiting\n", stopErr)
@@ -151,7 +151,7 @@ client certificate (butterfly certs --consumer-id ID).`,
 	f.StringVar(&service, "service", registry.DefaultService, "service to receive from")
 	f.StringVar(&group, "group", "default", "consumer group: every group gets every message")
 	f.StringVar(&out, "out", "", "append producer_id<TAB>seq<TAB>intermediate per message to FILE instead of printing payloads")
-	f.Uint64Var(&count, "count", 0, "exit after N handled messages")
+	f.Uint64Var(&count, "count", 0, "handle exactly N messages, then exit; the rest go to the group's other consumers")
 	f.DurationVar(&closeTimeout, "close-timeout", 30*time.Second, "how long draining may take at the end")
 	f.BoolVar(&createGroup, "create-group", true, "declare --group in etcd if it is not declared yet")
 	f.DurationVar(&leaseTTL, "lease-ttl", components.DefaultConsumerLeaseTTL, "TTL of the consumer's registration lease: how long a crashed consumer keeps its messages")
