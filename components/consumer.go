@@ -536,7 +536,9 @@ func (c *Consumer) Err() error {
 // idleLocked reports, while the consumer has no welcomed stream to receive
 // from, what it waits for: an instance of the service to register, or one
 // of those registered to welcome it (with why each did not). After
-// idleLogAfter, then every waitingLogEvery.
+// idleLogAfter, then every waitingLogEvery; while an instance has not yet
+// answered at all, the first warning waits for it (a refusal, or silence
+// for the welcome's wait) so that it can say why.
 func (c *Consumer) idleLocked(now time.Time) {
 	receiving := false
 	for st := range c.streams {
@@ -550,19 +552,25 @@ func (c *Consumer) idleLocked(now time.Time) {
 		receiving = true // stopped: it waits for nothing
 	default:
 	}
-	if !c.idle.due(now, !receiving && !c.closing) {
-		return
-	}
-	if len(c.links) == 0 {
-		c.log.Warn("no instance of service " + c.cfg.service + " is registered (waiting)")
-		return
-	}
 	names := slices.Sorted(maps.Keys(c.links))
 	failures := make([]string, 0, len(names))
 	for _, name := range names {
 		if why := c.links[name].failure; why != "" {
 			failures = append(failures, name+": "+why)
 		}
+	}
+	after := idleLogAfter
+	if len(failures) < len(names) {
+		// A beat past the welcome's wait: by then a silent instance's
+		// stream has ended and said so.
+		after = max(after, heartbeatMisses*c.welcomeInterval()+c.cfg.heartbeat)
+	}
+	if !c.idle.due(now, !receiving && !c.closing, after) {
+		return
+	}
+	if len(c.links) == 0 {
+		c.log.Warn("no instance of service " + c.cfg.service + " is registered (waiting)")
+		return
 	}
 	c.log.Warn("no instance of service "+c.cfg.service+" answers (waiting)", "instances", names, "errors", failures)
 }

@@ -420,15 +420,16 @@ func (p *Producer) waitSpanLocked(ctx context.Context, msg *messagev1.Message) e
 // failover settles well within it.
 const idleLogAfter = time.Second
 
-// idleLog paces a "waiting" warning: due after a condition has held for
-// idleLogAfter, then every waitingLogEvery while it holds.
+// idleLog paces a "waiting" warning: due after a condition has held for a
+// while (idleLogAfter, unless the caller waits longer), then every
+// waitingLogEvery while it holds.
 type idleLog struct {
 	since, last time.Time // since is zero while the condition does not hold
 }
 
 // due records whether the condition holds at now and reports whether it is
-// time to say so.
-func (l *idleLog) due(now time.Time, holds bool) bool {
+// time to say so, once it has held for after.
+func (l *idleLog) due(now time.Time, holds bool, after time.Duration) bool {
 	if !holds {
 		l.since = time.Time{}
 		return false
@@ -436,7 +437,7 @@ func (l *idleLog) due(now time.Time, holds bool) bool {
 	if l.since.IsZero() {
 		l.since = now
 	}
-	if now.Sub(l.since) < idleLogAfter || now.Sub(l.last) < waitingLogEvery {
+	if now.Sub(l.since) < after || now.Sub(l.last) < waitingLogEvery {
 		return false
 	}
 	l.last = now
@@ -475,7 +476,7 @@ func (p *Producer) idleLocked(now time.Time) {
 			break
 		}
 	}
-	if !p.idle.due(now, !ready && p.unsettled > 0) {
+	if !p.idle.due(now, !ready && p.unsettled > 0, idleLogAfter) {
 		return
 	}
 	if len(p.links) == 0 {
