@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"strconv"
 	"time"
 
@@ -71,8 +72,8 @@ the hello and in every message.`,
 			if err := registry.ValidateName("--service", service); err != nil {
 				return &usageError{err}
 			}
-			if rate < 0 {
-				return usagef("--rate %v: must not be negative", rate)
+			if rate < 0 || math.IsNaN(rate) || math.IsInf(rate, 0) {
+				return usagef("--rate %v: must be a number of messages a second, 0 or more", rate)
 			}
 			if size < 0 {
 				return usagef("--size %d: must not be negative", size)
@@ -140,26 +141,9 @@ the hello and in every message.`,
 // produce sends --count messages, or one per line of in. It stops early,
 // returning ctx's error, when ctx is canceled.
 func produce(ctx context.Context, p *components.Producer, in io.Reader, count uint64, rate float64, size int, counted bool) error {
-	var tick *time.Ticker
-	if rate > 0 {
-		interval := time.Duration(float64(time.Second) / rate)
-		if interval <= 0 {
-			interval = time.Nanosecond
-		}
-		tick = time.NewTicker(interval)
-		defer tick.Stop()
-	}
-	pace := func() error {
-		if tick == nil {
-			return ctx.Err()
-		}
-		select {
-		case <-tick.C:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
+	pc := newPacer(rate)
+	defer pc.stop()
+	pace := func() error { return pc.wait(ctx) }
 	if counted {
 		for i := uint64(1); i <= count; i++ {
 			if err := pace(); err != nil {
@@ -186,6 +170,68 @@ func produce(ctx context.Context, p *components.Producer, in io.Reader, count ui
 		return fmt.Errorf("reading stdin: %w", err)
 	}
 	return nil
+}
+
+// pacer spaces sends at rate a second on average: the n-th is due n/rate
+// after the first, and one that is late goes at once, so that what a sleep
+// overshoots is made up by the sends after it (a ticker drops the ticks a
+// slow send misses, and cannot tick faster than the timers allow). After a
+// stall of more than a second (the window full), it counts afresh rather
+// than catch up with a burst.
+type pacer struct {
+	rate  float64 // per second; 0: no pacing
+	start time.Time
+	n     uint64 // sends since start
+	now   func() time.Time
+	sleep func(ctx context.Context, d time.Duration) error
+	timer *time.Timer
+}
+
+func newPacer(rate float64) *pacer {
+	pc := &pacer{rate: rate, now: time.Now}
+	pc.sleep = pc.timerSleep
+	return pc
+}
+
+// wait returns when the next send is due, or ctx's error.
+func (pc *pacer) wait(ctx context.Context) error {
+	if err := ctx.Err(); err != nil || pc.rate <= 0 {
+		return err
+	}
+	now := pc.now()
+	if pc.start.IsZero() {
+		pc.start = now
+	}
+	due := pc.start.Add(time.Duration(float64(pc.n) / pc.rate * float64(time.Second)))
+	pc.n++
+	if now.Sub(due) > time.Second {
+		pc.start, pc.n = now, 1
+		return nil
+	}
+	if d := due.Sub(now); d > 0 {
+		return pc.sleep(ctx, d)
+	}
+	return nil
+}
+
+func (pc *pacer) timerSleep(ctx context.Context, d time.Duration) error {
+	if pc.timer == nil {
+		pc.timer = time.NewTimer(d)
+	} else {
+		pc.timer.Reset(d)
+	}
+	select {
+	case <-pc.timer.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (pc *pacer) stop() {
+	if pc.timer != nil {
+		pc.timer.Stop()
+	}
 }
 
 // payload returns size bytes that start with the message number, so a
