@@ -51,6 +51,28 @@ func TestComponentFlags_OutOfRange(t *testing.T) {
 	}
 }
 
+// TestRoot_UsageErrors checks what the root command refuses with a usage
+// error (exit code 2): no command at all (with the help, so that the
+// commands are listed), and an --etcd-dial-timeout that is not positive,
+// which the etcd client would replace with its own default.
+func TestRoot_UsageErrors(t *testing.T) {
+	out, err := executeCommand(t)
+	var ue *usageError
+	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "a command is required") || !strings.Contains(out, "Available Commands:") {
+		t.Errorf("butterfly = %v (output %q), want a usage error saying a command is required, after the help", err, out)
+	}
+	for _, d := range []string{"0s", "-1s"} {
+		out, err := executeCommand(t, "ls", "--etcd-endpoints", "127.0.0.1:1", "--etcd-dial-timeout", d)
+		want := "--etcd-dial-timeout " + d + ": must be positive"
+		if !errors.As(err, &ue) || !strings.Contains(err.Error(), want) {
+			t.Errorf("butterfly ls --etcd-dial-timeout %s = %v (output %q), want a usage error containing %q", d, err, out, want)
+		}
+	}
+	if out, err := executeCommand(t, "--help"); err != nil || !strings.Contains(out, "Available Commands:") {
+		t.Errorf("butterfly --help = %v (output %q), want the help and nil", err, out)
+	}
+}
+
 // TestIntermediateCommand_StatusHasVersion checks that `butterfly
 // intermediate` reports its version in GetStatus, as in its registration.
 func TestIntermediateCommand_StatusHasVersion(t *testing.T) {

@@ -65,6 +65,12 @@ as underscores: --etcd-endpoints is BUTTERFLY_ETCD_ENDPOINTS.
 		SilenceUsage:      true,
 		SilenceErrors:     true,
 		PersistentPreRunE: r.preRun,
+		// Without a command: the help, on stderr, and a usage error.
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cmd.SetOut(cmd.ErrOrStderr())
+			_ = cmd.Help()
+			return usagef("a command is required: butterfly COMMAND (butterfly --help lists them)")
+		},
 	}
 	r.CompletionOptions.DisableDefaultCmd = true
 	r.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err} })
@@ -136,6 +142,9 @@ func (r *rootCommand) preRun(cmd *cobra.Command, _ []string) error {
 	}
 	if len(r.etcdEndpoints) == 0 {
 		return usagef("--etcd-endpoints is empty")
+	}
+	if r.dialTimeout <= 0 {
+		return usagef("%s %v: must be positive", r.flagName("etcd-dial-timeout"), r.dialTimeout)
 	}
 	r.logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	r.ran = true
