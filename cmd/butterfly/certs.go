@@ -109,7 +109,7 @@ certificates: this is for development and tests, not for production.`,
 	for _, role := range tlsutil.Roles {
 		ids := new([]string)
 		roleIDs[role] = ids
-		f.StringSliceVar(ids, string(role)+"-id", nil, fmt.Sprintf("write %s-<id>.pem and %s-<id>-key.pem, a %s certificate for each id (comma-separated, repeatable)", role, role, role))
+		f.StringSliceVar(ids, string(role)+"-id", nil, fmt.Sprintf("write %s-<id>.pem and %s-<id>-key.pem, one certificate of role %s for each id (comma-separated, repeatable)", role, role, role))
 	}
 	f.DurationVar(&validity, "validity", 365*24*time.Hour, "how long the server and client certificates are valid (at most as long as the CA)")
 	return c
