@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 )
@@ -75,7 +76,7 @@ func TestPacer_StopsWithItsContext(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 		cancel()
 	}()
-	if err := pc.wait(ctx); err != context.Canceled {
+	if err := pc.wait(ctx); !errors.Is(err, context.Canceled) {
 		t.Errorf("wait() = %v, want context.Canceled", err)
 	}
 }
