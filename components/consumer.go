@@ -372,20 +372,47 @@ func (c *Consumer) worker() {
 // nextJobLocked takes the next queued job: nil when none is queued or the
 // consumer stops. A job taken is always handled and answered. While jobs
 // remain queued it wakes a waiting worker for them.
+//
+// A closing consumer hands its handler no message whose every delivery came
+// on a stream that has ended: no answer can reach the intermediates, which
+// hand it to the group's other consumers now that this one drains, and
+// handling it here as well would handle it twice.
 func (c *Consumer) nextJobLocked() *job {
-	if len(c.queue) == 0 || c.ctx.Err() != nil || (c.cfg.limit > 0 && c.claimed >= c.cfg.limit) {
-		return nil
+	for {
+		if len(c.queue) == 0 || c.ctx.Err() != nil || (c.cfg.limit > 0 && c.claimed >= c.cfg.limit) {
+			return nil
+		}
+		j := c.queue[0]
+		c.queue[0] = nil
+		c.queue = c.queue[1:]
+		if len(c.queue) == 0 {
+			c.queue = nil
+		}
+		if c.closing && j.unanswerable() {
+			c.releaseJobLocked(j)
+			c.poke() // Close waits for pending
+			continue
+		}
+		if len(c.queue) > 0 && c.idleWorkers > 0 {
+			c.pokeWork()
+		}
+		c.claimed++
+		return j
 	}
-	c.claimed++
-	j := c.queue[0]
-	c.queue[0] = nil
-	c.queue = c.queue[1:]
-	if len(c.queue) == 0 {
-		c.queue = nil
-	} else if c.idleWorkers > 0 {
-		c.pokeWork()
+}
+
+// unanswerable reports whether every stream j's deliveries came on has
+// ended.
+func (j *job) unanswerable() bool {
+	if !j.origin.st.dead {
+		return false
 	}
-	return j
+	for _, r := range j.waiters {
+		if !r.st.dead {
+			return false
+		}
+	}
+	return true
 }
 
 // handle runs the handler, turning a panic into an error.
@@ -501,17 +528,23 @@ func (c *Consumer) finish(j *job, err error, next bool) *job {
 // to another consumer of the group when the stream ends.
 func (c *Consumer) releaseQueueLocked() {
 	for _, j := range c.queue {
-		if j.keyed {
-			c.inProgress.remove(j.key)
-		}
-		for _, r := range append(j.waiters, j.origin) {
-			r.st.inHand--
-			r.st.wakeUp()
-		}
-		j.d, j.waiters = nil, nil
-		c.pending--
+		c.releaseJobLocked(j)
 	}
 	c.queue = nil
+}
+
+// releaseJobLocked forgets j, taken from the queue, without answering its
+// deliveries.
+func (c *Consumer) releaseJobLocked(j *job) {
+	if j.keyed {
+		c.inProgress.remove(j.key)
+	}
+	for _, r := range append(j.waiters, j.origin) {
+		r.st.inHand--
+		r.st.wakeUp()
+	}
+	j.d, j.waiters = nil, nil
+	c.pending--
 }
 
 // Done is closed when the consumer stops receiving on its own: another

@@ -1,0 +1,137 @@
+package components_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/butterfly-mesh/butterfly/components"
+	"github.com/butterfly-mesh/butterfly/intermediate"
+	"github.com/butterfly-mesh/butterfly/registry"
+)
+
+// cutter is a dialer whose connections can be cut, after which it refuses
+// to connect: a component partitioned from the intermediates.
+type cutter struct {
+	mu    sync.Mutex
+	cut   bool
+	conns []net.Conn
+}
+
+func (c *cutter) dial(ctx context.Context, addr string) (net.Conn, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cut {
+		return nil, errors.New("cut")
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err == nil {
+		c.conns = append(c.conns, conn)
+	}
+	return conn, err
+}
+
+func (c *cutter) sever() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.cut = true
+	for _, conn := range c.conns {
+		conn.Close()
+	}
+}
+
+// TestConsumer_ClosingHandsNothingFromAnEndedStream checks that a consumer
+// that drains does not handle the messages it received on a stream that
+// has ended: the intermediate hands them to the group's other consumer once
+// the drain marks the registration, and handling them as well would handle
+// them twice. Consumer a is cut off from the intermediate while its handler
+// holds one message and more are queued behind it; then a is closed and its
+// handler let go. Only the message in the handler at the cut may be handled
+// twice (the drain's documented limit: handled, not acknowledged); before,
+// a handled every queued one too.
+func TestConsumer_ClosingHandsNothingFromAnEndedStream(t *testing.T) {
+	m := newMesh(t)
+	h1 := m.startHub(components.DefaultService, "i1", "127.0.0.1", intermediate.WithOwnerWait(10*time.Second))
+	all := newLedger()
+	cut := &cutter{}
+	entered := make(chan uint64, 1)
+	gate := make(chan struct{})
+	a := m.consumer("a", func(ctx context.Context, d *components.Delivery) error {
+		select {
+		case entered <- d.Message.GetId().GetSeq():
+		default:
+		}
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		all.record(d)
+		return nil
+	}, components.WithDialOptions(grpc.WithContextDialer(cut.dial)))
+	m.consumer("b", all.handler())
+	waitConsumers(t, 2, h1)
+	p := m.producer("p")
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	load := startLoad(ctx, 64, p) // 16 keys: some are a's
+
+	var first uint64
+	select {
+	case first = <-entered:
+	case <-time.After(defaultTestTimeout):
+		t.Fatal("a handled nothing")
+	}
+	// a holds its other messages queued behind the first.
+	waitUntil(t, "a to hold more than one message", func() bool {
+		for _, cs := range h1.status(t).GetConsumers() {
+			if cs.GetConsumerId() == "a" {
+				return cs.GetInFlight() > 1
+			}
+		}
+		return false
+	})
+	cut.sever()
+	waitConsumers(t, 1, h1) // i1 saw a's stream end: its messages wait for a
+	closed := make(chan error, 1)
+	go func() {
+		cctx, ccancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+		defer ccancel()
+		closed <- a.Close(cctx)
+	}()
+	key := registry.ConsumerKey(testPrefix, components.DefaultService, components.DefaultGroup, "a")
+	waitUntil(t, "a's registration to drain", func() bool {
+		resp, err := m.cli.Get(context.Background(), key)
+		if err != nil || len(resp.Kvs) != 1 {
+			return false
+		}
+		v, err := registry.ParseConsumerValue(components.DefaultGroup, "a", resp.Kvs[0].Value)
+		return err == nil && v.Draining
+	})
+	close(gate)
+	if err := <-closed; err != nil {
+		t.Errorf("a.Close() = %v, want nil", err)
+	}
+	sent := load.wait(t)
+	closeProducers(t, p)
+
+	all.mu.Lock()
+	defer all.mu.Unlock()
+	for seq := uint64(1); seq <= uint64(sent["p"]); seq++ {
+		switch n := all.counts["p"][seq]; {
+		case n == 0:
+			t.Errorf("message p/%d handled 0 times, want 1", seq)
+		case n > 1 && seq != first:
+			t.Errorf("message p/%d handled %d times, want 1 (only p/%d, in a's handler at the cut, may be handled twice)", seq, n, first)
+		}
+	}
+	if st := a.Stats(); st.Delivered != 1 {
+		t.Errorf("a handled %d messages, want 1: the one in its handler at the cut", st.Delivered)
+	}
+}
