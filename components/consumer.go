@@ -652,6 +652,20 @@ func (c *Consumer) stop(err error) {
 			}
 			cancel()
 		}
+		if errors.Is(err, ErrLimitReached) {
+			// Its streams end now, not at Close: the intermediates hand
+			// what it did not handle to the group's other consumers.
+			c.mu.Lock()
+			for st := range c.streams {
+				if !st.welcomed {
+					st.cancel(ErrClosed)
+					continue
+				}
+				st.drainWanted = true
+				st.wakeUp()
+			}
+			c.mu.Unlock()
+		}
 		close(c.done)
 	})
 }

@@ -12,9 +12,9 @@ import (
 
 // TestConsumer_LimitHandsTheRestOn checks WithLimit: a consumer that holds
 // far more deliveries than its limit when it starts handling hands exactly
-// the limit to its handler and stops with ErrLimitReached; once it is
-// closed, the group's other consumer handles the rest, and every message is
-// handled exactly once.
+// the limit to its handler and stops with ErrLimitReached; the group's
+// other consumer then handles the rest, before the limited one is closed,
+// and every message is handled exactly once.
 func TestConsumer_LimitHandsTheRestOn(t *testing.T) {
 	const total, limit = 4000, 300
 	m := newMesh(t)
@@ -61,15 +61,15 @@ func TestConsumer_LimitHandsTheRestOn(t *testing.T) {
 	if err := a.Err(); !errors.Is(err, components.ErrLimitReached) {
 		t.Errorf("a.Err() = %v, want ErrLimitReached", err)
 	}
+	// Everything is acknowledged while a, stopped, is not closed yet.
+	sent := load.wait(t)
+	closeProducers(t, p)
+	all.checkExactlyOnce(t, sent)
 	cctx, ccancel := context.WithTimeout(context.Background(), defaultTestTimeout)
 	defer ccancel()
 	if err := a.Close(cctx); err != nil {
 		t.Errorf("a.Close() = %v, want nil", err)
 	}
-
-	sent := load.wait(t)
-	closeProducers(t, p)
-	all.checkExactlyOnce(t, sent)
 	if got := mine.Load(); got != limit {
 		t.Errorf("a handled %d messages, want exactly %d", got, limit)
 	}

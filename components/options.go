@@ -286,9 +286,10 @@ func WithVersion(v string) ConsumerOption {
 // without error (default 0: no limit). No message beyond the n reaches the
 // handler: the consumer stops on its own (Done; Err is ErrLimitReached),
 // marks its registration draining so that the group's other consumers own
-// its keys, and leaves what it received beyond the n unanswered. Close ends
-// its streams, and the intermediates hand those messages to the group's
-// other consumers, or hold them for the group until one registers.
+// its keys, leaves what it received beyond the n unanswered and ends its
+// streams: the intermediates hand those messages to the group's other
+// consumers, or hold them for the group until one registers. The
+// application then closes it, which removes its registration.
 func WithLimit(n uint64) ConsumerOption {
 	return consumerOption(func(c *consumerConfig) { c.limit = n })
 }
