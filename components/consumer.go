@@ -656,18 +656,27 @@ func (c *Consumer) stop(err error) {
 			// Its streams end now, not at Close: the intermediates hand
 			// what it did not handle to the group's other consumers.
 			c.mu.Lock()
-			for st := range c.streams {
-				if !st.welcomed {
-					st.cancel(ErrClosed)
-					continue
-				}
-				st.drainWanted = true
-				st.wakeUp()
-			}
+			c.leaveStreamsLocked()
 			c.mu.Unlock()
 		}
 		close(c.done)
 	})
+}
+
+// leaveStreamsLocked asks every stream to end: a welcomed one sends its
+// Drain frame and ends once what it holds is answered; one still waiting
+// for its welcome ends at once, since nothing was received on it and
+// nothing is owed (an instance that does not answer would otherwise hold
+// the consumer until the stream is counted as silent).
+func (c *Consumer) leaveStreamsLocked() {
+	for st := range c.streams {
+		if !st.welcomed {
+			st.cancel(ErrClosed)
+			continue
+		}
+		st.drainWanted = true
+		st.wakeUp()
+	}
 }
 
 // register declares the group (WithCreateGroup) and registers the consumer
@@ -747,17 +756,7 @@ func (c *Consumer) Close(ctx context.Context) error {
 	}
 	c.mu.Lock()
 	c.closing = true
-	for st := range c.streams {
-		if !st.welcomed {
-			// Nothing was received on it and nothing is owed: a stream
-			// still waiting for its welcome (an instance that does not
-			// answer) would hold Close until it is counted as silent.
-			st.cancel(ErrClosed)
-			continue
-		}
-		st.drainWanted = true
-		st.wakeUp()
-	}
+	c.leaveStreamsLocked()
 	for _, l := range c.links {
 		l.retired = true
 	}
