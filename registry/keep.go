@@ -90,6 +90,9 @@ func (r *Registration) session(rev int64) sessionEnd {
 		select {
 		case <-ctx.Done():
 			return endClosed
+		case <-r.rewrite:
+			r.logger.Info("registry: a write of the key failed; writing it again")
+			return endResync
 		case _, ok := <-ka:
 			if !ok {
 				if ctx.Err() != nil {

@@ -43,6 +43,9 @@ type Registration struct {
 	leaseLost    chan struct{}
 	lostOnce     sync.Once
 	closing      atomic.Bool
+	// rewrite is poked when a write of our value failed (SetDraining): the
+	// keeper's session ends and its resync writes the value.
+	rewrite chan struct{}
 
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -106,6 +109,7 @@ func registerKey(ctx context.Context, cli *clientv3.Client, key, ctlKey string, 
 		replaced:    make(chan struct{}),
 		leaseLost:   make(chan struct{}),
 		drain:       make(chan struct{}),
+		rewrite:     make(chan struct{}, 1),
 	}
 	r.opMu.Lock()
 	defer r.opMu.Unlock()
@@ -161,7 +165,9 @@ func (r *Registration) LeaseLost() <-chan struct{} { return r.leaseLost }
 func (r *Registration) DrainRequested() <-chan struct{} { return r.drain }
 
 // SetDraining sets Metadata.draining in the key, keeping lease and epoch, if
-// the key is still ours. Later re-puts keep the flag.
+// the key is still ours. Later re-puts keep the flag. When the write fails
+// (etcd unreachable, ctx done), the error is returned and the registration
+// still drains: its keeper writes the flag once etcd answers.
 func (r *Registration) SetDraining(ctx context.Context) error {
 	r.opMu.Lock()
 	defer r.opMu.Unlock()
@@ -175,6 +181,11 @@ func (r *Registration) SetDraining(ctx context.Context) error {
 	if _, err := r.writeLocked(ctx); err != nil {
 		if errors.Is(err, ErrReplaced) {
 			r.fence()
+		} else {
+			select {
+			case r.rewrite <- struct{}{}:
+			default:
+			}
 		}
 		return err
 	}

@@ -303,6 +303,29 @@ func TestRegistration_SetDraining(t *testing.T) {
 	})
 }
 
+// TestRegistration_SetDrainingThatFailedIsWritten checks that a draining
+// flag whose write failed (here its context was done; in a process, etcd
+// did not answer in time) reaches etcd all the same: the keeper writes it
+// again, though nothing else happened to the key or the lease.
+func TestRegistration_SetDrainingThatFailedIsWritten(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	r := register(t, cli, "svc", "i1", "127.0.0.1:7001")
+	_, lease, _ := getValue(t, cli, r.Key())
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := r.SetDraining(ctx); err == nil {
+		t.Fatalf("SetDraining(a done context) = nil, want its error")
+	}
+	waitUntil(t, "the draining flag in etcd", func() bool {
+		v, _, ok := getValue(t, cli, r.Key())
+		return ok && v.Metadata.Draining
+	})
+	if v, gotLease, _ := getValue(t, cli, r.Key()); v.Metadata.Epoch != 1 || gotLease != lease {
+		t.Errorf("Get(%q) = %+v lease %x, want epoch 1 on lease %x", r.Key(), v, gotLease, lease)
+	}
+}
+
 // TestRequestDrain_ClosesDrainRequested checks the control key round trip.
 func TestRequestDrain_ClosesDrainRequested(t *testing.T) {
 	srv := etcdtest.Start(t)
