@@ -105,6 +105,7 @@ type Consumer struct {
 	// subStream. It is never held across gRPC or etcd calls or the handler.
 	mu         sync.Mutex
 	closing    bool
+	stopped    bool                   // it stopped on its own (stop): no new link is started
 	reg        *registry.Registration // nil until registered
 	epoch      uint64                 // the registration's epoch; 0 until registered
 	links      map[string]*subLink
@@ -633,6 +634,7 @@ func (c *Consumer) stop(err error) {
 		}
 		c.stopErr = err
 		c.mu.Lock()
+		c.stopped = true
 		for _, l := range c.links {
 			l.retired = true
 			if l.stream == nil {

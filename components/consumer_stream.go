@@ -64,11 +64,13 @@ func (c *Consumer) welcomeInterval() time.Duration {
 // new link; the old one keeps its stream until that ends, or until
 // retireGraceBeats heartbeat intervals after the new one was welcomed. The
 // stream of an instance gone from the membership gets the same grace from
-// then: an old process that cannot reach etcd would hold it forever.
+// then: an old process that cannot reach etcd would hold it forever. A
+// consumer that stopped on its own opens no stream to an instance that
+// joins or moves: it takes nothing more.
 func (c *Consumer) reconcile(v registry.View) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closing || c.ctx.Err() != nil {
+	if c.closing || c.stopped || c.ctx.Err() != nil {
 		return
 	}
 	reconcileLinks(c.links, v, linkHooks[*subLink]{

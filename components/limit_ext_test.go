@@ -77,3 +77,36 @@ func TestConsumer_LimitHandsTheRestOn(t *testing.T) {
 		t.Errorf("a.Stats() = %+v, want Delivered=%d Nacked=0", st, limit)
 	}
 }
+
+// TestConsumer_AtItsLimitOpensNoStream checks that a consumer stopped at
+// its limit opens no stream to an intermediate that joins afterwards: it
+// takes nothing more, and should its registration's draining flag not have
+// reached etcd, that intermediate would route to it what it will not take.
+func TestConsumer_AtItsLimitOpensNoStream(t *testing.T) {
+	m := newMesh(t)
+	h1 := m.startHub(components.DefaultService, "i1", "127.0.0.1")
+	all := newLedger()
+	a := m.consumer("a", all.handler(), components.WithLimit(1))
+	m.consumer("b", all.handler())
+	waitConsumers(t, 2, h1)
+	p := m.producer("p")
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	sent := startLoad(ctx, 64, p).wait(t)
+	select {
+	case <-a.Done():
+	case <-time.After(defaultTestTimeout):
+		t.Fatalf("consumer a did not stop at its limit")
+	}
+	h2 := m.startHub(components.DefaultService, "i2", "127.0.0.1")
+	waitConsumers(t, 1, h2) // b's stream: the consumers know of i2
+	// A beat more for a's stream, had it started one.
+	time.Sleep(300 * time.Millisecond)
+	for _, cs := range h2.status(t).GetConsumers() {
+		if cs.GetConsumerId() == "a" {
+			t.Errorf("i2 has a stream of consumer a, stopped at its limit before i2 joined")
+		}
+	}
+	closeProducers(t, p)
+	all.checkExactlyOnce(t, sent)
+}
