@@ -291,9 +291,12 @@ func TestSubscribe_SilentConsumerDroppedAtTheCap(t *testing.T) {
 // huge number of ids cost the server O(ranges): one that repeats the full
 // range of sent ids 4000 times settles the one still outstanding, and one
 // whose 1500 ranges name 1.57 billion never-sent ids is refused with
-// INVALID_ARGUMENT, each holding the server's lock under a millisecond,
-// while a legitimate consumer beside it handles every message exactly once
-// and the producer hears of each exactly once.
+// INVALID_ARGUMENT, each holding the server's lock far less than walking
+// the ids named would (seconds for 1.57 billion), while a legitimate
+// consumer beside it handles every message exactly once and the producer
+// hears of each exactly once. The bound, 100 ms, is also far above what a
+// loaded two-core machine adds by keeping the thread off its core (a few
+// milliseconds), which a bound of 1 ms did not stand.
 func TestSubscribe_HostileAckFrame(t *testing.T) {
 	const n = 300
 	var (
@@ -409,8 +412,8 @@ func TestSubscribe_HostileAckFrame(t *testing.T) {
 	for i, name := range []string{"4000 ranges naming 1.2 million ids", "1500 ranges naming 1.57 billion ids never sent"} {
 		h, all := held["e1"][n-1+i], total["e1"][n-1+i]
 		t.Logf("ack frame of %s: lock held %v, handled in %v", name, h, all)
-		if h >= time.Millisecond {
-			t.Errorf("ack frame of %s held the server's lock %v, want under 1ms", name, h)
+		if h >= 100*time.Millisecond {
+			t.Errorf("ack frame of %s held the server's lock %v, want under 100ms: its cost follows the ids it names, not its ranges", name, h)
 		}
 	}
 }
