@@ -117,9 +117,6 @@ type Consumer struct {
 	// claimed counts the jobs handed to the handler that did not fail:
 	// with WithLimit, no job is taken once it reaches the limit.
 	claimed uint64
-	// limitReached is set once the handler handled WithLimit's messages:
-	// nothing more is taken or handed to it.
-	limitReached bool
 	// idleWorkers counts the workers waiting for workReady.
 	idleWorkers int
 	// idle says when the membership has been empty.
@@ -274,7 +271,7 @@ func (c *Consumer) receive(st *subStream, batch *deliveryv1.DeliveryBatch) {
 	// hands it to another consumer when this stream ends. A copy of one it
 	// handled (or is handling) is still answered as a duplicate: another
 	// consumer would handle it again.
-	takesNew := !st.drainWanted && !c.limitReached
+	takesNew := !st.drainWanted && !c.atLimit()
 	queued := false
 	dups := 0
 	defer func() { c.metrics.Duplicates(dups) }()
@@ -478,16 +475,13 @@ func (c *Consumer) finish(j *job, err error, next bool) *job {
 	// Counted before the answers go out: whoever hears of the
 	// acknowledgement finds the message counted.
 	dups := len(j.waiters)
-	limitReached := false
+	limitReached := false // by this job: delivered never passes the claims
 	if err != nil {
 		c.nacked.Add(1)
 		c.claimed--
 	} else {
-		n := c.delivered.Add(1)
+		limitReached = c.delivered.Add(1) == c.cfg.limit
 		c.dups.Add(uint64(dups))
-		if c.cfg.limit > 0 && n >= c.cfg.limit && !c.limitReached {
-			c.limitReached, limitReached = true, true
-		}
 	}
 	answerLocked(j.origin, err)
 	for _, r := range j.waiters {
@@ -522,6 +516,12 @@ func (c *Consumer) finish(j *job, err error, next bool) *job {
 	c.metrics.Delivered(d.Message.GetCreateTimeUnixNano())
 	c.metrics.Duplicates(dups)
 	return nj
+}
+
+// atLimit reports whether the handler handled WithLimit's messages: nothing
+// more is taken or handed to it. Its count moves under c.mu.
+func (c *Consumer) atLimit() bool {
+	return c.cfg.limit > 0 && c.delivered.Load() >= c.cfg.limit
 }
 
 // releaseQueueLocked takes back the queued jobs, none of which will be
@@ -574,17 +574,16 @@ func (c *Consumer) Err() error {
 // answered at all, the first warning waits for it (a refusal, or silence
 // for the welcome's wait) so that it can say why.
 func (c *Consumer) idleLocked(now time.Time) {
-	receiving := false
+	receiving := c.stopped || c.closing // stopped or closing: it waits for nothing
 	for st := range c.streams {
 		if st.welcomed && !st.dead {
 			receiving = true
 			break
 		}
 	}
-	select {
-	case <-c.done:
-		receiving = true // stopped: it waits for nothing
-	default:
+	if receiving {
+		c.idle.due(now, false, 0)
+		return
 	}
 	names := slices.Sorted(maps.Keys(c.links))
 	failures := make([]string, 0, len(names))
@@ -599,7 +598,7 @@ func (c *Consumer) idleLocked(now time.Time) {
 		// stream has ended and said so.
 		after = max(after, heartbeatMisses*c.welcomeInterval()+c.cfg.heartbeat)
 	}
-	if !c.idle.due(now, !receiving && !c.closing, after) {
+	if !c.idle.due(now, true, after) {
 		return
 	}
 	if len(c.links) == 0 {
@@ -627,7 +626,8 @@ func (c *Consumer) refusedAtOpen(l *subLink, err error) {
 // stop ends the consumer's reception on its own, with err.
 func (c *Consumer) stop(err error) {
 	c.stopOnce.Do(func() {
-		if errors.Is(err, ErrLimitReached) {
+		atLimit := errors.Is(err, ErrLimitReached)
+		if atLimit {
 			c.log.Info("consumer stops", "reason", err, "limit", c.cfg.limit)
 		} else {
 			c.log.Warn("consumer stops", "err", err)
@@ -643,7 +643,7 @@ func (c *Consumer) stop(err error) {
 		}
 		reg := c.reg
 		c.mu.Unlock()
-		if reg != nil && (errors.Is(err, ErrGroupDeleted) || errors.Is(err, ErrPermissionDenied) || errors.Is(err, ErrLimitReached)) {
+		if reg != nil && (atLimit || errors.Is(err, ErrGroupDeleted) || errors.Is(err, ErrPermissionDenied)) {
 			// It takes nothing more: should the group be declared again,
 			// the others own its keys, not a consumer that stopped; a
 			// consumer refused its id owns nothing meanwhile; one that
@@ -654,7 +654,7 @@ func (c *Consumer) stop(err error) {
 			}
 			cancel()
 		}
-		if errors.Is(err, ErrLimitReached) {
+		if atLimit {
 			// Its streams end now, not at Close: the intermediates hand
 			// what it did not handle to the group's other consumers.
 			c.mu.Lock()

@@ -99,8 +99,7 @@ client certificate (butterfly certs --consumer-id ID).`,
 				return err
 			}
 			defer cs.Close()
-			ctx, cancel := context.WithCancel(cmd.Context())
-			defer cancel()
+			ctx := cmd.Context()
 			var mu sync.Mutex // serialises writes to w
 			handler := func(_ context.Context, d *components.Delivery) error {
 				mu.Lock()
