@@ -80,8 +80,10 @@ func unknownFieldOf[T any, PT interface {
 	*T
 	proto.Message
 }]() unknownField[T, PT] {
+	// A field promoted from an embedded struct has its offset in that
+	// struct, not in T: only a field of T itself is read directly.
 	f, ok := reflect.TypeFor[T]().FieldByName("unknownFields")
-	return unknownField[T, PT]{offset: f.Offset, direct: ok && f.Type == reflect.TypeFor[[]byte]()}
+	return unknownField[T, PT]{offset: f.Offset, direct: ok && len(f.Index) == 1 && f.Type == reflect.TypeFor[[]byte]()}
 }
 
 // of returns m's unknown fields, as ProtoReflect().GetUnknown() would.
