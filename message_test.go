@@ -79,11 +79,10 @@ func TestCheckMessage(t *testing.T) {
 }
 
 // BenchmarkCheckMessage measures the check producers and intermediates make
-// of every message: a typical one, with an id, a low-water mark and a
-// payload of 256 bytes.
-// BenchmarkCheckMessage checks one message again and again ("reused"),
-// and, as producers and intermediates do, each message once ("fresh",
-// from slabs of 4 096 made while the timer is stopped).
+// of every message, on a typical one (an id, a low-water mark and a payload
+// of 256 bytes): one message checked again and again ("reused"), and, as
+// producers and intermediates check them, each message once ("fresh", from
+// slabs of 4 096 made while the timer is stopped).
 func BenchmarkCheckMessage(b *testing.B) {
 	newMessage := func() *messagev1.Message {
 		return &messagev1.Message{Id: &messagev1.MessageId{ProducerId: "producer-7f3a9c1e", Incarnation: 1, Seq: 9}, Payload: make([]byte, 256), LowWaterSeq: 3}

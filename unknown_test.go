@@ -28,16 +28,16 @@ func TestUnknownFieldOf_ReadsWhatReflectionReads(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	known, err := proto.Marshal(&messagev1.Message{Payload: []byte("x"), LowWaterSeq: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, unknown := range []bool{false, true} {
 		want := []byte(nil)
 		if unknown {
 			want = extra
 		}
 		m, id, tr, r := new(messagev1.Message), new(messagev1.MessageId), new(messagev1.TraceContext), new(messagev1.Route)
-		known, err := proto.Marshal(&messagev1.Message{Payload: []byte("x"), LowWaterSeq: 3})
-		if err != nil {
-			t.Fatal(err)
-		}
 		decode(t, m, known, unknown)
 		decode(t, id, nil, unknown)
 		decode(t, tr, nil, unknown)
