@@ -35,8 +35,9 @@ in one process:
 
 While messages flow it crashes one intermediate, brings it back on another
 address under the same name, and drains the other, saying what happens as it
-happens. It ends with a table of sent, delivered, lost, duplicates dropped and
-transactions per second, and exits 3 if anything was lost or handled twice.
+happens. It ends with a table of sent, delivered, lost, handled twice,
+duplicates dropped, resent, elapsed time and transactions per second, and
+exits 3 if anything was lost or handled twice.
 Needs nothing running: etcd is embedded and every server listens on loopback
 (127.0.0.2, 127.0.0.3 and 127.0.0.4 stand in for other hosts).`,
 		Example: `  go run ./cmd/butterfly demo
