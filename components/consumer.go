@@ -745,8 +745,13 @@ func (c *Consumer) registerOnce(ctx context.Context, opts []registry.Option) err
 // error when ctx ended first (the handlers' context is then canceled).
 // Close is safe to call twice.
 func (c *Consumer) Close(ctx context.Context) error {
+	// Closing is set before the registration is marked draining: from
+	// that mark on the intermediates hand what this consumer has not
+	// answered to the group's other consumers, and a message queued from a
+	// stream that has ended must not reach the handler after it.
 	c.mu.Lock()
 	reg := c.reg
+	c.closing = true
 	c.mu.Unlock()
 	if reg != nil {
 		sctx, cancel := context.WithTimeout(ctx, registerTimeout)
@@ -757,7 +762,6 @@ func (c *Consumer) Close(ctx context.Context) error {
 		}
 	}
 	c.mu.Lock()
-	c.closing = true
 	c.leaveStreamsLocked()
 	for _, l := range c.links {
 		l.retired = true
