@@ -98,7 +98,7 @@ func (r *Registration) watchControlFrom(rev int64) bool {
 func (r *Registration) applyControl(data []byte) bool {
 	var c control
 	if err := json.Unmarshal(data, &c); err != nil {
-		r.logger.Warn("registry: malformed control value", "key", r.ctlKey, "err", err)
+		r.logger.Warn("registry: malformed control value", "control_key", r.ctlKey, "err", err)
 		return false
 	}
 	if !c.Drain {

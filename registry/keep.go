@@ -120,6 +120,14 @@ func (r *Registration) session(rev int64) sessionEnd {
 				case keyStale:
 					r.logger.Warn("registry: key overwritten with a stale value; putting ours back")
 					return endResync
+				case keyOurs:
+					// Our claim and epoch off our lease: written by hand
+					// (etcdctl put without --lease), it would outlive this
+					// process, and may say what we do not (draining).
+					if ev.Kv.Lease != int64(lease) {
+						r.logger.Warn("registry: key rewritten off our lease; putting ours back", "found_lease", ev.Kv.Lease, "lease", int64(lease))
+						return endResync
+					}
 				}
 			}
 		}

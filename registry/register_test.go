@@ -1,8 +1,10 @@
 package registry
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -396,5 +398,60 @@ func TestRegistration_Close(t *testing.T) {
 	}
 	if err := r.SetDraining(testContext(t)); !errors.Is(err, ErrClosed) {
 		t.Errorf("SetDraining() after Close = %v, want %v", err, ErrClosed)
+	}
+}
+
+// TestRegistration_RewrittenOffItsLease checks that a registration puts its
+// value back on its lease when its own claim and epoch are written over
+// without it, as `etcdctl put` without --lease does: the key would
+// otherwise outlive the process, and could say what it does not (a
+// draining flag, which stalls a consumer's share of its group).
+func TestRegistration_RewrittenOffItsLease(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := newClient(t, srv)
+	tests := []struct {
+		name     string
+		register func(t *testing.T, name string) *Registration
+		rewrite  func(own []byte) []byte
+	}{
+		{name: "instance, same value", register: func(t *testing.T, name string) *Registration {
+			return register(t, cli, "svc", name, "127.0.0.1:7001")
+		}, rewrite: func(own []byte) []byte { return own }},
+		{name: "instance, marked draining", register: func(t *testing.T, name string) *Registration {
+			return register(t, cli, "svc", name, "127.0.0.1:7001")
+		}, rewrite: func(own []byte) []byte {
+			return bytes.Replace(own, []byte(`"draining":false`), []byte(`"draining":true`), 1)
+		}},
+		{name: "consumer, marked draining", register: func(t *testing.T, name string) *Registration {
+			r, err := RegisterConsumer(testContext(t), cli, "svc", "g", name)
+			if err != nil {
+				t.Fatalf("RegisterConsumer(%s) = %v", name, err)
+			}
+			t.Cleanup(func() { _ = r.Close(context.Background()) })
+			return r
+		}, rewrite: func(own []byte) []byte {
+			return bytes.Replace(own, []byte(`"draining":false`), []byte(`"draining":true`), 1)
+		}},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := tc.register(t, fmt.Sprintf("r%d", i))
+			resp, err := cli.Get(testContext(t), r.Key())
+			if err != nil || len(resp.Kvs) != 1 || resp.Kvs[0].Lease == 0 {
+				t.Fatalf("Get(%q) = %v, %v, want one value on a lease", r.Key(), resp, err)
+			}
+			own, lease := resp.Kvs[0].Value, resp.Kvs[0].Lease
+			foreign := tc.rewrite(own)
+			if _, err := cli.Put(testContext(t), r.Key(), string(foreign)); err != nil {
+				t.Fatalf("Put(%q) = %v", r.Key(), err)
+			}
+			waitUntil(t, "our value back on our lease", func() bool {
+				resp, err := cli.Get(testContext(t), r.Key())
+				return err == nil && len(resp.Kvs) == 1 && resp.Kvs[0].Lease == lease && bytes.Equal(resp.Kvs[0].Value, own)
+			})
+			if closed(r.Replaced()) {
+				t.Errorf("Replaced() is closed, want open")
+			}
+		})
 	}
 }
