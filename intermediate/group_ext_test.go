@@ -12,6 +12,7 @@ import (
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/intermediate"
 	"github.com/butterfly-mesh/butterfly/internal/logtest"
+	"github.com/butterfly-mesh/butterfly/registry"
 )
 
 // waitConsumers polls the admin status until n consumer streams are connected.
@@ -173,34 +174,62 @@ func TestServer_RedeliveriesCountPerGroup(t *testing.T) {
 // TestServer_SaysItsOwnerIsNotConnected checks that handing messages back
 // because their owner is registered but has no stream here is logged at
 // WARN, naming the group and the consumer, once per awayWarnEvery however
-// many hand-backs follow.
+// many hand-backs follow; and that an owner registered by a key without a
+// lease, which no consumer process writes and which never lapses, is said
+// to be one, with its key.
 func TestServer_SaysItsOwnerIsNotConnected(t *testing.T) {
-	var logs logtest.Recorder
-	r := newRig(t, intermediate.WithOwnerWait(100*time.Millisecond), intermediate.WithNoConsumerTimeout(200*time.Millisecond),
-		intermediate.WithLogger(logs.Logger()))
-	r.register(intermediate.DefaultGroup, "ghost")
-	pub := r.producer("p1")
-	// Until the server has read the registration, the group has no
-	// consumer and its messages come back NO_CONSUMER.
-	seq := uint64(0)
-	for reason := messagev1.NackReason(0); reason != messagev1.NackReason_NACK_REASON_OWNER_UNREACHABLE; {
-		if seq++; seq > 50 {
-			t.Fatalf("no OWNER_UNREACHABLE hand-back in 50 messages")
-		}
-		sendBatch(t, pub, seq, msg("p1", seq, "x"))
-		a := nextAck(t, pub)
-		if len(a.GetNacked()) != 1 {
-			t.Fatalf("PublishAck = %v, want seq %d handed back", a, seq)
-		}
-		reason = a.GetNacked()[0].GetReason()
+	tests := []struct {
+		name     string
+		register func(r *rig)
+		msg      string
+		key      bool
+	}{
+		{name: "registered", register: func(r *rig) { r.register(intermediate.DefaultGroup, "ghost") },
+			msg: "intermediate: consumer registered but not connected here; its messages went back to their producers"},
+		{name: "key written without a lease", register: func(r *rig) {
+			if _, err := registry.CreateGroup(r.ctx(), r.cli, service, intermediate.DefaultGroup, "test", registry.WithPrefix(prefix)); err != nil {
+				t.Fatalf("CreateGroup() = %v", err)
+			}
+			key := registry.ConsumerKey(prefix, service, intermediate.DefaultGroup, "ghost")
+			if _, err := r.cli.Put(r.ctx(), key, `{"consumer":"ghost","group":"default","epoch":1}`); err != nil {
+				t.Fatalf("Put(%s) = %v", key, err)
+			}
+		}, msg: "intermediate: consumer registered by a key without a lease, which never lapses, and not connected here; its messages went back to their producers: delete the key if no such consumer runs",
+			key: true},
 	}
-	sendBatch(t, pub, seq+1, msgs("p1", seq+1, seq+3)...)
-	if a := nextAck(t, pub); len(a.GetNacked()) != 3 || a.GetNacked()[0].GetReason() != messagev1.NackReason_NACK_REASON_OWNER_UNREACHABLE {
-		t.Fatalf("PublishAck = %v, want 3 seqs handed back OWNER_UNREACHABLE", a)
-	}
-	const msg = "intermediate: consumer registered but not connected here; its messages went back to their producers"
-	got := logs.Attrs(msg)
-	if len(got) != 1 || got[0]["group"] != intermediate.DefaultGroup || got[0]["consumer"] != "ghost" || fmt.Sprint(got[0]["count"]) != "1" {
-		t.Errorf("warnings %q = %v, want one naming group %s, consumer ghost and the 1 message of its first hand-back", msg, got, intermediate.DefaultGroup)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs logtest.Recorder
+			r := newRig(t, intermediate.WithOwnerWait(100*time.Millisecond), intermediate.WithNoConsumerTimeout(200*time.Millisecond),
+				intermediate.WithLogger(logs.Logger()))
+			tc.register(r)
+			pub := r.producer("p1")
+			// Until the server has read the registration, the group has no
+			// consumer and its messages come back NO_CONSUMER.
+			seq := uint64(0)
+			for reason := messagev1.NackReason(0); reason != messagev1.NackReason_NACK_REASON_OWNER_UNREACHABLE; {
+				if seq++; seq > 50 {
+					t.Fatalf("no OWNER_UNREACHABLE hand-back in 50 messages")
+				}
+				sendBatch(t, pub, seq, msg("p1", seq, "x"))
+				a := nextAck(t, pub)
+				if len(a.GetNacked()) != 1 {
+					t.Fatalf("PublishAck = %v, want seq %d handed back", a, seq)
+				}
+				reason = a.GetNacked()[0].GetReason()
+			}
+			sendBatch(t, pub, seq+1, msgs("p1", seq+1, seq+3)...)
+			if a := nextAck(t, pub); len(a.GetNacked()) != 3 || a.GetNacked()[0].GetReason() != messagev1.NackReason_NACK_REASON_OWNER_UNREACHABLE {
+				t.Fatalf("PublishAck = %v, want 3 seqs handed back OWNER_UNREACHABLE", a)
+			}
+			got := logs.Attrs(tc.msg)
+			if len(got) != 1 || got[0]["group"] != intermediate.DefaultGroup || got[0]["consumer"] != "ghost" || fmt.Sprint(got[0]["count"]) != "1" {
+				t.Errorf("warnings %q = %v, want one naming group %s, consumer ghost and the 1 message of its first hand-back", tc.msg, got, intermediate.DefaultGroup)
+			}
+			wantKey := registry.ConsumerKey(prefix, service, intermediate.DefaultGroup, "ghost")
+			if tc.key && (len(got) != 1 || got[0]["key"] != wantKey) {
+				t.Errorf("warnings %q = %v, want the key %s named", tc.msg, got, wantKey)
+			}
+		})
 	}
 }

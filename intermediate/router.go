@@ -83,6 +83,7 @@ type group struct {
 	declared bool
 	owners   []string          // registered consumers not draining, sorted: the rendezvous candidates
 	epochs   map[string]uint64 // the registered epoch of every registered consumer
+	unleased map[string]bool   // registered consumers whose key has no lease: written by hand, it never lapses
 	subs     []*subStream      // open streams, in the order they subscribed
 	// lastKey and lastOwner remember the last owner picked, while
 	// lastKnown: a rendezvous pick hashes the key with every candidate, and
@@ -516,10 +517,17 @@ func (s *Server) applySubscriptionsLocked(v registry.Subscriptions) {
 		g := s.groupLocked(vg.Name)
 		var owners []string
 		epochs := make(map[string]uint64, len(vg.Consumers))
+		g.unleased = nil
 		for _, c := range vg.Consumers {
 			epochs[c.ID] = c.Value.Epoch
 			if !c.Value.Draining {
 				owners = append(owners, c.ID)
+			}
+			if c.Lease == 0 {
+				if g.unleased == nil {
+					g.unleased = make(map[string]bool)
+				}
+				g.unleased[c.ID] = true
 			}
 		}
 		s.updateGroupLocked(g, vg.Declared, owners, epochs)
@@ -643,6 +651,12 @@ func (s *Server) warnAwayLocked(now time.Time, away map[[2]string]int) {
 			continue
 		}
 		s.awayWarned[k] = now
+		if g := s.groups[k[0]]; g != nil && g.unleased[k[1]] {
+			// No consumer process writes its key without its lease.
+			s.log.Warn("intermediate: consumer registered by a key without a lease, which never lapses, and not connected here; its messages went back to their producers: delete the key if no such consumer runs",
+				"group", k[0], "consumer", k[1], "key", registry.ConsumerKey(s.opts.prefix, s.service, k[0], k[1]), "count", n, "owner_wait", s.opts.ownerWait)
+			continue
+		}
 		s.log.Warn("intermediate: consumer registered but not connected here; its messages went back to their producers",
 			"group", k[0], "consumer", k[1], "count", n, "owner_wait", s.opts.ownerWait)
 	}

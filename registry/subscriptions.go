@@ -70,6 +70,10 @@ type Consumer struct {
 	Value ConsumerValue
 	// ModRevision is the etcd revision of the key's last change.
 	ModRevision int64
+	// Lease is the lease the key is on: 0 for a key written without one
+	// (by hand: a consumer's registration is always on its lease), which
+	// never lapses.
+	Lease int64
 }
 
 // GroupsPrefix returns "<prefix>/groups/<service>/".

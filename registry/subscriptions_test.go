@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/butterfly-mesh/butterfly/internal/etcdtest"
+	"github.com/butterfly-mesh/butterfly/internal/logtest"
 )
 
 // startSubWatch runs WatchSubscriptions until the test ends and returns its
@@ -266,5 +268,63 @@ func TestConsumerClaim_HostNotUTF8(t *testing.T) {
 	}
 	if got := r.classify(older); got != keyStale {
 		t.Errorf("classify(own value at an older epoch) = %v, want keyStale (%v)", got, keyStale)
+	}
+}
+
+// TestSubscriptions_MalformedGroupValueDeclares checks that a group key
+// whose value does not parse still declares the group, as the key is the
+// declaration, with one warning that says so; and that a consumer key
+// written without a lease is in the view with its lease 0, and one on its
+// registration's lease with that lease.
+func TestSubscriptions_MalformedGroupValueDeclares(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := newClient(t, srv)
+	ctx := testContext(t)
+	var logs logtest.Recorder
+	wctx, cancel := context.WithCancel(ctx)
+	views := make(chan Subscriptions, 100)
+	done := make(chan error, 1)
+	go func() {
+		done <- WatchSubscriptions(wctx, cli, "svc", func(s Subscriptions) {
+			select {
+			case views <- s:
+			case <-wctx.Done():
+			}
+		}, WithLogger(logs.Logger()))
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	waitSummary(t, views, "")
+	if _, err := cli.Put(ctx, GroupKey(DefaultPrefix, "svc", "g"), "garbage"); err != nil {
+		t.Fatalf("Put() = %v", err)
+	}
+	waitSummary(t, views, "g declared=true:;")
+	const warning = "registry: malformed group value; the key declares the group all the same"
+	if got := logs.Count(warning); got != 1 {
+		t.Errorf("warnings %q = %d, want 1", warning, got)
+	}
+
+	ghost := ConsumerKey(DefaultPrefix, "svc", "g", "ghost")
+	if _, err := cli.Put(ctx, ghost, `{"consumer":"ghost","group":"g","epoch":1}`); err != nil {
+		t.Fatalf("Put(%s) = %v", ghost, err)
+	}
+	c1, err := RegisterConsumer(ctx, cli, "svc", "g", "c1")
+	if err != nil {
+		t.Fatalf("RegisterConsumer(c1) = %v", err)
+	}
+	defer c1.Close(context.Background())
+	v := waitSummary(t, views, "g declared=true: c1@1 ghost@1;")
+	resp, err := cli.Get(ctx, c1.Key())
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("Get(%s) = %v, %v", c1.Key(), resp, err)
+	}
+	leases := map[string]int64{}
+	for _, c := range v.Groups[0].Consumers {
+		leases[c.ID] = c.Lease
+	}
+	if want := map[string]int64{"c1": resp.Kvs[0].Lease, "ghost": 0}; !maps.Equal(leases, want) || want["c1"] == 0 {
+		t.Errorf("consumers' leases in the view = %v, want %v (c1's registration on a lease)", leases, want)
 	}
 }

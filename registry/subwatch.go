@@ -182,7 +182,10 @@ func (w *subWatcher) apply(typ mvccpb.Event_EventType, kv *mvccpb.KeyValue) {
 		// loses its details, never the group's messages.
 		v, err := ParseGroupValue(kv.Value)
 		if err != nil {
-			w.warn(key, kv.ModRevision, err)
+			if w.warned[key] != kv.ModRevision {
+				w.warned[key] = kv.ModRevision
+				w.logger.Warn("registry: malformed group value; the key declares the group all the same", "key", key, "err", err)
+			}
 		} else {
 			delete(w.warned, key)
 		}
@@ -211,7 +214,7 @@ func (w *subWatcher) apply(typ mvccpb.Event_EventType, kv *mvccpb.KeyValue) {
 		return
 	}
 	delete(w.warned, key)
-	w.consumers[rest] = Consumer{ID: id, Value: v, ModRevision: kv.ModRevision}
+	w.consumers[rest] = Consumer{ID: id, Value: v, ModRevision: kv.ModRevision, Lease: kv.Lease}
 }
 
 func (w *subWatcher) warn(key string, rev int64, err error) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -204,10 +205,15 @@ func listGroups(ctx context.Context, cli *clientv3.Client, prefix, service strin
 			bad(key, fmt.Errorf("key is not %s/groups/<service>/<group>", prefix))
 			continue
 		}
-		v, err := registry.ParseGroupValue(kv.Value)
-		if err != nil {
+		if err := registry.ValidateName("group", parts[1]); err != nil {
 			bad(key, err)
 			continue
+		}
+		// The key declares the group, as the intermediates read it; a
+		// value that does not parse only loses its details.
+		v, err := registry.ParseGroupValue(kv.Value)
+		if err != nil {
+			bad(key, listedAnyway{fmt.Errorf("%w; the group is declared all the same: the key declares it", err)})
 		}
 		e := get(parts[0], parts[1])
 		e.Declared, e.Created, e.CreatedBy = true, v.Created, v.CreatedBy
@@ -217,6 +223,10 @@ func listGroups(ctx context.Context, cli *clientv3.Client, prefix, service strin
 		parts := strings.Split(strings.TrimPrefix(key, prefix+"/consumers/"), "/")
 		if len(parts) != 3 {
 			bad(key, fmt.Errorf("key is not %s/consumers/<service>/<group>/<consumer>", prefix))
+			continue
+		}
+		if err := errors.Join(registry.ValidateName("group", parts[1]), registry.ValidateName("consumer", parts[2])); err != nil {
+			bad(key, err)
 			continue
 		}
 		v, err := registry.ParseConsumerValue(parts[1], parts[2], kv.Value)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -133,12 +134,22 @@ func printInstances(w io.Writer, entries []lsEntry, now time.Time) {
 }
 
 // skipping reports a key that holds no valid value on stderr; ls and group
-// ls skip such keys.
+// ls skip such keys, except where the error is a listedAnyway.
 func skipping(cmd *cobra.Command) func(key string, err error) {
 	return func(key string, err error) {
+		if errors.As(err, new(listedAnyway)) {
+			fmt.Fprintf(cmd.ErrOrStderr(), "butterfly: %s: %v\n", key, err)
+			return
+		}
 		fmt.Fprintf(cmd.ErrOrStderr(), "butterfly: skipping %s: %v\n", key, err)
 	}
 }
+
+// listedAnyway is a problem with a key that is listed all the same: a
+// group key whose value does not parse still declares its group.
+type listedAnyway struct{ error }
+
+func (e listedAnyway) Unwrap() error { return e.error }
 
 // printJSON writes v as indented JSON.
 func printJSON(w io.Writer, v any) error {
