@@ -104,7 +104,8 @@ type Consumer struct {
 	// mu guards the fields below and the guarded fields of subLink and
 	// subStream. It is never held across gRPC or etcd calls or the handler.
 	mu         sync.Mutex
-	closing    bool
+	closing    bool                   // set by Close before the drain mark: queued jobs from ended streams are released, not handled
+	leaving    bool                   // set by Close once the drain mark is written: links stop opening streams
 	stopped    bool                   // it stopped on its own (stop): no new link is started
 	reg        *registry.Registration // nil until registered
 	epoch      uint64                 // the registration's epoch; 0 until registered
@@ -748,7 +749,11 @@ func (c *Consumer) Close(ctx context.Context) error {
 	// Closing is set before the registration is marked draining: from
 	// that mark on the intermediates hand what this consumer has not
 	// answered to the group's other consumers, and a message queued from a
-	// stream that has ended must not reach the handler after it.
+	// stream that has ended must not reach the handler after it. Leaving
+	// is set after the mark: until then the consumer still owns its
+	// messages, and a link whose stream broke opens another, on which the
+	// intermediate sends again what was not answered, to be answered
+	// there.
 	c.mu.Lock()
 	reg := c.reg
 	c.closing = true
@@ -762,6 +767,7 @@ func (c *Consumer) Close(ctx context.Context) error {
 		}
 	}
 	c.mu.Lock()
+	c.leaving = true
 	c.leaveStreamsLocked()
 	for _, l := range c.links {
 		l.retired = true

@@ -70,7 +70,7 @@ func (c *Consumer) welcomeInterval() time.Duration {
 func (c *Consumer) reconcile(v registry.View) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closing || c.stopped || c.ctx.Err() != nil {
+	if c.leaving || c.stopped || c.ctx.Err() != nil {
 		return
 	}
 	reconcileLinks(c.links, v, linkHooks[*subLink]{
@@ -124,7 +124,7 @@ func (c *Consumer) retireLocked(l *subLink) {
 
 func (l *subLink) run() {
 	defer l.c.wg.Done()
-	l.keepOpen(&l.c.mu, func() bool { return l.retired || l.c.closing }, l.once)
+	l.keepOpen(&l.c.mu, func() bool { return l.retired || l.c.leaving }, l.once)
 }
 
 // once opens one stream and runs it until it ends; it reports whether the
@@ -135,7 +135,7 @@ func (l *subLink) once() (welcomed bool) {
 	st := &subStream{link: l}
 	st.init(cancel, c.welcomeInterval())
 	c.mu.Lock()
-	if c.closing || l.retired {
+	if c.leaving || l.retired {
 		c.mu.Unlock()
 		cancel(nil)
 		return false

@@ -5,9 +5,12 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
 	"github.com/butterfly-mesh/butterfly/components"
@@ -133,5 +136,164 @@ func TestConsumer_ClosingHandsNothingFromAnEndedStream(t *testing.T) {
 	}
 	if st := a.Stats(); st.Delivered != 1 {
 		t.Errorf("a handled %d messages, want 1: the one in its handler at the cut", st.Delivered)
+	}
+}
+
+// txnGate holds one etcd client's Txn requests while set: a slow etcd as
+// one consumer's writes see it, its watches and keep-alives flowing.
+type txnGate struct {
+	mu   sync.Mutex
+	hold chan struct{}
+	held atomic.Int32
+}
+
+func (g *txnGate) set() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.hold = make(chan struct{})
+}
+
+func (g *txnGate) release() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.hold != nil {
+		close(g.hold)
+		g.hold = nil
+	}
+}
+
+func (g *txnGate) intercept(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	g.mu.Lock()
+	h := g.hold
+	g.mu.Unlock()
+	if h != nil && method == "/etcdserverpb.KV/Txn" {
+		g.held.Add(1)
+		select {
+		case <-h:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return invoker(ctx, method, req, reply, cc, opts...)
+}
+
+// blipper is a dialer whose connections can be broken while new ones are
+// still allowed: a transient break, not a partition.
+type blipper struct {
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func (b *blipper) dial(ctx context.Context, addr string) (net.Conn, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err == nil {
+		b.mu.Lock()
+		b.conns = append(b.conns, conn)
+		b.mu.Unlock()
+	}
+	return conn, err
+}
+
+func (b *blipper) blip() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, c := range b.conns {
+		c.Close()
+	}
+	b.conns = nil
+}
+
+// TestConsumer_ClosingReopensABrokenStreamUntilItsMarkIsWritten checks
+// that a consumer whose stream breaks for a moment while Close waits for
+// etcd to take its drain mark opens another: until the mark it owns its
+// messages, the intermediate sends what it did not answer again on the new
+// stream, and they are answered there, each message handled once. Had the
+// link stayed closed, the message in the handler at the break could not be
+// acknowledged, and would go to b at the mark.
+func TestConsumer_ClosingReopensABrokenStreamUntilItsMarkIsWritten(t *testing.T) {
+	m := newMesh(t)
+	h1 := m.startHub(components.DefaultService, "i1", "127.0.0.1")
+	gate := &txnGate{}
+	acli, err := clientv3.New(clientv3.Config{
+		Endpoints:   m.etc.Endpoints(),
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+		DialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(gate.intercept)},
+	})
+	if err != nil {
+		t.Fatalf("clientv3.New() = %v", err)
+	}
+	t.Cleanup(func() { gate.release(); acli.Close() })
+	all := newLedger()
+	bl := &blipper{}
+	entered := make(chan uint64, 1)
+	handlers := make(chan struct{})
+	a, err := components.NewConsumer(acli, "a", func(ctx context.Context, d *components.Delivery) error {
+		select {
+		case entered <- d.Message.GetId().GetSeq():
+		default:
+		}
+		select {
+		case <-handlers:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		all.record(d)
+		return nil
+	}, components.WithPrefix(testPrefix), components.WithLogger(m.log), components.WithDialOptions(grpc.WithContextDialer(bl.dial)))
+	if err != nil {
+		t.Fatalf("NewConsumer(a) = %v", err)
+	}
+	t.Cleanup(func() {
+		cctx, ccancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer ccancel()
+		_ = a.Close(cctx)
+	})
+	m.consumer("b", all.handler())
+	waitConsumers(t, 2, h1)
+	p := m.producer("p")
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	load := startLoad(ctx, 64, p)
+
+	select {
+	case <-entered:
+	case <-time.After(defaultTestTimeout):
+		t.Fatal("a handled nothing")
+	}
+	waitUntil(t, "a to hold more than one message", func() bool {
+		for _, cs := range h1.status(t).GetConsumers() {
+			if cs.GetConsumerId() == "a" {
+				return cs.GetInFlight() > 1
+			}
+		}
+		return false
+	})
+	gate.set() // the drain mark waits at a's etcd client
+	closed := make(chan error, 1)
+	go func() {
+		cctx, ccancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+		defer ccancel()
+		closed <- a.Close(cctx)
+	}()
+	waitUntil(t, "Close's drain mark to wait", func() bool { return gate.held.Load() > 0 })
+	bl.blip()
+	waitConsumers(t, 1, h1)
+	waitConsumers(t, 2, h1) // a opened another stream
+	close(handlers)
+	gate.release()
+	if err := <-closed; err != nil {
+		t.Errorf("a.Close() = %v, want nil", err)
+	}
+	sent := load.wait(t)
+	closeProducers(t, p)
+
+	all.mu.Lock()
+	defer all.mu.Unlock()
+	for seq := uint64(1); seq <= uint64(sent["p"]); seq++ {
+		if n := all.counts["p"][seq]; n != 1 {
+			t.Errorf("message p/%d handled %d times, want 1", seq, n)
+		}
 	}
 }
