@@ -49,6 +49,69 @@ func (c *cutter) sever() {
 	}
 }
 
+// heldHandler returns a handler that sends the seq of the first message it
+// gets on entered, and records each message in all only once release is
+// closed: the first message stays in the handler, the rest queue behind it.
+func heldHandler(all *ledger, entered chan<- uint64, release <-chan struct{}) components.Handler {
+	return func(ctx context.Context, d *components.Delivery) error {
+		select {
+		case entered <- d.Message.GetId().GetSeq():
+		default:
+		}
+		select {
+		case <-release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		all.record(d)
+		return nil
+	}
+}
+
+// waitHeld waits for consumer a's first message in its handler, returning
+// its seq, and for h to count more than one delivery in a's hands.
+func waitHeld(t *testing.T, h *hub, entered <-chan uint64) uint64 {
+	t.Helper()
+	var first uint64
+	select {
+	case first = <-entered:
+	case <-time.After(defaultTestTimeout):
+		t.Fatal("a handled nothing")
+	}
+	waitUntil(t, "a to hold more than one message", func() bool {
+		for _, cs := range h.status(t).GetConsumers() {
+			if cs.GetConsumerId() == "a" {
+				return cs.GetInFlight() > 1
+			}
+		}
+		return false
+	})
+	return first
+}
+
+// closeAsync closes c in the background and returns its result.
+func closeAsync(c *components.Consumer) <-chan error {
+	closed := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+		defer cancel()
+		closed <- c.Close(ctx)
+	}()
+	return closed
+}
+
+// settle checks the result of a's Close, waits for the load to end and
+// closes its producer p, and returns how many messages each producer sent.
+func settle(t *testing.T, closed <-chan error, l *load, p *components.Producer) map[string]int {
+	t.Helper()
+	if err := <-closed; err != nil {
+		t.Errorf("a.Close() = %v, want nil", err)
+	}
+	sent := l.wait(t)
+	closeProducers(t, p)
+	return sent
+}
+
 // TestConsumer_ClosingHandsNothingFromAnEndedStream checks that a consumer
 // that drains does not handle the messages it received on a stream that
 // has ended: the intermediate hands them to the group's other consumer once
@@ -65,19 +128,7 @@ func TestConsumer_ClosingHandsNothingFromAnEndedStream(t *testing.T) {
 	cut := &cutter{}
 	entered := make(chan uint64, 1)
 	gate := make(chan struct{})
-	a := m.consumer("a", func(ctx context.Context, d *components.Delivery) error {
-		select {
-		case entered <- d.Message.GetId().GetSeq():
-		default:
-		}
-		select {
-		case <-gate:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		all.record(d)
-		return nil
-	}, components.WithDialOptions(grpc.WithContextDialer(cut.dial)))
+	a := m.consumer("a", heldHandler(all, entered, gate), components.WithDialOptions(grpc.WithContextDialer(cut.dial)))
 	m.consumer("b", all.handler())
 	waitConsumers(t, 2, h1)
 	p := m.producer("p")
@@ -85,29 +136,11 @@ func TestConsumer_ClosingHandsNothingFromAnEndedStream(t *testing.T) {
 	defer cancel()
 	load := startLoad(ctx, 64, p) // 16 keys: some are a's
 
-	var first uint64
-	select {
-	case first = <-entered:
-	case <-time.After(defaultTestTimeout):
-		t.Fatal("a handled nothing")
-	}
 	// a holds its other messages queued behind the first.
-	waitUntil(t, "a to hold more than one message", func() bool {
-		for _, cs := range h1.status(t).GetConsumers() {
-			if cs.GetConsumerId() == "a" {
-				return cs.GetInFlight() > 1
-			}
-		}
-		return false
-	})
+	first := waitHeld(t, h1, entered)
 	cut.sever()
 	waitConsumers(t, 1, h1) // i1 saw a's stream end: its messages wait for a
-	closed := make(chan error, 1)
-	go func() {
-		cctx, ccancel := context.WithTimeout(context.Background(), defaultTestTimeout)
-		defer ccancel()
-		closed <- a.Close(cctx)
-	}()
+	closed := closeAsync(a)
 	key := registry.ConsumerKey(testPrefix, components.DefaultService, components.DefaultGroup, "a")
 	waitUntil(t, "a's registration to drain", func() bool {
 		resp, err := m.cli.Get(context.Background(), key)
@@ -118,11 +151,7 @@ func TestConsumer_ClosingHandsNothingFromAnEndedStream(t *testing.T) {
 		return err == nil && v.Draining
 	})
 	close(gate)
-	if err := <-closed; err != nil {
-		t.Errorf("a.Close() = %v, want nil", err)
-	}
-	sent := load.wait(t)
-	closeProducers(t, p)
+	sent := settle(t, closed, load, p)
 
 	all.mu.Lock()
 	defer all.mu.Unlock()
@@ -229,19 +258,7 @@ func TestConsumer_ClosingReopensABrokenStreamUntilItsMarkIsWritten(t *testing.T)
 	bl := &blipper{}
 	entered := make(chan uint64, 1)
 	handlers := make(chan struct{})
-	a, err := components.NewConsumer(acli, "a", func(ctx context.Context, d *components.Delivery) error {
-		select {
-		case entered <- d.Message.GetId().GetSeq():
-		default:
-		}
-		select {
-		case <-handlers:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		all.record(d)
-		return nil
-	}, components.WithPrefix(testPrefix), components.WithLogger(m.log), components.WithDialOptions(grpc.WithContextDialer(bl.dial)))
+	a, err := components.NewConsumer(acli, "a", heldHandler(all, entered, handlers), components.WithPrefix(testPrefix), components.WithLogger(m.log), components.WithDialOptions(grpc.WithContextDialer(bl.dial)))
 	if err != nil {
 		t.Fatalf("NewConsumer(a) = %v", err)
 	}
@@ -257,37 +274,16 @@ func TestConsumer_ClosingReopensABrokenStreamUntilItsMarkIsWritten(t *testing.T)
 	defer cancel()
 	load := startLoad(ctx, 64, p)
 
-	select {
-	case <-entered:
-	case <-time.After(defaultTestTimeout):
-		t.Fatal("a handled nothing")
-	}
-	waitUntil(t, "a to hold more than one message", func() bool {
-		for _, cs := range h1.status(t).GetConsumers() {
-			if cs.GetConsumerId() == "a" {
-				return cs.GetInFlight() > 1
-			}
-		}
-		return false
-	})
+	waitHeld(t, h1, entered)
 	gate.set() // the drain mark waits at a's etcd client
-	closed := make(chan error, 1)
-	go func() {
-		cctx, ccancel := context.WithTimeout(context.Background(), defaultTestTimeout)
-		defer ccancel()
-		closed <- a.Close(cctx)
-	}()
+	closed := closeAsync(a)
 	waitUntil(t, "Close's drain mark to wait", func() bool { return gate.held.Load() > 0 })
 	bl.blip()
 	waitConsumers(t, 1, h1)
 	waitConsumers(t, 2, h1) // a opened another stream
 	close(handlers)
 	gate.release()
-	if err := <-closed; err != nil {
-		t.Errorf("a.Close() = %v, want nil", err)
-	}
-	sent := load.wait(t)
-	closeProducers(t, p)
+	sent := settle(t, closed, load, p)
 
 	all.mu.Lock()
 	defer all.mu.Unlock()
