@@ -121,11 +121,14 @@ func (r *Registration) session(rev int64) sessionEnd {
 					r.logger.Warn("registry: key overwritten with a stale value; putting ours back")
 					return endResync
 				case keyOurs:
-					// Our claim and epoch off our lease: written by hand
+					// Our claim and epoch on no lease: written by hand
 					// (etcdctl put without --lease), it would outlive this
-					// process, and may say what we do not (draining).
-					if ev.Kv.Lease != int64(lease) {
-						r.logger.Warn("registry: key rewritten off our lease; putting ours back", "found_lease", ev.Kv.Lease, "lease", int64(lease))
+					// process, and may say what we do not (draining). On
+					// another lease it is another writer's, a process with
+					// our claim and epoch: putting ours back would start a
+					// fight that lasts as long as both live.
+					if ev.Kv.Lease == 0 {
+						r.logger.Warn("registry: key rewritten without a lease; putting ours back on ours", "lease", int64(lease))
 						return endResync
 					}
 				}

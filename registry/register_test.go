@@ -455,3 +455,48 @@ func TestRegistration_RewrittenOffItsLease(t *testing.T) {
 		})
 	}
 }
+
+// TestRegistration_SameClaimOnAnotherLeaseIsLeftAlone checks that a
+// registration does not put its value back over one with its own claim and
+// epoch on another live lease: that is another process (an instance whose
+// key lapsed, and a replacement at the same advertised address that found
+// the key empty and took epoch 1 too), and putting it back would make the
+// two rewrite the key for as long as both live. Only a value on no lease,
+// written by hand, is put back (TestRegistration_RewrittenOffItsLease).
+func TestRegistration_SameClaimOnAnotherLeaseIsLeftAlone(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cliA, cliB, obs := newClient(t, srv), newClient(t, srv), newClient(t, srv)
+	const addr = "host2.example:7001"
+	a := register(t, cliA, "svc", "i1", addr)
+	_, lease, _ := getValue(t, obs, a.Key())
+	if _, err := obs.Revoke(testContext(t), clientv3.LeaseID(lease)); err != nil {
+		t.Fatalf("Revoke(%x) = %v", lease, err)
+	}
+	b := register(t, cliB, "svc", "i1", addr) // the key is gone with a's lease
+	if a.Epoch() != b.Epoch() {
+		t.Fatalf("epochs %d and %d, want the same: b registered on the empty key", a.Epoch(), b.Epoch())
+	}
+	bv, bLease, _ := getValue(t, obs, b.Key())
+	// a notices its lease is gone and puts its value back once.
+	waitUntil(t, "a to put its value back on a new lease", func() bool {
+		v, l, ok := getValue(t, obs, a.Key())
+		return ok && l != lease && l != bLease && l != 0 && !v.Metadata.Started.Equal(bv.Metadata.Started)
+	})
+	resp, err := obs.Get(testContext(t), a.Key())
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("Get(%q) = %v, %v", a.Key(), resp, err)
+	}
+	ctx, cancel := context.WithTimeout(testContext(t), 3*time.Second)
+	defer cancel()
+	puts := 0
+	for wr := range obs.Watch(ctx, a.Key(), clientv3.WithRev(resp.Header.Revision+1)) {
+		for _, ev := range wr.Events {
+			if ev.Type == clientv3.EventTypePut {
+				puts++
+			}
+		}
+	}
+	if puts != 0 {
+		t.Errorf("the key was rewritten %d times in 3s after a put its value back, want 0: a and b fight over it", puts)
+	}
+}
