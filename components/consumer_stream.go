@@ -37,6 +37,7 @@ type subStream struct {
 	welcomed    bool
 	dead        bool
 	retireBy    time.Time // when set: the end of the grace of a retired stream
+	retireWhy   string    // why it was retired, for the warning when its grace ends
 	acks        []uint64
 	nacks       []*messagev1.Nack
 	credit      uint32
@@ -88,7 +89,7 @@ func (c *Consumer) reconcile(v registry.View) {
 		},
 		drop: func(l *subLink, _ bool) { // only gone: every instance is wanted
 			c.retireLocked(l)
-			c.endRetiredLocked(l, time.Now().Add(c.retireGrace()))
+			c.endRetiredLocked(l, time.Now().Add(c.retireGrace()), "its instance left the registry")
 		},
 	})
 }
@@ -100,10 +101,10 @@ func (c *Consumer) retireGrace() time.Duration {
 
 // endRetiredLocked sets when the watchdog cancels the streams of retired
 // link l and of the links it replaced, if they are still open by then.
-func (c *Consumer) endRetiredLocked(l *subLink, by time.Time) {
+func (c *Consumer) endRetiredLocked(l *subLink, by time.Time, why string) {
 	for l != nil {
 		if st := l.stream; st != nil && !st.dead && st.retireBy.IsZero() {
-			st.retireBy = by
+			st.retireBy, st.retireWhy = by, why
 		}
 		prev := l.prev
 		l.prev = nil
@@ -202,7 +203,7 @@ func (l *subLink) once() (welcomed bool) {
 	l.failure = ""
 	if prev := l.prev; prev != nil {
 		l.prev = nil
-		c.endRetiredLocked(prev, time.Now().Add(c.retireGrace()))
+		c.endRetiredLocked(prev, time.Now().Add(c.retireGrace()), "its instance moved, and the new incarnation welcomed this consumer")
 	}
 	st.credit += credit // the sender's first frame
 	c.mu.Unlock()
@@ -378,7 +379,7 @@ func (c *Consumer) watchdog(ctx context.Context) {
 				c.log.Warn("stream missed its heartbeats", "instance", st.link.inst.Name)
 				st.cancel(errHeartbeat)
 			case !st.retireBy.IsZero() && now.After(st.retireBy):
-				c.log.Warn("retired stream outlived its grace", "instance", st.link.inst.Name, "addr", st.link.inst.Addr, "in_hand", st.inHand)
+				c.log.Warn("retired stream outlived its grace", "instance", st.link.inst.Name, "addr", st.link.inst.Addr, "retired", st.retireWhy, "in_hand", st.inHand)
 				st.cancel(errGrace)
 				st.retireBy = time.Time{}
 			}

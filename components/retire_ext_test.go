@@ -12,6 +12,7 @@ import (
 
 	"github.com/butterfly-mesh/butterfly/components"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/internal/logtest"
 	"github.com/butterfly-mesh/butterfly/internal/tcpproxy"
 )
 
@@ -123,7 +124,7 @@ func TestProducer_MoveKeepsOldAcks(t *testing.T) {
 // TestConsumer_RetiredStreamGrace checks that a consumer cancels its stream
 // to the old process of a moved intermediate that never learns it was
 // replaced (it cannot reach etcd) once the grace after the new stream's
-// welcome ran out.
+// welcome ran out, and says why the stream was retired.
 func TestConsumer_RetiredStreamGrace(t *testing.T) {
 	m := newMesh(t)
 	px, err := tcpproxy.Listen("127.0.0.1:0", m.etc.Endpoint())
@@ -142,7 +143,8 @@ func TestConsumer_RetiredStreamGrace(t *testing.T) {
 	t.Cleanup(func() { px.Blackhole(false) })
 	m.waitMembers("intermediate", 1)
 	// A short heartbeat interval makes the grace short: 60 intervals.
-	m.consumer("c1", newLedger().handler(), components.WithHeartbeatInterval(40*time.Millisecond))
+	var logs logtest.Recorder
+	m.consumer("c1", newLedger().handler(), components.WithHeartbeatInterval(40*time.Millisecond), components.WithLogger(logs.Logger()))
 	waitConsumers(t, 1, old)
 
 	px.Blackhole(true)
@@ -151,5 +153,10 @@ func TestConsumer_RetiredStreamGrace(t *testing.T) {
 	waitUntil(t, "no consumer left on the old i1", func() bool { return len(old.status(t).GetConsumers()) == 0 })
 	if old.srv.Draining() {
 		t.Errorf("old i1 Draining() = true, want false: it must not have learned it was replaced")
+	}
+	const warning = "retired stream outlived its grace"
+	got := logs.Attrs(warning)
+	if len(got) != 1 || got[0]["instance"] != "i1" || got[0]["retired"] != "its instance moved, and the new incarnation welcomed this consumer" {
+		t.Errorf("warnings %q = %v, want one for i1 saying it moved", warning, got)
 	}
 }
