@@ -212,9 +212,21 @@ func TestEndToEnd_MembersPerConnection(t *testing.T) {
 		if len(ms) != 1 {
 			t.Errorf("members of the connection to %s = %v, want %s alone", m.prefix, ms, m.server.name)
 		}
+		// The resolver hands a view to the connection, then to the view
+		// function: the members can be READY first.
+		deadline := time.Now().Add(defaultTestTimeout)
+		for {
+			m.mu.Lock()
+			n := len(m.views)
+			m.mu.Unlock()
+			if n > 0 || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
 		m.mu.Lock()
 		if len(m.views) == 0 {
-			t.Errorf("views of the connection to %s: none, want at least one", m.prefix)
+			t.Errorf("views of the connection to %s: none after %v, want at least one", m.prefix, defaultTestTimeout)
 		}
 		for _, v := range m.views {
 			if len(v.Instances) != 1 || v.Instances[0].Name != m.server.name || v.Service != testService {
