@@ -97,9 +97,13 @@ func ConsumerKey(prefix, service, group, consumer string) string {
 }
 
 // ParseConsumerValue decodes and checks a consumer key's value; group and
-// consumer are taken from the key. A value that names another group or id,
-// or has an epoch over MaxEpoch, is rejected.
+// consumer are taken from the key. An invalid name (see ValidateName), a
+// value that names another group or id, or one with an epoch over MaxEpoch,
+// is rejected.
 func ParseConsumerValue(group, consumer string, data []byte) (ConsumerValue, error) {
+	if err := errors.Join(ValidateName("group", group), ValidateName("consumer", consumer)); err != nil {
+		return ConsumerValue{}, fmt.Errorf("%w: %w", ErrInvalidValue, err)
+	}
 	var v ConsumerValue
 	if err := json.Unmarshal(data, &v); err != nil {
 		return ConsumerValue{}, fmt.Errorf("%w: %w", ErrInvalidValue, err)

@@ -139,15 +139,17 @@ func TestSubscriptions_GroupsConsumersTakeover(t *testing.T) {
 // TestParseConsumerValue_Rejects refuses values that disagree with their
 // key or carry an absurd epoch.
 func TestParseConsumerValue_Rejects(t *testing.T) {
-	for _, tc := range []struct{ name, data string }{
-		{"not json", "x"},
-		{"other id", `{"consumer":"c2","group":"g","epoch":1}`},
-		{"other group", `{"consumer":"c1","group":"h","epoch":1}`},
-		{"epoch over the limit", fmt.Sprintf(`{"consumer":"c1","group":"g","epoch":%d}`, uint64(MaxEpoch)+1)},
+	for _, tc := range []struct{ name, group, consumer, data string }{
+		{"not json", "g", "c1", "x"},
+		{"other id", "g", "c1", `{"consumer":"c2","group":"g","epoch":1}`},
+		{"other group", "g", "c1", `{"consumer":"c1","group":"h","epoch":1}`},
+		{"epoch over the limit", "g", "c1", fmt.Sprintf(`{"consumer":"c1","group":"g","epoch":%d}`, uint64(MaxEpoch)+1)},
+		{"consumer name with a space", "g", "a b", `{"consumer":"a b","group":"g","epoch":1}`},
+		{"empty group name", "", "c1", `{"consumer":"c1","group":"","epoch":1}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if _, err := ParseConsumerValue("g", "c1", []byte(tc.data)); !errors.Is(err, ErrInvalidValue) {
-				t.Errorf("ParseConsumerValue(%s) = %v, want ErrInvalidValue", tc.data, err)
+			if _, err := ParseConsumerValue(tc.group, tc.consumer, []byte(tc.data)); !errors.Is(err, ErrInvalidValue) {
+				t.Errorf("ParseConsumerValue(%q, %q, %s) = %v, want ErrInvalidValue", tc.group, tc.consumer, tc.data, err)
 			}
 		})
 	}

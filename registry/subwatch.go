@@ -175,17 +175,14 @@ func (w *subWatcher) apply(typ mvccpb.Event_EventType, kv *mvccpb.KeyValue) {
 		}
 		if err := ValidateName("group", name); err != nil {
 			delete(w.groups, name)
-			w.warn(key, kv.ModRevision, err)
+			w.warn(key, kv.ModRevision, skipWarning, err)
 			return
 		}
 		// The key declares the group; a value that does not parse only
 		// loses its details, never the group's messages.
 		v, err := ParseGroupValue(kv.Value)
 		if err != nil {
-			if w.warned[key] != kv.ModRevision {
-				w.warned[key] = kv.ModRevision
-				w.logger.Warn("registry: malformed group value; the key declares the group all the same", "key", key, "err", err)
-			}
+			w.warn(key, kv.ModRevision, "registry: malformed group value; the key declares the group all the same", err)
 		} else {
 			delete(w.warned, key)
 		}
@@ -205,22 +202,26 @@ func (w *subWatcher) apply(typ mvccpb.Event_EventType, kv *mvccpb.KeyValue) {
 	)
 	if !ok {
 		err = fmt.Errorf("%w: key is not <group>/<consumer>", ErrInvalidValue)
-	} else if err = errors.Join(ValidateName("group", group), ValidateName("consumer", id)); err == nil {
+	} else {
 		v, err = ParseConsumerValue(group, id, kv.Value)
 	}
 	if err != nil {
 		delete(w.consumers, rest)
-		w.warn(key, kv.ModRevision, err)
+		w.warn(key, kv.ModRevision, skipWarning, err)
 		return
 	}
 	delete(w.warned, key)
 	w.consumers[rest] = Consumer{ID: id, Value: v, ModRevision: kv.ModRevision, Lease: kv.Lease}
 }
 
-func (w *subWatcher) warn(key string, rev int64, err error) {
+// skipWarning says a key is left out of the view.
+const skipWarning = "registry: skipping malformed subscription key"
+
+// warn logs msg about key once per revision of its value.
+func (w *subWatcher) warn(key string, rev int64, msg string, err error) {
 	if w.warned[key] != rev {
 		w.warned[key] = rev
-		w.logger.Warn("registry: skipping malformed subscription key", "key", key, "err", err)
+		w.logger.Warn(msg, "key", key, "err", err)
 	}
 }
 

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -223,10 +222,6 @@ func listGroups(ctx context.Context, cli *clientv3.Client, prefix, service strin
 		parts := strings.Split(strings.TrimPrefix(key, prefix+"/consumers/"), "/")
 		if len(parts) != 3 {
 			bad(key, fmt.Errorf("key is not %s/consumers/<service>/<group>/<consumer>", prefix))
-			continue
-		}
-		if err := errors.Join(registry.ValidateName("group", parts[1]), registry.ValidateName("consumer", parts[2])); err != nil {
-			bad(key, err)
 			continue
 		}
 		v, err := registry.ParseConsumerValue(parts[1], parts[2], kv.Value)
