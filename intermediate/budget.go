@@ -13,7 +13,8 @@ import (
 // The memory an intermediate holds for its producers is bounded in bytes as
 // well as in messages: per publish stream (max-in-flight-bytes) and for the
 // whole process (memory-budget), counting every held message at its size as
-// received. A batch that does not fit waits, its stream reading nothing more
+// received, and the routes it carries back at what they hold decoded
+// (routesCharge). A batch that does not fit waits, its stream reading nothing more
 // meanwhile (HTTP/2 flow control holds its producer back), until acks free
 // enough or the budget wait passes; then its messages are handed back with
 // NACK_REASON_UNAVAILABLE, and the producer, which keeps them, sends them
@@ -26,7 +27,10 @@ var errOverBudget = errors.New("over the memory budget")
 // reserveBytes counts n bytes of a batch against the stream's and the
 // process's byte limits, waiting up to the budget wait for room. It returns
 // an error wrapping errOverBudget when there was none in time, or the
-// status that ends the stream when it or the server ends first.
+// status that ends the stream when it or the server ends first. A batch
+// larger than a limit, which only its routes can make it (the limits are at
+// least max-batch-bytes), fits that limit when nothing else is counted
+// against it, so every batch fits once enough is freed.
 func (p *pubStream) reserveBytes(ctx context.Context, n int) error {
 	s := p.srv
 	var timer *time.Timer
@@ -38,7 +42,7 @@ func (p *pubStream) reserveBytes(ctx context.Context, n int) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for {
-		if p.heldBytes+n <= s.opts.maxInFlightBytes && s.heldBytes+n <= s.opts.memoryBudget {
+		if (p.heldBytes+n <= s.opts.maxInFlightBytes || p.heldBytes == 0) && (s.heldBytes+n <= s.opts.memoryBudget || s.heldBytes == 0) {
 			p.heldBytes += n
 			s.heldBytes += n
 			return nil

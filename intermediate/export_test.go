@@ -23,3 +23,7 @@ func (s *Server) GroupQueue(group string) (queued, unacked, held int) {
 	}
 	return queued, unacked, s.heldTotal
 }
+
+// RouteOverhead is what each route a published message carries is charged
+// beside its encoded size.
+const RouteOverhead = routeOverhead

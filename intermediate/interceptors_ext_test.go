@@ -2,6 +2,7 @@ package intermediate_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -140,9 +141,10 @@ func TestPublish_MessageLimits(t *testing.T) {
 
 // TestDelivery_ResendWithRoutesAtMessageLimit checks that a message exactly
 // at max-message-bytes, sent again with the routes an earlier attempt
-// learned, is delivered and acknowledged, and is held at its size without
-// the routes: the producer is limited on the message, not on what the
-// intermediates add to it.
+// learned, is delivered and acknowledged: the producer is limited on the
+// message, not on what the intermediates add to it. It is charged its size
+// and what its routes hold, more than max-in-flight-bytes, which it fits
+// since nothing else is held.
 func TestDelivery_ResendWithRoutesAtMessageLimit(t *testing.T) {
 	const limit = 4096
 	r := newRig(t, intermediate.WithMaxBatch(16, limit), intermediate.WithMaxInFlightBytes(limit),
@@ -158,13 +160,14 @@ func TestDelivery_ResendWithRoutesAtMessageLimit(t *testing.T) {
 		t.Fatalf("proto.Size(message) = %d, want %d", got, limit)
 	}
 	m.Routes = []*messagev1.Route{{Group: "audit", Consumer: "a1", Handled: true}, {Group: intermediate.DefaultGroup, Consumer: "c1"}}
+	charge := proto.Size(m) + 2*intermediate.RouteOverhead
 	sendBatch(t, pub, 1, m)
 	ds := nextDeliveries(t, sub)
 	if len(ds) != 1 || ds[0].GetMessage().GetId().GetSeq() != 1 || len(ds[0].GetMessage().GetRoutes()) != 0 {
 		t.Fatalf("deliveries = %v, want seq 1 without routes", ds)
 	}
-	if got := r.srv.HeldBytes(); got != limit {
-		t.Errorf("HeldBytes() while delivered = %d, want %d (the message without its routes)", got, limit)
+	if got := r.srv.HeldBytes(); got != charge {
+		t.Errorf("HeldBytes() while delivered = %d, want %d (the message and its two routes)", got, charge)
 	}
 	ackDeliveries(t, sub, &deliveryv1.DeliveryAck{Acked: []*messagev1.SeqRange{{First: ds[0].GetDeliveryId(), Last: ds[0].GetDeliveryId()}}})
 	acked, nacked := collectAcks(t, pub, 1)
@@ -270,5 +273,82 @@ func TestPublish_SeqWindowWithoutMark(t *testing.T) {
 	want := "message 2 of the batch: invalid envelope: seq 16777217 is beyond the producer window: with low_water_seq 0 a producer may send seqs 1 to 16777216 (2^24) of an incarnation; to send more it must set low_water_seq to its lowest unacknowledged seq"
 	if n := nacked[2]; n.GetReason() != messagev1.NackReason_NACK_REASON_INVALID || n.GetDetail() != want {
 		t.Errorf("nack of stream seq 2 = %v, want INVALID with detail %q", n, want)
+	}
+}
+
+// TestPublish_HostileRoutes checks the routes a producer sends back with a
+// message: more than MaxRoutes, more bytes than max-message-bytes, or a
+// group or consumer no registry key could name are handed back INVALID and
+// never held; valid ones are charged against max-in-flight-bytes with what
+// they hold, so a producer cannot hold more than its bytes through them.
+func TestPublish_HostileRoutes(t *testing.T) {
+	const limit = 4096
+	r := newRig(t, intermediate.WithMaxBatch(16, limit), intermediate.WithMaxInFlightBytes(2*limit),
+		intermediate.WithMemoryBudget(2*limit, 100*time.Millisecond))
+	sub := r.subscribe("c1", 10)
+	pub := r.producer("p1")
+	routes := func(n int, group string) []*messagev1.Route {
+		rs := make([]*messagev1.Route, n)
+		for i := range rs {
+			rs[i] = &messagev1.Route{Group: fmt.Sprintf("%s-%d", group, i)}
+		}
+		return rs
+	}
+	withRoutes := func(seq uint64, rs []*messagev1.Route) *messagev1.Message {
+		m := msg("p1", seq, "x")
+		m.Routes = rs
+		return m
+	}
+	sendBatch(t, pub, 1,
+		withRoutes(1, routes(intermediate.MaxRoutes+1, "g")),
+		withRoutes(2, routes(20, strings.Repeat("g", 300))),
+		withRoutes(3, []*messagev1.Route{{Group: "audit/x"}}),
+		withRoutes(4, []*messagev1.Route{{Group: "audit", Consumer: "a 1"}}),
+	)
+	acked, nacked := collectAcks(t, pub, 4)
+	if len(acked) != 0 {
+		t.Errorf("acked %v, want none", acked)
+	}
+	for seq, want := range map[uint64]string{
+		1: "message 1 of the batch: invalid routes: 1025 routes, more than 1024",
+		2: "message 2 of the batch: invalid routes: routes of 6170 bytes exceed max-message-bytes 4096",
+		3: `message 3 of the batch: invalid routes: route 1: registry: group "audit/x" contains '/'`,
+		4: `message 4 of the batch: invalid routes: route 1: registry: consumer "a 1" contains ' '`,
+	} {
+		if n := nacked[seq]; n.GetReason() != messagev1.NackReason_NACK_REASON_INVALID || n.GetDetail() != want {
+			t.Errorf("nack of stream seq %d = %v, want INVALID with detail %q", seq, n, want)
+		}
+	}
+	if got := r.srv.HeldBytes(); got != 0 {
+		t.Errorf("HeldBytes() after the refusals = %d, want 0", got)
+	}
+
+	// Two messages of 12 routes of 300-byte group names each: a few bytes
+	// of payload, but about 4 900 bytes held each. The subscriber takes the
+	// first and answers nothing: the second does not fit the stream's
+	// 8 192 bytes and is handed back once the budget wait passed.
+	m5, m6 := withRoutes(5, routes(12, strings.Repeat("h", 300))), withRoutes(6, routes(12, strings.Repeat("k", 300)))
+	charge := func(m *messagev1.Message) int {
+		return proto.Size(m) + len(m.GetRoutes())*intermediate.RouteOverhead
+	}
+	sendBatch(t, pub, 5, m5)
+	ds := nextDeliveries(t, sub)
+	if len(ds) != 1 || ds[0].GetMessage().GetId().GetSeq() != 5 {
+		t.Fatalf("deliveries = %v, want message seq 5", ds)
+	}
+	if got, want := r.srv.HeldBytes(), charge(m5); got != want {
+		t.Errorf("HeldBytes() holding message 5 = %d, want %d (its envelope, its routes and %d bytes a route)", got, want, intermediate.RouteOverhead)
+	}
+	sendBatch(t, pub, 6, m6)
+	_, nacked = collectAcks(t, pub, 1)
+	if n := nacked[6]; n.GetReason() != messagev1.NackReason_NACK_REASON_UNAVAILABLE || !strings.Contains(n.GetDetail(), "does not fit") {
+		t.Errorf("nack of stream seq 6 = %v, want UNAVAILABLE: does not fit", n)
+	}
+	ackDeliveries(t, sub, &deliveryv1.DeliveryAck{Acked: []*messagev1.SeqRange{{First: ds[0].GetDeliveryId(), Last: ds[0].GetDeliveryId()}}})
+	if acked, _ := collectAcks(t, pub, 1); !acked[5] {
+		t.Errorf("acked %v after the subscriber's ack, want stream seq 5", acked)
+	}
+	if got := r.srv.HeldBytes(); got != 0 {
+		t.Errorf("HeldBytes() after the ack = %d, want 0", got)
 	}
 }

@@ -14,11 +14,23 @@ import (
 	"github.com/butterfly-mesh/butterfly"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
+	"github.com/butterfly-mesh/butterfly/registry"
 )
 
 // MaxProducerIDBytes is the longest producer id an intermediate accepts, in
 // hellos and in message ids.
 const MaxProducerIDBytes = 256
+
+// MaxRoutes is the most routes (Message.routes) a published message may
+// carry: one per consumer group of the service, written by intermediates
+// when they hand the message back. More is refused INVALID.
+const MaxRoutes = 1024
+
+// routeOverhead is what a decoded route holds beside its encoded bytes (the
+// Route struct, its two string headers, its pointer in the message's
+// slice): a message's routes are charged their encoded size plus this much
+// each against max-in-flight-bytes and the memory budget, as held.
+const routeOverhead = 96
 
 // Errors that name a limit. A refused message or frame wraps one of them, so
 // errors.Is tells the limits apart; the text names the option (and the
@@ -36,6 +48,10 @@ var (
 	ErrBatchTooLarge = errors.New("exceeds the batch limit")
 	// ErrInvalidEnvelope: a message's id is missing or malformed.
 	ErrInvalidEnvelope = errors.New("invalid envelope")
+	// ErrInvalidRoutes: a message's routes are more than MaxRoutes, larger
+	// than max-message-bytes, or name a group or consumer no registry key
+	// could.
+	ErrInvalidRoutes = errors.New("invalid routes")
 )
 
 // limits bound what one peer may send.
@@ -73,14 +89,58 @@ const routesField protowire.Number = 8
 // producer is limited on (payload, headers, id and the rest of its own
 // fields). Routes are what intermediates learned on an earlier attempt and
 // the producer sends back with the message; a message at max-message-bytes
-// must not be refused, or charged more, for carrying them. The size and
-// byte limits and the memory budget all count this size.
+// must not be refused for carrying them. The size and batch limits count
+// this size; max-in-flight-bytes and the memory budget count it plus
+// routesCharge.
 func envelopeSize(m *messagev1.Message) int {
-	n := m.SizeVT()
+	return m.SizeVT() - routesSize(m)
+}
+
+// routesSize is the encoded size of m's routes.
+func routesSize(m *messagev1.Message) int {
+	n := 0
 	for _, r := range m.GetRoutes() {
-		n -= protowire.SizeTag(routesField) + protowire.SizeBytes(r.SizeVT())
+		n += protowire.SizeTag(routesField) + protowire.SizeBytes(r.SizeVT())
 	}
 	return n
+}
+
+// routesCharge is what m's routes cost held: their encoded size and
+// routeOverhead each.
+func routesCharge(m *messagev1.Message) int {
+	routes := m.GetRoutes()
+	if len(routes) == 0 {
+		return 0
+	}
+	return routesSize(m) + routeOverhead*len(routes)
+}
+
+// checkRoutes checks the routes of a published message: at most MaxRoutes,
+// at most max-message-bytes encoded, each naming a group (and the consumer,
+// when it names one) as registry keys do. Intermediates write them; a
+// producer only sends them back.
+func checkRoutes(m *messagev1.Message, l limits) error {
+	routes := m.GetRoutes()
+	if len(routes) == 0 {
+		return nil
+	}
+	if len(routes) > MaxRoutes {
+		return fmt.Errorf("%w: %d routes, more than %d", ErrInvalidRoutes, len(routes), MaxRoutes)
+	}
+	if n := routesSize(m); n > l.maxMessageBytes {
+		return fmt.Errorf("%w: routes of %d bytes exceed max-message-bytes %d", ErrInvalidRoutes, n, l.maxMessageBytes)
+	}
+	for i, r := range routes {
+		if err := registry.ValidateName("group", r.GetGroup()); err != nil {
+			return fmt.Errorf("%w: route %d: %w", ErrInvalidRoutes, i+1, err)
+		}
+		if c := r.GetConsumer(); c != "" {
+			if err := registry.ValidateName("consumer", c); err != nil {
+				return fmt.Errorf("%w: route %d: %w", ErrInvalidRoutes, i+1, err)
+			}
+		}
+	}
+	return nil
 }
 
 // validateProducerID applies the rules of producer ids: non-empty valid UTF-8
@@ -128,6 +188,9 @@ func validateEnvelope(m *messagev1.Message, size int, l limits) error {
 	// they handled of that producer (see butterfly.MaxSeqSpan).
 	if err := butterfly.CheckSeqWindow(id.GetSeq(), m.GetLowWaterSeq()); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidEnvelope, err)
+	}
+	if err := checkRoutes(m, l); err != nil {
+		return err
 	}
 	return checkMessageLimits(m, size, l)
 }

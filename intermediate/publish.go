@@ -205,9 +205,10 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 	}
 	s.mu.Unlock()
 	// Every message that may be held counts against the byte limits at its
-	// envelope size (without routes); one over max-message-bytes is handed
-	// back INVALID below and never held, so every batch fits once enough is
-	// freed.
+	// envelope size and what its routes hold (routesCharge); one over
+	// max-message-bytes is handed back INVALID below and never held, so
+	// every batch fits once enough is freed, and so is one whose routes
+	// checkRoutes refuses.
 	lim := s.opts.limits()
 	// One allocation for the batch's sizes and charges, one for its held
 	// messages (a slab the batch's messages share), one for the outcomes.
@@ -216,8 +217,8 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 	total := 0
 	for i, m := range msgs {
 		sizes[i] = envelopeSize(m)
-		if sizes[i] <= lim.maxMessageBytes {
-			charges[i] = sizes[i]
+		if sizes[i] <= lim.maxMessageBytes && checkRoutes(m, lim) == nil {
+			charges[i] = sizes[i] + routesCharge(m)
 			total += charges[i]
 		}
 	}
