@@ -25,7 +25,10 @@ import (
 // without a role (no butterfly URI, such as a CommonName-only certificate)
 // is refused everything but its own, empty, status, unless the server trusts
 // unbound certificates (WithTrustUnboundCertificates): then it may do
-// everything, as mutual TLS without roles did.
+// everything, as mutual TLS without roles did. A certificate whose butterfly
+// URIs name no single valid role (two of them, an unknown role, a malformed
+// id) is not unbound: it is refused everything but that status whatever
+// the server trusts.
 
 // access is what the peer of a call may do.
 type access struct {
@@ -40,7 +43,7 @@ func (s *Server) accessOf(ctx context.Context) access {
 	if !ok {
 		return access{all: true}
 	}
-	return access{id: id, verified: true, all: id.Role == "" && s.opts.trustUnbound}
+	return access{id: id, verified: true, all: id.Unbound() && s.opts.trustUnbound}
 }
 
 // may reports whether the peer has one of roles with id ("" matches any id).

@@ -2,8 +2,18 @@ package intermediate_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
+	"math/big"
+	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -225,7 +235,8 @@ func TestRefusal_DrainInvalidTimeout(t *testing.T) {
 // Process from a verified client certificate that binds no role (CommonName
 // only) is refused PERMISSION_DENIED naming the certificate, while a
 // producer's certificate of the same CA is served, and that an intermediate
-// trusting unbound certificates serves it.
+// trusting unbound certificates serves it but not one whose role is
+// unreadable.
 func TestRefusal_ProcessUnboundCertificate(t *testing.T) {
 	pki := t.TempDir()
 	if err := tlsutil.GenerateDev(pki, []string{"127.0.0.1"}, tlsutil.WithIdentity(tlsutil.RoleProducer, "p1")); err != nil {
@@ -274,6 +285,77 @@ func TestRefusal_ProcessUnboundCertificate(t *testing.T) {
 	if resp, err := process(trusting, unbound); err != nil || string(resp.GetMessage().GetPayload()) != "abc" {
 		t.Errorf("Process() with the unbound certificate, unbound certificates trusted = %v, %v, want abc", resp, err)
 	}
+	// A certificate meant to be bound whose role cannot be read is not an
+	// unbound one: refused even where unbound certificates are trusted.
+	for _, uris := range [][]string{
+		{"butterfly://producer/p7", "butterfly://consumer/c7"},
+		{"butterfly://viewer/v1"},
+		{"butterfly://consumer/team/c8"},
+	} {
+		unreadable := issueWithURIs(t, pki, "odd", uris...)
+		_, err := process(trusting, unreadable)
+		wantStatus(t, fmt.Sprintf("Process() with a certificate of %v, unbound certificates trusted", uris), err, codes.PermissionDenied, "(cn=odd, role unreadable) may not process messages")
+	}
+}
+
+// issueWithURIs signs, with the development CA in pki, a client certificate
+// of common name cn with uris as its URI SANs, and returns its files.
+func issueWithURIs(t *testing.T, pki, cn string, uris ...string) tlsutil.Files {
+	t.Helper()
+	readDER := func(file string) []byte {
+		b, err := os.ReadFile(filepath.Join(pki, file))
+		if err != nil {
+			t.Fatalf("os.ReadFile() = %v", err)
+		}
+		block, _ := pem.Decode(b)
+		if block == nil {
+			t.Fatalf("%s holds no PEM block", file)
+		}
+		return block.Bytes
+	}
+	ca, err := x509.ParseCertificate(readDER(tlsutil.CAFile))
+	if err != nil {
+		t.Fatalf("x509.ParseCertificate(CA) = %v", err)
+	}
+	caKey, err := x509.ParsePKCS8PrivateKey(readDER(tlsutil.CAKeyFile))
+	if err != nil {
+		t.Fatalf("x509.ParsePKCS8PrivateKey(CA key) = %v", err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatalf("ecdsa.GenerateKey() = %v", err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: cn},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	for _, u := range uris {
+		parsed, err := url.Parse(u)
+		if err != nil {
+			t.Fatalf("url.Parse(%q) = %v", u, err)
+		}
+		tmpl.URIs = append(tmpl.URIs, parsed)
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatalf("x509.CreateCertificate() = %v", err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatalf("x509.MarshalPKCS8PrivateKey() = %v", err)
+	}
+	dir := t.TempDir()
+	f := tlsutil.Files{Cert: filepath.Join(dir, "cert.pem"), Key: filepath.Join(dir, "key.pem"), CA: filepath.Join(pki, tlsutil.CAFile)}
+	for file, block := range map[string]*pem.Block{f.Cert: {Type: "CERTIFICATE", Bytes: der}, f.Key: {Type: "PRIVATE KEY", Bytes: keyDER}} {
+		if err := os.WriteFile(file, pem.EncodeToMemory(block), 0o600); err != nil {
+			t.Fatalf("os.WriteFile() = %v", err)
+		}
+	}
+	return f
 }
 
 // TestRefusal_PublishSecondHello checks that a second hello on a publish

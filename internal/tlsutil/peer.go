@@ -54,15 +54,27 @@ type Identity struct {
 	// one, or an unknown role).
 	Role Role
 	ID   string
+	// Unreadable is set when the certificate carries butterfly URIs but not
+	// exactly one that names a known role and a valid id: it was meant to
+	// be bound to a role, and no role can be read from it. Such a
+	// certificate is not an unbound one.
+	Unreadable bool
 	// CommonName is the certificate's subject CommonName.
 	CommonName string
 }
 
+// Unbound reports whether the certificate carries no butterfly URI at all.
+func (i Identity) Unbound() bool { return i.Role == "" && !i.Unreadable }
+
 // String names the identity: "<role>/<id>", or "cn=<CommonName>" for a
-// certificate without a role.
+// certificate without a role ("cn=<CommonName>, role unreadable" for one
+// whose butterfly URIs name no single role).
 func (i Identity) String() string {
-	if i.Role != "" {
+	switch {
+	case i.Role != "":
 		return string(i.Role) + "/" + i.ID
+	case i.Unreadable:
+		return "cn=" + i.CommonName + ", role unreadable"
 	}
 	return "cn=" + i.CommonName
 }
@@ -88,7 +100,8 @@ func Peer(ctx context.Context) (Identity, bool) {
 
 // identityOf reads the role and id of a certificate. A certificate with
 // more than one butterfly URI, or one with an unknown role or a malformed
-// id, has no role: it cannot be trusted to mean one thing.
+// id, has no role and is Unreadable: it cannot be trusted to mean one
+// thing, nor taken for a certificate that was never bound.
 func identityOf(leaf *x509.Certificate) Identity {
 	id := Identity{CommonName: leaf.Subject.CommonName}
 	found := 0
@@ -105,6 +118,7 @@ func identityOf(leaf *x509.Certificate) Identity {
 	if found != 1 {
 		id.Role, id.ID = "", ""
 	}
+	id.Unreadable = found > 0 && id.Role == ""
 	return id
 }
 

@@ -75,7 +75,8 @@ func TestIdentity_Roles(t *testing.T) {
 }
 
 // TestIdentity_Ambiguous checks that a certificate with two butterfly URIs,
-// an unknown role or a malformed id has no role.
+// an unknown role or a malformed id has no role and is not taken for an
+// unbound certificate; one with no butterfly URI is unbound.
 func TestIdentity_Ambiguous(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -95,9 +96,24 @@ func TestIdentity_Ambiguous(t *testing.T) {
 				}
 				cert.URIs = append(cert.URIs, parsed)
 			}
-			if got, want := identityOf(cert), (Identity{CommonName: "cn1"}); got != want {
+			got := identityOf(cert)
+			if want := (Identity{Unreadable: true, CommonName: "cn1"}); got != want {
 				t.Errorf("identityOf(%v) = %+v, want %+v", tc.uris, got, want)
 			}
+			if got.Unbound() {
+				t.Errorf("identityOf(%v).Unbound() = true, want false", tc.uris)
+			}
+			if got, want := got.String(), "cn=cn1, role unreadable"; got != want {
+				t.Errorf("String() = %q, want %q", got, want)
+			}
 		})
+	}
+	other, err := url.Parse("spiffe://example.org/p1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := identityOf(&x509.Certificate{Subject: pkix.Name{CommonName: "cn1"}, URIs: []*url.URL{other}})
+	if want := (Identity{CommonName: "cn1"}); got != want || !got.Unbound() {
+		t.Errorf("identityOf(a certificate with no butterfly URI) = %+v (unbound %v), want %+v, unbound", got, got.Unbound(), want)
 	}
 }
