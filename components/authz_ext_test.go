@@ -21,6 +21,7 @@ import (
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/intermediate"
 	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
+	"github.com/butterfly-mesh/butterfly/registry"
 )
 
 // unboundFiles issues, with the CA of pki, a client certificate without a
@@ -318,4 +319,83 @@ func TestRefusal_ForeignIDStopsProducer(t *testing.T) {
 	if st := p.Stats(); st.Sent != 1 || st.Resent != 0 {
 		t.Errorf("Stats() = %+v, want Sent=1 Resent=0: a stopped producer sends nothing again", st)
 	}
+}
+
+// TestRoles_StageAndConsumerShareAnID checks, with mutual TLS, that a
+// stage's certificate cannot subscribe under a consumer's registration of
+// the same id, nor a consumer's certificate under a stage's, while the
+// consumer and the stage beside them each handle every message of their
+// group once.
+func TestRoles_StageAndConsumerShareAnID(t *testing.T) {
+	m := newMesh(t)
+	pki := t.TempDir()
+	if err := tlsutil.GenerateDev(pki, []string{"127.0.0.1", "localhost"}, tlsutil.WithClientID("p1"),
+		tlsutil.WithIdentity(tlsutil.RoleConsumer, "x1"), tlsutil.WithIdentity(tlsutil.RoleStage, "x1"),
+		tlsutil.WithIdentity(tlsutil.RoleStage, "s1"), tlsutil.WithIdentity(tlsutil.RoleConsumer, "s1"),
+		tlsutil.WithIdentity(tlsutil.RoleConsumer, "d1")); err != nil {
+		t.Fatalf("GenerateDev() = %v", err)
+	}
+	creds := func(role tlsutil.Role, id string) credentials.TransportCredentials {
+		return clientCreds(t, roleFiles(pki, role, id))
+	}
+	up := m.startTLSHub(pki, "i1")
+	m.startTLSHubFor(pki, "down", "i2")
+	led, down := newLedger(), newLedger()
+	m.consumer("x1", led.handler(), components.WithTransportCredentials(creds(tlsutil.RoleConsumer, "x1")))
+	m.consumer("d1", down.handler(), components.WithService("down"), components.WithTransportCredentials(creds(tlsutil.RoleConsumer, "d1")))
+	stage, err := components.NewStage(m.cli, "s1", components.DefaultService, "down",
+		components.WithPrefix(testPrefix), components.WithLogger(m.log),
+		components.WithTransportCredentials(creds(tlsutil.RoleStage, "s1")),
+		components.WithConsumerOptions(components.WithGroup("st")))
+	if err != nil {
+		t.Fatalf("NewStage(s1) = %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+		defer cancel()
+		_ = stage.Close(ctx)
+	})
+
+	registration := func(group, id string) (registry.ConsumerValue, bool) {
+		resp, err := m.cli.Get(context.Background(), registry.ConsumerKey(testPrefix, components.DefaultService, group, id))
+		if err != nil || len(resp.Kvs) != 1 {
+			return registry.ConsumerValue{}, false
+		}
+		v, err := registry.ParseConsumerValue(group, id, resp.Kvs[0].Value)
+		return v, err == nil
+	}
+	var x1, s1 registry.ConsumerValue
+	waitUntil(t, "x1 and s1 registered", func() bool {
+		var ok1, ok2 bool
+		x1, ok1 = registration(components.DefaultGroup, "x1")
+		s1, ok2 = registration("st", "s1")
+		return ok1 && ok2
+	})
+	if x1.Role != registry.RoleConsumer || s1.Role != registry.RoleStage {
+		t.Fatalf("roles registered: x1 %q, s1 %q; want %q and %q", x1.Role, s1.Role, registry.RoleConsumer, registry.RoleStage)
+	}
+	for _, tc := range []struct {
+		name      string
+		creds     credentials.TransportCredentials
+		group, as string
+		epoch     uint64
+		want      string
+	}{
+		{"stage/x1", creds(tlsutil.RoleStage, "x1"), components.DefaultGroup, "x1", x1.Epoch, `(stage/x1) may not subscribe as "x1" of group "default", registered by a consumer`},
+		{"consumer/s1", creds(tlsutil.RoleConsumer, "s1"), "st", "s1", s1.Epoch, `(consumer/s1) may not subscribe as "s1" of group "st", registered by a stage`},
+	} {
+		err := rawSubscribe(t, up.addr, tc.creds, &deliveryv1.SubscribeHello{ConsumerId: tc.as, Group: tc.group, RegistrationEpoch: tc.epoch, InitialCredit: 100})
+		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("subscribe as %s of %s with the certificate of %s = %v, want PERMISSION_DENIED containing %q", tc.as, tc.group, tc.name, err, tc.want)
+		}
+	}
+
+	p := m.producer("p1", components.WithTransportCredentials(clientCreds(t, clientFiles(pki, pki))))
+	const n = 100
+	sent := startLoad(context.Background(), n, p).wait(t)
+	closeProducers(t, p)
+	led.waitHandled(t, n)
+	led.checkExactlyOnce(t, sent)
+	down.waitHandled(t, n)
+	down.checkExactlyOnce(t, sent)
 }

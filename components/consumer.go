@@ -687,6 +687,9 @@ func (c *Consumer) leaveStreamsLocked() {
 // whether it registered.
 func (c *Consumer) register(ctx context.Context) bool {
 	opts := []registry.Option{registry.WithPrefix(c.cfg.prefix), registry.WithLogger(c.cfg.logger), registry.WithTTL(c.cfg.leaseTTL), registry.WithVersion(c.cfg.version)}
+	if c.cfg.stage {
+		opts = append(opts, registry.WithStageRole())
+	}
 	var bo backoff
 	for {
 		err := c.registerOnce(ctx, opts)

@@ -87,6 +87,7 @@ type consumerConfig struct {
 	leaseTTL    time.Duration
 	version     string
 	limit       uint64
+	stage       bool // a stage's consumer side: registered with the stage role
 }
 
 type stageConfig struct {

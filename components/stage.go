@@ -71,6 +71,7 @@ func NewStage(cli *clientv3.Client, id, from, to string, opts ...StageOption) (*
 		return nil, fmt.Errorf("components: stage %s: %w", id, err)
 	}
 	copts := []ConsumerOption{
+		consumerOption(func(c *consumerConfig) { c.stage = true }),
 		WithService(from),
 		WithConcurrency(DefaultStageConcurrency),
 		WithCredit(DefaultStageConcurrency),

@@ -117,6 +117,12 @@ func writeExpiredClient(t *testing.T, pki, id string) tlsutil.Files {
 // signed by the CA of pki, with opts.
 func (m *mesh) startTLSHub(pki, instance string, opts ...intermediate.Option) *hub {
 	m.t.Helper()
+	return m.startTLSHubFor(pki, components.DefaultService, instance, opts...)
+}
+
+// startTLSHubFor is startTLSHub for an instance of service.
+func (m *mesh) startTLSHubFor(pki, service, instance string, opts ...intermediate.Option) *hub {
+	m.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	m.t.Cleanup(cancel)
 	cfg, err := tlsutil.ServerConfig(ctx, tlsutil.Files{
@@ -128,7 +134,7 @@ func (m *mesh) startTLSHub(pki, instance string, opts ...intermediate.Option) *h
 	if err != nil {
 		m.t.Fatalf("tlsutil.ServerConfig() = %v", err)
 	}
-	return m.startHub(components.DefaultService, instance, "127.0.0.1",
+	return m.startHub(service, instance, "127.0.0.1",
 		append([]intermediate.Option{intermediate.WithGRPCServerOptions(grpc.Creds(credentials.NewTLS(cfg)))}, opts...)...)
 }
 

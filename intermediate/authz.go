@@ -2,6 +2,7 @@ package intermediate
 
 import (
 	"context"
+	"fmt"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -78,6 +79,25 @@ func (a access) publish(producerID string) (forwards bool, err error) {
 func (a access) subscribe(consumerID string) error {
 	if !a.may(consumerID, tlsutil.RoleConsumer, tlsutil.RoleStage) {
 		return a.denied("subscribe as consumer " + quote(consumerID))
+	}
+	return nil
+}
+
+// registeredAs checks a subscribe stream of consumer in group against the
+// role its registration names (stage: registry.RoleStage): with a role
+// certificate, a stage subscribes only under a stage's registration and a
+// consumer only under a consumer's, since the two roles' ids may be the
+// same.
+func (a access) registeredAs(group, consumer string, stage bool) error {
+	if a.all {
+		return nil
+	}
+	registered, want := tlsutil.RoleConsumer, tlsutil.RoleStage
+	if stage {
+		registered, want = tlsutil.RoleStage, tlsutil.RoleConsumer
+	}
+	if a.id.Role == want {
+		return a.denied(fmt.Sprintf("subscribe as %q of group %q, registered by a %s", consumer, group, registered))
 	}
 	return nil
 }

@@ -84,6 +84,7 @@ type group struct {
 	owners   []string          // registered consumers not draining, sorted: the rendezvous candidates
 	epochs   map[string]uint64 // the registered epoch of every registered consumer
 	unleased map[string]bool   // registered consumers whose key has no lease: written by hand, it never lapses
+	stages   map[string]bool   // registered consumers that are stages (registry.RoleStage)
 	subs     []*subStream      // open streams, in the order they subscribed
 	// lastKey and lastOwner remember the last owner picked, while
 	// lastKnown: a rendezvous pick hashes the key with every candidate, and
@@ -517,9 +518,15 @@ func (s *Server) applySubscriptionsLocked(v registry.Subscriptions) {
 		g := s.groupLocked(vg.Name)
 		var owners []string
 		epochs := make(map[string]uint64, len(vg.Consumers))
-		g.unleased = nil
+		g.unleased, g.stages = nil, nil
 		for _, c := range vg.Consumers {
 			epochs[c.ID] = c.Value.Epoch
+			if c.Value.IsStage() {
+				if g.stages == nil {
+					g.stages = make(map[string]bool)
+				}
+				g.stages[c.ID] = true
+			}
 			if !c.Value.Draining {
 				owners = append(owners, c.ID)
 			}

@@ -62,7 +62,8 @@ func (ss *subscribeService) Subscribe(stream deliveryv1.SubscribeService_Subscri
 	if g := hello.GetGroup(); !utf8.ValidString(g) {
 		return status.Errorf(codes.InvalidArgument, "intermediate: hello group %q is not valid UTF-8", g)
 	}
-	if err := s.accessOf(ctx).subscribe(hello.GetConsumerId()); err != nil {
+	access := s.accessOf(ctx)
+	if err := access.subscribe(hello.GetConsumerId()); err != nil {
 		return err
 	}
 	sub := &subStream{
@@ -79,7 +80,7 @@ func (ss *subscribeService) Subscribe(stream deliveryv1.SubscribeService_Subscri
 	if sub.group == "" {
 		sub.group = DefaultGroup
 	}
-	if err := s.checkRegistration(ctx, sub.group, sub.consumerID, sub.epoch); err != nil {
+	if err := s.checkRegistration(ctx, access, sub.group, sub.consumerID, sub.epoch); err != nil {
 		return err
 	}
 	sub.init(ctx, cancel, hello.GetHeartbeatIntervalMs(), &s.opts)
@@ -385,9 +386,12 @@ func (sub *subStream) sendLoop(ctx context.Context, stream deliveryv1.SubscribeS
 const registrationWait = 2 * time.Second
 
 // checkRegistration refuses a subscribe stream unless its group is declared
-// and its consumer registered in it with epoch. A registration this server
-// has not seen yet is waited for, up to registrationWait.
-func (s *Server) checkRegistration(ctx context.Context, group, consumer string, epoch uint64) error {
+// and its consumer registered in it with epoch, by the role of the peer's
+// certificate when it has one (a stage's certificate subscribes only under
+// a stage's registration, a consumer's only under a consumer's). A
+// registration this server has not seen yet is waited for, up to
+// registrationWait.
+func (s *Server) checkRegistration(ctx context.Context, a access, group, consumer string, epoch uint64) error {
 	timer := time.NewTimer(registrationWait)
 	defer timer.Stop()
 	meta := map[string]string{"service": s.service, "group": group, "consumer": consumer}
@@ -398,9 +402,10 @@ func (s *Server) checkRegistration(ctx context.Context, group, consumer string, 
 	for {
 		s.mu.Lock()
 		g := s.groups[group]
-		registered, ok := uint64(0), false
+		registered, ok, stage := uint64(0), false, false
 		if g != nil {
 			registered, ok = g.epochs[consumer]
+			stage = g.stages[consumer]
 		}
 		declared := g != nil && g.declared
 		changed := s.subsChanged
@@ -410,7 +415,7 @@ func (s *Server) checkRegistration(ctx context.Context, group, consumer string, 
 			return refusal(butterfly.ReasonConsumerReplaced, meta,
 				"intermediate: consumer %q of group %q was taken over: registered epoch %d, this stream's %d", consumer, group, registered, epoch)
 		case ok && registered == epoch && declared:
-			return nil
+			return a.registeredAs(group, consumer, stage)
 		}
 		select {
 		case <-changed:

@@ -18,8 +18,10 @@ type options struct {
 	weight  uint32
 	zone    string
 	version string
-	onError func(error)
-	resync  <-chan struct{}
+	// consumerRole is ConsumerValue.Role of a consumer registration.
+	consumerRole string
+	onError      func(error)
+	resync       <-chan struct{}
 }
 
 func newOptions(opts []Option) options {
@@ -62,6 +64,12 @@ func WithWeight(w uint32) Option {
 // WithZone sets Metadata.zone of a registration.
 func WithZone(z string) Option {
 	return func(o *options) { o.zone = z }
+}
+
+// WithStageRole makes a consumer registration (RegisterConsumer) a stage's:
+// its role is RoleStage instead of RoleConsumer.
+func WithStageRole() Option {
+	return func(o *options) { o.consumerRole = RoleStage }
 }
 
 // WithVersion sets Metadata.version of a registration.

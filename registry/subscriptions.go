@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -46,7 +47,22 @@ type ConsumerValue struct {
 	Host string `json:"host,omitempty"`
 	// Version is the software version of the consumer.
 	Version string `json:"version,omitempty"`
+	// Role is what registered: RoleConsumer or RoleStage ("" is read as
+	// RoleConsumer, for values written before it was set or by hand). With
+	// mutual TLS an intermediate lets only a client certificate of the same
+	// role subscribe under the registration, so a stage and a consumer that
+	// share an id cannot take each other's messages.
+	Role string `json:"role,omitempty"`
 }
+
+// The roles a consumer registration names (ConsumerValue.Role).
+const (
+	RoleConsumer = "consumer"
+	RoleStage    = "stage"
+)
+
+// IsStage reports whether a stage registered v.
+func (v ConsumerValue) IsStage() bool { return v.Role == RoleStage }
 
 // Group is one group of a service as seen in etcd, with its registered
 // consumers.
@@ -98,8 +114,8 @@ func ConsumerKey(prefix, service, group, consumer string) string {
 
 // ParseConsumerValue decodes and checks a consumer key's value; group and
 // consumer are taken from the key. An invalid name (see ValidateName), a
-// value that names another group or id, or one with an epoch over MaxEpoch,
-// is rejected.
+// value that names another group or id, one with an epoch over MaxEpoch, or
+// one with a role other than RoleConsumer or RoleStage, is rejected.
 func ParseConsumerValue(group, consumer string, data []byte) (ConsumerValue, error) {
 	if err := errors.Join(ValidateName("group", group), ValidateName("consumer", consumer)); err != nil {
 		return ConsumerValue{}, fmt.Errorf("%w: %w", ErrInvalidValue, err)
@@ -113,6 +129,11 @@ func ParseConsumerValue(group, consumer string, data []byte) (ConsumerValue, err
 	}
 	if err := checkEpoch(v.Epoch); err != nil {
 		return ConsumerValue{}, fmt.Errorf("%w: %w", ErrInvalidValue, err)
+	}
+	switch v.Role {
+	case "", RoleConsumer, RoleStage:
+	default:
+		return ConsumerValue{}, fmt.Errorf("%w: role %q is neither %q nor %q", ErrInvalidValue, v.Role, RoleConsumer, RoleStage)
 	}
 	return v, nil
 }
@@ -183,6 +204,7 @@ func RegisterConsumer(ctx context.Context, cli *clientv3.Client, service, group,
 		Started:  time.Now().UTC(),
 		Host:     host,
 		Version:  o.version,
+		Role:     cmp.Or(o.consumerRole, RoleConsumer),
 	})
 	r, err := registerKey(ctx, cli, ConsumerKey(o.prefix, service, group, consumer), "", rec, o)
 	if err != nil {

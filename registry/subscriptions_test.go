@@ -146,6 +146,7 @@ func TestParseConsumerValue_Rejects(t *testing.T) {
 		{"epoch over the limit", "g", "c1", fmt.Sprintf(`{"consumer":"c1","group":"g","epoch":%d}`, uint64(MaxEpoch)+1)},
 		{"consumer name with a space", "g", "a b", `{"consumer":"a b","group":"g","epoch":1}`},
 		{"empty group name", "", "c1", `{"consumer":"c1","group":"","epoch":1}`},
+		{"unknown role", "g", "c1", `{"consumer":"c1","group":"g","epoch":1,"role":"admin"}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := ParseConsumerValue(tc.group, tc.consumer, []byte(tc.data)); !errors.Is(err, ErrInvalidValue) {
