@@ -267,12 +267,12 @@ func (c *Consumer) receive(st *subStream, batch *deliveryv1.DeliveryBatch) {
 	if st.dead {
 		return
 	}
-	// A consumer that leaves, or handled its limit, takes nothing new: a
-	// message it did not handle is left unanswered, and the intermediate
-	// hands it to another consumer when this stream ends. A copy of one it
-	// handled (or is handling) is still answered as a duplicate: another
-	// consumer would handle it again.
-	takesNew := !st.drainWanted && !c.atLimit()
+	// A consumer that leaves, handled its limit or stopped takes nothing
+	// new: a message it did not handle is left unanswered, and the
+	// intermediate hands it to another consumer when this stream ends. A
+	// copy of one it handled (or is handling) is still answered as a
+	// duplicate: another consumer would handle it again.
+	takesNew := !st.drainWanted && !c.atLimit() && !c.stopped
 	queued := false
 	dups := 0
 	defer func() { c.metrics.Duplicates(dups) }()
@@ -462,10 +462,22 @@ func answerLocked(r deliveryRef, err error) {
 	r.st.wakeUp()
 }
 
+// errUnanswered marks a handler error that says nothing of the message: the
+// handler could not finish it because its consumer stops (a stage whose
+// downstream side stopped or was closed). The message is left unanswered,
+// for another consumer, not handed back for good.
+var errUnanswered = errors.New("components: not handled: the consumer stops")
+
 // finish answers a job's delivery and the duplicates that waited for it.
-// With next it also takes the next queued job (nextJobLocked) under the
-// same lock and returns it.
+// A handler error while the consumer's context is canceled (Close ran out
+// of time) or one marked errUnanswered leaves them unanswered instead: the
+// handler was stopped, the message did not fail, and its intermediate hands
+// it on when the stream ends. With next it also takes the next queued job
+// (nextJobLocked) under the same lock and returns it.
 func (c *Consumer) finish(j *job, err error, next bool) *job {
+	if err != nil && (errors.Is(err, errUnanswered) || c.ctx.Err() != nil) {
+		return c.abandon(j, err, next)
+	}
 	c.mu.Lock()
 	if j.keyed {
 		c.inProgress.remove(j.key)
@@ -533,6 +545,27 @@ func (c *Consumer) releaseQueueLocked() {
 		c.releaseJobLocked(j)
 	}
 	c.queue = nil
+}
+
+// abandon forgets j, whose handler was stopped with err, without answering
+// its deliveries, and takes the next job as finish does.
+func (c *Consumer) abandon(j *job, err error, next bool) *job {
+	d := j.d
+	c.mu.Lock()
+	c.claimed--
+	c.releaseJobLocked(j)
+	closing := c.closing
+	var nj *job
+	if next {
+		nj = c.nextJobLocked()
+	}
+	c.mu.Unlock()
+	if closing {
+		c.poke()
+	}
+	id := d.Message.GetId()
+	c.log.Info("handler stopped; message left unanswered for another consumer", "producer", id.GetProducerId(), "seq", id.GetSeq(), "err", err)
+	return nj
 }
 
 // releaseJobLocked forgets j, taken from the queue, without answering its

@@ -118,7 +118,26 @@ func (s *Stage) forward(ctx context.Context, d *Delivery) error {
 		butterfly.KeepIdentity(out, msg)
 		msg = out
 	}
-	return s.producer.SendWait(ctx, msg)
+	err := s.producer.SendWait(ctx, msg)
+	if err == nil {
+		return nil
+	}
+	// Only a hand-back for good from downstream says the message failed.
+	// The producer side stopped (refused downstream) or closed, or the
+	// forward was stopped by Close: the message did not fail, and is left
+	// unanswered upstream for the stage that takes over.
+	var nack *NackError
+	if errors.As(err, &nack) && ctx.Err() == nil {
+		return err
+	}
+	select {
+	case <-s.producer.Done():
+	default:
+		if ctx.Err() == nil && !errors.Is(err, ErrClosed) {
+			return err
+		}
+	}
+	return fmt.Errorf("%w: %w", errUnanswered, err)
 }
 
 // Done is closed when the stage stops on its own: its consumer side stops
@@ -136,10 +155,20 @@ func (s *Stage) Stats() StageStats {
 
 // Close drains the consumer side (finishing the forwards in hand, each
 // waiting for its downstream acknowledgement), then closes the producer
-// side. Close is safe to call twice.
+// side. When the producer side stopped on its own (refused downstream),
+// nothing in hand can be acknowledged downstream any more: it closes the
+// producer side first, and the forwards in hand are left unanswered
+// upstream, for the stage that takes over. Close is safe to call twice.
 func (s *Stage) Close(ctx context.Context) error {
 	s.closeOnce.Do(func() { close(s.watchStop) })
 	<-s.watchDone
+	select {
+	case <-s.producer.Done():
+		perr := s.producer.Close(ctx)
+		cerr := s.consumer.Close(ctx)
+		return errors.Join(cerr, perr)
+	default:
+	}
 	cerr := s.consumer.Close(ctx)
 	perr := s.producer.Close(ctx)
 	return errors.Join(cerr, perr)

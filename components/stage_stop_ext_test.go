@@ -1,0 +1,179 @@
+package components_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/butterfly-mesh/butterfly/components"
+	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/intermediate"
+	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
+)
+
+// noNacks fails t when l recorded a message handed back for good.
+func noNacks(t *testing.T, l *nackLog) {
+	t.Helper()
+	for seq, reason := range l.get() {
+		t.Errorf("%d messages handed back for good to their producer, as seq %d (%v); want none", len(l.get()), seq, reason)
+		return
+	}
+}
+
+// TestStage_DownstreamRefusalLeavesMessagesUnanswered checks that a stage
+// whose downstream side is refused for good (a TLS instance of its
+// downstream service joins, and the stage speaks plaintext) hands nothing
+// back to the source for good: what it held and what reaches it afterwards
+// stay unacknowledged at the source for a stage that takes over, and its
+// Close returns at once instead of waiting for acknowledgements that
+// cannot come.
+func TestStage_DownstreamRefusalLeavesMessagesUnanswered(t *testing.T) {
+	m := newMesh(t)
+	r1 := m.startHub("requests", "r1", "127.0.0.1")
+	s1 := m.startHub("replies", "s1", "127.0.0.2")
+	m.waitMembers("requests", 1)
+	m.waitMembers("replies", 1)
+	gate := make(chan struct{})
+	led := newLedger()
+	m.consumer("sink", func(ctx context.Context, d *components.Delivery) error {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		return led.handler()(ctx, d)
+	}, components.WithService("replies"), components.WithConcurrency(64))
+	stage, err := components.NewStage(m.cli, "stage", "requests", "replies", components.WithPrefix(testPrefix), components.WithLogger(m.log))
+	if err != nil {
+		t.Fatalf("NewStage() = %v", err)
+	}
+	t.Cleanup(func() { _ = stage.Close(context.Background()) })
+	waitConsumers(t, 1, r1, s1)
+	nacks := &nackLog{reasons: make(map[uint64]messagev1.NackReason)}
+	src := m.producer("src", components.WithService("requests"), components.WithNackHandler(nacks.handler()))
+	waitProducer(t, "stage", s1)
+
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	const before, after = 20, 20
+	for i := range before {
+		if _, err := src.Send(ctx, &messagev1.Message{Payload: fmt.Appendf(nil, "b%d", i+1)}); err != nil {
+			t.Fatalf("Send(b%d) = %v", i+1, err)
+		}
+	}
+	waitUntil(t, "s1 holding the stage's forwards", func() bool {
+		ps := s1.producerStream(t, "stage")
+		return ps != nil && ps.GetInFlight() == before
+	})
+	pki := t.TempDir()
+	if err := tlsutil.GenerateDev(pki, []string{"127.0.0.3"}); err != nil {
+		t.Fatalf("GenerateDev() = %v", err)
+	}
+	cfg, err := tlsutil.ServerConfig(ctx, tlsutil.Files{
+		Cert: filepath.Join(pki, tlsutil.ServerFile), Key: filepath.Join(pki, tlsutil.ServerKeyFile),
+		CA: filepath.Join(pki, tlsutil.CAFile), ClientAuth: tlsutil.ClientAuthRequire,
+	}, m.log)
+	if err != nil {
+		t.Fatalf("tlsutil.ServerConfig() = %v", err)
+	}
+	m.startHub("replies", "s2", "127.0.0.3", intermediate.WithGRPCServerOptions(grpc.Creds(credentials.NewTLS(cfg))))
+	select {
+	case <-stage.Done():
+	case <-ctx.Done():
+		t.Fatalf("the stage still runs after its downstream side was refused")
+	}
+	if err := stage.Err(); !errors.Is(err, components.ErrTLSMismatch) {
+		t.Fatalf("stage Err() = %v, want ErrTLSMismatch", err)
+	}
+	for i := range after {
+		if _, err := src.Send(ctx, &messagev1.Message{Payload: fmt.Appendf(nil, "a%d", i+1)}); err != nil {
+			t.Fatalf("Send(a%d) = %v", i+1, err)
+		}
+	}
+	waitUntil(t, "the source's messages sent to r1", func() bool {
+		ps := r1.producerStream(t, "src")
+		return ps != nil && ps.GetReceived() >= before+after
+	})
+	close(gate)
+	led.waitHandled(t, before)
+
+	cctx, ccancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer ccancel()
+	cerr := stage.Close(cctx)
+	if cctx.Err() != nil {
+		t.Errorf("stage Close() = %v after its context ended: it waited for acknowledgements that cannot come", cerr)
+	}
+	var ce *components.CloseError
+	if !errors.As(cerr, &ce) || ce.Unacked != before {
+		t.Errorf("stage Close() = %v, want a CloseError naming its %d forwards downstream left unacknowledged", cerr, before)
+	}
+	noNacks(t, nacks)
+	if st := src.Stats(); st.Nacked != 0 || st.Acked != 0 || st.InFlight != before+after {
+		t.Errorf("source stats %+v, want its %d messages unacknowledged and none handed back", st, before+after)
+	}
+}
+
+// TestStage_CloseWithDownstreamDown checks that a stage closed while its
+// downstream hub is down, with forwards in hand when its Close runs out of
+// time, hands none of them back to the source for good: a stage with the
+// same id that comes back with a new downstream hub forwards every message,
+// and the sink handles each exactly once.
+func TestStage_CloseWithDownstreamDown(t *testing.T) {
+	m := newMesh(t)
+	r1 := m.startHub("requests", "r1", "127.0.0.1")
+	s1 := m.startHub("replies", "s1", "127.0.0.2")
+	m.waitMembers("requests", 1)
+	m.waitMembers("replies", 1)
+	led := newLedger()
+	m.consumer("sink", led.handler(), components.WithService("replies"))
+	newStage := func() *components.Stage {
+		stage, err := components.NewStage(m.cli, "stage", "requests", "replies", components.WithPrefix(testPrefix), components.WithLogger(m.log))
+		if err != nil {
+			t.Fatalf("NewStage() = %v", err)
+		}
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = stage.Close(ctx)
+		})
+		return stage
+	}
+	stage := newStage()
+	waitConsumers(t, 1, r1, s1)
+	nacks := &nackLog{reasons: make(map[uint64]messagev1.NackReason)}
+	src := m.producer("src", components.WithService("requests"), components.WithNackHandler(nacks.handler()))
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	const n1, n2 = 50, 50
+	for i := range n1 {
+		if err := src.SendWait(ctx, &messagev1.Message{Payload: fmt.Appendf(nil, "m%d", i+1)}); err != nil {
+			t.Fatalf("SendWait(m%d) = %v", i+1, err)
+		}
+	}
+	s1.srv.Stop() // the downstream hub crashes
+	for i := range n2 {
+		if _, err := src.Send(ctx, &messagev1.Message{Payload: fmt.Appendf(nil, "m%d", n1+i+1)}); err != nil {
+			t.Fatalf("Send(m%d) = %v", n1+i+1, err)
+		}
+	}
+	waitUntil(t, "the stage holding forwards", func() bool { return stage.Stats().Producer.InFlight > 0 })
+	cctx, ccancel := context.WithTimeout(context.Background(), time.Second)
+	_ = stage.Close(cctx) // runs out of time: nothing can be acknowledged downstream
+	ccancel()
+	m.startHub("replies", "s3", "127.0.0.3")
+	newStage()
+	pctx, pcancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer pcancel()
+	if err := src.Close(pctx); err != nil {
+		t.Errorf("source Close() = %v, want every message acknowledged", err)
+	}
+	noNacks(t, nacks)
+	led.waitHandled(t, n1+n2)
+	led.checkExactlyOnce(t, map[string]int{"src": n1 + n2})
+}
