@@ -399,3 +399,81 @@ func TestRoles_StageAndConsumerShareAnID(t *testing.T) {
 	down.waitHandled(t, n)
 	down.checkExactlyOnce(t, sent)
 }
+
+// publishOne opens a publish stream as helloID with creds, sends one message
+// under msgProducer's id and returns nil when the intermediate answers it
+// (acknowledged, or handed back), the stream's error when the stream is
+// refused or ended.
+func publishOne(t *testing.T, addr string, creds credentials.TransportCredentials, helloID, msgProducer string) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	stream, err := deliveryv1.NewPublishServiceClient(rawConn(t, addr, creds)).Publish(ctx)
+	if err != nil {
+		t.Fatalf("Publish() = %v", err)
+	}
+	hello := &deliveryv1.PublishHello{ProducerId: helloID, Incarnation: 1, HeartbeatIntervalMs: 60000}
+	if err := stream.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Hello{Hello: hello}}); err != nil {
+		t.Fatalf("Send(hello) = %v", err)
+	}
+	if resp, err := stream.Recv(); err != nil || resp.GetWelcome() == nil {
+		return fmt.Errorf("hello: %v, %w", resp, err)
+	}
+	msg := &messagev1.Message{Id: &messagev1.MessageId{ProducerId: msgProducer, Incarnation: 7, Seq: 1}, LowWaterSeq: 1, Payload: []byte("x")}
+	batch := &deliveryv1.PublishBatch{FirstSeq: 1, Messages: []*messagev1.Message{msg}}
+	if err := stream.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Batch{Batch: batch}}); err != nil {
+		t.Fatalf("Send(batch) = %v", err)
+	}
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		if a := resp.GetAck(); len(a.GetAcked())+len(a.GetNacked()) > 0 {
+			return nil
+		}
+	}
+}
+
+// TestRoles_Forwarders checks that an intermediate with forwarders lets
+// only the stages it names forward other producers' messages, while any
+// stage still publishes under its own id, and that by default every stage
+// forwards.
+func TestRoles_Forwarders(t *testing.T) {
+	m := newMesh(t)
+	pki := t.TempDir()
+	if err := tlsutil.GenerateDev(pki, []string{"127.0.0.1", "localhost"}, tlsutil.WithIdentity(tlsutil.RoleStage, "s1"),
+		tlsutil.WithIdentity(tlsutil.RoleStage, "s2"), tlsutil.WithIdentity(tlsutil.RoleConsumer, "c1")); err != nil {
+		t.Fatalf("GenerateDev() = %v", err)
+	}
+	creds := func(role tlsutil.Role, id string) credentials.TransportCredentials {
+		return clientCreds(t, roleFiles(pki, role, id))
+	}
+	s1, s2 := creds(tlsutil.RoleStage, "s1"), creds(tlsutil.RoleStage, "s2")
+	every := m.startTLSHub(pki, "i1")
+	onlyS2 := m.startTLSHub(pki, "i2", intermediate.WithForwarders("s2"))
+	none := m.startTLSHub(pki, "i3", intermediate.WithForwarders())
+	m.consumer("c1", newLedger().handler(), components.WithTransportCredentials(creds(tlsutil.RoleConsumer, "c1")))
+	refused := `(stage "s1" is not among this intermediate's forwarders)`
+	for _, tc := range []struct {
+		hub                *hub
+		name               string
+		creds              credentials.TransportCredentials
+		as, under, refused string
+	}{
+		{every, "s1 forwarding p1, every stage", s1, "s1", "p1", ""},
+		{onlyS2, "s1 under its own id, forwarders s2", s1, "s1", "s1", ""},
+		{onlyS2, "s1 forwarding p1, forwarders s2", s1, "s1", "p1", refused},
+		{onlyS2, "s2 forwarding p1, forwarders s2", s2, "s2", "p1", ""},
+		{none, "s2 forwarding p1, no forwarders", s2, "s2", "p1", `(stage "s2" is not among this intermediate's forwarders)`},
+		{none, "s2 under its own id, no forwarders", s2, "s2", "s2", ""},
+	} {
+		err := publishOne(t, tc.hub.addr, tc.creds, tc.as, tc.under)
+		switch {
+		case tc.refused == "" && err != nil:
+			t.Errorf("%s: %v, want the message acknowledged", tc.name, err)
+		case tc.refused != "" && (status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), tc.refused)):
+			t.Errorf("%s: %v, want PERMISSION_DENIED containing %q", tc.name, err, tc.refused)
+		}
+	}
+}

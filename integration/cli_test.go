@@ -113,6 +113,7 @@ func TestCLI_UsageErrors(t *testing.T) {
 		{[]string{"intermediate", "--listen", "127.0.0.1:0"}, "--name"},
 		{[]string{"intermediate", "--name", "i1", "--listen", "127.0.0.1:0", "--processor", "nope"}, "--processor"},
 		{[]string{"intermediate", "--name", "a/b", "--listen", "127.0.0.1:0"}, "--name"},
+		{[]string{"intermediate", "--name", "i1", "--listen", "127.0.0.1:0", "--forwarders", "s1,a/b"}, "--forwarders stage id \"a/b\""},
 		{[]string{"stage", "--id", "s", "--from", "a"}, "--to"},
 		{[]string{"drain"}, "INSTANCE"},
 		{[]string{"etcd"}, "--data-dir"},

@@ -66,13 +66,13 @@ func (a access) denied(what string) error {
 }
 
 // publish checks a publish hello of producerID and reports whether the
-// stream may carry messages of other producers (a stage's, or an unchecked
-// peer's).
-func (a access) publish(producerID string) (forwards bool, err error) {
+// stream may carry messages of other producers (a stage's that forwarders
+// allows, nil allowing every stage, or an unchecked peer's).
+func (a access) publish(producerID string, forwarders map[string]bool) (forwards bool, err error) {
 	if !a.may(producerID, tlsutil.RoleProducer, tlsutil.RoleStage) {
 		return false, a.denied("publish as producer " + quote(producerID))
 	}
-	return a.all || a.id.Role == tlsutil.RoleStage, nil
+	return a.all || (a.id.Role == tlsutil.RoleStage && (forwarders == nil || forwarders[a.id.ID])), nil
 }
 
 // subscribe checks a subscribe hello of consumerID.

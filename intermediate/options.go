@@ -73,6 +73,7 @@ type options struct {
 	registryOptions   []registry.Option
 	version           string
 	trustUnbound      bool
+	forwarders        map[string]bool // stage ids that may forward others' ids; nil: every stage
 	maxInFlightBytes  int
 	memoryBudget      int
 	budgetWait        time.Duration
@@ -320,6 +321,24 @@ func WithMaxStreamsPerPeer(n int) Option { return func(o *options) { o.maxStream
 // rules of each role.
 func WithTrustUnboundCertificates(trust bool) Option {
 	return func(o *options) { o.trustUnbound = trust }
+}
+
+// WithForwarders names the stages (by the id of their certificate,
+// butterfly://stage/<id>) that may forward other producers' messages to
+// this intermediate. By default every stage certificate may: a stage
+// forwards messages under the ids and low-water marks they came with, and
+// the intermediate cannot tell a forwarded message from a forged one, so a
+// stage certificate can forge any producer's messages, or a mark that makes
+// consumers drop that producer's messages below it. With WithForwarders,
+// any other stage may publish only under its own id, as a producer; with
+// no ids, no stage forwards. Roles hold only with mutual TLS.
+func WithForwarders(stageIDs ...string) Option {
+	return func(o *options) {
+		o.forwarders = make(map[string]bool, len(stageIDs))
+		for _, id := range stageIDs {
+			o.forwarders[id] = true
+		}
+	}
 }
 
 // WithMaxInFlightBytes sets how many bytes of messages one publish stream may

@@ -16,6 +16,7 @@ import (
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/internal/seqindex"
 	"github.com/butterfly-mesh/butterfly/internal/seqrange"
+	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
 )
 
 // publishService serves PublishService.
@@ -33,6 +34,7 @@ type pubStream struct {
 	producerID  string
 	producerKey []byte // producerID, the routing key of a message without a key
 	forwards    bool   // may carry messages of other producer ids
+	notForward  bool   // a stage's certificate that WithForwarders does not allow to forward
 	incarnation uint64
 	expectSeq   uint64 // next stream sequence number; receive goroutine only
 
@@ -68,13 +70,15 @@ func (ps *publishService) Publish(stream deliveryv1.PublishService_PublishServer
 	// A verified client certificate binds the stream to its producer id,
 	// and the messages of a producer's stream to it too; a stage forwards
 	// messages under their original ids (see authz.go).
-	forwards, err := s.accessOf(ctx).publish(hello.GetProducerId())
+	access := s.accessOf(ctx)
+	forwards, err := access.publish(hello.GetProducerId(), s.opts.forwarders)
 	if err != nil {
 		return err
 	}
 	p := &pubStream{
 		srv:         s,
 		forwards:    forwards,
+		notForward:  !forwards && s.opts.forwarders != nil && access.id.Role == tlsutil.RoleStage,
 		producerID:  hello.GetProducerId(),
 		producerKey: []byte(hello.GetProducerId()),
 		incarnation: hello.GetIncarnation(),
@@ -179,7 +183,11 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 	if !p.forwards {
 		for i, m := range msgs {
 			if id := m.GetId().GetProducerId(); id != p.producerID {
-				return status.Errorf(codes.PermissionDenied, "intermediate: message %d of the batch has producer_id %q; this stream's client certificate publishes only as %q", i+1, id, p.producerID)
+				why := ""
+				if p.notForward {
+					why = " (stage " + quote(p.producerID) + " is not among this intermediate's forwarders)"
+				}
+				return status.Errorf(codes.PermissionDenied, "intermediate: message %d of the batch has producer_id %q; this stream's client certificate publishes only as %q%s", i+1, id, p.producerID, why)
 			}
 		}
 	}

@@ -16,6 +16,7 @@ import (
 func newIntermediateCommand(r *rootCommand) *cobra.Command {
 	var (
 		name, listen, advertise, service, processor, admin, zone string
+		forwarders                                               string
 		weight                                                   uint32
 		allowUnbound, fenceOnLeaseLoss                           bool
 		leaseTTL, drainTimeout, stopTimeout                      time.Duration
@@ -58,7 +59,11 @@ does both under its id and forwards messages under their original ids; only
 an admin may call AdminService/Drain and see every stream in GetStatus
 (others see their own). Anything else is refused with PERMISSION_DENIED. A
 certificate without a butterfly URI (CommonName only) may do nothing unless
---tls-allow-unbound trusts it with every role. Without client certificates
+--tls-allow-unbound trusts it with every role. A stage forwards messages
+under the ids and low-water marks they came with, which the intermediate
+cannot tell from forged ones: --forwarders names the stages that may
+(default *: every stage certificate; s1,s2; or empty for none), and any
+other stage publishes only under its own id. Without client certificates
 (plaintext, or --tls-client-auth none or request) no role can be checked.
 
 Limits: a message over --max-message-bytes, --max-headers or
@@ -94,6 +99,18 @@ outside its producer's window (low_water_seq + 2^24) is handed back INVALID.`,
 			}
 			if ip := net.ParseIP(host); (host == "" || ip != nil && ip.IsUnspecified()) && advertise == "" {
 				return usagef("--listen %q listens on every address, which others cannot dial: give --advertise HOST:PORT", listen)
+			}
+			var forwarderIDs []string
+			if forwarders != "*" {
+				for id := range strings.SplitSeq(forwarders, ",") {
+					if id = strings.TrimSpace(id); id == "" {
+						continue
+					}
+					if err := registry.ValidateName(r.flagName("forwarders")+" stage id", id); err != nil {
+						return &usageError{err}
+					}
+					forwarderIDs = append(forwarderIDs, id)
+				}
 			}
 			if advertise != "" {
 				if err := registry.ValidateAddr(advertise); err != nil {
@@ -143,6 +160,9 @@ outside its producer's window (low_water_seq + 2^24) is handed back INVALID.`,
 				intermediate.WithGRPCServerOptions(creds),
 				intermediate.WithTrustUnboundCertificates(allowUnbound),
 				intermediate.WithFenceOnLeaseLoss(fenceOnLeaseLoss),
+			}
+			if forwarders != "*" {
+				opts = append(opts, intermediate.WithForwarders(forwarderIDs...))
 			}
 			opts = append(opts, limitOpts...)
 			obs, err := obsf.start(cmd.Context(), "intermediate", logger)
@@ -211,6 +231,7 @@ outside its producer's window (low_water_seq + 2^24) is handed back INVALID.`,
 	f.StringVar(&zone, "zone", "", "zone of the instance, for zone-local picks")
 	tlsf = addTLSFlags(r, f, true)
 	f.BoolVar(&allowUnbound, "tls-allow-unbound", false, "trust a verified client certificate without a butterfly://<role>/<id> URI SAN with every role")
+	f.StringVar(&forwarders, "forwarders", "*", "stage ids whose certificates may forward other producers' messages here, comma-separated (*: every stage; empty: none)")
 	lim = addLimitFlags(f)
 	obsf = addObserveFlags(f, false)
 	return c
