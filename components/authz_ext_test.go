@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
@@ -325,14 +326,15 @@ func TestRefusal_ForeignIDStopsProducer(t *testing.T) {
 // stage's certificate cannot subscribe under a consumer's registration of
 // the same id, nor a consumer's certificate under a stage's, while the
 // consumer and the stage beside them each handle every message of their
-// group once.
+// group once; a registration that names no role (written by hand) is not
+// checked.
 func TestRoles_StageAndConsumerShareAnID(t *testing.T) {
 	m := newMesh(t)
 	pki := t.TempDir()
 	if err := tlsutil.GenerateDev(pki, []string{"127.0.0.1", "localhost"}, tlsutil.WithClientID("p1"),
 		tlsutil.WithIdentity(tlsutil.RoleConsumer, "x1"), tlsutil.WithIdentity(tlsutil.RoleStage, "x1"),
 		tlsutil.WithIdentity(tlsutil.RoleStage, "s1"), tlsutil.WithIdentity(tlsutil.RoleConsumer, "s1"),
-		tlsutil.WithIdentity(tlsutil.RoleConsumer, "d1")); err != nil {
+		tlsutil.WithIdentity(tlsutil.RoleConsumer, "d1"), tlsutil.WithIdentity(tlsutil.RoleStage, "h1")); err != nil {
 		t.Fatalf("GenerateDev() = %v", err)
 	}
 	creds := func(role tlsutil.Role, id string) credentials.TransportCredentials {
@@ -388,6 +390,27 @@ func TestRoles_StageAndConsumerShareAnID(t *testing.T) {
 		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("subscribe as %s of %s with the certificate of %s = %v, want PERMISSION_DENIED containing %q", tc.as, tc.group, tc.name, err, tc.want)
 		}
+	}
+
+	lease, err := m.cli.Grant(context.Background(), 60)
+	if err != nil {
+		t.Fatalf("Grant() = %v", err)
+	}
+	handWritten := registry.ConsumerKey(testPrefix, components.DefaultService, "hand", "h1")
+	if _, err := m.cli.Put(context.Background(), registry.GroupKey(testPrefix, components.DefaultService, "hand"), ""); err != nil {
+		t.Fatalf("Put(group hand) = %v", err)
+	}
+	if _, err := m.cli.Put(context.Background(), handWritten, `{"consumer":"h1","group":"hand","epoch":1}`, clientv3.WithLease(lease.ID)); err != nil {
+		t.Fatalf("Put(%s) = %v", handWritten, err)
+	}
+	if err := rawSubscribe(t, up.addr, creds(tlsutil.RoleStage, "h1"), &deliveryv1.SubscribeHello{ConsumerId: "h1", Group: "hand", RegistrationEpoch: 1, InitialCredit: 100}); err != nil {
+		t.Errorf("subscribe as h1 of hand (a registration naming no role) with the certificate of stage/h1 = %v, want the welcome", err)
+	}
+	if _, err := m.cli.Delete(context.Background(), registry.GroupKey(testPrefix, components.DefaultService, "hand")); err != nil {
+		t.Fatalf("Delete(group hand) = %v", err)
+	}
+	if _, err := m.cli.Revoke(context.Background(), lease.ID); err != nil {
+		t.Fatalf("Revoke() = %v", err)
 	}
 
 	p := m.producer("p1", components.WithTransportCredentials(clientCreds(t, clientFiles(pki, pki))))

@@ -84,22 +84,16 @@ func (a access) subscribe(consumerID string) error {
 }
 
 // registeredAs checks a subscribe stream of consumer in group against the
-// role its registration names (stage: registry.RoleStage): with a role
-// certificate, a stage subscribes only under a stage's registration and a
-// consumer only under a consumer's, since the two roles' ids may be the
-// same.
-func (a access) registeredAs(group, consumer string, stage bool) error {
-	if a.all {
+// role its registration names (registry.RoleConsumer or RoleStage, "" for
+// none): with a role certificate, a stage subscribes only under a stage's
+// registration and a consumer only under a consumer's, since the two roles'
+// ids may be the same. A registration that names no role (written by hand,
+// or by a component that did not record it) is not checked.
+func (a access) registeredAs(group, consumer, role string) error {
+	if a.all || role == "" || role == string(a.id.Role) {
 		return nil
 	}
-	registered, want := tlsutil.RoleConsumer, tlsutil.RoleStage
-	if stage {
-		registered, want = tlsutil.RoleStage, tlsutil.RoleConsumer
-	}
-	if a.id.Role == want {
-		return a.denied(fmt.Sprintf("subscribe as %q of group %q, registered by a %s", consumer, group, registered))
-	}
-	return nil
+	return a.denied(fmt.Sprintf("subscribe as %q of group %q, registered by a %s", consumer, group, role))
 }
 
 // admin checks a call only admins may make.

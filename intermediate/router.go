@@ -84,7 +84,7 @@ type group struct {
 	owners   []string          // registered consumers not draining, sorted: the rendezvous candidates
 	epochs   map[string]uint64 // the registered epoch of every registered consumer
 	unleased map[string]bool   // registered consumers whose key has no lease: written by hand, it never lapses
-	stages   map[string]bool   // registered consumers that are stages (registry.RoleStage)
+	roles    map[string]string // the role each registered consumer's value names, when it names one
 	subs     []*subStream      // open streams, in the order they subscribed
 	// lastKey and lastOwner remember the last owner picked, while
 	// lastKnown: a rendezvous pick hashes the key with every candidate, and
@@ -518,14 +518,14 @@ func (s *Server) applySubscriptionsLocked(v registry.Subscriptions) {
 		g := s.groupLocked(vg.Name)
 		var owners []string
 		epochs := make(map[string]uint64, len(vg.Consumers))
-		g.unleased, g.stages = nil, nil
+		g.unleased, g.roles = nil, nil
 		for _, c := range vg.Consumers {
 			epochs[c.ID] = c.Value.Epoch
-			if c.Value.IsStage() {
-				if g.stages == nil {
-					g.stages = make(map[string]bool)
+			if c.Value.Role != "" {
+				if g.roles == nil {
+					g.roles = make(map[string]string)
 				}
-				g.stages[c.ID] = true
+				g.roles[c.ID] = c.Value.Role
 			}
 			if !c.Value.Draining {
 				owners = append(owners, c.ID)

@@ -402,10 +402,10 @@ func (s *Server) checkRegistration(ctx context.Context, a access, group, consume
 	for {
 		s.mu.Lock()
 		g := s.groups[group]
-		registered, ok, stage := uint64(0), false, false
+		registered, ok, role := uint64(0), false, ""
 		if g != nil {
 			registered, ok = g.epochs[consumer]
-			stage = g.stages[consumer]
+			role = g.roles[consumer]
 		}
 		declared := g != nil && g.declared
 		changed := s.subsChanged
@@ -415,7 +415,7 @@ func (s *Server) checkRegistration(ctx context.Context, a access, group, consume
 			return refusal(butterfly.ReasonConsumerReplaced, meta,
 				"intermediate: consumer %q of group %q was taken over: registered epoch %d, this stream's %d", consumer, group, registered, epoch)
 		case ok && registered == epoch && declared:
-			return a.registeredAs(group, consumer, stage)
+			return a.registeredAs(group, consumer, role)
 		}
 		select {
 		case <-changed:

@@ -47,11 +47,12 @@ type ConsumerValue struct {
 	Host string `json:"host,omitempty"`
 	// Version is the software version of the consumer.
 	Version string `json:"version,omitempty"`
-	// Role is what registered: RoleConsumer or RoleStage ("" is read as
-	// RoleConsumer, for values written before it was set or by hand). With
-	// mutual TLS an intermediate lets only a client certificate of the same
-	// role subscribe under the registration, so a stage and a consumer that
-	// share an id cannot take each other's messages.
+	// Role is what registered: RoleConsumer or RoleStage, or "" for a value
+	// that names none (written by hand, or by a component that did not
+	// record it). With mutual TLS an intermediate lets only a client
+	// certificate of the role named subscribe under the registration, so a
+	// stage and a consumer that share an id cannot take each other's
+	// messages; under a value that names none, either may.
 	Role string `json:"role,omitempty"`
 }
 
@@ -60,9 +61,6 @@ const (
 	RoleConsumer = "consumer"
 	RoleStage    = "stage"
 )
-
-// IsStage reports whether a stage registered v.
-func (v ConsumerValue) IsStage() bool { return v.Role == RoleStage }
 
 // Group is one group of a service as seen in etcd, with its registered
 // consumers.
