@@ -587,8 +587,10 @@ func (c *Consumer) releaseJobLocked(j *job) {
 // (ErrGroupDeleted), its handler handled WithLimit's messages
 // (ErrLimitReached), its client certificate may not subscribe as its id
 // (ErrPermissionDenied), or an intermediate refused it for good (ErrRefused,
-// ErrTLSMismatch, as a *RefusedError). Err says which. The application should
-// then Close it.
+// ErrTLSMismatch, as a *RefusedError). Err says which. From then on it takes
+// nothing new, and, unless taken over, its registration is marked draining,
+// so the group's other consumers own its keys and get what it was sent and
+// did not answer. The application should then Close it.
 func (c *Consumer) Done() <-chan struct{} { return c.done }
 
 // Err returns why Done was closed, nil before.
@@ -677,11 +679,13 @@ func (c *Consumer) stop(err error) {
 		}
 		reg := c.reg
 		c.mu.Unlock()
-		if reg != nil && (atLimit || errors.Is(err, ErrGroupDeleted) || errors.Is(err, ErrPermissionDenied)) {
-			// It takes nothing more: should the group be declared again,
-			// the others own its keys, not a consumer that stopped; a
-			// consumer refused its id owns nothing meanwhile; one that
-			// handled its limit leaves its keys to the others at once.
+		if reg != nil && !errors.Is(err, ErrReplaced) {
+			// It takes nothing more, so it owns nothing more: the group's
+			// others own its keys at once, and the intermediates give them
+			// what it was sent and did not answer, whether or not the
+			// application closes it (should the group be declared again,
+			// they own them too). A consumer taken over leaves its key to
+			// the process that took it.
 			ctx, cancel := context.WithTimeout(c.ctx, registerTimeout)
 			if err := reg.SetDraining(ctx); err != nil {
 				c.log.Warn("mark registration draining", "err", err)

@@ -155,21 +155,32 @@ func (s *Stage) Stats() StageStats {
 
 // Close drains the consumer side (finishing the forwards in hand, each
 // waiting for its downstream acknowledgement), then closes the producer
-// side. When the producer side stopped on its own (refused downstream),
-// nothing in hand can be acknowledged downstream any more: it closes the
-// producer side first, and the forwards in hand are left unanswered
-// upstream, for the stage that takes over. Close is safe to call twice.
+// side. When the producer side stops on its own (refused downstream),
+// before Close or while the consumer side drains, nothing in hand can be
+// acknowledged downstream any more: it closes the producer side then, and
+// the forwards in hand are left unanswered upstream, for the stage that
+// takes over. Close is safe to call twice.
 func (s *Stage) Close(ctx context.Context) error {
 	s.closeOnce.Do(func() { close(s.watchStop) })
 	<-s.watchDone
-	select {
-	case <-s.producer.Done():
-		perr := s.producer.Close(ctx)
-		cerr := s.consumer.Close(ctx)
-		return errors.Join(cerr, perr)
-	default:
-	}
+	var (
+		perr      error
+		closeOnce sync.Once
+	)
+	closeProducer := func() { closeOnce.Do(func() { perr = s.producer.Close(ctx) }) }
+	drained := make(chan struct{})
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		select {
+		case <-s.producer.Done():
+			closeProducer()
+		case <-drained:
+		}
+	}()
 	cerr := s.consumer.Close(ctx)
-	perr := s.producer.Close(ctx)
+	close(drained)
+	<-watched
+	closeProducer()
 	return errors.Join(cerr, perr)
 }

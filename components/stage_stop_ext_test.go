@@ -9,12 +9,17 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/butterfly-mesh/butterfly/components"
+	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/intermediate"
 	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
+	"github.com/butterfly-mesh/butterfly/registry"
 )
 
 // noNacks fails t when l recorded a message handed back for good.
@@ -176,4 +181,151 @@ func TestStage_CloseWithDownstreamDown(t *testing.T) {
 	noNacks(t, nacks)
 	led.waitHandled(t, n1+n2)
 	led.checkExactlyOnce(t, map[string]int{"src": n1 + n2})
+}
+
+// replayStream serves a stream whose first message an interceptor already
+// read.
+type replayStream struct {
+	grpc.ServerStream
+	first proto.Message
+}
+
+func (s *replayStream) RecvMsg(m any) error {
+	if s.first != nil {
+		proto.Merge(m.(proto.Message), s.first)
+		s.first = nil
+		return nil
+	}
+	return s.ServerStream.RecvMsg(m)
+}
+
+// refuseSubscriber refuses, UNAUTHENTICATED, the subscribe hello of
+// consumer id: an instance whose authentication turns one consumer away for
+// good.
+func refuseSubscriber(id string) grpc.ServerOption {
+	return grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		if info.FullMethod != deliveryv1.SubscribeService_Subscribe_FullMethodName {
+			return h(srv, ss)
+		}
+		req := &deliveryv1.SubscribeRequest{}
+		if err := ss.RecvMsg(req); err != nil {
+			return err
+		}
+		if req.GetHello().GetConsumerId() == id {
+			return status.Errorf(codes.Unauthenticated, "refused here: consumer %s", id)
+		}
+		return h(srv, &replayStream{ServerStream: ss, first: req})
+	})
+}
+
+// TestConsumer_StoppedGivesUpItsShare checks that a consumer that stops on
+// its own (an instance refuses it for good) and is not closed marks its
+// registration draining: it takes nothing new, and the group's other
+// consumer handles every message, those sent to the stopped one included,
+// exactly once.
+func TestConsumer_StoppedGivesUpItsShare(t *testing.T) {
+	m := newMesh(t)
+	h1 := m.startHub(components.DefaultService, "i1", "127.0.0.1")
+	led := newLedger()
+	c1 := m.consumer("c1", led.handler())
+	m.consumer("c2", led.handler())
+	waitConsumers(t, 2, h1)
+	m.startHub(components.DefaultService, "i2", "127.0.0.2", intermediate.WithGRPCServerOptions(refuseSubscriber("c1")))
+	select {
+	case <-c1.Done():
+	case <-time.After(defaultTestTimeout):
+		t.Fatalf("c1 still runs after i2 refused it")
+	}
+	if err := c1.Err(); !errors.Is(err, components.ErrRefused) {
+		t.Fatalf("c1 Err() = %v, want ErrRefused", err)
+	}
+	key := registry.ConsumerKey(testPrefix, components.DefaultService, components.DefaultGroup, "c1")
+	waitUntil(t, "c1's registration draining", func() bool {
+		resp, err := m.cli.Get(context.Background(), key)
+		if err != nil || len(resp.Kvs) != 1 {
+			return false
+		}
+		v, err := registry.ParseConsumerValue(components.DefaultGroup, "c1", resp.Kvs[0].Value)
+		return err == nil && v.Draining
+	})
+	// A small window: messages held for the stopped consumer would stall
+	// the producer.
+	p := m.producer("p1", components.WithWindow(32))
+	const n = 300
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	sent := startLoad(ctx, n, p).wait(t)
+	led.waitHandled(t, n)
+	led.checkExactlyOnce(t, sent)
+}
+
+// TestStage_RefusedWhileClosing checks that a stage whose downstream side is
+// refused for good while its Close waits for forwards in hand returns then,
+// not when its context ends, and hands none of them back to the source for
+// good.
+func TestStage_RefusedWhileClosing(t *testing.T) {
+	m := newMesh(t)
+	r1 := m.startHub("requests", "r1", "127.0.0.1")
+	s1 := m.startHub("replies", "s1", "127.0.0.2")
+	m.waitMembers("requests", 1)
+	m.waitMembers("replies", 1)
+	gate := make(chan struct{})
+	defer close(gate)
+	m.consumer("sink", func(ctx context.Context, _ *components.Delivery) error {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		return nil
+	}, components.WithService("replies"), components.WithConcurrency(64))
+	stage, err := components.NewStage(m.cli, "stage", "requests", "replies", components.WithPrefix(testPrefix), components.WithLogger(m.log))
+	if err != nil {
+		t.Fatalf("NewStage() = %v", err)
+	}
+	waitConsumers(t, 1, r1, s1)
+	nacks := &nackLog{reasons: make(map[uint64]messagev1.NackReason)}
+	src := m.producer("src", components.WithService("requests"), components.WithNackHandler(nacks.handler()))
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	const n = 20
+	for i := range n {
+		if _, err := src.Send(ctx, &messagev1.Message{Payload: fmt.Appendf(nil, "m%d", i+1)}); err != nil {
+			t.Fatalf("Send(m%d) = %v", i+1, err)
+		}
+	}
+	waitUntil(t, "s1 holding the stage's forwards", func() bool {
+		ps := s1.producerStream(t, "stage")
+		return ps != nil && ps.GetInFlight() == n
+	})
+	closeCtx, closeCancel := context.WithTimeout(context.Background(), 2*defaultTestTimeout)
+	defer closeCancel()
+	closed := make(chan error, 1)
+	go func() { closed <- stage.Close(closeCtx) }()
+
+	pki := t.TempDir()
+	if err := tlsutil.GenerateDev(pki, []string{"127.0.0.3"}); err != nil {
+		t.Fatalf("GenerateDev() = %v", err)
+	}
+	cfg, err := tlsutil.ServerConfig(ctx, tlsutil.Files{
+		Cert: filepath.Join(pki, tlsutil.ServerFile), Key: filepath.Join(pki, tlsutil.ServerKeyFile),
+		CA: filepath.Join(pki, tlsutil.CAFile), ClientAuth: tlsutil.ClientAuthRequire,
+	}, m.log)
+	if err != nil {
+		t.Fatalf("tlsutil.ServerConfig() = %v", err)
+	}
+	m.startHub("replies", "s2", "127.0.0.3", intermediate.WithGRPCServerOptions(grpc.Creds(credentials.NewTLS(cfg))))
+	select {
+	case err := <-closed:
+		var ce *components.CloseError
+		if !errors.As(err, &ce) || ce.Unacked != n || !errors.Is(err, components.ErrTLSMismatch) {
+			t.Errorf("stage Close() = %v, want a CloseError naming its %d forwards unacknowledged and the TLS mismatch", err, n)
+		}
+	case <-time.After(defaultTestTimeout):
+		t.Fatalf("stage Close() still waits %v after its downstream side was refused", defaultTestTimeout)
+	}
+	noNacks(t, nacks)
+	if st := src.Stats(); st.Nacked != 0 || st.Acked != 0 || st.InFlight != n {
+		t.Errorf("source stats %+v, want its %d messages unacknowledged and none handed back", st, n)
+	}
 }
