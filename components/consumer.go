@@ -96,6 +96,10 @@ type Consumer struct {
 	done          chan struct{}              // closed when the consumer stops on its own; see Done
 	stopOnce      sync.Once
 	stopErr       error // why it stopped; set before done is closed
+	// stopMark ends the background mark of a consumer that stopped
+	// (leaveStopped); Close calls it before it marks its registration
+	// itself. Guarded by mu.
+	stopMark context.CancelFunc
 
 	delivered atomic.Uint64
 	dups      atomic.Uint64
@@ -677,30 +681,37 @@ func (c *Consumer) stop(err error) {
 				l.cancel()
 			}
 		}
-		reg := c.reg
+		if c.reg != nil && !errors.Is(err, ErrReplaced) {
+			c.leaveStoppedLocked(c.reg)
+		}
 		c.mu.Unlock()
-		if reg != nil && !errors.Is(err, ErrReplaced) {
-			// It takes nothing more, so it owns nothing more: the group's
-			// others own its keys at once, and the intermediates give them
-			// what it was sent and did not answer, whether or not the
-			// application closes it (should the group be declared again,
-			// they own them too). A consumer taken over leaves its key to
-			// the process that took it.
-			ctx, cancel := context.WithTimeout(c.ctx, registerTimeout)
-			if err := reg.SetDraining(ctx); err != nil {
-				c.log.Warn("mark registration draining", "err", err)
-			}
-			cancel()
-		}
-		if atLimit {
-			// Its streams end now, not at Close: the intermediates hand
-			// what it did not handle to the group's other consumers.
-			c.mu.Lock()
-			c.leaveStreamsLocked()
-			c.mu.Unlock()
-		}
 		close(c.done)
 	})
+}
+
+// leaveStoppedLocked gives up, in the background, the share of a consumer
+// that stopped on its own (but for a takeover: the process that took its id
+// owns its key): it takes nothing more, so it owns nothing more. It marks
+// reg draining, so the group's others own its keys at once (should the
+// group be declared again, they own them too), then ends its streams, so
+// the intermediates give them what it was sent and did not answer, once
+// what it has in hand is answered. Both happen whether or not the
+// application closes it; Close, which marks and leaves on its own, cancels
+// the mark rather than wait for it.
+func (c *Consumer) leaveStoppedLocked(reg *registry.Registration) {
+	ctx, cancel := context.WithTimeout(c.ctx, registerTimeout)
+	c.stopMark = cancel
+	go func() {
+		defer cancel()
+		if err := reg.SetDraining(ctx); err != nil && ctx.Err() == nil && !errors.Is(err, registry.ErrReplaced) && !errors.Is(err, registry.ErrClosed) {
+			c.log.Warn("mark registration draining", "err", err)
+		}
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if !c.closing {
+			c.leaveStreamsLocked()
+		}
+	}()
 }
 
 // leaveStreamsLocked asks every stream to end: a welcomed one sends its
@@ -733,7 +744,7 @@ func (c *Consumer) register(ctx context.Context) bool {
 		if err == nil {
 			return true
 		}
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || errors.Is(err, errStoppedUnregistered) {
 			return false
 		}
 		c.log.Warn("consumer registration failed; retrying", "err", err)
@@ -743,7 +754,17 @@ func (c *Consumer) register(ctx context.Context) bool {
 	}
 }
 
+// errStoppedUnregistered: the consumer stopped before it registered, and
+// registers no more.
+var errStoppedUnregistered = errors.New("components: consumer stopped before it registered")
+
 func (c *Consumer) registerOnce(ctx context.Context, opts []registry.Option) error {
+	c.mu.Lock()
+	stopped := c.stopped
+	c.mu.Unlock()
+	if stopped {
+		return errStoppedUnregistered
+	}
 	rctx, cancel := context.WithTimeout(ctx, registerTimeout)
 	defer cancel()
 	if c.cfg.createGroup {
@@ -765,6 +786,11 @@ func (c *Consumer) registerOnce(ctx context.Context, opts []registry.Option) err
 		return errors.Join(reg.Close(rctx), ErrClosed)
 	}
 	c.reg, c.epoch = reg, reg.Epoch()
+	if c.stopped {
+		// It stopped while it registered, and stop found no
+		// registration to mark: it gives up its share now.
+		c.leaveStoppedLocked(reg)
+	}
 	c.mu.Unlock()
 	c.log.Info("consumer registered", "key", reg.Key(), "epoch", reg.Epoch())
 	c.wg.Add(1)
@@ -797,6 +823,9 @@ func (c *Consumer) Close(ctx context.Context) error {
 	c.mu.Lock()
 	reg := c.reg
 	c.closing = true
+	if c.stopMark != nil {
+		c.stopMark()
+	}
 	c.mu.Unlock()
 	if reg != nil {
 		sctx, cancel := context.WithTimeout(ctx, registerTimeout)

@@ -93,12 +93,19 @@ func NewStage(cli *clientv3.Client, id, from, to string, opts ...StageOption) (*
 
 // watchProducer stops the consumer side with the producer's error when the
 // producer side stops on its own (refused downstream): nothing it takes
-// could be forwarded.
+// could be forwarded. It closes the producer side then, without waiting:
+// nothing in hand can be acknowledged downstream any more, and its forwards
+// are left unanswered upstream for the stage that takes over, whether or
+// not the application closes the stage (Close returns the producer side's
+// result).
 func (s *Stage) watchProducer() {
 	defer close(s.watchDone)
 	select {
 	case <-s.producer.Done():
 		s.consumer.stop(s.producer.Err())
+		now, cancel := context.WithCancel(context.Background())
+		cancel()
+		_ = s.producer.Close(now)
 	case <-s.consumer.Done():
 	case <-s.watchStop:
 	}

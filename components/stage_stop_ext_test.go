@@ -5,9 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -327,5 +331,218 @@ func TestStage_RefusedWhileClosing(t *testing.T) {
 	noNacks(t, nacks)
 	if st := src.Stats(); st.Nacked != 0 || st.Acked != 0 || st.InFlight != n {
 		t.Errorf("source stats %+v, want its %d messages unacknowledged and none handed back", st, n)
+	}
+}
+
+// drainGate holds, while set, one etcd client's Txns that write a
+// registration marked draining (SetDraining): an etcd that is slow, or cut
+// off from this process, just when the mark is written. Other requests
+// pass.
+type drainGate struct {
+	txnGate
+}
+
+func (g *drainGate) intercept(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	if tr, ok := req.(*etcdserverpb.TxnRequest); ok {
+		for _, op := range tr.GetSuccess() {
+			if put := op.GetRequestPut(); put != nil && strings.Contains(string(put.GetValue()), `"draining":true`) {
+				return g.txnGate.intercept(ctx, method, req, reply, cc, invoker, opts...)
+			}
+		}
+	}
+	return invoker(ctx, method, req, reply, cc, opts...)
+}
+
+// gatedClient returns an etcd client of m's etcd whose unary calls pass
+// through intercept, closed when the test ends.
+func gatedClient(t *testing.T, m *mesh, intercept grpc.UnaryClientInterceptor) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   m.etc.Endpoints(),
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+		DialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(intercept)},
+	})
+	if err != nil {
+		t.Fatalf("clientv3.New() = %v", err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+// registration returns whether consumer id's key of group exists in
+// service, and whether it is marked draining.
+func registration(m *mesh, service, group, id string) (present, draining bool) {
+	resp, err := m.cli.Get(context.Background(), registry.ConsumerKey(testPrefix, service, group, id))
+	if err != nil || len(resp.Kvs) != 1 {
+		return false, false
+	}
+	v, err := registry.ParseConsumerValue(group, id, resp.Kvs[0].Value)
+	return err == nil, err == nil && v.Draining
+}
+
+// refusePublisher refuses, UNAUTHENTICATED, the publish hello of producer
+// id: an instance that turns one producer (a stage's downstream side) away
+// for good.
+func refusePublisher(id string) grpc.ServerOption {
+	return grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		if info.FullMethod != deliveryv1.PublishService_Publish_FullMethodName {
+			return h(srv, ss)
+		}
+		req := &deliveryv1.PublishRequest{}
+		if err := ss.RecvMsg(req); err != nil {
+			return err
+		}
+		if req.GetHello().GetProducerId() == id {
+			return status.Errorf(codes.Unauthenticated, "refused here: producer %s", id)
+		}
+		return h(srv, &replayStream{ServerStream: ss, first: req})
+	})
+}
+
+// TestConsumer_StoppedHandsOnWhatItWasSentBeforeItsMark checks that what an
+// intermediate sent a consumer between its stop and its draining mark
+// (held at etcd meanwhile), which the stopped consumer does not take, goes
+// to the group's other consumer once the mark is written, without the
+// stopped consumer being closed: every message is handled exactly once.
+func TestConsumer_StoppedHandsOnWhatItWasSentBeforeItsMark(t *testing.T) {
+	m := newMesh(t)
+	h1 := m.startHub(components.DefaultService, "i1", "127.0.0.1")
+	gate := &drainGate{}
+	t.Cleanup(gate.release)
+	led := newLedger()
+	c1 := (&mesh{t: t, etc: m.etc, cli: gatedClient(t, m, gate.intercept), log: m.log}).consumer("c1", led.handler())
+	m.consumer("c2", led.handler())
+	waitConsumers(t, 2, h1)
+	p := m.producer("p1")
+	gate.set()
+	m.startHub(components.DefaultService, "i2", "127.0.0.2", intermediate.WithGRPCServerOptions(refuseSubscriber("c1")))
+	select {
+	case <-c1.Done():
+	case <-time.After(defaultTestTimeout):
+		t.Fatalf("c1 still runs after i2 refused it")
+	}
+	waitUntil(t, "c1's mark held at etcd", func() bool { return gate.held.Load() > 0 })
+	const n = 160
+	sent := startLoad(context.Background(), n, p).wait(t)
+	waitUntil(t, "i1 sending c1 messages it does not take", func() bool {
+		for _, cs := range h1.status(t).GetConsumers() {
+			if cs.GetConsumerId() == "c1" && cs.GetInFlight() > 0 {
+				return true
+			}
+		}
+		return false
+	})
+	gate.release()
+	led.waitHandled(t, n)
+	led.checkExactlyOnce(t, sent)
+	if _, draining := registration(m, components.DefaultService, components.DefaultGroup, "c1"); !draining {
+		t.Errorf("c1's registration is not marked draining after it stopped")
+	}
+}
+
+// TestStage_StoppedBeforeItRegisteredOwnsNothing checks that a stage whose
+// downstream side is refused for good while its consumer side registers
+// (its etcd writes held meanwhile) ends with no registration that owns
+// messages: the group's other stage forwards every message, and the sink
+// handles each exactly once, without the stopped stage being closed.
+func TestStage_StoppedBeforeItRegisteredOwnsNothing(t *testing.T) {
+	m := newMesh(t)
+	r1 := m.startHub("requests", "r1", "127.0.0.1")
+	s1 := m.startHub("replies", "s1", "127.0.0.2", intermediate.WithGRPCServerOptions(refusePublisher("sA")))
+	m.waitMembers("requests", 1)
+	m.waitMembers("replies", 1)
+	led := newLedger()
+	m.consumer("sink", led.handler(), components.WithService("replies"))
+	sB, err := components.NewStage(m.cli, "sB", "requests", "replies", components.WithPrefix(testPrefix), components.WithLogger(m.log))
+	if err != nil {
+		t.Fatalf("NewStage(sB) = %v", err)
+	}
+	t.Cleanup(func() { _ = sB.Close(context.Background()) })
+	waitConsumers(t, 1, r1, s1)
+
+	gate := &txnGate{}
+	t.Cleanup(gate.release)
+	acli := gatedClient(t, m, gate.intercept)
+	gate.set()
+	sA, err := components.NewStage(acli, "sA", "requests", "replies", components.WithPrefix(testPrefix), components.WithLogger(m.log))
+	if err != nil {
+		t.Fatalf("NewStage(sA) = %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = sA.Close(ctx)
+	})
+	select {
+	case <-sA.Done():
+	case <-time.After(defaultTestTimeout):
+		t.Fatalf("sA still runs after s1 refused it")
+	}
+	// The registration held at etcd goes through once released, and is
+	// then marked draining at once.
+	gate.release()
+	waitUntil(t, "sA's registration marked draining", func() bool {
+		present, draining := registration(m, "requests", components.DefaultGroup, "sA")
+		return present && draining
+	})
+	src := m.producer("src", components.WithService("requests"))
+	const n = 64
+	sent := startLoad(context.Background(), n, src).wait(t)
+	led.waitHandled(t, n)
+	led.checkExactlyOnce(t, sent)
+}
+
+// TestStage_CloseDoesNotWaitForTheStopsMark checks that a stage whose
+// downstream side is refused while etcd does not answer its draining mark
+// closes within its Close context: the mark the stop writes in the
+// background does not hold Close.
+func TestStage_CloseDoesNotWaitForTheStopsMark(t *testing.T) {
+	m := newMesh(t)
+	r1 := m.startHub("requests", "r1", "127.0.0.1")
+	s1 := m.startHub("replies", "s1", "127.0.0.2")
+	m.waitMembers("requests", 1)
+	m.waitMembers("replies", 1)
+	gate := &drainGate{}
+	t.Cleanup(gate.release)
+	sA, err := components.NewStage(gatedClient(t, m, gate.intercept), "sA", "requests", "replies", components.WithPrefix(testPrefix), components.WithLogger(m.log))
+	if err != nil {
+		t.Fatalf("NewStage(sA) = %v", err)
+	}
+	t.Cleanup(func() { _ = sA.Close(context.Background()) })
+	waitConsumers(t, 1, r1)
+	waitProducer(t, "sA", s1)
+	gate.set()
+	m.startHub("replies", "s2", "127.0.0.3", intermediate.WithGRPCServerOptions(refusePublisher("sA")))
+	waitUntil(t, "sA's mark held at etcd", func() bool { return gate.held.Load() > 0 })
+	closeReturnsInTime(t, "sA", sA.Close)
+}
+
+// TestConsumer_CloseDoesNotWaitForTheStopsMark is the consumer's form of
+// TestStage_CloseDoesNotWaitForTheStopsMark.
+func TestConsumer_CloseDoesNotWaitForTheStopsMark(t *testing.T) {
+	m := newMesh(t)
+	h1 := m.startHub(components.DefaultService, "i1", "127.0.0.1")
+	gate := &drainGate{}
+	t.Cleanup(gate.release)
+	c1 := (&mesh{t: t, etc: m.etc, cli: gatedClient(t, m, gate.intercept), log: m.log}).consumer("c1", newLedger().handler())
+	waitConsumers(t, 1, h1)
+	gate.set()
+	m.startHub(components.DefaultService, "i2", "127.0.0.2", intermediate.WithGRPCServerOptions(refuseSubscriber("c1")))
+	waitUntil(t, "c1's mark held at etcd", func() bool { return gate.held.Load() > 0 })
+	closeReturnsInTime(t, "c1", c1.Close)
+}
+
+// closeReturnsInTime calls closeFn with a context of one second and fails t
+// when it returns later than three seconds after: waiting for the stop's
+// mark, which etcd holds, took five.
+func closeReturnsInTime(t *testing.T, name string, closeFn func(context.Context) error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	start := time.Now()
+	err := closeFn(ctx)
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("%s Close() with a context of 1s = %v after %v: it waited for the stop's draining mark", name, err, took.Round(time.Millisecond))
 	}
 }

@@ -85,18 +85,27 @@ id, publishes under it, and forwards messages under their original ids.`,
 			}
 			closeCtx, cancel := context.WithTimeout(context.WithoutCancel(cmd.Context()), closeTimeout)
 			defer cancel()
-			closeErr := errors.Join(st.Err(), st.Close(closeCtx))
+			stopErr := st.Err()
+			if errors.Is(stopErr, components.ErrReplaced) {
+				// A handover, not a failure: the new process owns the id.
+				fmt.Fprintf(cmd.ErrOrStderr(), "butterfly: %v; drained and exiting\n", stopErr)
+				stopErr = nil
+			}
+			closeErr := st.Close(closeCtx)
 			stats := st.Stats()
 			line, _ := json.Marshal(stageSummary{
 				Consumer: newConsumeSummary(stats.Consumer),
 				Producer: newProduceSummary(stats.Producer),
 			})
 			fmt.Fprintln(cmd.OutOrStdout(), string(line))
+			// A stage that stopped on its own (refused) exits 1 naming why,
+			// whatever it left unacknowledged; one that only could not
+			// finish in time exits 3.
 			var ce *components.CloseError
-			if errors.As(closeErr, &ce) {
+			if stopErr == nil && errors.As(closeErr, &ce) {
 				return &incompleteError{closeErr}
 			}
-			return closeErr
+			return errors.Join(stopErr, closeErr)
 		},
 	}
 	f := c.Flags()
