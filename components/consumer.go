@@ -508,17 +508,7 @@ func (c *Consumer) finish(j *job, err error, next bool) *job {
 	if limitReached {
 		c.releaseQueueLocked()
 	}
-	// Only Close waits for pending to reach 0, and only once closing is
-	// set: before, it finds the count under this lock.
-	closing := c.closing
-	var nj *job
-	if next {
-		nj = c.nextJobLocked()
-	}
-	c.mu.Unlock()
-	if closing {
-		c.poke()
-	}
+	nj := c.unlockTakingNext(next)
 	if limitReached {
 		c.stop(ErrLimitReached)
 	}
@@ -551,13 +541,12 @@ func (c *Consumer) releaseQueueLocked() {
 	c.queue = nil
 }
 
-// abandon forgets j, whose handler was stopped with err, without answering
-// its deliveries, and takes the next job as finish does.
-func (c *Consumer) abandon(j *job, err error, next bool) *job {
-	d := j.d
-	c.mu.Lock()
-	c.claimed--
-	c.releaseJobLocked(j)
+// unlockTakingNext ends a job's bookkeeping under mu: with next it takes the
+// next queued job (nextJobLocked), then it unlocks mu and pokes Close when
+// it waits. It returns the job taken, or nil.
+func (c *Consumer) unlockTakingNext(next bool) *job {
+	// Only Close waits for pending to reach 0, and only once closing is
+	// set: before, it finds the count under this lock.
 	closing := c.closing
 	var nj *job
 	if next {
@@ -567,6 +556,17 @@ func (c *Consumer) abandon(j *job, err error, next bool) *job {
 	if closing {
 		c.poke()
 	}
+	return nj
+}
+
+// abandon forgets j, whose handler was stopped with err, without answering
+// its deliveries, and takes the next job as finish does.
+func (c *Consumer) abandon(j *job, err error, next bool) *job {
+	d := j.d
+	c.mu.Lock()
+	c.claimed--
+	c.releaseJobLocked(j)
+	nj := c.unlockTakingNext(next)
 	id := d.Message.GetId()
 	c.log.Info("handler stopped; message left unanswered for another consumer", "producer", id.GetProducerId(), "seq", id.GetSeq(), "err", err)
 	return nj

@@ -35,6 +35,38 @@ func noNacks(t *testing.T, l *nackLog) {
 	}
 }
 
+// newPipeline starts a mesh with one instance of "requests" (r1) and one of
+// "replies" (s1, with opts), the two ends of a stage.
+func newPipeline(t *testing.T, opts ...intermediate.Option) (m *mesh, r1, s1 *hub) {
+	t.Helper()
+	m = newMesh(t)
+	r1 = m.startHub("requests", "r1", "127.0.0.1")
+	s1 = m.startHub("replies", "s1", "127.0.0.2", opts...)
+	m.waitMembers("requests", 1)
+	m.waitMembers("replies", 1)
+	return m, r1, s1
+}
+
+// startTLSOnlyHub starts an instance of service that speaks only mutual TLS
+// with a CA of its own: it refuses every plaintext component for good.
+func startTLSOnlyHub(t *testing.T, m *mesh, service, instance, host string) {
+	t.Helper()
+	pki := t.TempDir()
+	if err := tlsutil.GenerateDev(pki, []string{host}); err != nil {
+		t.Fatalf("GenerateDev() = %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	cfg, err := tlsutil.ServerConfig(ctx, tlsutil.Files{
+		Cert: filepath.Join(pki, tlsutil.ServerFile), Key: filepath.Join(pki, tlsutil.ServerKeyFile),
+		CA: filepath.Join(pki, tlsutil.CAFile), ClientAuth: tlsutil.ClientAuthRequire,
+	}, m.log)
+	if err != nil {
+		t.Fatalf("tlsutil.ServerConfig() = %v", err)
+	}
+	m.startHub(service, instance, host, intermediate.WithGRPCServerOptions(grpc.Creds(credentials.NewTLS(cfg))))
+}
+
 // TestStage_DownstreamRefusalLeavesMessagesUnanswered checks that a stage
 // whose downstream side is refused for good (a TLS instance of its
 // downstream service joins, and the stage speaks plaintext) hands nothing
@@ -43,11 +75,7 @@ func noNacks(t *testing.T, l *nackLog) {
 // Close returns at once instead of waiting for acknowledgements that
 // cannot come.
 func TestStage_DownstreamRefusalLeavesMessagesUnanswered(t *testing.T) {
-	m := newMesh(t)
-	r1 := m.startHub("requests", "r1", "127.0.0.1")
-	s1 := m.startHub("replies", "s1", "127.0.0.2")
-	m.waitMembers("requests", 1)
-	m.waitMembers("replies", 1)
+	m, r1, s1 := newPipeline(t)
 	gate := make(chan struct{})
 	led := newLedger()
 	m.consumer("sink", func(ctx context.Context, d *components.Delivery) error {
@@ -80,18 +108,7 @@ func TestStage_DownstreamRefusalLeavesMessagesUnanswered(t *testing.T) {
 		ps := s1.producerStream(t, "stage")
 		return ps != nil && ps.GetInFlight() == before
 	})
-	pki := t.TempDir()
-	if err := tlsutil.GenerateDev(pki, []string{"127.0.0.3"}); err != nil {
-		t.Fatalf("GenerateDev() = %v", err)
-	}
-	cfg, err := tlsutil.ServerConfig(ctx, tlsutil.Files{
-		Cert: filepath.Join(pki, tlsutil.ServerFile), Key: filepath.Join(pki, tlsutil.ServerKeyFile),
-		CA: filepath.Join(pki, tlsutil.CAFile), ClientAuth: tlsutil.ClientAuthRequire,
-	}, m.log)
-	if err != nil {
-		t.Fatalf("tlsutil.ServerConfig() = %v", err)
-	}
-	m.startHub("replies", "s2", "127.0.0.3", intermediate.WithGRPCServerOptions(grpc.Creds(credentials.NewTLS(cfg))))
+	startTLSOnlyHub(t, m, "replies", "s2", "127.0.0.3")
 	select {
 	case <-stage.Done():
 	case <-ctx.Done():
@@ -134,11 +151,7 @@ func TestStage_DownstreamRefusalLeavesMessagesUnanswered(t *testing.T) {
 // same id that comes back with a new downstream hub forwards every message,
 // and the sink handles each exactly once.
 func TestStage_CloseWithDownstreamDown(t *testing.T) {
-	m := newMesh(t)
-	r1 := m.startHub("requests", "r1", "127.0.0.1")
-	s1 := m.startHub("replies", "s1", "127.0.0.2")
-	m.waitMembers("requests", 1)
-	m.waitMembers("replies", 1)
+	m, r1, s1 := newPipeline(t)
 	led := newLedger()
 	m.consumer("sink", led.handler(), components.WithService("replies"))
 	newStage := func() *components.Stage {
@@ -203,23 +216,39 @@ func (s *replayStream) RecvMsg(m any) error {
 	return s.ServerStream.RecvMsg(m)
 }
 
-// refuseSubscriber refuses, UNAUTHENTICATED, the subscribe hello of
-// consumer id: an instance whose authentication turns one consumer away for
-// good.
-func refuseSubscriber(id string) grpc.ServerOption {
+// refuseHello refuses, UNAUTHENTICATED, the streams of method whose first
+// request idOf finds id in: an instance whose authentication turns one
+// component away for good.
+func refuseHello[Req any, PReq interface {
+	*Req
+	proto.Message
+}](method, id string, idOf func(PReq) string) grpc.ServerOption {
 	return grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-		if info.FullMethod != deliveryv1.SubscribeService_Subscribe_FullMethodName {
+		if info.FullMethod != method {
 			return h(srv, ss)
 		}
-		req := &deliveryv1.SubscribeRequest{}
+		req := PReq(new(Req))
 		if err := ss.RecvMsg(req); err != nil {
 			return err
 		}
-		if req.GetHello().GetConsumerId() == id {
-			return status.Errorf(codes.Unauthenticated, "refused here: consumer %s", id)
+		if idOf(req) == id {
+			return status.Errorf(codes.Unauthenticated, "refused here: %s", id)
 		}
 		return h(srv, &replayStream{ServerStream: ss, first: req})
 	})
+}
+
+// refuseSubscriber refuses the subscribe hello of consumer id.
+func refuseSubscriber(id string) grpc.ServerOption {
+	return refuseHello(deliveryv1.SubscribeService_Subscribe_FullMethodName, id,
+		func(r *deliveryv1.SubscribeRequest) string { return r.GetHello().GetConsumerId() })
+}
+
+// refusePublisher refuses the publish hello of producer id (a stage's
+// downstream side).
+func refusePublisher(id string) grpc.ServerOption {
+	return refuseHello(deliveryv1.PublishService_Publish_FullMethodName, id,
+		func(r *deliveryv1.PublishRequest) string { return r.GetHello().GetProducerId() })
 }
 
 // TestConsumer_StoppedGivesUpItsShare checks that a consumer that stops on
@@ -268,11 +297,7 @@ func TestConsumer_StoppedGivesUpItsShare(t *testing.T) {
 // not when its context ends, and hands none of them back to the source for
 // good.
 func TestStage_RefusedWhileClosing(t *testing.T) {
-	m := newMesh(t)
-	r1 := m.startHub("requests", "r1", "127.0.0.1")
-	s1 := m.startHub("replies", "s1", "127.0.0.2")
-	m.waitMembers("requests", 1)
-	m.waitMembers("replies", 1)
+	m, r1, s1 := newPipeline(t)
 	gate := make(chan struct{})
 	defer close(gate)
 	m.consumer("sink", func(ctx context.Context, _ *components.Delivery) error {
@@ -307,18 +332,7 @@ func TestStage_RefusedWhileClosing(t *testing.T) {
 	closed := make(chan error, 1)
 	go func() { closed <- stage.Close(closeCtx) }()
 
-	pki := t.TempDir()
-	if err := tlsutil.GenerateDev(pki, []string{"127.0.0.3"}); err != nil {
-		t.Fatalf("GenerateDev() = %v", err)
-	}
-	cfg, err := tlsutil.ServerConfig(ctx, tlsutil.Files{
-		Cert: filepath.Join(pki, tlsutil.ServerFile), Key: filepath.Join(pki, tlsutil.ServerKeyFile),
-		CA: filepath.Join(pki, tlsutil.CAFile), ClientAuth: tlsutil.ClientAuthRequire,
-	}, m.log)
-	if err != nil {
-		t.Fatalf("tlsutil.ServerConfig() = %v", err)
-	}
-	m.startHub("replies", "s2", "127.0.0.3", intermediate.WithGRPCServerOptions(grpc.Creds(credentials.NewTLS(cfg))))
+	startTLSOnlyHub(t, m, "replies", "s2", "127.0.0.3")
 	select {
 	case err := <-closed:
 		var ce *components.CloseError
@@ -381,25 +395,6 @@ func registration(m *mesh, service, group, id string) (present, draining bool) {
 	return err == nil, err == nil && v.Draining
 }
 
-// refusePublisher refuses, UNAUTHENTICATED, the publish hello of producer
-// id: an instance that turns one producer (a stage's downstream side) away
-// for good.
-func refusePublisher(id string) grpc.ServerOption {
-	return grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-		if info.FullMethod != deliveryv1.PublishService_Publish_FullMethodName {
-			return h(srv, ss)
-		}
-		req := &deliveryv1.PublishRequest{}
-		if err := ss.RecvMsg(req); err != nil {
-			return err
-		}
-		if req.GetHello().GetProducerId() == id {
-			return status.Errorf(codes.Unauthenticated, "refused here: producer %s", id)
-		}
-		return h(srv, &replayStream{ServerStream: ss, first: req})
-	})
-}
-
 // TestConsumer_StoppedHandsOnWhatItWasSentBeforeItsMark checks that what an
 // intermediate sent a consumer between its stop and its draining mark
 // (held at etcd meanwhile), which the stopped consumer does not take, goes
@@ -447,11 +442,7 @@ func TestConsumer_StoppedHandsOnWhatItWasSentBeforeItsMark(t *testing.T) {
 // messages: the group's other stage forwards every message, and the sink
 // handles each exactly once, without the stopped stage being closed.
 func TestStage_StoppedBeforeItRegisteredOwnsNothing(t *testing.T) {
-	m := newMesh(t)
-	r1 := m.startHub("requests", "r1", "127.0.0.1")
-	s1 := m.startHub("replies", "s1", "127.0.0.2", intermediate.WithGRPCServerOptions(refusePublisher("sA")))
-	m.waitMembers("requests", 1)
-	m.waitMembers("replies", 1)
+	m, r1, s1 := newPipeline(t, intermediate.WithGRPCServerOptions(refusePublisher("sA")))
 	led := newLedger()
 	m.consumer("sink", led.handler(), components.WithService("replies"))
 	sB, err := components.NewStage(m.cli, "sB", "requests", "replies", components.WithPrefix(testPrefix), components.WithLogger(m.log))
@@ -498,11 +489,7 @@ func TestStage_StoppedBeforeItRegisteredOwnsNothing(t *testing.T) {
 // closes within its Close context: the mark the stop writes in the
 // background does not hold Close.
 func TestStage_CloseDoesNotWaitForTheStopsMark(t *testing.T) {
-	m := newMesh(t)
-	r1 := m.startHub("requests", "r1", "127.0.0.1")
-	s1 := m.startHub("replies", "s1", "127.0.0.2")
-	m.waitMembers("requests", 1)
-	m.waitMembers("replies", 1)
+	m, r1, s1 := newPipeline(t)
 	gate := &drainGate{}
 	t.Cleanup(gate.release)
 	sA, err := components.NewStage(gatedClient(t, m, gate.intercept), "sA", "requests", "replies", components.WithPrefix(testPrefix), components.WithLogger(m.log))

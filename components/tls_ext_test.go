@@ -2,16 +2,10 @@ package components_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -59,56 +53,14 @@ func roleFiles(pki string, role tlsutil.Role, id string) tlsutil.Files {
 	return tlsutil.Files{Cert: filepath.Join(pki, cert), Key: filepath.Join(pki, key), CA: filepath.Join(pki, tlsutil.CAFile)}
 }
 
-// writeExpiredClient issues, with the CA of pki, a client certificate bound
-// to producer id that expired an hour ago, and returns its files.
+// writeExpiredClient issues, with the CA of pki, a client certificate of
+// common name id that expired an hour ago, and returns its files.
 func writeExpiredClient(t *testing.T, pki, id string) tlsutil.Files {
 	t.Helper()
-	readPEM := func(name string) []byte {
-		b, err := os.ReadFile(filepath.Join(pki, name))
-		if err != nil {
-			t.Fatalf("os.ReadFile(%s) = %v", name, err)
-		}
-		block, _ := pem.Decode(b)
-		if block == nil {
-			t.Fatalf("%s holds no PEM block", name)
-		}
-		return block.Bytes
-	}
-	ca, err := x509.ParseCertificate(readPEM(tlsutil.CAFile))
-	if err != nil {
-		t.Fatalf("x509.ParseCertificate(CA) = %v", err)
-	}
-	caKey, err := x509.ParsePKCS8PrivateKey(readPEM(tlsutil.CAKeyFile))
-	if err != nil {
-		t.Fatalf("x509.ParsePKCS8PrivateKey(CA key) = %v", err)
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatalf("ecdsa.GenerateKey() = %v", err)
-	}
 	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(now.UnixNano()),
-		Subject:      pkix.Name{CommonName: id},
-		NotBefore:    now.Add(-2 * time.Hour),
-		NotAfter:     now.Add(-time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	f, err := tlsutil.IssueClient(pki, t.TempDir(), &x509.Certificate{Subject: pkix.Name{CommonName: id}, NotBefore: now.Add(-2 * time.Hour), NotAfter: now.Add(-time.Hour)})
 	if err != nil {
-		t.Fatalf("x509.CreateCertificate() = %v", err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatalf("x509.MarshalPKCS8PrivateKey() = %v", err)
-	}
-	dir := t.TempDir()
-	f := tlsutil.Files{Cert: filepath.Join(dir, "expired.pem"), Key: filepath.Join(dir, "expired-key.pem"), CA: filepath.Join(pki, tlsutil.CAFile)}
-	for name, block := range map[string]*pem.Block{f.Cert: {Type: "CERTIFICATE", Bytes: der}, f.Key: {Type: "PRIVATE KEY", Bytes: keyDER}} {
-		if err := os.WriteFile(name, pem.EncodeToMemory(block), 0o600); err != nil {
-			t.Fatalf("os.WriteFile(%s) = %v", name, err)
-		}
+		t.Fatalf("tlsutil.IssueClient() = %v", err)
 	}
 	return f
 }

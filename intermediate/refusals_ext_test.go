@@ -2,18 +2,12 @@ package intermediate_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net/url"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -302,37 +296,7 @@ func TestRefusal_ProcessUnboundCertificate(t *testing.T) {
 // of common name cn with uris as its URI SANs, and returns its files.
 func issueWithURIs(t *testing.T, pki, cn string, uris ...string) tlsutil.Files {
 	t.Helper()
-	readDER := func(file string) []byte {
-		b, err := os.ReadFile(filepath.Join(pki, file))
-		if err != nil {
-			t.Fatalf("os.ReadFile() = %v", err)
-		}
-		block, _ := pem.Decode(b)
-		if block == nil {
-			t.Fatalf("%s holds no PEM block", file)
-		}
-		return block.Bytes
-	}
-	ca, err := x509.ParseCertificate(readDER(tlsutil.CAFile))
-	if err != nil {
-		t.Fatalf("x509.ParseCertificate(CA) = %v", err)
-	}
-	caKey, err := x509.ParsePKCS8PrivateKey(readDER(tlsutil.CAKeyFile))
-	if err != nil {
-		t.Fatalf("x509.ParsePKCS8PrivateKey(CA key) = %v", err)
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatalf("ecdsa.GenerateKey() = %v", err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
+	tmpl := &x509.Certificate{Subject: pkix.Name{CommonName: cn}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
 	for _, u := range uris {
 		parsed, err := url.Parse(u)
 		if err != nil {
@@ -340,20 +304,9 @@ func issueWithURIs(t *testing.T, pki, cn string, uris ...string) tlsutil.Files {
 		}
 		tmpl.URIs = append(tmpl.URIs, parsed)
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	f, err := tlsutil.IssueClient(pki, t.TempDir(), tmpl)
 	if err != nil {
-		t.Fatalf("x509.CreateCertificate() = %v", err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatalf("x509.MarshalPKCS8PrivateKey() = %v", err)
-	}
-	dir := t.TempDir()
-	f := tlsutil.Files{Cert: filepath.Join(dir, "cert.pem"), Key: filepath.Join(dir, "key.pem"), CA: filepath.Join(pki, tlsutil.CAFile)}
-	for file, block := range map[string]*pem.Block{f.Cert: {Type: "CERTIFICATE", Bytes: der}, f.Key: {Type: "PRIVATE KEY", Bytes: keyDER}} {
-		if err := os.WriteFile(file, pem.EncodeToMemory(block), 0o600); err != nil {
-			t.Fatalf("os.WriteFile() = %v", err)
-		}
+		t.Fatalf("tlsutil.IssueClient() = %v", err)
 	}
 	return f
 }

@@ -370,3 +370,35 @@ func parseKeyPEM(data []byte) (crypto.Signer, error) {
 	}
 	return signer, nil
 }
+
+// IssueClient signs tmpl, the template of a client certificate (its subject,
+// URIs and validity), with the development CA in pki (the directory
+// GenerateDev writes), and writes it with a new key to dir as
+// client-cert.pem and client-key.pem. It sets the client usage and the
+// serial number. It serves certificates GenerateDev does not write, such as
+// an expired one or one with unusual URIs.
+func IssueClient(pki, dir string, tmpl *x509.Certificate) (Files, error) {
+	certPEM, err := os.ReadFile(filepath.Join(pki, CAFile))
+	if err != nil {
+		return Files{}, fmt.Errorf("tlsutil: CA: %w", err)
+	}
+	keyPEM, err := os.ReadFile(filepath.Join(pki, CAKeyFile))
+	if err != nil {
+		return Files{}, fmt.Errorf("tlsutil: CA: %w", err)
+	}
+	ca, err := parseCertPEM(certPEM)
+	if err != nil {
+		return Files{}, fmt.Errorf("tlsutil: %s: %w", CAFile, err)
+	}
+	caKey, err := parseKeyPEM(keyPEM)
+	if err != nil {
+		return Files{}, fmt.Errorf("tlsutil: %s: %w", CAKeyFile, err)
+	}
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	const certFile, keyFile = "client-cert.pem", "client-key.pem"
+	if err := issue(dir, certFile, keyFile, tmpl, ca, caKey); err != nil {
+		return Files{}, err
+	}
+	return Files{Cert: filepath.Join(dir, certFile), Key: filepath.Join(dir, keyFile), CA: filepath.Join(pki, CAFile)}, nil
+}
