@@ -477,7 +477,7 @@ func TestRoles_Forwarders(t *testing.T) {
 	onlyS2 := m.startTLSHub(pki, "i2", intermediate.WithForwarders("s2"))
 	none := m.startTLSHub(pki, "i3", intermediate.WithForwarders())
 	m.consumer("c1", newLedger().handler(), components.WithTransportCredentials(creds(tlsutil.RoleConsumer, "c1")))
-	refused := `(stage "s1" is not among this intermediate's forwarders)`
+	refused := `(stage "s1" is not among this intermediate's --forwarders)`
 	for _, tc := range []struct {
 		hub                *hub
 		name               string
@@ -488,7 +488,7 @@ func TestRoles_Forwarders(t *testing.T) {
 		{onlyS2, "s1 under its own id, forwarders s2", s1, "s1", "s1", ""},
 		{onlyS2, "s1 forwarding p1, forwarders s2", s1, "s1", "p1", refused},
 		{onlyS2, "s2 forwarding p1, forwarders s2", s2, "s2", "p1", ""},
-		{none, "s2 forwarding p1, no forwarders", s2, "s2", "p1", `(stage "s2" is not among this intermediate's forwarders)`},
+		{none, "s2 forwarding p1, no forwarders", s2, "s2", "p1", `(stage "s2" is not among this intermediate's --forwarders)`},
 		{none, "s2 under its own id, no forwarders", s2, "s2", "s2", ""},
 	} {
 		err := publishOne(t, tc.hub.addr, tc.creds, tc.as, tc.under)

@@ -97,13 +97,14 @@ type Consumer struct {
 	stopOnce      sync.Once
 	stopErr       error // why it stopped; set before done is closed
 	// stopMark ends the background mark of a consumer that stopped
-	// (leaveStopped); Close calls it before it marks its registration
+	// (leaveStoppedLocked); Close calls it before it marks its registration
 	// itself. Guarded by mu.
 	stopMark context.CancelFunc
 
-	delivered atomic.Uint64
-	dups      atomic.Uint64
-	nacked    atomic.Uint64
+	delivered  atomic.Uint64
+	dups       atomic.Uint64
+	nacked     atomic.Uint64
+	unanswered atomic.Uint64 // messages whose handler was stopped, left for another consumer (abandon)
 
 	// mu guards the fields below and the guarded fields of subLink and
 	// subStream. It is never held across gRPC or etcd calls or the handler.
@@ -567,8 +568,9 @@ func (c *Consumer) abandon(j *job, err error, next bool) *job {
 	c.claimed--
 	c.releaseJobLocked(j)
 	nj := c.unlockTakingNext(next)
+	c.unanswered.Add(1)
 	id := d.Message.GetId()
-	c.log.Info("handler stopped; message left unanswered for another consumer", "producer", id.GetProducerId(), "seq", id.GetSeq(), "err", err)
+	c.log.Debug("handler stopped; message left unanswered for another consumer", "producer", id.GetProducerId(), "seq", id.GetSeq(), "err", err)
 	return nj
 }
 
@@ -875,7 +877,7 @@ func (c *Consumer) Close(ctx context.Context) error {
 		}
 		c.metrics.Close()
 		c.closeErr = waitErr
-		c.log.Info("consumer closed", "delivered", c.delivered.Load(), "duplicates", c.dups.Load(), "nacked", c.nacked.Load())
+		c.log.Info("consumer closed", "delivered", c.delivered.Load(), "duplicates", c.dups.Load(), "nacked", c.nacked.Load(), "left_unanswered", c.unanswered.Load())
 	})
 	return c.closeErr
 }

@@ -185,7 +185,7 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 			if id := m.GetId().GetProducerId(); id != p.producerID {
 				why := ""
 				if p.notForward {
-					why = " (stage " + quote(p.producerID) + " is not among this intermediate's forwarders)"
+					why = " (stage " + quote(p.producerID) + " is not among this intermediate's --forwarders)"
 				}
 				return status.Errorf(codes.PermissionDenied, "intermediate: message %d of the batch has producer_id %q; this stream's client certificate publishes only as %q%s", i+1, id, p.producerID, why)
 			}

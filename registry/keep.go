@@ -91,7 +91,9 @@ func (r *Registration) session(rev int64) sessionEnd {
 		case <-ctx.Done():
 			return endClosed
 		case <-r.rewrite:
-			r.logger.Info("registry: a write of the key failed; writing it again")
+			// A SetDraining whose write did not finish (etcd slow, or its
+			// caller gave up): routine, the keeper writes the value.
+			r.logger.Debug("registry: a write of the key did not finish; writing it again")
 			return endResync
 		case _, ok := <-ka:
 			if !ok {

@@ -141,7 +141,15 @@ client certificate (butterfly certs --consumer-id ID).`,
 				fmt.Fprintf(cmd.ErrOrStderr(), "butterfly: %v; drained and exiting\n", stopErr)
 				stopErr = nil
 			}
-			return errors.Join(stopErr, closeErr)
+			if stopErr != nil {
+				// Why it stopped is the last line; the summary counts what
+				// it left.
+				if closeErr != nil {
+					r.logger.Warn("consumer closed", "err", closeErr)
+				}
+				return stopErr
+			}
+			return closeErr
 		},
 	}
 	f := c.Flags()

@@ -98,14 +98,20 @@ id, publishes under it, and forwards messages under their original ids.`,
 				Producer: newProduceSummary(stats.Producer),
 			})
 			fmt.Fprintln(cmd.OutOrStdout(), string(line))
-			// A stage that stopped on its own (refused) exits 1 naming why,
-			// whatever it left unacknowledged; one that only could not
-			// finish in time exits 3.
+			// A stage that stopped on its own (refused) exits 1 with why as
+			// its last line, whatever it left unacknowledged (the summary
+			// counts it); one that only could not finish in time exits 3.
+			if stopErr != nil {
+				if closeErr != nil {
+					r.logger.Warn("stage closed", "err", closeErr)
+				}
+				return stopErr
+			}
 			var ce *components.CloseError
-			if stopErr == nil && errors.As(closeErr, &ce) {
+			if errors.As(closeErr, &ce) {
 				return &incompleteError{closeErr}
 			}
-			return errors.Join(stopErr, closeErr)
+			return closeErr
 		},
 	}
 	f := c.Flags()
