@@ -377,10 +377,10 @@ func (c *Consumer) worker() {
 // consumer stops. A job taken is always handled and answered. While jobs
 // remain queued it wakes a waiting worker for them.
 //
-// A closing consumer hands its handler no message whose every delivery came
-// on a stream that has ended: no answer can reach the intermediates, which
-// hand it to the group's other consumers now that this one drains, and
-// handling it here as well would handle it twice.
+// A closing or stopped consumer hands its handler no message whose every
+// delivery came on a stream that has ended: no answer can reach the
+// intermediates, which hand it to the group's other consumers now that this
+// one drains, and handling it here as well would handle it twice.
 func (c *Consumer) nextJobLocked() *job {
 	for {
 		if len(c.queue) == 0 || c.ctx.Err() != nil || (c.cfg.limit > 0 && c.claimed >= c.cfg.limit) {
@@ -392,7 +392,7 @@ func (c *Consumer) nextJobLocked() *job {
 		if len(c.queue) == 0 {
 			c.queue = nil
 		}
-		if c.closing && j.unanswerable() {
+		if (c.closing || c.stopped) && j.unanswerable() {
 			c.releaseJobLocked(j)
 			c.poke() // Close waits for pending
 			continue

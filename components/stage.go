@@ -98,6 +98,9 @@ func NewStage(cli *clientv3.Client, id, from, to string, opts ...StageOption) (*
 // are left unanswered upstream for the stage that takes over, whether or
 // not the application closes the stage (Close returns the producer side's
 // result).
+//
+// It watches until Close, whether or not the consumer side stopped first: a
+// producer side that stops after it still holds forwards in hand.
 func (s *Stage) watchProducer() {
 	defer close(s.watchDone)
 	select {
@@ -106,7 +109,6 @@ func (s *Stage) watchProducer() {
 		now, cancel := context.WithCancel(context.Background())
 		cancel()
 		_ = s.producer.Close(now)
-	case <-s.consumer.Done():
 	case <-s.watchStop:
 	}
 }

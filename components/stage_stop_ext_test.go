@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -532,4 +533,141 @@ func closeReturnsInTime(t *testing.T, name string, closeFn func(context.Context)
 	if took := time.Since(start); took > 3*time.Second {
 		t.Errorf("%s Close() with a context of 1s = %v after %v: it waited for the stop's draining mark", name, err, took.Round(time.Millisecond))
 	}
+}
+
+// checkOnceBesides fails t for every message of producer p (1 to n) that led
+// counts other than once, but for seq besides, which may be handled twice.
+func checkOnceBesides(t *testing.T, led *ledger, p string, n int, besides uint64) {
+	t.Helper()
+	led.mu.Lock()
+	defer led.mu.Unlock()
+	for seq := uint64(1); seq <= uint64(n); seq++ {
+		if c := led.counts[p][seq]; c != 1 && !(c == 2 && seq == besides) {
+			t.Errorf("message %s/%d handled %d times, want once", p, seq, c)
+		}
+	}
+}
+
+// TestConsumer_StoppedHandsNothingFromAnEndedStream checks that a consumer
+// that stopped on its own (refused by an instance) does not handle the
+// messages queued from a stream that has ended (its intermediate crashed):
+// its registration is marked draining, so they go to the group's other
+// consumer, and handling them as well would handle them twice. Only the
+// message in its handler when the stream ended may be handled twice.
+func TestConsumer_StoppedHandsNothingFromAnEndedStream(t *testing.T) {
+	m := newMesh(t)
+	h1 := m.startHub(components.DefaultService, "i1", "127.0.0.1")
+	led := newLedger()
+	entered := make(chan uint64, 1)
+	release := make(chan struct{})
+	reg := prometheus.NewRegistry()
+	a := m.consumer("a", heldHandler(led, entered, release), components.WithMetrics(reg))
+	m.consumer("b", led.handler())
+	waitConsumers(t, 2, h1)
+	p := m.producer("p")
+	const n = 64
+	load := startLoad(context.Background(), n, p)
+	first := waitHeld(t, h1, entered)
+	h2 := m.startHub(components.DefaultService, "i2", "127.0.0.2", intermediate.WithGRPCServerOptions(refuseSubscriber("a")))
+	select {
+	case <-a.Done():
+	case <-time.After(defaultTestTimeout):
+		t.Fatalf("a still runs after i2 refused it")
+	}
+	waitUntil(t, "a's registration draining", func() bool {
+		_, draining := registration(m, components.DefaultService, components.DefaultGroup, "a")
+		return draining
+	})
+	waitConsumers(t, 1, h2)
+	h1.srv.Stop() // i1 crashes with a's messages queued
+	sent := load.wait(t)
+	led.waitHandled(t, n)
+	close(release)
+	// Not closed: a closing consumer hands nothing from an ended stream
+	// anyway. Wait for a to have nothing queued or in hand.
+	waitUntil(t, "a with nothing in hand", func() bool {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatalf("Gather() = %v", err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "butterfly_consumer_in_flight" {
+				return mf.GetMetric()[0].GetGauge().GetValue() == 0
+			}
+		}
+		return false
+	})
+	checkOnceBesides(t, led, "p", sent["p"], first)
+}
+
+// TestConsumer_CloseDoesNotWaitForTheKeepersMark checks that Close returns
+// within its context while the registration's keeper writes again the mark
+// a stop could not write (etcd holds it): Close's own mark gives up with its
+// context instead of waiting for the keeper's write.
+func TestConsumer_CloseDoesNotWaitForTheKeepersMark(t *testing.T) {
+	m := newMesh(t)
+	h1 := m.startHub(components.DefaultService, "i1", "127.0.0.1")
+	gate := &drainGate{}
+	t.Cleanup(gate.release)
+	c1 := (&mesh{t: t, etc: m.etc, cli: gatedClient(t, m, gate.intercept), log: m.log}).consumer("c1", newLedger().handler())
+	waitConsumers(t, 1, h1)
+	gate.set()
+	m.startHub(components.DefaultService, "i2", "127.0.0.2", intermediate.WithGRPCServerOptions(refuseSubscriber("c1")))
+	waitUntil(t, "the keeper writing again the stop's mark", func() bool { return gate.held.Load() > 1 })
+	closeReturnsInTime(t, "c1", c1.Close)
+}
+
+// TestStage_ProducerStopAfterConsumerStopEndsItsForwards checks that a
+// stage whose consumer side stops first (refused upstream) and whose
+// producer side stops after (refused downstream) ends its forwards in hand,
+// without being closed: they go back upstream unanswered and the group's
+// other stage forwards them, so the source has every message acknowledged.
+func TestStage_ProducerStopAfterConsumerStopEndsItsForwards(t *testing.T) {
+	m, r1, s1 := newPipeline(t)
+	release := make(chan struct{})
+	led := newLedger()
+	m.consumer("sink", func(ctx context.Context, d *components.Delivery) error {
+		select {
+		case <-release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		return led.handler()(ctx, d)
+	}, components.WithService("replies"), components.WithConcurrency(64))
+	newStage := func(id string) *components.Stage {
+		st, err := components.NewStage(m.cli, id, "requests", "replies", components.WithPrefix(testPrefix), components.WithLogger(m.log))
+		if err != nil {
+			t.Fatalf("NewStage(%s) = %v", id, err)
+		}
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			_ = st.Close(ctx)
+		})
+		return st
+	}
+	sA := newStage("sA")
+	newStage("sB")
+	waitConsumers(t, 2, r1)
+	waitProducer(t, "sA", s1)
+	waitProducer(t, "sB", s1)
+	src := m.producer("src", components.WithService("requests"))
+	const n = 64
+	sent := startLoad(context.Background(), n, src).wait(t)
+	waitUntil(t, "s1 holding sA's forwards", func() bool {
+		ps := s1.producerStream(t, "sA")
+		return ps != nil && ps.GetInFlight() > 0
+	})
+	m.startHub("requests", "r2", "127.0.0.3", intermediate.WithGRPCServerOptions(refuseSubscriber("sA")))
+	select {
+	case <-sA.Done():
+	case <-time.After(defaultTestTimeout):
+		t.Fatalf("sA still runs after r2 refused it")
+	}
+	m.startHub("replies", "s2", "127.0.0.4", intermediate.WithGRPCServerOptions(refusePublisher("sA")))
+	waitUntil(t, "sA's producer side stopped", func() bool { return s1.producerStream(t, "sA") == nil })
+	close(release)
+	waitUntil(t, "every source message acknowledged", func() bool { return src.Stats().InFlight == 0 })
+	led.waitHandled(t, n)
+	led.checkExactlyOnce(t, sent)
 }

@@ -54,13 +54,15 @@ type Registration struct {
 	epoch    uint64 // set by claimLocked in Register, then fixed
 
 	// opMu serialises every write to the key and to the lease. It is held
-	// across etcd calls, each bounded by a timeout.
-	opMu        sync.Mutex
+	// across etcd calls, each bounded by a timeout; SetDraining waits for it
+	// only as long as its context allows.
+	opMu        opLock
 	lease       clientv3.LeaseID
 	staleLeases []clientv3.LeaseID // granted before lease; revoked once the key is on lease
 	needLease   bool               // the keep-alive of lease stopped: grant a new one
 	lastValue   []byte             // what our last successful write stored
 	draining    bool
+	drainAsked  atomic.Bool // SetDraining was called: every write marks the key draining
 }
 
 // Register puts <prefix>/services/<service>/<instance> with the value
@@ -164,12 +166,53 @@ func (r *Registration) LeaseLost() <-chan struct{} { return r.leaseLost }
 // {"drain":true} (see RequestDrain).
 func (r *Registration) DrainRequested() <-chan struct{} { return r.drain }
 
+// opLock is a mutex whose Lock can give up when a context ends. Its zero
+// value is unlocked.
+type opLock struct {
+	once sync.Once
+	ch   chan struct{}
+}
+
+func (l *opLock) sem() chan struct{} {
+	l.once.Do(func() { l.ch = make(chan struct{}, 1) })
+	return l.ch
+}
+
+// Lock waits for the lock.
+func (l *opLock) Lock() { l.sem() <- struct{}{} }
+
+// LockCtx waits for the lock until ctx ends, and returns ctx's error then.
+func (l *opLock) LockCtx(ctx context.Context) error {
+	select {
+	case l.sem() <- struct{}{}:
+		return nil
+	default:
+	}
+	select {
+	case l.sem() <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Unlock releases the lock.
+func (l *opLock) Unlock() { <-l.sem() }
+
 // SetDraining sets Metadata.draining in the key, keeping lease and epoch, if
 // the key is still ours. Later re-puts keep the flag. When the write fails
-// (etcd unreachable, ctx done), the error is returned and the registration
-// still drains: its keeper writes the flag once etcd answers.
+// (etcd unreachable, ctx done, or another write of the key, such as the
+// keeper's, held it until ctx ended), the error is returned and the
+// registration still drains: its keeper writes the flag once etcd answers.
 func (r *Registration) SetDraining(ctx context.Context) error {
-	r.opMu.Lock()
+	r.drainAsked.Store(true)
+	if err := r.opMu.LockCtx(ctx); err != nil {
+		select {
+		case r.rewrite <- struct{}{}:
+		default:
+		}
+		return fmt.Errorf("registry: mark draining: %w", err)
+	}
 	defer r.opMu.Unlock()
 	if r.closing.Load() {
 		return ErrClosed
@@ -262,7 +305,7 @@ func (r *Registration) classify(data []byte) keyState {
 
 // valueLocked returns the JSON the key should hold now.
 func (r *Registration) valueLocked() ([]byte, error) {
-	b, err := r.rec.encode(r.epoch, r.draining)
+	b, err := r.rec.encode(r.epoch, r.draining || r.drainAsked.Load())
 	if err != nil {
 		return nil, fmt.Errorf("registry: encode value of %s: %w", r.key, err)
 	}

@@ -92,6 +92,10 @@ id, publishes under it, and forwards messages under their original ids.`,
 				stopErr = nil
 			}
 			closeErr := st.Close(closeCtx)
+			if stopErr == nil && (errors.Is(closeErr, components.ErrRefused) || errors.Is(closeErr, components.ErrTLSMismatch)) {
+				// Refused downstream while it drained: a refusal all the same.
+				stopErr, closeErr = closeErr, nil
+			}
 			stats := st.Stats()
 			line, _ := json.Marshal(stageSummary{
 				Consumer: newConsumeSummary(stats.Consumer),
