@@ -683,8 +683,10 @@ func (c *Consumer) stop(err error) {
 				l.cancel()
 			}
 		}
-		if c.reg != nil && !errors.Is(err, ErrReplaced) {
-			c.leaveStoppedLocked(c.reg)
+		if c.reg != nil {
+			// A consumer taken over leaves its key to the process that
+			// took it, and its streams all the same.
+			c.leaveStoppedLocked(c.reg, !errors.Is(err, ErrReplaced))
 		}
 		c.mu.Unlock()
 		close(c.done)
@@ -692,21 +694,24 @@ func (c *Consumer) stop(err error) {
 }
 
 // leaveStoppedLocked gives up, in the background, the share of a consumer
-// that stopped on its own (but for a takeover: the process that took its id
-// owns its key): it takes nothing more, so it owns nothing more. It marks
-// reg draining, so the group's others own its keys at once (should the
-// group be declared again, they own them too), then ends its streams, so
-// the intermediates give them what it was sent and did not answer, once
-// what it has in hand is answered. Both happen whether or not the
-// application closes it; Close, which marks and leaves on its own, cancels
-// the mark rather than wait for it.
-func (c *Consumer) leaveStoppedLocked(reg *registry.Registration) {
+// that stopped on its own: it takes nothing more, so it owns nothing more.
+// With mark it marks reg draining, so the group's others own its keys at
+// once (should the group be declared again, they own them too); a consumer
+// taken over does not, the process that took its id owns the key. Then it
+// ends its streams, so the intermediates give the others what it was sent
+// and did not answer (on a stream of an epoch taken over too), once what it
+// has in hand is answered. Both happen whether or not the application
+// closes it; Close, which marks and leaves on its own, cancels the mark
+// rather than wait for it.
+func (c *Consumer) leaveStoppedLocked(reg *registry.Registration, mark bool) {
 	ctx, cancel := context.WithTimeout(c.ctx, registerTimeout)
 	c.stopMark = cancel
 	go func() {
 		defer cancel()
-		if err := reg.SetDraining(ctx); err != nil && ctx.Err() == nil && !errors.Is(err, registry.ErrReplaced) && !errors.Is(err, registry.ErrClosed) {
-			c.log.Warn("mark registration draining", "err", err)
+		if mark {
+			if err := reg.SetDraining(ctx); err != nil && ctx.Err() == nil && !errors.Is(err, registry.ErrReplaced) && !errors.Is(err, registry.ErrClosed) {
+				c.log.Warn("mark registration draining", "err", err)
+			}
 		}
 		c.mu.Lock()
 		defer c.mu.Unlock()
@@ -714,6 +719,22 @@ func (c *Consumer) leaveStoppedLocked(reg *registry.Registration) {
 			c.leaveStreamsLocked()
 		}
 	}()
+}
+
+// removeGrace is the least time Close gives the removal of its registration
+// once its context has ended.
+const removeGrace = 250 * time.Millisecond
+
+// removalContext bounds the removal of a registration at Close to what is
+// left of ctx, at least removeGrace and at most registerTimeout.
+func removalContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	d := registerTimeout
+	if ctx.Err() != nil {
+		d = removeGrace
+	} else if dl, ok := ctx.Deadline(); ok {
+		d = min(d, max(time.Until(dl), removeGrace))
+	}
+	return context.WithTimeout(context.WithoutCancel(ctx), d)
 }
 
 // leaveStreamsLocked asks every stream to end: a welcomed one sends its
@@ -791,7 +812,7 @@ func (c *Consumer) registerOnce(ctx context.Context, opts []registry.Option) err
 	if c.stopped {
 		// It stopped while it registered, and stop found no
 		// registration to mark: it gives up its share now.
-		c.leaveStoppedLocked(reg)
+		c.leaveStoppedLocked(reg, true)
 	}
 	c.mu.Unlock()
 	c.log.Info("consumer registered", "key", reg.Key(), "epoch", reg.Epoch())
@@ -811,8 +832,9 @@ func (c *Consumer) registerOnce(ctx context.Context, opts []registry.Option) err
 // group's other consumers own its keys from then on), tells every
 // intermediate it leaves, finishes and acknowledges the messages in hand,
 // closes its streams, removes its registration and stops. It returns an
-// error when ctx ended first (the handlers' context is then canceled).
-// Close is safe to call twice.
+// error when ctx ended first (the handlers' context is then canceled);
+// it then gives the registration's removal 250 ms at most, and a key it
+// could not remove lapses with its lease. Close is safe to call twice.
 func (c *Consumer) Close(ctx context.Context) error {
 	// Closing is set before the registration is marked draining: from
 	// that mark on the intermediates hand what this consumer has not
@@ -866,7 +888,10 @@ func (c *Consumer) Close(ctx context.Context) error {
 		c.cancel()
 		c.wg.Wait()
 		if c.reg != nil {
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), registerTimeout)
+			// Within what is left of ctx, and at least removeGrace: a key
+			// not removed lapses with its lease, marked draining if the
+			// mark was written.
+			rctx, cancel := removalContext(ctx)
 			if err := c.reg.Close(rctx); err != nil {
 				c.log.Warn("remove registration", "err", err)
 			}
