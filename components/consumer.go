@@ -20,6 +20,7 @@ import (
 
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/internal/ctxgrace"
 	"github.com/butterfly-mesh/butterfly/internal/telemetry"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
@@ -721,22 +722,6 @@ func (c *Consumer) leaveStoppedLocked(reg *registry.Registration, mark bool) {
 	}()
 }
 
-// removeGrace is the least time Close gives the removal of its registration
-// once its context has ended.
-const removeGrace = 250 * time.Millisecond
-
-// removalContext bounds the removal of a registration at Close to what is
-// left of ctx, at least removeGrace and at most registerTimeout.
-func removalContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	d := registerTimeout
-	if ctx.Err() != nil {
-		d = removeGrace
-	} else if dl, ok := ctx.Deadline(); ok {
-		d = min(d, max(time.Until(dl), removeGrace))
-	}
-	return context.WithTimeout(context.WithoutCancel(ctx), d)
-}
-
 // leaveStreamsLocked asks every stream to end: a welcomed one sends its
 // Drain frame and ends once what it holds is answered; one still waiting
 // for its welcome ends at once, since nothing was received on it and
@@ -833,8 +818,9 @@ func (c *Consumer) registerOnce(ctx context.Context, opts []registry.Option) err
 // intermediate it leaves, finishes and acknowledges the messages in hand,
 // closes its streams, removes its registration and stops. It returns an
 // error when ctx ended first (the handlers' context is then canceled);
-// it then gives the registration's removal 250 ms at most, and a key it
-// could not remove lapses with its lease. Close is safe to call twice.
+// it gives the registration's removal 250 ms past ctx at most
+// (registry.CleanupGrace), and a key it could not remove lapses with its
+// lease. Close is safe to call twice.
 func (c *Consumer) Close(ctx context.Context) error {
 	// Closing is set before the registration is marked draining: from
 	// that mark on the intermediates hand what this consumer has not
@@ -888,10 +874,10 @@ func (c *Consumer) Close(ctx context.Context) error {
 		c.cancel()
 		c.wg.Wait()
 		if c.reg != nil {
-			// Within what is left of ctx, and at least removeGrace: a key
-			// not removed lapses with its lease, marked draining if the
-			// mark was written.
-			rctx, cancel := removalContext(ctx)
+			// Within ctx and registry.CleanupGrace after it: a key not
+			// removed lapses with its lease, marked draining if the mark
+			// was written.
+			rctx, cancel := ctxgrace.WithGrace(ctx, registerTimeout, registry.CleanupGrace)
 			if err := c.reg.Close(rctx); err != nil {
 				c.log.Warn("remove registration", "err", err)
 			}

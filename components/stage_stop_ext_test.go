@@ -779,3 +779,96 @@ func TestConsumer_CloseReturnsWithinItsContextWhenEtcdHoldsWrites(t *testing.T) 
 	gate.set() // etcd takes no write from c1 from now on
 	closeReturnsInTime(t, "c1", c1.Close)
 }
+
+// opGate holds, while set, the unary etcd calls of one client that match:
+// an etcd that answers some writes and holds others.
+type opGate struct {
+	txnGate
+	match func(method string, req any) bool
+}
+
+func (g *opGate) intercept(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	if !g.match(method, req) {
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+	g.mu.Lock()
+	h := g.hold
+	g.mu.Unlock()
+	if h != nil {
+		g.held.Add(1)
+		select {
+		case <-h:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return invoker(ctx, method, req, reply, cc, opts...)
+}
+
+// TestConsumer_CloseCanceledWhileRemovingItsKey checks that a Close whose
+// context is canceled while etcd holds the removal of its key returns soon
+// after: the removal gets 250 ms past the context, not five seconds.
+func TestConsumer_CloseCanceledWhileRemovingItsKey(t *testing.T) {
+	m := newMesh(t)
+	h1 := m.startHub(components.DefaultService, "i1", "127.0.0.1")
+	gate := &opGate{match: func(_ string, req any) bool {
+		tr, ok := req.(*etcdserverpb.TxnRequest)
+		if !ok {
+			return false
+		}
+		for _, op := range tr.GetSuccess() {
+			if op.GetRequestDeleteRange() != nil {
+				return true
+			}
+		}
+		return false
+	}}
+	t.Cleanup(gate.release)
+	c1 := (&mesh{t: t, etc: m.etc, cli: gatedClient(t, m, gate.intercept), log: m.log}).consumer("c1", newLedger().handler())
+	waitConsumers(t, 1, h1)
+	gate.set() // etcd holds the key's removal from now on
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c1.Close(ctx) }()
+	waitUntil(t, "Close removing the key", func() bool { return gate.held.Load() > 0 })
+	canceled := time.Now()
+	cancel()
+	select {
+	case <-done:
+		if took := time.Since(canceled); took > 2*time.Second {
+			t.Errorf("Close() returned %v after its context was canceled: it waited on etcd past its context", took.Round(time.Millisecond))
+		}
+	case <-time.After(defaultTestTimeout):
+		t.Fatalf("Close() still runs %v after its context was canceled", defaultTestTimeout)
+	}
+}
+
+// TestConsumer_CloseWhileRegistering checks that a Close that comes while
+// etcd holds the consumer's registration (the put of its key, then the
+// revoke of the lease granted for it) returns within its context and the
+// grace of its clean-up.
+func TestConsumer_CloseWhileRegistering(t *testing.T) {
+	m := newMesh(t)
+	m.startHub(components.DefaultService, "i1", "127.0.0.1")
+	key := registry.ConsumerKey(testPrefix, components.DefaultService, components.DefaultGroup, "c1")
+	gate := &opGate{match: func(method string, req any) bool {
+		if method == "/etcdserverpb.Lease/LeaseRevoke" {
+			return true
+		}
+		tr, ok := req.(*etcdserverpb.TxnRequest)
+		if !ok {
+			return false
+		}
+		for _, op := range tr.GetSuccess() {
+			if p := op.GetRequestPut(); p != nil && string(p.GetKey()) == key {
+				return true
+			}
+		}
+		return false
+	}}
+	t.Cleanup(gate.release)
+	gate.set()
+	c1 := (&mesh{t: t, etc: m.etc, cli: gatedClient(t, m, gate.intercept), log: m.log}).consumer("c1", newLedger().handler())
+	waitUntil(t, "c1's registration held at etcd", func() bool { return gate.held.Load() > 0 })
+	closeReturnsInTime(t, "c1", c1.Close)
+}

@@ -11,6 +11,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/butterfly-mesh/butterfly/internal/ctxgrace"
 )
 
 var (
@@ -122,7 +124,7 @@ func registerKey(ctx context.Context, cli *clientv3.Client, key, ctlKey string, 
 	r.lease = grant.ID
 	rev, err := r.claimLocked(ctx)
 	if err != nil {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.callTimeout)
+		rctx, cancel := ctxgrace.WithGrace(ctx, r.callTimeout, CleanupGrace)
 		defer cancel()
 		if _, rerr := cli.Revoke(rctx, r.lease); rerr != nil {
 			r.logger.Warn("registry: revoke lease after failed register", "err", rerr)
@@ -165,6 +167,12 @@ func (r *Registration) LeaseLost() <-chan struct{} { return r.leaseLost }
 // DrainRequested is closed when the instance's control key holds
 // {"drain":true} (see RequestDrain).
 func (r *Registration) DrainRequested() <-chan struct{} { return r.drain }
+
+// CleanupGrace is how long clean-up on behalf of a caller whose context
+// ended may still take: revoking the lease of a registration that failed,
+// removing the key of a consumer that closes. A lease not revoked lapses
+// with its TTL.
+const CleanupGrace = 250 * time.Millisecond
 
 // opLock is a mutex whose Lock can give up when a context ends. Its zero
 // value is unlocked.
