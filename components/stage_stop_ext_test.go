@@ -583,6 +583,10 @@ func TestConsumer_StoppedHandsNothingFromAnEndedStream(t *testing.T) {
 	h1.srv.Stop() // i1 crashes with a's messages queued
 	sent := load.wait(t)
 	led.waitHandled(t, n)
+	// Until a sees its stream end, it cannot tell its queued messages
+	// from ones it may still answer; a draining consumer may then handle
+	// them again, as the guarantee allows.
+	waitUntil(t, "a to see its stream to i1 end", func() bool { return a.OpenStreams() == 0 })
 	close(release)
 	// Not closed: a closing consumer hands nothing from an ended stream
 	// anyway. Wait for a to have nothing queued or in hand.
