@@ -15,7 +15,6 @@ import (
 
 	"github.com/butterfly-mesh/butterfly/components"
 	"github.com/butterfly-mesh/butterfly/intermediate"
-	"github.com/butterfly-mesh/butterfly/registry"
 )
 
 // cutter is a dialer whose connections can be cut, after which it refuses
@@ -141,14 +140,9 @@ func TestConsumer_ClosingHandsNothingFromAnEndedStream(t *testing.T) {
 	cut.sever()
 	waitConsumers(t, 1, h1) // i1 saw a's stream end: its messages wait for a
 	closed := closeAsync(a)
-	key := registry.ConsumerKey(testPrefix, components.DefaultService, components.DefaultGroup, "a")
 	waitUntil(t, "a's registration to drain", func() bool {
-		resp, err := m.cli.Get(context.Background(), key)
-		if err != nil || len(resp.Kvs) != 1 {
-			return false
-		}
-		v, err := registry.ParseConsumerValue(components.DefaultGroup, "a", resp.Kvs[0].Value)
-		return err == nil && v.Draining
+		_, draining := registration(m, components.DefaultService, components.DefaultGroup, "a")
+		return draining
 	})
 	close(gate)
 	sent := settle(t, closed, load, p)
@@ -192,18 +186,30 @@ func (g *txnGate) release() {
 }
 
 func (g *txnGate) intercept(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-	g.mu.Lock()
-	h := g.hold
-	g.mu.Unlock()
-	if h != nil && method == "/etcdserverpb.KV/Txn" {
-		g.held.Add(1)
-		select {
-		case <-h:
-		case <-ctx.Done():
-			return ctx.Err()
+	if method == "/etcdserverpb.KV/Txn" {
+		if err := g.wait(ctx); err != nil {
+			return err
 		}
 	}
 	return invoker(ctx, method, req, reply, cc, opts...)
+}
+
+// wait holds a call while the gate is set, counting it, until the gate is
+// released or ctx ends.
+func (g *txnGate) wait(ctx context.Context) error {
+	g.mu.Lock()
+	h := g.hold
+	g.mu.Unlock()
+	if h == nil {
+		return nil
+	}
+	g.held.Add(1)
+	select {
+	case <-h:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // blipper is a dialer whose connections can be broken while new ones are

@@ -37,6 +37,19 @@ func noNacks(t *testing.T, l *nackLog) {
 	}
 }
 
+// gatedSink starts consumer "sink" of service "replies", whose handler
+// records each message in led once release is closed.
+func gatedSink(m *mesh, led *ledger, release <-chan struct{}) {
+	m.consumer("sink", func(ctx context.Context, d *components.Delivery) error {
+		select {
+		case <-release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		return led.handler()(ctx, d)
+	}, components.WithService("replies"), components.WithConcurrency(64))
+}
+
 // newPipeline starts a mesh with one instance of "requests" (r1) and one of
 // "replies" (s1, with opts), the two ends of a stage.
 func newPipeline(t *testing.T, opts ...intermediate.Option) (m *mesh, r1, s1 *hub) {
@@ -80,14 +93,7 @@ func TestStage_DownstreamRefusalLeavesMessagesUnanswered(t *testing.T) {
 	m, r1, s1 := newPipeline(t)
 	gate := make(chan struct{})
 	led := newLedger()
-	m.consumer("sink", func(ctx context.Context, d *components.Delivery) error {
-		select {
-		case <-gate:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		return led.handler()(ctx, d)
-	}, components.WithService("replies"), components.WithConcurrency(64))
+	gatedSink(m, led, gate)
 	stage, err := components.NewStage(m.cli, "stage", "requests", "replies", components.WithPrefix(testPrefix), components.WithLogger(m.log))
 	if err != nil {
 		t.Fatalf("NewStage() = %v", err)
@@ -274,14 +280,9 @@ func TestConsumer_StoppedGivesUpItsShare(t *testing.T) {
 	if err := c1.Err(); !errors.Is(err, components.ErrRefused) {
 		t.Fatalf("c1 Err() = %v, want ErrRefused", err)
 	}
-	key := registry.ConsumerKey(testPrefix, components.DefaultService, components.DefaultGroup, "c1")
 	waitUntil(t, "c1's registration draining", func() bool {
-		resp, err := m.cli.Get(context.Background(), key)
-		if err != nil || len(resp.Kvs) != 1 {
-			return false
-		}
-		v, err := registry.ParseConsumerValue(components.DefaultGroup, "c1", resp.Kvs[0].Value)
-		return err == nil && v.Draining
+		_, draining := registration(m, components.DefaultService, components.DefaultGroup, "c1")
+		return draining
 	})
 	// A small window: messages held for the stopped consumer would stall
 	// the producer.
@@ -302,14 +303,7 @@ func TestStage_RefusedWhileClosing(t *testing.T) {
 	m, r1, s1 := newPipeline(t)
 	gate := make(chan struct{})
 	defer close(gate)
-	m.consumer("sink", func(ctx context.Context, _ *components.Delivery) error {
-		select {
-		case <-gate:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		return nil
-	}, components.WithService("replies"), components.WithConcurrency(64))
+	gatedSink(m, newLedger(), gate)
 	stage, err := components.NewStage(m.cli, "stage", "requests", "replies", components.WithPrefix(testPrefix), components.WithLogger(m.log))
 	if err != nil {
 		t.Fatalf("NewStage() = %v", err)
@@ -507,21 +501,6 @@ func TestStage_CloseDoesNotWaitForTheStopsMark(t *testing.T) {
 	closeReturnsInTime(t, "sA", sA.Close)
 }
 
-// TestConsumer_CloseDoesNotWaitForTheStopsMark is the consumer's form of
-// TestStage_CloseDoesNotWaitForTheStopsMark.
-func TestConsumer_CloseDoesNotWaitForTheStopsMark(t *testing.T) {
-	m := newMesh(t)
-	h1 := m.startHub(components.DefaultService, "i1", "127.0.0.1")
-	gate := &drainGate{}
-	t.Cleanup(gate.release)
-	c1 := (&mesh{t: t, etc: m.etc, cli: gatedClient(t, m, gate.intercept), log: m.log}).consumer("c1", newLedger().handler())
-	waitConsumers(t, 1, h1)
-	gate.set()
-	m.startHub(components.DefaultService, "i2", "127.0.0.2", intermediate.WithGRPCServerOptions(refuseSubscriber("c1")))
-	waitUntil(t, "c1's mark held at etcd", func() bool { return gate.held.Load() > 0 })
-	closeReturnsInTime(t, "c1", c1.Close)
-}
-
 // closeReturnsInTime calls closeFn with a context of one second and fails t
 // when it returns later than three seconds after: waiting on etcd past its
 // context took five or six.
@@ -605,21 +584,32 @@ func TestConsumer_StoppedHandsNothingFromAnEndedStream(t *testing.T) {
 	checkOnceBesides(t, led, "p", sent["p"], first)
 }
 
-// TestConsumer_CloseDoesNotWaitForTheKeepersMark checks that Close returns
-// within its context while the registration's keeper writes again the mark
-// a stop could not write (etcd holds it): Close's own mark gives up with its
-// context instead of waiting for the keeper's write.
-func TestConsumer_CloseDoesNotWaitForTheKeepersMark(t *testing.T) {
-	m := newMesh(t)
-	h1 := m.startHub(components.DefaultService, "i1", "127.0.0.1")
-	gate := &drainGate{}
-	t.Cleanup(gate.release)
-	c1 := (&mesh{t: t, etc: m.etc, cli: gatedClient(t, m, gate.intercept), log: m.log}).consumer("c1", newLedger().handler())
-	waitConsumers(t, 1, h1)
-	gate.set()
-	m.startHub(components.DefaultService, "i2", "127.0.0.2", intermediate.WithGRPCServerOptions(refuseSubscriber("c1")))
-	waitUntil(t, "the keeper writing again the stop's mark", func() bool { return gate.held.Load() > 1 })
-	closeReturnsInTime(t, "c1", c1.Close)
+// TestConsumer_CloseDoesNotWaitForAMark checks that a consumer refused for
+// good while etcd does not answer its draining mark closes within its
+// Close context: neither the mark its stop writes in the background nor the
+// keeper's write of it again, once that one failed, holds Close, whose own
+// mark gives up with its context.
+func TestConsumer_CloseDoesNotWaitForAMark(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		held int32 // marks held at etcd before Close
+	}{
+		{"the stop's", 1},
+		{"the keeper's again", 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newMesh(t)
+			h1 := m.startHub(components.DefaultService, "i1", "127.0.0.1")
+			gate := &drainGate{}
+			t.Cleanup(gate.release)
+			c1 := (&mesh{t: t, etc: m.etc, cli: gatedClient(t, m, gate.intercept), log: m.log}).consumer("c1", newLedger().handler())
+			waitConsumers(t, 1, h1)
+			gate.set()
+			m.startHub(components.DefaultService, "i2", "127.0.0.2", intermediate.WithGRPCServerOptions(refuseSubscriber("c1")))
+			waitUntil(t, fmt.Sprintf("%d marks held at etcd", tc.held), func() bool { return gate.held.Load() >= tc.held })
+			closeReturnsInTime(t, "c1", c1.Close)
+		})
+	}
 }
 
 // TestStage_ProducerStopAfterConsumerStopEndsItsForwards checks that a
@@ -631,14 +621,7 @@ func TestStage_ProducerStopAfterConsumerStopEndsItsForwards(t *testing.T) {
 	m, r1, s1 := newPipeline(t)
 	release := make(chan struct{})
 	led := newLedger()
-	m.consumer("sink", func(ctx context.Context, d *components.Delivery) error {
-		select {
-		case <-release:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		return led.handler()(ctx, d)
-	}, components.WithService("replies"), components.WithConcurrency(64))
+	gatedSink(m, led, release)
 	newStage := func(id string) *components.Stage {
 		st, err := components.NewStage(m.cli, id, "requests", "replies", components.WithPrefix(testPrefix), components.WithLogger(m.log))
 		if err != nil {
@@ -792,18 +775,9 @@ type opGate struct {
 }
 
 func (g *opGate) intercept(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-	if !g.match(method, req) {
-		return invoker(ctx, method, req, reply, cc, opts...)
-	}
-	g.mu.Lock()
-	h := g.hold
-	g.mu.Unlock()
-	if h != nil {
-		g.held.Add(1)
-		select {
-		case <-h:
-		case <-ctx.Done():
-			return ctx.Err()
+	if g.match(method, req) {
+		if err := g.wait(ctx); err != nil {
+			return err
 		}
 	}
 	return invoker(ctx, method, req, reply, cc, opts...)
