@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -34,7 +35,9 @@ type consumerEntry struct {
 	Host     string    `json:"host,omitempty"`
 	Version  string    `json:"version,omitempty"`
 	Started  time.Time `json:"started"`
-	Key      string    `json:"key"`
+	// Role is "consumer" or "stage", "" for a value that names none.
+	Role string `json:"role,omitempty"`
+	Key  string `json:"key"`
 }
 
 func newGroupCommand(r *rootCommand) *cobra.Command {
@@ -230,7 +233,7 @@ func listGroups(ctx context.Context, cli *clientv3.Client, prefix, service strin
 			continue
 		}
 		e := get(parts[0], parts[1])
-		e.Consumers = append(e.Consumers, consumerEntry{Consumer: parts[2], Epoch: v.Epoch, Draining: v.Draining, Host: v.Host, Version: v.Version, Started: v.Started, Key: key})
+		e.Consumers = append(e.Consumers, consumerEntry{Consumer: parts[2], Epoch: v.Epoch, Draining: v.Draining, Host: v.Host, Version: v.Version, Started: v.Started, Role: v.Role, Key: key})
 	}
 	groups := []groupEntry{}
 	for _, e := range byKey {
@@ -249,17 +252,18 @@ func listGroups(ctx context.Context, cli *clientv3.Client, prefix, service strin
 // printGroups prints one row per consumer, and one per group without any.
 func printGroups(w io.Writer, groups []groupEntry, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SERVICE\tGROUP\tDECLARED\tCONSUMER\tEPOCH\tDRAINING\tAGE")
+	fmt.Fprintln(tw, "SERVICE\tGROUP\tDECLARED\tCONSUMER\tROLE\tEPOCH\tDRAINING\tAGE")
 	for _, g := range groups {
 		if len(g.Consumers) == 0 {
-			fmt.Fprintf(tw, "%s\t%s\t%t\t-\t-\t-\t-\n", g.Service, g.Group, g.Declared)
+			fmt.Fprintf(tw, "%s\t%s\t%t\t-\t-\t-\t-\t-\n", g.Service, g.Group, g.Declared)
 		}
 		for _, c := range g.Consumers {
 			age := "-"
 			if !c.Started.IsZero() {
 				age = now.Sub(c.Started).Truncate(time.Second).String()
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%t\t%s\t%d\t%t\t%s\n", g.Service, g.Group, g.Declared, c.Consumer, c.Epoch, c.Draining, age)
+			role := cmp.Or(c.Role, "-")
+			fmt.Fprintf(tw, "%s\t%s\t%t\t%s\t%s\t%d\t%t\t%s\n", g.Service, g.Group, g.Declared, c.Consumer, role, c.Epoch, c.Draining, age)
 		}
 	}
 	tw.Flush()

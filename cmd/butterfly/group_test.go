@@ -22,7 +22,7 @@ func TestListGroups_ReadsKeysAsTheIntermediatesDo(t *testing.T) {
 	for key, val := range map[string]string{
 		registry.GroupKey(prefix, "svc", "g"):              "garbage",
 		prefix + "/consumers/svc/g/a b":                    `{"consumer":"a b","group":"g","epoch":1}`,
-		registry.ConsumerKey(prefix, "svc", "g", "c1"):     `{"consumer":"c1","group":"g","epoch":2}`,
+		registry.ConsumerKey(prefix, "svc", "g", "c1"):     `{"consumer":"c1","group":"g","epoch":2,"role":"stage"}`,
 		registry.ConsumerKey(prefix, "svc", "other", "c2"): `{"consumer":"c2","group":"other","epoch":1}`,
 	} {
 		if _, err := cli.Put(ctx, key, val); err != nil {
@@ -44,14 +44,24 @@ func TestListGroups_ReadsKeysAsTheIntermediatesDo(t *testing.T) {
 		}
 		for _, c := range g.Consumers {
 			line += " " + c.Consumer
+			if c.Role != "" {
+				line += "(" + c.Role + ")"
+			}
 		}
 		got = append(got, line)
 	}
-	if want := []string{"g declared c1", "other c2"}; strings.Join(got, "; ") != strings.Join(want, "; ") {
+	if want := []string{"g declared c1(stage)", "other c2"}; strings.Join(got, "; ") != strings.Join(want, "; ") {
 		t.Errorf("groups = %q, want %q", got, want)
 	}
 	if len(notes) != 2 || !strings.Contains(strings.Join(notes, "\n"), "the group is declared all the same") ||
 		!strings.Contains(strings.Join(notes, "\n"), prefix+"/consumers/svc/g/a b") {
 		t.Errorf("notes = %q, want the malformed group value (declared all the same) and the consumer name the intermediates reject", notes)
+	}
+	var out strings.Builder
+	printGroups(&out, groups, time.Now())
+	for _, want := range []string{"CONSUMER  ROLE   EPOCH", "c1        stage  2", "c2        -      1"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("printGroups() =\n%s\nwant a line containing %q", out.String(), want)
+		}
 	}
 }
