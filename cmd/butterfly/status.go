@@ -120,6 +120,13 @@ interrupted.
 						fmt.Fprintf(cmd.OutOrStdout(), "%s\n", time.Now().Format(time.RFC3339))
 					}
 					printStatus(cmd.OutOrStdout(), entries, time.Now())
+					// Why an instance is unreachable or replaced, which
+					// the table has no room for (--json has it as error).
+					for _, e := range entries {
+						if e.Error != "" {
+							fmt.Fprintf(cmd.ErrOrStderr(), "butterfly: %s/%s at %s is %s: %s\n", e.Service, e.Instance, e.Addr, e.State, e.Error)
+						}
+					}
 				}
 				if !watch {
 					return nil

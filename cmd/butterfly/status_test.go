@@ -103,6 +103,13 @@ func TestStatusCommand_JoinsRegistryWithLiveStatus(t *testing.T) {
 	if i2.Instance != "i2" || i2.State != stateUnreachable || i2.Error == "" || i2.Addr != "127.0.0.1:1" {
 		t.Errorf("status of i2 = %+v, want unreachable at 127.0.0.1:1 with an error", i2)
 	}
+	table, err := executeCommand(t, "status", "--etcd-endpoints", ep, "--prefix", statusPrefix, "--timeout", "500ms")
+	if err != nil {
+		t.Fatalf("butterfly status = %v; output:\n%s", err, table)
+	}
+	if want := "butterfly: " + i2.Service + "/i2 at 127.0.0.1:1 is unreachable: "; !strings.Contains(table, want) {
+		t.Errorf("butterfly status =\n%s\nwant a line saying why i2 is unreachable, starting %q", table, want)
+	}
 }
 
 // syncBuffer is a bytes.Buffer safe for a writer and a reader at once; it
