@@ -595,9 +595,10 @@ func (c *Consumer) releaseJobLocked(j *job) {
 // (ErrLimitReached), its client certificate may not subscribe as its id
 // (ErrPermissionDenied), or an intermediate refused it for good (ErrRefused,
 // ErrTLSMismatch, as a *RefusedError). Err says which. From then on it takes
-// nothing new, and, unless taken over, its registration is marked draining,
-// so the group's other consumers own its keys and get what it was sent and
-// did not answer. The application should then Close it.
+// nothing new; unless taken over, its registration is marked draining, so
+// the group's other consumers own its keys; and its streams end once what it
+// has in hand is answered, so they get what it was sent and did not answer.
+// The application should then Close it.
 func (c *Consumer) Done() <-chan struct{} { return c.done }
 
 // Err returns why Done was closed, nil before.
