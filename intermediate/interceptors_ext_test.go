@@ -277,7 +277,7 @@ func TestPublish_SeqWindowWithoutMark(t *testing.T) {
 }
 
 // TestPublish_HostileRoutes checks the routes a producer sends back with a
-// message: more than MaxRoutes, more bytes than max-message-bytes, or a
+// message: more than MaxRoutes, more bytes than max-batch-bytes, or a
 // group or consumer no registry key could name are handed back INVALID and
 // never held; valid ones are charged against max-in-flight-bytes with what
 // they hold, so a producer cannot hold more than its bytes through them.
@@ -311,7 +311,7 @@ func TestPublish_HostileRoutes(t *testing.T) {
 	}
 	for seq, want := range map[uint64]string{
 		1: "message 1 of the batch: invalid routes: 1025 routes, more than 1024",
-		2: "message 2 of the batch: invalid routes: routes of 6170 bytes exceed max-message-bytes 4096",
+		2: "message 2 of the batch: invalid routes: routes of 6170 bytes exceed max-batch-bytes 4096",
 		3: `message 3 of the batch: invalid routes: route 1: registry: group "audit/x" contains '/'`,
 		4: `message 4 of the batch: invalid routes: route 1: registry: consumer "a 1" contains ' '`,
 	} {
@@ -350,5 +350,48 @@ func TestPublish_HostileRoutes(t *testing.T) {
 	}
 	if got := r.srv.HeldBytes(); got != 0 {
 		t.Errorf("HeldBytes() after the ack = %d, want 0", got)
+	}
+}
+
+// TestDelivery_ResendWithRoutesOverASmallMessageLimit checks that a message
+// handed back with the routes an intermediate wrote is taken again with
+// them when they add up to more than a small max-message-bytes: eight groups
+// with pod-like consumer ids write 518 bytes of routes, over a limit of 512.
+func TestDelivery_ResendWithRoutesOverASmallMessageLimit(t *testing.T) {
+	const groups = 8
+	r := newRig(t, intermediate.WithMaxMessageBytes(512), intermediate.WithOwnerWait(300*time.Millisecond))
+	subs := make([]deliveryv1.SubscribeService_SubscribeClient, groups)
+	var cancelLast context.CancelFunc
+	for i := range subs {
+		ctx, cancel := context.WithCancel(r.ctx())
+		t.Cleanup(cancel)
+		if i == groups-1 {
+			cancelLast = cancel
+		}
+		subs[i] = r.subscribeGroup(ctx, fmt.Sprintf("billing-ledger-consumer-5f7d8c9b6-x2x4q-%d", i+1), fmt.Sprintf("billing-ledger-%d", i+1), 10)
+	}
+	pub := r.producer("p1")
+	m := msg("p1", 1, strings.Repeat("e", 100))
+	sendBatch(t, pub, 1, m)
+	for i, s := range subs {
+		ds := nextDeliveries(t, s)
+		if i < groups-1 {
+			ackDeliveries(t, s, &deliveryv1.DeliveryAck{Acked: []*messagev1.SeqRange{{First: ds[0].GetDeliveryId(), Last: ds[0].GetDeliveryId()}}})
+		}
+	}
+	cancelLast() // the last group's consumer leaves with the message unanswered
+	_, nacked := collectAcks(t, pub, 1)
+	n := nacked[1]
+	if n.GetReason() != messagev1.NackReason_NACK_REASON_OWNER_UNREACHABLE || len(n.GetRoutes()) != groups {
+		t.Fatalf("nack = %v, want OWNER_UNREACHABLE with %d routes", n, groups)
+	}
+	if size := proto.Size(&messagev1.Message{Routes: n.GetRoutes()}); size <= 512 {
+		t.Fatalf("the routes take %d bytes, want more than the 512 of max-message-bytes", size)
+	}
+	again := proto.Clone(m).(*messagev1.Message)
+	again.Routes = n.GetRoutes()
+	sendBatch(t, pub, 2, again)
+	if _, nacked := collectAcks(t, pub, 1); nacked[2].GetReason() == messagev1.NackReason_NACK_REASON_INVALID {
+		t.Errorf("the resend with the intermediate's own routes was refused for good: %v", nacked[2])
 	}
 }

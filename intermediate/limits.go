@@ -49,7 +49,7 @@ var (
 	// ErrInvalidEnvelope: a message's id is missing or malformed.
 	ErrInvalidEnvelope = errors.New("invalid envelope")
 	// ErrInvalidRoutes: a message's routes are more than MaxRoutes, larger
-	// than max-message-bytes, or name a group or consumer no registry key
+	// than max-batch-bytes, or name a group or consumer no registry key
 	// could.
 	ErrInvalidRoutes = errors.New("invalid routes")
 )
@@ -116,9 +116,10 @@ func routesCharge(m *messagev1.Message) int {
 }
 
 // checkRoutes checks the routes of a published message: at most MaxRoutes,
-// at most max-message-bytes encoded, each naming a group (and the consumer,
-// when it names one) as registry keys do. Intermediates write them; a
-// producer only sends them back.
+// at most max-batch-bytes encoded (not max-message-bytes, which a small
+// setting would let the routes an intermediate wrote exceed), each naming a
+// group (and the consumer, when it names one) as registry keys do.
+// Intermediates write them; a producer only sends them back.
 func checkRoutes(m *messagev1.Message, l limits) error {
 	routes := m.GetRoutes()
 	if len(routes) == 0 {
@@ -127,8 +128,8 @@ func checkRoutes(m *messagev1.Message, l limits) error {
 	if len(routes) > MaxRoutes {
 		return fmt.Errorf("%w: %d routes, more than %d", ErrInvalidRoutes, len(routes), MaxRoutes)
 	}
-	if n := routesSize(m); n > l.maxMessageBytes {
-		return fmt.Errorf("%w: routes of %d bytes exceed max-message-bytes %d", ErrInvalidRoutes, n, l.maxMessageBytes)
+	if n := routesSize(m); n > l.maxBatchBytes {
+		return fmt.Errorf("%w: routes of %d bytes exceed max-batch-bytes %d", ErrInvalidRoutes, n, l.maxBatchBytes)
 	}
 	for i, r := range routes {
 		if err := registry.ValidateName("group", r.GetGroup()); err != nil {
