@@ -136,15 +136,15 @@ func (s *Stage) forward(ctx context.Context, d *Delivery) error {
 	// forward was stopped by Close: the message did not fail, and is left
 	// unanswered upstream for the stage that takes over.
 	var nack *NackError
-	if errors.As(err, &nack) && ctx.Err() == nil {
-		return err
-	}
+	failed := errors.As(err, &nack) && ctx.Err() == nil
+	stopped := ctx.Err() != nil || errors.Is(err, ErrClosed)
 	select {
 	case <-s.producer.Done():
+		stopped = true
 	default:
-		if ctx.Err() == nil && !errors.Is(err, ErrClosed) {
-			return err
-		}
+	}
+	if failed || !stopped {
+		return err
 	}
 	return fmt.Errorf("%w: %w", errUnanswered, err)
 }
@@ -172,24 +172,20 @@ func (s *Stage) Stats() StageStats {
 func (s *Stage) Close(ctx context.Context) error {
 	s.closeOnce.Do(func() { close(s.watchStop) })
 	<-s.watchDone
-	var (
-		perr      error
-		closeOnce sync.Once
-	)
-	closeProducer := func() { closeOnce.Do(func() { perr = s.producer.Close(ctx) }) }
 	drained := make(chan struct{})
 	watched := make(chan struct{})
 	go func() {
 		defer close(watched)
 		select {
 		case <-s.producer.Done():
-			closeProducer()
+			// The producer's Close keeps its first result for the call
+			// below.
+			_ = s.producer.Close(ctx)
 		case <-drained:
 		}
 	}()
 	cerr := s.consumer.Close(ctx)
 	close(drained)
 	<-watched
-	closeProducer()
-	return errors.Join(cerr, perr)
+	return errors.Join(cerr, s.producer.Close(ctx))
 }
