@@ -2,7 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
 
+	"github.com/spf13/cobra"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/butterfly-mesh/butterfly/components"
@@ -59,4 +62,25 @@ func withCommon[O any](c *componentSetup, more ...O) []O {
 		out = append(out, any(o).(O)) // a components.Option is every kind of option
 	}
 	return append(out, more...)
+}
+
+// handedOver returns nil for a consumer or stage taken over by another
+// process with its id, saying so on stderr: a handover, not a failure. Any
+// other err it returns as it is.
+func handedOver(cmd *cobra.Command, err error) error {
+	if errors.Is(err, components.ErrReplaced) {
+		fmt.Fprintf(cmd.ErrOrStderr(), "butterfly: %v; drained and exiting\n", err)
+		return nil
+	}
+	return err
+}
+
+// stoppedLast returns stopErr, why a consumer or stage stopped on its own,
+// as its command's last line, after logging what its Close returned as
+// what (its summary counts what it left).
+func (r *rootCommand) stoppedLast(what string, stopErr, closeErr error) error {
+	if closeErr != nil {
+		r.logger.Warn(what, "err", closeErr)
+	}
+	return stopErr
 }

@@ -136,18 +136,8 @@ client certificate (butterfly certs --consumer-id ID).`,
 			if errors.Is(stopErr, components.ErrLimitReached) {
 				stopErr = nil // --count: done
 			}
-			if errors.Is(stopErr, components.ErrReplaced) {
-				// A handover, not a failure: the new process owns the id.
-				fmt.Fprintf(cmd.ErrOrStderr(), "butterfly: %v; drained and exiting\n", stopErr)
-				stopErr = nil
-			}
-			if stopErr != nil {
-				// Why it stopped is the last line; the summary counts what
-				// it left.
-				if closeErr != nil {
-					r.logger.Warn("consumer closed", "err", closeErr)
-				}
-				return stopErr
+			if stopErr = handedOver(cmd, stopErr); stopErr != nil {
+				return r.stoppedLast("consumer closed", stopErr, closeErr)
 			}
 			return closeErr
 		},

@@ -85,12 +85,7 @@ id, publishes under it, and forwards messages under their original ids.`,
 			}
 			closeCtx, cancel := context.WithTimeout(context.WithoutCancel(cmd.Context()), closeTimeout)
 			defer cancel()
-			stopErr := st.Err()
-			if errors.Is(stopErr, components.ErrReplaced) {
-				// A handover, not a failure: the new process owns the id.
-				fmt.Fprintf(cmd.ErrOrStderr(), "butterfly: %v; drained and exiting\n", stopErr)
-				stopErr = nil
-			}
+			stopErr := handedOver(cmd, st.Err())
 			closeErr := st.Close(closeCtx)
 			if stopErr == nil && (errors.Is(closeErr, components.ErrRefused) || errors.Is(closeErr, components.ErrTLSMismatch)) {
 				// Refused downstream while it drained: a refusal all the same.
@@ -106,10 +101,7 @@ id, publishes under it, and forwards messages under their original ids.`,
 			// its last line, whatever it left unacknowledged (the summary
 			// counts it); one that only could not finish in time exits 3.
 			if stopErr != nil {
-				if closeErr != nil {
-					r.logger.Warn("stage closed", "err", closeErr)
-				}
-				return stopErr
+				return r.stoppedLast("stage closed", stopErr, closeErr)
 			}
 			var ce *components.CloseError
 			if errors.As(closeErr, &ce) {
