@@ -151,36 +151,10 @@ func TestRoles_HostileClients(t *testing.T) {
 	})
 
 	t.Run("forged producer id", func(t *testing.T) {
-		ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
-		defer cancel()
-		stream, err := deliveryv1.NewPublishServiceClient(rawConn(t, h.addr, p2)).Publish(ctx)
-		if err != nil {
-			t.Fatalf("Publish() = %v", err)
-		}
-		hello := &deliveryv1.PublishHello{ProducerId: "p2", Incarnation: 1, HeartbeatIntervalMs: 60000}
-		if err := stream.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Hello{Hello: hello}}); err != nil {
-			t.Fatalf("Send(hello) = %v", err)
-		}
-		if resp, err := stream.Recv(); err != nil || resp.GetWelcome() == nil {
-			t.Fatalf("Recv() = %v, %v, want the welcome of p2", resp, err)
-		}
 		forged := &messagev1.Message{Id: &messagev1.MessageId{ProducerId: "p1", Incarnation: p.Incarnation(), Seq: 1 << 40}, LowWaterSeq: 1 << 40, Payload: []byte("forged")}
-		batch := &deliveryv1.PublishBatch{FirstSeq: 1, Messages: []*messagev1.Message{forged}}
-		if err := stream.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Batch{Batch: batch}}); err != nil {
-			t.Fatalf("Send(batch) = %v", err)
-		}
-		for {
-			resp, err := stream.Recv()
-			if err == nil {
-				if resp.GetAck() != nil {
-					t.Fatalf("Recv() = %v, want the stream refused", resp)
-				}
-				continue
-			}
-			if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), `producer_id "p1"`) {
-				t.Fatalf("forged message = %v, want PERMISSION_DENIED naming p1", err)
-			}
-			break
+		err := publishOne(t, h.addr, p2, "p2", forged)
+		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), `producer_id "p1"`) {
+			t.Fatalf("forged message = %v, want the stream refused PERMISSION_DENIED naming p1", err)
 		}
 	})
 
@@ -423,11 +397,10 @@ func TestRoles_StageAndConsumerShareAnID(t *testing.T) {
 	down.checkExactlyOnce(t, sent)
 }
 
-// publishOne opens a publish stream as helloID with creds, sends one message
-// under msgProducer's id and returns nil when the intermediate answers it
-// (acknowledged, or handed back), the stream's error when the stream is
-// refused or ended.
-func publishOne(t *testing.T, addr string, creds credentials.TransportCredentials, helloID, msgProducer string) error {
+// publishOne opens a publish stream as helloID with creds, sends msg and
+// returns nil when the intermediate answers it (acknowledged, or handed
+// back), the stream's error when the stream is refused or ended.
+func publishOne(t *testing.T, addr string, creds credentials.TransportCredentials, helloID string, msg *messagev1.Message) error {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
 	defer cancel()
@@ -442,7 +415,6 @@ func publishOne(t *testing.T, addr string, creds credentials.TransportCredential
 	if resp, err := stream.Recv(); err != nil || resp.GetWelcome() == nil {
 		return fmt.Errorf("hello: %v, %w", resp, err)
 	}
-	msg := &messagev1.Message{Id: &messagev1.MessageId{ProducerId: msgProducer, Incarnation: 7, Seq: 1}, LowWaterSeq: 1, Payload: []byte("x")}
 	batch := &deliveryv1.PublishBatch{FirstSeq: 1, Messages: []*messagev1.Message{msg}}
 	if err := stream.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Batch{Batch: batch}}); err != nil {
 		t.Fatalf("Send(batch) = %v", err)
@@ -491,7 +463,8 @@ func TestRoles_Forwarders(t *testing.T) {
 		{none, "s2 forwarding p1, no forwarders", s2, "s2", "p1", `(stage "s2" is not among this intermediate's --forwarders)`},
 		{none, "s2 under its own id, no forwarders", s2, "s2", "s2", ""},
 	} {
-		err := publishOne(t, tc.hub.addr, tc.creds, tc.as, tc.under)
+		msg := &messagev1.Message{Id: &messagev1.MessageId{ProducerId: tc.under, Incarnation: 7, Seq: 1}, LowWaterSeq: 1, Payload: []byte("x")}
+		err := publishOne(t, tc.hub.addr, tc.creds, tc.as, msg)
 		switch {
 		case tc.refused == "" && err != nil:
 			t.Errorf("%s: %v, want the message acknowledged", tc.name, err)
