@@ -19,7 +19,9 @@ import (
 // enough or the budget wait passes; then its messages are handed back with
 // NACK_REASON_UNAVAILABLE, and the producer, which keeps them, sends them
 // again. A consumer that grants no credit can therefore hold at most the
-// budget, not grow the process.
+// budget, not grow the process. The routes a nack hands back stay counted
+// until the nack is sent, so a producer that stops reading its stream
+// cannot make them outgrow the budget either.
 
 // errOverBudget is wrapped by the error of a batch that did not fit in time.
 var errOverBudget = errors.New("over the memory budget")
@@ -31,7 +33,15 @@ var errOverBudget = errors.New("over the memory budget")
 // larger than a limit, which only its routes can make it (the limits are at
 // least max-batch-bytes), fits that limit when nothing else is counted
 // against it, so every batch fits once enough is freed.
-func (p *pubStream) reserveBytes(ctx context.Context, n int) error {
+//
+// A batch waits decoded, outside the limits: decoded is what it holds so
+// (its refused messages included). The batches of one peer (peerKey: its
+// certificate's identity, else its address) wait together for at most
+// max-in-flight-bytes, and for any size when only one waits; another that
+// would wait is handed back at once. Without that bound, one peer's streams
+// (up to max-streams-per-peer) could each hold a batch of many small routes,
+// which decode to many times their frame.
+func (p *pubStream) reserveBytes(ctx context.Context, n, decoded int) error {
 	s := p.srv
 	var timer *time.Timer
 	defer func() {
@@ -41,6 +51,14 @@ func (p *pubStream) reserveBytes(ctx context.Context, n int) error {
 	}()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	waiting := false
+	defer func() {
+		if waiting {
+			if s.waitingBytes[p.peerKey] -= decoded; s.waitingBytes[p.peerKey] <= 0 {
+				delete(s.waitingBytes, p.peerKey)
+			}
+		}
+	}()
 	for {
 		if (p.heldBytes+n <= s.opts.maxInFlightBytes || p.heldBytes == 0) && (s.heldBytes+n <= s.opts.memoryBudget || s.heldBytes == 0) {
 			p.heldBytes += n
@@ -52,6 +70,12 @@ func (p *pubStream) reserveBytes(ctx context.Context, n int) error {
 			return fmt.Errorf("intermediate: batch of %d bytes: %w", n, errOverBudget)
 		}
 		if timer == nil {
+			if w := s.waitingBytes[p.peerKey]; w > 0 && w+decoded > s.opts.maxInFlightBytes {
+				return fmt.Errorf("intermediate: batch of %d bytes does not fit, and the batches of this peer waiting for room hold %d bytes of max-in-flight-bytes %d: %w",
+					n, w, s.opts.maxInFlightBytes, errOverBudget)
+			}
+			s.waitingBytes[p.peerKey] += decoded
+			waiting = true
 			timer = time.NewTimer(s.opts.budgetWait)
 		}
 		if s.bytesFreed == nil {
@@ -90,6 +114,17 @@ func (s *Server) releaseBytesLocked(p *pubStream, n int) {
 		close(s.bytesFreed)
 		s.bytesFreed = nil
 	}
+}
+
+// holdNackLocked counts n bytes of the routes of a nack p has not sent
+// against its and the process's byte limits, without waiting: they are
+// what the message they replace was charged, and the routes of this
+// intermediate's own groups. sendLoop gives them back once the nack is
+// sent, abandonLocked when the stream ends first.
+func (p *pubStream) holdNackLocked(n int) {
+	p.nackBytes += n
+	p.heldBytes += n
+	p.srv.heldBytes += n
 }
 
 // HeldBytes returns the bytes of the messages the server holds, counted

@@ -7,7 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -393,5 +395,125 @@ func TestDelivery_ResendWithRoutesOverASmallMessageLimit(t *testing.T) {
 	sendBatch(t, pub, 2, again)
 	if _, nacked := collectAcks(t, pub, 1); nacked[2].GetReason() == messagev1.NackReason_NACK_REASON_INVALID {
 		t.Errorf("the resend with the intermediate's own routes was refused for good: %v", nacked[2])
+	}
+}
+
+// TestPublish_UnsentNacksCountAgainstTheBudget checks that the routes an
+// intermediate hands back in nacks its producer has not read stay counted
+// against the byte limits until they are sent, and are given back when
+// they are sent or the stream ends: a producer that stops reading its
+// stream cannot make the intermediate hold them outside its budget.
+func TestPublish_UnsentNacksCountAgainstTheBudget(t *testing.T) {
+	const messages, routesEach = 100, 1000
+	routes := make([]*messagev1.Route, routesEach)
+	for i := range routes {
+		routes[i] = &messagev1.Route{Group: fmt.Sprintf("unheard-group-%04d", i)}
+	}
+	// Every nack carries the routes back: about 22 KB each, 2.2 MB in all.
+	// gRPC takes one frame of them (at most 1 MiB) and 64 KiB more into
+	// its buffers before the window it was given holds the rest back.
+	charge := proto.Size(&messagev1.Message{Routes: routes}) + routesEach*intermediate.RouteOverhead
+	for _, end := range []string{"read", "cancel"} {
+		t.Run(end, func(t *testing.T) {
+			// Long enough for every batch to be admitted before the first
+			// is handed back, under the race detector too.
+			r := newRig(t, intermediate.WithNoConsumerTimeout(2*time.Second))
+			ctx, cancel := context.WithCancel(r.ctx())
+			defer cancel()
+			// A fixed 64 KiB window: gRPC's default grows with the traffic.
+			conn, err := grpc.NewClient(r.srv.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+				grpc.WithInitialWindowSize(1<<16), grpc.WithInitialConnWindowSize(1<<16))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			pub, w := r.publishOn(ctx, conn, &deliveryv1.PublishHello{ProducerId: "p1", Incarnation: 1, Instance: "i1", HeartbeatIntervalMs: quietHeartbeatMs})
+			if w == nil {
+				t.Fatal("no welcome")
+			}
+			for first := uint64(1); first <= messages; first += 10 {
+				batch := make([]*messagev1.Message, 10)
+				for i := range batch {
+					batch[i] = msg("p1", first+uint64(i), "x")
+					batch[i].Routes = routes
+				}
+				sendBatch(t, pub, first, batch...)
+			}
+			heldNow := func() int { _, _, held := r.srv.GroupQueue("none"); return held }
+			waitFor(t, "every message to be held", func() bool { return heldNow() == messages })
+			waitFor(t, "every message to be handed back", func() bool { return heldNow() == 0 })
+			// What gRPC took is at most a frame and a window; the rest waits.
+			if got, want := r.srv.HeldBytes(), messages*charge/3; got < want {
+				t.Errorf("HeldBytes() with every nack unread = %d, want at least %d (a third of the %d bytes their routes hold)", got, want, messages*charge)
+			}
+			switch end {
+			case "read":
+				_, nacked := collectAcks(t, pub, messages)
+				for seq := uint64(1); seq <= messages; seq++ {
+					if n := nacked[seq]; n.GetReason() != messagev1.NackReason_NACK_REASON_NO_CONSUMER || len(n.GetRoutes()) != routesEach {
+						t.Fatalf("nack of seq %d = reason %v with %d routes, want NO_CONSUMER with %d", seq, n.GetReason(), len(n.GetRoutes()), routesEach)
+					}
+				}
+				// 2.2 MB of nacks, at most 1 MiB a frame.
+				if got := r.srv.Stats().PublishAcks; got < 3 {
+					t.Errorf("the nacks came in %d frames, want at least 3", got)
+				}
+			case "cancel":
+				cancel()
+			}
+			waitFor(t, "the nacks' bytes to be given back", func() bool { return r.srv.HeldBytes() == 0 })
+		})
+	}
+}
+
+// TestPublish_WaitingBatchesBoundedPerPeer checks that the batches of one
+// peer that wait for room under the memory budget hold at most
+// max-in-flight-bytes decoded: once one waits, another of the same peer
+// that would take it over is handed back at once, not held decoded and
+// uncounted for the budget wait. Each of these batches is 27 KB on the wire
+// and counted at 315 KB decoded: 3 000 short routes.
+func TestPublish_WaitingBatchesBoundedPerPeer(t *testing.T) {
+	const limit = 512 << 10
+	r := newRig(t, intermediate.WithMaxBatch(256, limit/2), intermediate.WithMaxInFlightBytes(limit),
+		intermediate.WithMemoryBudget(limit, time.Second))
+	sub := r.subscribe("c1", 1000)
+	// The filler takes 400 KiB of the budget: its consumer answers nothing.
+	filler := r.producer("p0")
+	for seq := uint64(1); seq <= 2; seq++ {
+		sendBatch(t, filler, seq, msg("p0", seq, strings.Repeat("f", 200<<10)))
+	}
+	for got := 0; got < 2; got += len(nextDeliveries(t, sub)) {
+	}
+	routes := make([]*messagev1.Route, 300)
+	for i := range routes {
+		routes[i] = &messagev1.Route{Group: fmt.Sprintf("g%d", i)}
+	}
+	batch := func(producer string) []*messagev1.Message {
+		ms := make([]*messagev1.Message, 10)
+		for i := range ms {
+			ms[i] = msg(producer, uint64(i+1), strings.Repeat("x", 400))
+			ms[i].Routes = routes
+		}
+		return ms
+	}
+	first := r.producer("p1")
+	sendBatch(t, first, 1, batch("p1")...)
+	waitFor(t, "the first batch to wait for room", func() bool { return r.srv.WaitingBytes() > 0 })
+	for _, id := range []string{"p2", "p3"} {
+		pub := r.producer(id)
+		sendBatch(t, pub, 1, batch(id)...)
+		_, nacked := collectAcks(t, pub, 10)
+		for seq := uint64(1); seq <= 10; seq++ {
+			if n := nacked[seq]; n.GetReason() != messagev1.NackReason_NACK_REASON_UNAVAILABLE || !strings.Contains(n.GetDetail(), "waiting for room hold") {
+				t.Fatalf("%s: nack of seq %d = %v, want UNAVAILABLE: the batches of this peer waiting for room hold ...", id, seq, n)
+			}
+		}
+	}
+	_, nacked := collectAcks(t, first, 10)
+	if n := nacked[1]; n.GetReason() != messagev1.NackReason_NACK_REASON_UNAVAILABLE || !strings.Contains(n.GetDetail(), "the stream holds") {
+		t.Errorf("p1: nack of seq 1 = %v, want UNAVAILABLE after the budget wait", n)
+	}
+	if got := r.srv.WaitingBytes(); got != 0 {
+		t.Errorf("WaitingBytes() once no batch waits = %d, want 0", got)
 	}
 }

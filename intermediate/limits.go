@@ -98,8 +98,13 @@ func envelopeSize(m *messagev1.Message) int {
 
 // routesSize is the encoded size of m's routes.
 func routesSize(m *messagev1.Message) int {
+	return routesSizeOf(m.GetRoutes())
+}
+
+// routesSizeOf is the encoded size of routes in a message.
+func routesSizeOf(routes []*messagev1.Route) int {
 	n := 0
-	for _, r := range m.GetRoutes() {
+	for _, r := range routes {
 		n += protowire.SizeTag(routesField) + protowire.SizeBytes(r.SizeVT())
 	}
 	return n
@@ -108,11 +113,15 @@ func routesSize(m *messagev1.Message) int {
 // routesCharge is what m's routes cost held: their encoded size and
 // routeOverhead each.
 func routesCharge(m *messagev1.Message) int {
-	routes := m.GetRoutes()
+	return routesChargeOf(m.GetRoutes())
+}
+
+// routesChargeOf is what routes cost held (see routesCharge).
+func routesChargeOf(routes []*messagev1.Route) int {
 	if len(routes) == 0 {
 		return 0
 	}
-	return routesSize(m) + routeOverhead*len(routes)
+	return routesSizeOf(routes) + routeOverhead*len(routes)
 }
 
 // checkRoutes checks the routes of a published message: at most MaxRoutes,

@@ -33,6 +33,7 @@ type pubStream struct {
 	srv         *Server
 	producerID  string
 	producerKey []byte // producerID, the routing key of a message without a key
+	peerKey     string // the peer as max-streams-per-peer counts it
 	forwards    bool   // may carry messages of other producer ids
 	notForward  bool   // a stage's certificate that WithForwarders does not allow to forward
 	incarnation uint64
@@ -44,6 +45,7 @@ type pubStream struct {
 	heldBytes  int // bytes of held, against max-in-flight-bytes
 	acks       []uint64
 	nacks      []*messagev1.Nack
+	nackBytes  int // what the routes in nacks hold, counted as heldBytes until sent
 	noticeSent bool
 	closed     bool
 	received   uint64
@@ -81,6 +83,7 @@ func (ps *publishService) Publish(stream deliveryv1.PublishService_PublishServer
 		notForward:  !forwards && s.opts.forwarders != nil && access.id.Role == tlsutil.RoleStage,
 		producerID:  hello.GetProducerId(),
 		producerKey: []byte(hello.GetProducerId()),
+		peerKey:     peerKey(ctx),
 		incarnation: hello.GetIncarnation(),
 		expectSeq:   1,
 	}
@@ -220,17 +223,21 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 	lim := s.opts.limits()
 	// One allocation for the batch's sizes and charges, one for its held
 	// messages (a slab the batch's messages share), one for the outcomes.
+	// What the batch holds decoded while it waits for room counts its
+	// refused messages too.
 	sc := make([]int, 2*len(msgs))
 	sizes, charges := sc[:len(msgs)], sc[len(msgs):]
-	total := 0
+	total, decoded := 0, 0
 	for i, m := range msgs {
 		sizes[i] = envelopeSize(m)
+		c := sizes[i] + routesCharge(m)
+		decoded += c
 		if sizes[i] <= lim.maxMessageBytes && checkRoutes(m, lim) == nil {
-			charges[i] = sizes[i] + routesCharge(m)
-			total += charges[i]
+			charges[i] = c
+			total += c
 		}
 	}
-	if err := p.reserveBytes(ctx, total); err != nil {
+	if err := p.reserveBytes(ctx, total, decoded); err != nil {
 		if errors.Is(err, errOverBudget) {
 			s.mu.Lock()
 			for i := range msgs {
@@ -292,6 +299,40 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 	return nil
 }
 
+// maxAckFrameNackBytes bounds the encoded nacks of one acknowledgement
+// frame (at least one nack a frame). gRPC takes a frame of any size into
+// its buffers before flow control holds it back, so this is what a
+// producer that stops reading its stream can make wait there outside the
+// byte limits; it is also well under the 4 MiB gRPC clients receive by
+// default. The rest waits in p.nacks, counted, for the next frame.
+const maxAckFrameNackBytes = 1 << 20
+
+// takeNacksLocked takes the nacks of the next acknowledgement frame, at
+// most maxAckFrameNackBytes of them, and the bytes their routes are
+// counted at.
+func (p *pubStream) takeNacksLocked() (nacks []*messagev1.Nack, held int) {
+	if len(p.nacks) == 0 {
+		return nil, 0
+	}
+	n, size := 0, 0
+	for _, nk := range p.nacks {
+		size += nk.SizeVT()
+		if n > 0 && size > maxAckFrameNackBytes {
+			break
+		}
+		held += routesChargeOf(nk.GetRoutes())
+		n++
+	}
+	nacks = p.nacks[:n:n]
+	if n == len(p.nacks) {
+		p.nacks = nil
+	} else {
+		p.nacks = p.nacks[n:]
+	}
+	p.nackBytes -= held
+	return nacks, held
+}
+
 // nackLocked hands back a message that was never held.
 func (p *pubStream) nackLocked(seq uint64, reason messagev1.NackReason, detail string) {
 	p.nacks = append(p.nacks, &messagev1.Nack{Seq: seq, Reason: reason, Detail: detail})
@@ -342,8 +383,8 @@ func (p *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServi
 		if len(p.acks) > 0 {
 			acks, p.acks = p.acks, spare[:0]
 		}
-		nacks := p.nacks
-		p.nacks = nil
+		nacks, nackBytes := p.takeNacksLocked()
+		more := len(p.nacks) > 0
 		var notice *messagev1.DrainNotice
 		if s.draining && !p.noticeSent {
 			notice = s.drainNotice
@@ -364,7 +405,15 @@ func (p *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServi
 			s.nacked.Add(uint64(len(nacks)))
 			s.frames.publishAcks.Add(1)
 			ack := &deliveryv1.PublishAck{Acked: seqrange.Build(acks), Nacked: nacks}
-			if err := stream.Send(&deliveryv1.PublishResponse{Kind: &deliveryv1.PublishResponse_Ack{Ack: ack}}); err != nil {
+			err := stream.Send(&deliveryv1.PublishResponse{Kind: &deliveryv1.PublishResponse_Ack{Ack: ack}})
+			if nackBytes > 0 {
+				// The routes were held until Send returned: a producer that
+				// does not read its stream blocks it (HTTP/2 flow control).
+				s.mu.Lock()
+				s.releaseBytesLocked(p, nackBytes)
+				s.mu.Unlock()
+			}
+			if err != nil {
 				p.cancel(err)
 				return
 			}
@@ -378,6 +427,9 @@ func (p *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServi
 				p.cancel(err)
 				return
 			}
+			continue
+		}
+		if more {
 			continue
 		}
 		select {

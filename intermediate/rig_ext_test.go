@@ -98,7 +98,14 @@ func (r *rig) publish(hello *deliveryv1.PublishHello) (deliveryv1.PublishService
 	r.t.Helper()
 	ctx, cancel := context.WithCancel(r.ctx())
 	r.t.Cleanup(cancel)
-	stream, err := deliveryv1.NewPublishServiceClient(r.conn).Publish(ctx)
+	return r.publishOn(ctx, r.conn, hello)
+}
+
+// publishOn opens a publish stream on conn that ends with ctx and reads the
+// welcome.
+func (r *rig) publishOn(ctx context.Context, conn *grpc.ClientConn, hello *deliveryv1.PublishHello) (deliveryv1.PublishService_PublishClient, *deliveryv1.PublishWelcome) {
+	r.t.Helper()
+	stream, err := deliveryv1.NewPublishServiceClient(conn).Publish(ctx)
 	if err != nil {
 		r.t.Fatalf("Publish() = %v", err)
 	}

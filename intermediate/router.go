@@ -342,16 +342,18 @@ func (s *Server) finishLocked(h *held, nack *messagev1.Nack) {
 	p.held.Remove(h.seq)
 	p.inFlight = p.held.Len()
 	s.heldTotal--
-	s.releaseBytesLocked(p, h.charge)
 	if nack == nil {
 		p.acks = append(p.acks, h.seq)
 	} else {
 		nack.Seq = h.seq
 		if butterfly.Transient(nack.GetReason()) {
 			nack.Routes = routesOf(h)
+			// The routes stay counted until the nack is sent (sendLoop).
+			p.holdNackLocked(routesChargeOf(nack.Routes))
 		}
 		p.nacks = append(p.nacks, nack)
 	}
+	s.releaseBytesLocked(p, h.charge)
 	h.routeKey, h.routes = nil, nil
 	p.wakeUp()
 	if s.heldTotal == 0 {
@@ -421,7 +423,8 @@ func (s *Server) abandonLocked(p *pubStream) {
 	}
 	p.held.Clear()
 	p.inFlight = 0
-	p.acks, p.nacks = nil, nil
+	s.releaseBytesLocked(p, p.nackBytes)
+	p.acks, p.nacks, p.nackBytes = nil, nil, 0
 	p.closed = true
 	delete(s.pubs, p)
 	s.poke()
