@@ -1,7 +1,9 @@
 package integration
 
 import (
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -45,5 +47,45 @@ func TestIntegration_MutualTLS(t *testing.T) {
 	seen, _ := m.handled()
 	if len(seen["p2"]) != 0 {
 		t.Errorf("messages of the refused producer were handled: %d", len(seen["p2"]))
+	}
+}
+
+// TestCLI_StageRefusedDownstream runs a stage whose certificate the
+// downstream intermediate does not let forward (`--forwarders=`): the real
+// binary exits 1 with the refusal, naming the flag, as its last line, and
+// what it took is left unacknowledged upstream, not handed back for good,
+// so its producer still holds every message to send again.
+func TestCLI_StageRefusedDownstream(t *testing.T) {
+	m := newMesh(t)
+	m.startEtcd()
+	dir := filepath.Join(m.dir, "certs")
+	if code, out, errOut := runCLI(t, 30*time.Second, "certs", "--dir", dir, "--hosts", "127.0.0.2,127.0.0.3", "--producer-id", "p1", "--stage-id", "s1"); code != 0 {
+		t.Fatalf("butterfly certs = exit %d: %s %s", code, out, errOut)
+	}
+	ca := filepath.Join(dir, "ca.pem")
+	server := []string{"--tls-cert", filepath.Join(dir, "server.pem"), "--tls-key", filepath.Join(dir, "server-key.pem"), "--tls-ca", ca}
+	role := func(base string) []string {
+		return []string{"--tls-cert", filepath.Join(dir, base+".pem"), "--tls-key", filepath.Join(dir, base+"-key.pem"), "--tls-ca", ca}
+	}
+	m.startIntermediate("upstream", "127.0.0.2", append(server, "--service", "requests")...)
+	m.startIntermediate("downstream", "127.0.0.3", append(server, "--service", "replies", "--forwarders=")...)
+	stage := m.start("s1", append([]string{"stage", "--id", "s1", "--from", "requests", "--to", "replies", "--close-timeout", "3s"}, role("stage-s1")...)...)
+	p := m.start("p1", append([]string{"produce", "--id", "p1", "--service", "requests", "--count", "5", "--close-timeout", "3s"}, role("producer-p1")...)...)
+
+	if code := stage.wait(runTimeout); code != 1 {
+		t.Errorf("butterfly stage refused downstream = exit %d, want 1", code)
+	}
+	errb, _ := os.ReadFile(stage.stderr)
+	lines := strings.Split(strings.TrimSpace(string(errb)), "\n")
+	if last := lines[len(lines)-1]; !strings.HasPrefix(last, "butterfly: ") || !strings.Contains(last, "--forwarders") || !strings.Contains(last, `"s1"`) {
+		t.Errorf("butterfly stage's last line = %q, want the refusal naming stage \"s1\" and --forwarders", last)
+	}
+	if code := p.wait(runTimeout); code != 3 {
+		t.Errorf("butterfly produce = exit %d, want 3 (messages unacknowledged at its close timeout)", code)
+	}
+	var s producerSummary
+	p.lastJSON(&s)
+	if s.Sent != 5 || s.Acked != 0 || s.Nacked != 0 || s.Unacked != 5 {
+		t.Errorf("producer summary %+v, want 5 sent, none acknowledged or handed back for good, 5 unacknowledged", s)
 	}
 }
