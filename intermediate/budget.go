@@ -26,10 +26,6 @@ import (
 // errOverBudget is wrapped by the error of a batch that did not fit in time.
 var errOverBudget = errors.New("over the memory budget")
 
-// errPeerWaiting is wrapped by the error of a batch handed back at once
-// because the batches of its peer that wait for room are at their bound.
-var errPeerWaiting = fmt.Errorf("%w", errOverBudget)
-
 // reserveBytes counts n bytes of a batch against the stream's and the
 // process's byte limits, waiting up to the budget wait for room. It returns
 // an error wrapping errOverBudget when there was none in time, or the
@@ -61,10 +57,6 @@ func (p *pubStream) reserveBytes(ctx context.Context, n, decoded int) error {
 			if s.waitingBytes[p.peerKey] -= decoded; s.waitingBytes[p.peerKey] <= 0 {
 				delete(s.waitingBytes, p.peerKey)
 			}
-			if s.waiterLeft != nil {
-				close(s.waiterLeft)
-				s.waiterLeft = nil
-			}
 		}
 	}()
 	for {
@@ -80,7 +72,7 @@ func (p *pubStream) reserveBytes(ctx context.Context, n, decoded int) error {
 		if timer == nil {
 			if w := s.waitingBytes[p.peerKey]; w > 0 && w+decoded > s.opts.maxInFlightBytes {
 				return fmt.Errorf("intermediate: batch of %d bytes does not fit, and the batches of this peer waiting for room hold %d bytes of max-in-flight-bytes %d: %w",
-					n, w, s.opts.maxInFlightBytes, errPeerWaiting)
+					n, w, s.opts.maxInFlightBytes, errOverBudget)
 			}
 			s.waitingBytes[p.peerKey] += decoded
 			waiting = true
@@ -106,39 +98,6 @@ func (p *pubStream) reserveBytes(ctx context.Context, n, decoded int) error {
 		s.mu.Lock()
 		if err != nil {
 			return err
-		}
-	}
-}
-
-// awaitPeerRoom waits, reading nothing more from p's stream, until no
-// batch of p's peer waits for room, the budget wait passes, or the stream
-// or the server ends. It follows a batch handed back at once for its peer's
-// bound, which is held by nobody meanwhile: its producer sends it again,
-// and HTTP/2 flow control holds that back as it would have held the batch
-// had it waited, instead of the two trading it at once again and again.
-func (p *pubStream) awaitPeerRoom(ctx context.Context) {
-	s := p.srv
-	timer := time.NewTimer(s.opts.budgetWait)
-	defer timer.Stop()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for s.waitingBytes[p.peerKey] > 0 {
-		if s.waiterLeft == nil {
-			s.waiterLeft = make(chan struct{})
-		}
-		left := s.waiterLeft
-		s.mu.Unlock()
-		ended := true
-		select {
-		case <-left:
-			ended = false
-		case <-timer.C:
-		case <-ctx.Done():
-		case <-s.stopCh:
-		}
-		s.mu.Lock()
-		if ended {
-			return
 		}
 	}
 }

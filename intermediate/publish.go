@@ -38,7 +38,6 @@ type pubStream struct {
 	notForward  bool   // a stage's certificate that WithForwarders does not allow to forward
 	incarnation uint64
 	expectSeq   uint64 // next stream sequence number; receive goroutine only
-	awaitPeer   bool   // a batch was handed back for its peer's bound; receive goroutine only
 
 	// Guarded by Server.mu.
 	held       seqindex.Index[*held] // by stream sequence number
@@ -155,11 +154,6 @@ func (p *pubStream) recvLoop(ctx context.Context, stream deliveryv1.PublishServi
 		case *deliveryv1.PublishRequest_Batch:
 			p.busy.Store(true)
 			err := p.admit(ctx, k.Batch)
-			if err == nil && p.awaitPeer {
-				p.awaitPeer = false
-				req, k = nil, nil // the batch, handed back, is not held meanwhile
-				p.awaitPeerRoom(ctx)
-			}
 			p.touch()
 			p.busy.Store(false)
 			if err != nil {
@@ -250,7 +244,6 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 				p.nackLocked(first+uint64(i), messagev1.NackReason_NACK_REASON_UNAVAILABLE, err.Error())
 			}
 			s.mu.Unlock()
-			p.awaitPeer = errors.Is(err, errPeerWaiting)
 			return nil
 		}
 		return err
@@ -413,9 +406,6 @@ func (p *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServi
 			s.frames.publishAcks.Add(1)
 			ack := &deliveryv1.PublishAck{Acked: seqrange.Build(acks), Nacked: nacks}
 			err := stream.Send(&deliveryv1.PublishResponse{Kind: &deliveryv1.PublishResponse_Ack{Ack: ack}})
-			// The rest of p.nacks may share their array: what was sent must
-			// not stay reachable through it.
-			clear(nacks)
 			if nackBytes > 0 {
 				// The routes were held until Send returned: a producer that
 				// does not read its stream blocks it (HTTP/2 flow control).

@@ -84,8 +84,7 @@ type Server struct {
 	// waitingBytes is, by peer (peerKey), what the batches that wait for
 	// room hold decoded: bounded by max-in-flight-bytes.
 	waitingBytes map[string]int
-	waiterLeft   chan struct{} // closed when a batch stops waiting for room; nil while nobody awaits it
-	admitted     uint64        // messages admitted so far: the order of held
+	admitted     uint64 // messages admitted so far: the order of held
 	pubs         map[*pubStream]struct{}
 	subs         map[*subStream]struct{}
 	groups       map[string]*group       // from etcd, and groups with streams here
