@@ -19,9 +19,10 @@ import (
 // enough or the budget wait passes; then its messages are handed back with
 // NACK_REASON_UNAVAILABLE, and the producer, which keeps them, sends them
 // again. A consumer that grants no credit can therefore hold at most the
-// budget, not grow the process. The routes a nack hands back stay counted
-// until the nack is sent, so a producer that stops reading its stream
-// cannot make them outgrow the budget either.
+// budget, not grow the process. A batch waits encoded, at its size on the
+// wire, and the routes a nack hands back stay counted until the nack is
+// sent, so neither what a producer sends nor a producer that stops reading
+// its stream can make what is held outside the budget outgrow it.
 
 // errOverBudget is wrapped by the error of a batch that did not fit in time.
 var errOverBudget = errors.New("over the memory budget")
@@ -34,14 +35,9 @@ var errOverBudget = errors.New("over the memory budget")
 // least max-batch-bytes), fits that limit when nothing else is counted
 // against it, so every batch fits once enough is freed.
 //
-// A batch waits decoded, outside the limits: decoded is what it holds so
-// (its refused messages included). The batches of one peer (peerKey: its
-// certificate's identity, else its address) wait together for at most
-// max-in-flight-bytes, and for any size when only one waits; another that
-// would wait is handed back at once. Without that bound, one peer's streams
-// (up to max-streams-per-peer) could each hold a batch of many small routes,
-// which decode to many times their frame.
-func (p *pubStream) reserveBytes(ctx context.Context, n, decoded int) error {
+// pack, when not nil, is called once, without the lock, before the batch
+// first waits: a batch waits encoded (see admit).
+func (p *pubStream) reserveBytes(ctx context.Context, n int, pack func()) error {
 	s := p.srv
 	var timer *time.Timer
 	defer func() {
@@ -51,14 +47,6 @@ func (p *pubStream) reserveBytes(ctx context.Context, n, decoded int) error {
 	}()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	waiting := false
-	defer func() {
-		if waiting {
-			if s.waitingBytes[p.peerKey] -= decoded; s.waitingBytes[p.peerKey] <= 0 {
-				delete(s.waitingBytes, p.peerKey)
-			}
-		}
-	}()
 	for {
 		if (p.heldBytes+n <= s.opts.maxInFlightBytes || p.heldBytes == 0) && (s.heldBytes+n <= s.opts.memoryBudget || s.heldBytes == 0) {
 			p.heldBytes += n
@@ -69,13 +57,14 @@ func (p *pubStream) reserveBytes(ctx context.Context, n, decoded int) error {
 			// Nothing held is waited for any more: hand the batch back.
 			return fmt.Errorf("intermediate: batch of %d bytes: %w", n, errOverBudget)
 		}
+		if pack != nil {
+			s.mu.Unlock()
+			pack()
+			pack = nil
+			s.mu.Lock()
+			continue // room may have come meanwhile
+		}
 		if timer == nil {
-			if w := s.waitingBytes[p.peerKey]; w > 0 && w+decoded > s.opts.maxInFlightBytes {
-				return fmt.Errorf("intermediate: batch of %d bytes does not fit, and the batches of this peer waiting for room hold %d bytes of max-in-flight-bytes %d: %w",
-					n, w, s.opts.maxInFlightBytes, errOverBudget)
-			}
-			s.waitingBytes[p.peerKey] += decoded
-			waiting = true
 			timer = time.NewTimer(s.opts.budgetWait)
 		}
 		if s.bytesFreed == nil {

@@ -27,15 +27,3 @@ func (s *Server) GroupQueue(group string) (queued, unacked, held int) {
 // RouteOverhead is what each route a published message carries is charged
 // beside its encoded size.
 const RouteOverhead = routeOverhead
-
-// WaitingBytes returns what the batches waiting for room under the byte
-// limits hold decoded, all peers together.
-func (s *Server) WaitingBytes() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	n := 0
-	for _, b := range s.waitingBytes {
-		n += b
-	}
-	return n
-}

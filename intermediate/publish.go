@@ -33,7 +33,6 @@ type pubStream struct {
 	srv         *Server
 	producerID  string
 	producerKey []byte // producerID, the routing key of a message without a key
-	peerKey     string // the peer as max-streams-per-peer counts it
 	forwards    bool   // may carry messages of other producer ids
 	notForward  bool   // a stage's certificate that WithForwarders does not allow to forward
 	incarnation uint64
@@ -83,7 +82,6 @@ func (ps *publishService) Publish(stream deliveryv1.PublishService_PublishServer
 		notForward:  !forwards && s.opts.forwarders != nil && access.id.Role == tlsutil.RoleStage,
 		producerID:  hello.GetProducerId(),
 		producerKey: []byte(hello.GetProducerId()),
-		peerKey:     peerKey(ctx),
 		incarnation: hello.GetIncarnation(),
 		expectSeq:   1,
 	}
@@ -223,21 +221,41 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 	lim := s.opts.limits()
 	// One allocation for the batch's sizes and charges, one for its held
 	// messages (a slab the batch's messages share), one for the outcomes.
-	// What the batch holds decoded while it waits for room counts its
-	// refused messages too.
 	sc := make([]int, 2*len(msgs))
 	sizes, charges := sc[:len(msgs)], sc[len(msgs):]
-	total, decoded := 0, 0
+	total := 0
 	for i, m := range msgs {
 		sizes[i] = envelopeSize(m)
-		c := sizes[i] + routesCharge(m)
-		decoded += c
 		if sizes[i] <= lim.maxMessageBytes && checkRoutes(m, lim) == nil {
-			charges[i] = c
-			total += c
+			charges[i] = sizes[i] + routesCharge(m)
+			total += charges[i]
 		}
 	}
-	if err := p.reserveBytes(ctx, total, decoded); err != nil {
+	// A batch that does not fit waits encoded, as it came (at most the
+	// frame limit), not decoded: what is not yet checked (routes, headers)
+	// may decode to many times its bytes, and every stream of every peer
+	// may have a batch waiting. It is decoded again once it fits.
+	var packed []byte
+	pack := func() {
+		if buf, err := b.MarshalVT(); err == nil {
+			packed = buf
+			clear(msgs) // b.Messages: nothing holds them decoded any more
+		}
+	}
+	err := p.reserveBytes(ctx, total, pack)
+	if packed != nil {
+		again := &deliveryv1.PublishBatch{}
+		if uerr := again.UnmarshalVT(packed); uerr != nil || len(again.Messages) != len(msgs) {
+			// What this process encoded does not decode: the stream ends
+			// and its producer sends what it did not hear back about again.
+			return status.Errorf(codes.Internal, "intermediate: batch with first_seq %d, encoded while it waited for room, does not decode again (%d of %d messages): %v",
+				first, len(again.Messages), len(msgs), uerr)
+		}
+		packed = nil
+		msgs = again.Messages
+		b.Messages = msgs
+	}
+	if err != nil {
 		if errors.Is(err, errOverBudget) {
 			s.mu.Lock()
 			for i := range msgs {
@@ -406,9 +424,13 @@ func (p *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServi
 			s.frames.publishAcks.Add(1)
 			ack := &deliveryv1.PublishAck{Acked: seqrange.Build(acks), Nacked: nacks}
 			err := stream.Send(&deliveryv1.PublishResponse{Kind: &deliveryv1.PublishResponse_Ack{Ack: ack}})
+			// The rest of p.nacks may share their array: what was sent must
+			// not stay reachable through it.
+			clear(nacks)
 			if nackBytes > 0 {
-				// The routes were held until Send returned: a producer that
-				// does not read its stream blocks it (HTTP/2 flow control).
+				// Counted until Send returned: gRPC takes the frame, and the
+				// next one waits in Send while the producer does not read
+				// (HTTP/2 flow control).
 				s.mu.Lock()
 				s.releaseBytesLocked(p, nackBytes)
 				s.mu.Unlock()

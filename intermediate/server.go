@@ -81,19 +81,16 @@ type Server struct {
 	heldTotal   int
 	heldBytes   int           // bytes of held messages, against the memory budget
 	bytesFreed  chan struct{} // closed when heldBytes falls; nil while nobody waits
-	// waitingBytes is, by peer (peerKey), what the batches that wait for
-	// room hold decoded: bounded by max-in-flight-bytes.
-	waitingBytes map[string]int
-	admitted     uint64 // messages admitted so far: the order of held
-	pubs         map[*pubStream]struct{}
-	subs         map[*subStream]struct{}
-	groups       map[string]*group       // from etcd, and groups with streams here
-	declared     []*group                // the declared groups of groups, by name (setDeclaredLocked)
-	unrouted     []*held                 // admitted while no group was declared
-	parked       map[string][]*delivery  // waiting for the owner or a consumer of the group
-	awayWarned   map[[2]string]time.Time // group and owner -> when handing back its messages was last logged
-	subsRead     bool                    // the subscriptions were read from etcd once
-	subsChanged  chan struct{}           // closed and replaced when the subscriptions change
+	admitted    uint64        // messages admitted so far: the order of held
+	pubs        map[*pubStream]struct{}
+	subs        map[*subStream]struct{}
+	groups      map[string]*group       // from etcd, and groups with streams here
+	declared    []*group                // the declared groups of groups, by name (setDeclaredLocked)
+	unrouted    []*held                 // admitted while no group was declared
+	parked      map[string][]*delivery  // waiting for the owner or a consumer of the group
+	awayWarned  map[[2]string]time.Time // group and owner -> when handing back its messages was last logged
+	subsRead    bool                    // the subscriptions were read from etcd once
+	subsChanged chan struct{}           // closed and replaced when the subscriptions change
 }
 
 type drainRequest struct {
@@ -128,23 +125,22 @@ func New(cli *clientv3.Client, service, instance string, opts ...Option) (*Serve
 	}
 	o.ownerWait = min(o.ownerWait, o.noConsumerTimeout)
 	s := &Server{
-		cli:          cli,
-		service:      service,
-		instance:     instance,
-		opts:         o,
-		log:          o.logger.With("service", service, "instance", instance),
-		started:      time.Now(),
-		ready:        make(chan struct{}),
-		drainCh:      make(chan drainRequest, 1),
-		stopCh:       make(chan struct{}),
-		done:         make(chan struct{}),
-		changed:      make(chan struct{}, 1),
-		pubs:         make(map[*pubStream]struct{}),
-		subs:         make(map[*subStream]struct{}),
-		groups:       make(map[string]*group),
-		parked:       make(map[string][]*delivery),
-		waitingBytes: make(map[string]int),
-		awayWarned:   make(map[[2]string]time.Time),
+		cli:        cli,
+		service:    service,
+		instance:   instance,
+		opts:       o,
+		log:        o.logger.With("service", service, "instance", instance),
+		started:    time.Now(),
+		ready:      make(chan struct{}),
+		drainCh:    make(chan drainRequest, 1),
+		stopCh:     make(chan struct{}),
+		done:       make(chan struct{}),
+		changed:    make(chan struct{}, 1),
+		pubs:       make(map[*pubStream]struct{}),
+		subs:       make(map[*subStream]struct{}),
+		groups:     make(map[string]*group),
+		parked:     make(map[string][]*delivery),
+		awayWarned: make(map[[2]string]time.Time),
 
 		subsChanged: make(chan struct{}),
 		subsReady:   make(chan struct{}),
