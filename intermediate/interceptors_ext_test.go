@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/butterfly-mesh/butterfly"
@@ -472,7 +473,8 @@ func TestPublish_UnsentNacksCountAgainstTheBudget(t *testing.T) {
 // routes of one letter decode to about 18 times their bytes, and every
 // stream may have a batch waiting, uncounted. Each of the eight batches
 // here is 100 KB on the wire and about 1.6 MB decoded. Once room comes they
-// are decoded again and delivered whole, headers and all.
+// are decoded again and delivered whole, headers and all, the first of
+// each with a field only protobuf-go decodes.
 func TestPublish_WaitingBatchesWaitEncoded(t *testing.T) {
 	const limit = 512 << 10
 	const streams, each = 8, 20
@@ -508,6 +510,10 @@ func TestPublish_WaitingBatchesWaitEncoded(t *testing.T) {
 			ms[i].Routes = routes
 			ms[i].Headers = map[string]string{"n": fmt.Sprintf("%s/%d", id, i+1)}
 		}
+		// A known field (create_time_unix_nano, a varint) sent as bytes:
+		// protobuf-go keeps it as an unknown field, which the generated
+		// decoder refuses.
+		ms[0].ProtoReflect().SetUnknown(protowire.AppendBytes(protowire.AppendTag(nil, 5, protowire.BytesType), []byte("zz")))
 		sendBatch(t, pubs[k], 1, ms...)
 	}
 	waitFor(t, "every batch to be read", func() bool { return r.srv.Stats().Received == 2+streams*each })

@@ -16,6 +16,7 @@ import (
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/internal/seqindex"
 	"github.com/butterfly-mesh/butterfly/internal/seqrange"
+	"github.com/butterfly-mesh/butterfly/internal/vtcodec"
 	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
 )
 
@@ -244,12 +245,18 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 	}
 	err := p.reserveBytes(ctx, total, pack)
 	if packed != nil {
+		// Decoded as the codec decoded the frame, it is what it was.
 		again := &deliveryv1.PublishBatch{}
-		if uerr := again.UnmarshalVT(packed); uerr != nil || len(again.Messages) != len(msgs) {
-			// What this process encoded does not decode: the stream ends
-			// and its producer sends what it did not hear back about again.
-			return status.Errorf(codes.Internal, "intermediate: batch with first_seq %d, encoded while it waited for room, does not decode again (%d of %d messages): %v",
-				first, len(again.Messages), len(msgs), uerr)
+		if derr := vtcodec.Decode(packed, again); derr != nil || len(again.Messages) != len(msgs) {
+			if err == nil {
+				s.mu.Lock()
+				s.releaseBytesLocked(p, total)
+				s.mu.Unlock()
+			}
+			// The stream ends, and its producer sends what it did not hear
+			// back about again.
+			return status.Errorf(codes.Internal, "intermediate: batch with first_seq %d of %d messages, encoded while it waited for room, does not decode again: %v",
+				first, len(msgs), derr)
 		}
 		packed = nil
 		msgs = again.Messages

@@ -117,6 +117,26 @@ func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	return nil
 }
 
+// Decode decodes b into m as Unmarshal decodes a frame: with vtprotobuf,
+// and with protobuf-go where vtprotobuf refuses it (a known field of the
+// wrong wire type, which protobuf-go keeps as an unknown field). What
+// Unmarshal decoded, encoded again, decodes so.
+func Decode(b []byte, m Message) error {
+	pm, ok := m.(proto.Message)
+	if !ok {
+		return fmt.Errorf("vtcodec: %T is not a protobuf message", m)
+	}
+	proto.Reset(pm)
+	if err := m.UnmarshalVT(b); err == nil && m.SizeVT() == len(b) {
+		return nil
+	}
+	proto.Reset(pm)
+	if err := proto.Unmarshal(b, pm); err != nil {
+		return fmt.Errorf("vtcodec: %T: %w", m, err)
+	}
+	return nil
+}
+
 // ServerOption makes a server use the codec for every call.
 func ServerOption() grpc.ServerOption { return grpc.ForceServerCodecV2(Codec{}) }
 

@@ -375,3 +375,37 @@ func TestCodec_BatchAllocationsPerMessage(t *testing.T) {
 		}
 	}
 }
+
+// TestDecode_AsUnmarshal checks that Decode reads what Unmarshal read, once
+// encoded again: a known field of the wrong wire type, which only
+// protobuf-go reads (as an unknown field), and a plain message.
+func TestDecode_AsUnmarshal(t *testing.T) {
+	odd := message("p1", 0, 8)
+	odd.ProtoReflect().SetUnknown(protowire.AppendBytes(protowire.AppendTag(nil, 5, protowire.BytesType), []byte("zz")))
+	for name, in := range map[string]*messagev1.Message{"plain": message("p1", 1, 8), "wrong wire type": odd} {
+		t.Run(name, func(t *testing.T) {
+			frame, err := proto.Marshal(&deliveryv1.PublishBatch{FirstSeq: 3, Messages: []*messagev1.Message{in}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			first := &deliveryv1.PublishBatch{}
+			if err := (vtcodec.Codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(frame)}, first); err != nil {
+				t.Fatalf("Unmarshal() = %v", err)
+			}
+			again, err := first.MarshalVT()
+			if err != nil {
+				t.Fatalf("MarshalVT() = %v", err)
+			}
+			got := &deliveryv1.PublishBatch{FirstSeq: 99}
+			if err := vtcodec.Decode(again, got); err != nil {
+				t.Fatalf("Decode() = %v", err)
+			}
+			if !proto.Equal(got, first) {
+				t.Errorf("Decode() = %v, want %v", got, first)
+			}
+		})
+	}
+	if err := vtcodec.Decode([]byte{0x0a, 0x05, 0x01}, &deliveryv1.PublishBatch{}); err == nil {
+		t.Error("Decode(truncated) = nil, want an error")
+	}
+}
