@@ -237,8 +237,8 @@ func TestProducer_UnavailableNackTriesAnotherStream(t *testing.T) {
 	waitConsumers(t, 1, i1)
 	filler := newRawPublisher(t, i1.addr, "filler")
 	big := &messagev1.Message{Id: &messagev1.MessageId{ProducerId: "filler", Incarnation: 1, Seq: 1}, LowWaterSeq: 1,
-		Payload: append([]byte("hold"), bytes.Repeat([]byte("x"), budget-100)...)}
-	for proto.Size(big) < budget {
+		Payload: append([]byte("hold"), bytes.Repeat([]byte("x"), budget-100-intermediate.MessageOverhead)...)}
+	for proto.Size(big)+intermediate.MessageOverhead < budget {
 		big.Payload = append(big.Payload, 'x')
 	}
 	b := &deliveryv1.PublishBatch{FirstSeq: 1, Messages: []*messagev1.Message{big}}
@@ -247,7 +247,7 @@ func TestProducer_UnavailableNackTriesAnotherStream(t *testing.T) {
 	}
 	waitUntil(t, "c1 holding the filler's message", func() bool { return holding.Load() == 3 })
 	if got := i1.srv.HeldBytes(); got != budget {
-		t.Fatalf("HeldBytes(i1) = %d, want the whole budget %d (the filler's message)", got, budget)
+		t.Fatalf("HeldBytes(i1) = %d, want the whole budget %d (the filler's message and MessageOverhead)", got, budget)
 	}
 	waitProducer(t, "p1", i1)
 

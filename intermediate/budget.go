@@ -13,8 +13,8 @@ import (
 // The memory an intermediate holds for its producers is bounded in bytes as
 // well as in messages: per publish stream (max-in-flight-bytes) and for the
 // whole process (memory-budget), counting every held message at its size as
-// received, and the routes it carries back at what they hold decoded
-// (routesCharge). A batch that does not fit waits, its stream reading nothing more
+// received and MessageOverhead, and the routes it carries back at what they
+// hold decoded (routesCharge). A batch that does not fit waits, its stream reading nothing more
 // meanwhile (HTTP/2 flow control holds its producer back), until acks free
 // enough or the budget wait passes; then its messages are handed back with
 // NACK_REASON_UNAVAILABLE, and the producer, which keeps them, sends them

@@ -164,14 +164,14 @@ func TestDelivery_ResendWithRoutesAtMessageLimit(t *testing.T) {
 		t.Fatalf("proto.Size(message) = %d, want %d", got, limit)
 	}
 	m.Routes = []*messagev1.Route{{Group: "audit", Consumer: "a1", Handled: true}, {Group: intermediate.DefaultGroup, Consumer: "c1"}}
-	charge := proto.Size(m) + 2*intermediate.RouteOverhead
+	charge := proto.Size(m) + 2*intermediate.RouteOverhead + intermediate.MessageOverhead
 	sendBatch(t, pub, 1, m)
 	ds := nextDeliveries(t, sub)
 	if len(ds) != 1 || ds[0].GetMessage().GetId().GetSeq() != 1 || len(ds[0].GetMessage().GetRoutes()) != 0 {
 		t.Fatalf("deliveries = %v, want seq 1 without routes", ds)
 	}
 	if got := r.srv.HeldBytes(); got != charge {
-		t.Errorf("HeldBytes() while delivered = %d, want %d (the message and its two routes)", got, charge)
+		t.Errorf("HeldBytes() while delivered = %d, want %d (the message, its two routes and MessageOverhead)", got, charge)
 	}
 	ackDeliveries(t, sub, &deliveryv1.DeliveryAck{Acked: []*messagev1.SeqRange{{First: ds[0].GetDeliveryId(), Last: ds[0].GetDeliveryId()}}})
 	acked, nacked := collectAcks(t, pub, 1)
@@ -333,7 +333,7 @@ func TestPublish_HostileRoutes(t *testing.T) {
 	// 8 192 bytes and is handed back once the budget wait passed.
 	m5, m6 := withRoutes(5, routes(12, strings.Repeat("h", 300))), withRoutes(6, routes(12, strings.Repeat("k", 300)))
 	charge := func(m *messagev1.Message) int {
-		return proto.Size(m) + len(m.GetRoutes())*intermediate.RouteOverhead
+		return proto.Size(m) + len(m.GetRoutes())*intermediate.RouteOverhead + intermediate.MessageOverhead
 	}
 	sendBatch(t, pub, 5, m5)
 	ds := nextDeliveries(t, sub)
@@ -341,7 +341,7 @@ func TestPublish_HostileRoutes(t *testing.T) {
 		t.Fatalf("deliveries = %v, want message seq 5", ds)
 	}
 	if got, want := r.srv.HeldBytes(), charge(m5); got != want {
-		t.Errorf("HeldBytes() holding message 5 = %d, want %d (its envelope, its routes and %d bytes a route)", got, want, intermediate.RouteOverhead)
+		t.Errorf("HeldBytes() holding message 5 = %d, want %d (its envelope, its routes, %d bytes a route and %d a message)", got, want, intermediate.RouteOverhead, intermediate.MessageOverhead)
 	}
 	sendBatch(t, pub, 6, m6)
 	_, nacked = collectAcks(t, pub, 1)
@@ -554,4 +554,37 @@ func TestPublish_WaitingBatchesWaitEncoded(t *testing.T) {
 		}
 	}
 	waitFor(t, "nothing to be held", func() bool { return r.srv.HeldBytes() == 0 })
+}
+
+// TestPublish_SmallMessagesChargedWhatTheyHold checks that a message of a
+// few bytes is charged what holding it costs (MessageOverhead), not its 13
+// bytes: an intermediate held about 560 bytes for each, so a budget of
+// 64 KiB held some 5 000 of them, 2.8 MB. It now holds about 100, and
+// hands back the rest.
+func TestPublish_SmallMessagesChargedWhatTheyHold(t *testing.T) {
+	const limit, sent = 64 << 10, 1000
+	r := newRig(t, intermediate.WithMaxBatch(256, limit), intermediate.WithMaxInFlightBytes(limit),
+		intermediate.WithMemoryBudget(limit, 50*time.Millisecond))
+	r.subscribe("c1", 1) // answers nothing
+	pub := r.producer("p1")
+	for first := uint64(1); first <= sent; first += 100 {
+		ms := make([]*messagev1.Message, 100)
+		for i := range ms {
+			ms[i] = msg("p1", first+uint64(i), "x")
+		}
+		sendBatch(t, pub, first, ms...)
+	}
+	_, nacked := collectAcks(t, pub, sent-limit/(proto.Size(msg("p1", 1, "x"))+intermediate.MessageOverhead))
+	_, _, held := r.srv.GroupQueue(intermediate.DefaultGroup)
+	if most := limit / intermediate.MessageOverhead; held > most {
+		t.Errorf("held %d messages of 13 bytes under a budget of %d, want at most %d", held, limit, most)
+	}
+	for seq, n := range nacked {
+		if n.GetReason() != messagev1.NackReason_NACK_REASON_UNAVAILABLE {
+			t.Fatalf("nack of seq %d = %v, want UNAVAILABLE", seq, n)
+		}
+	}
+	if got := r.srv.HeldBytes(); got > limit || got != held*(proto.Size(msg("p1", 1, "x"))+intermediate.MessageOverhead) {
+		t.Errorf("HeldBytes() = %d holding %d messages, want %d each, at most %d in all", got, held, proto.Size(msg("p1", 1, "x"))+intermediate.MessageOverhead, limit)
+	}
 }

@@ -32,6 +32,14 @@ const MaxRoutes = 1024
 // each against max-in-flight-bytes and the memory budget, as held.
 const routeOverhead = 96
 
+// MessageOverhead is what every held message is charged against
+// max-in-flight-bytes and the memory budget beside its size: its decoded
+// form and what the intermediate keeps to route it and answer for it (for
+// one group; each further group adds a little). Without it, a producer of
+// messages of a few bytes made an intermediate hold about 30 times what
+// the budget counted.
+const MessageOverhead = 640
+
 // Errors that name a limit. A refused message or frame wraps one of them, so
 // errors.Is tells the limits apart; the text names the option (and the
 // butterfly intermediate flag of the same name).

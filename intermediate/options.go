@@ -342,8 +342,8 @@ func WithForwarders(stageIDs ...string) Option {
 }
 
 // WithMaxInFlightBytes sets how many bytes of messages one publish stream may
-// have held at once, counted as received (default 64 MiB; at least the batch
-// byte limit). See WithMemoryBudget for what happens to a batch over it.
+// have held at once, each counted as received and MessageOverhead (default
+// 64 MiB; at least the batch byte limit). See WithMemoryBudget for what happens to a batch over it.
 func WithMaxInFlightBytes(n int) Option { return func(o *options) { o.maxInFlightBytes = n } }
 
 // WithMemoryBudget sets how many bytes of messages the whole server may hold

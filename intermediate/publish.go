@@ -16,8 +16,8 @@ import (
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/internal/seqindex"
 	"github.com/butterfly-mesh/butterfly/internal/seqrange"
-	"github.com/butterfly-mesh/butterfly/internal/vtcodec"
 	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
+	"github.com/butterfly-mesh/butterfly/internal/vtcodec"
 )
 
 // publishService serves PublishService.
@@ -215,7 +215,8 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 	}
 	s.mu.Unlock()
 	// Every message that may be held counts against the byte limits at its
-	// envelope size and what its routes hold (routesCharge); one over
+	// envelope size, what its routes hold (routesCharge) and
+	// MessageOverhead; one over
 	// max-message-bytes is handed back INVALID below and never held, so
 	// every batch fits once enough is freed, and so is one whose routes
 	// checkRoutes refuses.
@@ -228,7 +229,7 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 	for i, m := range msgs {
 		sizes[i] = envelopeSize(m)
 		if sizes[i] <= lim.maxMessageBytes && checkRoutes(m, lim) == nil {
-			charges[i] = sizes[i] + routesCharge(m)
+			charges[i] = sizes[i] + routesCharge(m) + MessageOverhead
 			total += charges[i]
 		}
 	}

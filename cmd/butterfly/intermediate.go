@@ -72,8 +72,8 @@ goes on; a batch over --max-batch-messages or --max-batch-bytes, a stream
 over --max-in-flight, a peer over --max-streams-per-peer (per certificate
 identity, else per IP address) or a stream over --max-streams (all peers) is
 refused with RESOURCE_EXHAUSTED naming the limit. Held messages count in
-bytes against --max-in-flight-bytes per publish stream and --memory-budget
-for the process: a batch that does not fit waits up to --budget-wait, its
+bytes (their size and 640 bytes each) against --max-in-flight-bytes per
+publish stream and --memory-budget for the process: a batch that does not fit waits up to --budget-wait, its
 stream read no further, then is handed back UNAVAILABLE for its producer to
 send again. A connection that has not finished its TLS handshake and HTTP/2
 preface within --connection-timeout is closed. A message whose seq lies
