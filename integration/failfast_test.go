@@ -84,12 +84,9 @@ const (
 func TestCLI_ComponentFailures(t *testing.T) {
 	m := newMesh(t)
 	m.startEtcd()
-	dir := filepath.Join(m.dir, "certs")
-	if code, out, errOut := runCLI(t, 30*time.Second, "certs", "--dir", dir, "--hosts", "127.0.0.2,127.0.0.3", "--client-id", "p1"); code != 0 {
-		t.Fatalf("butterfly certs = exit %d: %s %s", code, out, errOut)
-	}
+	dir := m.certs("--client-id", "p1")
 	ca := filepath.Join(dir, "ca.pem")
-	client := []string{"--tls-cert", filepath.Join(dir, "client.pem"), "--tls-key", filepath.Join(dir, "client-key.pem"), "--tls-ca", ca}
+	client := tlsFiles(dir, "client")
 	// Service "nobody": no instance registered. Service "tls": an
 	// intermediate with mutual TLS. Service "intermediate": a plaintext one
 	// whose group "g" has no consumer.
@@ -103,9 +100,7 @@ func TestCLI_ComponentFailures(t *testing.T) {
 	if code, out, errOut := runCLI(t, failFastBound, "group", "create", "g", "--etcd-endpoints", m.etcd[0]); code != 0 {
 		t.Fatalf("butterfly group create g = exit %d: %s %s", code, out, errOut)
 	}
-	_, tlsSrv := m.startIntermediate("tls1", "127.0.0.2", "--service", "tls",
-		"--tls-cert", filepath.Join(dir, "server.pem"), "--tls-key", filepath.Join(dir, "server-key.pem"),
-		"--tls-ca", ca, "--tls-client-auth", "require")
+	_, tlsSrv := m.startIntermediate("tls1", "127.0.0.2", append([]string{"--service", "tls", "--tls-client-auth", "require"}, tlsFiles(dir, "server")...)...)
 	_, plainSrv := m.startIntermediate("plain1", "127.0.0.3")
 
 	tests := []struct {

@@ -14,19 +14,12 @@ import (
 func TestIntegration_MutualTLS(t *testing.T) {
 	m := newMesh(t)
 	m.startEtcd()
-	dir := filepath.Join(m.dir, "certs")
-	if code, out, errOut := runCLI(t, 30*time.Second, "certs", "--dir", dir, "--hosts", "127.0.0.2,127.0.0.3", "--client-id", "p1", "--consumer-id", "c1"); code != 0 {
-		t.Fatalf("butterfly certs = exit %d: %s %s", code, out, errOut)
-	}
-	server := []string{"--tls-cert", filepath.Join(dir, "server.pem"), "--tls-key", filepath.Join(dir, "server-key.pem"),
-		"--tls-ca", filepath.Join(dir, "ca.pem"), "--tls-client-auth", "require"}
-	client := []string{"--tls-cert", filepath.Join(dir, "client.pem"), "--tls-key", filepath.Join(dir, "client-key.pem"),
-		"--tls-ca", filepath.Join(dir, "ca.pem")}
+	dir := m.certs("--client-id", "p1", "--consumer-id", "c1")
+	server := append(tlsFiles(dir, "server"), "--tls-client-auth", "require")
 	i1, _ := m.startIntermediate("intermediate1", "127.0.0.2", server...)
 	m.startIntermediate("intermediate2", "127.0.0.3", server...)
-	m.startConsumer("c1", "--tls-cert", filepath.Join(dir, "consumer-c1.pem"), "--tls-key", filepath.Join(dir, "consumer-c1-key.pem"),
-		"--tls-ca", filepath.Join(dir, "ca.pem"))
-	p := m.startProducer("p1", perProducer, rate, client...)
+	m.startConsumer("c1", tlsFiles(dir, "consumer-c1")...)
+	p := m.startProducer("p1", perProducer, rate, tlsFiles(dir, "client")...)
 	waitProgress(t, m, perProducer/2)
 	i1.kill()
 	m.waitProducer(p, perProducer, runTimeout)
@@ -58,19 +51,11 @@ func TestIntegration_MutualTLS(t *testing.T) {
 func TestCLI_StageRefusedDownstream(t *testing.T) {
 	m := newMesh(t)
 	m.startEtcd()
-	dir := filepath.Join(m.dir, "certs")
-	if code, out, errOut := runCLI(t, 30*time.Second, "certs", "--dir", dir, "--hosts", "127.0.0.2,127.0.0.3", "--producer-id", "p1", "--stage-id", "s1"); code != 0 {
-		t.Fatalf("butterfly certs = exit %d: %s %s", code, out, errOut)
-	}
-	ca := filepath.Join(dir, "ca.pem")
-	server := []string{"--tls-cert", filepath.Join(dir, "server.pem"), "--tls-key", filepath.Join(dir, "server-key.pem"), "--tls-ca", ca}
-	role := func(base string) []string {
-		return []string{"--tls-cert", filepath.Join(dir, base+".pem"), "--tls-key", filepath.Join(dir, base+"-key.pem"), "--tls-ca", ca}
-	}
-	m.startIntermediate("upstream", "127.0.0.2", append(server, "--service", "requests")...)
-	m.startIntermediate("downstream", "127.0.0.3", append(server, "--service", "replies", "--forwarders=")...)
-	stage := m.start("s1", append([]string{"stage", "--id", "s1", "--from", "requests", "--to", "replies", "--close-timeout", "3s"}, role("stage-s1")...)...)
-	p := m.start("p1", append([]string{"produce", "--id", "p1", "--service", "requests", "--count", "5", "--close-timeout", "3s"}, role("producer-p1")...)...)
+	dir := m.certs("--producer-id", "p1", "--stage-id", "s1")
+	m.startIntermediate("upstream", "127.0.0.2", append(tlsFiles(dir, "server"), "--service", "requests")...)
+	m.startIntermediate("downstream", "127.0.0.3", append(tlsFiles(dir, "server"), "--service", "replies", "--forwarders=")...)
+	stage := m.start("s1", append([]string{"stage", "--id", "s1", "--from", "requests", "--to", "replies", "--close-timeout", "3s"}, tlsFiles(dir, "stage-s1")...)...)
+	p := m.start("p1", append([]string{"produce", "--id", "p1", "--service", "requests", "--count", "5", "--close-timeout", "3s"}, tlsFiles(dir, "producer-p1")...)...)
 
 	if code := stage.wait(runTimeout); code != 1 {
 		t.Errorf("butterfly stage refused downstream = exit %d, want 1", code)
@@ -88,4 +73,24 @@ func TestCLI_StageRefusedDownstream(t *testing.T) {
 	if s.Sent != 5 || s.Acked != 0 || s.Nacked != 0 || s.Unacked != 5 {
 		t.Errorf("producer summary %+v, want 5 sent, none acknowledged or handed back for good, 5 unacknowledged", s)
 	}
+}
+
+// certs writes the certificates of `butterfly certs` for the lab's
+// loopback hosts 127.0.0.2 and 127.0.0.3, with the role flags given, and
+// returns their directory.
+func (m *mesh) certs(roles ...string) string {
+	m.t.Helper()
+	dir := filepath.Join(m.dir, "certs")
+	args := append([]string{"certs", "--dir", dir, "--hosts", "127.0.0.2,127.0.0.3"}, roles...)
+	if code, out, errOut := runCLI(m.t, 30*time.Second, args...); code != 0 {
+		m.t.Fatalf("butterfly certs = exit %d: %s %s", code, out, errOut)
+	}
+	return dir
+}
+
+// tlsFiles returns the TLS flags of the certificate base.pem in dir, its
+// key and the CA.
+func tlsFiles(dir, base string) []string {
+	return []string{"--tls-cert", filepath.Join(dir, base+".pem"), "--tls-key", filepath.Join(dir, base+"-key.pem"),
+		"--tls-ca", filepath.Join(dir, "ca.pem")}
 }
