@@ -12,11 +12,11 @@ import (
 
 // The memory an intermediate holds for its producers is bounded in bytes as
 // well as in messages: per publish stream (max-in-flight-bytes) and for the
-// whole process (memory-budget), counting every held message at its size as
-// received and MessageOverhead, and the routes it carries back at what they
-// hold decoded (routesCharge). A batch that does not fit waits, its stream reading nothing more
-// meanwhile (HTTP/2 flow control holds its producer back), until acks free
-// enough or the budget wait passes; then its messages are handed back with
+// whole process (memory-budget), counting every held message at its size
+// as received plus MessageOverhead, and the routes it carries back at what
+// they hold decoded (routesCharge). A batch that does not fit waits, its
+// stream reading nothing more meanwhile (HTTP/2 flow control holds its
+// producer back), until acks free enough or the budget wait passes; then its messages are handed back with
 // NACK_REASON_UNAVAILABLE, and the producer, which keeps them, sends them
 // again. A consumer that grants no credit can therefore hold at most the
 // budget, not grow the process. A batch waits encoded, at its size on the
@@ -106,10 +106,10 @@ func (s *Server) releaseBytesLocked(p *pubStream, n int) {
 }
 
 // holdNackLocked counts n bytes of the routes of a nack p has not sent
-// against its and the process's byte limits, without waiting: they are
-// what the message they replace was charged, and the routes of this
-// intermediate's own groups. sendLoop gives them back once the nack is
-// sent, abandonLocked when the stream ends first.
+// against its and the process's byte limits, without waiting: they are the
+// routes the message came with and those of this intermediate's own
+// groups. sendLoop gives them back once the nack is sent, abandonLocked
+// when the stream ends first.
 func (p *pubStream) holdNackLocked(n int) {
 	p.nackBytes += n
 	p.heldBytes += n

@@ -36,7 +36,7 @@ const routeOverhead = 96
 // max-in-flight-bytes and the memory budget beside its size: its decoded
 // form and what the intermediate keeps to route it and answer for it (for
 // one group; each further group adds a little). Without it, a producer of
-// messages of a few bytes made an intermediate hold about 30 times what
+// messages of a few bytes made an intermediate hold about 40 times what
 // the budget counted.
 const MessageOverhead = 640
 
@@ -99,7 +99,7 @@ const routesField protowire.Number = 8
 // the producer sends back with the message; a message at max-message-bytes
 // must not be refused for carrying them. The size and batch limits count
 // this size; max-in-flight-bytes and the memory budget count it plus
-// routesCharge.
+// routesCharge and MessageOverhead.
 func envelopeSize(m *messagev1.Message) int {
 	return m.SizeVT() - routesSize(m)
 }

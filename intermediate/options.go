@@ -342,12 +342,14 @@ func WithForwarders(stageIDs ...string) Option {
 }
 
 // WithMaxInFlightBytes sets how many bytes of messages one publish stream may
-// have held at once, each counted as received and MessageOverhead (default
-// 64 MiB; at least the batch byte limit). See WithMemoryBudget for what happens to a batch over it.
+// have held at once, each counted at its size as received plus
+// MessageOverhead (default 64 MiB; at least the batch byte limit). See
+// WithMemoryBudget for what happens to a batch over it.
 func WithMaxInFlightBytes(n int) Option { return func(o *options) { o.maxInFlightBytes = n } }
 
 // WithMemoryBudget sets how many bytes of messages the whole server may hold
-// at once (default 256 MiB; at least the in-flight byte limit). A batch that
+// at once, counted as WithMaxInFlightBytes counts them (default 256 MiB; at
+// least the in-flight byte limit). A batch that
 // would exceed it, or its stream's in-flight byte limit, waits for room,
 // reading nothing more from its stream meanwhile, for up to wait (default
 // 1s); then its messages are handed back with NACK_REASON_UNAVAILABLE, which

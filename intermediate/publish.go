@@ -215,11 +215,10 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 	}
 	s.mu.Unlock()
 	// Every message that may be held counts against the byte limits at its
-	// envelope size, what its routes hold (routesCharge) and
-	// MessageOverhead; one over
-	// max-message-bytes is handed back INVALID below and never held, so
-	// every batch fits once enough is freed, and so is one whose routes
-	// checkRoutes refuses.
+	// envelope size, what its routes hold (routesCharge) and MessageOverhead;
+	// one over max-message-bytes is handed back INVALID below and never
+	// held, and so is one whose routes checkRoutes refuses, so every batch
+	// fits once enough is freed.
 	lim := s.opts.limits()
 	// One allocation for the batch's sizes and charges, one for its held
 	// messages (a slab the batch's messages share), one for the outcomes.
@@ -236,7 +235,8 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 	// A batch that does not fit waits encoded, as it came (at most the
 	// frame limit), not decoded: what is not yet checked (routes, headers)
 	// may decode to many times its bytes, and every stream of every peer
-	// may have a batch waiting. It is decoded again once it fits.
+	// may have a batch waiting. It is decoded again once it fits or is
+	// handed back.
 	var packed []byte
 	pack := func() {
 		if buf, err := b.MarshalVT(); err == nil {
@@ -248,7 +248,11 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 	if packed != nil {
 		// Decoded as the codec decoded the frame, it is what it was.
 		again := &deliveryv1.PublishBatch{}
-		if derr := vtcodec.Decode(packed, again); derr != nil || len(again.Messages) != len(msgs) {
+		derr := vtcodec.Decode(packed, again)
+		if derr == nil && len(again.Messages) != len(msgs) {
+			derr = fmt.Errorf("%d messages, not %d", len(again.Messages), len(msgs))
+		}
+		if derr != nil {
 			if err == nil {
 				s.mu.Lock()
 				s.releaseBytesLocked(p, total)
@@ -256,8 +260,7 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 			}
 			// The stream ends, and its producer sends what it did not hear
 			// back about again.
-			return status.Errorf(codes.Internal, "intermediate: batch with first_seq %d of %d messages, encoded while it waited for room, does not decode again: %v",
-				first, len(msgs), derr)
+			return status.Errorf(codes.Internal, "intermediate: batch with first_seq %d, encoded while it waited for room, does not decode again: %v", first, derr)
 		}
 		packed = nil
 		msgs = again.Messages

@@ -73,9 +73,9 @@ over --max-in-flight, a peer over --max-streams-per-peer (per certificate
 identity, else per IP address) or a stream over --max-streams (all peers) is
 refused with RESOURCE_EXHAUSTED naming the limit. Held messages count in
 bytes (their size and 640 bytes each) against --max-in-flight-bytes per
-publish stream and --memory-budget for the process: a batch that does not fit waits up to --budget-wait, its
-stream read no further, then is handed back UNAVAILABLE for its producer to
-send again. A connection that has not finished its TLS handshake and HTTP/2
+publish stream and --memory-budget for the process: a batch that does not
+fit waits up to --budget-wait, its stream read no further, then is handed
+back UNAVAILABLE for its producer to send again. A connection that has not finished its TLS handshake and HTTP/2
 preface within --connection-timeout is closed. A message whose seq lies
 outside its producer's window (low_water_seq + 2^24) is handed back INVALID.`,
 		Example: `  butterfly intermediate --name intermediate1 --listen 127.0.0.2:7001
