@@ -176,12 +176,25 @@ func validateClientID(id string) error {
 
 // loadOrCreateCA returns the CA in dir, or creates one when dir has none.
 func loadOrCreateCA(dir string, now time.Time) (*x509.Certificate, crypto.Signer, error) {
+	cert, key, err := loadCA(dir, now)
+	if errors.Is(err, errNoCA) {
+		return createCA(dir, now)
+	}
+	return cert, key, err
+}
+
+// errNoCA: a directory holds neither CA file.
+var errNoCA = errors.New("tlsutil: no CA")
+
+// loadCA returns the CA in dir, valid at now, or errNoCA when dir has
+// neither of its files.
+func loadCA(dir string, now time.Time) (*x509.Certificate, crypto.Signer, error) {
 	certPath, keyPath := filepath.Join(dir, CAFile), filepath.Join(dir, CAKeyFile)
 	certPEM, certErr := os.ReadFile(certPath)
 	keyPEM, keyErr := os.ReadFile(keyPath)
 	switch {
 	case errors.Is(certErr, os.ErrNotExist) && errors.Is(keyErr, os.ErrNotExist):
-		return createCA(dir, now)
+		return nil, nil, fmt.Errorf("%w in %s (%s, %s)", errNoCA, dir, CAFile, CAKeyFile)
 	case certErr != nil:
 		return nil, nil, fmt.Errorf("tlsutil: CA: %w", certErr)
 	case keyErr != nil:
@@ -378,21 +391,9 @@ func parseKeyPEM(data []byte) (crypto.Signer, error) {
 // serial number. It serves certificates GenerateDev does not write, such as
 // an expired one or one with unusual URIs.
 func IssueClient(pki, dir string, tmpl *x509.Certificate) (Files, error) {
-	certPEM, err := os.ReadFile(filepath.Join(pki, CAFile))
+	ca, caKey, err := loadCA(pki, time.Now())
 	if err != nil {
-		return Files{}, fmt.Errorf("tlsutil: CA: %w", err)
-	}
-	keyPEM, err := os.ReadFile(filepath.Join(pki, CAKeyFile))
-	if err != nil {
-		return Files{}, fmt.Errorf("tlsutil: CA: %w", err)
-	}
-	ca, err := parseCertPEM(certPEM)
-	if err != nil {
-		return Files{}, fmt.Errorf("tlsutil: %s: %w", CAFile, err)
-	}
-	caKey, err := parseKeyPEM(keyPEM)
-	if err != nil {
-		return Files{}, fmt.Errorf("tlsutil: %s: %w", CAKeyFile, err)
+		return Files{}, err
 	}
 	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
 	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
