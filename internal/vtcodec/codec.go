@@ -106,13 +106,20 @@ func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
 	defer buf.Free()
 	b := buf.ReadOnlyData()
-	prefilled := presize(v, b)
-	if err := m.UnmarshalVT(b); err == nil && m.SizeVT() == len(b) && (!prefilled || idsDecoded(v)) {
+	return decode(b, m, pm, presize(v, b))
+}
+
+// decode decodes b into m, pm being m as a protobuf message, reset and
+// presized (see presize) or not: with vtprotobuf, or with protobuf-go when
+// vtprotobuf refuses b, reads it into a message of another size, or leaves
+// a presized id empty.
+func decode(b []byte, m Message, pm proto.Message, presized bool) error {
+	if err := m.UnmarshalVT(b); err == nil && m.SizeVT() == len(b) && (!presized || idsDecoded(m)) {
 		return nil
 	}
 	proto.Reset(pm)
 	if err := proto.Unmarshal(b, pm); err != nil {
-		return fmt.Errorf("vtcodec: %T: %w", v, err)
+		return fmt.Errorf("vtcodec: %T: %w", m, err)
 	}
 	return nil
 }
@@ -127,14 +134,7 @@ func Decode(b []byte, m Message) error {
 		return fmt.Errorf("vtcodec: %T is not a protobuf message", m)
 	}
 	proto.Reset(pm)
-	if err := m.UnmarshalVT(b); err == nil && m.SizeVT() == len(b) {
-		return nil
-	}
-	proto.Reset(pm)
-	if err := proto.Unmarshal(b, pm); err != nil {
-		return fmt.Errorf("vtcodec: %T: %w", m, err)
-	}
-	return nil
+	return decode(b, m, pm, false)
 }
 
 // ServerOption makes a server use the codec for every call.
