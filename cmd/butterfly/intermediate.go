@@ -75,9 +75,10 @@ refused with RESOURCE_EXHAUSTED naming the limit. Held messages count in
 bytes (their size and 640 bytes each) against --max-in-flight-bytes per
 publish stream and --memory-budget for the process: a batch that does not
 fit waits up to --budget-wait, its stream read no further, then is handed
-back UNAVAILABLE for its producer to send again. A connection that has not finished its TLS handshake and HTTP/2
-preface within --connection-timeout is closed. A message whose seq lies
-outside its producer's window (low_water_seq + 2^24) is handed back INVALID.`,
+back UNAVAILABLE for its producer to send again. A connection that has not
+finished its TLS handshake and HTTP/2 preface within --connection-timeout
+is closed. A message whose seq lies outside its producer's window
+(low_water_seq + 2^24) is handed back INVALID.`,
 		Example: `  butterfly intermediate --name intermediate1 --listen 127.0.0.2:7001
   butterfly intermediate --name intermediate2 --listen 0.0.0.0:7001 --advertise host2.example:7001 --processor upper`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -100,8 +101,9 @@ outside its producer's window (low_water_seq + 2^24) is handed back INVALID.`,
 			if ip := net.ParseIP(host); (host == "" || ip != nil && ip.IsUnspecified()) && advertise == "" {
 				return usagef("--listen %q listens on every address, which others cannot dial: give --advertise HOST:PORT", listen)
 			}
-			var forwarderIDs []string
+			var forwarderOpts []intermediate.Option // none for *: every stage
 			if forwarders != "*" {
+				var ids []string
 				for id := range strings.SplitSeq(forwarders, ",") {
 					if id = strings.TrimSpace(id); id == "" {
 						continue
@@ -109,8 +111,9 @@ outside its producer's window (low_water_seq + 2^24) is handed back INVALID.`,
 					if err := registry.ValidateName(r.flagName("forwarders")+" stage id", id); err != nil {
 						return &usageError{err}
 					}
-					forwarderIDs = append(forwarderIDs, id)
+					ids = append(ids, id)
 				}
+				forwarderOpts = append(forwarderOpts, intermediate.WithForwarders(ids...))
 			}
 			if advertise != "" {
 				if err := registry.ValidateAddr(advertise); err != nil {
@@ -161,9 +164,7 @@ outside its producer's window (low_water_seq + 2^24) is handed back INVALID.`,
 				intermediate.WithTrustUnboundCertificates(allowUnbound),
 				intermediate.WithFenceOnLeaseLoss(fenceOnLeaseLoss),
 			}
-			if forwarders != "*" {
-				opts = append(opts, intermediate.WithForwarders(forwarderIDs...))
-			}
+			opts = append(opts, forwarderOpts...)
 			opts = append(opts, limitOpts...)
 			obs, err := obsf.start(cmd.Context(), "intermediate", logger)
 			if err != nil {
