@@ -37,6 +37,17 @@ func noNacks(t *testing.T, l *nackLog) {
 	}
 }
 
+// sendNumbered sends n messages of p with payloads prefix<from>,
+// prefix<from+1>, …, failing t at the first Send that fails.
+func sendNumbered(ctx context.Context, t *testing.T, p *components.Producer, prefix string, from, n int) {
+	t.Helper()
+	for i := range n {
+		if _, err := p.Send(ctx, &messagev1.Message{Payload: fmt.Appendf(nil, "%s%d", prefix, from+i)}); err != nil {
+			t.Fatalf("Send(%s%d) = %v", prefix, from+i, err)
+		}
+	}
+}
+
 // gatedSink starts consumer "sink" of service "replies", whose handler
 // records each message in led once release is closed.
 func gatedSink(m *mesh, led *ledger, release <-chan struct{}) {
@@ -107,11 +118,7 @@ func TestStage_DownstreamRefusalLeavesMessagesUnanswered(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
 	defer cancel()
 	const before, after = 20, 20
-	for i := range before {
-		if _, err := src.Send(ctx, &messagev1.Message{Payload: fmt.Appendf(nil, "b%d", i+1)}); err != nil {
-			t.Fatalf("Send(b%d) = %v", i+1, err)
-		}
-	}
+	sendNumbered(ctx, t, src, "b", 1, before)
 	waitUntil(t, "s1 holding the stage's forwards", func() bool {
 		ps := s1.producerStream(t, "stage")
 		return ps != nil && ps.GetInFlight() == before
@@ -125,11 +132,7 @@ func TestStage_DownstreamRefusalLeavesMessagesUnanswered(t *testing.T) {
 	if err := stage.Err(); !errors.Is(err, components.ErrTLSMismatch) {
 		t.Fatalf("stage Err() = %v, want ErrTLSMismatch", err)
 	}
-	for i := range after {
-		if _, err := src.Send(ctx, &messagev1.Message{Payload: fmt.Appendf(nil, "a%d", i+1)}); err != nil {
-			t.Fatalf("Send(a%d) = %v", i+1, err)
-		}
-	}
+	sendNumbered(ctx, t, src, "a", 1, after)
 	waitUntil(t, "the source's messages sent to r1", func() bool {
 		ps := r1.producerStream(t, "src")
 		return ps != nil && ps.GetReceived() >= before+after
@@ -187,11 +190,7 @@ func TestStage_CloseWithDownstreamDown(t *testing.T) {
 		}
 	}
 	s1.srv.Stop() // the downstream hub crashes
-	for i := range n2 {
-		if _, err := src.Send(ctx, &messagev1.Message{Payload: fmt.Appendf(nil, "m%d", n1+i+1)}); err != nil {
-			t.Fatalf("Send(m%d) = %v", n1+i+1, err)
-		}
-	}
+	sendNumbered(ctx, t, src, "m", n1+1, n2)
 	waitUntil(t, "the stage holding forwards", func() bool { return stage.Stats().Producer.InFlight > 0 })
 	cctx, ccancel := context.WithTimeout(context.Background(), time.Second)
 	_ = stage.Close(cctx) // runs out of time: nothing can be acknowledged downstream
@@ -314,11 +313,7 @@ func TestStage_RefusedWhileClosing(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
 	defer cancel()
 	const n = 20
-	for i := range n {
-		if _, err := src.Send(ctx, &messagev1.Message{Payload: fmt.Appendf(nil, "m%d", i+1)}); err != nil {
-			t.Fatalf("Send(m%d) = %v", i+1, err)
-		}
-	}
+	sendNumbered(ctx, t, src, "m", 1, n)
 	waitUntil(t, "s1 holding the stage's forwards", func() bool {
 		ps := s1.producerStream(t, "stage")
 		return ps != nil && ps.GetInFlight() == n
