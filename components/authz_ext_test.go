@@ -404,23 +404,16 @@ func publishOne(t *testing.T, addr string, creds credentials.TransportCredential
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
 	defer cancel()
-	stream, err := deliveryv1.NewPublishServiceClient(rawConn(t, addr, creds)).Publish(ctx)
+	r, err := openRawPublisher(ctx, t, addr, creds, helloID)
 	if err != nil {
-		t.Fatalf("Publish() = %v", err)
-	}
-	hello := &deliveryv1.PublishHello{ProducerId: helloID, Incarnation: 1, HeartbeatIntervalMs: 60000}
-	if err := stream.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Hello{Hello: hello}}); err != nil {
-		t.Fatalf("Send(hello) = %v", err)
-	}
-	if resp, err := stream.Recv(); err != nil || resp.GetWelcome() == nil {
-		return fmt.Errorf("hello: %v, %w", resp, err)
+		return err
 	}
 	batch := &deliveryv1.PublishBatch{FirstSeq: 1, Messages: []*messagev1.Message{msg}}
-	if err := stream.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Batch{Batch: batch}}); err != nil {
+	if err := r.stream.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Batch{Batch: batch}}); err != nil {
 		t.Fatalf("Send(batch) = %v", err)
 	}
 	for {
-		resp, err := stream.Recv()
+		resp, err := r.stream.Recv()
 		if err != nil {
 			return err
 		}

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"testing"
 
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 
@@ -43,7 +44,18 @@ func newRawPublisher(t *testing.T, addr, producerID string) *rawPublisher {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
 	t.Cleanup(cancel)
-	stream, err := deliveryv1.NewPublishServiceClient(rawConn(t, addr, insecure.NewCredentials())).Publish(ctx)
+	r, err := openRawPublisher(ctx, t, addr, insecure.NewCredentials(), producerID)
+	if err != nil {
+		t.Fatalf("%v, want a welcome", err)
+	}
+	return r
+}
+
+// openRawPublisher opens a publish stream as producerID over creds, which
+// ends with ctx, and returns it once welcomed, or what refused it.
+func openRawPublisher(ctx context.Context, t *testing.T, addr string, creds credentials.TransportCredentials, producerID string) (*rawPublisher, error) {
+	t.Helper()
+	stream, err := deliveryv1.NewPublishServiceClient(rawConn(t, addr, creds)).Publish(ctx)
 	if err != nil {
 		t.Fatalf("Publish() = %v", err)
 	}
@@ -52,9 +64,9 @@ func newRawPublisher(t *testing.T, addr, producerID string) *rawPublisher {
 		t.Fatalf("Send(hello) = %v", err)
 	}
 	if resp, err := stream.Recv(); err != nil || resp.GetWelcome() == nil {
-		t.Fatalf("Recv() = %v, %v, want a welcome", resp, err)
+		return nil, fmt.Errorf("hello: %v, %w", resp, err)
 	}
-	return &rawPublisher{t: t, stream: stream, next: 1}
+	return &rawPublisher{t: t, stream: stream, next: 1}, nil
 }
 
 // send publishes msgs in batches of 200 and returns the nacks it got, once
