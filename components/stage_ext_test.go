@@ -7,8 +7,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/butterfly-mesh/butterfly/components"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
@@ -139,15 +141,26 @@ func TestStage_ProcessorKeepsLowWater(t *testing.T) {
 // closed when the test ends.
 func (m *mesh) stage(proc components.Processor) *components.Stage {
 	m.t.Helper()
-	stage, err := components.NewStage(m.cli, "stage", "requests", "replies",
-		components.WithPrefix(testPrefix), components.WithLogger(m.log), components.WithProcessor(proc))
+	return m.startStage(m.cli, "stage", components.WithProcessor(proc))
+}
+
+// startStage starts stage id from service "requests" to "replies" on cli,
+// closed when the test ends (within stageCloseWait: a stage whose
+// downstream side is gone would wait for its whole context).
+func (m *mesh) startStage(cli *clientv3.Client, id string, opts ...components.StageOption) *components.Stage {
+	m.t.Helper()
+	stage, err := components.NewStage(cli, id, "requests", "replies",
+		append([]components.StageOption{components.WithPrefix(testPrefix), components.WithLogger(m.log)}, opts...)...)
 	if err != nil {
-		m.t.Fatalf("NewStage() = %v", err)
+		m.t.Fatalf("NewStage(%s) = %v", id, err)
 	}
 	m.t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), stageCloseWait)
 		defer cancel()
 		_ = stage.Close(ctx)
 	})
 	return stage
 }
+
+// stageCloseWait bounds a stage's Close when its test ends.
+const stageCloseWait = 5 * time.Second

@@ -105,11 +105,7 @@ func TestStage_DownstreamRefusalLeavesMessagesUnanswered(t *testing.T) {
 	gate := make(chan struct{})
 	led := newLedger()
 	gatedSink(m, led, gate)
-	stage, err := components.NewStage(m.cli, "stage", "requests", "replies", components.WithPrefix(testPrefix), components.WithLogger(m.log))
-	if err != nil {
-		t.Fatalf("NewStage() = %v", err)
-	}
-	t.Cleanup(func() { _ = stage.Close(context.Background()) })
+	stage := m.startStage(m.cli, "stage")
 	waitConsumers(t, 1, r1, s1)
 	nacks := &nackLog{reasons: make(map[uint64]messagev1.NackReason)}
 	src := m.producer("src", components.WithService("requests"), components.WithNackHandler(nacks.handler()))
@@ -165,18 +161,7 @@ func TestStage_CloseWithDownstreamDown(t *testing.T) {
 	m, r1, s1 := newPipeline(t)
 	led := newLedger()
 	m.consumer("sink", led.handler(), components.WithService("replies"))
-	newStage := func() *components.Stage {
-		stage, err := components.NewStage(m.cli, "stage", "requests", "replies", components.WithPrefix(testPrefix), components.WithLogger(m.log))
-		if err != nil {
-			t.Fatalf("NewStage() = %v", err)
-		}
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			_ = stage.Close(ctx)
-		})
-		return stage
-	}
+	newStage := func() *components.Stage { return m.startStage(m.cli, "stage") }
 	stage := newStage()
 	waitConsumers(t, 1, r1, s1)
 	nacks := &nackLog{reasons: make(map[uint64]messagev1.NackReason)}
@@ -303,10 +288,7 @@ func TestStage_RefusedWhileClosing(t *testing.T) {
 	gate := make(chan struct{})
 	defer close(gate)
 	gatedSink(m, newLedger(), gate)
-	stage, err := components.NewStage(m.cli, "stage", "requests", "replies", components.WithPrefix(testPrefix), components.WithLogger(m.log))
-	if err != nil {
-		t.Fatalf("NewStage() = %v", err)
-	}
+	stage := m.startStage(m.cli, "stage")
 	waitConsumers(t, 1, r1, s1)
 	nacks := &nackLog{reasons: make(map[uint64]messagev1.NackReason)}
 	src := m.producer("src", components.WithService("requests"), components.WithNackHandler(nacks.handler()))
@@ -436,21 +418,14 @@ func TestStage_StoppedBeforeItRegisteredOwnsNothing(t *testing.T) {
 	m, r1, s1 := newPipeline(t, intermediate.WithGRPCServerOptions(refusePublisher("sA")))
 	led := newLedger()
 	m.consumer("sink", led.handler(), components.WithService("replies"))
-	sB, err := components.NewStage(m.cli, "sB", "requests", "replies", components.WithPrefix(testPrefix), components.WithLogger(m.log))
-	if err != nil {
-		t.Fatalf("NewStage(sB) = %v", err)
-	}
-	t.Cleanup(func() { _ = sB.Close(context.Background()) })
+	m.startStage(m.cli, "sB")
 	waitConsumers(t, 1, r1, s1)
 
 	gate := &txnGate{}
 	t.Cleanup(gate.release)
 	acli := gatedClient(t, m, gate.intercept)
 	gate.set()
-	sA, err := components.NewStage(acli, "sA", "requests", "replies", components.WithPrefix(testPrefix), components.WithLogger(m.log))
-	if err != nil {
-		t.Fatalf("NewStage(sA) = %v", err)
-	}
+	sA := m.startStage(acli, "sA")
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -483,11 +458,7 @@ func TestStage_CloseDoesNotWaitForTheStopsMark(t *testing.T) {
 	m, r1, s1 := newPipeline(t)
 	gate := &drainGate{}
 	t.Cleanup(gate.release)
-	sA, err := components.NewStage(gatedClient(t, m, gate.intercept), "sA", "requests", "replies", components.WithPrefix(testPrefix), components.WithLogger(m.log))
-	if err != nil {
-		t.Fatalf("NewStage(sA) = %v", err)
-	}
-	t.Cleanup(func() { _ = sA.Close(context.Background()) })
+	sA := m.startStage(gatedClient(t, m, gate.intercept), "sA")
 	waitConsumers(t, 1, r1)
 	waitProducer(t, "sA", s1)
 	gate.set()
@@ -617,20 +588,8 @@ func TestStage_ProducerStopAfterConsumerStopEndsItsForwards(t *testing.T) {
 	release := make(chan struct{})
 	led := newLedger()
 	gatedSink(m, led, release)
-	newStage := func(id string) *components.Stage {
-		st, err := components.NewStage(m.cli, id, "requests", "replies", components.WithPrefix(testPrefix), components.WithLogger(m.log))
-		if err != nil {
-			t.Fatalf("NewStage(%s) = %v", id, err)
-		}
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-			defer cancel()
-			_ = st.Close(ctx)
-		})
-		return st
-	}
-	sA := newStage("sA")
-	newStage("sB")
+	sA := m.startStage(m.cli, "sA")
+	m.startStage(m.cli, "sB")
 	waitConsumers(t, 2, r1)
 	waitProducer(t, "sA", s1)
 	waitProducer(t, "sB", s1)
