@@ -2,9 +2,7 @@ package intermediate_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"runtime"
 	"strings"
 	"testing"
@@ -218,19 +216,7 @@ func TestPublish_FrameLimits(t *testing.T) {
 // the result of the first Recv: the welcome, or the status that ended it.
 func openPublish(t *testing.T, r *rig, ctx context.Context, hello *deliveryv1.PublishHello) (deliveryv1.PublishService_PublishClient, error) {
 	t.Helper()
-	stream, err := deliveryv1.NewPublishServiceClient(r.conn).Publish(ctx)
-	if err != nil {
-		t.Fatalf("Publish() = %v", err)
-	}
-	// A stream the server refused at once ends before the hello is sent:
-	// Send returns io.EOF, and Recv the status.
-	if err := stream.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Hello{Hello: hello}}); err != nil && !errors.Is(err, io.EOF) {
-		t.Fatalf("Send(hello) = %v", err)
-	}
-	resp, err := stream.Recv()
-	if err == nil && resp.GetWelcome() == nil {
-		t.Fatalf("first frame = %v, want a welcome", resp)
-	}
+	stream, _, err := r.openPublishOn(ctx, r.conn, hello)
 	return stream, err
 }
 

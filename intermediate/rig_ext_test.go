@@ -104,8 +104,16 @@ func (r *rig) publish(hello *deliveryv1.PublishHello) (deliveryv1.PublishService
 }
 
 // publishOn opens a publish stream on conn that ends with ctx and reads the
-// welcome.
+// welcome, nil when the stream was refused.
 func (r *rig) publishOn(ctx context.Context, conn *grpc.ClientConn, hello *deliveryv1.PublishHello) (deliveryv1.PublishService_PublishClient, *deliveryv1.PublishWelcome) {
+	r.t.Helper()
+	stream, w, _ := r.openPublishOn(ctx, conn, hello)
+	return stream, w
+}
+
+// openPublishOn opens a publish stream on conn that ends with ctx, sends
+// hello and returns the welcome, or the error that refused the stream.
+func (r *rig) openPublishOn(ctx context.Context, conn *grpc.ClientConn, hello *deliveryv1.PublishHello) (deliveryv1.PublishService_PublishClient, *deliveryv1.PublishWelcome, error) {
 	r.t.Helper()
 	stream, err := deliveryv1.NewPublishServiceClient(conn).Publish(ctx)
 	if err != nil {
@@ -118,9 +126,12 @@ func (r *rig) publishOn(ctx context.Context, conn *grpc.ClientConn, hello *deliv
 	}
 	resp, err := stream.Recv()
 	if err != nil {
-		return stream, nil
+		return stream, nil, err
 	}
-	return stream, resp.GetWelcome()
+	if resp.GetWelcome() == nil {
+		r.t.Fatalf("first publish response = %v, want a welcome", resp)
+	}
+	return stream, resp.GetWelcome(), nil
 }
 
 func (r *rig) producer(id string) deliveryv1.PublishService_PublishClient {
