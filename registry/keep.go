@@ -36,6 +36,15 @@ func (r *Registration) keep() {
 			if !bo.wait(r.ctx) {
 				return
 			}
+			if !r.leaseUntil.IsZero() && !time.Now().Before(r.leaseUntil) {
+				// Nothing kept the lease alive while the keeper retried
+				// (its session ended for another reason, and etcd has not
+				// answered since): it is lost as surely as when the
+				// keep-alive goes unanswered.
+				r.opMu.Lock()
+				r.loseLeaseLocked("no answer from etcd for the lease TTL")
+				r.opMu.Unlock()
+			}
 			var err error
 			rev, err = r.resync()
 			switch {
@@ -62,11 +71,8 @@ func (r *Registration) keep() {
 			return
 		case endLeaseLost:
 			r.opMu.Lock()
-			r.needLease = true
+			r.loseLeaseLocked("the keep-alive stopped")
 			r.opMu.Unlock()
-			if r.ctx.Err() == nil {
-				r.lostOnce.Do(func() { close(r.leaseLost) })
-			}
 		}
 		rev = 0
 	}
@@ -95,14 +101,14 @@ func (r *Registration) session(rev int64) sessionEnd {
 			// caller gave up): routine, the keeper writes the value.
 			r.logger.Debug("registry: a write of the key did not finish; writing it again")
 			return endResync
-		case _, ok := <-ka:
+		case resp, ok := <-ka:
 			if !ok {
 				if ctx.Err() != nil {
 					return endClosed
 				}
-				r.logger.Warn("registry: lease lost; granting a new one", "lease", int64(lease))
 				return endLeaseLost
 			}
+			r.leaseUntil = time.Now().Add(time.Duration(resp.TTL) * time.Second)
 		case wr, ok := <-wch:
 			if ctx.Err() != nil {
 				return endClosed
@@ -148,7 +154,13 @@ func (r *Registration) resync() (int64, error) {
 	if r.closing.Load() {
 		return 0, ErrClosed
 	}
-	ctx, cancel := context.WithTimeout(r.ctx, r.callTimeout)
+	deadline := time.Now().Add(r.callTimeout)
+	if !r.needLease && r.leaseUntil.Before(deadline) {
+		// Past it the lease may be gone: the keeper stops waiting and
+		// calls it lost.
+		deadline = r.leaseUntil
+	}
+	ctx, cancel := context.WithDeadline(r.ctx, deadline)
 	defer cancel()
 	if r.needLease {
 		if err := r.regrantLocked(ctx); err != nil {
@@ -157,6 +169,7 @@ func (r *Registration) resync() (int64, error) {
 	}
 	rev, err := r.ensureLocked(ctx)
 	if isLeaseNotFound(err) {
+		r.loseLeaseLocked("etcd has no such lease")
 		if err := r.regrantLocked(ctx); err != nil {
 			return 0, err
 		}
@@ -176,13 +189,26 @@ func (r *Registration) resync() (int64, error) {
 	return rev, nil
 }
 
+// loseLeaseLocked marks the lease lost: the next resync grants a new one,
+// and LeaseLost is closed.
+func (r *Registration) loseLeaseLocked(why string) {
+	r.logger.Warn("registry: lease lost; granting a new one", "lease", int64(r.lease), "why", why)
+	r.needLease = true
+	r.leaseUntil = time.Time{}
+	if r.ctx.Err() == nil {
+		r.lostOnce.Do(func() { close(r.leaseLost) })
+	}
+}
+
 func (r *Registration) regrantLocked(ctx context.Context) error {
+	asked := time.Now()
 	grant, err := r.cli.Grant(ctx, r.ttl)
 	if err != nil {
 		return err
 	}
 	r.staleLeases = append(r.staleLeases, r.lease)
 	r.lease = grant.ID
+	r.leaseUntil = asked.Add(time.Duration(grant.TTL) * time.Second)
 	r.needLease = false
 	r.logger.Info("registry: granted a new lease", "lease", int64(grant.ID))
 	return nil

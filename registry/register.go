@@ -62,9 +62,13 @@ type Registration struct {
 	lease       clientv3.LeaseID
 	staleLeases []clientv3.LeaseID // granted before lease; revoked once the key is on lease
 	needLease   bool               // the keep-alive of lease stopped: grant a new one
-	lastValue   []byte             // what our last successful write stored
-	draining    bool
-	drainAsked  atomic.Bool // SetDraining was called: every write marks the key draining
+	// leaseUntil is when lease expires unless etcd renews it, from the
+	// grant or the last keep-alive answer; zero once the lease is lost.
+	// Only Register and then the keeper touch it.
+	leaseUntil time.Time
+	lastValue  []byte // what our last successful write stored
+	draining   bool
+	drainAsked atomic.Bool // SetDraining was called: every write marks the key draining
 }
 
 // Register puts <prefix>/services/<service>/<instance> with the value
@@ -117,11 +121,13 @@ func registerKey(ctx context.Context, cli *clientv3.Client, key, ctlKey string, 
 	}
 	r.opMu.Lock()
 	defer r.opMu.Unlock()
+	asked := time.Now()
 	grant, err := cli.Grant(ctx, r.ttl)
 	if err != nil {
 		return nil, fmt.Errorf("registry: grant lease for %s: %w", key, err)
 	}
 	r.lease = grant.ID
+	r.leaseUntil = asked.Add(time.Duration(grant.TTL) * time.Second)
 	rev, err := r.claimLocked(ctx)
 	if err != nil {
 		rctx, cancel := ctxgrace.WithGrace(ctx, r.callTimeout, CleanupGrace)

@@ -223,6 +223,11 @@ func TestRegistration_RevokedLeaseIsRegranted(t *testing.T) {
 	if gotLease == lease || gotLease == 0 {
 		t.Fatalf("lease of the key put back = %x, want a new lease (old %x)", gotLease, lease)
 	}
+	// etcd said the lease is gone: that is a lost lease, however the
+	// keeper heard of it first (the key's deletion or the keep-alive).
+	if !closed(r.LeaseLost()) {
+		t.Errorf("LeaseLost() is open after the lease was revoked, want closed")
+	}
 	ttl, err := cli.TimeToLive(testContext(t), clientv3.LeaseID(gotLease))
 	if err != nil || ttl.TTL <= 0 {
 		t.Errorf("TimeToLive(%x) = %+v, %v, want a live lease", gotLease, ttl, err)

@@ -215,6 +215,42 @@ func TestWatch_CompactionRelists(t *testing.T) {
 	}
 }
 
+// TestRegistration_LeaseLostWhileResyncing checks that a lease is lost when
+// etcd goes unanswered for its TTL after the keeper's session ended for
+// another reason (here a draining flag whose write failed; in a cluster,
+// the watch of the key canceled when its member lost the leader): nothing
+// keeps the lease alive while the keeper retries, and LeaseLost must close
+// as it does when the keep-alive itself goes unanswered.
+func TestRegistration_LeaseLostWhileResyncing(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := newClient(t, srv)
+	var logs logtest.Recorder
+	r := register(t, cli, "svc", "i1", "127.0.0.1:7001", WithTTL(2*time.Second), WithLogger(logs.Logger()))
+	_, lease, _ := getValue(t, cli, r.Key())
+
+	srv.Stop(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := r.SetDraining(ctx); err == nil {
+		t.Fatalf("SetDraining(a done context) = nil, want its error")
+	}
+	waitClosed(t, "LeaseLost() with etcd down for the lease TTL", r.LeaseLost())
+	if !logs.Has("registry: lease lost; granting a new one") {
+		t.Errorf("no %q logged", "registry: lease lost; granting a new one")
+	}
+	if closed(r.Replaced()) {
+		t.Errorf("Replaced() is closed after an outage, want open")
+	}
+	srv.Restart(t)
+	waitUntil(t, "the key to be put back draining on a new lease", func() bool {
+		v, got, ok := getValue(t, cli, r.Key())
+		return ok && got != lease && v.Metadata.Draining
+	})
+	if v, _, _ := getValue(t, cli, r.Key()); v.Metadata.Epoch != 1 || v.Addr != "127.0.0.1:7001" {
+		t.Errorf("value put back = %+v, want epoch 1 at 127.0.0.1:7001", v)
+	}
+}
+
 // TestRegistration_SurvivesEtcdOutage checks that a registration whose lease
 // is lost while etcd is down comes back by itself, and that a watcher of the
 // service never sees the instance leave.
