@@ -4,17 +4,21 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// The keeper of a registration runs sessions: a session keeps the lease alive
-// and watches the key from the revision of our last write. Anything that
-// ends a session (lost lease, deleted or stale key, halted watch) is followed
-// by a resync, which re-grants the lease if needed and makes sure the key
-// holds our value, then a new session. A key taken by another incarnation
-// ends it all: the registration is fenced.
+// The keeper of a registration keeps its lease alive from the grant until a
+// new lease replaces it (leaseKeep), and runs sessions: a session watches
+// the key from the revision of our last write. Anything that ends a session
+// (lost lease, deleted or stale key, halted watch) is followed by a resync,
+// which re-grants the lease if it was lost and makes sure the key holds our
+// value, then a new session. The lease is kept alive through all of it: a
+// slow resync does not let it lapse, and it is lost when etcd has not
+// answered its keep-alive for its TTL, whatever the keeper is doing then. A
+// key taken by another incarnation ends it all: the registration is fenced.
 
 // sessionEnd says why a session ended.
 type sessionEnd int
@@ -22,28 +26,95 @@ type sessionEnd int
 const (
 	endClosed    sessionEnd = iota // the registration is closing
 	endReplaced                    // another incarnation took the key
-	endLeaseLost                   // the keep-alive stopped: re-grant, re-put
+	endLeaseLost                   // the lease is lost: re-grant, re-put
 	endResync                      // the key or the watch needs a resync
 )
+
+// leaseKeep keeps one lease alive until it is stopped or the lease is lost.
+type leaseKeep struct {
+	id       clientv3.LeaseID
+	cancel   context.CancelFunc
+	done     chan struct{} // the goroutine returned
+	lost     chan struct{} // closed when the lease is lost
+	lostOnce sync.Once
+}
+
+// keepLease starts keeping lease id alive; until is when it expires unless
+// etcd renews it (from its grant).
+func (r *Registration) keepLease(id clientv3.LeaseID, until time.Time) *leaseKeep {
+	ctx, cancel := context.WithCancel(r.ctx)
+	lk := &leaseKeep{id: id, cancel: cancel, done: make(chan struct{}), lost: make(chan struct{})}
+	go func() {
+		defer close(lk.done)
+		ka, err := r.cli.KeepAlive(ctx, id)
+		if err != nil {
+			r.loseLease(lk, "the keep-alive failed: "+err.Error())
+			return
+		}
+		expiry := time.NewTimer(time.Until(until))
+		defer expiry.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case resp, ok := <-ka:
+				if !ok {
+					if ctx.Err() == nil {
+						r.loseLease(lk, "the keep-alive stopped")
+					}
+					return
+				}
+				expiry.Reset(time.Until(time.Now().Add(time.Duration(resp.TTL) * time.Second)))
+			case <-expiry.C:
+				// etcd expires the lease a TTL after it last renewed it, which
+				// is before we read its answer: it is gone, or about to go.
+				r.loseLease(lk, "no answer from etcd for the lease TTL")
+				return
+			}
+		}
+	}()
+	return lk
+}
+
+// stop stops keeping the lease alive and waits for its goroutine.
+func (lk *leaseKeep) stop() {
+	lk.cancel()
+	<-lk.done
+}
+
+func (lk *leaseKeep) isLost() bool {
+	select {
+	case <-lk.lost:
+		return true
+	default:
+		return false
+	}
+}
+
+// loseLease marks lk's lease lost, and LeaseLost closed: the next resync
+// grants a new lease and puts the key back on it.
+func (r *Registration) loseLease(lk *leaseKeep, why string) {
+	lk.lostOnce.Do(func() {
+		if r.ctx.Err() != nil {
+			return
+		}
+		r.logger.Warn("registry: lease lost; granting a new one", "lease", int64(lk.id), "why", why)
+		close(lk.lost)
+		r.lostOnce.Do(func() { close(r.leaseLost) })
+	})
+}
 
 // keep owns the lease and the key for the life of the registration.
 func (r *Registration) keep() {
 	defer r.wg.Done()
+	r.lk = r.keepLease(r.lease, r.leaseUntil)
+	defer func() { r.lk.stop() }()
 	bo := newBackoff(50*time.Millisecond, min(time.Second, time.Duration(r.ttl)*time.Second/3))
 	rev := r.startRev
 	for {
 		if rev == 0 {
 			if !bo.wait(r.ctx) {
 				return
-			}
-			if !r.leaseUntil.IsZero() && !time.Now().Before(r.leaseUntil) {
-				// Nothing kept the lease alive while the keeper retried
-				// (its session ended for another reason, and etcd has not
-				// answered since): it is lost as surely as when the
-				// keep-alive goes unanswered.
-				r.opMu.Lock()
-				r.loseLeaseLocked("no answer from etcd for the lease TTL")
-				r.opMu.Unlock()
 			}
 			var err error
 			rev, err = r.resync()
@@ -69,29 +140,26 @@ func (r *Registration) keep() {
 		case endReplaced:
 			r.fence()
 			return
-		case endLeaseLost:
-			r.opMu.Lock()
-			r.loseLeaseLocked("the keep-alive stopped")
-			r.opMu.Unlock()
 		}
 		rev = 0
 	}
 }
 
-// session keeps the lease alive and watches the key from rev+1 until
-// something needs the keeper's attention.
+// session watches the key from rev+1 until something needs the keeper's
+// attention.
 func (r *Registration) session(rev int64) sessionEnd {
 	ctx, cancel := context.WithCancel(r.ctx)
-	defer cancel()
-	r.opMu.Lock()
-	lease := r.lease
-	r.opMu.Unlock()
-	ka, err := r.cli.KeepAlive(ctx, lease)
-	if err != nil {
-		r.logger.Warn("registry: keep-alive failed", "lease", int64(lease), "err", err)
-		return endLeaseLost
-	}
-	wch := r.cli.Watch(clientv3.WithRequireLeader(ctx), r.key, clientv3.WithRev(rev+1))
+	// clientv3's Watch returns once etcd confirmed the watch: it is opened
+	// aside, so that a lost lease or a rewrite ends the session meanwhile.
+	opened := make(chan clientv3.WatchChan, 1)
+	go func() { opened <- r.cli.Watch(clientv3.WithRequireLeader(ctx), r.key, clientv3.WithRev(rev+1)) }()
+	var wch clientv3.WatchChan
+	defer func() {
+		cancel()
+		if wch == nil {
+			<-opened
+		}
+	}()
 	for {
 		select {
 		case <-ctx.Done():
@@ -101,14 +169,9 @@ func (r *Registration) session(rev int64) sessionEnd {
 			// caller gave up): routine, the keeper writes the value.
 			r.logger.Debug("registry: a write of the key did not finish; writing it again")
 			return endResync
-		case resp, ok := <-ka:
-			if !ok {
-				if ctx.Err() != nil {
-					return endClosed
-				}
-				return endLeaseLost
-			}
-			r.leaseUntil = time.Now().Add(time.Duration(resp.TTL) * time.Second)
+		case <-r.lk.lost:
+			return endLeaseLost
+		case wch = <-opened:
 		case wr, ok := <-wch:
 			if ctx.Err() != nil {
 				return endClosed
@@ -136,7 +199,7 @@ func (r *Registration) session(rev int64) sessionEnd {
 					// our claim and epoch: putting ours back would start a
 					// fight that lasts as long as both live.
 					if ev.Kv.Lease == 0 {
-						r.logger.Warn("registry: key rewritten without a lease; putting ours back on ours", "lease", int64(lease))
+						r.logger.Warn("registry: key rewritten without a lease; putting ours back on ours", "lease", int64(r.lease))
 						return endResync
 					}
 				}
@@ -154,22 +217,16 @@ func (r *Registration) resync() (int64, error) {
 	if r.closing.Load() {
 		return 0, ErrClosed
 	}
-	deadline := time.Now().Add(r.callTimeout)
-	if !r.needLease && r.leaseUntil.Before(deadline) {
-		// Past it the lease may be gone: the keeper stops waiting and
-		// calls it lost.
-		deadline = r.leaseUntil
-	}
-	ctx, cancel := context.WithDeadline(r.ctx, deadline)
+	ctx, cancel := context.WithTimeout(r.ctx, r.callTimeout)
 	defer cancel()
-	if r.needLease {
+	if r.lk.isLost() {
 		if err := r.regrantLocked(ctx); err != nil {
 			return 0, err
 		}
 	}
 	rev, err := r.ensureLocked(ctx)
 	if isLeaseNotFound(err) {
-		r.loseLeaseLocked("etcd has no such lease")
+		r.loseLease(r.lk, "etcd has no such lease")
 		if err := r.regrantLocked(ctx); err != nil {
 			return 0, err
 		}
@@ -189,27 +246,18 @@ func (r *Registration) resync() (int64, error) {
 	return rev, nil
 }
 
-// loseLeaseLocked marks the lease lost: the next resync grants a new one,
-// and LeaseLost is closed.
-func (r *Registration) loseLeaseLocked(why string) {
-	r.logger.Warn("registry: lease lost; granting a new one", "lease", int64(r.lease), "why", why)
-	r.needLease = true
-	r.leaseUntil = time.Time{}
-	if r.ctx.Err() == nil {
-		r.lostOnce.Do(func() { close(r.leaseLost) })
-	}
-}
-
+// regrantLocked grants a new lease and keeps it alive in place of the old
+// one, which the next successful resync revokes.
 func (r *Registration) regrantLocked(ctx context.Context) error {
 	asked := time.Now()
 	grant, err := r.cli.Grant(ctx, r.ttl)
 	if err != nil {
 		return err
 	}
+	r.lk.stop()
 	r.staleLeases = append(r.staleLeases, r.lease)
 	r.lease = grant.ID
-	r.leaseUntil = asked.Add(time.Duration(grant.TTL) * time.Second)
-	r.needLease = false
+	r.lk = r.keepLease(grant.ID, asked.Add(time.Duration(grant.TTL)*time.Second))
 	r.logger.Info("registry: granted a new lease", "lease", int64(grant.ID))
 	return nil
 }

@@ -61,11 +61,11 @@ type Registration struct {
 	opMu        opLock
 	lease       clientv3.LeaseID
 	staleLeases []clientv3.LeaseID // granted before lease; revoked once the key is on lease
-	needLease   bool               // the keep-alive of lease stopped: grant a new one
-	// leaseUntil is when lease expires unless etcd renews it, from the
-	// grant or the last keep-alive answer; zero once the lease is lost.
-	// Only Register and then the keeper touch it.
+	// leaseUntil is when lease expires unless etcd renews it, from its
+	// grant in Register; lk keeps the current lease alive. Only Register
+	// and then the keeper touch them.
 	leaseUntil time.Time
+	lk         *leaseKeep
 	lastValue  []byte // what our last successful write stored
 	draining   bool
 	drainAsked atomic.Bool // SetDraining was called: every write marks the key draining

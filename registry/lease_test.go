@@ -1,0 +1,226 @@
+package registry
+
+import (
+	"context"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	gbackoff "google.golang.org/grpc/backoff"
+
+	"github.com/butterfly-mesh/butterfly/internal/etcdtest"
+	"github.com/butterfly-mesh/butterfly/internal/tcpproxy"
+)
+
+// cutRig is a registration whose client reaches etcd through a proxy that
+// the test blackholes (a partition: connections open, nothing answered) at
+// a precise point of the keeper's work.
+type cutRig struct {
+	srv    *etcdtest.Server
+	direct *clientv3.Client
+	px     *tcpproxy.Proxy
+	cli    *clientv3.Client
+	// cutAfterTxn: blackhole once a Txn of the keeper's client returns.
+	cutAfterTxn atomic.Bool
+	// cutAfterWatchCreated: blackhole once a watch of the keeper's client is created.
+	cutAfterWatchCreated atomic.Bool
+	cut                  atomic.Pointer[time.Time]
+	// slowNextGet: the next Range of the keeper's client is answered this
+	// much later (a slow linearizable read), etcd healthy otherwise.
+	slowNextGet atomic.Int64
+}
+
+func (c *cutRig) doCut() {
+	c.px.Blackhole(true)
+	now := time.Now()
+	c.cut.Store(&now)
+}
+
+type watchCutStream struct {
+	grpc.ClientStream
+	rig *cutRig
+}
+
+func (s watchCutStream) RecvMsg(m any) error {
+	err := s.ClientStream.RecvMsg(m)
+	if wr, ok := m.(*pb.WatchResponse); ok && err == nil && wr.Created && s.rig.cutAfterWatchCreated.CompareAndSwap(true, false) {
+		s.rig.doCut()
+	}
+	return err
+}
+
+func newCutRig(t *testing.T) *cutRig {
+	t.Helper()
+	rig := &cutRig{srv: etcdtest.Start(t)}
+	rig.direct = newClient(t, rig.srv)
+	px, err := tcpproxy.Listen("127.0.0.1:0", rig.srv.Endpoint())
+	if err != nil {
+		t.Fatalf("tcpproxy.Listen() = %v", err)
+	}
+	rig.px = px
+	t.Cleanup(func() { px.Close() })
+	// The settings of internal/etcdclient.New (gRPC keepalives 10s/5s,
+	// dial timeout 5s), plus the cut points.
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:            []string{px.Addr()},
+		DialTimeout:          5 * time.Second,
+		DialKeepAliveTime:    10 * time.Second,
+		DialKeepAliveTimeout: 5 * time.Second,
+		Logger:               zap.NewNop(),
+		DialOptions: []grpc.DialOption{
+			grpc.WithConnectParams(grpc.ConnectParams{
+				Backoff:           gbackoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+				MinConnectTimeout: 5 * time.Second,
+			}),
+			grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+				if method == "/etcdserverpb.KV/Range" {
+					if d := rig.slowNextGet.Swap(0); d > 0 {
+						select {
+						case <-time.After(time.Duration(d)):
+						case <-ctx.Done():
+							return ctx.Err()
+						}
+					}
+				}
+				err := invoker(ctx, method, req, reply, cc, opts...)
+				if tr, ok := reply.(*pb.TxnResponse); ok && err == nil && tr.Succeeded && rig.cutAfterTxn.CompareAndSwap(true, false) {
+					rig.doCut()
+				}
+				return err
+			}),
+			grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+				s, err := streamer(ctx, desc, cc, method, opts...)
+				if err != nil || method != "/etcdserverpb.Watch/Watch" {
+					return s, err
+				}
+				return watchCutStream{s, rig}, nil
+			}),
+		},
+	})
+	if err != nil {
+		t.Fatalf("clientv3.New() = %v", err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	rig.cli = cli
+	return rig
+}
+
+// checkLeaseLost waits for etcd to expire lease, then expects r.LeaseLost()
+// closed within 1.5 s of it.
+func (rig *cutRig) checkLeaseLost(t *testing.T, r *Registration, lease clientv3.LeaseID) {
+	t.Helper()
+	cut := *rig.cut.Load()
+	waitUntil(t, "etcd to expire the lease", func() bool {
+		ttl, err := rig.direct.TimeToLive(testContext(t), lease)
+		return err == nil && ttl.TTL == -1
+	})
+	expired := time.Now()
+	t.Logf("etcd expired lease %x %v after the cut (TTL 2s)", int64(lease), expired.Sub(cut).Round(time.Millisecond))
+	select {
+	case <-r.LeaseLost():
+		t.Logf("LeaseLost closed by then")
+		return
+	case <-time.After(1500 * time.Millisecond):
+	}
+	select {
+	case <-r.LeaseLost():
+		t.Errorf("LeaseLost closed only %v after the cut, %v after etcd expired the lease (TTL 2s)",
+			time.Since(cut).Round(time.Millisecond), time.Since(expired).Round(time.Millisecond))
+	case <-time.After(20 * time.Second):
+		t.Errorf("LeaseLost still open %v after the cut, %v after etcd expired the lease (TTL 2s)",
+			time.Since(cut).Round(time.Millisecond), time.Since(expired).Round(time.Millisecond))
+	}
+}
+
+// TestRegistration_LeaseLostWhenCutAsASessionOpens checks a partition that
+// starts right after the keeper's resync put the key back (an operator
+// deleted it): the next session's watch is never confirmed (clientv3's
+// Watch waits for that), and the lease must still be lost by the time etcd
+// expires it, not once the partition heals.
+func TestRegistration_LeaseLostWhenCutAsASessionOpens(t *testing.T) {
+	rig := newCutRig(t)
+	r := register(t, rig.cli, "svc", "i1", "127.0.0.1:7001", WithTTL(2*time.Second), WithLogger(testLogger(t)))
+	t.Cleanup(func() { rig.px.Blackhole(false) }) // before r.Close
+	_, lease, _ := getValue(t, rig.direct, r.Key())
+
+	rig.cutAfterTxn.Store(true)
+	if _, err := rig.direct.Delete(testContext(t), r.Key()); err != nil {
+		t.Fatalf("Delete() = %v", err)
+	}
+	waitUntil(t, "the cut", func() bool { return rig.cut.Load() != nil })
+	rig.checkLeaseLost(t, r, clientv3.LeaseID(lease))
+}
+
+// TestRegistration_LeaseLostWhenCutAfterRegister checks the same with the
+// partition starting as Register's claim returns.
+func TestRegistration_LeaseLostWhenCutAfterRegister(t *testing.T) {
+	rig := newCutRig(t)
+	rig.cutAfterTxn.Store(true)
+	r := register(t, rig.cli, "svc", "i1", "127.0.0.1:7001", WithTTL(2*time.Second), WithLogger(testLogger(t)))
+	t.Cleanup(func() { rig.px.Blackhole(false) }) // before r.Close
+	_, lease, _ := getValue(t, rig.direct, r.Key())
+	rig.checkLeaseLost(t, r, clientv3.LeaseID(lease))
+}
+
+// TestRegistration_LeaseLostWhenCutAfterTheWatchOpens checks a partition
+// that starts once a new session's watch is confirmed. A keep-alive begun
+// then gives up only after clientv3's first keep-alive timeout (the dial
+// timeout and a second, 6 s), where the lease's TTL is 2 s: the lease must
+// be lost when etcd expires it.
+func TestRegistration_LeaseLostWhenCutAfterTheWatchOpens(t *testing.T) {
+	rig := newCutRig(t)
+	r := register(t, rig.cli, "svc", "i1", "127.0.0.1:7001", WithTTL(2*time.Second), WithLogger(testLogger(t)))
+	t.Cleanup(func() { rig.px.Blackhole(false) }) // before r.Close
+	_, lease, _ := getValue(t, rig.direct, r.Key())
+
+	rig.cutAfterWatchCreated.Store(true)
+	if _, err := rig.direct.Delete(testContext(t), r.Key()); err != nil {
+		t.Fatalf("Delete() = %v", err)
+	}
+	waitUntil(t, "the cut", func() bool { return rig.cut.Load() != nil })
+	rig.checkLeaseLost(t, r, clientv3.LeaseID(lease))
+}
+
+// TestRegistration_SlowResyncKeepsTheLease checks that the lease is kept
+// alive while the keeper resyncs: with etcd answering keep-alives, one slow
+// read of a resync (3 s against a TTL of 2 s; a linearizable read on a
+// member that lost its leader waits as long) must neither let the lease
+// lapse nor call it lost.
+func TestRegistration_SlowResyncKeepsTheLease(t *testing.T) {
+	rig := newCutRig(t)
+	r := register(t, rig.cli, "svc", "i1", "127.0.0.1:7001", WithTTL(2*time.Second), WithLogger(testLogger(t)))
+	_, lease, _ := getValue(t, rig.direct, r.Key())
+
+	rig.slowNextGet.Store(int64(3 * time.Second))
+	if _, err := rig.direct.Delete(testContext(t), r.Key()); err != nil {
+		t.Fatalf("Delete() = %v", err)
+	}
+	time.Sleep(3 * time.Second)
+	ttl, err := rig.direct.TimeToLive(testContext(t), clientv3.LeaseID(lease))
+	if err != nil {
+		t.Fatalf("TimeToLive() = %v", err)
+	}
+	if ttl.TTL == -1 {
+		t.Errorf("lease %x expired with etcd healthy: the keeper sent no keep-alive while one read of its resync was slow", lease)
+	}
+	if closed(r.LeaseLost()) {
+		t.Errorf("LeaseLost() closed with etcd healthy and the keep-alive stream answering")
+	}
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Logf("%s", p)
+	return len(p), nil
+}
+
+// testLogger logs to t, with times.
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
