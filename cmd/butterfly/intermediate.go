@@ -127,6 +127,11 @@ is closed. A message whose seq lies outside its producer's window
 			if leaseTTL < time.Second {
 				return usagef("--lease-ttl %v: must be at least 1s", leaseTTL)
 			}
+			if weight == 0 {
+				// The registry reads a missing weight as 1, so 0 would not
+				// mean "no new work": draining does that.
+				return usagef("%s 0: must be at least 1 (to take no new work, drain the instance)", r.flagName("weight"))
+			}
 			if drainTimeout <= 0 {
 				return usagef("--drain-timeout %v: must be positive", drainTimeout)
 			}
@@ -228,7 +233,7 @@ is closed. A message whose seq lies outside its producer's window
 	f.DurationVar(&drainTimeout, "drain-timeout", 10*time.Second, "how long a drain may take before the rest is handed back")
 	f.BoolVar(&fenceOnLeaseLoss, "fence-on-lease-loss", false, "drain and exit 1 once the registration's lease is lost (etcd unreachable for --lease-ttl), instead of serving on")
 	f.DurationVar(&stopTimeout, "stop-timeout", intermediate.DefaultStopTimeout, "bound of each etcd update and of the final graceful stop of a drain")
-	f.Uint32Var(&weight, "weight", 1, "relative share of new work")
+	f.Uint32Var(&weight, "weight", 1, "relative share of new work, at least 1")
 	f.StringVar(&zone, "zone", "", "zone of the instance, for zone-local picks")
 	tlsf = addTLSFlags(r, f, true)
 	f.BoolVar(&allowUnbound, "tls-allow-unbound", false, "trust a verified client certificate without a butterfly://<role>/<id> URI SAN with every role")
