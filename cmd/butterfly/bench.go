@@ -129,19 +129,33 @@ Needs nothing running: etcd is embedded and every server listens on loopback
 			if f.processes {
 				return f.runProcesses(cmd, cfg)
 			}
+			// Every output file is created before the runs, so that a path
+			// that cannot be written is refused at once, naming its flag.
+			var plot *os.File
 			for _, out := range []struct {
-				path string
-				w    *io.Writer
-			}{{f.cpuprofile, &cfg.CPUProfile}, {f.memprofile, &cfg.HeapProfile}, {f.trace, &cfg.Trace}} {
+				flag, path string
+				w          *io.Writer
+				file       **os.File
+			}{
+				{"cpuprofile", f.cpuprofile, &cfg.CPUProfile, nil},
+				{"memprofile", f.memprofile, &cfg.HeapProfile, nil},
+				{"trace", f.trace, &cfg.Trace, nil},
+				{"plot", f.plot, nil, &plot},
+			} {
 				if out.path == "" {
 					continue
 				}
 				file, err := os.Create(out.path)
 				if err != nil {
-					return err
+					return usagef("%s: %v", r.flagName(out.flag), err)
 				}
 				defer file.Close()
-				*out.w = file
+				if out.w != nil {
+					*out.w = file
+				}
+				if out.file != nil {
+					*out.file = file
+				}
 			}
 			reps := make([]*bench.Report, 0, f.runs)
 			lost, err := f.repeat(cfg.Logger, func() (uint64, error) {
@@ -164,9 +178,12 @@ Needs nothing running: etcd is embedded and every server listens on loopback
 			if err := f.print(cmd.OutOrStdout(), rep, f.table(rep.Runs, rep.WriteTable)); err != nil {
 				return withLosses(err, lost)
 			}
-			if f.plot != "" {
-				if err := writePlot(f.plot, rep); err != nil {
-					return err
+			if plot != nil {
+				if err := bench.WritePlot(plot, rep); err != nil {
+					return fmt.Errorf("--plot: %w", err)
+				}
+				if err := plot.Close(); err != nil {
+					return fmt.Errorf("--plot: %w", err)
 				}
 			}
 			if lost > 0 {
@@ -314,17 +331,4 @@ func (f *benchFlags) validate() error {
 		return usagef("--sample-interval %v: must be at least 1ms", c.SampleInterval)
 	}
 	return nil
-}
-
-// writePlot writes the throughput plot of rep to path.
-func writePlot(path string, rep *bench.Report) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if err := bench.WritePlot(f, rep); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }

@@ -119,6 +119,8 @@ func TestBenchCommand_RunsMedian(t *testing.T) {
 // TestBenchCommand_BadFlags checks that wrong flags are usage errors that
 // name the flag.
 func TestBenchCommand_BadFlags(t *testing.T) {
+	// A file in a directory that does not exist: refused before the runs.
+	nowhere := filepath.Join(t.TempDir(), "missing")
 	for _, tc := range []struct {
 		args []string
 		flag string
@@ -137,6 +139,10 @@ func TestBenchCommand_BadFlags(t *testing.T) {
 		{[]string{"--runs", "3", "--trace", "t.out"}, "--trace"},
 		{[]string{"--runs", "3", "--memprofile", "m.out"}, "--memprofile"},
 		{[]string{"--processes", "--memprofile", "m.out"}, "--memprofile"},
+		{[]string{"--plot", filepath.Join(nowhere, "b.svg")}, "--plot"},
+		{[]string{"--cpuprofile", filepath.Join(nowhere, "c.out")}, "--cpuprofile"},
+		{[]string{"--memprofile", filepath.Join(nowhere, "m.out")}, "--memprofile"},
+		{[]string{"--trace", filepath.Join(nowhere, "t.out")}, "--trace"},
 	} {
 		t.Run(tc.flag, func(t *testing.T) {
 			_, err := executeBench(t, tc.args...)
