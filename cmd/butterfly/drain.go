@@ -69,12 +69,18 @@ nothing accepts connections at its address any more.`,
 			waitCtx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
 			if err := waitKeyGone(waitCtx, cli, key, resp.Header.Revision); err != nil {
+				if ctx.Err() == nil && waitCtx.Err() != nil {
+					return fmt.Errorf("%s still registered after %s %v: the instance did not finish draining", key, r.flagName("timeout"), timeout)
+				}
 				return fmt.Errorf("waiting for %s to leave: %w", key, err)
 			}
 			// The registration goes before the server stops: wait until
 			// its address takes no more connections.
 			if v, err := registry.ParseValue(instance, resp.Kvs[0].Value); err == nil {
 				if err := waitClosed(waitCtx, v.Addr); err != nil {
+					if ctx.Err() == nil && waitCtx.Err() != nil {
+						return fmt.Errorf("%s/%s still serving at %s after %s %v", service, instance, v.Addr, r.flagName("timeout"), timeout)
+					}
 					return fmt.Errorf("waiting for %s/%s to stop serving at %s: %w", service, instance, v.Addr, err)
 				}
 			}

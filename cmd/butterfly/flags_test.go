@@ -42,12 +42,32 @@ func TestComponentFlags_OutOfRange(t *testing.T) {
 		{[]string{"drain", "i1", "--wait", "--timeout", "0s"}, "--timeout 0s: must be positive"},
 		{[]string{"intermediate", "--name", "i1", "--listen", "127.0.0.1:0", "--tls-client-auth", "maybe"}, `--tls-client-auth "maybe" is not none, request or require`},
 		{[]string{"intermediate", "--name", "i1", "--listen", "127.0.0.1:0", "--tls-client-auth", "none"}, "a TLS server needs its certificate"},
+		{[]string{"intermediate", "--name", "i1", "--listen", "127.0.0.1:0", "--weight", "0"}, "--weight 0: must be at least 1"},
 	} {
 		out, err := executeCommand(t, append(tc.args, noEtcd...)...)
 		var ue *usageError
 		if !errors.As(err, &ue) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("butterfly %v = %v (output %q), want a usage error containing %q", tc.args, err, out, tc.want)
 		}
+	}
+}
+
+// TestDrainCommand_WaitTimeoutNamesTheFlag checks that a drain --wait that
+// runs out of time says which flag bounded it, for an instance that never
+// leaves (a key written by hand, no process behind it).
+func TestDrainCommand_WaitTimeoutNamesTheFlag(t *testing.T) {
+	etc := etcdtest.Start(t)
+	cli := etc.Client(t)
+	key := registry.ServiceKey(registry.DefaultPrefix, registry.DefaultService, "deadi")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := cli.Put(ctx, key, `{"Addr":"127.0.0.1:1","Metadata":{"instance":"deadi","epoch":1}}`); err != nil {
+		t.Fatalf("etcd put %s = %v", key, err)
+	}
+	out, err := executeCommand(t, "drain", "deadi", "--wait", "--timeout", "500ms", "--etcd-endpoints", etc.Endpoint())
+	want := key + " still registered after --timeout 500ms"
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("butterfly drain deadi --wait --timeout 500ms = %v (output %q), want an error containing %q", err, out, want)
 	}
 }
 
