@@ -2,16 +2,13 @@ package components
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
-	"net"
-	"strconv"
-	"strings"
-	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
 )
 
 // Errors a producer, consumer or stage stops with when an intermediate
@@ -53,10 +50,6 @@ func (e *RefusedError) Error() string {
 
 func (e *RefusedError) Unwrap() error { return e.Kind }
 
-// tlsProbeTimeout bounds the TLS handshake that tells a TLS server from a
-// connection that merely broke.
-const tlsProbeTimeout = time.Second
-
 // refusal returns the RefusedError of err, an error from opening a stream to
 // the instance at addr or from its first receive, when retrying cannot mend
 // it; nil when it may (the instance restarts, the network heals). plaintext
@@ -76,36 +69,13 @@ func refusal(ctx context.Context, component, instance, addr string, plaintext bo
 	default:
 		return nil
 	}
-	msg := st.Message()
-	e.Kind = ErrTLSMismatch
-	switch {
-	case strings.Contains(msg, "first record does not look like a TLS handshake"):
-		e.Reason = "this client speaks TLS and the instance plaintext gRPC (drop --tls-* here or give the intermediate --tls-cert/--tls-key)"
-		return e
-	case strings.Contains(msg, "remote error: tls:"):
-		// The server ended the handshake: no client certificate, or one it
-		// does not accept.
-		e.Reason = "the instance refused this client's TLS handshake: remote error: " + tlsCause(msg) +
-			" (mutual TLS: --tls-cert and --tls-key signed by a CA the instance trusts)"
-		return e
-	case strings.Contains(msg, "x509:"):
-		// The server's certificate: an unknown CA, another name, expired.
-		e.Reason = "the TLS handshake failed: " + tlsCause(msg)
-		return e
-	case !plaintext:
-		// A TLS client's connection closed or reset during or after the
-		// handshake: the server went away, which may mend.
-	case strings.Contains(msg, "server preface"), strings.Contains(msg, "EOF"),
-		strings.Contains(msg, "connection reset"), strings.Contains(msg, "frame too large"):
-		// A plaintext client that meets a TLS server sees its connection
-		// closed before the HTTP/2 preface; so does one whose server went
-		// away. A TLS handshake tells which.
-		if speaksTLS(ctx, addr) {
-			e.Reason = "the instance speaks TLS and this client plaintext gRPC (pass --tls-ca, and --tls-cert/--tls-key for mutual TLS)"
-			return e
-		}
+	reason := tlsutil.Mismatch(ctx, addr, plaintext, st.Message())
+	if reason == "" {
+		return nil
 	}
-	return nil
+	e.Kind = ErrTLSMismatch
+	e.Reason = reason
+	return e
 }
 
 // refusalAfterWelcome returns the RefusedError of err, the status that
@@ -119,39 +89,4 @@ func refusalAfterWelcome(component, instance, addr string, err error) *RefusedEr
 		return nil
 	}
 	return &RefusedError{Kind: ErrRefused, Component: component, Instance: instance, Addr: addr, Code: st.Code(), Reason: st.Message()}
-}
-
-// tlsCause returns the part of a connection error from "x509:" or "tls:" on,
-// else msg: unquoted (gRPC quotes a connection error's description, desc =
-// "..."), on one line.
-func tlsCause(msg string) string {
-	if i := strings.Index(msg, `desc = "`); i >= 0 {
-		if u, err := strconv.Unquote(msg[i+len(`desc = `):]); err == nil {
-			msg = u
-		}
-	}
-	for _, k := range []string{"x509:", "tls:"} {
-		if i := strings.Index(msg, k); i >= 0 {
-			return strings.ReplaceAll(strings.TrimRight(msg[i:], `"`), "\n", "; ")
-		}
-	}
-	return msg
-}
-
-// speaksTLS reports whether a server at addr answers a TLS handshake.
-func speaksTLS(ctx context.Context, addr string) bool {
-	if addr == "" {
-		return false
-	}
-	ctx, cancel := context.WithTimeout(ctx, tlsProbeTimeout)
-	defer cancel()
-	d := tls.Dialer{NetDialer: &net.Dialer{}, Config: &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}}} //nolint:gosec // a probe: no data is sent
-	conn, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		// A server that asks for a client certificate may end the
-		// handshake with an alert: it spoke TLS all the same.
-		return strings.Contains(err.Error(), "remote error: tls:")
-	}
-	conn.Close()
-	return true
 }

@@ -13,8 +13,10 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 
 	adminv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/admin/v1"
+	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
 
@@ -212,10 +214,17 @@ func fillStatus(ctx context.Context, e *statusEntry, creds credentials.Transport
 		return
 	}
 	defer conn.Close()
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	callCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	st, err := adminv1.NewAdminServiceClient(conn).GetStatus(ctx, &adminv1.GetStatusRequest{}, grpc.WaitForReady(true))
+	st, err := adminv1.NewAdminServiceClient(conn).GetStatus(callCtx, &adminv1.GetStatusRequest{}, grpc.WaitForReady(true))
 	if err != nil {
+		// A connection that never came up because the two ends disagree on
+		// TLS is said as such, with the flags that mend it.
+		plaintext := creds.Info().SecurityProtocol == "insecure"
+		if why := tlsutil.Mismatch(ctx, e.Addr, plaintext, status.Convert(err).Message()); why != "" {
+			e.Error = "TLS mismatch: " + why
+			return
+		}
 		e.Error = err.Error()
 		return
 	}

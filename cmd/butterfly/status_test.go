@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -170,5 +172,36 @@ func TestStatusCommand_WatchRefreshes(t *testing.T) {
 		if !strings.Contains(text, want) {
 			t.Errorf("butterfly status --watch output lacks %q:\n%s", want, text)
 		}
+	}
+}
+
+// TestStatusCommand_SaysTLSMismatch checks that an instance that speaks TLS
+// to a plaintext `butterfly status` is reported as a TLS mismatch naming the
+// flags that mend it, not as the connection error it looks like.
+func TestStatusCommand_SaysTLSMismatch(t *testing.T) {
+	etc := etcdtest.Start(t)
+	cli := etc.Client(t)
+	tlsSrv := httptest.NewTLSServer(http.NotFoundHandler())
+	defer tlsSrv.Close()
+	addr := tlsSrv.Listener.Addr().String()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	reg, err := registry.Register(ctx, cli, "intermediate", "i1", addr, registry.WithPrefix(statusPrefix))
+	if err != nil {
+		t.Fatalf("registry.Register(i1) = %v", err)
+	}
+	defer reg.Close(context.Background())
+
+	out, err := executeCommand(t, "status", "--etcd-endpoints", etc.Endpoint(), "--prefix", statusPrefix, "--json", "--timeout", "500ms")
+	if err != nil {
+		t.Fatalf("butterfly status --json = %v; output:\n%s", err, out)
+	}
+	var got []statusEntry
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("butterfly status --json output %q: %v", out, err)
+	}
+	const want = "TLS mismatch: the instance speaks TLS and this client plaintext gRPC (pass --tls-ca"
+	if len(got) != 1 || got[0].State != stateUnreachable || !strings.HasPrefix(got[0].Error, want) {
+		t.Errorf("butterfly status --json = %s, want i1 unreachable with an error starting %q", out, want)
 	}
 }
