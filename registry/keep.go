@@ -39,9 +39,8 @@ type leaseKeep struct {
 	lostOnce sync.Once
 }
 
-// keepLease starts keeping lease id alive; until is when it expires unless
-// etcd renews it (from its grant).
-func (r *Registration) keepLease(id clientv3.LeaseID, until time.Time) *leaseKeep {
+// keepLease starts keeping lease id, granted for ttl, alive.
+func (r *Registration) keepLease(id clientv3.LeaseID, ttl time.Duration) *leaseKeep {
 	ctx, cancel := context.WithCancel(r.ctx)
 	lk := &leaseKeep{id: id, cancel: cancel, done: make(chan struct{}), lost: make(chan struct{})}
 	go func() {
@@ -51,23 +50,43 @@ func (r *Registration) keepLease(id clientv3.LeaseID, until time.Time) *leaseKee
 			r.loseLease(lk, "the keep-alive failed: "+err.Error())
 			return
 		}
-		expiry := time.NewTimer(time.Until(until))
+		// The first keep-alive has the lease's TTL to be answered, from
+		// now: the grant (and Register's claim) may have taken longer, and
+		// its answer says whether etcd still has the lease (one of TTL 0
+		// closes ka). Each answer then gives it its TTL again. etcd expires
+		// a lease a TTL after it renewed it, which is before its answer is
+		// read: once the timer fires, the lease is gone or about to go.
+		expiry := time.NewTimer(ttl)
 		defer expiry.Stop()
+		answered := func(resp *clientv3.LeaseKeepAliveResponse, ok bool) bool {
+			if !ok {
+				if ctx.Err() == nil {
+					r.loseLease(lk, "the keep-alive stopped")
+				}
+				return false
+			}
+			expiry.Reset(time.Duration(resp.TTL) * time.Second)
+			return true
+		}
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case resp, ok := <-ka:
-				if !ok {
-					if ctx.Err() == nil {
-						r.loseLease(lk, "the keep-alive stopped")
-					}
+				if !answered(resp, ok) {
 					return
 				}
-				expiry.Reset(time.Until(time.Now().Add(time.Duration(resp.TTL) * time.Second)))
 			case <-expiry.C:
-				// etcd expires the lease a TTL after it last renewed it, which
-				// is before we read its answer: it is gone, or about to go.
+				// An answer read late (this goroutine kept off its core)
+				// still counts.
+				select {
+				case resp, ok := <-ka:
+					if !answered(resp, ok) {
+						return
+					}
+					continue
+				default:
+				}
 				r.loseLease(lk, "no answer from etcd for the lease TTL")
 				return
 			}
@@ -107,7 +126,7 @@ func (r *Registration) loseLease(lk *leaseKeep, why string) {
 // keep owns the lease and the key for the life of the registration.
 func (r *Registration) keep() {
 	defer r.wg.Done()
-	r.lk = r.keepLease(r.lease, r.leaseUntil)
+	r.lk = r.keepLease(r.lease, r.leaseTTL)
 	defer func() { r.lk.stop() }()
 	bo := newBackoff(50*time.Millisecond, min(time.Second, time.Duration(r.ttl)*time.Second/3))
 	rev := r.startRev
@@ -249,7 +268,6 @@ func (r *Registration) resync() (int64, error) {
 // regrantLocked grants a new lease and keeps it alive in place of the old
 // one, which the next successful resync revokes.
 func (r *Registration) regrantLocked(ctx context.Context) error {
-	asked := time.Now()
 	grant, err := r.cli.Grant(ctx, r.ttl)
 	if err != nil {
 		return err
@@ -257,7 +275,8 @@ func (r *Registration) regrantLocked(ctx context.Context) error {
 	r.lk.stop()
 	r.staleLeases = append(r.staleLeases, r.lease)
 	r.lease = grant.ID
-	r.lk = r.keepLease(grant.ID, asked.Add(time.Duration(grant.TTL)*time.Second))
+	r.leaseTTL = time.Duration(grant.TTL) * time.Second
+	r.lk = r.keepLease(grant.ID, r.leaseTTL)
 	r.logger.Info("registry: granted a new lease", "lease", int64(grant.ID))
 	return nil
 }

@@ -33,6 +33,9 @@ type cutRig struct {
 	// slowNextGet: the next Range of the keeper's client is answered this
 	// much later (a slow linearizable read), etcd healthy otherwise.
 	slowNextGet atomic.Int64
+	// slowNextGrant: the next LeaseGrant of the keeper's client reaches
+	// etcd this much later (a grant waiting on an election or a slow disk).
+	slowNextGrant atomic.Int64
 }
 
 func (c *cutRig) doCut() {
@@ -78,8 +81,9 @@ func newCutRig(t *testing.T) *cutRig {
 				MinConnectTimeout: 5 * time.Second,
 			}),
 			grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-				if method == "/etcdserverpb.KV/Range" {
-					if d := rig.slowNextGet.Swap(0); d > 0 {
+				slow := map[string]*atomic.Int64{"/etcdserverpb.KV/Range": &rig.slowNextGet, "/etcdserverpb.Lease/LeaseGrant": &rig.slowNextGrant}
+				if next, ok := slow[method]; ok {
+					if d := next.Swap(0); d > 0 {
 						select {
 						case <-time.After(time.Duration(d)):
 						case <-ctx.Done():
@@ -210,6 +214,25 @@ func TestRegistration_SlowResyncKeepsTheLease(t *testing.T) {
 	}
 	if closed(r.LeaseLost()) {
 		t.Errorf("LeaseLost() closed with etcd healthy and the keep-alive stream answering")
+	}
+}
+
+// TestRegistration_SlowGrantIsNotALostLease checks that a lease whose grant
+// took longer than its TTL (2.2 s against 2 s), with etcd answering
+// everything after it, is not called lost before its first keep-alive had
+// its chance: nothing went unanswered, and etcd has the lease.
+func TestRegistration_SlowGrantIsNotALostLease(t *testing.T) {
+	rig := newCutRig(t)
+	rig.slowNextGrant.Store(int64(2200 * time.Millisecond))
+	r := register(t, rig.cli, "svc", "i1", "127.0.0.1:7001", WithTTL(2*time.Second), WithLogger(testLogger(t)))
+	_, lease, _ := getValue(t, rig.direct, r.Key())
+	select {
+	case <-r.LeaseLost():
+		t.Errorf("LeaseLost() closed after a slow grant, with etcd answering every keep-alive")
+	case <-time.After(4 * time.Second):
+	}
+	if ttl, err := rig.direct.TimeToLive(testContext(t), clientv3.LeaseID(lease)); err != nil || ttl.TTL <= 0 {
+		t.Errorf("TimeToLive(%x) = %+v, %v, want the lease alive", lease, ttl, err)
 	}
 }
 

@@ -61,10 +61,10 @@ type Registration struct {
 	opMu        opLock
 	lease       clientv3.LeaseID
 	staleLeases []clientv3.LeaseID // granted before lease; revoked once the key is on lease
-	// leaseUntil is when lease expires unless etcd renews it, from its
-	// grant in Register; lk keeps the current lease alive. Only Register
-	// and then the keeper touch them.
-	leaseUntil time.Time
+	// leaseTTL is the TTL etcd granted lease (it may raise the one asked
+	// for); lk keeps lease alive. Only Register and then the keeper touch
+	// them.
+	leaseTTL   time.Duration
 	lk         *leaseKeep
 	lastValue  []byte // what our last successful write stored
 	draining   bool
@@ -121,13 +121,12 @@ func registerKey(ctx context.Context, cli *clientv3.Client, key, ctlKey string, 
 	}
 	r.opMu.Lock()
 	defer r.opMu.Unlock()
-	asked := time.Now()
 	grant, err := cli.Grant(ctx, r.ttl)
 	if err != nil {
 		return nil, fmt.Errorf("registry: grant lease for %s: %w", key, err)
 	}
 	r.lease = grant.ID
-	r.leaseUntil = asked.Add(time.Duration(grant.TTL) * time.Second)
+	r.leaseTTL = time.Duration(grant.TTL) * time.Second
 	rev, err := r.claimLocked(ctx)
 	if err != nil {
 		rctx, cancel := ctxgrace.WithGrace(ctx, r.callTimeout, CleanupGrace)
