@@ -106,16 +106,6 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// closed reports whether c is closed.
-func closed(c <-chan struct{}) bool {
-	select {
-	case <-c:
-		return true
-	default:
-		return false
-	}
-}
-
 // waitClosed waits until c is closed.
 func waitClosed(t *testing.T, what string, c <-chan struct{}) {
 	t.Helper()

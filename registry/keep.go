@@ -101,14 +101,7 @@ func (lk *leaseKeep) stop() {
 	<-lk.done
 }
 
-func (lk *leaseKeep) isLost() bool {
-	select {
-	case <-lk.lost:
-		return true
-	default:
-		return false
-	}
-}
+func (lk *leaseKeep) isLost() bool { return isClosed(lk.lost) }
 
 // loseLease marks lk's lease lost, and LeaseLost closed: the next resync
 // grants a new lease and puts the key back on it.

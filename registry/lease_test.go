@@ -141,23 +141,36 @@ func (rig *cutRig) checkLeaseLost(t *testing.T, r *Registration, lease clientv3.
 	}
 }
 
-// TestRegistration_LeaseLostWhenCutAsASessionOpens checks a partition that
-// starts right after the keeper's resync put the key back (an operator
-// deleted it): the next session's watch is never confirmed (clientv3's
-// Watch waits for that), and the lease must still be lost by the time etcd
+// TestRegistration_LeaseLostWhenCutAsASessionOpens checks partitions that
+// start as the keeper opens a session, once its resync put back the key an
+// operator deleted: right after the put, when the session's watch is never
+// confirmed (clientv3's Watch waits for that), and once the watch is
+// confirmed, when a keep-alive begun then would give up only after
+// clientv3's first keep-alive timeout (the dial timeout and a second, 6 s,
+// where the TTL is 2 s). Either way the lease must be lost by the time etcd
 // expires it, not once the partition heals.
 func TestRegistration_LeaseLostWhenCutAsASessionOpens(t *testing.T) {
-	rig := newCutRig(t)
-	r := register(t, rig.cli, "svc", "i1", "127.0.0.1:7001", WithTTL(2*time.Second), WithLogger(testLogger(t)))
-	t.Cleanup(func() { rig.px.Blackhole(false) }) // before r.Close
-	_, lease, _ := getValue(t, rig.direct, r.Key())
+	for _, tc := range []struct {
+		name string
+		cut  func(*cutRig) *atomic.Bool
+	}{
+		{"after the put", func(rig *cutRig) *atomic.Bool { return &rig.cutAfterTxn }},
+		{"after the watch opens", func(rig *cutRig) *atomic.Bool { return &rig.cutAfterWatchCreated }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rig := newCutRig(t)
+			r := register(t, rig.cli, "svc", "i1", "127.0.0.1:7001", WithTTL(2*time.Second), WithLogger(testLogger(t)))
+			t.Cleanup(func() { rig.px.Blackhole(false) }) // before r.Close
+			_, lease, _ := getValue(t, rig.direct, r.Key())
 
-	rig.cutAfterTxn.Store(true)
-	if _, err := rig.direct.Delete(testContext(t), r.Key()); err != nil {
-		t.Fatalf("Delete() = %v", err)
+			tc.cut(rig).Store(true)
+			if _, err := rig.direct.Delete(testContext(t), r.Key()); err != nil {
+				t.Fatalf("Delete() = %v", err)
+			}
+			waitUntil(t, "the cut", func() bool { return rig.cut.Load() != nil })
+			rig.checkLeaseLost(t, r, clientv3.LeaseID(lease))
+		})
 	}
-	waitUntil(t, "the cut", func() bool { return rig.cut.Load() != nil })
-	rig.checkLeaseLost(t, r, clientv3.LeaseID(lease))
 }
 
 // TestRegistration_LeaseLostWhenCutAfterRegister checks the same with the
@@ -168,25 +181,6 @@ func TestRegistration_LeaseLostWhenCutAfterRegister(t *testing.T) {
 	r := register(t, rig.cli, "svc", "i1", "127.0.0.1:7001", WithTTL(2*time.Second), WithLogger(testLogger(t)))
 	t.Cleanup(func() { rig.px.Blackhole(false) }) // before r.Close
 	_, lease, _ := getValue(t, rig.direct, r.Key())
-	rig.checkLeaseLost(t, r, clientv3.LeaseID(lease))
-}
-
-// TestRegistration_LeaseLostWhenCutAfterTheWatchOpens checks a partition
-// that starts once a new session's watch is confirmed. A keep-alive begun
-// then gives up only after clientv3's first keep-alive timeout (the dial
-// timeout and a second, 6 s), where the lease's TTL is 2 s: the lease must
-// be lost when etcd expires it.
-func TestRegistration_LeaseLostWhenCutAfterTheWatchOpens(t *testing.T) {
-	rig := newCutRig(t)
-	r := register(t, rig.cli, "svc", "i1", "127.0.0.1:7001", WithTTL(2*time.Second), WithLogger(testLogger(t)))
-	t.Cleanup(func() { rig.px.Blackhole(false) }) // before r.Close
-	_, lease, _ := getValue(t, rig.direct, r.Key())
-
-	rig.cutAfterWatchCreated.Store(true)
-	if _, err := rig.direct.Delete(testContext(t), r.Key()); err != nil {
-		t.Fatalf("Delete() = %v", err)
-	}
-	waitUntil(t, "the cut", func() bool { return rig.cut.Load() != nil })
 	rig.checkLeaseLost(t, r, clientv3.LeaseID(lease))
 }
 
@@ -212,7 +206,7 @@ func TestRegistration_SlowResyncKeepsTheLease(t *testing.T) {
 	if ttl.TTL == -1 {
 		t.Errorf("lease %x expired with etcd healthy: the keeper sent no keep-alive while one read of its resync was slow", lease)
 	}
-	if closed(r.LeaseLost()) {
+	if isClosed(r.LeaseLost()) {
 		t.Errorf("LeaseLost() closed with etcd healthy and the keep-alive stream answering")
 	}
 }

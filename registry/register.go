@@ -276,9 +276,12 @@ func (r *Registration) Close(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-func (r *Registration) isReplaced() bool {
+func (r *Registration) isReplaced() bool { return isClosed(r.replaced) }
+
+// isClosed reports whether c is closed.
+func isClosed(c <-chan struct{}) bool {
 	select {
-	case <-r.replaced:
+	case <-c:
 		return true
 	default:
 		return false

@@ -97,7 +97,7 @@ func TestRegister_SecondIncarnationFencesFirst(t *testing.T) {
 		t.Errorf("Epoch() of the second incarnation = %d, want 2", got)
 	}
 	waitClosed(t, "Replaced() of the first incarnation", old.Replaced())
-	if closed(moved.Replaced()) {
+	if isClosed(moved.Replaced()) {
 		t.Errorf("Replaced() of the second incarnation is closed, want open")
 	}
 	if err := old.SetDraining(testContext(t)); !errors.Is(err, ErrReplaced) {
@@ -159,7 +159,7 @@ func TestRegister_RacingIncarnationsGetDistinctEpochs(t *testing.T) {
 	for e := uint64(1); e < n; e++ {
 		waitClosed(t, "Replaced() of an older incarnation", epochs[e].Replaced())
 	}
-	if closed(epochs[n].Replaced()) {
+	if isClosed(epochs[n].Replaced()) {
 		t.Errorf("Replaced() of epoch %d is closed, want open", n)
 	}
 }
@@ -195,7 +195,7 @@ func TestRegistration_DeletedKeyIsPutBack(t *testing.T) {
 	if gotLease != lease {
 		t.Errorf("lease of the key put back = %x, want %x", gotLease, lease)
 	}
-	if closed(r.Replaced()) {
+	if isClosed(r.Replaced()) {
 		t.Errorf("Replaced() is closed after a delete, want open")
 	}
 }
@@ -225,7 +225,7 @@ func TestRegistration_RevokedLeaseIsRegranted(t *testing.T) {
 	}
 	// etcd said the lease is gone: that is a lost lease, however the
 	// keeper heard of it first (the key's deletion or the keep-alive).
-	if !closed(r.LeaseLost()) {
+	if !isClosed(r.LeaseLost()) {
 		t.Errorf("LeaseLost() is open after the lease was revoked, want closed")
 	}
 	ttl, err := cli.TimeToLive(testContext(t), clientv3.LeaseID(gotLease))
@@ -280,7 +280,7 @@ func TestRegistration_OverwrittenKey(t *testing.T) {
 				got, err := ParseValue(instance, resp.Kvs[0].Value)
 				return err == nil && cmp.Equal(want, got)
 			})
-			if closed(r.Replaced()) {
+			if isClosed(r.Replaced()) {
 				t.Errorf("Replaced() is closed, want open")
 			}
 		})
@@ -454,7 +454,7 @@ func TestRegistration_RewrittenOffItsLease(t *testing.T) {
 				resp, err := cli.Get(testContext(t), r.Key())
 				return err == nil && len(resp.Kvs) == 1 && resp.Kvs[0].Lease == lease && bytes.Equal(resp.Kvs[0].Value, own)
 			})
-			if closed(r.Replaced()) {
+			if isClosed(r.Replaced()) {
 				t.Errorf("Replaced() is closed, want open")
 			}
 		})

@@ -245,7 +245,7 @@ func TestRegisterConsumer_OverwrittenKey(t *testing.T) {
 				got, err := ParseConsumerValue("g", id, resp.Kvs[0].Value)
 				return err == nil && got.Epoch == own.Epoch && got.Started.Equal(own.Started) && got.Host == own.Host
 			})
-			if closed(r.Replaced()) {
+			if isClosed(r.Replaced()) {
 				t.Errorf("Replaced() is closed, want open")
 			}
 		})

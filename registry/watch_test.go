@@ -218,9 +218,9 @@ func TestWatch_CompactionRelists(t *testing.T) {
 // TestRegistration_LeaseLostWhileResyncing checks that a lease is lost when
 // etcd goes unanswered for its TTL after the keeper's session ended for
 // another reason (here a draining flag whose write failed; in a cluster,
-// the watch of the key canceled when its member lost the leader): nothing
-// keeps the lease alive while the keeper retries, and LeaseLost must close
-// as it does when the keep-alive itself goes unanswered.
+// the watch of the key canceled when its member lost the leader): the
+// keeper retrying its resync must not hide the loss, and LeaseLost must
+// close as it does in a session.
 func TestRegistration_LeaseLostWhileResyncing(t *testing.T) {
 	srv := etcdtest.Start(t)
 	cli := newClient(t, srv)
@@ -238,7 +238,7 @@ func TestRegistration_LeaseLostWhileResyncing(t *testing.T) {
 	if !logs.Has("registry: lease lost; granting a new one") {
 		t.Errorf("no %q logged", "registry: lease lost; granting a new one")
 	}
-	if closed(r.Replaced()) {
+	if isClosed(r.Replaced()) {
 		t.Errorf("Replaced() is closed after an outage, want open")
 	}
 	srv.Restart(t)
@@ -266,14 +266,14 @@ func TestRegistration_SurvivesEtcdOutage(t *testing.T) {
 	views := startWatch(t, newClient(t, srv), "svc")
 	wantNames(t, nextView(t, views), "i1=127.0.0.1:7001")
 
-	if closed(r.LeaseLost()) {
+	if isClosed(r.LeaseLost()) {
 		t.Errorf("LeaseLost() is closed while the lease is kept, want open")
 	}
 	srv.Stop(t)
 	waitUntil(t, "the registration to lose its lease", func() bool {
 		return logs.Has("registry: lease lost; granting a new one")
 	})
-	if !closed(r.LeaseLost()) {
+	if !isClosed(r.LeaseLost()) {
 		t.Errorf("LeaseLost() is open after the lease was lost, want closed")
 	}
 	srv.Restart(t)
@@ -285,7 +285,7 @@ func TestRegistration_SurvivesEtcdOutage(t *testing.T) {
 	if v.Metadata.Epoch != 1 || v.Addr != "127.0.0.1:7001" {
 		t.Errorf("value put back = %+v, want epoch 1 at 127.0.0.1:7001", v)
 	}
-	if closed(r.Replaced()) {
+	if isClosed(r.Replaced()) {
 		t.Errorf("Replaced() is closed after an outage, want open")
 	}
 	for len(views) > 0 {
