@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -114,4 +115,17 @@ func waitClosed(t *testing.T, what string, c <-chan struct{}) {
 	case <-time.After(defaultTestTimeout):
 		t.Fatalf("%s not closed after %v", what, defaultTestTimeout)
 	}
+}
+
+// tWriter writes to t.Logf.
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Logf("%s", p)
+	return len(p), nil
+}
+
+// testLogger logs to t, with times.
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }

@@ -10,11 +10,12 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// The keeper of a registration keeps its lease alive from the grant until a
-// new lease replaces it (leaseKeep), and runs sessions: a session watches
-// the key from the revision of our last write. Anything that ends a session
-// (lost lease, deleted or stale key, halted watch) is followed by a resync,
-// which re-grants the lease if it was lost and makes sure the key holds our
+// The keeper of a registration keeps its lease alive (leaseKeep: from when
+// Register returns, and a lease granted again from its grant, until a new
+// lease replaces it), and runs sessions: a session watches the key from the
+// revision of our last write. Anything that ends a session (lost lease,
+// deleted or stale key, halted watch) is followed by a resync, which
+// re-grants the lease if it was lost and makes sure the key holds our
 // value, then a new session. The lease is kept alive through all of it: a
 // slow resync does not let it lapse, and it is lost when etcd has not
 // answered its keep-alive for its TTL, whatever the keeper is doing then. A
@@ -45,6 +46,8 @@ func (r *Registration) keepLease(id clientv3.LeaseID, ttl time.Duration) *leaseK
 	lk := &leaseKeep{id: id, cancel: cancel, done: make(chan struct{}), lost: make(chan struct{})}
 	go func() {
 		defer close(lk.done)
+		// A lease called lost is no longer renewed.
+		defer cancel()
 		ka, err := r.cli.KeepAlive(ctx, id)
 		if err != nil {
 			r.loseLease(lk, "the keep-alive failed: "+err.Error())

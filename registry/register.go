@@ -54,6 +54,10 @@ type Registration struct {
 	wg       sync.WaitGroup
 	startRev int64  // revision of the first put; set before the goroutines start
 	epoch    uint64 // set by claimLocked in Register, then fixed
+	// Set by Register, then the keeper's alone: leaseTTL is the TTL etcd
+	// granted lease (it may raise the one asked for), lk keeps lease alive.
+	leaseTTL time.Duration
+	lk       *leaseKeep
 
 	// opMu serialises every write to the key and to the lease. It is held
 	// across etcd calls, each bounded by a timeout; SetDraining waits for it
@@ -61,14 +65,9 @@ type Registration struct {
 	opMu        opLock
 	lease       clientv3.LeaseID
 	staleLeases []clientv3.LeaseID // granted before lease; revoked once the key is on lease
-	// leaseTTL is the TTL etcd granted lease (it may raise the one asked
-	// for); lk keeps lease alive. Only Register and then the keeper touch
-	// them.
-	leaseTTL   time.Duration
-	lk         *leaseKeep
-	lastValue  []byte // what our last successful write stored
-	draining   bool
-	drainAsked atomic.Bool // SetDraining was called: every write marks the key draining
+	lastValue   []byte             // what our last successful write stored
+	draining    bool
+	drainAsked  atomic.Bool // SetDraining was called: every write marks the key draining
 }
 
 // Register puts <prefix>/services/<service>/<instance> with the value
@@ -96,16 +95,13 @@ func Register(ctx context.Context, cli *clientv3.Client, service, instance, addr
 		Started:  time.Now().UTC(),
 		Version:  o.version,
 	}}
-	r, err := registerKey(ctx, cli, ServiceKey(o.prefix, service, instance), ControlKey(o.prefix, service, instance), rec, o)
-	if err != nil {
-		return nil, err
-	}
-	r.logger.Info("registry: registered", "addr", addr, "lease", int64(r.lease))
-	return r, nil
+	return registerKey(ctx, cli, ServiceKey(o.prefix, service, instance), ControlKey(o.prefix, service, instance), rec, o,
+		"registry: registered", "addr", addr)
 }
 
-// registerKey claims key for rec (see Register) and starts keeping it.
-func registerKey(ctx context.Context, cli *clientv3.Client, key, ctlKey string, rec record, o options) (*Registration, error) {
+// registerKey claims key for rec (see Register), logs msg with attrs and
+// the lease, and starts keeping the key.
+func registerKey(ctx context.Context, cli *clientv3.Client, key, ctlKey string, rec record, o options, msg string, attrs ...any) (*Registration, error) {
 	r := &Registration{
 		cli:         cli,
 		logger:      o.logger.With("key", key),
@@ -139,6 +135,8 @@ func registerKey(ctx context.Context, cli *clientv3.Client, key, ctlKey string, 
 	r.startRev = rev
 	r.logger = r.logger.With("epoch", r.epoch)
 	r.ctx, r.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	// Before the keeper starts: it may grant another lease.
+	r.logger.Info(msg, append(attrs, "lease", int64(r.lease))...)
 	r.wg.Add(1)
 	go r.keep()
 	if ctlKey != "" {

@@ -204,12 +204,7 @@ func RegisterConsumer(ctx context.Context, cli *clientv3.Client, service, group,
 		Version:  o.version,
 		Role:     cmp.Or(o.consumerRole, RoleConsumer),
 	})
-	r, err := registerKey(ctx, cli, ConsumerKey(o.prefix, service, group, consumer), "", rec, o)
-	if err != nil {
-		return nil, err
-	}
-	r.logger.Info("registry: consumer registered", "lease", int64(r.lease))
-	return r, nil
+	return registerKey(ctx, cli, ConsumerKey(o.prefix, service, group, consumer), "", rec, o, "registry: consumer registered")
 }
 
 // validateNames checks the prefix, the service and each (what, name) pair.
