@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -131,17 +132,10 @@ Needs nothing running: etcd is embedded and every server listens on loopback
 			}
 			// Every output file is created before the runs, so that a path
 			// that cannot be written is refused at once, naming its flag.
-			var plot *os.File
 			for _, out := range []struct {
 				flag, path string
 				w          *io.Writer
-				file       **os.File
-			}{
-				{"cpuprofile", f.cpuprofile, &cfg.CPUProfile, nil},
-				{"memprofile", f.memprofile, &cfg.HeapProfile, nil},
-				{"trace", f.trace, &cfg.Trace, nil},
-				{"plot", f.plot, nil, &plot},
-			} {
+			}{{"cpuprofile", f.cpuprofile, &cfg.CPUProfile}, {"memprofile", f.memprofile, &cfg.HeapProfile}, {"trace", f.trace, &cfg.Trace}} {
 				if out.path == "" {
 					continue
 				}
@@ -150,11 +144,20 @@ Needs nothing running: etcd is embedded and every server listens on loopback
 					return usagef("%s: %v", r.flagName(out.flag), err)
 				}
 				defer file.Close()
-				if out.w != nil {
-					*out.w = file
+				*out.w = file
+			}
+			// The plot is drawn beside its path and put in its place once
+			// drawn: a failed run leaves the one before.
+			var plot *os.File
+			if f.plot != "" {
+				var err error
+				if plot, err = os.CreateTemp(filepath.Dir(f.plot), filepath.Base(f.plot)+".*.tmp"); err != nil {
+					return usagef("%s: %v", r.flagName("plot"), err)
 				}
-				if out.file != nil {
-					*out.file = file
+				defer os.Remove(plot.Name())
+				defer plot.Close()
+				if err := plot.Chmod(0o644); err != nil {
+					return fmt.Errorf("%s: %w", r.flagName("plot"), err)
 				}
 			}
 			reps := make([]*bench.Report, 0, f.runs)
@@ -179,11 +182,15 @@ Needs nothing running: etcd is embedded and every server listens on loopback
 				return withLosses(err, lost)
 			}
 			if plot != nil {
-				if err := bench.WritePlot(plot, rep); err != nil {
-					return fmt.Errorf("--plot: %w", err)
+				err := bench.WritePlot(plot, rep)
+				if cerr := plot.Close(); err == nil {
+					err = cerr
 				}
-				if err := plot.Close(); err != nil {
-					return fmt.Errorf("--plot: %w", err)
+				if err == nil {
+					err = os.Rename(plot.Name(), f.plot)
+				}
+				if err != nil {
+					return withLosses(fmt.Errorf("%s: %w", r.flagName("plot"), err), lost)
 				}
 			}
 			if lost > 0 {
