@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
@@ -219,11 +220,14 @@ func fillStatus(ctx context.Context, e *statusEntry, creds credentials.Transport
 	st, err := adminv1.NewAdminServiceClient(conn).GetStatus(callCtx, &adminv1.GetStatusRequest{}, grpc.WaitForReady(true))
 	if err != nil {
 		// A connection that never came up because the two ends disagree on
-		// TLS is said as such, with the flags that mend it.
-		plaintext := creds.Info().SecurityProtocol == "insecure"
-		if why := tlsutil.Mismatch(ctx, e.Addr, plaintext, status.Convert(err).Message()); why != "" {
-			e.Error = "TLS mismatch: " + why
-			return
+		// TLS is said as such, with the flags that mend it (which may take
+		// a TLS handshake of its own, up to a second).
+		if c := status.Code(err); c == codes.Unavailable || c == codes.DeadlineExceeded {
+			plaintext := creds.Info().SecurityProtocol == "insecure"
+			if why := tlsutil.Mismatch(ctx, e.Addr, plaintext, status.Convert(err).Message()); why != "" {
+				e.Error = "TLS mismatch: " + why
+				return
+			}
 		}
 		e.Error = err.Error()
 		return

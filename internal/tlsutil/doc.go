@@ -26,6 +26,11 @@
 // admin), and its CommonName. PeerIdentity names it: the <id>, else the
 // CommonName.
 //
+// Mismatch tells, from the message of a failed gRPC connection, when its two
+// ends disagree on TLS (plaintext against TLS either way, a client
+// certificate refused, a server certificate that does not verify), and
+// says which flags mend it.
+//
 // Files are read again during handshakes, at most once per second (see
 // WithReloadInterval), as long as the ctx given at construction lives; no
 // goroutine is started. Rotating a certificate is writing the new files: new
