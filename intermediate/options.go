@@ -261,8 +261,9 @@ func WithOwnerWait(d time.Duration) Option {
 
 // WithFenceOnLeaseLoss sets whether the server fences itself once its
 // registration's lease is lost (registry.Registration.LeaseLost): its
-// keep-alive went unanswered for the lease TTL, so etcd may have deleted
-// its key and the components moved away. It then drains as a replaced
+// keep-alive went unanswered for the lease TTL, or etcd said the lease is
+// gone (revoked), so etcd may have deleted its key and the components moved
+// away. It then drains as a replaced
 // instance does (its streams get a DrainNotice, what it holds goes back to
 // the producers, the key is left alone) and Serve returns ErrLeaseLost, for
 // a supervisor to start it again once etcd answers. Off by default: a

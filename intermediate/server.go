@@ -29,7 +29,7 @@ var (
 	ErrServing = errors.New("intermediate: Serve already called")
 	// ErrLeaseLost is returned by Serve after the server fenced itself
 	// because its registration lost its lease (WithFenceOnLeaseLoss).
-	ErrLeaseLost = errors.New("intermediate: registration lost its lease: fenced (etcd unreachable for the lease TTL)")
+	ErrLeaseLost = errors.New("intermediate: registration lost its lease: fenced (etcd unreachable for the lease TTL, or the lease revoked)")
 	// ErrNotServing is returned by Drain before Serve registered the server.
 	ErrNotServing = errors.New("intermediate: not serving")
 )
@@ -277,7 +277,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	case <-reg.Replaced():
 		req.reason = messagev1.DrainReason_DRAIN_REASON_FENCED
 	case <-leaseLost:
-		s.log.Warn("intermediate: registration lost its lease; fencing (etcd unreachable for the lease TTL)", "ttl", s.opts.leaseTTL)
+		s.log.Warn("intermediate: registration lost its lease; fencing (etcd unreachable for the lease TTL, or the lease revoked)", "ttl", s.opts.leaseTTL)
 		req.reason = messagev1.DrainReason_DRAIN_REASON_FENCED
 		lost = true
 		// It puts no key back while this process leaves.

@@ -231,7 +231,7 @@ is closed. A message whose seq lies outside its producer's window
 	f.StringVar(&admin, "admin", "", "host:port for the HTTP admin endpoint (/metrics, /healthz, /readyz)")
 	f.DurationVar(&leaseTTL, "lease-ttl", 5*time.Second, "etcd lease TTL of the registration")
 	f.DurationVar(&drainTimeout, "drain-timeout", 10*time.Second, "how long a drain may take before the rest is handed back")
-	f.BoolVar(&fenceOnLeaseLoss, "fence-on-lease-loss", false, "drain and exit 1 once the registration's lease is lost (etcd unreachable for --lease-ttl), instead of serving on")
+	f.BoolVar(&fenceOnLeaseLoss, "fence-on-lease-loss", false, "drain and exit 1 once the registration's lease is lost (etcd unreachable for --lease-ttl, or the lease revoked), instead of serving on")
 	f.DurationVar(&stopTimeout, "stop-timeout", intermediate.DefaultStopTimeout, "bound of each etcd update and of the final graceful stop of a drain")
 	f.Uint32Var(&weight, "weight", 1, "relative share of new work, at least 1")
 	f.StringVar(&zone, "zone", "", "zone of the instance, for zone-local picks")
