@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
 
@@ -183,7 +184,7 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 func WithTransportCredentials(creds credentials.TransportCredentials) Option {
 	return commonOption(func(c *commonConfig) {
 		c.dialOptions = append(c.dialOptions, grpc.WithTransportCredentials(creds))
-		c.plaintext = creds.Info().SecurityProtocol == "insecure"
+		c.plaintext = tlsutil.IsPlaintext(creds)
 	})
 }
 

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"google.golang.org/grpc/credentials"
 )
 
 // probeTimeout bounds the TLS handshake that tells a TLS server from a
@@ -47,6 +49,11 @@ func Mismatch(ctx context.Context, addr string, plaintext bool, msg string) stri
 		}
 	}
 	return ""
+}
+
+// IsPlaintext reports whether creds are plaintext gRPC's (insecure.NewCredentials).
+func IsPlaintext(creds credentials.TransportCredentials) bool {
+	return creds.Info().SecurityProtocol == "insecure"
 }
 
 // tlsCause returns the part of a connection error from "x509:" or "tls:" on,
