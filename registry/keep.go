@@ -25,10 +25,9 @@ import (
 type sessionEnd int
 
 const (
-	endClosed    sessionEnd = iota // the registration is closing
-	endReplaced                    // another incarnation took the key
-	endLeaseLost                   // the lease is lost: re-grant, re-put
-	endResync                      // the key or the watch needs a resync
+	endClosed   sessionEnd = iota // the registration is closing
+	endReplaced                   // another incarnation took the key
+	endResync                     // the lease, the key or the watch needs a resync
 )
 
 // leaseKeep keeps one lease alive until it is stopped or the lease is lost.
@@ -185,7 +184,7 @@ func (r *Registration) session(rev int64) sessionEnd {
 			r.logger.Debug("registry: a write of the key did not finish; writing it again")
 			return endResync
 		case <-r.lk.lost:
-			return endLeaseLost
+			return endResync // which grants a new lease
 		case wch = <-opened:
 		case wr, ok := <-wch:
 			if ctx.Err() != nil {
