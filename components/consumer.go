@@ -657,7 +657,7 @@ func (c *Consumer) idleLocked(now time.Time) {
 // (ErrRefused, ErrTLSMismatch); a PERMISSION_DENIED refusal is also
 // ErrPermissionDenied, and the consumer withdraws.
 func (c *Consumer) refusedAtOpen(l *subLink, err error) {
-	r := refusal(l.ctx, "consumer "+c.id, l.inst.Name, l.inst.Addr, c.cfg.plaintext, err)
+	r := refusal(l.ctx, "consumer "+c.id, l.inst.Name, l.inst.Addr, c.cfg.creds, err)
 	switch {
 	case r == nil:
 	case r.Code == codes.PermissionDenied:

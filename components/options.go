@@ -8,9 +8,9 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
-	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
 
@@ -49,10 +49,10 @@ type commonConfig struct {
 	dialOptions []grpc.DialOption
 	metrics     prometheus.Registerer
 	tracer      trace.TracerProvider
-	// plaintext: the connections are known to be plaintext (the default, or
-	// insecure credentials), so that a connection a server closes before
-	// the HTTP/2 preface may be a TLS server's (refusal.go).
-	plaintext bool
+	// creds are the connections' credentials when known (plaintext by
+	// default), nil when dial options may have set others: a connection a
+	// server closes or resets is checked against them (refusal.go).
+	creds credentials.TransportCredentials
 }
 
 func defaultCommon() commonConfig {
@@ -60,7 +60,7 @@ func defaultCommon() commonConfig {
 		prefix:    registry.DefaultPrefix,
 		logger:    slog.New(slog.DiscardHandler),
 		heartbeat: DefaultHeartbeatInterval,
-		plaintext: true,
+		creds:     insecure.NewCredentials(),
 	}
 }
 
@@ -172,7 +172,7 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 	return commonOption(func(c *commonConfig) {
 		c.dialOptions = append(c.dialOptions, opts...)
 		if len(opts) > 0 {
-			c.plaintext = false // they may set credentials
+			c.creds = nil // they may set credentials
 		}
 	})
 }
@@ -184,14 +184,14 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 func WithTransportCredentials(creds credentials.TransportCredentials) Option {
 	return commonOption(func(c *commonConfig) {
 		c.dialOptions = append(c.dialOptions, grpc.WithTransportCredentials(creds))
-		c.plaintext = tlsutil.IsPlaintext(creds)
+		c.creds = creds
 	})
 }
 
-// withPlaintext sets whether the connections are known to be plaintext: a
+// withCreds sets the connections' credentials as known (nil: not known): a
 // stage passes on what its own options said.
-func withPlaintext(plaintext bool) Option {
-	return commonOption(func(c *commonConfig) { c.plaintext = plaintext })
+func withCreds(creds credentials.TransportCredentials) Option {
+	return commonOption(func(c *commonConfig) { c.creds = creds })
 }
 
 // WithService sets the service of the intermediates to use (default

@@ -940,7 +940,7 @@ func (p *Producer) stop(err error) {
 // instance or from its first receive, is a refusal that retrying cannot
 // mend, and reports whether it did.
 func (p *Producer) refusedAtOpen(l *pubLink, err error) bool {
-	r := refusal(l.ctx, "producer "+p.id, l.inst.Name, l.inst.Addr, p.cfg.plaintext, err)
+	r := refusal(l.ctx, "producer "+p.id, l.inst.Name, l.inst.Addr, p.cfg.creds, err)
 	if r == nil {
 		return false
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
@@ -52,10 +53,10 @@ func (e *RefusedError) Unwrap() error { return e.Kind }
 
 // refusal returns the RefusedError of err, an error from opening a stream to
 // the instance at addr or from its first receive, when retrying cannot mend
-// it; nil when it may (the instance restarts, the network heals). plaintext
-// says the client is known to speak plaintext gRPC: only then is a
-// connection closed before the HTTP/2 preface checked for a TLS server.
-func refusal(ctx context.Context, component, instance, addr string, plaintext bool, err error) *RefusedError {
+// it; nil when it may (the instance restarts, the network heals). creds are
+// the client's credentials when known (nil otherwise): a connection closed or
+// reset is checked against them for a TLS mismatch (tlsutil.Mismatch).
+func refusal(ctx context.Context, component, instance, addr string, creds credentials.TransportCredentials, err error) *RefusedError {
 	if err == nil {
 		return nil
 	}
@@ -69,7 +70,7 @@ func refusal(ctx context.Context, component, instance, addr string, plaintext bo
 	default:
 		return nil
 	}
-	reason := tlsutil.Mismatch(ctx, addr, plaintext, st.Message())
+	reason := tlsutil.Mismatch(ctx, addr, creds, st.Message())
 	if reason == "" {
 		return nil
 	}

@@ -59,7 +59,7 @@ func NewStage(cli *clientv3.Client, id, from, to string, opts ...StageOption) (*
 		WithLogger(cfg.logger),
 		WithHeartbeatInterval(cfg.heartbeat),
 		WithDialOptions(cfg.dialOptions...),
-		withPlaintext(cfg.plaintext),
+		withCreds(cfg.creds),
 	}
 	s := &Stage{id: id, proc: cfg.processor}
 	popts := []ProducerOption{WithService(to)}

@@ -223,7 +223,7 @@ func fillStatus(ctx context.Context, e *statusEntry, creds credentials.Transport
 		// TLS is said as such, with the flags that mend it (which may take
 		// a TLS handshake of its own, up to a second).
 		if c := status.Code(err); c == codes.Unavailable || c == codes.DeadlineExceeded {
-			if why := tlsutil.Mismatch(ctx, e.Addr, tlsutil.IsPlaintext(creds), status.Convert(err).Message()); why != "" {
+			if why := tlsutil.Mismatch(ctx, e.Addr, creds, status.Convert(err).Message()); why != "" {
 				e.Error = "TLS mismatch: " + why
 				return
 			}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -16,7 +17,10 @@ import (
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/intermediate"
 	"github.com/butterfly-mesh/butterfly/internal/etcdtest"
+	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
 	"github.com/butterfly-mesh/butterfly/registry"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 )
 
 const statusPrefix = "st"
@@ -201,6 +205,55 @@ func TestStatusCommand_SaysTLSMismatch(t *testing.T) {
 		t.Fatalf("butterfly status --json output %q: %v", out, err)
 	}
 	const want = "TLS mismatch: the instance speaks TLS and this client plaintext gRPC (pass --tls-ca"
+	if len(got) != 1 || got[0].State != stateUnreachable || !strings.HasPrefix(got[0].Error, want) {
+		t.Errorf("butterfly status --json = %s, want i1 unreachable with an error starting %q", out, want)
+	}
+}
+
+// TestStatusCommand_SaysMutualTLSWantsACertificate checks that status, a TLS
+// client without a certificate, says why an instance that requires one
+// refuses it rather than how the refused connection broke: the server's
+// alert can come after the client's side of the handshake is done, and
+// gRPC then sees the connection reset or closed.
+func TestStatusCommand_SaysMutualTLSWantsACertificate(t *testing.T) {
+	dir := t.TempDir()
+	if err := tlsutil.GenerateDev(dir, []string{"127.0.0.1"}); err != nil {
+		t.Fatalf("GenerateDev() = %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cfg, err := tlsutil.ServerConfig(ctx, tlsutil.Files{
+		Cert: filepath.Join(dir, tlsutil.ServerFile), Key: filepath.Join(dir, tlsutil.ServerKeyFile),
+		CA: filepath.Join(dir, tlsutil.CAFile), ClientAuth: "require",
+	}, nil)
+	if err != nil {
+		t.Fatalf("ServerConfig() = %v", err)
+	}
+	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(cfg)))
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("net.Listen() = %v", err)
+	}
+	go func() { _ = srv.Serve(lis) }()
+	defer srv.Stop()
+
+	etc := etcdtest.Start(t)
+	reg, err := registry.Register(ctx, etc.Client(t), "intermediate", "i1", lis.Addr().String(), registry.WithPrefix(statusPrefix))
+	if err != nil {
+		t.Fatalf("registry.Register(i1) = %v", err)
+	}
+	defer reg.Close(context.Background())
+
+	out, err := executeCommand(t, "status", "--etcd-endpoints", etc.Endpoint(), "--prefix", statusPrefix, "--json", "--timeout", "1s",
+		"--tls-ca", filepath.Join(dir, tlsutil.CAFile))
+	if err != nil {
+		t.Fatalf("butterfly status --json = %v; output:\n%s", err, out)
+	}
+	var got []statusEntry
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("butterfly status --json output %q: %v", out, err)
+	}
+	const want = "TLS mismatch: the instance refused this client's TLS handshake: remote error: tls: certificate required (mutual TLS: --tls-cert and --tls-key"
 	if len(got) != 1 || got[0].State != stateUnreachable || !strings.HasPrefix(got[0].Error, want) {
 		t.Errorf("butterfly status --json = %s, want i1 unreachable with an error starting %q", out, want)
 	}

@@ -19,26 +19,36 @@ const probeTimeout = time.Second
 // disagree on TLS: a plaintext client meets a TLS server or the reverse, the
 // server refused the client's handshake (no client certificate, or one it
 // does not accept), or the server's certificate does not verify. msg is the
-// failure's message (a status message of gRPC); plaintext says the client
-// spoke plaintext gRPC: only then is a connection closed before the HTTP/2
-// preface checked for a TLS server, with a handshake of its own. It returns
-// "" when the failure is something else, or may be (the server went away),
-// and the reason, with the flags that mend it, otherwise.
-func Mismatch(ctx context.Context, addr string, plaintext bool, msg string) string {
+// failure's message (a status message of gRPC); creds are the client's
+// credentials, nil when not known. A connection that was closed or reset is
+// looked at again with a handshake of its own: for a plaintext client,
+// whether the server speaks TLS; for a TLS client, whether the server ends
+// the client's own handshake with an alert (a TLS 1.3 server checks the
+// client's certificate after the client's side of the handshake is done, so
+// gRPC may see only the connection broken). It returns "" when the failure
+// is something else, or may be (the server went away), and the reason, with
+// the flags that mend it, otherwise.
+func Mismatch(ctx context.Context, addr string, creds credentials.TransportCredentials, msg string) string {
+	plaintext := creds != nil && IsPlaintext(creds)
 	switch {
 	case strings.Contains(msg, "first record does not look like a TLS handshake"):
 		return "this client speaks TLS and the instance plaintext gRPC (drop --tls-* here or give the intermediate --tls-cert/--tls-key)"
 	case strings.Contains(msg, "remote error: tls:"):
 		// The server ended the handshake: no client certificate, or one it
 		// does not accept.
-		return "the instance refused this client's TLS handshake: remote error: " + tlsCause(msg) +
-			" (mutual TLS: --tls-cert and --tls-key signed by a CA the instance trusts)"
+		return refusedHandshake(msg)
 	case strings.Contains(msg, "x509:"):
 		// The server's certificate: an unknown CA, another name, expired.
 		return "the TLS handshake failed: " + tlsCause(msg)
 	case !plaintext:
 		// A TLS client's connection closed or reset during or after the
-		// handshake: the server went away, which may mend.
+		// handshake: the server refused the client's certificate, or went
+		// away, which may mend. Its own handshake tells which.
+		if creds != nil && (strings.Contains(msg, "EOF") || strings.Contains(msg, "connection reset") || strings.Contains(msg, "broken pipe")) {
+			if alert := alertTo(ctx, addr, creds); alert != "" {
+				return refusedHandshake(alert)
+			}
+		}
 	case strings.Contains(msg, "server preface"), strings.Contains(msg, "EOF"),
 		strings.Contains(msg, "connection reset"), strings.Contains(msg, "frame too large"):
 		// A plaintext client that meets a TLS server sees its connection
@@ -49,6 +59,13 @@ func Mismatch(ctx context.Context, addr string, plaintext bool, msg string) stri
 		}
 	}
 	return ""
+}
+
+// refusedHandshake says that the server ended the client's handshake with
+// the alert in msg.
+func refusedHandshake(msg string) string {
+	return "the instance refused this client's TLS handshake: remote error: " + tlsCause(msg) +
+		" (mutual TLS: --tls-cert and --tls-key signed by a CA the instance trusts)"
 }
 
 // IsPlaintext reports whether creds are plaintext gRPC's (insecure.NewCredentials).
@@ -89,4 +106,34 @@ func speaksTLS(ctx context.Context, addr string) bool {
 	}
 	conn.Close()
 	return true
+}
+
+// alertTo returns the TLS alert with which the server at addr ends a
+// handshake made with creds ("remote error: tls: ..."), "" when it does not
+// (it accepts the client, or cannot be reached). A server that accepts a gRPC
+// client sends its HTTP/2 settings first, so the read after the handshake
+// returns at once either way.
+func alertTo(ctx context.Context, addr string, creds credentials.TransportCredentials) string {
+	if addr == "" {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	raw, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return ""
+	}
+	defer raw.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = raw.SetDeadline(dl)
+	}
+	conn, _, err := creds.Clone().ClientHandshake(ctx, addr, raw)
+	if err == nil {
+		defer conn.Close()
+		_, err = conn.Read(make([]byte, 1))
+	}
+	if err != nil && strings.Contains(err.Error(), "remote error: tls:") {
+		return err.Error()
+	}
+	return ""
 }
