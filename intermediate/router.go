@@ -250,8 +250,32 @@ func (s *Server) admitLocked(h *held, slab *deliverySlab) {
 
 // routeHeldLocked makes one delivery of h per declared group, from slab
 // (nil for none), and assigns each; a group that handled h on an earlier
-// attempt (Message.routes) gets none.
+// attempt (Message.routes) gets none. A message whose routes name a group
+// or consumer the view does not know waits first (viewcheck.go).
 func (s *Server) routeHeldLocked(h *held, slab *deliverySlab) {
+	if len(h.routes) > 0 {
+		if keys := s.unvouchedLocked(h); len(keys) > 0 {
+			s.waitViewLocked(h, keys)
+			return
+		}
+	}
+	s.routeCheckedLocked(h, slab)
+}
+
+// routeOrHoldLocked routes h, whose routes the view answers for, or holds
+// it with the messages admitted while no group is declared.
+func (s *Server) routeOrHoldLocked(h *held) {
+	if !s.declaredLocked() {
+		h.deadline = time.Now().Add(s.opts.noConsumerTimeout)
+		s.unrouted = append(s.unrouted, h)
+		return
+	}
+	s.routeCheckedLocked(h, nil)
+}
+
+// routeCheckedLocked is routeHeldLocked for h whose routes the view answers
+// for.
+func (s *Server) routeCheckedLocked(h *held, slab *deliverySlab) {
 	h.deliveries = slab.deliveries()
 	for _, g := range s.declared {
 		var sentTo string
@@ -389,8 +413,9 @@ func routeIndex(routes []*messagev1.Route, group string) int {
 }
 
 // routesOf returns where h's group copies went, for the producer to send
-// back with the message (Message.routes): the groups that handled it, and
-// the consumers it was sent to in the others. What earlier attempts learned
+// back with the message (Message.routes): the groups that handled it, the
+// consumers it was sent to in the others, and the groups it was not sent to
+// yet. What earlier attempts learned
 // about groups with no delivery here is kept.
 func routesOf(h *held) []*messagev1.Route {
 	var routes []*messagev1.Route
@@ -400,7 +425,9 @@ func routesOf(h *held) []*messagev1.Route {
 		switch {
 		case d.acked:
 			routes = append(routes, &messagev1.Route{Group: d.group, Consumer: d.sentTo, Handled: true})
-		case d.sentTo != "":
+		default:
+			// Sent to a consumer, or not yet: either way the group exists
+			// in this view, which another intermediate's may not know yet.
 			routes = append(routes, &messagev1.Route{Group: d.group, Consumer: d.sentTo})
 		}
 	}
@@ -550,6 +577,7 @@ func (s *Server) applySubscriptionsLocked(v registry.Subscriptions) {
 			}
 		}
 	}
+	s.reviewViewWaitsLocked()
 	if len(s.unrouted) > 0 && s.declaredLocked() {
 		unrouted := s.unrouted
 		s.unrouted = nil
@@ -618,6 +646,7 @@ func (s *Server) expireLocked(now time.Time) {
 	}
 	clear(s.unrouted[len(unrouted):])
 	s.unrouted = unrouted
+	s.expireViewWaitsLocked(now)
 	var away map[[2]string]int // owners registered, not connected: messages handed back
 	for name, list := range s.parked {
 		kept := list[:0]

@@ -88,6 +88,9 @@ type Server struct {
 	declared    []*group                // the declared groups of groups, by name (setDeclaredLocked)
 	unrouted    []*held                 // admitted while no group was declared
 	parked      map[string][]*delivery  // waiting for the owner or a consumer of the group
+	viewWaits   []viewWait              // waiting for the view to know what their routes name
+	viewChecks  map[string]*viewCheck   // reads of subscription keys, by key
+	viewReads   int                     // of viewChecks, those under way
 	awayWarned  map[[2]string]time.Time // group and owner -> when handing back its messages was last logged
 	subsRead    bool                    // the subscriptions were read from etcd once
 	subsChanged chan struct{}           // closed and replaced when the subscriptions change
