@@ -57,6 +57,13 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() {
+	// A URL without a scheme is http's, here and where it is copied to
+	// (the initial cluster): etcd parses those itself.
+	for _, u := range []*string{&c.ListenClient, &c.AdvertiseClient, &c.ListenPeer, &c.AdvertisePeer} {
+		if *u != "" && !strings.Contains(*u, "://") {
+			*u = "http://" + *u
+		}
+	}
 	if c.Name == "" {
 		c.Name = "default"
 	}
@@ -120,6 +127,9 @@ func parseURL(s string) (url.URL, error) {
 	if err != nil {
 		return url.URL{}, err
 	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return url.URL{}, fmt.Errorf("%q: the scheme is neither http nor https", s)
+	}
 	if u.Host == "" {
 		return url.URL{}, fmt.Errorf("%q has no host:port", s)
 	}
@@ -174,6 +184,9 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	quiet := new(atomic.Bool)
 	quiet.Store(true)
 	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.New(&slogCore{logger: logger, level: level, quiet: quiet}))
+	if err := checkDataDir(cfg.DataDir); err != nil {
+		return nil, fmt.Errorf("embedetcd: %w", err)
+	}
 	e, err := embed.StartEtcd(ec)
 	if err != nil {
 		if errors.Is(err, syscall.EADDRINUSE) {

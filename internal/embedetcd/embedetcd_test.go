@@ -89,3 +89,42 @@ func TestStart_PortTaken(t *testing.T) {
 		t.Errorf("Start() on a taken port = %v, want EADDRINUSE naming %s", err, l.Addr())
 	}
 }
+
+// TestStart_DataDirInUse checks that a second member on the data directory
+// of a running one fails at once, naming --data-dir, where etcd alone waits
+// for its database's lock without end.
+func TestStart_DataDirInUse(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	first, err := Start(ctx, Config{DataDir: dir, ListenClient: "http://" + etcdtest.FreeAddr(t), ListenPeer: "http://" + etcdtest.FreeAddr(t)})
+	if err != nil {
+		t.Fatalf("Start() = %v", err)
+	}
+	defer first.Close()
+	srv, err := Start(ctx, Config{DataDir: dir, ListenClient: "http://" + etcdtest.FreeAddr(t), ListenPeer: "http://" + etcdtest.FreeAddr(t)})
+	if err == nil {
+		srv.Close()
+		t.Fatalf("Start() on a data directory in use = nil error")
+	}
+	if want := "--data-dir " + dir + " is in use by another etcd"; !strings.Contains(err.Error(), want) {
+		t.Errorf("Start() on a data directory in use = %v, want it to say %q", err, want)
+	}
+}
+
+// TestStart_URLWithoutScheme checks that a peer URL given as host:port is
+// http's everywhere it goes, the initial cluster included, and that a
+// scheme other than http or https is refused naming its flag.
+func TestStart_URLWithoutScheme(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	srv, err := Start(ctx, Config{DataDir: t.TempDir(), ListenClient: etcdtest.FreeAddr(t), ListenPeer: etcdtest.FreeAddr(t)})
+	if err != nil {
+		t.Fatalf("Start() with host:port URLs = %v", err)
+	}
+	srv.Close()
+	err = Config{DataDir: "d", ListenClient: "ftp://127.0.0.1:1"}.Validate()
+	if err == nil || !strings.HasPrefix(err.Error(), "--listen-client: ") || !strings.Contains(err.Error(), "neither http nor https") {
+		t.Errorf("Validate() of an ftp:// client URL = %v, want an error naming --listen-client and the schemes", err)
+	}
+}
