@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"strconv"
 	"sync"
 	"time"
 
@@ -112,7 +113,7 @@ func (r *Registration) loseLease(lk *leaseKeep, why string) {
 		if r.ctx.Err() != nil {
 			return
 		}
-		r.logger.Warn("registry: lease lost; granting a new one", "lease", int64(lk.id), "why", why)
+		r.logger.Warn("registry: lease lost; granting a new one", "lease", leaseHex(lk.id), "why", why)
 		close(lk.lost)
 		r.lostOnce.Do(func() { close(r.leaseLost) })
 	})
@@ -213,7 +214,7 @@ func (r *Registration) session(rev int64) sessionEnd {
 					// our claim and epoch: putting ours back would start a
 					// fight that lasts as long as both live.
 					if ev.Kv.Lease == 0 {
-						r.logger.Warn("registry: key rewritten without a lease; putting ours back on ours", "lease", int64(r.lease))
+						r.logger.Warn("registry: key rewritten without a lease; putting ours back on ours", "lease", leaseHex(r.lease))
 						return endResync
 					}
 				}
@@ -253,7 +254,7 @@ func (r *Registration) resync() (int64, error) {
 		// The key is on the current lease now; an old lease that survived
 		// (leases outlive an etcd restart) holds nothing of ours.
 		if _, err := r.cli.Revoke(ctx, id); err != nil && !isLeaseNotFound(err) {
-			r.logger.Debug("registry: revoke old lease", "lease", int64(id), "err", err)
+			r.logger.Debug("registry: revoke old lease", "lease", leaseHex(id), "err", err)
 		}
 	}
 	r.staleLeases = nil
@@ -272,7 +273,7 @@ func (r *Registration) regrantLocked(ctx context.Context) error {
 	r.lease = grant.ID
 	r.leaseTTL = time.Duration(grant.TTL) * time.Second
 	r.lk = r.keepLease(grant.ID, r.leaseTTL)
-	r.logger.Info("registry: granted a new lease", "lease", int64(grant.ID))
+	r.logger.Info("registry: granted a new lease", "lease", leaseHex(grant.ID))
 	return nil
 }
 
@@ -301,7 +302,10 @@ func (r *Registration) ensureLocked(ctx context.Context) (int64, error) {
 	}
 	rev, err := r.writeLocked(ctx)
 	if err == nil {
-		r.logger.Info("registry: key put back", "lease", int64(r.lease))
+		r.logger.Info("registry: key put back", "lease", leaseHex(r.lease))
 	}
 	return rev, err
 }
+
+// leaseHex is a lease id as etcdctl prints and takes it.
+func leaseHex(id clientv3.LeaseID) string { return strconv.FormatInt(int64(id), 16) }

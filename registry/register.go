@@ -136,7 +136,7 @@ func registerKey(ctx context.Context, cli *clientv3.Client, key, ctlKey string, 
 	r.logger = r.logger.With("epoch", r.epoch)
 	r.ctx, r.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	// Before the keeper starts: it may grant another lease.
-	r.logger.Info(msg, append(attrs, "lease", int64(r.lease))...)
+	r.logger.Info(msg, append(attrs, "lease", leaseHex(r.lease))...)
 	r.wg.Add(1)
 	go r.keep()
 	if ctlKey != "" {

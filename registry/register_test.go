@@ -5,6 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -504,4 +508,39 @@ func TestRegistration_SameClaimOnAnotherLeaseIsLeftAlone(t *testing.T) {
 	if puts != 0 {
 		t.Errorf("the key was rewritten %d times in 3s after a put its value back, want 0: a and b fight over it", puts)
 	}
+}
+
+// TestRegister_LogsLeaseAsEtcdctlTakesIt checks that the lease a
+// registration logs is written as etcdctl prints and takes lease ids (hex),
+// so that `etcdctl lease timetolive <lease>` works on it as logged.
+func TestRegister_LogsLeaseAsEtcdctlTakesIt(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	var buf syncBuffer
+	r := register(t, cli, "svc", "i1", "127.0.0.1:7001", WithLogger(slog.New(slog.NewTextHandler(&buf, nil))))
+	_, lease, ok := getValue(t, cli, r.Key())
+	if !ok {
+		t.Fatalf("Get(%q) found nothing, want the registration", r.Key())
+	}
+	if want := "lease=" + strconv.FormatInt(lease, 16); !strings.Contains(buf.String(), want) {
+		t.Errorf("log %q, want it to name the lease as %s", buf.String(), want)
+	}
+}
+
+// syncBuffer is a bytes.Buffer a logger may write to from any goroutine.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
@@ -76,7 +77,7 @@ per second over the last --interval with --watch, else averaged since the
 instance started. --watch prints the table again every --interval until
 interrupted.
 
-` + tlsHelp,
+` + statusTLSHelp,
 		Example: `  butterfly status
   butterfly status --service intermediate --watch --interval 2s
   butterfly status --json`,
@@ -229,6 +230,16 @@ func fillStatus(ctx context.Context, e *statusEntry, creds credentials.Transport
 			}
 		}
 		e.Error = err.Error()
+		if strings.Contains(e.Error, "connect: connection refused") {
+			e.Error = "nothing listens at " + e.Addr + " (connection refused, tried for --timeout " + timeout.String() + ")"
+		}
+		return
+	}
+	if st.GetInstance() != e.Instance || st.GetService() != e.Service || st.GetEpoch() != e.Epoch {
+		// Another process answers at the address: its figures are not this
+		// registration's.
+		e.State = stateReplaced
+		e.Error = fmt.Sprintf("%s answers as %s/%s epoch %d", e.Addr, st.GetService(), st.GetInstance(), st.GetEpoch())
 		return
 	}
 	e.StatusTime = time.Now()
@@ -239,9 +250,6 @@ func fillStatus(ctx context.Context, e *statusEntry, creds credentials.Transport
 		e.Started = st.GetStartTime().AsTime()
 	}
 	switch {
-	case st.GetInstance() != e.Instance || st.GetService() != e.Service || st.GetEpoch() != e.Epoch:
-		e.State = stateReplaced
-		e.Error = fmt.Sprintf("%s answers as %s/%s epoch %d", e.Addr, st.GetService(), st.GetInstance(), st.GetEpoch())
 	case st.GetDraining() || e.Draining:
 		e.State = stateDraining
 	default:
@@ -257,7 +265,8 @@ func printStatus(w io.Writer, entries []statusEntry, now time.Time) {
 		if !e.Started.IsZero() {
 			age = now.Sub(e.Started).Truncate(time.Second).String()
 		}
-		if e.State == stateUnreachable {
+		if e.State == stateUnreachable || e.State == stateReplaced {
+			// Nothing of this registration's own to show.
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t-\t-\t-\t-\t-\t-\t-\t-\t-\t%s\n", e.Service, e.Instance, e.Addr, e.Epoch, e.State, age)
 			continue
 		}

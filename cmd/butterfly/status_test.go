@@ -13,14 +13,17 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
 	"github.com/butterfly-mesh/butterfly/components"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/intermediate"
 	"github.com/butterfly-mesh/butterfly/internal/etcdtest"
 	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
 	"github.com/butterfly-mesh/butterfly/registry"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 )
 
 const statusPrefix = "st"
@@ -106,8 +109,9 @@ func TestStatusCommand_JoinsRegistryWithLiveStatus(t *testing.T) {
 		i1.InFlight != 0 || i1.Producers != 1 || i1.Consumers != 1 || i1.Processor != "passthrough" || i1.RecvRate <= 0 {
 		t.Errorf("status of i1 = %+v, want serving, 5 received/acked/delivered, 0 in flight, 1 producer, 1 consumer, a positive rate", i1)
 	}
-	if i2.Instance != "i2" || i2.State != stateUnreachable || i2.Error == "" || i2.Addr != "127.0.0.1:1" {
-		t.Errorf("status of i2 = %+v, want unreachable at 127.0.0.1:1 with an error", i2)
+	const refused = "nothing listens at 127.0.0.1:1 (connection refused, tried for --timeout 500ms)"
+	if i2.Instance != "i2" || i2.State != stateUnreachable || i2.Error != refused || i2.Addr != "127.0.0.1:1" {
+		t.Errorf("status of i2 = %+v, want unreachable at 127.0.0.1:1: %s", i2, refused)
 	}
 	table, err := executeCommand(t, "status", "--etcd-endpoints", ep, "--prefix", statusPrefix, "--timeout", "500ms")
 	if err != nil {
@@ -115,6 +119,39 @@ func TestStatusCommand_JoinsRegistryWithLiveStatus(t *testing.T) {
 	}
 	if want := "butterfly: " + i2.Service + "/i2 at 127.0.0.1:1 is unreachable: "; !strings.Contains(table, want) {
 		t.Errorf("butterfly status =\n%s\nwant a line saying why i2 is unreachable, starting %q", table, want)
+	}
+
+	// A registration whose address another instance answers at shows
+	// none of that instance's figures as its own.
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatalf("clientv3.New() = %v", err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ghost, err := registry.Register(ctx, cli, i1.Service, "ghost", i1.Addr, registry.WithPrefix(statusPrefix))
+	if err != nil {
+		t.Fatalf("registry.Register(ghost) = %v", err)
+	}
+	defer ghost.Close(context.Background())
+	out, err = executeCommand(t, "status", "--etcd-endpoints", ep, "--prefix", statusPrefix, "--json", "--timeout", "500ms")
+	if err != nil {
+		t.Fatalf("butterfly status --json = %v; output:\n%s", err, out)
+	}
+	got = nil
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("butterfly status --json output %q: %v", out, err)
+	}
+	var g *statusEntry
+	for i := range got {
+		if got[i].Instance == "ghost" {
+			g = &got[i]
+		}
+	}
+	if g == nil || g.State != stateReplaced || g.Received != 0 || g.Producers != 0 || g.Consumers != 0 || !g.StatusTime.IsZero() ||
+		g.Error != i1.Addr+" answers as "+i1.Service+"/i1 epoch 1" {
+		t.Errorf("status of ghost = %+v, want replaced, saying i1 answers, with none of i1's figures", g)
 	}
 }
 

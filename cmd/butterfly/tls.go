@@ -18,13 +18,21 @@ import (
 	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
 )
 
-// tlsHelp is the part of a gRPC command's help about transport security.
-const tlsHelp = `Transport security: with --tls-cert and --tls-key (servers), or --tls-ca
+// tlsHelpRules is what tlsHelp and statusTLSHelp share.
+const tlsHelpRules = `Transport security: with --tls-cert and --tls-key (servers), or --tls-ca
 (clients, plus --tls-cert and --tls-key for mutual TLS), every gRPC connection
 uses TLS 1.2 or later, and the files are read again when they change.
 Without them gRPC is plaintext, which is allowed only with --insecure, or when
-every --etcd-endpoints (and an intermediate's --listen) is a loopback address;
+every --etcd-endpoints (and an intermediate's --listen) is a loopback address`
+
+// tlsHelp is the part of a gRPC command's help about transport security.
+const tlsHelp = tlsHelpRules + `;
 either way a warning is logged. Otherwise the command refuses to start.`
+
+// statusTLSHelp is tlsHelp for status, which only reads and warns of
+// nothing.
+const statusTLSHelp = tlsHelpRules + `.
+Otherwise the command refuses to start.`
 
 // tlsFlags are the --tls-* and --insecure flags of a command that speaks
 // gRPC.
