@@ -27,3 +27,17 @@ func (s *Server) GroupQueue(group string) (queued, unacked, held int) {
 // RouteOverhead is what each route a published message carries is charged
 // beside its encoded size.
 const RouteOverhead = routeOverhead
+
+// ViewState returns how many messages wait for the view, how many keys'
+// checks are kept and how many reads are under way (viewcheck.go).
+func (s *Server) ViewState() (waits, checks, reads int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	live := 0
+	for _, w := range s.viewWaits {
+		if w.h != nil {
+			live++
+		}
+	}
+	return live, len(s.viewChecks), s.viewReads
+}

@@ -35,6 +35,7 @@ type pubStream struct {
 	producerID  string
 	producerKey []byte // producerID, the routing key of a message without a key
 	forwards    bool   // may carry messages of other producer ids
+	viewReads   int    // reads of subscription keys under way for its messages (viewcheck.go); guarded by Server.mu
 	notForward  bool   // a stage's certificate that WithForwarders does not allow to forward
 	incarnation uint64
 	expectSeq   uint64 // next stream sequence number; receive goroutine only

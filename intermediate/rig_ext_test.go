@@ -40,13 +40,20 @@ type rig struct {
 func newRig(t *testing.T, opts ...intermediate.Option) *rig {
 	t.Helper()
 	cli := etcdtest.Start(t).Client(t)
+	return rigOn(t, cli, cli, opts...)
+}
+
+// rigOn is newRig on etcd client cli, with the intermediate on its own
+// client of the same etcd, own.
+func rigOn(t *testing.T, cli, own *clientv3.Client, opts ...intermediate.Option) *rig {
+	t.Helper()
 	base := []intermediate.Option{
 		intermediate.WithPrefix(prefix),
 		intermediate.WithLeaseTTL(2 * time.Second),
 		intermediate.WithStopTimeout(300 * time.Millisecond),
 		intermediate.WithVersion("v-test"),
 	}
-	srv, err := intermediate.New(cli, service, "i1", append(base, opts...)...)
+	srv, err := intermediate.New(own, service, "i1", append(base, opts...)...)
 	if err != nil {
 		t.Fatalf("New() = %v", err)
 	}

@@ -418,17 +418,20 @@ func routeIndex(routes []*messagev1.Route, group string) int {
 // yet. What earlier attempts learned
 // about groups with no delivery here is kept.
 func routesOf(h *held) []*messagev1.Route {
-	var routes []*messagev1.Route
+	var routes, unsent []*messagev1.Route
 	seen := map[string]bool{}
 	for _, d := range h.deliveries {
 		seen[d.group] = true
 		switch {
 		case d.acked:
 			routes = append(routes, &messagev1.Route{Group: d.group, Consumer: d.sentTo, Handled: true})
-		default:
-			// Sent to a consumer, or not yet: either way the group exists
-			// in this view, which another intermediate's may not know yet.
+		case d.sentTo != "":
 			routes = append(routes, &messagev1.Route{Group: d.group, Consumer: d.sentTo})
+		default:
+			// Not sent yet: the group exists in this view, which another
+			// intermediate's may not know yet. Named as long as the routes
+			// stay within MaxRoutes.
+			unsent = append(unsent, &messagev1.Route{Group: d.group})
 		}
 	}
 	for _, r := range h.routes {
@@ -436,7 +439,7 @@ func routesOf(h *held) []*messagev1.Route {
 			routes = append(routes, r)
 		}
 	}
-	return routes
+	return append(routes, unsent[:min(len(unsent), max(MaxRoutes-len(routes), 0))]...)
 }
 
 // abandonLocked forgets every message held for a publish stream that ended:
@@ -577,7 +580,7 @@ func (s *Server) applySubscriptionsLocked(v registry.Subscriptions) {
 			}
 		}
 	}
-	s.reviewViewWaitsLocked()
+	s.reviewViewWaitsLocked(nil)
 	if len(s.unrouted) > 0 && s.declaredLocked() {
 		unrouted := s.unrouted
 		s.unrouted = nil

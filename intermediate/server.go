@@ -88,9 +88,10 @@ type Server struct {
 	declared    []*group                // the declared groups of groups, by name (setDeclaredLocked)
 	unrouted    []*held                 // admitted while no group was declared
 	parked      map[string][]*delivery  // waiting for the owner or a consumer of the group
-	viewWaits   []viewWait              // waiting for the view to know what their routes name
-	viewChecks  map[string]*viewCheck   // reads of subscription keys, by key
+	viewWaits   []*viewWait             // waiting for the view to know what their routes name (viewcheck.go)
+	viewChecks  map[string]*viewCheck   // reads of subscription keys, by key, while messages wait on them
 	viewReads   int                     // of viewChecks, those under way
+	viewCtx     context.Context         // ends the reads of viewChecks with Serve
 	awayWarned  map[[2]string]time.Time // group and owner -> when handing back its messages was last logged
 	subsRead    bool                    // the subscriptions were read from etcd once
 	subsChanged chan struct{}           // closed and replaced when the subscriptions change
@@ -227,6 +228,9 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	// registered: streams wait until they were read once.
 	// jctx ends the server's own goroutines: the watch and the janitor.
 	jctx, jcancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.mu.Lock()
+	s.viewCtx = jctx
+	s.mu.Unlock()
 	defer jcancel()
 	s.wg.Add(1)
 	go s.watchSubscriptions(jctx)

@@ -2,6 +2,7 @@ package intermediate
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -24,33 +25,53 @@ import (
 // gone; then it is routed. One that waits longer than the owner wait goes
 // back to its producer (NACK_REASON_OWNER_UNREACHABLE), which sends it
 // through another intermediate.
+//
+// Producers only send back the routes intermediates wrote, but one could
+// forge them, so what a message may make this intermediate do is bounded:
+// at most maxUnknownRoutes names a view does not know per message (one
+// naming more goes back at once), maxStreamViewReads reads under way for one
+// publish stream and maxViewReads in all; a finished read revisits only the
+// messages that wait on its key, and is forgotten once none does.
 
-// maxViewReads bounds the reads of subscription keys under way at once: a
-// producer could otherwise make an intermediate read etcd once for every
-// route it forges.
-const maxViewReads = 64
+const (
+	// maxUnknownRoutes is the most names a message's routes may have that
+	// the view does not know for the message to wait for them: an
+	// intermediate writes one route per group, and a view lags by the few
+	// changes of a cut, not by hundreds.
+	maxUnknownRoutes = 16
+	// maxStreamViewReads bounds the reads under way for one publish stream.
+	maxStreamViewReads = 8
+	// maxViewReads bounds the reads under way at once.
+	maxViewReads = 64
+)
 
-// viewCheck is one read of a subscription key. It answers for the messages
-// admitted before it began: those up to after, once started.
+// viewCheck is one read of a subscription key, and the messages that wait
+// on the key. The read answers for the messages admitted before it began:
+// those up to after, once started.
 type viewCheck struct {
+	reading bool // a read is under way
 	started bool
 	after   uint64
-	done    bool
-	present bool // the key exists (set when done without error)
-	failed  bool // the read failed: nothing is known
+	done    bool        // a read finished
+	present bool        // the key exists (set when done without error)
+	failed  bool        // the read failed: nothing is known
+	waits   []*viewWait // may hold ended ones until the next review
+	live    int         // of waits, those not ended
 }
 
 // viewWait is a message waiting for the view, or for etcd, to answer for its
-// routes.
+// routes. It ends (h nil) when the message is routed or handed back.
 type viewWait struct {
 	h        *held
 	deadline time.Time
+	keys     []string // the keys it is listed under in viewChecks
 }
 
 // unvouchedLocked returns the keys of h's routes that the view cannot answer
-// for and no check has found gone: a group it does not declare, a consumer
-// it does not know as registered in a group it declares. Routes of groups
-// that handled h are left alone: they get no copy either way.
+// for and no read found gone: a group it does not declare, a consumer it
+// does not know as registered in a group it declares. Routes of groups that
+// handled h are left alone: they get no copy either way. It stops counting
+// past maxUnknownRoutes.
 func (s *Server) unvouchedLocked(h *held) []string {
 	var keys []string
 	for _, r := range h.routes {
@@ -73,123 +94,183 @@ func (s *Server) unvouchedLocked(h *held) []string {
 		if c := s.viewChecks[key]; c != nil && c.done && !c.failed && !c.present && c.after >= h.order {
 			continue // gone, read since h arrived
 		}
-		keys = append(keys, key)
+		if !slices.Contains(keys, key) {
+			keys = append(keys, key)
+			if len(keys) > maxUnknownRoutes {
+				break
+			}
+		}
 	}
 	return keys
 }
 
 // waitViewLocked makes h, whose routes name keys the view cannot answer
-// for, wait, and reads each key from etcd unless a read begun after h
-// arrived is under way.
+// for, wait, and reads the keys from etcd; with more than maxUnknownRoutes
+// it goes back at once.
 func (s *Server) waitViewLocked(h *held, keys []string) {
-	s.viewWaits = append(s.viewWaits, viewWait{h: h, deadline: time.Now().Add(s.opts.ownerWait)})
-	s.checkKeysLocked(h, keys)
+	if len(keys) > maxUnknownRoutes {
+		s.finishLocked(h, &messagev1.Nack{
+			Reason: messagev1.NackReason_NACK_REASON_OWNER_UNREACHABLE,
+			Detail: "its routes name more groups and consumers this intermediate's view of etcd does not know than it waits for",
+		})
+		return
+	}
+	w := &viewWait{h: h, deadline: time.Now().Add(s.opts.ownerWait)}
+	s.viewWaits = append(s.viewWaits, w)
+	s.listViewWaitLocked(w, keys)
 }
 
-// checkKeysLocked reads each of keys from etcd for h unless a read that
-// answers for h is under way, or found the key: then the watch will.
-func (s *Server) checkKeysLocked(h *held, keys []string) {
+// listViewWaitLocked lists w under each of keys and starts the reads that
+// answer for it.
+func (s *Server) listViewWaitLocked(w *viewWait, keys []string) {
 	for _, key := range keys {
-		if c := s.viewChecks[key]; c != nil && (!c.started || c.after >= h.order) && (!c.done || c.present) {
-			continue
+		c := s.viewChecks[key]
+		if c == nil {
+			c = &viewCheck{}
+			if s.viewChecks == nil {
+				s.viewChecks = make(map[string]*viewCheck)
+			}
+			s.viewChecks[key] = c
 		}
-		if s.viewReads >= maxViewReads || !s.trackLocked(1) {
-			// Routes naming that many unknown keys at once are not an
-			// intermediate's (a producer only sends back what one wrote),
-			// or Serve is ending: h goes back at its deadline.
-			continue
+		if !slices.Contains(w.keys, key) {
+			w.keys = append(w.keys, key)
+			c.waits = append(c.waits, w)
+			c.live++
 		}
-		s.viewReads++
-		c := &viewCheck{}
-		if s.viewChecks == nil {
-			s.viewChecks = make(map[string]*viewCheck)
-		}
-		s.viewChecks[key] = c
-		go s.checkKey(key, c)
+		s.readKeyLocked(key, c, w.h)
 	}
 }
 
-// checkKey reads whether key exists, for at most the owner wait, and routes
+// readKeyLocked starts a read of key for h unless one under way will answer
+// for it when it ends (having begun before h arrived, it revisits h when it
+// ends), or one begun since h arrived found the key (the watch will tell
+// more) or failed (h waits for the view). A read the bounds hold back is
+// tried again at the janitor's next tick.
+func (s *Server) readKeyLocked(key string, c *viewCheck, h *held) {
+	switch {
+	case c.reading:
+		return
+	case c.done && (c.present || c.failed) && c.after >= h.order:
+		return
+	case s.viewReads >= maxViewReads, h.pub.viewReads >= maxStreamViewReads:
+		return
+	}
+	if !s.trackLocked(1) {
+		return // Serve is ending: h goes back with its stream
+	}
+	s.viewReads++
+	h.pub.viewReads++
+	c.reading, c.started = true, false
+	go s.readKey(key, c, h.pub)
+}
+
+// readKey reads whether key exists, for at most the owner wait, and routes
 // the messages the answer releases.
-func (s *Server) checkKey(key string, c *viewCheck) {
+func (s *Server) readKey(key string, c *viewCheck, p *pubStream) {
 	defer s.wg.Done()
 	s.mu.Lock()
 	c.started, c.after = true, s.admitted
+	parent := s.viewCtx
 	s.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), s.opts.ownerWait)
+	if parent == nil {
+		parent = context.Background()
+	}
+	ctx, cancel := context.WithTimeout(parent, s.opts.ownerWait)
 	resp, err := s.cli.Get(ctx, key, clientv3.WithCountOnly())
 	cancel()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.viewReads--
-	c.done = true
-	if err != nil {
-		c.failed = true
-		s.log.Warn("intermediate: cannot read a subscription key that a message's routes name and this intermediate's view does not know; the message waits for the view",
+	p.viewReads--
+	c.reading, c.done = false, true
+	c.failed = err != nil
+	c.present = err == nil && resp.Count > 0
+	if err != nil && parent.Err() == nil {
+		s.log.Debug("intermediate: cannot read a subscription key that a message's routes name and this intermediate's view does not know; the message waits for the view",
 			"key", key, "err", err)
-		return
 	}
-	c.present = resp.Count > 0
-	s.reviewViewWaitsLocked()
+	waits := c.waits
+	c.waits = nil
+	for _, w := range waits {
+		if w.h != nil {
+			c.waits = append(c.waits, w)
+		}
+	}
+	s.reviewViewWaitsLocked(slices.Clone(c.waits))
+	if c.live == 0 && s.viewChecks[key] == c {
+		delete(s.viewChecks, key)
+	}
 }
 
-// reviewViewWaitsLocked routes the waiting messages whose routes the view,
-// or a check, now answers for.
-func (s *Server) reviewViewWaitsLocked() {
-	if len(s.viewWaits) == 0 {
-		s.pruneViewChecksLocked()
-		return
+// reviewViewWaitsLocked routes those of waits whose routes the view, or a
+// read, now answers for; the others wait on, listed under what they now
+// wait for. nil reviews every waiting message (the view changed).
+func (s *Server) reviewViewWaitsLocked(waits []*viewWait) {
+	if waits == nil {
+		waits = slices.Clone(s.viewWaits)
 	}
-	waits := s.viewWaits
-	s.viewWaits = nil
-	var still []viewWait
 	for _, w := range waits {
-		if w.h.done {
-			continue
+		switch {
+		case w.h == nil:
+		case w.h.done:
+			s.endViewWaitLocked(w)
+		default:
+			keys := s.unvouchedLocked(w.h)
+			if len(keys) == 0 {
+				h := w.h
+				s.endViewWaitLocked(w)
+				s.routeOrHoldLocked(h)
+				continue
+			}
+			s.listViewWaitLocked(w, keys)
 		}
-		if keys := s.unvouchedLocked(w.h); len(keys) > 0 {
-			// Reads the bound on reads held back, or that began before h
-			// arrived, begin now.
-			s.checkKeysLocked(w.h, keys)
-			still = append(still, w)
-			continue
-		}
-		s.routeOrHoldLocked(w.h)
 	}
-	// Routing a message makes none wait again: the view answers for it.
-	s.viewWaits = append(still, s.viewWaits...)
-	s.pruneViewChecksLocked()
+}
+
+// endViewWaitLocked ends w; a key's check that no message waits on any more
+// is forgotten, unless its read is under way. viewWaits sheds w at the
+// janitor's next tick.
+func (s *Server) endViewWaitLocked(w *viewWait) {
+	w.h = nil
+	for _, key := range w.keys {
+		c := s.viewChecks[key]
+		if c == nil {
+			continue
+		}
+		c.live--
+		if c.live == 0 && !c.reading {
+			delete(s.viewChecks, key)
+		}
+	}
+	w.keys = nil
 }
 
 // expireViewWaitsLocked hands back the messages that waited for the view
-// longer than the owner wait.
+// longer than the owner wait, and starts the reads the bounds held back for
+// the others.
 func (s *Server) expireViewWaitsLocked(now time.Time) {
 	kept := s.viewWaits[:0]
 	for _, w := range s.viewWaits {
 		switch {
+		case w.h == nil:
 		case w.h.done:
+			s.endViewWaitLocked(w)
 		case now.After(w.deadline):
-			s.finishLocked(w.h, &messagev1.Nack{
+			h := w.h
+			s.endViewWaitLocked(w)
+			s.finishLocked(h, &messagev1.Nack{
 				Reason: messagev1.NackReason_NACK_REASON_OWNER_UNREACHABLE,
 				Detail: "its routes name a group or consumer this intermediate's view of etcd does not know yet",
 			})
 		default:
 			kept = append(kept, w)
+			for _, key := range w.keys {
+				if c := s.viewChecks[key]; c != nil {
+					s.readKeyLocked(key, c, w.h)
+				}
+			}
 		}
 	}
 	clear(s.viewWaits[len(kept):])
 	s.viewWaits = kept
-	s.pruneViewChecksLocked()
-}
-
-// pruneViewChecksLocked forgets the finished checks once no message waits.
-func (s *Server) pruneViewChecksLocked() {
-	if len(s.viewWaits) > 0 {
-		return
-	}
-	for key, c := range s.viewChecks {
-		if c.done {
-			delete(s.viewChecks, key)
-		}
-	}
 }

@@ -1,0 +1,294 @@
+package intermediate_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+
+	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
+	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/intermediate"
+	"github.com/butterfly-mesh/butterfly/internal/etcdtest"
+	"github.com/butterfly-mesh/butterfly/internal/tcpproxy"
+	"github.com/butterfly-mesh/butterfly/registry"
+)
+
+// slowReadRig is newRig with the intermediate's reads of etcd (Range)
+// taking at least delay more.
+func slowReadRig(t *testing.T, delay time.Duration, opts ...intermediate.Option) *rig {
+	t.Helper()
+	etc := etcdtest.Start(t)
+	slow := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if method == "/etcdserverpb.KV/Range" {
+			time.Sleep(delay)
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+	own, err := clientv3.New(clientv3.Config{Endpoints: []string{etc.Endpoint()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+		DialOptions: []grpc.DialOption{grpc.WithUnaryInterceptor(slow)}})
+	if err != nil {
+		t.Fatalf("clientv3.New() = %v", err)
+	}
+	t.Cleanup(func() { own.Close() })
+	return rigOn(t, etc.Client(t), own, opts...)
+}
+
+// cutRig is newRig with the intermediate's etcd client behind a proxy the
+// test can blackhole.
+func cutRig(t *testing.T, opts ...intermediate.Option) (*rig, *tcpproxy.Proxy) {
+	t.Helper()
+	etc := etcdtest.Start(t)
+	px, err := tcpproxy.Listen("127.0.0.1:0", etc.Endpoint())
+	if err != nil {
+		t.Fatalf("tcpproxy.Listen() = %v", err)
+	}
+	t.Cleanup(func() { px.Close() })
+	own, err := clientv3.New(clientv3.Config{Endpoints: []string{px.Addr()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatalf("clientv3.New() = %v", err)
+	}
+	t.Cleanup(func() { own.Close() })
+	t.Cleanup(func() { px.Blackhole(false) })
+	return rigOn(t, etc.Client(t), own, opts...), px
+}
+
+// ackEvery acknowledges every delivery sub receives until it ends, counting
+// them.
+func ackEvery(sub deliveryv1.SubscribeService_SubscribeClient, handled *atomic.Int64) {
+	for {
+		resp, err := sub.Recv()
+		if err != nil {
+			return
+		}
+		b := resp.GetBatch()
+		if b == nil {
+			continue
+		}
+		a := &deliveryv1.DeliveryAck{}
+		for _, d := range b.GetDeliveries() {
+			a.Acked = append(a.Acked, &messagev1.SeqRange{First: d.GetDeliveryId(), Last: d.GetDeliveryId()})
+			handled.Add(1)
+		}
+		if err := sub.Send(&deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Ack{Ack: a}}); err != nil {
+			return
+		}
+	}
+}
+
+// answers counts what a publish stream is answered, until it ends.
+type answers struct {
+	acked, nacked atomic.Int64
+	mu            sync.Mutex
+	reasons       map[messagev1.NackReason]int
+}
+
+func countAnswers(pub deliveryv1.PublishService_PublishClient) *answers {
+	a := &answers{reasons: map[messagev1.NackReason]int{}}
+	go func() {
+		for {
+			resp, err := pub.Recv()
+			if err != nil {
+				return
+			}
+			ack := resp.GetAck()
+			for _, r := range ack.GetAcked() {
+				a.acked.Add(int64(r.GetLast() - r.GetFirst() + 1))
+			}
+			a.mu.Lock()
+			for _, n := range ack.GetNacked() {
+				a.reasons[n.GetReason()]++
+			}
+			a.mu.Unlock()
+			a.nacked.Add(int64(len(ack.GetNacked())))
+		}
+	}()
+	return a
+}
+
+// forged returns a message whose routes name n groups that never existed.
+func forged(id string, seq uint64, n int) *messagev1.Message {
+	m := msg(id, seq, "x")
+	for i := range n {
+		m.Routes = append(m.Routes, &messagev1.Route{Group: fmt.Sprintf("forged-%d-%d", seq, i)})
+	}
+	return m
+}
+
+// TestViewCheck_GoneConsumerUnderSteadyResends sends, one a millisecond
+// for a second, messages whose route names a consumer that is not
+// registered (one that left), while each read of etcd takes 3 ms: a read
+// under way when a message arrives revisits it when it ends, and starts
+// another for it, so nearly every message is routed to the group's
+// consumer. A read begun for a later message once replaced the one under
+// way, whose answer was then dropped: most went back OWNER_UNREACHABLE.
+func TestViewCheck_GoneConsumerUnderSteadyResends(t *testing.T) {
+	r := slowReadRig(t, 3*time.Millisecond, intermediate.WithOwnerWait(500*time.Millisecond))
+	var handled atomic.Int64
+	go ackEvery(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), &handled)
+	r.waitConsumers(1)
+	pub := r.producer("p1")
+	got := countAnswers(pub)
+	seq := uint64(1)
+	for stop := time.Now().Add(time.Second); time.Now().Before(stop); seq++ {
+		m := msg("p1", seq, "x")
+		m.Routes = []*messagev1.Route{{Group: intermediate.DefaultGroup, Consumer: "left"}}
+		sendBatch(t, pub, seq, m)
+		time.Sleep(time.Millisecond)
+	}
+	sent := int64(seq - 1)
+	waitFor(t, "every message answered", func() bool { return got.acked.Load()+got.nacked.Load() == sent })
+	if n := got.nacked.Load(); n > sent/20 {
+		got.mu.Lock()
+		defer got.mu.Unlock()
+		t.Errorf("%d of %d messages handed back (%v), want nearly all routed: etcd says the consumer they name is gone", n, sent, got.reasons)
+	}
+	if handled.Load() != got.acked.Load() {
+		t.Errorf("handled %d, acknowledged %d", handled.Load(), got.acked.Load())
+	}
+	waitFor(t, "no check kept once nothing waits", func() bool {
+		w, c, _ := r.srv.ViewState()
+		return w == 0 && c == 0
+	})
+}
+
+// TestViewCheck_ForgedRoutesBounded checks what a producer that forges
+// routes can make an intermediate do: a message naming more unknown
+// groups than maxUnknownRoutes goes back at once, without a read; one
+// naming a few new ones each time keeps at most its stream's reads under
+// way and its checks only while its messages wait. Meanwhile another
+// producer's resend naming a consumer that left is routed every time: the
+// bounds left it reads of its own.
+func TestViewCheck_ForgedRoutesBounded(t *testing.T) {
+	r := slowReadRig(t, 20*time.Millisecond, intermediate.WithOwnerWait(300*time.Millisecond))
+	var handled atomic.Int64
+	go ackEvery(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), &handled)
+	r.waitConsumers(1)
+	lctx, lcancel := context.WithTimeout(context.Background(), time.Minute)
+	defer lcancel()
+
+	evil, _ := r.publishOn(lctx, r.conn, &deliveryv1.PublishHello{ProducerId: "evil", Incarnation: 1, Instance: "i1", HeartbeatIntervalMs: quietHeartbeatMs})
+	sendBatch(t, evil, 1, forged("evil", 1, intermediate.MaxRoutes))
+	if a := nextAck(t, evil); len(a.GetNacked()) != 1 || a.GetNacked()[0].GetReason() != messagev1.NackReason_NACK_REASON_OWNER_UNREACHABLE {
+		t.Fatalf("a message naming %d unknown groups was answered %v, want it handed back OWNER_UNREACHABLE", intermediate.MaxRoutes, a)
+	}
+	if w, c, reads := r.srv.ViewState(); w != 0 || c != 0 || reads != 0 {
+		t.Fatalf("after a message naming %d unknown groups: %d waiting, %d checks, %d reads; want none", intermediate.MaxRoutes, w, c, reads)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	got := countAnswers(evil)
+	var sent atomic.Int64
+	var maxReads, maxChecks atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for seq := uint64(2); ctx.Err() == nil; seq++ {
+			if err := evil.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Batch{Batch: &deliveryv1.PublishBatch{FirstSeq: seq, Messages: []*messagev1.Message{forged("evil", seq, 16)}}}}); err != nil {
+				return
+			}
+			sent.Add(1)
+			_, c, reads := r.srv.ViewState()
+			if int64(reads) > maxReads.Load() {
+				maxReads.Store(int64(reads))
+			}
+			if int64(c) > maxChecks.Load() {
+				maxChecks.Store(int64(c))
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+
+	good := r.producer("good")
+	for seq := uint64(1); seq <= 10; seq++ {
+		m := msg("good", seq, "x")
+		m.Routes = []*messagev1.Route{{Group: intermediate.DefaultGroup, Consumer: "left"}}
+		sendBatch(t, good, seq, m)
+		if a := nextAck(t, good); len(a.GetAcked()) != 1 {
+			t.Errorf("another producer's resend #%d naming a consumer that left was answered %v, want it acknowledged", seq, a)
+		}
+	}
+	cancel()
+	<-done
+	waitFor(t, "every forged message answered", func() bool { return got.acked.Load()+got.nacked.Load() == sent.Load() })
+	// 8 reads for the stream; the other producer's one; checks only for
+	// the forged messages that waited at once (16 names each).
+	if n := maxReads.Load(); n > 9 {
+		t.Errorf("%d reads under way at once for one producer's forged routes, want at most its 8", n)
+	}
+	if n := maxChecks.Load(); n > 16*int64(300/5+10) {
+		t.Errorf("%d checks kept at once, want no more than the names of the messages waiting", n)
+	}
+	waitFor(t, "no check kept once nothing waits", func() bool {
+		w, c, reads := r.srv.ViewState()
+		return w == 0 && c == 0 && reads == 0
+	})
+}
+
+// TestViewCheck_ManyGroupsRoutesWithinMaxRoutes checks that with more
+// groups declared than MaxRoutes, a message handed back before any copy
+// was sent names no more groups than a resend may carry: its resend is not
+// refused INVALID.
+func TestViewCheck_ManyGroupsRoutesWithinMaxRoutes(t *testing.T) {
+	r := newRig(t, intermediate.WithNoConsumerTimeout(300*time.Millisecond), intermediate.WithOwnerWait(300*time.Millisecond))
+	ctx := r.ctx()
+	for i := range intermediate.MaxRoutes + 1 {
+		if _, err := registry.CreateGroup(ctx, r.cli, service, fmt.Sprintf("g%04d", i), "test", registry.WithPrefix(prefix)); err != nil {
+			t.Fatalf("CreateGroup(%d) = %v", i, err)
+		}
+	}
+	pub := r.producer("p1")
+	var routes []*messagev1.Route
+	next := uint64(1)
+	waitFor(t, "the message handed back with a route for each group it fits", func() bool {
+		sendBatch(t, pub, next, msg("p1", 1, "x"))
+		next++
+		a := nextAck(t, pub)
+		if len(a.GetNacked()) != 1 {
+			t.Fatalf("answer %v, want one nack", a)
+		}
+		routes = a.GetNacked()[0].GetRoutes()
+		return len(routes) == intermediate.MaxRoutes
+	})
+	m := msg("p1", 1, "x")
+	m.Routes = routes
+	sendBatch(t, pub, next, m)
+	if a := nextAck(t, pub); len(a.GetNacked()) != 1 || a.GetNacked()[0].GetReason() == messagev1.NackReason_NACK_REASON_INVALID {
+		t.Errorf("the resend with the routes the intermediate wrote was answered %v, want it handed back again, not refused", a)
+	}
+}
+
+// TestViewCheck_StopWithAReadUnderWay checks that a read of etcd under way
+// for a waiting message does not hold Serve once Stop is called: with etcd
+// cut off and an owner wait of 10s, Serve returns well before the read's
+// own timeout.
+func TestViewCheck_StopWithAReadUnderWay(t *testing.T) {
+	r, px := cutRig(t, intermediate.WithOwnerWait(10*time.Second), intermediate.WithNoConsumerTimeout(20*time.Second))
+	var handled atomic.Int64
+	go ackEvery(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), &handled)
+	r.waitConsumers(1)
+	pub := r.producer("p1")
+	px.Blackhole(true)
+	m := msg("p1", 1, "x")
+	m.Routes = []*messagev1.Route{{Group: intermediate.DefaultGroup, Consumer: "left"}}
+	sendBatch(t, pub, 1, m)
+	waitFor(t, "a read under way", func() bool { _, _, reads := r.srv.ViewState(); return reads == 1 })
+	stopped := make(chan struct{})
+	go func() {
+		r.srv.Stop()
+		r.wait()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("Serve still running 5s after Stop, with a read of etcd under way for a 10s owner wait")
+	}
+}
