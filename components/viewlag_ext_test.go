@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -163,6 +164,8 @@ func TestRoutes_WhatAViewDoesNotKnowWaits(t *testing.T) {
 	if len(nacks) != 1 || nacks[0].GetReason() != messagev1.NackReason_NACK_REASON_OWNER_UNREACHABLE ||
 		!slices.Equal(routeNames(nacks[0]), []string{"a/ca/true", "b//false"}) {
 		t.Errorf("i2, cut off as b was declared, answered a message routed to b with nacks %v, want it handed back OWNER_UNREACHABLE with its routes", nacks)
+	} else if key := registry.GroupKey(testPrefix, components.DefaultService, "b"); !strings.HasSuffix(nacks[0].GetDetail(), ": "+key) {
+		t.Errorf("i2's nack says %q, want it to name %s, the key its view does not know", nacks[0].GetDetail(), key)
 	}
 
 	ghost, err := registry.RegisterConsumer(ctx, m.cli, components.DefaultService, "b", "ghost", registry.WithPrefix(testPrefix), registry.WithTTL(30*time.Second))

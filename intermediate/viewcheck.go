@@ -3,6 +3,7 @@ package intermediate
 import (
 	"context"
 	"slices"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -256,11 +257,11 @@ func (s *Server) expireViewWaitsLocked(now time.Time) {
 		case w.h.done:
 			s.endViewWaitLocked(w)
 		case now.After(w.deadline):
-			h := w.h
+			h, keys := w.h, strings.Join(s.unvouchedLocked(w.h), ", ")
 			s.endViewWaitLocked(w)
 			s.finishLocked(h, &messagev1.Nack{
 				Reason: messagev1.NackReason_NACK_REASON_OWNER_UNREACHABLE,
-				Detail: "its routes name a group or consumer this intermediate's view of etcd does not know yet",
+				Detail: "its routes name what this intermediate's view of etcd does not know yet: " + keys,
 			})
 		default:
 			kept = append(kept, w)
