@@ -29,16 +29,16 @@ import (
 //
 // Producers only send back the routes intermediates wrote, but one could
 // forge them, so what a message may make this intermediate do is bounded:
-// at most maxUnknownRoutes names a view does not know per message (one
-// naming more goes back at once), maxStreamViewReads reads under way for one
-// publish stream and maxViewReads in all; a finished read revisits only the
-// messages that wait on its key, and is forgotten once none does.
+// it waits on at most maxUnknownRoutes names at a time, one publish stream
+// has at most maxStreamViewReads reads under way and the intermediate
+// maxViewReads; a finished read revisits only the messages that wait on its
+// key, and is forgotten once none does. A route etcd found gone is dropped
+// from the message (a consumer's name from its route), so what a message
+// learned stays learned when it goes back and comes again.
 
 const (
-	// maxUnknownRoutes is the most names a message's routes may have that
-	// the view does not know for the message to wait for them: an
-	// intermediate writes one route per group, and a view lags by the few
-	// changes of a cut, not by hundreds.
+	// maxUnknownRoutes is the most names a message waits on at a time; the
+	// next ones are read once those are answered.
 	maxUnknownRoutes = 16
 	// maxStreamViewReads bounds the reads under way for one publish stream.
 	maxStreamViewReads = 8
@@ -46,14 +46,12 @@ const (
 	maxViewReads = 64
 )
 
-// viewCheck is one read of a subscription key, and the messages that wait
-// on the key. The read answers for the messages admitted before it began:
-// those up to after, once started.
+// viewCheck is the reads of a subscription key, and the messages that wait
+// on the key. A read answers for the messages admitted before it began.
 type viewCheck struct {
-	reading bool // a read is under way
-	started bool
-	after   uint64
-	done    bool        // a read finished
+	reading bool        // a read is under way
+	done    bool        // a read finished: the fields below are its answer
+	after   uint64      // the answer is for the messages admitted up to after
 	present bool        // the key exists (set when done without error)
 	failed  bool        // the read failed: nothing is known
 	waits   []*viewWait // may hold ended ones until the next review
@@ -72,7 +70,7 @@ type viewWait struct {
 // for and no read found gone: a group it does not declare, a consumer it
 // does not know as registered in a group it declares. Routes of groups that
 // handled h are left alone: they get no copy either way. It stops counting
-// past maxUnknownRoutes.
+// at maxUnknownRoutes.
 func (s *Server) unvouchedLocked(h *held) []string {
 	var keys []string
 	for _, r := range h.routes {
@@ -97,7 +95,7 @@ func (s *Server) unvouchedLocked(h *held) []string {
 		}
 		if !slices.Contains(keys, key) {
 			keys = append(keys, key)
-			if len(keys) > maxUnknownRoutes {
+			if len(keys) == maxUnknownRoutes {
 				break
 			}
 		}
@@ -106,16 +104,8 @@ func (s *Server) unvouchedLocked(h *held) []string {
 }
 
 // waitViewLocked makes h, whose routes name keys the view cannot answer
-// for, wait, and reads the keys from etcd; with more than maxUnknownRoutes
-// it goes back at once.
+// for, wait, and reads the keys from etcd.
 func (s *Server) waitViewLocked(h *held, keys []string) {
-	if len(keys) > maxUnknownRoutes {
-		s.finishLocked(h, &messagev1.Nack{
-			Reason: messagev1.NackReason_NACK_REASON_OWNER_UNREACHABLE,
-			Detail: "its routes name more groups and consumers this intermediate's view of etcd does not know than it waits for",
-		})
-		return
-	}
 	w := &viewWait{h: h, deadline: time.Now().Add(s.opts.ownerWait)}
 	s.viewWaits = append(s.viewWaits, w)
 	s.listViewWaitLocked(w, keys)
@@ -144,14 +134,14 @@ func (s *Server) listViewWaitLocked(w *viewWait, keys []string) {
 
 // readKeyLocked starts a read of key for h unless one under way will answer
 // for it when it ends (having begun before h arrived, it revisits h when it
-// ends), or one begun since h arrived found the key (the watch will tell
-// more) or failed (h waits for the view). A read the bounds hold back is
+// ends), or one begun since h arrived answered (present: the watch will
+// tell more; failed: h waits for the view). A read the bounds hold back is
 // tried again at the janitor's next tick.
 func (s *Server) readKeyLocked(key string, c *viewCheck, h *held) {
 	switch {
 	case c.reading:
 		return
-	case c.done && (c.present || c.failed) && c.after >= h.order:
+	case c.done && c.after >= h.order:
 		return
 	case s.viewReads >= maxViewReads, h.pub.viewReads >= maxStreamViewReads:
 		return
@@ -161,7 +151,7 @@ func (s *Server) readKeyLocked(key string, c *viewCheck, h *held) {
 	}
 	s.viewReads++
 	h.pub.viewReads++
-	c.reading, c.started = true, false
+	c.reading = true
 	go s.readKey(key, c, h.pub)
 }
 
@@ -170,7 +160,7 @@ func (s *Server) readKeyLocked(key string, c *viewCheck, h *held) {
 func (s *Server) readKey(key string, c *viewCheck, p *pubStream) {
 	defer s.wg.Done()
 	s.mu.Lock()
-	c.started, c.after = true, s.admitted
+	after := s.admitted // the answer is for the messages admitted so far
 	parent := s.viewCtx
 	s.mu.Unlock()
 	if parent == nil {
@@ -183,7 +173,7 @@ func (s *Server) readKey(key string, c *viewCheck, p *pubStream) {
 	defer s.mu.Unlock()
 	s.viewReads--
 	p.viewReads--
-	c.reading, c.done = false, true
+	c.reading, c.done, c.after = false, true, after
 	c.failed = err != nil
 	c.present = err == nil && resp.Count > 0
 	if err != nil && parent.Err() == nil {
@@ -216,6 +206,7 @@ func (s *Server) reviewViewWaitsLocked(waits []*viewWait) {
 		case w.h.done:
 			s.endViewWaitLocked(w)
 		default:
+			s.dropGoneRoutesLocked(w.h)
 			keys := s.unvouchedLocked(w.h)
 			if len(keys) == 0 {
 				h := w.h
@@ -252,26 +243,61 @@ func (s *Server) endViewWaitLocked(w *viewWait) {
 func (s *Server) expireViewWaitsLocked(now time.Time) {
 	kept := s.viewWaits[:0]
 	for _, w := range s.viewWaits {
-		switch {
-		case w.h == nil:
-		case w.h.done:
+		if w.h == nil {
+			continue
+		}
+		h := w.h
+		if h.done {
 			s.endViewWaitLocked(w)
+			continue
+		}
+		s.dropGoneRoutesLocked(h)
+		keys := s.unvouchedLocked(h)
+		switch {
+		case len(keys) == 0:
+			s.endViewWaitLocked(w)
+			s.routeOrHoldLocked(h)
 		case now.After(w.deadline):
-			h, keys := w.h, strings.Join(s.unvouchedLocked(w.h), ", ")
 			s.endViewWaitLocked(w)
 			s.finishLocked(h, &messagev1.Nack{
 				Reason: messagev1.NackReason_NACK_REASON_OWNER_UNREACHABLE,
-				Detail: "its routes name what this intermediate's view of etcd does not know yet: " + keys,
+				Detail: "its routes name what this intermediate's view of etcd does not know yet: " + strings.Join(keys, ", "),
 			})
 		default:
 			kept = append(kept, w)
-			for _, key := range w.keys {
-				if c := s.viewChecks[key]; c != nil {
-					s.readKeyLocked(key, c, w.h)
-				}
-			}
+			s.listViewWaitLocked(w, keys)
 		}
 	}
 	clear(s.viewWaits[len(kept):])
 	s.viewWaits = kept
+}
+
+// dropGoneRoutesLocked drops from h's routes what a read begun since h
+// arrived found gone: a group's route, or the consumer's name from a route
+// of a group the view declares. The message carries its routes on when it
+// goes back, so that another intermediate need not read them again.
+func (s *Server) dropGoneRoutesLocked(h *held) {
+	gone := func(key string) bool {
+		c := s.viewChecks[key]
+		return c != nil && c.done && !c.failed && !c.present && c.after >= h.order
+	}
+	kept := h.routes[:0]
+	for _, r := range h.routes {
+		if !r.GetHandled() {
+			g := s.groups[r.GetGroup()]
+			switch {
+			case g == nil || !g.declared:
+				if gone(registry.GroupKey(s.opts.prefix, s.service, r.GetGroup())) {
+					continue
+				}
+			case r.GetConsumer() != "":
+				if _, ok := g.epochs[r.GetConsumer()]; !ok && gone(registry.ConsumerKey(s.opts.prefix, s.service, r.GetGroup(), r.GetConsumer())) {
+					r = &messagev1.Route{Group: r.GetGroup()}
+				}
+			}
+		}
+		kept = append(kept, r)
+	}
+	clear(h.routes[len(kept):])
+	h.routes = kept
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -20,24 +21,96 @@ import (
 	"github.com/butterfly-mesh/butterfly/registry"
 )
 
-// slowReadRig is newRig with the intermediate's reads of etcd (Range)
-// taking at least delay more.
-func slowReadRig(t *testing.T, delay time.Duration, opts ...intermediate.Option) *rig {
+// gate holds the intermediate's etcd watch responses while closed (its
+// view lags), delays its reads (Range) by all and by a key's own delay, and
+// counts them by key.
+type gate struct {
+	all    atomic.Int64 // time.Duration
+	mu     sync.Mutex
+	closed bool
+	open   chan struct{}
+	delays sync.Map // key -> time.Duration
+	counts sync.Map // key -> *atomic.Int64
+}
+
+func (g *gate) reads(key string) int64 {
+	v, _ := g.counts.LoadOrStore(key, new(atomic.Int64))
+	return v.(*atomic.Int64).Load()
+}
+
+func (g *gate) setClosed(c bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if c && !g.closed {
+		g.open = make(chan struct{})
+	}
+	if !c && g.closed {
+		close(g.open)
+	}
+	g.closed = c
+}
+
+func (g *gate) wait() {
+	g.mu.Lock()
+	ch, c := g.open, g.closed
+	g.mu.Unlock()
+	if c {
+		<-ch
+	}
+}
+
+type gatedStream struct {
+	grpc.ClientStream
+	g *gate
+}
+
+func (s *gatedStream) RecvMsg(m any) error {
+	err := s.ClientStream.RecvMsg(m)
+	s.g.wait()
+	return err
+}
+
+// gatedRig is newRig with the intermediate's etcd client behind a gate.
+func gatedRig(t *testing.T, opts ...intermediate.Option) (*rig, *gate) {
 	t.Helper()
+	g := &gate{}
 	etc := etcdtest.Start(t)
-	slow := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		if method == "/etcdserverpb.KV/Range" {
-			time.Sleep(delay)
+	unary := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if rr, ok := req.(*etcdserverpb.RangeRequest); ok {
+			v, _ := g.counts.LoadOrStore(string(rr.Key), new(atomic.Int64))
+			v.(*atomic.Int64).Add(1)
+			d := time.Duration(g.all.Load())
+			if kd, ok := g.delays.Load(string(rr.Key)); ok {
+				d += kd.(time.Duration)
+			}
+			time.Sleep(d)
 		}
 		return invoker(ctx, method, req, reply, cc, opts...)
 	}
+	stream := func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		cs, err := streamer(ctx, desc, cc, method, opts...)
+		if err != nil || method != "/etcdserverpb.Watch/Watch" {
+			return cs, err
+		}
+		return &gatedStream{cs, g}, nil
+	}
 	own, err := clientv3.New(clientv3.Config{Endpoints: []string{etc.Endpoint()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
-		DialOptions: []grpc.DialOption{grpc.WithUnaryInterceptor(slow)}})
+		DialOptions: []grpc.DialOption{grpc.WithUnaryInterceptor(unary), grpc.WithStreamInterceptor(stream)}})
 	if err != nil {
 		t.Fatalf("clientv3.New() = %v", err)
 	}
 	t.Cleanup(func() { own.Close() })
-	return rigOn(t, etc.Client(t), own, opts...)
+	t.Cleanup(func() { g.setClosed(false) })
+	return rigOn(t, etc.Client(t), own, opts...), g
+}
+
+// slowReadRig is newRig with the intermediate's reads of etcd taking at
+// least delay more.
+func slowReadRig(t *testing.T, delay time.Duration, opts ...intermediate.Option) *rig {
+	t.Helper()
+	r, g := gatedRig(t, opts...)
+	g.all.Store(int64(delay))
+	return r
 }
 
 // cutRig is newRig with the intermediate's etcd client behind a proxy the
@@ -159,10 +232,10 @@ func TestViewCheck_GoneConsumerUnderSteadyResends(t *testing.T) {
 }
 
 // TestViewCheck_ForgedRoutesBounded checks what a producer that forges
-// routes can make an intermediate do: a message naming more unknown
-// groups than maxUnknownRoutes goes back at once, without a read; one
-// naming a few new ones each time keeps at most its stream's reads under
-// way and its checks only while its messages wait. Meanwhile another
+// routes can make an intermediate do: a message naming 1 024 unknown groups
+// waits on 16 at a time and goes back at the owner wait without the ones
+// found gone; messages naming new ones each time keep at most their
+// stream's reads under way and their checks only while they wait. Meanwhile another
 // producer's resend naming a consumer that left is routed every time: the
 // bounds left it reads of its own.
 func TestViewCheck_ForgedRoutesBounded(t *testing.T) {
@@ -175,12 +248,20 @@ func TestViewCheck_ForgedRoutesBounded(t *testing.T) {
 
 	evil, _ := r.publishOn(lctx, r.conn, &deliveryv1.PublishHello{ProducerId: "evil", Incarnation: 1, Instance: "i1", HeartbeatIntervalMs: quietHeartbeatMs})
 	sendBatch(t, evil, 1, forged("evil", 1, intermediate.MaxRoutes))
-	if a := nextAck(t, evil); len(a.GetNacked()) != 1 || a.GetNacked()[0].GetReason() != messagev1.NackReason_NACK_REASON_OWNER_UNREACHABLE {
+	a := nextAck(t, evil)
+	if len(a.GetNacked()) != 1 || a.GetNacked()[0].GetReason() != messagev1.NackReason_NACK_REASON_OWNER_UNREACHABLE {
 		t.Fatalf("a message naming %d unknown groups was answered %v, want it handed back OWNER_UNREACHABLE", intermediate.MaxRoutes, a)
 	}
-	if w, c, reads := r.srv.ViewState(); w != 0 || c != 0 || reads != 0 {
-		t.Fatalf("after a message naming %d unknown groups: %d waiting, %d checks, %d reads; want none", intermediate.MaxRoutes, w, c, reads)
+	// 16 names at a time, 8 reads of 20 ms at once, for 300 ms: what it
+	// learned (groups that do not exist) is dropped from the routes it
+	// goes back with, and it would learn the rest on its next attempts.
+	if n := len(a.GetNacked()[0].GetRoutes()); n >= intermediate.MaxRoutes || n == 0 {
+		t.Errorf("the forged message went back with %d of its %d routes, want those its reads found gone dropped, and not all of them", n, intermediate.MaxRoutes)
 	}
+	waitFor(t, "no check kept once nothing waits", func() bool {
+		w, c, reads := r.srv.ViewState()
+		return w == 0 && c == 0 && reads == 0
+	})
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -290,5 +371,146 @@ func TestViewCheck_StopWithAReadUnderWay(t *testing.T) {
 	case <-stopped:
 	case <-time.After(5 * time.Second):
 		t.Fatalf("Serve still running 5s after Stop, with a read of etcd under way for a 10s owner wait")
+	}
+}
+
+// recvSeqs records the message seqs sub receives, acknowledging each.
+func recvSeqs(sub deliveryv1.SubscribeService_SubscribeClient, got *sync.Map) {
+	for {
+		resp, err := sub.Recv()
+		if err != nil {
+			return
+		}
+		b := resp.GetBatch()
+		if b == nil {
+			continue
+		}
+		a := &deliveryv1.DeliveryAck{}
+		for _, d := range b.GetDeliveries() {
+			a.Acked = append(a.Acked, &messagev1.SeqRange{First: d.GetDeliveryId(), Last: d.GetDeliveryId()})
+			got.Store(d.GetMessage().GetId().GetSeq(), true)
+		}
+		if err := sub.Send(&deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Ack{Ack: a}}); err != nil {
+			return
+		}
+	}
+}
+
+// TestViewCheck_AnAnswerFromBeforeTheMessageDoesNotCount checks that an
+// answer counts only for the messages that arrived before its read began:
+// a first read found consumer c2 gone; c2 registers, which the view does
+// not learn (its watch held); a message sent to c2 by an intermediate that
+// knows it arrives and starts a second, slow read. While that read is under
+// way, another of the message's routes is answered and the message is
+// reviewed: it must not be routed past c2 on the first read's answer, which
+// once took the second read's start for its own (h2 went to c1, 6 of 6).
+func TestViewCheck_AnAnswerFromBeforeTheMessageDoesNotCount(t *testing.T) {
+	r, g := gatedRig(t, intermediate.WithOwnerWait(3*time.Second), intermediate.WithNoConsumerTimeout(10*time.Second))
+	var got sync.Map
+	go recvSeqs(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), &got)
+	r.waitConsumers(1)
+	pub := r.producer("p1")
+	answers := countAnswers(pub)
+
+	g.setClosed(true) // the view lags from here
+	ctx := r.ctx()
+	if _, err := registry.CreateGroup(ctx, r.cli, service, "gz", "test", registry.WithPrefix(prefix)); err != nil {
+		t.Fatalf("CreateGroup(gz) = %v", err)
+	}
+	// h1 names c2 (not registered: the first read finds it gone) and gz
+	// (declared, unknown to the view: h1 waits on, so c2's check is kept).
+	m1 := msg("p1", 1, "x")
+	m1.Routes = []*messagev1.Route{{Group: intermediate.DefaultGroup, Consumer: "c2"}, {Group: "gz"}}
+	sendBatch(t, pub, 1, m1)
+	waitFor(t, "the first reads done", func() bool { w, _, reads := r.srv.ViewState(); return w == 1 && reads == 0 })
+
+	reg, err := registry.RegisterConsumer(ctx, r.cli, service, intermediate.DefaultGroup, "c2", registry.WithPrefix(prefix), registry.WithTTL(30*time.Second))
+	if err != nil {
+		t.Fatalf("RegisterConsumer(c2) = %v", err)
+	}
+	defer reg.Close(context.Background())
+	g.delays.Store(registry.ConsumerKey(prefix, service, intermediate.DefaultGroup, "c2"), 1500*time.Millisecond)
+	ghost := registry.GroupKey(prefix, service, "ghost")
+	g.delays.Store(ghost, 100*time.Millisecond)
+
+	m2 := msg("p1", 2, "x")
+	m2.Routes = []*messagev1.Route{{Group: intermediate.DefaultGroup, Consumer: "c2"}, {Group: "ghost"}}
+	sendBatch(t, pub, 2, m2)
+	waitFor(t, "the read of ghost done", func() bool { return g.reads(ghost) == 1 })
+	time.Sleep(300 * time.Millisecond) // ghost's answer reviewed h2; c2's second read under way
+	if _, ok := got.Load(uint64(2)); ok {
+		t.Errorf("h2 went to c1 while c2, the consumer its route names, is registered and no read begun after h2 arrived had answered (acked %d, nacked %d)", answers.acked.Load(), answers.nacked.Load())
+	}
+}
+
+// TestViewCheck_DeletedGroupsLearnedOnce checks that a message whose
+// routes name more deleted groups than it waits on at a time is routed by
+// an intermediate whose view is current: it reads 16 names, then the next;
+// it once went back at once, every time, with the same routes.
+func TestViewCheck_DeletedGroupsLearnedOnce(t *testing.T) {
+	r := newRig(t, intermediate.WithNoConsumerTimeout(300*time.Millisecond), intermediate.WithOwnerWait(300*time.Millisecond))
+	var handled atomic.Int64
+	go ackEvery(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), &handled)
+	r.waitConsumers(1)
+	ctx := r.ctx()
+	const n = 40
+	for i := range n {
+		if _, err := registry.CreateGroup(ctx, r.cli, service, fmt.Sprintf("g%02d", i), "test", registry.WithPrefix(prefix)); err != nil {
+			t.Fatalf("CreateGroup(%d) = %v", i, err)
+		}
+	}
+	pub := r.producer("p1")
+	next := uint64(1)
+	var routes []*messagev1.Route
+	waitFor(t, "the message handed back naming every group", func() bool {
+		sendBatch(t, pub, next, msg("p1", 1, "x"))
+		next++
+		a := nextAck(t, pub)
+		if len(a.GetNacked()) != 1 {
+			t.Fatalf("answer %v, want one nack (groups without consumers)", a)
+		}
+		routes = a.GetNacked()[0].GetRoutes()
+		return len(routes) == n+1
+	})
+	for i := range n {
+		if _, err := registry.DeleteGroup(ctx, r.cli, service, fmt.Sprintf("g%02d", i), registry.WithPrefix(prefix)); err != nil {
+			t.Fatalf("DeleteGroup(%d) = %v", i, err)
+		}
+	}
+	waitFor(t, "the view without the groups", func() bool {
+		m := msg("p1", 2, "x")
+		sendBatch(t, pub, next, m)
+		next++
+		return len(nextAck(t, pub).GetAcked()) == 1
+	})
+	m := msg("p1", 1, "x")
+	m.Routes = routes
+	sendBatch(t, pub, next, m)
+	if a := nextAck(t, pub); len(a.GetAcked()) != 1 {
+		t.Errorf("the resend naming %d deleted groups was answered %v, want it routed to the default group and acknowledged", n, a)
+	}
+}
+
+// TestViewCheck_GoneKeyReadOnce checks that a key a read found gone since
+// a message arrived is not read again while the message waits on another:
+// it was read at every janitor tick (11 times in a 2s owner wait).
+func TestViewCheck_GoneKeyReadOnce(t *testing.T) {
+	r, g := gatedRig(t, intermediate.WithOwnerWait(2*time.Second), intermediate.WithNoConsumerTimeout(10*time.Second))
+	var got sync.Map
+	go recvSeqs(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), &got)
+	r.waitConsumers(1)
+	pub := r.producer("p1")
+	answers := countAnswers(pub)
+	g.setClosed(true)
+	if _, err := registry.CreateGroup(r.ctx(), r.cli, service, "gz", "test", registry.WithPrefix(prefix)); err != nil {
+		t.Fatalf("CreateGroup(gz) = %v", err)
+	}
+	c2 := registry.ConsumerKey(prefix, service, intermediate.DefaultGroup, "c2")
+	m := msg("p1", 1, "x")
+	m.Routes = []*messagev1.Route{{Group: intermediate.DefaultGroup, Consumer: "c2"}, {Group: "gz"}}
+	sendBatch(t, pub, 1, m)
+	waitFor(t, "the message handed back", func() bool { return answers.nacked.Load() == 1 })
+	if n := g.reads(c2); n != 1 {
+		t.Errorf("the key of c2, found gone by a read begun after the message arrived, was read %d times while the message waited 2s, want once", n)
 	}
 }
