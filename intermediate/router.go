@@ -241,11 +241,17 @@ func (s *Server) admitLocked(h *held, slab *deliverySlab) {
 	h.pub.held.Push(h.seq, h)
 	h.pub.inFlight = h.pub.held.Len()
 	if !s.declaredLocked() {
-		h.deadline = time.Now().Add(s.opts.noConsumerTimeout)
-		s.unrouted = append(s.unrouted, h)
+		s.holdUnroutedLocked(h)
 		return
 	}
 	s.routeHeldLocked(h, slab)
+}
+
+// holdUnroutedLocked holds h with the messages admitted while no group is
+// declared, until one is or its no-consumer timeout.
+func (s *Server) holdUnroutedLocked(h *held) {
+	h.deadline = time.Now().Add(s.opts.noConsumerTimeout)
+	s.unrouted = append(s.unrouted, h)
 }
 
 // routeHeldLocked makes one delivery of h per declared group, from slab
@@ -266,8 +272,7 @@ func (s *Server) routeHeldLocked(h *held, slab *deliverySlab) {
 // it with the messages admitted while no group is declared.
 func (s *Server) routeOrHoldLocked(h *held) {
 	if !s.declaredLocked() {
-		h.deadline = time.Now().Add(s.opts.noConsumerTimeout)
-		s.unrouted = append(s.unrouted, h)
+		s.holdUnroutedLocked(h)
 		return
 	}
 	s.routeCheckedLocked(h, nil)

@@ -132,9 +132,9 @@ func cutRig(t *testing.T, opts ...intermediate.Option) (*rig, *tcpproxy.Proxy) {
 	return rigOn(t, etc.Client(t), own, opts...), px
 }
 
-// ackEvery acknowledges every delivery sub receives until it ends, counting
-// them.
-func ackEvery(sub deliveryv1.SubscribeService_SubscribeClient, handled *atomic.Int64) {
+// ackEvery acknowledges every delivery sub receives until it ends, and
+// tells seen of each.
+func ackEvery(sub deliveryv1.SubscribeService_SubscribeClient, seen func(*deliveryv1.Delivery)) {
 	for {
 		resp, err := sub.Recv()
 		if err != nil {
@@ -147,12 +147,22 @@ func ackEvery(sub deliveryv1.SubscribeService_SubscribeClient, handled *atomic.I
 		a := &deliveryv1.DeliveryAck{}
 		for _, d := range b.GetDeliveries() {
 			a.Acked = append(a.Acked, &messagev1.SeqRange{First: d.GetDeliveryId(), Last: d.GetDeliveryId()})
-			handled.Add(1)
+			seen(d)
 		}
 		if err := sub.Send(&deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Ack{Ack: a}}); err != nil {
 			return
 		}
 	}
+}
+
+// counting returns a seen for ackEvery that counts into n.
+func counting(n *atomic.Int64) func(*deliveryv1.Delivery) {
+	return func(*deliveryv1.Delivery) { n.Add(1) }
+}
+
+// recording returns a seen for ackEvery that records each message's seq.
+func recording(seqs *sync.Map) func(*deliveryv1.Delivery) {
+	return func(d *deliveryv1.Delivery) { seqs.Store(d.GetMessage().GetId().GetSeq(), true) }
 }
 
 // answers counts what a publish stream is answered, until it ends.
@@ -204,7 +214,7 @@ func forged(id string, seq uint64, n int) *messagev1.Message {
 func TestViewCheck_GoneConsumerUnderSteadyResends(t *testing.T) {
 	r := slowReadRig(t, 3*time.Millisecond, intermediate.WithOwnerWait(500*time.Millisecond))
 	var handled atomic.Int64
-	go ackEvery(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), &handled)
+	go ackEvery(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), counting(&handled))
 	r.waitConsumers(1)
 	pub := r.producer("p1")
 	got := countAnswers(pub)
@@ -241,7 +251,7 @@ func TestViewCheck_GoneConsumerUnderSteadyResends(t *testing.T) {
 func TestViewCheck_ForgedRoutesBounded(t *testing.T) {
 	r := slowReadRig(t, 20*time.Millisecond, intermediate.WithOwnerWait(300*time.Millisecond))
 	var handled atomic.Int64
-	go ackEvery(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), &handled)
+	go ackEvery(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), counting(&handled))
 	r.waitConsumers(1)
 	lctx, lcancel := context.WithTimeout(context.Background(), time.Minute)
 	defer lcancel()
@@ -353,7 +363,7 @@ func TestViewCheck_ManyGroupsRoutesWithinMaxRoutes(t *testing.T) {
 func TestViewCheck_StopWithAReadUnderWay(t *testing.T) {
 	r, px := cutRig(t, intermediate.WithOwnerWait(10*time.Second), intermediate.WithNoConsumerTimeout(20*time.Second))
 	var handled atomic.Int64
-	go ackEvery(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), &handled)
+	go ackEvery(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), counting(&handled))
 	r.waitConsumers(1)
 	pub := r.producer("p1")
 	px.Blackhole(true)
@@ -374,28 +384,6 @@ func TestViewCheck_StopWithAReadUnderWay(t *testing.T) {
 	}
 }
 
-// recvSeqs records the message seqs sub receives, acknowledging each.
-func recvSeqs(sub deliveryv1.SubscribeService_SubscribeClient, got *sync.Map) {
-	for {
-		resp, err := sub.Recv()
-		if err != nil {
-			return
-		}
-		b := resp.GetBatch()
-		if b == nil {
-			continue
-		}
-		a := &deliveryv1.DeliveryAck{}
-		for _, d := range b.GetDeliveries() {
-			a.Acked = append(a.Acked, &messagev1.SeqRange{First: d.GetDeliveryId(), Last: d.GetDeliveryId()})
-			got.Store(d.GetMessage().GetId().GetSeq(), true)
-		}
-		if err := sub.Send(&deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Ack{Ack: a}}); err != nil {
-			return
-		}
-	}
-}
-
 // TestViewCheck_AnAnswerFromBeforeTheMessageDoesNotCount checks that an
 // answer counts only for the messages that arrived before its read began:
 // a first read found consumer c2 gone; c2 registers, which the view does
@@ -407,7 +395,7 @@ func recvSeqs(sub deliveryv1.SubscribeService_SubscribeClient, got *sync.Map) {
 func TestViewCheck_AnAnswerFromBeforeTheMessageDoesNotCount(t *testing.T) {
 	r, g := gatedRig(t, intermediate.WithOwnerWait(3*time.Second), intermediate.WithNoConsumerTimeout(10*time.Second))
 	var got sync.Map
-	go recvSeqs(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), &got)
+	go ackEvery(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), recording(&got))
 	r.waitConsumers(1)
 	pub := r.producer("p1")
 	answers := countAnswers(pub)
@@ -450,7 +438,7 @@ func TestViewCheck_AnAnswerFromBeforeTheMessageDoesNotCount(t *testing.T) {
 func TestViewCheck_DeletedGroupsLearnedOnce(t *testing.T) {
 	r := newRig(t, intermediate.WithNoConsumerTimeout(300*time.Millisecond), intermediate.WithOwnerWait(300*time.Millisecond))
 	var handled atomic.Int64
-	go ackEvery(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), &handled)
+	go ackEvery(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), counting(&handled))
 	r.waitConsumers(1)
 	ctx := r.ctx()
 	const n = 40
@@ -497,7 +485,7 @@ func TestViewCheck_DeletedGroupsLearnedOnce(t *testing.T) {
 func TestViewCheck_GoneKeyReadOnce(t *testing.T) {
 	r, g := gatedRig(t, intermediate.WithOwnerWait(2*time.Second), intermediate.WithNoConsumerTimeout(10*time.Second))
 	var got sync.Map
-	go recvSeqs(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), &got)
+	go ackEvery(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), recording(&got))
 	r.waitConsumers(1)
 	pub := r.producer("p1")
 	answers := countAnswers(pub)
