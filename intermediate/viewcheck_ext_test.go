@@ -323,31 +323,39 @@ func TestViewCheck_ForgedRoutesBounded(t *testing.T) {
 	})
 }
 
-// TestViewCheck_ManyGroupsRoutesWithinMaxRoutes checks that with more
-// groups declared than MaxRoutes, a message handed back before any copy
-// was sent names no more groups than a resend may carry: its resend is not
-// refused INVALID.
-func TestViewCheck_ManyGroupsRoutesWithinMaxRoutes(t *testing.T) {
-	r := newRig(t, intermediate.WithNoConsumerTimeout(300*time.Millisecond), intermediate.WithOwnerWait(300*time.Millisecond))
-	ctx := r.ctx()
-	for i := range intermediate.MaxRoutes + 1 {
-		if _, err := registry.CreateGroup(ctx, r.cli, service, fmt.Sprintf("g%04d", i), "test", registry.WithPrefix(prefix)); err != nil {
+// handedBackAcross declares groups g0000 and up, without consumers, and
+// sends p1's message 1 until it comes back naming want groups in its
+// routes; it returns the stream, those routes and the stream's next seq.
+func handedBackAcross(t *testing.T, r *rig, groups, want int) (deliveryv1.PublishService_PublishClient, []*messagev1.Route, uint64) {
+	t.Helper()
+	for i := range groups {
+		if _, err := registry.CreateGroup(r.ctx(), r.cli, service, fmt.Sprintf("g%04d", i), "test", registry.WithPrefix(prefix)); err != nil {
 			t.Fatalf("CreateGroup(%d) = %v", i, err)
 		}
 	}
 	pub := r.producer("p1")
 	var routes []*messagev1.Route
 	next := uint64(1)
-	waitFor(t, "the message handed back with a route for each group it fits", func() bool {
+	waitFor(t, fmt.Sprintf("the message handed back naming %d groups", want), func() bool {
 		sendBatch(t, pub, next, msg("p1", 1, "x"))
 		next++
 		a := nextAck(t, pub)
 		if len(a.GetNacked()) != 1 {
-			t.Fatalf("answer %v, want one nack", a)
+			t.Fatalf("answer %v, want one nack (groups without consumers)", a)
 		}
 		routes = a.GetNacked()[0].GetRoutes()
-		return len(routes) == intermediate.MaxRoutes
+		return len(routes) == want
 	})
+	return pub, routes, next
+}
+
+// TestViewCheck_ManyGroupsRoutesWithinMaxRoutes checks that with more
+// groups declared than MaxRoutes, a message handed back before any copy
+// was sent names no more groups than a resend may carry: its resend is not
+// refused INVALID.
+func TestViewCheck_ManyGroupsRoutesWithinMaxRoutes(t *testing.T) {
+	r := newRig(t, intermediate.WithNoConsumerTimeout(300*time.Millisecond), intermediate.WithOwnerWait(300*time.Millisecond))
+	pub, routes, next := handedBackAcross(t, r, intermediate.MaxRoutes+1, intermediate.MaxRoutes)
 	m := msg("p1", 1, "x")
 	m.Routes = routes
 	sendBatch(t, pub, next, m)
@@ -440,28 +448,10 @@ func TestViewCheck_DeletedGroupsLearnedOnce(t *testing.T) {
 	var handled atomic.Int64
 	go ackEvery(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), counting(&handled))
 	r.waitConsumers(1)
-	ctx := r.ctx()
 	const n = 40
+	pub, routes, next := handedBackAcross(t, r, n, n+1)
 	for i := range n {
-		if _, err := registry.CreateGroup(ctx, r.cli, service, fmt.Sprintf("g%02d", i), "test", registry.WithPrefix(prefix)); err != nil {
-			t.Fatalf("CreateGroup(%d) = %v", i, err)
-		}
-	}
-	pub := r.producer("p1")
-	next := uint64(1)
-	var routes []*messagev1.Route
-	waitFor(t, "the message handed back naming every group", func() bool {
-		sendBatch(t, pub, next, msg("p1", 1, "x"))
-		next++
-		a := nextAck(t, pub)
-		if len(a.GetNacked()) != 1 {
-			t.Fatalf("answer %v, want one nack (groups without consumers)", a)
-		}
-		routes = a.GetNacked()[0].GetRoutes()
-		return len(routes) == n+1
-	})
-	for i := range n {
-		if _, err := registry.DeleteGroup(ctx, r.cli, service, fmt.Sprintf("g%02d", i), registry.WithPrefix(prefix)); err != nil {
+		if _, err := registry.DeleteGroup(r.ctx(), r.cli, service, fmt.Sprintf("g%04d", i), registry.WithPrefix(prefix)); err != nil {
 			t.Fatalf("DeleteGroup(%d) = %v", i, err)
 		}
 	}
