@@ -113,9 +113,14 @@ func routesSize(m *messagev1.Message) int {
 func routesSizeOf(routes []*messagev1.Route) int {
 	n := 0
 	for _, r := range routes {
-		n += protowire.SizeTag(routesField) + protowire.SizeBytes(r.SizeVT())
+		n += routeSize(r)
 	}
 	return n
+}
+
+// routeSize is the encoded size of r in a message.
+func routeSize(r *messagev1.Route) int {
+	return protowire.SizeTag(routesField) + protowire.SizeBytes(r.SizeVT())
 }
 
 // routesCharge is what m's routes cost held: their encoded size and

@@ -260,8 +260,8 @@ func (s *Server) holdUnroutedLocked(h *held) {
 // or consumer the view does not know waits first (viewcheck.go).
 func (s *Server) routeHeldLocked(h *held, slab *deliverySlab) {
 	if len(h.routes) > 0 {
-		if keys := s.unvouchedLocked(h); len(keys) > 0 {
-			s.waitViewLocked(h, keys)
+		if names := s.sortRoutesLocked(h); len(names) > 0 {
+			s.waitViewLocked(h, names)
 			return
 		}
 	}
@@ -376,7 +376,7 @@ func (s *Server) finishLocked(h *held, nack *messagev1.Nack) {
 	} else {
 		nack.Seq = h.seq
 		if butterfly.Transient(nack.GetReason()) {
-			nack.Routes = routesOf(h)
+			nack.Routes = routesOf(h, s.opts.maxBatchBytes)
 			// The routes stay counted until the nack is sent (sendLoop).
 			p.holdNackLocked(routesChargeOf(nack.Routes))
 		}
@@ -420,9 +420,10 @@ func routeIndex(routes []*messagev1.Route, group string) int {
 // routesOf returns where h's group copies went, for the producer to send
 // back with the message (Message.routes): the groups that handled it, the
 // consumers it was sent to in the others, and the groups it was not sent to
-// yet. What earlier attempts learned
-// about groups with no delivery here is kept.
-func routesOf(h *held) []*messagev1.Route {
+// yet, these as long as the routes stay within MaxRoutes and maxBytes
+// encoded (checkRoutes). What earlier attempts learned about groups with no
+// delivery here is kept.
+func routesOf(h *held, maxBytes int) []*messagev1.Route {
 	var routes, unsent []*messagev1.Route
 	seen := map[string]bool{}
 	for _, d := range h.deliveries {
@@ -434,8 +435,7 @@ func routesOf(h *held) []*messagev1.Route {
 			routes = append(routes, &messagev1.Route{Group: d.group, Consumer: d.sentTo})
 		default:
 			// Not sent yet: the group exists in this view, which another
-			// intermediate's may not know yet. Named as long as the routes
-			// stay within MaxRoutes.
+			// intermediate's may not know yet.
 			unsent = append(unsent, &messagev1.Route{Group: d.group})
 		}
 	}
@@ -444,7 +444,16 @@ func routesOf(h *held) []*messagev1.Route {
 			routes = append(routes, r)
 		}
 	}
-	return append(routes, unsent[:min(len(unsent), max(MaxRoutes-len(routes), 0))]...)
+	size := routesSizeOf(routes)
+	for _, r := range unsent {
+		n := routeSize(r)
+		if len(routes) >= MaxRoutes || size+n > maxBytes {
+			break
+		}
+		routes = append(routes, r)
+		size += n
+	}
+	return routes
 }
 
 // abandonLocked forgets every message held for a publish stream that ended:
@@ -585,7 +594,7 @@ func (s *Server) applySubscriptionsLocked(v registry.Subscriptions) {
 			}
 		}
 	}
-	s.reviewViewWaitsLocked(nil)
+	s.reviewViewWaitsLocked()
 	if len(s.unrouted) > 0 && s.declaredLocked() {
 		unrouted := s.unrouted
 		s.unrouted = nil

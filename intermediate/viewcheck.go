@@ -6,8 +6,6 @@ import (
 	"strings"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
@@ -29,12 +27,15 @@ import (
 //
 // Producers only send back the routes intermediates wrote, but one could
 // forge them, so what a message may make this intermediate do is bounded:
-// it waits on at most maxUnknownRoutes names at a time, one publish stream
-// has at most maxStreamViewReads reads under way and the intermediate
-// maxViewReads; a finished read revisits only the messages that wait on its
-// key, and is forgotten once none does. A route etcd found gone is dropped
-// from the message (a consumer's name from its route), so what a message
-// learned stays learned when it goes back and comes again.
+// it waits on at most maxUnknownRoutes names at a time and is looked at
+// again once all of them are answered; one publish stream has at most
+// maxStreamViewReads reads under way and the intermediate maxViewReads; a
+// check is forgotten once no message waits on its key; the janitor looks
+// only at messages past their deadline or whose reads the bounds held back.
+// A route etcd found gone is dropped from the message (a consumer's name
+// from its route), so what a message learned stays learned when it goes
+// back and comes again. A key whose value the view would skip (malformed,
+// written by hand) counts as gone, as it does for routing.
 
 const (
 	// maxUnknownRoutes is the most names a message waits on at a time; the
@@ -46,15 +47,17 @@ const (
 	maxViewReads = 64
 )
 
-// viewCheck is the reads of a subscription key, and the messages that wait
-// on the key. A read answers for the messages admitted before it began.
+// viewCheck is the reads of one subscription key, and the messages that
+// wait on it. A read answers for the messages admitted before it began.
 type viewCheck struct {
+	group, consumer string // the key's names ("" consumer: a group's key)
+
 	reading bool        // a read is under way
 	done    bool        // a read finished: the fields below are its answer
 	after   uint64      // the answer is for the messages admitted up to after
-	present bool        // the key exists (set when done without error)
+	present bool        // the key exists with a value the view takes
 	failed  bool        // the read failed: nothing is known
-	waits   []*viewWait // may hold ended ones until the next review
+	waits   []*viewWait // may hold ended ones until the key's next answer
 	live    int         // of waits, those not ended
 }
 
@@ -63,100 +66,147 @@ type viewCheck struct {
 type viewWait struct {
 	h        *held
 	deadline time.Time
-	keys     []string // the keys it is listed under in viewChecks
+	keys     []string // what it waits on now, listed in viewChecks
+	heldBack bool     // a read it needs was held back by the bounds
 }
 
-// unvouchedLocked returns the keys of h's routes that the view cannot answer
-// for and no read found gone: a group it does not declare, a consumer it
-// does not know as registered in a group it declares. Routes of groups that
-// handled h are left alone: they get no copy either way. It stops counting
-// at maxUnknownRoutes.
-func (s *Server) unvouchedLocked(h *held) []string {
-	var keys []string
-	for _, r := range h.routes {
-		if r.GetHandled() {
-			continue
-		}
-		var key string
-		g := s.groups[r.GetGroup()]
-		switch {
-		case g == nil || !g.declared:
-			key = registry.GroupKey(s.opts.prefix, s.service, r.GetGroup())
-		case r.GetConsumer() == "":
-			continue
-		default:
-			if _, ok := g.epochs[r.GetConsumer()]; ok {
-				continue
-			}
-			key = registry.ConsumerKey(s.opts.prefix, s.service, r.GetGroup(), r.GetConsumer())
-		}
-		if c := s.viewChecks[key]; c != nil && c.done && !c.failed && !c.present && c.after >= h.order {
-			continue // gone, read since h arrived
-		}
-		if !slices.Contains(keys, key) {
-			keys = append(keys, key)
-			if len(keys) == maxUnknownRoutes {
-				break
-			}
-		}
+// viewName is one name of a route the view does not know.
+type viewName struct {
+	key, group, consumer string
+}
+
+// sortRoutesLocked drops from h's routes what a read begun since h arrived
+// found gone (a group's route, or a consumer's name from its route), and
+// returns the first maxUnknownRoutes names of the rest that the view cannot
+// answer for: a group it does not declare, a consumer it does not know as
+// registered in a group it declares. Routes of groups that handled h are
+// left alone: they get no copy either way. It stops at the last name it
+// returns: the routes after it wait for the next call, so a call costs
+// about as many routes as names, not all of h's.
+func (s *Server) sortRoutesLocked(h *held) []viewName {
+	var names []viewName
+	gone := func(key string) bool {
+		c := s.viewChecks[key]
+		return c != nil && c.done && !c.failed && !c.present && c.after >= h.order
 	}
-	return keys
+	kept := h.routes[:0]
+	for i, r := range h.routes {
+		if len(names) == maxUnknownRoutes {
+			kept = append(kept, h.routes[i:]...)
+			break
+		}
+		if !r.GetHandled() {
+			var n viewName
+			g := s.groups[r.GetGroup()]
+			switch {
+			case g == nil || !g.declared:
+				n = viewName{key: registry.GroupKey(s.opts.prefix, s.service, r.GetGroup()), group: r.GetGroup()}
+			case r.GetConsumer() != "":
+				if _, ok := g.epochs[r.GetConsumer()]; !ok {
+					n = viewName{key: registry.ConsumerKey(s.opts.prefix, s.service, r.GetGroup(), r.GetConsumer()), group: r.GetGroup(), consumer: r.GetConsumer()}
+				}
+			}
+			switch {
+			case n.key == "":
+			case gone(n.key):
+				if n.consumer == "" {
+					continue // the group is gone: no copy, no route
+				}
+				r = &messagev1.Route{Group: r.GetGroup()} // the consumer is gone: its group picks anew
+			case !slices.ContainsFunc(names, func(m viewName) bool { return m.key == n.key }):
+				names = append(names, n)
+			}
+		}
+		kept = append(kept, r)
+	}
+	clear(h.routes[len(kept):])
+	h.routes = kept
+	return names
 }
 
-// waitViewLocked makes h, whose routes name keys the view cannot answer
-// for, wait, and reads the keys from etcd.
-func (s *Server) waitViewLocked(h *held, keys []string) {
+// waitViewLocked makes h, whose routes name what the view cannot answer
+// for, wait, and reads the names from etcd.
+func (s *Server) waitViewLocked(h *held, names []viewName) {
 	w := &viewWait{h: h, deadline: time.Now().Add(s.opts.ownerWait)}
 	s.viewWaits = append(s.viewWaits, w)
-	s.listViewWaitLocked(w, keys)
+	s.listViewWaitLocked(w, names)
 }
 
-// listViewWaitLocked lists w under each of keys and starts the reads that
-// answer for it.
-func (s *Server) listViewWaitLocked(w *viewWait, keys []string) {
-	for _, key := range keys {
-		c := s.viewChecks[key]
+// listViewWaitLocked makes w wait on names, and no longer on what it waited
+// on before, and starts the reads that answer for it.
+func (s *Server) listViewWaitLocked(w *viewWait, names []viewName) {
+	old := w.keys
+	w.keys = make([]string, 0, len(names))
+	for _, n := range names {
+		w.keys = append(w.keys, n.key)
+	}
+	for _, key := range old {
+		if !slices.Contains(w.keys, key) {
+			s.unlistLocked(w, key)
+		}
+	}
+	w.heldBack = false
+	for _, n := range names {
+		c := s.viewChecks[n.key]
 		if c == nil {
-			c = &viewCheck{}
+			c = &viewCheck{group: n.group, consumer: n.consumer}
 			if s.viewChecks == nil {
 				s.viewChecks = make(map[string]*viewCheck)
 			}
-			s.viewChecks[key] = c
+			s.viewChecks[n.key] = c
 		}
-		if !slices.Contains(w.keys, key) {
-			w.keys = append(w.keys, key)
+		if !slices.Contains(old, n.key) {
 			c.waits = append(c.waits, w)
 			c.live++
 		}
-		s.readKeyLocked(key, c, w.h)
+		if !s.readKeyLocked(n.key, c, w.h) {
+			w.heldBack = true
+		}
+	}
+}
+
+// unlistLocked takes w off key's check, which is forgotten once no message
+// waits on it and no read of it is under way.
+func (s *Server) unlistLocked(w *viewWait, key string) {
+	c := s.viewChecks[key]
+	if c == nil {
+		return
+	}
+	if i := slices.Index(c.waits, w); i >= 0 {
+		c.waits = slices.Delete(c.waits, i, i+1)
+	}
+	c.live--
+	if c.live <= 0 && !c.reading {
+		delete(s.viewChecks, key)
 	}
 }
 
 // readKeyLocked starts a read of key for h unless one under way will answer
-// for it when it ends (having begun before h arrived, it revisits h when it
-// ends), or one begun since h arrived answered (present: the watch will
-// tell more; failed: h waits for the view). A read the bounds hold back is
-// tried again at the janitor's next tick.
-func (s *Server) readKeyLocked(key string, c *viewCheck, h *held) {
+// for it (having begun before h arrived, its end looks at h again), or one
+// begun since h arrived answered (present: the watch will tell more;
+// failed: h waits for the view). It reports false when the bounds held the
+// read back: the janitor tries again at its next tick.
+func (s *Server) readKeyLocked(key string, c *viewCheck, h *held) bool {
 	switch {
 	case c.reading:
-		return
+		return true
 	case c.done && c.after >= h.order:
-		return
+		return true
 	case s.viewReads >= maxViewReads, h.pub.viewReads >= maxStreamViewReads:
-		return
+		return false
 	}
 	if !s.trackLocked(1) {
-		return // Serve is ending: h goes back with its stream
+		return true // Serve is ending: h goes back with its stream
 	}
 	s.viewReads++
 	h.pub.viewReads++
 	c.reading = true
 	go s.readKey(key, c, h.pub)
+	return true
 }
 
-// readKey reads whether key exists, for at most the owner wait, and routes
-// the messages the answer releases.
+// readKey reads key, for at most the owner wait, and looks again at the
+// messages waiting on it whose every name is answered.
 func (s *Server) readKey(key string, c *viewCheck, p *pubStream) {
 	defer s.wg.Done()
 	s.mu.Lock()
@@ -167,15 +217,24 @@ func (s *Server) readKey(key string, c *viewCheck, p *pubStream) {
 		parent = context.Background()
 	}
 	ctx, cancel := context.WithTimeout(parent, s.opts.ownerWait)
-	resp, err := s.cli.Get(ctx, key, clientv3.WithCountOnly())
+	resp, err := s.cli.Get(ctx, key)
 	cancel()
+	present := false
+	if err == nil && len(resp.Kvs) > 0 {
+		// Present as the view would take it: a group's key whatever its
+		// value, a consumer's key only with a value that parses.
+		present = true
+		if c.consumer != "" {
+			_, perr := registry.ParseConsumerValue(c.group, c.consumer, resp.Kvs[0].Value)
+			present = perr == nil
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.viewReads--
 	p.viewReads--
 	c.reading, c.done, c.after = false, true, after
-	c.failed = err != nil
-	c.present = err == nil && resp.Count > 0
+	c.failed, c.present = err != nil, present
 	if err != nil && parent.Err() == nil {
 		s.log.Debug("intermediate: cannot read a subscription key that a message's routes name and this intermediate's view does not know; the message waits for the view",
 			"key", key, "err", err)
@@ -187,117 +246,101 @@ func (s *Server) readKey(key string, c *viewCheck, p *pubStream) {
 			c.waits = append(c.waits, w)
 		}
 	}
-	s.reviewViewWaitsLocked(slices.Clone(c.waits))
-	if c.live == 0 && s.viewChecks[key] == c {
+	for _, w := range slices.Clone(c.waits) {
+		if w.h != nil && !s.readingForLocked(w) {
+			s.reviewLocked(w)
+		}
+	}
+	if c.live <= 0 && s.viewChecks[key] == c {
 		delete(s.viewChecks, key)
 	}
 }
 
-// reviewViewWaitsLocked routes those of waits whose routes the view, or a
-// read, now answers for; the others wait on, listed under what they now
-// wait for. nil reviews every waiting message (the view changed).
-func (s *Server) reviewViewWaitsLocked(waits []*viewWait) {
-	if waits == nil {
-		waits = slices.Clone(s.viewWaits)
+// readingForLocked reports whether a read w waits on is under way.
+func (s *Server) readingForLocked(w *viewWait) bool {
+	for _, key := range w.keys {
+		if c := s.viewChecks[key]; c != nil && c.reading {
+			return true
+		}
 	}
-	for _, w := range waits {
-		switch {
-		case w.h == nil:
-		case w.h.done:
-			s.endViewWaitLocked(w)
-		default:
-			s.dropGoneRoutesLocked(w.h)
-			keys := s.unvouchedLocked(w.h)
-			if len(keys) == 0 {
-				h := w.h
-				s.endViewWaitLocked(w)
-				s.routeOrHoldLocked(h)
-				continue
-			}
-			s.listViewWaitLocked(w, keys)
+	return false
+}
+
+// reviewLocked routes w's message if its routes are now answered for, and
+// otherwise makes it wait on the names still open.
+func (s *Server) reviewLocked(w *viewWait) {
+	h := w.h
+	if h.done {
+		s.endViewWaitLocked(w)
+		return
+	}
+	names := s.sortRoutesLocked(h)
+	if len(names) == 0 {
+		s.endViewWaitLocked(w)
+		s.routeOrHoldLocked(h)
+		return
+	}
+	s.listViewWaitLocked(w, names)
+}
+
+// reviewViewWaitsLocked looks again at every waiting message whose reads
+// are not under way: the view changed.
+func (s *Server) reviewViewWaitsLocked() {
+	for _, w := range slices.Clone(s.viewWaits) {
+		if w.h != nil && !s.readingForLocked(w) {
+			s.reviewLocked(w)
 		}
 	}
 }
 
-// endViewWaitLocked ends w; a key's check that no message waits on any more
-// is forgotten, unless its read is under way. viewWaits sheds w at the
-// janitor's next tick.
+// endViewWaitLocked ends w. viewWaits sheds it at the janitor's next tick.
 func (s *Server) endViewWaitLocked(w *viewWait) {
 	w.h = nil
 	for _, key := range w.keys {
-		c := s.viewChecks[key]
-		if c == nil {
-			continue
-		}
-		c.live--
-		if c.live == 0 && !c.reading {
-			delete(s.viewChecks, key)
-		}
+		s.unlistLocked(w, key)
 	}
 	w.keys = nil
 }
 
 // expireViewWaitsLocked hands back the messages that waited for the view
-// longer than the owner wait, and starts the reads the bounds held back for
-// the others.
+// longer than the owner wait, and starts the reads the bounds held back.
 func (s *Server) expireViewWaitsLocked(now time.Time) {
 	kept := s.viewWaits[:0]
 	for _, w := range s.viewWaits {
-		if w.h == nil {
-			continue
-		}
 		h := w.h
-		if h.done {
+		switch {
+		case h == nil:
+			continue
+		case h.done:
 			s.endViewWaitLocked(w)
 			continue
-		}
-		s.dropGoneRoutesLocked(h)
-		keys := s.unvouchedLocked(h)
-		switch {
-		case len(keys) == 0:
-			s.endViewWaitLocked(w)
-			s.routeOrHoldLocked(h)
 		case now.After(w.deadline):
+			names := s.sortRoutesLocked(h)
 			s.endViewWaitLocked(w)
+			if len(names) == 0 {
+				s.routeOrHoldLocked(h)
+				continue
+			}
+			keys := make([]string, len(names))
+			for i, n := range names {
+				keys[i] = n.key
+			}
 			s.finishLocked(h, &messagev1.Nack{
 				Reason: messagev1.NackReason_NACK_REASON_OWNER_UNREACHABLE,
 				Detail: "its routes name what this intermediate's view of etcd does not know yet: " + strings.Join(keys, ", "),
 			})
-		default:
-			kept = append(kept, w)
-			s.listViewWaitLocked(w, keys)
-		}
-	}
-	clear(s.viewWaits[len(kept):])
-	s.viewWaits = kept
-}
-
-// dropGoneRoutesLocked drops from h's routes what a read begun since h
-// arrived found gone: a group's route, or the consumer's name from a route
-// of a group the view declares. The message carries its routes on when it
-// goes back, so that another intermediate need not read them again.
-func (s *Server) dropGoneRoutesLocked(h *held) {
-	gone := func(key string) bool {
-		c := s.viewChecks[key]
-		return c != nil && c.done && !c.failed && !c.present && c.after >= h.order
-	}
-	kept := h.routes[:0]
-	for _, r := range h.routes {
-		if !r.GetHandled() {
-			g := s.groups[r.GetGroup()]
-			switch {
-			case g == nil || !g.declared:
-				if gone(registry.GroupKey(s.opts.prefix, s.service, r.GetGroup())) {
-					continue
-				}
-			case r.GetConsumer() != "":
-				if _, ok := g.epochs[r.GetConsumer()]; !ok && gone(registry.ConsumerKey(s.opts.prefix, s.service, r.GetGroup(), r.GetConsumer())) {
-					r = &messagev1.Route{Group: r.GetGroup()}
+			continue
+		case w.heldBack:
+			// Start what the bounds allow now; the reads' ends look at h.
+			w.heldBack = false
+			for _, key := range w.keys {
+				if c := s.viewChecks[key]; c != nil && !s.readKeyLocked(key, c, h) {
+					w.heldBack = true
 				}
 			}
 		}
-		kept = append(kept, r)
+		kept = append(kept, w)
 	}
-	clear(h.routes[len(kept):])
-	h.routes = kept
+	clear(s.viewWaits[len(kept):])
+	s.viewWaits = kept
 }

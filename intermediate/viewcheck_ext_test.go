@@ -12,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
@@ -490,5 +491,74 @@ func TestViewCheck_GoneKeyReadOnce(t *testing.T) {
 	waitFor(t, "the message handed back", func() bool { return answers.nacked.Load() == 1 })
 	if n := g.reads(c2); n != 1 {
 		t.Errorf("the key of c2, found gone by a read begun after the message arrived, was read %d times while the message waited 2s, want once", n)
+	}
+}
+
+// TestViewCheck_MalformedConsumerKeyCountsAsGone checks that a consumer
+// key whose value the view skips (written by hand, naming another
+// consumer) counts as gone, as it does for routing: a message whose route
+// names that consumer is routed to the group's consumer. A read that only
+// counted keys took it for present, and the message went back at every
+// attempt, from every intermediate, for as long as the key stayed.
+func TestViewCheck_MalformedConsumerKeyCountsAsGone(t *testing.T) {
+	r := newRig(t, intermediate.WithOwnerWait(300*time.Millisecond), intermediate.WithNoConsumerTimeout(5*time.Second))
+	var handled atomic.Int64
+	go ackEvery(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), counting(&handled))
+	r.waitConsumers(1)
+	key := registry.ConsumerKey(prefix, service, intermediate.DefaultGroup, "c2")
+	if _, err := r.cli.Put(r.ctx(), key, `{"consumer":"other","group":"default","epoch":1}`); err != nil {
+		t.Fatalf("Put(%s) = %v", key, err)
+	}
+	pub := r.producer("p1")
+	waitFor(t, "a message without routes routed past the malformed key", func() bool {
+		sendBatch(t, pub, 1, msg("p1", 1, "x"))
+		return len(nextAck(t, pub).GetAcked()) == 1
+	})
+	m := msg("p1", 2, "x")
+	m.Routes = []*messagev1.Route{{Group: intermediate.DefaultGroup, Consumer: "c2"}}
+	sendBatch(t, pub, 2, m)
+	if a := nextAck(t, pub); len(a.GetAcked()) != 1 {
+		t.Errorf("a message whose route names c2, whose key the view skips as malformed, was answered %v, want it routed to c1 and acknowledged", a)
+	}
+	if n := handled.Load(); n != 2 {
+		t.Errorf("c1 handled %d messages, want 2", n)
+	}
+}
+
+// TestViewCheck_UnsentGroupsWithinMaxBatchBytes checks that the groups a
+// message was not sent to are named in its routes only as far as a resend
+// may carry them: with 150 groups of long names and a max-batch-bytes of
+// 4 096, the resend with the routes the intermediate wrote is not refused
+// INVALID (routes over max-batch-bytes), which it was.
+func TestViewCheck_UnsentGroupsWithinMaxBatchBytes(t *testing.T) {
+	r := newRig(t, intermediate.WithMaxBatch(256, 4096), intermediate.WithMaxInFlightBytes(1<<20),
+		intermediate.WithNoConsumerTimeout(300*time.Millisecond), intermediate.WithOwnerWait(300*time.Millisecond))
+	const n = 150
+	for i := range n {
+		if _, err := registry.CreateGroup(r.ctx(), r.cli, service, fmt.Sprintf("group-with-a-longish-name-%03d", i), "test", registry.WithPrefix(prefix)); err != nil {
+			t.Fatalf("CreateGroup(%d) = %v", i, err)
+		}
+	}
+	pub := r.producer("p1")
+	var routes []*messagev1.Route
+	next := uint64(1)
+	waitFor(t, "the message handed back naming groups", func() bool {
+		sendBatch(t, pub, next, msg("p1", 1, "x"))
+		next++
+		a := nextAck(t, pub)
+		if len(a.GetNacked()) != 1 {
+			t.Fatalf("answer %v, want one nack (groups without consumers)", a)
+		}
+		routes = a.GetNacked()[0].GetRoutes()
+		return len(routes) > 100 // every group declared here by now, as far as they fit
+	})
+	if size := proto.Size(&messagev1.Message{Routes: routes}); size > 4096 {
+		t.Errorf("the routes handed back are %d bytes encoded, over max-batch-bytes 4096", size)
+	}
+	m := msg("p1", 1, "x")
+	m.Routes = routes
+	sendBatch(t, pub, next, m)
+	if a := nextAck(t, pub); len(a.GetNacked()) != 1 || a.GetNacked()[0].GetReason() == messagev1.NackReason_NACK_REASON_INVALID {
+		t.Errorf("the resend with the %d routes the intermediate wrote was answered %v, want it handed back again, not refused", len(routes), a)
 	}
 }
