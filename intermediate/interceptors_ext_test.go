@@ -349,10 +349,11 @@ func TestPublish_HostileRoutes(t *testing.T) {
 
 // TestDelivery_ResendWithRoutesOverASmallMessageLimit checks that a message
 // handed back with the routes an intermediate wrote is taken again with
-// them when they add up to more than a small max-message-bytes: eight groups
-// with pod-like consumer ids write 518 bytes of routes, over a limit of 512.
+// them when they add up to more than a small max-message-bytes: twelve
+// groups with long names, one with a pod-like consumer id the message was
+// sent to, write over 512 bytes of routes, the limit.
 func TestDelivery_ResendWithRoutesOverASmallMessageLimit(t *testing.T) {
-	const groups = 8
+	const groups = 12
 	r := newRig(t, intermediate.WithMaxMessageBytes(512), intermediate.WithOwnerWait(300*time.Millisecond))
 	subs := make([]deliveryv1.SubscribeService_SubscribeClient, groups)
 	var cancelLast context.CancelFunc
@@ -362,7 +363,7 @@ func TestDelivery_ResendWithRoutesOverASmallMessageLimit(t *testing.T) {
 		if i == groups-1 {
 			cancelLast = cancel
 		}
-		subs[i] = r.subscribeGroup(ctx, fmt.Sprintf("billing-ledger-consumer-5f7d8c9b6-x2x4q-%d", i+1), fmt.Sprintf("billing-ledger-%d", i+1), 10)
+		subs[i] = r.subscribeGroup(ctx, fmt.Sprintf("billing-ledger-consumer-5f7d8c9b6-x2x4q-%d", i+1), fmt.Sprintf("billing-ledger-reconciliation-eu-west-%d", i+1), 10)
 	}
 	pub := r.producer("p1")
 	m := msg("p1", 1, strings.Repeat("e", 100))

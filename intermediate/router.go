@@ -430,7 +430,9 @@ func routesOf(h *held, maxBytes int) []*messagev1.Route {
 		seen[d.group] = true
 		switch {
 		case d.acked:
-			routes = append(routes, &messagev1.Route{Group: d.group, Consumer: d.sentTo, Handled: true})
+			// The group gets no copy again, whoever handled it: its
+			// consumer's name would only take room.
+			routes = append(routes, &messagev1.Route{Group: d.group, Handled: true})
 		case d.sentTo != "":
 			routes = append(routes, &messagev1.Route{Group: d.group, Consumer: d.sentTo})
 		default:

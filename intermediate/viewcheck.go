@@ -67,7 +67,8 @@ type viewWait struct {
 	h        *held
 	deadline time.Time
 	keys     []string // what it waits on now, listed in viewChecks
-	heldBack bool     // a read it needs was held back by the bounds
+	heldBack bool     // a read it needs was held back by its stream's bound: the janitor starts it
+	queued   bool     // in viewQueue: a read it needs was held back by maxViewReads
 }
 
 // viewName is one name of a route the view does not know.
@@ -145,7 +146,6 @@ func (s *Server) listViewWaitLocked(w *viewWait, names []viewName) {
 			s.unlistLocked(w, key)
 		}
 	}
-	w.heldBack = false
 	for _, n := range names {
 		c := s.viewChecks[n.key]
 		if c == nil {
@@ -159,10 +159,8 @@ func (s *Server) listViewWaitLocked(w *viewWait, names []viewName) {
 			c.waits = append(c.waits, w)
 			c.live++
 		}
-		if !s.readKeyLocked(n.key, c, w.h) {
-			w.heldBack = true
-		}
 	}
+	s.startReadsLocked(w)
 }
 
 // unlistLocked takes w off key's check, which is forgotten once no message
@@ -184,25 +182,76 @@ func (s *Server) unlistLocked(w *viewWait, key string) {
 // readKeyLocked starts a read of key for h unless one under way will answer
 // for it (having begun before h arrived, its end looks at h again), or one
 // begun since h arrived answered (present: the watch will tell more;
-// failed: h waits for the view). It reports false when the bounds held the
-// read back: the janitor tries again at its next tick.
-func (s *Server) readKeyLocked(key string, c *viewCheck, h *held) bool {
+// failed: h waits for the view). It says whether a bound held the read
+// back.
+func (s *Server) readKeyLocked(key string, c *viewCheck, h *held) readStart {
 	switch {
 	case c.reading:
-		return true
+		return readStarted
 	case c.done && c.after >= h.order:
-		return true
-	case s.viewReads >= maxViewReads, h.pub.viewReads >= maxStreamViewReads:
-		return false
+		return readStarted
+	case s.viewReads >= maxViewReads:
+		return readHeldBack
+	case h.pub.viewReads >= maxStreamViewReads:
+		return readStreamHeldBack
 	}
 	if !s.trackLocked(1) {
-		return true // Serve is ending: h goes back with its stream
+		return readStarted // Serve is ending: h goes back with its stream
 	}
 	s.viewReads++
 	h.pub.viewReads++
 	c.reading = true
 	go s.readKey(key, c, h.pub)
-	return true
+	return readStarted
+}
+
+// readStart is what readKeyLocked did.
+type readStart int
+
+const (
+	readStarted        readStart = iota // started, under way or not needed
+	readHeldBack                        // held back by maxViewReads
+	readStreamHeldBack                  // held back by maxStreamViewReads
+)
+
+// startReadsLocked starts the reads w needs that the bounds allow, and
+// queues it for the next free read (viewQueue) or marks it for the janitor
+// (its stream's bound) when they hold one back.
+func (s *Server) startReadsLocked(w *viewWait) {
+	w.heldBack = false
+	for _, key := range w.keys {
+		c := s.viewChecks[key]
+		if c == nil {
+			continue
+		}
+		switch s.readKeyLocked(key, c, w.h) {
+		case readHeldBack:
+			if !w.queued {
+				w.queued = true
+				s.viewQueue = append(s.viewQueue, w)
+			}
+			return
+		case readStreamHeldBack:
+			w.heldBack = true
+		}
+	}
+}
+
+// startQueuedReadsLocked gives the reads free under maxViewReads to the
+// messages queued for them, oldest first.
+func (s *Server) startQueuedReadsLocked() {
+	for len(s.viewQueue) > 0 && s.viewReads < maxViewReads {
+		w := s.viewQueue[0]
+		s.viewQueue[0] = nil
+		s.viewQueue = s.viewQueue[1:]
+		w.queued = false
+		if w.h != nil && !w.h.done {
+			s.startReadsLocked(w)
+		}
+	}
+	if len(s.viewQueue) == 0 {
+		s.viewQueue = nil
+	}
 }
 
 // readKey reads key, for at most the owner wait, and looks again at the
@@ -239,6 +288,9 @@ func (s *Server) readKey(key string, c *viewCheck, p *pubStream) {
 		s.log.Debug("intermediate: cannot read a subscription key that a message's routes name and this intermediate's view does not know; the message waits for the view",
 			"key", key, "err", err)
 	}
+	// The read this one held goes to the oldest message queued for one,
+	// before the messages this answer releases ask for more.
+	s.startQueuedReadsLocked()
 	waits := c.waits
 	c.waits = nil
 	for _, w := range waits {
@@ -256,10 +308,11 @@ func (s *Server) readKey(key string, c *viewCheck, p *pubStream) {
 	}
 }
 
-// readingForLocked reports whether a read w waits on is under way.
+// readingForLocked reports whether a read w needs is under way: one of a
+// key that no answer since w's message arrived answers for.
 func (s *Server) readingForLocked(w *viewWait) bool {
 	for _, key := range w.keys {
-		if c := s.viewChecks[key]; c != nil && c.reading {
+		if c := s.viewChecks[key]; c != nil && c.reading && !(c.done && c.after >= w.h.order) {
 			return true
 		}
 	}
@@ -330,14 +383,10 @@ func (s *Server) expireViewWaitsLocked(now time.Time) {
 				Detail: "its routes name what this intermediate's view of etcd does not know yet: " + strings.Join(keys, ", "),
 			})
 			continue
-		case w.heldBack:
-			// Start what the bounds allow now; the reads' ends look at h.
-			w.heldBack = false
-			for _, key := range w.keys {
-				if c := s.viewChecks[key]; c != nil && !s.readKeyLocked(key, c, h) {
-					w.heldBack = true
-				}
-			}
+		case w.heldBack && !w.queued:
+			// Start what its stream's bound allows now; the reads' ends
+			// look at h.
+			s.startReadsLocked(w)
 		}
 		kept = append(kept, w)
 	}

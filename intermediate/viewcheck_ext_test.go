@@ -562,3 +562,165 @@ func TestViewCheck_UnsentGroupsWithinMaxBatchBytes(t *testing.T) {
 		t.Errorf("the resend with the %d routes the intermediate wrote was answered %v, want it handed back again, not refused", len(routes), a)
 	}
 }
+
+// TestViewCheck_HandledRoutesNameNoConsumer checks that the route of a
+// group that handled a message does not carry its consumer's name, which
+// only took room: with 50 groups whose consumers (of long ids) handled it
+// and one whose owner is registered but away, the routes handed back were
+// 4 550 bytes, over max-batch-bytes 4 096, and the resend was refused
+// INVALID, the message failed for good.
+func TestViewCheck_HandledRoutesNameNoConsumer(t *testing.T) {
+	r := newRig(t, intermediate.WithMaxBatch(256, 4096), intermediate.WithMaxInFlightBytes(1<<20),
+		intermediate.WithNoConsumerTimeout(2*time.Second), intermediate.WithOwnerWait(300*time.Millisecond))
+	const n = 50
+	var handled atomic.Int64
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for i := range n {
+		go ackEvery(r.subscribeGroup(ctx, fmt.Sprintf("consumer-host-%03d-5f2c1e0a-9b7d-4e21-8c3f-aa01b2c3d4e5", i), fmt.Sprintf("group-with-a-longish-name-%03d", i), 1<<10), counting(&handled))
+	}
+	r.waitConsumers(n)
+	r.register("away-group", "away") // registered, never connected here
+	pub := r.producer("p1")
+	var routes []*messagev1.Route
+	next := uint64(1)
+	waitFor(t, "the message handed back OWNER_UNREACHABLE by the away group", func() bool {
+		sendBatch(t, pub, next, msg("p1", 1, "x"))
+		next++
+		a := nextAck(t, pub)
+		if len(a.GetNacked()) != 1 {
+			return false
+		}
+		routes = a.GetNacked()[0].GetRoutes()
+		return a.GetNacked()[0].GetReason() == messagev1.NackReason_NACK_REASON_OWNER_UNREACHABLE && len(routes) >= n
+	})
+	m := msg("p1", 1, "x")
+	m.Routes = routes
+	sendBatch(t, pub, next, m)
+	if a := nextAck(t, pub); len(a.GetNacked()) == 1 && a.GetNacked()[0].GetReason() == messagev1.NackReason_NACK_REASON_INVALID {
+		t.Errorf("the resend with the routes the intermediate wrote was refused: %v", a.GetNacked()[0].GetDetail())
+	}
+	for _, r := range routes {
+		if r.GetHandled() && r.GetConsumer() != "" {
+			t.Errorf("route %v of a group that handled the message names its consumer", r)
+			break
+		}
+	}
+}
+
+// TestViewCheck_TwoNamesReadInTurn sends, every 5 ms for 2 s, messages
+// naming two groups that do not exist while each read takes 40 ms, the
+// first message naming one only, so that the reads of the two names run
+// out of step: a read begun for newer messages must not hold back the
+// messages an earlier answer already released. It did: a read's end looked
+// only at messages none of whose names was being read, so most waited for
+// their 2 s deadline (358 of ~705).
+func TestViewCheck_TwoNamesReadInTurn(t *testing.T) {
+	r, g := gatedRig(t, intermediate.WithOwnerWait(2*time.Second), intermediate.WithNoConsumerTimeout(10*time.Second))
+	var handled atomic.Int64
+	go ackEvery(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), counting(&handled))
+	r.waitConsumers(1)
+	g.all.Store(int64(40 * time.Millisecond))
+	pub := r.producer("p1")
+	var mu sync.Mutex
+	sentAt := map[uint64]time.Time{}
+	var lat []time.Duration
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			resp, err := pub.Recv()
+			if err != nil {
+				return
+			}
+			now := time.Now()
+			mu.Lock()
+			for _, rg := range resp.GetAck().GetAcked() {
+				for s := rg.GetFirst(); s <= rg.GetLast(); s++ {
+					lat = append(lat, now.Sub(sentAt[s]))
+				}
+			}
+			for _, n := range resp.GetAck().GetNacked() {
+				t.Errorf("seq %d nacked %v", n.GetSeq(), n.GetReason())
+			}
+			mu.Unlock()
+		}
+	}()
+	seq := uint64(1)
+	send := func(routes ...string) {
+		m := msg("p1", seq, "x")
+		for _, gname := range routes {
+			m.Routes = append(m.Routes, &messagev1.Route{Group: gname})
+		}
+		mu.Lock()
+		sentAt[seq] = time.Now()
+		mu.Unlock()
+		sendBatch(t, pub, seq, m)
+		seq++
+	}
+	send("gone-a") // a read of gone-a under way before the first read of gone-b
+	time.Sleep(20 * time.Millisecond)
+	for stop := time.Now().Add(2 * time.Second); time.Now().Before(stop); {
+		send("gone-a", "gone-b")
+		time.Sleep(5 * time.Millisecond)
+	}
+	sent := int(seq - 1)
+	waitFor(t, "every message acked", func() bool { mu.Lock(); defer mu.Unlock(); return len(lat) == sent })
+	slow := 0
+	for _, l := range lat {
+		if l >= 1500*time.Millisecond {
+			slow++
+		}
+	}
+	if slow > sent/10 {
+		t.Errorf("%d of %d messages waited for their deadline though reads of 40 ms found both names gone", slow, sent)
+	}
+}
+
+// TestViewCheck_EightForgersLeaveReadsForOthers checks that producers
+// forging routes cannot keep every read: eight of them take all 64, and an
+// honest resend naming a consumer that left gets the next read free,
+// before their messages ask for more. Its read waited for the janitor's
+// tick, by which time the forgers had taken it again: 2 to 6 of 10 went
+// back OWNER_UNREACHABLE with the race detector on (none without: the
+// forgers then leave gaps).
+func TestViewCheck_EightForgersLeaveReadsForOthers(t *testing.T) {
+	r := slowReadRig(t, 20*time.Millisecond, intermediate.WithOwnerWait(300*time.Millisecond))
+	var handled atomic.Int64
+	go ackEvery(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), counting(&handled))
+	r.waitConsumers(1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	for e := range 8 {
+		id := fmt.Sprintf("evil%d", e)
+		evil, _ := r.publishOn(ctx, r.conn, &deliveryv1.PublishHello{ProducerId: id, Incarnation: 1, Instance: "i1", HeartbeatIntervalMs: quietHeartbeatMs})
+		countAnswers(evil)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for seq := uint64(1); ctx.Err() == nil; seq++ {
+				if err := evil.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Batch{Batch: &deliveryv1.PublishBatch{FirstSeq: seq, Messages: []*messagev1.Message{forged(id, seq, 16)}}}}); err != nil {
+					return
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		}()
+	}
+	time.Sleep(200 * time.Millisecond)
+	good := r.producer("good")
+	bad := 0
+	for seq := uint64(1); seq <= 10; seq++ {
+		m := msg("good", seq, "x")
+		m.Routes = []*messagev1.Route{{Group: intermediate.DefaultGroup, Consumer: "left"}}
+		sendBatch(t, good, seq, m)
+		if a := nextAck(t, good); len(a.GetAcked()) != 1 {
+			bad++
+		}
+	}
+	cancel()
+	wg.Wait()
+	if bad > 0 {
+		t.Errorf("%d of 10 honest resends naming a consumer that left went back while 8 producers forged routes", bad)
+	}
+}
