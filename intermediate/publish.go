@@ -33,10 +33,12 @@ type pubStream struct {
 	streamBase
 	srv         *Server
 	producerID  string
-	producerKey []byte // producerID, the routing key of a message without a key
-	forwards    bool   // may carry messages of other producer ids
-	viewReads   int    // reads of subscription keys under way for its messages (viewcheck.go); guarded by Server.mu
-	notForward  bool   // a stage's certificate that WithForwarders does not allow to forward
+	producerKey []byte      // producerID, the routing key of a message without a key
+	forwards    bool        // may carry messages of other producer ids
+	viewReads   int         // reads of subscription keys under way for its messages (viewcheck.go); guarded by Server.mu
+	viewQueue   []*viewWait // its messages waiting for a read maxViewReads holds back, oldest first; guarded by Server.mu
+	viewQueued  bool        // in Server.viewQueue; guarded by Server.mu
+	notForward  bool        // a stage's certificate that WithForwarders does not allow to forward
 	incarnation uint64
 	expectSeq   uint64 // next stream sequence number; receive goroutine only
 

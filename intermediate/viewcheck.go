@@ -68,7 +68,7 @@ type viewWait struct {
 	deadline time.Time
 	keys     []string // what it waits on now, listed in viewChecks
 	heldBack bool     // a read it needs was held back by its stream's bound: the janitor starts it
-	queued   bool     // in viewQueue: a read it needs was held back by maxViewReads
+	queued   bool     // in its stream's viewQueue: a read it needs was held back by maxViewReads
 }
 
 // viewName is one name of a route the view does not know.
@@ -215,8 +215,9 @@ const (
 )
 
 // startReadsLocked starts the reads w needs that the bounds allow, and
-// queues it for the next free read (viewQueue) or marks it for the janitor
-// (its stream's bound) when they hold one back.
+// queues it for a free read (its stream's viewQueue, the stream in the
+// server's) or marks it for the janitor (its stream's bound) when they hold
+// one back.
 func (s *Server) startReadsLocked(w *viewWait) {
 	w.heldBack = false
 	for _, key := range w.keys {
@@ -228,7 +229,12 @@ func (s *Server) startReadsLocked(w *viewWait) {
 		case readHeldBack:
 			if !w.queued {
 				w.queued = true
-				s.viewQueue = append(s.viewQueue, w)
+				p := w.h.pub
+				p.viewQueue = append(p.viewQueue, w)
+				if !p.viewQueued {
+					p.viewQueued = true
+					s.viewQueue = append(s.viewQueue, p)
+				}
 			}
 			return
 		case readStreamHeldBack:
@@ -238,14 +244,30 @@ func (s *Server) startReadsLocked(w *viewWait) {
 }
 
 // startQueuedReadsLocked gives the reads free under maxViewReads to the
-// messages queued for them, oldest first.
+// streams whose messages are queued for them, a message of each in turn,
+// oldest first within a stream: a stream with many messages waiting takes
+// no more of them than one with a single message.
 func (s *Server) startQueuedReadsLocked() {
 	for len(s.viewQueue) > 0 && s.viewReads < maxViewReads {
-		w := s.viewQueue[0]
+		p := s.viewQueue[0]
 		s.viewQueue[0] = nil
 		s.viewQueue = s.viewQueue[1:]
-		w.queued = false
-		if w.h != nil && !w.h.done {
+		var w *viewWait
+		for w == nil && len(p.viewQueue) > 0 {
+			w = p.viewQueue[0]
+			p.viewQueue[0] = nil
+			p.viewQueue = p.viewQueue[1:]
+			w.queued = false
+			if w.h == nil || w.h.done {
+				w = nil
+			}
+		}
+		if len(p.viewQueue) > 0 {
+			s.viewQueue = append(s.viewQueue, p)
+		} else {
+			p.viewQueue, p.viewQueued = nil, false
+		}
+		if w != nil {
 			s.startReadsLocked(w)
 		}
 	}
@@ -288,7 +310,7 @@ func (s *Server) readKey(key string, c *viewCheck, p *pubStream) {
 		s.log.Debug("intermediate: cannot read a subscription key that a message's routes name and this intermediate's view does not know; the message waits for the view",
 			"key", key, "err", err)
 	}
-	// The read this one held goes to the oldest message queued for one,
+	// The read this one held goes to the next stream queued for one,
 	// before the messages this answer releases ask for more.
 	s.startQueuedReadsLocked()
 	waits := c.waits
