@@ -1,6 +1,10 @@
 package tlsutil
 
-import "testing"
+import (
+	"context"
+	"strings"
+	"testing"
+)
 
 // TestTLSCause_OneReadableLine checks that the cause of a TLS failure is
 // given as the handshake reported it: gRPC's quoting of the connection
@@ -16,6 +20,21 @@ func TestTLSCause_OneReadableLine(t *testing.T) {
 	} {
 		if got := tlsCause(tc.msg); got != tc.want {
 			t.Errorf("tlsCause(%s)\n = %s\nwant %s", tc.msg, got, tc.want)
+		}
+	}
+}
+
+// TestMismatch_SaysWhatMendsTheAlert checks the hint given with a server's
+// alert: a client certificate refused as expired is to be renewed, any
+// other refusal names the files and the CA that must sign them.
+func TestMismatch_SaysWhatMendsTheAlert(t *testing.T) {
+	for _, tc := range []struct{ msg, want string }{
+		{`connection error: desc = "error reading server preface: remote error: tls: expired certificate"`, "tls: expired certificate (renew --tls-cert and --tls-key"},
+		{`connection error: desc = "error reading server preface: remote error: tls: certificate required"`, "tls: certificate required (mutual TLS: --tls-cert and --tls-key signed by a CA the instance trusts)"},
+		{`connection error: desc = "error reading server preface: remote error: tls: unknown certificate authority"`, "tls: unknown certificate authority (mutual TLS: --tls-cert and --tls-key signed by a CA the instance trusts)"},
+	} {
+		if got := Mismatch(context.Background(), "", nil, tc.msg); !strings.Contains(got, tc.want) {
+			t.Errorf("Mismatch(%q)\n = %q\nwant it to contain %q", tc.msg, got, tc.want)
 		}
 	}
 }
