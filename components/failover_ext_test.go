@@ -47,8 +47,10 @@ func newFailoverRig(t *testing.T, i2 func(m *mesh) *hub) *failoverRig {
 	return r
 }
 
-// run starts the load and waits until some of it was handled. The load
-// runs until finishWhen stops it, or r.n messages per producer.
+// run starts the load and waits until some of it was handled, through both
+// intermediates: a fault that comes before the producers reach the second
+// one hits nothing in flight. The load runs until finishWhen stops it, or
+// r.n messages per producer.
 func (r *failoverRig) run(t *testing.T) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
@@ -56,6 +58,9 @@ func (r *failoverRig) run(t *testing.T) {
 	t.Cleanup(cancel)
 	r.load = startLoad(ctx, r.n, r.p1, r.p2)
 	r.led.waitHandled(t, min(2*r.n/3, 2000))
+	waitUntil(t, "both intermediates carrying the load", func() bool {
+		return r.led.instance("i1") > 0 && r.led.instance("i2") > 0
+	})
 }
 
 // finishWhen stops the load once cond holds, then finishes.
