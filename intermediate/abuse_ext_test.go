@@ -1,7 +1,6 @@
 package intermediate_test
 
 import (
-	"context"
 	"errors"
 	"io"
 	"net"
@@ -9,9 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
@@ -26,20 +23,8 @@ func TestServer_MaxStreams(t *testing.T) {
 	r := newRig(t, intermediate.WithMaxStreams(2), intermediate.WithMaxStreamsPerPeer(0))
 	r.producer("p1")
 	r.producer("p2")
-	from := func(ip string) *grpc.ClientConn {
-		conn, err := grpc.NewClient(r.srv.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
-				d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
-				return d.DialContext(ctx, "tcp", addr)
-			}))
-		if err != nil {
-			t.Fatalf("grpc.NewClient() = %v", err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		return conn
-	}
 	for _, ip := range []string{"127.0.0.1", "127.0.0.2"} {
-		stream, err := deliveryv1.NewPublishServiceClient(from(ip)).Publish(r.ctx())
+		stream, err := deliveryv1.NewPublishServiceClient(r.connFrom(ip)).Publish(r.ctx())
 		if err != nil {
 			t.Fatalf("Publish() = %v", err)
 		}

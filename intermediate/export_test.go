@@ -41,3 +41,21 @@ func (s *Server) ViewState() (waits, checks, reads int) {
 	}
 	return live, len(s.viewChecks), s.viewReads
 }
+
+// ViewQueueState returns what waits for reads held back by the bound on
+// all reads: clients and streams queued, and their messages; and the reads
+// counted against the open publish streams.
+func (s *Server) ViewQueueState() (clients, streams, queued, streamReads int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range s.viewQueue {
+		streams += len(c.streams)
+		for _, p := range c.streams {
+			queued += len(p.viewQueue)
+		}
+	}
+	for p := range s.pubs {
+		streamReads += p.viewReads
+	}
+	return len(s.viewPeers), streams, queued, streamReads
+}

@@ -37,7 +37,8 @@ type pubStream struct {
 	forwards    bool        // may carry messages of other producer ids
 	viewReads   int         // reads of subscription keys under way for its messages (viewcheck.go); guarded by Server.mu
 	viewQueue   []*viewWait // its messages waiting for a read maxViewReads holds back, oldest first; guarded by Server.mu
-	viewQueued  bool        // in Server.viewQueue; guarded by Server.mu
+	viewQueued  bool        // in its client's streams in Server.viewQueue; guarded by Server.mu
+	client      string      // peerKey: reads held back by maxViewReads are shared out by client
 	notForward  bool        // a stage's certificate that WithForwarders does not allow to forward
 	incarnation uint64
 	expectSeq   uint64 // next stream sequence number; receive goroutine only
@@ -88,6 +89,7 @@ func (ps *publishService) Publish(stream deliveryv1.PublishService_PublishServer
 		producerKey: []byte(hello.GetProducerId()),
 		incarnation: hello.GetIncarnation(),
 		expectSeq:   1,
+		client:      peerKey(ctx),
 	}
 	p.init(ctx, cancel, hello.GetHeartbeatIntervalMs(), &s.opts)
 	s.mu.Lock()

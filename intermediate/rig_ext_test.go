@@ -83,6 +83,22 @@ func rigOn(t *testing.T, cli, own *clientv3.Client, opts ...intermediate.Option)
 	return r
 }
 
+// connFrom is a connection to the intermediate from the local address ip,
+// a peer of its own for the limits kept by peer.
+func (r *rig) connFrom(ip string) *grpc.ClientConn {
+	r.t.Helper()
+	conn, err := grpc.NewClient(r.srv.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+			return d.DialContext(ctx, "tcp", addr)
+		}))
+	if err != nil {
+		r.t.Fatalf("grpc.NewClient() = %v", err)
+	}
+	r.t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
 // wait returns Serve's result.
 func (r *rig) wait() error {
 	r.t.Helper()

@@ -91,7 +91,8 @@ type Server struct {
 	viewWaits   []*viewWait             // waiting for the view to know what their routes name (viewcheck.go)
 	viewChecks  map[string]*viewCheck   // reads of subscription keys, by key, while messages wait on them
 	viewReads   int                     // of viewChecks, those under way
-	viewQueue   []*pubStream            // streams with messages waiting for a read maxViewReads holds back, in turn
+	viewQueue   []*viewPeer             // clients with messages waiting for a read maxViewReads holds back, in turn
+	viewPeers   map[string]*viewPeer    // of viewQueue, by peerKey
 	viewCtx     context.Context         // ends the reads of viewChecks with Serve
 	awayWarned  map[[2]string]time.Time // group and owner -> when handing back its messages was last logged
 	subsRead    bool                    // the subscriptions were read from etcd once

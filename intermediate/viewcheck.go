@@ -68,7 +68,7 @@ type viewWait struct {
 	deadline time.Time
 	keys     []string // what it waits on now, listed in viewChecks
 	heldBack bool     // a read it needs was held back by its stream's bound: the janitor starts it
-	queued   bool     // in its stream's viewQueue: a read it needs was held back by maxViewReads
+	queued   bool     // in its stream's viewQueue (queueReadLocked): a read it needs was held back by maxViewReads
 }
 
 // viewName is one name of a route the view does not know.
@@ -215,9 +215,8 @@ const (
 )
 
 // startReadsLocked starts the reads w needs that the bounds allow, and
-// queues it for a free read (its stream's viewQueue, the stream in the
-// server's) or marks it for the janitor (its stream's bound) when they hold
-// one back.
+// queues it for a free read (queueReadLocked) or marks it for the janitor
+// (its stream's bound) when they hold one back.
 func (s *Server) startReadsLocked(w *viewWait) {
 	w.heldBack = false
 	for _, key := range w.keys {
@@ -229,12 +228,7 @@ func (s *Server) startReadsLocked(w *viewWait) {
 		case readHeldBack:
 			if !w.queued {
 				w.queued = true
-				p := w.h.pub
-				p.viewQueue = append(p.viewQueue, w)
-				if !p.viewQueued {
-					p.viewQueued = true
-					s.viewQueue = append(s.viewQueue, p)
-				}
+				s.queueReadLocked(w)
 			}
 			return
 		case readStreamHeldBack:
@@ -243,15 +237,47 @@ func (s *Server) startReadsLocked(w *viewWait) {
 	}
 }
 
+// viewPeer is a client with streams whose messages are queued for a read
+// maxViewReads holds back.
+type viewPeer struct {
+	key     string       // peerKey of its streams
+	streams []*pubStream // in turn
+}
+
+// queueReadLocked queues w for a free read: under its stream, the stream
+// under its client (peerKey), the client in the server's viewQueue.
+func (s *Server) queueReadLocked(w *viewWait) {
+	p := w.h.pub
+	p.viewQueue = append(p.viewQueue, w)
+	if p.viewQueued {
+		return
+	}
+	p.viewQueued = true
+	c := s.viewPeers[p.client]
+	if c == nil {
+		c = &viewPeer{key: p.client}
+		if s.viewPeers == nil {
+			s.viewPeers = make(map[string]*viewPeer)
+		}
+		s.viewPeers[p.client] = c
+		s.viewQueue = append(s.viewQueue, c)
+	}
+	c.streams = append(c.streams, p)
+}
+
 // startQueuedReadsLocked gives the reads free under maxViewReads to the
-// streams whose messages are queued for them, a message of each in turn,
-// oldest first within a stream: a stream with many messages waiting takes
-// no more of them than one with a single message.
+// clients whose messages are queued for them in turn, and within a client
+// to its streams in turn, oldest message first within a stream: a client
+// with many streams, or a stream with many messages waiting, takes no more
+// of them than one with a single message.
 func (s *Server) startQueuedReadsLocked() {
 	for len(s.viewQueue) > 0 && s.viewReads < maxViewReads {
-		p := s.viewQueue[0]
+		c := s.viewQueue[0]
 		s.viewQueue[0] = nil
 		s.viewQueue = s.viewQueue[1:]
+		p := c.streams[0]
+		c.streams[0] = nil
+		c.streams = c.streams[1:]
 		var w *viewWait
 		for w == nil && len(p.viewQueue) > 0 {
 			w = p.viewQueue[0]
@@ -263,9 +289,14 @@ func (s *Server) startQueuedReadsLocked() {
 			}
 		}
 		if len(p.viewQueue) > 0 {
-			s.viewQueue = append(s.viewQueue, p)
+			c.streams = append(c.streams, p)
 		} else {
 			p.viewQueue, p.viewQueued = nil, false
+		}
+		if len(c.streams) > 0 {
+			s.viewQueue = append(s.viewQueue, c)
+		} else {
+			delete(s.viewPeers, c.key)
 		}
 		if w != nil {
 			s.startReadsLocked(w)

@@ -735,3 +735,138 @@ func TestViewCheck_ForgersLeaveReadsForOthers(t *testing.T) {
 		})
 	}
 }
+
+// TestViewCheck_ManyStreamsOfOneClientLeaveReadsForOthers checks that one
+// client's streams together take no more of the reads held back by the
+// bound on all reads than another client's one stream: a client on
+// another address opens 100 publish streams, each keeping forged messages
+// waiting for reads that take 50 ms, and an honest resend whose routes
+// name 16 groups etcd no longer has is routed within its owner wait. When
+// reads went to the streams in turn, it got one read per turn of the 101
+// streams and went back OWNER_UNREACHABLE (5 of 5).
+func TestViewCheck_ManyStreamsOfOneClientLeaveReadsForOthers(t *testing.T) {
+	const streams = 100
+	r := slowReadRig(t, 50*time.Millisecond, intermediate.WithOwnerWait(time.Second))
+	var handled atomic.Int64
+	go ackEvery(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), counting(&handled))
+	r.waitConsumers(1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	other := r.connFrom("127.0.0.2")
+	var wg sync.WaitGroup
+	for e := range streams {
+		id := fmt.Sprintf("evil%d", e)
+		evil, _ := r.publishOn(ctx, other, &deliveryv1.PublishHello{ProducerId: id, Incarnation: 1, Instance: "i1", HeartbeatIntervalMs: quietHeartbeatMs})
+		countAnswers(evil)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for seq := uint64(1); ctx.Err() == nil; seq += 4 {
+				ms := make([]*messagev1.Message, 4)
+				for k := range ms {
+					ms[k] = forged(id, seq+uint64(k), 1)
+				}
+				if err := evil.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Batch{Batch: &deliveryv1.PublishBatch{FirstSeq: seq, Messages: ms}}}); err != nil {
+					return
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+		}()
+	}
+	time.Sleep(1500 * time.Millisecond)
+	good := r.producer("good")
+	back := 0
+	for seq := uint64(1); seq <= 5; seq++ {
+		m := msg("good", seq, "x")
+		for i := range 16 {
+			m.Routes = append(m.Routes, &messagev1.Route{Group: fmt.Sprintf("deleted-%d-%d", seq, i)})
+		}
+		sendBatch(t, good, seq, m)
+		if a := nextAck(t, good); len(a.GetAcked()) != 1 {
+			back++
+		}
+	}
+	cancel()
+	wg.Wait()
+	if back > 0 {
+		t.Errorf("%d of 5 honest resends naming 16 deleted groups went back while another client forged routes on %d streams", back, streams)
+	}
+}
+
+// TestViewCheck_StreamsEndingWhileQueuedLeaveNothing checks the queues of
+// reads held back by the bound on all reads while streams of two clients
+// end with their messages queued and others take their place: honest
+// resends beside them are routed, and once the streams are gone nothing
+// is left waiting, checked, read, queued or counted against a stream.
+func TestViewCheck_StreamsEndingWhileQueuedLeaveNothing(t *testing.T) {
+	r := slowReadRig(t, 10*time.Millisecond, intermediate.WithOwnerWait(300*time.Millisecond))
+	var handled atomic.Int64
+	go ackEvery(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), counting(&handled))
+	r.waitConsumers(1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	conns := []*grpc.ClientConn{r.conn, r.connFrom("127.0.0.2")}
+	var queuedOnce atomic.Bool
+	var wg sync.WaitGroup
+	for e := range 12 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for gen := 0; ctx.Err() == nil; gen++ {
+				id := fmt.Sprintf("evil%d-%d", e, gen)
+				sctx, scancel := context.WithTimeout(ctx, time.Duration(30+(e*37+gen*53)%250)*time.Millisecond)
+				evil, w := r.publishOn(sctx, conns[e%2], &deliveryv1.PublishHello{ProducerId: id, Incarnation: 1, Instance: "i1", HeartbeatIntervalMs: quietHeartbeatMs})
+				if w != nil {
+					countAnswers(evil)
+					for seq := uint64(1); sctx.Err() == nil; seq += 4 {
+						ms := make([]*messagev1.Message, 4)
+						for k := range ms {
+							m := msg(id, seq+uint64(k), "x")
+							for j := range 1 + (k*7+int(seq))%20 {
+								name := fmt.Sprintf("shared-%d", (j*13+int(seq))%40)
+								if j%2 == 1 {
+									name = fmt.Sprintf("u-%s-%d-%d", id, seq+uint64(k), j)
+								}
+								m.Routes = append(m.Routes, &messagev1.Route{Group: name})
+							}
+							ms[k] = m
+						}
+						if evil.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Batch{Batch: &deliveryv1.PublishBatch{FirstSeq: seq, Messages: ms}}}) != nil {
+							break
+						}
+						if _, streams, _, _ := r.srv.ViewQueueState(); streams > 0 {
+							queuedOnce.Store(true)
+						}
+						time.Sleep(2 * time.Millisecond)
+					}
+				}
+				scancel()
+			}
+		}()
+	}
+	good := r.producer("good")
+	back := 0
+	for seq := uint64(1); seq <= 20; seq++ {
+		m := msg("good", seq, "x")
+		m.Routes = []*messagev1.Route{{Group: intermediate.DefaultGroup, Consumer: "left"}}
+		sendBatch(t, good, seq, m)
+		if a := nextAck(t, good); len(a.GetAcked()) != 1 {
+			back++
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cancel()
+	wg.Wait()
+	if back > 0 {
+		t.Errorf("%d of 20 honest resends naming a consumer that left went back", back)
+	}
+	if !queuedOnce.Load() {
+		t.Fatal("no read was ever held back by the bound on all reads: the test did not test the queues")
+	}
+	var state [7]int
+	waitFor(t, "nothing left of the streams that ended", func() bool {
+		state[0], state[1], state[2] = r.srv.ViewState()
+		state[3], state[4], state[5], state[6] = r.srv.ViewQueueState()
+		return state == [7]int{}
+	})
+}
