@@ -677,6 +677,45 @@ func TestViewCheck_TwoNamesReadInTurn(t *testing.T) {
 	}
 }
 
+// forgeOn opens a publish stream of producer id on conn and sends on it,
+// every interval until ctx ends, four messages whose routes each name a
+// group of their own that does not exist.
+func forgeOn(ctx context.Context, wg *sync.WaitGroup, r *rig, conn *grpc.ClientConn, id string, every time.Duration) {
+	evil, _ := r.publishOn(ctx, conn, &deliveryv1.PublishHello{ProducerId: id, Incarnation: 1, Instance: "i1", HeartbeatIntervalMs: quietHeartbeatMs})
+	countAnswers(evil)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for seq := uint64(1); ctx.Err() == nil; seq += 4 {
+			ms := make([]*messagev1.Message, 4)
+			for k := range ms {
+				ms[k] = forged(id, seq+uint64(k), 1)
+			}
+			if evil.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Batch{Batch: &deliveryv1.PublishBatch{FirstSeq: seq, Messages: ms}}}) != nil {
+				return
+			}
+			time.Sleep(every)
+		}
+	}()
+}
+
+// honestBack sends n messages of producer "good", one at a time, each with
+// the routes of its seq, and returns how many were not acknowledged.
+func honestBack(t *testing.T, r *rig, n uint64, routes func(seq uint64) []*messagev1.Route) int {
+	t.Helper()
+	good := r.producer("good")
+	back := 0
+	for seq := uint64(1); seq <= n; seq++ {
+		m := msg("good", seq, "x")
+		m.Routes = routes(seq)
+		sendBatch(t, good, seq, m)
+		if a := nextAck(t, good); len(a.GetAcked()) != 1 {
+			back++
+		}
+	}
+	return back
+}
+
 // TestViewCheck_ForgersLeaveReadsForOthers checks that producers forging
 // routes cannot keep every read from another producer: 8 of them take all
 // 64 reads, then 16 of them each keep more messages waiting for reads than
@@ -698,35 +737,12 @@ func TestViewCheck_ForgersLeaveReadsForOthers(t *testing.T) {
 			defer cancel()
 			var wg sync.WaitGroup
 			for e := range forgers {
-				id := fmt.Sprintf("evil%d", e)
-				evil, _ := r.publishOn(ctx, r.conn, &deliveryv1.PublishHello{ProducerId: id, Incarnation: 1, Instance: "i1", HeartbeatIntervalMs: quietHeartbeatMs})
-				countAnswers(evil)
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					for seq := uint64(1); ctx.Err() == nil; seq += 4 {
-						ms := make([]*messagev1.Message, 4)
-						for k := range ms {
-							ms[k] = forged(id, seq+uint64(k), 1)
-						}
-						if err := evil.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Batch{Batch: &deliveryv1.PublishBatch{FirstSeq: seq, Messages: ms}}}); err != nil {
-							return
-						}
-						time.Sleep(5 * time.Millisecond)
-					}
-				}()
+				forgeOn(ctx, &wg, r, r.conn, fmt.Sprintf("evil%d", e), 5*time.Millisecond)
 			}
 			time.Sleep(400 * time.Millisecond)
-			good := r.producer("good")
-			back := 0
-			for seq := uint64(1); seq <= 10; seq++ {
-				m := msg("good", seq, "x")
-				m.Routes = []*messagev1.Route{{Group: intermediate.DefaultGroup, Consumer: "left"}}
-				sendBatch(t, good, seq, m)
-				if a := nextAck(t, good); len(a.GetAcked()) != 1 {
-					back++
-				}
-			}
+			back := honestBack(t, r, 10, func(uint64) []*messagev1.Route {
+				return []*messagev1.Route{{Group: intermediate.DefaultGroup, Consumer: "left"}}
+			})
 			cancel()
 			wg.Wait()
 			if back > 0 {
@@ -755,37 +771,16 @@ func TestViewCheck_ManyStreamsOfOneClientLeaveReadsForOthers(t *testing.T) {
 	other := r.connFrom("127.0.0.2")
 	var wg sync.WaitGroup
 	for e := range streams {
-		id := fmt.Sprintf("evil%d", e)
-		evil, _ := r.publishOn(ctx, other, &deliveryv1.PublishHello{ProducerId: id, Incarnation: 1, Instance: "i1", HeartbeatIntervalMs: quietHeartbeatMs})
-		countAnswers(evil)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for seq := uint64(1); ctx.Err() == nil; seq += 4 {
-				ms := make([]*messagev1.Message, 4)
-				for k := range ms {
-					ms[k] = forged(id, seq+uint64(k), 1)
-				}
-				if err := evil.Send(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Batch{Batch: &deliveryv1.PublishBatch{FirstSeq: seq, Messages: ms}}}); err != nil {
-					return
-				}
-				time.Sleep(200 * time.Millisecond)
-			}
-		}()
+		forgeOn(ctx, &wg, r, other, fmt.Sprintf("evil%d", e), 200*time.Millisecond)
 	}
 	time.Sleep(1500 * time.Millisecond)
-	good := r.producer("good")
-	back := 0
-	for seq := uint64(1); seq <= 5; seq++ {
-		m := msg("good", seq, "x")
+	back := honestBack(t, r, 5, func(seq uint64) []*messagev1.Route {
+		var routes []*messagev1.Route
 		for i := range 16 {
-			m.Routes = append(m.Routes, &messagev1.Route{Group: fmt.Sprintf("deleted-%d-%d", seq, i)})
+			routes = append(routes, &messagev1.Route{Group: fmt.Sprintf("deleted-%d-%d", seq, i)})
 		}
-		sendBatch(t, good, seq, m)
-		if a := nextAck(t, good); len(a.GetAcked()) != 1 {
-			back++
-		}
-	}
+		return routes
+	})
 	cancel()
 	wg.Wait()
 	if back > 0 {
