@@ -150,3 +150,24 @@ func TestStageSummary_SameKeysAsConsumeAndProduce(t *testing.T) {
 		t.Errorf("stage summary = %s, want %s", got, want)
 	}
 }
+
+// TestUsageErrors_NameTheFlagFirst checks that a usage error found by the
+// TLS and etcd settings starts with the flag, as the commands' own do,
+// with no internal package's name before it.
+func TestUsageErrors_NameTheFlagFirst(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"produce", "--id", "p1", "--tls-cert", "c.pem"}, "--tls-cert is set but --tls-key is not"},
+		{[]string{"intermediate", "--name", "i1", "--listen", "127.0.0.1:0", "--tls-client-auth", "maybe"}, `--tls-client-auth "maybe" is not none, request or require`},
+		{[]string{"produce", "--id", "p1", "--etcd-user", ":x"}, `--etcd-user ":x" has no user name before ':'`},
+		{[]string{"status", "--etcd-cert", "c.pem"}, "--etcd-cert is set but --etcd-key is not"},
+	} {
+		out, err := executeCommand(t, append(tc.args, "--etcd-endpoints", "127.0.0.1:1", "--etcd-dial-timeout", "200ms")...)
+		var ue *usageError
+		if !errors.As(err, &ue) || !strings.HasPrefix(err.Error(), tc.want) {
+			t.Errorf("butterfly %v = %v (output %q), want a usage error starting %q", tc.args, err, out, tc.want)
+		}
+	}
+}

@@ -40,34 +40,34 @@ type Config struct {
 // files, naming the flag that is wrong.
 func (c Config) Validate() error {
 	if len(c.Endpoints) == 0 {
-		return errors.New("etcdclient: --etcd-endpoints is empty")
+		return errors.New("--etcd-endpoints is empty")
 	}
 	for _, ep := range c.Endpoints {
 		if strings.TrimSpace(ep) == "" {
-			return fmt.Errorf("etcdclient: --etcd-endpoints %q has an empty endpoint", strings.Join(c.Endpoints, ","))
+			return fmt.Errorf("--etcd-endpoints %q has an empty endpoint", strings.Join(c.Endpoints, ","))
 		}
 	}
 	if c.DialTimeout < 0 {
-		return fmt.Errorf("etcdclient: --etcd-dial-timeout %v is negative", c.DialTimeout)
+		return fmt.Errorf("--etcd-dial-timeout %v is negative", c.DialTimeout)
 	}
 	switch {
 	case c.Cert != "" && c.Key == "":
-		return errors.New("etcdclient: --etcd-cert is set but --etcd-key is not")
+		return errors.New("--etcd-cert is set but --etcd-key is not")
 	case c.Key != "" && c.Cert == "":
-		return errors.New("etcdclient: --etcd-key is set but --etcd-cert is not")
+		return errors.New("--etcd-key is set but --etcd-cert is not")
 	}
 	user, password, hasPassword := strings.Cut(c.User, ":")
 	switch {
 	case c.User == "" && c.Password != "":
-		return errors.New("etcdclient: --etcd-password is set but --etcd-user is not")
+		return errors.New("--etcd-password is set but --etcd-user is not")
 	case c.User != "" && user == "":
-		return fmt.Errorf("etcdclient: --etcd-user %q has no user name before ':'", c.User)
+		return fmt.Errorf("--etcd-user %q has no user name before ':'", c.User)
 	case hasPassword && c.Password != "":
-		return errors.New("etcdclient: --etcd-user carries a password (user:password) and --etcd-password is set too; give one")
+		return errors.New("--etcd-user carries a password (user:password) and --etcd-password is set too; give one")
 	case c.User != "" && !hasPassword && c.Password == "":
-		return fmt.Errorf("etcdclient: --etcd-user %q has no password: use --etcd-user %s:PASSWORD or --etcd-password", c.User, user)
+		return fmt.Errorf("--etcd-user %q has no password: use --etcd-user %s:PASSWORD or --etcd-password", c.User, user)
 	case hasPassword && password == "":
-		return fmt.Errorf("etcdclient: --etcd-user %q has an empty password", c.User)
+		return fmt.Errorf("--etcd-user %q has an empty password", c.User)
 	}
 	return nil
 }

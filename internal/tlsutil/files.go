@@ -44,18 +44,18 @@ func (f Files) Enabled() bool { return f.Cert != "" || f.Key != "" || f.CA != ""
 func (f Files) Validate() error {
 	switch {
 	case f.Cert != "" && f.Key == "":
-		return fmt.Errorf("tlsutil: --tls-cert is set but --tls-key is not")
+		return fmt.Errorf("--tls-cert is set but --tls-key is not")
 	case f.Key != "" && f.Cert == "":
-		return fmt.Errorf("tlsutil: --tls-key is set but --tls-cert is not")
+		return fmt.Errorf("--tls-key is set but --tls-cert is not")
 	}
 	switch f.ClientAuth {
 	case "", ClientAuthNone:
 	case ClientAuthRequest, ClientAuthRequire:
 		if f.CA == "" {
-			return fmt.Errorf("tlsutil: --tls-client-auth=%s needs --tls-ca, the CA that signs client certificates", f.ClientAuth)
+			return fmt.Errorf("--tls-client-auth=%s needs --tls-ca, the CA that signs client certificates", f.ClientAuth)
 		}
 	default:
-		return fmt.Errorf("tlsutil: --tls-client-auth %q is not %s, %s or %s",
+		return fmt.Errorf("--tls-client-auth %q is not %s, %s or %s",
 			f.ClientAuth, ClientAuthNone, ClientAuthRequest, ClientAuthRequire)
 	}
 	return nil
