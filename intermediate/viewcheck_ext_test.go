@@ -133,6 +133,17 @@ func cutRig(t *testing.T, opts ...intermediate.Option) (*rig, *tcpproxy.Proxy) {
 	return rigOn(t, etc.Client(t), own, opts...), px
 }
 
+// ackAll subscribes consumer c1 of the default group, which acknowledges
+// every delivery, waits until the intermediate knows it, and returns the
+// count of what it handled.
+func (r *rig) ackAll() *atomic.Int64 {
+	r.t.Helper()
+	handled := new(atomic.Int64)
+	go ackEvery(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), counting(handled))
+	r.waitConsumers(1)
+	return handled
+}
+
 // ackEvery acknowledges every delivery sub receives until it ends, and
 // tells seen of each.
 func ackEvery(sub deliveryv1.SubscribeService_SubscribeClient, seen func(*deliveryv1.Delivery)) {
@@ -214,9 +225,7 @@ func forged(id string, seq uint64, n int) *messagev1.Message {
 // way, whose answer was then dropped: most went back OWNER_UNREACHABLE.
 func TestViewCheck_GoneConsumerUnderSteadyResends(t *testing.T) {
 	r := slowReadRig(t, 3*time.Millisecond, intermediate.WithOwnerWait(500*time.Millisecond))
-	var handled atomic.Int64
-	go ackEvery(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), counting(&handled))
-	r.waitConsumers(1)
+	handled := r.ackAll()
 	pub := r.producer("p1")
 	got := countAnswers(pub)
 	seq := uint64(1)
@@ -251,9 +260,7 @@ func TestViewCheck_GoneConsumerUnderSteadyResends(t *testing.T) {
 // bounds left it reads of its own.
 func TestViewCheck_ForgedRoutesBounded(t *testing.T) {
 	r := slowReadRig(t, 20*time.Millisecond, intermediate.WithOwnerWait(300*time.Millisecond))
-	var handled atomic.Int64
-	go ackEvery(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), counting(&handled))
-	r.waitConsumers(1)
+	r.ackAll()
 	lctx, lcancel := context.WithTimeout(context.Background(), time.Minute)
 	defer lcancel()
 
@@ -371,9 +378,7 @@ func TestViewCheck_ManyGroupsRoutesWithinMaxRoutes(t *testing.T) {
 // own timeout.
 func TestViewCheck_StopWithAReadUnderWay(t *testing.T) {
 	r, px := cutRig(t, intermediate.WithOwnerWait(10*time.Second), intermediate.WithNoConsumerTimeout(20*time.Second))
-	var handled atomic.Int64
-	go ackEvery(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), counting(&handled))
-	r.waitConsumers(1)
+	r.ackAll()
 	pub := r.producer("p1")
 	px.Blackhole(true)
 	m := msg("p1", 1, "x")
@@ -446,9 +451,7 @@ func TestViewCheck_AnAnswerFromBeforeTheMessageDoesNotCount(t *testing.T) {
 // it once went back at once, every time, with the same routes.
 func TestViewCheck_DeletedGroupsLearnedOnce(t *testing.T) {
 	r := newRig(t, intermediate.WithNoConsumerTimeout(300*time.Millisecond), intermediate.WithOwnerWait(300*time.Millisecond))
-	var handled atomic.Int64
-	go ackEvery(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), counting(&handled))
-	r.waitConsumers(1)
+	r.ackAll()
 	const n = 40
 	pub, routes, next := handedBackAcross(t, r, n, n+1)
 	for i := range n {
@@ -502,9 +505,7 @@ func TestViewCheck_GoneKeyReadOnce(t *testing.T) {
 // attempt, from every intermediate, for as long as the key stayed.
 func TestViewCheck_MalformedConsumerKeyCountsAsGone(t *testing.T) {
 	r := newRig(t, intermediate.WithOwnerWait(300*time.Millisecond), intermediate.WithNoConsumerTimeout(5*time.Second))
-	var handled atomic.Int64
-	go ackEvery(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), counting(&handled))
-	r.waitConsumers(1)
+	handled := r.ackAll()
 	key := registry.ConsumerKey(prefix, service, intermediate.DefaultGroup, "c2")
 	if _, err := r.cli.Put(r.ctx(), key, `{"consumer":"other","group":"default","epoch":1}`); err != nil {
 		t.Fatalf("Put(%s) = %v", key, err)
@@ -617,9 +618,7 @@ func TestViewCheck_HandledRoutesNameNoConsumer(t *testing.T) {
 // their 2 s deadline (358 of ~705).
 func TestViewCheck_TwoNamesReadInTurn(t *testing.T) {
 	r, g := gatedRig(t, intermediate.WithOwnerWait(2*time.Second), intermediate.WithNoConsumerTimeout(10*time.Second))
-	var handled atomic.Int64
-	go ackEvery(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), counting(&handled))
-	r.waitConsumers(1)
+	r.ackAll()
 	g.all.Store(int64(40 * time.Millisecond))
 	pub := r.producer("p1")
 	var mu sync.Mutex
@@ -730,9 +729,7 @@ func TestViewCheck_ForgersLeaveReadsForOthers(t *testing.T) {
 	for _, forgers := range []int{8, 16} {
 		t.Run(fmt.Sprint(forgers), func(t *testing.T) {
 			r := slowReadRig(t, 20*time.Millisecond, intermediate.WithOwnerWait(300*time.Millisecond))
-			var handled atomic.Int64
-			go ackEvery(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), counting(&handled))
-			r.waitConsumers(1)
+			r.ackAll()
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			var wg sync.WaitGroup
@@ -763,9 +760,7 @@ func TestViewCheck_ForgersLeaveReadsForOthers(t *testing.T) {
 func TestViewCheck_ManyStreamsOfOneClientLeaveReadsForOthers(t *testing.T) {
 	const streams = 100
 	r := slowReadRig(t, 50*time.Millisecond, intermediate.WithOwnerWait(time.Second))
-	var handled atomic.Int64
-	go ackEvery(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), counting(&handled))
-	r.waitConsumers(1)
+	r.ackAll()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	other := r.connFrom("127.0.0.2")
@@ -795,9 +790,7 @@ func TestViewCheck_ManyStreamsOfOneClientLeaveReadsForOthers(t *testing.T) {
 // is left waiting, checked, read, queued or counted against a stream.
 func TestViewCheck_StreamsEndingWhileQueuedLeaveNothing(t *testing.T) {
 	r := slowReadRig(t, 10*time.Millisecond, intermediate.WithOwnerWait(300*time.Millisecond))
-	var handled atomic.Int64
-	go ackEvery(r.subscribeGroup(r.ctx(), "c1", intermediate.DefaultGroup, 1<<20), counting(&handled))
-	r.waitConsumers(1)
+	r.ackAll()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	conns := []*grpc.ClientConn{r.conn, r.connFrom("127.0.0.2")}
