@@ -64,12 +64,11 @@ func Mismatch(ctx context.Context, addr string, creds credentials.TransportCrede
 // refusedHandshake says that the server ended the client's handshake with
 // the alert in msg.
 func refusedHandshake(msg string) string {
+	mend := "mutual TLS: --tls-cert and --tls-key signed by a CA the instance trusts"
 	if strings.Contains(msg, "expired certificate") {
-		return "the instance refused this client's TLS handshake: remote error: " + tlsCause(msg) +
-			" (renew --tls-cert and --tls-key: files renewed on disk are read at a later handshake, so a component stops here for its supervisor to start it again)"
+		mend = "renew --tls-cert and --tls-key: files renewed on disk are read at a later handshake, so a component stops here for its supervisor to start it again"
 	}
-	return "the instance refused this client's TLS handshake: remote error: " + tlsCause(msg) +
-		" (mutual TLS: --tls-cert and --tls-key signed by a CA the instance trusts)"
+	return "the instance refused this client's TLS handshake: remote error: " + tlsCause(msg) + " (" + mend + ")"
 }
 
 // IsPlaintext reports whether creds are plaintext gRPC's (insecure.NewCredentials).
