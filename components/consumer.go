@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 
+	"github.com/butterfly-mesh/butterfly"
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/internal/ctxgrace"
@@ -462,7 +463,7 @@ func answerLocked(r deliveryRef, err error) {
 	if err == nil {
 		r.st.acks = append(r.st.acks, r.id)
 	} else {
-		r.st.nacks = append(r.st.nacks, &messagev1.Nack{Seq: r.id, Reason: messagev1.NackReason_NACK_REASON_HANDLER_FAILED, Detail: err.Error()})
+		r.st.nacks = append(r.st.nacks, &messagev1.Nack{Seq: r.id, Reason: messagev1.NackReason_NACK_REASON_HANDLER_FAILED, Detail: butterfly.NackDetail(err.Error())})
 	}
 	r.st.credit++
 	r.st.wakeUp()

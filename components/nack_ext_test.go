@@ -13,6 +13,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/butterfly-mesh/butterfly"
 	"github.com/butterfly-mesh/butterfly/components"
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
@@ -132,6 +133,70 @@ func TestDelivery_HandlerErrors(t *testing.T) {
 	if st := c.Stats(); st.Delivered != 1 || st.Nacked != 1 {
 		t.Errorf("consumer Stats() = %+v, want Delivered=1 Nacked=1", st)
 	}
+}
+
+// TestDelivery_LongErrorsAreCut checks that an error whose text is longer
+// than a frame may be (3 MiB: one that quotes a large payload) still hands
+// its message back for good, once: the detail is cut to
+// butterfly.MaxNackDetail. Uncut, a handler's error made an acknowledgement
+// frame over the intermediate's receive limit, which ended the stream; the
+// intermediate sent the delivery again on the next one, the handler failed
+// again, without end, and the producer never heard of it.
+func TestDelivery_LongErrorsAreCut(t *testing.T) {
+	long := strings.Repeat("e", 3<<20)
+	for _, tc := range []struct {
+		name   string
+		reason messagev1.NackReason
+		opts   []intermediate.Option
+		fails  func(string) bool
+	}{
+		{"handler", messagev1.NackReason_NACK_REASON_HANDLER_FAILED, nil, func(p string) bool { return p == "bad" }},
+		{"processor", messagev1.NackReason_NACK_REASON_PROCESSING_FAILED, []intermediate.Option{intermediate.WithProcessor(longFail{long})}, func(string) bool { return false }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newMesh(t)
+			m.startHub("intermediate", "i1", "127.0.0.1", tc.opts...)
+			m.waitMembers("intermediate", 1)
+			var calls atomic.Int32
+			m.consumer("c1", func(_ context.Context, d *components.Delivery) error {
+				calls.Add(1)
+				if tc.fails(string(d.Message.GetPayload())) {
+					return errors.New(long)
+				}
+				return nil
+			})
+			p := m.producer("p1")
+			ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+			defer cancel()
+			err := p.SendWait(ctx, &messagev1.Message{Payload: []byte("bad")})
+			var ne *components.NackError
+			if !errors.As(err, &ne) || ne.Reason != tc.reason {
+				t.Fatalf("SendWait = %.200v, want a NackError with %v", err, tc.reason)
+			}
+			if len(ne.Detail) > butterfly.MaxNackDetail || !strings.Contains(ne.Detail, "eeee") || !strings.HasSuffix(ne.Detail, " bytes cut)") {
+				t.Errorf("detail of %d bytes ending %q, want at most %d bytes of the error, saying what was cut", len(ne.Detail), ne.Detail[max(0, len(ne.Detail)-40):], butterfly.MaxNackDetail)
+			}
+			want := int32(0)
+			if tc.reason == messagev1.NackReason_NACK_REASON_HANDLER_FAILED {
+				want = 1
+			}
+			if got := calls.Load(); got != want {
+				t.Errorf("handler called %d times, want %d", got, want)
+			}
+			if st := p.Stats(); st.Nacked != 1 || st.Acked != 0 || st.InFlight != 0 {
+				t.Errorf("producer Stats() = %+v, want Nacked=1 Acked=0 InFlight=0", st)
+			}
+		})
+	}
+}
+
+// longFail is a processor that fails every message with err as its text.
+type longFail struct{ err string }
+
+func (longFail) Name() string { return "long-fail" }
+
+func (f longFail) Process(context.Context, *messagev1.Message) (*messagev1.Message, error) {
+	return nil, errors.New(f.err)
 }
 
 func mapsEqual[K comparable, V comparable](a, b map[K]V) bool {

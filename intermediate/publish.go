@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -298,7 +297,7 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 		}
 		res, err := s.process(ctx, m)
 		if err != nil {
-			out[i].nack = &messagev1.Nack{Reason: messagev1.NackReason_NACK_REASON_PROCESSING_FAILED, Detail: strings.ToValidUTF8(err.Error(), "\uFFFD")}
+			out[i].nack = &messagev1.Nack{Reason: messagev1.NackReason_NACK_REASON_PROCESSING_FAILED, Detail: butterfly.NackDetail(err.Error())}
 			continue
 		}
 		routes := res.GetRoutes()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -263,7 +262,7 @@ func (sub *subStream) ackLocked(a *ackFrame) {
 		}
 		s.finishLocked(d.h, &messagev1.Nack{
 			Reason: messagev1.NackReason_NACK_REASON_HANDLER_FAILED,
-			Detail: "consumer " + sub.consumerID + ": " + strings.ToValidUTF8(n.GetDetail(), "\uFFFD"),
+			Detail: butterfly.NackDetail("consumer " + sub.consumerID + ": " + n.GetDetail()),
 		})
 	}
 	s.frames.deliveryAnswers.Add(sub.ackedN - answered)
