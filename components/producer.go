@@ -555,6 +555,9 @@ func (p *Producer) dispatchLocked() {
 			}
 			m := p.outbox.popFront()
 			m.avoid = nil
+			if m.size > best.maxMsg && p.tooLargeLocked(m, best) {
+				continue
+			}
 			best.nextSeq++
 			m.stream, m.seq, m.sent = best, best.nextSeq, false
 			best.unacked.Push(m.seq, m)
@@ -568,6 +571,37 @@ func (p *Producer) dispatchLocked() {
 			best.wakeUp()
 		}
 	}
+}
+
+// tooLargeLocked hands m back for good, as the intermediate of st would
+// (NACK_REASON_INVALID), and reports true, when m is larger than st's
+// instance takes: a message Send took before that instance said its limit
+// (none was connected), or one handed back by an instance with a larger
+// one. Sent, a message over twice the limit would be refused by gRPC's
+// frame limit instead, which ends the stream without a word on the
+// message: sent again on the next stream, it would never be answered.
+func (p *Producer) tooLargeLocked(m *outMsg, st *pubStream) bool {
+	size := envelopeSize(m.msg, m.size)
+	if size <= st.maxMsg {
+		return false
+	}
+	msg := m.msg
+	n := &messagev1.Nack{
+		Reason: messagev1.NackReason_NACK_REASON_INVALID,
+		Detail: fmt.Sprintf("message of %d bytes encoded, over the %d bytes instance %s takes (its --max-batch-bytes): not sent", size, st.maxMsg, st.link.inst.Name),
+	}
+	p.nacked++
+	p.settleLocked(m, &NackError{ID: msg.GetId(), Reason: n.Reason, Detail: n.Detail})
+	p.metrics.Nacked(n.Reason)
+	p.log.Warn("message handed back", "seq", msg.GetId().GetSeq(), "reason", n.Reason.String(), "detail", n.Detail)
+	if p.nackWake != nil {
+		p.nacks = append(p.nacks, nackEvent{msg: msg, reason: n.Reason, detail: n.Detail})
+		select {
+		case p.nackWake <- struct{}{}:
+		default:
+		}
+	}
+	return true
 }
 
 // awaitingAckLocked reports whether a message the producer sent on a stream

@@ -1,6 +1,7 @@
 package components_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"strings"
@@ -58,6 +59,116 @@ func TestProducer_SendTooLarge(t *testing.T) {
 		t.Errorf("GetStatus(i1).Received = %d, want 2", got)
 	}
 	led.checkExactlyOnce(t, map[string]int{"p1": 2})
+}
+
+// TestProducer_TooLargeForItsInstanceFails checks that a message larger
+// than the instance it would go to takes is handed back for good
+// (NACK_REASON_INVALID, naming the sizes and the instance), as the
+// instance would, and not sent: one Send took while no instance was
+// connected to say its limit, and one an instance with a larger limit
+// handed back as it drained. Sent, a message over twice an instance's
+// max-batch-bytes is refused by gRPC's frame limit, which ends the stream
+// without a word on the message: it was sent again on every new stream,
+// never answered, and held back what came after it.
+func TestProducer_TooLargeForItsInstanceFails(t *testing.T) {
+	big := bytes.Repeat([]byte("x"), 3<<20)
+	wantInvalid := func(t *testing.T, err error) {
+		t.Helper()
+		var ne *components.NackError
+		if !errors.As(err, &ne) || ne.Reason != messagev1.NackReason_NACK_REASON_INVALID ||
+			!strings.Contains(ne.Detail, "instance i") || !strings.Contains(ne.Detail, "over the 1048576 bytes") {
+			t.Errorf("the 3 MiB message: %.300v; want a NackError with NACK_REASON_INVALID naming the instance and its limit", err)
+		}
+	}
+
+	t.Run("sent before an instance said its limit", func(t *testing.T) {
+		m := newMesh(t)
+		p := m.producer("p1", components.WithMaxMessageBytes(8<<20))
+		ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+		defer cancel()
+		bigDone := make(chan error, 1)
+		go func() { bigDone <- p.SendWait(ctx, &messagev1.Message{Payload: big}) }()
+		waitUntil(t, "the big message to be queued", func() bool { return p.Stats().InFlight == 1 })
+		i1 := m.startHub(components.DefaultService, "i1", "127.0.0.1") // max-batch-bytes 1 MiB
+		led := newLedger()
+		m.consumer("c1", led.handler())
+		waitConsumers(t, 1, i1)
+		if err := p.SendWait(ctx, &messagev1.Message{Payload: []byte("small")}); err != nil {
+			t.Errorf("SendWait(small) after the big one = %v, want nil", err)
+		}
+		wantInvalid(t, <-bigDone)
+		closeFailed(t, p, 1)
+		if st := p.Stats(); st.Sent != 2 || st.Acked != 1 || st.Nacked != 1 || st.Resent != 0 || st.InFlight != 0 {
+			t.Errorf("Stats() = %+v, want Sent=2 Acked=1 Nacked=1 Resent=0 InFlight=0", st)
+		}
+		if got := i1.status(t).GetReceived(); got != 1 {
+			t.Errorf("GetStatus(i1).Received = %d, want 1 (the small message only)", got)
+		}
+		led.mu.Lock()
+		defer led.mu.Unlock()
+		if got := led.counts["p1"]; len(got) != 1 || got[2] != 1 {
+			t.Errorf("handled p1 seqs %v, want seq 2 once", got)
+		}
+	})
+
+	t.Run("handed back by an instance with a larger limit", func(t *testing.T) {
+		m := newMesh(t)
+		i1 := m.startHub(components.DefaultService, "i1", "127.0.0.1",
+			intermediate.WithMaxBatch(256, 8<<20), intermediate.WithDrainTimeout(time.Second))
+		entered, release := make(chan struct{}, 1), make(chan struct{})
+		m.consumer("c1", func(ctx context.Context, d *components.Delivery) error {
+			if len(d.Message.GetPayload()) > 1<<20 {
+				select {
+				case entered <- struct{}{}:
+				default:
+				}
+				select {
+				case <-release:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+			return nil
+		})
+		waitConsumers(t, 1, i1)
+		p := m.producer("p1", components.WithMaxMessageBytes(8<<20))
+		ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+		defer cancel()
+		bigDone := make(chan error, 1)
+		go func() { bigDone <- p.SendWait(ctx, &messagev1.Message{Payload: big}) }()
+		select {
+		case <-entered:
+		case <-ctx.Done():
+			t.Fatal("the big message never reached c1")
+		}
+		i2 := m.startHub(components.DefaultService, "i2", "127.0.0.2") // max-batch-bytes 1 MiB
+		waitConsumers(t, 1, i2)
+		waitProducer(t, "p1", i2)
+		if err := i1.srv.Drain(ctx); err != nil { // hands the big message back after its drain timeout
+			t.Fatalf("Drain(i1) = %v", err)
+		}
+		close(release)
+		wantInvalid(t, <-bigDone)
+		if err := p.SendWait(ctx, &messagev1.Message{Payload: []byte("small")}); err != nil {
+			t.Errorf("SendWait(small) = %v, want nil", err)
+		}
+		closeFailed(t, p, 1)
+		if got := i2.status(t).GetReceived(); got != 1 {
+			t.Errorf("GetStatus(i2).Received = %d, want 1 (the small message only)", got)
+		}
+	})
+}
+
+// closeFailed closes p and checks that it reports failed messages handed
+// back for good and none unacknowledged.
+func closeFailed(t *testing.T, p *components.Producer, failed int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	var ce *components.CloseError
+	if err := p.Close(ctx); !errors.As(err, &ce) || ce.Unacked != 0 || ce.Failed != failed {
+		t.Errorf("Close() = %v, want a CloseError with 0 unacknowledged and %d failed", err, failed)
+	}
 }
 
 // TestProducer_NackHandlerBlocks checks that a nack handler that blocks
