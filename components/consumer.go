@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -138,6 +139,7 @@ func NewConsumer(cli *clientv3.Client, id string, h Handler, opts ...ConsumerOpt
 		commonConfig: defaultCommon(),
 		service:      DefaultService,
 		credit:       DefaultCredit,
+		maxRecv:      DefaultMaxReceiveBytes,
 		concurrency:  DefaultConcurrency,
 		dedupWindow:  DefaultDedupWindow,
 		dedupProds:   DefaultDedupProducers,
@@ -224,6 +226,9 @@ func (c *consumerConfig) validate(cli *clientv3.Client, id string, h Handler) er
 	}
 	if c.credit < 1 || c.credit > 1<<20 {
 		errs = append(errs, fmt.Errorf("credit %d is out of range [1, %d]", c.credit, 1<<20))
+	}
+	if c.maxRecv < MinMaxReceiveBytes || c.maxRecv > math.MaxInt32 {
+		errs = append(errs, fmt.Errorf("max receive bytes %d is out of range [%d, %d]", c.maxRecv, MinMaxReceiveBytes, math.MaxInt32))
 	}
 	if c.concurrency < 1 {
 		errs = append(errs, fmt.Errorf("concurrency %d is under 1", c.concurrency))

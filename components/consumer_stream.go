@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
 	"github.com/butterfly-mesh/butterfly"
@@ -171,10 +172,11 @@ func (l *subLink) once() (welcomed bool) {
 		// intermediate's max_credit, which it may not exceed.
 		InitialCredit:     0,
 		RegistrationEpoch: epoch,
+		MaxReceiveBytes:   uint32(c.cfg.maxRecv),
 	}
 	stream, w, failed := handshake(ctx, &l.link, "subscribe", &st.streamLife, c.cfg.heartbeat,
 		func(ctx context.Context) (deliveryv1.SubscribeService_SubscribeClient, error) {
-			return c.client.Subscribe(pin(ctx, l.inst))
+			return c.client.Subscribe(pin(ctx, l.inst), grpc.MaxCallRecvMsgSize(c.cfg.maxRecv))
 		},
 		&deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Hello{Hello: hello}},
 		func(r *deliveryv1.SubscribeResponse) (*deliveryv1.SubscribeWelcome, bool) {

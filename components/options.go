@@ -41,6 +41,16 @@ const (
 // what an intermediate accepts by default (its max batch bytes).
 const DefaultMaxMessageBytes = 1 << 20
 
+// DefaultMaxReceiveBytes is the largest delivery batch a consumer receives,
+// encoded (its gRPC receive limit, stated to intermediates in its hello):
+// above any max-batch-bytes an intermediate is likely to be given, so that
+// whatever a mesh accepts reaches its consumers. It costs nothing until a
+// batch that large arrives.
+const DefaultMaxReceiveBytes = 64 << 20
+
+// MinMaxReceiveBytes is the lowest receive limit WithMaxReceiveBytes takes.
+const MinMaxReceiveBytes = 64 << 10
+
 // commonConfig is what producers, consumers and stages share.
 type commonConfig struct {
 	prefix      string
@@ -81,6 +91,7 @@ type consumerConfig struct {
 	service     string
 	group       string
 	credit      int
+	maxRecv     int
 	concurrency int
 	dedupWindow int
 	dedupProds  int
@@ -255,6 +266,15 @@ func WithGroup(group string) ConsumerOption {
 // an intermediate's welcome states.
 func WithCredit(n int) ConsumerOption {
 	return consumerOption(func(c *consumerConfig) { c.credit = n })
+}
+
+// WithMaxReceiveBytes sets the largest delivery batch the consumer receives,
+// encoded (default DefaultMaxReceiveBytes, at least MinMaxReceiveBytes, at
+// most 2 GiB - 1): its gRPC receive limit, which its hello states.
+// Intermediates send no batch larger, and hand a message that alone would
+// not fit back to its producer for good (NACK_REASON_INVALID).
+func WithMaxReceiveBytes(n int) ConsumerOption {
+	return consumerOption(func(c *consumerConfig) { c.maxRecv = n })
 }
 
 // WithConcurrency sets how many handler calls run at once (default 1).

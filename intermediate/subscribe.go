@@ -3,7 +3,9 @@ package intermediate
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"math"
 	"time"
 	"unicode/utf8"
 
@@ -31,6 +33,7 @@ type subStream struct {
 	consumerID string
 	group      string
 	epoch      uint64 // the consumer's registration epoch
+	maxFrame   int    // the largest delivery batch the consumer receives, encoded
 
 	// Guarded by Server.mu.
 	credit     uint64 // unspent: at most the server's max credit
@@ -71,7 +74,11 @@ func (ss *subscribeService) Subscribe(stream deliveryv1.SubscribeService_Subscri
 		group:      hello.GetGroup(),
 		epoch:      hello.GetRegistrationEpoch(),
 		credit:     uint64(hello.GetInitialCredit()),
+		maxFrame:   grpcDefaultMaxRecv,
 		unacked:    newOutstanding(),
+	}
+	if n := hello.GetMaxReceiveBytes(); n != 0 {
+		sub.maxFrame = int(min(n, math.MaxInt32))
 	}
 	if sub.credit > uint64(s.opts.maxCredit) {
 		return status.Errorf(codes.ResourceExhausted, "intermediate: hello initial_credit %d exceeds max-credit %d", sub.credit, s.opts.maxCredit)
@@ -278,7 +285,8 @@ func (sub *subStream) takeLocked() []*deliveryv1.Delivery {
 	var (
 		out   []*deliveryv1.Delivery
 		slab  []deliveryv1.Delivery // the batch's deliveries, one allocation
-		bytes int
+		bytes int                   // the messages' encoded bytes
+		frame = batchOverhead       // the batch's encoded bytes, at most
 	)
 	if n := min(sub.credit, uint64(s.opts.maxBatchMessages), uint64(sub.queue.len())); n > 0 {
 		out, slab = make([]*deliveryv1.Delivery, 0, n), make([]deliveryv1.Delivery, n)
@@ -287,6 +295,18 @@ func (sub *subStream) takeLocked() []*deliveryv1.Delivery {
 		d := sub.queue.front()
 		if !d.liveOn(sub) {
 			sub.queue.pop()
+			continue
+		}
+		if frame+d.h.size+deliveryOverhead > sub.maxFrame {
+			if len(out) > 0 {
+				break
+			}
+			// Alone over what the consumer receives: sent, it would end
+			// the stream, and come again on every new one.
+			s.finishLocked(d.h, &messagev1.Nack{
+				Reason: messagev1.NackReason_NACK_REASON_INVALID,
+				Detail: fmt.Sprintf("message of %d bytes encoded, over the %d bytes consumer %s of group %s receives (its max_receive_bytes)", d.h.size, sub.maxFrame, sub.consumerID, sub.group),
+			})
 			continue
 		}
 		if len(out) > 0 && bytes+d.h.size > s.opts.maxBatchBytes {
@@ -309,9 +329,22 @@ func (sub *subStream) takeLocked() []*deliveryv1.Delivery {
 		out = append(out, wd)
 		d.sends++
 		bytes += d.h.size
+		frame += d.h.size + deliveryOverhead
 	}
 	return out
 }
+
+// What a delivery batch adds to its messages' bytes, encoded, at most: the
+// SubscribeResponse and DeliveryBatch around them, and each Delivery's tag,
+// length, delivery_id, message tag and length, and redeliveries.
+const (
+	batchOverhead    = 16
+	deliveryOverhead = 32
+)
+
+// grpcDefaultMaxRecv is gRPC's default receive limit, a consumer's when its
+// hello states none.
+const grpcDefaultMaxRecv = 4 << 20
 
 // leavingDoneLocked reports whether the server is leaving and this stream has
 // nothing more to do: the notice is out.

@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/butterfly-mesh/butterfly/components"
 	"github.com/butterfly-mesh/butterfly/registry"
@@ -32,6 +34,7 @@ func newConsumeCommand(r *rootCommand) *cobra.Command {
 	var (
 		id, service, group, out string
 		count                   uint64
+		maxRecv                 int
 		closeTimeout, leaseTTL  time.Duration
 		createGroup             bool
 		tlsf                    *tlsFlags
@@ -85,6 +88,9 @@ client certificate (butterfly certs --consumer-id ID).`,
 			if closeTimeout <= 0 {
 				return usagef("--close-timeout %v: must be positive", closeTimeout)
 			}
+			if err := checkMaxReceiveBytes(maxRecv); err != nil {
+				return err
+			}
 			var w io.Writer = cmd.OutOrStdout()
 			if out != "" {
 				f, err := os.OpenFile(out, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -119,7 +125,8 @@ client certificate (butterfly certs --consumer-id ID).`,
 			}
 			cons, err := components.NewConsumer(cs.cli, id, handler, withCommon[components.ConsumerOption](cs,
 				components.WithService(service), components.WithGroup(group), components.WithLimit(count),
-				components.WithCreateGroup(createGroup), components.WithLeaseTTL(leaseTTL), components.WithVersion(buildVersion()))...)
+				components.WithCreateGroup(createGroup), components.WithLeaseTTL(leaseTTL), components.WithMaxReceiveBytes(maxRecv),
+				components.WithVersion(buildVersion()))...)
 			if err != nil {
 				return err
 			}
@@ -152,6 +159,21 @@ client certificate (butterfly certs --consumer-id ID).`,
 	f.DurationVar(&closeTimeout, "close-timeout", 30*time.Second, "how long draining may take at the end")
 	f.BoolVar(&createGroup, "create-group", true, "declare --group in etcd if it is not declared yet")
 	f.DurationVar(&leaseTTL, "lease-ttl", components.DefaultConsumerLeaseTTL, "TTL of the consumer's registration lease: how long a crashed consumer keeps its messages")
+	addMaxReceiveBytesFlag(f, &maxRecv)
 	tlsf = addTLSFlags(r, f, false)
 	return c
+}
+
+// addMaxReceiveBytesFlag adds --max-receive-bytes, a consumer's receive
+// limit, to f.
+func addMaxReceiveBytesFlag(f *pflag.FlagSet, v *int) {
+	f.IntVar(v, "max-receive-bytes", components.DefaultMaxReceiveBytes, "largest delivery batch received, encoded: intermediates send none larger and hand back, as INVALID, a message that alone is larger")
+}
+
+// checkMaxReceiveBytes checks the value of --max-receive-bytes.
+func checkMaxReceiveBytes(n int) error {
+	if n < components.MinMaxReceiveBytes || n > math.MaxInt32 {
+		return usagef("--max-receive-bytes %d: must be in [%d, %d]", n, components.MinMaxReceiveBytes, math.MaxInt32)
+	}
+	return nil
 }

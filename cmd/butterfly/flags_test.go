@@ -33,6 +33,8 @@ func TestComponentFlags_OutOfRange(t *testing.T) {
 		{[]string{"consume", "--id", "c1", "--group", ""}, "--group is empty"},
 		{[]string{"consume", "--id", "c1", "--group", "a/b"}, `--group "a/b" contains '/'`},
 		{[]string{"consume", "--id", "c1", "--close-timeout", "0s"}, "--close-timeout 0s: must be positive"},
+		{[]string{"consume", "--id", "c1", "--max-receive-bytes", "1000"}, "--max-receive-bytes 1000: must be in [65536, 2147483647]"},
+		{[]string{"stage", "--id", "s1", "--from", "a", "--to", "b", "--max-receive-bytes", "0"}, "--max-receive-bytes 0: must be in [65536, 2147483647]"},
 		{[]string{"produce", "--id", "p1", "--close-timeout", "-1s"}, "--close-timeout -1s: must be positive"},
 		{[]string{"produce", "--id", "p1", "--rate", "-5"}, "--rate -5: must be a number of messages a second, 0 or more"},
 		{[]string{"produce", "--id", "p1", "--rate", "NaN"}, "--rate NaN: must be a number of messages a second, 0 or more"},

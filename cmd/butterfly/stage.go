@@ -24,6 +24,7 @@ type stageSummary struct {
 func newStageCommand(r *rootCommand) *cobra.Command {
 	var (
 		id, from, to, group, processor string
+		maxRecv                        int
 		closeTimeout                   time.Duration
 		tlsf                           *tlsFlags
 	)
@@ -65,6 +66,9 @@ id, publishes under it, and forwards messages under their original ids.`,
 			if closeTimeout <= 0 {
 				return usagef("--close-timeout %v: must be positive", closeTimeout)
 			}
+			if err := checkMaxReceiveBytes(maxRecv); err != nil {
+				return err
+			}
 			proc, err := intermediate.ProcessorByName(processor)
 			if err != nil {
 				return usagef("--processor: %v", err)
@@ -75,7 +79,7 @@ id, publishes under it, and forwards messages under their original ids.`,
 			}
 			defer cs.Close()
 			st, err := components.NewStage(cs.cli, id, from, to, withCommon[components.StageOption](cs,
-				components.WithConsumerOptions(components.WithGroup(group), components.WithVersion(buildVersion())), components.WithProcessor(proc))...)
+				components.WithConsumerOptions(components.WithGroup(group), components.WithMaxReceiveBytes(maxRecv), components.WithVersion(buildVersion())), components.WithProcessor(proc))...)
 			if err != nil {
 				return err
 			}
@@ -118,6 +122,7 @@ id, publishes under it, and forwards messages under their original ids.`,
 	f.StringVar(&group, "group", "default", "consumer group on --from")
 	f.StringVar(&processor, "processor", "passthrough", "processing step: "+strings.Join(intermediate.ProcessorNames(), ", "))
 	f.DurationVar(&closeTimeout, "close-timeout", 30*time.Second, "how long draining may take at the end")
+	addMaxReceiveBytesFlag(f, &maxRecv)
 	tlsf = addTLSFlags(r, f, false)
 	return c
 }

@@ -50,8 +50,16 @@ type SubscribeHello struct {
 	// incarnation that was taken over) or with no registration at all is
 	// refused with FAILED_PRECONDITION.
 	RegistrationEpoch uint64 `protobuf:"varint,6,opt,name=registration_epoch,json=registrationEpoch,proto3" json:"registration_epoch,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The largest gRPC message the consumer receives on this stream, in bytes
+	// (its receive limit); 0 means gRPC's default, 4 MiB. The intermediate
+	// sends no delivery batch larger: it ends a batch before the delivery
+	// that would not fit, and hands a message that alone would not fit back
+	// to its producer for good with NACK_REASON_INVALID. Without it, a frame
+	// over the limit would end the stream, and the delivery would be sent
+	// again on every new one.
+	MaxReceiveBytes uint32 `protobuf:"varint,7,opt,name=max_receive_bytes,json=maxReceiveBytes,proto3" json:"max_receive_bytes,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *SubscribeHello) Reset() {
@@ -122,6 +130,13 @@ func (x *SubscribeHello) GetInitialCredit() uint32 {
 func (x *SubscribeHello) GetRegistrationEpoch() uint64 {
 	if x != nil {
 		return x.RegistrationEpoch
+	}
+	return 0
+}
+
+func (x *SubscribeHello) GetMaxReceiveBytes() uint32 {
+	if x != nil {
+		return x.MaxReceiveBytes
 	}
 	return 0
 }
@@ -811,7 +826,7 @@ var File_butterfly_delivery_v1_subscribe_proto protoreflect.FileDescriptor
 
 const file_butterfly_delivery_v1_subscribe_proto_rawDesc = "" +
 	"\n" +
-	"%butterfly/delivery/v1/subscribe.proto\x12\x15butterfly.delivery.v1\x1a\"butterfly/message/v1/message.proto\"\xed\x01\n" +
+	"%butterfly/delivery/v1/subscribe.proto\x12\x15butterfly.delivery.v1\x1a\"butterfly/message/v1/message.proto\"\x99\x02\n" +
 	"\x0eSubscribeHello\x12\x1f\n" +
 	"\vconsumer_id\x18\x01 \x01(\tR\n" +
 	"consumerId\x12\x14\n" +
@@ -819,7 +834,8 @@ const file_butterfly_delivery_v1_subscribe_proto_rawDesc = "" +
 	"\binstance\x18\x03 \x01(\tR\binstance\x122\n" +
 	"\x15heartbeat_interval_ms\x18\x04 \x01(\rR\x13heartbeatIntervalMs\x12%\n" +
 	"\x0einitial_credit\x18\x05 \x01(\rR\rinitialCredit\x12-\n" +
-	"\x12registration_epoch\x18\x06 \x01(\x04R\x11registrationEpoch\"\xfc\x02\n" +
+	"\x12registration_epoch\x18\x06 \x01(\x04R\x11registrationEpoch\x12*\n" +
+	"\x11max_receive_bytes\x18\a \x01(\rR\x0fmaxReceiveBytes\"\xfc\x02\n" +
 	"\x10SubscribeWelcome\x12\x1a\n" +
 	"\binstance\x18\x01 \x01(\tR\binstance\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x122\n" +

@@ -50,6 +50,11 @@ func (m *SubscribeHello) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.MaxReceiveBytes != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.MaxReceiveBytes))
+		i--
+		dAtA[i] = 0x38
+	}
 	if m.RegistrationEpoch != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.RegistrationEpoch))
 		i--
@@ -800,6 +805,9 @@ func (m *SubscribeHello) SizeVT() (n int) {
 	if m.RegistrationEpoch != 0 {
 		n += 1 + protohelpers.SizeOfVarint(uint64(m.RegistrationEpoch))
 	}
+	if m.MaxReceiveBytes != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.MaxReceiveBytes))
+	}
 	n += len(m.unknownFields)
 	return n
 }
@@ -1295,6 +1303,25 @@ func (m *SubscribeHello) UnmarshalVT(dAtA []byte) error {
 				b := dAtA[iNdEx]
 				iNdEx++
 				m.RegistrationEpoch |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 7:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field MaxReceiveBytes", wireType)
+			}
+			m.MaxReceiveBytes = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.MaxReceiveBytes |= uint32(b&0x7F) << shift
 				if b < 0x80 {
 					break
 				}
