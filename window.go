@@ -7,8 +7,10 @@ import "fmt"
 // lowest seq it has not settled) plus MaxSeqSpan. A producer waits in Send
 // rather than go past it; intermediates refuse a message beyond it
 // (NACK_REASON_INVALID), and consumers track at most that many seqs above
-// the mark. A forged message far ahead of a producer's real seqs therefore
-// cannot push the consumers' memory of that producer past what it handled.
+// the mark. A forged message far ahead of the mark it carries therefore
+// cannot push the consumers' memory of that producer past what it handled;
+// one that forges the mark too is taken as the producer's, which is why
+// only a client that may publish under a producer's id can send one.
 const MaxSeqSpan = 1 << 24
 
 // CheckSeqWindow returns an error when a message's seq lies outside the
