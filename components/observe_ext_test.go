@@ -328,3 +328,47 @@ func TestLogs_ClientFinishedCallNamesPeer(t *testing.T) {
 		}
 	}
 }
+
+// TestLogs_StreamLimitRefusalsAreSaid checks that a stream refused by a
+// stream limit (max-streams-per-peer here) is said at both ends: the
+// intermediate's "finished call" line with its code, which the limit's
+// interceptor once returned before the logging one saw the call, and the
+// producer's warning and Close error, which said only that no instance
+// answered.
+func TestLogs_StreamLimitRefusalsAreSaid(t *testing.T) {
+	m := newMesh(t)
+	var hubLogs logtest.Recorder
+	h := m.startHub("intermediate", "i1", "127.0.0.1", intermediate.WithMaxStreamsPerPeer(1), intermediate.WithLogger(hubLogs.Logger()))
+	m.waitMembers("intermediate", 1)
+	m.consumer("c1", newLedger().handler()) // the one stream this address may open
+	waitConsumers(t, 1, h)
+	var logs logtest.Recorder
+	p := m.producer("p1", components.WithLogger(logs.Logger()))
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	if _, err := p.Send(ctx, &messagev1.Message{Payload: []byte("x")}); err != nil {
+		t.Fatalf("Send() = %v", err)
+	}
+	waitUntil(t, "the producer's warning naming the limit", func() bool {
+		for _, rec := range logs.Attrs("no instance of service intermediate answers (waiting)") {
+			if strings.Contains(fmt.Sprint(rec["errors"]), "i1: intermediate: 127.0.0.1 has 1 streams open, the limit of max-streams-per-peer") {
+				return true
+			}
+		}
+		return false
+	})
+	refused := 0
+	for _, rec := range hubLogs.Attrs("finished call") {
+		if rec["grpc.method"] == "Publish" && rec["grpc.code"] == "ResourceExhausted" {
+			refused++
+		}
+	}
+	if refused == 0 {
+		t.Errorf("the intermediate logged no finished call for the refused Publish streams: %v", hubLogs.Attrs("finished call"))
+	}
+	closeCtx, closeCancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer closeCancel()
+	if err := p.Close(closeCtx); err == nil || !strings.Contains(err.Error(), "max-streams-per-peer") {
+		t.Errorf("Close() = %v, want an error naming the limit that refused its streams", err)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -462,6 +463,9 @@ func (p *Producer) waitReasonLocked(now time.Time) string {
 	if len(p.links) == 0 {
 		return "no instance of service " + p.cfg.service + " is registered"
 	}
+	if failures := p.linkFailuresLocked(slices.Sorted(maps.Keys(p.links))); len(failures) > 0 {
+		return "no instance of service " + p.cfg.service + " answers (" + strings.Join(failures, "; ") + ")"
+	}
 	return "no instance of service " + p.cfg.service + " answers"
 }
 
@@ -484,7 +488,19 @@ func (p *Producer) idleLocked(now time.Time) {
 		return
 	}
 	names := slices.Sorted(maps.Keys(p.links))
-	p.log.Warn("no instance of service "+p.cfg.service+" answers (waiting)", "instances", names, "held", p.unsettled)
+	p.log.Warn("no instance of service "+p.cfg.service+" answers (waiting)", "instances", names, "errors", p.linkFailuresLocked(names), "held", p.unsettled)
+}
+
+// linkFailuresLocked returns, for each of names whose last stream ended
+// before a welcome, "name: why".
+func (p *Producer) linkFailuresLocked(names []string) []string {
+	var out []string
+	for _, name := range names {
+		if why := p.links[name].failure; why != "" {
+			out = append(out, name+": "+why)
+		}
+	}
+	return out
 }
 
 // lowWaterLocked returns the lowest seq this producer gave that is not

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
@@ -52,7 +53,8 @@ type pubLink struct {
 	p *Producer
 
 	// Guarded by Producer.mu.
-	stream *pubStream
+	stream  *pubStream
+	failure string // why its last stream ended before a welcome, "" once one is welcomed
 }
 
 // pubStream is one open publish stream.
@@ -227,6 +229,24 @@ func (p *Producer) drainDeadline(n *messagev1.DrainNotice, now time.Time) time.T
 	return now.Add(left + drainGraceSlack)
 }
 
+// failedAtOpen records why l's stream ended before its welcome, for the
+// producer's "answers" warning and Close's error: the intermediate's
+// refusal (a stream limit, say) or the connection's error, or silence.
+func (p *Producer) failedAtOpen(l *pubLink, ctx context.Context, f *openFailure) {
+	why := f.why
+	if f.step != stepCheck {
+		why = status.Convert(f.err).Message()
+		if cause := context.Cause(ctx); errors.Is(cause, errHeartbeat) {
+			why = "no welcome in time"
+		} else if cause != nil && !errors.Is(cause, context.Canceled) {
+			return // the producer ends the stream itself (Close)
+		}
+	}
+	p.mu.Lock()
+	l.failure = why
+	p.mu.Unlock()
+}
+
 func (l *pubLink) run() {
 	defer l.p.wg.Done()
 	l.keepOpen(&l.p.mu, func() bool { return l.retired }, l.once)
@@ -278,6 +298,7 @@ func (l *pubLink) once() (welcomed bool) {
 			return w, w != nil
 		})
 	if failed != nil {
+		p.failedAtOpen(l, ctx, failed)
 		// A refusal of the hello stops the producer; anything else is
 		// tried again.
 		if err := failed.refusal(); err != nil {
@@ -286,6 +307,7 @@ func (l *pubLink) once() (welcomed bool) {
 		return false
 	}
 	p.mu.Lock()
+	l.failure = ""
 	st.ready = true
 	st.maxInFlight = limit(p.cfg.window, w.GetMaxInFlight())
 	st.maxBatch = limit(p.cfg.batchMsgs, w.GetMaxBatchMessages())

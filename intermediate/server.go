@@ -151,18 +151,21 @@ func New(cli *clientv3.Client, service, instance string, opts ...Option) (*Serve
 		subsChanged: make(chan struct{}),
 		subsReady:   make(chan struct{}),
 	}
+	// The observing interceptors (metrics, the "finished call" log) come
+	// first, outermost: they see every call, those the limits refuse
+	// included.
+	obsOpts, err := s.observeServerOptions()
+	if err != nil {
+		return nil, err
+	}
 	sopts := append([]grpc.ServerOption{
 		grpc.MaxRecvMsgSize(2*o.maxBatchBytes + 1<<16),
 		grpc.ConnectionTimeout(o.connectionTimeout),
 		vtcodec.ServerOption(),
 		grpc.InitialWindowSize(butterfly.StreamWindow),
 		grpc.InitialConnWindowSize(butterfly.ConnWindow),
-	}, s.interceptorOptions()...)
-	obsOpts, err := s.observeServerOptions()
-	if err != nil {
-		return nil, err
-	}
-	sopts = append(sopts, obsOpts...)
+	}, obsOpts...)
+	sopts = append(sopts, s.interceptorOptions()...)
 	sopts = append(sopts, o.serverOptions...)
 	s.grpc = grpc.NewServer(sopts...)
 	deliveryv1.RegisterPublishServiceServer(s.grpc, &publishService{s: s})
