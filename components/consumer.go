@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.opentelemetry.io/otel/attribute"
 	otelcodes "go.opentelemetry.io/otel/codes"
@@ -762,11 +763,23 @@ func (c *Consumer) register(ctx context.Context) bool {
 		if ctx.Err() != nil || errors.Is(err, errStoppedUnregistered) {
 			return false
 		}
+		if etcdRefused(err) {
+			// Retrying mends neither a user nor its roles.
+			c.stop(fmt.Errorf("components: consumer %s: etcd refused its registration: %w", c.id, err))
+			return false
+		}
 		c.log.Warn("consumer registration failed; retrying", "err", err)
 		if !sleepCtx(ctx, bo.next()) {
 			return false
 		}
 	}
+}
+
+// etcdRefused reports whether err is etcd refusing a request for want of a
+// user, a password or a permission: what no retry mends.
+func etcdRefused(err error) bool {
+	return errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrUserEmpty) ||
+		errors.Is(err, rpctypes.ErrAuthFailed) || errors.Is(err, rpctypes.ErrAuthNotEnabled)
 }
 
 // errStoppedUnregistered: the consumer stopped before it registered, and

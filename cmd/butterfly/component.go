@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/butterfly-mesh/butterfly/components"
@@ -29,6 +30,10 @@ func (r *rootCommand) setupComponent(ctx context.Context, role string, tlsf *tls
 	}
 	cli, err := r.etcdClient()
 	if err != nil {
+		return nil, err
+	}
+	if err := r.checkAccess(ctx, cli); err != nil {
+		cli.Close()
 		return nil, err
 	}
 	obs, err := obsf.start(ctx, role, r.logger)
@@ -83,4 +88,19 @@ func (r *rootCommand) stoppedLast(what string, stopErr, closeErr error) error {
 		r.logger.Warn(what, "err", closeErr)
 	}
 	return stopErr
+}
+
+// checkAccess reads one key of the mesh's prefix, so that a component whose
+// etcd user may not read it stops at once, naming the user and the prefix
+// (etcdclient explains the refusal), instead of waiting for ever for
+// instances it cannot see. Any other error is left to the component to ride
+// out.
+func (r *rootCommand) checkAccess(ctx context.Context, cli *clientv3.Client) error {
+	ctx, cancel := context.WithTimeout(ctx, r.dialTimeout)
+	defer cancel()
+	_, err := cli.Get(ctx, r.prefix+"/", clientv3.WithPrefix(), clientv3.WithLimit(1), clientv3.WithKeysOnly())
+	if errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrUserEmpty) || errors.Is(err, rpctypes.ErrAuthFailed) {
+		return err
+	}
+	return nil
 }

@@ -7,6 +7,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/butterfly-mesh/butterfly/internal/etcdclient"
 	"github.com/butterfly-mesh/butterfly/internal/etcdtest"
@@ -137,6 +140,65 @@ func TestEtcdFlags_Auth(t *testing.T) {
 			}
 			if tc.wantErr != nil && !errors.Is(err, tc.wantErr) {
 				t.Fatalf("butterfly %v = %v, want %v", args, err, tc.wantErr)
+			}
+		})
+	}
+}
+
+// TestEtcdFlags_PermissionStopsComponents checks that a component whose etcd
+// user may not do what it needs exits at once naming the permission, as
+// the intermediate and ls do: produce and consume whose user may not read
+// their prefix stop before they start, and a consumer whose user may read
+// but not write stops when etcd refuses its registration. They retried for
+// ever before, saying only that no instance was registered, or that the
+// registration failed.
+func TestEtcdFlags_PermissionStopsComponents(t *testing.T) {
+	srv := etcdtest.StartAuth(t, "root-pw")
+	root := srv.ClientAs(t, etcdtest.RootUser, "root-pw")
+	etcdtest.AddPrefixUser(t, root, "butterfly", "mesh-pw", "butterfly/")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, step := range []func() error{
+		func() error { _, err := root.RoleAdd(ctx, "reader"); return err },
+		func() error {
+			_, err := root.RoleGrantPermission(ctx, "reader", "butterfly/", clientv3.GetPrefixRangeEnd("butterfly/"), clientv3.PermissionType(clientv3.PermRead))
+			return err
+		},
+		func() error { _, err := root.UserAdd(ctx, "reader", "reader-pw"); return err },
+		func() error { _, err := root.UserGrantRole(ctx, "reader", "reader"); return err },
+	} {
+		if err := step(); err != nil {
+			t.Fatalf("setting up the read-only user: %v", err)
+		}
+	}
+	ep := srv.Endpoint()
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"produce, another prefix", []string{"produce", "--id", "p1", "--count", "1", "--prefix", "other", "--etcd-user", "butterfly:mesh-pw"}, `user "butterfly" may not read "other/"`},
+		{"consume, another prefix", []string{"consume", "--id", "c1", "--prefix", "other", "--etcd-user", "butterfly:mesh-pw"}, `user "butterfly" may not read "other/"`},
+		{"consume, read only", []string{"consume", "--id", "c1", "--etcd-user", "reader:reader-pw"}, `etcd refused its registration: registry: create group butterfly/groups/intermediate/default: etcd: permission denied: user "reader"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"--etcd-endpoints", ep, "--etcd-dial-timeout", "5s"}, tc.args...)
+			type result struct {
+				out string
+				err error
+			}
+			done := make(chan result, 1)
+			go func() {
+				out, err := executeCommand(t, args...)
+				done <- result{out, err}
+			}()
+			select {
+			case r := <-done:
+				if r.err == nil || !strings.Contains(r.err.Error(), tc.want) || !errors.Is(r.err, etcdclient.ErrPermissionDenied) {
+					t.Fatalf("butterfly %v = %v, want an etcd permission error containing %q; output:\n%s", args, r.err, tc.want, r.out)
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatalf("butterfly %v still runs after 20s, want it to stop on etcd's refusal", args)
 			}
 		})
 	}
