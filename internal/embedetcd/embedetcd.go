@@ -113,10 +113,34 @@ func (c Config) Validate() error {
 			return fmt.Errorf("%s: %w", flag, err)
 		}
 	}
+	if _, err := initialCluster(c.InitialCluster); err != nil {
+		return fmt.Errorf("--initial-cluster: %w", err)
+	}
 	if c.InitialClusterState != "" && c.InitialClusterState != embed.ClusterStateFlagNew && c.InitialClusterState != embed.ClusterStateFlagExisting {
 		return fmt.Errorf("--initial-cluster-state: %q is neither new nor existing", c.InitialClusterState)
 	}
 	return nil
+}
+
+// initialCluster returns s, a list of name=peerURL, with every URL as
+// parseURL reads it: one without a scheme is http's, as in the URL flags.
+func initialCluster(s string) (string, error) {
+	if s == "" {
+		return "", nil
+	}
+	members := strings.Split(s, ",")
+	for i, m := range members {
+		name, raw, ok := strings.Cut(m, "=")
+		if !ok || name == "" {
+			return "", fmt.Errorf("%q is not name=peerURL", m)
+		}
+		u, err := parseURL(raw)
+		if err != nil {
+			return "", fmt.Errorf("member %s: %w", name, err)
+		}
+		members[i] = name + "=" + u.String()
+	}
+	return strings.Join(members, ","), nil
 }
 
 func parseURL(s string) (url.URL, error) {
@@ -170,7 +194,9 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	ec.AdvertiseClientUrls = []url.URL{ac}
 	ec.ListenPeerUrls = []url.URL{lp}
 	ec.AdvertisePeerUrls = []url.URL{ap}
-	ec.InitialCluster = cfg.InitialCluster
+	if ec.InitialCluster, err = initialCluster(cfg.InitialCluster); err != nil {
+		return nil, fmt.Errorf("--initial-cluster: %w", err)
+	}
 	ec.ClusterState = cfg.InitialClusterState
 	ec.InitialClusterToken = cfg.InitialClusterToken
 	level, err := zapLevel(cfg.LogLevel)

@@ -123,6 +123,22 @@ func TestStart_URLWithoutScheme(t *testing.T) {
 		t.Fatalf("Start() with host:port URLs = %v", err)
 	}
 	srv.Close()
+	// An --initial-cluster whose peer URL has no scheme, as the operator
+	// writes the other URL flags.
+	peer := etcdtest.FreeAddr(t)
+	srv, err = Start(ctx, Config{Name: "x1", DataDir: t.TempDir(), ListenClient: etcdtest.FreeAddr(t), ListenPeer: peer, InitialCluster: "x1=" + peer})
+	if err != nil {
+		t.Fatalf("Start() with --initial-cluster x1=%s = %v", peer, err)
+	}
+	srv.Close()
+	for _, tc := range []struct{ cluster, want string }{
+		{"x1", `--initial-cluster: "x1" is not name=peerURL`},
+		{"x1=ftp://127.0.0.1:1", "--initial-cluster: member x1: \"ftp://127.0.0.1:1\": the scheme is neither http nor https"},
+	} {
+		if err := (Config{DataDir: "d", InitialCluster: tc.cluster}).Validate(); err == nil || err.Error() != tc.want {
+			t.Errorf("Validate() of --initial-cluster %q = %v, want %q", tc.cluster, err, tc.want)
+		}
+	}
 	err = Config{DataDir: "d", ListenClient: "ftp://127.0.0.1:1"}.Validate()
 	if err == nil || !strings.HasPrefix(err.Error(), "--listen-client: ") || !strings.Contains(err.Error(), "neither http nor https") {
 		t.Errorf("Validate() of an ftp:// client URL = %v, want an error naming --listen-client and the schemes", err)
