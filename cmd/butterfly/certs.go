@@ -13,7 +13,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
-	"github.com/butterfly-mesh/butterfly/registry"
 )
 
 func newCertsCommand(r *rootCommand) *cobra.Command {
@@ -69,7 +68,7 @@ certificates: this is for development and tests, not for production.`,
 			}
 			var opts []tlsutil.GenerateOption
 			if clientID != "" {
-				if err := registry.ValidateName("--client-id", clientID); err != nil {
+				if err := checkName("--client-id", clientID); err != nil {
 					return &usageError{err}
 				}
 				opts = append(opts, tlsutil.WithClientID(clientID))
@@ -78,7 +77,7 @@ certificates: this is for development and tests, not for production.`,
 			for _, role := range tlsutil.Roles {
 				for _, id := range *roleIDs[role] {
 					flag := "--" + string(role) + "-id"
-					if err := registry.ValidateName(flag, id); err != nil {
+					if err := checkName(flag, id); err != nil {
 						return &usageError{err}
 					}
 					opts = append(opts, tlsutil.WithIdentity(role, id))

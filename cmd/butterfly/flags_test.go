@@ -165,6 +165,11 @@ func TestUsageErrors_NameTheFlagFirst(t *testing.T) {
 		{[]string{"intermediate", "--name", "i1", "--listen", "127.0.0.1:0", "--tls-client-auth", "maybe"}, `--tls-client-auth "maybe" is not none, request or require`},
 		{[]string{"produce", "--id", "p1", "--etcd-user", ":x"}, `--etcd-user ":x" has no user name before ':'`},
 		{[]string{"status", "--etcd-cert", "c.pem"}, "--etcd-cert is set but --etcd-key is not"},
+		{[]string{"intermediate", "--name", "a/b", "--listen", "127.0.0.1:0"}, `--name "a/b" contains '/'`},
+		{[]string{"intermediate", "--name", "i1", "--listen", "127.0.0.1:0", "--processor", "nope"}, `--processor "nope" is unknown (valid: `},
+		{[]string{"stage", "--id", "s1", "--from", "a", "--to", "b", "--processor", "nope"}, `--processor "nope" is unknown (valid: `},
+		{[]string{"consume", "--id", ""}, "--id is required"},
+		{[]string{"consume", "--id", "c 1"}, `--id "c 1" contains ' '`},
 	} {
 		out, err := executeCommand(t, append(tc.args, "--etcd-endpoints", "127.0.0.1:1", "--etcd-dial-timeout", "200ms")...)
 		var ue *usageError

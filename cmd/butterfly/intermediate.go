@@ -85,10 +85,10 @@ is closed. A message whose seq lies outside its producer's window
 			if err := requireFlag("name", name); err != nil {
 				return err
 			}
-			if err := registry.ValidateName("--name", name); err != nil {
+			if err := checkName("--name", name); err != nil {
 				return &usageError{err}
 			}
-			if err := registry.ValidateName("--service", service); err != nil {
+			if err := checkName("--service", service); err != nil {
 				return &usageError{err}
 			}
 			if err := requireFlag("listen", listen); err != nil {
@@ -108,7 +108,7 @@ is closed. A message whose seq lies outside its producer's window
 					if id = strings.TrimSpace(id); id == "" {
 						continue
 					}
-					if err := registry.ValidateName(r.flagName("forwarders")+" stage id", id); err != nil {
+					if err := checkName(r.flagName("forwarders")+" stage id", id); err != nil {
 						return &usageError{err}
 					}
 					ids = append(ids, id)
@@ -122,7 +122,7 @@ is closed. A message whose seq lies outside its producer's window
 			}
 			proc, err := intermediate.ProcessorByName(processor)
 			if err != nil {
-				return usagef("--processor: %v", err)
+				return usagef("--processor %q is unknown (valid: %s)", processor, strings.Join(intermediate.ProcessorNames(), ", "))
 			}
 			if leaseTTL < time.Second {
 				return usagef("--lease-ttl %v: must be at least 1s", leaseTTL)

@@ -12,7 +12,6 @@ import (
 
 	"github.com/butterfly-mesh/butterfly/components"
 	"github.com/butterfly-mesh/butterfly/intermediate"
-	"github.com/butterfly-mesh/butterfly/registry"
 )
 
 // stageSummary is the JSON line `butterfly stage` prints last.
@@ -53,14 +52,14 @@ id, publishes under it, and forwards messages under their original ids.`,
 				if err := requireFlag(f.flag, f.v); err != nil {
 					return err
 				}
-				if err := registry.ValidateName("--"+f.flag, f.v); err != nil {
+				if err := checkName("--"+f.flag, f.v); err != nil {
 					return &usageError{err}
 				}
 			}
 			if from == to {
 				return usagef("--from and --to are both %q", from)
 			}
-			if err := registry.ValidateName("--group", group); err != nil {
+			if err := checkName("--group", group); err != nil {
 				return &usageError{err}
 			}
 			if closeTimeout <= 0 {
@@ -71,7 +70,7 @@ id, publishes under it, and forwards messages under their original ids.`,
 			}
 			proc, err := intermediate.ProcessorByName(processor)
 			if err != nil {
-				return usagef("--processor: %v", err)
+				return usagef("--processor %q is unknown (valid: %s)", processor, strings.Join(intermediate.ProcessorNames(), ", "))
 			}
 			cs, err := r.setupComponent(cmd.Context(), "stage", tlsf, obsf)
 			if err != nil {

@@ -19,7 +19,6 @@ import (
 
 	adminv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/admin/v1"
 	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
-	"github.com/butterfly-mesh/butterfly/registry"
 )
 
 // States of an instance in `butterfly status`.
@@ -83,7 +82,7 @@ interrupted.
   butterfly status --json`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if service != "" {
-				if err := registry.ValidateName("--service", service); err != nil {
+				if err := checkName("--service", service); err != nil {
 					return &usageError{err}
 				}
 			}
