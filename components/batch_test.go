@@ -17,6 +17,7 @@ func newTestStream(maxBatch, maxBytes, maxInFlight int) (*Producer, *pubStream) 
 		ready:       true,
 		maxBatch:    maxBatch,
 		maxBytes:    maxBytes,
+		maxMsg:      1 << 20,
 		maxInFlight: maxInFlight,
 	}
 	p.addStreamLocked(st)
@@ -64,7 +65,7 @@ func TestPubStream_TakeBatches(t *testing.T) {
 // dropped stream's messages return to the head of the outbox in order.
 func TestProducer_DispatchLeastLoaded(t *testing.T) {
 	p, a := newTestStream(2, 1000, 4)
-	b := &pubStream{streamLife: streamLife{wake: make(chan struct{}, 1)}, link: &pubLink{p: p}, ready: true, maxBatch: 2, maxBytes: 1000, maxInFlight: 4}
+	b := &pubStream{streamLife: streamLife{wake: make(chan struct{}, 1)}, link: &pubLink{p: p}, ready: true, maxBatch: 2, maxBytes: 1000, maxMsg: 1 << 20, maxInFlight: 4}
 	p.addStreamLocked(b)
 	queue(p, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)
 	p.mu.Lock()
@@ -92,8 +93,8 @@ func TestProducer_DispatchLeastLoaded(t *testing.T) {
 // is, and that a dropped stream is never picked again.
 func TestProducer_LeastLoadedTies(t *testing.T) {
 	p, a := newTestStream(2, 1000, 100)
-	b := &pubStream{streamLife: streamLife{wake: make(chan struct{}, 1)}, link: &pubLink{p: p}, ready: true, maxBatch: 2, maxBytes: 1000, maxInFlight: 100}
-	c := &pubStream{streamLife: streamLife{wake: make(chan struct{}, 1)}, link: &pubLink{p: p}, ready: true, maxBatch: 2, maxBytes: 1000, maxInFlight: 100}
+	b := &pubStream{streamLife: streamLife{wake: make(chan struct{}, 1)}, link: &pubLink{p: p}, ready: true, maxBatch: 2, maxBytes: 1000, maxMsg: 1 << 20, maxInFlight: 100}
+	c := &pubStream{streamLife: streamLife{wake: make(chan struct{}, 1)}, link: &pubLink{p: p}, ready: true, maxBatch: 2, maxBytes: 1000, maxMsg: 1 << 20, maxInFlight: 100}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.addStreamLocked(b)

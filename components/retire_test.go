@@ -45,6 +45,7 @@ func (r *retireRig) stream(name string, maxBatch int) *pubStream {
 		ready:       true,
 		maxBatch:    maxBatch,
 		maxBytes:    1 << 20,
+		maxMsg:      1 << 20,
 		maxInFlight: 100,
 	}
 	r.ctxs[st] = ctx
