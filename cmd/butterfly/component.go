@@ -6,7 +6,6 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/butterfly-mesh/butterfly/components"
@@ -99,7 +98,7 @@ func (r *rootCommand) checkAccess(ctx context.Context, cli *clientv3.Client) err
 	ctx, cancel := context.WithTimeout(ctx, r.dialTimeout)
 	defer cancel()
 	_, err := cli.Get(ctx, r.prefix+"/", clientv3.WithPrefix(), clientv3.WithLimit(1), clientv3.WithKeysOnly())
-	if errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrUserEmpty) || errors.Is(err, rpctypes.ErrAuthFailed) {
+	if etcdRefused(err) {
 		return err
 	}
 	return nil

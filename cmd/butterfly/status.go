@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -107,8 +109,20 @@ interrupted.
 				entries, err := collectStatus(ctx, cli, r.prefix, service, creds, timeout, prev, func(key string, err error) {
 					fmt.Fprintf(cmd.ErrOrStderr(), "butterfly: skipping %s: %v\n", key, err)
 				})
-				if err != nil {
-					return err
+				switch {
+				case err == nil:
+				case ctx.Err() != nil:
+					return nil
+				case watch && !etcdRefused(err):
+					// An outage that starts later is ridden out: said,
+					// and tried again at the next refresh.
+					fmt.Fprintf(cmd.ErrOrStderr(), "butterfly: etcd %v: %v (trying again every --interval %v)\n", r.etcdEndpoints, err, interval)
+					if !sleepCtx(ctx, interval) {
+						return nil
+					}
+					continue
+				default:
+					return fmt.Errorf("etcd %v: %w", r.etcdEndpoints, err)
 				}
 				if asJSON {
 					enc := json.NewEncoder(cmd.OutOrStdout())
@@ -274,4 +288,23 @@ func printStatus(w io.Writer, entries []statusEntry, now time.Time) {
 			e.RecvRate, e.AckRate, e.Received, e.Acked, e.Nacked, e.Delivered, age)
 	}
 	tw.Flush()
+}
+
+// etcdRefused reports whether err is etcd refusing a request for want of a
+// user, a password or a permission: what no retry mends.
+func etcdRefused(err error) bool {
+	return errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrUserEmpty) || errors.Is(err, rpctypes.ErrAuthFailed)
+}
+
+// sleepCtx waits d, or less when ctx ends first; it reports whether it
+// waited d.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }

@@ -295,3 +295,49 @@ func TestStatusCommand_SaysMutualTLSWantsACertificate(t *testing.T) {
 		t.Errorf("butterfly status --json = %s, want i1 unreachable with an error starting %q", out, want)
 	}
 }
+
+// TestStatusCommand_WatchRidesOutAnEtcdOutage checks that status --watch
+// says an etcd outage that starts while it watches, naming the endpoints,
+// and goes on once etcd is back, where it used to exit 1 with a bare
+// "context deadline exceeded".
+func TestStatusCommand_WatchRidesOutAnEtcdOutage(t *testing.T) {
+	etc := etcdtest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	reg, err := registry.Register(ctx, etc.Client(t), "intermediate", "i1", "127.0.0.1:1", registry.WithPrefix(statusPrefix))
+	if err != nil {
+		t.Fatalf("Register() = %v", err)
+	}
+	defer func() { _ = reg.Close(context.Background()) }()
+	out := &syncBuffer{wrote: make(chan struct{}, 1)}
+	root := newRootCommand()
+	root.SetOut(out)
+	root.SetErr(out)
+	root.SetArgs([]string{"status", "--etcd-endpoints", etc.Endpoint(), "--prefix", statusPrefix, "--watch", "--interval", "100ms", "--timeout", "300ms"})
+	done := make(chan error, 1)
+	go func() { done <- root.ExecuteContext(ctx) }()
+	waitOutput := func(what string, cond func(string) bool) {
+		t.Helper()
+		for !cond(out.String()) {
+			select {
+			case <-out.wrote:
+			case err := <-done:
+				t.Fatalf("butterfly status --watch = %v while waiting for %s; output:\n%s", err, what, out.String())
+			case <-ctx.Done():
+				t.Fatalf("no %s; output:\n%s", what, out.String())
+			}
+		}
+	}
+	waitOutput("a first table", func(s string) bool { return strings.Contains(s, "SERVICE") })
+	etc.Stop(t)
+	waitOutput("the outage said", func(s string) bool {
+		return strings.Contains(s, "butterfly: etcd ["+etc.Endpoint()+"]: ") && strings.Contains(s, "(trying again every --interval 100ms)")
+	})
+	tables := strings.Count(out.String(), "SERVICE")
+	etc.Restart(t)
+	waitOutput("a table after the outage", func(s string) bool { return strings.Count(s, "SERVICE") > tables })
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("butterfly status --watch after cancel = %v, want nil", err)
+	}
+}
