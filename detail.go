@@ -18,15 +18,24 @@ const MaxNackDetail = 4096
 // must be), and cut to at most MaxNackDetail bytes at a character boundary,
 // saying how many bytes were cut.
 func NackDetail(s string) string {
-	s = strings.ToValidUTF8(s, "\uFFFD")
 	if len(s) <= MaxNackDetail {
-		return s
+		return strings.ToValidUTF8(s, "\uFFFD")
 	}
-	cut := len(s)
+	// Only what is kept is looked at: a detail may be megabytes long.
 	note := func(n int) string { return " … (" + strconv.Itoa(n) + " bytes cut)" }
-	keep := MaxNackDetail - len(note(cut))
+	keep := MaxNackDetail - len(note(len(s)))
 	for keep > 0 && !utf8.RuneStart(s[keep]) {
 		keep--
 	}
-	return s[:keep] + note(cut-keep)
+	kept := strings.ToValidUTF8(s[:keep], "\uFFFD")
+	for len(kept)+len(note(len(s)-keep)) > MaxNackDetail {
+		// Replacement characters (3 bytes) stand for invalid bytes
+		// (1 each): keep fewer.
+		keep -= len(kept) + len(note(len(s)-keep)) - MaxNackDetail
+		for keep > 0 && !utf8.RuneStart(s[keep]) {
+			keep--
+		}
+		kept = strings.ToValidUTF8(s[:keep], "\uFFFD")
+	}
+	return kept + note(len(s)-keep)
 }

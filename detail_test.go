@@ -49,3 +49,13 @@ func TestNackDetail(t *testing.T) {
 		})
 	}
 }
+
+// TestNackDetail_LongInvalidUTF8 checks that a long detail of bytes that are
+// not UTF-8 stays within the limit once each is replaced (three bytes for
+// one).
+func TestNackDetail_LongInvalidUTF8(t *testing.T) {
+	got := butterfly.NackDetail(strings.Repeat("\xff", 10000))
+	if len(got) > butterfly.MaxNackDetail || !utf8.ValidString(got) || !strings.HasPrefix(got, "\uFFFD") || !strings.HasSuffix(got, " bytes cut)") {
+		t.Fatalf("NackDetail of 10 000 invalid bytes = %d bytes, valid %v, ending %q", len(got), utf8.ValidString(got), got[max(0, len(got)-30):])
+	}
+}

@@ -1,8 +1,11 @@
 package components
 
 import (
+	"strings"
 	"testing"
 
+	"github.com/butterfly-mesh/butterfly"
+	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 )
 
@@ -65,5 +68,35 @@ func TestAckFrames_Split(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestAckFrames_SplitByBytes checks that nacks with long details are split
+// into frames of at most ackFrameBytes encoded, whatever their count: 1 000
+// nacks of 4 KiB details made one frame of 4 MB, over the intermediate's
+// receive limit, which ended the stream; the deliveries came again.
+func TestAckFrames_SplitByBytes(t *testing.T) {
+	detail := strings.Repeat("e", butterfly.MaxNackDetail)
+	nacks := make([]*messagev1.Nack, 1000)
+	for i := range nacks {
+		nacks[i] = &messagev1.Nack{Seq: uint64(i + 1), Reason: messagev1.NackReason_NACK_REASON_HANDLER_FAILED, Detail: detail}
+	}
+	ranges := []*messagev1.SeqRange{{First: 2000, Last: 3000}}
+	frames := ackFrames(ranges, nacks, 4096)
+	seen := 0
+	for i, f := range frames {
+		if size := (&deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Ack{Ack: f}}).SizeVT(); size > ackFrameBytes {
+			t.Errorf("frame %d is %d bytes encoded, over %d", i, size, ackFrameBytes)
+		}
+		seen += len(f.GetNacked())
+	}
+	if seen != len(nacks) || len(frames[0].GetAcked()) != 1 {
+		t.Errorf("frames carry %d nacks and %d ranges first, want %d and 1", seen, len(frames[0].GetAcked()), len(nacks))
+	}
+	// Each frame but the last is full: the next nack would not fit.
+	for i, f := range frames[:len(frames)-1] {
+		if size := (&deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Ack{Ack: f}}).SizeVT(); size < ackFrameBytes-len(detail)-64 {
+			t.Errorf("frame %d is %d bytes, want it full (over %d)", i, size, ackFrameBytes-len(detail)-64)
+		}
 	}
 }

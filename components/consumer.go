@@ -461,7 +461,7 @@ func (c *Consumer) handle(j *job) (err error) {
 // answerLocked acknowledges one delivery of a handled message, or nacks it
 // with the handler's error, and gives its stream the credit back. A stream
 // that ended is not answered: its intermediate hands the delivery on.
-func answerLocked(r deliveryRef, err error) {
+func answerLocked(r deliveryRef, err error, detail string) {
 	r.st.inHand--
 	if r.st.dead {
 		return
@@ -469,7 +469,7 @@ func answerLocked(r deliveryRef, err error) {
 	if err == nil {
 		r.st.acks = append(r.st.acks, r.id)
 	} else {
-		r.st.nacks = append(r.st.nacks, &messagev1.Nack{Seq: r.id, Reason: messagev1.NackReason_NACK_REASON_HANDLER_FAILED, Detail: butterfly.NackDetail(err.Error())})
+		r.st.nacks = append(r.st.nacks, &messagev1.Nack{Seq: r.id, Reason: messagev1.NackReason_NACK_REASON_HANDLER_FAILED, Detail: detail})
 	}
 	r.st.credit++
 	r.st.wakeUp()
@@ -491,6 +491,12 @@ func (c *Consumer) finish(j *job, err error, next bool) *job {
 	if err != nil && (errors.Is(err, errUnanswered) || c.ctx.Err() != nil) {
 		return c.abandon(j, err, next)
 	}
+	// The detail is made before the lock: an error's text may be long,
+	// and the stream's frames and heartbeats wait on the lock.
+	var detail string
+	if err != nil {
+		detail = butterfly.NackDetail(err.Error())
+	}
 	c.mu.Lock()
 	if j.keyed {
 		c.inProgress.remove(j.key)
@@ -509,9 +515,9 @@ func (c *Consumer) finish(j *job, err error, next bool) *job {
 		limitReached = c.delivered.Add(1) == c.cfg.limit
 		c.dups.Add(uint64(dups))
 	}
-	answerLocked(j.origin, err)
+	answerLocked(j.origin, err, detail)
 	for _, r := range j.waiters {
-		answerLocked(r, err)
+		answerLocked(r, err, detail)
 	}
 	c.pending--
 	if limitReached {

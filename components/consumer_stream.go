@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"time"
 
@@ -423,25 +424,58 @@ func (c *Consumer) refused(err error) {
 	}
 }
 
+// ackFrameBytes bounds the encoded size of one acknowledgement frame,
+// below any intermediate's receive limit (2 × max-batch-bytes + 64 KiB): a
+// frame over it ends the stream, and the deliveries it answered come again.
+// Nacks are what make frames large: each may carry a detail of up to
+// butterfly.MaxNackDetail bytes.
+const ackFrameBytes = 60 << 10
+
+// ackEntryOverhead is what an entry adds to its own encoded size in a frame,
+// at most: its tag and length.
+const ackEntryOverhead = 6
+
 // ackFrames splits acknowledged ranges and nacks into DeliveryAck frames of
-// at most max entries together (0: one frame), as the intermediate's
-// welcome asks (max_ack_ranges). It returns none when there is nothing to
-// answer.
+// at most max entries together (0: no count limit), as the intermediate's
+// welcome asks (max_ack_ranges), and of at most ackFrameBytes encoded. It
+// returns none when there is nothing to answer.
 func ackFrames(ranges []*messagev1.SeqRange, nacks []*messagev1.Nack, max int) []*deliveryv1.DeliveryAck {
 	if len(ranges) == 0 && len(nacks) == 0 {
 		return nil
 	}
-	if max <= 0 || len(ranges)+len(nacks) <= max {
+	if max <= 0 {
+		max = math.MaxInt
+	}
+	bytes := 0
+	for _, r := range ranges {
+		bytes += r.SizeVT() + ackEntryOverhead
+	}
+	for _, n := range nacks {
+		bytes += n.SizeVT() + ackEntryOverhead
+	}
+	if len(ranges)+len(nacks) <= max && bytes <= ackFrameBytes {
 		return []*deliveryv1.DeliveryAck{{Acked: ranges, Nacked: nacks}}
 	}
-	var out []*deliveryv1.DeliveryAck
-	for len(ranges) > 0 || len(nacks) > 0 {
-		a := &deliveryv1.DeliveryAck{}
-		n := min(len(ranges), max)
-		a.Acked, ranges = ranges[:n:n], ranges[n:]
-		m := min(len(nacks), max-n)
-		a.Nacked, nacks = nacks[:m:m], nacks[m:]
-		out = append(out, a)
+	var (
+		out   []*deliveryv1.DeliveryAck
+		a     = &deliveryv1.DeliveryAck{}
+		n, sz int
+	)
+	// room makes a new frame when the next entry, of size e, does not fit.
+	room := func(e int) {
+		if n > 0 && (n >= max || sz+e > ackFrameBytes) {
+			out = append(out, a)
+			a, n, sz = &deliveryv1.DeliveryAck{}, 0, 0
+		}
+		n, sz = n+1, sz+e
 	}
-	return out
+	for _, r := range ranges {
+		room(r.SizeVT() + ackEntryOverhead)
+		a.Acked = append(a.Acked, r)
+	}
+	for _, k := range nacks {
+		room(k.SizeVT() + ackEntryOverhead)
+		a.Nacked = append(a.Nacked, k)
+	}
+	return append(out, a)
 }
