@@ -2,9 +2,13 @@ package components
 
 import (
 	"context"
+	"errors"
+	"log/slog"
+	"strings"
 	"testing"
 
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/registry"
 )
 
 // newTestStream returns a ready stream of a bare producer, for the batching
@@ -18,6 +22,7 @@ func newTestStream(maxBatch, maxBytes, maxInFlight int) (*Producer, *pubStream) 
 		maxBatch:    maxBatch,
 		maxBytes:    maxBytes,
 		maxMsg:      1 << 20,
+		maxRoutes:   1 << 20,
 		maxInFlight: maxInFlight,
 	}
 	p.addStreamLocked(st)
@@ -65,7 +70,7 @@ func TestPubStream_TakeBatches(t *testing.T) {
 // dropped stream's messages return to the head of the outbox in order.
 func TestProducer_DispatchLeastLoaded(t *testing.T) {
 	p, a := newTestStream(2, 1000, 4)
-	b := &pubStream{streamLife: streamLife{wake: make(chan struct{}, 1)}, link: &pubLink{p: p}, ready: true, maxBatch: 2, maxBytes: 1000, maxMsg: 1 << 20, maxInFlight: 4}
+	b := &pubStream{streamLife: streamLife{wake: make(chan struct{}, 1)}, link: &pubLink{p: p}, ready: true, maxBatch: 2, maxBytes: 1000, maxMsg: 1 << 20, maxRoutes: 1 << 20, maxInFlight: 4}
 	p.addStreamLocked(b)
 	queue(p, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)
 	p.mu.Lock()
@@ -93,8 +98,8 @@ func TestProducer_DispatchLeastLoaded(t *testing.T) {
 // is, and that a dropped stream is never picked again.
 func TestProducer_LeastLoadedTies(t *testing.T) {
 	p, a := newTestStream(2, 1000, 100)
-	b := &pubStream{streamLife: streamLife{wake: make(chan struct{}, 1)}, link: &pubLink{p: p}, ready: true, maxBatch: 2, maxBytes: 1000, maxMsg: 1 << 20, maxInFlight: 100}
-	c := &pubStream{streamLife: streamLife{wake: make(chan struct{}, 1)}, link: &pubLink{p: p}, ready: true, maxBatch: 2, maxBytes: 1000, maxMsg: 1 << 20, maxInFlight: 100}
+	b := &pubStream{streamLife: streamLife{wake: make(chan struct{}, 1)}, link: &pubLink{p: p}, ready: true, maxBatch: 2, maxBytes: 1000, maxMsg: 1 << 20, maxRoutes: 1 << 20, maxInFlight: 100}
+	c := &pubStream{streamLife: streamLife{wake: make(chan struct{}, 1)}, link: &pubLink{p: p}, ready: true, maxBatch: 2, maxBytes: 1000, maxMsg: 1 << 20, maxRoutes: 1 << 20, maxInFlight: 100}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.addStreamLocked(b)
@@ -129,5 +134,41 @@ func TestProducer_LeastLoadedTies(t *testing.T) {
 	p.requeueLocked(c)
 	if got := p.leastLoadedLocked(nil); got != nil {
 		t.Errorf("leastLoadedLocked() with no stream = %p, want nil", got)
+	}
+}
+
+// TestDispatch_RoutesOverTheInstanceLimitFail checks that a message sent
+// again whose routes exceed the max-batch-bytes of the instance it would go
+// to is handed back for good (NACK_REASON_INVALID, naming the routes'
+// size), not sent: over twice that limit its frame would be refused by
+// gRPC, which ends the stream without a word on the message, and it would
+// be sent again on every new stream.
+func TestDispatch_RoutesOverTheInstanceLimitFail(t *testing.T) {
+	p, st := newTestStream(64, 1<<20, 100)
+	p.log = slog.New(slog.DiscardHandler)
+	st.link.inst = registry.Instance{Name: "i1"}
+	st.maxRoutes = 300
+	msg := &messagev1.Message{
+		Id:      &messagev1.MessageId{ProducerId: "p", Seq: 1},
+		Payload: []byte("x"),
+		Routes: []*messagev1.Route{
+			{Group: strings.Repeat("g", 200), Handled: true},
+			{Group: strings.Repeat("h", 200), Handled: true},
+		},
+	}
+	done := make(chan error, 1)
+	p.mu.Lock()
+	p.window <- struct{}{}
+	p.outbox.pushBack(&outMsg{msg: msg, size: msg.SizeVT(), done: done})
+	p.unsettled++
+	p.dispatchLocked()
+	p.mu.Unlock()
+	var ne *NackError
+	if err := <-done; !errors.As(err, &ne) || ne.Reason != messagev1.NackReason_NACK_REASON_INVALID ||
+		!strings.Contains(ne.Detail, "the routes of a message sent again") || !strings.Contains(ne.Detail, "exceed the 300 bytes instance i1 takes") {
+		t.Fatalf("the message's answer = %v, want a NackError with NACK_REASON_INVALID naming its routes and the limit", err)
+	}
+	if st.unacked.Len() != 0 || len(st.sendq) != 0 || p.unsettled != 0 {
+		t.Errorf("after the refusal: %d unacknowledged, %d queued on the stream, %d unsettled; want none", st.unacked.Len(), len(st.sendq), p.unsettled)
 	}
 }

@@ -571,7 +571,7 @@ func (p *Producer) dispatchLocked() {
 			}
 			m := p.outbox.popFront()
 			m.avoid = nil
-			if m.size > best.maxMsg && p.tooLargeLocked(m, best) {
+			if m.size > min(best.maxMsg, best.maxRoutes) && p.tooLargeLocked(m, best) {
 				continue
 			}
 			best.nextSeq++
@@ -592,20 +592,26 @@ func (p *Producer) dispatchLocked() {
 // tooLargeLocked hands m back for good, as the intermediate of st would
 // (NACK_REASON_INVALID), and reports true, when m is larger than st's
 // instance takes: a message Send took before that instance said its limit
-// (none was connected), or one handed back by an instance with a larger
-// one. Sent, a message over twice the limit would be refused by gRPC's
+// (none was connected), one handed back by an instance with a larger one,
+// or one sent again whose routes exceed the instance's max-batch-bytes. Sent, a message over twice the limit would be refused by gRPC's
 // frame limit instead, which ends the stream without a word on the
 // message: sent again on the next stream, it would never be answered.
 func (p *Producer) tooLargeLocked(m *outMsg, st *pubStream) bool {
 	size := envelopeSize(m.msg, m.size)
-	if size <= st.maxMsg {
+	var detail string
+	switch routes := m.size - size; {
+	case size > st.maxMsg:
+		detail = fmt.Sprintf("message of %d bytes encoded, over the %d bytes instance %s takes (its --max-batch-bytes): not sent", size, st.maxMsg, st.link.inst.Name)
+	case routes > st.maxRoutes:
+		// What the message learned of its groups on earlier attempts
+		// does not fit: sent without it, a group that handled it could
+		// get it again.
+		detail = fmt.Sprintf("the routes of a message sent again, %d bytes encoded, exceed the %d bytes instance %s takes (its --max-batch-bytes): not sent", routes, st.maxRoutes, st.link.inst.Name)
+	default:
 		return false
 	}
 	msg := m.msg
-	n := &messagev1.Nack{
-		Reason: messagev1.NackReason_NACK_REASON_INVALID,
-		Detail: fmt.Sprintf("message of %d bytes encoded, over the %d bytes instance %s takes (its --max-batch-bytes): not sent", size, st.maxMsg, st.link.inst.Name),
-	}
+	n := &messagev1.Nack{Reason: messagev1.NackReason_NACK_REASON_INVALID, Detail: detail}
 	p.nacked++
 	p.settleLocked(m, &NackError{ID: msg.GetId(), Reason: n.Reason, Detail: n.Detail})
 	p.metrics.Nacked(n.Reason)

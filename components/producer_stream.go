@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -72,6 +73,7 @@ type pubStream struct {
 	maxBatch    int
 	maxBytes    int
 	maxMsg      int // the largest message it takes: ours, or its max_batch_bytes
+	maxRoutes   int // the most bytes of routes a message sent again may carry: its max_batch_bytes
 	nextSeq     uint64
 	sendq       []*outMsg
 	sendqBytes  int                     // the sizes of sendq's messages, added up
@@ -313,6 +315,7 @@ func (l *pubLink) once() (welcomed bool) {
 	st.maxBatch = limit(p.cfg.batchMsgs, w.GetMaxBatchMessages())
 	st.maxBytes = limit(p.cfg.batchBytes, w.GetMaxBatchBytes())
 	st.maxMsg = limit(p.cfg.maxMessageBytes(), w.GetMaxBatchBytes())
+	st.maxRoutes = limit(math.MaxInt32, w.GetMaxBatchBytes())
 	p.updateMsgLimitLocked()
 	p.dispatchLocked()
 	p.mu.Unlock()

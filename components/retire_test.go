@@ -46,6 +46,7 @@ func (r *retireRig) stream(name string, maxBatch int) *pubStream {
 		maxBatch:    maxBatch,
 		maxBytes:    1 << 20,
 		maxMsg:      1 << 20,
+		maxRoutes:   1 << 20,
 		maxInFlight: 100,
 	}
 	r.ctxs[st] = ctx

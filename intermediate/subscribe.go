@@ -305,7 +305,7 @@ func (sub *subStream) takeLocked() []*deliveryv1.Delivery {
 			// the stream, and come again on every new one.
 			s.finishLocked(d.h, &messagev1.Nack{
 				Reason: messagev1.NackReason_NACK_REASON_INVALID,
-				Detail: fmt.Sprintf("message of %d bytes encoded, over the %d bytes consumer %s of group %s receives (its max_receive_bytes)", d.h.size, sub.maxFrame, sub.consumerID, sub.group),
+				Detail: butterfly.NackDetail(fmt.Sprintf("message of %d bytes encoded, over the %d bytes consumer %s of group %s receives (its max_receive_bytes)", d.h.size, sub.maxFrame, sub.consumerID, sub.group)),
 			})
 			continue
 		}

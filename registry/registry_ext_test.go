@@ -3,6 +3,7 @@ package registry_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -146,5 +147,35 @@ func TestRegister_EtcdNamingResolver(t *testing.T) {
 	}
 	if len(seen) != 2 || seen[addrs[0]] == 0 || seen[addrs[1]] == 0 {
 		t.Errorf("peers reached = %v, want both of %v", seen, addrs)
+	}
+}
+
+// TestValidateName_Length checks that a name is at most MaxNameBytes long,
+// and that declaring a group or registering a consumer under a longer name
+// is refused before anything is written: routes name groups and consumers,
+// and a group named in 150 KiB made a message handed back too large for
+// any frame to carry it again.
+func TestValidateName_Length(t *testing.T) {
+	if err := registry.ValidateName("group", strings.Repeat("g", registry.MaxNameBytes)); err != nil {
+		t.Errorf("ValidateName(%d bytes) = %v, want nil", registry.MaxNameBytes, err)
+	}
+	long := strings.Repeat("g", 150<<10)
+	want := fmt.Sprintf("group of %d bytes is longer than %d", len(long), registry.MaxNameBytes)
+	if err := registry.ValidateName("group", long); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("ValidateName(150 KiB) = %v, want %q", err, want)
+	}
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := registry.CreateGroup(ctx, cli, "svc", long, "operator"); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("CreateGroup(150 KiB name) = %v, want %q", err, want)
+	}
+	if _, err := registry.RegisterConsumer(ctx, cli, "svc", "g", strings.Repeat("c", registry.MaxNameBytes+1)); err == nil || !strings.Contains(err.Error(), "longer than") {
+		t.Errorf("RegisterConsumer(a consumer id of %d bytes) = %v, want it refused", registry.MaxNameBytes+1, err)
+	}
+	resp, err := cli.Get(ctx, "butterfly/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil || resp.Count != 0 {
+		t.Errorf("keys under butterfly/ = %v (%v), want none written", resp, err)
 	}
 }

@@ -88,12 +88,20 @@ func ControlKey(prefix, service, instance string) string {
 	return ControlPrefix(prefix, service) + instance
 }
 
-// ValidateName reports whether s may be used as a prefix element, service or
-// instance name: non-empty UTF-8, no '/', no white space or control
-// characters.
+// MaxNameBytes is the longest name ValidateName takes. Names travel: a
+// message handed back names its groups and consumers in its routes, up to
+// 1 024 of them, and those routes must fit the frames that carry them.
+const MaxNameBytes = 1024
+
+// ValidateName reports whether s may be used as a prefix element, service,
+// instance, group or consumer name: non-empty UTF-8 of at most MaxNameBytes,
+// no '/', no white space or control characters.
 func ValidateName(what, s string) error {
 	if s == "" {
 		return fmt.Errorf("registry: %s is empty", what)
+	}
+	if len(s) > MaxNameBytes {
+		return fmt.Errorf("registry: %s of %d bytes is longer than %d", what, len(s), MaxNameBytes)
 	}
 	if !utf8.ValidString(s) {
 		return fmt.Errorf("registry: %s %q is not valid UTF-8", what, s)
