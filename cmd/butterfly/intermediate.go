@@ -80,7 +80,8 @@ finished its TLS handshake and HTTP/2 preface within --connection-timeout
 is closed. A message whose seq lies outside its producer's window
 (low_water_seq + 2^24) is handed back INVALID.`,
 		Example: `  butterfly intermediate --name intermediate1 --listen 127.0.0.2:7001
-  butterfly intermediate --name intermediate2 --listen 0.0.0.0:7001 --advertise host2.example:7001 --processor upper`,
+  butterfly intermediate --name intermediate2 --listen 0.0.0.0:7001 --advertise host2.example:7001 --processor upper \
+    --tls-cert certs/server.pem --tls-key certs/server-key.pem --tls-ca certs/ca.pem`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := requireFlag("name", name); err != nil {
 				return err
