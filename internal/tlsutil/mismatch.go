@@ -39,7 +39,7 @@ func Mismatch(ctx context.Context, addr string, creds credentials.TransportCrede
 		return refusedHandshake(msg)
 	case strings.Contains(msg, "x509:"):
 		// The server's certificate: an unknown CA, another name, expired.
-		return "the TLS handshake failed: " + tlsCause(msg)
+		return "the TLS handshake failed: " + tlsCause(msg) + x509Mend(msg)
 	case !plaintext:
 		// A TLS client's connection closed or reset during or after the
 		// handshake: the server refused the client's certificate, or went
@@ -57,6 +57,21 @@ func Mismatch(ctx context.Context, addr string, creds credentials.TransportCrede
 		if speaksTLS(ctx, addr) {
 			return "the instance speaks TLS and this client plaintext gRPC (pass --tls-ca, and --tls-cert/--tls-key for mutual TLS)"
 		}
+	}
+	return ""
+}
+
+// x509Mend says, for a server certificate that did not verify, which flags
+// mend it: the CA this client trusts, the name it checks, or the
+// certificate itself.
+func x509Mend(msg string) string {
+	switch {
+	case strings.Contains(msg, "unknown authority"):
+		return " (--tls-ca: the CA that signed the instance's certificate)"
+	case strings.Contains(msg, "is valid for"), strings.Contains(msg, "is not valid for any names"):
+		return " (the instance's certificate does not name the address this client dials: reissue it for that address, butterfly certs --hosts, or pass --tls-server-name with a name it has)"
+	case strings.Contains(msg, "expired or is not yet valid"):
+		return " (renew the instance's --tls-cert and --tls-key)"
 	}
 	return ""
 }

@@ -38,3 +38,22 @@ func TestMismatch_SaysWhatMendsTheAlert(t *testing.T) {
 		}
 	}
 }
+
+// TestMismatch_SaysWhatMendsTheServerCertificate checks the hint given with
+// a server certificate that did not verify: an unknown CA names --tls-ca,
+// another name the certificate's hosts and --tls-server-name, an expired
+// one the instance's files. They named no flag before.
+func TestMismatch_SaysWhatMendsTheServerCertificate(t *testing.T) {
+	for _, tc := range []struct{ msg, want string }{
+		{`connection error: desc = "transport: authentication handshake failed: tlsutil: server certificate: x509: certificate signed by unknown authority"`,
+			"x509: certificate signed by unknown authority (--tls-ca: the CA that signed the instance's certificate)"},
+		{`connection error: desc = "transport: authentication handshake failed: tlsutil: server certificate: x509: certificate is valid for 127.0.0.2, 127.0.0.3, not 127.0.0.30"`,
+			"not 127.0.0.30 (the instance's certificate does not name the address this client dials: reissue it for that address, butterfly certs --hosts, or pass --tls-server-name with a name it has)"},
+		{`connection error: desc = "transport: authentication handshake failed: x509: certificate has expired or is not yet valid: current time 2027-01-01T00:00:00Z is after 2026-12-31T00:00:00Z"`,
+			"(renew the instance's --tls-cert and --tls-key)"},
+	} {
+		if got := Mismatch(context.Background(), "", nil, tc.msg); !strings.Contains(got, tc.want) {
+			t.Errorf("Mismatch(%q)\n = %q\nwant it to contain %q", tc.msg, got, tc.want)
+		}
+	}
+}
