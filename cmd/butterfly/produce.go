@@ -157,17 +157,24 @@ func produce(ctx context.Context, p *components.Producer, in io.Reader, count ui
 	}
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 64*1024), 4<<20)
+	n := 0
 	for sc.Scan() {
+		n++
 		if err := pace(); err != nil {
 			return err
 		}
 		line := append([]byte(nil), sc.Bytes()...)
 		if _, err := p.Send(ctx, &messagev1.Message{Payload: line}); err != nil {
+			if errors.Is(err, components.ErrMessageTooLarge) {
+				// What follows is not read: the line is named, so that
+				// the operator knows where to start again.
+				return fmt.Errorf("stdin line %d (--max-message-bytes): %w; the lines after it were not sent", n, err)
+			}
 			return err
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return fmt.Errorf("reading stdin: %w", err)
+		return fmt.Errorf("reading stdin after line %d: %w; the lines after it were not sent", n, err)
 	}
 	return nil
 }

@@ -3,8 +3,12 @@ package main
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/butterfly-mesh/butterfly/components"
+	"github.com/butterfly-mesh/butterfly/internal/etcdtest"
 )
 
 // TestPacer_KeepsTheRate checks that --rate is the rate sent, on a clock
@@ -78,5 +82,30 @@ func TestPacer_StopsWithItsContext(t *testing.T) {
 	}()
 	if err := pc.wait(ctx); !errors.Is(err, context.Canceled) {
 		t.Errorf("wait() = %v, want context.Canceled", err)
+	}
+}
+
+// TestProduce_StdinLineTooLargeIsNamed checks that a line of stdin over
+// --max-message-bytes ends produce naming the line and the flag, after the
+// lines before it were sent, and saying that the lines after it were not.
+func TestProduce_StdinLineTooLargeIsNamed(t *testing.T) {
+	cli := etcdtest.Start(t).Client(t)
+	p, err := components.NewProducer(cli, "p1", components.WithMaxMessageBytes(100))
+	if err != nil {
+		t.Fatalf("NewProducer() = %v", err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		_ = p.Close(ctx) // the first line has no instance to go to
+	}()
+	in := strings.NewReader("short\n" + strings.Repeat("x", 300) + "\nafter\n")
+	err = produce(context.Background(), p, in, 0, 0, 0, false)
+	if !errors.Is(err, components.ErrMessageTooLarge) || !strings.HasPrefix(err.Error(), "stdin line 2 (--max-message-bytes): ") ||
+		!strings.HasSuffix(err.Error(), "; the lines after it were not sent") {
+		t.Fatalf("produce() = %v, want %v naming stdin line 2, the flag, and the lines not sent", err, components.ErrMessageTooLarge)
+	}
+	if st := p.Stats(); st.Sent != 1 {
+		t.Errorf("Stats().Sent = %d, want 1 (the line before)", st.Sent)
 	}
 }
