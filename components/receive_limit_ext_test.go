@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -97,5 +98,36 @@ func TestConsumer_ReceiveLimit(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestDelivery_RoutesTooLargeToCarryFail checks that a message whose routes
+// would be more than a message sent again may carry (here the routes of
+// three groups named in 1 000 bytes each that handled it, over a
+// max-batch-bytes of 2 KiB) fails where it is handed back, as INVALID
+// saying why, rather than going back with those routes: sent again it would
+// be refused INVALID anyway, and the nack carrying them could be over what
+// its producer receives (routes to 2 200 groups made a frame of 4.5 MB,
+// which ended the producer's stream). The fourth group's owner is
+// registered but not connected, so the message is handed back.
+func TestDelivery_RoutesTooLargeToCarryFail(t *testing.T) {
+	m := newMesh(t)
+	i1 := m.startHub(components.DefaultService, "i1", "127.0.0.1", intermediate.WithMaxBatch(256, 2<<10))
+	registerConsumer(t, m, "ghost") // owns everything of the default group, never connects
+	for i, c := range []string{"a", "b", "c"} {
+		m.consumer(fmt.Sprintf("c%d", i+1), newLedger().handler(), components.WithGroup(strings.Repeat(c, 1000)))
+	}
+	waitConsumers(t, 3, i1)
+	p := m.producer("p1")
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	err := p.SendWait(ctx, &messagev1.Message{Payload: []byte("x")})
+	var ne *components.NackError
+	if !errors.As(err, &ne) || ne.Reason != messagev1.NackReason_NACK_REASON_INVALID ||
+		!strings.Contains(ne.Detail, "OWNER_UNREACHABLE") || !strings.Contains(ne.Detail, "more than a message sent again may carry") {
+		t.Fatalf("SendWait = %.400v, want a NackError with NACK_REASON_INVALID saying its routes are too large to carry", err)
+	}
+	if st := p.Stats(); st.Resent != 0 || st.Nacked != 1 || st.InFlight != 0 {
+		t.Errorf("producer Stats() = %+v, want Resent=0 Nacked=1 InFlight=0", st)
 	}
 }

@@ -3,6 +3,7 @@ package intermediate
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"hash/fnv"
 	"maps"
 	"slices"
@@ -376,9 +377,23 @@ func (s *Server) finishLocked(h *held, nack *messagev1.Nack) {
 	} else {
 		nack.Seq = h.seq
 		if butterfly.Transient(nack.GetReason()) {
-			nack.Routes = routesOf(h, s.opts.maxBatchBytes)
-			// The routes stay counted until the nack is sent (sendLoop).
-			p.holdNackLocked(routesChargeOf(nack.Routes))
+			routes := routesOf(h, s.opts.maxBatchBytes)
+			if n, size := len(routes), routesSizeOf(routes); n > MaxRoutes || size > s.opts.maxBatchBytes {
+				// What the message learned of its groups is more than a
+				// message sent again may carry, which checkRoutes would
+				// refuse; sent back, so large a nack could be over what
+				// its producer receives. It fails here instead.
+				nack = &messagev1.Nack{
+					Seq:    h.seq,
+					Reason: messagev1.NackReason_NACK_REASON_INVALID,
+					Detail: butterfly.NackDetail(fmt.Sprintf("handed back (%s: %s) with routes to %d groups, %d bytes encoded, more than a message sent again may carry (%d routes, max-batch-bytes %d)",
+						nack.GetReason(), nack.GetDetail(), n, size, MaxRoutes, s.opts.maxBatchBytes)),
+				}
+			} else {
+				nack.Routes = routes
+				// The routes stay counted until the nack is sent (sendLoop).
+				p.holdNackLocked(routesChargeOf(nack.Routes))
+			}
 		}
 		p.nacks = append(p.nacks, nack)
 	}

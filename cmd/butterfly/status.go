@@ -231,7 +231,9 @@ func fillStatus(ctx context.Context, e *statusEntry, creds credentials.Transport
 	defer conn.Close()
 	callCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	st, err := adminv1.NewAdminServiceClient(conn).GetStatus(callCtx, &adminv1.GetStatusRequest{}, grpc.WaitForReady(true))
+	// An instance's status lists every producer and consumer connected to
+	// it: thousands are over gRPC's default 4 MiB.
+	st, err := adminv1.NewAdminServiceClient(conn).GetStatus(callCtx, &adminv1.GetStatusRequest{}, grpc.WaitForReady(true), grpc.MaxCallRecvMsgSize(statusMaxRecv))
 	if err != nil {
 		// A connection that never came up because the two ends disagree on
 		// TLS is said as such, with the flags that mend it (which may take
@@ -308,3 +310,6 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 		return true
 	}
 }
+
+// statusMaxRecv is the largest GetStatus answer status takes.
+const statusMaxRecv = 256 << 20
