@@ -659,7 +659,7 @@ func (c *Consumer) idleLocked(now time.Time) {
 		return
 	}
 	if len(c.links) == 0 {
-		c.log.Warn("no instance of service " + c.cfg.service + " is registered (waiting)")
+		c.log.Warn("no instance of service "+c.cfg.service+" is registered (waiting)", "key", registry.ServicesPrefix(c.cfg.prefix, c.cfg.service))
 		return
 	}
 	c.log.Warn("no instance of service "+c.cfg.service+" answers (waiting)", "instances", names, "errors", failures)

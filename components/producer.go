@@ -484,7 +484,7 @@ func (p *Producer) idleLocked(now time.Time) {
 		return
 	}
 	if len(p.links) == 0 {
-		p.log.Warn("no instance of service "+p.cfg.service+" is registered (waiting)", "held", p.unsettled)
+		p.log.Warn("no instance of service "+p.cfg.service+" is registered (waiting)", "key", registry.ServicesPrefix(p.cfg.prefix, p.cfg.service), "held", p.unsettled)
 		return
 	}
 	names := slices.Sorted(maps.Keys(p.links))

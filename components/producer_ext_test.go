@@ -352,6 +352,12 @@ func TestProducer_SaysWhatItWaitsFor(t *testing.T) {
 				t.Fatalf("Send() = %v", err)
 			}
 			waitUntil(t, tc.want+" (waiting) logged", func() bool { return logs.Has(tc.want + " (waiting)") })
+			if tc.service == "nobody" {
+				// The key watched, so that a wrong --prefix shows.
+				if recs := logs.Attrs(tc.want + " (waiting)"); recs[0]["key"] != testPrefix+"/services/nobody/" {
+					t.Errorf("warning %v, want key %q", recs[0], testPrefix+"/services/nobody/")
+				}
+			}
 			closeCtx, cancelClose := context.WithTimeout(ctx, 100*time.Millisecond)
 			defer cancelClose()
 			var ce *components.CloseError

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"time"
 
@@ -122,7 +123,9 @@ func (obs *observability) Close() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		if err := obs.sdk.Shutdown(ctx); err != nil {
-			obs.logger.Warn("flushing spans", "err", err)
+			// Where the spans were to go, as OTEL_* says: a collector
+			// that is not there costs this wait at every exit.
+			obs.logger.Warn("--otel: flushing spans", "err", err, "endpoint", otlpEndpoint())
 		}
 	}
 }
@@ -188,4 +191,15 @@ func (a *adminServer) Close() {
 		}
 		a.wg.Wait()
 	})
+}
+
+// otlpEndpoint returns the OTLP traces endpoint the exporter was given by
+// the environment, or the exporter's default.
+func otlpEndpoint() string {
+	for _, k := range []string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"} {
+		if v := os.Getenv(k); v != "" {
+			return v + " (" + k + ")"
+		}
+	}
+	return "localhost:4317 (the default; set OTEL_EXPORTER_OTLP_ENDPOINT)"
 }

@@ -115,3 +115,22 @@ func TestIntermediateCommand_ServingLineNamesAdmin(t *testing.T) {
 		t.Errorf("GET http://%s/metrics = %d, want 200 with %s", ev.Admin, code, want)
 	}
 }
+
+// TestOTLPEndpoint_SaysWhereSpansGo checks that the warning of a flush that
+// failed names the endpoint the exporter was given, and where it came
+// from.
+func TestOTLPEndpoint_SaysWhereSpansGo(t *testing.T) {
+	t.Setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "")
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+	if got := otlpEndpoint(); got != "localhost:4317 (the default; set OTEL_EXPORTER_OTLP_ENDPOINT)" {
+		t.Errorf("otlpEndpoint() without OTEL_* = %q", got)
+	}
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")
+	if got := otlpEndpoint(); got != "http://collector:4317 (OTEL_EXPORTER_OTLP_ENDPOINT)" {
+		t.Errorf("otlpEndpoint() = %q", got)
+	}
+	t.Setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4317")
+	if got := otlpEndpoint(); got != "http://traces:4317 (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)" {
+		t.Errorf("otlpEndpoint() = %q", got)
+	}
+}
