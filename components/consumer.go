@@ -643,12 +643,7 @@ func (c *Consumer) idleLocked(now time.Time) {
 		return
 	}
 	names := slices.Sorted(maps.Keys(c.links))
-	failures := make([]string, 0, len(names))
-	for _, name := range names {
-		if why := c.links[name].failure; why != "" {
-			failures = append(failures, name+": "+why)
-		}
-	}
+	failures := linkFailures(c.links, names)
 	after := idleLogAfter
 	if len(failures) < len(names) {
 		// A beat past the welcome's wait: by then a silent instance's

@@ -25,9 +25,8 @@ type subLink struct {
 	c *Consumer
 
 	// Guarded by Consumer.mu.
-	stream  *subStream
-	failure string   // why its last stream ended before a welcome, "" once one is welcomed
-	prev    *subLink // the link this one replaced when the instance moved, until this one is welcomed
+	stream *subStream
+	prev   *subLink // the link this one replaced when the instance moved, until this one is welcomed
 }
 
 // subStream is one open subscribe stream.
@@ -187,11 +186,11 @@ func (l *subLink) once() (welcomed bool) {
 	if failed != nil {
 		// Recorded for the "answers" warning; a refusal that retrying
 		// cannot mend stops the consumer.
-		if failed.step == stepCheck {
-			c.setFailure(l, failed.why)
-			return false
+		if why, ok := failed.said(ctx, fmt.Sprintf("no welcome within %v", heartbeatMisses*c.welcomeInterval())); ok {
+			c.mu.Lock()
+			l.failure = why
+			c.mu.Unlock()
 		}
-		c.failedAtOpen(l, ctx, failed.err)
 		if err := failed.refusal(); err != nil {
 			if failed.step == stepWelcome {
 				c.refused(err) // the group deleted, the id taken over
@@ -389,26 +388,6 @@ func (c *Consumer) watchdog(ctx context.Context) {
 		}
 		c.idleLocked(now)
 	})
-}
-
-// failedAtOpen records why l's stream ended before its welcome, for the
-// consumer's "answers" warning: the intermediate's refusal or the
-// connection's error, or silence.
-func (c *Consumer) failedAtOpen(l *subLink, ctx context.Context, err error) {
-	why := status.Convert(err).Message()
-	if cause := context.Cause(ctx); errors.Is(cause, errHeartbeat) {
-		why = fmt.Sprintf("no welcome within %v", heartbeatMisses*c.welcomeInterval())
-	} else if cause != nil && !errors.Is(cause, context.Canceled) {
-		return // the consumer ends the stream itself (Close)
-	}
-	c.setFailure(l, why)
-}
-
-// setFailure records why l's last stream was not welcomed.
-func (c *Consumer) setFailure(l *subLink, why string) {
-	c.mu.Lock()
-	l.failure = why
-	c.mu.Unlock()
 }
 
 // refused stops the consumer when an intermediate ended a stream for good:

@@ -2,6 +2,7 @@ package components
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
 
 	"github.com/butterfly-mesh/butterfly/registry"
 )
@@ -31,7 +33,24 @@ type link struct {
 	log    *slog.Logger // with the instance's name, address and epoch
 
 	// Guarded by the owner's mutex.
-	retired bool // the instance drains, moved or left the membership, or the owner closes: do not reopen
+	retired bool   // the instance drains, moved or left the membership, or the owner closes: do not reopen
+	failure string // why its last stream ended before a welcome, "" once one is welcomed
+}
+
+// lastFailure returns why l's last stream ended before a welcome, "" when
+// it was welcomed. The owner's mutex is held.
+func (l *link) lastFailure() string { return l.failure }
+
+// linkFailures returns "name: why" for each of names whose link's last
+// stream ended before a welcome, for the owner's "answers" warning.
+func linkFailures[L interface{ lastFailure() string }](links map[string]L, names []string) []string {
+	out := make([]string, 0, len(names))
+	for _, name := range names {
+		if why := links[name].lastFailure(); why != "" {
+			out = append(out, name+": "+why)
+		}
+	}
+	return out
 }
 
 // init makes l a link to inst under parent, logging to log.
@@ -181,6 +200,23 @@ type openFailure struct {
 	step openStep
 	err  error
 	why  string
+}
+
+// said returns what the owner's "answers" warning says of a stream that
+// ended before its welcome: why the first frame was not kept, the
+// intermediate's refusal or the connection's error, or silent when the
+// welcome did not come in time; false when the owner ended the stream
+// itself (it closes).
+func (f *openFailure) said(ctx context.Context, silent string) (string, bool) {
+	if f.step == stepCheck {
+		return f.why, true
+	}
+	if cause := context.Cause(ctx); errors.Is(cause, errHeartbeat) {
+		return silent, true
+	} else if cause != nil && !errors.Is(cause, context.Canceled) {
+		return "", false
+	}
+	return status.Convert(f.err).Message(), true
 }
 
 // refusal returns the RPC's error where it may be the intermediate's

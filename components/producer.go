@@ -463,7 +463,7 @@ func (p *Producer) waitReasonLocked(now time.Time) string {
 	if len(p.links) == 0 {
 		return "no instance of service " + p.cfg.service + " is registered"
 	}
-	if failures := p.linkFailuresLocked(slices.Sorted(maps.Keys(p.links))); len(failures) > 0 {
+	if failures := linkFailures(p.links, slices.Sorted(maps.Keys(p.links))); len(failures) > 0 {
 		return "no instance of service " + p.cfg.service + " answers (" + strings.Join(failures, "; ") + ")"
 	}
 	return "no instance of service " + p.cfg.service + " answers"
@@ -488,19 +488,7 @@ func (p *Producer) idleLocked(now time.Time) {
 		return
 	}
 	names := slices.Sorted(maps.Keys(p.links))
-	p.log.Warn("no instance of service "+p.cfg.service+" answers (waiting)", "instances", names, "errors", p.linkFailuresLocked(names), "held", p.unsettled)
-}
-
-// linkFailuresLocked returns, for each of names whose last stream ended
-// before a welcome, "name: why".
-func (p *Producer) linkFailuresLocked(names []string) []string {
-	var out []string
-	for _, name := range names {
-		if why := p.links[name].failure; why != "" {
-			out = append(out, name+": "+why)
-		}
-	}
-	return out
+	p.log.Warn("no instance of service "+p.cfg.service+" answers (waiting)", "instances", names, "errors", linkFailures(p.links, names), "held", p.unsettled)
 }
 
 // lowWaterLocked returns the lowest seq this producer gave that is not

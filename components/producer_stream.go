@@ -9,7 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
@@ -54,8 +53,7 @@ type pubLink struct {
 	p *Producer
 
 	// Guarded by Producer.mu.
-	stream  *pubStream
-	failure string // why its last stream ended before a welcome, "" once one is welcomed
+	stream *pubStream
 }
 
 // pubStream is one open publish stream.
@@ -231,24 +229,6 @@ func (p *Producer) drainDeadline(n *messagev1.DrainNotice, now time.Time) time.T
 	return now.Add(left + drainGraceSlack)
 }
 
-// failedAtOpen records why l's stream ended before its welcome, for the
-// producer's "answers" warning and Close's error: the intermediate's
-// refusal (a stream limit, say) or the connection's error, or silence.
-func (p *Producer) failedAtOpen(l *pubLink, ctx context.Context, f *openFailure) {
-	why := f.why
-	if f.step != stepCheck {
-		why = status.Convert(f.err).Message()
-		if cause := context.Cause(ctx); errors.Is(cause, errHeartbeat) {
-			why = "no welcome in time"
-		} else if cause != nil && !errors.Is(cause, context.Canceled) {
-			return // the producer ends the stream itself (Close)
-		}
-	}
-	p.mu.Lock()
-	l.failure = why
-	p.mu.Unlock()
-}
-
 func (l *pubLink) run() {
 	defer l.p.wg.Done()
 	l.keepOpen(&l.p.mu, func() bool { return l.retired }, l.once)
@@ -300,7 +280,14 @@ func (l *pubLink) once() (welcomed bool) {
 			return w, w != nil
 		})
 	if failed != nil {
-		p.failedAtOpen(l, ctx, failed)
+		// Recorded for the "answers" warning and Close's error: the
+		// intermediate's refusal (a stream limit, say) or the
+		// connection's error, or silence.
+		if why, ok := failed.said(ctx, "no welcome in time"); ok {
+			p.mu.Lock()
+			l.failure = why
+			p.mu.Unlock()
+		}
 		// A refusal of the hello stops the producer; anything else is
 		// tried again.
 		if err := failed.refusal(); err != nil {
