@@ -581,9 +581,10 @@ func (p *Producer) dispatchLocked() {
 // (NACK_REASON_INVALID), and reports true, when m is larger than st's
 // instance takes: a message Send took before that instance said its limit
 // (none was connected), one handed back by an instance with a larger one,
-// or one sent again whose routes exceed the instance's max-batch-bytes. Sent, a message over twice the limit would be refused by gRPC's
-// frame limit instead, which ends the stream without a word on the
-// message: sent again on the next stream, it would never be answered.
+// or one sent again whose routes exceed the instance's max-batch-bytes.
+// Sent, a message over twice the limit would be refused by gRPC's frame
+// limit instead, which ends the stream without a word on the message: sent
+// again on the next stream, it would never be answered.
 func (p *Producer) tooLargeLocked(m *outMsg, st *pubStream) bool {
 	size := envelopeSize(m.msg, m.size)
 	var detail string
@@ -598,20 +599,42 @@ func (p *Producer) tooLargeLocked(m *outMsg, st *pubStream) bool {
 	default:
 		return false
 	}
-	msg := m.msg
 	n := &messagev1.Nack{Reason: messagev1.NackReason_NACK_REASON_INVALID, Detail: detail}
-	p.nacked++
-	p.settleLocked(m, &NackError{ID: msg.GetId(), Reason: n.Reason, Detail: n.Detail})
-	p.metrics.Nacked(n.Reason)
-	p.log.Warn("message handed back", "seq", msg.GetId().GetSeq(), "reason", n.Reason.String(), "detail", n.Detail)
-	if p.nackWake != nil {
-		p.nacks = append(p.nacks, nackEvent{msg: msg, reason: n.Reason, detail: n.Detail})
-		select {
-		case p.nackWake <- struct{}{}:
-		default:
-		}
-	}
+	p.saidHandedBack(p.handBackLocked(m, n), n)
+	p.wakeNackHandler()
 	return true
+}
+
+// handBackLocked ends m, handed back for good with n: counted, its SendWait
+// answered with a NackError, and queued for the nack handler. It returns m's
+// message, for the caller to say so (saidHandedBack) and wake the handler
+// (wakeNackHandler).
+func (p *Producer) handBackLocked(m *outMsg, n *messagev1.Nack) *messagev1.Message {
+	msg := m.msg
+	p.nacked++
+	p.settleLocked(m, &NackError{ID: msg.GetId(), Reason: n.GetReason(), Detail: n.GetDetail()})
+	if p.nackWake != nil {
+		p.nacks = append(p.nacks, nackEvent{msg: msg, reason: n.GetReason(), detail: n.GetDetail()})
+	}
+	return msg
+}
+
+// saidHandedBack counts and logs msg, handed back for good with n.
+func (p *Producer) saidHandedBack(msg *messagev1.Message, n *messagev1.Nack) {
+	p.metrics.Nacked(n.GetReason())
+	p.log.Warn("message handed back", "seq", msg.GetId().GetSeq(), "reason", n.GetReason().String(), "detail", n.GetDetail())
+}
+
+// wakeNackHandler tells the nack handler's goroutine that messages wait for
+// it, when there is one.
+func (p *Producer) wakeNackHandler() {
+	if p.nackWake == nil {
+		return
+	}
+	select {
+	case p.nackWake <- struct{}{}:
+	default:
+	}
 }
 
 // awaitingAckLocked reports whether a message the producer sent on a stream
@@ -809,13 +832,7 @@ func (p *Producer) handleAck(st *pubStream, a *deliveryv1.PublishAck) {
 				p.metrics.Resent(telemetry.ReasonUnavailable, 1)
 			}
 		default:
-			msg := m.msg
-			p.nacked++
-			p.settleLocked(m, &NackError{ID: msg.GetId(), Reason: n.GetReason(), Detail: n.GetDetail()})
-			failed = append(failed, permanent{msg, n})
-			if p.nackWake != nil {
-				p.nacks = append(p.nacks, nackEvent{msg: msg, reason: n.GetReason(), detail: n.GetDetail()})
-			}
+			failed = append(failed, permanent{p.handBackLocked(m, n), n})
 		}
 	}
 	if draining {
@@ -836,14 +853,10 @@ func (p *Producer) handleAck(st *pubStream, a *deliveryv1.PublishAck) {
 	p.mu.Unlock()
 	p.metrics.Acked(acked)
 	for _, f := range failed {
-		p.metrics.Nacked(f.nack.GetReason())
-		p.log.Warn("message handed back", "seq", f.msg.GetId().GetSeq(), "reason", f.nack.GetReason().String(), "detail", f.nack.GetDetail())
+		p.saidHandedBack(f.msg, f.nack)
 	}
-	if len(failed) > 0 && p.nackWake != nil {
-		select {
-		case p.nackWake <- struct{}{}:
-		default:
-		}
+	if len(failed) > 0 {
+		p.wakeNackHandler()
 	}
 }
 
