@@ -12,7 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.opentelemetry.io/otel/attribute"
 	otelcodes "go.opentelemetry.io/otel/codes"
@@ -24,6 +23,7 @@ import (
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/internal/ctxgrace"
+	"github.com/butterfly-mesh/butterfly/internal/etcdclient"
 	"github.com/butterfly-mesh/butterfly/internal/telemetry"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
@@ -764,7 +764,7 @@ func (c *Consumer) register(ctx context.Context) bool {
 		if ctx.Err() != nil || errors.Is(err, errStoppedUnregistered) {
 			return false
 		}
-		if etcdRefused(err) {
+		if etcdclient.Refused(err) {
 			// Retrying mends neither a user nor its roles.
 			c.stop(fmt.Errorf("components: consumer %s: etcd refused its registration: %w", c.id, err))
 			return false
@@ -774,13 +774,6 @@ func (c *Consumer) register(ctx context.Context) bool {
 			return false
 		}
 	}
-}
-
-// etcdRefused reports whether err is etcd refusing a request for want of a
-// user, a password or a permission: what no retry mends.
-func etcdRefused(err error) bool {
-	return errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrUserEmpty) ||
-		errors.Is(err, rpctypes.ErrAuthFailed) || errors.Is(err, rpctypes.ErrAuthNotEnabled)
 }
 
 // errStoppedUnregistered: the consumer stopped before it registered, and

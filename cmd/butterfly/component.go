@@ -9,6 +9,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/butterfly-mesh/butterfly/components"
+	"github.com/butterfly-mesh/butterfly/internal/etcdclient"
 )
 
 // componentSetup is what the produce, consume and stage commands set up
@@ -98,7 +99,7 @@ func (r *rootCommand) checkAccess(ctx context.Context, cli *clientv3.Client) err
 	ctx, cancel := context.WithTimeout(ctx, r.dialTimeout)
 	defer cancel()
 	_, err := cli.Get(ctx, r.prefix+"/", clientv3.WithPrefix(), clientv3.WithLimit(1), clientv3.WithKeysOnly())
-	if etcdRefused(err) {
+	if etcdclient.Refused(err) {
 		return err
 	}
 	return nil

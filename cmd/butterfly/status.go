@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -12,7 +11,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -20,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	adminv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/admin/v1"
+	"github.com/butterfly-mesh/butterfly/internal/etcdclient"
 	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
 )
 
@@ -113,7 +112,7 @@ interrupted.
 				case err == nil:
 				case ctx.Err() != nil:
 					return nil
-				case watch && !etcdRefused(err):
+				case watch && !etcdclient.Refused(err):
 					// An outage that starts later is ridden out: said,
 					// and tried again at the next refresh.
 					fmt.Fprintf(cmd.ErrOrStderr(), "butterfly: etcd %v: %v (trying again every --interval %v)\n", r.etcdEndpoints, err, interval)
@@ -290,12 +289,6 @@ func printStatus(w io.Writer, entries []statusEntry, now time.Time) {
 			e.RecvRate, e.AckRate, e.Received, e.Acked, e.Nacked, e.Delivered, age)
 	}
 	tw.Flush()
-}
-
-// etcdRefused reports whether err is etcd refusing a request for want of a
-// user, a password or a permission: what no retry mends.
-func etcdRefused(err error) bool {
-	return errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrUserEmpty) || errors.Is(err, rpctypes.ErrAuthFailed)
 }
 
 // sleepCtx waits d, or less when ctx ends first; it reports whether it

@@ -3,6 +3,7 @@ package etcdclient
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -59,8 +60,11 @@ func TestNew_LeastPrivilegeUser(t *testing.T) {
 		t.Fatalf("Put(other/k) = %q, want it to start with %q", err, want)
 	}
 	// "butterfly" without the slash is outside the role's range too.
-	if _, err := cli.Get(ctx, "butterfly"); !errors.Is(err, ErrPermissionDenied) {
-		t.Fatalf("Get(butterfly) = %v, want ErrPermissionDenied", err)
+	if _, err := cli.Get(ctx, "butterfly"); !errors.Is(err, ErrPermissionDenied) || !Refused(fmt.Errorf("wrapped: %w", err)) {
+		t.Fatalf("Get(butterfly) = %v, want ErrPermissionDenied, Refused through a wrapping", err)
+	}
+	if Refused(context.DeadlineExceeded) {
+		t.Fatal("Refused(context.DeadlineExceeded) = true, want false: an outage mends")
 	}
 	root := srv.ClientAs(t, etcdtest.RootUser, rootPassword)
 	if resp, err := root.Get(ctx, "other/k"); err != nil || len(resp.Kvs) != 0 {

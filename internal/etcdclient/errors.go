@@ -86,3 +86,12 @@ func explainInterceptor(user string) grpc.UnaryClientInterceptor {
 		return nil
 	}
 }
+
+// Refused reports whether err is etcd refusing a request for want of a
+// user, a password or a permission: what no retry mends. It sees etcd's
+// typed errors (rpctypes) through any wrapping, this package's explained
+// ones included.
+func Refused(err error) bool {
+	return errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrUserEmpty) ||
+		errors.Is(err, rpctypes.ErrAuthFailed) || errors.Is(err, rpctypes.ErrAuthNotEnabled)
+}
