@@ -147,12 +147,8 @@ interrupted.
 				if !watch {
 					return nil
 				}
-				t := time.NewTimer(interval)
-				select {
-				case <-ctx.Done():
-					t.Stop()
+				if !sleepCtx(ctx, interval) {
 					return nil
-				case <-t.C:
 				}
 				if !asJSON {
 					fmt.Fprintln(cmd.OutOrStdout())
