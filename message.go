@@ -161,3 +161,22 @@ func KeepIdentity(out, in *messagev1.Message) {
 	}
 	out.LowWaterSeq = in.GetLowWaterSeq()
 }
+
+// routesField is the field number of Message.routes (message.proto).
+const routesField protowire.Number = 8
+
+// RouteSize is the encoded size of r in a Message (Message.routes).
+func RouteSize(r *messagev1.Route) int {
+	return protowire.SizeTag(routesField) + protowire.SizeBytes(r.SizeVT())
+}
+
+// RoutesSize is the encoded size of routes in a Message: what intermediates
+// hold a resend's routes to (max-batch-bytes) apart from the rest of the
+// message, and producers count the same way before they send one.
+func RoutesSize(routes []*messagev1.Route) int {
+	n := 0
+	for _, r := range routes {
+		n += RouteSize(r)
+	}
+	return n
+}

@@ -586,9 +586,12 @@ func (p *Producer) dispatchLocked() {
 // limit instead, which ends the stream without a word on the message: sent
 // again on the next stream, it would never be answered.
 func (p *Producer) tooLargeLocked(m *outMsg, st *pubStream) bool {
-	size := envelopeSize(m.msg, m.size)
+	// The routes apart, as intermediates count them: what an
+	// intermediate holds to its max-message-bytes is the rest.
+	routes := butterfly.RoutesSize(m.msg.GetRoutes())
+	size := m.size - routes
 	var detail string
-	switch routes := m.size - size; {
+	switch {
 	case size > st.maxMsg:
 		detail = fmt.Sprintf("message of %d bytes encoded, over the %d bytes instance %s takes (its --max-batch-bytes): not sent", size, st.maxMsg, st.link.inst.Name)
 	case routes > st.maxRoutes:

@@ -520,18 +520,7 @@ const (
 	messageIDField         protowire.Number = 1
 	messageCreateTimeField protowire.Number = 5
 	messageLowWaterField   protowire.Number = 7
-	messageRoutesField     protowire.Number = 8
 )
-
-// envelopeSize is the wire size of a message without its routes: what an
-// intermediate holds to its max-message-bytes (the routes a resend carries
-// are bounded apart, by max-batch-bytes).
-func envelopeSize(m *messagev1.Message, size int) int {
-	for _, r := range m.GetRoutes() {
-		size -= protowire.SizeTag(messageRoutesField) + protowire.SizeBytes(r.SizeVT())
-	}
-	return size
-}
 
 // msgSize is the wire size of a message, as batches count it.
 func msgSize(m *messagev1.Message) int { return m.SizeVT() }

@@ -9,7 +9,6 @@ import (
 	"unicode/utf8"
 
 	"google.golang.org/grpc/peer"
-	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/butterfly-mesh/butterfly"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
@@ -90,9 +89,6 @@ func (o *options) effectiveMaxMessageBytes() int {
 	return o.maxMessageBytes
 }
 
-// routesField is the field number of Message.routes (message.proto).
-const routesField protowire.Number = 8
-
 // envelopeSize is the encoded size of m without its routes: what its
 // producer is limited on (payload, headers, id and the rest of its own
 // fields). Routes are what intermediates learned on an earlier attempt and
@@ -106,21 +102,7 @@ func envelopeSize(m *messagev1.Message) int {
 
 // routesSize is the encoded size of m's routes.
 func routesSize(m *messagev1.Message) int {
-	return routesSizeOf(m.GetRoutes())
-}
-
-// routesSizeOf is the encoded size of routes in a message.
-func routesSizeOf(routes []*messagev1.Route) int {
-	n := 0
-	for _, r := range routes {
-		n += routeSize(r)
-	}
-	return n
-}
-
-// routeSize is the encoded size of r in a message.
-func routeSize(r *messagev1.Route) int {
-	return protowire.SizeTag(routesField) + protowire.SizeBytes(r.SizeVT())
+	return butterfly.RoutesSize(m.GetRoutes())
 }
 
 // routesCharge is what m's routes cost held: their encoded size and
@@ -134,7 +116,7 @@ func routesChargeOf(routes []*messagev1.Route) int {
 	if len(routes) == 0 {
 		return 0
 	}
-	return routesSizeOf(routes) + routeOverhead*len(routes)
+	return butterfly.RoutesSize(routes) + routeOverhead*len(routes)
 }
 
 // checkRoutes checks the routes of a published message: at most MaxRoutes,
@@ -147,11 +129,8 @@ func checkRoutes(m *messagev1.Message, l limits) error {
 	if len(routes) == 0 {
 		return nil
 	}
-	if len(routes) > MaxRoutes {
-		return fmt.Errorf("%w: %d routes, more than %d", ErrInvalidRoutes, len(routes), MaxRoutes)
-	}
-	if n := routesSize(m); n > l.maxBatchBytes {
-		return fmt.Errorf("%w: routes of %d bytes exceed max-batch-bytes %d", ErrInvalidRoutes, n, l.maxBatchBytes)
+	if err := checkRoutesFit(routes, l.maxBatchBytes); err != nil {
+		return err
 	}
 	for i, r := range routes {
 		if err := registry.ValidateName("group", r.GetGroup()); err != nil {
@@ -162,6 +141,18 @@ func checkRoutes(m *messagev1.Message, l limits) error {
 				return fmt.Errorf("%w: route %d: %w", ErrInvalidRoutes, i+1, err)
 			}
 		}
+	}
+	return nil
+}
+
+// checkRoutesFit checks that routes are what a message sent again may
+// carry: at most MaxRoutes, at most maxBatchBytes encoded.
+func checkRoutesFit(routes []*messagev1.Route, maxBatchBytes int) error {
+	if len(routes) > MaxRoutes {
+		return fmt.Errorf("%w: %d routes, more than %d", ErrInvalidRoutes, len(routes), MaxRoutes)
+	}
+	if n := butterfly.RoutesSize(routes); n > maxBatchBytes {
+		return fmt.Errorf("%w: routes of %d bytes exceed max-batch-bytes %d", ErrInvalidRoutes, n, maxBatchBytes)
 	}
 	return nil
 }

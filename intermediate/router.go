@@ -378,7 +378,7 @@ func (s *Server) finishLocked(h *held, nack *messagev1.Nack) {
 		nack.Seq = h.seq
 		if butterfly.Transient(nack.GetReason()) {
 			routes := routesOf(h, s.opts.maxBatchBytes)
-			if n, size := len(routes), routesSizeOf(routes); n > MaxRoutes || size > s.opts.maxBatchBytes {
+			if err := checkRoutesFit(routes, s.opts.maxBatchBytes); err != nil {
 				// What the message learned of its groups is more than a
 				// message sent again may carry, which checkRoutes would
 				// refuse; sent back, so large a nack could be over what
@@ -386,8 +386,8 @@ func (s *Server) finishLocked(h *held, nack *messagev1.Nack) {
 				nack = &messagev1.Nack{
 					Seq:    h.seq,
 					Reason: messagev1.NackReason_NACK_REASON_INVALID,
-					Detail: butterfly.NackDetail(fmt.Sprintf("handed back (%s: %s) with routes to %d groups, %d bytes encoded, more than a message sent again may carry (%d routes, max-batch-bytes %d)",
-						nack.GetReason(), nack.GetDetail(), n, size, MaxRoutes, s.opts.maxBatchBytes)),
+					Detail: butterfly.NackDetail(fmt.Sprintf("handed back (%s: %s) with routes that are more than a message sent again may carry: %v",
+						nack.GetReason(), nack.GetDetail(), err)),
 				}
 			} else {
 				nack.Routes = routes
@@ -461,9 +461,9 @@ func routesOf(h *held, maxBytes int) []*messagev1.Route {
 			routes = append(routes, r)
 		}
 	}
-	size := routesSizeOf(routes)
+	size := butterfly.RoutesSize(routes)
 	for _, r := range unsent {
-		n := routeSize(r)
+		n := butterfly.RouteSize(r)
 		if len(routes) >= MaxRoutes || size+n > maxBytes {
 			break
 		}
