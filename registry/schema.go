@@ -95,20 +95,31 @@ const MaxNameBytes = 1024
 
 // ValidateName reports whether s may be used as a prefix element, service,
 // instance, group or consumer name: non-empty UTF-8 of at most MaxNameBytes,
-// no '/', no white space or control characters.
+// no '/', no white space or control characters. Its error is CheckName's,
+// after the package's name.
 func ValidateName(what, s string) error {
+	if err := CheckName(what, s); err != nil {
+		return fmt.Errorf("registry: %w", err)
+	}
+	return nil
+}
+
+// CheckName is ValidateName with an error that starts with what, the name's
+// name (a flag, say): for a command line, whose usage errors start with the
+// flag they name.
+func CheckName(what, s string) error {
 	if s == "" {
-		return fmt.Errorf("registry: %s is empty", what)
+		return fmt.Errorf("%s is empty", what)
 	}
 	if len(s) > MaxNameBytes {
-		return fmt.Errorf("registry: %s of %d bytes is longer than %d", what, len(s), MaxNameBytes)
+		return fmt.Errorf("%s of %d bytes is longer than %d", what, len(s), MaxNameBytes)
 	}
 	if !utf8.ValidString(s) {
-		return fmt.Errorf("registry: %s %q is not valid UTF-8", what, s)
+		return fmt.Errorf("%s %q is not valid UTF-8", what, s)
 	}
 	for _, r := range s {
 		if r == '/' || r <= ' ' || r == 0x7f {
-			return fmt.Errorf("registry: %s %q contains %q", what, s, r)
+			return fmt.Errorf("%s %q contains %q", what, s, r)
 		}
 	}
 	return nil

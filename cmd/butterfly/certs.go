@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
+	"github.com/butterfly-mesh/butterfly/registry"
 )
 
 func newCertsCommand(r *rootCommand) *cobra.Command {
@@ -68,7 +69,7 @@ certificates: this is for development and tests, not for production.`,
 			}
 			var opts []tlsutil.GenerateOption
 			if clientID != "" {
-				if err := checkName("--client-id", clientID); err != nil {
+				if err := registry.CheckName("--client-id", clientID); err != nil {
 					return &usageError{err}
 				}
 				opts = append(opts, tlsutil.WithClientID(clientID))
@@ -77,7 +78,7 @@ certificates: this is for development and tests, not for production.`,
 			for _, role := range tlsutil.Roles {
 				for _, id := range *roleIDs[role] {
 					flag := "--" + string(role) + "-id"
-					if err := checkName(flag, id); err != nil {
+					if err := registry.CheckName(flag, id); err != nil {
 						return &usageError{err}
 					}
 					opts = append(opts, tlsutil.WithIdentity(role, id))

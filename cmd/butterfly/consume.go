@@ -73,13 +73,13 @@ client certificate (butterfly certs --consumer-id ID).`,
 			if err := requireFlag("id", id); err != nil {
 				return err
 			}
-			if err := checkName("--id", id); err != nil {
+			if err := registry.CheckName("--id", id); err != nil {
 				return &usageError{err}
 			}
-			if err := checkName("--service", service); err != nil {
+			if err := registry.CheckName("--service", service); err != nil {
 				return &usageError{err}
 			}
-			if err := checkName("--group", group); err != nil {
+			if err := registry.CheckName("--group", group); err != nil {
 				return &usageError{err}
 			}
 			if leaseTTL < time.Second {

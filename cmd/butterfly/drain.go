@@ -34,10 +34,10 @@ nothing accepts connections at its address any more.`,
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			instance := args[0]
-			if err := checkName("INSTANCE", instance); err != nil {
+			if err := registry.CheckName("INSTANCE", instance); err != nil {
 				return &usageError{err}
 			}
-			if err := checkName("--service", service); err != nil {
+			if err := registry.CheckName("--service", service); err != nil {
 				return &usageError{err}
 			}
 			if wait && timeout <= 0 {

@@ -81,7 +81,7 @@ as not declared.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if service != "" {
-				if err := checkName("--service", service); err != nil {
+				if err := registry.CheckName("--service", service); err != nil {
 					return &usageError{err}
 				}
 			}
@@ -117,10 +117,10 @@ as not declared.`,
 				return nil
 			},
 			RunE: func(cmd *cobra.Command, args []string) error {
-				if err := checkName("--service", svc); err != nil {
+				if err := registry.CheckName("--service", svc); err != nil {
 					return &usageError{err}
 				}
-				if err := checkName("group", args[0]); err != nil {
+				if err := registry.CheckName("group", args[0]); err != nil {
 					return &usageError{err}
 				}
 				cli, err := r.etcdClient()
@@ -207,7 +207,7 @@ func listGroups(ctx context.Context, cli *clientv3.Client, prefix, service strin
 			bad(key, fmt.Errorf("key is not %s/groups/<service>/<group>", prefix))
 			continue
 		}
-		if err := checkName("group", parts[1]); err != nil {
+		if err := registry.CheckName("group", parts[1]); err != nil {
 			bad(key, err)
 			continue
 		}

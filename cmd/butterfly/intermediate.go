@@ -86,10 +86,10 @@ is closed. A message whose seq lies outside its producer's window
 			if err := requireFlag("name", name); err != nil {
 				return err
 			}
-			if err := checkName("--name", name); err != nil {
+			if err := registry.CheckName("--name", name); err != nil {
 				return &usageError{err}
 			}
-			if err := checkName("--service", service); err != nil {
+			if err := registry.CheckName("--service", service); err != nil {
 				return &usageError{err}
 			}
 			if err := requireFlag("listen", listen); err != nil {
@@ -109,7 +109,7 @@ is closed. A message whose seq lies outside its producer's window
 					if id = strings.TrimSpace(id); id == "" {
 						continue
 					}
-					if err := checkName(r.flagName("forwarders")+" stage id", id); err != nil {
+					if err := registry.CheckName(r.flagName("forwarders")+" stage id", id); err != nil {
 						return &usageError{err}
 					}
 					ids = append(ids, id)

@@ -48,7 +48,7 @@ stderr and skipped. --json prints the instances only; butterfly group ls
   BUTTERFLY_ETCD_ENDPOINTS=10.0.0.5:2379 butterfly ls`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if service != "" {
-				if err := checkName("--service", service); err != nil {
+				if err := registry.CheckName("--service", service); err != nil {
 					return &usageError{err}
 				}
 			}

@@ -66,10 +66,10 @@ the hello and in every message.`,
 			if err := requireFlag("id", id); err != nil {
 				return err
 			}
-			if err := checkName("--id", id); err != nil {
+			if err := registry.CheckName("--id", id); err != nil {
 				return &usageError{err}
 			}
-			if err := checkName("--service", service); err != nil {
+			if err := registry.CheckName("--service", service); err != nil {
 				return &usageError{err}
 			}
 			if rate < 0 || math.IsNaN(rate) || math.IsInf(rate, 0) {

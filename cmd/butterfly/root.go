@@ -137,7 +137,7 @@ func (r *rootCommand) preRun(cmd *cobra.Command, _ []string) error {
 	if err := level.UnmarshalText([]byte(r.logLevel)); err != nil {
 		return usagef("%s: %q is not debug, info, warn or error", r.flagName("log-level"), r.logLevel)
 	}
-	if err := checkName(r.flagName("prefix"), r.prefix); err != nil {
+	if err := registry.CheckName(r.flagName("prefix"), r.prefix); err != nil {
 		return &usageError{err}
 	}
 	if len(r.etcdEndpoints) == 0 {
@@ -178,16 +178,6 @@ func (r *rootCommand) etcdClient() (*clientv3.Client, error) {
 		return nil, fmt.Errorf("etcd %v: %w", r.etcdEndpoints, err)
 	}
 	return cli, nil
-}
-
-// checkName checks a name given on the command line (a flag's value, an
-// argument) as registry.ValidateName does, its error starting with what
-// names it, as every usage error does.
-func checkName(what, v string) error {
-	if err := registry.ValidateName(what, v); err != nil {
-		return errors.New(strings.TrimPrefix(err.Error(), "registry: "))
-	}
-	return nil
 }
 
 // requireFlag returns a usage error naming flag when value is empty.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/butterfly-mesh/butterfly/components"
 	"github.com/butterfly-mesh/butterfly/intermediate"
+	"github.com/butterfly-mesh/butterfly/registry"
 )
 
 // stageSummary is the JSON line `butterfly stage` prints last.
@@ -52,14 +53,14 @@ id, publishes under it, and forwards messages under their original ids.`,
 				if err := requireFlag(f.flag, f.v); err != nil {
 					return err
 				}
-				if err := checkName("--"+f.flag, f.v); err != nil {
+				if err := registry.CheckName("--"+f.flag, f.v); err != nil {
 					return &usageError{err}
 				}
 			}
 			if from == to {
 				return usagef("--from and --to are both %q", from)
 			}
-			if err := checkName("--group", group); err != nil {
+			if err := registry.CheckName("--group", group); err != nil {
 				return &usageError{err}
 			}
 			if closeTimeout <= 0 {

@@ -20,6 +20,7 @@ import (
 	adminv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/admin/v1"
 	"github.com/butterfly-mesh/butterfly/internal/etcdclient"
 	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
+	"github.com/butterfly-mesh/butterfly/registry"
 )
 
 // States of an instance in `butterfly status`.
@@ -83,7 +84,7 @@ interrupted.
   butterfly status --json`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if service != "" {
-				if err := checkName("--service", service); err != nil {
+				if err := registry.CheckName("--service", service); err != nil {
 					return &usageError{err}
 				}
 			}
