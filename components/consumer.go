@@ -40,7 +40,9 @@ type Delivery struct {
 }
 
 // Handler handles one delivery. nil acknowledges it; an error hands it back
-// to its producer (NACK_REASON_HANDLER_FAILED) with the error's text.
+// to its producer (NACK_REASON_HANDLER_FAILED) with the error's text, unless
+// it was made by Stop: then the consumer stops and the message goes to the
+// group's other consumers.
 type Handler func(ctx context.Context, d *Delivery) error
 
 // ConsumerStats are a consumer's counters.
@@ -491,6 +493,11 @@ func (c *Consumer) finish(j *job, err error, next bool) *job {
 	if err != nil && (errors.Is(err, errUnanswered) || c.ctx.Err() != nil) {
 		return c.abandon(j, err, next)
 	}
+	var hs *handlerStop
+	if errors.As(err, &hs) {
+		c.stopByHandler(hs.err)
+		return c.abandon(j, err, next)
+	}
 	// The detail is made before the lock: an error's text may be long,
 	// and the stream's frames and heartbeats wait on the lock.
 	var detail string
@@ -538,6 +545,17 @@ func (c *Consumer) finish(j *job, err error, next bool) *job {
 	c.metrics.Delivered(d.Message.GetCreateTimeUnixNano())
 	c.metrics.Duplicates(dups)
 	return nj
+}
+
+// stopByHandler stops the consumer with the cause of a handler's Stop and
+// takes back what it queued, unhandled and unanswered: the intermediates
+// hand it to the group's other consumers when its streams end.
+func (c *Consumer) stopByHandler(cause error) {
+	c.stop(fmt.Errorf("%w: %w", ErrHandlerStopped, cause))
+	c.mu.Lock()
+	c.releaseQueueLocked()
+	c.mu.Unlock()
+	c.poke() // Close waits for pending
 }
 
 // atLimit reports whether the handler handled WithLimit's messages: nothing
@@ -605,7 +623,8 @@ func (c *Consumer) releaseJobLocked(j *job) {
 // Done is closed when the consumer stops receiving on its own: another
 // process took its id over (ErrReplaced), its group was deleted
 // (ErrGroupDeleted), its handler handled WithLimit's messages
-// (ErrLimitReached), its client certificate may not subscribe as its id
+// (ErrLimitReached), its handler returned an error made by Stop
+// (ErrHandlerStopped), its client certificate may not subscribe as its id
 // (ErrPermissionDenied), or an intermediate refused it for good (ErrRefused,
 // ErrTLSMismatch, as a *RefusedError). Err says which. From then on it takes
 // nothing new; unless taken over, its registration is marked draining, so

@@ -22,7 +22,29 @@ var (
 	// ErrLimitReached: the handler handled as many messages as WithLimit
 	// allows.
 	ErrLimitReached = errors.New("components: consumer handled its limit of messages")
+	// ErrHandlerStopped: the handler returned an error made by Stop.
+	ErrHandlerStopped = errors.New("components: the handler stopped the consumer")
 )
+
+// Stop wraps err, for a handler to return, to say that the consumer cannot
+// handle messages at all any more (its output is gone: a full disk, a
+// closed pipe), not that this message failed. The message is not handed
+// back to its producer: it is left unanswered, and so is every message the
+// consumer holds and has not handled, for the group's other consumers; the
+// consumer stops on its own (Done), and Err returns an error that wraps
+// ErrHandlerStopped and err. Stop(nil) is nil.
+func Stop(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &handlerStop{err}
+}
+
+// handlerStop is the error Stop makes.
+type handlerStop struct{ err error }
+
+func (e *handlerStop) Error() string { return e.err.Error() }
+func (e *handlerStop) Unwrap() error { return e.err }
 
 // NackError is a message handed back for good; SendWait returns it.
 type NackError struct {

@@ -195,3 +195,36 @@ func TestCLI_ProduceNoConsumer(t *testing.T) {
 		t.Fatalf("produce with no consumer = exit %d, %+v; want exit 3 with 50 unacknowledged", code, s)
 	}
 }
+
+// TestCLI_ConsumeOutputFails checks a consumer whose --out cannot be
+// written (a full disk): it hands nothing back as failed, exits 1 naming
+// --out and the error, and the group's other consumer handles every
+// message, each exactly once; the producer exits 0.
+func TestCLI_ConsumeOutputFails(t *testing.T) {
+	m := newMesh(t)
+	m.startEtcd()
+	m.startIntermediate("intermediate1", "127.0.0.2")
+	full := m.start("full", "consume", "--id", "full", "--out", "/dev/full")
+	c2 := m.startConsumer("c2")
+	for _, c := range []*proc{full, c2} {
+		waitUntil(t, failFastBound, c.name+" registered", func() bool {
+			return strings.Contains(readFile(c.stderr), "consumer registered")
+		})
+	}
+	const n = 5000
+	p := m.start("p1", "produce", "--id", "p1", "--count", strconv.Itoa(n))
+	if code := full.wait(runTimeout); code != 1 {
+		t.Errorf("consume --out /dev/full exited %d, want 1", code)
+	}
+	lines := strings.Split(strings.TrimSpace(readFile(full.stderr)), "\n")
+	last := lines[len(lines)-1]
+	for _, want := range []string{"butterfly: ", "--out: write /dev/full: no space left on device"} {
+		if !strings.Contains(last, want) {
+			t.Errorf("consume --out /dev/full: last line %q, want it to contain %q", last, want)
+		}
+	}
+	if sum := m.waitProducer(p, n, runTimeout); sum.Nacked != 0 {
+		t.Errorf("producer summary %+v, want nothing handed back", sum)
+	}
+	m.checkExactlyOnce(map[string]int{"p1": n}, false)
+}

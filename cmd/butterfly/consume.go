@@ -47,7 +47,9 @@ func newConsumeCommand(r *rootCommand) *cobra.Command {
 hand each to a handler: it prints the payload, or with --out appends one line
 per handled message to FILE:
   producer_id<TAB>seq<TAB>intermediate
-A message is acknowledged only after its line is written. Duplicates (a
+A message is acknowledged only after its line is written; when a write
+fails (a full disk), the consumer stops and exits 1, and what it held goes,
+unhandled, to the group's other consumers. Duplicates (a
 message sent again after an intermediate failed) are dropped. With --count it
 handles exactly N messages and exits: what it received beyond them goes,
 unhandled, to the group's other consumers (or waits for the group's next
@@ -119,7 +121,13 @@ client certificate (butterfly certs --consumer-id ID).`,
 					_, err = fmt.Fprintf(w, "%s\n", d.Message.GetPayload())
 				}
 				if err != nil {
-					return fmt.Errorf("write: %w", err)
+					// The output is gone (a full disk, a closed pipe): no
+					// message can be handled here, so none is handed back
+					// as failed; the group's other consumers take them.
+					if out != "" {
+						return components.Stop(fmt.Errorf("--out: %w", err))
+					}
+					return components.Stop(fmt.Errorf("stdout: %w", err))
 				}
 				return nil
 			}
