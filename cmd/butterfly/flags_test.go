@@ -178,3 +178,13 @@ func TestUsageErrors_NameTheFlagFirst(t *testing.T) {
 		}
 	}
 }
+
+// TestErrorLine_OneLine checks that a command's last line is one line when
+// its error joins two (a stage whose two sides both failed to close).
+func TestErrorLine_OneLine(t *testing.T) {
+	err := errors.Join(errors.New("components: consumer closed with 3 in hand"), errors.New("components: producer closed with 5 messages unacknowledged\n"))
+	want := "butterfly: components: consumer closed with 3 in hand; components: producer closed with 5 messages unacknowledged"
+	if got := errorLine(err); got != want {
+		t.Errorf("errorLine() = %q, want %q", got, want)
+	}
+}

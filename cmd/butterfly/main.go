@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 )
 
@@ -46,7 +47,7 @@ func run(ctx context.Context, args []string) int {
 	if err == nil {
 		return exitOK
 	}
-	fmt.Fprintf(os.Stderr, "butterfly: %v\n", err)
+	fmt.Fprintln(os.Stderr, errorLine(err))
 	var ue *usageError
 	var ie *incompleteError
 	switch {
@@ -57,6 +58,18 @@ func run(ctx context.Context, args []string) int {
 	default:
 		return exitError
 	}
+}
+
+// errorLine is the command's last line for err: one line, errors joined
+// (a stage's two sides that both failed to close) separated by "; ".
+func errorLine(err error) string {
+	var parts []string
+	for line := range strings.Lines(err.Error()) {
+		if line = strings.TrimSpace(line); line != "" {
+			parts = append(parts, line)
+		}
+	}
+	return "butterfly: " + strings.Join(parts, "; ")
 }
 
 // usageError is a wrong or missing flag or argument.
