@@ -94,11 +94,24 @@ certificates: this is for development and tests, not for production.`,
 			if err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return fmt.Errorf("certs: %w", err)
 			}
+			asked := time.Now().Add(validity)
 			if err := tlsutil.GenerateDev(dir, hosts, opts...); err != nil {
+				return err
+			}
+			notAfter, err := tlsutil.NotAfter(filepath.Join(dir, tlsutil.ServerFile))
+			if err != nil {
 				return err
 			}
 			r.logger.Debug("certificates written", "dir", dir, "hosts", hosts, "client_id", clientID, "identities", issued, "kept_ca", keptCA)
 			printCerts(cmd, dir, hosts, clientID, issued, keptCA)
+			until := "the certificates are valid until " + notAfter.UTC().Format(time.RFC3339)
+			if notAfter.Before(asked.Add(-time.Minute)) {
+				// The CA (one year from when it was made) bounds what it
+				// signs.
+				until += fmt.Sprintf(", when %s expires: --validity %v reaches past it (a CA made here is valid for a year)",
+					filepath.Join(dir, tlsutil.CAFile), validity)
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), until)
 			return nil
 		},
 	}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 
@@ -157,4 +158,37 @@ func TestCertsCommand_RoleCertificates(t *testing.T) {
 	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "--stage-id") {
 		t.Errorf("butterfly certs --stage-id s/1 = %v, want a usage error naming --stage-id", err)
 	}
+}
+
+// TestCertsCommand_SaysUntilWhen checks that certs says when what it wrote
+// expires, and says so when the CA cut --validity short.
+func TestCertsCommand_SaysUntilWhen(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "certs")
+	out, err := executeCommand(t, "certs", "--dir", dir, "--hosts", "127.0.0.1", "--validity", "48h")
+	if err != nil {
+		t.Fatalf("butterfly certs = %v, want nil", err)
+	}
+	notAfter := readPEMCert(t, filepath.Join(dir, tlsutil.ServerFile)).NotAfter
+	want := "the certificates are valid until " + notAfter.UTC().Format(time.RFC3339) + "\n"
+	if !strings.HasSuffix(out, want) {
+		t.Errorf("butterfly certs --validity 48h output ends %q, want %q", lastLine(out), want)
+	}
+	if d := time.Until(notAfter); d < 47*time.Hour || d > 49*time.Hour {
+		t.Errorf("server certificate expires in %v, want about 48h", d)
+	}
+
+	out, err = executeCommand(t, "certs", "--dir", dir, "--hosts", "127.0.0.1", "--validity", "87600h")
+	if err != nil {
+		t.Fatalf("butterfly certs = %v, want nil", err)
+	}
+	ca := readPEMCert(t, filepath.Join(dir, tlsutil.CAFile)).NotAfter
+	want = "the certificates are valid until " + ca.UTC().Format(time.RFC3339) + ", when " + filepath.Join(dir, tlsutil.CAFile) + " expires: --validity 87600h0m0s reaches past it"
+	if !strings.Contains(out, want) {
+		t.Errorf("butterfly certs --validity 87600h output ends %q, want it to contain %q", lastLine(out), want)
+	}
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
 }

@@ -349,6 +349,19 @@ func writeFile(dir, name string, data []byte, mode os.FileMode) error {
 	return nil
 }
 
+// NotAfter returns when the PEM certificate in file expires.
+func NotAfter(file string) (time.Time, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("tlsutil: %w", err)
+	}
+	cert, err := parseCertPEM(data)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("tlsutil: %s: %w", file, err)
+	}
+	return cert.NotAfter, nil
+}
+
 func parseCertPEM(data []byte) (*x509.Certificate, error) {
 	block, _ := pem.Decode(data)
 	if block == nil || block.Type != "CERTIFICATE" {
