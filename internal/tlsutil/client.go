@@ -76,6 +76,9 @@ func newClientTLS(ctx context.Context, f Files, logger *slog.Logger, opts []Opti
 	if err != nil {
 		return nil, err
 	}
+	if keyPair != nil {
+		warnNotForClients(keyPair, f.Cert, logger)
+	}
 	cas, err := poolReloader(ctx, f, o, logger)
 	if err != nil {
 		return nil, err

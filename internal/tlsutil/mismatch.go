@@ -79,7 +79,7 @@ func x509Mend(msg string) string {
 // refusedHandshake says that the server ended the client's handshake with
 // the alert in msg.
 func refusedHandshake(msg string) string {
-	mend := "mutual TLS: --tls-cert and --tls-key signed by a CA the instance trusts"
+	mend := "mutual TLS: --tls-cert and --tls-key, a certificate for client authentication signed by a CA the instance trusts"
 	if strings.Contains(msg, "expired certificate") {
 		mend = "renew --tls-cert and --tls-key: files renewed on disk are read at a later handshake, so a component stops here for its supervisor to start it again"
 	}

@@ -30,8 +30,8 @@ func TestTLSCause_OneReadableLine(t *testing.T) {
 func TestMismatch_SaysWhatMendsTheAlert(t *testing.T) {
 	for _, tc := range []struct{ msg, want string }{
 		{`connection error: desc = "error reading server preface: remote error: tls: expired certificate"`, "tls: expired certificate (renew --tls-cert and --tls-key"},
-		{`connection error: desc = "error reading server preface: remote error: tls: certificate required"`, "tls: certificate required (mutual TLS: --tls-cert and --tls-key signed by a CA the instance trusts)"},
-		{`connection error: desc = "error reading server preface: remote error: tls: unknown certificate authority"`, "tls: unknown certificate authority (mutual TLS: --tls-cert and --tls-key signed by a CA the instance trusts)"},
+		{`connection error: desc = "error reading server preface: remote error: tls: certificate required"`, "tls: certificate required (mutual TLS: --tls-cert and --tls-key, a certificate for client authentication signed by a CA the instance trusts)"},
+		{`connection error: desc = "error reading server preface: remote error: tls: unknown certificate authority"`, "tls: unknown certificate authority (mutual TLS: --tls-cert and --tls-key, a certificate for client authentication signed by a CA the instance trusts)"},
 	} {
 		if got := Mismatch(context.Background(), "", nil, tc.msg); !strings.Contains(got, tc.want) {
 			t.Errorf("Mismatch(%q)\n = %q\nwant it to contain %q", tc.msg, got, tc.want)

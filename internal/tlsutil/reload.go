@@ -135,6 +135,22 @@ func keyPairReloader(ctx context.Context, f Files, o options, logger *slog.Logge
 	return r, nil
 }
 
+// warnNotForClients warns when the client certificate in r may not be used
+// for client authentication: a server that checks client certificates
+// refuses it with an alert ("bad certificate") that does not say why.
+func warnNotForClients(r *reloader[*tls.Certificate], file string, logger *slog.Logger) {
+	leaf := r.value.Leaf
+	if leaf == nil || len(leaf.ExtKeyUsage) == 0 {
+		return // no extended key usage: any
+	}
+	for _, u := range leaf.ExtKeyUsage {
+		if u == x509.ExtKeyUsageClientAuth || u == x509.ExtKeyUsageAny {
+			return
+		}
+	}
+	logger.Warn("tlsutil: the client certificate (--tls-cert) is not for client authentication: its extended key usage leaves it out, and a server that checks client certificates refuses it; use one issued for clients (butterfly certs writes client.pem and <role>-<id>.pem)", "file", file)
+}
+
 // poolReloader loads f.CA, or returns nil when there is none.
 func poolReloader(ctx context.Context, f Files, o options, logger *slog.Logger) (*reloader[*x509.CertPool], error) {
 	if f.CA == "" {
