@@ -209,7 +209,7 @@ func TestLab_MoveOldHostUnreachable(t *testing.T) {
 
 // TestLab_ConsumerBackAfterLapse cuts c1 from etcd until its lease lapses,
 // starts c1 again on another host, then heals the cut: the first c1 finds
-// its id held by another incarnation (at epoch 1 again, as its own was) and
+// its id held by another incarnation (at a higher epoch: the store's revision) and
 // leaves, exit 0, and the new one keeps the id. Only what the first had in
 // hand may be handled twice.
 func TestLab_ConsumerBackAfterLapse(t *testing.T) {

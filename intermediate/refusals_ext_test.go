@@ -24,6 +24,7 @@ import (
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/intermediate"
 	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
+	"github.com/butterfly-mesh/butterfly/registry"
 )
 
 // heldDrain is a rig draining with one message of producer p1 held open:
@@ -169,8 +170,11 @@ func TestRefusal_SubscribeWhileLeaving(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Subscribe() = %v", err)
 	}
+	// c2's key is written by hand below, at an epoch the hello can name
+	// before it exists (a registration's is the store's revision).
+	const epoch = 1 << 40
 	hello := &deliveryv1.SubscribeHello{ConsumerId: "c2", Group: intermediate.DefaultGroup, Instance: "i1",
-		HeartbeatIntervalMs: quietHeartbeatMs, InitialCredit: 10, RegistrationEpoch: 1}
+		HeartbeatIntervalMs: quietHeartbeatMs, InitialCredit: 10, RegistrationEpoch: epoch}
 	if err := c2.Send(&deliveryv1.SubscribeRequest{Kind: &deliveryv1.SubscribeRequest_Hello{Hello: hello}}); err != nil {
 		t.Fatalf("Send(hello of c2) = %v", err)
 	}
@@ -179,9 +183,11 @@ func TestRefusal_SubscribeWhileLeaving(t *testing.T) {
 	}
 	// The DrainNotice on c1 comes once the intermediate is leaving.
 	endsAfterNotice(t, c1)
-	if epoch := r.register(intermediate.DefaultGroup, "c2"); epoch != 1 {
-		t.Fatalf("registration epoch of c2 = %d, want 1", epoch)
+	key := registry.ConsumerKey(prefix, service, intermediate.DefaultGroup, "c2")
+	if _, err := r.cli.Put(r.ctx(), key, fmt.Sprintf(`{"consumer":"c2","group":%q,"epoch":%d}`, intermediate.DefaultGroup, epoch)); err != nil {
+		t.Fatalf("Put(%s) = %v", key, err)
 	}
+	t.Cleanup(func() { _, _ = r.cli.Delete(context.Background(), key) })
 	resp, err := c2.Recv()
 	if err == nil {
 		t.Fatalf("subscribe stream of c2 while leaving got %v, want it refused", resp)

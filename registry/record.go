@@ -100,9 +100,8 @@ func newConsumerRecord(val ConsumerValue) *consumerRecord {
 
 // consumerClaim tells a consumer's incarnations apart: its host and when it
 // started. A process that comes back after its lease lapsed and finds its
-// key held by another incarnation is replaced, whatever that one's epoch: a
-// key that was gone leaves no epoch behind, and the next incarnation starts
-// at 1 again.
+// key held by another incarnation is replaced, whatever that one's epoch
+// (which, on a key that was gone, is the store's revision, above its own).
 func consumerClaim(v ConsumerValue) string {
 	return v.Host + " " + v.Started.UTC().Format(time.RFC3339Nano)
 }

@@ -336,7 +336,13 @@ func (r *Registration) claimLocked(ctx context.Context) (int64, error) {
 			return 0, fmt.Errorf("registry: get %s: %w", r.key, err)
 		}
 		cmp := clientv3.Compare(clientv3.CreateRevision(r.key), "=", 0)
-		r.epoch = 1
+		// A key that is gone leaves no epoch behind: the store's revision,
+		// which only grows, puts the new incarnation above every one
+		// before it, each of which claimed no more than the revision its
+		// put was written at. An incarnation whose lease lapsed while it
+		// still runs (cut off from etcd) keeps streams open at its old
+		// epoch, and intermediates must not take them for the new one's.
+		r.epoch = uint64(max(get.Header.Revision, 0)) + 1
 		if len(get.Kvs) > 0 {
 			kv := get.Kvs[0]
 			cmp = clientv3.Compare(clientv3.ModRevision(r.key), "=", kv.ModRevision)

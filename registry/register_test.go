@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,15 +31,18 @@ func TestRegister_PutsValue(t *testing.T) {
 	if got, want := r.Key(), "butterfly/services/svc/i1"; got != want {
 		t.Errorf("Key() = %q, want %q", got, want)
 	}
-	if got := r.Epoch(); got != 1 {
-		t.Errorf("Epoch() = %d, want 1", got)
+	// A new key's epoch is the store's revision its put was written at:
+	// above every incarnation's before it, whatever became of their key.
+	created := createRevision(t, cli, r.Key())
+	if got := r.Epoch(); got != created {
+		t.Errorf("Epoch() = %d, want the key's create revision %d", got, created)
 	}
 	v, lease, ok := getValue(t, cli, r.Key())
 	if !ok {
 		t.Fatalf("Get(%q) found nothing, want the registration", r.Key())
 	}
 	want := Value{Addr: "127.0.0.1:7001", Metadata: Metadata{
-		Instance: "i1", Epoch: 1, Weight: 7, Zone: "z1", Version: "v1.2",
+		Instance: "i1", Epoch: created, Weight: 7, Zone: "z1", Version: "v1.2",
 	}}
 	if diff := cmp.Diff(want, v, cmpopts.IgnoreFields(Metadata{}, "Started")); diff != "" {
 		t.Errorf("value of %s (-want +got):\n%s", r.Key(), diff)
@@ -97,8 +101,8 @@ func TestRegister_SecondIncarnationFencesFirst(t *testing.T) {
 	old := register(t, cli, "svc", "i1", "127.0.0.1:7001")
 	moved := register(t, cli, "svc", "i1", "127.0.0.2:7002")
 
-	if got := moved.Epoch(); got != 2 {
-		t.Errorf("Epoch() of the second incarnation = %d, want 2", got)
+	if got, want := moved.Epoch(), old.Epoch()+1; got != want {
+		t.Errorf("Epoch() of the second incarnation = %d, want %d", got, want)
 	}
 	waitClosed(t, "Replaced() of the first incarnation", old.Replaced())
 	if isClosed(moved.Replaced()) {
@@ -111,8 +115,8 @@ func TestRegister_SecondIncarnationFencesFirst(t *testing.T) {
 		t.Errorf("Close() of the first incarnation = %v, want nil", err)
 	}
 	v, _, ok := getValue(t, cli, moved.Key())
-	if !ok || v.Addr != "127.0.0.2:7002" || v.Metadata.Epoch != 2 || v.Metadata.Draining {
-		t.Fatalf("Get(%q) after the first Close = %+v (found %v), want Addr 127.0.0.2:7002 epoch 2", moved.Key(), v, ok)
+	if !ok || v.Addr != "127.0.0.2:7002" || v.Metadata.Epoch != moved.Epoch() || v.Metadata.Draining {
+		t.Fatalf("Get(%q) after the first Close = %+v (found %v), want Addr 127.0.0.2:7002 epoch %d", moved.Key(), v, ok, moved.Epoch())
 	}
 	if err := moved.Close(testContext(t)); err != nil {
 		t.Fatalf("Close() of the second incarnation = %v", err)
@@ -151,20 +155,29 @@ func TestRegister_RacingIncarnationsGetDistinctEpochs(t *testing.T) {
 			epochs[r.Epoch()] = r
 		}
 	}
-	for e := uint64(1); e <= n; e++ {
-		if epochs[e] == nil {
-			t.Fatalf("epochs won = %v, want each of 1..%d once", keys(epochs), n)
+	// The first put the key at its create revision, each after it one
+	// above the one it found.
+	won := keys(epochs)
+	slices.Sort(won)
+	first := won[0]
+	for i, e := range won {
+		if e != first+uint64(i) {
+			t.Fatalf("epochs won = %v, want %d consecutive ones", won, n)
 		}
 	}
-	v, _, _ := getValue(t, cli, epochs[n].Key())
-	if v.Metadata.Epoch != n {
-		t.Errorf("epoch in etcd = %d, want %d", v.Metadata.Epoch, n)
+	last := won[n-1]
+	if created := createRevision(t, cli, epochs[last].Key()); first != created {
+		t.Errorf("first epoch %d, want the key's create revision %d", first, created)
 	}
-	for e := uint64(1); e < n; e++ {
+	v, _, _ := getValue(t, cli, epochs[last].Key())
+	if v.Metadata.Epoch != last {
+		t.Errorf("epoch in etcd = %d, want %d", v.Metadata.Epoch, last)
+	}
+	for _, e := range won[:n-1] {
 		waitClosed(t, "Replaced() of an older incarnation", epochs[e].Replaced())
 	}
-	if isClosed(epochs[n].Replaced()) {
-		t.Errorf("Replaced() of epoch %d is closed, want open", n)
+	if isClosed(epochs[last].Replaced()) {
+		t.Errorf("Replaced() of epoch %d is closed, want open", last)
 	}
 }
 
@@ -248,7 +261,7 @@ func TestRegistration_OverwrittenKey(t *testing.T) {
 	}{
 		{name: "not JSON", value: "garbage", wantReplaced: false},
 		{name: "same address, older epoch", value: `{"Addr":"127.0.0.1:7001","Metadata":{"epoch":0}}`, wantReplaced: false},
-		{name: "same address, newer epoch", value: `{"Addr":"127.0.0.1:7001","Metadata":{"epoch":5}}`, wantReplaced: true},
+		{name: "same address, newer epoch", value: `{"Addr":"127.0.0.1:7001","Metadata":{"epoch":100000}}`, wantReplaced: true},
 		{name: "other address", value: `{"Addr":"127.0.0.9:7009"}`, wantReplaced: true},
 	}
 	srv := etcdtest.Start(t)
@@ -302,8 +315,8 @@ func TestRegistration_SetDraining(t *testing.T) {
 		t.Fatalf("SetDraining() = %v", err)
 	}
 	v, gotLease, ok := getValue(t, cli, r.Key())
-	if !ok || !v.Metadata.Draining || v.Metadata.Epoch != 1 || gotLease != lease {
-		t.Fatalf("Get(%q) after SetDraining = %+v lease %x (found %v), want draining, epoch 1, lease %x", r.Key(), v, gotLease, ok, lease)
+	if !ok || !v.Metadata.Draining || v.Metadata.Epoch != r.Epoch() || gotLease != lease {
+		t.Fatalf("Get(%q) after SetDraining = %+v lease %x (found %v), want draining, epoch %d, lease %x", r.Key(), v, gotLease, ok, r.Epoch(), lease)
 	}
 	if _, err := cli.Delete(testContext(t), r.Key()); err != nil {
 		t.Fatalf("Delete(%q) = %v", r.Key(), err)
@@ -332,8 +345,8 @@ func TestRegistration_SetDrainingThatFailedIsWritten(t *testing.T) {
 		v, _, ok := getValue(t, cli, r.Key())
 		return ok && v.Metadata.Draining
 	})
-	if v, gotLease, _ := getValue(t, cli, r.Key()); v.Metadata.Epoch != 1 || gotLease != lease {
-		t.Errorf("Get(%q) = %+v lease %x, want epoch 1 on lease %x", r.Key(), v, gotLease, lease)
+	if v, gotLease, _ := getValue(t, cli, r.Key()); v.Metadata.Epoch != r.Epoch() || gotLease != lease {
+		t.Errorf("Get(%q) = %+v lease %x, want epoch %d on lease %x", r.Key(), v, gotLease, r.Epoch(), lease)
 	}
 }
 
@@ -465,14 +478,14 @@ func TestRegistration_RewrittenOffItsLease(t *testing.T) {
 	}
 }
 
-// TestRegistration_SameClaimOnAnotherLeaseIsLeftAlone checks that a
-// registration does not put its value back over one with its own claim and
-// epoch on another live lease: that is another process (an instance whose
-// key lapsed, and a replacement at the same advertised address that found
-// the key empty and took epoch 1 too), and putting it back would make the
-// two rewrite the key for as long as both live. Only a value on no lease,
-// written by hand, is put back (TestRegistration_RewrittenOffItsLease).
-func TestRegistration_SameClaimOnAnotherLeaseIsLeftAlone(t *testing.T) {
+// TestRegistration_ReplacementAfterALapseFencesTheFirst checks an instance
+// whose lease lapsed while it still runs and a replacement at the same
+// advertised address that found the key empty: the replacement's epoch is
+// above the first's (the store's revision, not 1 again), so the first, when
+// it notices its lease gone, finds its key taken and stops touching it,
+// rather than put its value back and fight the replacement over the key
+// for as long as both live.
+func TestRegistration_ReplacementAfterALapseFencesTheFirst(t *testing.T) {
 	srv := etcdtest.Start(t)
 	cliA, cliB, obs := newClient(t, srv), newClient(t, srv), newClient(t, srv)
 	const addr = "host2.example:7001"
@@ -482,15 +495,11 @@ func TestRegistration_SameClaimOnAnotherLeaseIsLeftAlone(t *testing.T) {
 		t.Fatalf("Revoke(%x) = %v", lease, err)
 	}
 	b := register(t, cliB, "svc", "i1", addr) // the key is gone with a's lease
-	if a.Epoch() != b.Epoch() {
-		t.Fatalf("epochs %d and %d, want the same: b registered on the empty key", a.Epoch(), b.Epoch())
+	if b.Epoch() <= a.Epoch() {
+		t.Fatalf("epochs %d and %d, want the replacement's above the first's", a.Epoch(), b.Epoch())
 	}
+	waitClosed(t, "Replaced() of the first incarnation", a.Replaced())
 	bv, bLease, _ := getValue(t, obs, b.Key())
-	// a notices its lease is gone and puts its value back once.
-	waitUntil(t, "a to put its value back on a new lease", func() bool {
-		v, l, ok := getValue(t, obs, a.Key())
-		return ok && l != lease && l != bLease && l != 0 && !v.Metadata.Started.Equal(bv.Metadata.Started)
-	})
 	resp, err := obs.Get(testContext(t), a.Key())
 	if err != nil || len(resp.Kvs) != 1 {
 		t.Fatalf("Get(%q) = %v, %v", a.Key(), resp, err)
@@ -506,7 +515,13 @@ func TestRegistration_SameClaimOnAnotherLeaseIsLeftAlone(t *testing.T) {
 		}
 	}
 	if puts != 0 {
-		t.Errorf("the key was rewritten %d times in 3s after a put its value back, want 0: a and b fight over it", puts)
+		t.Errorf("the key was rewritten %d times in 3s after the first was replaced, want 0", puts)
+	}
+	if v, l, ok := getValue(t, obs, b.Key()); !ok || l != bLease || !cmp.Equal(v, bv) {
+		t.Errorf("Get(%q) = %+v on lease %x, want the replacement's %+v on %x", b.Key(), v, l, bv, bLease)
+	}
+	if isClosed(b.Replaced()) {
+		t.Errorf("Replaced() of the replacement is closed, want open")
 	}
 }
 
@@ -543,4 +558,14 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// createRevision returns the create revision of key, which must exist.
+func createRevision(t *testing.T, cli *clientv3.Client, key string) uint64 {
+	t.Helper()
+	resp, err := cli.Get(testContext(t), key)
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("Get(%q) = %v, %v, want one key", key, resp, err)
+	}
+	return uint64(resp.Kvs[0].CreateRevision)
 }

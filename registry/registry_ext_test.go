@@ -77,8 +77,8 @@ func TestRegister_EtcdctlReadsJSON(t *testing.T) {
 	}
 	srv := etcdtest.Start(t)
 	cli := srv.Client(t)
-	register(t, cli, "svc", "i1", "127.0.0.1:7001")
-	register(t, cli, "svc", "i2", "127.0.0.2:7002")
+	r1 := register(t, cli, "svc", "i1", "127.0.0.1:7001")
+	r2 := register(t, cli, "svc", "i2", "127.0.0.2:7002")
 
 	cmd := exec.CommandContext(testContext(t), etcdctl, "--endpoints="+srv.Endpoint(), "get", "--prefix", "butterfly/services/")
 	cmd.Env = append(os.Environ(), "ETCDCTL_API=3")
@@ -92,9 +92,10 @@ func TestRegister_EtcdctlReadsJSON(t *testing.T) {
 	}
 	for i, want := range []struct {
 		key, instance, addr string
+		epoch               uint64
 	}{
-		{"butterfly/services/svc/i1", "i1", "127.0.0.1:7001"},
-		{"butterfly/services/svc/i2", "i2", "127.0.0.2:7002"},
+		{"butterfly/services/svc/i1", "i1", "127.0.0.1:7001", r1.Epoch()},
+		{"butterfly/services/svc/i2", "i2", "127.0.0.2:7002", r2.Epoch()},
 	} {
 		if got := lines[2*i]; got != want.key {
 			t.Errorf("etcdctl key line %d = %q, want %q", 2*i, got, want.key)
@@ -106,8 +107,8 @@ func TestRegister_EtcdctlReadsJSON(t *testing.T) {
 		if err := json.Unmarshal([]byte(lines[2*i+1]), &v); err != nil {
 			t.Fatalf("json.Unmarshal(%s) = %v", lines[2*i+1], err)
 		}
-		if v.Addr != want.addr || v.Metadata["instance"] != want.instance || v.Metadata["epoch"] != float64(1) || v.Metadata["draining"] != false {
-			t.Errorf("etcdctl value of %s = %s, want Addr %s, instance %s, epoch 1, draining false", want.key, lines[2*i+1], want.addr, want.instance)
+		if v.Addr != want.addr || v.Metadata["instance"] != want.instance || v.Metadata["epoch"] != float64(want.epoch) || v.Metadata["draining"] != false {
+			t.Errorf("etcdctl value of %s = %s, want Addr %s, instance %s, epoch %d, draining false", want.key, lines[2*i+1], want.addr, want.instance, want.epoch)
 		}
 	}
 }

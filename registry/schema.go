@@ -26,7 +26,8 @@ type Metadata struct {
 	// Instance is the stable instance name; the last element of the key.
 	Instance string `json:"instance"`
 	// Epoch grows with every new incarnation of the instance, so an old
-	// process can tell that it was replaced.
+	// process can tell that it was replaced: one above the key's, or
+	// where the key is gone, the store's revision plus one.
 	Epoch uint64 `json:"epoch"`
 	// Draining is set while the instance finishes what it holds; clients send
 	// it nothing new.

@@ -36,7 +36,10 @@ type ConsumerValue struct {
 	// Group is the consumer group; the element before the id.
 	Group string `json:"group"`
 	// Epoch grows with every new incarnation of the consumer id, so that a
-	// second process with the same id takes over and the first one stops.
+	// second process with the same id takes over and the first one stops:
+	// one above the key's, or where the key is gone (a lease that lapsed),
+	// the store's revision plus one, so that streams a lapsed process still
+	// holds are never taken for the new incarnation's.
 	Epoch uint64 `json:"epoch"`
 	// Draining is set while the consumer leaves: it takes nothing new, and
 	// the group's other consumers own its keys.
@@ -186,7 +189,7 @@ func DeleteGroup(ctx context.Context, cli *clientv3.Client, service, group strin
 }
 
 // RegisterConsumer registers consumer in group of service, as Register does
-// for an instance: on a lease, with an epoch one above the key's current one,
+// for an instance: on a lease, with an epoch above the key's current one,
 // kept until Close; a second registration of the same id replaces the first,
 // whose Replaced channel closes. It does not declare the group (see
 // CreateGroup).

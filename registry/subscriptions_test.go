@@ -95,7 +95,7 @@ func TestSubscriptions_GroupsConsumersTakeover(t *testing.T) {
 		t.Fatalf("RegisterConsumer(c1) = %v", err)
 	}
 	defer c1.Close(context.Background())
-	waitSummary(t, views, "a declared=true: c1@1;")
+	waitSummary(t, views, fmt.Sprintf("a declared=true: c1@%d;", c1.Epoch()))
 
 	// A consumer of a group nobody declared is listed, undeclared.
 	b1, err := RegisterConsumer(ctx, cli, "svc", "b", "b1")
@@ -103,24 +103,28 @@ func TestSubscriptions_GroupsConsumersTakeover(t *testing.T) {
 		t.Fatalf("RegisterConsumer(b1) = %v", err)
 	}
 	defer b1.Close(context.Background())
-	waitSummary(t, views, "a declared=true: c1@1;b declared=false: b1@1;")
+	waitSummary(t, views, fmt.Sprintf("a declared=true: c1@%d;b declared=false: b1@%d;", c1.Epoch(), b1.Epoch()))
 
-	// A second process with the same id takes over: epoch 2, the first is
-	// fenced and leaves the key alone.
+	// A second process with the same id takes over: the epoch above the
+	// first's, which is fenced and leaves the key alone.
 	c1b, err := RegisterConsumer(ctx, cli, "svc", "a", "c1")
 	if err != nil {
 		t.Fatalf("RegisterConsumer(c1) again = %v", err)
 	}
 	defer c1b.Close(context.Background())
 	waitClosed(t, "c1.Replaced()", c1.Replaced())
-	waitSummary(t, views, "a declared=true: c1@2;b declared=false: b1@1;")
+	if c1b.Epoch() != c1.Epoch()+1 {
+		t.Errorf("epoch of the second c1 = %d, want %d", c1b.Epoch(), c1.Epoch()+1)
+	}
+	b := fmt.Sprintf("b declared=false: b1@%d;", b1.Epoch())
+	waitSummary(t, views, fmt.Sprintf("a declared=true: c1@%d;", c1b.Epoch())+b)
 	if err := c1.Close(ctx); err != nil {
 		t.Fatalf("Close(replaced c1) = %v", err)
 	}
 	if err := c1b.SetDraining(ctx); err != nil {
 		t.Fatalf("SetDraining(c1) = %v", err)
 	}
-	s := waitSummary(t, views, "a declared=true: c1@2(d);b declared=false: b1@1;")
+	s := waitSummary(t, views, fmt.Sprintf("a declared=true: c1@%d(d);", c1b.Epoch())+b)
 	g, ok := s.Group("a")
 	if c, found := g.Consumer("c1"); !ok || !found || c.Value.Group != "a" || c.Value.Consumer != "c1" {
 		t.Fatalf("Group(a).Consumer(c1) = %+v, %v, %v", c, ok, found)
@@ -129,11 +133,11 @@ func TestSubscriptions_GroupsConsumersTakeover(t *testing.T) {
 	if existed, err := DeleteGroup(ctx, cli, "svc", "a"); err != nil || !existed {
 		t.Fatalf("DeleteGroup(a) = %v, %v, want true, nil", existed, err)
 	}
-	waitSummary(t, views, "a declared=false: c1@2(d);b declared=false: b1@1;")
+	waitSummary(t, views, fmt.Sprintf("a declared=false: c1@%d(d);", c1b.Epoch())+b)
 	if err := c1b.Close(ctx); err != nil {
 		t.Fatalf("Close(c1) = %v", err)
 	}
-	waitSummary(t, views, "b declared=false: b1@1;")
+	waitSummary(t, views, b)
 }
 
 // TestParseConsumerValue_Rejects refuses values that disagree with their
@@ -318,7 +322,7 @@ func TestSubscriptions_MalformedGroupValueDeclares(t *testing.T) {
 		t.Fatalf("RegisterConsumer(c1) = %v", err)
 	}
 	defer c1.Close(context.Background())
-	v := waitSummary(t, views, "g declared=true: c1@1 ghost@1;")
+	v := waitSummary(t, views, fmt.Sprintf("g declared=true: c1@%d ghost@1;", c1.Epoch()))
 	resp, err := cli.Get(ctx, c1.Key())
 	if err != nil || len(resp.Kvs) != 1 {
 		t.Fatalf("Get(%s) = %v, %v", c1.Key(), resp, err)

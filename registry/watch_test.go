@@ -251,8 +251,8 @@ func TestRegistration_LeaseLostWhileResyncing(t *testing.T) {
 		v, got, ok := getValue(t, cli, r.Key())
 		return ok && got != lease && v.Metadata.Draining
 	})
-	if v, _, _ := getValue(t, cli, r.Key()); v.Metadata.Epoch != 1 || v.Addr != "127.0.0.1:7001" {
-		t.Errorf("value put back = %+v, want epoch 1 at 127.0.0.1:7001", v)
+	if v, _, _ := getValue(t, cli, r.Key()); v.Metadata.Epoch != r.Epoch() || v.Addr != "127.0.0.1:7001" {
+		t.Errorf("value put back = %+v, want epoch %d at 127.0.0.1:7001", v, r.Epoch())
 	}
 }
 
@@ -287,8 +287,8 @@ func TestRegistration_SurvivesEtcdOutage(t *testing.T) {
 		return ok && got != lease
 	})
 	v, _, _ := getValue(t, cli, r.Key())
-	if v.Metadata.Epoch != 1 || v.Addr != "127.0.0.1:7001" {
-		t.Errorf("value put back = %+v, want epoch 1 at 127.0.0.1:7001", v)
+	if v.Metadata.Epoch != r.Epoch() || v.Addr != "127.0.0.1:7001" {
+		t.Errorf("value put back = %+v, want epoch %d at 127.0.0.1:7001", v, r.Epoch())
 	}
 	if isClosed(r.Replaced()) {
 		t.Errorf("Replaced() is closed after an outage, want open")

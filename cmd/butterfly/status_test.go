@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -150,7 +151,7 @@ func TestStatusCommand_JoinsRegistryWithLiveStatus(t *testing.T) {
 		}
 	}
 	if g == nil || g.State != stateReplaced || g.Received != 0 || g.Producers != 0 || g.Consumers != 0 || !g.StatusTime.IsZero() ||
-		g.Error != i1.Addr+" answers as "+i1.Service+"/i1 epoch 1" {
+		g.Error != fmt.Sprintf("%s answers as %s/i1 epoch %d", i1.Addr, i1.Service, i1.Epoch) {
 		t.Errorf("status of ghost = %+v, want replaced, saying i1 answers, with none of i1's figures", g)
 	}
 }
