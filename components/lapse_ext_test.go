@@ -44,12 +44,6 @@ func (h *handledLog) handler(who string, delay time.Duration) components.Handler
 	}
 }
 
-func (h *handledLog) count(who string) int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return len(h.by[who])
-}
-
 // TestConsumer_LapsedProcessGetsNothingOfItsSuccessor: consumer c1
 // (process A) is cut from etcd only; its lease lapses and its key goes,
 // while A runs on with its streams to i1 and i2 open. A second process B
