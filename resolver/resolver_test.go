@@ -110,6 +110,7 @@ func register(t *testing.T, cli *clientv3.Client, service, instance, addr string
 	if err != nil {
 		t.Fatalf("Register(%q, %q, %q) = %v", service, instance, addr, err)
 	}
+	incarnations.add(t, instance, r.Epoch())
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
 		defer cancel()
@@ -152,7 +153,7 @@ func summary(t *testing.T, s gresolver.State) []string {
 		if i < len(s.Addresses) && !s.Addresses[i].Equal(ep.Addresses[0]) {
 			t.Errorf("Addresses[%d] = %+v, want %+v", i, s.Addresses[i], ep.Addresses[0])
 		}
-		out = append(out, fmt.Sprintf("%s=%s/%d", inst.Name, inst.Addr, inst.Metadata.Epoch))
+		out = append(out, fmt.Sprintf("%s=%s/%s", inst.Name, inst.Addr, incarnations.of(t, inst.Name, inst.Metadata.Epoch)))
 	}
 	return out
 }
@@ -415,4 +416,32 @@ func newClient(t *testing.T, srv *etcdtest.Server) *clientv3.Client {
 	}
 	t.Cleanup(func() { cli.Close() })
 	return cli
+}
+
+// incarnations numbers each test's registrations of an instance 1, 2, … in
+// the order they were made, for summaries that do not depend on the store's
+// revisions, which a new key's epoch is.
+var incarnations = incarnationLog{epochs: map[string][]uint64{}}
+
+type incarnationLog struct {
+	mu     sync.Mutex
+	epochs map[string][]uint64 // by test and instance: the epochs registered
+}
+
+func (l *incarnationLog) add(t *testing.T, instance string, epoch uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	k := t.Name() + "\x00" + instance
+	l.epochs[k] = append(l.epochs[k], epoch)
+}
+
+// of returns the incarnation that registered epoch, or the epoch itself,
+// prefixed "epoch ", for a key no register call wrote.
+func (l *incarnationLog) of(t *testing.T, instance string, epoch uint64) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if i := slices.Index(l.epochs[t.Name()+"\x00"+instance], epoch); i >= 0 {
+		return fmt.Sprint(i + 1)
+	}
+	return fmt.Sprintf("epoch %d", epoch)
 }
