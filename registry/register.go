@@ -336,12 +336,14 @@ func (r *Registration) claimLocked(ctx context.Context) (int64, error) {
 			return 0, fmt.Errorf("registry: get %s: %w", r.key, err)
 		}
 		cmp := clientv3.Compare(clientv3.CreateRevision(r.key), "=", 0)
-		// A key that is gone leaves no epoch behind: the store's revision,
-		// which only grows, puts the new incarnation above every one
-		// before it, each of which claimed no more than the revision its
-		// put was written at. An incarnation whose lease lapsed while it
-		// still runs (cut off from etcd) keeps streams open at its old
-		// epoch, and intermediates must not take them for the new one's.
+		// A new incarnation's epoch is above the key's and above the
+		// store's revision, which only grows: every incarnation before it
+		// claimed no more than the revision its put was written at (a
+		// put-back keeps its epoch), so the new one is above them all,
+		// whatever became of the key in between. An incarnation whose lease
+		// lapsed while it still runs (cut off from etcd) keeps streams open
+		// at its epoch, and intermediates must not take them for a later
+		// one's: they route by (id, epoch).
 		r.epoch = uint64(max(get.Header.Revision, 0)) + 1
 		if len(get.Kvs) > 0 {
 			kv := get.Kvs[0]
@@ -350,7 +352,7 @@ func (r *Registration) claimLocked(ctx context.Context) (int64, error) {
 			if epoch >= MaxEpoch {
 				return 0, fmt.Errorf("registry: put %s: epoch %d of the current value is at the limit %d", r.key, epoch, uint64(MaxEpoch))
 			}
-			r.epoch = epoch + 1
+			r.epoch = max(r.epoch, epoch+1)
 		}
 		val, err := r.valueLocked()
 		if err != nil {

@@ -113,8 +113,8 @@ func TestSubscriptions_GroupsConsumersTakeover(t *testing.T) {
 	}
 	defer c1b.Close(context.Background())
 	waitClosed(t, "c1.Replaced()", c1.Replaced())
-	if c1b.Epoch() != c1.Epoch()+1 {
-		t.Errorf("epoch of the second c1 = %d, want %d", c1b.Epoch(), c1.Epoch()+1)
+	if c1b.Epoch() <= c1.Epoch() {
+		t.Errorf("epoch of the second c1 = %d, want above the first's %d", c1b.Epoch(), c1.Epoch())
 	}
 	b := fmt.Sprintf("b declared=false: b1@%d;", b1.Epoch())
 	waitSummary(t, views, fmt.Sprintf("a declared=true: c1@%d;", c1b.Epoch())+b)
