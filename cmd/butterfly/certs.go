@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -19,6 +20,7 @@ import (
 func newCertsCommand(r *rootCommand) *cobra.Command {
 	var dir, clientID string
 	var hosts []string
+	var replaceHosts bool
 	roleIDs := map[tlsutil.Role]*[]string{}
 	var validity time.Duration
 	c := &cobra.Command{
@@ -49,10 +51,14 @@ it is refused unless the intermediate runs with --tls-allow-unbound.
 A CA already in --dir is kept, so running the command again issues new
 certificates that running processes still trust; servers and clients read
 rewritten files for their new connections within a second, without a
-restart. Keys are written with mode 0600. The CA key lies beside the
+restart. So a server.pem already there that names a host --hosts leaves out
+is not replaced: servers reading it would take the new one and clients
+would no longer verify them at that host. Give --hosts every server's
+address, old and new, or --replace-hosts to drop hosts on purpose. Keys are written with mode 0600. The CA key lies beside the
 certificates: this is for development and tests, not for production.`,
 		Example: `  butterfly certs --dir ./certs --hosts localhost,127.0.0.1
   butterfly certs --dir ./certs --hosts 127.0.0.1,127.0.0.2,127.0.0.3 --client-id p1
+  butterfly certs --dir ./certs --hosts 127.0.0.4 --replace-hosts
   butterfly certs --dir ./certs --hosts 127.0.0.1 --producer-id p1 --consumer-id c1 --stage-id s1 --admin-id ops
   butterfly certs --dir ./certs --hosts mesh.internal --validity 24h`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -94,16 +100,34 @@ certificates: this is for development and tests, not for production.`,
 			if err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return fmt.Errorf("certs: %w", err)
 			}
+			serverFile := filepath.Join(dir, tlsutil.ServerFile)
+			dropped, err := tlsutil.DroppedHosts(serverFile, hosts)
+			var pathErr *fs.PathError
+			switch {
+			case errors.As(err, &pathErr) && !errors.Is(err, fs.ErrNotExist):
+				return fmt.Errorf("certs: %w", err)
+			case err != nil:
+				dropped = nil // none, or not a certificate: nothing to keep
+			case len(dropped) > 0 && !replaceHosts:
+				return usagef("--hosts %s leaves out %s, which %s names: servers that read it would take the new one at their next reload, "+
+					"and clients would no longer verify them there; give --hosts every server's address (--hosts %s), or --replace-hosts to drop them",
+					strings.Join(hosts, ","), strings.Join(dropped, ", "), serverFile, strings.Join(append(slices.Clone(hosts), dropped...), ","))
+			}
 			asked := time.Now().Add(validity)
 			if err := tlsutil.GenerateDev(dir, hosts, opts...); err != nil {
 				return err
 			}
-			notAfter, err := tlsutil.NotAfter(filepath.Join(dir, tlsutil.ServerFile))
+			notAfter, err := tlsutil.NotAfter(serverFile)
 			if err != nil {
 				return err
 			}
 			r.logger.Debug("certificates written", "dir", dir, "hosts", hosts, "client_id", clientID, "identities", issued, "kept_ca", keptCA)
 			printCerts(cmd, dir, hosts, clientID, issued, keptCA)
+			if len(dropped) > 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s no longer names %s (it names only %s now); servers that read it take it at their next reload, "+
+					"and one still reached at a dropped host presents its previous certificate there until it restarts\n",
+					serverFile, strings.Join(dropped, ", "), strings.Join(hosts, ", "))
+			}
 			until := "the certificates are valid until " + notAfter.UTC().Format(time.RFC3339)
 			if notAfter.Before(asked.Add(-time.Minute)) {
 				// The CA (one year from when it was made) bounds what it
@@ -118,6 +142,7 @@ certificates: this is for development and tests, not for production.`,
 	f := c.Flags()
 	f.StringVar(&dir, "dir", "", "directory to write the files into (required; created 0700)")
 	f.StringSliceVar(&hosts, "hosts", nil, "IP addresses and DNS names of the servers, comma-separated (required)")
+	f.BoolVar(&replaceHosts, "replace-hosts", false, "replace a server.pem in --dir that names hosts --hosts leaves out (servers reading it no longer verify there)")
 	f.StringVar(&clientID, "client-id", "", "producer id to bind client.pem to")
 	for _, role := range tlsutil.Roles {
 		ids := new([]string)

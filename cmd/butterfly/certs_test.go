@@ -63,7 +63,7 @@ func TestCertsCommand_WritesPKI(t *testing.T) {
 		t.Fatalf("os.ReadFile(ca) = %v", err)
 	}
 
-	out, err = executeCommand(t, "certs", "--dir", dir, "--hosts", "127.0.0.3")
+	out, err = executeCommand(t, "certs", "--dir", dir, "--hosts", "127.0.0.2,mesh.local,127.0.0.3")
 	if err != nil {
 		t.Fatalf("butterfly certs again = %v, want nil; output:\n%s", err, out)
 	}
@@ -79,6 +79,55 @@ func TestCertsCommand_WritesPKI(t *testing.T) {
 	}
 	if got := readPEMCert(t, filepath.Join(dir, tlsutil.ClientFile)).URIs; len(got) != 0 {
 		t.Fatalf("client certificate URIs without --client-id = %v, want none", got)
+	}
+}
+
+// TestCertsCommand_KeepsServersHosts checks that certs run again on a
+// directory whose server.pem names a host --hosts leaves out refuses with a
+// usage error naming the hosts and --hosts, and writes nothing; that every
+// host it names with a new one is accepted without a word; and that
+// --replace-hosts drops hosts, saying which.
+func TestCertsCommand_KeepsServersHosts(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "certs6")
+	if out, err := executeCommand(t, "certs", "--dir", dir, "--hosts", "198.18.0.21,198.18.0.24"); err != nil {
+		t.Fatalf("butterfly certs = %v, want nil; output:\n%s", err, out)
+	}
+	serverFile := filepath.Join(dir, tlsutil.ServerFile)
+	before, err := os.ReadFile(serverFile)
+	if err != nil {
+		t.Fatalf("os.ReadFile(server.pem) = %v", err)
+	}
+
+	out, err := executeCommand(t, "certs", "--dir", dir, "--hosts", "198.18.0.25", "--consumer-id", "cA3")
+	var ue *usageError
+	for _, want := range []string{"--hosts 198.18.0.25 leaves out 198.18.0.21, 198.18.0.24", serverFile, "--hosts 198.18.0.25,198.18.0.21,198.18.0.24", "--replace-hosts"} {
+		if !errors.As(err, &ue) || !strings.Contains(err.Error(), want) {
+			t.Fatalf("butterfly certs --hosts 198.18.0.25 = %v, want a usage error containing %q; output:\n%s", err, want, out)
+		}
+	}
+	if after, err := os.ReadFile(serverFile); err != nil || !bytes.Equal(before, after) {
+		t.Fatalf("butterfly certs --hosts 198.18.0.25 rewrote server.pem (read: %v), want it kept", err)
+	}
+	certFile, _ := tlsutil.IdentityFiles(tlsutil.RoleConsumer, "cA3")
+	if _, err := os.Stat(filepath.Join(dir, certFile)); !os.IsNotExist(err) {
+		t.Fatalf("os.Stat(%s) = %v after a refusal, want nothing written", certFile, err)
+	}
+
+	out, err = executeCommand(t, "certs", "--dir", dir, "--hosts", "198.18.0.24,198.18.0.25,198.18.0.21", "--consumer-id", "cA3")
+	if err != nil || strings.Contains(out, "no longer names") {
+		t.Fatalf("butterfly certs with every host = %v, want nil and no word of dropped hosts; output:\n%s", err, out)
+	}
+
+	out, err = executeCommand(t, "certs", "--dir", dir, "--hosts", "198.18.0.25", "--replace-hosts")
+	if err != nil {
+		t.Fatalf("butterfly certs --replace-hosts = %v, want nil; output:\n%s", err, out)
+	}
+	want := serverFile + " no longer names 198.18.0.24, 198.18.0.21 (it names only 198.18.0.25 now)"
+	if !strings.Contains(out, want) {
+		t.Errorf("butterfly certs --replace-hosts output = %q, want it to contain %q", out, want)
+	}
+	if got := readPEMCert(t, serverFile).IPAddresses; len(got) != 1 || got[0].String() != "198.18.0.25" {
+		t.Errorf("server certificate IP SANs after --replace-hosts = %v, want [198.18.0.25]", got)
 	}
 }
 
