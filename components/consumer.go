@@ -625,8 +625,10 @@ func (c *Consumer) releaseJobLocked(j *job) {
 // (ErrGroupDeleted), its handler handled WithLimit's messages
 // (ErrLimitReached), its handler returned an error made by Stop
 // (ErrHandlerStopped), its client certificate may not subscribe as its id
-// (ErrPermissionDenied), or an intermediate refused it for good (ErrRefused,
-// ErrTLSMismatch, as a *RefusedError). Err says which. From then on it takes
+// (ErrPermissionDenied), an intermediate refused it for good (ErrRefused,
+// as a *RefusedError), or every one disagrees with it on TLS
+// (ErrTLSMismatch, as a *RefusedError; while one takes it, it goes on
+// without those that do not, warning of them). Err says which. From then on it takes
 // nothing new; unless taken over, its registration is marked draining, so
 // the group's other consumers own its keys; and its streams end once what it
 // has in hand is answered, so they get what it was sent and did not answer.
@@ -680,18 +682,34 @@ func (c *Consumer) idleLocked(now time.Time) {
 }
 
 // refusedAtOpen stops the consumer when err, from opening a stream to l's
-// instance or from its first receive, is a refusal that retrying cannot mend
-// (ErrRefused, ErrTLSMismatch); a PERMISSION_DENIED refusal is also
-// ErrPermissionDenied, and the consumer withdraws.
+// instance or from its first receive, is a refusal that retrying cannot
+// mend: at once for the intermediate's refusal of it (ErrRefused), once
+// every instance disagrees with it on TLS (ErrTLSMismatch, refusedLocked).
 func (c *Consumer) refusedAtOpen(l *subLink, err error) {
 	r := refusal(l.ctx, "consumer "+c.id, l.inst.Name, l.inst.Addr, c.cfg.creds, err)
-	switch {
-	case r == nil:
-	case r.Code == codes.PermissionDenied:
-		c.stop(fmt.Errorf("%w: %w", ErrPermissionDenied, r))
-	default:
-		c.stop(r)
+	if r == nil {
+		return
 	}
+	if errors.Is(r, ErrTLSMismatch) {
+		c.mu.Lock()
+		r = refusedLocked(c.links, &l.link, r, "consumer")
+		c.mu.Unlock()
+		if r == nil {
+			return
+		}
+	}
+	c.stopRefused(r)
+}
+
+// stopRefused stops the consumer on r, a refusal for good; a
+// PERMISSION_DENIED one is also ErrPermissionDenied, and the consumer
+// withdraws.
+func (c *Consumer) stopRefused(r *RefusedError) {
+	if r.Code == codes.PermissionDenied {
+		c.stop(fmt.Errorf("%w: %w", ErrPermissionDenied, r))
+		return
+	}
+	c.stop(r)
 }
 
 // stop ends the consumer's reception on its own, with err.

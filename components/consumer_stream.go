@@ -71,8 +71,8 @@ func (c *Consumer) welcomeInterval() time.Duration {
 // joins or moves: it takes nothing more.
 func (c *Consumer) reconcile(v registry.View) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.leaving || c.stopped || c.ctx.Err() != nil {
+		c.mu.Unlock()
 		return
 	}
 	reconcileLinks(c.links, v, linkHooks[*subLink]{
@@ -93,6 +93,12 @@ func (c *Consumer) reconcile(v registry.View) {
 			c.endRetiredLocked(l, time.Now().Add(c.retireGrace()), "its instance left the registry")
 		},
 	})
+	// The instances that took it may be gone, and those left refused it.
+	refused := allRefused(c.links)
+	c.mu.Unlock()
+	if refused != nil {
+		c.stopRefused(refused)
+	}
 }
 
 // retireGrace is how long a retired stream may still deliver.
@@ -202,7 +208,7 @@ func (l *subLink) once() (welcomed bool) {
 	credit := c.initialCredit(w.GetMaxCredit())
 	c.mu.Lock()
 	st.welcomed = true
-	l.failure = ""
+	l.welcomedLocked()
 	if prev := l.prev; prev != nil {
 		l.prev = nil
 		c.endRetiredLocked(prev, time.Now().Add(c.retireGrace()), "its instance moved, and the new incarnation welcomed this consumer")

@@ -35,6 +35,56 @@ type link struct {
 	// Guarded by the owner's mutex.
 	retired bool   // the instance drains, moved or left the membership, or the owner closes: do not reopen
 	failure string // why its last stream ended before a welcome, "" once one is welcomed
+	// refused is the TLS mismatch (a RefusedError) that ended its last
+	// stream before a welcome, nil once one is welcomed; refusedSaid is
+	// when it was last warned of.
+	refused     *RefusedError
+	refusedSaid time.Time
+}
+
+// lastRefusal returns the refusal for good that ended l's last stream
+// before a welcome, nil when it was welcomed. The owner's mutex is held.
+func (l *link) lastRefusal() *RefusedError { return l.refused }
+
+// welcomedLocked records that l's stream was welcomed: its earlier failure
+// and refusal are over. The owner's mutex is held.
+func (l *link) welcomedLocked() {
+	if l.refused != nil {
+		l.log.Info("instance welcomes this client again", "was", l.refused.Reason)
+	}
+	l.failure, l.refused = "", nil
+}
+
+// refusedLocked records r, a TLS mismatch of l's stream at its open, and
+// returns it when every link of the owner's has one: the owner stops then,
+// since no instance takes it. While another instance may, the owner goes
+// on without this one, which is tried again and warned of (every
+// waitingLogEvery) by who: a misconfigured replica (a certificate from
+// another CA, a plaintext listener) must not stop every client of the
+// mesh. An intermediate's refusal of the client itself (ErrRefused) is the
+// mesh's word on it, and stops it at once. The owner's mutex is held.
+func refusedLocked[L interface{ lastRefusal() *RefusedError }](links map[string]L, l *link, r *RefusedError, who string) *RefusedError {
+	l.refused = r
+	if r := allRefused(links); r != nil {
+		return r
+	}
+	if now := time.Now(); now.Sub(l.refusedSaid) >= waitingLogEvery {
+		l.refusedSaid = now
+		l.log.Warn("TLS mismatch with this instance; "+who+" going on with the other instances, trying it again", "err", r)
+	}
+	return nil
+}
+
+// allRefused returns a TLS mismatch when every one of links met one at its
+// last open, nil otherwise (or when there is no link).
+func allRefused[L interface{ lastRefusal() *RefusedError }](links map[string]L) *RefusedError {
+	var r *RefusedError
+	for _, l := range links {
+		if r = l.lastRefusal(); r == nil {
+			return nil
+		}
+	}
+	return r
 }
 
 // lastFailure returns why l's last stream ended before a welcome, "" when

@@ -846,7 +846,9 @@ func (p *Producer) handleAck(st *pubStream, a *deliveryv1.PublishAck) {
 	}
 	if len(transient) > 0 {
 		p.outbox.pushFront(transient)
-		p.resent += uint64(len(transient))
+		if p.stopErr == nil && p.ctx.Err() == nil {
+			p.resent += uint64(len(transient)) // as requeueLocked counts
+		}
 	}
 	p.endIfAnsweredLocked(st)
 	p.dispatchLocked()
@@ -965,8 +967,9 @@ func (p *Producer) stopGoroutines() {
 }
 
 // Done is closed when the producer stops on its own: an intermediate
-// refused it for good (ErrRefused) or the two ends disagree on TLS
-// (ErrTLSMismatch). Err says why, as a *RefusedError. Send then fails with
+// refused it for good (ErrRefused), or every one disagrees with it on TLS
+// (ErrTLSMismatch; while one takes it, it goes on without those that do
+// not, warning of them). Err says why, as a *RefusedError. Send then fails with
 // that error and Close returns at once; the application should Close it.
 func (p *Producer) Done() <-chan struct{} { return p.done }
 
@@ -991,6 +994,12 @@ func (p *Producer) stop(err error) {
 			l.retired = true
 			l.cancel()
 		}
+		// A retired stream (its instance drains, moved or left) is no
+		// longer among the links and ends too.
+		for _, st := range p.streams {
+			st.link.retired = true
+			st.link.cancel()
+		}
 		p.mu.Unlock()
 		close(p.done)
 	})
@@ -998,11 +1007,21 @@ func (p *Producer) stop(err error) {
 
 // refusedAtOpen stops the producer when err, from opening a stream to l's
 // instance or from its first receive, is a refusal that retrying cannot
-// mend, and reports whether it did.
+// mend: at once for the intermediate's refusal of it (ErrRefused), once
+// every instance disagrees with it on TLS (refusedLocked). It reports
+// whether it stopped.
 func (p *Producer) refusedAtOpen(l *pubLink, err error) bool {
 	r := refusal(l.ctx, "producer "+p.id, l.inst.Name, l.inst.Addr, p.cfg.creds, err)
 	if r == nil {
 		return false
+	}
+	if errors.Is(r, ErrTLSMismatch) {
+		p.mu.Lock()
+		r = refusedLocked(p.links, &l.link, r, "producer")
+		p.mu.Unlock()
+		if r == nil {
+			return false
+		}
 	}
 	p.stop(r)
 	return true

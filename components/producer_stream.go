@@ -104,8 +104,8 @@ func (st *pubStream) awaitingAckLocked() bool {
 // gets nothing new but stays open for the answers to what it was sent.
 func (p *Producer) reconcile(v registry.View) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if p.ctx.Err() != nil || p.Err() != nil {
+		p.mu.Unlock()
 		return
 	}
 	reconcileLinks(p.links, v, linkHooks[*pubLink]{
@@ -123,6 +123,12 @@ func (p *Producer) reconcile(v registry.View) {
 			p.retireLinkLocked(l, cause)
 		},
 	})
+	// The instances that took it may be gone, and those left refused it.
+	refused := allRefused(p.links)
+	p.mu.Unlock()
+	if refused != nil {
+		p.stop(refused)
+	}
 }
 
 func (p *Producer) startLinkLocked(inst registry.Instance) *pubLink {
@@ -288,15 +294,15 @@ func (l *pubLink) once() (welcomed bool) {
 			l.failure = why
 			p.mu.Unlock()
 		}
-		// A refusal of the hello stops the producer; anything else is
-		// tried again.
+		// A refusal of the hello by every instance stops the producer;
+		// anything else is tried again.
 		if err := failed.refusal(); err != nil {
 			p.refusedAtOpen(l, err)
 		}
 		return false
 	}
 	p.mu.Lock()
-	l.failure = ""
+	l.welcomedLocked()
 	st.ready = true
 	st.maxInFlight = limit(p.cfg.window, w.GetMaxInFlight())
 	st.maxBatch = limit(p.cfg.batchMsgs, w.GetMaxBatchMessages())

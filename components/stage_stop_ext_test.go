@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -16,7 +15,6 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -24,7 +22,6 @@ import (
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/intermediate"
-	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
 
@@ -73,29 +70,9 @@ func newPipeline(t *testing.T, opts ...intermediate.Option) (m *mesh, r1, s1 *hu
 	return m, r1, s1
 }
 
-// startTLSOnlyHub starts an instance of service that speaks only mutual TLS
-// with a CA of its own: it refuses every plaintext component for good.
-func startTLSOnlyHub(t *testing.T, m *mesh, service, instance, host string) {
-	t.Helper()
-	pki := t.TempDir()
-	if err := tlsutil.GenerateDev(pki, []string{host}); err != nil {
-		t.Fatalf("GenerateDev() = %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	cfg, err := tlsutil.ServerConfig(ctx, tlsutil.Files{
-		Cert: filepath.Join(pki, tlsutil.ServerFile), Key: filepath.Join(pki, tlsutil.ServerKeyFile),
-		CA: filepath.Join(pki, tlsutil.CAFile), ClientAuth: tlsutil.ClientAuthRequire,
-	}, m.log)
-	if err != nil {
-		t.Fatalf("tlsutil.ServerConfig() = %v", err)
-	}
-	m.startHub(service, instance, host, intermediate.WithGRPCServerOptions(grpc.Creds(credentials.NewTLS(cfg))))
-}
-
 // TestStage_DownstreamRefusalLeavesMessagesUnanswered checks that a stage
-// whose downstream side is refused for good (a TLS instance of its
-// downstream service joins, and the stage speaks plaintext) hands nothing
+// whose downstream side is refused for good (an instance of its downstream
+// service joins that refuses its producer id) hands nothing
 // back to the source for good: what it held and what reaches it afterwards
 // stay unacknowledged at the source for a stage that takes over, and its
 // Close returns at once instead of waiting for acknowledgements that
@@ -119,14 +96,14 @@ func TestStage_DownstreamRefusalLeavesMessagesUnanswered(t *testing.T) {
 		ps := s1.producerStream(t, "stage")
 		return ps != nil && ps.GetInFlight() == before
 	})
-	startTLSOnlyHub(t, m, "replies", "s2", "127.0.0.3")
+	m.startHub("replies", "s2", "127.0.0.3", intermediate.WithGRPCServerOptions(refusePublisher("stage")))
 	select {
 	case <-stage.Done():
 	case <-ctx.Done():
 		t.Fatalf("the stage still runs after its downstream side was refused")
 	}
-	if err := stage.Err(); !errors.Is(err, components.ErrTLSMismatch) {
-		t.Fatalf("stage Err() = %v, want ErrTLSMismatch", err)
+	if err := stage.Err(); !errors.Is(err, components.ErrRefused) {
+		t.Fatalf("stage Err() = %v, want ErrRefused", err)
 	}
 	sendNumbered(ctx, t, src, "a", 1, after)
 	waitUntil(t, "the source's messages sent to r1", func() bool {
@@ -305,12 +282,12 @@ func TestStage_RefusedWhileClosing(t *testing.T) {
 	closed := make(chan error, 1)
 	go func() { closed <- stage.Close(closeCtx) }()
 
-	startTLSOnlyHub(t, m, "replies", "s2", "127.0.0.3")
+	m.startHub("replies", "s2", "127.0.0.3", intermediate.WithGRPCServerOptions(refusePublisher("stage")))
 	select {
 	case err := <-closed:
 		var ce *components.CloseError
-		if !errors.As(err, &ce) || ce.Unacked != n || !errors.Is(err, components.ErrTLSMismatch) {
-			t.Errorf("stage Close() = %v, want a CloseError naming its %d forwards unacknowledged and the TLS mismatch", err, n)
+		if !errors.As(err, &ce) || ce.Unacked != n || !errors.Is(err, components.ErrRefused) {
+			t.Errorf("stage Close() = %v, want a CloseError naming its %d forwards unacknowledged and the refusal", err, n)
 		}
 	case <-time.After(defaultTestTimeout):
 		t.Fatalf("stage Close() still waits %v after its downstream side was refused", defaultTestTimeout)

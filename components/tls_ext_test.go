@@ -21,6 +21,7 @@ import (
 	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/intermediate"
+	"github.com/butterfly-mesh/butterfly/internal/logtest"
 	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
 )
 
@@ -180,7 +181,9 @@ func TestMutualTLS_EndToEnd(t *testing.T) {
 // TestRefusal_StopCountsNoResend checks that the messages another stream
 // holds when a refusal stops the producer are not counted as resent: they
 // wait for Close, which ends them unacknowledged, and nothing sends them
-// again.
+// again. A TLS instance appears beside i1, which holds every message: the
+// plaintext producer goes on through i1 (one more message reaches it), and
+// stops once i1 drains, leaving only the instance that refuses it.
 func TestRefusal_StopCountsNoResend(t *testing.T) {
 	m := newMesh(t)
 	// No consumer: i1 holds what it receives, longer than the test runs.
@@ -190,26 +193,38 @@ func TestRefusal_StopCountsNoResend(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
 	defer cancel()
 	const n = 10
-	for i := range n {
+	send := func(i int) {
+		t.Helper()
 		if _, err := p.Send(ctx, &messagev1.Message{Payload: fmt.Appendf(nil, "m%d", i)}); err != nil {
 			t.Fatalf("Send(%d) = %v", i, err)
 		}
 	}
+	for i := range n - 1 {
+		send(i)
+	}
+	m.startTLSHub(devPKI(t, "p1"), "i2")
+	m.waitMembers(components.DefaultService, 2)
+	send(n - 1)
 	waitUntil(t, "i1 holding every message of p1", func() bool {
 		ps := h1.producerStream(t, "p1")
 		return ps != nil && ps.GetInFlight() == n
 	})
+	select {
+	case <-p.Done():
+		t.Fatalf("producer p1 stopped on the TLS instance while i1 takes it: %v", p.Err())
+	default:
+	}
 
-	// A TLS instance appears: the plaintext producer stops on it, and its
-	// stream to i1 ends with the n messages it held.
-	m.startTLSHub(devPKI(t, "p1"), "i2")
+	// i1 drains (holding what it has until its drain timeout): only the
+	// instance that refuses the producer is left, and it stops.
+	go func() { _ = h1.srv.Drain(context.Background()) }()
 	select {
 	case <-p.Done():
 	case <-ctx.Done():
-		t.Fatalf("producer p1 not stopped by the TLS instance")
+		t.Fatalf("producer p1 not stopped with only the TLS instance left")
 	}
-	if err := p.Err(); !errors.Is(err, components.ErrTLSMismatch) {
-		t.Fatalf("Err() = %v, want %v", err, components.ErrTLSMismatch)
+	if err := p.Err(); !errors.Is(err, components.ErrTLSMismatch) || !strings.Contains(err.Error(), "instance i2") {
+		t.Fatalf("Err() = %v, want %v naming i2", err, components.ErrTLSMismatch)
 	}
 	// The stop ends the stream to i1 before Close does: wait for i1 to see
 	// it go, so the messages come back while the producer is stopped and
@@ -224,6 +239,49 @@ func TestRefusal_StopCountsNoResend(t *testing.T) {
 	}
 	if st := p.Stats(); st.Sent != n || st.Resent != 0 || st.Acked != 0 {
 		t.Errorf("Stats() = %+v, want Sent=%d Resent=0 Acked=0: a stopped producer sends nothing again", st, n)
+	}
+}
+
+// TestRefusal_OneInstanceDoesNotStopTheMesh checks a misconfigured replica:
+// an instance with TLS beside a plaintext one that serves. Plaintext
+// producers and consumers go on through the one that takes them, every
+// message handled exactly once, neither stopped; each says which instance
+// refused it. A consumer that starts after the replica appeared does too.
+func TestRefusal_OneInstanceDoesNotStopTheMesh(t *testing.T) {
+	m := newMesh(t)
+	h1 := m.startHub(components.DefaultService, "i1", "127.0.0.1")
+	m.waitMembers(components.DefaultService, 1)
+	led, audit := newLedger(), newLedger()
+	var clogs logtest.Recorder
+	c1 := m.consumer("c1", led.handler(), components.WithLogger(clogs.Logger()))
+	waitConsumers(t, 1, h1)
+
+	m.startTLSHub(devPKI(t, "p1"), "i2")
+	m.waitMembers(components.DefaultService, 2)
+	var plogs logtest.Recorder
+	p := m.producer("p1", components.WithLogger(plogs.Logger()))
+	c2 := m.consumer("c2", audit.handler(), components.WithGroup("audit"))
+	waitConsumers(t, 2, h1)
+	const n = 200
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	sent := startLoad(ctx, n, p).wait(t)
+	closeProducers(t, p)
+	led.checkExactlyOnce(t, sent)
+	audit.checkExactlyOnce(t, sent)
+	for name, done := range map[string]<-chan struct{}{"producer p1": p.Done(), "consumer c1": c1.Done(), "consumer c2": c2.Done()} {
+		select {
+		case <-done:
+			t.Errorf("%s stopped on the TLS instance while i1 takes it", name)
+		default:
+		}
+	}
+	const warning = "TLS mismatch with this instance; %s going on with the other instances, trying it again"
+	for who, logs := range map[string]*logtest.Recorder{"producer": &plogs, "consumer": &clogs} {
+		attrs := logs.Attrs(fmt.Sprintf(warning, who))
+		if len(attrs) == 0 || !strings.Contains(fmt.Sprint(attrs[0]["err"]), who+" "+map[string]string{"producer": "p1", "consumer": "c1"}[who]+": TLS mismatch with instance i2") {
+			t.Errorf("%s warnings of the refusal = %v, want one naming i2 and the TLS mismatch", who, attrs)
+		}
 	}
 }
 

@@ -32,7 +32,7 @@ func Mismatch(ctx context.Context, addr string, creds credentials.TransportCrede
 	plaintext := creds != nil && IsPlaintext(creds)
 	switch {
 	case strings.Contains(msg, "first record does not look like a TLS handshake"):
-		return "this client speaks TLS and the instance plaintext gRPC (drop --tls-* here or give the intermediate --tls-cert/--tls-key)"
+		return "this client speaks TLS and the instance plaintext gRPC (give the intermediate --tls-cert/--tls-key)"
 	case strings.Contains(msg, "remote error: tls:"):
 		// The server ended the handshake: no client certificate, or one it
 		// does not accept.
