@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/butterfly-mesh/butterfly/components"
+	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
 
@@ -91,6 +92,9 @@ client certificate (butterfly certs --consumer-id ID).`,
 				return usagef("--close-timeout %v: must be positive", closeTimeout)
 			}
 			if err := checkMaxReceiveBytes(maxRecv); err != nil {
+				return err
+			}
+			if err := tlsf.checkBound(tlsutil.RoleConsumer, id); err != nil {
 				return err
 			}
 			var w io.Writer = cmd.OutOrStdout()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -186,5 +187,43 @@ func TestErrorLine_OneLine(t *testing.T) {
 	want := "butterfly: components: consumer closed with 3 in hand; components: producer closed with 5 messages unacknowledged"
 	if got := errorLine(err); got != want {
 		t.Errorf("errorLine() = %q, want %q", got, want)
+	}
+}
+
+// TestComponentFlags_CertificateOfAnotherID checks that consume and stage
+// refuse, before they register anything in etcd, a client certificate
+// bound to another role or id than theirs: registering first would take the
+// id from the process that runs as it, and every intermediate would then
+// refuse the newcomer. Their own certificate, and one bound to nobody, pass
+// the check (and reach etcd, which does not answer here).
+func TestComponentFlags_CertificateOfAnotherID(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "certs")
+	if out, err := executeCommand(t, "certs", "--dir", dir, "--hosts", "127.0.0.1", "--consumer-id", "cA1,cA2", "--stage-id", "s1"); err != nil {
+		t.Fatalf("butterfly certs = %v; output:\n%s", err, out)
+	}
+	files := func(name string) []string {
+		return []string{"--tls-cert", filepath.Join(dir, name+".pem"), "--tls-key", filepath.Join(dir, name+"-key.pem"), "--tls-ca", filepath.Join(dir, "ca.pem")}
+	}
+	noEtcd := []string{"--etcd-endpoints", "127.0.0.1:1", "--etcd-dial-timeout", "200ms"}
+	for _, tc := range []struct {
+		args []string
+		want string // "" for no usage error
+	}{
+		{append([]string{"consume", "--id", "cA1"}, files("consumer-cA2")...), `--tls-cert ` + filepath.Join(dir, "consumer-cA2.pem") + ` is bound to consumer/cA2, not consumer/cA1 (--id)`},
+		{append([]string{"consume", "--id", "s1"}, files("stage-s1")...), `is bound to stage/s1, not consumer/s1 (--id)`},
+		{append([]string{"stage", "--id", "s2", "--from", "a", "--to", "b"}, files("stage-s1")...), `is bound to stage/s1, not stage/s2 (--id)`},
+		{append([]string{"consume", "--id", "cA1"}, files("consumer-cA1")...), ""},
+		{append([]string{"consume", "--id", "cA1"}, files("client")...), ""},
+		{append([]string{"stage", "--id", "s1", "--from", "a", "--to", "b"}, files("stage-s1")...), ""},
+	} {
+		out, err := executeCommand(t, append(tc.args, noEtcd...)...)
+		var ue *usageError
+		isUsage := errors.As(err, &ue)
+		switch {
+		case tc.want == "" && (err == nil || isUsage):
+			t.Errorf("butterfly %v = %v (output %q), want it past its flags, failing on etcd", tc.args, err, out)
+		case tc.want != "" && (!isUsage || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("butterfly %v = %v (output %q), want a usage error containing %q", tc.args, err, out, tc.want)
+		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/butterfly-mesh/butterfly/components"
 	"github.com/butterfly-mesh/butterfly/intermediate"
+	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
 
@@ -67,6 +68,9 @@ id, publishes under it, and forwards messages under their original ids.`,
 				return usagef("--close-timeout %v: must be positive", closeTimeout)
 			}
 			if err := checkMaxReceiveBytes(maxRecv); err != nil {
+				return err
+			}
+			if err := tlsf.checkBound(tlsutil.RoleStage, id); err != nil {
 				return err
 			}
 			proc, err := intermediate.ProcessorByName(processor)

@@ -66,6 +66,24 @@ func addTLSFlags(r *rootCommand, f *pflag.FlagSet, server bool) *tlsFlags {
 	return t
 }
 
+// checkBound returns a usage error when --tls-cert is bound to another
+// role or id than role/id, the --id of a consumer or stage: every
+// intermediate would refuse it, and registering under that id first would
+// take the id from the process that runs as it. A certificate bound to
+// nobody (for --tls-allow-unbound) is left to the intermediates, and one
+// that cannot be read to the TLS set-up, which names the flag.
+func (t *tlsFlags) checkBound(role tlsutil.Role, id string) error {
+	if t.files.Cert == "" {
+		return nil
+	}
+	ident, err := tlsutil.CertIdentity(t.files.Cert)
+	if err != nil || ident.Unbound() || ident.Is(role, id) {
+		return nil
+	}
+	return usagef("--tls-cert %s is bound to %s, not %s/%s (--id): every intermediate would refuse it, and registering first would take %q from the process that runs as it; use the certificate of %s/%s (butterfly certs --%s-id %s)",
+		t.files.Cert, ident, role, id, id, role, id, role, id)
+}
+
 // enabled reports whether any TLS flag is set.
 func (t *tlsFlags) enabled() bool {
 	return t.files.Enabled() || t.files.ClientAuth != "" || t.serverName != ""

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net/url"
+	"os"
 	"strings"
 
 	"google.golang.org/grpc/credentials"
@@ -96,6 +97,20 @@ func Peer(ctx context.Context) (Identity, bool) {
 		return Identity{}, false
 	}
 	return identityOf(info.State.VerifiedChains[0][0]), true
+}
+
+// CertIdentity returns the identity the PEM certificate in file carries,
+// as a server that verified it would read it (Peer).
+func CertIdentity(file string) (Identity, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return Identity{}, fmt.Errorf("tlsutil: %w", err)
+	}
+	cert, err := parseCertPEM(data)
+	if err != nil {
+		return Identity{}, fmt.Errorf("tlsutil: %s: %w", file, err)
+	}
+	return identityOf(cert), nil
 }
 
 // identityOf reads the role and id of a certificate. A certificate with
