@@ -46,6 +46,8 @@ func TestComponentFlags_OutOfRange(t *testing.T) {
 		{[]string{"intermediate", "--name", "i1", "--listen", "127.0.0.1:0", "--tls-client-auth", "maybe"}, `--tls-client-auth "maybe" is not none, request or require`},
 		{[]string{"intermediate", "--name", "i1", "--listen", "127.0.0.1:0", "--tls-client-auth", "none"}, "a TLS server needs its certificate"},
 		{[]string{"intermediate", "--name", "i1", "--listen", "127.0.0.1:0", "--weight", "0"}, "--weight 0: must be at least 1"},
+		{[]string{"intermediate", "--name", "i1", "--listen", "127.0.0.1:0", "--max-batch-bytes", "10"}, "--max-batch-bytes 10: must be at least 65536"},
+		{[]string{"intermediate", "--name", "i1", "--listen", "127.0.0.1:0", "--connection-timeout", "0s"}, "--connection-timeout 0s: must be positive"},
 	} {
 		out, err := executeCommand(t, append(tc.args, noEtcd...)...)
 		var ue *usageError

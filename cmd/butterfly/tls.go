@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/butterfly-mesh/butterfly/components"
 	"github.com/butterfly-mesh/butterfly/intermediate"
 	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
 )
@@ -223,6 +224,11 @@ func addLimitFlags(f *pflag.FlagSet) *limitFlags {
 	return l
 }
 
+// minBatchBytes is the least --max-batch-bytes: a smaller batch would make
+// the instance hand back for good (INVALID) messages every other instance
+// takes, and the consumers' least receive limit is as much.
+const minBatchBytes = components.MinMaxReceiveBytes
+
 // options returns the intermediate options of the limits, or a usage error
 // naming a flag out of range.
 func (l *limitFlags) options() ([]intermediate.Option, error) {
@@ -233,7 +239,7 @@ func (l *limitFlags) options() ([]intermediate.Option, error) {
 	}{
 		{"max-message-bytes", l.maxMessageBytes, 0}, {"max-headers", l.maxHeaders, 0}, {"max-header-bytes", l.maxHeaderBytes, 0},
 		{"max-streams-per-peer", l.maxStreamsPerPeer, 0}, {"max-batch-messages", l.maxBatchMessages, 1},
-		{"max-batch-bytes", l.maxBatchBytes, 1}, {"max-in-flight", l.maxInFlight, 1},
+		{"max-batch-bytes", l.maxBatchBytes, minBatchBytes}, {"max-in-flight", l.maxInFlight, 1},
 		{"max-in-flight-bytes", l.maxInFlightBytes, l.maxBatchBytes}, {"memory-budget", l.memoryBudget, l.maxInFlightBytes},
 		{"max-streams", l.maxStreams, 0}, {"max-credit", l.maxCredit, 1},
 	} {
@@ -241,8 +247,11 @@ func (l *limitFlags) options() ([]intermediate.Option, error) {
 			return nil, usagef("--%s %d: must be at least %d", f.name, f.v, f.min)
 		}
 	}
-	if l.budgetWait <= 0 || l.connectionTimeout <= 0 {
-		return nil, usagef("--budget-wait %v and --connection-timeout %v: must be positive", l.budgetWait, l.connectionTimeout)
+	if l.budgetWait <= 0 {
+		return nil, usagef("--budget-wait %v: must be positive", l.budgetWait)
+	}
+	if l.connectionTimeout <= 0 {
+		return nil, usagef("--connection-timeout %v: must be positive", l.connectionTimeout)
 	}
 	if l.maxPeerHeartbeat < time.Millisecond || l.maxPeerHeartbeat > time.Minute {
 		return nil, usagef("--max-peer-heartbeat %v: must be within [1ms, 1m]", l.maxPeerHeartbeat)
