@@ -121,6 +121,7 @@ type Consumer struct {
 	reg        *registry.Registration // nil until registered
 	epoch      uint64                 // the registration's epoch; 0 until registered
 	links      map[string]*subLink
+	viewed     bool // a view of the registry came: etcd answered its read
 	streams    map[*subStream]struct{}
 	dedup      *dedupSet
 	inProgress *inProgress
@@ -672,6 +673,10 @@ func (c *Consumer) idleLocked(now time.Time) {
 		after = max(after, heartbeatMisses*c.welcomeInterval()+c.cfg.heartbeat)
 	}
 	if !c.idle.due(now, true, after) {
+		return
+	}
+	if !c.viewed {
+		c.log.Warn(unreadRegistry(c.cli)+" (waiting)", "key", registry.ServicesPrefix(c.cfg.prefix, c.cfg.service))
 		return
 	}
 	if len(c.links) == 0 {

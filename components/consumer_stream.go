@@ -71,6 +71,7 @@ func (c *Consumer) welcomeInterval() time.Duration {
 // joins or moves: it takes nothing more.
 func (c *Consumer) reconcile(v registry.View) {
 	c.mu.Lock()
+	c.viewed = true
 	if c.leaving || c.stopped || c.ctx.Err() != nil {
 		c.mu.Unlock()
 		return

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
@@ -337,4 +339,12 @@ func everyBeat(ctx context.Context, interval time.Duration, check func(now time.
 			check(now)
 		}
 	}
+}
+
+// unreadRegistry says that etcd has not answered the read of the registry
+// yet, naming its endpoints: what instances are registered is not known.
+// An etcd member that accepts connections but has no leader (its cluster
+// lost its quorum) answers no read.
+func unreadRegistry(cli *clientv3.Client) string {
+	return "etcd has not answered a read of the registry yet at " + strings.Join(cli.Endpoints(), ",") + " (no leader? a cluster that lost its quorum answers no read)"
 }

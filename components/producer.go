@@ -82,6 +82,7 @@ type Producer struct {
 	outbox    outQueue
 	slab      sendSlab            // where Send takes its outMsgs and ids from
 	links     map[string]*pubLink // current link per instance name
+	viewed    bool                // a view of the registry came: etcd answered its read
 	streams   []*pubStream        // in the order they opened; a slice, see leastLoadedLocked
 	filling   *pubStream          // the stream whose next batch dispatchLocked fills
 	unsettled int
@@ -460,6 +461,9 @@ func (p *Producer) waitReasonLocked(now time.Time) string {
 			return ""
 		}
 	}
+	if !p.viewed {
+		return unreadRegistry(p.cli)
+	}
 	if len(p.links) == 0 {
 		return "no instance of service " + p.cfg.service + " is registered"
 	}
@@ -481,6 +485,10 @@ func (p *Producer) idleLocked(now time.Time) {
 		}
 	}
 	if !p.idle.due(now, !ready && p.unsettled > 0, idleLogAfter) {
+		return
+	}
+	if !p.viewed {
+		p.log.Warn(unreadRegistry(p.cli)+" (waiting)", "key", registry.ServicesPrefix(p.cfg.prefix, p.cfg.service), "held", p.unsettled)
 		return
 	}
 	if len(p.links) == 0 {

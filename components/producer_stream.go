@@ -104,6 +104,7 @@ func (st *pubStream) awaitingAckLocked() bool {
 // gets nothing new but stays open for the answers to what it was sent.
 func (p *Producer) reconcile(v registry.View) {
 	p.mu.Lock()
+	p.viewed = true
 	if p.ctx.Err() != nil || p.Err() != nil {
 		p.mu.Unlock()
 		return
