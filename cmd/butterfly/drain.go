@@ -54,7 +54,7 @@ nothing accepts connections at its address any more.`,
 			resp, err := cli.Get(getCtx, key)
 			cancel()
 			if err != nil {
-				return fmt.Errorf("etcd get %s: %w", key, err)
+				return etcdReadError(cli, key, err)
 			}
 			if len(resp.Kvs) == 0 {
 				return fmt.Errorf("no instance %q of service %q is registered (%s)", instance, service, key)

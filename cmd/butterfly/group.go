@@ -189,7 +189,7 @@ func listGroups(ctx context.Context, cli *clientv3.Client, prefix, service strin
 	defer cancel()
 	resp, err := cli.Txn(ctx).Then(clientv3.OpGet(groupsRoot, clientv3.WithPrefix()), clientv3.OpGet(consRoot, clientv3.WithPrefix())).Commit()
 	if err != nil {
-		return nil, fmt.Errorf("etcd get %s and %s: %w", groupsRoot, consRoot, err)
+		return nil, etcdReadError(cli, groupsRoot+" and "+consRoot, err)
 	}
 	byKey := map[[2]string]*groupEntry{}
 	get := func(svc, group string) *groupEntry {

@@ -90,7 +90,7 @@ func listInstances(ctx context.Context, cli *clientv3.Client, prefix, service st
 	defer cancel()
 	resp, err := cli.Get(ctx, root, clientv3.WithPrefix())
 	if err != nil {
-		return nil, fmt.Errorf("etcd get %s: %w", root, err)
+		return nil, etcdReadError(cli, root, err)
 	}
 	entries := []lsEntry{}
 	for _, kv := range resp.Kvs {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -178,6 +179,17 @@ func (r *rootCommand) etcdClient() (*clientv3.Client, error) {
 		return nil, fmt.Errorf("etcd %v: %w", r.etcdEndpoints, err)
 	}
 	return cli, nil
+}
+
+// etcdReadError is the error of a read of what that failed: one that ran
+// out of time names the endpoints and the likely cause, a member that takes
+// connections and has no leader (its cluster lost its quorum), which
+// answers no read.
+func etcdReadError(cli *clientv3.Client, what string, err error) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("etcd at %s answered no read of %s in time (no leader? a cluster that lost its quorum answers no read): %w", strings.Join(cli.Endpoints(), ","), what, err)
+	}
+	return fmt.Errorf("etcd get %s: %w", what, err)
 }
 
 // requireFlag returns a usage error naming flag when value is empty.
