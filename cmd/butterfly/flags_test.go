@@ -50,6 +50,8 @@ func TestComponentFlags_OutOfRange(t *testing.T) {
 		{[]string{"intermediate", "--name", "i1", "--listen", "127.0.0.1:0", "--tls-client-auth", "none"}, "a TLS server needs its certificate"},
 		{[]string{"intermediate", "--name", "i1", "--listen", "127.0.0.1:0", "--weight", "0"}, "--weight 0: must be at least 1"},
 		{[]string{"intermediate", "--name", "i1", "--listen", "127.0.0.1:0", "--max-batch-bytes", "10"}, "--max-batch-bytes 10: must be at least 65536"},
+		{[]string{"intermediate", "--name", "i1", "--listen", "127.0.0.1:99999"}, `--listen "127.0.0.1:99999": port "99999" is not a number in [0, 65535]`},
+		{[]string{"intermediate", "--name", "i1", "--listen", "127.0.0.1:http"}, `--listen "127.0.0.1:http": port "http" is not a number in [0, 65535]`},
 		{[]string{"intermediate", "--name", "i1", "--listen", "127.0.0.1:0", "--connection-timeout", "0s"}, "--connection-timeout 0s: must be positive"},
 	} {
 		out, err := executeCommand(t, append(tc.args, noEtcd...)...)
@@ -255,5 +257,29 @@ func TestLsCommand_EtcdThatAnswersNoRead(t *testing.T) {
 	want := "etcd at " + px.Addr() + " answered no read of butterfly/services/ in time (no leader? a cluster that lost its quorum answers no read)"
 	if err == nil || !strings.HasPrefix(err.Error(), want) {
 		t.Errorf("listInstances() = %v, want an error starting %q", err, want)
+	}
+}
+
+// TestLsCommand_SaysWhereNothingIsRegistered checks that ls and status, with
+// a --prefix or --service that names nothing, say where they looked rather
+// than print an empty table alone.
+func TestLsCommand_SaysWhereNothingIsRegistered(t *testing.T) {
+	etc := etcdtest.Start(t)
+	for _, args := range [][]string{
+		{"ls", "--prefix", "butterfy"},
+		{"status", "--prefix", "butterfy"},
+		{"ls", "--prefix", "butterfy", "--service", "nope", "--json"},
+	} {
+		out, err := executeCommand(t, append(args, "--etcd-endpoints", etc.Endpoint())...)
+		if err != nil {
+			t.Fatalf("butterfly %v = %v; output:\n%s", args, err, out)
+		}
+		want := `butterfly: no instance is registered under butterfy/services/ (--prefix "butterfy")`
+		if len(args) > 3 {
+			want = `butterfly: no instance is registered under butterfy/services/nope/ (--prefix "butterfy", --service "nope")`
+		}
+		if !strings.Contains(out, want) {
+			t.Errorf("butterfly %v output:\n%s\nwant a line %q", args, out, want)
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -95,9 +96,12 @@ is closed. A message whose seq lies outside its producer's window
 			if err := requireFlag("listen", listen); err != nil {
 				return err
 			}
-			host, _, err := net.SplitHostPort(listen)
+			host, port, err := net.SplitHostPort(listen)
 			if err != nil {
 				return usagef("--listen %q: %v", listen, err)
+			}
+			if n, err := strconv.ParseUint(port, 10, 16); err != nil || (n == 0 && port != "0") {
+				return usagef("--listen %q: port %q is not a number in [0, 65535]", listen, port)
 			}
 			if ip := net.ParseIP(host); (host == "" || ip != nil && ip.IsUnspecified()) && advertise == "" {
 				return usagef("--listen %q listens on every address, which others cannot dial: give --advertise HOST:PORT", listen)

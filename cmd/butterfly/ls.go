@@ -61,6 +61,11 @@ stderr and skipped. --json prints the instances only; butterfly group ls
 			if err != nil {
 				return err
 			}
+			if len(entries) == 0 {
+				// An empty table says nothing of a --prefix or --service
+				// that names nothing.
+				fmt.Fprintf(cmd.ErrOrStderr(), "butterfly: no instance is registered under %s (--prefix %q%s)\n", instancesRoot(r.prefix, service), r.prefix, serviceFlag(service))
+			}
 			if asJSON {
 				return printJSON(cmd.OutOrStdout(), entries)
 			}
@@ -79,13 +84,27 @@ stderr and skipped. --json prints the instances only; butterfly group ls
 	return c
 }
 
+// instancesRoot is the key under which the instances of service (of every
+// service when it is empty) are registered.
+func instancesRoot(prefix, service string) string {
+	if service != "" {
+		return registry.ServicesPrefix(prefix, service)
+	}
+	return prefix + "/services/"
+}
+
+// serviceFlag is ", --service S" for a service given, "" otherwise.
+func serviceFlag(service string) string {
+	if service == "" {
+		return ""
+	}
+	return fmt.Sprintf(", --service %q", service)
+}
+
 // listInstances reads every registration under prefix (of one service, or of
 // all when service is empty), sorted by service and instance.
 func listInstances(ctx context.Context, cli *clientv3.Client, prefix, service string, bad func(key string, err error)) ([]lsEntry, error) {
-	root := prefix + "/services/"
-	if service != "" {
-		root = registry.ServicesPrefix(prefix, service)
-	}
+	root := instancesRoot(prefix, service)
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	resp, err := cli.Get(ctx, root, clientv3.WithPrefix())

@@ -145,6 +145,9 @@ interrupted.
 						}
 					}
 				}
+				if len(entries) == 0 {
+					fmt.Fprintf(cmd.ErrOrStderr(), "butterfly: no instance is registered under %s (--prefix %q%s)\n", instancesRoot(r.prefix, service), r.prefix, serviceFlag(service))
+				}
 				if !watch {
 					return nil
 				}
