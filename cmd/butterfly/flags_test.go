@@ -266,17 +266,17 @@ func TestLsCommand_EtcdThatAnswersNoRead(t *testing.T) {
 func TestLsCommand_SaysWhereNothingIsRegistered(t *testing.T) {
 	etc := etcdtest.Start(t)
 	for _, args := range [][]string{
-		{"ls", "--prefix", "butterfy"},
-		{"status", "--prefix", "butterfy"},
-		{"ls", "--prefix", "butterfy", "--service", "nope", "--json"},
+		{"ls", "--prefix", "wrongprefix"},
+		{"status", "--prefix", "wrongprefix"},
+		{"ls", "--prefix", "wrongprefix", "--service", "nope", "--json"},
 	} {
 		out, err := executeCommand(t, append(args, "--etcd-endpoints", etc.Endpoint())...)
 		if err != nil {
 			t.Fatalf("butterfly %v = %v; output:\n%s", args, err, out)
 		}
-		want := `butterfly: no instance is registered under butterfy/services/ (--prefix "butterfy")`
+		want := `butterfly: no instance is registered under wrongprefix/services/ (--prefix "wrongprefix")`
 		if len(args) > 3 {
-			want = `butterfly: no instance is registered under butterfy/services/nope/ (--prefix "butterfy", --service "nope")`
+			want = `butterfly: no instance is registered under wrongprefix/services/nope/ (--prefix "wrongprefix", --service "nope")`
 		}
 		if !strings.Contains(out, want) {
 			t.Errorf("butterfly %v output:\n%s\nwant a line %q", args, out, want)
