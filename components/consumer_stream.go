@@ -27,6 +27,9 @@ type subLink struct {
 	// Guarded by Consumer.mu.
 	stream *subStream
 	prev   *subLink // the link this one replaced when the instance moved, until this one is welcomed
+	// cutSince is when the link last had no welcomed stream while others
+	// did, zero while it has one; cutSaid when that was last warned of.
+	cutSince, cutSaid time.Time
 }
 
 // subStream is one open subscribe stream.
@@ -385,7 +388,7 @@ func (c *Consumer) watchdog(ctx context.Context) {
 				c.log.Debug("no welcome in time", "instance", st.link.inst.Name, "wait", heartbeatMisses*c.welcomeInterval())
 				st.cancel(errHeartbeat)
 			case st.expired(now):
-				c.log.Warn("stream missed its heartbeats", "instance", st.link.inst.Name)
+				st.link.log.Warn("stream missed its heartbeats")
 				st.cancel(errHeartbeat)
 			case !st.retireBy.IsZero() && now.After(st.retireBy):
 				c.log.Warn("retired stream outlived its grace", "instance", st.link.inst.Name, "addr", st.link.inst.Addr, "retired", st.retireWhy, "in_hand", st.inHand)
@@ -394,7 +397,39 @@ func (c *Consumer) watchdog(ctx context.Context) {
 			}
 		}
 		c.idleLocked(now)
+		c.cutLocked(now)
 	})
+}
+
+// cutLocked warns, while the consumer receives from some instances, of each
+// registered one it has no welcomed stream to (cut off from it, or refused
+// by it), after idleLogAfter and then every waitingLogEvery: what that
+// instance routes to this consumer goes back to the producers, and around
+// through the others, which an operator should know of. It says when the
+// stream is open again. idleLocked speaks while no stream is open at all.
+func (c *Consumer) cutLocked(now time.Time) {
+	open := make(map[*subLink]bool, len(c.streams))
+	for st := range c.streams {
+		if st.welcomed && !st.dead {
+			open[st.link] = true
+		}
+	}
+	for _, l := range c.links {
+		switch {
+		case open[l] || c.stopped || c.closing || l.retired:
+			if !l.cutSaid.IsZero() && open[l] {
+				l.log.Info("stream open again", "cut_for", now.Sub(l.cutSince).Round(time.Millisecond))
+			}
+			l.cutSince, l.cutSaid = time.Time{}, time.Time{}
+		case len(open) == 0:
+			// idleLocked's to say.
+		case l.cutSince.IsZero():
+			l.cutSince = now
+		case now.Sub(l.cutSince) >= idleLogAfter && now.Sub(l.cutSaid) >= waitingLogEvery:
+			l.cutSaid = now
+			l.log.Warn("no stream to this instance (waiting): what it routes to this consumer goes back to the producers, and around through the other instances", "since", l.cutSince.Format(time.RFC3339), "error", l.failure)
+		}
+	}
 }
 
 // refused stops the consumer when an intermediate ended a stream for good:

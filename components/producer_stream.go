@@ -509,7 +509,7 @@ func (p *Producer) watchdog(ctx context.Context) {
 		for _, st := range slices.Clone(p.streams) {
 			switch {
 			case st.expired(now):
-				p.log.Warn("stream missed its heartbeats", "instance", st.link.inst.Name)
+				st.link.log.Warn("stream missed its heartbeats")
 				st.cancel(errHeartbeat)
 				p.requeueLocked(st)
 			case st.retired && now.After(st.retireBy):
