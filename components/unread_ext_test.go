@@ -47,7 +47,9 @@ func TestProducer_SaysEtcdDoesNotAnswerReads(t *testing.T) {
 		t.Fatalf("Send() = %v", err)
 	}
 	want := "etcd has not answered a read of the registry yet at " + px.Addr()
-	waitUntil(t, "the producer's warning", func() bool { return logs.Has(want + " (no leader? a cluster that lost its quorum answers no read) (waiting)") })
+	waitUntil(t, "the producer's warning", func() bool {
+		return logs.Has(want + " (no leader? a cluster that lost its quorum answers no read) (waiting)")
+	})
 	if logs.Has("no instance of service intermediate is registered (waiting)") {
 		t.Errorf("the producer said no instance is registered, which it does not know")
 	}
