@@ -40,6 +40,7 @@ type Registration struct {
 
 	replaced     chan struct{}
 	replacedOnce sync.Once
+	takenBy      atomic.Value // string: the value of the incarnation that took the key, once classified so
 	drain        chan struct{}
 	drainOnce    sync.Once
 	leaseLost    chan struct{}
@@ -289,7 +290,10 @@ func isClosed(c <-chan struct{}) bool {
 // fence marks the registration replaced; it never touches the key again.
 func (r *Registration) fence() {
 	r.replacedOnce.Do(func() {
-		r.logger.Warn("registry: replaced by another incarnation; no longer touching the key")
+		// The value at the key says who: an address, a host and start
+		// time; a name reused by mistake shows there.
+		by, _ := r.takenBy.Load().(string)
+		r.logger.Warn("registry: replaced by another incarnation; no longer touching the key", "by", by)
 		close(r.replaced)
 	})
 }
@@ -309,6 +313,7 @@ func (r *Registration) classify(data []byte) keyState {
 	case err != nil:
 		return keyStale
 	case claim != r.rec.claim() || epoch > r.epoch:
+		r.takenBy.Store(string(data))
 		return keyTaken
 	case epoch == r.epoch:
 		return keyOurs

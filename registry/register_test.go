@@ -18,6 +18,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/butterfly-mesh/butterfly/internal/etcdtest"
+	"github.com/butterfly-mesh/butterfly/internal/logtest"
 )
 
 // TestRegister_PutsValue checks the key, value and lease of a new registration.
@@ -565,4 +566,20 @@ func createRevision(t *testing.T, cli *clientv3.Client, key string) uint64 {
 		t.Fatalf("Get(%q) = %v, %v, want one key", key, resp, err)
 	}
 	return uint64(resp.Kvs[0].CreateRevision)
+}
+
+// TestRegister_ReplacedSaysByWhom checks that a fenced registration says who
+// took its key (the value there: an address, or a host and start time), so
+// that a name reused by mistake shows as such and not as a host move.
+func TestRegister_ReplacedSaysByWhom(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	var logs logtest.Recorder
+	old := register(t, cli, "svc", "i1", "127.0.0.1:7001", WithLogger(logs.Logger()))
+	register(t, cli, "svc", "i1", "127.0.0.2:7002")
+	waitClosed(t, "Replaced() of the first incarnation", old.Replaced())
+	attrs := logs.Attrs("registry: replaced by another incarnation; no longer touching the key")
+	if len(attrs) != 1 || !strings.Contains(fmt.Sprint(attrs[0]["by"]), `"Addr":"127.0.0.2:7002"`) {
+		t.Errorf("replaced warnings %v, want one whose by names the new address 127.0.0.2:7002", attrs)
+	}
 }
