@@ -84,7 +84,7 @@ const (
 func TestCLI_ComponentFailures(t *testing.T) {
 	m := newMesh(t)
 	m.startEtcd()
-	dir := m.certs("--client-id", "p1")
+	dir := m.certs("--client-id", "p1", "--stage-id", "s1")
 	ca := filepath.Join(dir, "ca.pem")
 	client := tlsFiles(dir, "client")
 	// Service "nobody": no instance registered. Service "tls": an
@@ -165,7 +165,7 @@ func TestCLI_ComponentFailures(t *testing.T) {
 		maxTook:  5 * time.Second,
 	}, {
 		name:     "stage: TLS client, plaintext server downstream",
-		args:     append([]string{"stage", "--id", "s1", "--from", "tls", "--to", "intermediate"}, client...),
+		args:     append([]string{"stage", "--id", "s1", "--from", "tls", "--to", "intermediate"}, tlsFiles(dir, "stage-s1")...),
 		wantCode: exitError,
 		wantLast: "TLS mismatch with instance plain1 at " + plainSrv.Addr + ": this client speaks TLS and the instance plaintext gRPC",
 		maxTook:  5 * time.Second,
