@@ -494,10 +494,11 @@ func (c *Consumer) finish(j *job, err error, next bool) *job {
 	if err != nil && (errors.Is(err, errUnanswered) || c.ctx.Err() != nil) {
 		return c.abandon(j, err, next)
 	}
-	var hs *handlerStop
-	if errors.As(err, &hs) {
-		c.stopByHandler(hs.err)
-		return c.abandon(j, err, next)
+	if err != nil {
+		if cause, ok := stoppedBy(err); ok {
+			c.stopByHandler(cause)
+			return c.abandon(j, err, next)
+		}
 	}
 	// The detail is made before the lock: an error's text may be long,
 	// and the stream's frames and heartbeats wait on the lock.

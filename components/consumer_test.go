@@ -219,3 +219,33 @@ func TestConsumer_WorkersRunAtOnce(t *testing.T) {
 		t.Fatalf("handled %d, acks %d, pending %d, queued %d; want 100, 100, 0, 0", got, len(st.acks), c.pending, len(c.queue))
 	}
 }
+
+// TestConsumer_FinishAllocatesNothing checks that answering a handled
+// message allocates nothing: finish runs once a message, and one heap
+// object there (an error target that escapes, say) is one more allocation
+// a message on the whole path.
+func TestConsumer_FinishAllocatesNothing(t *testing.T) {
+	c, st, _ := newTestConsumer()
+	const n = 64
+	ids := make([][2]uint64, n)
+	for i := range ids {
+		ids[i] = [2]uint64{uint64(i + 1), uint64(i + 1)}
+	}
+	c.receive(st, batchOf(ids...))
+	c.mu.Lock()
+	jobs := c.queue
+	c.queue = nil
+	st.acks = make([]uint64, 0, 2*n)
+	c.mu.Unlock()
+	if len(jobs) != n {
+		t.Fatalf("queued %d jobs, want %d", len(jobs), n)
+	}
+	next := 0
+	allocs := testing.AllocsPerRun(n/2, func() {
+		c.finish(jobs[next], nil, false)
+		next++
+	})
+	if allocs != 0 {
+		t.Errorf("AllocsPerRun(finish) = %v, want 0", allocs)
+	}
+}

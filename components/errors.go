@@ -43,6 +43,16 @@ func Stop(err error) error {
 // handlerStop is the error Stop makes.
 type handlerStop struct{ err error }
 
+// stoppedBy returns the cause given to Stop when err was made by it. Its
+// target escapes to the heap: call it on an error, not on every answer.
+func stoppedBy(err error) (error, bool) {
+	var hs *handlerStop
+	if errors.As(err, &hs) {
+		return hs.err, true
+	}
+	return nil, false
+}
+
 func (e *handlerStop) Error() string { return e.err.Error() }
 func (e *handlerStop) Unwrap() error { return e.err }
 
