@@ -9,14 +9,11 @@ import (
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
 	"github.com/butterfly-mesh/butterfly/components"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/intermediate"
-	"github.com/butterfly-mesh/butterfly/internal/tcpproxy"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
 
@@ -63,38 +60,8 @@ func TestConsumer_LapsedProcessGetsNothingOfItsSuccessor(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
-	// Process A: c1, whose etcd client goes through a proxy the test cuts.
-	px, err := tcpproxy.Listen("127.0.0.1:0", m.etc.Endpoint())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { px.Close() })
-	acli, err := clientv3.New(clientv3.Config{Endpoints: []string{px.Addr()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { acli.Close() })
 	var log handledLog
-	a, err := components.NewConsumer(acli, "c1", log.handler("A", 600*time.Millisecond),
-		components.WithPrefix(testPrefix), components.WithLogger(m.log.With("proc", "A")), components.WithLeaseTTL(time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		px.Blackhole(false)
-		cctx, ccancel := context.WithTimeout(context.Background(), 3*time.Second)
-		defer ccancel()
-		_ = a.Close(cctx)
-	})
-	waitConsumers(t, 1, i1, i2)
-
-	// A is cut from etcd (not from the intermediates) until its lease lapses.
-	px.Blackhole(true)
-	key := registry.ConsumerKey(testPrefix, components.DefaultService, components.DefaultGroup, "c1")
-	waitUntil(t, "c1's key to lapse", func() bool {
-		resp, err := m.cli.Get(ctx, key)
-		return err == nil && len(resp.Kvs) == 0
-	})
+	a, key := lapsedConsumer(t, m, log.handler("A", 600*time.Millisecond), i1, i2)
 	t.Logf("c1's key (process A) lapsed; A still runs, its streams to i1 and i2 open")
 
 	// Process B: c1 again, and c3 of group g2; neither reaches i1.
@@ -124,32 +91,10 @@ func TestConsumer_LapsedProcessGetsNothingOfItsSuccessor(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	cctx, ccancel := context.WithTimeout(ctx, 30*time.Second)
-	defer ccancel()
-	if err := p.Close(cctx); err != nil {
-		t.Fatalf("producer Close = %v", err)
-	}
-	// A would finish what it was given in its handler's time.
-	time.Sleep(time.Second)
-	if rv, err := m.cli.Get(ctx, key); err == nil && len(rv.Kvs) == 1 {
-		t.Logf("c1's key at the end (unchanged, process B's): %s", rv.Kvs[0].Value)
-	}
-
-	t.Logf("A stats %+v", a.Stats())
-	for _, h := range []*hub{i1, i2} {
-		for _, c := range h.status(t).GetConsumers() {
-			t.Logf("%s: consumer stream %v", h.srv.Instance(), c)
-		}
-	}
+	endLapsed(t, m, p, a, key, &log, n, i1, i2)
 	log.mu.Lock()
 	defer log.mu.Unlock()
-	if len(log.by["A"]) != 0 {
-		t.Errorf("the lapsed process A handled %d messages, want none: all were published after B registered as c1", len(log.by["A"]))
-	}
 	for seq := uint64(1); seq <= n; seq++ {
-		if c := log.by["A"][seq] + log.by["B"][seq]; c != 1 {
-			t.Errorf("group default: p1/%d handled %d times (A %d, B %d), want once", seq, c, log.by["A"][seq], log.by["B"][seq])
-		}
 		if log.by["c3"][seq] != 1 {
 			t.Errorf("group g2: p1/%d handled %d times, want once", seq, log.by["c3"][seq])
 		}
@@ -171,35 +116,8 @@ func TestConsumer_LapsedProcessTakesNothingOnItsSuccessorsBlip(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
-	px, err := tcpproxy.Listen("127.0.0.1:0", m.etc.Endpoint())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { px.Close() })
-	acli, err := clientv3.New(clientv3.Config{Endpoints: []string{px.Addr()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { acli.Close() })
 	var log handledLog
-	a, err := components.NewConsumer(acli, "c1", log.handler("A", 0),
-		components.WithPrefix(testPrefix), components.WithLogger(m.log.With("proc", "A")), components.WithLeaseTTL(time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		px.Blackhole(false)
-		cctx, ccancel := context.WithTimeout(context.Background(), 3*time.Second)
-		defer ccancel()
-		_ = a.Close(cctx)
-	})
-	waitConsumers(t, 1, i1, i2)
-	px.Blackhole(true)
-	key := registry.ConsumerKey(testPrefix, components.DefaultService, components.DefaultGroup, "c1")
-	waitUntil(t, "c1's key to lapse", func() bool {
-		resp, err := m.cli.Get(ctx, key)
-		return err == nil && len(resp.Kvs) == 0
-	})
+	a, key := lapsedConsumer(t, m, log.handler("A", 0), i1, i2)
 
 	bl := &blipper{}
 	m.consumer("c1", log.handler("B", 200*time.Millisecond), components.WithConcurrency(4),
@@ -222,17 +140,53 @@ func TestConsumer_LapsedProcessTakesNothingOnItsSuccessorsBlip(t *testing.T) {
 	time.Sleep(100 * time.Millisecond) // B has messages in hand
 	bl.blip()
 	t.Logf("B's connections blipped once")
-	cctx, ccancel := context.WithTimeout(ctx, 30*time.Second)
-	defer ccancel()
-	if err := p.Close(cctx); err != nil {
+	endLapsed(t, m, p, a, key, &log, n, i1, i2)
+}
+
+// lapsedConsumer starts process A as consumer c1 of the default group, with
+// handler h and a lease of 1 s, on an etcd client through a proxy; once A
+// reaches hubs, it cuts A off from etcd (not from the intermediates) until
+// c1's key lapses. A runs on, its streams open. It returns A and c1's key.
+func lapsedConsumer(t *testing.T, m *mesh, h components.Handler, hubs ...*hub) (*components.Consumer, string) {
+	t.Helper()
+	acli, px := m.etc.ProxiedClient(t)
+	a, err := components.NewConsumer(acli, "c1", h,
+		components.WithPrefix(testPrefix), components.WithLogger(m.log.With("proc", "A")), components.WithLeaseTTL(time.Second))
+	if err != nil {
+		t.Fatalf("NewConsumer(A) = %v", err)
+	}
+	t.Cleanup(func() {
+		px.Blackhole(false)
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		_ = a.Close(ctx)
+	})
+	waitConsumers(t, 1, hubs...)
+	px.Blackhole(true)
+	key := registry.ConsumerKey(testPrefix, components.DefaultService, components.DefaultGroup, "c1")
+	waitUntil(t, "c1's key to lapse", func() bool {
+		resp, err := m.cli.Get(context.Background(), key)
+		return err == nil && len(resp.Kvs) == 0
+	})
+	return a, key
+}
+
+// endLapsed closes p, gives A its handler's time to finish what it was
+// given, and fails t unless A, lapsed, handled none of p's n messages and
+// B, the registered c1, each exactly once.
+func endLapsed(t *testing.T, m *mesh, p *components.Producer, a *components.Consumer, key string, log *handledLog, n uint64, hubs ...*hub) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := p.Close(ctx); err != nil {
 		t.Fatalf("producer Close = %v", err)
 	}
-	time.Sleep(time.Second) // A would finish what it was given
+	time.Sleep(time.Second)
 	if rv, err := m.cli.Get(ctx, key); err == nil && len(rv.Kvs) == 1 {
-		t.Logf("c1's key at the end (unchanged, process B's): %s", rv.Kvs[0].Value)
+		t.Logf("c1's key at the end (process B's): %s", rv.Kvs[0].Value)
 	}
 	t.Logf("A stats %+v", a.Stats())
-	for _, h := range []*hub{i1, i2} {
+	for _, h := range hubs {
 		for _, c := range h.status(t).GetConsumers() {
 			t.Logf("%s: consumer stream %v", h.srv.Instance(), c)
 		}
@@ -244,7 +198,7 @@ func TestConsumer_LapsedProcessTakesNothingOnItsSuccessorsBlip(t *testing.T) {
 	}
 	for seq := uint64(1); seq <= n; seq++ {
 		if c := log.by["A"][seq] + log.by["B"][seq]; c != 1 {
-			t.Errorf("group default: p1/%d handled %d times (A %d, B %d)", seq, c, log.by["A"][seq], log.by["B"][seq])
+			t.Errorf("group default: p1/%d handled %d times (A %d, B %d), want once", seq, c, log.by["A"][seq], log.by["B"][seq])
 		}
 	}
 }

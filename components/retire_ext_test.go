@@ -7,13 +7,9 @@ import (
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
-
 	"github.com/butterfly-mesh/butterfly/components"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/internal/logtest"
-	"github.com/butterfly-mesh/butterfly/internal/tcpproxy"
 )
 
 // gate holds a consumer's handler until opened.
@@ -127,16 +123,7 @@ func TestProducer_MoveKeepsOldAcks(t *testing.T) {
 // welcome ran out, and says why the stream was retired.
 func TestConsumer_RetiredStreamGrace(t *testing.T) {
 	m := newMesh(t)
-	px, err := tcpproxy.Listen("127.0.0.1:0", m.etc.Endpoint())
-	if err != nil {
-		t.Fatalf("tcpproxy.Listen() = %v", err)
-	}
-	t.Cleanup(func() { px.Close() })
-	zcli, err := clientv3.New(clientv3.Config{Endpoints: []string{px.Addr()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatalf("clientv3.New(%s) = %v", px.Addr(), err)
-	}
-	t.Cleanup(func() { zcli.Close() })
+	zcli, px := m.etc.ProxiedClient(t)
 	old := (&mesh{t: t, etc: m.etc, cli: zcli, log: m.log}).startHub("intermediate", "i1", "127.0.0.1")
 	// Let the old process reach etcd again before it stops, so that it
 	// drains and leaves promptly.

@@ -7,13 +7,9 @@ import (
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
-
 	"github.com/butterfly-mesh/butterfly/components"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/internal/logtest"
-	"github.com/butterfly-mesh/butterfly/internal/tcpproxy"
 )
 
 // TestProducer_SaysEtcdDoesNotAnswerReads checks what a producer says while
@@ -25,17 +21,8 @@ func TestProducer_SaysEtcdDoesNotAnswerReads(t *testing.T) {
 	m := newMesh(t)
 	m.startHub(components.DefaultService, "i1", "127.0.0.1")
 	m.waitMembers(components.DefaultService, 1)
-	px, err := tcpproxy.Listen("127.0.0.1:0", m.etc.Endpoint())
-	if err != nil {
-		t.Fatalf("tcpproxy.Listen() = %v", err)
-	}
-	t.Cleanup(func() { px.Close() })
+	cli, px := m.etc.ProxiedClient(t)
 	px.Blackhole(true)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{px.Addr()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatalf("clientv3.New() = %v", err)
-	}
-	t.Cleanup(func() { cli.Close() })
 	var logs logtest.Recorder
 	p, err := components.NewProducer(cli, "p1", components.WithPrefix(testPrefix), components.WithLogger(logs.Logger()))
 	if err != nil {

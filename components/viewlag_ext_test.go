@@ -8,9 +8,6 @@ import (
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
-
 	"github.com/butterfly-mesh/butterfly/components"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
 	"github.com/butterfly-mesh/butterfly/intermediate"
@@ -24,16 +21,7 @@ import (
 // cut off from etcd does within its lease TTL.
 func laggingHubs(t *testing.T, m *mesh, opts ...intermediate.Option) (i1, i2 *hub, px *tcpproxy.Proxy) {
 	t.Helper()
-	px, err := tcpproxy.Listen("127.0.0.1:0", m.etc.Endpoint())
-	if err != nil {
-		t.Fatalf("tcpproxy.Listen() = %v", err)
-	}
-	t.Cleanup(func() { px.Close() })
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{px.Addr()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatalf("clientv3.New() = %v", err)
-	}
-	t.Cleanup(func() { cli.Close() })
+	cli, px := m.etc.ProxiedClient(t)
 	t.Cleanup(func() { px.Blackhole(false) })
 	i1 = m.startHub(components.DefaultService, "i1", "127.0.0.1", opts...)
 	i2 = (&mesh{t: t, etc: m.etc, cli: cli, log: m.log}).startHub(components.DefaultService, "i2", "127.0.0.1",

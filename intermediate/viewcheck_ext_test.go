@@ -119,16 +119,7 @@ func slowReadRig(t *testing.T, delay time.Duration, opts ...intermediate.Option)
 func cutRig(t *testing.T, opts ...intermediate.Option) (*rig, *tcpproxy.Proxy) {
 	t.Helper()
 	etc := etcdtest.Start(t)
-	px, err := tcpproxy.Listen("127.0.0.1:0", etc.Endpoint())
-	if err != nil {
-		t.Fatalf("tcpproxy.Listen() = %v", err)
-	}
-	t.Cleanup(func() { px.Close() })
-	own, err := clientv3.New(clientv3.Config{Endpoints: []string{px.Addr()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatalf("clientv3.New() = %v", err)
-	}
-	t.Cleanup(func() { own.Close() })
+	own, px := etc.ProxiedClient(t)
 	t.Cleanup(func() { px.Blackhole(false) })
 	return rigOn(t, etc.Client(t), own, opts...), px
 }

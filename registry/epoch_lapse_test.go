@@ -2,30 +2,11 @@ package registry
 
 import (
 	"testing"
-	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/butterfly-mesh/butterfly/internal/etcdtest"
-	"github.com/butterfly-mesh/butterfly/internal/tcpproxy"
 )
-
-// proxiedClient returns a client of srv through a proxy the test can cut.
-func proxiedClient(t *testing.T, srv *etcdtest.Server) (*clientv3.Client, *tcpproxy.Proxy) {
-	t.Helper()
-	px, err := tcpproxy.Listen("127.0.0.1:0", srv.Endpoint())
-	if err != nil {
-		t.Fatalf("tcpproxy.Listen() = %v", err)
-	}
-	t.Cleanup(func() { px.Close() })
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{px.Addr()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatalf("clientv3.New() = %v", err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	return cli, px
-}
 
 // TestRegisterConsumer_EpochsAboveEveryLapsedOne checks that a new
 // incarnation's epoch is above every earlier one's, whatever became of the
@@ -52,8 +33,8 @@ func TestRegisterConsumer_EpochsAboveEveryLapsedOne(t *testing.T) {
 		resp, err := obs.Get(testContext(t), key)
 		return err == nil && len(resp.Kvs) == 0
 	}
-	cliQ, pxQ := proxiedClient(t, srv)
-	cliL, pxL := proxiedClient(t, srv)
+	cliQ, pxQ := srv.ProxiedClient(t)
+	cliL, pxL := srv.ProxiedClient(t)
 	q := reg(cliQ, "Q")
 	pxQ.Blackhole(true)
 	waitUntil(t, "Q's key to lapse", gone)

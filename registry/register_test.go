@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -529,7 +528,7 @@ func TestRegistration_ReplacementAfterALapseFencesTheFirst(t *testing.T) {
 func TestRegister_LogsLeaseAsEtcdctlTakesIt(t *testing.T) {
 	srv := etcdtest.Start(t)
 	cli := srv.Client(t)
-	var buf syncBuffer
+	var buf logtest.Buffer
 	r := register(t, cli, "svc", "i1", "127.0.0.1:7001", WithLogger(slog.New(slog.NewTextHandler(&buf, nil))))
 	_, lease, ok := getValue(t, cli, r.Key())
 	if !ok {
@@ -538,24 +537,6 @@ func TestRegister_LogsLeaseAsEtcdctlTakesIt(t *testing.T) {
 	if want := "lease=" + strconv.FormatInt(lease, 16); !strings.Contains(buf.String(), want) {
 		t.Errorf("log %q, want it to name the lease as %s", buf.String(), want)
 	}
-}
-
-// syncBuffer is a bytes.Buffer a logger may write to from any goroutine.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // createRevision returns the create revision of key, which must exist.

@@ -9,15 +9,12 @@ import (
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/butterfly-mesh/butterfly/components"
 	adminv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/admin/v1"
 	"github.com/butterfly-mesh/butterfly/internal/etcdtest"
-	"github.com/butterfly-mesh/butterfly/internal/tcpproxy"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
 
@@ -240,20 +237,11 @@ func TestComponentFlags_CertificateOfAnotherID(t *testing.T) {
 // quorum): the endpoints and the likely cause, not a bare deadline.
 func TestLsCommand_EtcdThatAnswersNoRead(t *testing.T) {
 	srv := etcdtest.Start(t)
-	px, err := tcpproxy.Listen("127.0.0.1:0", srv.Endpoint())
-	if err != nil {
-		t.Fatalf("tcpproxy.Listen() = %v", err)
-	}
-	t.Cleanup(func() { px.Close() })
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{px.Addr()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatalf("clientv3.New() = %v", err)
-	}
-	defer cli.Close()
+	cli, px := srv.ProxiedClient(t)
 	px.Blackhole(true)
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
-	_, err = listInstances(ctx, cli, "butterfly", "", func(string, error) {})
+	_, err := listInstances(ctx, cli, "butterfly", "", func(string, error) {})
 	want := "etcd at " + px.Addr() + " answered no read of butterfly/services/ in time (no leader? a cluster that lost its quorum answers no read)"
 	if err == nil || !strings.HasPrefix(err.Error(), want) {
 		t.Errorf("listInstances() = %v, want an error starting %q", err, want)

@@ -21,6 +21,8 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
+
+	"github.com/butterfly-mesh/butterfly/internal/tcpproxy"
 )
 
 const startTimeout = 30 * time.Second
@@ -86,6 +88,30 @@ func (s *Server) Client(t testing.TB) *clientv3.Client {
 	}
 	t.Cleanup(func() { cli.Close() })
 	return cli
+}
+
+// ProxiedClient returns a client of the server through a proxy the test
+// can cut (px.Blackhole(true): connections stay open, nothing gets through),
+// as a process cut off from etcd alone is. Both are closed when the test
+// ends, the cut healed first.
+func (s *Server) ProxiedClient(t testing.TB) (*clientv3.Client, *tcpproxy.Proxy) {
+	t.Helper()
+	px, err := tcpproxy.Listen("127.0.0.1:0", s.Endpoint())
+	if err != nil {
+		t.Fatalf("tcpproxy.Listen() = %v", err)
+	}
+	t.Cleanup(func() { px.Close() })
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   []string{px.Addr()},
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		t.Fatalf("clientv3.New(%s) = %v", px.Addr(), err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	t.Cleanup(func() { px.Blackhole(false) })
+	return cli, px
 }
 
 // Stop stops the server; its data stays for Restart.

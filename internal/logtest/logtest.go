@@ -8,6 +8,7 @@
 package logtest
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
 	"slices"
@@ -82,3 +83,23 @@ func (h handler) Handle(_ context.Context, rec slog.Record) error {
 
 func (h handler) WithAttrs([]slog.Attr) slog.Handler { return h }
 func (h handler) WithGroup(string) slog.Handler      { return h }
+
+// Buffer is a bytes.Buffer a logger may write to from any goroutine while
+// a test reads it.
+type Buffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// String returns what was written so far.
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

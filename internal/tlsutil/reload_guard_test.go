@@ -1,35 +1,17 @@
 package tlsutil
 
 import (
-	"bytes"
 	"crypto/x509"
 	"log/slog"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/butterfly-mesh/butterfly/internal/logtest"
 )
-
-// syncBuffer is a bytes.Buffer a logger writes to while a test reads it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // logLine returns the first line of logs containing every one of want.
 func logLine(logs string, want ...string) (string, bool) {
@@ -43,7 +25,7 @@ func logLine(logs string, want ...string) (string, bool) {
 
 // waitLog calls poke and reads logs until a line contains every one of
 // want, and returns it, or fails the test at the deadline.
-func waitLog(t *testing.T, logs *syncBuffer, poke func(), want ...string) string {
+func waitLog(t *testing.T, logs *logtest.Buffer, poke func(), want ...string) string {
 	t.Helper()
 	deadline := time.Now().Add(defaultTestTimeout)
 	tick := time.NewTicker(testReloadInterval)
@@ -81,7 +63,7 @@ func reissue(t *testing.T, pki string, hosts ...string) string {
 func TestServerConfig_ReloadKeepsCertificateOfDroppedHost(t *testing.T) {
 	pki := newPKI(t) // server.pem names localhost and 127.0.0.1
 	f := serverFiles(t, pki, pki, ClientAuthRequire)
-	logs := &syncBuffer{}
+	logs := &logtest.Buffer{}
 	cfg, err := ServerConfig(t.Context(), f, slog.New(slog.NewTextHandler(logs, nil)), WithReloadInterval(testReloadInterval))
 	if err != nil {
 		t.Fatalf("ServerConfig() = %v", err)
