@@ -86,8 +86,11 @@ func New(cfg Config, logger *slog.Logger) (*clientv3.Client, error) {
 	if !waitReady(cli, dialTimeout) {
 		cli.Close()
 		hint := ""
+		if names := unresolved(cfg.Endpoints, time.Second); names != "" {
+			hint = " (" + names + ")"
+		}
 		if tlsCfg != nil {
-			hint = "; with TLS, check --etcd-cacert, --etcd-cert and --etcd-key"
+			hint += "; with TLS, check --etcd-cacert, --etcd-cert and --etcd-key"
 		}
 		return nil, fmt.Errorf("%w: no answer from %s within %v (--etcd-dial-timeout)%s",
 			ErrUnreachable, strings.Join(cfg.Endpoints, ","), dialTimeout, hint)

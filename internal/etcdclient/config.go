@@ -1,11 +1,14 @@
 package etcdclient
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -46,6 +49,9 @@ func (c Config) Validate() error {
 		if strings.TrimSpace(ep) == "" {
 			return fmt.Errorf("--etcd-endpoints %q has an empty endpoint", strings.Join(c.Endpoints, ","))
 		}
+		if err := checkEndpoint(ep); err != nil {
+			return fmt.Errorf("--etcd-endpoints %q: %v (want host:port or http(s)://host:port)", ep, err)
+		}
 	}
 	if c.DialTimeout < 0 {
 		return fmt.Errorf("--etcd-dial-timeout %v is negative", c.DialTimeout)
@@ -70,6 +76,62 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--etcd-user %q has an empty password", c.User)
 	}
 	return nil
+}
+
+// checkEndpoint checks the form of one endpoint: host:port, or an http or
+// https URL of one (a unix socket URL as it is). An endpoint of another
+// form would only show as no answer after the dial timeout.
+func checkEndpoint(ep string) error {
+	hostport := ep
+	if scheme, rest, ok := strings.Cut(ep, "://"); ok {
+		switch scheme {
+		case "http", "https":
+			hostport = strings.TrimSuffix(rest, "/")
+		case "unix", "unixs":
+			return nil
+		default:
+			return fmt.Errorf("scheme %q is not http or https", scheme)
+		}
+	}
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil {
+		var ae *net.AddrError
+		if errors.As(err, &ae) {
+			return errors.New(ae.Err)
+		}
+		return err
+	}
+	if host == "" {
+		return errors.New("no host")
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+		return fmt.Errorf("port %q is not a number in [1, 65535]", port)
+	}
+	return nil
+}
+
+// unresolved returns, for the endpoints whose host is a name that does not
+// resolve within timeout, "NAME does not resolve", joined: an endpoint that
+// cannot answer for want of an address.
+func unresolved(endpoints []string, timeout time.Duration) string {
+	var out []string
+	for _, ep := range endpoints {
+		hostport := ep
+		if _, rest, ok := strings.Cut(ep, "://"); ok {
+			hostport = strings.TrimSuffix(rest, "/")
+		}
+		host, _, err := net.SplitHostPort(hostport)
+		if err != nil || host == "" || net.ParseIP(host) != nil {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		_, err = net.DefaultResolver.LookupHost(ctx, host)
+		cancel()
+		if err != nil {
+			out = append(out, host+" does not resolve")
+		}
+	}
+	return strings.Join(out, ", ")
 }
 
 // credentials returns the user name and password, or "" when there is no

@@ -23,6 +23,12 @@ func TestConfig_Validate(t *testing.T) {
 		{"mTLS", Config{Endpoints: ep, CACert: "ca", Cert: "c", Key: "k"}, ""},
 		{"no endpoints", Config{}, "--etcd-endpoints is empty"},
 		{"empty endpoint", Config{Endpoints: []string{"a:1", " "}}, "--etcd-endpoints"},
+		{"URL endpoints", Config{Endpoints: []string{"http://10.0.0.1:2379", "https://etcd.example:2379/", "[::1]:2379", "unix://etcd.sock"}}, ""},
+		{"no port", Config{Endpoints: []string{"198.18.0.11"}}, `--etcd-endpoints "198.18.0.11": missing port in address (want host:port or http(s)://host:port)`},
+		{"a path", Config{Endpoints: []string{"198.18.0.11:2379/"}}, `--etcd-endpoints "198.18.0.11:2379/": port "2379/" is not a number in [1, 65535]`},
+		{"port out of range", Config{Endpoints: []string{"a:99999"}}, `port "99999" is not a number`},
+		{"other scheme", Config{Endpoints: []string{"grpc://a:2379"}}, `scheme "grpc" is not http or https`},
+		{"no host", Config{Endpoints: []string{":2379"}}, `--etcd-endpoints ":2379": no host`},
 		{"negative timeout", Config{Endpoints: ep, DialTimeout: -time.Second}, "--etcd-dial-timeout -1s is negative"},
 		{"cert without key", Config{Endpoints: ep, Cert: "c"}, "--etcd-cert is set but --etcd-key is not"},
 		{"key without cert", Config{Endpoints: ep, Key: "k"}, "--etcd-key is set but --etcd-cert is not"},
@@ -103,5 +109,18 @@ func TestNew_Unreachable(t *testing.T) {
 	}
 	if took < 300*time.Millisecond || took > 2*time.Second {
 		t.Errorf("New(%s) took %v, want about the 300ms dial timeout", ep, took)
+	}
+}
+
+// TestNew_UnreachableSaysAnUnresolvedName checks that an endpoint whose
+// name does not resolve is said as such with the dial timeout's error.
+func TestNew_UnreachableSaysAnUnresolvedName(t *testing.T) {
+	cli, err := New(Config{Endpoints: []string{"butterfly-etcd.invalid:2379"}, DialTimeout: 300 * time.Millisecond}, nil)
+	if err == nil {
+		cli.Close()
+		t.Fatalf("New() = nil error, want ErrUnreachable")
+	}
+	if want := "(butterfly-etcd.invalid does not resolve)"; !errors.Is(err, ErrUnreachable) || !strings.Contains(err.Error(), want) {
+		t.Errorf("New() = %v, want ErrUnreachable saying %q", err, want)
 	}
 }
