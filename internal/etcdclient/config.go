@@ -50,7 +50,7 @@ func (c Config) Validate() error {
 			return fmt.Errorf("--etcd-endpoints %q has an empty endpoint", strings.Join(c.Endpoints, ","))
 		}
 		if err := checkEndpoint(ep); err != nil {
-			return fmt.Errorf("--etcd-endpoints %q: %v (want host:port or http(s)://host:port)", ep, err)
+			return fmt.Errorf("--etcd-endpoints %q: %w (want host:port or http(s)://host:port)", ep, err)
 		}
 	}
 	if c.DialTimeout < 0 {
