@@ -689,22 +689,15 @@ func (c *Consumer) idleLocked(now time.Time) {
 
 // refusedAtOpen stops the consumer when err, from opening a stream to l's
 // instance or from its first receive, is a refusal that retrying cannot
-// mend: at once for the intermediate's refusal of it (ErrRefused), once
-// every instance disagrees with it on TLS (ErrTLSMismatch, refusedLocked).
+// mend and stopsOwner says it stops on.
 func (c *Consumer) refusedAtOpen(l *subLink, err error) {
 	r := refusal(l.ctx, "consumer "+c.id, l.inst.Name, l.inst.Addr, c.cfg.creds, err)
 	if r == nil {
 		return
 	}
-	if errors.Is(r, ErrTLSMismatch) {
-		c.mu.Lock()
-		r = refusedLocked(c.links, &l.link, r, "consumer")
-		c.mu.Unlock()
-		if r == nil {
-			return
-		}
+	if r = stopsOwner(&c.mu, c.links, &l.link, r, "consumer"); r != nil {
+		c.stopRefused(r)
 	}
-	c.stopRefused(r)
 }
 
 // stopRefused stops the consumer on r, a refusal for good; a

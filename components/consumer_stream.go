@@ -196,11 +196,7 @@ func (l *subLink) once() (welcomed bool) {
 	if failed != nil {
 		// Recorded for the "answers" warning; a refusal that retrying
 		// cannot mend stops the consumer.
-		if why, ok := failed.said(ctx, fmt.Sprintf("no welcome within %v", heartbeatMisses*c.welcomeInterval())); ok {
-			c.mu.Lock()
-			l.failure = why
-			c.mu.Unlock()
-		}
+		l.noteFailure(ctx, &c.mu, failed, fmt.Sprintf("no welcome within %v", heartbeatMisses*c.welcomeInterval()))
 		if err := failed.refusal(); err != nil {
 			if failed.step == stepWelcome {
 				c.refused(err) // the group deleted, the id taken over

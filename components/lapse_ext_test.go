@@ -57,8 +57,6 @@ func TestConsumer_LapsedProcessGetsNothingOfItsSuccessor(t *testing.T) {
 	i1 := m.startHub(components.DefaultService, "i1", "127.0.0.1", short...)
 	i2 := m.startHub(components.DefaultService, "i2", "127.0.0.1", short...)
 	m.waitMembers(components.DefaultService, 2)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
 
 	var log handledLog
 	a, key := lapsedConsumer(t, m, log.handler("A", 600*time.Millisecond), i1, i2)
@@ -76,21 +74,8 @@ func TestConsumer_LapsedProcessGetsNothingOfItsSuccessor(t *testing.T) {
 	m.consumer("c3", log.handler("c3", 0), components.WithGroup("g2"), components.WithDialOptions(noI1))
 	waitConsumers(t, 3, i2) // A, B, c3
 	waitConsumers(t, 1, i1) // A only
-	resp, err := m.cli.Get(ctx, key)
-	if err != nil || len(resp.Kvs) != 1 {
-		t.Fatalf("c1's key: %v %v", resp, err)
-	}
-	t.Logf("c1 registered by process B: %s", resp.Kvs[0].Value)
-
 	const n = 40
-	p := m.producer("p1")
-	waitProducer(t, "p1", i1, i2)
-	for i := range n {
-		if _, err := p.Send(ctx, &messagev1.Message{Payload: []byte(fmt.Sprint(i))}); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	p := sendAfterSuccessor(t, m, key, n, 20*time.Millisecond, i1, i2)
 	endLapsed(t, m, p, a, key, &log, n, i1, i2)
 	log.mu.Lock()
 	defer log.mu.Unlock()
@@ -113,8 +98,6 @@ func TestConsumer_LapsedProcessTakesNothingOnItsSuccessorsBlip(t *testing.T) {
 	i1 := m.startHub(components.DefaultService, "i1", "127.0.0.1")
 	i2 := m.startHub(components.DefaultService, "i2", "127.0.0.1")
 	m.waitMembers(components.DefaultService, 2)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
 
 	var log handledLog
 	a, key := lapsedConsumer(t, m, log.handler("A", 0), i1, i2)
@@ -123,20 +106,8 @@ func TestConsumer_LapsedProcessTakesNothingOnItsSuccessorsBlip(t *testing.T) {
 	m.consumer("c1", log.handler("B", 200*time.Millisecond), components.WithConcurrency(4),
 		components.WithDialOptions(grpc.WithContextDialer(bl.dial)))
 	waitConsumers(t, 2, i1, i2) // A's stream and B's on each
-	resp, err := m.cli.Get(ctx, key)
-	if err != nil || len(resp.Kvs) != 1 {
-		t.Fatalf("c1's key: %v %v", resp, err)
-	}
-	t.Logf("c1 registered by process B: %s", resp.Kvs[0].Value)
-
 	const n = 40
-	p := m.producer("p1")
-	waitProducer(t, "p1", i1, i2)
-	for i := range n {
-		if _, err := p.Send(ctx, &messagev1.Message{Payload: []byte(fmt.Sprint(i))}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	p := sendAfterSuccessor(t, m, key, n, 0, i1, i2)
 	time.Sleep(100 * time.Millisecond) // B has messages in hand
 	bl.blip()
 	t.Logf("B's connections blipped once")
@@ -169,6 +140,29 @@ func lapsedConsumer(t *testing.T, m *mesh, h components.Handler, hubs ...*hub) (
 		return err == nil && len(resp.Kvs) == 0
 	})
 	return a, key
+}
+
+// sendAfterSuccessor checks that c1's key is there again, B's, then sends
+// n messages from producer p1, once it reaches hubs, pause apart, and
+// returns p1.
+func sendAfterSuccessor(t *testing.T, m *mesh, key string, n int, pause time.Duration, hubs ...*hub) *components.Producer {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	resp, err := m.cli.Get(ctx, key)
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("c1's key: %v %v", resp, err)
+	}
+	t.Logf("c1 registered by process B: %s", resp.Kvs[0].Value)
+	p := m.producer("p1")
+	waitProducer(t, "p1", hubs...)
+	for i := range n {
+		if _, err := p.Send(ctx, &messagev1.Message{Payload: []byte(fmt.Sprint(i))}); err != nil {
+			t.Fatalf("Send(%d) = %v", i, err)
+		}
+		time.Sleep(pause)
+	}
+	return p
 }
 
 // endLapsed closes p, gives A its handler's time to finish what it was

@@ -57,15 +57,22 @@ func (l *link) welcomedLocked() {
 	l.failure, l.refused = "", nil
 }
 
-// refusedLocked records r, a TLS mismatch of l's stream at its open, and
-// returns it when every link of the owner's has one: the owner stops then,
-// since no instance takes it. While another instance may, the owner goes
-// on without this one, which is tried again and warned of (every
+// stopsOwner judges r, a refusal for good of l's stream at its open, and
+// returns the refusal its owner stops on, nil while it goes on. An
+// intermediate's refusal of the client itself (ErrRefused) is the mesh's
+// word on it, and stops the owner at once. A TLS mismatch is recorded on l
+// and stops the owner only when every one of its links has one, since no
+// instance takes it then; while another instance may, the owner goes on
+// without this one, which is tried again and warned of (every
 // waitingLogEvery) by who: a misconfigured replica (a certificate from
 // another CA, a plaintext listener) must not stop every client of the
-// mesh. An intermediate's refusal of the client itself (ErrRefused) is the
-// mesh's word on it, and stops it at once. The owner's mutex is held.
-func refusedLocked[L interface{ lastRefusal() *RefusedError }](links map[string]L, l *link, r *RefusedError, who string) *RefusedError {
+// mesh. mu is the owner's mutex, which guards links.
+func stopsOwner[L interface{ lastRefusal() *RefusedError }](mu *sync.Mutex, links map[string]L, l *link, r *RefusedError, who string) *RefusedError {
+	if !errors.Is(r, ErrTLSMismatch) {
+		return r
+	}
+	mu.Lock()
+	defer mu.Unlock()
 	l.refused = r
 	if r := allRefused(links); r != nil {
 		return r
@@ -252,6 +259,17 @@ type openFailure struct {
 	step openStep
 	err  error
 	why  string
+}
+
+// noteFailure records on l, under the owner's mutex mu, what f says of its
+// stream that ended before its welcome (said), for the owner's "answers"
+// warning.
+func (l *link) noteFailure(ctx context.Context, mu *sync.Mutex, f *openFailure, silent string) {
+	if why, ok := f.said(ctx, silent); ok {
+		mu.Lock()
+		l.failure = why
+		mu.Unlock()
+	}
 }
 
 // said returns what the owner's "answers" warning says of a stream that

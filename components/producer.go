@@ -1015,21 +1015,14 @@ func (p *Producer) stop(err error) {
 
 // refusedAtOpen stops the producer when err, from opening a stream to l's
 // instance or from its first receive, is a refusal that retrying cannot
-// mend: at once for the intermediate's refusal of it (ErrRefused), once
-// every instance disagrees with it on TLS (refusedLocked). It reports
-// whether it stopped.
+// mend and stopsOwner says it stops on. It reports whether it stopped.
 func (p *Producer) refusedAtOpen(l *pubLink, err error) bool {
 	r := refusal(l.ctx, "producer "+p.id, l.inst.Name, l.inst.Addr, p.cfg.creds, err)
 	if r == nil {
 		return false
 	}
-	if errors.Is(r, ErrTLSMismatch) {
-		p.mu.Lock()
-		r = refusedLocked(p.links, &l.link, r, "producer")
-		p.mu.Unlock()
-		if r == nil {
-			return false
-		}
+	if r = stopsOwner(&p.mu, p.links, &l.link, r, "producer"); r == nil {
+		return false
 	}
 	p.stop(r)
 	return true

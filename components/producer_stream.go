@@ -290,12 +290,8 @@ func (l *pubLink) once() (welcomed bool) {
 		// Recorded for the "answers" warning and Close's error: the
 		// intermediate's refusal (a stream limit, say) or the
 		// connection's error, or silence.
-		if why, ok := failed.said(ctx, "no welcome in time"); ok {
-			p.mu.Lock()
-			l.failure = why
-			p.mu.Unlock()
-		}
-		// A refusal of the hello by every instance stops the producer;
+		l.noteFailure(ctx, &p.mu, failed, "no welcome in time")
+		// A refusal of the hello may stop the producer (stopsOwner);
 		// anything else is tried again.
 		if err := failed.refusal(); err != nil {
 			p.refusedAtOpen(l, err)
