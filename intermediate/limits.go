@@ -97,12 +97,7 @@ func (o *options) effectiveMaxMessageBytes() int {
 // this size; max-in-flight-bytes and the memory budget count it plus
 // routesCharge and MessageOverhead.
 func envelopeSize(m *messagev1.Message) int {
-	return m.SizeVT() - routesSize(m)
-}
-
-// routesSize is the encoded size of m's routes.
-func routesSize(m *messagev1.Message) int {
-	return butterfly.RoutesSize(m.GetRoutes())
+	return m.SizeVT() - butterfly.RoutesSize(m.GetRoutes())
 }
 
 // routesCharge is what m's routes cost held: their encoded size and

@@ -61,11 +61,7 @@ stderr and skipped. --json prints the instances only; butterfly group ls
 			if err != nil {
 				return err
 			}
-			if len(entries) == 0 {
-				// An empty table says nothing of a --prefix or --service
-				// that names nothing.
-				fmt.Fprintf(cmd.ErrOrStderr(), "butterfly: no instance is registered under %s (--prefix %q%s)\n", instancesRoot(r.prefix, service), r.prefix, serviceFlag(service))
-			}
+			sayNoneRegistered(cmd.ErrOrStderr(), entries, r.prefix, service)
 			if asJSON {
 				return printJSON(cmd.OutOrStdout(), entries)
 			}
@@ -93,12 +89,18 @@ func instancesRoot(prefix, service string) string {
 	return prefix + "/services/"
 }
 
-// serviceFlag is ", --service S" for a service given, "" otherwise.
-func serviceFlag(service string) string {
-	if service == "" {
-		return ""
+// sayNoneRegistered says on w where ls or status looked when they found no
+// instance: an empty table says nothing of a --prefix or --service that
+// names nothing.
+func sayNoneRegistered[E any](w io.Writer, entries []E, prefix, service string) {
+	if len(entries) > 0 {
+		return
 	}
-	return fmt.Sprintf(", --service %q", service)
+	flags := fmt.Sprintf("--prefix %q", prefix)
+	if service != "" {
+		flags += fmt.Sprintf(", --service %q", service)
+	}
+	fmt.Fprintf(w, "butterfly: no instance is registered under %s (%s)\n", instancesRoot(prefix, service), flags)
 }
 
 // listInstances reads every registration under prefix (of one service, or of

@@ -145,9 +145,7 @@ interrupted.
 						}
 					}
 				}
-				if len(entries) == 0 {
-					fmt.Fprintf(cmd.ErrOrStderr(), "butterfly: no instance is registered under %s (--prefix %q%s)\n", instancesRoot(r.prefix, service), r.prefix, serviceFlag(service))
-				}
+				sayNoneRegistered(cmd.ErrOrStderr(), entries, r.prefix, service)
 				if !watch {
 					return nil
 				}

@@ -82,16 +82,13 @@ func (c Config) Validate() error {
 // https URL of one (a unix socket URL as it is). An endpoint of another
 // form would only show as no answer after the dial timeout.
 func checkEndpoint(ep string) error {
-	hostport := ep
-	if scheme, rest, ok := strings.Cut(ep, "://"); ok {
-		switch scheme {
-		case "http", "https":
-			hostport = strings.TrimSuffix(rest, "/")
-		case "unix", "unixs":
-			return nil
-		default:
-			return fmt.Errorf("scheme %q is not http or https", scheme)
-		}
+	scheme, hostport := splitEndpoint(ep)
+	switch scheme {
+	case "", "http", "https":
+	case "unix", "unixs":
+		return nil
+	default:
+		return fmt.Errorf("scheme %q is not http or https", scheme)
 	}
 	host, port, err := net.SplitHostPort(hostport)
 	if err != nil {
@@ -110,16 +107,22 @@ func checkEndpoint(ep string) error {
 	return nil
 }
 
+// splitEndpoint returns an endpoint's URL scheme ("" for host:port) and
+// what follows it, without a trailing "/".
+func splitEndpoint(ep string) (scheme, hostport string) {
+	if scheme, rest, ok := strings.Cut(ep, "://"); ok {
+		return scheme, strings.TrimSuffix(rest, "/")
+	}
+	return "", ep
+}
+
 // unresolved returns, for the endpoints whose host is a name that does not
 // resolve within timeout, "NAME does not resolve", joined: an endpoint that
 // cannot answer for want of an address.
 func unresolved(endpoints []string, timeout time.Duration) string {
 	var out []string
 	for _, ep := range endpoints {
-		hostport := ep
-		if _, rest, ok := strings.Cut(ep, "://"); ok {
-			hostport = strings.TrimSuffix(rest, "/")
-		}
+		_, hostport := splitEndpoint(ep)
 		host, _, err := net.SplitHostPort(hostport)
 		if err != nil || host == "" || net.ParseIP(host) != nil {
 			continue

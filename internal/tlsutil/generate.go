@@ -351,15 +351,25 @@ func writeFile(dir, name string, data []byte, mode os.FileMode) error {
 
 // NotAfter returns when the PEM certificate in file expires.
 func NotAfter(file string) (time.Time, error) {
+	cert, err := readCertFile(file)
+	if err != nil {
+		return time.Time{}, err
+	}
+	return cert.NotAfter, nil
+}
+
+// readCertFile reads the PEM certificate in file. An error reading the file
+// wraps its *fs.PathError.
+func readCertFile(file string) (*x509.Certificate, error) {
 	data, err := os.ReadFile(file)
 	if err != nil {
-		return time.Time{}, fmt.Errorf("tlsutil: %w", err)
+		return nil, fmt.Errorf("tlsutil: %w", err)
 	}
 	cert, err := parseCertPEM(data)
 	if err != nil {
-		return time.Time{}, fmt.Errorf("tlsutil: %s: %w", file, err)
+		return nil, fmt.Errorf("tlsutil: %s: %w", file, err)
 	}
-	return cert.NotAfter, nil
+	return cert, nil
 }
 
 func parseCertPEM(data []byte) (*x509.Certificate, error) {

@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net/url"
-	"os"
 	"strings"
 
 	"google.golang.org/grpc/credentials"
@@ -102,13 +101,9 @@ func Peer(ctx context.Context) (Identity, bool) {
 // CertIdentity returns the identity the PEM certificate in file carries,
 // as a server that verified it would read it (Peer).
 func CertIdentity(file string) (Identity, error) {
-	data, err := os.ReadFile(file)
+	cert, err := readCertFile(file)
 	if err != nil {
-		return Identity{}, fmt.Errorf("tlsutil: %w", err)
-	}
-	cert, err := parseCertPEM(data)
-	if err != nil {
-		return Identity{}, fmt.Errorf("tlsutil: %s: %w", file, err)
+		return Identity{}, err
 	}
 	return identityOf(cert), nil
 }

@@ -5,10 +5,8 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -198,13 +196,9 @@ func droppedNames(last, next *x509.Certificate) []string {
 // certificate in file names that a certificate GenerateDev writes for hosts
 // would not be valid for, in the order file lists them.
 func DroppedHosts(file string, hosts []string) ([]string, error) {
-	data, err := os.ReadFile(file)
+	cert, err := readCertFile(file)
 	if err != nil {
-		return nil, fmt.Errorf("tlsutil: %w", err)
-	}
-	cert, err := parseCertPEM(data)
-	if err != nil {
-		return nil, fmt.Errorf("tlsutil: %s: %w", file, err)
+		return nil, err
 	}
 	now := time.Now()
 	return droppedNames(cert, leafTemplate("", hosts, now, now)), nil
