@@ -216,7 +216,11 @@ func TestIntegration_EtcdLeaderKill(t *testing.T) {
 	var members []member
 	var cluster []string
 	for i := 1; i <= 3; i++ {
-		mb := member{fmt.Sprintf("e%d", i), freePort(t, "127.0.0.1"), freePort(t, "127.0.0.1")}
+		// An address of their own on the loopback, where no client's port
+		// (those take 127.0.0.1's) can take a port picked for them before
+		// they bind it.
+		host := fmt.Sprintf("127.0.0.%d", 20+i)
+		mb := member{fmt.Sprintf("e%d", i), freePort(t, host), freePort(t, host)}
 		members = append(members, mb)
 		cluster = append(cluster, mb.name+"=http://"+mb.peer)
 	}

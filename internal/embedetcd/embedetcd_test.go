@@ -43,9 +43,8 @@ func TestStart_LogsThroughSlog(t *testing.T) {
 	h := &levels{}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	srv, err := Start(ctx, Config{
-		DataDir: t.TempDir(), ListenClient: "http://" + etcdtest.FreeAddr(t), ListenPeer: "http://" + etcdtest.FreeAddr(t),
-		LogLevel: "info", Logger: slog.New(h),
+	srv, err := startOnFreeAddrs(t, ctx, func(client, peer string) Config {
+		return Config{DataDir: t.TempDir(), ListenClient: "http://" + client, ListenPeer: "http://" + peer, LogLevel: "info", Logger: slog.New(h)}
 	})
 	if err != nil {
 		t.Fatalf("Start() = %v", err)
@@ -80,7 +79,16 @@ func TestStart_PortTaken(t *testing.T) {
 	defer l.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	srv, err := Start(ctx, Config{DataDir: t.TempDir(), ListenClient: "http://" + l.Addr().String(), ListenPeer: "http://" + etcdtest.FreeAddr(t)})
+	// The peer port, free when picked, may be taken as well; pick it
+	// again then.
+	var srv *Server
+	for attempt := 1; attempt <= 3; attempt++ {
+		peer := etcdtest.FreeAddr(t)
+		srv, err = Start(ctx, Config{DataDir: t.TempDir(), ListenClient: "http://" + l.Addr().String(), ListenPeer: "http://" + peer})
+		if err == nil || !strings.Contains(err.Error(), peer) {
+			break
+		}
+	}
 	if err == nil {
 		srv.Close()
 		t.Fatalf("Start() on a taken port = nil error")
@@ -97,12 +105,16 @@ func TestStart_DataDirInUse(t *testing.T) {
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	first, err := Start(ctx, Config{DataDir: dir, ListenClient: "http://" + etcdtest.FreeAddr(t), ListenPeer: "http://" + etcdtest.FreeAddr(t)})
+	first, err := startOnFreeAddrs(t, ctx, func(client, peer string) Config {
+		return Config{DataDir: dir, ListenClient: "http://" + client, ListenPeer: "http://" + peer}
+	})
 	if err != nil {
 		t.Fatalf("Start() = %v", err)
 	}
 	defer first.Close()
-	srv, err := Start(ctx, Config{DataDir: dir, ListenClient: "http://" + etcdtest.FreeAddr(t), ListenPeer: "http://" + etcdtest.FreeAddr(t)})
+	srv, err := startOnFreeAddrs(t, ctx, func(client, peer string) Config {
+		return Config{DataDir: dir, ListenClient: "http://" + client, ListenPeer: "http://" + peer}
+	})
 	if err == nil {
 		srv.Close()
 		t.Fatalf("Start() on a data directory in use = nil error")
@@ -118,17 +130,20 @@ func TestStart_DataDirInUse(t *testing.T) {
 func TestStart_URLWithoutScheme(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	srv, err := Start(ctx, Config{DataDir: t.TempDir(), ListenClient: etcdtest.FreeAddr(t), ListenPeer: etcdtest.FreeAddr(t)})
+	srv, err := startOnFreeAddrs(t, ctx, func(client, peer string) Config {
+		return Config{DataDir: t.TempDir(), ListenClient: client, ListenPeer: peer}
+	})
 	if err != nil {
 		t.Fatalf("Start() with host:port URLs = %v", err)
 	}
 	srv.Close()
 	// An --initial-cluster whose peer URL has no scheme, as the operator
 	// writes the other URL flags.
-	peer := etcdtest.FreeAddr(t)
-	srv, err = Start(ctx, Config{Name: "x1", DataDir: t.TempDir(), ListenClient: etcdtest.FreeAddr(t), ListenPeer: peer, InitialCluster: "x1=" + peer})
+	srv, err = startOnFreeAddrs(t, ctx, func(client, peer string) Config {
+		return Config{Name: "x1", DataDir: t.TempDir(), ListenClient: client, ListenPeer: peer, InitialCluster: "x1=" + peer}
+	})
 	if err != nil {
-		t.Fatalf("Start() with --initial-cluster x1=%s = %v", peer, err)
+		t.Fatalf("Start() with --initial-cluster x1=<peer> = %v", err)
 	}
 	srv.Close()
 	for _, tc := range []struct{ cluster, want string }{
@@ -143,4 +158,18 @@ func TestStart_URLWithoutScheme(t *testing.T) {
 	if err == nil || !strings.HasPrefix(err.Error(), "--listen-client: ") || !strings.Contains(err.Error(), "neither http nor https") {
 		t.Errorf("Validate() of an ftp:// client URL = %v, want an error naming --listen-client and the schemes", err)
 	}
+}
+
+// startOnFreeAddrs starts a member with the Config that config makes of a
+// client and a peer address, picking them again while a port is taken (see
+// etcdtest.OnFreeAddrs).
+func startOnFreeAddrs(t *testing.T, ctx context.Context, config func(client, peer string) Config) (*Server, error) {
+	t.Helper()
+	var srv *Server
+	err := etcdtest.OnFreeAddrs(t, func(client, peer string) error {
+		var err error
+		srv, err = Start(ctx, config(client, peer))
+		return err
+	})
+	return srv, err
 }

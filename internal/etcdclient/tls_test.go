@@ -19,27 +19,35 @@ import (
 // client certificates of the CA in pki, and returns its client endpoint.
 func startTLSEtcd(t *testing.T, pki string) string {
 	t.Helper()
-	clientURL := url.URL{Scheme: "https", Host: etcdtest.FreeAddr(t)}
-	peerURL := url.URL{Scheme: "http", Host: etcdtest.FreeAddr(t)}
-	cfg := embed.NewConfig()
-	cfg.Name = "tls"
-	cfg.Dir = t.TempDir()
-	cfg.ListenClientUrls = []url.URL{clientURL}
-	cfg.AdvertiseClientUrls = []url.URL{clientURL}
-	cfg.ListenPeerUrls = []url.URL{peerURL}
-	cfg.AdvertisePeerUrls = []url.URL{peerURL}
-	cfg.InitialCluster = fmt.Sprintf("%s=%s", cfg.Name, peerURL.String())
-	cfg.LogLevel = "error"
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	cfg.TickMs = 10
-	cfg.ElectionMs = 100
-	cfg.ClientTLSInfo = transport.TLSInfo{
-		CertFile:       filepath.Join(pki, tlsutil.ServerFile),
-		KeyFile:        filepath.Join(pki, tlsutil.ServerKeyFile),
-		TrustedCAFile:  filepath.Join(pki, tlsutil.CAFile),
-		ClientCertAuth: true,
-	}
-	e, err := embed.StartEtcd(cfg)
+	var (
+		clientURL url.URL
+		e         *embed.Etcd
+	)
+	err := etcdtest.OnFreeAddrs(t, func(client, peer string) error {
+		clientURL = url.URL{Scheme: "https", Host: client}
+		peerURL := url.URL{Scheme: "http", Host: peer}
+		cfg := embed.NewConfig()
+		cfg.Name = "tls"
+		cfg.Dir = t.TempDir()
+		cfg.ListenClientUrls = []url.URL{clientURL}
+		cfg.AdvertiseClientUrls = []url.URL{clientURL}
+		cfg.ListenPeerUrls = []url.URL{peerURL}
+		cfg.AdvertisePeerUrls = []url.URL{peerURL}
+		cfg.InitialCluster = fmt.Sprintf("%s=%s", cfg.Name, peerURL.String())
+		cfg.LogLevel = "error"
+		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+		cfg.TickMs = 10
+		cfg.ElectionMs = 100
+		cfg.ClientTLSInfo = transport.TLSInfo{
+			CertFile:       filepath.Join(pki, tlsutil.ServerFile),
+			KeyFile:        filepath.Join(pki, tlsutil.ServerKeyFile),
+			TrustedCAFile:  filepath.Join(pki, tlsutil.CAFile),
+			ClientCertAuth: true,
+		}
+		var err error
+		e, err = embed.StartEtcd(cfg)
+		return err
+	})
 	if err != nil {
 		t.Fatalf("embed.StartEtcd(TLS) = %v", err)
 	}

@@ -20,7 +20,7 @@ func StartAuth(t testing.TB, rootPassword string) *Server {
 	t.Helper()
 	s := newServer(t)
 	s.bcryptCost = uint(bcrypt.MinCost)
-	s.start(t)
+	s.startOnFreeAddrs(t)
 	t.Cleanup(func() { s.stop() })
 	s.EnableAuth(t, rootPassword)
 	return s

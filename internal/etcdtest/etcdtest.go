@@ -43,29 +43,29 @@ type Server struct {
 func Start(t testing.TB) *Server {
 	t.Helper()
 	s := newServer(t)
-	// The ports were free when picked; a test binary of another package,
-	// running beside this one, may take one before etcd binds it. Pick
-	// again then, a few times.
-	for attempt := 1; ; attempt++ {
-		err := s.tryStart()
-		if err == nil {
-			break
-		}
-		if attempt == 3 || !errors.Is(err, syscall.EADDRINUSE) {
-			t.Fatalf("%v", err)
-		}
-		s.clientURL.Host, s.peerURL.Host = FreeAddr(t), FreeAddr(t)
-	}
+	s.startOnFreeAddrs(t)
 	t.Cleanup(func() { s.stop() })
 	return s
 }
 
-// newServer picks the data dir and ports of a server that is not started.
+// newServer picks the data dir of a server that is not started.
 func newServer(t testing.TB) *Server {
 	return &Server{
 		dir:       t.TempDir(),
-		clientURL: url.URL{Scheme: "http", Host: FreeAddr(t)},
-		peerURL:   url.URL{Scheme: "http", Host: FreeAddr(t)},
+		clientURL: url.URL{Scheme: "http"},
+		peerURL:   url.URL{Scheme: "http"},
+	}
+}
+
+// startOnFreeAddrs starts s the first time, on ports it picks (see
+// OnFreeAddrs).
+func (s *Server) startOnFreeAddrs(t testing.TB) {
+	t.Helper()
+	if err := OnFreeAddrs(t, func(client, peer string) error {
+		s.clientURL.Host, s.peerURL.Host = client, peer
+		return s.tryStart()
+	}); err != nil {
+		t.Fatalf("%v", err)
 	}
 }
 
@@ -206,6 +206,21 @@ func FreeAddr(t testing.TB) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// OnFreeAddrs calls start with a client and a peer address that were free
+// when picked, and with two others, up to three times in all, while start
+// fails with EADDRINUSE: a test binary of another package, running beside
+// this one, may take a picked port before etcd binds it. It returns start's
+// last error.
+func OnFreeAddrs(t testing.TB, start func(client, peer string) error) error {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		err := start(FreeAddr(t), FreeAddr(t))
+		if attempt == 3 || !errors.Is(err, syscall.EADDRINUSE) {
+			return err
+		}
+	}
 }
 
 // LeakOptions are the goleak options for packages whose tests run an
