@@ -74,7 +74,7 @@ func (as *adminService) GetStatus(ctx context.Context, _ *adminv1.GetStatusReque
 	s.mu.Unlock()
 	resp.Received = s.received.Load()
 	resp.Acked = s.acked.Load()
-	resp.Nacked = s.nacked.Load()
+	resp.Nacked = s.nacked.total()
 	resp.Delivered = s.delivered.Load()
 	slices.SortFunc(resp.Producers, func(a, b *adminv1.ProducerStatus) int {
 		return cmp.Or(cmp.Compare(a.ProducerId, b.ProducerId), cmp.Compare(a.Incarnation, b.Incarnation), cmp.Compare(a.Peer, b.Peer))

@@ -236,7 +236,7 @@ func (s *Server) Stats() Stats {
 	return Stats{
 		Received:        s.received.Load(),
 		Acked:           s.acked.Load(),
-		Nacked:          s.nacked.Load(),
+		Nacked:          s.nacked.total(),
 		Delivered:       s.delivered.Load(),
 		PublishBatches:  s.frames.publishBatches.Load(),
 		PublishAcks:     s.frames.publishAcks.Load(),
@@ -261,9 +261,10 @@ func newServerDescs(service, instance string) serverDescs {
 		return prometheus.NewDesc(prometheus.BuildFQName(telemetry.Namespace, "intermediate", name), help, nil, labels)
 	}
 	return serverDescs{
-		received:    d("received_total", "Messages received from producers."),
-		acked:       d("acked_total", "Messages acknowledged to producers, end to end."),
-		nacked:      d("nacked_total", "Messages handed back to producers."),
+		received: d("received_total", "Messages received from producers."),
+		acked:    d("acked_total", "Messages acknowledged to producers, end to end."),
+		nacked: prometheus.NewDesc(prometheus.BuildFQName(telemetry.Namespace, "intermediate", "nacked_total"),
+			"Messages handed back to producers, by nack reason.", []string{"reason"}, labels),
 		delivered:   d("delivered_total", "Deliveries sent to consumers, redeliveries included."),
 		inFlight:    d("in_flight", "Messages held: received and not yet acknowledged or handed back."),
 		publishers:  d("publish_streams", "Open publish streams."),
@@ -305,7 +306,9 @@ func (c *serverCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(d.received, prometheus.CounterValue, float64(s.received.Load()))
 	ch <- prometheus.MustNewConstMetric(d.acked, prometheus.CounterValue, float64(s.acked.Load()))
-	ch <- prometheus.MustNewConstMetric(d.nacked, prometheus.CounterValue, float64(s.nacked.Load()))
+	for r := range s.nacked {
+		ch <- prometheus.MustNewConstMetric(d.nacked, prometheus.CounterValue, float64(s.nacked[r].Load()), telemetry.NackReasonLabel(messagev1.NackReason(r)))
+	}
 	ch <- prometheus.MustNewConstMetric(d.delivered, prometheus.CounterValue, float64(s.delivered.Load()))
 	ch <- prometheus.MustNewConstMetric(d.inFlight, prometheus.GaugeValue, float64(held))
 	ch <- prometheus.MustNewConstMetric(d.publishers, prometheus.GaugeValue, float64(pubs))
@@ -355,4 +358,26 @@ func (p tracedProcessor) Process(ctx context.Context, msg *messagev1.Message) (*
 		telemetry.Inject(ctx, res)
 	}
 	return res, nil
+}
+
+// nackCounts counts the messages handed back to producers, by reason; a
+// reason this version does not know is counted as unspecified.
+type nackCounts [messagev1.NackReason_NACK_REASON_OWNER_UNREACHABLE + 1]atomic.Uint64
+
+func (c *nackCounts) add(nacks []*messagev1.Nack) {
+	for _, n := range nacks {
+		r := int(n.GetReason())
+		if r < 0 || r >= len(*c) {
+			r = int(messagev1.NackReason_NACK_REASON_UNSPECIFIED)
+		}
+		(*c)[r].Add(1)
+	}
+}
+
+func (c *nackCounts) total() uint64 {
+	var t uint64
+	for r := range *c {
+		t += (*c)[r].Load()
+	}
+	return t
 }

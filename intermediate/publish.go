@@ -435,7 +435,7 @@ func (p *pubStream) sendLoop(ctx context.Context, stream deliveryv1.PublishServi
 		}
 		if len(acks) > 0 || len(nacks) > 0 {
 			s.acked.Add(uint64(len(acks)))
-			s.nacked.Add(uint64(len(nacks)))
+			s.nacked.add(nacks)
 			s.frames.publishAcks.Add(1)
 			ack := &deliveryv1.PublishAck{Acked: seqrange.Build(acks), Nacked: nacks}
 			err := stream.Send(&deliveryv1.PublishResponse{Kind: &deliveryv1.PublishResponse_Ack{Ack: ack}})

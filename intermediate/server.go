@@ -60,7 +60,7 @@ type Server struct {
 
 	received  atomic.Uint64
 	acked     atomic.Uint64
-	nacked    atomic.Uint64
+	nacked    nackCounts
 	delivered atomic.Uint64
 	frames    frameCounters
 
