@@ -76,7 +76,9 @@ or replaced when the address answers for another incarnation), messages in
 flight, connected producers and consumers, counters and rates. Rates are
 per second over the last --interval with --watch, else averaged since the
 instance started. --watch prints the table again every --interval until
-interrupted.
+interrupted. Without --watch, status exits 1 when an instance is unreachable
+or replaced (after printing every row), as etcdctl endpoint health does, so a
+script or a probe can act on it.
 
 ` + statusTLSHelp,
 		Example: `  butterfly status
@@ -147,7 +149,7 @@ interrupted.
 				}
 				sayNoneRegistered(cmd.ErrOrStderr(), entries, r.prefix, service)
 				if !watch {
-					return nil
+					return unhealthy(entries)
 				}
 				if !sleepCtx(ctx, interval) {
 					return nil
@@ -304,3 +306,19 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 
 // statusMaxRecv is the largest GetStatus answer status takes.
 const statusMaxRecv = 256 << 20
+
+// unhealthy is the error of a status without --watch whose entries include
+// an instance it could not read at its registered address: the rows are
+// printed all the same and the exit status says it.
+func unhealthy(entries []statusEntry) error {
+	var bad []string
+	for _, e := range entries {
+		if e.State == stateUnreachable || e.State == stateReplaced {
+			bad = append(bad, e.Service+"/"+e.Instance)
+		}
+	}
+	if len(bad) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%d of %d registered instances unreachable or replaced: %s", len(bad), len(entries), strings.Join(bad, ", "))
+}

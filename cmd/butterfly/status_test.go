@@ -95,8 +95,8 @@ func statusMesh(t *testing.T) (endpoint string) {
 func TestStatusCommand_JoinsRegistryWithLiveStatus(t *testing.T) {
 	ep := statusMesh(t)
 	out, err := executeCommand(t, "status", "--etcd-endpoints", ep, "--prefix", statusPrefix, "--json", "--timeout", "500ms")
-	if err != nil {
-		t.Fatalf("butterfly status --json = %v; output:\n%s", err, out)
+	if want := "1 of 2 registered instances unreachable or replaced: intermediate/i2"; err == nil || err.Error() != want {
+		t.Fatalf("butterfly status --json = %v, want %q; output:\n%s", err, want, out)
 	}
 	var got []statusEntry
 	if err := json.Unmarshal([]byte(out), &got); err != nil {
@@ -115,8 +115,8 @@ func TestStatusCommand_JoinsRegistryWithLiveStatus(t *testing.T) {
 		t.Errorf("status of i2 = %+v, want unreachable at 127.0.0.1:1: %s", i2, refused)
 	}
 	table, err := executeCommand(t, "status", "--etcd-endpoints", ep, "--prefix", statusPrefix, "--timeout", "500ms")
-	if err != nil {
-		t.Fatalf("butterfly status = %v; output:\n%s", err, table)
+	if err == nil {
+		t.Fatalf("butterfly status = nil error with i2 unreachable; output:\n%s", table)
 	}
 	if want := "butterfly: " + i2.Service + "/i2 at 127.0.0.1:1 is unreachable: "; !strings.Contains(table, want) {
 		t.Errorf("butterfly status =\n%s\nwant a line saying why i2 is unreachable, starting %q", table, want)
@@ -137,8 +137,8 @@ func TestStatusCommand_JoinsRegistryWithLiveStatus(t *testing.T) {
 	}
 	defer ghost.Close(context.Background())
 	out, err = executeCommand(t, "status", "--etcd-endpoints", ep, "--prefix", statusPrefix, "--json", "--timeout", "500ms")
-	if err != nil {
-		t.Fatalf("butterfly status --json = %v; output:\n%s", err, out)
+	if want := "2 of 3 registered instances unreachable or replaced: intermediate/ghost, intermediate/i2"; err == nil || err.Error() != want {
+		t.Fatalf("butterfly status --json = %v, want %q; output:\n%s", err, want, out)
 	}
 	got = nil
 	if err := json.Unmarshal([]byte(out), &got); err != nil {
@@ -153,6 +153,17 @@ func TestStatusCommand_JoinsRegistryWithLiveStatus(t *testing.T) {
 	if g == nil || g.State != stateReplaced || g.Received != 0 || g.Producers != 0 || g.Consumers != 0 || !g.StatusTime.IsZero() ||
 		g.Error != fmt.Sprintf("%s answers as %s/i1 epoch %d", i1.Addr, i1.Service, i1.Epoch) {
 		t.Errorf("status of ghost = %+v, want replaced, saying i1 answers, with none of i1's figures", g)
+	}
+
+	// With only the serving instance left, status exits 0.
+	if err := ghost.Close(ctx); err != nil {
+		t.Fatalf("Close(ghost) = %v", err)
+	}
+	if _, err := cli.Delete(ctx, registry.ServiceKey(statusPrefix, i1.Service, "i2")); err != nil {
+		t.Fatalf("Delete(i2) = %v", err)
+	}
+	if out, err := executeCommand(t, "status", "--etcd-endpoints", ep, "--prefix", statusPrefix, "--timeout", "500ms"); err != nil {
+		t.Errorf("butterfly status with i1 serving alone = %v, want nil; output:\n%s", err, out)
 	}
 }
 
@@ -235,8 +246,8 @@ func TestStatusCommand_SaysTLSMismatch(t *testing.T) {
 	defer reg.Close(context.Background())
 
 	out, err := executeCommand(t, "status", "--etcd-endpoints", etc.Endpoint(), "--prefix", statusPrefix, "--json", "--timeout", "500ms")
-	if err != nil {
-		t.Fatalf("butterfly status --json = %v; output:\n%s", err, out)
+	if err == nil {
+		t.Fatalf("butterfly status --json = nil error with i1 unreachable; output:\n%s", out)
 	}
 	var got []statusEntry
 	if err := json.Unmarshal([]byte(out), &got); err != nil {
@@ -284,8 +295,8 @@ func TestStatusCommand_SaysMutualTLSWantsACertificate(t *testing.T) {
 
 	out, err := executeCommand(t, "status", "--etcd-endpoints", etc.Endpoint(), "--prefix", statusPrefix, "--json", "--timeout", "1s",
 		"--tls-ca", filepath.Join(dir, tlsutil.CAFile))
-	if err != nil {
-		t.Fatalf("butterfly status --json = %v; output:\n%s", err, out)
+	if err == nil {
+		t.Fatalf("butterfly status --json = nil error with i1 unreachable; output:\n%s", out)
 	}
 	var got []statusEntry
 	if err := json.Unmarshal([]byte(out), &got); err != nil {
