@@ -140,13 +140,7 @@ func runDemo(ctx context.Context, cfg demoConfig) (demoResult, error) {
 		return demoResult{}, err
 	}
 	defer os.RemoveAll(dir)
-	clientAddr, peerAddr, err := embedetcd.TwoFreePorts()
-	if err != nil {
-		return demoResult{}, err
-	}
-	etcd, err := embedetcd.Start(ctx, embedetcd.Config{
-		DataDir: dir, ListenClient: "http://" + clientAddr, ListenPeer: "http://" + peerAddr, LogLevel: "off",
-	})
+	etcd, err := embedetcd.StartOnLoopback(ctx, embedetcd.Config{DataDir: dir, LogLevel: "off"})
 	if err != nil {
 		return demoResult{}, err
 	}
@@ -156,7 +150,7 @@ func runDemo(ctx context.Context, cfg demoConfig) (demoResult, error) {
 		return demoResult{}, err
 	}
 	defer m.cli.Close()
-	m.say("embedded etcd ready on %s", clientAddr)
+	m.say("embedded etcd ready on %s", etcd.ClientEndpoints()[0])
 
 	for _, s := range []struct{ service, name, host string }{
 		{"requests", "requests1", "127.0.0.1"},

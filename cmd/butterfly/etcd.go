@@ -2,6 +2,9 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
+	"net"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -16,7 +19,13 @@ func newEtcdCommand(r *rootCommand) *cobra.Command {
 		Long: `Run an etcd member inside this process. By default a single-member cluster on
 127.0.0.1:2379 (clients) and 127.0.0.1:2380 (peers); with --name,
 --initial-cluster and the URL flags, three of them form a cluster on loopback.
-It stops cleanly on SIGINT or SIGTERM.`,
+It stops cleanly on SIGINT or SIGTERM.
+
+Off loopback, serve clients and peers over TLS, with etcd's own flags:
+--cert-file, --key-file, --trusted-ca-file and --client-cert-auth with an
+https:// --listen-client (and their --peer- forms with an https:// --listen-peer).
+A member that listens in plaintext on another address than loopback is
+warned of: whoever reaches it can read and change the registry.`,
 		Example: `  # a single node
   butterfly etcd --data-dir /tmp/etcd
 
@@ -24,18 +33,23 @@ It stops cleanly on SIGINT or SIGTERM.`,
   CLUSTER=e1=http://127.0.0.1:12380,e2=http://127.0.0.1:22380,e3=http://127.0.0.1:32380
   butterfly etcd --name e1 --data-dir /tmp/e1 --listen-client http://127.0.0.1:12379 --listen-peer http://127.0.0.1:12380 --initial-cluster $CLUSTER
   butterfly etcd --name e2 --data-dir /tmp/e2 --listen-client http://127.0.0.1:22379 --listen-peer http://127.0.0.1:22380 --initial-cluster $CLUSTER
-  butterfly etcd --name e3 --data-dir /tmp/e3 --listen-client http://127.0.0.1:32379 --listen-peer http://127.0.0.1:32380 --initial-cluster $CLUSTER`,
+  butterfly etcd --name e3 --data-dir /tmp/e3 --listen-client http://127.0.0.1:32379 --listen-peer http://127.0.0.1:32380 --initial-cluster $CLUSTER
+
+  # clients over mutual TLS, with the files of butterfly certs (--hosts naming this host)
+  butterfly etcd --data-dir /var/lib/butterfly-etcd --listen-client https://10.0.0.5:2379 \
+    --cert-file certs/server.pem --key-file certs/server-key.pem --trusted-ca-file certs/ca.pem --client-cert-auth`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := cfg.Validate(); err != nil {
 				return &usageError{err}
 			}
 			cfg.Logger = r.logger
+			warnPlaintext(r.logger, cfg)
 			srv, err := embedetcd.Start(cmd.Context(), cfg)
 			if err != nil {
 				return err
 			}
 			defer srv.Close()
-			r.logger.Info("etcd ready", "name", cfg.Name, "client", srv.ClientEndpoints(), "data-dir", cfg.DataDir)
+			r.logger.Info("etcd ready", "name", cfg.Name, "client", srv.ClientEndpoints(), "data-dir", cfg.DataDir, "client-tls", cfg.ClientTLS.Cert != "")
 			fmt.Fprintf(cmd.OutOrStdout(), "etcd ready on %v\n", srv.ClientEndpoints())
 			select {
 			case <-cmd.Context().Done():
@@ -57,5 +71,39 @@ It stops cleanly on SIGINT or SIGTERM.`,
 	f.StringVar(&cfg.InitialClusterState, "initial-cluster-state", "new", "new or existing")
 	f.StringVar(&cfg.InitialClusterToken, "initial-cluster-token", "butterfly", "initial cluster token")
 	f.StringVar(&cfg.LogLevel, "etcd-log-level", "error", "etcd's own log level, or off")
+	for _, t := range []struct {
+		files          *embedetcd.TLSFiles
+		prefix, listen string
+		whom           string
+	}{{&cfg.ClientTLS, "", "--listen-client", "clients"}, {&cfg.PeerTLS, "peer-", "--listen-peer", "other members"}} {
+		f.StringVar(&t.files.Cert, t.prefix+"cert-file", "", "certificate (PEM) served to "+t.whom+"; needs an https:// "+t.listen)
+		f.StringVar(&t.files.Key, t.prefix+"key-file", "", "key (PEM) of --"+t.prefix+"cert-file")
+		f.StringVar(&t.files.TrustedCA, t.prefix+"trusted-ca-file", "", "CA (PEM) whose certificates "+t.whom+" may present")
+		f.BoolVar(&t.files.ClientCertAuth, t.prefix+"client-cert-auth", false, "require "+t.whom+" to present a certificate of --"+t.prefix+"trusted-ca-file")
+	}
 	return c
+}
+
+// warnPlaintext warns of a listener that serves in plaintext on an address
+// other than loopback: whoever reaches it can read and change the registry
+// (clients) or join the cluster's traffic (peers).
+func warnPlaintext(logger *slog.Logger, cfg embedetcd.Config) {
+	for _, l := range []struct{ flag, url, tlsFlags string }{
+		{"--listen-client", cfg.ListenClient, "--cert-file, --key-file, --trusted-ca-file and --client-cert-auth"},
+		{"--listen-peer", cfg.ListenPeer, "--peer-cert-file, --peer-key-file, --peer-trusted-ca-file and --peer-client-cert-auth"},
+	} {
+		u := l.url
+		if strings.HasPrefix(u, "https://") {
+			continue
+		}
+		host, _, err := net.SplitHostPort(strings.TrimPrefix(u, "http://"))
+		if err != nil {
+			continue // Start says what is wrong with it
+		}
+		if ip := net.ParseIP(host); host == "localhost" || ip != nil && ip.IsLoopback() {
+			continue
+		}
+		logger.Warn("etcd serves in plaintext off loopback: whoever reaches "+host+" can read and change the registry; serve it over TLS with an https:// "+l.flag+" and "+l.tlsFlags,
+			"flag", l.flag, "url", u)
+	}
 }

@@ -33,13 +33,7 @@ func startEtcd(ctx context.Context) (_ *benchEtcd, err error) {
 	if e.dir, err = os.MkdirTemp("", "butterfly-bench-etcd-"); err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
 	}
-	clientAddr, peerAddr, err := embedetcd.TwoFreePorts()
-	if err != nil {
-		return nil, fmt.Errorf("bench: %w", err)
-	}
-	e.srv, err = embedetcd.Start(ctx, embedetcd.Config{
-		DataDir: e.dir, ListenClient: "http://" + clientAddr, ListenPeer: "http://" + peerAddr, LogLevel: "off",
-	})
+	e.srv, err = embedetcd.StartOnLoopback(ctx, embedetcd.Config{DataDir: e.dir, LogLevel: "off"})
 	if err != nil {
 		return nil, fmt.Errorf("bench: embedded etcd: %w", err)
 	}

@@ -9,16 +9,20 @@ package embedetcd
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 )
@@ -54,6 +58,69 @@ type Config struct {
 	// StartTimeout bounds how long Start waits for the member to be ready;
 	// default 60s (a member of a new cluster waits for a quorum).
 	StartTimeout time.Duration
+	// ClientTLS is how clients are served over TLS: required when
+	// ListenClient is https://, refused when it is http://.
+	ClientTLS TLSFiles
+	// PeerTLS is the same for other members and ListenPeer.
+	PeerTLS TLSFiles
+}
+
+// TLSFiles are a listener's TLS files, as etcd's --cert-file, --key-file,
+// --trusted-ca-file and --client-cert-auth (or their --peer- forms) name
+// them.
+type TLSFiles struct {
+	// Cert and Key are the PEM certificate and key served.
+	Cert, Key string
+	// TrustedCA is the PEM file of the CAs whose certificates the other
+	// side may present.
+	TrustedCA string
+	// ClientCertAuth requires the other side to present a certificate of
+	// TrustedCA.
+	ClientCertAuth bool
+}
+
+func (f TLSFiles) enabled() bool {
+	return f.Cert != "" || f.Key != "" || f.TrustedCA != "" || f.ClientCertAuth
+}
+
+func (f TLSFiles) info() transport.TLSInfo {
+	return transport.TLSInfo{CertFile: f.Cert, KeyFile: f.Key, TrustedCAFile: f.TrustedCA, ClientCertAuth: f.ClientCertAuth}
+}
+
+// validate checks f for the listener at listen, flagPrefix being "" or
+// "peer-" and listenFlag the flag of listen.
+func (f TLSFiles) validate(listen, listenFlag, flagPrefix string) error {
+	https := strings.HasPrefix(listen, "https://")
+	switch {
+	case https && (f.Cert == "" || f.Key == ""):
+		return fmt.Errorf("%s %s is https: it needs --%scert-file and --%skey-file", listenFlag, listen, flagPrefix, flagPrefix)
+	case !https && f.enabled():
+		return fmt.Errorf("--%scert-file, --%skey-file, --%strusted-ca-file and --%sclient-cert-auth need an https:// %s, not %s", flagPrefix, flagPrefix, flagPrefix, flagPrefix, listenFlag, listen)
+	case f.ClientCertAuth && f.TrustedCA == "":
+		return fmt.Errorf("--%sclient-cert-auth needs --%strusted-ca-file, the CA the certificates it requires are checked against", flagPrefix, flagPrefix)
+	}
+	return nil
+}
+
+// load reads f's files, so that a missing or wrong one is said naming its
+// flag before etcd starts.
+func (f TLSFiles) load(flagPrefix string) error {
+	if f.Cert == "" {
+		return nil
+	}
+	if _, err := tls.LoadX509KeyPair(f.Cert, f.Key); err != nil {
+		return fmt.Errorf("--%scert-file %s, --%skey-file %s: %w", flagPrefix, f.Cert, flagPrefix, f.Key, err)
+	}
+	if f.TrustedCA != "" {
+		pem, err := os.ReadFile(f.TrustedCA)
+		if err != nil {
+			return fmt.Errorf("--%strusted-ca-file: %w", flagPrefix, err)
+		}
+		if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+			return fmt.Errorf("--%strusted-ca-file %s: no PEM certificate in it", flagPrefix, f.TrustedCA)
+		}
+	}
+	return nil
 }
 
 func (c *Config) setDefaults() {
@@ -119,7 +186,12 @@ func (c Config) Validate() error {
 	if c.InitialClusterState != "" && c.InitialClusterState != embed.ClusterStateFlagNew && c.InitialClusterState != embed.ClusterStateFlagExisting {
 		return fmt.Errorf("--initial-cluster-state: %q is neither new nor existing", c.InitialClusterState)
 	}
-	return nil
+	d := c
+	d.setDefaults()
+	if err := d.ClientTLS.validate(d.ListenClient, "--listen-client", ""); err != nil {
+		return err
+	}
+	return d.PeerTLS.validate(d.ListenPeer, "--listen-peer", "peer-")
 }
 
 // initialCluster returns s, a list of name=peerURL, with every URL as
@@ -199,6 +271,14 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	ec.ClusterState = cfg.InitialClusterState
 	ec.InitialClusterToken = cfg.InitialClusterToken
+	if err := cfg.ClientTLS.load(""); err != nil {
+		return nil, fmt.Errorf("embedetcd: %w", err)
+	}
+	if err := cfg.PeerTLS.load("peer-"); err != nil {
+		return nil, fmt.Errorf("embedetcd: %w", err)
+	}
+	ec.ClientTLSInfo = cfg.ClientTLS.info()
+	ec.PeerTLSInfo = cfg.PeerTLS.info()
 	level, err := zapLevel(cfg.LogLevel)
 	if err != nil {
 		return nil, fmt.Errorf("embedetcd: log level: %w", err)
@@ -255,9 +335,28 @@ func (s *Server) Close() {
 	<-s.e.Server.StopNotify()
 }
 
-// TwoFreePorts returns two loopback addresses with ports that were free a
-// moment ago, for an embedded etcd's client and peer listeners.
-func TwoFreePorts() (client, peer string, err error) {
+// StartOnLoopback starts a single member listening for clients and peers
+// on loopback ports that were free when picked, cfg's listen URLs aside. A
+// port can be taken by another process before etcd binds it: then it picks
+// two others and starts again, up to three times in all.
+func StartOnLoopback(ctx context.Context, cfg Config) (*Server, error) {
+	for attempt := 1; ; attempt++ {
+		client, peer, err := twoFreePorts()
+		if err != nil {
+			return nil, err
+		}
+		cfg.ListenClient, cfg.ListenPeer = "http://"+client, "http://"+peer
+		cfg.AdvertiseClient, cfg.AdvertisePeer, cfg.InitialCluster = "", "", ""
+		srv, err := Start(ctx, cfg)
+		if attempt == 3 || !errors.Is(err, syscall.EADDRINUSE) {
+			return srv, err
+		}
+	}
+}
+
+// twoFreePorts returns two loopback addresses with ports that were free a
+// moment ago.
+func twoFreePorts() (client, peer string, err error) {
 	var addrs []string
 	for range 2 {
 		l, err := net.Listen("tcp", "127.0.0.1:0")

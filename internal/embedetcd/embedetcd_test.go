@@ -5,15 +5,20 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
+	"go.uber.org/zap"
 
 	"github.com/butterfly-mesh/butterfly/internal/etcdtest"
+	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
 )
 
 func TestMain(m *testing.M) {
@@ -172,4 +177,118 @@ func startOnFreeAddrs(t *testing.T, ctx context.Context, config func(client, pee
 		return err
 	})
 	return srv, err
+}
+
+// TestValidate_TLS checks that TLS files and the listen URL's scheme must
+// agree, each error naming the flags, as etcd itself would only warn that
+// it ignores the files of an http:// URL.
+func TestValidate_TLS(t *testing.T) {
+	files := TLSFiles{Cert: "s.pem", Key: "s-key.pem"}
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want string // "" for valid
+	}{
+		{"https clients", Config{DataDir: "d", ListenClient: "https://127.0.0.1:1", ClientTLS: files}, ""},
+		{"https clients, mutual", Config{DataDir: "d", ListenClient: "https://127.0.0.1:1", ClientTLS: TLSFiles{Cert: "s.pem", Key: "k.pem", TrustedCA: "ca.pem", ClientCertAuth: true}}, ""},
+		{"https without files", Config{DataDir: "d", ListenClient: "https://127.0.0.1:1"},
+			"--listen-client https://127.0.0.1:1 is https: it needs --cert-file and --key-file"},
+		{"files without https", Config{DataDir: "d", ClientTLS: files},
+			"--cert-file, --key-file, --trusted-ca-file and --client-cert-auth need an https:// --listen-client, not http://127.0.0.1:2379"},
+		{"client auth without a CA", Config{DataDir: "d", ListenClient: "https://127.0.0.1:1", ClientTLS: TLSFiles{Cert: "s.pem", Key: "k.pem", ClientCertAuth: true}},
+			"--client-cert-auth needs --trusted-ca-file, the CA the certificates it requires are checked against"},
+		{"peer files without https", Config{DataDir: "d", ListenPeer: "127.0.0.1:2", PeerTLS: files},
+			"--peer-cert-file, --peer-key-file, --peer-trusted-ca-file and --peer-client-cert-auth need an https:// --listen-peer, not http://127.0.0.1:2"},
+		{"https peers without files", Config{DataDir: "d", ListenPeer: "https://127.0.0.1:2"},
+			"--listen-peer https://127.0.0.1:2 is https: it needs --peer-cert-file and --peer-key-file"},
+	} {
+		err := tc.cfg.Validate()
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || err.Error() != tc.want) {
+			t.Errorf("%s: Validate() = %v, want %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+// TestStart_ClientsOverMutualTLS checks a member serving clients over
+// mutual TLS: a client with a certificate of the CA reads and writes, one
+// without is refused, and a missing certificate file fails Start naming
+// its flag.
+func TestStart_ClientsOverMutualTLS(t *testing.T) {
+	pki := t.TempDir()
+	if err := tlsutil.GenerateDev(pki, []string{"127.0.0.1"}); err != nil {
+		t.Fatalf("GenerateDev() = %v", err)
+	}
+	serverTLS := TLSFiles{
+		Cert: filepath.Join(pki, tlsutil.ServerFile), Key: filepath.Join(pki, tlsutil.ServerKeyFile),
+		TrustedCA: filepath.Join(pki, tlsutil.CAFile), ClientCertAuth: true,
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	srv, err := startOnFreeAddrs(t, ctx, func(client, peer string) Config {
+		return Config{DataDir: t.TempDir(), ListenClient: "https://" + client, ListenPeer: "http://" + peer, ClientTLS: serverTLS}
+	})
+	if err != nil {
+		t.Fatalf("Start() over TLS = %v", err)
+	}
+	defer srv.Close()
+
+	dial := func(cert bool) (*clientv3.Client, error) {
+		info := transport.TLSInfo{TrustedCAFile: filepath.Join(pki, tlsutil.CAFile)}
+		if cert {
+			info.CertFile, info.KeyFile = filepath.Join(pki, tlsutil.ClientFile), filepath.Join(pki, tlsutil.ClientKeyFile)
+		}
+		tc, err := info.ClientConfig()
+		if err != nil {
+			return nil, err
+		}
+		return clientv3.New(clientv3.Config{Endpoints: srv.ClientEndpoints(), TLS: tc, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	}
+	cli, err := dial(true)
+	if err != nil {
+		t.Fatalf("clientv3.New() with a client certificate = %v", err)
+	}
+	defer cli.Close()
+	if _, err := cli.Put(ctx, "k", "v"); err != nil {
+		t.Fatalf("Put() over mutual TLS = %v", err)
+	}
+	anon, err := dial(false)
+	if err == nil {
+		defer anon.Close()
+		actx, acancel := context.WithTimeout(ctx, 2*time.Second)
+		defer acancel()
+		if _, err := anon.Get(actx, "k"); err == nil {
+			t.Errorf("Get() without a client certificate = nil error, want it refused")
+		}
+	}
+
+	missing := serverTLS
+	missing.Cert = filepath.Join(pki, "nope.pem")
+	_, err = Start(ctx, Config{DataDir: t.TempDir(), ListenClient: "https://" + etcdtest.FreeAddr(t), ListenPeer: "http://" + etcdtest.FreeAddr(t), ClientTLS: missing})
+	if err == nil || !strings.Contains(err.Error(), "--cert-file "+missing.Cert) {
+		t.Errorf("Start() with a missing --cert-file = %v, want an error naming it", err)
+	}
+}
+
+// TestStartOnLoopback checks that a member started on loopback ports of
+// its own picking serves, on the endpoint it reports.
+func TestStartOnLoopback(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	srv, err := StartOnLoopback(ctx, Config{DataDir: t.TempDir(), ListenClient: "http://10.0.0.1:1"})
+	if err != nil {
+		t.Fatalf("StartOnLoopback() = %v", err)
+	}
+	defer srv.Close()
+	eps := srv.ClientEndpoints()
+	if len(eps) != 1 || !strings.HasPrefix(eps[0], "127.0.0.1:") {
+		t.Fatalf("ClientEndpoints() = %v, want one loopback endpoint", eps)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatalf("clientv3.New() = %v", err)
+	}
+	defer cli.Close()
+	if _, err := cli.Put(ctx, "k", "v"); err != nil {
+		t.Errorf("Put() = %v", err)
+	}
 }
