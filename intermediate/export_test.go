@@ -59,3 +59,9 @@ func (s *Server) ViewQueueState() (clients, streams, queued, streamReads int) {
 	}
 	return len(s.viewPeers), streams, queued, streamReads
 }
+
+// WithAdvertiseCheckTimeout bounds the check of the advertised address
+// (WithAdvertiseCheck) by d.
+func WithAdvertiseCheckTimeout(d time.Duration) Option {
+	return func(o *options) { o.advertiseCheckTimeout = d }
+}

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/butterfly-mesh/butterfly/registry"
 )
@@ -81,6 +83,10 @@ type options struct {
 	connectionTimeout time.Duration
 	maxPeerHeartbeat  time.Duration
 	maxCredit         int
+	// advertiseCheck dials advertiseAddr once registered; nil: no check.
+	advertiseCheck credentials.TransportCredentials
+	// advertiseCheckTimeout bounds the check; tests shorten it.
+	advertiseCheckTimeout time.Duration
 	// ackObserver, set by tests, hears how long every ack frame of a
 	// consumer's subscribe stream held the server's lock and took in all.
 	ackObserver func(consumer string, held, total time.Duration)
@@ -110,6 +116,9 @@ func defaultOptions() options {
 		connectionTimeout: DefaultConnectionTimeout,
 		maxPeerHeartbeat:  DefaultMaxPeerHeartbeat,
 		maxCredit:         DefaultMaxCredit,
+
+		advertiseCheck:        insecure.NewCredentials(),
+		advertiseCheckTimeout: defaultAdvertiseCheckTimeout,
 	}
 }
 
@@ -223,8 +232,32 @@ func WithMaxPeerHeartbeat(d time.Duration) Option {
 func WithMaxCredit(n int) Option { return func(o *options) { o.maxCredit = n } }
 
 // WithAdvertiseAddr sets the address registered in etcd (default: the
-// listener's address).
+// listener's address). Once registered there, Serve checks that the address
+// reaches this server (see WithAdvertiseCheck).
 func WithAdvertiseAddr(addr string) Option { return func(o *options) { o.advertiseAddr = addr } }
+
+// WithAdvertiseCheck sets the transport credentials with which Serve, once
+// registered at the address of WithAdvertiseAddr, dials that address as a
+// client would, once and within a few seconds, and asks who answers
+// (AdminService.GetStatus). Another server answering there (another
+// instance, or another incarnation of this one) means the address is wrong
+// (one copied from a neighbour's command line, say): the components would
+// send this instance's share of the work to that server, and nothing
+// reaches this one through its registration. Serve then logs an error,
+// drains as on shutdown, which removes the registration, and returns an
+// *AdvertiseError. An address it cannot read from its own host (no hairpin
+// NAT, a firewall, a TLS handshake these credentials cannot complete) is
+// logged as a warning and Serve goes on.
+//
+// The default, insecure.NewCredentials, fits a server without TLS; a
+// server with TLS needs a client's TLS credentials here (a CA that verifies
+// its certificate, and a client certificate under mutual TLS), or the check
+// cannot be made and says so. nil turns the check off. Without
+// WithAdvertiseAddr the registered address is the listener's, and nothing
+// is checked.
+func WithAdvertiseCheck(creds credentials.TransportCredentials) Option {
+	return func(o *options) { o.advertiseCheck = creds }
+}
 
 // WithMaxInFlight sets how many unacknowledged messages one publish stream
 // may hold (default 10000). It is advertised in the welcome; a producer that

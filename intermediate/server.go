@@ -210,7 +210,10 @@ func (s *Server) Draining() bool {
 // registers the server in etcd once it is serving, and runs until ctx is
 // done, Drain is called, the control key asks for a drain or another
 // incarnation replaces the registration: then it drains and returns nil.
-// After Stop it returns nil at once. lis is closed when Serve returns.
+// Registered at an address of WithAdvertiseAddr, it dials that address once
+// (WithAdvertiseCheck): when another server answers there, it drains and
+// returns an *AdvertiseError. After Stop it returns nil at once. lis is
+// closed when Serve returns.
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	s.mu.Lock()
 	if s.serveCalled {
@@ -273,6 +276,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		jcancel()
 		s.waitTracked()
 	}()
+	misadvertised := s.checkAdvertised(jctx, addr, reg.Epoch())
 
 	var leaseLost <-chan struct{}
 	if s.opts.fenceOnLeaseLoss {
@@ -280,6 +284,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	}
 	req := drainRequest{timeout: s.opts.drainTimeout}
 	lost := false
+	var wrongAddr *AdvertiseError
 	select {
 	case <-ctx.Done():
 		req.reason = messagev1.DrainReason_DRAIN_REASON_SHUTDOWN
@@ -294,6 +299,12 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		lost = true
 		// It puts no key back while this process leaves.
 		stopKeeping(ctx, reg)
+	case wrongAddr = <-misadvertised:
+		// Nothing reaches this server through its registration: it leaves
+		// as on shutdown, which removes the registration.
+		s.log.Error("intermediate: the advertised address reaches another server; leaving",
+			"addr", addr, "epoch", reg.Epoch(), "answers", fmt.Sprintf("%s/%s epoch %d", wrongAddr.Service, wrongAddr.Instance, wrongAddr.Epoch))
+		req.reason = messagev1.DrainReason_DRAIN_REASON_SHUTDOWN
 	case <-s.stopCh:
 		s.crash(ctx, reg, serveErr)
 		return nil
@@ -307,8 +318,11 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	drainStart := time.Now()
 	s.drain(context.WithoutCancel(ctx), reg, req, serveErr)
 	s.drained(req.reason, time.Since(drainStart))
-	if lost {
+	switch {
+	case lost:
 		return ErrLeaseLost
+	case wrongAddr != nil:
+		return wrongAddr
 	}
 	return nil
 }
