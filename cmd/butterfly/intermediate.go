@@ -1,16 +1,22 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/butterfly-mesh/butterfly/intermediate"
+	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
 
@@ -31,7 +37,12 @@ func newIntermediateCommand(r *rootCommand) *cobra.Command {
 		Long: `Run an intermediate replica. It serves the publish, subscribe, process and
 admin services on --listen, and registers in etcd as
 <prefix>/services/<service>/<name> once it is serving (port 0 picks a free
-port; the registered address is the real one, or --advertise).
+port; the registered address is the real one, or --advertise). Once
+registered at --advertise, it dials that address as its clients would
+(the same TLS files) and asks who answers: when another instance, or
+another incarnation of this one, answers there, it removes its
+registration and exits 1 naming --advertise; when it cannot reach the
+address from its own host, it logs a warning and serves on.
 
 SIGTERM or SIGINT drains it: it marks itself draining, finishes what it holds,
 hands back what it cannot finish in --drain-timeout, removes its registration
@@ -151,6 +162,10 @@ is closed. A message whose seq lies outside its producer's window
 			if err != nil {
 				return err
 			}
+			checkCreds, err := tlsf.advertiseCheckCreds(cmd.Context())
+			if err != nil {
+				return err
+			}
 			cli, err := r.etcdClient()
 			if err != nil {
 				return err
@@ -171,6 +186,7 @@ is closed. A message whose seq lies outside its producer's window
 				intermediate.WithVersion(buildVersion()),
 				intermediate.WithRegistryOptions(registry.WithWeight(weight), registry.WithZone(zone), registry.WithVersion(buildVersion())),
 				intermediate.WithGRPCServerOptions(creds),
+				intermediate.WithAdvertiseCheck(checkCreds),
 				intermediate.WithTrustUnboundCertificates(allowUnbound),
 				intermediate.WithFenceOnLeaseLoss(fenceOnLeaseLoss),
 			}
@@ -219,6 +235,11 @@ is closed. A message whose seq lies outside its producer's window
 				logger.Info("intermediate stopped before it was registered", "err", err)
 				return nil
 			}
+			var ae *intermediate.AdvertiseError
+			if errors.As(err, &ae) {
+				return fmt.Errorf("--advertise %s reaches another server (it answers as %s/%s epoch %d), not this instance: its registration is removed; give the address that reaches this instance, or leave --advertise out",
+					ae.Addr, ae.Service, ae.Instance, ae.Epoch)
+			}
 			if err != nil {
 				return err
 			}
@@ -256,4 +277,19 @@ func isClosed(ch <-chan struct{}) bool {
 	default:
 		return false
 	}
+}
+
+// advertiseCheckCreds returns the credentials with which an intermediate
+// dials its --advertise address to check who answers there: those of a
+// client given the same files, which trusts --tls-ca (else the system
+// roots) and presents --tls-cert when the server asks for a certificate
+// (the one `butterfly certs` writes is valid for clients too); plaintext
+// without TLS. The flags were checked by serverOption.
+func (t *tlsFlags) advertiseCheckCreds(ctx context.Context) (credentials.TransportCredentials, error) {
+	if t.files.Cert == "" {
+		return insecure.NewCredentials(), nil
+	}
+	// Its warnings would call the server's certificate a client's: the
+	// server's own set-up already says what is wrong with its files.
+	return tlsutil.ClientCredentials(ctx, tlsutil.Files{Cert: t.files.Cert, Key: t.files.Key, CA: t.files.CA}, "", slog.New(slog.DiscardHandler))
 }
