@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -227,4 +228,52 @@ func TestCLI_ConsumeOutputFails(t *testing.T) {
 		t.Errorf("producer summary %+v, want nothing handed back", sum)
 	}
 	m.checkExactlyOnce(map[string]int{"p1": n}, false)
+}
+
+// TestCLI_ConsumeOutNamesIncarnation runs one producer id twice, each run
+// numbering its messages from 1: the consumer's --out lines tell the two
+// runs apart by their incarnation, each with seqs 1 to 3 once.
+func TestCLI_ConsumeOutNamesIncarnation(t *testing.T) {
+	m := newMesh(t)
+	m.startEtcd()
+	m.startIntermediate("intermediate1", "127.0.0.2")
+	c := m.startConsumer("c1")
+	waitUntil(t, failFastBound, "c1 registered", func() bool {
+		return strings.Contains(readFile(c.stderr), "consumer registered")
+	})
+	for run := 1; run <= 2; run++ {
+		p := m.start("p1", "produce", "--id", "p1", "--count", "3")
+		if sum := m.waitProducer(p, 3, runTimeout); sum.Acked != 3 {
+			t.Fatalf("run %d of p1: %+v, want 3 acknowledged", run, sum)
+		}
+	}
+	m.waitHandled(map[string]int{"p1": 3}, runTimeout)
+	byIncarnation := map[string][]string{}
+	waitUntil(t, runTimeout, "6 lines in c1's --out", func() bool {
+		byIncarnation = map[string][]string{}
+		lines := strings.Split(strings.TrimSpace(readFile(m.outFiles[0])), "\n")
+		for _, l := range lines {
+			f := strings.Split(l, "\t")
+			if len(f) != 4 {
+				t.Fatalf("--out line %q, want producer_id, seq, intermediate and incarnation", l)
+			}
+			if f[0] != "p1" || f[2] != "intermediate1" {
+				t.Fatalf("--out line %q, want p1's through intermediate1", l)
+			}
+			byIncarnation[f[3]] = append(byIncarnation[f[3]], f[1])
+		}
+		return len(lines) == 6
+	})
+	if len(byIncarnation) != 2 {
+		t.Fatalf("--out names incarnations %v, want 2", byIncarnation)
+	}
+	for inc, seqs := range byIncarnation {
+		if _, err := strconv.ParseUint(inc, 10, 64); err != nil || inc == "0" {
+			t.Errorf("--out incarnation %q, want a positive integer", inc)
+		}
+		slices.Sort(seqs)
+		if !slices.Equal(seqs, []string{"1", "2", "3"}) {
+			t.Errorf("incarnation %s: seqs %v, want 1, 2 and 3 once each", inc, seqs)
+		}
+	}
 }

@@ -371,7 +371,7 @@ func (m *mesh) handled() (map[string]map[uint64]int, map[string]int) {
 		sc := bufio.NewScanner(bytes.NewReader(b))
 		for sc.Scan() {
 			parts := strings.Split(sc.Text(), "\t")
-			if len(parts) != 3 {
+			if len(parts) != 4 {
 				m.t.Fatalf("%s: bad line %q", f, sc.Text())
 			}
 			seq, err := strconv.ParseUint(parts[1], 10, 64)

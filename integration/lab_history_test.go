@@ -223,7 +223,7 @@ func (h *history) read() map[string]map[string]map[uint64][]occurrence {
 			off += int64(len(text)) + 1
 			parts := strings.Split(text, "\t")
 			seq, err := strconv.ParseUint(parts[min(1, len(parts)-1)], 10, 64)
-			if len(parts) != 3 || err != nil {
+			if len(parts) != 4 || err != nil {
 				h.t.Errorf("%s:%d: bad line %q", inc.file, line+1, text)
 				continue
 			}

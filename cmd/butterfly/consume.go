@@ -47,7 +47,8 @@ func newConsumeCommand(r *rootCommand) *cobra.Command {
 		Long: `Receive processed messages from every intermediate of --service (fan-in) and
 hand each to a handler: it prints the payload, or with --out appends one line
 per handled message to FILE:
-  producer_id<TAB>seq<TAB>intermediate
+  producer_id<TAB>seq<TAB>intermediate<TAB>incarnation
+(incarnation tells a producer's runs apart: each numbers its messages from 1).
 A message is acknowledged only after its line is written; when a write
 fails (a full disk), the consumer stops and exits 1, and what it held goes,
 unhandled, to the group's other consumers. Duplicates (a
@@ -120,7 +121,8 @@ client certificate (butterfly certs --consumer-id ID).`,
 				if out != "" {
 					id := d.Message.GetId()
 					// One write per line: a line on disk survives SIGKILL.
-					_, err = fmt.Fprintf(w, "%s\t%s\t%s\n", id.GetProducerId(), strconv.FormatUint(id.GetSeq(), 10), d.Instance)
+					_, err = fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", id.GetProducerId(), strconv.FormatUint(id.GetSeq(), 10), d.Instance,
+						strconv.FormatUint(id.GetIncarnation(), 10))
 				} else {
 					_, err = fmt.Fprintf(w, "%s\n", d.Message.GetPayload())
 				}
@@ -166,7 +168,7 @@ client certificate (butterfly certs --consumer-id ID).`,
 	f.StringVar(&id, "id", "", "consumer id, stable across restarts (required)")
 	f.StringVar(&service, "service", registry.DefaultService, "service to receive from")
 	f.StringVar(&group, "group", "default", "consumer group: every group gets every message")
-	f.StringVar(&out, "out", "", "append producer_id<TAB>seq<TAB>intermediate per message to FILE instead of printing payloads")
+	f.StringVar(&out, "out", "", "append producer_id<TAB>seq<TAB>intermediate<TAB>incarnation per message to FILE instead of printing payloads")
 	f.Uint64Var(&count, "count", 0, "handle exactly N messages, then exit; the rest go to the group's other consumers")
 	f.DurationVar(&closeTimeout, "close-timeout", 30*time.Second, "how long draining may take at the end")
 	f.BoolVar(&createGroup, "create-group", true, "declare --group in etcd if it is not declared yet")
