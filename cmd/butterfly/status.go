@@ -231,8 +231,9 @@ func fillStatus(ctx context.Context, e *statusEntry, creds credentials.Transport
 	callCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	// An instance's status lists every producer and consumer connected to
-	// it: thousands are over gRPC's default 4 MiB.
-	st, err := adminv1.NewAdminServiceClient(conn).GetStatus(callCtx, &adminv1.GetStatusRequest{}, grpc.WaitForReady(true), grpc.MaxCallRecvMsgSize(statusMaxRecv))
+	// it: thousands are over gRPC's default 4 MiB. Not WaitForReady: a
+	// refused connection ends the call at once, a silent one at --timeout.
+	st, err := adminv1.NewAdminServiceClient(conn).GetStatus(callCtx, &adminv1.GetStatusRequest{}, grpc.MaxCallRecvMsgSize(statusMaxRecv))
 	if err != nil {
 		// A connection that never came up because the two ends disagree on
 		// TLS is said as such, with the flags that mend it (which may take
@@ -243,9 +244,13 @@ func fillStatus(ctx context.Context, e *statusEntry, creds credentials.Transport
 				return
 			}
 		}
-		e.Error = err.Error()
-		if strings.Contains(e.Error, "connect: connection refused") {
-			e.Error = "nothing listens at " + e.Addr + " (connection refused, tried for --timeout " + timeout.String() + ")"
+		switch e.Error = err.Error(); {
+		case strings.Contains(e.Error, "connect: connection refused"):
+			e.Error = "nothing listens at " + e.Addr + " (connection refused)"
+		case status.Code(err) == codes.DeadlineExceeded:
+			e.Error = "no answer from " + e.Addr + " within --timeout " + timeout.String() + " (packets dropped on the way, or a stopped or frozen process or host)"
+		case status.Code(err) == codes.Unimplemented:
+			e.Error = e.Addr + " answers gRPC but is not a Butterfly intermediate (" + status.Convert(err).Message() + ")"
 		}
 		return
 	}

@@ -110,7 +110,7 @@ func TestStatusCommand_JoinsRegistryWithLiveStatus(t *testing.T) {
 		i1.InFlight != 0 || i1.Producers != 1 || i1.Consumers != 1 || i1.Processor != "passthrough" || i1.RecvRate <= 0 {
 		t.Errorf("status of i1 = %+v, want serving, 5 received/acked/delivered, 0 in flight, 1 producer, 1 consumer, a positive rate", i1)
 	}
-	const refused = "nothing listens at 127.0.0.1:1 (connection refused, tried for --timeout 500ms)"
+	const refused = "nothing listens at 127.0.0.1:1 (connection refused)"
 	if i2.Instance != "i2" || i2.State != stateUnreachable || i2.Error != refused || i2.Addr != "127.0.0.1:1" {
 		t.Errorf("status of i2 = %+v, want unreachable at 127.0.0.1:1: %s", i2, refused)
 	}
@@ -351,5 +351,70 @@ func TestStatusCommand_WatchRidesOutAnEtcdOutage(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("butterfly status --watch after cancel = %v, want nil", err)
+	}
+}
+
+// TestStatusCommand_SaysWhyAnInstanceIsUnreadable checks what status says
+// of an address that takes the connection and never answers (dropped
+// packets, a frozen process), and of one that answers gRPC without
+// AdminService (a registration naming another server).
+func TestStatusCommand_SaysWhyAnInstanceIsUnreadable(t *testing.T) {
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("net.Listen() = %v", err)
+	}
+	defer silent.Close()
+	go func() {
+		var held []net.Conn // accepted and never answered
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	other := grpc.NewServer()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("net.Listen() = %v", err)
+	}
+	go func() { _ = other.Serve(lis) }()
+	defer other.Stop()
+
+	etc := etcdtest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for name, addr := range map[string]string{"silent": silent.Addr().String(), "other": lis.Addr().String()} {
+		reg, err := registry.Register(ctx, etc.Client(t), "intermediate", name, addr, registry.WithPrefix(statusPrefix))
+		if err != nil {
+			t.Fatalf("registry.Register(%s) = %v", name, err)
+		}
+		defer reg.Close(context.Background())
+	}
+	out, err := executeCommand(t, "status", "--etcd-endpoints", etc.Endpoint(), "--prefix", statusPrefix, "--json", "--timeout", "500ms")
+	if err == nil {
+		t.Fatalf("butterfly status = nil error with both instances unreadable; output:\n%s", out)
+	}
+	var got []statusEntry
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("butterfly status --json output %q: %v", out, err)
+	}
+	want := map[string]string{
+		"silent": "no answer from " + silent.Addr().String() + " within --timeout 500ms (packets dropped on the way, or a stopped or frozen process or host)",
+		"other":  lis.Addr().String() + " answers gRPC but is not a Butterfly intermediate (unknown service butterfly.admin.v1.AdminService)",
+	}
+	if len(got) != 2 {
+		t.Fatalf("butterfly status --json = %s, want 2 entries", out)
+	}
+	for _, e := range got {
+		if e.State != stateUnreachable || e.Error != want[e.Instance] {
+			t.Errorf("status of %s = %s: %q, want unreachable: %q", e.Instance, e.State, e.Error, want[e.Instance])
+		}
 	}
 }
