@@ -165,6 +165,21 @@ func TestCLI_EtcdWarnsOfPlaintextOffLoopback(t *testing.T) {
 		t.Errorf("butterfly etcd on 0.0.0.0 in plaintext: stderr\n%s\nwant a warning naming --cert-file", errb)
 	}
 
+	// Over TLS without --trusted-ca-file, anyone may still read and write.
+	dir := m.certs()
+	_, port, err = net.SplitHostPort(freePort(t, "127.0.0.1"))
+	if err != nil {
+		t.Fatalf("net.SplitHostPort() = %v", err)
+	}
+	e2 := m.start("etcd-tls", "etcd", "--data-dir", filepath.Join(m.dir, "etcd-tls"),
+		"--listen-client", "https://0.0.0.0:"+port, "--listen-peer", "http://"+freePort(t, "127.0.0.1"),
+		"--cert-file", filepath.Join(dir, "server.pem"), "--key-file", filepath.Join(dir, "server-key.pem"))
+	e2.waitOutput("etcd ready", defaultTestTimeout)
+	errb, _ = os.ReadFile(e2.stderr)
+	if want := "etcd takes TLS connections off loopback without asking for a certificate"; !strings.Contains(string(errb), want) || !strings.Contains(string(errb), "--trusted-ca-file") {
+		t.Errorf("butterfly etcd on 0.0.0.0 over TLS without a CA: stderr\n%s\nwant %q naming --trusted-ca-file", errb, want)
+	}
+
 	code, _, errOut := runCLI(t, 30*time.Second, "etcd", "--data-dir", filepath.Join(m.dir, "etcd2"), "--cert-file", "server.pem", "--key-file", "server-key.pem")
 	if want := "--cert-file, --key-file, --trusted-ca-file and --client-cert-auth need an https:// --listen-client"; code != 2 || !strings.Contains(errOut, want) {
 		t.Errorf("butterfly etcd --cert-file with an http:// --listen-client = exit %d, stderr %q; want 2 saying %q", code, errOut, want)

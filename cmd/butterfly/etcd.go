@@ -24,8 +24,9 @@ It stops cleanly on SIGINT or SIGTERM.
 Off loopback, serve clients and peers over TLS, with etcd's own flags:
 --cert-file, --key-file, --trusted-ca-file and --client-cert-auth with an
 https:// --listen-client (and their --peer- forms with an https:// --listen-peer).
-A member that listens in plaintext on another address than loopback is
-warned of: whoever reaches it can read and change the registry.`,
+A member that listens off loopback in plaintext, or over TLS without
+--trusted-ca-file (no client certificate required), is warned of: whoever
+reaches it can read and change the registry.`,
 		Example: `  # a single node
   butterfly etcd --data-dir /tmp/etcd
 
@@ -78,32 +79,43 @@ warned of: whoever reaches it can read and change the registry.`,
 	}{{&cfg.ClientTLS, "", "--listen-client", "clients"}, {&cfg.PeerTLS, "peer-", "--listen-peer", "other members"}} {
 		f.StringVar(&t.files.Cert, t.prefix+"cert-file", "", "certificate (PEM) served to "+t.whom+"; needs an https:// "+t.listen)
 		f.StringVar(&t.files.Key, t.prefix+"key-file", "", "key (PEM) of --"+t.prefix+"cert-file")
-		f.StringVar(&t.files.TrustedCA, t.prefix+"trusted-ca-file", "", "CA (PEM) whose certificates "+t.whom+" may present")
-		f.BoolVar(&t.files.ClientCertAuth, t.prefix+"client-cert-auth", false, "require "+t.whom+" to present a certificate of --"+t.prefix+"trusted-ca-file")
+		f.StringVar(&t.files.TrustedCA, t.prefix+"trusted-ca-file", "", "CA (PEM) whose certificates "+t.whom+" must present: once it is set, etcd requires one")
+		f.BoolVar(&t.files.ClientCertAuth, t.prefix+"client-cert-auth", false, "require "+t.whom+" to present a certificate of --"+t.prefix+"trusted-ca-file (which it implies)")
 	}
 	return c
 }
 
-// warnPlaintext warns of a listener that serves in plaintext on an address
-// other than loopback: whoever reaches it can read and change the registry
-// (clients) or join the cluster's traffic (peers).
+// warnPlaintext warns of a listener off loopback that anyone who reaches it
+// may use: in plaintext, or over TLS without a CA of the certificates the
+// other side must present. Clients can then read and change the registry;
+// peers, join the cluster's traffic.
 func warnPlaintext(logger *slog.Logger, cfg embedetcd.Config) {
-	for _, l := range []struct{ flag, url, tlsFlags string }{
-		{"--listen-client", cfg.ListenClient, "--cert-file, --key-file, --trusted-ca-file and --client-cert-auth"},
-		{"--listen-peer", cfg.ListenPeer, "--peer-cert-file, --peer-key-file, --peer-trusted-ca-file and --peer-client-cert-auth"},
+	for _, l := range []struct {
+		flag, url, prefix string
+		files             embedetcd.TLSFiles
+	}{
+		{"--listen-client", cfg.ListenClient, "", cfg.ClientTLS},
+		{"--listen-peer", cfg.ListenPeer, "peer-", cfg.PeerTLS},
 	} {
 		u := l.url
-		if strings.HasPrefix(u, "https://") {
+		tls := strings.HasPrefix(u, "https://")
+		if tls && l.files.TrustedCA != "" {
 			continue
 		}
-		host, _, err := net.SplitHostPort(strings.TrimPrefix(u, "http://"))
+		host, _, err := net.SplitHostPort(strings.TrimPrefix(strings.TrimPrefix(u, "https://"), "http://"))
 		if err != nil {
 			continue // Start says what is wrong with it
 		}
 		if ip := net.ParseIP(host); host == "localhost" || ip != nil && ip.IsLoopback() {
 			continue
 		}
-		logger.Warn("etcd serves in plaintext off loopback: whoever reaches "+host+" can read and change the registry; serve it over TLS with an https:// "+l.flag+" and "+l.tlsFlags,
+		if tls {
+			logger.Warn("etcd takes TLS connections off loopback without asking for a certificate: whoever reaches "+l.flag+" can read and change the registry; give --"+l.prefix+"trusted-ca-file",
+				"flag", l.flag, "url", u)
+			continue
+		}
+		logger.Warn("etcd serves in plaintext off loopback: whoever reaches "+l.flag+" can read and change the registry; serve it over TLS with an https:// "+l.flag+
+			" and --"+l.prefix+"cert-file, --"+l.prefix+"key-file and --"+l.prefix+"trusted-ca-file",
 			"flag", l.flag, "url", u)
 	}
 }

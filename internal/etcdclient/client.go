@@ -91,6 +91,8 @@ func New(cfg Config, logger *slog.Logger) (*clientv3.Client, error) {
 		}
 		if tlsCfg != nil {
 			hint += "; with TLS, check --etcd-cacert, --etcd-cert and --etcd-key"
+		} else if ep := speaksTLS(cfg.Endpoints, time.Second); ep != "" {
+			hint += "; " + ep + " speaks TLS: give it as https://" + ep + " with --etcd-cacert, and --etcd-cert and --etcd-key where it asks for a client certificate"
 		}
 		return nil, fmt.Errorf("%w: no answer from %s within %v (--etcd-dial-timeout)%s",
 			ErrUnreachable, strings.Join(cfg.Endpoints, ","), dialTimeout, hint)

@@ -137,6 +137,31 @@ func unresolved(endpoints []string, timeout time.Duration) string {
 	return strings.Join(out, ", ")
 }
 
+// speaksTLS returns the host:port of the first plaintext endpoint that
+// completes a TLS handshake within timeout: an etcd serving TLS, which a
+// plaintext client only sees as silent. The handshake verifies nothing; it
+// only tells the protocol apart.
+func speaksTLS(endpoints []string, timeout time.Duration) string {
+	for _, ep := range endpoints {
+		scheme, hostport := splitEndpoint(ep)
+		if scheme != "" && scheme != "http" {
+			continue
+		}
+		d := &tls.Dialer{
+			NetDialer: &net.Dialer{Timeout: timeout},
+			Config:    &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // nothing is sent; only the protocol is told apart
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		conn, err := d.DialContext(ctx, "tcp", hostport)
+		cancel()
+		if err == nil {
+			conn.Close()
+			return hostport
+		}
+	}
+	return ""
+}
+
 // credentials returns the user name and password, or "" when there is no
 // user.
 func (c Config) credentials() (user, password string) {

@@ -1,9 +1,11 @@
 package etcdclient
 
 import (
+	"errors"
 	"fmt"
 	"net/url"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -94,5 +96,25 @@ func TestNew_MutualTLS(t *testing.T) {
 		if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != ep {
 			t.Fatalf("Get(butterfly/tls) via %s = %v, %v; want %s", ep, resp, err, ep)
 		}
+	}
+}
+
+// TestNew_PlaintextToTLSSaysSo checks that a client without TLS flags, given
+// the host:port of an etcd that serves TLS, is told that the endpoint speaks
+// TLS and how to reach it, where it saw only silence.
+func TestNew_PlaintextToTLSSaysSo(t *testing.T) {
+	pki := t.TempDir()
+	if err := tlsutil.GenerateDev(pki, []string{"127.0.0.1"}); err != nil {
+		t.Fatalf("GenerateDev() = %v", err)
+	}
+	ep := strings.TrimPrefix(startTLSEtcd(t, pki), "https://")
+	cli, err := New(Config{Endpoints: []string{ep}, DialTimeout: 500 * time.Millisecond}, nil)
+	if err == nil {
+		cli.Close()
+		t.Fatalf("New(%s) without TLS = nil error, want ErrUnreachable", ep)
+	}
+	want := "; " + ep + " speaks TLS: give it as https://" + ep + " with --etcd-cacert, and --etcd-cert and --etcd-key where it asks for a client certificate"
+	if !errors.Is(err, ErrUnreachable) || !strings.HasSuffix(err.Error(), want) {
+		t.Errorf("New(%s) without TLS = %v, want ErrUnreachable ending %q", ep, err, want)
 	}
 }
