@@ -3,106 +3,157 @@ package intermediate
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	adminv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/admin/v1"
 	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
 )
 
 // defaultAdvertiseCheckTimeout bounds the one call of the check of the
-// advertised address: its dial, TLS handshake and GetStatus, retried by gRPC
-// while the connection fails within it.
-const defaultAdvertiseCheckTimeout = 5 * time.Second
+// advertised address: its dial, TLS handshake and GetStatus. A refused
+// connection ends the call at once; an address whose packets are dropped
+// waits this long.
+const defaultAdvertiseCheckTimeout = 3 * time.Second
 
 // advertiseCheckMaxRecv is the largest GetStatus answer the check takes.
 const advertiseCheckMaxRecv = 256 << 20
 
-// AdvertiseError is returned by Serve when the address it registered
-// (WithAdvertiseAddr) reaches another server: another instance, or another
-// incarnation of this one. Components would send this instance's share of
-// the work there, and nothing reaches this one through its registration.
+// AdvertiseError is returned by Serve when the address of WithAdvertiseAddr
+// reaches another server than this one: another instance, another process
+// of this instance (a command line copied with its name), or a server that
+// is not an intermediate. Components would send this instance's share of
+// the work there, and a registration would take over that of the instance
+// answering under the same name: Serve returns it without registering.
 type AdvertiseError struct {
 	// Addr is the advertised address.
 	Addr string
-	// Service, Instance and Epoch are those of the server that answers at
-	// Addr.
+	// Service, Instance and Epoch are those of the intermediate that
+	// answers at Addr (Epoch 0 while it is not registered); empty when what
+	// answers is not an intermediate.
 	Service, Instance string
 	Epoch             uint64
+	// Reason says what answers at Addr when it is not an intermediate, ""
+	// when it is one.
+	Reason string
 }
 
 func (e *AdvertiseError) Error() string {
-	return fmt.Sprintf("intermediate: advertised address %s reaches another server: it answers as %s/%s epoch %d",
-		e.Addr, e.Service, e.Instance, e.Epoch)
+	return "intermediate: advertised address " + e.Addr + " reaches another server, not this one: " + e.Answers()
 }
 
-// checkAdvertised starts the check of the advertised address addr, at
-// which the server registered with epoch, when it has one to make (an
-// address given by WithAdvertiseAddr, and credentials to dial it with). The
-// returned channel receives the error once another server answers there; it
-// is nil when there is no check. The goroutine is counted in s.wg and ends
-// with ctx.
-func (s *Server) checkAdvertised(ctx context.Context, addr string, epoch uint64) <-chan *AdvertiseError {
-	if s.opts.advertiseAddr == "" || s.opts.advertiseCheck == nil {
+// Answers says who answers at Addr: the service, instance and epoch of an
+// intermediate, or Reason.
+func (e *AdvertiseError) Answers() string {
+	if e.Reason != "" {
+		return e.Reason
+	}
+	return fmt.Sprintf("it answers as %s/%s epoch %d", e.Service, e.Instance, e.Epoch)
+}
+
+// checkAdvertised dials the address of WithAdvertiseAddr, addr, with the
+// credentials of WithAdvertiseCheck and asks who answers there
+// (AdminService.GetStatus). Serve calls it once its gRPC server serves and
+// before it registers, so that a wrong address takes nothing over: with no
+// epoch yet, this server is told from another process by its service,
+// instance and start time, which no other process shares. It returns an
+// *AdvertiseError when another server answers; nil when this one does, when
+// there is nothing to check, when ctx ends or Stop is called, or when the
+// address cannot be read from this host, which proves nothing and is
+// logged once as a warning.
+func (s *Server) checkAdvertised(ctx context.Context, addr string) error {
+	creds := s.opts.advertiseCheck
+	if s.opts.advertiseAddr == "" || creds == nil {
 		return nil
 	}
-	wrong := make(chan *AdvertiseError, 1)
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		if err := s.whoAnswers(ctx, addr, epoch); err != nil {
-			wrong <- err
-		}
-	}()
-	return wrong
-}
-
-// whoAnswers dials addr as a client would, with the credentials of
-// WithAdvertiseCheck, and reads who answers there with
-// AdminService.GetStatus. It returns an *AdvertiseError when another
-// service, instance or epoch than this server's answers. An address it
-// cannot read within the timeout (no hairpin NAT, a firewall, a TLS
-// handshake it cannot complete, a server without AdminService) proves
-// nothing: it logs one warning and returns nil.
-func (s *Server) whoAnswers(ctx context.Context, addr string, epoch uint64) *AdvertiseError {
-	creds := s.opts.advertiseCheck
-	warn := func(err error, attrs ...any) {
+	ctx, cancel := s.untilStopped(ctx)
+	defer cancel()
+	warn := func(why string, err error) {
 		if ctx.Err() != nil {
 			return // Serve ends: the check did not fail
 		}
-		s.log.Warn("intermediate: could not check who answers at the advertised address; serving on",
-			append([]any{"addr", addr, "err", err}, attrs...)...)
+		s.log.Warn("intermediate: could not check who answers at the advertised address; registering anyway",
+			"addr", addr, "why", why, "err", err)
 	}
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
-		warn(err)
+		warn("the address cannot be dialled", err)
 		return nil
 	}
 	defer conn.Close()
-	cctx, cancel := context.WithTimeout(ctx, s.opts.advertiseCheckTimeout)
-	defer cancel()
-	// Another instance's status lists every stream connected to it:
-	// thousands are over gRPC's default 4 MiB.
+	cctx, ccancel := context.WithTimeout(ctx, s.opts.advertiseCheckTimeout)
+	defer ccancel()
+	// Not WaitForReady: a refused connection ends the call at once, and
+	// only an address that drops packets waits for the timeout. Another
+	// instance's status lists every stream connected to it: thousands are
+	// over gRPC's default 4 MiB.
 	st, err := adminv1.NewAdminServiceClient(conn).GetStatus(cctx, &adminv1.GetStatusRequest{},
-		grpc.WaitForReady(true), grpc.MaxCallRecvMsgSize(advertiseCheckMaxRecv))
+		grpc.MaxCallRecvMsgSize(advertiseCheckMaxRecv))
 	if err != nil {
-		// A connection that never came up because the two ends disagree
-		// on TLS is said as such (at the cost of a handshake of its own).
-		if c := status.Code(err); c == codes.Unavailable || c == codes.DeadlineExceeded {
-			if why := tlsutil.Mismatch(ctx, addr, creds, status.Convert(err).Message()); why != "" {
-				warn(err, "tls", why)
-				return nil
-			}
+		if ctx.Err() != nil {
+			return nil
 		}
-		warn(err)
+		plaintext := tlsutil.IsPlaintext(creds)
+		if reason := notIntermediate(err, plaintext); reason != "" {
+			return s.misadvertised(&AdvertiseError{Addr: addr, Reason: reason})
+		}
+		warn(uncheckedWhy(err, plaintext, s.opts.advertiseCheckTimeout), err)
 		return nil
 	}
-	if st.GetService() != s.service || st.GetInstance() != s.instance || st.GetEpoch() != epoch {
-		return &AdvertiseError{Addr: addr, Service: st.GetService(), Instance: st.GetInstance(), Epoch: st.GetEpoch()}
+	if st.GetService() != s.service || st.GetInstance() != s.instance || !proto.Equal(st.GetStartTime(), timestamppb.New(s.started)) {
+		return s.misadvertised(&AdvertiseError{Addr: addr, Service: st.GetService(), Instance: st.GetInstance(), Epoch: st.GetEpoch()})
 	}
 	s.log.Debug("intermediate: the advertised address reaches this server", "addr", addr)
 	return nil
+}
+
+// misadvertised logs e and returns it.
+func (s *Server) misadvertised(e *AdvertiseError) error {
+	s.log.Error("intermediate: the advertised address reaches another server; not registering", "addr", e.Addr, "answers", e.Answers())
+	return e
+}
+
+// notIntermediate says what answers when the failure err of the check's
+// GetStatus proves that the server at the address is not this one, ""
+// when it does not. plaintext tells whether the check dialled without TLS.
+//
+// A server that does not know AdminService is no intermediate. A server
+// that answers a TLS handshake in plaintext is not this TLS server. The
+// reverse, a server that speaks TLS to a check in plaintext, proves
+// nothing: a TLS proxy in front of this plaintext server looks the same
+// from here, and it is said as a warning (uncheckedWhy).
+func notIntermediate(err error, plaintext bool) string {
+	if status.Code(err) == codes.Unimplemented {
+		return "it is not a Butterfly intermediate (it does not serve " + adminv1.AdminService_ServiceDesc.ServiceName + ")"
+	}
+	if !plaintext && strings.Contains(err.Error(), "first record does not look like a TLS handshake") {
+		return "it answers in plaintext, and this server speaks TLS"
+	}
+	return ""
+}
+
+// uncheckedWhy says, for the intermediate's operator, why the failure err of
+// the check's GetStatus leaves the address unchecked. plaintext tells
+// whether the check dialled without TLS; timeout is the check's.
+func uncheckedWhy(err error, plaintext bool, timeout time.Duration) string {
+	msg := err.Error()
+	switch {
+	case status.Code(err) == codes.DeadlineExceeded:
+		return fmt.Sprintf("no answer within %v: a firewall that drops the connection, or no route from this host to its own public address (hairpin NAT)", timeout)
+	case strings.Contains(msg, "connection refused"):
+		return "the connection is refused from this host: nothing listens at the address, or it is reachable from other hosts only"
+	case strings.Contains(msg, "remote error: tls:"):
+		return "the server there ended the TLS handshake: it requires a client certificate and does not accept the one the check presents"
+	case strings.Contains(msg, "x509:"):
+		return "the certificate of the server there does not verify with the check's credentials"
+	case plaintext && (strings.Contains(msg, "server preface") || strings.Contains(msg, "EOF") || strings.Contains(msg, "connection reset")):
+		return "the connection closed before gRPC's preface: the server there may speak TLS while this one speaks plaintext (a TLS proxy in front of this server, or another server), or it went away"
+	}
+	return "the call failed"
 }

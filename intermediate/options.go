@@ -83,9 +83,10 @@ type options struct {
 	connectionTimeout time.Duration
 	maxPeerHeartbeat  time.Duration
 	maxCredit         int
-	// advertiseCheck dials advertiseAddr once registered; nil: no check.
+	// advertiseCheck dials advertiseAddr before the registration; nil: no
+	// check.
 	advertiseCheck credentials.TransportCredentials
-	// advertiseCheckTimeout bounds the check; tests shorten it.
+	// advertiseCheckTimeout bounds the check; tests set it.
 	advertiseCheckTimeout time.Duration
 	// ackObserver, set by tests, hears how long every ack frame of a
 	// consumer's subscribe stream held the server's lock and took in all.
@@ -232,29 +233,33 @@ func WithMaxPeerHeartbeat(d time.Duration) Option {
 func WithMaxCredit(n int) Option { return func(o *options) { o.maxCredit = n } }
 
 // WithAdvertiseAddr sets the address registered in etcd (default: the
-// listener's address). Once registered there, Serve checks that the address
-// reaches this server (see WithAdvertiseCheck).
+// listener's address). Before it registers there, Serve checks that the
+// address reaches this server (see WithAdvertiseCheck).
 func WithAdvertiseAddr(addr string) Option { return func(o *options) { o.advertiseAddr = addr } }
 
 // WithAdvertiseCheck sets the transport credentials with which Serve, once
-// registered at the address of WithAdvertiseAddr, dials that address as a
-// client would, once and within a few seconds, and asks who answers
-// (AdminService.GetStatus). Another server answering there (another
-// instance, or another incarnation of this one) means the address is wrong
-// (one copied from a neighbour's command line, say): the components would
-// send this instance's share of the work to that server, and nothing
-// reaches this one through its registration. Serve then logs an error,
-// drains as on shutdown, which removes the registration, and returns an
-// *AdvertiseError. An address it cannot read from its own host (no hairpin
-// NAT, a firewall, a TLS handshake these credentials cannot complete) is
-// logged as a warning and Serve goes on.
+// its gRPC server serves and before it registers at the address of
+// WithAdvertiseAddr, dials that address once, within a few seconds, and asks
+// who answers (AdminService.GetStatus). This server is known by its
+// service, instance and start time, which no other process shares. Another
+// server answering there means the address is wrong (one copied from a
+// neighbour's command line, say): the components would send this
+// instance's share of the work to that server, and registering under the
+// name of the instance that answers would fence it. Serve then returns an
+// *AdvertiseError without registering. So it does when the server that
+// answers is not a Butterfly intermediate (it does not serve AdminService:
+// a proxy in front of this server must pass AdminService on), or answers in
+// plaintext a check made with TLS. An address it cannot read from its own
+// host (refused, no answer, no hairpin NAT, a TLS handshake that cannot be
+// completed) is logged as one warning and Serve registers.
 //
-// The default, insecure.NewCredentials, fits a server without TLS; a
-// server with TLS needs a client's TLS credentials here (a CA that verifies
-// its certificate, and a client certificate under mutual TLS), or the check
-// cannot be made and says so. nil turns the check off. Without
-// WithAdvertiseAddr the registered address is the listener's, and nothing
-// is checked.
+// The check identifies the server by its answer, not by its certificate,
+// so TLS credentials need not verify the server's chain or name
+// (InsecureSkipVerify); under mutual TLS they present a certificate the
+// server accepts from clients, such as the server's own when it is valid
+// for client authentication. The default, insecure.NewCredentials, fits a
+// server without TLS. nil turns the check off. Without WithAdvertiseAddr
+// the registered address is the listener's, and nothing is checked.
 func WithAdvertiseCheck(creds credentials.TransportCredentials) Option {
 	return func(o *options) { o.advertiseCheck = creds }
 }

@@ -210,10 +210,10 @@ func (s *Server) Draining() bool {
 // registers the server in etcd once it is serving, and runs until ctx is
 // done, Drain is called, the control key asks for a drain or another
 // incarnation replaces the registration: then it drains and returns nil.
-// Registered at an address of WithAdvertiseAddr, it dials that address once
-// (WithAdvertiseCheck): when another server answers there, it drains and
-// returns an *AdvertiseError. After Stop it returns nil at once. lis is
-// closed when Serve returns.
+// With an address of WithAdvertiseAddr, it first asks who answers there
+// (WithAdvertiseCheck): when another server does, it returns an
+// *AdvertiseError without registering. After Stop it returns nil at once.
+// lis is closed when Serve returns.
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	s.mu.Lock()
 	if s.serveCalled {
@@ -251,7 +251,13 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	if s.opts.version != "" {
 		ropts = append(ropts, registry.WithVersion(s.opts.version))
 	}
-	reg, err := s.registerUntilStopped(ctx, addr, ropts)
+	// The check comes before the registration, which would take over that
+	// of an instance of the same name answering at the address.
+	err := s.checkAdvertised(ctx, addr)
+	var reg *registry.Registration
+	if err == nil {
+		reg, err = s.registerUntilStopped(ctx, addr, ropts)
+	}
 	if err != nil {
 		s.grpc.Stop()
 		<-serveErr //nolint:errcheck // Serve ends because of Stop: its error says nothing more
@@ -276,7 +282,6 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		jcancel()
 		s.waitTracked()
 	}()
-	misadvertised := s.checkAdvertised(jctx, addr, reg.Epoch())
 
 	var leaseLost <-chan struct{}
 	if s.opts.fenceOnLeaseLoss {
@@ -284,7 +289,6 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	}
 	req := drainRequest{timeout: s.opts.drainTimeout}
 	lost := false
-	var wrongAddr *AdvertiseError
 	select {
 	case <-ctx.Done():
 		req.reason = messagev1.DrainReason_DRAIN_REASON_SHUTDOWN
@@ -299,12 +303,6 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		lost = true
 		// It puts no key back while this process leaves.
 		stopKeeping(ctx, reg)
-	case wrongAddr = <-misadvertised:
-		// Nothing reaches this server through its registration: it leaves
-		// as on shutdown, which removes the registration.
-		s.log.Error("intermediate: the advertised address reaches another server; leaving",
-			"addr", addr, "epoch", reg.Epoch(), "answers", fmt.Sprintf("%s/%s epoch %d", wrongAddr.Service, wrongAddr.Instance, wrongAddr.Epoch))
-		req.reason = messagev1.DrainReason_DRAIN_REASON_SHUTDOWN
 	case <-s.stopCh:
 		s.crash(ctx, reg, serveErr)
 		return nil
@@ -318,11 +316,8 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	drainStart := time.Now()
 	s.drain(context.WithoutCancel(ctx), reg, req, serveErr)
 	s.drained(req.reason, time.Since(drainStart))
-	switch {
-	case lost:
+	if lost {
 		return ErrLeaseLost
-	case wrongAddr != nil:
-		return wrongAddr
 	}
 	return nil
 }
@@ -352,22 +347,29 @@ var errStopped = status.Error(codes.Unavailable, "intermediate: stopped")
 // registerUntilStopped registers the server, giving up when ctx is done or
 // Stop is called.
 func (s *Server) registerUntilStopped(ctx context.Context, addr string, ropts []registry.Option) (*registry.Registration, error) {
-	rctx, cancel := context.WithCancel(ctx)
+	rctx, cancel := s.untilStopped(ctx)
 	defer cancel()
+	reg, err := registry.Register(rctx, s.cli, s.service, s.instance, addr, ropts...)
+	if err != nil {
+		return nil, fmt.Errorf("intermediate: register %s: %w", s.instance, err)
+	}
+	return reg, nil
+}
+
+// untilStopped returns a context that ends with ctx or once Stop is called.
+// Its goroutine is counted in wg and ends with cancel.
+func (s *Server) untilStopped(ctx context.Context) (context.Context, context.CancelFunc) {
+	sctx, cancel := context.WithCancel(ctx)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		select {
 		case <-s.stopCh:
 			cancel()
-		case <-rctx.Done():
+		case <-sctx.Done():
 		}
 	}()
-	reg, err := registry.Register(rctx, s.cli, s.service, s.instance, addr, ropts...)
-	if err != nil {
-		return nil, fmt.Errorf("intermediate: register %s: %w", s.instance, err)
-	}
-	return reg, nil
+	return sctx, cancel
 }
 
 // crash stops everything at once, like a killed process: the key is left to
