@@ -1,22 +1,17 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/butterfly-mesh/butterfly/intermediate"
-	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
 
@@ -37,12 +32,14 @@ func newIntermediateCommand(r *rootCommand) *cobra.Command {
 		Long: `Run an intermediate replica. It serves the publish, subscribe, process and
 admin services on --listen, and registers in etcd as
 <prefix>/services/<service>/<name> once it is serving (port 0 picks a free
-port; the registered address is the real one, or --advertise). Once
-registered at --advertise, it dials that address as its clients would
-(the same TLS files) and asks who answers: when another instance, or
-another incarnation of this one, answers there, it removes its
-registration and exits 1 naming --advertise; when it cannot reach the
-address from its own host, it logs a warning and serves on.
+port; the registered address is the real one, or --advertise). Before it
+registers at --advertise, it dials that address (TLS when it serves TLS,
+presenting its own --tls-cert) and asks who answers, knowing itself by its
+service, name and start time: when another instance answers there, another
+process of this --name (a copied command line), or a server that is not an
+intermediate, it exits 1 naming --advertise and registers nothing, so that
+the instance answering there is not fenced; when it cannot reach the
+address from its own host within 3s, it logs a warning and registers.
 
 SIGTERM or SIGINT drains it: it marks itself draining, finishes what it holds,
 hands back what it cannot finish in --drain-timeout, removes its registration
@@ -237,8 +234,8 @@ is closed. A message whose seq lies outside its producer's window
 			}
 			var ae *intermediate.AdvertiseError
 			if errors.As(err, &ae) {
-				return fmt.Errorf("--advertise %s reaches another server (it answers as %s/%s epoch %d), not this instance: its registration is removed; give the address that reaches this instance, or leave --advertise out",
-					ae.Addr, ae.Service, ae.Instance, ae.Epoch)
+				return fmt.Errorf("--advertise %s reaches another server, not this instance (%s): nothing was registered; give the address that reaches this instance, or leave --advertise out",
+					ae.Addr, ae.Answers())
 			}
 			if err != nil {
 				return err
@@ -277,19 +274,4 @@ func isClosed(ch <-chan struct{}) bool {
 	default:
 		return false
 	}
-}
-
-// advertiseCheckCreds returns the credentials with which an intermediate
-// dials its --advertise address to check who answers there: those of a
-// client given the same files, which trusts --tls-ca (else the system
-// roots) and presents --tls-cert when the server asks for a certificate
-// (the one `butterfly certs` writes is valid for clients too); plaintext
-// without TLS. The flags were checked by serverOption.
-func (t *tlsFlags) advertiseCheckCreds(ctx context.Context) (credentials.TransportCredentials, error) {
-	if t.files.Cert == "" {
-		return insecure.NewCredentials(), nil
-	}
-	// Its warnings would call the server's certificate a client's: the
-	// server's own set-up already says what is wrong with its files.
-	return tlsutil.ClientCredentials(ctx, tlsutil.Files{Cert: t.files.Cert, Key: t.files.Key, CA: t.files.CA}, "", slog.New(slog.DiscardHandler))
 }

@@ -165,6 +165,37 @@ func (t *tlsFlags) serverOption(ctx context.Context, logger *slog.Logger, listen
 	return grpc.Creds(credentials.NewTLS(cfg)), nil
 }
 
+// advertiseCheckCreds returns the credentials with which an intermediate
+// dials its own --advertise address to ask who answers there: plaintext
+// without TLS; with TLS, a client that presents --tls-cert and --tls-key to a
+// server that asks for a certificate (mutual TLS) and verifies neither the
+// chain nor the name of the certificate it gets. The check knows this
+// process by what it answers (service, instance, start time), not by its
+// certificate, and the answer only decides whether this process registers or
+// leaves: a server able to answer at the advertised address could take this
+// instance's clients' connections there anyway. Verifying would need a CA the
+// intermediate does not have (its --tls-ca signs client certificates, and
+// server-only TLS has none) and a certificate naming the address as given
+// (one for a DNS name, advertised by IP, does not). The flags were checked by
+// serverOption.
+func (t *tlsFlags) advertiseCheckCreds(ctx context.Context) (credentials.TransportCredentials, error) {
+	if t.files.Cert == "" {
+		return insecure.NewCredentials(), nil
+	}
+	// The server's own set-up reports what is wrong with the files, and
+	// calls the certificate a server's.
+	cfg, err := tlsutil.ClientConfig(ctx, tlsutil.Files{Cert: t.files.Cert, Key: t.files.Key}, "", slog.New(slog.DiscardHandler))
+	if err != nil {
+		return nil, err
+	}
+	// ClientConfig verifies the chain and the name in VerifyConnection:
+	// without it, and with InsecureSkipVerify, nothing of the server's
+	// certificate is checked, as said above.
+	cfg.InsecureSkipVerify = true //nolint:gosec // the answer, not the certificate, identifies the server
+	cfg.VerifyConnection = nil
+	return credentials.NewTLS(cfg), nil
+}
+
 func clientAuthName(a tls.ClientAuthType) string {
 	switch a {
 	case tls.RequireAndVerifyClientCert:
