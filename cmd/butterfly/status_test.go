@@ -94,13 +94,9 @@ func statusMesh(t *testing.T) (endpoint string) {
 // one as unreachable.
 func TestStatusCommand_JoinsRegistryWithLiveStatus(t *testing.T) {
 	ep := statusMesh(t)
-	out, err := executeCommand(t, "status", "--etcd-endpoints", ep, "--prefix", statusPrefix, "--json", "--timeout", "500ms")
+	got, out, err := statusJSON(t, ep, "--timeout", "500ms")
 	if want := "1 of 2 registered instances unreachable or replaced: intermediate/i2"; err == nil || err.Error() != want {
 		t.Fatalf("butterfly status --json = %v, want %q; output:\n%s", err, want, out)
-	}
-	var got []statusEntry
-	if err := json.Unmarshal([]byte(out), &got); err != nil {
-		t.Fatalf("butterfly status --json output %q: %v", out, err)
 	}
 	if len(got) != 2 {
 		t.Fatalf("butterfly status --json = %d entries, want 2: %s", len(got), out)
@@ -136,13 +132,9 @@ func TestStatusCommand_JoinsRegistryWithLiveStatus(t *testing.T) {
 		t.Fatalf("registry.Register(ghost) = %v", err)
 	}
 	defer ghost.Close(context.Background())
-	out, err = executeCommand(t, "status", "--etcd-endpoints", ep, "--prefix", statusPrefix, "--json", "--timeout", "500ms")
+	got, out, err = statusJSON(t, ep, "--timeout", "500ms")
 	if want := "2 of 3 registered instances unreachable or replaced: intermediate/ghost, intermediate/i2"; err == nil || err.Error() != want {
 		t.Fatalf("butterfly status --json = %v, want %q; output:\n%s", err, want, out)
-	}
-	got = nil
-	if err := json.Unmarshal([]byte(out), &got); err != nil {
-		t.Fatalf("butterfly status --json output %q: %v", out, err)
 	}
 	var g *statusEntry
 	for i := range got {
@@ -245,13 +237,9 @@ func TestStatusCommand_SaysTLSMismatch(t *testing.T) {
 	}
 	defer reg.Close(context.Background())
 
-	out, err := executeCommand(t, "status", "--etcd-endpoints", etc.Endpoint(), "--prefix", statusPrefix, "--json", "--timeout", "500ms")
+	got, out, err := statusJSON(t, etc.Endpoint(), "--timeout", "500ms")
 	if err == nil {
 		t.Fatalf("butterfly status --json = nil error with i1 unreachable; output:\n%s", out)
-	}
-	var got []statusEntry
-	if err := json.Unmarshal([]byte(out), &got); err != nil {
-		t.Fatalf("butterfly status --json output %q: %v", out, err)
 	}
 	const want = "TLS mismatch: the instance speaks TLS and this client plaintext gRPC (pass --tls-ca"
 	if len(got) != 1 || got[0].State != stateUnreachable || !strings.HasPrefix(got[0].Error, want) {
@@ -293,14 +281,9 @@ func TestStatusCommand_SaysMutualTLSWantsACertificate(t *testing.T) {
 	}
 	defer reg.Close(context.Background())
 
-	out, err := executeCommand(t, "status", "--etcd-endpoints", etc.Endpoint(), "--prefix", statusPrefix, "--json", "--timeout", "1s",
-		"--tls-ca", filepath.Join(dir, tlsutil.CAFile))
+	got, out, err := statusJSON(t, etc.Endpoint(), "--timeout", "1s", "--tls-ca", filepath.Join(dir, tlsutil.CAFile))
 	if err == nil {
 		t.Fatalf("butterfly status --json = nil error with i1 unreachable; output:\n%s", out)
-	}
-	var got []statusEntry
-	if err := json.Unmarshal([]byte(out), &got); err != nil {
-		t.Fatalf("butterfly status --json output %q: %v", out, err)
 	}
 	const want = "TLS mismatch: the instance refused this client's TLS handshake: remote error: tls: certificate required (mutual TLS: --tls-cert and --tls-key"
 	if len(got) != 1 || got[0].State != stateUnreachable || !strings.HasPrefix(got[0].Error, want) {
@@ -397,13 +380,9 @@ func TestStatusCommand_SaysWhyAnInstanceIsUnreadable(t *testing.T) {
 		}
 		defer reg.Close(context.Background())
 	}
-	out, err := executeCommand(t, "status", "--etcd-endpoints", etc.Endpoint(), "--prefix", statusPrefix, "--json", "--timeout", "500ms")
+	got, out, err := statusJSON(t, etc.Endpoint(), "--timeout", "500ms")
 	if err == nil {
 		t.Fatalf("butterfly status = nil error with both instances unreadable; output:\n%s", out)
-	}
-	var got []statusEntry
-	if err := json.Unmarshal([]byte(out), &got); err != nil {
-		t.Fatalf("butterfly status --json output %q: %v", out, err)
 	}
 	want := map[string]string{
 		"silent": "no answer from " + silent.Addr().String() + " within --timeout 500ms (packets dropped on the way, or a stopped or frozen process or host)",
@@ -417,4 +396,17 @@ func TestStatusCommand_SaysWhyAnInstanceIsUnreadable(t *testing.T) {
 			t.Errorf("status of %s = %s: %q, want unreachable: %q", e.Instance, e.State, e.Error, want[e.Instance])
 		}
 	}
+}
+
+// statusJSON runs `butterfly status --json` against the etcd at ep under
+// statusPrefix, with args, and returns its entries, its output and its
+// error: the rows are printed whatever the error.
+func statusJSON(t *testing.T, ep string, args ...string) ([]statusEntry, string, error) {
+	t.Helper()
+	out, err := executeCommand(t, append([]string{"status", "--etcd-endpoints", ep, "--prefix", statusPrefix, "--json"}, args...)...)
+	var got []statusEntry
+	if jerr := json.Unmarshal([]byte(out), &got); jerr != nil {
+		t.Fatalf("butterfly status --json output %q: %v (its error: %v)", out, jerr, err)
+	}
+	return got, out, err
 }
