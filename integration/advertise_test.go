@@ -44,7 +44,7 @@ func TestIntegration_AdvertiseOfAnother(t *testing.T) {
 	if code := i2.wait(failFastBound); code != 1 {
 		t.Fatalf("intermediate --name intermediate1 --advertise %s (a copy of its command line) = exit %d, want 1; stderr:\n%s", s1.Addr, code, stderr(i2))
 	}
-	want := fmt.Sprintf("butterfly: --advertise %s reaches another server, not this instance (it answers as intermediate/intermediate1 epoch %d): nothing was registered", s1.Addr, s1.Epoch)
+	want := fmt.Sprintf("butterfly: --advertise %s reaches another process of instance intermediate1 (it answers as intermediate/intermediate1 epoch %d): nothing was registered", s1.Addr, s1.Epoch)
 	if last := lastLine(stderr(i2)); !strings.HasPrefix(last, want) {
 		t.Errorf("the copy's last line = %q, want it to start %q", last, want)
 	}

@@ -81,7 +81,9 @@ func (s *Server) checkAdvertised(ctx context.Context, addr string) error {
 		s.log.Warn("intermediate: could not check who answers at the advertised address; registering anyway",
 			"addr", addr, "why", why, "err", err)
 	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+	// Not through an HTTP proxy of the environment: reaching its own
+	// address through one proves nothing.
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds), grpc.WithNoProxy())
 	if err != nil {
 		warn("the address cannot be dialled", err)
 		return nil
@@ -103,10 +105,22 @@ func (s *Server) checkAdvertised(ctx context.Context, addr string) error {
 		if reason := notIntermediate(err, plaintext); reason != "" {
 			return s.misadvertised(&AdvertiseError{Addr: addr, Reason: reason})
 		}
-		warn(uncheckedWhy(err, plaintext, s.opts.advertiseCheckTimeout), err)
+		why := uncheckedWhy(err, plaintext, s.opts.advertiseCheckTimeout)
+		if plaintext && !s.opts.advertiseCheckSet {
+			why += " (the check dials in plaintext unless WithAdvertiseCheck gives it TLS credentials)"
+		}
+		warn(why, err)
 		return nil
 	}
 	if st.GetService() != s.service || st.GetInstance() != s.instance || !proto.Equal(st.GetStartTime(), timestamppb.New(s.started)) {
+		if st.GetService() == s.service && st.GetInstance() == s.instance && st.GetDraining() {
+			// A process of this instance that is leaving, still answering
+			// at an address both share (a load balancer in front of each
+			// instance): this one is its successor, as after a move.
+			s.log.Warn("intermediate: a previous process of this instance answers at the advertised address while it drains; registering as its successor",
+				"addr", addr, "epoch", st.GetEpoch())
+			return nil
+		}
 		return s.misadvertised(&AdvertiseError{Addr: addr, Service: st.GetService(), Instance: st.GetInstance(), Epoch: st.GetEpoch()})
 	}
 	s.log.Debug("intermediate: the advertised address reaches this server", "addr", addr)

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	adminv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/admin/v1"
 	"github.com/butterfly-mesh/butterfly/intermediate"
@@ -407,5 +408,56 @@ func TestServe_AdvertisedAddressReachesItself(t *testing.T) {
 				t.Errorf("registration of i2: absent, want present")
 			}
 		})
+	}
+}
+
+// leavingAdmin answers GetStatus as a process of service/instance that
+// drains: a predecessor still answering at an address its successor shares.
+type leavingAdmin struct {
+	adminv1.UnimplementedAdminServiceServer
+	service, instance string
+}
+
+func (a leavingAdmin) GetStatus(context.Context, *adminv1.GetStatusRequest) (*adminv1.GetStatusResponse, error) {
+	return &adminv1.GetStatusResponse{Service: a.service, Instance: a.instance, Epoch: 7, Draining: true, StartTime: timestamppb.New(time.Unix(1, 0))}, nil
+}
+
+// TestServe_AdvertisedAtDrainingPredecessor checks that a process of an
+// instance finding, at the address it advertises, another process of the
+// same instance that drains (both behind one address, a load balancer in
+// front of the instance) registers as its successor, with a warning; one
+// of another instance that drains is still refused.
+func TestServe_AdvertisedAtDrainingPredecessor(t *testing.T) {
+	r := newRig(t)
+	for _, tc := range []struct {
+		instance, answers string
+		wantRegistered    bool
+	}{
+		{"i7", "i7", true},
+		{"i8", "i9", false},
+	} {
+		lis := listen(t)
+		gs := grpc.NewServer()
+		adminv1.RegisterAdminServiceServer(gs, leavingAdmin{service: service, instance: tc.answers})
+		go func() { _ = gs.Serve(lis) }()
+		t.Cleanup(gs.Stop)
+		s := startAdvertised(t, r, service, tc.instance, nil, lis.Addr().String())
+		if !tc.wantRegistered {
+			var ae *intermediate.AdvertiseError
+			if err := s.wait(t); !errors.As(err, &ae) || ae.Instance != tc.answers {
+				t.Errorf("Serve(%s) at a draining %s = %v, want an *AdvertiseError naming %s", tc.instance, tc.answers, err, tc.answers)
+			}
+			continue
+		}
+		select {
+		case <-s.srv.Ready():
+		case err := <-s.done:
+			t.Fatalf("Serve(%s) = %v, want it registered as the draining process's successor", tc.instance, err)
+		case <-time.After(defaultTestTimeout):
+			t.Fatalf("Serve(%s) not registered in time", tc.instance)
+		}
+		if n := len(s.logs.Attrs("intermediate: a previous process of this instance answers at the advertised address while it drains; registering as its successor")); n != 1 {
+			t.Errorf("Serve(%s): %d successor warnings, want 1", tc.instance, n)
+		}
 	}
 }

@@ -86,6 +86,8 @@ type options struct {
 	// advertiseCheck dials advertiseAddr before the registration; nil: no
 	// check.
 	advertiseCheck credentials.TransportCredentials
+	// advertiseCheckSet: WithAdvertiseCheck was given.
+	advertiseCheckSet bool
 	// advertiseCheckTimeout bounds the check; tests set it.
 	advertiseCheckTimeout time.Duration
 	// ackObserver, set by tests, hears how long every ack frame of a
@@ -261,7 +263,7 @@ func WithAdvertiseAddr(addr string) Option { return func(o *options) { o.adverti
 // server without TLS. nil turns the check off. Without WithAdvertiseAddr
 // the registered address is the listener's, and nothing is checked.
 func WithAdvertiseCheck(creds credentials.TransportCredentials) Option {
-	return func(o *options) { o.advertiseCheck = creds }
+	return func(o *options) { o.advertiseCheck, o.advertiseCheckSet = creds, true }
 }
 
 // WithMaxInFlight sets how many unacknowledged messages one publish stream

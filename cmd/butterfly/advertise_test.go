@@ -72,7 +72,7 @@ func TestIntermediateCommand_AdvertiseOfAnother(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatalf("butterfly intermediate --name i1 --advertise %s (i1's address) still running; output:\n%s", i1.Addr, out.String())
 	}
-	want := fmt.Sprintf("--advertise %s reaches another server, not this instance (it answers as intermediate/i1 epoch %d): nothing was registered", i1.Addr, i1.Epoch)
+	want := fmt.Sprintf("--advertise %s reaches another process of instance i1 (it answers as intermediate/i1 epoch %d): nothing was registered", i1.Addr, i1.Epoch)
 	var ue *usageError
 	if err == nil || !strings.HasPrefix(err.Error(), want) || strings.Contains(errorLine(err), "\n") || errors.As(err, &ue) {
 		t.Fatalf("butterfly intermediate --name i1 --advertise %s = %v, want one line starting %q, not a usage error; output:\n%s", i1.Addr, err, want, out.String())
@@ -169,5 +169,18 @@ func TestAdvertiseCheckCreds_FindsItself(t *testing.T) {
 				t.Errorf("log of an intermediate advertised at its own address:\n%s\nwant %s and no warning", got, self)
 			}
 		})
+	}
+}
+
+// TestIntermediateFlags_AdvertiseEveryAddress checks that an --advertise
+// naming every address (0.0.0.0, ::), which others cannot dial,
+// is a usage error naming it.
+func TestIntermediateFlags_AdvertiseEveryAddress(t *testing.T) {
+	for _, adv := range []string{"0.0.0.0:7001", "[::]:7001"} {
+		_, err := executeCommand(t, "intermediate", "--name", "i1", "--listen", "127.0.0.1:0", "--advertise", adv)
+		var ue *usageError
+		if want := fmt.Sprintf("--advertise %q names every address", adv); !errors.As(err, &ue) || !strings.Contains(err.Error(), want) {
+			t.Errorf("butterfly intermediate --advertise %s = %v, want a usage error containing %q", adv, err, want)
+		}
 	}
 }

@@ -20,7 +20,7 @@ func newIntermediateCommand(r *rootCommand) *cobra.Command {
 		name, listen, advertise, service, processor, admin, zone string
 		forwarders                                               string
 		weight                                                   uint32
-		allowUnbound, fenceOnLeaseLoss                           bool
+		allowUnbound, fenceOnLeaseLoss, advertiseCheck           bool
 		leaseTTL, drainTimeout, stopTimeout                      time.Duration
 		tlsf                                                     *tlsFlags
 		lim                                                      *limitFlags
@@ -132,6 +132,9 @@ is closed. A message whose seq lies outside its producer's window
 				if err := registry.ValidateAddr(advertise); err != nil {
 					return usagef("--advertise: %v", err)
 				}
+				if h, _, _ := net.SplitHostPort(advertise); net.ParseIP(h) != nil && net.ParseIP(h).IsUnspecified() {
+					return usagef("--advertise %q names every address, which others cannot dial: give the address they reach this host at", advertise)
+				}
 			}
 			proc, err := intermediate.ProcessorByName(processor)
 			if err != nil {
@@ -163,6 +166,9 @@ is closed. A message whose seq lies outside its producer's window
 			if err != nil {
 				return err
 			}
+			if !advertiseCheck {
+				checkCreds = nil
+			}
 			cli, err := r.etcdClient()
 			if err != nil {
 				return err
@@ -183,7 +189,7 @@ is closed. A message whose seq lies outside its producer's window
 				intermediate.WithVersion(buildVersion()),
 				intermediate.WithRegistryOptions(registry.WithWeight(weight), registry.WithZone(zone), registry.WithVersion(buildVersion())),
 				intermediate.WithGRPCServerOptions(creds),
-				intermediate.WithAdvertiseCheck(checkCreds),
+				intermediate.WithAdvertiseCheck(checkCreds), // nil with --advertise-check=false
 				intermediate.WithTrustUnboundCertificates(allowUnbound),
 				intermediate.WithFenceOnLeaseLoss(fenceOnLeaseLoss),
 			}
@@ -234,6 +240,12 @@ is closed. A message whose seq lies outside its producer's window
 			}
 			var ae *intermediate.AdvertiseError
 			if errors.As(err, &ae) {
+				if ae.Service == service && ae.Instance == name {
+					// Another process of this instance: a copied command
+					// line, or a predecessor at an address both share.
+					return fmt.Errorf("--advertise %s reaches another process of instance %s (%s): nothing was registered; give the address that reaches this process, stop the other first, or, behind an address both share, --advertise-check=false",
+						ae.Addr, name, ae.Answers())
+				}
 				return fmt.Errorf("--advertise %s reaches another server, not this instance (%s): nothing was registered; give the address that reaches this instance, or leave --advertise out",
 					ae.Addr, ae.Answers())
 			}
@@ -249,6 +261,7 @@ is closed. A message whose seq lies outside its producer's window
 	f.StringVar(&name, "name", "", "instance name, stable across restarts and moves (required)")
 	f.StringVar(&listen, "listen", "", "host:port to listen on; port 0 picks a free port (required)")
 	f.StringVar(&advertise, "advertise", "", "host:port to register (default: the listener's address)")
+	f.BoolVar(&advertiseCheck, "advertise-check", true, "before registering at --advertise, ask who answers there and exit 1 when another server does (false: behind an address that successive processes of one instance share while both run)")
 	f.StringVar(&service, "service", registry.DefaultService, "service to register under")
 	f.StringVar(&processor, "processor", "passthrough", "processing step: "+strings.Join(intermediate.ProcessorNames(), ", "))
 	f.StringVar(&admin, "admin", "", "host:port for the HTTP admin endpoint (/metrics, /healthz, /readyz)")
