@@ -251,7 +251,9 @@ func TestCLI_ConsumeOutNamesIncarnation(t *testing.T) {
 	byIncarnation := map[string][]string{}
 	waitUntil(t, runTimeout, "6 lines in c1's --out", func() bool {
 		byIncarnation = map[string][]string{}
-		lines := strings.Split(strings.TrimSpace(readFile(m.outFiles[0])), "\n")
+		// Whole lines only: the consumer may be writing one.
+		b := readFile(m.outFiles[0])
+		lines := strings.Split(strings.TrimSpace(b[:strings.LastIndexByte(b, '\n')+1]), "\n")
 		for _, l := range lines {
 			f := strings.Split(l, "\t")
 			if len(f) != 4 {

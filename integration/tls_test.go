@@ -1,7 +1,7 @@
 package integration
 
 import (
-	"net"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -107,12 +107,24 @@ func TestIntegration_EtcdOverMutualTLS(t *testing.T) {
 	m := newMesh(t)
 	dir := m.certs("--client-id", "p1", "--consumer-id", "c1")
 	ca, cert, key := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "client.pem"), filepath.Join(dir, "client-key.pem")
-	client := "https://" + freePort(t, "127.0.0.2")
-	e := m.start("etcd", "etcd", "--data-dir", filepath.Join(m.dir, "etcd"),
-		"--listen-client", client, "--listen-peer", "http://"+freePort(t, "127.0.0.2"),
-		"--cert-file", filepath.Join(dir, "server.pem"), "--key-file", filepath.Join(dir, "server-key.pem"),
-		"--trusted-ca-file", ca, "--client-cert-auth")
-	e.waitOutput("etcd ready", defaultTestTimeout)
+	// Ports free when picked may be taken before etcd binds them: pick
+	// again then, as startEtcd does.
+	var client string
+	var e *proc
+	for attempt := 1; ; attempt++ {
+		client = "https://" + freePort(t, "127.0.0.2")
+		e = m.start("etcd", "etcd", "--data-dir", filepath.Join(m.dir, fmt.Sprintf("etcd%d", attempt)),
+			"--listen-client", client, "--listen-peer", "http://"+freePort(t, "127.0.0.2"),
+			"--cert-file", filepath.Join(dir, "server.pem"), "--key-file", filepath.Join(dir, "server-key.pem"),
+			"--trusted-ca-file", ca, "--client-cert-auth")
+		if e.tryWaitOutput("etcd ready", defaultTestTimeout) != "" {
+			break
+		}
+		if attempt == 3 {
+			t.Fatalf("butterfly etcd over TLS did not start in %d attempts", attempt)
+		}
+		e.kill()
+	}
 	if errb, _ := os.ReadFile(e.stderr); strings.Contains(string(errb), "plaintext") {
 		t.Errorf("butterfly etcd over TLS warned of plaintext:\n%s", errb)
 	}
@@ -147,39 +159,11 @@ func TestIntegration_EtcdOverMutualTLS(t *testing.T) {
 	}
 }
 
-// TestCLI_EtcdWarnsOfPlaintextOffLoopback checks that `butterfly etcd`
-// serving clients in plaintext on another address than loopback says so,
-// naming the flags that serve it over TLS, and that TLS files without an
-// https:// URL are a usage error naming the flags.
-func TestCLI_EtcdWarnsOfPlaintextOffLoopback(t *testing.T) {
+// TestCLI_EtcdTLSFilesWithoutHTTPS checks that TLS files without an
+// https:// URL are a usage error naming the flags, where etcd alone ignores
+// them with a warning.
+func TestCLI_EtcdTLSFilesWithoutHTTPS(t *testing.T) {
 	m := newMesh(t)
-	_, port, err := net.SplitHostPort(freePort(t, "127.0.0.1"))
-	if err != nil {
-		t.Fatalf("net.SplitHostPort() = %v", err)
-	}
-	e := m.start("etcd", "etcd", "--data-dir", filepath.Join(m.dir, "etcd"),
-		"--listen-client", "http://0.0.0.0:"+port, "--listen-peer", "http://"+freePort(t, "127.0.0.1"))
-	e.waitOutput("etcd ready", defaultTestTimeout)
-	errb, _ := os.ReadFile(e.stderr)
-	if !strings.Contains(string(errb), "etcd serves in plaintext off loopback") || !strings.Contains(string(errb), "--cert-file") {
-		t.Errorf("butterfly etcd on 0.0.0.0 in plaintext: stderr\n%s\nwant a warning naming --cert-file", errb)
-	}
-
-	// Over TLS without --trusted-ca-file, anyone may still read and write.
-	dir := m.certs()
-	_, port, err = net.SplitHostPort(freePort(t, "127.0.0.1"))
-	if err != nil {
-		t.Fatalf("net.SplitHostPort() = %v", err)
-	}
-	e2 := m.start("etcd-tls", "etcd", "--data-dir", filepath.Join(m.dir, "etcd-tls"),
-		"--listen-client", "https://0.0.0.0:"+port, "--listen-peer", "http://"+freePort(t, "127.0.0.1"),
-		"--cert-file", filepath.Join(dir, "server.pem"), "--key-file", filepath.Join(dir, "server-key.pem"))
-	e2.waitOutput("etcd ready", defaultTestTimeout)
-	errb, _ = os.ReadFile(e2.stderr)
-	if want := "etcd takes TLS connections off loopback without asking for a certificate"; !strings.Contains(string(errb), want) || !strings.Contains(string(errb), "--trusted-ca-file") {
-		t.Errorf("butterfly etcd on 0.0.0.0 over TLS without a CA: stderr\n%s\nwant %q naming --trusted-ca-file", errb, want)
-	}
-
 	code, _, errOut := runCLI(t, 30*time.Second, "etcd", "--data-dir", filepath.Join(m.dir, "etcd2"), "--cert-file", "server.pem", "--key-file", "server-key.pem")
 	if want := "--cert-file, --key-file, --trusted-ca-file and --client-cert-auth need an https:// --listen-client"; code != 2 || !strings.Contains(errOut, want) {
 		t.Errorf("butterfly etcd --cert-file with an http:// --listen-client = exit %d, stderr %q; want 2 saying %q", code, errOut, want)

@@ -40,6 +40,13 @@ func (r *Recorder) Count(msg string) int {
 	return n
 }
 
+// Messages returns every record's message, in the order they were logged.
+func (r *Recorder) Messages() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.msgs)
+}
+
 // Has reports whether a record had message msg.
 func (r *Recorder) Has(msg string) bool {
 	r.mu.Lock()
