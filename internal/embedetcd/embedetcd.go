@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/url"
 	"os"
 	"strings"
@@ -25,6 +24,8 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+
+	"github.com/butterfly-mesh/butterfly/internal/freeport"
 )
 
 // Config describes one member. Zero values give a single-member cluster
@@ -336,35 +337,19 @@ func (s *Server) Close() {
 }
 
 // StartOnLoopback starts a single member listening for clients and peers
-// on loopback ports that were free when picked, cfg's listen URLs aside. A
-// port can be taken by another process before etcd binds it: then it picks
-// two others and starts again, up to three times in all.
+// on loopback ports that were free when picked, cfg's listen URLs aside,
+// picking others when one is taken before etcd binds it (freeport.Pair).
 func StartOnLoopback(ctx context.Context, cfg Config) (*Server, error) {
-	for attempt := 1; ; attempt++ {
-		client, peer, err := twoFreePorts()
-		if err != nil {
-			return nil, err
-		}
+	var srv *Server
+	err := freeport.Pair(func(client, peer string) error {
 		cfg.ListenClient, cfg.ListenPeer = "http://"+client, "http://"+peer
 		cfg.AdvertiseClient, cfg.AdvertisePeer, cfg.InitialCluster = "", "", ""
-		srv, err := Start(ctx, cfg)
-		if attempt == 3 || !errors.Is(err, syscall.EADDRINUSE) {
-			return srv, err
-		}
+		var err error
+		srv, err = Start(ctx, cfg)
+		return err
+	})
+	if err != nil {
+		return nil, err // Start's, or the pick's, each saying it
 	}
-}
-
-// twoFreePorts returns two loopback addresses with ports that were free a
-// moment ago.
-func twoFreePorts() (client, peer string, err error) {
-	var addrs []string
-	for range 2 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return "", "", fmt.Errorf("embedetcd: %w", err)
-		}
-		defer l.Close()
-		addrs = append(addrs, l.Addr().String())
-	}
-	return addrs[0], addrs[1], nil
+	return srv, nil
 }

@@ -10,10 +10,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/url"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -22,6 +20,7 @@ import (
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 
+	"github.com/butterfly-mesh/butterfly/internal/freeport"
 	"github.com/butterfly-mesh/butterfly/internal/tcpproxy"
 )
 
@@ -200,27 +199,19 @@ func (s *Server) stop() {
 // ago: nothing listens on it.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Loopback()
 	if err != nil {
-		t.Fatalf("net.Listen() = %v", err)
+		t.Fatalf("%v", err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addr
 }
 
 // OnFreeAddrs calls start with a client and a peer address that were free
-// when picked, and with two others, up to three times in all, while start
-// fails with EADDRINUSE: a test binary of another package, running beside
-// this one, may take a picked port before etcd binds it. It returns start's
-// last error.
+// when picked, and picks again while one is taken before etcd binds it
+// (freeport.Pair). It returns start's last error.
 func OnFreeAddrs(t testing.TB, start func(client, peer string) error) error {
 	t.Helper()
-	for attempt := 1; ; attempt++ {
-		err := start(FreeAddr(t), FreeAddr(t))
-		if attempt == 3 || !errors.Is(err, syscall.EADDRINUSE) {
-			return err
-		}
-	}
+	return freeport.Pair(start)
 }
 
 // LeakOptions are the goleak options for packages whose tests run an
