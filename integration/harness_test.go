@@ -179,14 +179,25 @@ func (m *mesh) start(name string, args ...string) *proc {
 // exits before it is ready is started again on other ports.
 func (m *mesh) startEtcd() *proc {
 	m.t.Helper()
+	p, client := m.startEtcdOn("127.0.0.1", "http")
+	m.etcd = []string{client}
+	return p
+}
+
+// startEtcdOn starts one etcd member on host, serving clients over scheme
+// (http or https) with extra flags, as startEtcd does, and returns it with
+// its client URL ("host:port" for http).
+func (m *mesh) startEtcdOn(host, scheme string, extra ...string) (*proc, string) {
+	m.t.Helper()
 	for attempt := 1; ; attempt++ {
-		client := freePort(m.t, "127.0.0.1")
-		peer := freePort(m.t, "127.0.0.1")
-		p := m.start("etcd", "etcd", "--data-dir", filepath.Join(m.dir, fmt.Sprintf("etcd%d", attempt)),
-			"--listen-client", "http://"+client, "--listen-peer", "http://"+peer)
+		client := freePort(m.t, host)
+		if scheme != "http" {
+			client = scheme + "://" + client
+		}
+		p := m.start("etcd", append([]string{"etcd", "--data-dir", filepath.Join(m.dir, fmt.Sprintf("etcd%d", attempt)),
+			"--listen-client", client, "--listen-peer", "http://" + freePort(m.t, host)}, extra...)...)
 		if p.tryWaitOutput("etcd ready", defaultTestTimeout) != "" {
-			m.etcd = []string{client}
-			return p
+			return p, client
 		}
 		if attempt == 3 {
 			m.t.Fatalf("etcd did not start in %d attempts", attempt)

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -107,24 +106,9 @@ func TestIntegration_EtcdOverMutualTLS(t *testing.T) {
 	m := newMesh(t)
 	dir := m.certs("--client-id", "p1", "--consumer-id", "c1")
 	ca, cert, key := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "client.pem"), filepath.Join(dir, "client-key.pem")
-	// Ports free when picked may be taken before etcd binds them: pick
-	// again then, as startEtcd does.
-	var client string
-	var e *proc
-	for attempt := 1; ; attempt++ {
-		client = "https://" + freePort(t, "127.0.0.2")
-		e = m.start("etcd", "etcd", "--data-dir", filepath.Join(m.dir, fmt.Sprintf("etcd%d", attempt)),
-			"--listen-client", client, "--listen-peer", "http://"+freePort(t, "127.0.0.2"),
-			"--cert-file", filepath.Join(dir, "server.pem"), "--key-file", filepath.Join(dir, "server-key.pem"),
-			"--trusted-ca-file", ca, "--client-cert-auth")
-		if e.tryWaitOutput("etcd ready", defaultTestTimeout) != "" {
-			break
-		}
-		if attempt == 3 {
-			t.Fatalf("butterfly etcd over TLS did not start in %d attempts", attempt)
-		}
-		e.kill()
-	}
+	e, client := m.startEtcdOn("127.0.0.2", "https",
+		"--cert-file", filepath.Join(dir, "server.pem"), "--key-file", filepath.Join(dir, "server-key.pem"),
+		"--trusted-ca-file", ca, "--client-cert-auth")
 	if errb, _ := os.ReadFile(e.stderr); strings.Contains(string(errb), "plaintext") {
 		t.Errorf("butterfly etcd over TLS warned of plaintext:\n%s", errb)
 	}
