@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/butterfly-mesh/butterfly/intermediate"
 	"github.com/butterfly-mesh/butterfly/registry"
@@ -111,7 +112,7 @@ is closed. A message whose seq lies outside its producer's window
 			if n, err := strconv.ParseUint(port, 10, 16); err != nil || (n == 0 && port != "0") {
 				return usagef("--listen %q: port %q is not a number in [0, 65535]", listen, port)
 			}
-			if ip := net.ParseIP(host); (host == "" || ip != nil && ip.IsUnspecified()) && advertise == "" {
+			if everyAddress(host) && advertise == "" {
 				return usagef("--listen %q listens on every address, which others cannot dial: give --advertise HOST:PORT", listen)
 			}
 			var forwarderOpts []intermediate.Option // none for *: every stage
@@ -132,7 +133,7 @@ is closed. A message whose seq lies outside its producer's window
 				if err := registry.ValidateAddr(advertise); err != nil {
 					return usagef("--advertise: %v", err)
 				}
-				if h, _, _ := net.SplitHostPort(advertise); net.ParseIP(h) != nil && net.ParseIP(h).IsUnspecified() {
+				if h, _, _ := net.SplitHostPort(advertise); everyAddress(h) {
 					return usagef("--advertise %q names every address, which others cannot dial: give the address they reach this host at", advertise)
 				}
 			}
@@ -162,12 +163,11 @@ is closed. A message whose seq lies outside its producer's window
 			if err != nil {
 				return err
 			}
-			checkCreds, err := tlsf.advertiseCheckCreds(cmd.Context())
-			if err != nil {
-				return err
-			}
-			if !advertiseCheck {
-				checkCreds = nil
+			var checkCreds credentials.TransportCredentials // nil: no check
+			if advertise != "" && advertiseCheck {
+				if checkCreds, err = tlsf.advertiseCheckCreds(cmd.Context()); err != nil {
+					return err
+				}
 			}
 			cli, err := r.etcdClient()
 			if err != nil {
@@ -189,7 +189,7 @@ is closed. A message whose seq lies outside its producer's window
 				intermediate.WithVersion(buildVersion()),
 				intermediate.WithRegistryOptions(registry.WithWeight(weight), registry.WithZone(zone), registry.WithVersion(buildVersion())),
 				intermediate.WithGRPCServerOptions(creds),
-				intermediate.WithAdvertiseCheck(checkCreds), // nil with --advertise-check=false
+				intermediate.WithAdvertiseCheck(checkCreds),
 				intermediate.WithTrustUnboundCertificates(allowUnbound),
 				intermediate.WithFenceOnLeaseLoss(fenceOnLeaseLoss),
 			}
@@ -287,4 +287,12 @@ func isClosed(ch <-chan struct{}) bool {
 	default:
 		return false
 	}
+}
+
+// everyAddress reports whether host, of a host:port, names every address of
+// the machine (empty, 0.0.0.0 or ::), which a listener may take and no
+// client can dial.
+func everyAddress(host string) bool {
+	ip := net.ParseIP(host)
+	return host == "" || ip != nil && ip.IsUnspecified()
 }
