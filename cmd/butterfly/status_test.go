@@ -266,16 +266,10 @@ func TestStatusCommand_SaysMutualTLSWantsACertificate(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ServerConfig() = %v", err)
 	}
-	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(cfg)))
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("net.Listen() = %v", err)
-	}
-	go func() { _ = srv.Serve(lis) }()
-	defer srv.Stop()
+	addr := serveOnLoopback(t, grpc.NewServer(grpc.Creds(credentials.NewTLS(cfg))))
 
 	etc := etcdtest.Start(t)
-	reg, err := registry.Register(ctx, etc.Client(t), "intermediate", "i1", lis.Addr().String(), registry.WithPrefix(statusPrefix))
+	reg, err := registry.Register(ctx, etc.Client(t), "intermediate", "i1", addr, registry.WithPrefix(statusPrefix))
 	if err != nil {
 		t.Fatalf("registry.Register(i1) = %v", err)
 	}
@@ -362,18 +356,12 @@ func TestStatusCommand_SaysWhyAnInstanceIsUnreadable(t *testing.T) {
 			held = append(held, c)
 		}
 	}()
-	other := grpc.NewServer()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("net.Listen() = %v", err)
-	}
-	go func() { _ = other.Serve(lis) }()
-	defer other.Stop()
+	other := serveOnLoopback(t, grpc.NewServer())
 
 	etc := etcdtest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	for name, addr := range map[string]string{"silent": silent.Addr().String(), "other": lis.Addr().String()} {
+	for name, addr := range map[string]string{"silent": silent.Addr().String(), "other": other} {
 		reg, err := registry.Register(ctx, etc.Client(t), "intermediate", name, addr, registry.WithPrefix(statusPrefix))
 		if err != nil {
 			t.Fatalf("registry.Register(%s) = %v", name, err)
@@ -386,7 +374,7 @@ func TestStatusCommand_SaysWhyAnInstanceIsUnreadable(t *testing.T) {
 	}
 	want := map[string]string{
 		"silent": "no answer from " + silent.Addr().String() + " within --timeout 500ms (packets dropped on the way, or a stopped or frozen process or host)",
-		"other":  lis.Addr().String() + " answers gRPC but is not a Butterfly intermediate (unknown service butterfly.admin.v1.AdminService)",
+		"other":  other + " answers gRPC but is not a Butterfly intermediate (unknown service butterfly.admin.v1.AdminService)",
 	}
 	if len(got) != 2 {
 		t.Fatalf("butterfly status --json = %s, want 2 entries", out)
@@ -409,4 +397,17 @@ func statusJSON(t *testing.T, ep string, args ...string) ([]statusEntry, string,
 		t.Fatalf("butterfly status --json output %q: %v (its error: %v)", out, jerr, err)
 	}
 	return got, out, err
+}
+
+// serveOnLoopback serves gs on a loopback port until the test ends, and
+// returns its address.
+func serveOnLoopback(t *testing.T, gs *grpc.Server) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("net.Listen() = %v", err)
+	}
+	go func() { _ = gs.Serve(lis) }()
+	t.Cleanup(gs.Stop)
+	return lis.Addr().String()
 }
