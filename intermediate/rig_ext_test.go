@@ -139,9 +139,11 @@ func (r *rig) publishOn(ctx context.Context, conn *grpc.ClientConn, hello *deliv
 func (r *rig) openPublishOn(ctx context.Context, conn *grpc.ClientConn, hello *deliveryv1.PublishHello) (deliveryv1.PublishService_PublishClient, *deliveryv1.PublishWelcome, error) {
 	r.t.Helper()
 	stream, err := deliveryv1.NewPublishServiceClient(conn).Publish(ctx)
-	if err != nil && ctx.Err() != nil {
+	if dl, ok := ctx.Deadline(); err != nil && (ctx.Err() != nil || ok && !time.Now().Before(dl)) {
 		// ctx ended before the stream opened (a short-lived stream on a
 		// loaded machine): refused, as far as the caller is concerned.
+		// gRPC says DeadlineExceeded once the deadline is past, which
+		// can be before ctx's own timer has ended it.
 		return nil, nil, err
 	}
 	if err != nil {
