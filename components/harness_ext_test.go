@@ -492,8 +492,9 @@ func (s *tappedStream) RecvMsg(m any) error {
 }
 
 // registerInstance registers instance name of service at addr in etcd, with
-// no server of this package behind it, until the test ends.
-func registerInstance(t *testing.T, m *mesh, service, name, addr string) {
+// no server of this package behind it, until the test ends, and returns its
+// registration.
+func registerInstance(t *testing.T, m *mesh, service, name, addr string) *registry.Registration {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
 	defer cancel()
@@ -502,6 +503,7 @@ func registerInstance(t *testing.T, m *mesh, service, name, addr string) {
 		t.Fatalf("registry.Register(%s/%s at %s) = %v", service, name, addr, err)
 	}
 	t.Cleanup(func() { _ = reg.Close(context.Background()) })
+	return reg
 }
 
 // registerConsumer declares the default group of the default service and

@@ -83,6 +83,7 @@ type Producer struct {
 	slab      sendSlab            // where Send takes its outMsgs and ids from
 	links     map[string]*pubLink // current link per instance name
 	viewed    bool                // a view of the registry came: etcd answered its read
+	draining  []string            // the view's draining instances, which get no link
 	streams   []*pubStream        // in the order they opened; a slice, see leastLoadedLocked
 	filling   *pubStream          // the stream whose next batch dispatchLocked fills
 	unsettled int
@@ -465,12 +466,22 @@ func (p *Producer) waitReasonLocked(now time.Time) string {
 		return unreadRegistry(p.cli)
 	}
 	if len(p.links) == 0 {
-		return "no instance of service " + p.cfg.service + " is registered"
+		return p.noInstanceLocked()
 	}
 	if failures := linkFailures(p.links, slices.Sorted(maps.Keys(p.links))); len(failures) > 0 {
 		return "no instance of service " + p.cfg.service + " answers (" + strings.Join(failures, "; ") + ")"
 	}
 	return "no instance of service " + p.cfg.service + " answers"
+}
+
+// noInstanceLocked says why the producer has no link: no instance of its
+// service is registered, or every one registered drains (an operator who
+// sees the instances in the registry is not told there are none).
+func (p *Producer) noInstanceLocked() string {
+	if len(p.draining) > 0 {
+		return "every instance of service " + p.cfg.service + " is draining (" + strings.Join(p.draining, ", ") + ")"
+	}
+	return "no instance of service " + p.cfg.service + " is registered"
 }
 
 // idleLocked reports, while messages wait with no stream to take them, what
@@ -492,7 +503,7 @@ func (p *Producer) idleLocked(now time.Time) {
 		return
 	}
 	if len(p.links) == 0 {
-		p.log.Warn("no instance of service "+p.cfg.service+" is registered (waiting)", "key", registry.ServicesPrefix(p.cfg.prefix, p.cfg.service), "held", p.unsettled)
+		p.log.Warn(p.noInstanceLocked()+" (waiting)", "key", registry.ServicesPrefix(p.cfg.prefix, p.cfg.service), "held", p.unsettled)
 		return
 	}
 	names := slices.Sorted(maps.Keys(p.links))

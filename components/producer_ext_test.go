@@ -333,16 +333,23 @@ func TestProducer_MaxMessageBytes(t *testing.T) {
 
 // TestProducer_SaysWhatItWaitsFor checks that a producer whose messages no
 // stream takes says what they wait for, while they wait and when Close gives
-// up: no instance of its service registered, or none of those registered
-// answering.
+// up: no instance of its service registered, every one registered draining,
+// or none of those registered answering.
 func TestProducer_SaysWhatItWaitsFor(t *testing.T) {
 	m := newMesh(t)
 	registerInstance(t, m, "silent", "i1", etcdtest.FreeAddr(t))
 	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
 	t.Cleanup(cancel) // after the parallel subtests
+	for _, name := range []string{"i2", "i1"} {
+		if err := registerInstance(t, m, "leaving", name, etcdtest.FreeAddr(t)).SetDraining(ctx); err != nil {
+			t.Fatalf("SetDraining(leaving/%s) = %v", name, err)
+		}
+	}
 	for _, tc := range []struct{ service, want string }{
 		{"nobody", "no instance of service nobody is registered"},
 		{"silent", "no instance of service silent answers"},
+		// Its instances are in the registry, every one draining.
+		{"leaving", "every instance of service leaving is draining (i1, i2)"},
 	} {
 		t.Run(tc.service, func(t *testing.T) {
 			t.Parallel()

@@ -105,6 +105,13 @@ func (st *pubStream) awaitingAckLocked() bool {
 func (p *Producer) reconcile(v registry.View) {
 	p.mu.Lock()
 	p.viewed = true
+	p.draining = p.draining[:0]
+	for _, inst := range v.Instances {
+		if inst.Metadata.Draining {
+			p.draining = append(p.draining, inst.Name)
+		}
+	}
+	slices.Sort(p.draining)
 	if p.ctx.Err() != nil || p.Err() != nil {
 		p.mu.Unlock()
 		return
