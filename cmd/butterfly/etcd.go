@@ -98,11 +98,12 @@ func warnPlaintext(logger *slog.Logger, cfg embedetcd.Config) {
 		{"--listen-peer", cfg.ListenPeer, "peer-", cfg.PeerTLS},
 	} {
 		u := l.url
-		tls := strings.HasPrefix(u, "https://")
+		tls := embedetcd.IsHTTPS(u)
 		if tls && l.files.TrustedCA != "" {
 			continue
 		}
-		host, _, err := net.SplitHostPort(strings.TrimPrefix(strings.TrimPrefix(u, "https://"), "http://"))
+		_, hostport, _ := strings.Cut(u, "://")
+		host, _, err := net.SplitHostPort(hostport)
 		if err != nil {
 			continue // Start says what is wrong with it
 		}

@@ -91,7 +91,7 @@ func (f TLSFiles) info() transport.TLSInfo {
 // validate checks f for the listener at listen, flagPrefix being "" or
 // "peer-" and listenFlag the flag of listen.
 func (f TLSFiles) validate(listen, listenFlag, flagPrefix string) error {
-	https := strings.HasPrefix(listen, "https://")
+	https := IsHTTPS(listen)
 	switch {
 	case https && (f.Cert == "" || f.Key == ""):
 		return fmt.Errorf("%s %s is https: it needs --%scert-file and --%skey-file", listenFlag, listen, flagPrefix, flagPrefix)
@@ -101,6 +101,13 @@ func (f TLSFiles) validate(listen, listenFlag, flagPrefix string) error {
 		return fmt.Errorf("--%sclient-cert-auth needs --%strusted-ca-file, the CA the certificates it requires are checked against", flagPrefix, flagPrefix)
 	}
 	return nil
+}
+
+// IsHTTPS reports whether u is an https URL, its scheme in any case, as
+// etcd reads it (url.Parse).
+func IsHTTPS(u string) bool {
+	scheme, _, ok := strings.Cut(u, "://")
+	return ok && strings.EqualFold(scheme, "https")
 }
 
 // load reads f's files, so that a missing or wrong one is said naming its

@@ -190,6 +190,9 @@ func TestValidate_TLS(t *testing.T) {
 		want string // "" for valid
 	}{
 		{"https clients", Config{DataDir: "d", ListenClient: "https://127.0.0.1:1", ClientTLS: files}, ""},
+		{"HTTPS in upper case", Config{DataDir: "d", ListenClient: "HTTPS://127.0.0.1:1", ClientTLS: files}, ""},
+		{"HTTPS in upper case without files", Config{DataDir: "d", ListenClient: "HTTPS://127.0.0.1:1"},
+			"--listen-client HTTPS://127.0.0.1:1 is https: it needs --cert-file and --key-file"},
 		{"https clients, mutual", Config{DataDir: "d", ListenClient: "https://127.0.0.1:1", ClientTLS: TLSFiles{Cert: "s.pem", Key: "k.pem", TrustedCA: "ca.pem", ClientCertAuth: true}}, ""},
 		{"https without files", Config{DataDir: "d", ListenClient: "https://127.0.0.1:1"},
 			"--listen-client https://127.0.0.1:1 is https: it needs --cert-file and --key-file"},

@@ -111,6 +111,11 @@ func checkEndpoint(ep string) error {
 // what follows it, without a trailing "/".
 func splitEndpoint(ep string) (scheme, hostport string) {
 	if scheme, rest, ok := strings.Cut(ep, "://"); ok {
+		// etcd's client reads http and https in any case (url.Parse), unix
+		// and unixs only in lower case.
+		if l := strings.ToLower(scheme); l == "http" || l == "https" {
+			scheme = l
+		}
 		return scheme, strings.TrimSuffix(rest, "/")
 	}
 	return "", ep
@@ -179,7 +184,7 @@ func (c Config) tlsEnabled() bool {
 		return true
 	}
 	for _, ep := range c.Endpoints {
-		if strings.HasPrefix(ep, "https://") || strings.HasPrefix(ep, "unixs:") {
+		if scheme, _ := splitEndpoint(ep); scheme == "https" || strings.HasPrefix(ep, "unixs:") {
 			return true
 		}
 	}

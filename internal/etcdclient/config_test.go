@@ -24,6 +24,8 @@ func TestConfig_Validate(t *testing.T) {
 		{"no endpoints", Config{}, "--etcd-endpoints is empty"},
 		{"empty endpoint", Config{Endpoints: []string{"a:1", " "}}, "--etcd-endpoints"},
 		{"URL endpoints", Config{Endpoints: []string{"http://10.0.0.1:2379", "https://etcd.example:2379/", "[::1]:2379", "unix://etcd.sock"}}, ""},
+		{"schemes in upper case", Config{Endpoints: []string{"HTTP://10.0.0.1:2379", "Https://etcd.example:2379"}}, ""},
+		{"unix in upper case", Config{Endpoints: []string{"UNIX://etcd.sock"}}, `scheme "UNIX" is not http or https`},
 		{"no port", Config{Endpoints: []string{"198.18.0.11"}}, `--etcd-endpoints "198.18.0.11": missing port in address (want host:port or http(s)://host:port)`},
 		{"a path", Config{Endpoints: []string{"198.18.0.11:2379/"}}, `--etcd-endpoints "198.18.0.11:2379/": port "2379/" is not a number in [1, 65535]`},
 		{"port out of range", Config{Endpoints: []string{"a:99999"}}, `port "99999" is not a number`},
@@ -44,6 +46,24 @@ func TestConfig_Validate(t *testing.T) {
 			t.Errorf("Validate(%s) = %v, want nil", tc.name, err)
 		case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
 			t.Errorf("Validate(%s) = %v, want an error containing %q", tc.name, err, tc.wantErr)
+		}
+	}
+}
+
+// TestConfig_TLSEnabled checks which endpoints make the client speak TLS
+// without a TLS flag: https:// in any case, as etcd's client reads it, and
+// unixs.
+func TestConfig_TLSEnabled(t *testing.T) {
+	for ep, want := range map[string]bool{
+		"127.0.0.1:2379":         false,
+		"http://127.0.0.1:2379":  false,
+		"https://127.0.0.1:2379": true,
+		"HTTPS://127.0.0.1:2379": true,
+		"unix://etcd.sock":       false,
+		"unixs://etcd.sock":      true,
+	} {
+		if got := (Config{Endpoints: []string{ep}}).tlsEnabled(); got != want {
+			t.Errorf("tlsEnabled(%s) = %v, want %v", ep, got, want)
 		}
 	}
 }
