@@ -196,7 +196,12 @@ func (m *mesh) startEtcdOn(host, scheme string, extra ...string) (*proc, string)
 		}
 		p := m.start("etcd", append([]string{"etcd", "--data-dir", filepath.Join(m.dir, fmt.Sprintf("etcd%d", attempt)),
 			"--listen-client", client, "--listen-peer", "http://" + freePort(m.t, host)}, extra...)...)
-		if p.tryWaitOutput("etcd ready", defaultTestTimeout) != "" {
+		if line := p.tryWaitOutput("etcd ready", defaultTestTimeout); line != "" {
+			// It names the URL clients reach it at, as --etcd-endpoints
+			// takes it.
+			if want := "etcd ready on " + scheme + "://" + strings.TrimPrefix(client, scheme+"://"); line != want {
+				m.t.Errorf("etcd printed %q, want %q", line, want)
+			}
 			return p, client
 		}
 		if attempt == 3 {

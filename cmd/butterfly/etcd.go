@@ -51,7 +51,16 @@ reaches it can read and change the registry.`,
 			}
 			defer srv.Close()
 			r.logger.Info("etcd ready", "name", cfg.Name, "client", srv.ClientEndpoints(), "data-dir", cfg.DataDir, "client-tls", cfg.ClientTLS.Cert != "")
-			fmt.Fprintf(cmd.OutOrStdout(), "etcd ready on %v\n", srv.ClientEndpoints())
+			// The URLs clients reach it at, as --etcd-endpoints takes them.
+			scheme := "http://"
+			if embedetcd.IsHTTPS(cfg.ListenClient) {
+				scheme = "https://"
+			}
+			urls := make([]string, 0, len(srv.ClientEndpoints()))
+			for _, ep := range srv.ClientEndpoints() {
+				urls = append(urls, scheme+ep)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "etcd ready on %s\n", strings.Join(urls, ","))
 			select {
 			case <-cmd.Context().Done():
 				r.logger.Info("etcd stopping")
