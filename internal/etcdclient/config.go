@@ -10,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -147,20 +148,32 @@ func unresolved(endpoints []string, timeout time.Duration) string {
 // plaintext client only sees as silent. The handshake verifies nothing; it
 // only tells the protocol apart.
 func speaksTLS(endpoints []string, timeout time.Duration) string {
-	for _, ep := range endpoints {
+	// Every endpoint at once: the client has already waited its dial
+	// timeout, and a silent one would hold up the others by timeout each.
+	ok := make([]bool, len(endpoints))
+	var wg sync.WaitGroup
+	for i, ep := range endpoints {
 		scheme, hostport := splitEndpoint(ep)
 		if scheme != "" && scheme != "http" {
 			continue
 		}
-		d := &tls.Dialer{
-			NetDialer: &net.Dialer{Timeout: timeout},
-			Config:    &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // nothing is sent; only the protocol is told apart
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		conn, err := d.DialContext(ctx, "tcp", hostport)
-		cancel()
-		if err == nil {
-			conn.Close()
+		wg.Go(func() {
+			d := &tls.Dialer{
+				NetDialer: &net.Dialer{Timeout: timeout},
+				Config:    &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // nothing is sent; only the protocol is told apart
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			if conn, err := d.DialContext(ctx, "tcp", hostport); err == nil {
+				conn.Close()
+				ok[i] = true
+			}
+		})
+	}
+	wg.Wait()
+	for i, ep := range endpoints {
+		if ok[i] {
+			_, hostport := splitEndpoint(ep)
 			return hostport
 		}
 	}

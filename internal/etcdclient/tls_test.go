@@ -3,6 +3,7 @@ package etcdclient
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"path/filepath"
 	"strings"
@@ -116,5 +117,34 @@ func TestNew_PlaintextToTLSSaysSo(t *testing.T) {
 	want := "; " + ep + " speaks TLS: give it as https://" + ep + " with --etcd-cacert, and --etcd-cert and --etcd-key where it asks for a client certificate"
 	if !errors.Is(err, ErrUnreachable) || !strings.HasSuffix(err.Error(), want) {
 		t.Errorf("New(%s) without TLS = %v, want ErrUnreachable ending %q", ep, err, want)
+	}
+}
+
+// TestSpeaksTLS_NamesTheEndpointThatDoes checks that the probe names the
+// endpoint that completes a TLS handshake, in the order given, past one
+// that takes the connection and never answers and one that refuses it.
+func TestSpeaksTLS_NamesTheEndpointThatDoes(t *testing.T) {
+	pki := t.TempDir()
+	if err := tlsutil.GenerateDev(pki, []string{"127.0.0.1"}); err != nil {
+		t.Fatalf("GenerateDev() = %v", err)
+	}
+	tlsEP := strings.TrimPrefix(startTLSEtcd(t, pki), "https://")
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("net.Listen() = %v", err)
+	}
+	t.Cleanup(func() { silent.Close() })
+	refused := etcdtest.FreeAddr(t)
+	for _, tc := range []struct {
+		endpoints []string
+		want      string
+	}{
+		{[]string{silent.Addr().String(), refused, "http://" + tlsEP}, tlsEP},
+		{[]string{"https://" + tlsEP, silent.Addr().String()}, ""}, // https already speaks TLS
+		{[]string{silent.Addr().String(), refused}, ""},
+	} {
+		if got := speaksTLS(tc.endpoints, 300*time.Millisecond); got != tc.want {
+			t.Errorf("speaksTLS(%v) = %q, want %q", tc.endpoints, got, tc.want)
+		}
 	}
 }
