@@ -172,7 +172,7 @@ func (r *rootCommand) etcdClient() (*clientv3.Client, error) {
 		return nil, &usageError{err}
 	}
 	cli, err := etcdclient.New(cfg, r.logger)
-	if errors.Is(err, etcdclient.ErrUnreachable) {
+	if errors.Is(err, etcdclient.ErrUnreachable) || errors.Is(err, etcdclient.ErrNotEtcd) {
 		return nil, err // it names the endpoints
 	}
 	if err != nil {

@@ -13,7 +13,9 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/status"
 )
 
 // Reconnection: etcd should be found again well within a registration's
@@ -32,8 +34,9 @@ const (
 //
 // New returns once a connection to one of the endpoints is up: when none
 // answers within the dial timeout it fails with ErrUnreachable, naming the
-// endpoints and the timeout. An outage that starts later is the caller's to
-// ride out.
+// endpoints and the timeout; when the server that answers is not etcd (its
+// KV service unknown), with ErrNotEtcd naming --etcd-endpoints. An outage
+// that starts later is the caller's to ride out.
 //
 // With a user, New authenticates before it returns and fails with
 // ErrAuthFailed on a wrong user or password. Later requests that etcd refuses
@@ -51,6 +54,7 @@ func New(cfg Config, logger *slog.Logger) (*clientv3.Client, error) {
 		return nil, err
 	}
 	user, password := cfg.credentials()
+	start := time.Now()
 	dialTimeout := cfg.DialTimeout
 	if dialTimeout == 0 {
 		dialTimeout = DefaultDialTimeout
@@ -81,6 +85,9 @@ func New(cfg Config, logger *slog.Logger) (*clientv3.Client, error) {
 		if errors.Is(err, rpctypes.ErrAuthFailed) {
 			return nil, &explainedError{ErrAuthFailed, fmt.Sprintf("user %q or its password is wrong", user), rpctypes.ErrGRPCAuthFailed}
 		}
+		if status.Code(err) == codes.Unimplemented {
+			return nil, notEtcd(cfg.Endpoints, err) // its authentication
+		}
 		return nil, fmt.Errorf("etcdclient: connect to %v: %w", cfg.Endpoints, err)
 	}
 	if !waitReady(cli, dialTimeout) {
@@ -97,8 +104,36 @@ func New(cfg Config, logger *slog.Logger) (*clientv3.Client, error) {
 		return nil, fmt.Errorf("%w: no answer from %s within %v (--etcd-dial-timeout)%s",
 			ErrUnreachable, strings.Join(cfg.Endpoints, ","), dialTimeout, hint)
 	}
+	// Within what is left of the dial timeout, and a beat more: the dial
+	// timeout bounds the whole wait for an etcd at start.
+	if err := answersAsEtcd(cli, max(time.Until(start.Add(dialTimeout)), 500*time.Millisecond)); err != nil {
+		cli.Close()
+		return nil, notEtcd(cfg.Endpoints, err)
+	}
 	logger.Debug("etcdclient: client ready", "endpoints", cfg.Endpoints, "tls", tlsCfg != nil, "user", user)
 	return cli, nil
+}
+
+// answersAsEtcd reads the key etcdctl's endpoint health reads, serializable
+// (a member without a leader answers it), and returns the error of a server
+// that does not know etcd's KV service: the address of another gRPC server,
+// which would otherwise refuse every request of the command, or have it wait
+// for a read it takes for an etcd without a leader. Any other outcome,
+// a refused permission included, is etcd's.
+func answersAsEtcd(cli *clientv3.Client, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(cli.Ctx(), timeout)
+	defer cancel()
+	_, err := cli.Get(ctx, "health", clientv3.WithSerializable(), clientv3.WithCountOnly())
+	if status.Code(err) == codes.Unimplemented {
+		return err
+	}
+	return nil
+}
+
+// notEtcd is the error of endpoints that answer gRPC but not as etcd.
+func notEtcd(endpoints []string, err error) error {
+	return fmt.Errorf("%w: the server at --etcd-endpoints %s answers gRPC but is not etcd (another server's address?): %w",
+		ErrNotEtcd, strings.Join(endpoints, ","), err)
 }
 
 // waitReady waits up to timeout for the client's connection to one of its

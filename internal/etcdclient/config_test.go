@@ -6,6 +6,12 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 )
 
 // TestConfig_Validate checks that each inconsistent configuration is refused
@@ -143,4 +149,36 @@ func TestNew_UnreachableSaysAnUnresolvedName(t *testing.T) {
 	if want := "(butterfly-etcd.invalid does not resolve)"; !errors.Is(err, ErrUnreachable) || !strings.Contains(err.Error(), want) {
 		t.Errorf("New() = %v, want ErrUnreachable saying %q", err, want)
 	}
+}
+
+// TestNew_NotEtcd checks that New refuses, with ErrNotEtcd naming
+// --etcd-endpoints, a gRPC server that is not etcd (an intermediate's
+// address given for etcd's), with and without a user: every request would
+// fail with Unimplemented, or wait on as for an etcd without a leader.
+func TestNew_NotEtcd(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("net.Listen() = %v", err)
+	}
+	gs := grpc.NewServer()
+	healthpb.RegisterHealthServer(gs, health.NewServer())
+	go func() { _ = gs.Serve(l) }()
+	t.Cleanup(gs.Stop)
+	ep := l.Addr().String()
+	for _, cfg := range []Config{
+		{Endpoints: []string{ep}, DialTimeout: 2 * time.Second},
+		{Endpoints: []string{ep}, DialTimeout: 2 * time.Second, User: "butterfly:pw"},
+	} {
+		cli, err := New(cfg, nil)
+		if err == nil {
+			cli.Close()
+			t.Fatalf("New(%s, user %q) = nil error, want ErrNotEtcd", ep, cfg.User)
+		}
+		want := "not etcd: the server at --etcd-endpoints " + ep + " answers gRPC but is not etcd"
+		if !errors.Is(err, ErrNotEtcd) || !strings.HasPrefix(err.Error(), want) || status.Code(err) != codes.Unimplemented {
+			t.Errorf("New(%s, user %q) = %v, want ErrNotEtcd starting %q", ep, cfg.User, err, want)
+		}
+	}
+	// An etcd whose user may not read the key read is etcd all the same:
+	// TestNew_LeastPrivilegeUser.
 }

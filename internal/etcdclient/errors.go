@@ -24,6 +24,9 @@ var (
 	// ErrUnreachable: no endpoint answered within the dial timeout
 	// (--etcd-dial-timeout).
 	ErrUnreachable = errors.New("etcd unreachable")
+	// ErrNotEtcd: an endpoint answers gRPC without etcd's services (the
+	// address of another server given as --etcd-endpoints).
+	ErrNotEtcd = errors.New("not etcd")
 )
 
 // explainedError is an etcd error with the flag to fix in front.
