@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"net"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -11,6 +13,8 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/butterfly-mesh/butterfly/components"
 	adminv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/admin/v1"
@@ -191,6 +195,62 @@ func TestErrorLine_OneLine(t *testing.T) {
 	want := "butterfly: components: consumer closed with 3 in hand; components: producer closed with 5 messages unacknowledged"
 	if got := errorLine(err); got != want {
 		t.Errorf("errorLine() = %q, want %q", got, want)
+	}
+}
+
+// TestErrorLine_Suggestion checks the line of a misspelt command: cobra's
+// suggestion, on lines of its own, joined into the sentence.
+func TestErrorLine_Suggestion(t *testing.T) {
+	_, err := executeCommand(t, "consumer", "--id", "c1")
+	want := `butterfly: unknown command "consumer" for "butterfly"; did you mean consume?`
+	if got := errorLine(err); got != want {
+		t.Errorf("errorLine(butterfly consumer) = %q, want %q", got, want)
+	}
+}
+
+// TestCommands_EtcdEndpointsOfAnotherServer checks that a command given the
+// address of a gRPC server that is not etcd for --etcd-endpoints (an
+// intermediate's) fails at once naming the flag, where it retried or waited
+// for reads as from an etcd without a leader (consume for ever).
+func TestCommands_EtcdEndpointsOfAnotherServer(t *testing.T) {
+	gs := grpc.NewServer()
+	healthpb.RegisterHealthServer(gs, health.NewServer())
+	ep := serveOnLoopback(t, gs)
+	want := "the server at --etcd-endpoints " + ep + " answers gRPC but is not etcd"
+	for _, args := range [][]string{
+		{"ls"},
+		{"consume", "--id", "c1"},
+		{"produce", "--id", "p1", "--count", "1"},
+		{"intermediate", "--name", "i1", "--listen", "127.0.0.1:0"},
+	} {
+		ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+		root := newRootCommand()
+		root.SetOut(io.Discard)
+		root.SetErr(io.Discard)
+		root.SetArgs(append(args, "--etcd-endpoints", ep))
+		err := root.ExecuteContext(ctx)
+		cancel()
+		var ue *usageError
+		if err == nil || errors.As(err, &ue) || !strings.Contains(err.Error(), want) {
+			t.Errorf("butterfly %s = %v, want a runtime error containing %q", strings.Join(args, " "), err, want)
+		}
+	}
+}
+
+// TestIntermediateCommand_ListenTaken checks that an intermediate whose
+// --listen address is taken says so naming the flag.
+func TestIntermediateCommand_ListenTaken(t *testing.T) {
+	etc := etcdtest.Start(t)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("net.Listen() = %v", err)
+	}
+	defer taken.Close()
+	addr := taken.Addr().String()
+	_, err = executeCommand(t, "intermediate", "--name", "i1", "--listen", addr, "--etcd-endpoints", etc.Endpoint())
+	want := "--listen " + addr + ": listen tcp " + addr + ": bind: address already in use"
+	if err == nil || err.Error() != want {
+		t.Errorf("butterfly intermediate --listen %s (taken) = %v, want %q", addr, err, want)
 	}
 }
 

@@ -57,15 +57,19 @@ afterwards are not routed to it, and its consumers stop with an error.`,
 		Example: `  butterfly group ls
   butterfly group create audit --service intermediate
   butterfly group delete audit`,
-		// Without a subcommand it prints its help; an unknown one is a
-		// usage error, not the help with exit code 0.
+		// Without a subcommand, as butterfly alone: the help, on stderr,
+		// and a usage error; an unknown one is a usage error naming it.
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 0 {
 				return usagef("%s: unknown subcommand %q (it has ls, create and delete)", cmd.CommandPath(), args[0])
 			}
 			return nil
 		},
-		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cmd.SetOut(cmd.ErrOrStderr())
+			_ = cmd.Help()
+			return usagef("a subcommand is required: %s ls, create or delete", cmd.CommandPath())
+		},
 	}
 	var service string
 	var asJSON bool

@@ -176,7 +176,7 @@ is closed. A message whose seq lies outside its producer's window
 			defer cli.Close()
 			lis, err := net.Listen("tcp", listen)
 			if err != nil {
-				return fmt.Errorf("listen %s: %w", listen, err)
+				return fmt.Errorf("--listen %s: %w", listen, err)
 			}
 			logger := r.logger.With("service", service, "instance", name)
 			opts := []intermediate.Option{

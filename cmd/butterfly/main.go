@@ -63,8 +63,13 @@ func run(ctx context.Context, args []string) int {
 // errorLine is the command's last line for err: one line, errors joined
 // (a stage's two sides that both failed to close) separated by "; ".
 func errorLine(err error) string {
+	msg := err.Error()
+	// cobra's suggestion for a misspelt command, on lines of its own.
+	if before, after, ok := strings.Cut(msg, "\n\nDid you mean this?\n"); ok {
+		msg = before + "; did you mean " + strings.Join(strings.Fields(after), " or ") + "?"
+	}
 	var parts []string
-	for line := range strings.Lines(err.Error()) {
+	for line := range strings.Lines(msg) {
 		if line = strings.TrimSpace(line); line != "" {
 			parts = append(parts, line)
 		}

@@ -95,8 +95,8 @@ func (t *tlsFlags) enabled() bool {
 
 // plaintext reports whether gRPC runs without TLS, logging a warning when it
 // does, or returns a usage error when plaintext was not asked for and the
-// mesh is not on loopback. hosts are further addresses (a listener) that
-// must be loopback for plaintext without --insecure.
+// mesh is not on loopback. hosts are the server's --listen addresses, which
+// must be loopback for plaintext without --insecure as --etcd-endpoints must.
 func (t *tlsFlags) plaintext(logger *slog.Logger, hosts ...string) (bool, error) {
 	if t.enabled() {
 		if t.insecure {
@@ -114,11 +114,15 @@ func (t *tlsFlags) plaintext(logger *slog.Logger, hosts ...string) (bool, error)
 		t.warnPlaintext(logger, "plaintext gRPC (--insecure): connections are neither encrypted nor authenticated")
 		return true, nil
 	}
-	all := append(append([]string(nil), t.root.etcdEndpoints...), hosts...)
-	for _, h := range all {
-		if !isLoopback(h) {
-			return false, usagef("no --tls-cert, --tls-key or --tls-ca and %q is not a loopback address: "+
-				"pass the TLS flags (see `butterfly certs`), or --insecure to accept plaintext gRPC", h)
+	for _, set := range []struct {
+		flag  string
+		hosts []string
+	}{{"--etcd-endpoints", t.root.etcdEndpoints}, {"--listen", hosts}} {
+		for _, h := range set.hosts {
+			if !isLoopback(h) {
+				return false, usagef("no --tls-cert, --tls-key or --tls-ca and %s %q is not a loopback address: "+
+					"pass the TLS flags (see `butterfly certs`), or --insecure to accept plaintext gRPC", set.flag, h)
+			}
 		}
 	}
 	t.warnPlaintext(logger, "plaintext gRPC on loopback: no --tls-* flags; pass them (or --insecure) for other networks")

@@ -51,8 +51,8 @@ func TestTLSFlags_Plaintext(t *testing.T) {
 		wantErr   string
 	}{
 		{name: "loopback", endpoints: []string{"127.0.0.1:2379"}, listen: []string{"127.0.0.2:0"}, wantPlain: true},
-		{name: "remote etcd", endpoints: []string{"127.0.0.1:2379", "10.0.0.5:2379"}, wantErr: `"10.0.0.5:2379" is not a loopback address`},
-		{name: "public listener", endpoints: []string{"127.0.0.1:2379"}, listen: []string{"0.0.0.0:7001"}, wantErr: "--insecure to accept plaintext"},
+		{name: "remote etcd", endpoints: []string{"127.0.0.1:2379", "10.0.0.5:2379"}, wantErr: `and --etcd-endpoints "10.0.0.5:2379" is not a loopback address`},
+		{name: "public listener", endpoints: []string{"127.0.0.1:2379"}, listen: []string{"0.0.0.0:7001"}, wantErr: `and --listen "0.0.0.0:7001" is not a loopback address: pass the TLS flags (see ` + "`butterfly certs`" + `), or --insecure to accept plaintext`},
 		{name: "insecure", endpoints: []string{"10.0.0.5:2379"}, flags: tlsFlags{insecure: true}, wantPlain: true},
 		{name: "insecure and TLS", endpoints: []string{"127.0.0.1:2379"}, flags: tlsFlags{insecure: true, files: tlsutil.Files{CA: "ca.pem"}}, wantErr: "--insecure and --tls-* are both set"},
 		{name: "TLS client", endpoints: []string{"10.0.0.5:2379"}, flags: tlsFlags{files: tlsutil.Files{CA: "ca.pem"}}},

@@ -22,7 +22,7 @@ func TestVersionCommand(t *testing.T) {
 
 // TestSubcommands_UnknownIsUsageError checks that an unknown subcommand of
 // a command that has subcommands is a usage error naming it (exit code 2),
-// not its help with exit code 0, and that every subcommand's help has
+// not its help with exit code 0, as is none (after the help), and that every subcommand's help has
 // examples and the exit codes (but the hidden workers').
 func TestSubcommands_UnknownIsUsageError(t *testing.T) {
 	_, err := executeCommand(t, "group", "frob")
@@ -30,8 +30,8 @@ func TestSubcommands_UnknownIsUsageError(t *testing.T) {
 	if !errors.As(err, &ue) || !strings.Contains(err.Error(), `"frob"`) {
 		t.Errorf("butterfly group frob = %v, want a usage error naming frob", err)
 	}
-	if out, err := executeCommand(t, "group"); err != nil || !strings.Contains(out, "butterfly group create") {
-		t.Errorf("butterfly group = %v, %q; want its help", err, out)
+	if out, err := executeCommand(t, "group"); !errors.As(err, &ue) || !strings.Contains(err.Error(), "a subcommand is required") || !strings.Contains(out, "butterfly group create") {
+		t.Errorf("butterfly group = %v, %q; want its help and a usage error saying a subcommand is required", err, out)
 	}
 	for _, c := range newRootCommand().Commands() {
 		for _, sub := range c.Commands() {
