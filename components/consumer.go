@@ -684,7 +684,30 @@ func (c *Consumer) idleLocked(now time.Time) {
 		c.log.Warn("no instance of service "+c.cfg.service+" is registered (waiting)", "key", registry.ServicesPrefix(c.cfg.prefix, c.cfg.service))
 		return
 	}
+	if refusal := sameRefusal(c.links, names); refusal != "" {
+		// Every instance answers, and each refuses it for the same
+		// reason: a group nobody declared (WithCreateGroup(false)), most
+		// likely; "no instance answers" would send its reader to the
+		// network.
+		c.log.Warn("every instance of service "+c.cfg.service+" refuses the consumer: "+refusal+" (waiting)", "instances", names)
+		return
+	}
 	c.log.Warn("no instance of service "+c.cfg.service+" answers (waiting)", "instances", names, "errors", failures)
+}
+
+// sameRefusal returns, when every link of names last failed on a refusal
+// of a consumer not registered or of a group not declared, and all for the
+// same reason, that reason; "" otherwise.
+func sameRefusal(links map[string]*subLink, names []string) string {
+	why := ""
+	for i, name := range names {
+		l := links[name]
+		if !l.notRegistered || i > 0 && l.failure != why {
+			return ""
+		}
+		why = l.failure
+	}
+	return why
 }
 
 // refusedAtOpen stops the consumer when err, from opening a stream to l's

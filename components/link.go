@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
+	"github.com/butterfly-mesh/butterfly"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
 
@@ -37,6 +38,9 @@ type link struct {
 	// Guarded by the owner's mutex.
 	retired bool   // the instance drains, moved or left the membership, or the owner closes: do not reopen
 	failure string // why its last stream ended before a welcome, "" once one is welcomed
+	// notRegistered: failure is the instance refusing a consumer not
+	// registered (as yet) or of a group not declared.
+	notRegistered bool
 	// refused is the TLS mismatch (a RefusedError) that ended its last
 	// stream before a welcome, nil once one is welcomed; refusedSaid is
 	// when it was last warned of.
@@ -54,7 +58,7 @@ func (l *link) welcomedLocked() {
 	if l.refused != nil {
 		l.log.Info("instance welcomes this client again", "was", l.refused.Reason)
 	}
-	l.failure, l.refused = "", nil
+	l.failure, l.notRegistered, l.refused = "", false, nil
 }
 
 // stopsOwner judges r, a refusal for good of l's stream at its open, and
@@ -268,6 +272,7 @@ func (l *link) noteFailure(ctx context.Context, mu *sync.Mutex, f *openFailure, 
 	if why, ok := f.said(ctx, silent); ok {
 		mu.Lock()
 		l.failure = why
+		l.notRegistered = f.step != stepCheck && butterfly.RefusalReason(f.err) == butterfly.ReasonNotRegistered
 		mu.Unlock()
 	}
 }
