@@ -97,7 +97,11 @@ func New(cfg Config, logger *slog.Logger) (*clientv3.Client, error) {
 			hint = " (" + names + ")"
 		}
 		if tlsCfg != nil {
-			hint += "; with TLS, check --etcd-cacert, --etcd-cert and --etcd-key"
+			if failures := tlsFailures(cfg.Endpoints, tlsCfg, time.Second); len(failures) > 0 {
+				hint += "; " + strings.Join(failures, "; ")
+			} else {
+				hint += "; with TLS, check --etcd-cacert, --etcd-cert and --etcd-key"
+			}
 		} else if ep := speaksTLS(cfg.Endpoints, time.Second); ep != "" {
 			hint += "; " + ep + " speaks TLS: give it as https://" + ep + " with --etcd-cacert, and --etcd-cert and --etcd-key where it asks for a client certificate"
 		}

@@ -6,11 +6,14 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -178,6 +181,79 @@ func speaksTLS(endpoints []string, timeout time.Duration) string {
 		}
 	}
 	return ""
+}
+
+// tlsFailures returns, for each endpoint where a TLS handshake with cfg
+// fails, or the server answers one with an alert, "host:port: why (the flag
+// to check)": the client's TLS flags against that server, which a client
+// only sees as no answer. Endpoints it cannot connect to are left out:
+// that is not TLS's doing.
+func tlsFailures(endpoints []string, cfg *tls.Config, timeout time.Duration) []string {
+	out := make([]string, len(endpoints))
+	var wg sync.WaitGroup
+	for i, ep := range endpoints {
+		scheme, hostport := splitEndpoint(ep)
+		if scheme == "unix" || scheme == "unixs" {
+			continue
+		}
+		wg.Go(func() { out[i] = tlsFailure(hostport, cfg, timeout) })
+	}
+	wg.Wait()
+	return slices.DeleteFunc(out, func(s string) bool { return s == "" })
+}
+
+// tlsFailure is tlsFailures for one endpoint, "" when the handshake holds.
+func tlsFailure(hostport string, cfg *tls.Config, timeout time.Duration) string {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return ""
+	}
+	conn, err := net.DialTimeout("tcp", hostport, timeout)
+	if err != nil {
+		return ""
+	}
+	defer conn.Close()
+	c := cfg.Clone()
+	if c.ServerName == "" {
+		c.ServerName = host
+	}
+	_ = conn.SetDeadline(time.Now().Add(timeout))
+	tc := tls.Client(conn, c)
+	err = tc.Handshake()
+	if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
+		// etcd's plaintext port takes the client's hello for a protocol
+		// it does not serve, and closes the connection.
+		return hostport + ": the connection closed during the TLS handshake (it may serve plaintext: give it as http://" + hostport + ", without the TLS flags)"
+	}
+	if err == nil {
+		// Under TLS 1.3 a server refuses the client's certificate, or
+		// its want of one, after the client's side of the handshake:
+		// on the first read. etcd speaks first (its HTTP/2 settings).
+		_ = conn.SetReadDeadline(time.Now().Add(min(timeout, 300*time.Millisecond)))
+		_, err = tc.Read(make([]byte, 1))
+	}
+	var ne net.Error
+	if err == nil || errors.As(err, &ne) && ne.Timeout() || errors.Is(err, io.EOF) {
+		return ""
+	}
+	var (
+		unknownCA x509.UnknownAuthorityError
+		hostname  x509.HostnameError
+		header    tls.RecordHeaderError
+		alert     tls.AlertError
+	)
+	why := hostport + ": " + err.Error()
+	switch {
+	case errors.As(err, &unknownCA):
+		return why + " (--etcd-cacert: the CA that signed etcd's certificate)"
+	case errors.As(err, &hostname):
+		return why + " (etcd's certificate does not name the host of --etcd-endpoints)"
+	case errors.As(err, &header):
+		return why + " (it speaks plaintext: give it as http://" + hostport + ", without the TLS flags)"
+	case errors.As(err, &alert) || strings.Contains(err.Error(), "remote error: tls:"):
+		return why + " (etcd refused the client's certificate: --etcd-cert and --etcd-key, of a CA it trusts)"
+	}
+	return why
 }
 
 // credentials returns the user name and password, or "" when there is no

@@ -148,3 +148,42 @@ func TestSpeaksTLS_NamesTheEndpointThatDoes(t *testing.T) {
 		}
 	}
 }
+
+// TestNew_TLSFailureSaysWhy checks that a client whose TLS flags do not
+// fit the etcd it reaches is told what the handshake found, with the flag
+// to check, where it saw only no answer: etcd's certificate of a CA it was
+// not given, its own certificate missing where etcd requires one, and TLS
+// against an etcd that serves plaintext.
+func TestNew_TLSFailureSaysWhy(t *testing.T) {
+	pki := t.TempDir()
+	if err := tlsutil.GenerateDev(pki, []string{"127.0.0.1"}); err != nil {
+		t.Fatalf("GenerateDev() = %v", err)
+	}
+	tlsEP := startTLSEtcd(t, pki)
+	plainEP := etcdtest.Start(t).Endpoint()
+	ca := filepath.Join(pki, tlsutil.CAFile)
+	cert, key := filepath.Join(pki, tlsutil.ClientFile), filepath.Join(pki, tlsutil.ClientKeyFile)
+	host := strings.TrimPrefix(tlsEP, "https://")
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{"no CA", Config{Endpoints: []string{tlsEP}, Cert: cert, Key: key},
+			host + ": tls: failed to verify certificate: x509: certificate signed by unknown authority (--etcd-cacert: the CA that signed etcd's certificate)"},
+		{"no client certificate", Config{Endpoints: []string{tlsEP}, CACert: ca},
+			"(etcd refused the client's certificate: --etcd-cert and --etcd-key, of a CA it trusts)"},
+		{"plaintext etcd", Config{Endpoints: []string{"https://" + plainEP}, CACert: ca},
+			plainEP + ": the connection closed during the TLS handshake (it may serve plaintext: give it as http://" + plainEP + ", without the TLS flags)"},
+	} {
+		tc.cfg.DialTimeout = 500 * time.Millisecond
+		cli, err := New(tc.cfg, nil)
+		if err == nil {
+			cli.Close()
+			t.Fatalf("%s: New() = nil error, want ErrUnreachable", tc.name)
+		}
+		if !errors.Is(err, ErrUnreachable) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: New() = %v, want ErrUnreachable saying %q", tc.name, err, tc.want)
+		}
+	}
+}
