@@ -51,7 +51,8 @@ reaches it can read and change the registry.`,
 			}
 			defer srv.Close()
 			r.logger.Info("etcd ready", "name", cfg.Name, "client", srv.ClientEndpoints(), "data-dir", cfg.DataDir, "client-tls", cfg.ClientTLS.Cert != "")
-			// The URLs clients reach it at, as --etcd-endpoints takes them.
+			// The URLs it listens on, as --etcd-endpoints takes them (a
+			// wildcard address stands for every address of the host).
 			scheme := "http://"
 			if embedetcd.IsHTTPS(cfg.ListenClient) {
 				scheme = "https://"
@@ -111,7 +112,10 @@ func warnPlaintext(logger *slog.Logger, cfg embedetcd.Config) {
 		if tls && l.files.TrustedCA != "" {
 			continue
 		}
-		_, hostport, _ := strings.Cut(u, "://")
+		hostport := u // without a scheme: http's, as etcd reads it
+		if _, rest, ok := strings.Cut(u, "://"); ok {
+			hostport = rest
+		}
 		host, _, err := net.SplitHostPort(hostport)
 		if err != nil {
 			continue // Start says what is wrong with it

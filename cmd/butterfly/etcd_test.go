@@ -29,6 +29,7 @@ func TestWarnPlaintext(t *testing.T) {
 		{"peers off loopback", embedetcd.Config{ListenClient: "http://127.0.0.1:2379", ListenPeer: "http://198.18.0.1:2380"}, []string{plaintext + ": whoever reaches --listen-peer"}},
 		{"TLS without a CA", embedetcd.Config{ListenClient: "https://198.18.0.1:2379", ListenPeer: "http://127.0.0.1:2380", ClientTLS: files}, []string{noCA + ": whoever reaches --listen-client"}},
 		{"mutual TLS", embedetcd.Config{ListenClient: "https://198.18.0.1:2379", ListenPeer: "https://198.18.0.1:2380", ClientTLS: withCA, PeerTLS: withCA}, nil},
+		{"no scheme", embedetcd.Config{ListenClient: "198.18.0.1:2379", ListenPeer: "198.18.0.1:2380"}, []string{plaintext + ": whoever reaches --listen-client", plaintext + ": whoever reaches --listen-peer"}},
 		{"schemes in upper case", embedetcd.Config{ListenClient: "HTTPS://198.18.0.1:2379", ListenPeer: "HTTP://198.18.0.1:2380", ClientTLS: withCA}, []string{plaintext + ": whoever reaches --listen-peer"}},
 	} {
 		rec := &logtest.Recorder{}
