@@ -216,7 +216,7 @@ func TestCommands_EtcdEndpointsOfAnotherServer(t *testing.T) {
 	gs := grpc.NewServer()
 	healthpb.RegisterHealthServer(gs, health.NewServer())
 	ep := serveOnLoopback(t, gs)
-	want := "the server at --etcd-endpoints " + ep + " answers gRPC but is not etcd"
+	want := "not etcd: --etcd-endpoints " + ep + " answers gRPC but is not etcd"
 	for _, args := range [][]string{
 		{"ls"},
 		{"consume", "--id", "c1"},

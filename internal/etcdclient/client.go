@@ -1,13 +1,17 @@
 package etcdclient
 
 import (
+	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -15,6 +19,8 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 )
 
@@ -85,8 +91,11 @@ func New(cfg Config, logger *slog.Logger) (*clientv3.Client, error) {
 		if errors.Is(err, rpctypes.ErrAuthFailed) {
 			return nil, &explainedError{ErrAuthFailed, fmt.Sprintf("user %q or its password is wrong", user), rpctypes.ErrGRPCAuthFailed}
 		}
-		if status.Code(err) == codes.Unimplemented {
-			return nil, notEtcd(cfg.Endpoints, err) // its authentication
+		if status.Code(err) == codes.Unimplemented { // its authentication
+			if bad, kvErr := notEtcdEndpoints(cfg.Endpoints, tlsCfg, min(dialTimeout, time.Second)); len(bad) > 0 {
+				return nil, notEtcd(bad, kvErr)
+			}
+			return nil, notEtcd(cfg.Endpoints, err)
 		}
 		return nil, fmt.Errorf("etcdclient: connect to %v: %w", cfg.Endpoints, err)
 	}
@@ -97,7 +106,19 @@ func New(cfg Config, logger *slog.Logger) (*clientv3.Client, error) {
 			hint = " (" + names + ")"
 		}
 		if tlsCfg != nil {
-			if failures := tlsFailures(cfg.Endpoints, tlsCfg, time.Second); len(failures) > 0 {
+			failures := tlsFailures(cfg.Endpoints, tlsCfg, time.Second)
+			// An http:// endpoint is dialed in plaintext whatever the
+			// flags say.
+			var plain []string
+			for _, ep := range cfg.Endpoints {
+				if scheme, _ := splitEndpoint(ep); scheme == "http" {
+					plain = append(plain, ep)
+				}
+			}
+			if ep := speaksTLS(plain, time.Second); ep != "" {
+				failures = append(failures, ep+" speaks TLS: give it as https://"+ep)
+			}
+			if len(failures) > 0 {
 				hint += "; " + strings.Join(failures, "; ")
 			} else {
 				hint += "; with TLS, check --etcd-cacert, --etcd-cert and --etcd-key"
@@ -108,35 +129,69 @@ func New(cfg Config, logger *slog.Logger) (*clientv3.Client, error) {
 		return nil, fmt.Errorf("%w: no answer from %s within %v (--etcd-dial-timeout)%s",
 			ErrUnreachable, strings.Join(cfg.Endpoints, ","), dialTimeout, hint)
 	}
-	// Within what is left of the dial timeout, and a beat more: the dial
-	// timeout bounds the whole wait for an etcd at start.
-	if err := answersAsEtcd(cli, max(time.Until(start.Add(dialTimeout)), 500*time.Millisecond)); err != nil {
+	// Within what is left of the dial timeout, which bounds the whole wait
+	// for an etcd at start, but at least half a second and at most one: a
+	// silent endpoint beside one that answers only delays the command.
+	if bad, err := notEtcdEndpoints(cfg.Endpoints, tlsCfg, min(max(time.Until(start.Add(dialTimeout)), 500*time.Millisecond), time.Second)); len(bad) > 0 {
 		cli.Close()
-		return nil, notEtcd(cfg.Endpoints, err)
+		return nil, notEtcd(bad, err)
 	}
 	logger.Debug("etcdclient: client ready", "endpoints", cfg.Endpoints, "tls", tlsCfg != nil, "user", user)
 	return cli, nil
 }
 
-// answersAsEtcd reads the key etcdctl's endpoint health reads, serializable
-// (a member without a leader answers it), and returns the error of a server
-// that does not know etcd's KV service: the address of another gRPC server,
-// which would otherwise refuse every request of the command, or have it wait
-// for a read it takes for an etcd without a leader. Any other outcome,
-// a refused permission included, is etcd's.
-func answersAsEtcd(cli *clientv3.Client, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(cli.Ctx(), timeout)
-	defer cancel()
-	_, err := cli.Get(ctx, "health", clientv3.WithSerializable(), clientv3.WithCountOnly())
-	if status.Code(err) == codes.Unimplemented {
-		return err
+// notEtcdEndpoints asks every endpoint at once, on a connection of its own,
+// for a serializable count of the key etcdctl's endpoint health reads (a
+// member without a leader answers it), and returns the error of the first
+// that does not know etcd's KV service, with the host:port of each such: the
+// address of another gRPC server, which would refuse the requests the
+// client sends it, or have the command wait as for an etcd without a leader.
+// Each is asked without the client's user: an etcd that wants one says so,
+// which is etcd all the same, as is any other answer. One that does not
+// answer within timeout is left out, as is a unix socket.
+func notEtcdEndpoints(endpoints []string, tlsCfg *tls.Config, timeout time.Duration) (bad []string, first error) {
+	errs := make([]error, len(endpoints))
+	var wg sync.WaitGroup
+	for i, ep := range endpoints {
+		scheme, hostport := splitEndpoint(ep)
+		if scheme == "unix" || scheme == "unixs" {
+			continue
+		}
+		creds := insecure.NewCredentials()
+		if tlsCfg != nil && scheme != "http" {
+			creds = credentials.NewTLS(tlsCfg)
+		}
+		wg.Go(func() {
+			conn, err := grpc.NewClient("passthrough:///"+hostport, grpc.WithTransportCredentials(creds))
+			if err != nil {
+				return
+			}
+			defer conn.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			// Fail-fast: an endpoint that refuses connections is left out
+			// at once.
+			_, err = pb.NewKVClient(conn).Range(ctx, &pb.RangeRequest{Key: []byte("health"), Serializable: true, CountOnly: true})
+			if status.Code(err) == codes.Unimplemented {
+				errs[i] = err
+			}
+		})
 	}
-	return nil
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			_, hostport := splitEndpoint(endpoints[i])
+			bad = append(bad, hostport)
+			first = cmp.Or(first, err)
+		}
+	}
+	return bad, first
 }
 
-// notEtcd is the error of endpoints that answer gRPC but not as etcd.
+// notEtcd is the error of endpoints that answer gRPC but not as etcd, err
+// the answer of one.
 func notEtcd(endpoints []string, err error) error {
-	return fmt.Errorf("%w: the server at --etcd-endpoints %s answers gRPC but is not etcd (another server's address?): %w",
+	return fmt.Errorf("%w: --etcd-endpoints %s answers gRPC but is not etcd (another server's address?): %w",
 		ErrNotEtcd, strings.Join(endpoints, ","), err)
 }
 

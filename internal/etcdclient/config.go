@@ -186,14 +186,15 @@ func speaksTLS(endpoints []string, timeout time.Duration) string {
 // tlsFailures returns, for each endpoint where a TLS handshake with cfg
 // fails, or the server answers one with an alert, "host:port: why (the flag
 // to check)": the client's TLS flags against that server, which a client
-// only sees as no answer. Endpoints it cannot connect to are left out:
-// that is not TLS's doing.
+// only sees as no answer. Endpoints it cannot connect to are left out
+// (that is not TLS's doing), and so are http:// ones, dialed in plaintext
+// whatever the flags say, and unix sockets.
 func tlsFailures(endpoints []string, cfg *tls.Config, timeout time.Duration) []string {
 	out := make([]string, len(endpoints))
 	var wg sync.WaitGroup
 	for i, ep := range endpoints {
 		scheme, hostport := splitEndpoint(ep)
-		if scheme == "unix" || scheme == "unixs" {
+		if scheme == "unix" || scheme == "unixs" || scheme == "http" { // http: dialed in plaintext
 			continue
 		}
 		wg.Go(func() { out[i] = tlsFailure(hostport, cfg, timeout) })
@@ -217,6 +218,7 @@ func tlsFailure(hostport string, cfg *tls.Config, timeout time.Duration) string 
 	if c.ServerName == "" {
 		c.ServerName = host
 	}
+	c.NextProtos = []string{"h2"} // as gRPC offers: etcd then speaks first
 	_ = conn.SetDeadline(time.Now().Add(timeout))
 	tc := tls.Client(conn, c)
 	err = tc.Handshake()
@@ -228,7 +230,7 @@ func tlsFailure(hostport string, cfg *tls.Config, timeout time.Duration) string 
 	if err == nil {
 		// Under TLS 1.3 a server refuses the client's certificate, or
 		// its want of one, after the client's side of the handshake:
-		// on the first read. etcd speaks first (its HTTP/2 settings).
+		// on the first read. etcd speaks first over h2 (its settings).
 		_ = conn.SetReadDeadline(time.Now().Add(min(timeout, 300*time.Millisecond)))
 		_, err = tc.Read(make([]byte, 1))
 	}

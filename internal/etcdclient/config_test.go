@@ -12,6 +12,8 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+
+	"github.com/butterfly-mesh/butterfly/internal/etcdtest"
 )
 
 // TestConfig_Validate checks that each inconsistent configuration is refused
@@ -152,8 +154,9 @@ func TestNew_UnreachableSaysAnUnresolvedName(t *testing.T) {
 }
 
 // TestNew_NotEtcd checks that New refuses, with ErrNotEtcd naming
-// --etcd-endpoints, a gRPC server that is not etcd (an intermediate's
-// address given for etcd's), with and without a user: every request would
+// --etcd-endpoints and the address, a gRPC server that is not etcd (an
+// intermediate's address given for etcd's), with and without a user, and
+// beside an etcd that answers, every time: every request sent there would
 // fail with Unimplemented, or wait on as for an etcd without a leader.
 func TestNew_NotEtcd(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -165,20 +168,37 @@ func TestNew_NotEtcd(t *testing.T) {
 	go func() { _ = gs.Serve(l) }()
 	t.Cleanup(gs.Stop)
 	ep := l.Addr().String()
-	for _, cfg := range []Config{
-		{Endpoints: []string{ep}, DialTimeout: 2 * time.Second},
-		{Endpoints: []string{ep}, DialTimeout: 2 * time.Second, User: "butterfly:pw"},
+	etcd := etcdtest.Start(t).Endpoint()
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		runs int
+	}{
+		{"alone", Config{Endpoints: []string{ep}}, 1},
+		{"with a user", Config{Endpoints: []string{ep}, User: "butterfly:pw"}, 1},
+		// The client sends its requests to one endpoint and the next in
+		// turn: each run must find the one that is not etcd.
+		{"beside etcd", Config{Endpoints: []string{etcd, ep}}, 5},
+		{"beside etcd, first", Config{Endpoints: []string{ep, etcd}}, 5},
 	} {
-		cli, err := New(cfg, nil)
-		if err == nil {
-			cli.Close()
-			t.Fatalf("New(%s, user %q) = nil error, want ErrNotEtcd", ep, cfg.User)
-		}
-		want := "not etcd: the server at --etcd-endpoints " + ep + " answers gRPC but is not etcd"
-		if !errors.Is(err, ErrNotEtcd) || !strings.HasPrefix(err.Error(), want) || status.Code(err) != codes.Unimplemented {
-			t.Errorf("New(%s, user %q) = %v, want ErrNotEtcd starting %q", ep, cfg.User, err, want)
+		for range tc.runs {
+			tc.cfg.DialTimeout = 2 * time.Second
+			cli, err := New(tc.cfg, nil)
+			if err == nil {
+				cli.Close()
+				t.Fatalf("%s: New() = nil error, want ErrNotEtcd", tc.name)
+			}
+			want := "not etcd: --etcd-endpoints " + ep + " answers gRPC but is not etcd"
+			if !errors.Is(err, ErrNotEtcd) || !strings.HasPrefix(err.Error(), want) || status.Code(err) != codes.Unimplemented {
+				t.Fatalf("%s: New() = %v, want ErrNotEtcd starting %q", tc.name, err, want)
+			}
 		}
 	}
 	// An etcd whose user may not read the key read is etcd all the same:
 	// TestNew_LeastPrivilegeUser.
+	cli, err := New(Config{Endpoints: []string{etcd, etcdtest.FreeAddr(t)}, DialTimeout: 2 * time.Second}, nil)
+	if err != nil {
+		t.Fatalf("New(etcd and an address nothing listens at) = %v, want nil", err)
+	}
+	cli.Close()
 }

@@ -147,13 +147,22 @@ func TestSpeaksTLS_NamesTheEndpointThatDoes(t *testing.T) {
 			t.Errorf("speaksTLS(%v) = %q, want %q", tc.endpoints, got, tc.want)
 		}
 	}
+	// Three silent endpoints are asked at once: one after another they
+	// took three timeouts.
+	silents := []string{silent.Addr().String(), silent.Addr().String(), silent.Addr().String()}
+	start := time.Now()
+	speaksTLS(silents, time.Second)
+	if took := time.Since(start); took >= 2500*time.Millisecond {
+		t.Errorf("speaksTLS(three silent endpoints, 1s) took %v, want them asked at once (about 1s)", took)
+	}
 }
 
 // TestNew_TLSFailureSaysWhy checks that a client whose TLS flags do not
 // fit the etcd it reaches is told what the handshake found, with the flag
 // to check, where it saw only no answer: etcd's certificate of a CA it was
-// not given, its own certificate missing where etcd requires one, and TLS
-// against an etcd that serves plaintext.
+// not given, its own certificate missing where etcd requires one, an
+// http:// URL of an etcd that serves TLS (dialed in plaintext whatever the
+// flags), and TLS against an etcd that serves plaintext.
 func TestNew_TLSFailureSaysWhy(t *testing.T) {
 	pki := t.TempDir()
 	if err := tlsutil.GenerateDev(pki, []string{"127.0.0.1"}); err != nil {
@@ -173,6 +182,8 @@ func TestNew_TLSFailureSaysWhy(t *testing.T) {
 			host + ": tls: failed to verify certificate: x509: certificate signed by unknown authority (--etcd-cacert: the CA that signed etcd's certificate)"},
 		{"no client certificate", Config{Endpoints: []string{tlsEP}, CACert: ca},
 			"(etcd refused the client's certificate: --etcd-cert and --etcd-key, of a CA it trusts)"},
+		{"an http:// URL with TLS flags", Config{Endpoints: []string{"http://" + host}, CACert: ca, Cert: cert, Key: key},
+			host + " speaks TLS: give it as https://" + host},
 		{"plaintext etcd", Config{Endpoints: []string{"https://" + plainEP}, CACert: ca},
 			plainEP + ": the connection closed during the TLS handshake (it may serve plaintext: give it as http://" + plainEP + ", without the TLS flags)"},
 	} {
