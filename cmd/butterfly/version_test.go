@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"runtime"
 	"strings"
@@ -30,8 +31,13 @@ func TestSubcommands_UnknownIsUsageError(t *testing.T) {
 	if !errors.As(err, &ue) || !strings.Contains(err.Error(), `"frob"`) {
 		t.Errorf("butterfly group frob = %v, want a usage error naming frob", err)
 	}
-	if out, err := executeCommand(t, "group"); !errors.As(err, &ue) || !strings.Contains(err.Error(), "a subcommand is required") || !strings.Contains(out, "butterfly group create") {
-		t.Errorf("butterfly group = %v, %q; want its help and a usage error saying a subcommand is required", err, out)
+	root := newRootCommand()
+	var stdout, stderr bytes.Buffer
+	root.SetOut(&stdout)
+	root.SetErr(&stderr)
+	root.SetArgs([]string{"group"})
+	if err := root.ExecuteContext(t.Context()); !errors.As(err, &ue) || !strings.Contains(err.Error(), "a subcommand is required") || !strings.Contains(stderr.String(), "butterfly group create") || stdout.Len() != 0 {
+		t.Errorf("butterfly group = %v, stdout %q, stderr %q; want its help on stderr and a usage error saying a subcommand is required", err, stdout.String(), stderr.String())
 	}
 	for _, c := range newRootCommand().Commands() {
 		for _, sub := range c.Commands() {
