@@ -81,7 +81,7 @@ func BenchmarkIntermediate_AdmitRouteForward(b *testing.B) {
 		consumer := "consumer-" + name
 		g := s.groupLocked(name)
 		s.updateGroupLocked(g, true, []string{consumer}, map[string]uint64{consumer: 1})
-		sub := &subStream{srv: s, consumerID: consumer, group: name, epoch: 1}
+		sub := &subStream{srv: s, consumerID: consumer, group: name, epoch: 1, maxFrame: grpcDefaultMaxRecv}
 		sub.init(ctx, func(error) {}, 0, &s.opts)
 		s.joinLocked(sub)
 		subs = append(subs, sub)
