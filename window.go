@@ -13,6 +13,12 @@ import "fmt"
 // only a client that may publish under a producer's id can send one.
 const MaxSeqSpan = 1 << 24
 
+// MaxProducerIDBytes is the longest producer id an intermediate takes, in
+// a publish stream's hello and in message ids: a producer (or a stage,
+// which produces under its id) with a longer one is refused at the start of
+// every stream.
+const MaxProducerIDBytes = 256
+
 // CheckSeqWindow returns an error when a message's seq lies outside the
 // window of its low-water mark lwm: below it (a message is never settled
 // before it is sent), or at or above lwm+MaxSeqSpan. A mark of 0 (a sender

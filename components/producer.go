@@ -33,7 +33,10 @@ import (
 // message whose encoding is larger than the message limit
 // (WithMaxMessageBytes, else WithBatch's byte limit, else 1 MiB) or than the
 // max_batch_bytes a connected intermediate advertised. Such a
-// message is never queued.
+// message is never queued. Before any intermediate has welcomed the
+// producer, Send knows only its own limit: a message within it but over
+// the limit an instance then advertises is handed back for good
+// (NACK_REASON_INVALID, through SendWait and the nack handler), not sent.
 var ErrMessageTooLarge = errors.New("components: message too large")
 
 // Producer sends messages through every live intermediate of a service: one
@@ -192,6 +195,9 @@ func (c *producerConfig) validate(cli *clientv3.Client, id string) error {
 	}
 	if err := registry.ValidateName("producer id", id); err != nil {
 		errs = append(errs, err)
+	} else if len(id) > butterfly.MaxProducerIDBytes {
+		// Every intermediate would refuse its streams at their hello.
+		errs = append(errs, fmt.Errorf("producer id of %d bytes is longer than %d, the most an intermediate takes", len(id), butterfly.MaxProducerIDBytes))
 	}
 	if err := registry.ValidateName("service", c.service); err != nil {
 		errs = append(errs, err)

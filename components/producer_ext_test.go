@@ -501,3 +501,30 @@ func oneHop(t *testing.T, opts ...components.ProducerOption) (*components.Produc
 	waitConsumers(t, 1, i1)
 	return m.producer("p1", opts...), led
 }
+
+// TestNewProducer_IDLongerThanIntermediatesTake checks that a producer id,
+// or a stage's (it produces under it), longer than an intermediate takes is
+// refused where it is given, not by every intermediate at every stream's
+// hello once the producer runs.
+func TestNewProducer_IDLongerThanIntermediatesTake(t *testing.T) {
+	m := newMesh(t)
+	id := strings.Repeat("p", butterfly.MaxProducerIDBytes+1)
+	want := "producer id of 257 bytes is longer than 256, the most an intermediate takes"
+	if p, err := components.NewProducer(m.cli, id, components.WithPrefix(testPrefix)); err == nil || !strings.Contains(err.Error(), want) {
+		if err == nil {
+			p.Close(context.Background())
+		}
+		t.Errorf("NewProducer(id of 257 bytes) = %v, want an error containing %q", err, want)
+	}
+	if s, err := components.NewStage(m.cli, id, "a", "b", components.WithPrefix(testPrefix)); err == nil || !strings.Contains(err.Error(), want) {
+		if err == nil {
+			s.Close(context.Background())
+		}
+		t.Errorf("NewStage(id of 257 bytes) = %v, want an error containing %q", err, want)
+	}
+	p, err := components.NewProducer(m.cli, id[:butterfly.MaxProducerIDBytes], components.WithPrefix(testPrefix))
+	if err != nil {
+		t.Fatalf("NewProducer(id of 256 bytes) = %v, want nil", err)
+	}
+	p.Close(context.Background())
+}

@@ -17,8 +17,8 @@ import (
 )
 
 // MaxProducerIDBytes is the longest producer id an intermediate accepts, in
-// hellos and in message ids.
-const MaxProducerIDBytes = 256
+// hellos and in message ids (butterfly.MaxProducerIDBytes).
+const MaxProducerIDBytes = butterfly.MaxProducerIDBytes
 
 // MaxRoutes is the most routes (Message.routes) a published message may
 // carry: one per consumer group of the service, written by intermediates

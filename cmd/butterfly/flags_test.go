@@ -46,6 +46,8 @@ func TestComponentFlags_OutOfRange(t *testing.T) {
 		{[]string{"produce", "--id", "p1", "--rate", "Inf"}, "--rate +Inf: must be a number of messages a second, 0 or more"},
 		{[]string{"stage", "--id", "s1", "--from", "a", "--to", "b", "--group", ""}, "--group is empty"},
 		{[]string{"stage", "--id", "s1", "--from", "a", "--to", "b", "--close-timeout", "0s"}, "--close-timeout 0s: must be positive"},
+		{[]string{"produce", "--id", strings.Repeat("p", 257)}, "--id of 257 bytes is longer than 256, the most an intermediate takes as a producer id"},
+		{[]string{"stage", "--id", strings.Repeat("s", 257), "--from", "a", "--to", "b"}, "--id of 257 bytes is longer than 256"},
 		{[]string{"drain", "i1", "--wait", "--timeout", "0s"}, "--timeout 0s: must be positive"},
 		{[]string{"intermediate", "--name", "i1", "--listen", "127.0.0.1:0", "--tls-client-auth", "maybe"}, `--tls-client-auth "maybe" is not none, request or require`},
 		{[]string{"intermediate", "--name", "i1", "--listen", "127.0.0.1:0", "--tls-client-auth", "none"}, "a TLS server needs its certificate"},

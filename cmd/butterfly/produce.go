@@ -69,6 +69,9 @@ the hello and in every message.`,
 			if err := registry.CheckName("--id", id); err != nil {
 				return &usageError{err}
 			}
+			if err := checkProducerID(id); err != nil {
+				return err
+			}
 			if err := registry.CheckName("--service", service); err != nil {
 				return &usageError{err}
 			}

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/pflag"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/butterfly-mesh/butterfly"
 	"github.com/butterfly-mesh/butterfly/internal/etcdclient"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
@@ -190,6 +191,15 @@ func etcdReadError(cli *clientv3.Client, what string, err error) error {
 		return fmt.Errorf("etcd at %s answered no read of %s in time (no leader? a cluster that lost its quorum answers no read): %w", strings.Join(cli.Endpoints(), ","), what, err)
 	}
 	return fmt.Errorf("etcd get %s: %w", what, err)
+}
+
+// checkProducerID returns a usage error naming --id when id is longer than
+// an intermediate takes a producer id: every stream would be refused.
+func checkProducerID(id string) error {
+	if len(id) > butterfly.MaxProducerIDBytes {
+		return usagef("--id of %d bytes is longer than %d, the most an intermediate takes as a producer id", len(id), butterfly.MaxProducerIDBytes)
+	}
+	return nil
 }
 
 // requireFlag returns a usage error naming flag when value is empty.

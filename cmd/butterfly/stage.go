@@ -58,6 +58,9 @@ id, publishes under it, and forwards messages under their original ids.`,
 					return &usageError{err}
 				}
 			}
+			if err := checkProducerID(id); err != nil {
+				return err // it produces under its id
+			}
 			if from == to {
 				return usagef("--from and --to are both %q", from)
 			}
