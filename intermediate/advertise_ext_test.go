@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -24,6 +25,7 @@ import (
 
 	adminv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/admin/v1"
 	"github.com/butterfly-mesh/butterfly/intermediate"
+	"github.com/butterfly-mesh/butterfly/internal/etcdtest"
 	"github.com/butterfly-mesh/butterfly/internal/logtest"
 	"github.com/butterfly-mesh/butterfly/internal/tcpproxy"
 	"github.com/butterfly-mesh/butterfly/internal/tlsutil"
@@ -458,6 +460,21 @@ func TestServe_AdvertisedAtDrainingPredecessor(t *testing.T) {
 		}
 		if n := len(s.logs.Attrs("intermediate: a previous process of this instance answers at the advertised address while it drains; registering as its successor")); n != 1 {
 			t.Errorf("Serve(%s): %d successor warnings, want 1", tc.instance, n)
+		}
+	}
+}
+
+// TestNew_AdvertiseEveryAddress checks that an advertised address naming
+// every address of the host is refused where it is given, as the
+// intermediate command refuses it: the check would find this server there,
+// and every client would dial its own host.
+func TestNew_AdvertiseEveryAddress(t *testing.T) {
+	cli := etcdtest.Start(t).Client(t)
+	for _, addr := range []string{"0.0.0.0:7001", "[::]:7001"} {
+		_, err := intermediate.New(cli, "svc", "i1", intermediate.WithAdvertiseAddr(addr))
+		want := "advertise address " + strconv.Quote(addr) + " names every address of the host, which others cannot dial"
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("New(WithAdvertiseAddr(%s)) = %v, want an error containing %q", addr, err, want)
 		}
 	}
 }

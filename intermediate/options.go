@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"time"
 
 	"google.golang.org/grpc"
@@ -178,6 +179,10 @@ func (o *options) validate() error {
 	if o.advertiseAddr != "" {
 		if err := registry.ValidateAddr(o.advertiseAddr); err != nil {
 			errs = append(errs, fmt.Errorf("advertise address: %w", err))
+		} else if host, _, _ := net.SplitHostPort(o.advertiseAddr); net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified() {
+			// The check would reach this server there, and every
+			// client would dial its own host.
+			errs = append(errs, fmt.Errorf("advertise address %q names every address of the host, which others cannot dial", o.advertiseAddr))
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -273,7 +278,11 @@ func WithMaxInFlight(n int) Option { return func(o *options) { o.maxInFlight = n
 
 // WithMaxBatch sets the largest batch accepted from producers and sent to
 // consumers, in messages and in bytes (defaults 256 and 1 MiB). A single
-// message larger than bytes is refused with NACK_REASON_INVALID.
+// message larger than bytes is refused with NACK_REASON_INVALID. Below
+// 64 KiB (components.MinMaxReceiveBytes, the least a consumer receives)
+// this instance hands back for good messages others take; the
+// intermediate command refuses such a --max-batch-bytes, a library server
+// may use one (a test of small batches).
 func WithMaxBatch(messages, bytes int) Option {
 	return func(o *options) {
 		o.maxBatchMessages = messages
