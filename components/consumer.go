@@ -47,7 +47,10 @@ type Handler func(ctx context.Context, d *Delivery) error
 
 // ConsumerStats are a consumer's counters.
 type ConsumerStats struct {
-	// Delivered is how many messages the handler handled without error.
+	// Delivered is how many messages the handler handled without error,
+	// acknowledged or not: a handler that returns nil after Close's
+	// context ended is counted, and its message, not acknowledged, goes to
+	// the group's other consumers.
 	Delivered uint64
 	// DuplicatesDropped is how many deliveries of an already handled (or
 	// being handled) message were acknowledged without calling the handler.

@@ -31,10 +31,11 @@
 //	s, err := components.NewStage(cli, "st1", "requests", "intermediate",
 //		components.WithProcessor(myProcessor))
 //
-// Guarantee: nothing is lost; every message reaches a handler at least once,
-// and exactly once while the consumers of its group stay connected (a
-// consumer drops a repeated (producer, incarnation, seq) within its dedup
-// window). A producer's Close returns nil only once every message it sent
+// Guarantee: nothing is lost; every message reaches a handler of every
+// group at least once, and exactly once while each consumer's registration
+// lives, whatever the network does between consumers and intermediates (a
+// message routes to its owner by the registrations in etcd, and a consumer
+// drops a repeated (producer, incarnation, seq) within its dedup window). A producer's Close returns nil only once every message it sent
 // was acknowledged end to end.
 //
 // Concurrency: each producer and consumer has one mutex, never held across

@@ -285,7 +285,11 @@ func WithConcurrency(n int) ConsumerOption {
 // WithCreateGroup sets whether the consumer declares its group in etcd when
 // it is not declared yet (default true). Without it, a consumer of a group
 // nobody declared (`butterfly group create`) receives nothing and its
-// streams are refused until the group is declared.
+// streams are refused until the group is declared. A group is durable: it
+// stays declared after its consumers stop, even one that stopped at once
+// (refused, a TLS mismatch), and every message published while it is
+// declared waits for it until a consumer returns or the group is deleted
+// (registry.DeleteGroup, `butterfly group delete`).
 func WithCreateGroup(create bool) ConsumerOption {
 	return consumerOption(func(c *consumerConfig) { c.createGroup = create })
 }

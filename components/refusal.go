@@ -13,7 +13,10 @@ import (
 )
 
 // Errors a producer, consumer or stage stops with when an intermediate
-// refuses it for a reason that retrying does not mend (Err, Close, Send).
+// refuses it for a reason that retrying does not mend. Err returns the
+// refusal, and so do a producer's Send after it and its Close while
+// messages are left unacknowledged; a Close with nothing left returns nil
+// (nothing was lost), as a consumer's does.
 var (
 	// ErrRefused: an intermediate refused the stream's hello for good:
 	// PERMISSION_DENIED (mutual TLS binds another id to the certificate),

@@ -212,8 +212,9 @@ func (s *Server) Draining() bool {
 // incarnation replaces the registration: then it drains and returns nil.
 // With an address of WithAdvertiseAddr, it first asks who answers there
 // (WithAdvertiseCheck): when another server does, it returns an
-// *AdvertiseError without registering. After Stop it returns nil at once.
-// lis is closed when Serve returns.
+// *AdvertiseError without registering. After Stop it returns nil at once;
+// a ctx that ends before the server registered ends it with ctx's error,
+// nothing registered. lis is closed when Serve returns.
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	s.mu.Lock()
 	if s.serveCalled {
