@@ -952,7 +952,14 @@ func (p *Producer) Close(ctx context.Context) error {
 			p.mu.Unlock()
 		case <-p.ctx.Done():
 		case <-p.done:
-			waitErr = p.stopErr
+		}
+		// A producer that stopped (refused for good) says why, even when
+		// ctx was done as well and the select took it: a stage closes its
+		// producer with an ended ctx.
+		select {
+		case <-p.done:
+			waitErr, waiting = p.stopErr, ""
+		default:
 		}
 		break
 	}

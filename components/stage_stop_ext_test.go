@@ -123,6 +123,11 @@ func TestStage_DownstreamRefusalLeavesMessagesUnanswered(t *testing.T) {
 	if !errors.As(cerr, &ce) || ce.Unacked != before {
 		t.Errorf("stage Close() = %v, want a CloseError naming its %d forwards downstream left unacknowledged", cerr, before)
 	}
+	// Why they are: the refusal, though the stage closed its producer
+	// with an ended context.
+	if !errors.Is(cerr, components.ErrRefused) {
+		t.Errorf("stage Close() = %v, want it to wrap ErrRefused", cerr)
+	}
 	noNacks(t, nacks)
 	if st := src.Stats(); st.Nacked != 0 || st.Acked != 0 || st.InFlight != before+after {
 		t.Errorf("source stats %+v, want its %d messages unacknowledged and none handed back", st, before+after)
