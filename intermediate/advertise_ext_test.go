@@ -470,11 +470,54 @@ func TestServe_AdvertisedAtDrainingPredecessor(t *testing.T) {
 // and every client would dial its own host.
 func TestNew_AdvertiseEveryAddress(t *testing.T) {
 	cli := etcdtest.Start(t).Client(t)
-	for _, addr := range []string{"0.0.0.0:7001", "[::]:7001"} {
+	for _, addr := range []string{"0.0.0.0:7001", "[::]:7001", "[::%lo]:7001", "[::ffff:0.0.0.0]:7001"} {
 		_, err := intermediate.New(cli, "svc", "i1", intermediate.WithAdvertiseAddr(addr))
 		want := "advertise address " + strconv.Quote(addr) + " names every address of the host, which others cannot dial"
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("New(WithAdvertiseAddr(%s)) = %v, want an error containing %q", addr, err, want)
 		}
+	}
+}
+
+// everyAddressListener is a listener that says it listens on every
+// address, without binding one.
+type everyAddressListener struct{ closed chan struct{} }
+
+func (l everyAddressListener) Accept() (net.Conn, error) { <-l.closed; return nil, net.ErrClosed }
+func (l everyAddressListener) Close() error {
+	select {
+	case <-l.closed:
+	default:
+		close(l.closed)
+	}
+	return nil
+}
+func (l everyAddressListener) Addr() net.Addr {
+	return &net.TCPAddr{IP: net.IPv4zero, Port: 7001}
+}
+
+// TestServe_ListenerOnEveryAddress checks that a server without an
+// advertised address, on a listener of every address, refuses to serve,
+// having registered nothing and closed the listener: the address it would
+// register, 0.0.0.0:7001, is one no client can dial.
+func TestServe_ListenerOnEveryAddress(t *testing.T) {
+	r := newRig(t)
+	srv, err := intermediate.New(r.cli, "svc", "i1", intermediate.WithPrefix(prefix))
+	if err != nil {
+		t.Fatalf("New() = %v", err)
+	}
+	lis := everyAddressListener{closed: make(chan struct{})}
+	err = srv.Serve(r.ctx(), lis)
+	want := "intermediate: 0.0.0.0:7001 listens on every address, which others cannot dial: give WithAdvertiseAddr the address they reach this server at"
+	if err == nil || err.Error() != want {
+		t.Errorf("Serve(listener on 0.0.0.0:7001) = %v, want %q", err, want)
+	}
+	select {
+	case <-lis.closed:
+	default:
+		t.Errorf("Serve() returned with the listener open")
+	}
+	if r.registered("svc", "i1") {
+		t.Errorf("svc/i1 registered at an address no client can dial")
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"time"
 
 	"google.golang.org/grpc"
@@ -179,7 +180,7 @@ func (o *options) validate() error {
 	if o.advertiseAddr != "" {
 		if err := registry.ValidateAddr(o.advertiseAddr); err != nil {
 			errs = append(errs, fmt.Errorf("advertise address: %w", err))
-		} else if host, _, _ := net.SplitHostPort(o.advertiseAddr); net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified() {
+		} else if host, _, _ := net.SplitHostPort(o.advertiseAddr); EveryAddress(host) {
 			// The check would reach this server there, and every
 			// client would dial its own host.
 			errs = append(errs, fmt.Errorf("advertise address %q names every address of the host, which others cannot dial", o.advertiseAddr))
@@ -189,6 +190,17 @@ func (o *options) validate() error {
 		return fmt.Errorf("intermediate: invalid options: %w", err)
 	}
 	return nil
+}
+
+// EveryAddress reports whether host, of a host:port, names every address of
+// the machine (empty, 0.0.0.0 or ::, with or without a zone or the IPv4
+// mapping), which a listener may take and no client can dial.
+func EveryAddress(host string) bool {
+	if host == "" {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.WithZone("").Unmap().IsUnspecified()
 }
 
 // WithPrefix sets the etcd key prefix (default registry.DefaultPrefix).

@@ -212,10 +212,18 @@ func (s *Server) Draining() bool {
 // incarnation replaces the registration: then it drains and returns nil.
 // With an address of WithAdvertiseAddr, it first asks who answers there
 // (WithAdvertiseCheck): when another server does, it returns an
-// *AdvertiseError without registering. After Stop it returns nil at once;
+// *AdvertiseError without registering; without one, a listener on every
+// address (0.0.0.0, ::) is refused, nothing registered, since no client
+// can dial the address it would register. After Stop it returns nil at once;
 // a ctx that ends before the server registered ends it with ctx's error,
 // nothing registered. lis is closed when Serve returns.
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
+	if s.opts.advertiseAddr == "" {
+		if host, _, err := net.SplitHostPort(lis.Addr().String()); err == nil && EveryAddress(host) {
+			lis.Close()
+			return fmt.Errorf("intermediate: %s listens on every address, which others cannot dial: give WithAdvertiseAddr the address they reach this server at", lis.Addr())
+		}
+	}
 	s.mu.Lock()
 	if s.serveCalled {
 		s.mu.Unlock()

@@ -112,7 +112,7 @@ is closed. A message whose seq lies outside its producer's window
 			if n, err := strconv.ParseUint(port, 10, 16); err != nil || (n == 0 && port != "0") {
 				return usagef("--listen %q: port %q is not a number in [0, 65535]", listen, port)
 			}
-			if everyAddress(host) && advertise == "" {
+			if intermediate.EveryAddress(host) && advertise == "" {
 				return usagef("--listen %q listens on every address, which others cannot dial: give --advertise HOST:PORT", listen)
 			}
 			var forwarderOpts []intermediate.Option // none for *: every stage
@@ -133,7 +133,7 @@ is closed. A message whose seq lies outside its producer's window
 				if err := registry.ValidateAddr(advertise); err != nil {
 					return usagef("--advertise: %v", err)
 				}
-				if h, _, _ := net.SplitHostPort(advertise); everyAddress(h) {
+				if h, _, _ := net.SplitHostPort(advertise); intermediate.EveryAddress(h) {
 					return usagef("--advertise %q names every address, which others cannot dial: give the address they reach this host at", advertise)
 				}
 			}
@@ -287,12 +287,4 @@ func isClosed(ch <-chan struct{}) bool {
 	default:
 		return false
 	}
-}
-
-// everyAddress reports whether host, of a host:port, names every address of
-// the machine (empty, 0.0.0.0 or ::), which a listener may take and no
-// client can dial.
-func everyAddress(host string) bool {
-	ip := net.ParseIP(host)
-	return host == "" || ip != nil && ip.IsUnspecified()
 }
