@@ -35,7 +35,11 @@
 // group at least once, and exactly once while each consumer's registration
 // lives, whatever the network does between consumers and intermediates (a
 // message routes to its owner by the registrations in etcd, and a consumer
-// drops a repeated (producer, incarnation, seq) within its dedup window). A producer's Close returns nil only once every message it sent
+// drops a repeated (producer, incarnation, seq) within its dedup window).
+// A registration ends with its lease, a takeover by another process of the
+// same id, or a drain (Close): from then on its messages have another
+// owner, and what it handled and had not acknowledged (a handler still
+// running when Close's context ends) may be handled again. A producer's Close returns nil only once every message it sent
 // was acknowledged end to end.
 //
 // Concurrency: each producer and consumer has one mutex, never held across
