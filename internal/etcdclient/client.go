@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -107,15 +106,7 @@ func New(cfg Config, logger *slog.Logger) (*clientv3.Client, error) {
 		}
 		if tlsCfg != nil {
 			failures := tlsFailures(cfg.Endpoints, tlsCfg, time.Second)
-			// An http:// endpoint is dialed in plaintext whatever the
-			// flags say.
-			var plain []string
-			for _, ep := range cfg.Endpoints {
-				if scheme, _ := splitEndpoint(ep); scheme == "http" {
-					plain = append(plain, ep)
-				}
-			}
-			if ep := speaksTLS(plain, time.Second); ep != "" {
+			if ep := speaksTLS(cfg.Endpoints, true, time.Second); ep != "" { // an http:// one
 				failures = append(failures, ep+" speaks TLS: give it as https://"+ep)
 			}
 			if len(failures) > 0 {
@@ -123,7 +114,7 @@ func New(cfg Config, logger *slog.Logger) (*clientv3.Client, error) {
 			} else {
 				hint += "; with TLS, check --etcd-cacert, --etcd-cert and --etcd-key"
 			}
-		} else if ep := speaksTLS(cfg.Endpoints, time.Second); ep != "" {
+		} else if ep := speaksTLS(cfg.Endpoints, false, time.Second); ep != "" {
 			hint += "; " + ep + " speaks TLS: give it as https://" + ep + " with --etcd-cacert, and --etcd-cert and --etcd-key where it asks for a client certificate"
 		}
 		return nil, fmt.Errorf("%w: no answer from %s within %v (--etcd-dial-timeout)%s",
@@ -150,34 +141,27 @@ func New(cfg Config, logger *slog.Logger) (*clientv3.Client, error) {
 // which is etcd all the same, as is any other answer. One that does not
 // answer within timeout is left out, as is a unix socket.
 func notEtcdEndpoints(endpoints []string, tlsCfg *tls.Config, timeout time.Duration) (bad []string, first error) {
-	errs := make([]error, len(endpoints))
-	var wg sync.WaitGroup
-	for i, ep := range endpoints {
-		scheme, hostport := splitEndpoint(ep)
-		if scheme == "unix" || scheme == "unixs" {
-			continue
-		}
+	every := func(string) bool { return true }
+	errs := eachEndpoint(endpoints, every, func(scheme, hostport string) error {
 		creds := insecure.NewCredentials()
-		if tlsCfg != nil && scheme != "http" {
+		if dialsTLS(scheme, tlsCfg != nil) {
 			creds = credentials.NewTLS(tlsCfg)
 		}
-		wg.Go(func() {
-			conn, err := grpc.NewClient("passthrough:///"+hostport, grpc.WithTransportCredentials(creds))
-			if err != nil {
-				return
-			}
-			defer conn.Close()
-			ctx, cancel := context.WithTimeout(context.Background(), timeout)
-			defer cancel()
-			// Fail-fast: an endpoint that refuses connections is left out
-			// at once.
-			_, err = pb.NewKVClient(conn).Range(ctx, &pb.RangeRequest{Key: []byte("health"), Serializable: true, CountOnly: true})
-			if status.Code(err) == codes.Unimplemented {
-				errs[i] = err
-			}
-		})
-	}
-	wg.Wait()
+		conn, err := grpc.NewClient("passthrough:///"+hostport, grpc.WithTransportCredentials(creds))
+		if err != nil {
+			return nil
+		}
+		defer conn.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		// Fail-fast: an endpoint that refuses connections is left out at
+		// once.
+		_, err = pb.NewKVClient(conn).Range(ctx, &pb.RangeRequest{Key: []byte("health"), Serializable: true, CountOnly: true})
+		if status.Code(err) == codes.Unimplemented {
+			return err
+		}
+		return nil
+	})
 	for i, err := range errs {
 		if err != nil {
 			_, hostport := splitEndpoint(endpoints[i])

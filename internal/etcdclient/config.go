@@ -146,36 +146,56 @@ func unresolved(endpoints []string, timeout time.Duration) string {
 	return strings.Join(out, ", ")
 }
 
-// speaksTLS returns the host:port of the first plaintext endpoint that
-// completes a TLS handshake within timeout: an etcd serving TLS, which a
-// plaintext client only sees as silent. The handshake verifies nothing; it
-// only tells the protocol apart.
-func speaksTLS(endpoints []string, timeout time.Duration) string {
-	// Every endpoint at once: the client has already waited its dial
-	// timeout, and a silent one would hold up the others by timeout each.
-	ok := make([]bool, len(endpoints))
+// eachEndpoint calls probe with the scheme and host:port of every endpoint
+// reached over TCP (not a unix socket) for which want(scheme) holds, every
+// one at once, and returns the results in the endpoints' order, the zero
+// value for those left out. The probes run on the failure path, after the
+// client waited its dial timeout: one after another, each silent endpoint
+// would add its own timeout.
+func eachEndpoint[T any](endpoints []string, want func(scheme string) bool, probe func(scheme, hostport string) T) []T {
+	out := make([]T, len(endpoints))
 	var wg sync.WaitGroup
 	for i, ep := range endpoints {
 		scheme, hostport := splitEndpoint(ep)
-		if scheme != "" && scheme != "http" {
+		if scheme == "unix" || scheme == "unixs" || !want(scheme) {
 			continue
 		}
-		wg.Go(func() {
-			d := &tls.Dialer{
-				NetDialer: &net.Dialer{Timeout: timeout},
-				Config:    &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // nothing is sent; only the protocol is told apart
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), timeout)
-			defer cancel()
-			if conn, err := d.DialContext(ctx, "tcp", hostport); err == nil {
-				conn.Close()
-				ok[i] = true
-			}
-		})
+		wg.Go(func() { out[i] = probe(scheme, hostport) })
 	}
 	wg.Wait()
+	return out
+}
+
+// dialsTLS reports whether the client dials an endpoint of scheme over TLS:
+// an https:// URL, or host:port when the client has TLS settings
+// (withTLS); http:// is dialed in plaintext whatever the flags say.
+func dialsTLS(scheme string, withTLS bool) bool {
+	return scheme == "https" || scheme == "" && withTLS
+}
+
+// speaksTLS returns the host:port of the first endpoint the client dials in
+// plaintext (withTLS: whether it has TLS settings) that completes a TLS
+// handshake within timeout: an etcd serving TLS, which a plaintext client
+// only sees as silent. The handshake verifies nothing; it only tells the
+// protocol apart.
+func speaksTLS(endpoints []string, withTLS bool, timeout time.Duration) string {
+	plaintext := func(scheme string) bool { return !dialsTLS(scheme, withTLS) }
+	done := eachEndpoint(endpoints, plaintext, func(_, hostport string) bool {
+		d := &tls.Dialer{
+			NetDialer: &net.Dialer{Timeout: timeout},
+			Config:    &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // nothing is sent; only the protocol is told apart
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		conn, err := d.DialContext(ctx, "tcp", hostport)
+		if err != nil {
+			return false
+		}
+		conn.Close()
+		return true
+	})
 	for i, ep := range endpoints {
-		if ok[i] {
+		if done[i] {
 			_, hostport := splitEndpoint(ep)
 			return hostport
 		}
@@ -187,19 +207,11 @@ func speaksTLS(endpoints []string, timeout time.Duration) string {
 // fails, or the server answers one with an alert, "host:port: why (the flag
 // to check)": the client's TLS flags against that server, which a client
 // only sees as no answer. Endpoints it cannot connect to are left out
-// (that is not TLS's doing), and so are http:// ones, dialed in plaintext
-// whatever the flags say, and unix sockets.
+// (that is not TLS's doing), and so are those dialed in plaintext (http://)
+// and unix sockets.
 func tlsFailures(endpoints []string, cfg *tls.Config, timeout time.Duration) []string {
-	out := make([]string, len(endpoints))
-	var wg sync.WaitGroup
-	for i, ep := range endpoints {
-		scheme, hostport := splitEndpoint(ep)
-		if scheme == "unix" || scheme == "unixs" || scheme == "http" { // http: dialed in plaintext
-			continue
-		}
-		wg.Go(func() { out[i] = tlsFailure(hostport, cfg, timeout) })
-	}
-	wg.Wait()
+	overTLS := func(scheme string) bool { return dialsTLS(scheme, true) }
+	out := eachEndpoint(endpoints, overTLS, func(_, hostport string) string { return tlsFailure(hostport, cfg, timeout) })
 	return slices.DeleteFunc(out, func(s string) bool { return s == "" })
 }
 
@@ -242,7 +254,6 @@ func tlsFailure(hostport string, cfg *tls.Config, timeout time.Duration) string 
 		unknownCA x509.UnknownAuthorityError
 		hostname  x509.HostnameError
 		header    tls.RecordHeaderError
-		alert     tls.AlertError
 	)
 	why := hostport + ": " + err.Error()
 	switch {
@@ -252,7 +263,7 @@ func tlsFailure(hostport string, cfg *tls.Config, timeout time.Duration) string 
 		return why + " (etcd's certificate does not name the host of --etcd-endpoints)"
 	case errors.As(err, &header):
 		return why + " (it speaks plaintext: give it as http://" + hostport + ", without the TLS flags)"
-	case errors.As(err, &alert) || strings.Contains(err.Error(), "remote error: tls:"):
+	case strings.Contains(err.Error(), "remote error: tls:"): // an alert of the server's (its type is unexported)
 		return why + " (etcd refused the client's certificate: --etcd-cert and --etcd-key, of a CA it trusts)"
 	}
 	return why

@@ -143,7 +143,7 @@ func TestSpeaksTLS_NamesTheEndpointThatDoes(t *testing.T) {
 		{[]string{"https://" + tlsEP, silent.Addr().String()}, ""}, // https already speaks TLS
 		{[]string{silent.Addr().String(), refused}, ""},
 	} {
-		if got := speaksTLS(tc.endpoints, 300*time.Millisecond); got != tc.want {
+		if got := speaksTLS(tc.endpoints, false, 300*time.Millisecond); got != tc.want {
 			t.Errorf("speaksTLS(%v) = %q, want %q", tc.endpoints, got, tc.want)
 		}
 	}
@@ -151,7 +151,7 @@ func TestSpeaksTLS_NamesTheEndpointThatDoes(t *testing.T) {
 	// took three timeouts.
 	silents := []string{silent.Addr().String(), silent.Addr().String(), silent.Addr().String()}
 	start := time.Now()
-	speaksTLS(silents, time.Second)
+	speaksTLS(silents, false, time.Second)
 	if took := time.Since(start); took >= 2500*time.Millisecond {
 		t.Errorf("speaksTLS(three silent endpoints, 1s) took %v, want them asked at once (about 1s)", took)
 	}
