@@ -17,12 +17,26 @@ const attempts = 3
 // Loopback returns 127.0.0.1:PORT with a port that was free a moment ago:
 // nothing listens on it.
 func Loopback() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addrs, err := pick(1)
 	if err != nil {
-		return "", fmt.Errorf("freeport: %w", err)
+		return "", err
 	}
-	defer l.Close()
-	return l.Addr().String(), nil
+	return addrs[0], nil
+}
+
+// pick returns n loopback addresses whose ports were free a moment ago, and
+// distinct: each is held until every one is picked.
+func pick(n int) ([]string, error) {
+	addrs := make([]string, 0, n)
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("freeport: %w", err)
+		}
+		defer l.Close()
+		addrs = append(addrs, l.Addr().String())
+	}
+	return addrs, nil
 }
 
 // Pair calls start with two loopback addresses that were free when picked,
@@ -32,15 +46,11 @@ func Loopback() (string, error) {
 // returns start's last error.
 func Pair(start func(a, b string) error) error {
 	for attempt := 1; ; attempt++ {
-		a, err := Loopback()
+		addrs, err := pick(2)
 		if err != nil {
 			return err
 		}
-		b, err := Loopback()
-		if err != nil {
-			return err
-		}
-		err = start(a, b)
+		err = start(addrs[0], addrs[1])
 		if attempt == attempts || !errors.Is(err, syscall.EADDRINUSE) {
 			return err
 		}
