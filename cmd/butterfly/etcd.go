@@ -120,7 +120,7 @@ func warnPlaintext(logger *slog.Logger, cfg embedetcd.Config) {
 		if err != nil {
 			continue // Start says what is wrong with it
 		}
-		if ip := net.ParseIP(host); host == "localhost" || ip != nil && ip.IsLoopback() {
+		if isLoopback(host) {
 			continue
 		}
 		if tls {
