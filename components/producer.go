@@ -242,7 +242,9 @@ func (p *Producer) Stats() ProducerStats {
 // as a new message. It sets msg.CreateTimeUnixNano when
 // zero. msg must not be modified afterwards. Send blocks while the window of
 // unacknowledged messages is full, until ctx is done. A message larger than
-// the message limit (WithMaxMessageBytes) is refused with ErrMessageTooLarge.
+// the message limit (WithMaxMessageBytes) is refused with ErrMessageTooLarge,
+// and a caller-set id that no intermediate takes with an error that
+// errors.Is butterfly.ErrInvalidMessageID (butterfly.CheckMessageID).
 func (p *Producer) Send(ctx context.Context, msg *messagev1.Message) (*messagev1.MessageId, error) {
 	return p.send(ctx, msg, nil)
 }
@@ -269,6 +271,15 @@ func (p *Producer) send(ctx context.Context, msg *messagev1.Message, done chan e
 	}
 	if err := butterfly.CheckMessage(msg); err != nil {
 		return nil, fmt.Errorf("components: Send: %w", err)
+	}
+	// An id the caller set (a stage forwarding a message) is checked as
+	// every intermediate checks it, so that one none would take is refused
+	// here, not handed back for good once sent. An id of this producer's
+	// incarnation is replaced below.
+	if id := msg.Id; id != nil && (id.GetProducerId() != p.id || id.GetIncarnation() != p.incarnation) {
+		if err := butterfly.CheckMessageID(id, msg.LowWaterSeq); err != nil {
+			return nil, fmt.Errorf("components: Send: the message's id: %w", err)
+		}
 	}
 	if p.isClosed() {
 		return nil, ErrClosed

@@ -528,3 +528,46 @@ func TestNewProducer_IDLongerThanIntermediatesTake(t *testing.T) {
 	}
 	p.Close(context.Background())
 }
+
+// TestProducer_SendRefusesAnIDNoIntermediateTakes checks that Send refuses a
+// message whose caller-set id (a stage forwards messages under theirs) no
+// intermediate would take, naming the rule it breaks, where it was sent and
+// then handed back for good (NACK_REASON_INVALID); that it counts and queues
+// none of them; and that the producer goes on with the next message.
+func TestProducer_SendRefusesAnIDNoIntermediateTakes(t *testing.T) {
+	p, led := oneHop(t)
+	ctx, cancel := context.WithTimeout(context.Background(), defaultTestTimeout)
+	defer cancel()
+	long := strings.Repeat("q", butterfly.MaxProducerIDBytes+1)
+	for _, tc := range []struct {
+		name string
+		id   *messagev1.MessageId
+		lwm  uint64
+		want string
+	}{
+		{"producer id too long", &messagev1.MessageId{ProducerId: long, Incarnation: 1, Seq: 1}, 1, "producer_id of 257 bytes is longer than 256"},
+		{"producer id with a slash", &messagev1.MessageId{ProducerId: "q/1", Incarnation: 1, Seq: 1}, 1, `producer_id "q/1" contains '/'`},
+		{"empty producer id", &messagev1.MessageId{Incarnation: 1, Seq: 1}, 1, "producer_id is empty"},
+		{"seq 0", &messagev1.MessageId{ProducerId: "q1", Incarnation: 1}, 0, "message id has seq 0"},
+		{"incarnation 0", &messagev1.MessageId{ProducerId: "q1", Seq: 1}, 1, "message id has incarnation 0"},
+		{"seq below its mark", &messagev1.MessageId{ProducerId: "q1", Incarnation: 1, Seq: 3}, 5, "seq 3 is below its low_water_seq 5"},
+		{"seq beyond the window", &messagev1.MessageId{ProducerId: "q1", Incarnation: 1, Seq: butterfly.MaxSeqSpan + 1}, 0, "beyond the producer window"},
+	} {
+		msg := &messagev1.Message{Id: tc.id, LowWaterSeq: tc.lwm, Payload: []byte(tc.name)}
+		_, err := p.Send(ctx, msg)
+		if !errors.Is(err, butterfly.ErrInvalidMessageID) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Send(%s) = %v, want %v naming %q", tc.name, err, butterfly.ErrInvalidMessageID, tc.want)
+		}
+	}
+	if err := p.SendWait(ctx, &messagev1.Message{Id: &messagev1.MessageId{ProducerId: "q1", Incarnation: 1, Seq: 1}, LowWaterSeq: 1, Payload: []byte("forwarded")}); err != nil {
+		t.Fatalf("SendWait(a caller-set id intermediates take) = %v, want nil", err)
+	}
+	if err := p.SendWait(ctx, &messagev1.Message{Payload: []byte("own")}); err != nil {
+		t.Fatalf("SendWait(own) = %v, want nil", err)
+	}
+	closeProducers(t, p)
+	if st := p.Stats(); st.Sent != 2 || st.Acked != 2 || st.Nacked != 0 {
+		t.Errorf("Stats() = %+v, want Sent=2 Acked=2 Nacked=0", st)
+	}
+	led.checkExactlyOnce(t, map[string]int{"p1": 1, "q1": 1})
+}

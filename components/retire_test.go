@@ -175,7 +175,7 @@ func TestProducer_SendCountsSizeExactly(t *testing.T) {
 
 	msgs := []*messagev1.Message{
 		{Payload: []byte("plain")},
-		{Id: &messagev1.MessageId{ProducerId: "upstream", Incarnation: 7, Seq: 1 << 40}, CreateTimeUnixNano: 12345, Payload: []byte("forwarded")},
+		{Id: &messagev1.MessageId{ProducerId: "upstream", Incarnation: 7, Seq: 1 << 40}, LowWaterSeq: 1 << 40, CreateTimeUnixNano: 12345, Payload: []byte("forwarded")},
 		{Key: []byte("k"), Headers: map[string]string{"a": "b"}, Payload: make([]byte, 300)},
 	}
 	for i, m := range msgs {

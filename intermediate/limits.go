@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"sync"
-	"unicode/utf8"
 
 	"google.golang.org/grpc/peer"
 
@@ -152,50 +151,24 @@ func checkRoutesFit(routes []*messagev1.Route, maxBatchBytes int) error {
 	return nil
 }
 
-// validateProducerID applies the rules of producer ids: non-empty valid UTF-8
-// of at most MaxProducerIDBytes, without '/', spaces or control characters.
+// validateProducerID applies the rules of producer ids
+// (butterfly.CheckProducerID).
 func validateProducerID(id string) error {
-	switch {
-	case id == "":
-		return fmt.Errorf("%w: producer_id is empty", ErrInvalidEnvelope)
-	case len(id) > MaxProducerIDBytes:
-		return fmt.Errorf("%w: producer_id of %d bytes is longer than %d", ErrInvalidEnvelope, len(id), MaxProducerIDBytes)
-	case !utf8.ValidString(id):
-		return fmt.Errorf("%w: producer_id %q is not valid UTF-8", ErrInvalidEnvelope, id)
-	}
-	for _, r := range id {
-		if r == '/' || r <= ' ' || r == 0x7f {
-			return fmt.Errorf("%w: producer_id %q contains %q", ErrInvalidEnvelope, id, r)
-		}
+	if err := butterfly.CheckProducerID(id); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidEnvelope, err)
 	}
 	return nil
 }
 
 // validateEnvelope checks one published message of size bytes (its
-// envelopeSize): a well-formed id (producer id, seq > 0) and the size and header
-// limits.
+// envelopeSize): a well-formed id (butterfly.CheckMessageID), fields a
+// protobuf decoder takes (butterfly.CheckMessage), and the routes, size and
+// header limits.
 func validateEnvelope(m *messagev1.Message, size int, l limits) error {
-	id := m.GetId()
-	switch {
-	case id == nil:
-		return fmt.Errorf("%w: message has no id", ErrInvalidEnvelope)
-	case id.GetSeq() == 0:
-		return fmt.Errorf("%w: message id has seq 0", ErrInvalidEnvelope)
-	case id.GetIncarnation() == 0:
-		// Consumers drop a repeated (producer id, incarnation, seq): a
-		// producer that restarted under incarnation 0 and counted from 1
-		// again would have its new messages dropped as duplicates.
-		return fmt.Errorf("%w: message id has incarnation 0 (it must be new at every producer start)", ErrInvalidEnvelope)
-	}
-	if err := validateProducerID(id.GetProducerId()); err != nil {
-		return err
-	}
-	if err := butterfly.CheckMessage(m); err != nil {
+	if err := butterfly.CheckMessageID(m.GetId(), m.GetLowWaterSeq()); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidEnvelope, err)
 	}
-	// A seq far above the producer's mark would make consumers forget what
-	// they handled of that producer (see butterfly.MaxSeqSpan).
-	if err := butterfly.CheckSeqWindow(id.GetSeq(), m.GetLowWaterSeq()); err != nil {
+	if err := butterfly.CheckMessage(m); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidEnvelope, err)
 	}
 	if err := checkRoutes(m, l); err != nil {
