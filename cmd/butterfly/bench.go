@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"time"
@@ -65,7 +66,9 @@ something beside each other:
   butterfly   producers -> intermediates -> consumers on an embedded etcd,
               with end-to-end acks and dedup: messages/s at saturation,
               end-to-end latency p50/p99/p999 at saturation and at half of it
-              (rate-limited producers), CPU seconds per million messages,
+              (rate-limited producers; --half-load-rate sets that load
+              instead, to compare settings that move saturation at one
+              rate), CPU seconds per million messages,
               heap allocations per message (also for the baselines: a busy
               machine does not blur them), messages per frame each way of
               each link (from the intermediates' counters) and peak heap;
@@ -231,6 +234,7 @@ func addBenchConfigFlags(fl *pflag.FlagSet, cfg *bench.Config) {
 	fl.DurationVar(&cfg.Heartbeat, "heartbeat", components.DefaultHeartbeatInterval, "heartbeat interval of every stream (a freeze is detected after five)")
 	fl.DurationVar(&cfg.LeaseTTL, "lease-ttl", intermediate.DefaultLeaseTTL, "intermediates' registration lease TTL")
 	fl.DurationVar(&cfg.SampleInterval, "sample-interval", bench.DefaultSampleInterval, "resolution of the throughput series")
+	fl.Float64Var(&cfg.HalfLoadRate, "half-load-rate", 0, "messages a second of the half-load phase and the relay's run beside it (0: half of the saturation measured): settings that move saturation, GOGC or --window, compared at one rate")
 }
 
 // repeat calls run, one whole benchmark, f.runs times, one after the
@@ -336,6 +340,8 @@ func (f *benchFlags) validate() error {
 		return usagef("--lease-ttl %v: must be at least 1s", c.LeaseTTL)
 	case c.SampleInterval < time.Millisecond:
 		return usagef("--sample-interval %v: must be at least 1ms", c.SampleInterval)
+	case c.HalfLoadRate < 0 || math.IsInf(c.HalfLoadRate, 0) || math.IsNaN(c.HalfLoadRate):
+		return usagef("--half-load-rate %v: must be a rate in messages a second, or 0 for half of saturation", c.HalfLoadRate)
 	}
 	return nil
 }

@@ -12,8 +12,9 @@ import (
 
 // TestBenchCommand_Processes runs `bench --processes` on the built binary,
 // with every component a process of its own, and checks that every message
-// arrived exactly once and that the run measured a throughput and the
-// messages per frame, from the intermediates' metrics.
+// arrived exactly once, that the run measured a throughput and the
+// messages per frame, from the intermediates' metrics, and that its
+// half-load phase ran at the rate given.
 func TestBenchCommand_Processes(t *testing.T) {
 	binary := filepath.Join(t.TempDir(), "butterfly")
 	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
@@ -23,7 +24,7 @@ func TestBenchCommand_Processes(t *testing.T) {
 	defer cancel()
 	var stdout, stderr bytes.Buffer
 	cmd := exec.CommandContext(ctx, binary, "bench", "--processes", "--json", "--duration", "1s", "--warmup", "200ms",
-		"--producers", "1", "--intermediates", "2", "--consumers", "2", "--window", "2000", "--log-level", "warn")
+		"--producers", "1", "--intermediates", "2", "--consumers", "2", "--window", "2000", "--half-load-rate", "5000", "--log-level", "warn")
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("bench --processes = %v, stderr:\n%s\nstdout:\n%s", err, stderr.String(), stdout.String())
@@ -39,6 +40,9 @@ func TestBenchCommand_Processes(t *testing.T) {
 		AllBusyMax   float64 `json:"platform_all_busy_stall_max_us"`
 		OneBusyMax   float64 `json:"platform_one_busy_stall_max_us"`
 		IdleWakeMax  float64 `json:"platform_idle_wake_late_max_us"`
+		HalfOffered  float64 `json:"half_load_offered_msgs_per_s"`
+		HalfGiven    bool    `json:"half_load_rate_given"`
+		Half         float64 `json:"half_load_msgs_per_s"`
 	}
 	if err := json.Unmarshal(stdout.Bytes(), &got); err != nil {
 		t.Fatalf("json.Unmarshal(bench --processes output) = %v, output:\n%s", err, stdout.String())
@@ -49,6 +53,12 @@ func TestBenchCommand_Processes(t *testing.T) {
 	if got.Mode != "processes" || got.Rate <= 0 || got.Sent == 0 || got.Delivered != got.Sent || got.Strangers != 0 {
 		t.Errorf("bench --processes mode %q, msgs/s %v, sent %d, delivered %d, unknown %d, want processes, > 0, equal and > 0, 0",
 			got.Mode, got.Rate, got.Sent, got.Delivered, got.Strangers)
+	}
+	// The half-load phase at the rate given, which any machine keeps up
+	// with: within a tick or two of it (the bounds leave room for a starved
+	// one).
+	if got.HalfOffered != 5000 || !got.HalfGiven || got.Half < 2500 || got.Half > 6000 {
+		t.Errorf("bench --processes --half-load-rate 5000: offered %v (given: %v), measured %v msgs/s, want 5000 given and about 5000 measured", got.HalfOffered, got.HalfGiven, got.Half)
 	}
 	if got.AllBusyMax <= 0 || got.OneBusyMax <= 0 || got.IdleWakeMax <= 0 {
 		t.Errorf("bench --processes longest gaps of the machine's spinning threads = %v, %v µs, latest wake-up of its sleeping one %v µs, want all measured (> 0)", got.AllBusyMax, got.OneBusyMax, got.IdleWakeMax)

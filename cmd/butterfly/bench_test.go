@@ -130,6 +130,8 @@ func TestBenchCommand_BadFlags(t *testing.T) {
 		{[]string{"--fault-load", "1.5"}, "--fault-load"},
 		{[]string{"--duration", "0s"}, "--duration"},
 		{[]string{"--heartbeat", "0s"}, "--heartbeat"},
+		{[]string{"--half-load-rate", "-1"}, "--half-load-rate"},
+		{[]string{"--half-load-rate", "+Inf"}, "--half-load-rate"},
 		{[]string{"--processes", "--trace", "t.out"}, "--trace"},
 		{[]string{"--runs", "0"}, "--runs"},
 		{[]string{"--runs", "2"}, "--runs"},

@@ -141,6 +141,9 @@ type MeshFigures struct {
 	P99HalfLoadUS     float64 `json:"p99_half_load_us"`
 	P999HalfLoadUS    float64 `json:"p999_half_load_us"`
 	CPUPerMillionHalf float64 `json:"cpu_s_per_million_half_load"`
+	// HalfLoadRateGiven: the half-load phase ran at a rate given
+	// (Config.HalfLoadRate), not at half of saturation.
+	HalfLoadRateGiven bool `json:"half_load_rate_given,omitempty"`
 }
 
 func (f *MeshFigures) setSaturation(res Result) {
@@ -149,15 +152,19 @@ func (f *MeshFigures) setSaturation(res Result) {
 	f.CPUPerMillion = res.CPUPerMillion
 }
 
-func (f *MeshFigures) setHalfLoad(offered float64, res Result) {
-	f.HalfLoadOffered, f.HalfLoad = offered, res.MsgsPerSec
+func (f *MeshFigures) setHalfLoad(offered float64, given bool, res Result) {
+	f.HalfLoadOffered, f.HalfLoad, f.HalfLoadRateGiven = offered, res.MsgsPerSec, given
 	f.P50HalfLoadUS, f.P99HalfLoadUS, f.P999HalfLoadUS = us(res.P50), us(res.P99), us(res.P999)
 	f.CPUPerMillionHalf = res.CPUPerMillion
 }
 
 // halfLoadRow is the table row of the half-load phase.
 func (f *MeshFigures) halfLoadRow(w io.Writer) {
-	fmt.Fprintf(w, "half of saturation\t%s\t%s / %s / %s\t%.2f\t\n", fmtRate(f.HalfLoad), fmtLat(f.P50HalfLoadUS), fmtLat(f.P99HalfLoadUS), fmtLat(f.P999HalfLoadUS), f.CPUPerMillionHalf)
+	label := "half of saturation"
+	if f.HalfLoadRateGiven {
+		label = "at --half-load-rate " + fmtRate(f.HalfLoadOffered)
+	}
+	fmt.Fprintf(w, "%s\t%s\t%s / %s / %s\t%.2f\t\n", label, fmtRate(f.HalfLoad), fmtLat(f.P50HalfLoadUS), fmtLat(f.P99HalfLoadUS), fmtLat(f.P999HalfLoadUS), f.CPUPerMillionHalf)
 }
 
 // EndFigures are what every run finds when it ends, besides the messages

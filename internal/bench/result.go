@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"time"
 
 	"github.com/butterfly-mesh/butterfly/intermediate"
@@ -44,6 +45,11 @@ type Config struct {
 	FaultLoad float64
 	// SampleInterval is the resolution of the throughput series.
 	SampleInterval time.Duration
+	// HalfLoadRate, when positive, is the load of the half-load phase, and
+	// of the relay's run at that load, in messages a second, in place of
+	// half the saturation measured: settings that move saturation (GOGC,
+	// the window) are then compared at one rate.
+	HalfLoadRate float64
 
 	// Logger receives the progress of the run.
 	Logger *slog.Logger
@@ -70,6 +76,15 @@ const (
 	DefaultSampleInterval = 10 * time.Millisecond
 )
 
+// halfLoadRate is the load of the half-load phase, sat the saturation
+// measured: HalfLoadRate when given, half of sat otherwise.
+func (c Config) halfLoadRate(sat float64) float64 {
+	if c.HalfLoadRate > 0 {
+		return c.HalfLoadRate
+	}
+	return sat / 2
+}
+
 // Validate reports every invalid field of c.
 func (c *Config) Validate() error {
 	var errs []error
@@ -94,6 +109,7 @@ func (c *Config) Validate() error {
 	check(c.FaultGap > 0, "fault gap %v is not positive", c.FaultGap)
 	check(c.FaultLoad > 0 && c.FaultLoad <= 1, "fault load %v is out of range (0, 1]", c.FaultLoad)
 	check(c.SampleInterval >= time.Millisecond, "sample interval %v is under 1ms", c.SampleInterval)
+	check(c.HalfLoadRate >= 0 && !math.IsInf(c.HalfLoadRate, 1), "half-load rate %v is negative or infinite", c.HalfLoadRate)
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("bench: invalid config: %w", err)
 	}
