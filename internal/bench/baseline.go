@@ -254,6 +254,7 @@ func baselineRelay(ctx context.Context, cfg Config, rate float64) (Result, error
 	}
 	sink.lat.Store(nil)
 	res.P50, res.P99, res.P999 = oneWay.quantiles()
+	res.Over2ms = oneWay.shareOver(slowBound)
 	return res, nil
 }
 

@@ -81,6 +81,26 @@ func (h *histogram) quantile(q float64) time.Duration {
 	return histValue(histBuckets - 1)
 }
 
+// shareOver returns the share of the values recorded that lie above d,
+// counting those of the bucket that holds d (within the histogram's 1.6 %)
+// as not above; 0 when nothing was recorded. Unlike a p99, which a few
+// stalls of the machine move, it says how much of a phase was slow.
+func (h *histogram) shareOver(d time.Duration) float64 {
+	var total, over uint64
+	from := histIndex(d) + 1
+	for i := range h.counts {
+		c := h.counts[i].Load()
+		total += c
+		if i >= from {
+			over += c
+		}
+	}
+	if total == 0 {
+		return 0
+	}
+	return float64(over) / float64(total)
+}
+
 // quantiles returns p50, p99 and p999.
 func (h *histogram) quantiles() (p50, p99, p999 time.Duration) {
 	return h.quantile(0.50), h.quantile(0.99), h.quantile(0.999)

@@ -39,6 +39,34 @@ func TestHistogram_Quantiles(t *testing.T) {
 	}
 }
 
+// TestHistogram_ShareOver checks the share of values above a bound: 1 000
+// values of 1 to 1 000 µs have 500 above 500 µs, within the bucket that
+// holds the bound (1.6 %), and none above the largest; an empty histogram
+// says 0.
+func TestHistogram_ShareOver(t *testing.T) {
+	h := &histogram{}
+	if got := h.shareOver(time.Millisecond); got != 0 {
+		t.Errorf("empty shareOver(1ms) = %v, want 0", got)
+	}
+	for i := 1; i <= 1000; i++ {
+		h.record(time.Duration(i) * time.Microsecond)
+	}
+	for _, tc := range []struct {
+		bound    time.Duration
+		min, max float64
+	}{
+		{0, 1, 1},
+		{500 * time.Microsecond, 0.49, 0.5},
+		{900 * time.Microsecond, 0.09, 0.1},
+		{time.Millisecond, 0, 0},
+		{2 * time.Millisecond, 0, 0},
+	} {
+		if got := h.shareOver(tc.bound); got < tc.min || got > tc.max {
+			t.Errorf("shareOver(%v) = %v, want in [%v, %v]", tc.bound, got, tc.min, tc.max)
+		}
+	}
+}
+
 // TestIDSet_LostAndContiguous checks the exact accounting of delivered ids:
 // repeats are reported, the contiguous prefix grows only without holes, and
 // missing counts the holes.

@@ -38,6 +38,7 @@ type Report struct {
 	BaselineRelayP99HalfLoadUS  float64 `json:"baseline_relay_p99_half_load_us"`
 	BaselineRelayP999HalfLoadUS float64 `json:"baseline_relay_p999_half_load_us"`
 	BaselineRelayCPUHalfLoad    float64 `json:"baseline_relay_cpu_s_per_million_half_load"`
+	BaselineRelayOver2msHalf    float64 `json:"baseline_relay_half_load_over_2ms_share"`
 
 	MeshFigures
 	RatioVs1Hop      float64 `json:"ratio_vs_1hop"`
@@ -125,6 +126,7 @@ func (r *Report) setBaselineRelay(res Result) {
 func (r *Report) setBaselineRelayHalfLoad(res Result) {
 	r.BaselineRelayHalfLoad, r.BaselineRelayCPUHalfLoad = res.MsgsPerSec, res.CPUPerMillion
 	r.BaselineRelayP50HalfLoadUS, r.BaselineRelayP99HalfLoadUS, r.BaselineRelayP999HalfLoadUS = us(res.P50), us(res.P99), us(res.P999)
+	r.BaselineRelayOver2msHalf = res.Over2ms
 }
 
 // MeshFigures are what every run measures of the mesh at saturation and at
@@ -141,6 +143,9 @@ type MeshFigures struct {
 	P99HalfLoadUS     float64 `json:"p99_half_load_us"`
 	P999HalfLoadUS    float64 `json:"p999_half_load_us"`
 	CPUPerMillionHalf float64 `json:"cpu_s_per_million_half_load"`
+	// Over2msHalfLoad is the share of the half-load phase's messages slower
+	// than 2 ms.
+	Over2msHalfLoad float64 `json:"half_load_over_2ms_share"`
 	// HalfLoadRateGiven: the half-load phase ran at a rate given
 	// (Config.HalfLoadRate), not at half of saturation.
 	HalfLoadRateGiven bool `json:"half_load_rate_given,omitempty"`
@@ -155,7 +160,7 @@ func (f *MeshFigures) setSaturation(res Result) {
 func (f *MeshFigures) setHalfLoad(offered float64, given bool, res Result) {
 	f.HalfLoadOffered, f.HalfLoad, f.HalfLoadRateGiven = offered, res.MsgsPerSec, given
 	f.P50HalfLoadUS, f.P99HalfLoadUS, f.P999HalfLoadUS = us(res.P50), us(res.P99), us(res.P999)
-	f.CPUPerMillionHalf = res.CPUPerMillion
+	f.CPUPerMillionHalf, f.Over2msHalfLoad = res.CPUPerMillion, res.Over2ms
 }
 
 // halfLoadRow is the table row of the half-load phase.
@@ -335,6 +340,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 		allocs(r.AllocsPerMsg, r.AllocBytesPerMsg))
 	r.halfLoadRow(tw)
 	fmt.Fprintf(tw, "the relay at that rate, one way\t%s\t%s / %s / %s\t%.2f\t\t\n", rate(r.BaselineRelayHalfLoad), lat(r.BaselineRelayP50HalfLoadUS), lat(r.BaselineRelayP99HalfLoadUS), lat(r.BaselineRelayP999HalfLoadUS), r.BaselineRelayCPUHalfLoad)
+	fmt.Fprintf(tw, "slower than 2 ms at that rate\t%.1f %% (the relay %.1f %%)\t\t\t\n", 100*r.Over2msHalfLoad, 100*r.BaselineRelayOver2msHalf)
 	fmt.Fprintf(tw, "vs 1 hop / vs relay\t%.2fx / %.2fx\t\t\t\n", r.RatioVs1Hop, r.RatioVsRelay)
 	fmt.Fprintf(tw, "peak heap in use\t%.1f MiB\t\t\t\n", float64(r.PeakHeapBytes)/(1<<20))
 	r.frameRows(tw)

@@ -123,6 +123,9 @@ type Result struct {
 	MsgsPerSec float64
 	P50, P99   time.Duration
 	P999       time.Duration
+	// Over2ms is the share of the messages slower than 2 ms, the bound
+	// the half-load p99 is held to.
+	Over2ms float64
 	// CPUPerMillion is the process's CPU seconds (user and system) per
 	// million messages, 0 where the platform does not report it.
 	CPUPerMillion float64
@@ -170,8 +173,12 @@ func newBatchFigures(d intermediate.Stats) BatchFigures {
 func newResult(n uint64, elapsed time.Duration, lat *histogram) Result {
 	r := Result{Messages: n, Elapsed: elapsed, MsgsPerSec: float64(n) / elapsed.Seconds()}
 	r.P50, r.P99, r.P999 = lat.quantiles()
+	r.Over2ms = lat.shareOver(slowBound)
 	return r
 }
+
+// slowBound is the latency above which a message counts in Result.Over2ms.
+const slowBound = 2 * time.Millisecond
 
 // cpuPerMillion is CPU seconds per million of n messages.
 func cpuPerMillion(cpu time.Duration, n uint64) float64 {

@@ -208,6 +208,9 @@ func TestRun_HalfLoadRateGiven(t *testing.T) {
 	if err := r.WriteTable(&table); err != nil {
 		t.Fatalf("WriteTable() = %v", err)
 	}
+	if r.Over2msHalfLoad < 0 || r.Over2msHalfLoad > 1 || r.BaselineRelayOver2msHalf < 0 || r.BaselineRelayOver2msHalf > 1 {
+		t.Errorf("Run() shares over 2 ms at half load: %v, the relay %v, want shares in [0, 1]", r.Over2msHalfLoad, r.BaselineRelayOver2msHalf)
+	}
 	if want := "at --half-load-rate"; !bytes.Contains(table.Bytes(), []byte(want)) {
 		t.Errorf("WriteTable() =\n%s\nwant its half-load row to say %q", table.String(), want)
 	}
