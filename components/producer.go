@@ -269,17 +269,17 @@ func (p *Producer) send(ctx context.Context, msg *messagev1.Message, done chan e
 	if msg == nil {
 		return nil, errors.New("components: Send of a nil message")
 	}
-	if err := butterfly.CheckMessage(msg); err != nil {
-		return nil, fmt.Errorf("components: Send: %w", err)
-	}
 	// An id the caller set (a stage forwarding a message) is checked as
-	// every intermediate checks it, so that one none would take is refused
-	// here, not handed back for good once sent. An id of this producer's
-	// incarnation is replaced below.
+	// every intermediate checks it, and first, as they do, so that one
+	// none would take is refused here, not handed back for good once sent.
+	// An id of this producer's incarnation is replaced below.
 	if id := msg.Id; id != nil && (id.GetProducerId() != p.id || id.GetIncarnation() != p.incarnation) {
 		if err := butterfly.CheckMessageID(id, msg.LowWaterSeq); err != nil {
 			return nil, fmt.Errorf("components: Send: the message's id: %w", err)
 		}
+	}
+	if err := butterfly.CheckMessage(msg); err != nil {
+		return nil, fmt.Errorf("components: Send: %w", err)
 	}
 	if p.isClosed() {
 		return nil, ErrClosed

@@ -547,6 +547,7 @@ func TestProducer_SendRefusesAnIDNoIntermediateTakes(t *testing.T) {
 	}{
 		{"producer id too long", &messagev1.MessageId{ProducerId: long, Incarnation: 1, Seq: 1}, 1, "producer_id of 257 bytes is longer than 256"},
 		{"producer id with a slash", &messagev1.MessageId{ProducerId: "q/1", Incarnation: 1, Seq: 1}, 1, `producer_id "q/1" contains '/'`},
+		{"producer id not UTF-8", &messagev1.MessageId{ProducerId: "q\xff", Incarnation: 1, Seq: 1}, 1, `producer_id "q\xff" is not valid UTF-8`},
 		{"empty producer id", &messagev1.MessageId{Incarnation: 1, Seq: 1}, 1, "producer_id is empty"},
 		{"seq 0", &messagev1.MessageId{ProducerId: "q1", Incarnation: 1}, 0, "message id has seq 0"},
 		{"incarnation 0", &messagev1.MessageId{ProducerId: "q1", Seq: 1}, 1, "message id has incarnation 0"},
