@@ -66,6 +66,7 @@ func (r *ProcessReport) WriteTable(w io.Writer) error {
 	fmt.Fprintf(tw, "BUTTERFLY, ONE PROCESS PER COMPONENT\tthroughput\tend-to-end p50 / p99 / p999\tCPU s per M msgs\t\n")
 	fmt.Fprintf(tw, "saturation\t%s\t%s / %s / %s\t%.2f\t\n", fmtRate(r.Butterfly), fmtLat(r.P50US), fmtLat(r.P99US), fmtLat(r.P999US), r.CPUPerMillion)
 	r.halfLoadRow(tw)
+	fmt.Fprintf(tw, "slower than 2 ms at that rate\t%.1f %%\t\t\n", 100*r.Over2msHalfLoad)
 	r.frameRows(tw)
 	fmt.Fprintf(tw, "peak RSS: largest intermediate / producer / consumer\t%s / %s / %s\t\n", mib(r.IntermediatePeakRSS), mib(r.ProducerPeakRSS), mib(r.ConsumerPeakRSS))
 	fmt.Fprintf(tw, "peak RSS: sum of all processes\t%s\t\n", mib(r.PeakRSSBytes))

@@ -1,6 +1,9 @@
 package bench
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestReport_Targets(t *testing.T) {
 	r := &Report{
@@ -43,5 +46,32 @@ func TestReport_Targets(t *testing.T) {
 		if tg.Name == "CPU per message" && (tg.Known || tg.Met) {
 			t.Errorf("target %q without the relay's figure: known %v, met %v; want neither", tg.Name, tg.Known, tg.Met)
 		}
+	}
+}
+
+// TestReport_TargetsAtAGivenHalfLoadRate checks that a run whose half-load
+// phase ran at a rate given (--half-load-rate) does not judge the p99
+// target, which is set at half of saturation: a low rate would meet it.
+func TestReport_TargetsAtAGivenHalfLoadRate(t *testing.T) {
+	r := &Report{MeshFigures: MeshFigures{P99HalfLoadUS: 900, HalfLoadOffered: 1000, HalfLoadRateGiven: true}}
+	var found bool
+	for _, tg := range r.Targets() {
+		if tg.Name != "p99 at half load" {
+			continue
+		}
+		found = true
+		if tg.Met || tg.Unjudged == "" || tg.Got != "0.9 ms" {
+			t.Errorf("p99 target at a given rate: got %q, met %v, unjudged %q; want 0.9 ms, not met, and why it is not judged", tg.Got, tg.Met, tg.Unjudged)
+		}
+	}
+	if !found {
+		t.Fatalf("Targets() has no p99 at half load")
+	}
+	var b strings.Builder
+	if err := r.WriteTable(&b); err != nil {
+		t.Fatalf("WriteTable() = %v", err)
+	}
+	if want := "not judged: the half-load phase ran at --half-load-rate"; !strings.Contains(b.String(), want) {
+		t.Errorf("WriteTable() =\n%s\nwant the p99 target %q", b.String(), want)
 	}
 }
