@@ -183,7 +183,7 @@ func gunzip(b []byte) ([]byte, error) {
 // whatever saturation measured, and says so in its report, so that
 // settings that change saturation (GOGC) are compared at one rate.
 func TestRun_HalfLoadRateGiven(t *testing.T) {
-	const rate = 20000
+	const rate = 5000
 	cfg := quickConfig()
 	cfg.HalfLoadRate = rate
 	r, err := Run(t.Context(), cfg)
@@ -193,16 +193,21 @@ func TestRun_HalfLoadRateGiven(t *testing.T) {
 	if r.HalfLoadOffered != rate || !r.HalfLoadRateGiven {
 		t.Errorf("Run() half load offered %v msgs/s (given: %v), want %d given", r.HalfLoadOffered, r.HalfLoadRateGiven, rate)
 	}
-	// Paced in 1 ms ticks from the start of each stream: at this rate a
-	// 2-core machine keeps up, and a phase's count is within a tick or
-	// two of the rate (the bounds leave room for a starved one).
+	// Paced in 1 ms ticks from the start of each stream, at what the rate
+	// owes since then: a phase's count is about the rate. A short phase
+	// may also count what the phase before left in flight (up to two
+	// windows), and a producer held back catches up, so the bounds are
+	// wide; they still tell the rate given from half of saturation, which
+	// is above 10 000 msgs/s even under the race detector on a busy
+	// machine (27 000 msgs/s of saturation there).
+	t.Logf("half load at %d msgs/s given: Butterfly %.0f, the relay %.0f msgs/s; saturation %.0f msgs/s", rate, r.HalfLoad, r.BaselineRelayHalfLoad, r.Butterfly)
 	for name, got := range map[string]float64{"Butterfly": r.HalfLoad, "relay": r.BaselineRelayHalfLoad} {
-		if got < rate/2 || got > rate*1.2 {
+		if got < rate/2 || got > rate*2 {
 			t.Errorf("Run() %s at the given half-load rate: %.0f msgs/s, want about %d", name, got, rate)
 		}
 	}
-	if r.Butterfly < 2*rate {
-		t.Logf("saturation %.0f msgs/s is under twice the given rate: the half-load phase ran at saturation", r.Butterfly)
+	if r.Butterfly < 4*rate {
+		t.Logf("saturation %.0f msgs/s is under four times the given rate: the bounds above do not tell the two apart", r.Butterfly)
 	}
 	var table bytes.Buffer
 	if err := r.WriteTable(&table); err != nil {
