@@ -273,7 +273,7 @@ func (p *Producer) send(ctx context.Context, msg *messagev1.Message, done chan e
 	// every intermediate checks it, and first, as they do, so that one
 	// none would take is refused here, not handed back for good once sent.
 	// An id of this producer's incarnation is replaced below.
-	if id := msg.Id; id != nil && (id.GetProducerId() != p.id || id.GetIncarnation() != p.incarnation) {
+	if id := msg.Id; id != nil && !p.ownID(id) {
 		if err := butterfly.CheckMessageID(id, msg.LowWaterSeq); err != nil {
 			return nil, fmt.Errorf("components: Send: the message's id: %w", err)
 		}
@@ -335,7 +335,7 @@ func (p *Producer) send(ctx context.Context, msg *messagev1.Message, done chan e
 	// A message of this producer handed back for good and sent again is a
 	// new message: its old seq lies below the low-water mark consumers
 	// track, so it gets the next seq.
-	own := msg.Id != nil && msg.Id.GetProducerId() == p.id && msg.Id.GetIncarnation() == p.incarnation
+	own := msg.Id != nil && p.ownID(msg.Id)
 	if own {
 		msg.Id, msg.LowWaterSeq, msg.Routes = nil, 0, nil
 		size = msgSize(msg)
@@ -385,6 +385,13 @@ func (p *Producer) send(ctx context.Context, msg *messagev1.Message, done chan e
 
 func (p *Producer) isClosed() bool { return p.closed.Load() }
 
+// ownID reports whether id is of this producer's incarnation: Send gives
+// such a message the next seq (a message handed back for good and sent
+// again is a new one), where it keeps an id its caller set for another.
+func (p *Producer) ownID(id *messagev1.MessageId) bool {
+	return id.GetProducerId() == p.id && id.GetIncarnation() == p.incarnation
+}
+
 // waitingLogEvery is how often a producer whose messages wait for a
 // consumer says so.
 const waitingLogEvery = 5 * time.Second
@@ -407,7 +414,7 @@ func (p *Producer) waitingLocked(n *messagev1.Nack, warn bool) {
 // oldest unsettled message holds the rest back, as intermediates refuse
 // a message beyond the window.
 func (p *Producer) waitSpanLocked(ctx context.Context, msg *messagev1.Message) error {
-	needsID := msg.Id == nil || (msg.Id.GetProducerId() == p.id && msg.Id.GetIncarnation() == p.incarnation)
+	needsID := msg.Id == nil || p.ownID(msg.Id)
 	for needsID && p.nextSeq+1-p.lowWaterLocked() >= seqSpan {
 		if p.spanWait == nil {
 			p.spanWait = make(chan struct{})
