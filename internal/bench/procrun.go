@@ -30,7 +30,7 @@ func (pm *procMesh) run(ctx context.Context) (*ProcessReport, error) {
 	r.setSaturation(sat)
 	pm.log.Info("bench: processes: saturation", "msgs_per_s", int(sat.MsgsPerSec), "p50", sat.P50, "p99", sat.P99)
 
-	half := cfg.halfLoadRate(sat.MsgsPerSec)
+	half, given := cfg.halfLoadRate(sat.MsgsPerSec)
 	if _, err := pm.callAll(ctx, pm.producers, childCallTimeout, workerRequest{Op: opRate, Rate: half / float64(len(pm.producers))}, false); err != nil {
 		return nil, err
 	}
@@ -42,7 +42,7 @@ func (pm *procMesh) run(ctx context.Context) (*ProcessReport, error) {
 	if err != nil {
 		return nil, err
 	}
-	r.setHalfLoad(half, cfg.HalfLoadRate > 0, res)
+	r.setHalfLoad(half, given, res)
 	r.setBatching(sat.Batching, res.Batching)
 	pm.log.Info("bench: processes: half load", "msgs_per_s", int(res.MsgsPerSec), "p50", res.P50, "p99", res.P99)
 

@@ -77,12 +77,13 @@ const (
 )
 
 // halfLoadRate is the load of the half-load phase, sat the saturation
-// measured: HalfLoadRate when given, half of sat otherwise.
-func (c Config) halfLoadRate(sat float64) float64 {
+// measured: HalfLoadRate when given (given is true), half of sat
+// otherwise.
+func (c Config) halfLoadRate(sat float64) (rate float64, given bool) {
 	if c.HalfLoadRate > 0 {
-		return c.HalfLoadRate
+		return c.HalfLoadRate, true
 	}
-	return sat / 2
+	return sat / 2, false
 }
 
 // Validate reports every invalid field of c.

@@ -100,18 +100,18 @@ func (m *mesh) run(ctx context.Context, r *Report) error {
 	r.setButterfly(sat)
 	m.log.Info("bench: saturation", "msgs_per_s", int(sat.MsgsPerSec), "p50", sat.P50, "p99", sat.P99)
 
-	rate := cfg.halfLoadRate(sat.MsgsPerSec)
+	rate, given := cfg.halfLoadRate(sat.MsgsPerSec)
 	m.setLoad(rate)
-	if cfg.HalfLoadRate > 0 {
-		m.event("load: the half-load rate given", "msgs_per_s", int(rate))
-	} else {
-		m.event("load: half of saturation", "msgs_per_s", int(rate))
+	what := "load: half of saturation"
+	if given {
+		what = "load: the half-load rate given"
 	}
+	m.event(what, "msgs_per_s", int(rate))
 	if !pause(ctx, cfg.Warmup) {
 		return ctx.Err()
 	}
 	half := m.measure(ctx, nil, cfg.Trace)
-	r.setHalfLoad(rate, cfg.HalfLoadRate > 0, half)
+	r.setHalfLoad(rate, given, half)
 	r.setHalfLoadRuntime(half.Runtime)
 	r.setBatching(sat.Batching, half.Batching)
 	m.log.Info("bench: half load", "msgs_per_s", int(half.MsgsPerSec), "p50", half.P50, "p99", half.P99)

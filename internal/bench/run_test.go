@@ -224,10 +224,10 @@ func TestRun_HalfLoadRateGiven(t *testing.T) {
 // TestHalfLoadRate checks the rate of the half-load phase: half of
 // saturation, or the rate given.
 func TestHalfLoadRate(t *testing.T) {
-	if got := (Config{}).halfLoadRate(600000); got != 300000 {
-		t.Errorf("halfLoadRate(600000) without a rate = %v, want 300000", got)
+	if got, given := (Config{}).halfLoadRate(600000); got != 300000 || given {
+		t.Errorf("halfLoadRate(600000) without a rate = %v, %v; want 300000, false", got, given)
 	}
-	if got := (Config{HalfLoadRate: 250000}).halfLoadRate(600000); got != 250000 {
-		t.Errorf("halfLoadRate(600000) with 250000 given = %v, want 250000", got)
+	if got, given := (Config{HalfLoadRate: 250000}).halfLoadRate(600000); got != 250000 || !given {
+		t.Errorf("halfLoadRate(600000) with 250000 given = %v, %v; want 250000, true", got, given)
 	}
 }
