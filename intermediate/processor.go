@@ -62,6 +62,19 @@ func ProcessorByName(name string) (Processor, error) {
 	return f(), nil
 }
 
+// keepsNoMessage reports whether p is a built-in processor: none keeps the
+// message it is given, or any part of it, past its return, so a message it
+// returned unchanged, or that it replaced, can go back to the codec when
+// the intermediate is done with it (vtcodec.Release). A Processor of its
+// own may keep what it is given; its messages are left to the collector.
+func keepsNoMessage(p Processor) bool {
+	switch p.(type) {
+	case passthrough, upper, sha256Processor:
+		return true
+	}
+	return false
+}
+
 type passthrough struct{}
 
 // Passthrough returns the processor that delivers every message unchanged.

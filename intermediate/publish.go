@@ -305,6 +305,10 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 		size := sizes[i] // m without its routes, as res is when unchanged
 		if res != m {
 			size = res.SizeVT()
+			if s.releaseMessages {
+				vtcodec.Release(m) // replaced: nothing reads it any more
+				msgs[i] = nil
+			}
 		}
 		hs[i] = held{pub: p, seq: seq, msg: res, size: size, charge: charges[i], routeKey: p.routeKey(res), routes: routes}
 		out[i].h = &hs[i]

@@ -12,6 +12,7 @@ import (
 
 	"github.com/butterfly-mesh/butterfly"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
+	"github.com/butterfly-mesh/butterfly/internal/vtcodec"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
 
@@ -39,7 +40,9 @@ const DefaultGroup = "default"
 // creation (pub, seq, size). msg, routeKey and routes are set at creation
 // and cleared under Server.mu when it is done: the held structs of a batch
 // share one array, so a finished message must not keep its payload or key
-// reachable while another of its batch is still held.
+// reachable while another of its batch is still held. msg is cleared, and
+// given back to the codec, only once no delivery batch that carries it is
+// being encoded any more (sending).
 type held struct {
 	pub      *pubStream
 	seq      uint64 // stream sequence number
@@ -51,6 +54,7 @@ type held struct {
 
 	order      uint64    // admission order in the server
 	done       bool      // acknowledged, handed back or abandoned
+	sending    int32     // delivery batches with msg that a stream is sending (subStream.sending)
 	pending    int       // deliveries not yet acknowledged
 	deadline   time.Time // while unrouted
 	deliveries []*delivery
@@ -366,7 +370,7 @@ func (s *Server) finishLocked(h *held, nack *messagev1.Nack) {
 		return
 	}
 	h.done = true
-	h.msg = nil
+	s.dropMessageLocked(h)
 	s.staleLocked(h)
 	p := h.pub
 	p.held.Remove(h.seq)
@@ -403,6 +407,20 @@ func (s *Server) finishLocked(h *held, nack *messagev1.Nack) {
 	if s.heldTotal == 0 {
 		s.poke()
 	}
+}
+
+// dropMessageLocked lets go of the message of h, which is done, unless a
+// stream is sending a batch with it: the stream lets go of it then
+// (subStream.sentLocked). The message goes back to the codec when the
+// processor kept none of it.
+func (s *Server) dropMessageLocked(h *held) {
+	if h.sending > 0 || h.msg == nil {
+		return
+	}
+	if s.releaseMessages {
+		vtcodec.Release(h.msg)
+	}
+	h.msg = nil
 }
 
 // staleLocked counts h's deliveries still queued, now stale since h is
@@ -478,7 +496,8 @@ func routesOf(h *held, maxBytes int) []*messagev1.Route {
 func (s *Server) abandonLocked(p *pubStream) {
 	for _, h := range p.held.All() {
 		h.done = true
-		h.msg, h.routeKey, h.routes = nil, nil, nil
+		s.dropMessageLocked(h)
+		h.routeKey, h.routes = nil, nil
 		s.heldTotal--
 		s.releaseBytesLocked(p, h.charge)
 	}

@@ -45,6 +45,11 @@ type Server struct {
 	started  time.Time
 	obs      observer // health, metrics and tracing; see observe.go
 
+	// releaseMessages is whether the messages of publish batches go back to
+	// the codec (vtcodec.Release) once done: the processor is one that keeps
+	// none of the messages it is given.
+	releaseMessages bool
+
 	ready     chan struct{} // closed once registered; stream handlers wait for it
 	subsReady chan struct{} // closed once the subscriptions were read; stream handlers wait for it
 	drainCh   chan drainRequest
@@ -150,6 +155,8 @@ func New(cli *clientv3.Client, service, instance string, opts ...Option) (*Serve
 
 		subsChanged: make(chan struct{}),
 		subsReady:   make(chan struct{}),
+
+		releaseMessages: keepsNoMessage(o.processor),
 	}
 	// The observing interceptors (metrics, the "finished call" log) come
 	// first, outermost: they see every call, those the limits refuse

@@ -45,6 +45,9 @@ type subStream struct {
 	noticeSent bool
 	delivered  uint64
 	ackedN     uint64
+	// sending holds the messages of the batch sendLoop is encoding, each
+	// counted in its held.sending, until the send returns (sentLocked).
+	sending []*held
 }
 
 // Subscribe serves one subscribe stream, with the same goroutine layout as
@@ -327,11 +330,27 @@ func (sub *subStream) takeLocked() []*deliveryv1.Delivery {
 		}
 		wd.DeliveryId, wd.Message, wd.Redeliveries = d.id, d.h.msg, d.sends
 		out = append(out, wd)
+		d.h.sending++
+		sub.sending = append(sub.sending, d.h)
 		d.sends++
 		bytes += d.h.size
 		frame += d.h.size + deliveryOverhead
 	}
 	return out
+}
+
+// sentLocked lets go of the messages of the batch sendLoop sent last (or
+// failed to send): gRPC encoded it before Send returned. A message done
+// meanwhile is let go of now (Server.dropMessageLocked).
+func (sub *subStream) sentLocked() {
+	for i, h := range sub.sending {
+		h.sending--
+		if h.done && h.sending == 0 {
+			sub.srv.dropMessageLocked(h)
+		}
+		sub.sending[i] = nil
+	}
+	sub.sending = sub.sending[:0]
 }
 
 // What a delivery batch adds to its messages' bytes, encoded, at most: the
@@ -365,6 +384,7 @@ func (sub *subStream) sendLoop(ctx context.Context, stream deliveryv1.SubscribeS
 	var sentAt time.Time // the last frame: a heartbeat is due only when it is half a beat old
 	for {
 		s.mu.Lock()
+		sub.sentLocked()
 		var batch []*deliveryv1.Delivery
 		if !sub.draining && !s.leaving {
 			batch = sub.takeLocked()
@@ -384,6 +404,9 @@ func (sub *subStream) sendLoop(ctx context.Context, stream deliveryv1.SubscribeS
 			s.delivered.Add(uint64(len(batch)))
 			s.frames.deliveryBatches.Add(1)
 			if err := stream.Send(&deliveryv1.SubscribeResponse{Kind: &deliveryv1.SubscribeResponse_Batch{Batch: &deliveryv1.DeliveryBatch{Deliveries: batch}}}); err != nil {
+				s.mu.Lock()
+				sub.sentLocked()
+				s.mu.Unlock()
 				sub.cancel(err)
 				return
 			}

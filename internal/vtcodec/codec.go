@@ -25,6 +25,8 @@ import (
 	grpcproto "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
+
+	deliveryv1 "github.com/butterfly-mesh/butterfly/gen/butterfly/delivery/v1"
 )
 
 // Message is what vtprotobuf generates with its marshal, unmarshal and size
@@ -85,7 +87,10 @@ func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 }
 
 // Unmarshal decodes data into v, which it resets first (as proto.Unmarshal
-// does). The message copies what it keeps: data goes back to its pool.
+// does). The message copies what it keeps: data goes back to its pool. The
+// messages of a publish batch are those given back (Release) when there are
+// some; one whose payload array is more than maxSlack bytes larger than
+// its payload gets an array of its own size.
 //
 // protobuf-go has the last word on what a frame means. The generated
 // decoder refuses some frames protobuf-go reads (a known field number with
@@ -106,7 +111,14 @@ func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
 	defer buf.Free()
 	b := buf.ReadOnlyData()
-	return decode(b, m, pm, presize(v, b))
+	presized := presize(v, b)
+	if err := decode(b, m, pm, presized); err != nil {
+		return err
+	}
+	if r, ok := v.(*deliveryv1.PublishRequest); ok && presized {
+		trim(r.GetBatch().GetMessages())
+	}
+	return nil
 }
 
 // decode decodes b into m, pm being m as a protobuf message, reset and

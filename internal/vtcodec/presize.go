@@ -25,7 +25,8 @@ const (
 // allocating them. Deliveries are not kept past their batch (the consumer
 // keeps their messages); messages are allocated one by one, since a message
 // kept longer than its batch would keep all of a slab, but each in one
-// allocation with its id (see newMessage).
+// allocation with its id (see newMessage); a publish batch's messages are
+// those given back (Release) when there are some.
 //
 // A frame that is not one batch field, or is malformed, leaves v as it is:
 // decoding then reports what is wrong as it would have. presize reports
@@ -37,7 +38,7 @@ func presize(v any, b []byte) bool {
 		if n := countField(batch, publishBatchMessagesField); n > 0 {
 			ms := make([]*messagev1.Message, n)
 			for i := range ms {
-				ms[i] = newMessage()
+				ms[i] = publishMessage()
 			}
 			f.Kind = &deliveryv1.PublishRequest_Batch{Batch: &deliveryv1.PublishBatch{Messages: ms[:0]}}
 			return true
