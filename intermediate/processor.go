@@ -65,7 +65,7 @@ func ProcessorByName(name string) (Processor, error) {
 // keepsNoMessage reports whether p is a built-in processor: none keeps the
 // message it is given, or any part of it, past its return, so a message it
 // returned unchanged, or that it replaced, can go back to the codec when
-// the intermediate is done with it (vtcodec.Release). A Processor of its
+// the intermediate is done with it (vtcodec.Releaser). A Processor of its
 // own may keep what it is given; its messages are left to the collector.
 func keepsNoMessage(p Processor) bool {
 	switch p.(type) {

@@ -305,10 +305,6 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 		size := sizes[i] // m without its routes, as res is when unchanged
 		if res != m {
 			size = res.SizeVT()
-			if s.releaseMessages {
-				vtcodec.Release(m) // replaced: nothing reads it any more
-				msgs[i] = nil
-			}
 		}
 		hs[i] = held{pub: p, seq: seq, msg: res, size: size, charge: charges[i], routeKey: p.routeKey(res), routes: routes}
 		out[i].h = &hs[i]
@@ -318,6 +314,13 @@ func (p *pubStream) admit(ctx context.Context, b *deliveryv1.PublishBatch) error
 	if p.closed {
 		s.releaseBytesLocked(p, total)
 		return nil
+	}
+	if s.releaseMessages {
+		for i, o := range out {
+			if o.h != nil && o.h.msg != msgs[i] {
+				s.released.Release(msgs[i]) // replaced: nothing reads it any more
+			}
+		}
 	}
 	slab := s.newDeliverySlabLocked(len(msgs))
 	for i, o := range out {

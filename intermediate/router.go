@@ -12,7 +12,6 @@ import (
 
 	"github.com/butterfly-mesh/butterfly"
 	messagev1 "github.com/butterfly-mesh/butterfly/gen/butterfly/message/v1"
-	"github.com/butterfly-mesh/butterfly/internal/vtcodec"
 	"github.com/butterfly-mesh/butterfly/registry"
 )
 
@@ -418,7 +417,7 @@ func (s *Server) dropMessageLocked(h *held) {
 		return
 	}
 	if s.releaseMessages {
-		vtcodec.Release(h.msg)
+		s.released.Release(h.msg)
 	}
 	h.msg = nil
 }

@@ -46,9 +46,10 @@ type Server struct {
 	obs      observer // health, metrics and tracing; see observe.go
 
 	// releaseMessages is whether the messages of publish batches go back to
-	// the codec (vtcodec.Release) once done: the processor is one that keeps
-	// none of the messages it is given.
+	// the codec (released) once done: the processor is one that keeps none
+	// of the messages it is given.
 	releaseMessages bool
+	released        vtcodec.Releaser // guarded by mu
 
 	ready     chan struct{} // closed once registered; stream handlers wait for it
 	subsReady chan struct{} // closed once the subscriptions were read; stream handlers wait for it

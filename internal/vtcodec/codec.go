@@ -88,7 +88,7 @@ func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 
 // Unmarshal decodes data into v, which it resets first (as proto.Unmarshal
 // does). The message copies what it keeps: data goes back to its pool. The
-// messages of a publish batch are those given back (Release) when there are
+// messages of a publish batch are those given back (Releaser) when there are
 // some; one whose payload array is more than maxSlack bytes larger than
 // its payload gets an array of its own size.
 //

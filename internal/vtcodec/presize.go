@@ -26,7 +26,7 @@ const (
 // keeps their messages); messages are allocated one by one, since a message
 // kept longer than its batch would keep all of a slab, but each in one
 // allocation with its id (see newMessage); a publish batch's messages are
-// those given back (Release) when there are some.
+// those given back (Releaser) when there are some.
 //
 // A frame that is not one batch field, or is malformed, leaves v as it is:
 // decoding then reports what is wrong as it would have. presize reports
@@ -37,8 +37,8 @@ func presize(v any, b []byte) bool {
 		batch := soleField(b, publishRequestBatchField)
 		if n := countField(batch, publishBatchMessagesField); n > 0 {
 			ms := make([]*messagev1.Message, n)
-			for i := range ms {
-				ms[i] = publishMessage()
+			for i := takeReleased(ms); i < n; i++ {
+				ms[i] = newMessage()
 			}
 			f.Kind = &deliveryv1.PublishRequest_Batch{Batch: &deliveryv1.PublishBatch{Messages: ms[:0]}}
 			return true

@@ -25,21 +25,21 @@ func full(seq uint64, payload int) *messagev1.Message {
 	}
 }
 
-// TestRelease_DecodesAsNew checks that a message given back holds nothing
-// of what it held, its id and payload array aside, and that a frame decoded
-// into it reads as protobuf-go reads the frame: a message with fewer fields
-// than the one before it in that memory gets none of that one's.
-func TestRelease_DecodesAsNew(t *testing.T) {
+// TestRenew_DecodesAsNew checks that a message given back and taken
+// again holds nothing of what it held, its id and payload array aside, and
+// that a frame decoded into it reads as protobuf-go reads the frame: a
+// message with fewer fields than the one before it in that memory gets none
+// of that one's.
+func TestRenew_DecodesAsNew(t *testing.T) {
 	m := full(3, 100)
 	id, payload := m.Id, m.Payload
-	Release(m)
+	renew(m)
 	if m.Id != id || cap(m.Payload) != cap(payload) {
-		t.Errorf("Release() kept id %p and a payload of capacity %d, want %p and %d", m.Id, cap(m.Payload), id, cap(payload))
+		t.Errorf("renew() kept id %p and a payload of capacity %d, want %p and %d", m.Id, cap(m.Payload), id, cap(payload))
 	}
 	if !proto.Equal(m, &messagev1.Message{Id: &messagev1.MessageId{}}) || len(m.Payload) != 0 {
-		t.Errorf("Release() left %v, want a message with an empty id and nothing else", m)
+		t.Errorf("renew() left %v, want a message with an empty id and nothing else", m)
 	}
-
 	for name, next := range map[string]*messagev1.Message{
 		"fewer fields":     {Id: &messagev1.MessageId{ProducerId: "p2", Seq: 9}, Payload: []byte("short")},
 		"no payload":       {Id: &messagev1.MessageId{ProducerId: "p2", Incarnation: 1, Seq: 9}},
@@ -48,7 +48,7 @@ func TestRelease_DecodesAsNew(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			m := full(3, 100)
-			Release(m)
+			renew(m)
 			b, err := proto.Marshal(next)
 			if err != nil {
 				t.Fatal(err)
@@ -63,16 +63,64 @@ func TestRelease_DecodesAsNew(t *testing.T) {
 	}
 }
 
-// TestRelease_KeepsSmallPayloads checks which payload arrays Release keeps:
-// up to maxPooledPayload; and that one not kept leaves the message without.
-func TestRelease_KeepsSmallPayloads(t *testing.T) {
+// TestRenew_KeepsSmallPayloads checks which payload arrays renew keeps: up
+// to maxPooledPayload; and that one not kept leaves the message without.
+func TestRenew_KeepsSmallPayloads(t *testing.T) {
 	for _, n := range []int{1, 256, maxPooledPayload, maxPooledPayload + 1, 1 << 20} {
 		m := &messagev1.Message{Id: &messagev1.MessageId{Seq: 1}, Payload: make([]byte, n)}
-		Release(m)
+		renew(m)
 		kept := cap(m.Payload) == n
 		if want := n <= maxPooledPayload; kept != want || len(m.Payload) != 0 {
-			t.Errorf("Release() of a payload of %d bytes: capacity %d kept, len %d; want kept %v, len 0", n, cap(m.Payload), len(m.Payload), want)
+			t.Errorf("renew() of a payload of %d bytes: capacity %d kept, len %d; want kept %v, len 0", n, cap(m.Payload), len(m.Payload), want)
 		}
+	}
+	m := &messagev1.Message{}
+	renew(m)
+	if m.Id == nil {
+		t.Error("renew() of a message without an id left it without, want an empty one to decode into")
+	}
+}
+
+// TestReleaser_HandsBackInBatches checks that a Releaser hands messages to
+// the codec releaseBatch at a time, and that the codec takes each message
+// once, emptied, whether it takes a whole batch or part of one.
+func TestReleaser_HandsBackInBatches(t *testing.T) {
+	for takeReleased(make([]*messagev1.Message, 1024)) > 0 {
+		// What other tests gave back.
+	}
+	var r Releaser
+	given := make(map[*messagev1.Message]bool)
+	for i := range 2*releaseBatch + 3 {
+		m := full(uint64(i+1), 10)
+		r.Release(m)
+		given[m] = true
+		if want := (i + 1) % releaseBatch; len(r.Pending()) != want {
+			t.Fatalf("after %d messages given back, %d pending, want %d", i+1, len(r.Pending()), want)
+		}
+	}
+	taken := make(map[*messagev1.Message]bool)
+	for _, n := range []int{10, releaseBatch - 10, releaseBatch + 5, 100} {
+		ms := make([]*messagev1.Message, n)
+		k := takeReleased(ms)
+		for _, m := range ms[:k] {
+			switch {
+			case !given[m]:
+				t.Errorf("took %p, which was not given back", m)
+			case taken[m]:
+				t.Errorf("took %p twice", m)
+			case !proto.Equal(m, &messagev1.Message{Id: &messagev1.MessageId{}}):
+				t.Errorf("took %v, want it emptied", m)
+			}
+			taken[m] = true
+		}
+		for _, m := range ms[k:] {
+			if m != nil {
+				t.Errorf("takeReleased() set %p past the %d it reports", m, k)
+			}
+		}
+	}
+	if !raceEnabled && len(taken) != 2*releaseBatch {
+		t.Errorf("took %d messages, want the %d of the two full batches", len(taken), 2*releaseBatch)
 	}
 }
 
@@ -131,6 +179,7 @@ func TestCodec_PublishBatchIntoReleased(t *testing.T) {
 		return b
 	}
 	var c Codec
+	var r Releaser
 	decode := func(b []byte, release bool) float64 {
 		return testing.AllocsPerRun(50, func() {
 			req := &deliveryv1.PublishRequest{}
@@ -139,7 +188,7 @@ func TestCodec_PublishBatchIntoReleased(t *testing.T) {
 			}
 			if release {
 				for _, m := range req.GetBatch().GetMessages() {
-					Release(m)
+					r.Release(m)
 				}
 			}
 		})

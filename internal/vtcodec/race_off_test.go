@@ -1,0 +1,5 @@
+//go:build !race
+
+package vtcodec
+
+const raceEnabled = false
