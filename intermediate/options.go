@@ -336,7 +336,12 @@ func WithFenceOnLeaseLoss(fence bool) Option {
 	return func(o *options) { o.fenceOnLeaseLoss = fence }
 }
 
-// WithGRPCServerOptions adds options to the gRPC server.
+// WithGRPCServerOptions adds options to the gRPC server. With a built-in
+// processor the server decodes the next publish frames into the messages
+// it is done with, so an interceptor added here must not keep a publish or
+// delivery frame, or its messages, past the RecvMsg or SendMsg that
+// handed it over, and grpc.EnableTracing (whose /debug/requests page keeps
+// them to format later) must stay off.
 func WithGRPCServerOptions(opts ...grpc.ServerOption) Option {
 	return func(o *options) { o.serverOptions = append(o.serverOptions, opts...) }
 }

@@ -89,8 +89,8 @@ func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 // Unmarshal decodes data into v, which it resets first (as proto.Unmarshal
 // does). The message copies what it keeps: data goes back to its pool. The
 // messages of a publish batch are those given back (Releaser) when there are
-// some; one whose payload array is more than maxSlack bytes larger than
-// its payload gets an array of its own size.
+// some; one of them whose payload array is more than maxSlack bytes larger
+// than the payload decoded into it gets an array of its own size.
 //
 // protobuf-go has the last word on what a frame means. The generated
 // decoder refuses some frames protobuf-go reads (a known field number with
@@ -111,12 +111,16 @@ func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
 	defer buf.Free()
 	b := buf.ReadOnlyData()
-	presized := presize(v, b)
+	presized, reused := presize(v, b)
 	if err := decode(b, m, pm, presized); err != nil {
 		return err
 	}
-	if r, ok := v.(*deliveryv1.PublishRequest); ok && presized {
-		trim(r.GetBatch().GetMessages())
+	if len(reused) > 0 {
+		// Unless protobuf-go decoded the frame again, into messages of
+		// its own, the batch's first messages are those reused.
+		if ms := v.(*deliveryv1.PublishRequest).GetBatch().GetMessages(); len(ms) >= len(reused) && ms[0] == reused[0] {
+			trim(ms[:len(reused)])
+		}
 	}
 	return nil
 }

@@ -31,17 +31,22 @@ const (
 // A frame that is not one batch field, or is malformed, leaves v as it is:
 // decoding then reports what is wrong as it would have. presize reports
 // whether it put messages in v.
-func presize(v any, b []byte) bool {
+//
+// reused are the messages of a publish batch that were given back
+// (Releaser), the batch's first: trim looks at their payload arrays once
+// the frame is decoded.
+func presize(v any, b []byte) (presized bool, reused []*messagev1.Message) {
 	switch f := v.(type) {
 	case *deliveryv1.PublishRequest:
 		batch := soleField(b, publishRequestBatchField)
 		if n := countField(batch, publishBatchMessagesField); n > 0 {
 			ms := make([]*messagev1.Message, n)
-			for i := takeReleased(ms); i < n; i++ {
+			k := takeReleased(ms)
+			for i := k; i < n; i++ {
 				ms[i] = newMessage()
 			}
 			f.Kind = &deliveryv1.PublishRequest_Batch{Batch: &deliveryv1.PublishBatch{Messages: ms[:0]}}
-			return true
+			return true, ms[:k]
 		}
 	case *deliveryv1.SubscribeResponse:
 		batch := soleField(b, subscribeResponseBatchField)
@@ -53,10 +58,10 @@ func presize(v any, b []byte) bool {
 				ds[i] = &slab[i]
 			}
 			f.Kind = &deliveryv1.SubscribeResponse_Batch{Batch: &deliveryv1.DeliveryBatch{Deliveries: ds[:0]}}
-			return true
+			return true, nil
 		}
 	}
-	return false
+	return false, nil
 }
 
 // idsDecoded reports whether every message of v's batch, decoded into

@@ -23,8 +23,9 @@ const releaseBatch = 64
 // maxSlack is how many bytes a payload array given back may have beyond
 // the payload decoded into it: one that has more is not kept (see trim).
 // A held message is charged its encoded size and the intermediate's
-// MessageOverhead; the slack stays well within that overhead.
-const maxSlack = 256
+// MessageOverhead (640 bytes, of which a held message's decoded form and
+// bookkeeping take about 560); the slack stays within what is left.
+const maxSlack = 64
 
 // maxPooledPayload is the largest payload array reused: a larger one is
 // left to the collector, as a pool that kept every size would keep the
@@ -98,11 +99,12 @@ func renew(m *messagev1.Message) {
 	}
 }
 
-// trim gives each message of a publish batch decoded into messages given
-// back a payload array of its own size when the one it was decoded into
-// has more than maxSlack bytes to spare: a small payload decoded into a
-// large array would hold the whole array for as long as the message is
-// held, beyond what it is charged.
+// trim gives each message ms, decoded into messages given back, a payload
+// array of its own size when the one it was decoded into has more than
+// maxSlack bytes to spare: a small payload decoded into a large array would
+// hold the whole array for as long as the message is held, beyond what it
+// is charged. Only such messages: an array the decoder allocated has what
+// the allocator's size classes leave, which a copy would not shed.
 func trim(ms []*messagev1.Message) {
 	for _, m := range ms {
 		if p := m.GetPayload(); cap(p)-len(p) > maxSlack {

@@ -200,3 +200,54 @@ func TestCodec_PublishBatchIntoReleased(t *testing.T) {
 		t.Errorf("allocations a message: %.2f with the messages kept, %.2f with them given back; want about 3 and under 2", kept, given)
 	}
 }
+
+// TestCodec_TrimsOnlyArraysGivenBack checks that Unmarshal trims the
+// payload arrays of messages given back, and leaves alone those the decoder
+// allocated, whose spare bytes (the allocator's size classes) a copy would
+// not shed: a 5 000-byte payload gets a 5 376-byte array either way.
+func TestCodec_TrimsOnlyArraysGivenBack(t *testing.T) {
+	frame := func(payload int) mem.BufferSlice {
+		b, err := proto.Marshal(&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Batch{Batch: &deliveryv1.PublishBatch{FirstSeq: 1, Messages: []*messagev1.Message{
+			{Id: &messagev1.MessageId{ProducerId: "p1", Incarnation: 1, Seq: 1}, Payload: bytes.Repeat([]byte{'z'}, payload)},
+		}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return mem.BufferSlice{mem.SliceBuffer(b)}
+	}
+	decode := func(payload int) *messagev1.Message {
+		req := &deliveryv1.PublishRequest{}
+		if err := (Codec{}).Unmarshal(frame(payload), req); err != nil {
+			t.Fatalf("Unmarshal() = %v", err)
+		}
+		m := req.GetBatch().GetMessages()[0]
+		if len(m.GetPayload()) != payload {
+			t.Fatalf("decoded a payload of %d bytes, want %d", len(m.GetPayload()), payload)
+		}
+		return m
+	}
+	for takeReleased(make([]*messagev1.Message, 1024)) > 0 {
+		// What other tests gave back.
+	}
+	if p := decode(5000).GetPayload(); cap(p)-len(p) <= maxSlack {
+		t.Errorf("a payload of 5 000 bytes decoded into a new message has an array of %d bytes, want the allocator's, over %d: not copied again", cap(p), len(p)+maxSlack)
+	}
+
+	var r Releaser
+	given := make(map[*messagev1.Message]bool)
+	for range releaseBatch {
+		m := &messagev1.Message{Id: &messagev1.MessageId{}, Payload: make([]byte, 256)}
+		given[m] = true
+		r.Release(m)
+	}
+	m := decode(1)
+	if !given[m] {
+		if !raceEnabled {
+			t.Fatal("the frame was not decoded into a message given back")
+		}
+		t.Skip("the race detector's pool dropped the batch given back")
+	}
+	if p := m.GetPayload(); cap(p)-len(p) > maxSlack {
+		t.Errorf("a payload of 1 byte decoded into an array of 256 given back: %d bytes to spare, want at most %d", cap(p)-len(p), maxSlack)
+	}
+}
