@@ -237,7 +237,7 @@ func TestRegistration_LeaseLostWhileResyncing(t *testing.T) {
 	waitClosed(t, "LeaseLost() with etcd down for the lease TTL", r.LeaseLost())
 	// The session had ended before: on the failed write, or on its watch.
 	if !logs.Has("registry: a write of the key did not finish; writing it again") && !logs.Has("registry: watch of own key halted") {
-		t.Errorf("the session did not end before the lease was lost")
+		t.Errorf("the session did not end before the lease was lost; logged: %q", logs.Messages())
 	}
 	lost := logs.Attrs("registry: lease lost; granting a new one")
 	if len(lost) != 1 || lost[0]["why"] != "no answer from etcd for the lease TTL" && lost[0]["why"] != "the keep-alive stopped" {
