@@ -59,27 +59,34 @@ func BenchmarkRendezvousScore(b *testing.B) {
 	}
 }
 
-// BenchmarkIntermediate_AdmitRouteForward measures an intermediate's hot path
-// for one batch of 64 messages from one producer, with two consumer groups of
-// one consumer each: admit (validate, process, hold), route each message to
-// the owner's stream of both groups, take the deliveries for the wire, apply
-// each consumer's ranged ack, and fold the producer's acks into ranges.
-// The batch is the same messages every time; BenchmarkIntermediate_Decode*
-// decodes a frame for each.
-func BenchmarkIntermediate_AdmitRouteForward(b *testing.B) {
-	const n = 64
+// hotPath is a server with one producer stream and two consumer groups of
+// one consumer each, and a batch of n messages of 256 B to send through it.
+type hotPath struct {
+	s     *Server
+	p     *pubStream
+	subs  []*subStream
+	msgs  []*messagev1.Message
+	batch *deliveryv1.PublishBatch
+	rng   *messagev1.SeqRange
+	ack   *deliveryv1.DeliveryAck
+	spare []uint64 // as pubStream.sendLoop keeps it
+}
+
+func newHotPath(b *testing.B, n int, release bool) *hotPath {
 	s := &Server{
-		opts:   defaultOptions(),
-		pubs:   make(map[*pubStream]struct{}),
-		subs:   make(map[*subStream]struct{}),
-		groups: make(map[string]*group),
-		parked: make(map[string][]*delivery),
+		opts:            defaultOptions(),
+		pubs:            make(map[*pubStream]struct{}),
+		subs:            make(map[*subStream]struct{}),
+		groups:          make(map[string]*group),
+		parked:          make(map[string][]*delivery),
+		releaseMessages: release,
 	}
 	ctx := b.Context()
-	p := &pubStream{srv: s, producerID: "producer-1", producerKey: []byte("producer-1"), incarnation: 1, expectSeq: 1}
-	p.init(ctx, func(error) {}, 0, &s.opts)
-	s.pubs[p] = struct{}{}
-	var subs []*subStream
+	h := &hotPath{s: s, rng: &messagev1.SeqRange{}}
+	h.ack = &deliveryv1.DeliveryAck{Acked: []*messagev1.SeqRange{h.rng}}
+	h.p = &pubStream{srv: s, producerID: "producer-1", producerKey: []byte("producer-1"), incarnation: 1, expectSeq: 1}
+	h.p.init(ctx, func(error) {}, 0, &s.opts)
+	s.pubs[h.p] = struct{}{}
 	for _, name := range []string{"g1", "g2"} {
 		consumer := "consumer-" + name
 		g := s.groupLocked(name)
@@ -87,106 +94,94 @@ func BenchmarkIntermediate_AdmitRouteForward(b *testing.B) {
 		sub := &subStream{srv: s, consumerID: consumer, group: name, epoch: 1, maxFrame: grpcDefaultMaxRecv}
 		sub.init(ctx, func(error) {}, 0, &s.opts)
 		s.joinLocked(sub)
-		subs = append(subs, sub)
+		h.subs = append(h.subs, sub)
 	}
-	msgs := make([]*messagev1.Message, n)
-	for i := range msgs {
-		msgs[i] = &messagev1.Message{Id: &messagev1.MessageId{ProducerId: "producer-1", Incarnation: 1}, Payload: make([]byte, 256)}
+	h.msgs = make([]*messagev1.Message, n)
+	for i := range h.msgs {
+		h.msgs[i] = &messagev1.Message{Id: &messagev1.MessageId{ProducerId: "producer-1", Incarnation: 1}, Payload: make([]byte, 256)}
 	}
-	batch := &deliveryv1.PublishBatch{Messages: msgs}
-	rng := &messagev1.SeqRange{}
-	ack := &deliveryv1.DeliveryAck{Acked: []*messagev1.SeqRange{rng}}
-	var spare []uint64 // as pubStream.sendLoop keeps it
-	b.ReportAllocs()
-	for b.Loop() {
-		batch.FirstSeq = p.expectSeq
-		for i, m := range msgs {
-			m.Id.Seq = p.expectSeq + uint64(i)
+	h.batch = &deliveryv1.PublishBatch{Messages: h.msgs}
+	return h
+}
+
+// next numbers the batch's messages as the producer's next.
+func (h *hotPath) next() {
+	h.batch.FirstSeq = h.p.expectSeq
+	for i, m := range h.msgs {
+		m.Id.Seq = h.p.expectSeq + uint64(i)
+	}
+}
+
+// forward takes each group's deliveries of the batch admitted, lets them go
+// as sendLoop does once sent, applies each consumer's ranged ack, and
+// folds the producer's acks into ranges.
+func (h *hotPath) forward(b *testing.B) {
+	s, n := h.s, len(h.msgs)
+	for _, sub := range h.subs {
+		s.mu.Lock()
+		sub.credit = uint64(n)
+		out := sub.takeLocked()
+		s.mu.Unlock()
+		if len(out) != n {
+			b.Fatalf("takeLocked() = %d deliveries, want %d", len(out), n)
 		}
-		if err := p.admit(ctx, batch); err != nil {
-			b.Fatalf("admit() = %v", err)
-		}
-		for _, sub := range subs {
-			s.mu.Lock()
-			sub.credit = n
-			out := sub.takeLocked()
-			s.mu.Unlock()
-			if len(out) != n {
-				b.Fatalf("takeLocked() = %d deliveries, want %d", len(out), n)
-			}
-			rng.First, rng.Last = out[0].GetDeliveryId(), out[n-1].GetDeliveryId()
-			f, err := parseAck(ack)
-			if err != nil {
-				b.Fatalf("parseAck() = %v", err)
-			}
-			s.mu.Lock()
-			sub.sentLocked()
-			sub.ackLocked(f)
-			s.mu.Unlock()
+		h.rng.First, h.rng.Last = out[0].GetDeliveryId(), out[n-1].GetDeliveryId()
+		f, err := parseAck(h.ack)
+		if err != nil {
+			b.Fatalf("parseAck() = %v", err)
 		}
 		s.mu.Lock()
-		acks := p.acks
-		p.acks = spare[:0]
+		sub.sentLocked()
+		sub.ackLocked(f)
 		s.mu.Unlock()
-		if len(acks) != n {
-			b.Fatalf("producer acks = %d, want %d", len(acks), n)
-		}
-		if r := seqrange.Build(acks); len(r) != 1 {
-			b.Fatalf("seqrange.Build() = %d ranges, want 1", len(r))
-		}
-		spare = acks
 	}
-	b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "msgs/s")
+	s.mu.Lock()
+	acks := h.p.acks
+	h.p.acks = h.spare[:0]
+	s.mu.Unlock()
+	if len(acks) != n {
+		b.Fatalf("producer acks = %d, want %d", len(acks), n)
+	}
+	if r := seqrange.Build(acks); len(r) != 1 {
+		b.Fatalf("seqrange.Build() = %d ranges, want 1", len(r))
+	}
+	h.spare = acks
+}
+
+// BenchmarkIntermediate_AdmitRouteForward measures an intermediate's hot path
+// for one batch of 64 messages from one producer, with two consumer groups of
+// one consumer each: admit (validate, process, hold), route each message to
+// the owner's stream of both groups, take the deliveries for the wire, apply
+// each consumer's ranged ack, and fold the producer's acks into ranges.
+// The batch is the same messages every time;
+// BenchmarkIntermediate_DecodeAdmitRouteForward decodes a frame for each.
+func BenchmarkIntermediate_AdmitRouteForward(b *testing.B) {
+	h := newHotPath(b, 64, false)
+	b.ReportAllocs()
+	for b.Loop() {
+		h.next()
+		if err := h.p.admit(b.Context(), h.batch); err != nil {
+			b.Fatalf("admit() = %v", err)
+		}
+		h.forward(b)
+	}
+	b.ReportMetric(float64(b.N*len(h.msgs))/b.Elapsed().Seconds(), "msgs/s")
 }
 
 // BenchmarkIntermediate_DecodeAdmitRouteForward is
 // BenchmarkIntermediate_AdmitRouteForward with each batch decoded from its
-// frame by the codec, as it comes off the wire, and each sent batch let go
-// of as sendLoop does once gRPC encoded it: with the messages the server is
-// done with given back for the next frames (release=true, the built-in
+// frame by the codec, as it comes off the wire: with the messages the server
+// is done with given back for the next frames (release=true, the built-in
 // processors') and without (a processor of the caller's own).
 func BenchmarkIntermediate_DecodeAdmitRouteForward(b *testing.B) {
-	const n = 64
 	for _, release := range []bool{false, true} {
 		b.Run(fmt.Sprintf("release=%v", release), func(b *testing.B) {
-			s := &Server{
-				opts:            defaultOptions(),
-				pubs:            make(map[*pubStream]struct{}),
-				subs:            make(map[*subStream]struct{}),
-				groups:          make(map[string]*group),
-				parked:          make(map[string][]*delivery),
-				releaseMessages: release,
-			}
-			ctx := b.Context()
-			p := &pubStream{srv: s, producerID: "producer-1", producerKey: []byte("producer-1"), incarnation: 1, expectSeq: 1}
-			p.init(ctx, func(error) {}, 0, &s.opts)
-			s.pubs[p] = struct{}{}
-			var subs []*subStream
-			for _, name := range []string{"g1", "g2"} {
-				consumer := "consumer-" + name
-				g := s.groupLocked(name)
-				s.updateGroupLocked(g, true, []string{consumer}, map[string]uint64{consumer: 1})
-				sub := &subStream{srv: s, consumerID: consumer, group: name, epoch: 1, maxFrame: grpcDefaultMaxRecv}
-				sub.init(ctx, func(error) {}, 0, &s.opts)
-				s.joinLocked(sub)
-				subs = append(subs, sub)
-			}
-			msgs := make([]*messagev1.Message, n)
-			for i := range msgs {
-				msgs[i] = &messagev1.Message{Id: &messagev1.MessageId{ProducerId: "producer-1", Incarnation: 1}, Payload: make([]byte, 256)}
-			}
-			batch := &deliveryv1.PublishBatch{Messages: msgs}
-			req := &deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Batch{Batch: batch}}
+			h := newHotPath(b, 64, release)
+			req := &deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Batch{Batch: h.batch}}
 			var codec vtcodec.Codec
-			rng := &messagev1.SeqRange{}
-			ack := &deliveryv1.DeliveryAck{Acked: []*messagev1.SeqRange{rng}}
-			var spare []uint64
 			b.ReportAllocs()
 			for b.Loop() {
-				batch.FirstSeq = p.expectSeq
-				for i, m := range msgs {
-					m.Id.Seq = p.expectSeq + uint64(i)
-				}
+				h.next()
 				frame, err := codec.Marshal(req)
 				if err != nil {
 					b.Fatalf("Marshal() = %v", err)
@@ -197,37 +192,12 @@ func BenchmarkIntermediate_DecodeAdmitRouteForward(b *testing.B) {
 				if err != nil {
 					b.Fatalf("Unmarshal() = %v", err)
 				}
-				if err := p.admit(ctx, in.GetBatch()); err != nil {
+				if err := h.p.admit(b.Context(), in.GetBatch()); err != nil {
 					b.Fatalf("admit() = %v", err)
 				}
-				for _, sub := range subs {
-					s.mu.Lock()
-					sub.credit = n
-					out := sub.takeLocked()
-					s.mu.Unlock()
-					if len(out) != n {
-						b.Fatalf("takeLocked() = %d deliveries, want %d", len(out), n)
-					}
-					rng.First, rng.Last = out[0].GetDeliveryId(), out[n-1].GetDeliveryId()
-					f, err := parseAck(ack)
-					if err != nil {
-						b.Fatalf("parseAck() = %v", err)
-					}
-					s.mu.Lock()
-					sub.sentLocked()
-					sub.ackLocked(f)
-					s.mu.Unlock()
-				}
-				s.mu.Lock()
-				acks := p.acks
-				p.acks = spare[:0]
-				s.mu.Unlock()
-				if len(acks) != n {
-					b.Fatalf("producer acks = %d, want %d", len(acks), n)
-				}
-				spare = acks
+				h.forward(b)
 			}
-			b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "msgs/s")
+			b.ReportMetric(float64(b.N*len(h.msgs))/b.Elapsed().Seconds(), "msgs/s")
 		})
 	}
 }
