@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"strings"
 	"sync"
@@ -322,6 +323,15 @@ func handshake[Req, Resp any, W welcomer](ctx context.Context, l *link, kind str
 	}
 	if err := stream.Send(hello); err != nil {
 		l.log.Debug("send hello", "err", err)
+		if errors.Is(err, io.EOF) {
+			// The stream ended before the hello went (an intermediate
+			// refuses a stream over its limits at once, and a busy client
+			// may send after that): its status, the refusal, comes with
+			// Recv (grpc.ClientStream's SendMsg).
+			if _, rerr := stream.Recv(); rerr != nil {
+				return nil, none, &openFailure{step: stepWelcome, err: rerr}
+			}
+		}
 		return nil, none, &openFailure{step: stepHello, err: err}
 	}
 	first, err := stream.Recv()
