@@ -47,7 +47,9 @@ func TestHandshake_RefusalBeforeTheHello(t *testing.T) {
 			return stream, nil
 		},
 		&deliveryv1.PublishRequest{Kind: &deliveryv1.PublishRequest_Hello{Hello: &deliveryv1.PublishHello{ProducerId: "p1"}}},
-		func(r *deliveryv1.PublishResponse) (*deliveryv1.PublishWelcome, bool) { return r.GetWelcome(), r.GetWelcome() != nil })
+		func(r *deliveryv1.PublishResponse) (*deliveryv1.PublishWelcome, bool) {
+			return r.GetWelcome(), r.GetWelcome() != nil
+		})
 	if failed == nil {
 		t.Fatal("handshake() = nil, want a failure")
 	}
