@@ -12,7 +12,7 @@ import (
 )
 
 // releaseRig is a server of one group with one consumer stream and one
-// producer stream, as BenchmarkIntermediate_AdmitRouteForward builds it.
+// producer stream (newRigServer).
 type releaseRig struct {
 	s   *Server
 	p   *pubStream
@@ -20,26 +20,8 @@ type releaseRig struct {
 }
 
 func newReleaseRig(t *testing.T, proc Processor) *releaseRig {
-	opts := defaultOptions()
-	opts.processor = proc
-	s := &Server{
-		opts:            opts,
-		pubs:            make(map[*pubStream]struct{}),
-		subs:            make(map[*subStream]struct{}),
-		groups:          make(map[string]*group),
-		parked:          make(map[string][]*delivery),
-		releaseMessages: keepsNoMessage(proc),
-	}
-	ctx := t.Context()
-	p := &pubStream{srv: s, producerID: "producer-1", producerKey: []byte("producer-1"), incarnation: 1, expectSeq: 1}
-	p.init(ctx, func(error) {}, 0, &s.opts)
-	s.pubs[p] = struct{}{}
-	g := s.groupLocked("g1")
-	s.updateGroupLocked(g, true, []string{"consumer-1"}, map[string]uint64{"consumer-1": 1})
-	sub := &subStream{srv: s, consumerID: "consumer-1", group: "g1", epoch: 1, maxFrame: grpcDefaultMaxRecv}
-	sub.init(ctx, func(error) {}, 0, &s.opts)
-	s.joinLocked(sub)
-	return &releaseRig{s: s, p: p, sub: sub}
+	s, p, subs := newRigServer(t, proc, keepsNoMessage(proc), "g1")
+	return &releaseRig{s: s, p: p, sub: subs[0]}
 }
 
 // admit admits n messages of the producer and returns them.

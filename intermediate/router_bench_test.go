@@ -73,29 +73,9 @@ type hotPath struct {
 }
 
 func newHotPath(b *testing.B, n int, release bool) *hotPath {
-	s := &Server{
-		opts:            defaultOptions(),
-		pubs:            make(map[*pubStream]struct{}),
-		subs:            make(map[*subStream]struct{}),
-		groups:          make(map[string]*group),
-		parked:          make(map[string][]*delivery),
-		releaseMessages: release,
-	}
-	ctx := b.Context()
-	h := &hotPath{s: s, rng: &messagev1.SeqRange{}}
+	s, p, subs := newRigServer(b, Passthrough(), release, "g1", "g2")
+	h := &hotPath{s: s, p: p, subs: subs, rng: &messagev1.SeqRange{}}
 	h.ack = &deliveryv1.DeliveryAck{Acked: []*messagev1.SeqRange{h.rng}}
-	h.p = &pubStream{srv: s, producerID: "producer-1", producerKey: []byte("producer-1"), incarnation: 1, expectSeq: 1}
-	h.p.init(ctx, func(error) {}, 0, &s.opts)
-	s.pubs[h.p] = struct{}{}
-	for _, name := range []string{"g1", "g2"} {
-		consumer := "consumer-" + name
-		g := s.groupLocked(name)
-		s.updateGroupLocked(g, true, []string{consumer}, map[string]uint64{consumer: 1})
-		sub := &subStream{srv: s, consumerID: consumer, group: name, epoch: 1, maxFrame: grpcDefaultMaxRecv}
-		sub.init(ctx, func(error) {}, 0, &s.opts)
-		s.joinLocked(sub)
-		h.subs = append(h.subs, sub)
-	}
 	h.msgs = make([]*messagev1.Message, n)
 	for i := range h.msgs {
 		h.msgs[i] = &messagev1.Message{Id: &messagev1.MessageId{ProducerId: "producer-1", Incarnation: 1}, Payload: make([]byte, 256)}

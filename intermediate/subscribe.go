@@ -345,8 +345,8 @@ func (sub *subStream) takeLocked() []*deliveryv1.Delivery {
 func (sub *subStream) sentLocked() {
 	for i, h := range sub.sending {
 		h.sending--
-		if h.done && h.sending == 0 {
-			sub.srv.dropMessageLocked(h)
+		if h.done {
+			sub.srv.dropMessageLocked(h) // once no other stream sends it
 		}
 		sub.sending[i] = nil
 	}
